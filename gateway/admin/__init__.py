@@ -1,0 +1,1 @@
+"""The operators' listener: REST API, metrics and dashboard (FastAPI)."""

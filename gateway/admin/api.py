@@ -1,0 +1,153 @@
+"""The admin REST API (contract's "Admin listener" table).
+
+Routes are thin: parse, call the ``Gateway``'s state, render. Errors are one
+JSON shape, ``{"error": {"code", "message"}}``, mapped in one place below.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING, Annotated, Any
+
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from gateway.admin.auth import AdminError, Operator, OperatorDirectory, requires
+from gateway.admin.render import journal_item
+from gateway.core.killswitch import scope_of
+from gateway.core.model import Freeze, JournalQuery, parse_iso, utcnow
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
+
+
+Viewer = Annotated[Operator, Depends(requires("viewer"))]
+Approver = Annotated[Operator, Depends(requires("approver"))]
+Admin = Annotated[Operator, Depends(requires("admin"))]
+
+
+class FreezeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: str = Field(min_length=1, max_length=2000)
+    upstream: str | None = None
+    agent: str | None = None
+
+
+def create_admin_app(gateway: Gateway) -> FastAPI:
+    app = FastAPI(title="Agent gateway admin API", version="1",
+                  description="Operators' API: kill switch, change journal, policies, audit.")
+    app.state.gateway = gateway
+    app.state.operators = OperatorDirectory(
+        [(o.name, o.role, o.token_sha256) for o in gateway.settings.operators])
+
+    @app.exception_handler(AdminError)
+    async def _admin_error(request: Request, exc: AdminError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return JSONResponse({"error": {"code": exc.code, "message": exc.message, **exc.extra}},
+                            exc.status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        return JSONResponse({"error": {"code": "bad_request", "message": "; ".join(problems)}},
+                            400)
+
+    @app.get("/v1/health")
+    async def health() -> JSONResponse:
+        store_ok = await gateway.store.ping()
+        body = {"status": "ok" if store_ok else "degraded", "store": store_ok,
+                "policy_revision": gateway.policies.revision}
+        return JSONResponse(body, 200 if store_ok else 503)
+
+    def killswitch_state() -> dict[str, Any]:
+        freezes = gateway.freezes.active
+        return {"engaged": bool(freezes), "freezes": [f.to_json() for f in freezes]}
+
+    @app.get("/v1/killswitch")
+    async def killswitch(operator: Viewer) -> dict[str, Any]:
+        await gateway.freezes.load()  # the store is the truth, also for other processes
+        return killswitch_state()
+
+    def scope(body: FreezeRequest) -> Any:
+        try:
+            return scope_of(body.upstream, body.agent)
+        except ValueError as exc:
+            raise AdminError(400, "bad_request", str(exc)) from None
+
+    @app.post("/v1/killswitch/engage")
+    async def engage(body: FreezeRequest, operator: Approver) -> dict[str, Any]:
+        kind, target = scope(body)
+        freeze = await gateway.freezes.engage(
+            Freeze(kind, target, body.reason, operator.name, utcnow()))
+        gateway.metrics.freezes_engaged += 1
+        return {**killswitch_state(), "freeze": freeze.to_json()}
+
+    @app.post("/v1/killswitch/release")
+    async def release(body: FreezeRequest, operator: Admin) -> dict[str, Any]:
+        kind, target = scope(body)
+        released = await gateway.freezes.release(kind, target, operator.name, body.reason,
+                                                 utcnow())
+        return {**killswitch_state(), "released": released.to_json() if released else None}
+
+    @app.get("/v1/journal")
+    async def journal(operator: Viewer, agent: str | None = None, upstream: str | None = None,
+                      run: str | None = None, since: str | None = None,
+                      until: str | None = None,
+                      limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
+        query = JournalQuery(agent=agent, upstream=upstream, run=run, since=_time(since, "since"),
+                             until=_time(until, "until"), limit=limit)
+        entries = await gateway.store.list_journal(query)
+        return {"items": [journal_item(e) for e in entries]}
+
+    @app.get("/v1/journal/{entry_id}")
+    async def journal_entry(entry_id: str, operator: Viewer) -> dict[str, Any]:
+        entry = await gateway.store.get_journal(entry_id)
+        if entry is None:
+            raise AdminError(404, "not_found", f"no journal entry {entry_id}")
+        return journal_item(entry, full=True)
+
+    @app.post("/v1/policies/reload")
+    async def reload(operator: Admin) -> JSONResponse:
+        result = await gateway.reload_policies(operator.name)
+        if not result.ok:
+            return JSONResponse({"error": {"code": "invalid_policy", "message":
+                                           "the policy set is invalid; the last good one stays",
+                                           "problems": result.problems,
+                                           "revision": result.revision}}, 422)
+        return JSONResponse({"revision": result.revision,
+                             "upstreams": sorted(gateway.policies.upstreams)})
+
+    @app.get("/v1/audit")
+    async def audit(operator: Viewer, after: Annotated[int, Query(ge=0)] = 0,
+                    limit: Annotated[int, Query(ge=1, le=10000)] = 1000) -> dict[str, Any]:
+        records = await gateway.store.list_audit(after, limit)
+        return {"items": [r.to_json() for r in records]}
+
+    @app.get("/v1/audit/verify")
+    async def audit_verify(operator: Viewer) -> dict[str, Any]:
+        from gateway.core.audit import verify
+        records, after = [], 0
+        while True:
+            page = await gateway.store.list_audit(after, 10000)
+            if not page:
+                break
+            records.extend(page)
+            after = page[-1].seq
+        return verify(records).to_json()
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def metrics() -> str:
+        return gateway.metrics.render(len(gateway.freezes.active), gateway.policies.revision)
+
+    return app
+
+
+def _time(value: str | None, name: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return parse_iso(value)
+    except ValueError:
+        raise AdminError(400, "bad_request", f"{name} must be an ISO-8601 time") from None

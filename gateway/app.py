@@ -1,0 +1,114 @@
+"""Wiring: one ``Gateway`` holds the adapters; the two ASGI apps are views of it.
+
+``Gateway(settings)`` does nothing until ``start()``: it opens the store
+(creating or migrating the schema), loads the freezes and the policy set,
+and builds the pipeline. ``proxy_app()`` is the agent listener, and
+``admin_app()`` the operators' FastAPI app; both share this one state.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from gateway.core.model import utcnow
+from gateway.core.policy import PolicySet
+from gateway.errors import PolicyError
+from gateway.freezes import FreezeState
+from gateway.metrics import Metrics
+from gateway.pipeline import Pipeline
+from gateway.policies import load_policies
+from gateway.ports import Store
+from gateway.ports import Upstream as UpstreamClient
+from gateway.proxy.listener import AgentDirectory, ProxyApp
+from gateway.settings import Settings
+
+log = logging.getLogger("gateway")
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadResult:
+    ok: bool
+    revision: str
+    problems: list[str]
+
+
+class Gateway:
+    def __init__(self, settings: Settings, store: Store | None = None,
+                 client: UpstreamClient | None = None) -> None:
+        self.settings = settings
+        self._store = store
+        self._client = client
+        self.metrics = Metrics()
+        self._pipeline: Pipeline | None = None
+
+    @property
+    def store(self) -> Store:
+        assert self._store is not None, "Gateway.start() first"
+        return self._store
+
+    @property
+    def pipeline(self) -> Pipeline:
+        assert self._pipeline is not None, "Gateway.start() first"
+        return self._pipeline
+
+    @property
+    def policies(self) -> PolicySet:
+        return self.pipeline.policies
+
+    @property
+    def freezes(self) -> FreezeState:
+        return self.pipeline.freezes
+
+    async def start(self) -> None:
+        policies = load_policies(self.settings.policies_dir)  # PolicyError before any I/O
+        if self._store is None:
+            from gateway.store import open_store
+            self._store = open_store(self.settings.database_url)
+        await self._store.start()
+        if self._client is None:
+            from gateway.proxy.upstream import AiohttpUpstream
+            self._client = AiohttpUpstream(timeout=self.settings.upstream_timeout)
+        freezes = FreezeState(self._store)
+        await freezes.load()
+        self._pipeline = Pipeline(self.settings, self._store, self._client, freezes, policies)
+        log.info("policy set %s loaded: %s", policies.revision, ", ".join(policies.upstreams))
+
+    async def stop(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+        if self._store is not None:
+            await self._store.close()
+
+    async def reload_policies(self, actor: str) -> ReloadResult:
+        """Load the directory again; an invalid set leaves the last good one in force."""
+        previous = self.policies.revision
+        try:
+            policies = load_policies(self.settings.policies_dir)
+        except PolicyError as exc:
+            self.metrics.policy_reloads["failed"] += 1
+            log.error("policy reload failed, keeping %s:\n%s", previous, "\n".join(exc.problems))
+            await self._audit(actor, "policy.reload_failed",
+                              {"kept": previous, "problems": exc.problems})
+            return ReloadResult(False, previous, exc.problems)
+        self.pipeline.policies = policies
+        self.metrics.policy_reloads["ok"] += 1
+        log.info("policy set %s loaded (was %s)", policies.revision, previous)
+        await self._audit(actor, "policy.reload", {"revision": policies.revision,
+                                                   "previous": previous})
+        return ReloadResult(True, policies.revision, [])
+
+    async def _audit(self, actor: str, action: str, detail: dict[str, object]) -> None:
+        try:
+            await self.store.append_audit(actor, action, dict(detail), utcnow())
+        except Exception:
+            log.exception("could not append %s to the audit log", action)
+
+    def proxy_app(self) -> ProxyApp:
+        agents = AgentDirectory([(a.name, a.key_sha256) for a in self.settings.agents],
+                                self.settings.allow_anonymous_agents)
+        return ProxyApp(self.pipeline, agents, metrics=self.metrics)
+
+    def admin_app(self):  # type: ignore[no-untyped-def]
+        from gateway.admin.api import create_admin_app
+        return create_admin_app(self)

@@ -1,0 +1,182 @@
+"""Journal entries and their inverses.
+
+Each mutating call is journaled twice: its intent (with the prior state) is
+committed before the call is forwarded, its outcome once the upstream answers.
+The inverse call, the ``undo``, is inferred here (contract):
+
+- PUT/PATCH -> PUT the prior state to the same path;
+- DELETE -> POST the prior state to the parent collection;
+- POST to a collection -> DELETE the created resource (``Location`` or ``id``);
+- POST with a ``capture`` path (APIs that update with POST) -> POST the prior
+  values of the fields sent back to that path;
+- a rule's ``undo`` overrides all of this; ``undo: none`` marks the call irreversible.
+
+Bodies are bounded: up to ``limit`` bytes are kept as text, the sha256 and
+size always cover the whole body.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from gateway.core.policy import Rule
+from gateway.core.redact import REDACTED, redact_form, redact_json
+from gateway.core.template import Template
+
+FORM = "application/x-www-form-urlencoded"
+JSON = "application/json"
+
+
+@dataclass(frozen=True, slots=True)
+class StoredBody:
+    text: str | None
+    sha256: str | None
+    size: int
+
+
+def media_type(content_type: str | None) -> str:
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+def is_json_type(content_type: str | None) -> bool:
+    kind = media_type(content_type)
+    return kind == JSON or kind.endswith("+json")
+
+
+def parse_body(body: bytes, content_type: str | None) -> Any:
+    """The body as JSON (or a flat dict for a form), else None."""
+    if not body:
+        return None
+    if media_type(content_type) == FORM:
+        return dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def store_body(body: bytes, content_type: str | None, limit: int) -> StoredBody:
+    """Redact, then keep at most ``limit`` bytes of text; hash and size the original."""
+    if not body:
+        return StoredBody(None, None, 0)
+    digest = hashlib.sha256(body).hexdigest()
+    text: str | None
+    if is_json_type(content_type) or media_type(content_type) in ("", "text/plain"):
+        parsed = parse_body(body, JSON) if len(body) <= limit * 4 else None
+        if parsed is not None:
+            text = json.dumps(redact_json(parsed), ensure_ascii=False, separators=(",", ":"))
+        else:
+            text = body[:limit].decode("utf-8", "replace")
+    elif media_type(content_type) == FORM:
+        text = redact_form(body.decode("utf-8", "replace"))
+    elif media_type(content_type).startswith("text/"):
+        text = body[:limit].decode("utf-8", "replace")
+    else:
+        text = None  # binary: hash and size only
+    if text is not None and len(text.encode()) > limit:
+        text = text.encode()[:limit].decode("utf-8", "ignore")
+    return StoredBody(text, digest, len(body))
+
+
+def prior_value(body: bytes, status: int) -> Any:
+    """The captured state as stored: redacted JSON, else text, None when absent."""
+    if status in (404, 410) or not body:
+        return None
+    try:
+        return redact_json(json.loads(body))
+    except (ValueError, UnicodeDecodeError):
+        return body.decode("utf-8", "replace")
+
+
+def capture_path(rule: Rule | None, method: str, path: str, params: dict[str, str]) -> str | None:
+    """The path to GET for the prior state, or None when nothing is captured."""
+    spec = rule.capture if rule is not None else None
+    if spec is False:
+        return None
+    if spec is not None:
+        return Template.parse(spec.path).expand(params)
+    return path if method in ("PUT", "PATCH", "DELETE") else None
+
+
+def _without_redacted(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: v for k, v in value.items() if v != REDACTED}
+    return value
+
+
+def _prior_fields(prior: Any, sent: Any) -> Any:
+    if not isinstance(prior, dict) or not isinstance(sent, dict):
+        return None
+    return {k: prior.get(k) for k in sent if k in prior and prior.get(k) != REDACTED}
+
+
+def _resolve_body(spec: Any, prior: Any, sent: Any) -> Any:
+    if spec == "prior":
+        return _without_redacted(prior)
+    if spec == "prior_fields":
+        return _prior_fields(prior, sent)
+    return spec
+
+
+def infer_undo(rule: Rule | None, method: str, path: str, params: dict[str, str],
+               prior: Any, prior_status: int | None, sent: Any,
+               content_type: str | None) -> tuple[dict[str, Any] | None, bool]:
+    """The inverse known before forwarding: (undo, reversible).
+
+    A POST that creates is finished by ``undo_for_created`` once the
+    response names the new resource.
+    """
+    kind = FORM if media_type(content_type) == FORM else JSON
+    spec = rule.undo if rule is not None else None
+    if spec == "none":
+        return None, False
+    if spec is not None and not isinstance(spec, str):
+        body = _resolve_body(spec.body, prior, sent)
+        undo = {"method": spec.method, "path": Template.parse(spec.path).expand(params),
+                "body": body, "content_type": kind}
+        return undo, not (spec.body in ("prior", "prior_fields") and body is None)
+    captured = prior_status is not None and 200 <= prior_status < 300 and isinstance(prior, dict)
+    absent = prior_status in (404, 410)
+    if method in ("PUT", "PATCH"):
+        if absent:
+            return {"method": "DELETE", "path": path, "body": None, "content_type": kind}, True
+        if captured:
+            return {"method": "PUT", "path": path, "body": _without_redacted(prior),
+                    "content_type": kind}, True
+        return None, False
+    if method == "DELETE":
+        if captured:
+            parent = path.rstrip("/").rsplit("/", 1)[0] or "/"
+            return {"method": "POST", "path": parent, "body": _without_redacted(prior),
+                    "content_type": kind}, True
+        return None, False
+    if method == "POST":
+        target = capture_path(rule, method, path, params)
+        if target is not None and captured:
+            body = _prior_fields(prior, sent)
+            return {"method": "POST", "path": target, "body": body, "content_type": kind}, True
+        return None, False  # completed from the response by undo_for_created
+    return None, False
+
+
+def undo_for_created(path: str, base_path: str, status: int, headers: dict[str, str],
+                     body: Any) -> dict[str, Any] | None:
+    """DELETE of the resource a POST created, from ``Location`` or the body's ``id``."""
+    if not 200 <= status < 300:
+        return None
+    location = headers.get("location")
+    if location:
+        target = urlsplit(location).path
+        if base_path and target.startswith(base_path + "/"):
+            target = target[len(base_path):]
+        if not target.startswith("/"):
+            target = path.rstrip("/") + "/" + target
+        return {"method": "DELETE", "path": target, "body": None, "content_type": JSON}
+    if isinstance(body, dict) and isinstance(body.get("id"), (str, int)):
+        return {"method": "DELETE", "path": f"{path.rstrip('/')}/{body['id']}", "body": None,
+                "content_type": JSON}
+    return None

@@ -1,0 +1,231 @@
+"""Values the core passes around: decisions, freezes, journal entries, audit records.
+
+They are plain frozen-ish dataclasses so that the core can build them, the
+store can persist them and the admin API can render them without any of the
+three knowing about the others.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from enum import Enum
+from typing import Any
+
+MUTATING_EXEMPT = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def is_mutating(method: str) -> bool:
+    """Mutating = any method but GET, HEAD, OPTIONS (contract)."""
+    return method.upper() not in MUTATING_EXEMPT
+
+
+def new_id() -> str:
+    """A 32-hex-digit id whose first 12 digits are the millisecond clock.
+
+    Ids sort by creation time, like UUIDv7, which Python 3.11 lacks.
+
+    >>> len(new_id())
+    32
+    """
+    return f"{int(time.time() * 1000):012x}{os.urandom(10).hex()}"
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def iso(at: datetime) -> str:
+    """Fixed-width UTC text that sorts like the instant it names."""
+    return at.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_iso(text: str) -> datetime:
+    """Parse ISO-8601 (a trailing Z or an offset); naive times are taken as UTC."""
+    value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc)
+
+
+class Verdict(str, Enum):
+    ALLOW = "allow"
+    DENY = "deny"
+    HOLD = "hold"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What the policy says about one call, with the reason in every branch."""
+
+    verdict: Verdict
+    rule: str | None
+    reason: str
+    revision: str
+    upstream: str
+    params: dict[str, str] = field(default_factory=dict)
+
+
+class FreezeScope(str, Enum):
+    GLOBAL = "global"
+    UPSTREAM = "upstream"
+    AGENT = "agent"
+
+
+@dataclass(frozen=True, slots=True)
+class Freeze:
+    """One engaged kill switch: all writes, one upstream's, or one agent's."""
+
+    scope: FreezeScope
+    target: str | None
+    reason: str
+    by: str
+    at: datetime
+    id: str = field(default_factory=new_id)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "scope": self.scope.value,
+            "target": self.target,
+            "reason": self.reason,
+            "by": self.by,
+            "at": iso(self.at),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """The agent's own account of itself, from the X-Agent-* headers."""
+
+    run: str | None = None
+    model: str | None = None
+    prompt_version: str | None = None
+    tool_version: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Undo:
+    """The compensating call for one journaled write.
+
+    ``body`` is the JSON value to send (already resolved from the prior
+    state), ``content_type`` the original call's, so that a form-encoded API
+    gets a form-encoded undo.
+    """
+
+    method: str
+    path: str
+    body: Any = None
+    content_type: str = "application/json"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "path": self.path,
+            "body": self.body,
+            "content_type": self.content_type,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Undo:
+        return cls(
+            method=data["method"],
+            path=data["path"],
+            body=data.get("body"),
+            content_type=data.get("content_type") or "application/json",
+        )
+
+
+class JournalState(str, Enum):
+    INTENT = "intent"  # committed before forwarding; the call may or may not have reached upstream
+    COMPLETED = "completed"  # the upstream answered
+    FAILED = "failed"  # the call was not answered (timeout, unreachable, agent went away)
+
+
+@dataclass(slots=True)
+class JournalEntry:
+    """One mutating call: what the agent asked, what was there before, what came back."""
+
+    id: str
+    at: datetime
+    request_id: str
+    agent: str
+    checkpoint: Checkpoint
+    upstream: str
+    method: str
+    path: str
+    query: str
+    rule: str | None
+    decision: str
+    policy_revision: str
+    request_headers: dict[str, str]
+    request_body: str | None
+    request_body_sha256: str | None
+    request_body_size: int
+    request_content_type: str | None
+    prior: Any
+    prior_status: int | None
+    capture_path: str | None
+    undo: Undo | None
+    reversible: bool
+    state: JournalState = JournalState.INTENT
+    status: int | None = None
+    response_headers: dict[str, str] = field(default_factory=dict)
+    response_body: str | None = None
+    response_body_sha256: str | None = None
+    response_body_size: int = 0
+    error: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    completed_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JournalOutcome:
+    """What is written to an entry once the upstream answered (or did not)."""
+
+    state: JournalState
+    status: int | None
+    response_headers: dict[str, str]
+    response_body: str | None
+    response_body_sha256: str | None
+    response_body_size: int
+    undo: Undo | None
+    reversible: bool
+    error: str | None
+    timings: dict[str, float]
+    completed_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class JournalQuery:
+    agent: str | None = None
+    upstream: str | None = None
+    run: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    ids: tuple[str, ...] | None = None
+    limit: int = 100
+    newest_first: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    seq: int
+    at: datetime
+    actor: str
+    action: str
+    detail: dict[str, Any]
+    prev_hash: str
+    hash: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "at": iso(self.at),
+            "actor": self.actor,
+            "action": self.action,
+            "detail": self.detail,
+            "prev_hash": self.prev_hash,
+            "hash": self.hash,
+        }

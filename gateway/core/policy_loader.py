@@ -1,0 +1,198 @@
+"""Turn policy file texts into a ``PolicySet``, or into ``file:line: message`` problems.
+
+Pure: the caller reads the files and passes ``{filename: text}`` and the
+environment used to expand ``${VAR}`` in credentials. YAML is composed (not
+just loaded) so every key and item keeps its line, and pydantic's error
+locations are mapped back onto those lines.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from gateway.core.cel import Condition
+from gateway.core.policy import PolicyFile, PolicySet, Upstream
+from gateway.core.template import PathTrie, Template
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+Loc = tuple[str | int, ...]
+
+
+class _Lines:
+    """Plain Python data from a YAML node tree, plus the line of every location."""
+
+    def __init__(self, filename: str) -> None:
+        self.filename = filename
+        self.lines: dict[Loc, int] = {}
+        self.problems: list[str] = []
+
+    def build(self, node: yaml.Node, loc: Loc = ()) -> Any:
+        self.lines.setdefault(loc, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            out: dict[Any, Any] = {}
+            for key_node, value_node in node.value:
+                key = self.build(key_node, loc + ("<key>",))
+                if key in out:
+                    self.problems.append(f"{self.filename}:{key_node.start_mark.line + 1}: "
+                                         f"duplicate key {key!r}")
+                self.lines[loc + (key,)] = key_node.start_mark.line + 1
+                out[key] = self.build(value_node, loc + (key,))
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            return [self.build(item, loc + (i,)) for i, item in enumerate(node.value)]
+        return yaml.SafeLoader.construct_object(_LOADER, node, deep=True)  # type: ignore[arg-type]
+
+    def line(self, loc: Loc) -> int:
+        for end in range(len(loc), -1, -1):
+            if loc[:end] in self.lines:
+                return self.lines[loc[:end]]
+        return 1
+
+
+_LOADER = yaml.SafeLoader("")
+
+
+def _message(error: dict[str, Any], data: Any) -> str:
+    loc = error["loc"]
+    where = ".".join(str(p) for p in loc if not isinstance(p, str) or not p.startswith("function"))
+    if error["type"] == "extra_forbidden":
+        return f"unknown key {loc[-1]!r}" + (f" in {'.'.join(map(str, loc[:-1]))}" if loc[:-1] else "")
+    msg = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "literal_error" and loc and loc[-1] == "action":
+        msg = f"unknown action {error.get('input')!r} (allow, deny or hold)"
+    rule_id = _rule_id(loc, data)
+    prefix = f"rule {rule_id!r}: " if rule_id else ""
+    return f"{prefix}{where}: {msg}" if where else f"{prefix}{msg}"
+
+
+def _rule_id(loc: Loc, data: Any) -> str | None:
+    if len(loc) >= 2 and loc[0] == "rules" and isinstance(loc[1], int):
+        try:
+            rule = data["rules"][loc[1]]
+            return str(rule.get("id")) if isinstance(rule, dict) and rule.get("id") else None
+        except (KeyError, IndexError, TypeError):
+            return None
+    return None
+
+
+def _clean_loc(loc: tuple[Any, ...], keep_last: bool) -> Loc:
+    """Drop the union branch names pydantic adds (e.g. "Capture", "literal[False]")."""
+    body, last = (loc[:-1], loc[-1:]) if keep_last and loc else (loc, ())
+    return tuple(p for p in body if isinstance(p, int) or p in _KNOWN_KEYS) + tuple(last)
+
+
+_KNOWN_KEYS = {
+    "version", "upstream", "base_url", "credentials", "default", "timeout", "rules", "header",
+    "value", "id", "match", "action", "approval", "capture", "undo", "volatile", "methods",
+    "path", "when", "agents", "wait", "expires", "approvers", "roles", "operators", "method",
+    "body",
+}
+
+
+def parse_file(filename: str, text: str) -> tuple[PolicyFile | None, dict[Loc, int], list[str]]:
+    """One file: its validated model, its line map, and its problems."""
+    lines = _Lines(filename)
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark else 1
+        return None, {}, [f"{filename}:{line}: invalid YAML: {getattr(exc, 'problem', exc)}"]
+    if root is None:
+        return None, {}, [f"{filename}:1: empty policy file"]
+    data = lines.build(root)
+    if lines.problems:
+        return None, lines.lines, lines.problems
+    if not isinstance(data, dict):
+        return None, lines.lines, [f"{filename}:1: a policy file is a mapping (upstream, rules, ...)"]
+    problems = _duplicate_ids(filename, data, lines)
+    try:
+        model = PolicyFile.model_validate(data)
+    except ValidationError as exc:
+        for error in exc.errors():
+            loc = _clean_loc(error["loc"], keep_last=error["type"] == "extra_forbidden")
+            error = {**error, "loc": loc}
+            problems.append(f"{filename}:{lines.line(loc)}: {_message(error, data)}")
+        return None, lines.lines, sorted(set(problems), key=_line_key)
+    return (model if not problems else None), lines.lines, problems
+
+
+def _duplicate_ids(filename: str, data: dict[Any, Any], lines: _Lines) -> list[str]:
+    rules = data.get("rules")
+    if not isinstance(rules, list):
+        return []
+    problems, seen = [], {}
+    for i, rule in enumerate(rules):
+        rule_id = rule.get("id") if isinstance(rule, dict) else None
+        if not isinstance(rule_id, str):
+            continue
+        line = lines.line(("rules", i, "id"))
+        if rule_id in seen:
+            problems.append(f"{filename}:{line}: duplicate rule id {rule_id!r} "
+                            f"(first at line {seen[rule_id]})")
+        else:
+            seen[rule_id] = line
+    return problems
+
+
+def _line_key(problem: str) -> tuple[str, int]:
+    name, _, rest = problem.partition(":")
+    number = rest.split(":", 1)[0]
+    return name, int(number) if number.isdigit() else 0
+
+
+def load_policy_set(texts: Mapping[str, str], env: Mapping[str, str]) -> tuple[PolicySet | None, list[str]]:
+    """Every file of a directory, in name order: a set, or the problems found.
+
+    The revision hashes every file's name and bytes, so any edit gives a new one.
+    """
+    problems: list[str] = []
+    upstreams: dict[str, Upstream] = {}
+    first_file: dict[str, str] = {}
+    digest = hashlib.sha256()
+    for filename in sorted(texts):
+        text = texts[filename]
+        digest.update(filename.encode() + b"\0" + text.encode() + b"\0")
+        model, line_map, file_problems = parse_file(filename, text)
+        problems.extend(file_problems)
+        if model is None:
+            continue
+        if model.upstream in upstreams:
+            problems.append(f"{filename}:{line_map.get(('upstream',), 1)}: duplicate upstream "
+                            f"{model.upstream!r} (also in {first_file[model.upstream]})")
+            continue
+        first_file[model.upstream] = filename
+        upstreams[model.upstream] = compile_upstream(model, filename, env)
+    if not texts:
+        problems.append("no policy files (*.yaml) found")
+    if problems:
+        return None, problems
+    return PolicySet(upstreams, digest.hexdigest()[:16], tuple(sorted(texts))), []
+
+
+def compile_upstream(model: PolicyFile, source: str, env: Mapping[str, str]) -> Upstream:
+    trie = PathTrie()
+    conditions: dict[int, Condition] = {}
+    templates: dict[int, Template] = {}
+    for index, rule in enumerate(model.rules):
+        template = Template.parse(rule.match.path)
+        templates[index] = template
+        trie.add(index, template)
+        if rule.match.when is not None:
+            conditions[index] = Condition(rule.match.when)
+    credential = None
+    if model.credentials is not None:
+        credential = _VAR.sub(lambda m: env.get(m.group(1), ""), model.credentials.value)
+    return Upstream(model, source, credential, trie, conditions, templates)
+
+
+def missing_variables(model: PolicyFile, env: Mapping[str, str]) -> list[str]:
+    if model.credentials is None:
+        return []
+    return [name for name in _VAR.findall(model.credentials.value) if name not in env]

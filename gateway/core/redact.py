@@ -1,0 +1,61 @@
+"""Secrets never reach the store or the logs.
+
+Headers that carry credentials, and body or query fields named like secrets,
+are replaced by ``[REDACTED]`` before a journal entry or a held call is
+written. Matching is by name, so it errs on the side of hiding.
+
+>>> redact_headers({"Authorization": "Bearer x", "Accept": "*/*"})
+{'authorization': '[REDACTED]', 'accept': '*/*'}
+>>> redact_json({"user": "ada", "password": "hunter2", "nested": [{"api_key": "k"}]})
+{'user': 'ada', 'password': '[REDACTED]', 'nested': [{'api_key': '[REDACTED]'}]}
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
+
+REDACTED = "[REDACTED]"
+SECRET_HEADERS = frozenset({
+    "authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key", "api-key",
+    "x-gateway-key", "x-auth-token", "x-access-token", "x-csrf-token", "x-xsrf-token",
+})
+_SECRET_NAME = re.compile(
+    r"pass(word|wd|phrase)?|secret|token|api[-_]?key|apikey|^auth$|authorization|credential"
+    r"|private[-_]?key"
+    r"|session|cookie|signature|^cvc$|^cvv$|card[-_]?number|^pin$|^ssn$",
+    re.IGNORECASE,
+)
+
+
+def is_secret_name(name: str) -> bool:
+    return name.lower() in SECRET_HEADERS or bool(_SECRET_NAME.search(name))
+
+
+def redact_headers(headers: Mapping[str, str] | Iterable[tuple[str, str]]) -> dict[str, str]:
+    items = headers.items() if isinstance(headers, Mapping) else headers
+    out: dict[str, str] = {}
+    for name, value in items:
+        key = name.lower()
+        out[key] = REDACTED if is_secret_name(key) else value
+    return out
+
+
+def redact_json(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: (REDACTED if isinstance(k, str) and is_secret_name(k) else redact_json(v))
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact_json(v) for v in value]
+    return value
+
+
+def redact_form(text: str) -> str:
+    pairs = parse_qsl(text, keep_blank_values=True)
+    return urlencode([(k, REDACTED if is_secret_name(k) else v) for k, v in pairs])
+
+
+def redact_query(query: str) -> str:
+    return redact_form(query) if query else query

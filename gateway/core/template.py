@@ -1,0 +1,130 @@
+"""Path templates and the segment trie that matches them.
+
+A template is a sequence of segments: a literal, ``{name}`` (one segment,
+bound), ``*`` (one segment) or a final ``**`` (any rest, also empty). All the
+rules of an upstream are compiled into one trie, so matching a request walks
+its path once instead of trying every rule's regular expression in turn; the
+rules that match come back in file order and the policy keeps the first one
+that also fits the method, the agent and the ``when`` condition.
+
+>>> trie = PathTrie()
+>>> trie.add(0, Template.parse("/customers/{id}"))
+>>> trie.add(1, Template.parse("/**"))
+>>> trie.match(["customers", "42"])
+[(0, {'id': '42'}), (1, {})]
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+_NAME = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\}$")
+
+
+class TemplateError(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Template:
+    text: str
+    segments: tuple[str, ...]  # literal text, "{name}", "*" or "**"
+
+    @classmethod
+    def parse(cls, text: str) -> Template:
+        if not isinstance(text, str) or not text.startswith("/"):
+            raise TemplateError(f"path template {text!r} must start with '/'")
+        raw = text[1:].split("/") if text != "/" else []
+        segments: list[str] = []
+        for i, seg in enumerate(raw):
+            if seg == "" and i == len(raw) - 1 and i > 0:
+                continue  # a trailing slash matches like the path without it
+            if seg in ("", ".", ".."):
+                raise TemplateError(f"path template {text!r} has an empty or dot segment")
+            if seg == "**":
+                if i != len(raw) - 1:
+                    raise TemplateError(f"path template {text!r}: '**' must be the last segment")
+            elif seg != "*" and ("{" in seg or "}" in seg or "*" in seg):
+                if not _NAME.match(seg):
+                    raise TemplateError(
+                        f"path template {text!r}: bad segment {seg!r} (use a literal, "
+                        "{name}, * or a final **)")
+            segments.append(seg)
+        names = [s[1:-1] for s in segments if s.startswith("{")]
+        if len(names) != len(set(names)):
+            raise TemplateError(f"path template {text!r} binds a name twice")
+        return cls(text, tuple(segments))
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(s[1:-1] for s in self.segments if s.startswith("{"))
+
+    def expand(self, params: dict[str, str]) -> str:
+        """Fill in ``{name}`` segments; ``*`` and ``**`` cannot be expanded."""
+        out = []
+        for seg in self.segments:
+            if seg.startswith("{"):
+                out.append(params[seg[1:-1]])
+            elif seg in ("*", "**"):
+                raise TemplateError(f"path template {self.text!r} cannot be expanded ({seg})")
+            else:
+                out.append(seg)
+        return "/" + "/".join(out)
+
+
+@dataclass(slots=True)
+class _Node:
+    literal: dict[str, _Node] = field(default_factory=dict)
+    single: _Node | None = None
+    # (rule index, names of the single segments on the way, None for "*")
+    ends: list[tuple[int, tuple[str | None, ...]]] = field(default_factory=list)
+    rest: list[tuple[int, tuple[str | None, ...]]] = field(default_factory=list)
+
+
+class PathTrie:
+    """All templates of one upstream; ``match`` returns (rule index, params) in index order."""
+
+    def __init__(self) -> None:
+        self._root = _Node()
+
+    def add(self, index: int, template: Template) -> None:
+        node, names = self._root, []
+        for seg in template.segments:
+            if seg == "**":
+                node.rest.append((index, tuple(names)))
+                return
+            if seg == "*" or seg.startswith("{"):
+                if node.single is None:
+                    node.single = _Node()
+                node = node.single
+                names.append(None if seg == "*" else seg[1:-1])
+            else:
+                node = node.literal.setdefault(seg, _Node())
+        node.ends.append((index, tuple(names)))
+
+    def match(self, segments: list[str]) -> list[tuple[int, dict[str, str]]]:
+        found: list[tuple[int, dict[str, str]]] = []
+        self._walk(self._root, segments, 0, [], found)
+        found.sort(key=lambda item: item[0])
+        return found
+
+    def _walk(self, node: _Node, segs: list[str], i: int, values: list[str],
+              found: list[tuple[int, dict[str, str]]]) -> None:
+        for index, names in node.rest:
+            found.append((index, _bind(names, values)))
+        if i == len(segs):
+            for index, names in node.ends:
+                found.append((index, _bind(names, values)))
+            return
+        child = node.literal.get(segs[i])
+        if child is not None:
+            self._walk(child, segs, i + 1, values, found)
+        if node.single is not None:
+            values.append(segs[i])
+            self._walk(node.single, segs, i + 1, values, found)
+            values.pop()
+
+
+def _bind(names: tuple[str | None, ...], values: list[str]) -> dict[str, str]:
+    return {name: value for name, value in zip(names, values) if name is not None}

@@ -1,0 +1,272 @@
+"""One agent call end to end.
+
+    decide -> (read)  forward, streaming both ways
+           -> (write) freeze check -> capture GET -> journal intent -> final
+                      freeze check -> forward -> journal outcome
+
+Every step that fails before the write is sent stops it: a freeze (423), a
+failed capture (502), an unavailable journal (503). Any error while deciding
+denies (fail closed). The proxy listener turns ``GatewayError`` into the
+contract's JSON errors; this module never speaks HTTP framing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from gateway.core import journal as journaling
+from gateway.core.headers import METHOD_OVERRIDES, upstream_request_headers
+from gateway.core.model import (
+    Checkpoint,
+    Decision,
+    JournalEntry,
+    JournalOutcome,
+    JournalState,
+    Undo,
+    Verdict,
+    is_mutating,
+    new_id,
+    utcnow,
+)
+from gateway.core.policy import CallView, PolicySet, Upstream
+from gateway.core.redact import redact_headers, redact_query
+from gateway.errors import (
+    BadRequest,
+    CaptureFailed,
+    GatewayError,
+    JournalUnavailable,
+    PolicyDenied,
+    UnknownUpstream,
+    UpstreamTimeout,
+)
+from gateway.freezes import FreezeState
+from gateway.ports import Store, UpstreamResponse
+from gateway.ports import Upstream as UpstreamClient
+from gateway.settings import Settings
+
+log = logging.getLogger("gateway.pipeline")
+
+
+@dataclass(slots=True)
+class Call:
+    request_id: str
+    agent: str
+    agent_key: str | None
+    upstream: str
+    method: str
+    raw_path: str  # percent-encoded, as received, after /{upstream}
+    query: str
+    headers: list[tuple[str, str]]  # lower-case names
+    checkpoint: Checkpoint
+    body: AsyncIterator[bytes] | None = None
+    buffered: bytes | None = None
+
+
+@dataclass(slots=True)
+class Reply:
+    response: UpstreamResponse
+    decision: str
+    extra_headers: list[tuple[str, str]] = field(default_factory=list)
+
+
+class BodyTooLarge(GatewayError):
+    status, code, decision = 413, "payload_too_large", "deny"
+
+
+def segments_of(raw_path: str) -> list[str]:
+    """Decoded path segments for matching; ambiguous paths are a bad request."""
+    if raw_path in ("", "/"):
+        return []
+    parts = raw_path[1:].split("/")
+    if parts and parts[-1] == "":
+        parts.pop()
+    out = []
+    for part in parts:
+        decoded = unquote(part)
+        if part == "" or decoded in (".", "..") or "/" in decoded or "\\" in decoded \
+                or "\x00" in decoded:
+            raise BadRequest(f"ambiguous path segment {part!r}")
+        out.append(decoded)
+    return out
+
+
+class Pipeline:
+    def __init__(self, settings: Settings, store: Store, client: UpstreamClient,
+                 freezes: FreezeState, policies: PolicySet) -> None:
+        self.settings = settings
+        self.store = store
+        self.client = client
+        self.freezes = freezes
+        self.policies = policies
+
+    async def handle(self, call: Call) -> Reply:
+        policies = self.policies  # one consistent set for the whole call
+        upstream = policies.upstreams.get(call.upstream)
+        if upstream is None:
+            raise UnknownUpstream(f"no upstream named {call.upstream!r}")
+        for name, _ in call.headers:
+            if name in METHOD_OVERRIDES:
+                raise BadRequest(f"method-override header {name!r} is not allowed: the policy "
+                                 "judges the request method")
+        view = CallView(call.method, unquote(call.raw_path) or "/", segments_of(call.raw_path),
+                        dict(parse_qsl(call.query, keep_blank_values=True)),
+                        dict(call.headers), call.agent)
+        mutating = is_mutating(call.method)
+        if mutating or upstream.needs_body(view):
+            call.buffered = await self._read_body(call)
+            parsed = journaling.parse_body(call.buffered, view.headers.get("content-type"))
+            view = CallView(view.method, view.path, view.segments, view.query, view.headers,
+                            view.agent, parsed)
+        try:
+            decision = policies.decide(upstream, view)
+        except Exception:  # fail closed: a bug in deciding must not let a call through
+            log.exception("error while deciding %s %s", call.method, call.raw_path)
+            decision = Decision(Verdict.DENY, None, "internal error while deciding",
+                                policies.revision, upstream.name)
+        if decision.verdict is Verdict.DENY:
+            raise PolicyDenied(decision.reason, rule=decision.rule)
+        if decision.verdict is Verdict.HOLD:
+            raise PolicyDenied("held calls need an approval queue; none is configured",
+                               rule=decision.rule)
+        if not mutating:
+            return await self._read(upstream, call)
+        return await self._write(upstream, call, view, decision)
+
+    async def _read_body(self, call: Call) -> bytes:
+        if call.buffered is not None or call.body is None:
+            return call.buffered or b""
+        chunks, size = [], 0
+        async for chunk in call.body:
+            size += len(chunk)
+            if size > self.settings.max_write_body:
+                raise BodyTooLarge(f"request body over {self.settings.max_write_body} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _url(self, upstream: Upstream, raw_path: str, query: str) -> str:
+        return upstream.base_url + raw_path + (f"?{query}" if query else "")
+
+    def _headers(self, upstream: Upstream, call: Call, drop_encoding: bool) -> list[tuple[str, str]]:
+        credential = None
+        if upstream.spec.credentials is not None:
+            credential = (upstream.spec.credentials.header.lower(), upstream.credential_value or "")
+        return upstream_request_headers(call.headers, call.agent_key, credential,
+                                        urlsplit(upstream.base_url).netloc, drop_encoding)
+
+    async def _read(self, upstream: Upstream, call: Call) -> Reply:
+        body = call.buffered if call.buffered is not None else call.body
+        response = await self.client.request(
+            call.method, self._url(upstream, call.raw_path, call.query),
+            self._headers(upstream, call, drop_encoding=False), body, stream=True,
+            timeout=upstream.spec.timeout or self.settings.upstream_timeout)
+        return Reply(response, "allow")
+
+    async def _write(self, upstream: Upstream, call: Call, view: CallView,
+                     decision: Decision) -> Reply:
+        started = time.perf_counter()
+        try:
+            await self.freezes.check(upstream.name, call.agent)
+        except GatewayError:
+            raise
+        except Exception as exc:
+            raise JournalUnavailable("the store could not be read for the kill switch") from exc
+        rule = upstream.rule(decision.rule)
+        target = journaling.capture_path(rule, call.method, view.path, decision.params)
+        prior, prior_status, capture_ms = None, None, 0.0
+        if target is not None:
+            prior, prior_status, capture_ms = await self._capture(upstream, call, target)
+        content_type = view.headers.get("content-type")
+        undo, reversible = journaling.infer_undo(rule, call.method, view.path, decision.params,
+                                                 prior, prior_status, view.body, content_type)
+        stored = journaling.store_body(call.buffered or b"", content_type,
+                                       self.settings.journal_body_limit)
+        entry = JournalEntry(
+            id=new_id(), at=utcnow(), request_id=call.request_id, agent=call.agent,
+            checkpoint=call.checkpoint, upstream=upstream.name, method=call.method,
+            path=view.path, query=redact_query(call.query), rule=decision.rule,
+            decision=decision.verdict.value, policy_revision=decision.revision,
+            request_headers=redact_headers(call.headers), request_body=stored.text,
+            request_body_sha256=stored.sha256, request_body_size=stored.size,
+            request_content_type=content_type, prior=prior, prior_status=prior_status,
+            capture_path=target, undo=Undo.from_json(undo) if undo else None,
+            reversible=reversible)
+        try:
+            await self.store.journal_intent(entry)
+        except Exception as exc:
+            log.error("journal unavailable: %s", exc)
+            raise JournalUnavailable("the change journal could not be written; "
+                                     "the call was not sent") from exc
+        sent = time.perf_counter()
+        try:
+            with self.freezes.sending(upstream.name, call.agent):
+                response = await self.client.request(
+                    call.method, self._url(upstream, call.raw_path, call.query),
+                    self._headers(upstream, call, drop_encoding=True), call.buffered,
+                    timeout=upstream.spec.timeout or self.settings.upstream_timeout)
+        except GatewayError as exc:
+            await self._outcome(entry, None, exc, started, sent, capture_ms)
+            raise
+        await self._outcome(entry, response, None, started, sent, capture_ms, upstream)
+        return Reply(response, "allow")
+
+    async def _capture(self, upstream: Upstream, call: Call,
+                       target: str) -> tuple[Any, int, float]:
+        began = time.perf_counter()
+        headers = [h for h in self._headers(upstream, call, drop_encoding=True)
+                   if h[0] not in ("content-type", "content-encoding")]
+        headers.append(("accept-encoding", "identity"))
+        try:
+            response = await self.client.request(
+                "GET", upstream.base_url + target, headers, None,
+                timeout=self.settings.capture_timeout)
+        except GatewayError as exc:
+            raise CaptureFailed(f"prior-state GET {target} failed ({exc.message}); "
+                                "the write was not sent") from exc
+        status = response.status
+        if not (200 <= status < 300 or status in (404, 410)):
+            raise CaptureFailed(f"prior-state GET {target} answered {status}; "
+                                "the write was not sent", capture_status=status)
+        body = response.body or b""
+        return journaling.prior_value(body, status), status, (time.perf_counter() - began) * 1000
+
+    async def _outcome(self, entry: JournalEntry, response: UpstreamResponse | None,
+                       error: GatewayError | None, started: float, sent: float,
+                       capture_ms: float, upstream: Upstream | None = None) -> None:
+        now = time.perf_counter()
+        timings = {"capture_ms": round(capture_ms, 3), "upstream_ms": round((now - sent) * 1000, 3),
+                   "total_ms": round((now - started) * 1000, 3)}
+        undo, reversible = entry.undo, entry.reversible
+        if response is None:
+            state = JournalState.FAILED
+            outcome = JournalOutcome(state, None, {}, None, None, 0, undo,
+                                     reversible and not isinstance(error, UpstreamTimeout),
+                                     error.message if error else None, timings, utcnow())
+        else:
+            body = response.body or b""
+            headers = redact_headers(response.headers)
+            content_type = headers.get("content-type")
+            if entry.method == "POST" and undo is None and upstream is not None \
+                    and entry.capture_path is None:
+                created = journaling.undo_for_created(
+                    entry.path, urlsplit(upstream.base_url).path.rstrip("/"), response.status,
+                    headers, journaling.parse_body(body, content_type))
+                if created is not None and not (rule_says_none(upstream, entry.rule)):
+                    undo, reversible = Undo.from_json(created), True
+            stored = journaling.store_body(body, content_type, self.settings.journal_body_limit)
+            outcome = JournalOutcome(JournalState.COMPLETED, response.status, headers,
+                                     stored.text, stored.sha256, stored.size, undo, reversible,
+                                     None, timings, utcnow())
+        try:
+            await self.store.journal_outcome(entry.id, outcome)
+        except Exception:  # the write happened; its intent row stays for operators to see
+            log.exception("could not journal the outcome of %s", entry.id)
+
+
+def rule_says_none(upstream: Upstream, rule_id: str | None) -> bool:
+    rule = upstream.rule(rule_id)
+    return rule is not None and rule.undo == "none"

@@ -1,0 +1,31 @@
+"""Reading a policy directory from disk (the adapter around the pure loader)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from gateway.core.policy import PolicySet
+from gateway.core.policy_loader import load_policy_set
+from gateway.errors import PolicyError
+
+
+def read_policy_dir(directory: Path) -> dict[str, str]:
+    if not directory.is_dir():
+        raise PolicyError([f"{directory}: not a directory"])
+    texts = {}
+    for path in sorted(directory.iterdir()):
+        if path.suffix in (".yaml", ".yml") and path.is_file():
+            try:
+                texts[str(path)] = path.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise PolicyError([f"{path}:1: cannot read: {exc}"]) from None
+    return texts
+
+
+def load_policies(directory: Path) -> PolicySet:
+    """The policy set of ``directory``; raises PolicyError with file:line problems."""
+    policy_set, problems = load_policy_set(read_policy_dir(directory), os.environ)
+    if policy_set is None:
+        raise PolicyError(problems)
+    return policy_set

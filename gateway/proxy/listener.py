@@ -1,0 +1,191 @@
+"""The agent listener: raw ASGI, because on the hot path every layer costs.
+
+Measured here, FastAPI routing alone costs three times raw ASGI, so the
+agent side parses the scope itself: ``/{upstream}/{rest}`` routing, agent
+authentication, the gateway's own ``/_gateway/*`` routes, and the one place
+where ``GatewayError`` becomes the contract's JSON error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+from urllib.parse import quote
+
+from gateway.core.headers import agent_key, agent_response_headers
+from gateway.core.model import Checkpoint, new_id
+from gateway.errors import BadRequest, GatewayError, Unauthenticated, UnknownUpstream
+from gateway.metrics import Metrics
+from gateway.pipeline import Call, Pipeline, Reply
+from gateway.ports import UpstreamResponse
+
+log = logging.getLogger("gateway.proxy")
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+_UPSTREAM = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+_JSON = [(b"content-type", b"application/json")]
+
+
+class AgentDirectory:
+    """Agent keys are held as sha256 digests and compared in constant time."""
+
+    def __init__(self, agents: list[tuple[str, str]], allow_anonymous: bool) -> None:
+        self._agents = [(name, bytes.fromhex(digest)) for name, digest in agents]
+        self.allow_anonymous = allow_anonymous
+
+    def identify(self, key: str | None) -> str:
+        if key is None or key == "":
+            if self.allow_anonymous:
+                return "anonymous"
+            raise Unauthenticated("an agent key is required (X-Gateway-Key or "
+                                  "Authorization: Bearer)")
+        digest = hashlib.sha256(key.encode()).digest()
+        found = None
+        for name, expected in self._agents:  # no early exit: timing does not reveal which
+            if hmac.compare_digest(digest, expected) and found is None:
+                found = name
+        if found is None:
+            raise Unauthenticated("unknown agent key")
+        return found
+
+
+class ProxyApp:
+    def __init__(self, pipeline: Pipeline, agents: AgentDirectory,
+                 own_routes: Callable[[str, str, str], Awaitable[tuple[int, Any]]] | None = None,
+                 metrics: Metrics | None = None) -> None:
+        self.pipeline = pipeline
+        self.agents = agents
+        self.own_routes = own_routes
+        self.metrics = metrics or Metrics()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        request_id = new_id()
+        upstream = scope["path"][1:].partition("/")[0]
+        if upstream not in self.pipeline.policies.upstreams:
+            upstream = "_other"  # bounded label set, whatever agents send
+        try:
+            reply = await self._handle(scope, receive, request_id)
+        except GatewayError as exc:
+            self.metrics.decisions[(upstream, exc.decision)] += 1
+            await _error(send, exc, request_id)
+            return
+        except Exception:
+            log.exception("unexpected error handling %s %s", scope.get("method"), scope.get("path"))
+            self.metrics.decisions[(upstream, "error")] += 1
+            await _error(send, GatewayError("internal error"), request_id)
+            return
+        self.metrics.decisions[(upstream, reply.decision)] += 1
+        await _stream(send, reply, request_id, scope["method"] == "HEAD")
+
+    async def _handle(self, scope: Scope, receive: Receive, request_id: str) -> Reply:
+        raw = scope.get("raw_path") or quote(scope["path"]).encode()
+        raw_path = raw.decode("latin-1").split("?", 1)[0]
+        if not raw_path.startswith("/"):
+            raise BadRequest("only origin-form request targets are accepted")
+        upstream, _, rest = raw_path[1:].partition("/")
+        headers = [(k.decode("latin-1").lower(), v.decode("latin-1"))
+                   for k, v in scope["headers"]]
+        if upstream == "_gateway":
+            return await self._own(rest, headers, scope["method"])
+        key = agent_key(headers)
+        agent = self.agents.identify(key)
+        if not _UPSTREAM.match(upstream):
+            raise UnknownUpstream(f"no upstream named {upstream!r}")
+        get = {k: v for k, v in headers if k.startswith("x-agent-")}.get
+        call = Call(
+            request_id=request_id, agent=agent, agent_key=key, upstream=upstream,
+            method=scope["method"].upper(), raw_path="/" + rest if rest else "",
+            query=scope.get("query_string", b"").decode("latin-1"), headers=headers,
+            checkpoint=Checkpoint(get("x-agent-run"), get("x-agent-model"),
+                                  get("x-agent-prompt-version"), get("x-agent-tool-version")),
+            body=_body(receive) if _has_body(headers) else None)
+        return await self.pipeline.handle(call)
+
+    async def _own(self, rest: str, headers: list[tuple[str, str]], method: str) -> Reply:
+        if rest == "health":
+            body = {"status": "ok", "policy_revision": self.pipeline.policies.revision}
+            return Reply(_json_response(200, body), "allow")
+        if self.own_routes is not None:
+            agent = self.agents.identify(agent_key(headers))
+            status, body = await self.own_routes(method, rest, agent)
+            return Reply(_json_response(status, body), "allow")
+        raise UnknownUpstream(f"no gateway route /_gateway/{rest}")
+
+
+def _has_body(headers: list[tuple[str, str]]) -> bool:
+    for name, value in headers:
+        if name == "content-length":
+            return value.strip() != "0"
+        if name == "transfer-encoding":
+            return True
+    return False
+
+
+async def _body(receive: Receive) -> AsyncIterator[bytes]:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise BadRequest("the agent went away while sending the body")
+        chunk = message.get("body", b"")
+        if chunk:
+            yield chunk
+        if not message.get("more_body", False):
+            return
+
+
+def _json_response(status: int, body: Any) -> UpstreamResponse:
+    data = json.dumps(body).encode()
+    return UpstreamResponse(status, [("content-type", "application/json")], body=data)
+
+
+def _gateway_headers(decision: str, request_id: str) -> list[tuple[bytes, bytes]]:
+    return [(b"x-gateway-decision", decision.encode()),
+            (b"x-gateway-request-id", request_id.encode())]
+
+
+async def _error(send: Send, exc: GatewayError, request_id: str) -> None:
+    data = json.dumps(exc.body()).encode()
+    headers = _JSON + [(b"content-length", str(len(data)).encode())]
+    await send({"type": "http.response.start", "status": exc.status,
+                "headers": headers + _gateway_headers(exc.decision, request_id)})
+    await send({"type": "http.response.body", "body": data})
+
+
+async def _stream(send: Send, reply: Reply, request_id: str, head: bool) -> None:
+    response = reply.response
+    headers = [(k.lower().encode("latin-1"), v.encode("latin-1"))
+               for k, v in agent_response_headers(response.headers)]
+    if response.body is not None and not any(k == b"content-length" for k, _ in headers):
+        headers.append((b"content-length", str(len(response.body)).encode()))
+    await send({"type": "http.response.start", "status": response.status,
+                "headers": headers + _gateway_headers(reply.decision, request_id)})
+    if response.body is not None or head:
+        if response.stream is not None:
+            await response.read()  # release the connection
+        await send({"type": "http.response.body", "body": b"" if head else response.body or b""})
+        return
+    assert response.stream is not None
+    async for chunk in response.stream:
+        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    await send({"type": "http.response.body", "body": b""})
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return

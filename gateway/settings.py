@@ -1,0 +1,144 @@
+"""One ``Settings`` object, built from the settings file, ``GATEWAY_*`` and flags.
+
+Precedence, lowest first: defaults < the YAML settings file (``--config``) <
+environment variables ``GATEWAY_*`` (nested with ``__``, e.g.
+``GATEWAY_PROXY__PORT=9090``) < ``gateway serve`` flags. Nothing happens at
+import; ``load_settings`` does the reading.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def sha256_hex(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+class Listener(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+
+
+class AgentSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1)
+    key_sha256: str
+
+    @field_validator("key_sha256")
+    @classmethod
+    def _hex(cls, value: str) -> str:
+        value = value.lower()
+        if not _HEX64.match(value):
+            raise ValueError("key_sha256 must be 64 hex digits (printf %s KEY | sha256sum)")
+        return value
+
+
+class OperatorSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1)
+    role: Literal["viewer", "approver", "admin"]
+    token_sha256: str
+
+    _hex = field_validator("token_sha256")(AgentSpec._hex.__func__)  # type: ignore[attr-defined]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", env_nested_delimiter="__",
+                                      extra="forbid")
+
+    database_url: str = "sqlite+aiosqlite:///./gateway.db"
+    policies_dir: Path = Path("./policies")
+    proxy: Listener = Listener(port=8080)
+    admin: Listener = Listener(port=8081)
+    allow_anonymous_agents: bool = False
+    agents: list[AgentSpec] = []
+    operators: list[OperatorSpec] = []
+    # Not in the contract's example file, but settable the same ways:
+    dev: bool = False  # local development: allow start with no operator, print a token
+    upstream_timeout: float = Field(default=30.0, gt=0)
+    capture_timeout: float = Field(default=10.0, gt=0)
+    journal_body_limit: int = Field(default=65536, ge=0)
+    max_write_body: int = Field(default=16 * 1024 * 1024, gt=0)
+    log_level: str = "info"
+
+    # Built by load_settings from the file; the file layer sits below env vars.
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings],
+                                   init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource,
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        file_data = _FILE_LAYER.get("data") or {}
+        return (init_settings, env_settings, InitSettingsSource(settings_cls, file_data))
+
+
+_FILE_LAYER: dict[str, Any] = {}
+
+
+class SettingsError(Exception):
+    pass
+
+
+def read_settings_file(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise SettingsError(f"{path}: cannot read settings file: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise SettingsError(f"{path}: invalid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise SettingsError(f"{path}: a settings file is a mapping")
+    return data
+
+
+def load_settings(config: Path | None = None, **flags: Any) -> Settings:
+    """Defaults < file < GATEWAY_* env < flags (None flags are ignored)."""
+    _FILE_LAYER["data"] = read_settings_file(config) if config else {}
+    overrides: dict[str, Any] = {}
+    for key, value in flags.items():
+        if value is None:
+            continue
+        if "__" in key:
+            outer, inner = key.split("__", 1)
+            overrides.setdefault(outer, {})[inner] = value
+        else:
+            overrides[key] = value
+    try:
+        if overrides:
+            base = Settings()
+            merged = base.model_dump()
+            for key, value in overrides.items():
+                if isinstance(value, dict):
+                    merged[key] = {**merged[key], **value}
+                else:
+                    merged[key] = value
+            return Settings.model_validate(merged)
+        return Settings()
+    except Exception as exc:
+        raise SettingsError(str(exc)) from None
+    finally:
+        _FILE_LAYER.clear()
+
+
+def dev_operator_token() -> tuple[str, OperatorSpec]:
+    """A one-time admin token for local development (printed, never stored)."""
+    token = secrets.token_urlsafe(24)
+    return token, OperatorSpec(name="dev", role="admin", token_sha256=sha256_hex(token))

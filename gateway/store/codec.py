@@ -1,0 +1,161 @@
+"""How core values become rows and back, plus the hot-path SQL built from them.
+
+The column lists are written once here; the raw-driver statements and the
+ORM rows both follow them, so the two ways into the journal cannot drift.
+JSON goes in as compact text; ``prior`` and ``undo`` are NULL when absent.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from gateway.core.model import (
+    AuditRecord,
+    Checkpoint,
+    Freeze,
+    FreezeScope,
+    JournalEntry,
+    JournalOutcome,
+    JournalState,
+    Undo,
+    iso,
+    parse_iso,
+)
+from gateway.store.tables import AuditRow, FreezeRow, JournalRow
+
+JOURNAL_COLUMNS = (
+    "id", "at", "request_id", "agent", "run", "model", "prompt_version", "tool_version",
+    "upstream", "method", "path", "query", "rule", "decision", "policy_revision",
+    "request_headers", "request_body", "request_body_sha256", "request_body_size",
+    "request_content_type", "prior", "prior_status", "capture_path", "undo", "reversible",
+    "state", "status", "response_headers", "response_body", "response_body_sha256",
+    "response_body_size", "error", "timings", "completed_at",
+)
+OUTCOME_COLUMNS = (
+    "state", "status", "response_headers", "response_body", "response_body_sha256",
+    "response_body_size", "undo", "reversible", "error", "timings", "completed_at",
+)
+FREEZE_COLUMNS = ("id", "scope", "target", "reason", "by", "at")
+
+
+def _names(columns: Sequence[str]) -> str:
+    return ", ".join(f'"{c}"' for c in columns)
+
+
+INSERT_JOURNAL = (
+    f"INSERT INTO journal ({_names(JOURNAL_COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in JOURNAL_COLUMNS)})"
+)
+UPDATE_OUTCOME = (
+    "UPDATE journal SET " + ", ".join(f'"{c}" = ?' for c in OUTCOME_COLUMNS) + " WHERE id = ?"
+)
+SELECT_ACTIVE_FREEZES = (
+    f"SELECT {_names(FREEZE_COLUMNS)} FROM freezes WHERE released_at IS NULL ORDER BY at, id"
+)
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _dumps_or_null(value: Any) -> str | None:
+    return None if value is None else dumps(value)
+
+
+def _loads_or_none(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def _undo_text(undo: Undo | None) -> str | None:
+    return None if undo is None else dumps(undo.to_json())
+
+
+def journal_params(entry: JournalEntry) -> tuple[Any, ...]:
+    """The INSERT parameters for ``entry``, in ``JOURNAL_COLUMNS`` order."""
+    cp = entry.checkpoint
+    return (
+        entry.id, iso(entry.at), entry.request_id, entry.agent,
+        cp.run, cp.model, cp.prompt_version, cp.tool_version,
+        entry.upstream, entry.method, entry.path, entry.query, entry.rule, entry.decision,
+        entry.policy_revision, dumps(entry.request_headers), entry.request_body,
+        entry.request_body_sha256, entry.request_body_size, entry.request_content_type,
+        _dumps_or_null(entry.prior), entry.prior_status, entry.capture_path,
+        _undo_text(entry.undo), entry.reversible, entry.state.value, entry.status,
+        dumps(entry.response_headers), entry.response_body, entry.response_body_sha256,
+        entry.response_body_size, entry.error, dumps(entry.timings),
+        None if entry.completed_at is None else iso(entry.completed_at),
+    )
+
+
+def outcome_params(entry_id: str, outcome: JournalOutcome) -> tuple[Any, ...]:
+    """The UPDATE parameters, in ``OUTCOME_COLUMNS`` order, then the id."""
+    return (
+        outcome.state.value, outcome.status, dumps(outcome.response_headers),
+        outcome.response_body, outcome.response_body_sha256, outcome.response_body_size,
+        _undo_text(outcome.undo), outcome.reversible, outcome.error, dumps(outcome.timings),
+        iso(outcome.completed_at), entry_id,
+    )
+
+
+def entry_from_row(row: JournalRow) -> JournalEntry:
+    undo = _loads_or_none(row.undo)
+    return JournalEntry(
+        id=row.id,
+        at=parse_iso(row.at),
+        request_id=row.request_id,
+        agent=row.agent,
+        checkpoint=Checkpoint(row.run, row.model, row.prompt_version, row.tool_version),
+        upstream=row.upstream,
+        method=row.method,
+        path=row.path,
+        query=row.query,
+        rule=row.rule,
+        decision=row.decision,
+        policy_revision=row.policy_revision,
+        request_headers=json.loads(row.request_headers),
+        request_body=row.request_body,
+        request_body_sha256=row.request_body_sha256,
+        request_body_size=row.request_body_size,
+        request_content_type=row.request_content_type,
+        prior=_loads_or_none(row.prior),
+        prior_status=row.prior_status,
+        capture_path=row.capture_path,
+        undo=None if undo is None else Undo.from_json(undo),
+        reversible=bool(row.reversible),
+        state=JournalState(row.state),
+        status=row.status,
+        response_headers=json.loads(row.response_headers),
+        response_body=row.response_body,
+        response_body_sha256=row.response_body_sha256,
+        response_body_size=row.response_body_size,
+        error=row.error,
+        timings=json.loads(row.timings),
+        completed_at=None if row.completed_at is None else parse_iso(row.completed_at),
+    )
+
+
+def freeze_from_values(id: str, scope: str, target: str | None, reason: str, by: str,
+                       at: str) -> Freeze:
+    return Freeze(FreezeScope(scope), target, reason, by, parse_iso(at), id)
+
+
+def freeze_from_row(row: FreezeRow) -> Freeze:
+    return freeze_from_values(row.id, row.scope, row.target, row.reason, row.by, row.at)
+
+
+def freeze_row(freeze: Freeze) -> FreezeRow:
+    return FreezeRow(id=freeze.id, scope=freeze.scope.value, target=freeze.target,
+                     reason=freeze.reason, by=freeze.by, at=iso(freeze.at))
+
+
+def audit_from_row(row: AuditRow) -> AuditRecord:
+    return AuditRecord(row.seq, parse_iso(row.at), row.actor, row.action,
+                       json.loads(row.detail), row.prev_hash, row.hash)
+
+
+def audit_row(record: AuditRecord) -> AuditRow:
+    return AuditRow(seq=record.seq, at=iso(record.at), actor=record.actor,
+                    action=record.action, detail=dumps(record.detail),
+                    prev_hash=record.prev_hash, hash=record.hash)

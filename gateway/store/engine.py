@@ -1,0 +1,90 @@
+"""Database URLs and the SQLAlchemy engine for the admin side of the store.
+
+Two backends, told apart by the URL: ``sqlite+aiosqlite:///./gateway.db``
+(embedded) and ``postgresql+asyncpg://user@host/db``. Bare ``sqlite://`` and
+``postgresql://`` are taken to mean those drivers.
+
+SQLite needs help to behave like a server database. Every connection gets
+WAL (readers never block the writer), ``synchronous=NORMAL`` and a busy
+timeout (a locked database waits instead of failing at once). The sqlite3
+module's own transaction handling is switched off and SQLAlchemy emits BEGIN
+itself, so DDL is transactional and a connection carrying the
+``IMMEDIATE`` execution option starts with ``BEGIN IMMEDIATE``: it takes the
+write lock up front, which is what makes read-then-write (the audit chain,
+one active freeze per scope) safe across processes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+SQLITE_PRAGMAS = (
+    "PRAGMA busy_timeout=5000",
+    "PRAGMA journal_mode=WAL",
+    "PRAGMA synchronous=NORMAL",
+)
+IMMEDIATE = "gateway_sqlite_immediate"
+
+_DRIVERS = {
+    "sqlite": "sqlite+aiosqlite",
+    "sqlite+aiosqlite": "sqlite+aiosqlite",
+    "postgres": "postgresql+asyncpg",
+    "postgresql": "postgresql+asyncpg",
+    "postgresql+asyncpg": "postgresql+asyncpg",
+}
+
+
+def parse_url(database_url: str) -> URL:
+    """The URL with its async driver, or ValueError for anything unsupported.
+
+    >>> parse_url("postgresql://gw@db/gw").drivername
+    'postgresql+asyncpg'
+    """
+    url = make_url(database_url)
+    driver = _DRIVERS.get(url.drivername)
+    if driver is None:
+        raise ValueError(f"unsupported database URL {url.render_as_string()!r}: "
+                         "use sqlite+aiosqlite:///FILE or postgresql+asyncpg://USER@HOST/DB")
+    url = url.set(drivername=driver)
+    if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
+        raise ValueError("an in-memory SQLite database is not supported: name a file")
+    return url
+
+
+def is_postgres(url: URL) -> bool:
+    return url.get_backend_name() == "postgresql"
+
+
+def sqlite_path(url: URL) -> Path:
+    return Path(url.database or "")
+
+
+def asyncpg_dsn(url: URL) -> str:
+    """The same PostgreSQL URL in the form asyncpg itself accepts."""
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def create_engine(url: URL) -> AsyncEngine:
+    if is_postgres(url):
+        return create_async_engine(url, pool_pre_ping=True)
+    engine = create_async_engine(url, connect_args={"isolation_level": None})
+    event.listen(engine.sync_engine, "connect", _sqlite_connect)
+    event.listen(engine.sync_engine, "begin", _sqlite_begin)
+    return engine
+
+
+def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    for pragma in SQLITE_PRAGMAS:
+        cursor.execute(pragma)
+    cursor.close()
+
+
+def _sqlite_begin(connection: Any) -> None:
+    immediate = connection.get_execution_options().get(IMMEDIATE, False)
+    connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")

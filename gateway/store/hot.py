@@ -1,0 +1,93 @@
+"""The three calls made on every proxied request, straight through the driver.
+
+``active_freezes``, ``journal_intent`` and ``journal_outcome`` bypass the ORM:
+a SQLModel session commit measured 0.68 ms where a prepared asyncpg insert
+took 0.19 ms. On PostgreSQL an asyncpg pool prepares and caches each
+statement per connection. On SQLite one dedicated aiosqlite connection in
+autocommit mode does the work; an asyncio.Lock keeps its calls from
+interleaving. The SQL is written once with ``?`` placeholders and
+``numbered`` rewrites it for asyncpg. Errors are not caught here: the
+caller turns them into ``journal_unavailable``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Protocol
+
+import aiosqlite
+import asyncpg
+
+from gateway.store.engine import SQLITE_PRAGMAS
+
+
+@lru_cache(maxsize=32)
+def numbered(sql: str) -> str:
+    """Rewrite qmark placeholders as PostgreSQL's numbered ones.
+
+    The statements given here never hold a literal ``?``.
+
+    >>> numbered("UPDATE t SET a = ? WHERE id = ?")
+    'UPDATE t SET a = $1 WHERE id = $2'
+    """
+    first, *rest = sql.split("?")
+    return first + "".join(f"${n}{part}" for n, part in enumerate(rest, 1))
+
+
+class HotPath(Protocol):
+    async def execute(self, sql: str, args: Sequence[Any]) -> int:
+        """Run one statement; the number of rows it touched."""
+
+    async def fetch(self, sql: str, args: Sequence[Any]) -> list[Sequence[Any]]: ...
+
+    async def close(self) -> None: ...
+
+
+class PostgresHotPath:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    @classmethod
+    async def connect(cls, dsn: str, max_size: int = 10) -> PostgresHotPath:
+        return cls(await asyncpg.create_pool(dsn, min_size=1, max_size=max_size))
+
+    async def execute(self, sql: str, args: Sequence[Any]) -> int:
+        status: str = await self._pool.execute(numbered(sql), *args)
+        return int(status.rsplit(" ", 1)[-1])
+
+    async def fetch(self, sql: str, args: Sequence[Any]) -> list[Sequence[Any]]:
+        return list(await self._pool.fetch(numbered(sql), *args))
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+
+class SqliteHotPath:
+    def __init__(self, connection: aiosqlite.Connection) -> None:
+        self._connection = connection
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    async def connect(cls, path: Path) -> SqliteHotPath:
+        connection = await aiosqlite.connect(path, isolation_level=None)
+        try:
+            for pragma in SQLITE_PRAGMAS:
+                await connection.execute(pragma)
+        except BaseException:
+            await connection.close()
+            raise
+        return cls(connection)
+
+    async def execute(self, sql: str, args: Sequence[Any]) -> int:
+        async with self._lock, self._connection.execute(sql, args) as cursor:
+            return cursor.rowcount
+
+    async def fetch(self, sql: str, args: Sequence[Any]) -> list[Sequence[Any]]:
+        async with self._lock:
+            return list(await self._connection.execute_fetchall(sql, args))
+
+    async def close(self) -> None:
+        await self._connection.close()

@@ -1,0 +1,216 @@
+"""``SqlStore``: the ``ports.Store`` on SQLite or PostgreSQL.
+
+Two ways in, by how hot the call is. The three calls made on every proxied
+request (``active_freezes``, ``journal_intent``, ``journal_outcome``) go
+straight through the driver (``hot.py``), one statement each. Everything an
+operator triggers goes through SQLAlchemy and SQLModel, where clarity is
+worth more than a fraction of a millisecond.
+
+Writes that read before they write (the audit chain's last link, the one
+active freeze per scope and target) are serialized: an asyncio.Lock within
+the process, and across processes a transaction-scoped advisory lock on
+PostgreSQL or ``BEGIN IMMEDIATE`` on SQLite. A freeze change and its audit
+record commit together or not at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import text
+from sqlmodel import col, func, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+from sqlmodel.sql.expression import SelectOfScalar
+
+from gateway.core.audit import seal
+from gateway.core.model import (
+    AuditRecord,
+    Freeze,
+    FreezeScope,
+    JournalEntry,
+    JournalOutcome,
+    JournalQuery,
+    iso,
+)
+from gateway.store import codec
+from gateway.store.engine import (
+    IMMEDIATE,
+    asyncpg_dsn,
+    create_engine,
+    is_postgres,
+    parse_url,
+    sqlite_path,
+)
+from gateway.store.hot import HotPath, PostgresHotPath, SqliteHotPath
+from gateway.store.migrate import upgrade
+from gateway.store.tables import AuditRow, FreezeRow, JournalRow
+
+WRITE_LOCK = 0x67775F7772697465  # "gw_write": the advisory lock over audit and freezes
+PING_TIMEOUT = 5.0
+
+
+class SqlStore:
+    """The store behind the gateway.
+
+    >>> store = SqlStore("sqlite+aiosqlite:///./gateway.db")  # doctest: +SKIP
+    >>> await store.start()                                   # doctest: +SKIP
+    """
+
+    def __init__(self, database_url: str) -> None:
+        self.url = parse_url(database_url)
+        self._postgres = is_postgres(self.url)
+        self._engine = create_engine(self.url)
+        self._writer = self._engine.execution_options(**{IMMEDIATE: True})
+        self._write_lock = asyncio.Lock()
+        self._hot: HotPath | None = None
+
+    def __repr__(self) -> str:
+        return f"SqlStore({self.url.render_as_string()!r})"
+
+    async def start(self) -> None:
+        """Connect, create or migrate the schema, then open the hot path."""
+        if self._hot is not None:
+            return
+        if not self._postgres:
+            sqlite_path(self.url).parent.mkdir(parents=True, exist_ok=True)
+        await upgrade(self._engine)
+        if self._postgres:
+            self._hot = await PostgresHotPath.connect(asyncpg_dsn(self.url))
+        else:
+            self._hot = await SqliteHotPath.connect(sqlite_path(self.url))
+
+    async def close(self) -> None:
+        hot, self._hot = self._hot, None
+        try:
+            if hot is not None:
+                await hot.close()
+        finally:
+            await self._engine.dispose()
+
+    async def ping(self) -> bool:
+        try:
+            async with asyncio.timeout(PING_TIMEOUT), self._engine.connect() as connection:
+                await connection.execute(text("SELECT 1"))
+        except Exception:
+            return False
+        return True
+
+    def _hot_path(self) -> HotPath:
+        if self._hot is None:
+            raise RuntimeError(f"{self!r} is not started, or already closed")
+        return self._hot
+
+    # Hot path ---------------------------------------------------------------
+    async def active_freezes(self) -> list[Freeze]:
+        rows = await self._hot_path().fetch(codec.SELECT_ACTIVE_FREEZES, ())
+        return [codec.freeze_from_values(*row) for row in rows]
+
+    async def journal_intent(self, entry: JournalEntry) -> None:
+        await self._hot_path().execute(codec.INSERT_JOURNAL, codec.journal_params(entry))
+
+    async def journal_outcome(self, entry_id: str, outcome: JournalOutcome) -> None:
+        """Record the outcome; LookupError if no intent was journaled under that id."""
+        changed = await self._hot_path().execute(codec.UPDATE_OUTCOME,
+                                                 codec.outcome_params(entry_id, outcome))
+        if changed == 0:
+            raise LookupError(f"no journal entry {entry_id!r}")
+
+    # Kill switch ------------------------------------------------------------
+    async def engage_freeze(self, freeze: Freeze) -> Freeze:
+        async with self._serialized() as session:
+            existing = (await session.exec(_active(freeze.scope, freeze.target))).first()
+            if existing is not None:
+                return codec.freeze_from_row(existing)
+            session.add(codec.freeze_row(freeze))
+            await self._append(session, freeze.by, "killswitch.engage",
+                               _freeze_detail(freeze.scope, freeze.target, freeze.reason),
+                               freeze.at)
+        return freeze
+
+    async def release_freeze(self, scope: FreezeScope, target: str | None, by: str,
+                             reason: str, at: datetime) -> Freeze | None:
+        async with self._serialized() as session:
+            row = (await session.exec(_active(scope, target))).first()
+            if row is None:
+                return None
+            released = codec.freeze_from_row(row)
+            row.released_at, row.released_by, row.release_reason = iso(at), by, reason
+            session.add(row)
+            await self._append(session, by, "killswitch.release",
+                               _freeze_detail(scope, target, reason), at)
+        return released
+
+    # Journal (admin) --------------------------------------------------------
+    async def list_journal(self, query: JournalQuery) -> list[JournalEntry]:
+        if query.ids is not None and not query.ids:
+            return []
+        statement = select(JournalRow)
+        for column, value in ((JournalRow.agent, query.agent),
+                              (JournalRow.upstream, query.upstream),
+                              (JournalRow.run, query.run)):
+            if value is not None:
+                statement = statement.where(col(column) == value)
+        if query.since is not None:
+            statement = statement.where(col(JournalRow.at) >= iso(query.since))
+        if query.until is not None:
+            statement = statement.where(col(JournalRow.at) <= iso(query.until))
+        if query.ids is not None:
+            statement = statement.where(col(JournalRow.id).in_(query.ids))
+        at, id_ = col(JournalRow.at), col(JournalRow.id)
+        order = (at.desc(), id_.desc()) if query.newest_first else (at.asc(), id_.asc())
+        statement = statement.order_by(*order).limit(query.limit)
+        async with AsyncSession(self._engine) as session:
+            rows = (await session.exec(statement)).all()
+        return [codec.entry_from_row(row) for row in rows]
+
+    async def get_journal(self, entry_id: str) -> JournalEntry | None:
+        async with AsyncSession(self._engine) as session:
+            row = await session.get(JournalRow, entry_id)
+        return None if row is None else codec.entry_from_row(row)
+
+    # Audit ------------------------------------------------------------------
+    async def append_audit(self, actor: str, action: str, detail: dict[str, Any],
+                           at: datetime) -> AuditRecord:
+        async with self._serialized() as session:
+            return await self._append(session, actor, action, detail, at)
+
+    async def list_audit(self, after: int = 0, limit: int = 1000) -> list[AuditRecord]:
+        statement = (select(AuditRow).where(col(AuditRow.seq) > after)
+                     .order_by(col(AuditRow.seq)).limit(limit))
+        async with AsyncSession(self._engine) as session:
+            rows = (await session.exec(statement)).all()
+        return [codec.audit_from_row(row) for row in rows]
+
+    @asynccontextmanager
+    async def _serialized(self) -> AsyncIterator[AsyncSession]:
+        """A write transaction no other writer of audit or freezes can interleave with."""
+        async with self._write_lock, AsyncSession(self._writer) as session, session.begin():
+            if self._postgres:
+                await session.exec(select(func.pg_advisory_xact_lock(WRITE_LOCK)))
+            yield session
+
+    @staticmethod
+    async def _append(session: AsyncSession, actor: str, action: str, detail: dict[str, Any],
+                      at: datetime) -> AuditRecord:
+        last = (await session.exec(
+            select(AuditRow).order_by(col(AuditRow.seq).desc()).limit(1))).first()
+        record = seal(None if last is None else codec.audit_from_row(last),
+                      at, actor, action, detail)
+        session.add(codec.audit_row(record))
+        return record
+
+
+def _active(scope: FreezeScope, target: str | None) -> SelectOfScalar[FreezeRow]:
+    statement = select(FreezeRow).where(col(FreezeRow.scope) == scope.value,
+                                        col(FreezeRow.released_at).is_(None))
+    if target is None:
+        return statement.where(col(FreezeRow.target).is_(None))
+    return statement.where(col(FreezeRow.target) == target)
+
+
+def _freeze_detail(scope: FreezeScope, target: str | None, reason: str) -> dict[str, Any]:
+    return {"scope": scope.value, "target": target, "reason": reason}

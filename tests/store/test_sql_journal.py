@@ -1,0 +1,150 @@
+"""The change journal on every backend: exact round-trips, queries, errors reaching the caller."""
+
+from __future__ import annotations
+
+import dataclasses
+import sqlite3
+from collections.abc import Callable
+from typing import Any
+
+import asyncpg
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from gateway.core.model import (
+    Checkpoint,
+    JournalEntry,
+    JournalOutcome,
+    JournalQuery,
+    JournalState,
+    Undo,
+)
+from gateway.store import SqlStore
+
+EntryFactory = Callable[..., JournalEntry]
+
+
+async def test_intent_then_outcome_round_trips_every_field(
+        store: SqlStore, make_entry: EntryFactory, outcome: JournalOutcome) -> None:
+    entry = make_entry(1)
+    await store.journal_intent(entry)
+    assert await store.get_journal(entry.id) == entry
+
+    await store.journal_outcome(entry.id, outcome)
+    expected = dataclasses.replace(
+        entry, **{f.name: getattr(outcome, f.name) for f in dataclasses.fields(outcome)})
+    assert expected.state is JournalState.COMPLETED
+    assert await store.get_journal(entry.id) == expected
+    assert await store.list_journal(JournalQuery()) == [expected]
+
+
+async def test_nullable_fields_round_trip_as_none(store: SqlStore,
+                                                  make_entry: EntryFactory) -> None:
+    entry = make_entry(
+        2, checkpoint=Checkpoint(), rule=None, request_body=None, request_body_sha256=None,
+        request_content_type=None, prior=None, prior_status=None, capture_path=None,
+        undo=None, reversible=False, request_headers={}, query="")
+    await store.journal_intent(entry)
+    assert await store.get_journal(entry.id) == entry
+
+    failed = JournalOutcome(JournalState.FAILED, None, {}, None, None, 0, None, False,
+                            "upstream timed out", {}, entry.at)
+    await store.journal_outcome(entry.id, failed)
+    got = await store.get_journal(entry.id)
+    assert got is not None
+    assert (got.state, got.status, got.error, got.undo) == (
+        JournalState.FAILED, None, "upstream timed out", None)
+
+
+@pytest.mark.parametrize("prior", [
+    None, {}, [], [1, "x", None], "text", 0, False, 1.5, {"nested": {"a": None, "é": "ü"}},
+])
+async def test_prior_keeps_its_json_type(store: SqlStore, make_entry: EntryFactory,
+                                         prior: Any) -> None:
+    entry = make_entry(3, prior=prior)
+    await store.journal_intent(entry)
+    got = await store.get_journal(entry.id)
+    assert got is not None
+    assert got.prior == prior and type(got.prior) is type(prior)
+
+
+async def test_outcome_can_set_or_clear_the_undo(store: SqlStore, make_entry: EntryFactory,
+                                                 outcome: JournalOutcome) -> None:
+    created = Undo("DELETE", "/customers/9")
+    await store.journal_intent(make_entry(1, undo=None, reversible=False))
+    await store.journal_outcome(f"{1:032x}", dataclasses.replace(outcome, undo=created,
+                                                                  reversible=True))
+    await store.journal_intent(make_entry(2))
+    await store.journal_outcome(f"{2:032x}", dataclasses.replace(outcome, undo=None))
+
+    first, second = await store.list_journal(JournalQuery(newest_first=False))
+    assert (first.undo, first.reversible) == (created, True)
+    assert (second.undo, second.reversible) == (None, False)
+
+
+async def test_list_filters_order_and_limit(store: SqlStore, make_entry: EntryFactory) -> None:
+    entries = [
+        make_entry(0),
+        make_entry(1, agent="billing-bot", upstream="billing"),
+        make_entry(2, checkpoint=Checkpoint(run="run-2")),
+        make_entry(3, upstream="billing"),
+        make_entry(4, at=make_entry(3).at),  # same instant as 3: id breaks the tie
+    ]
+    for entry in entries:
+        await store.journal_intent(entry)
+
+    def at(n: int) -> Any:
+        return make_entry(n).at
+
+    async def ids(**query: Any) -> list[int]:
+        return [int(e.id, 16) for e in await store.list_journal(JournalQuery(**query))]
+
+    assert await ids() == [4, 3, 2, 1, 0]
+    assert await ids(newest_first=False) == [0, 1, 2, 3, 4]
+    assert await ids(limit=2) == [4, 3]
+    assert await ids(limit=2, newest_first=False) == [0, 1]
+    assert await ids(agent="billing-bot") == [1]
+    assert await ids(upstream="billing") == [3, 1]
+    assert await ids(upstream="billing", agent="support-bot") == [3]
+    assert await ids(run="run-2") == [2]
+    assert await ids(since=at(1)) == [4, 3, 2, 1]
+    assert await ids(until=at(1)) == [1, 0]
+    assert await ids(since=at(1), until=at(2)) == [2, 1]
+    assert await ids(ids=(f"{0:032x}", f"{3:032x}", "missing")) == [3, 0]
+    assert await ids(ids=()) == []
+    assert await ids(agent="nobody") == []
+    assert await store.get_journal("missing") is None
+
+
+async def test_outcome_for_an_unknown_entry_raises(store: SqlStore,
+                                                   outcome: JournalOutcome) -> None:
+    with pytest.raises(LookupError):
+        await store.journal_outcome("missing", outcome)
+
+
+async def test_driver_errors_reach_the_caller(store: SqlStore, store_url: str,
+                                              make_entry: EntryFactory) -> None:
+    await store.journal_intent(make_entry(1))
+    with pytest.raises((sqlite3.IntegrityError, asyncpg.UniqueViolationError)):
+        await store.journal_intent(make_entry(1))
+
+    engine = create_async_engine(store_url)
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(text("ALTER TABLE journal RENAME TO journal_gone"))
+    finally:
+        await engine.dispose()
+    with pytest.raises((sqlite3.OperationalError, asyncpg.UndefinedTableError)):
+        await store.journal_intent(make_entry(2))
+
+
+async def test_a_closed_store_refuses_the_hot_path(store: SqlStore, make_entry: EntryFactory,
+                                                   outcome: JournalOutcome) -> None:
+    await store.close()
+    with pytest.raises(RuntimeError):
+        await store.journal_intent(make_entry(1))
+    with pytest.raises(RuntimeError):
+        await store.journal_outcome(f"{1:032x}", outcome)
+    with pytest.raises(RuntimeError):
+        await store.active_freezes()

@@ -1,0 +1,105 @@
+"""Start, migrate, restart, ping and close, on every backend."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import Connection, text
+from sqlmodel import SQLModel
+
+from gateway.core.audit import verify
+from gateway.core.model import Freeze, FreezeScope, JournalEntry, JournalQuery
+from gateway.store import SqlStore, open_store
+from gateway.store.hot import numbered
+from gateway.store.migrate import upgrade
+
+T0 = datetime(2024, 5, 3, tzinfo=timezone.utc)
+
+
+async def test_restart_keeps_everything(store_url: str,
+                                        make_entry: Callable[..., JournalEntry]) -> None:
+    first = open_store(store_url)
+    await first.start()
+    frozen = Freeze(FreezeScope.GLOBAL, None, "incident", "alice", T0)
+    entry = make_entry(1)
+    await first.engage_freeze(frozen)
+    await first.journal_intent(entry)
+    await first.append_audit("alice", "test", {"k": "v"}, T0)
+    await first.close()
+
+    second = open_store(store_url)
+    await second.start()
+    try:
+        assert await second.active_freezes() == [frozen]
+        assert await second.list_journal(JournalQuery()) == [entry]
+        records = await second.list_audit()
+        assert len(records) == 2 and verify(records).ok
+    finally:
+        await second.close()
+
+
+async def _schema_version(store: SqlStore) -> list[str]:
+    async with store._engine.connect() as connection:
+        result = await connection.execute(text("SELECT version_num FROM alembic_version"))
+        return [row[0] for row in result]
+
+
+async def test_migrating_again_is_a_no_op(store: SqlStore) -> None:
+    await store.append_audit("alice", "test", {}, T0)
+    await upgrade(store._engine)
+    await store.start()
+    assert await _schema_version(store) == ["0001"]
+    assert len(await store.list_audit()) == 1
+
+
+async def test_two_stores_starting_at_once_migrate_once(store_url: str) -> None:
+    stores = [SqlStore(store_url) for _ in range(3)]
+    try:
+        await asyncio.gather(*(s.start() for s in stores))
+        assert await _schema_version(stores[0]) == ["0001"]
+        assert all([await s.ping() for s in stores])
+    finally:
+        for s in stores:
+            await s.close()
+
+
+def _differences(connection: Connection) -> list[object]:
+    context = MigrationContext.configure(connection)
+    return [d for d in compare_metadata(context, SQLModel.metadata)
+            if not (d[0] in ("add_index", "remove_index") and d[1].name == "ux_freezes_active")]
+
+
+@pytest.mark.filterwarnings("ignore:.*expression-based index")
+async def test_the_migrations_build_what_the_tables_describe(store: SqlStore) -> None:
+    async with store._engine.connect() as connection:
+        assert await connection.run_sync(_differences) == []
+
+
+async def test_ping(store: SqlStore, tmp_path: Path) -> None:
+    assert await store.ping()
+    (tmp_path / "a-file").write_text("")
+    for url in (f"sqlite+aiosqlite:///{tmp_path / 'a-file' / 'gateway.db'}",
+                "postgresql+asyncpg://postgres@127.0.0.1:1/nothing"):
+        unreachable = SqlStore(url)
+        try:
+            assert await unreachable.ping() is False
+        finally:
+            await unreachable.close()
+
+
+@pytest.mark.parametrize("url", ["mysql+aiomysql://u@h/db", "sqlite+aiosqlite://",
+                                 "sqlite+aiosqlite:///:memory:"])
+def test_unsupported_urls_are_refused(url: str) -> None:
+    with pytest.raises(ValueError):
+        SqlStore(url)
+
+
+def test_placeholders_are_numbered_for_asyncpg() -> None:
+    assert numbered("INSERT INTO t (a, b) VALUES (?, ?)") == "INSERT INTO t (a, b) VALUES ($1, $2)"
+    assert numbered("SELECT 1") == "SELECT 1"
