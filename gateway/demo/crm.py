@@ -6,9 +6,10 @@ guard and to roll back: server-assigned ids, ``updated_at`` on every write,
 ``ETag`` (with ``If-Match``), a ``Location`` on create, form-encoded bodies and
 an optional bearer token. ``POST`` to a collection with a free ``id`` in the
 body recreates exactly that resource, which is how the gateway undoes a
-``DELETE``. Two extra endpoints serve the tests and are exempt from the token:
-``GET /_demo/requests`` (what reached this server, oldest first) and
-``POST /_demo/reset`` (back to the seed, log cleared), plus ``GET /_demo/health``.
+``DELETE``. The ``/_demo`` endpoints serve tests and health checks; they need
+no token and are not logged: ``GET /_demo/requests`` (what reached this
+server, oldest first), ``POST /_demo/reset`` (back to the seed, log cleared)
+and ``GET /_demo/health``.
 
 >>> app = create_app(token="s3cret")   # requests without "Bearer s3cret" get 401
 """

@@ -1,0 +1,21 @@
+-- wrk script for bench/run.py. Environment: BENCH_METHOD (GET|PATCH), BENCH_KEY
+-- (sent as X-Gateway-Key when set). done() prints one parseable line.
+wrk.method = os.getenv("BENCH_METHOD") or "GET"
+local key = os.getenv("BENCH_KEY")
+if key and key ~= "" then
+  wrk.headers["X-Gateway-Key"] = key
+end
+if wrk.method == "PATCH" then
+  wrk.headers["Content-Type"] = "application/json"
+  wrk.body = '{"qty":8,"name":"Widget renamed"}'
+end
+
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    "BENCH p50_us=%d p99_us=%d rps=%.2f requests=%d duration_us=%d " ..
+    "non2xx=%d connect=%d read=%d write=%d timeout=%d\n",
+    latency:percentile(50), latency:percentile(99),
+    summary.requests / (summary.duration / 1e6), summary.requests, summary.duration,
+    e.status, e.connect, e.read, e.write, e.timeout))
+end

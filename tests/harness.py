@@ -1,0 +1,149 @@
+"""Real parts for in-process tests: uvicorn upstreams on port 0 and a started Gateway.
+
+The gateway under test talks to its upstreams over real sockets through its
+production aiohttp client; only the agent and operator sides are driven in
+process (httpx's ASGITransport).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import socket
+import textwrap
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+
+from gateway.app import Gateway
+from gateway.settings import Settings
+
+AGENT_KEY = "agent-key-1"
+OTHER_KEY = "agent-key-2"
+TOKENS = {"viewer": "tok-viewer", "approver": "tok-approver", "admin": "tok-admin"}
+
+
+def sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@asynccontextmanager
+async def serve_app(app: Any) -> AsyncIterator[str]:
+    """Serve an ASGI app with uvicorn on 127.0.0.1:0; yields its base URL."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    sock.setblocking(False)
+    server = uvicorn.Server(uvicorn.Config(app, lifespan="off", log_level="warning",
+                                           access_log=False, loop="none"))
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    started = asyncio.Event()
+    original_startup = server.startup
+
+    async def startup(sockets: Any = None) -> None:
+        await original_startup(sockets=sockets)
+        started.set()
+
+    server.startup = startup  # type: ignore[method-assign]
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    await started.wait()
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()
+
+
+def policy_text(base_url: str, rules: str, *, upstream: str = "crm", default: str = "deny",
+                extra: str = "") -> str:
+    return (f"version: 1\nupstream: {upstream}\nbase_url: {base_url}\ndefault: {default}\n"
+            f"{extra}rules:\n" + textwrap.indent(textwrap.dedent(rules).strip("\n"), "  ") + "\n")
+
+
+CRM_RULES = """
+- id: read-all
+  match: {methods: [GET, HEAD], path: "/**"}
+  action: allow
+- id: edit-customer
+  match: {methods: [PATCH, PUT], path: "/customers/{id}"}
+  action: allow
+- id: create
+  match: {methods: [POST], path: "/customers"}
+  action: allow
+- id: bot-deletes
+  match: {methods: [DELETE], path: "/customers/{id}", agents: [bot]}
+  action: allow
+- id: big-deals
+  match: {methods: [POST], path: "/deals", when: "request.body.amount > 10000"}
+  action: deny
+- id: deals
+  match: {methods: [POST], path: "/deals"}
+  action: allow
+- id: no-deletes
+  match: {methods: [DELETE], path: "/**"}
+  action: deny
+"""
+
+
+@dataclass
+class Harness:
+    gateway: Gateway
+    agent: httpx.AsyncClient
+    admin: httpx.AsyncClient
+    policies_dir: Path
+
+    def as_role(self, role: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {TOKENS[role]}"}
+
+    async def engage(self, **body: Any) -> httpx.Response:
+        return await self.admin.post("/v1/killswitch/engage", json={"reason": "test", **body},
+                                     headers=self.as_role("approver"))
+
+    async def release(self, **body: Any) -> httpx.Response:
+        return await self.admin.post("/v1/killswitch/release", json={"reason": "ok", **body},
+                                     headers=self.as_role("admin"))
+
+    async def journal(self, **params: Any) -> list[dict[str, Any]]:
+        response = await self.admin.get("/v1/journal", params=params,
+                                        headers=self.as_role("viewer"))
+        assert response.status_code == 200, response.text
+        return response.json()["items"]
+
+
+def settings_for(tmp_path: Path, database_url: str, **overrides: Any) -> Settings:
+    return Settings(
+        database_url=database_url, policies_dir=tmp_path / "policies",
+        agents=[{"name": "bot", "key_sha256": sha(AGENT_KEY)},
+                {"name": "other", "key_sha256": sha(OTHER_KEY)}],
+        operators=[{"name": role, "role": role, "token_sha256": sha(token)}
+                   for role, token in TOKENS.items()],
+        **overrides)
+
+
+@asynccontextmanager
+async def started_gateway(tmp_path: Path, database_url: str, policies: dict[str, str],
+                          store: Any = None, **overrides: Any) -> AsyncIterator[Harness]:
+    directory = tmp_path / "policies"
+    directory.mkdir(exist_ok=True)
+    for name, text in policies.items():
+        (directory / name).write_text(text)
+    gateway = Gateway(settings_for(tmp_path, database_url, **overrides), store=store)
+    await gateway.start()
+    agent = httpx.AsyncClient(transport=httpx.ASGITransport(gateway.proxy_app()),
+                              base_url="http://gateway", headers={"X-Gateway-Key": AGENT_KEY})
+    admin = httpx.AsyncClient(transport=httpx.ASGITransport(gateway.admin_app()),
+                              base_url="http://admin")
+    try:
+        yield Harness(gateway, agent, admin, directory)
+    finally:
+        await agent.aclose()
+        await admin.aclose()
+        await gateway.stop()
+
+
