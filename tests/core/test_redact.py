@@ -1,0 +1,116 @@
+"""Secrets are hidden by name before anything is stored."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from gateway.core.redact import (
+    REDACTED,
+    is_secret_name,
+    redact_form,
+    redact_headers,
+    redact_json,
+    redact_query,
+)
+
+
+@pytest.mark.parametrize(("name", "secret"), [
+    ("Authorization", True),
+    ("proxy-authorization", True),
+    ("Cookie", True),
+    ("set-cookie", True),
+    ("X-API-Key", True),
+    ("x-gateway-key", True),
+    ("x-csrf-token", True),
+    ("password", True),
+    ("passwd", True),
+    ("passphrase", True),
+    ("client_secret", True),
+    ("refresh_token", True),
+    ("apiKey", True),
+    ("api_key", True),
+    ("auth", True),
+    ("credentials", True),
+    ("private_key", True),
+    ("session_id", True),
+    ("Stripe-Signature", True),
+    ("cvc", True),
+    ("card_number", True),
+    ("pin", True),
+    ("ssn", True),
+    # not secrets
+    ("accept", False),
+    ("content-type", False),
+    ("author", False),
+    ("email", False),
+    ("pinned", False),
+    ("amount", False),
+    ("id", False),
+    ("key", False),
+])
+def test_is_secret_name(name: str, secret: bool) -> None:
+    assert is_secret_name(name) is secret
+
+
+@pytest.mark.parametrize(("headers", "expected"), [
+    ({"Authorization": "Bearer x", "Accept": "*/*"},
+     {"authorization": REDACTED, "accept": "*/*"}),
+    ([("X-Gateway-Key", "k"), ("Content-Type", "application/json")],
+     {"x-gateway-key": REDACTED, "content-type": "application/json"}),
+    ([("Set-Cookie", "a=1"), ("X-Request-Id", "r1")],
+     {"set-cookie": REDACTED, "x-request-id": "r1"}),
+    ({}, {}),
+])
+def test_redact_headers(headers: Any, expected: dict[str, str]) -> None:
+    assert redact_headers(headers) == expected
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ({"user": "ada", "password": "hunter2"}, {"user": "ada", "password": REDACTED}),
+    ({"nested": [{"api_key": "k", "n": 1}]}, {"nested": [{"api_key": REDACTED, "n": 1}]}),
+    ({"card": {"number": "4242", "cvc": "123"}}, {"card": {"number": "4242", "cvc": REDACTED}}),
+    ({"token": {"a": 1}}, {"token": REDACTED}),   # the whole value goes, whatever its type
+    ([{"secret": 1}, 2, "x"], [{"secret": REDACTED}, 2, "x"]),
+    ({1: "a"}, {1: "a"}),
+    ("password", "password"),                       # a value, not a name
+    (None, None),
+    (42, 42),
+])
+def test_redact_json(value: Any, expected: Any) -> None:
+    assert redact_json(value) == expected
+
+
+def test_redact_json_does_not_modify_its_input() -> None:
+    value = {"password": "p", "nested": {"token": "t"}}
+    redact_json(value)
+    assert value == {"password": "p", "nested": {"token": "t"}}
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("amount=100&password=hunter2", "amount=100&password=%5BREDACTED%5D"),
+    # bracket keys (Stripe's card[cvc]) are the form spelling of nested JSON {"card": {"cvc"}},
+    # which redact_json hides: the form must hide it too
+    ("card%5Bcvc%5D=123&card%5Bexp_year%5D=30",
+     "card%5Bcvc%5D=%5BREDACTED%5D&card%5Bexp_year%5D=30"),
+    ("metadata%5Bpassword%5D=p", "metadata%5Bpassword%5D=%5BREDACTED%5D"),
+    ("a=1&a=2&token=x", "a=1&a=2&token=%5BREDACTED%5D"),
+    ("empty=&api_key=", "empty=&api_key=%5BREDACTED%5D"),
+    ("", ""),
+])
+def test_redact_form(text: str, expected: str) -> None:
+    assert redact_form(text) == expected
+
+
+def test_redact_form_keeps_no_secret_value() -> None:
+    assert "hunter2" not in redact_form("user=ada&client_secret=hunter2&x=1")
+
+
+@pytest.mark.parametrize(("query", "expected"), [
+    ("", ""),
+    ("limit=10", "limit=10"),
+    ("access_token=abc&limit=10", "access_token=%5BREDACTED%5D&limit=10"),
+])
+def test_redact_query(query: str, expected: str) -> None:
+    assert redact_query(query) == expected
