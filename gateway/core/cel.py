@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import celpy  # type: ignore[import-untyped]
+import celpy
 from celpy import celtypes
 
 _ENV = celpy.Environment()
+
+
+_to_cel = celpy.json_to_cel  # type: ignore[attr-defined]
 
 
 class ConditionError(Exception):
@@ -20,7 +23,7 @@ class ConditionError(Exception):
 
 
 class Condition:
-    __slots__ = ("source", "_program")
+    __slots__ = ("_program", "source")
 
     def __init__(self, source: str) -> None:
         self.source = source
@@ -33,7 +36,7 @@ class Condition:
     def evaluate(self, activation: dict[str, Any]) -> bool:
         try:
             result = self._program.evaluate(
-                {name: celpy.json_to_cel(value) for name, value in activation.items()})
+                {name: _to_cel(value) for name, value in activation.items()})
         except Exception as exc:
             raise ConditionError(f"when {self.source!r} could not be evaluated: {exc}") from exc
         if isinstance(result, celtypes.BoolType):

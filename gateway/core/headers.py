@@ -65,7 +65,7 @@ def agent_key(headers: list[tuple[str, str]]) -> str | None:
     """The agent's key from ``X-Gateway-Key`` or ``Authorization: Bearer``."""
     bearer = None
     for name, value in headers:
-        if name == "x-gateway-key":
+        if name == "x-gateway-key" and value.strip():
             return value.strip()
         if name == "authorization" and bearer is None:
             bearer = _bearer(value)

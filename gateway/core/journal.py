@@ -66,7 +66,7 @@ def store_body(body: bytes, content_type: str | None, limit: int) -> StoredBody:
     digest = hashlib.sha256(body).hexdigest()
     text: str | None
     if is_json_type(content_type) or media_type(content_type) in ("", "text/plain"):
-        parsed = parse_body(body, JSON) if len(body) <= limit * 4 else None
+        parsed = parse_body(body, JSON)  # whole body: a secret past ``limit`` is still a secret
         if parsed is not None:
             text = json.dumps(redact_json(parsed), ensure_ascii=False, separators=(",", ":"))
         else:
@@ -103,15 +103,19 @@ def capture_path(rule: Rule | None, method: str, path: str, params: dict[str, st
 
 
 def _without_redacted(value: Any) -> Any:
+    """Drop redacted fields at any depth: an undo must not write the marker back."""
     if isinstance(value, dict):
-        return {k: v for k, v in value.items() if v != REDACTED}
+        return {k: _without_redacted(v) for k, v in value.items() if v != REDACTED}
+    if isinstance(value, list):
+        return [_without_redacted(v) for v in value if v != REDACTED]
     return value
 
 
 def _prior_fields(prior: Any, sent: Any) -> Any:
     if not isinstance(prior, dict) or not isinstance(sent, dict):
         return None
-    return {k: prior.get(k) for k in sent if k in prior and prior.get(k) != REDACTED}
+    return {k: _without_redacted(prior[k]) for k in sent
+            if k in prior and prior[k] != REDACTED}
 
 
 def _resolve_body(spec: Any, prior: Any, sent: Any) -> Any:

@@ -38,8 +38,10 @@ def scope_of(upstream: str | None, agent: str | None) -> tuple[FreezeScope, str 
 
     Raises ValueError when both are given (a freeze has one scope).
     """
-    if upstream and agent:
+    if upstream is not None and agent is not None:
         raise ValueError("name either upstream or agent, not both")
+    if upstream == "" or agent == "":
+        raise ValueError("an empty name freezes nothing; omit the field for a global freeze")
     if upstream:
         return FreezeScope.UPSTREAM, upstream
     if agent:

@@ -46,7 +46,7 @@ class Match(_Strict):
         if isinstance(value, str):
             value = [value]
         if isinstance(value, list):
-            out = []
+            out: list[str] = []
             for m in value:
                 if not isinstance(m, str) or m.upper() not in METHODS and m != "*":
                     raise ValueError(f"unknown method {m!r} (one of {', '.join(METHODS)})")

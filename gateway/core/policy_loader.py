@@ -21,7 +21,7 @@ from gateway.core.policy import PolicyFile, PolicySet, Upstream
 from gateway.core.template import PathTrie, Template
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-Loc = tuple[str | int, ...]
+Loc = tuple[Any, ...]  # keys (any plain YAML value) and list indexes
 
 
 class _Lines:
@@ -31,22 +31,31 @@ class _Lines:
         self.filename = filename
         self.lines: dict[Loc, int] = {}
         self.problems: list[str] = []
+        self._loader = yaml.SafeLoader("")  # one per file: constructors keep state
 
     def build(self, node: yaml.Node, loc: Loc = ()) -> Any:
         self.lines.setdefault(loc, node.start_mark.line + 1)
         if isinstance(node, yaml.MappingNode):
             out: dict[Any, Any] = {}
             for key_node, value_node in node.value:
-                key = self.build(key_node, loc + ("<key>",))
+                key = self.build(key_node, (*loc, "<key>"))
+                if not isinstance(key, (str, int, float, bool)) and key is not None:
+                    raise yaml.MarkedYAMLError(problem="a mapping key must be a plain value",
+                                               problem_mark=key_node.start_mark)
                 if key in out:
                     self.problems.append(f"{self.filename}:{key_node.start_mark.line + 1}: "
                                          f"duplicate key {key!r}")
-                self.lines[loc + (key,)] = key_node.start_mark.line + 1
-                out[key] = self.build(value_node, loc + (key,))
+                self.lines[(*loc, key)] = key_node.start_mark.line + 1
+                out[key] = self.build(value_node, (*loc, key))
             return out
         if isinstance(node, yaml.SequenceNode):
             return [self.build(item, loc + (i,)) for i, item in enumerate(node.value)]
-        return yaml.SafeLoader.construct_object(_LOADER, node, deep=True)  # type: ignore[arg-type]
+        return self._loader.construct_object(node, deep=True)
+
+    def release(self) -> None:
+        """Drop the parse tree the constructor keeps (the loader holds reference cycles)."""
+        self._loader.constructed_objects.clear()
+        self._loader.dispose()
 
     def line(self, loc: Loc) -> int:
         for end in range(len(loc), -1, -1):
@@ -55,19 +64,17 @@ class _Lines:
         return 1
 
 
-_LOADER = yaml.SafeLoader("")
-
-
 def _message(error: dict[str, Any], data: Any) -> str:
     loc = error["loc"]
     where = ".".join(str(p) for p in loc if not isinstance(p, str) or not p.startswith("function"))
+    rule_id = _rule_id(loc, data)
+    prefix = f"rule {rule_id!r}: " if rule_id else ""
     if error["type"] == "extra_forbidden":
-        return f"unknown key {loc[-1]!r}" + (f" in {'.'.join(map(str, loc[:-1]))}" if loc[:-1] else "")
+        inside = f" in {'.'.join(map(str, loc[:-1]))}" if loc[:-1] else ""
+        return f"{prefix}unknown key {loc[-1]!r}{inside}"
     msg = error["msg"].removeprefix("Value error, ")
     if error["type"] == "literal_error" and loc and loc[-1] == "action":
         msg = f"unknown action {error.get('input')!r} (allow, deny or hold)"
-    rule_id = _rule_id(loc, data)
-    prefix = f"rule {rule_id!r}: " if rule_id else ""
     return f"{prefix}{where}: {msg}" if where else f"{prefix}{msg}"
 
 
@@ -106,7 +113,14 @@ def parse_file(filename: str, text: str) -> tuple[PolicyFile | None, dict[Loc, i
         return None, {}, [f"{filename}:{line}: invalid YAML: {getattr(exc, 'problem', exc)}"]
     if root is None:
         return None, {}, [f"{filename}:1: empty policy file"]
-    data = lines.build(root)
+    try:
+        data = lines.build(root)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark else 1
+        return None, {}, [f"{filename}:{line}: invalid YAML: {getattr(exc, 'problem', exc)}"]
+    finally:
+        lines.release()
     if lines.problems:
         return None, lines.lines, lines.problems
     if not isinstance(data, dict):
@@ -118,7 +132,7 @@ def parse_file(filename: str, text: str) -> tuple[PolicyFile | None, dict[Loc, i
         for error in exc.errors():
             loc = _clean_loc(error["loc"], keep_last=error["type"] == "extra_forbidden")
             error = {**error, "loc": loc}
-            problems.append(f"{filename}:{lines.line(loc)}: {_message(error, data)}")
+            problems.append(f"{filename}:{lines.line(loc)}: {_message(dict(error), data)}")
         return None, lines.lines, sorted(set(problems), key=_line_key)
     return (model if not problems else None), lines.lines, problems
 
@@ -127,7 +141,8 @@ def _duplicate_ids(filename: str, data: dict[Any, Any], lines: _Lines) -> list[s
     rules = data.get("rules")
     if not isinstance(rules, list):
         return []
-    problems, seen = [], {}
+    problems: list[str] = []
+    seen: dict[str, int] = {}
     for i, rule in enumerate(rules):
         rule_id = rule.get("id") if isinstance(rule, dict) else None
         if not isinstance(rule_id, str):

@@ -31,7 +31,11 @@ _SECRET_NAME = re.compile(
 
 
 def is_secret_name(name: str) -> bool:
-    return name.lower() in SECRET_HEADERS or bool(_SECRET_NAME.search(name))
+    """By name; each part of a bracketed form key counts (``card[cvc]``)."""
+    if name.lower() in SECRET_HEADERS or _SECRET_NAME.search(name):
+        return True
+    parts = [p for p in re.split(r"[\[\]]", name) if p]
+    return len(parts) > 1 and any(_SECRET_NAME.search(p) for p in parts)
 
 
 def redact_headers(headers: Mapping[str, str] | Iterable[tuple[str, str]]) -> dict[str, str]:

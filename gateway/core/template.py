@@ -43,7 +43,7 @@ class Template:
             if seg in ("", ".", ".."):
                 raise TemplateError(f"path template {text!r} has an empty or dot segment")
             if seg == "**":
-                if i != len(raw) - 1:
+                if i != len(raw) - 1 and raw[i + 1:] != [""]:
                     raise TemplateError(f"path template {text!r}: '**' must be the last segment")
             elif seg != "*" and ("{" in seg or "}" in seg or "*" in seg):
                 if not _NAME.match(seg):
@@ -89,7 +89,7 @@ class PathTrie:
         self._root = _Node()
 
     def add(self, index: int, template: Template) -> None:
-        node, names = self._root, []
+        node, names = self._root, list[str | None]()
         for seg in template.segments:
             if seg == "**":
                 node.rest.append((index, tuple(names)))

@@ -9,7 +9,6 @@ URLs sent exactly as the agent encoded them.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Mapping
 
 import aiohttp
@@ -53,7 +52,7 @@ class AiohttpUpstream:
                 method, target, headers=list(headers.items()) if isinstance(headers, Mapping)
                 else headers, data=body, allow_redirects=False, timeout=client_timeout,
                 compress=None, chunked=None)
-        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise UpstreamTimeout(f"{method} {target.with_query(None)} timed out") from exc
         except aiohttp.ClientError as exc:
             raise UpstreamUnreachable(f"{method} {target.with_query(None)} failed: "
@@ -62,7 +61,7 @@ class AiohttpUpstream:
         if not stream:
             try:
                 data = await response.read()
-            except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
                 raise UpstreamTimeout(f"{method} {target.with_query(None)} timed out") from exc
             except aiohttp.ClientError as exc:
                 raise UpstreamUnreachable(f"reading the response of {method} failed") from exc

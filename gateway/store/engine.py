@@ -4,9 +4,11 @@ Two backends, told apart by the URL: ``sqlite+aiosqlite:///./gateway.db``
 (embedded) and ``postgresql+asyncpg://user@host/db``. Bare ``sqlite://`` and
 ``postgresql://`` are taken to mean those drivers.
 
-SQLite needs help to behave like a server database. Every connection gets
-WAL (readers never block the writer), ``synchronous=NORMAL`` and a busy
-timeout (a locked database waits instead of failing at once). The sqlite3
+SQLite needs help to behave like a server database. The file is put in WAL
+mode at start (``hot.SqliteHotPath.connect``; readers then never block the
+writer, and the mode sticks to the file). Every connection gets
+``synchronous=NORMAL`` and a busy timeout (a locked database waits instead
+of failing at once). The sqlite3
 module's own transaction handling is switched off and SQLAlchemy emits BEGIN
 itself, so DDL is transactional and a connection carrying the
 ``IMMEDIATE`` execution option starts with ``BEGIN IMMEDIATE``: it takes the
@@ -23,11 +25,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-SQLITE_PRAGMAS = (
-    "PRAGMA busy_timeout=5000",
-    "PRAGMA journal_mode=WAL",
-    "PRAGMA synchronous=NORMAL",
-)
+SQLITE_PRAGMAS = ("PRAGMA busy_timeout=5000", "PRAGMA synchronous=NORMAL")
 IMMEDIATE = "gateway_sqlite_immediate"
 
 _DRIVERS = {

@@ -13,6 +13,7 @@ caller turns them into ``journal_unavailable``.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -72,10 +73,12 @@ class SqliteHotPath:
 
     @classmethod
     async def connect(cls, path: Path) -> SqliteHotPath:
+        """Open the connection, putting the file in WAL mode if it is not yet."""
         connection = await aiosqlite.connect(path, isolation_level=None)
         try:
             for pragma in SQLITE_PRAGMAS:
-                await connection.execute(pragma)
+                await connection.execute_fetchall(pragma)
+            await _enable_wal(connection)
         except BaseException:
             await connection.close()
             raise
@@ -91,3 +94,17 @@ class SqliteHotPath:
 
     async def close(self) -> None:
         await self._connection.close()
+
+
+async def _enable_wal(connection: aiosqlite.Connection, attempts: int = 20) -> None:
+    """Switch the file to WAL, retrying: the switch needs the file to itself and,
+    unlike other locks, fails at once instead of waiting out the busy timeout
+    (two processes opening a new database together both hit this)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            await connection.execute_fetchall("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError:
+            if attempt == attempts:
+                raise
+            await asyncio.sleep(0.005 * attempt)

@@ -72,16 +72,21 @@ class SqlStore:
         return f"SqlStore({self.url.render_as_string()!r})"
 
     async def start(self) -> None:
-        """Connect, create or migrate the schema, then open the hot path."""
+        """Open the hot path (on SQLite: WAL mode), then create or migrate the schema."""
         if self._hot is not None:
             return
-        if not self._postgres:
-            sqlite_path(self.url).parent.mkdir(parents=True, exist_ok=True)
-        await upgrade(self._engine)
+        hot: HotPath
         if self._postgres:
-            self._hot = await PostgresHotPath.connect(asyncpg_dsn(self.url))
+            hot = await PostgresHotPath.connect(asyncpg_dsn(self.url))
         else:
-            self._hot = await SqliteHotPath.connect(sqlite_path(self.url))
+            sqlite_path(self.url).parent.mkdir(parents=True, exist_ok=True)
+            hot = await SqliteHotPath.connect(sqlite_path(self.url))
+        try:
+            await upgrade(self._engine)
+        except BaseException:
+            await hot.close()
+            raise
+        self._hot = hot
 
     async def close(self) -> None:
         hot, self._hot = self._hot, None

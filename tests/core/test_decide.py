@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import pytest
@@ -60,6 +61,7 @@ rules:
 """
 
 
+@functools.cache
 def load(default: str = "deny") -> tuple[PolicySet, Upstream]:
     policy_set, problems = load_policy_set({"crm.yaml": POLICY.format(default=default)}, env={})
     assert problems == []

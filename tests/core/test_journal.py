@@ -154,14 +154,19 @@ def test_undo_none_is_irreversible(method: str) -> None:
     ("PUT", None),
     ("DELETE", None),
     ("POST", {"method": "POST", "path": "/customers/{id}", "body": "prior"}),
+    ("POST", {"method": "POST", "path": "/customers/{id}", "body": "prior_fields"}),
 ])
 def test_no_undo_body_ever_contains_the_redaction_marker(method: str,
                                                          spec: dict[str, Any] | None) -> None:
     r = rule(match={"path": "/customers/{id}"}, **({"undo": spec} if spec else {}))
-    prior = {"name": "Ada", "settings": {"api_key": REDACTED, "theme": "dark"}}
-    got, _ = infer_undo(r, method, "/customers/c1", {"id": "c1"}, prior, 200, {"name": "x"}, JSON)
+    prior = {"name": "Ada", "settings": {"api_key": REDACTED, "theme": "dark"},
+             "keys": [REDACTED, {"token": REDACTED}]}
+    sent = {"name": "x", "settings": {"theme": "light"}, "keys": []}
+    got, _ = infer_undo(r, method, "/customers/c1", {"id": "c1"}, prior, 200, sent, JSON)
     assert got is not None
     assert REDACTED not in json.dumps(got["body"])
+    assert got["body"]["name"] == "Ada"
+    assert got["body"]["settings"] == {"theme": "dark"}  # only the marker goes
 
 
 # --- capture path -----------------------------------------------------------------------------

@@ -79,3 +79,10 @@ def test_scope_of_both_is_an_error() -> None:
 def test_freeze_json() -> None:
     assert CRM.to_json() == {"scope": "upstream", "target": "crm", "reason": "upstream crm",
                              "by": "alice", "at": "2024-05-01T12:00:00.000000Z"}
+
+
+# An empty name is not "no name": {"upstream": ""} on release must not lift the global freeze.
+@pytest.mark.parametrize(("upstream", "agent"), [("", None), (None, ""), ("", "")])
+def test_scope_of_an_empty_name_is_an_error(upstream: str | None, agent: str | None) -> None:
+    with pytest.raises(ValueError):
+        scope_of(upstream, agent)

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
 from gateway.core.model import Checkpoint, JournalEntry, JournalOutcome, JournalState, Undo
 
-T0 = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=timezone.utc)
+T0 = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
 EntryFactory = Callable[..., JournalEntry]
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
@@ -12,7 +12,7 @@ from sqlalchemy.engine import make_url
 from gateway.core.audit import GENESIS, verify
 from gateway.store import SqlStore
 
-T0 = datetime(2024, 5, 2, 8, 0, 0, 1, tzinfo=timezone.utc)
+T0 = datetime(2024, 5, 2, 8, 0, 0, 1, tzinfo=UTC)
 
 
 async def test_appends_form_a_verifiable_chain(store: SqlStore) -> None:

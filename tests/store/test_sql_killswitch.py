@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from gateway.core.audit import verify
 from gateway.core.model import Freeze, FreezeScope
 from gateway.store import SqlStore
 
-T0 = datetime(2024, 5, 1, 9, 30, 0, 654321, tzinfo=timezone.utc)
+T0 = datetime(2024, 5, 1, 9, 30, 0, 654321, tzinfo=UTC)
 GLOBAL, UPSTREAM, AGENT = FreezeScope.GLOBAL, FreezeScope.UPSTREAM, FreezeScope.AGENT
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -19,7 +19,7 @@ from gateway.store import SqlStore, open_store
 from gateway.store.hot import numbered
 from gateway.store.migrate import upgrade
 
-T0 = datetime(2024, 5, 3, tzinfo=timezone.utc)
+T0 = datetime(2024, 5, 3, tzinfo=UTC)
 
 
 async def test_restart_keeps_everything(store_url: str,
