@@ -117,13 +117,14 @@ class Pipeline:
                         dict(parse_qsl(call.query, keep_blank_values=True)),
                         dict(call.headers), call.agent)
         mutating = is_mutating(call.method)
-        if mutating or upstream.needs_body(view):
+        candidates = upstream.trie.match(view.segments)
+        if mutating or upstream.needs_body(candidates):
             call.buffered = await self._read_body(call)
             parsed = journaling.parse_body(call.buffered, view.headers.get("content-type"))
             view = CallView(view.method, view.path, view.segments, view.query, view.headers,
                             view.agent, parsed)
         try:
-            decision = policies.decide(upstream, view)
+            decision = policies.decide(upstream, view, candidates)
         except Exception:  # fail closed: a bug in deciding must not let a call through
             log.exception("error while deciding %s %s", call.method, call.raw_path)
             decision = Decision(Verdict.DENY, None, "internal error while deciding",

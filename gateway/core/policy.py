@@ -197,9 +197,9 @@ class Upstream:
                 return rule
         return None
 
-    def needs_body(self, view: CallView) -> bool:
+    def needs_body(self, candidates: list[tuple[int, dict[str, str]]]) -> bool:
         """True when some candidate rule's ``when`` may look at the body."""
-        return any(index in self.conditions for index, _ in self.trie.match(view.segments))
+        return bool(self.conditions) and any(index in self.conditions for index, _ in candidates)
 
 
 @dataclass(slots=True)
@@ -208,9 +208,16 @@ class PolicySet:
     revision: str
     files: tuple[str, ...] = field(default_factory=tuple)
 
-    def decide(self, upstream: Upstream, view: CallView) -> Decision:
-        """First matching rule decides; an unevaluable ``when`` denies."""
-        for index, params in upstream.trie.match(view.segments):
+    def decide(self, upstream: Upstream, view: CallView,
+               candidates: list[tuple[int, dict[str, str]]] | None = None) -> Decision:
+        """First matching rule decides; an unevaluable ``when`` denies.
+
+        ``candidates`` are the trie's matches for ``view.segments`` when the
+        caller already has them.
+        """
+        if candidates is None:
+            candidates = upstream.trie.match(view.segments)
+        for index, params in candidates:
             rule = upstream.spec.rules[index]
             if view.method not in rule.match.methods:
                 continue

@@ -19,6 +19,7 @@ from gateway.ports import UpstreamResponse
 
 _SKIP_AUTO = ("User-Agent", "Accept-Encoding", "Content-Type")
 _CHUNK = 64 * 1024
+_SMALL = 256 * 1024
 
 
 class AiohttpUpstream:
@@ -58,6 +59,9 @@ class AiohttpUpstream:
             raise UpstreamUnreachable(f"{method} {target.with_query(None)} failed: "
                                       f"{type(exc).__name__}") from exc
         out_headers = [(k, v) for k, v in response.headers.items()]
+        length = response.content_length
+        if stream and length is not None and length <= _SMALL:
+            stream = False  # a small body is cheaper read whole than relayed chunk by chunk
         if not stream:
             try:
                 data = await response.read()
