@@ -9,6 +9,7 @@ Create Date: 2024-06-01
 """
 
 from collections.abc import Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
@@ -19,11 +20,11 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
-def _text(name: str, nullable: bool = False) -> sa.Column:
+def _text(name: str, nullable: bool = False) -> sa.Column[Any]:
     return sa.Column(name, sa.Text(), nullable=nullable)
 
 
-def _texts(*names: str, nullable: bool = False) -> list[sa.Column]:
+def _texts(*names: str, nullable: bool = False) -> list[sa.Column[Any]]:
     return [_text(name, nullable) for name in names]
 
 

@@ -1,0 +1,211 @@
+"""Held calls and their approval state machine (pure).
+
+A call that a ``hold`` rule stops is kept, exactly as the agent sent it,
+until operators decide. The states:
+
+    pending --vote (enough distinct approvers)--> approved --forwarded--> executed
+       |                                              |----error-------> failed
+       |                                              '----lease lost---> unknown
+       |--reject--> rejected
+       '--expires--> expired
+
+``approved`` means "claimed for execution": exactly one process wins the
+compare-and-set from ``pending`` and forwards the call at most once. A claim
+carries a lease; a call still ``approved`` after its lease ran out belongs to a
+process that died mid-way and becomes ``unknown`` (shown to operators, never
+re-sent). The call is bound to a digest of its exact bytes, so what executes
+is what the approvers were shown.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from enum import Enum
+from typing import Any
+
+from gateway.core.model import Checkpoint, iso
+
+
+class ApprovalStatus(str, Enum):
+    PENDING = "pending"
+    APPROVED = "approved"
+    EXECUTED = "executed"
+    FAILED = "failed"
+    REJECTED = "rejected"
+    EXPIRED = "expired"
+    UNKNOWN = "unknown"
+
+    @property
+    def terminal(self) -> bool:
+        return self not in (ApprovalStatus.PENDING, ApprovalStatus.APPROVED)
+
+
+@dataclass(frozen=True, slots=True)
+class Vote:
+    by: str
+    role: str
+    at: datetime
+    comment: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"by": self.by, "role": self.role, "at": iso(self.at), "comment": self.comment}
+
+
+@dataclass(frozen=True, slots=True)
+class HeldCall:
+    """One held call. ``headers`` are the agent's, minus secrets and the
+    gateway's own; the upstream credential is injected again at execution."""
+
+    id: str
+    at: datetime
+    agent: str
+    upstream: str
+    method: str
+    raw_path: str
+    query: str
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+    checkpoint: Checkpoint
+    rule: str | None
+    policy_revision: str
+    digest: str
+    required: int = 1
+    roles: tuple[str, ...] | None = None
+    operators: tuple[str, ...] | None = None
+    expires_at: datetime | None = None
+    status: ApprovalStatus = ApprovalStatus.PENDING
+    votes: tuple[Vote, ...] = ()
+    decided_by: str | None = None
+    decided_at: datetime | None = None
+    reason: str | None = None
+    lease_until: datetime | None = None
+    response: dict[str, Any] | None = None
+    journal_id: str | None = None
+    error: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def expired(self, now: datetime) -> bool:
+        return self.expires_at is not None and now >= self.expires_at
+
+
+def request_digest(method: str, upstream: str, raw_path: str, query: str,
+                   headers: tuple[tuple[str, str], ...], body: bytes) -> str:
+    """sha256 over a canonical encoding of everything that would be sent."""
+    canonical = json.dumps({
+        "method": method, "upstream": upstream, "path": raw_path, "query": query,
+        "headers": [list(h) for h in headers],
+        "body": base64.b64encode(body).decode(),
+    }, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def digest_of(call: HeldCall) -> str:
+    return request_digest(call.method, call.upstream, call.raw_path, call.query, call.headers,
+                          call.body)
+
+
+class ApprovalRefused(Exception):
+    """A decision that cannot be taken; ``code`` maps to an HTTP status in the admin API."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class VoteOutcome:
+    call: HeldCall  # with the vote added
+    ready: bool  # enough distinct approvers: claim and execute
+
+
+def vote(call: HeldCall, operator: str, role: str, at: datetime,
+         comment: str | None = None, digest: str | None = None) -> VoteOutcome:
+    """Add ``operator``'s approval, or raise ApprovalRefused.
+
+    ``digest``, when the approver passes the one they were shown, must match.
+    """
+    _must_be_pending(call, at)
+    if digest is not None and digest != call.digest:
+        raise ApprovalRefused("digest_mismatch", "the call differs from the one you were shown")
+    if call.roles is not None and role not in call.roles:
+        raise ApprovalRefused("forbidden", f"this rule needs one of the roles "
+                              f"{', '.join(call.roles)} to approve")
+    if call.operators is not None and operator not in call.operators:
+        raise ApprovalRefused("forbidden", f"{operator} may not approve calls of this rule")
+    if any(v.by == operator for v in call.votes):
+        raise ApprovalRefused("already_voted", f"{operator} already approved this call; "
+                              f"it needs {call.required} distinct approvers")
+    votes = (*call.votes, Vote(operator, role, at, comment))
+    return VoteOutcome(replace(call, votes=votes), len(votes) >= call.required)
+
+
+def check_rejectable(call: HeldCall, at: datetime) -> None:
+    _must_be_pending(call, at)
+
+
+def _must_be_pending(call: HeldCall, at: datetime) -> None:
+    if call.status is not ApprovalStatus.PENDING:
+        raise ApprovalRefused("already_decided", f"approval {call.id} is {call.status.value}")
+    if call.expired(at):
+        raise ApprovalRefused("already_decided", f"approval {call.id} expired")
+
+
+def lease(at: datetime, seconds: float) -> datetime:
+    return at + timedelta(seconds=seconds)
+
+
+def agent_status(status: ApprovalStatus) -> str:
+    """What the agent is told: the contract's six states (unknown reads as failed)."""
+    return "failed" if status is ApprovalStatus.UNKNOWN else status.value
+
+
+def field_changes(method: str, current: Any, body: Any) -> list[dict[str, Any]]:
+    """Before -> after, field by field, of what the held call would do.
+
+    >>> field_changes("PATCH", {"plan": "pro", "name": "Ada"}, {"plan": "free"})
+    [{'field': 'plan', 'before': 'pro', 'after': 'free'}]
+    """
+    before = current if isinstance(current, dict) else {}
+    if method == "DELETE":
+        return [{"field": k, "before": v, "after": None} for k, v in sorted(before.items())]
+    if not isinstance(body, dict):
+        return []
+    if method == "PUT":
+        keys = sorted(set(before) | set(body))
+        after = body
+    else:  # PATCH, POST: the fields sent
+        keys = sorted(body)
+        after = {**before, **body} if method == "PATCH" else body
+    return [{"field": k, "before": before.get(k), "after": after.get(k)}
+            for k in keys if before.get(k) != after.get(k) or k not in before]
+
+
+def public_view(call: HeldCall) -> dict[str, Any]:
+    """The operators' JSON of a held call (secrets were never kept)."""
+    body_text: str | None
+    try:
+        body_text = call.body.decode("utf-8")
+    except UnicodeDecodeError:
+        body_text = None
+    return {
+        "id": call.id, "at": iso(call.at), "status": call.status.value, "agent": call.agent,
+        "upstream": call.upstream, "method": call.method, "path": call.raw_path or "/",
+        "query": call.query, "headers": dict(call.headers), "body": body_text,
+        "body_base64": None if body_text is not None else base64.b64encode(call.body).decode(),
+        "rule": call.rule, "policy_revision": call.policy_revision, "digest": call.digest,
+        "run": call.checkpoint.run, "model": call.checkpoint.model,
+        "prompt_version": call.checkpoint.prompt_version,
+        "tool_version": call.checkpoint.tool_version,
+        "required_approvals": call.required,
+        "approvals": [v.to_json() for v in call.votes],
+        "expires_at": iso(call.expires_at) if call.expires_at else None,
+        "decided_by": call.decided_by,
+        "decided_at": iso(call.decided_at) if call.decided_at else None,
+        "reason": call.reason, "response": call.response, "journal_id": call.journal_id,
+        "error": call.error,
+    }
