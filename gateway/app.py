@@ -11,11 +11,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from gateway.approval_queue import ApprovalQueue
 from gateway.core.model import utcnow
 from gateway.core.policy import PolicySet
 from gateway.errors import PolicyError
 from gateway.freezes import FreezeState
 from gateway.metrics import Metrics
+from gateway.notify import Notifier
 from gateway.pipeline import Pipeline
 from gateway.policies import load_policies
 from gateway.ports import Store
@@ -72,9 +74,20 @@ class Gateway:
         freezes = FreezeState(self._store)
         await freezes.load()
         self._pipeline = Pipeline(self.settings, self._store, self._client, freezes, policies)
+        self.notifier = Notifier(self.settings.approval_webhook)
+        self.notifier.start()
+        lease_seconds = self.settings.capture_timeout + self.settings.upstream_timeout + 30
+        self.approvals = ApprovalQueue(self._pipeline, self._store, self.notifier,
+                                       self.settings.approval_max_wait, lease_seconds)
+        self._pipeline.holds = self.approvals
+        await self.approvals.sweep()  # claims left by a process that died are marked unknown
+        self.approvals.start()
         log.info("policy set %s loaded: %s", policies.revision, ", ".join(policies.upstreams))
 
     async def stop(self) -> None:
+        if self._pipeline is not None:
+            await self.approvals.stop()
+            await self.notifier.stop()
         if self._client is not None:
             await self._client.close()
         if self._store is not None:
@@ -107,7 +120,8 @@ class Gateway:
     def proxy_app(self) -> ProxyApp:
         agents = AgentDirectory([(a.name, a.key_sha256) for a in self.settings.agents],
                                 self.settings.allow_anonymous_agents)
-        return ProxyApp(self.pipeline, agents, metrics=self.metrics)
+        return ProxyApp(self.pipeline, agents, own_routes=self.approvals.agent_view,
+                        metrics=self.metrics)
 
     def admin_app(self):  # type: ignore[no-untyped-def]
         from gateway.admin.api import create_admin_app

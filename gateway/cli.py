@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("dir", type=Path)
     hash_ = commands.add_parser("hash", help="print the sha256 of a key or token for settings")
     hash_.add_argument("secret", nargs="?", help="the secret (prompted for when omitted)")
+    from gateway import operator_cli
+    operator_cli.add_operator_commands(commands)
     return parser
 
 
@@ -124,6 +126,9 @@ def cmd_hash(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"serve": cmd_serve, "demo": cmd_demo, "hash": cmd_hash}
+    if hasattr(args, "operator_handler"):  # approvals, killswitch, journal
+        from gateway import operator_cli
+        return operator_cli.run(args)
     try:
         if args.command == "policy":
             return cmd_policy_check(args)

@@ -16,10 +16,11 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from gateway.core import journal as journaling
+from gateway.core.approvals import HeldCall
 from gateway.core.headers import METHOD_OVERRIDES, upstream_request_headers
 from gateway.core.model import (
     Checkpoint,
@@ -72,6 +73,13 @@ class Reply:
     response: UpstreamResponse
     decision: str
     extra_headers: list[tuple[str, str]] = field(default_factory=list)
+    journal_id: str | None = None
+
+
+class Holds(Protocol):
+    """Where held calls go (``gateway.approval_queue.ApprovalQueue``)."""
+
+    async def hold(self, upstream: Upstream, call: Call, decision: Decision) -> Reply: ...
 
 
 class BodyTooLarge(GatewayError):
@@ -103,6 +111,40 @@ class Pipeline:
         self.client = client
         self.freezes = freezes
         self.policies = policies
+        self.holds: Holds | None = None
+
+    async def execute_held(self, held: HeldCall, approval: dict[str, Any]) -> Reply:
+        """Send an approved call through the same steps as a live one.
+
+        Freeze check, capture and journal all apply; the journal entry records
+        who approved it. The response is read whole, to be kept for the agent.
+        """
+        upstream = self.policies.upstreams.get(held.upstream)
+        if upstream is None:
+            raise UnknownUpstream(f"upstream {held.upstream!r} is no longer configured")
+        call = Call(request_id=new_id(), agent=held.agent, agent_key=None,
+                    upstream=held.upstream, method=held.method, raw_path=held.raw_path,
+                    query=held.query, headers=list(held.headers), checkpoint=held.checkpoint,
+                    buffered=held.body)
+        view = self.view_of(call)
+        view = CallView(view.method, view.path, view.segments, view.query, view.headers,
+                        view.agent, journaling.parse_body(held.body,
+                                                          view.headers.get("content-type")))
+        params = next((p for index, p in upstream.trie.match(view.segments)
+                       if upstream.spec.rules[index].id == held.rule), {})
+        decision = Decision(Verdict.HOLD, held.rule, "approved by " + ", ".join(
+            v["by"] for v in approval.get("approved_by", [])), self.policies.revision,
+            upstream.name, params)
+        if not is_mutating(held.method):
+            reply = await self._read(upstream, call)
+            await reply.response.read()
+            return reply
+        return await self._write(upstream, call, view, decision, approval)
+
+    def view_of(self, call: Call) -> CallView:
+        return CallView(call.method, unquote(call.raw_path) or "/", segments_of(call.raw_path),
+                        dict(parse_qsl(call.query, keep_blank_values=True)),
+                        dict(call.headers), call.agent)
 
     async def handle(self, call: Call) -> Reply:
         policies = self.policies  # one consistent set for the whole call
@@ -113,9 +155,7 @@ class Pipeline:
             if name in METHOD_OVERRIDES:
                 raise BadRequest(f"method-override header {name!r} is not allowed: the policy "
                                  "judges the request method")
-        view = CallView(call.method, unquote(call.raw_path) or "/", segments_of(call.raw_path),
-                        dict(parse_qsl(call.query, keep_blank_values=True)),
-                        dict(call.headers), call.agent)
+        view = self.view_of(call)
         mutating = is_mutating(call.method)
         candidates = upstream.trie.match(view.segments)
         if mutating or upstream.needs_body(candidates):
@@ -132,8 +172,11 @@ class Pipeline:
         if decision.verdict is Verdict.DENY:
             raise PolicyDenied(decision.reason, rule=decision.rule)
         if decision.verdict is Verdict.HOLD:
-            raise PolicyDenied("held calls need an approval queue; none is configured",
-                               rule=decision.rule)
+            if self.holds is None:
+                raise PolicyDenied("held calls need an approval queue; none is configured",
+                                   rule=decision.rule)
+            call.buffered = await self._read_body(call)
+            return await self.holds.hold(upstream, call, decision)
         if not mutating:
             return await self._read(upstream, call)
         return await self._write(upstream, call, view, decision)
@@ -168,7 +211,7 @@ class Pipeline:
         return Reply(response, "allow")
 
     async def _write(self, upstream: Upstream, call: Call, view: CallView,
-                     decision: Decision) -> Reply:
+                     decision: Decision, approval: dict[str, Any] | None = None) -> Reply:
         started = time.perf_counter()
         try:
             await self.freezes.check(upstream.name, call.agent)
@@ -180,7 +223,7 @@ class Pipeline:
         target = journaling.capture_path(rule, call.method, view.path, decision.params)
         prior, prior_status, capture_ms = None, None, 0.0
         if target is not None:
-            prior, prior_status, capture_ms = await self._capture(upstream, call, target)
+            prior, prior_status, capture_ms = await self.capture(upstream, call, target)
         content_type = view.headers.get("content-type")
         undo, reversible = journaling.infer_undo(rule, call.method, view.path, decision.params,
                                                  prior, prior_status, view.body, content_type)
@@ -195,7 +238,7 @@ class Pipeline:
             request_body_sha256=stored.sha256, request_body_size=stored.size,
             request_content_type=content_type, prior=prior, prior_status=prior_status,
             capture_path=target, undo=Undo.from_json(undo) if undo else None,
-            reversible=reversible)
+            reversible=reversible, approval=approval)
         try:
             await self.store.journal_intent(entry)
         except Exception as exc:
@@ -213,9 +256,9 @@ class Pipeline:
             await self._outcome(entry, None, exc, started, sent, capture_ms)
             raise
         await self._outcome(entry, response, None, started, sent, capture_ms, upstream)
-        return Reply(response, "allow")
+        return Reply(response, "allow", journal_id=entry.id)
 
-    async def _capture(self, upstream: Upstream, call: Call,
+    async def capture(self, upstream: Upstream, call: Call,
                        target: str) -> tuple[Any, int, float]:
         began = time.perf_counter()
         headers = [h for h in self._headers(upstream, call, drop_encoding=True)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
+from gateway.core.approvals import ApprovalStatus, HeldCall, Vote
 from gateway.core.model import (
     AuditRecord,
     Freeze,
@@ -23,7 +24,7 @@ from gateway.core.model import (
 
 
 class Store(Protocol):
-    """Durable state: freezes, the change journal, the audit chain."""
+    """Durable state: freezes, the change journal, the audit chain, held calls."""
 
     async def start(self) -> None:
         """Connect, then create or migrate the schema."""
@@ -64,6 +65,62 @@ class Store(Protocol):
                            at: datetime) -> AuditRecord: ...
 
     async def list_audit(self, after: int = 0, limit: int = 1000) -> list[AuditRecord]: ...
+
+    # Approvals (held calls) -------------------------------------------------
+    # Every state change is a compare-and-set: it names the state the caller
+    # read and returns True iff the call was still in it (and is now changed).
+    # Of any number of concurrent callers, in any number of processes sharing
+    # the database, exactly one gets True; the others should re-read the call.
+    async def create_held(self, call: HeldCall) -> None:
+        """Persist a new held call (normally pending). A duplicate id raises."""
+
+    async def get_held(self, call_id: str) -> HeldCall | None: ...
+
+    async def list_held(self, status: str | None = None, agent: str | None = None,
+                        upstream: str | None = None, limit: int = 100) -> list[HeldCall]:
+        """Held calls matching every filter given, newest first (by ``at``, then id)."""
+
+    async def record_votes(self, call_id: str, before: tuple[Vote, ...],
+                           after: tuple[Vote, ...]) -> bool:
+        """Replace the votes ``before`` with ``after`` while the call is pending.
+
+        False if the call is not pending or its votes are no longer exactly
+        ``before`` (someone else voted meanwhile: re-read and vote again)."""
+
+    async def claim_held(self, call_id: str, before_votes: tuple[Vote, ...],
+                         after_votes: tuple[Vote, ...], by: str, at: datetime,
+                         lease_until: datetime) -> bool:
+        """pending -> approved ("claimed for execution"), with the final votes,
+        ``decided_by``, ``decided_at`` and the claim's lease.
+
+        Wins only if the call is pending, its votes are exactly
+        ``before_votes`` and it has not expired at ``at``. The winner forwards
+        the call once, then calls ``finish_held`` before ``lease_until``."""
+
+    async def release_claim(self, call_id: str) -> bool:
+        """approved -> pending, clearing ``decided_by``, ``decided_at`` and the
+        lease but keeping the votes: the claimant did not send the call (a
+        freeze engaged between claim and send)."""
+
+    async def finish_held(self, call_id: str, status: ApprovalStatus,
+                          response: dict[str, Any] | None, journal_id: str | None,
+                          error: str | None) -> bool:
+        """approved -> ``status`` (EXECUTED or FAILED; anything else is a
+        ValueError), recording the upstream response, journal entry and error.
+        False if the call was not approved (e.g. its lease lapsed and it was
+        abandoned as unknown)."""
+
+    async def reject_held(self, call_id: str, by: str, reason: str | None,
+                          at: datetime) -> bool:
+        """pending -> rejected, if not expired at ``at`` (whatever its votes)."""
+
+    async def expire_held(self, now: datetime) -> list[str]:
+        """pending -> expired for every call whose ``expires_at <= now``;
+        the ids changed, oldest first."""
+
+    async def abandon_lapsed_claims(self, now: datetime) -> list[str]:
+        """approved -> unknown for every claim whose ``lease_until < now``
+        (its process died mid-execution; never re-sent); the ids changed."""
 
 
 @dataclass(slots=True)

@@ -23,6 +23,8 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from gateway.notify import WebhookSettings
+
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -77,6 +79,8 @@ class Settings(BaseSettings):
     journal_body_limit: int = Field(default=65536, ge=0)
     max_write_body: int = Field(default=16 * 1024 * 1024, gt=0)
     log_level: str = "info"
+    approval_max_wait: float = Field(default=300.0, ge=0)  # cap on Prefer: wait=N
+    approval_webhook: WebhookSettings | None = None
 
     # Built by load_settings from the file; the file layer sits below env vars.
     @classmethod

@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.admin.auth import AdminError, Operator, OperatorDirectory, requires
 from gateway.admin.render import journal_item
+from gateway.approval_queue import ApprovalError
+from gateway.core.approvals import public_view
 from gateway.core.killswitch import scope_of
 from gateway.core.model import Freeze, JournalQuery, parse_iso, utcnow
 
@@ -26,6 +28,17 @@ if TYPE_CHECKING:
 Viewer = Annotated[Operator, Depends(requires("viewer"))]
 Approver = Annotated[Operator, Depends(requires("approver"))]
 Admin = Annotated[Operator, Depends(requires("admin"))]
+
+
+class ApproveRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    comment: str | None = Field(default=None, max_length=2000)
+    digest: str | None = None
+
+
+class RejectRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: str | None = Field(default=None, max_length=2000)
 
 
 class FreezeRequest(BaseModel):
@@ -47,6 +60,10 @@ def create_admin_app(gateway: Gateway) -> FastAPI:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
         return JSONResponse({"error": {"code": exc.code, "message": exc.message, **exc.extra}},
                             exc.status, headers=headers)
+
+    @app.exception_handler(ApprovalError)
+    async def _approval_error(request: Request, exc: ApprovalError) -> JSONResponse:
+        return JSONResponse({"error": {"code": exc.code, "message": exc.message}}, exc.status)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -90,6 +107,31 @@ def create_admin_app(gateway: Gateway) -> FastAPI:
         released = await gateway.freezes.release(kind, target, operator.name, body.reason,
                                                  utcnow())
         return {**killswitch_state(), "released": released.to_json() if released else None}
+
+    @app.get("/v1/approvals")
+    async def approvals(operator: Viewer, status: str | None = None, agent: str | None = None,
+                        upstream: str | None = None,
+                        limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
+        await gateway.approvals.sweep()
+        calls = await gateway.store.list_held(status, agent, upstream, limit)
+        return {"items": [public_view(c) for c in calls]}
+
+    @app.get("/v1/approvals/{call_id}")
+    async def approval(call_id: str, operator: Viewer) -> dict[str, Any]:
+        return await gateway.approvals.show(call_id)
+
+    @app.post("/v1/approvals/{call_id}/approve")
+    async def approve(call_id: str, operator: Approver,
+                      body: ApproveRequest | None = None) -> dict[str, Any]:
+        body = body or ApproveRequest()
+        return await gateway.approvals.approve(call_id, operator.name, operator.role,
+                                               body.comment, body.digest)
+
+    @app.post("/v1/approvals/{call_id}/reject")
+    async def reject(call_id: str, operator: Approver,
+                     body: RejectRequest | None = None) -> dict[str, Any]:
+        body = body or RejectRequest()
+        return await gateway.approvals.reject(call_id, operator.name, body.reason)
 
     @app.get("/v1/journal")
     async def journal(operator: Viewer, agent: str | None = None, upstream: str | None = None,

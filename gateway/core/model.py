@@ -178,6 +178,7 @@ class JournalEntry:
     error: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
     completed_at: datetime | None = None
+    approval: dict[str, Any] | None = None  # the held call's approvals, when it was held
 
 
 @dataclass(frozen=True, slots=True)

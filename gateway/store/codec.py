@@ -2,15 +2,20 @@
 
 The column lists are written once here; the raw-driver statements and the
 ORM rows both follow them, so the two ways into the journal cannot drift.
-JSON goes in as compact text; ``prior`` and ``undo`` are NULL when absent.
+JSON goes in as compact text; ``prior``, ``undo`` and ``approval`` are NULL
+when absent. A held call's votes are written by ``votes_text`` alone, with
+sorted keys, so the same votes are always the same text: the approval
+compare-and-set statements match on that text.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
+from gateway.core.approvals import ApprovalStatus, HeldCall, Vote
 from gateway.core.model import (
     AuditRecord,
     Checkpoint,
@@ -23,7 +28,7 @@ from gateway.core.model import (
     iso,
     parse_iso,
 )
-from gateway.store.tables import AuditRow, FreezeRow, JournalRow
+from gateway.store.tables import ApprovalRow, AuditRow, FreezeRow, JournalRow
 
 JOURNAL_COLUMNS = (
     "id", "at", "request_id", "agent", "run", "model", "prompt_version", "tool_version",
@@ -31,7 +36,7 @@ JOURNAL_COLUMNS = (
     "request_headers", "request_body", "request_body_sha256", "request_body_size",
     "request_content_type", "prior", "prior_status", "capture_path", "undo", "reversible",
     "state", "status", "response_headers", "response_body", "response_body_sha256",
-    "response_body_size", "error", "timings", "completed_at",
+    "response_body_size", "error", "timings", "completed_at", "approval",
 )
 OUTCOME_COLUMNS = (
     "state", "status", "response_headers", "response_body", "response_body_sha256",
@@ -60,12 +65,20 @@ def dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
-def _dumps_or_null(value: Any) -> str | None:
+def dumps_or_null(value: Any) -> str | None:
     return None if value is None else dumps(value)
 
 
 def _loads_or_none(text: str | None) -> Any:
     return None if text is None else json.loads(text)
+
+
+def _iso_or_null(at: datetime | None) -> str | None:
+    return None if at is None else iso(at)
+
+
+def _parse_or_none(text: str | None) -> datetime | None:
+    return None if text is None else parse_iso(text)
 
 
 def _undo_text(undo: Undo | None) -> str | None:
@@ -81,11 +94,12 @@ def journal_params(entry: JournalEntry) -> tuple[Any, ...]:
         entry.upstream, entry.method, entry.path, entry.query, entry.rule, entry.decision,
         entry.policy_revision, dumps(entry.request_headers), entry.request_body,
         entry.request_body_sha256, entry.request_body_size, entry.request_content_type,
-        _dumps_or_null(entry.prior), entry.prior_status, entry.capture_path,
+        dumps_or_null(entry.prior), entry.prior_status, entry.capture_path,
         _undo_text(entry.undo), entry.reversible, entry.state.value, entry.status,
         dumps(entry.response_headers), entry.response_body, entry.response_body_sha256,
         entry.response_body_size, entry.error, dumps(entry.timings),
         None if entry.completed_at is None else iso(entry.completed_at),
+        dumps_or_null(entry.approval),
     )
 
 
@@ -133,6 +147,7 @@ def entry_from_row(row: JournalRow) -> JournalEntry:
         error=row.error,
         timings=json.loads(row.timings),
         completed_at=None if row.completed_at is None else parse_iso(row.completed_at),
+        approval=_loads_or_none(row.approval),
     )
 
 
@@ -159,3 +174,58 @@ def audit_row(record: AuditRecord) -> AuditRow:
     return AuditRow(seq=record.seq, at=iso(record.at), actor=record.actor,
                     action=record.action, detail=dumps(record.detail),
                     prev_hash=record.prev_hash, hash=record.hash)
+
+
+# Held calls -------------------------------------------------------------------
+def votes_text(votes: Sequence[Vote]) -> str:
+    """The one text of ``votes``: what is stored and what the CAS updates compare."""
+    return json.dumps([v.to_json() for v in votes], ensure_ascii=False, sort_keys=True,
+                      separators=(",", ":"))
+
+
+def _votes(text: str) -> tuple[Vote, ...]:
+    return tuple(Vote(v["by"], v["role"], parse_iso(v["at"]), v.get("comment"))
+                 for v in json.loads(text))
+
+
+def _names_or_null(names: tuple[str, ...] | None) -> str | None:
+    return None if names is None else dumps(list(names))
+
+
+def _names_or_none(text: str | None) -> tuple[str, ...] | None:
+    return None if text is None else tuple(json.loads(text))
+
+
+def held_row(call: HeldCall) -> ApprovalRow:
+    cp = call.checkpoint
+    return ApprovalRow(
+        id=call.id, at=iso(call.at), agent=call.agent, upstream=call.upstream,
+        method=call.method, raw_path=call.raw_path, query=call.query,
+        headers=dumps([list(h) for h in call.headers]), body=bytes(call.body),
+        run=cp.run, model=cp.model, prompt_version=cp.prompt_version,
+        tool_version=cp.tool_version, rule=call.rule, policy_revision=call.policy_revision,
+        digest=call.digest, required=call.required, roles=_names_or_null(call.roles),
+        operators=_names_or_null(call.operators), expires_at=_iso_or_null(call.expires_at),
+        status=call.status.value, votes=votes_text(call.votes), decided_by=call.decided_by,
+        decided_at=_iso_or_null(call.decided_at), reason=call.reason,
+        lease_until=_iso_or_null(call.lease_until), response=dumps_or_null(call.response),
+        journal_id=call.journal_id, error=call.error, extra=dumps(call.extra),
+    )
+
+
+def held_from_row(row: ApprovalRow) -> HeldCall:
+    return HeldCall(
+        id=row.id, at=parse_iso(row.at), agent=row.agent, upstream=row.upstream,
+        method=row.method, raw_path=row.raw_path, query=row.query,
+        headers=tuple((name, value) for name, value in json.loads(row.headers)),
+        body=bytes(row.body),
+        checkpoint=Checkpoint(row.run, row.model, row.prompt_version, row.tool_version),
+        rule=row.rule, policy_revision=row.policy_revision, digest=row.digest,
+        required=row.required, roles=_names_or_none(row.roles),
+        operators=_names_or_none(row.operators), expires_at=_parse_or_none(row.expires_at),
+        status=ApprovalStatus(row.status), votes=_votes(row.votes),
+        decided_by=row.decided_by, decided_at=_parse_or_none(row.decided_at),
+        reason=row.reason, lease_until=_parse_or_none(row.lease_until),
+        response=_loads_or_none(row.response), journal_id=row.journal_id, error=row.error,
+        extra=json.loads(row.extra),
+    )

@@ -23,7 +23,6 @@ import asyncpg
 
 from gateway.store.engine import SQLITE_PRAGMAS
 
-
 _T = TypeVar("_T")
 
 

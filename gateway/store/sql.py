@@ -10,7 +10,8 @@ Writes that read before they write (the audit chain's last link, the one
 active freeze per scope and target) are serialized: an asyncio.Lock within
 the process, and across processes a transaction-scoped advisory lock on
 PostgreSQL or ``BEGIN IMMEDIATE`` on SQLite. A freeze change and its audit
-record commit together or not at all.
+record commit together or not at all. The approval queue (``approvals.py``)
+needs no such lock: each of its changes is a single compare-and-set UPDATE.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from gateway.core.model import (
     iso,
 )
 from gateway.store import codec
+from gateway.store.approvals import ApprovalQueue
 from gateway.store.engine import (
     IMMEDIATE,
     asyncpg_dsn,
@@ -53,7 +55,7 @@ WRITE_LOCK = 0x67775F7772697465  # "gw_write": the advisory lock over audit and 
 PING_TIMEOUT = 5.0
 
 
-class SqlStore:
+class SqlStore(ApprovalQueue):
     """The store behind the gateway.
 
     >>> store = SqlStore("sqlite+aiosqlite:///./gateway.db")  # doctest: +SKIP

@@ -3,16 +3,16 @@
 Types are kept plain so one schema serves SQLite and PostgreSQL alike: JSON
 is text (``json.dumps``), instants are fixed-width ISO-8601 UTC text from
 ``gateway.core.model.iso`` (so text order is time order), flags are
-booleans. The Alembic migrations in ``migrations/`` own the schema; these
-classes mirror it for queries, and ``tests/store`` checks the two agree.
-An ``approvals`` table belongs here too, with a migration of its own.
+booleans, bytes are ``LargeBinary`` (BLOB / BYTEA). The Alembic migrations
+in ``migrations/`` own the schema; these classes mirror it for queries, and
+``tests/store`` checks the two agree.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Index, Text, func, literal_column
+from sqlalchemy import Index, LargeBinary, Text, func, literal_column
 from sqlalchemy import text as sql_text
 from sqlmodel import Field, SQLModel
 
@@ -70,6 +70,7 @@ class JournalRow(SQLModel, table=True):
     error: str | None = _text_or_null()
     timings: str = _text()
     completed_at: str | None = _text_or_null()
+    approval: str | None = _text_or_null()  # JSON, when the call was held for approval (0002)
 
 
 class FreezeRow(SQLModel, table=True):
@@ -113,3 +114,50 @@ class AuditRow(SQLModel, table=True):
     detail: str = _text()
     prev_hash: str = _text()
     hash: str = _text()
+
+
+class ApprovalRow(SQLModel, table=True):
+    """One ``HeldCall``: the request exactly as the agent sent it, and its decision.
+
+    The state changes are compare-and-set UPDATEs whose WHERE clause names the
+    expected ``status`` (and ``votes``, compared as text: ``codec.votes_text``
+    is deterministic), so a transition happens once however many processes try.
+    """
+
+    __tablename__ = "approvals"
+    __table_args__ = (
+        Index("ix_approvals_status_at", "status", "at"),
+        Index("ix_approvals_agent_at", "agent", "at"),
+        Index("ix_approvals_upstream_at", "upstream", "at"),
+    )
+
+    id: str = Field(sa_type=Text, primary_key=True)
+    at: str = _text()
+    agent: str = _text()
+    upstream: str = _text()
+    method: str = _text()
+    raw_path: str = _text()
+    query: str = _text()
+    headers: str = _text()  # JSON list of [name, value]
+    body: bytes = Field(sa_type=LargeBinary)
+    run: str | None = _text_or_null()
+    model: str | None = _text_or_null()
+    prompt_version: str | None = _text_or_null()
+    tool_version: str | None = _text_or_null()
+    rule: str | None = _text_or_null()
+    policy_revision: str = _text()
+    digest: str = _text()
+    required: int
+    roles: str | None = _text_or_null()  # JSON list, NULL = any approver role
+    operators: str | None = _text_or_null()  # JSON list, NULL = any operator
+    expires_at: str | None = _text_or_null()  # NULL = never
+    status: str = _text()
+    votes: str = _text()  # JSON list of Vote.to_json(), as codec.votes_text writes it
+    decided_by: str | None = _text_or_null()
+    decided_at: str | None = _text_or_null()
+    reason: str | None = _text_or_null()
+    lease_until: str | None = _text_or_null()
+    response: str | None = _text_or_null()  # JSON
+    journal_id: str | None = _text_or_null()
+    error: str | None = _text_or_null()
+    extra: str = _text()  # JSON object

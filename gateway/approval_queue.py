@@ -1,0 +1,360 @@
+"""The approval queue at run time: holding calls, waiting agents, operators' decisions.
+
+The state machine lives in ``gateway.core.approvals``; this module persists
+each transition (compare-and-set in the store, so one process wins any race)
+and does the waiting: an agent may wait up to ``approval.wait`` seconds (or
+what it asks with ``Prefer: wait=N``, up to ``approval_max_wait``) for the
+decision, woken at once by a decision in this process and by a store poll for
+decisions taken by other processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import re
+import time
+from datetime import timedelta
+from typing import Any
+
+from gateway.core import journal as journaling
+from gateway.core.approvals import (
+    ApprovalRefused,
+    ApprovalStatus,
+    HeldCall,
+    agent_status,
+    check_rejectable,
+    digest_of,
+    field_changes,
+    lease,
+    public_view,
+    request_digest,
+    vote,
+)
+from gateway.core.headers import HOP_BY_HOP
+from gateway.core.killswitch import covering
+from gateway.core.model import Decision, new_id, utcnow
+from gateway.core.policy import Approval, Upstream
+from gateway.core.redact import is_secret_name
+from gateway.errors import (
+    ApprovalRejected,
+    CaptureFailed,
+    GatewayError,
+    JournalUnavailable,
+    WritesFrozen,
+)
+from gateway.notify import Notifier
+from gateway.pipeline import Call, Pipeline, Reply
+from gateway.ports import Store, UpstreamResponse
+
+log = logging.getLogger("gateway.approvals")
+_PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+(?:\.\d+)?)", re.IGNORECASE)
+_POLL = 0.25  # seconds between store reads while an agent waits (other processes' decisions)
+_RETRYABLE = (WritesFrozen, CaptureFailed, JournalUnavailable)  # nothing was sent
+
+
+class ApprovalError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+_REFUSED_STATUS = {"already_decided": 409, "already_voted": 409, "digest_mismatch": 409,
+                   "forbidden": 403}
+
+
+def kept_headers(headers: list[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    """The agent's headers as held: no secrets, no hop-by-hop, nothing of the gateway's."""
+    return tuple((k, v) for k, v in headers
+                 if k not in HOP_BY_HOP and k not in ("host", "content-length")
+                 and not k.startswith(("x-gateway-", "x-agent-")) and not is_secret_name(k))
+
+
+def prefer_wait(headers: list[tuple[str, str]]) -> float | None:
+    for name, value in headers:
+        if name == "prefer":
+            match = _PREFER_WAIT.search(value)
+            if match:
+                return float(match.group(1))
+    return None
+
+
+def stored_response(response: UpstreamResponse) -> dict[str, Any]:
+    body = response.body or b""
+    try:
+        text, encoding = body.decode("utf-8"), None
+    except UnicodeDecodeError:
+        text, encoding = base64.b64encode(body).decode(), "base64"
+    headers = {k.lower(): v for k, v in response.headers
+               if k.lower() not in HOP_BY_HOP and not k.lower().startswith("x-gateway-")
+               and k.lower() != "set-cookie"}
+    return {"status": response.status, "headers": headers, "body": text,
+            "body_encoding": encoding}
+
+
+def replayed(stored: dict[str, Any]) -> UpstreamResponse:
+    raw = stored.get("body") or ""
+    body = base64.b64decode(raw) if stored.get("body_encoding") == "base64" else raw.encode()
+    headers = [(k, v) for k, v in stored.get("headers", {}).items() if k != "content-length"]
+    return UpstreamResponse(stored["status"], headers, body=body)
+
+
+class ApprovalQueue:
+    def __init__(self, pipeline: Pipeline, store: Store, notifier: Notifier,
+                 max_wait: float, lease_seconds: float) -> None:
+        self.pipeline = pipeline
+        self.store = store
+        self.notifier = notifier
+        self.max_wait = max_wait
+        self.lease_seconds = lease_seconds
+        self._changed: dict[str, asyncio.Event] = {}
+        self._sweeper: asyncio.Task[None] | None = None
+
+    # -- agent side ------------------------------------------------------------
+
+    async def hold(self, upstream: Upstream, call: Call, decision: Decision) -> Reply:
+        rule = upstream.rule(decision.rule)
+        spec = rule.approval if rule is not None and rule.approval is not None else Approval()
+        now = utcnow()
+        headers = kept_headers(call.headers)
+        body = call.buffered or b""
+        held = HeldCall(
+            id=new_id(), at=now, agent=call.agent, upstream=upstream.name, method=call.method,
+            raw_path=call.raw_path, query=call.query, headers=headers, body=body,
+            checkpoint=call.checkpoint, rule=decision.rule, policy_revision=decision.revision,
+            digest=request_digest(call.method, upstream.name, call.raw_path, call.query,
+                                  headers, body),
+            required=spec.approvers, roles=spec.roles, operators=spec.operators,
+            expires_at=now + timedelta(seconds=spec.expires) if spec.expires else None)
+        try:
+            await self.store.create_held(held)
+        except Exception as exc:
+            log.error("could not hold %s: %s", held.id, exc)
+            raise JournalUnavailable("the approval queue could not be written; "
+                                     "the call was not sent") from exc
+        await self._audit(call.agent, "approval.held", held, {"rule": decision.rule})
+        self.notifier.publish("approval.held", public_view(held))
+        asked = prefer_wait(call.headers)
+        wait = min(asked if asked is not None else spec.wait, self.max_wait)
+        final = await self.wait(held.id, wait) if wait > 0 else held
+        return self._agent_reply(final)
+
+    def _agent_reply(self, held: HeldCall) -> Reply:
+        if held.status is ApprovalStatus.EXECUTED and held.response is not None:
+            return Reply(replayed(held.response), "allow", journal_id=held.journal_id)
+        if held.status is ApprovalStatus.REJECTED:
+            raise ApprovalRejected(f"approval {held.id} was rejected"
+                                   + (f": {held.reason}" if held.reason else ""),
+                                   approval=held.id)
+        status_url = f"/_gateway/approvals/{held.id}"
+        body = {"approval": {"id": held.id, "status": agent_status(held.status),
+                             "status_url": status_url}}
+        response = UpstreamResponse(202, [("content-type", "application/json"),
+                                          ("location", status_url)],
+                                    body=json.dumps(body).encode())
+        return Reply(response, "hold")
+
+    async def wait(self, call_id: str, seconds: float) -> HeldCall:
+        """Until the call is decided and done, or ``seconds`` pass."""
+        deadline = time.monotonic() + seconds
+        event = self._changed.setdefault(call_id, asyncio.Event())
+        try:
+            while True:
+                held = await self.store.get_held(call_id)
+                assert held is not None
+                if held.status.terminal:
+                    return held
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return held
+                try:
+                    await asyncio.wait_for(event.wait(), min(left, _POLL))
+                except TimeoutError:
+                    pass
+                event.clear()
+        finally:
+            if not event.is_set():
+                self._changed.pop(call_id, None)
+
+    async def agent_view(self, method: str, rest: str, agent: str) -> tuple[int, Any]:
+        """``GET /_gateway/approvals/{id}``: only the agent that sent the call sees it."""
+        call_id = rest.removeprefix("approvals/")
+        held = await self.store.get_held(call_id) if rest.startswith("approvals/") else None
+        if method != "GET" or held is None or held.agent != agent:
+            return 404, {"error": {"code": "not_found", "message": "no such approval"}}
+        held = await self._expire_if_due(held)
+        response = held.response if held.status is ApprovalStatus.EXECUTED else None
+        return 200, {"id": held.id, "status": agent_status(held.status), "response": response}
+
+    # -- operator side ---------------------------------------------------------
+
+    async def get(self, call_id: str) -> HeldCall:
+        held = await self.store.get_held(call_id)
+        if held is None:
+            raise ApprovalError(404, "not_found", f"no approval {call_id}")
+        return await self._expire_if_due(held)
+
+    async def show(self, call_id: str) -> dict[str, Any]:
+        """The held call, the target's current state, and the change field by field."""
+        held = await self.get(call_id)
+        view = public_view(held)
+        upstream = self.pipeline.policies.upstreams.get(held.upstream)
+        current, problem = None, None
+        if upstream is not None:
+            rule = upstream.rule(held.rule)
+            call = Call(new_id(), held.agent, None, held.upstream, held.method, held.raw_path,
+                        held.query, list(held.headers), held.checkpoint, buffered=held.body)
+            path = self.pipeline.view_of(call).path
+            params = next((p for i, p in upstream.trie.match(self.pipeline.view_of(call).segments)
+                           if upstream.spec.rules[i].id == held.rule), {})
+            target = journaling.capture_path(rule, held.method, path, params) or (
+                path if held.method == "POST" else None)
+            if target is not None and held.method != "POST":
+                try:
+                    current, _, _ = await self.pipeline.capture(upstream, call, target)
+                except GatewayError as exc:
+                    problem = exc.message
+        body = journaling.parse_body(held.body, dict(held.headers).get("content-type"))
+        view.update(current=current, changes=field_changes(held.method, current, body))
+        if problem:
+            view["capture_error"] = problem
+        return view
+
+    async def approve(self, call_id: str, operator: str, role: str, comment: str | None,
+                      digest: str | None) -> dict[str, Any]:
+        held = await self.get(call_id)
+        now = utcnow()
+        try:
+            outcome = vote(held, operator, role, now, comment, digest)
+        except ApprovalRefused as exc:
+            raise ApprovalError(_REFUSED_STATUS[exc.code], exc.code, exc.message) from None
+        self._raise_if_frozen(held, await self.store.active_freezes())
+        if not outcome.ready:
+            if not await self.store.record_votes(held.id, held.votes, outcome.call.votes):
+                raise ApprovalError(409, "conflict", "the approval changed meanwhile; retry")
+            await self._audit(operator, "approval.vote", held, {"comment": comment})
+            return {**public_view(outcome.call), "response": None}
+        claimed = await self.store.claim_held(held.id, held.votes, outcome.call.votes, operator,
+                                              now, lease(now, self.lease_seconds))
+        if not claimed:
+            latest = await self.get(call_id)
+            raise ApprovalError(409, "already_decided",
+                                f"approval {call_id} is {latest.status.value}")
+        await self._audit(operator, "approval.approve", held, {"comment": comment})
+        return await self._execute(outcome.call, operator, comment)
+
+    async def _execute(self, held: HeldCall, operator: str, comment: str | None) -> dict[str, Any]:
+        info = {"id": held.id, "approved_by": [v.to_json() for v in held.votes],
+                "comment": comment}
+        if digest_of(held) != held.digest:  # the stored call was altered after it was held
+            await self._finish(held, ApprovalStatus.FAILED, None, None,
+                               "the stored call no longer matches its digest; not sent")
+            raise ApprovalError(409, "digest_mismatch", "the held call was altered; not sent")
+        try:
+            reply = await self.pipeline.execute_held(held, info)
+        except _RETRYABLE as exc:  # nothing reached the upstream: back in the queue
+            await self.store.release_claim(held.id)
+            self._wake(held.id)
+            raise ApprovalError(exc.status, exc.code, exc.message) from None
+        except GatewayError as exc:
+            await self._finish(held, ApprovalStatus.FAILED, None, None,
+                               f"{exc.code}: {exc.message}")
+            raise ApprovalError(exc.status, exc.code, exc.message) from None
+        response = stored_response(reply.response)
+        final = await self._finish(held, ApprovalStatus.EXECUTED, response, reply.journal_id,
+                                   None)
+        return {**public_view(final), "response": response}
+
+    async def _finish(self, held: HeldCall, status: ApprovalStatus,
+                      response: dict[str, Any] | None, journal_id: str | None,
+                      error: str | None) -> HeldCall:
+        await self.store.finish_held(held.id, status, response, journal_id, error)
+        final = await self.store.get_held(held.id) or held
+        await self._audit(held.decided_by or "gateway", f"approval.{status.value}", held,
+                          {"status": response["status"] if response else None, "error": error,
+                           "journal_id": journal_id})
+        self._wake(held.id)
+        self.notifier.publish(f"approval.{status.value}", public_view(final))
+        return final
+
+    async def reject(self, call_id: str, operator: str, reason: str | None) -> dict[str, Any]:
+        held = await self.get(call_id)
+        now = utcnow()
+        try:
+            check_rejectable(held, now)
+        except ApprovalRefused as exc:
+            raise ApprovalError(409, exc.code, exc.message) from None
+        if not await self.store.reject_held(held.id, operator, reason, now):
+            latest = await self.get(call_id)
+            raise ApprovalError(409, "already_decided",
+                                f"approval {call_id} is {latest.status.value}")
+        await self._audit(operator, "approval.reject", held, {"reason": reason})
+        self._wake(held.id)
+        final = await self.get(call_id)
+        self.notifier.publish("approval.rejected", public_view(final))
+        return {**public_view(final), "response": None}
+
+    # -- housekeeping ----------------------------------------------------------
+
+    def start(self) -> None:
+        self._sweeper = asyncio.create_task(self._sweep_forever())
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
+
+    async def sweep(self) -> None:
+        """Expire due calls; mark claims whose process died mid-way as unknown."""
+        now = utcnow()
+        for call_id in await self.store.expire_held(now):
+            await self._after_sweep(call_id, "approval.expired")
+        for call_id in await self.store.abandon_lapsed_claims(now):
+            log.error("approval %s was being executed by a process that stopped; marked "
+                      "unknown, not re-sent", call_id)
+            await self._after_sweep(call_id, "approval.unknown")
+
+    async def _after_sweep(self, call_id: str, action: str) -> None:
+        held = await self.store.get_held(call_id)
+        if held is not None:
+            await self._audit("gateway", action, held, {})
+            self.notifier.publish(action, public_view(held))
+        self._wake(call_id)
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            try:
+                await self.sweep()
+            except Exception:
+                log.exception("approval sweep failed")
+            await asyncio.sleep(1.0)
+
+    async def _expire_if_due(self, held: HeldCall) -> HeldCall:
+        if held.status is ApprovalStatus.PENDING and held.expired(utcnow()):
+            await self.sweep()
+            return await self.store.get_held(held.id) or held
+        return held
+
+    def _raise_if_frozen(self, held: HeldCall, freezes: list[Any]) -> None:
+        freeze = covering([*freezes, *self.pipeline.freezes.active], held.upstream, held.agent)
+        if freeze is not None:
+            raise ApprovalError(423, "writes_frozen",
+                                f"writes are frozen ({freeze.scope.value}): {freeze.reason}; "
+                                "the call stays pending")
+
+    def _wake(self, call_id: str) -> None:
+        event = self._changed.get(call_id)
+        if event is not None:
+            event.set()
+
+    async def _audit(self, actor: str, action: str, held: HeldCall,
+                     detail: dict[str, Any]) -> None:
+        record = {"approval": held.id, "agent": held.agent, "upstream": held.upstream,
+                  "method": held.method, "path": held.raw_path or "/", "rule": held.rule,
+                  **detail}
+        try:
+            await self.store.append_audit(actor, action, record, utcnow())
+        except Exception:
+            log.exception("could not audit %s of %s", action, held.id)

@@ -1,0 +1,139 @@
+"""The approval queue: held calls and their exactly-once state changes.
+
+``ApprovalQueue`` is a mixin of ``SqlStore`` (it uses the store's two
+engines). Every state change is one UPDATE whose WHERE clause carries the
+state the caller read (``status``, and for votes and claims the ``votes``
+text, which ``codec.votes_text`` writes deterministically). The database
+applies it atomically: on PostgreSQL a concurrent UPDATE of the same row
+waits for the first to commit and then re-checks the WHERE clause against
+the new row; on SQLite the transaction begins IMMEDIATE, holding the
+database's write lock. So of any number of callers, in any number of
+processes, exactly one sees ``True`` (one row changed); the others read the
+call again and find it decided.
+
+A pending call past its ``expires_at`` can no longer be claimed or rejected,
+even before ``expire_held`` has swept it (the same rule as
+``HeldCall.expired``: expired when ``now >= expires_at``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, or_, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from gateway.core.approvals import ApprovalStatus, HeldCall, Vote
+from gateway.core.model import iso
+from gateway.store import codec
+from gateway.store.tables import ApprovalRow
+
+PENDING, APPROVED = ApprovalStatus.PENDING.value, ApprovalStatus.APPROVED.value
+LEASE_LAPSED = ("the claim's lease ran out while the call was being executed (the process "
+                "stopped); it may or may not have reached the upstream and is never re-sent")
+
+_id, _status, _votes = col(ApprovalRow.id), col(ApprovalRow.status), col(ApprovalRow.votes)
+_expires_at, _lease_until = col(ApprovalRow.expires_at), col(ApprovalRow.lease_until)
+
+
+class ApprovalQueue:
+    """``create_held`` ... ``abandon_lapsed_claims`` of ``ports.Store``."""
+
+    _engine: AsyncEngine  # reads
+    _writer: AsyncEngine  # writes: BEGIN IMMEDIATE on SQLite
+
+    async def create_held(self, call: HeldCall) -> None:
+        async with AsyncSession(self._writer) as session, session.begin():
+            session.add(codec.held_row(call))
+
+    async def get_held(self, call_id: str) -> HeldCall | None:
+        async with AsyncSession(self._engine) as session:
+            row = await session.get(ApprovalRow, call_id)
+        return None if row is None else codec.held_from_row(row)
+
+    async def list_held(self, status: str | None = None, agent: str | None = None,
+                        upstream: str | None = None, limit: int = 100) -> list[HeldCall]:
+        statement = select(ApprovalRow)
+        for column, value in ((ApprovalRow.status, status), (ApprovalRow.agent, agent),
+                              (ApprovalRow.upstream, upstream)):
+            if value is not None:
+                statement = statement.where(col(column) == value)
+        statement = statement.order_by(col(ApprovalRow.at).desc(), _id.desc()).limit(limit)
+        async with AsyncSession(self._engine) as session:
+            rows = (await session.exec(statement)).all()
+        return [codec.held_from_row(row) for row in rows]
+
+    async def record_votes(self, call_id: str, before: tuple[Vote, ...],
+                           after: tuple[Vote, ...]) -> bool:
+        return await self._change(call_id, _pending(before), votes=codec.votes_text(after))
+
+    async def claim_held(self, call_id: str, before_votes: tuple[Vote, ...],
+                         after_votes: tuple[Vote, ...], by: str, at: datetime,
+                         lease_until: datetime) -> bool:
+        return await self._change(
+            call_id, _pending(before_votes, at), status=APPROVED,
+            votes=codec.votes_text(after_votes), decided_by=by, decided_at=iso(at),
+            lease_until=iso(lease_until))
+
+    async def release_claim(self, call_id: str) -> bool:
+        return await self._change(call_id, [_status == APPROVED], status=PENDING,
+                                  decided_by=None, decided_at=None, lease_until=None)
+
+    async def finish_held(self, call_id: str, status: ApprovalStatus,
+                          response: dict[str, Any] | None, journal_id: str | None,
+                          error: str | None) -> bool:
+        if status not in (ApprovalStatus.EXECUTED, ApprovalStatus.FAILED):
+            raise ValueError(f"a claimed call finishes executed or failed, not {status.value}")
+        return await self._change(call_id, [_status == APPROVED], status=status.value,
+                                  response=codec.dumps_or_null(response),
+                                  journal_id=journal_id, error=error)
+
+    async def reject_held(self, call_id: str, by: str, reason: str | None,
+                          at: datetime) -> bool:
+        return await self._change(call_id, _pending(None, at),
+                                  status=ApprovalStatus.REJECTED.value, decided_by=by,
+                                  decided_at=iso(at), reason=reason)
+
+    async def expire_held(self, now: datetime) -> list[str]:
+        return await self._sweep(
+            [_status == PENDING, _expires_at.is_not(None), _expires_at <= iso(now)],
+            status=ApprovalStatus.EXPIRED.value)
+
+    async def abandon_lapsed_claims(self, now: datetime) -> list[str]:
+        return await self._sweep([_status == APPROVED, _lease_until < iso(now)],
+                                 status=ApprovalStatus.UNKNOWN.value, error=LEASE_LAPSED)
+
+    async def _change(self, call_id: str, expected: Sequence[ColumnElement[bool]],
+                      **values: Any) -> bool:
+        """One compare-and-set UPDATE: True iff the row was in the expected state."""
+        statement = update(ApprovalRow).where(_id == call_id, *expected).values(**values)
+        async with self._writer.begin() as connection:
+            result = await connection.execute(statement)
+        return result.rowcount == 1
+
+    async def _sweep(self, expected: Sequence[ColumnElement[bool]], **values: Any) -> list[str]:
+        """Change every row in the expected state; the ids changed, oldest first."""
+        statement = update(ApprovalRow).where(*expected).values(**values)
+        async with self._writer.begin() as connection:
+            if connection.dialect.update_returning:
+                result = await connection.execute(statement.returning(_id))
+                return sorted(row[0] for row in result)
+            # SQLite before 3.35: the IMMEDIATE transaction keeps the two statements exact.
+            ids = sorted((await connection.execute(select(_id).where(*expected))).scalars())
+            if ids:
+                await connection.execute(statement.where(_id.in_(ids)))
+            return ids
+
+
+def _pending(votes: tuple[Vote, ...] | None, at: datetime | None = None) -> list[ColumnElement[bool]]:
+    """Still pending, with exactly ``votes`` (None: any), and not expired at ``at``."""
+    expected = [_status == PENDING]
+    if votes is not None:
+        expected.append(_votes == codec.votes_text(votes))
+    if at is not None:
+        expected.append(or_(_expires_at.is_(None), _expires_at > iso(at)))
+    return expected
