@@ -1,0 +1,193 @@
+"""Rollback planning and drift (pure).
+
+A rollback undoes a selection of journaled writes, newest first, each by the
+inverse recorded when it was journaled. Before a compensation is sent the
+resource is read again and compared with the state the agent's write left
+(``expected``): if someone changed it since, the step is a ``conflict`` and is
+left alone unless forced. Fields an upstream changes by itself (``volatile``,
+e.g. ``updated_at``) are ignored in that comparison.
+
+``plan_rollback`` turns journal entries into steps and a list of writes that
+cannot be undone (``undo: none``, no prior state, outcome unknown), each with
+everything known about it for manual reconciliation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from enum import Enum
+from typing import Any
+
+from gateway.core.model import JournalEntry, JournalState, iso
+
+ABSENT = {"__absent__": True}  # the expected state of a deleted resource
+
+
+class StepStatus(str, Enum):
+    PLANNED = "planned"
+    APPLYING = "applying"  # sent or about to be: a resumed plan checks before re-sending
+    APPLIED = "applied"
+    CONFLICT = "conflict"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+class PlanStatus(str, Enum):
+    DRY_RUN = "dry_run"
+    RUNNING = "running"
+    DONE = "done"  # every step applied or skipped
+    INCOMPLETE = "incomplete"  # conflicts or failures left for an operator
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    seq: int  # order of execution, 0 first (newest write first)
+    entry_id: str
+    upstream: str
+    method: str
+    path: str
+    body: Any
+    content_type: str
+    target: str  # the resource compared for drift
+    expected: Any  # the state the agent's write left; ABSENT; None = unknown
+    volatile: tuple[str, ...] = ()
+    status: StepStatus = StepStatus.PLANNED
+    detail: str | None = None
+    journal_id: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"seq": self.seq, "entry": self.entry_id, "upstream": self.upstream,
+                "method": self.method, "path": self.path, "body": self.body,
+                "content_type": self.content_type, "status": self.status.value,
+                "detail": self.detail, "journal_id": self.journal_id}
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    id: str
+    created_at: datetime
+    by: str
+    selector: dict[str, Any]
+    force: bool
+    status: PlanStatus
+    steps: tuple[Step, ...]
+    irreversible: tuple[dict[str, Any], ...] = ()
+    skipped: tuple[dict[str, Any], ...] = field(default_factory=tuple)
+
+    def to_json(self) -> dict[str, Any]:
+        steps = [s.to_json() for s in self.steps]
+        return {"id": self.id, "created_at": iso(self.created_at), "by": self.by,
+                "selector": self.selector, "force": self.force, "status": self.status.value,
+                "steps": steps, "irreversible": list(self.irreversible),
+                "conflicts": [s for s in steps if s["status"] == StepStatus.CONFLICT.value]}
+
+
+def _irreversible(entry: JournalEntry, why: str) -> dict[str, Any]:
+    return {"entry": entry.id, "at": iso(entry.at), "agent": entry.agent,
+            "run": entry.checkpoint.run, "upstream": entry.upstream, "method": entry.method,
+            "path": entry.path, "status": entry.status, "rule": entry.rule,
+            "reason": why, "prior": entry.prior, "request_body": entry.request_body,
+            "response_body": entry.response_body}
+
+
+def expected_after(entry: JournalEntry, parsed_response: Any, after: Any) -> Any:
+    """What the write left behind: the response body, else a read made after it."""
+    if entry.method == "DELETE":
+        return ABSENT
+    if isinstance(parsed_response, dict) and parsed_response:
+        return parsed_response
+    return after if isinstance(after, dict) else None
+
+
+def plan_rollback(entries: Iterable[JournalEntry], *, plan_id: str, at: datetime, by: str,
+                  selector: dict[str, Any], force: bool, dry_run: bool,
+                  parse: Callable[[JournalEntry], Any],
+                  volatile: Callable[[JournalEntry], tuple[str, ...]]) -> Plan:
+    """Steps for ``entries`` (any order in, newest first out).
+
+    ``parse(entry)`` gives the expected state the write left (see
+    ``expected_after``); ``volatile(entry)`` the fields its rule ignores.
+    """
+    ordered = sorted(entries, key=lambda e: (e.at, e.id), reverse=True)
+    steps: list[Step] = []
+    irreversible: list[dict[str, Any]] = []
+    skipped: list[dict[str, Any]] = []
+    for entry in ordered:
+        if entry.state is JournalState.INTENT or (entry.state is JournalState.FAILED
+                                                  and entry.error and "timed out" in entry.error):
+            irreversible.append(_irreversible(entry, "outcome unknown: the call may or may "
+                                              "not have reached the upstream"))
+            continue
+        if entry.status is None or not 200 <= entry.status < 300:
+            skipped.append({"entry": entry.id, "reason": f"the write failed ({entry.status}); "
+                            "nothing to undo"})
+            continue
+        if entry.undo is None or not entry.reversible:
+            irreversible.append(_irreversible(entry, "irreversible: no inverse call is known"
+                                              if entry.undo is None else "marked irreversible"))
+            continue
+        undo = entry.undo
+        target = entry.capture_path or (undo.path if entry.method == "POST" else entry.path)
+        steps.append(Step(seq=len(steps), entry_id=entry.id, upstream=entry.upstream,
+                          method=undo.method, path=undo.path, body=undo.body,
+                          content_type=undo.content_type, target=target,
+                          expected=parse(entry), volatile=volatile(entry)))
+    status = PlanStatus.DRY_RUN if dry_run else PlanStatus.RUNNING
+    return Plan(plan_id, at, by, selector, force, status, tuple(steps), tuple(irreversible),
+                tuple(skipped))
+
+
+def strip(value: Any, volatile: Iterable[str]) -> Any:
+    if isinstance(value, dict):
+        ignored = set(volatile)
+        return {k: v for k, v in value.items() if k not in ignored}
+    return value
+
+
+def drifted(step: Step, current_status: int, current: Any) -> str | None:
+    """Why the resource no longer holds what the agent's write left, or None.
+
+    An unknown expected state (no body, no read after the write) cannot be
+    compared: it is reported as drift so nothing is overwritten blindly.
+    """
+    if step.expected == ABSENT:
+        if current_status in (404, 410):
+            return None
+        return "the resource exists again since the agent deleted it"
+    if step.expected is None:
+        return "the state the agent's write left is unknown; use force to apply"
+    if current_status in (404, 410):
+        return "the resource was deleted since the agent's write"
+    if not 200 <= current_status < 300:
+        return f"reading the resource answered {current_status}"
+    if strip(current, step.volatile) != strip(step.expected, step.volatile):
+        changed = sorted(k for k in set(_keys(current)) | set(_keys(step.expected))
+                         if k not in step.volatile and _get(current, k) != _get(step.expected, k))
+        return "changed since the agent's write" + (f": {', '.join(changed)}" if changed else "")
+    return None
+
+
+def _keys(value: Any) -> list[str]:
+    return list(value) if isinstance(value, dict) else []
+
+
+def _get(value: Any, key: str) -> Any:
+    return value.get(key) if isinstance(value, dict) else None
+
+
+def already_compensated(step: Step, current_status: int, current: Any,
+                        prior: Any) -> bool:
+    """On resume: did an ``applying`` step's compensation land before the crash?"""
+    if step.method == "DELETE":
+        return current_status in (404, 410)
+    if isinstance(prior, dict) and 200 <= current_status < 300:
+        return bool(strip(current, step.volatile) == strip(prior, step.volatile))
+    return False
+
+
+def with_status(step: Step, status: StepStatus, detail: str | None = None,
+                journal_id: str | None = None) -> Step:
+    return replace(step, status=status, detail=detail,
+                   journal_id=journal_id if journal_id is not None else step.journal_id)
