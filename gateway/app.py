@@ -8,10 +8,12 @@ and builds the pipeline. ``proxy_app()`` is the agent listener, and
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 
 from gateway.approval_queue import ApprovalQueue
+from gateway.audit_trail import AuditTrail
 from gateway.core.model import utcnow
 from gateway.core.policy import PolicySet
 from gateway.errors import PolicyError
@@ -23,7 +25,9 @@ from gateway.policies import load_policies
 from gateway.ports import Store
 from gateway.ports import Upstream as UpstreamClient
 from gateway.proxy.listener import AgentDirectory, ProxyApp
+from gateway.rollback import Rollbacks
 from gateway.settings import Settings
+from gateway.tripwires import Tripwires
 
 log = logging.getLogger("gateway")
 
@@ -74,6 +78,8 @@ class Gateway:
         freezes = FreezeState(self._store)
         await freezes.load()
         self._pipeline = Pipeline(self.settings, self._store, self._client, freezes, policies)
+        self._pipeline.tripwires = Tripwires(freezes, self._store, self.metrics)
+        self._pipeline.tripwires.configure(self.settings.tripwires, policies)
         self.notifier = Notifier(self.settings.approval_webhook)
         self.notifier.start()
         lease_seconds = self.settings.capture_timeout + self.settings.upstream_timeout + 30
@@ -82,11 +88,18 @@ class Gateway:
         self._pipeline.holds = self.approvals
         await self.approvals.sweep()  # claims left by a process that died are marked unknown
         self.approvals.start()
+        self.rollbacks = Rollbacks(self._pipeline, self._store)
+        self.audit = AuditTrail(self._store)
+        self.audit.start()
+        self.resuming = asyncio.create_task(self.rollbacks.resume_unfinished())
         log.info("policy set %s loaded: %s", policies.revision, ", ".join(policies.upstreams))
 
     async def stop(self) -> None:
         if self._pipeline is not None:
+            self.resuming.cancel()
+            await asyncio.gather(self.resuming, return_exceptions=True)
             await self.approvals.stop()
+            await self.audit.stop()
             await self.notifier.stop()
         if self._client is not None:
             await self._client.close()
@@ -105,6 +118,7 @@ class Gateway:
                               {"kept": previous, "problems": exc.problems})
             return ReloadResult(False, previous, exc.problems)
         self.pipeline.policies = policies
+        self.pipeline.tripwires.configure(self.settings.tripwires, policies)
         self.metrics.policy_reloads["ok"] += 1
         log.info("policy set %s loaded (was %s)", policies.revision, previous)
         await self._audit(actor, "policy.reload", {"revision": policies.revision,
@@ -121,7 +135,7 @@ class Gateway:
         agents = AgentDirectory([(a.name, a.key_sha256) for a in self.settings.agents],
                                 self.settings.allow_anonymous_agents)
         return ProxyApp(self.pipeline, agents, own_routes=self.approvals.agent_view,
-                        metrics=self.metrics)
+                        metrics=self.metrics, audit=self.audit)
 
     def admin_app(self):  # type: ignore[no-untyped-def]
         from gateway.admin.api import create_admin_app

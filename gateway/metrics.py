@@ -14,6 +14,7 @@ class Metrics:
         self.journal_writes = 0
         self.freezes_engaged = 0
         self.policy_reloads: Counter[str] = Counter()  # ok | failed
+        self.tripwires_tripped: Counter[str] = Counter()  # by tripwire id
 
     def render(self, frozen: int, revision: str) -> str:
         lines = [
@@ -36,6 +37,10 @@ class Metrics:
         for result in ("ok", "failed"):
             lines.append(f'gateway_policy_reloads_total{{result="{result}"}} '
                          f"{self.policy_reloads[result]}")
+        lines += ["# HELP gateway_tripwires_tripped_total Tripwire trips by tripwire.",
+                  "# TYPE gateway_tripwires_tripped_total counter"]
+        lines += [f'gateway_tripwires_tripped_total{{tripwire="{name}"}} {count}'
+                  for name, count in sorted(self.tripwires_tripped.items())]
         lines += ["# HELP gateway_policy_info The loaded policy revision.",
                   "# TYPE gateway_policy_info gauge",
                   f'gateway_policy_info{{revision="{revision}"}} 1']

@@ -49,6 +49,7 @@ from gateway.freezes import FreezeState
 from gateway.ports import Store, UpstreamResponse
 from gateway.ports import Upstream as UpstreamClient
 from gateway.settings import Settings
+from gateway.tripwires import Tripwires
 
 log = logging.getLogger("gateway.pipeline")
 
@@ -112,6 +113,7 @@ class Pipeline:
         self.freezes = freezes
         self.policies = policies
         self.holds: Holds | None = None
+        self.tripwires = Tripwires(freezes, store)  # none configured: a no-op
 
     async def execute_held(self, held: HeldCall, approval: dict[str, Any]) -> Reply:
         """Send an approved call through the same steps as a live one.
@@ -130,9 +132,13 @@ class Pipeline:
         view = CallView(view.method, view.path, view.segments, view.query, view.headers,
                         view.agent, journaling.parse_body(held.body,
                                                           view.headers.get("content-type")))
+        rule_id = held.rule
         params = next((p for index, p in upstream.trie.match(view.segments)
-                       if upstream.spec.rules[index].id == held.rule), {})
-        decision = Decision(Verdict.HOLD, held.rule, "approved by " + ", ".join(
+                       if upstream.spec.rules[index].id == rule_id), None)
+        if params is None:  # held by a tripwire, not a rule: the rule that matches decides
+            matched = self.policies.decide(upstream, view)  # capture and undo
+            rule_id, params = matched.rule, matched.params
+        decision = Decision(Verdict.HOLD, rule_id, "approved by " + ", ".join(
             v["by"] for v in approval.get("approved_by", [])), self.policies.revision,
             upstream.name, params)
         if not is_mutating(held.method):
@@ -219,6 +225,12 @@ class Pipeline:
             raise
         except Exception as exc:
             raise JournalUnavailable("the store could not be read for the kill switch") from exc
+        if approval is None:  # an approved call was judged by a person, not by tripwires
+            tripped = await self.tripwires.before_write(upstream, call, view, decision)
+            if tripped is not None:  # action: hold
+                if self.holds is None:
+                    raise PolicyDenied(tripped.reason, rule=tripped.rule)
+                return await self.holds.hold(upstream, call, tripped)
         rule = upstream.rule(decision.rule)
         target = journaling.capture_path(rule, call.method, view.path, decision.params)
         prior, prior_status, capture_ms = None, None, 0.0
@@ -253,9 +265,13 @@ class Pipeline:
                     self._headers(upstream, call, drop_encoding=True), call.buffered,
                     timeout=upstream.spec.timeout or self.settings.upstream_timeout)
         except GatewayError as exc:
-            await self._outcome(entry, None, exc, started, sent, capture_ms)
+            await self.record_outcome(entry, None, exc, started, sent, capture_ms)
+            if approval is None:
+                await self.tripwires.after_write(upstream, call, exc)
             raise
-        await self._outcome(entry, response, None, started, sent, capture_ms, upstream)
+        await self.record_outcome(entry, response, None, started, sent, capture_ms, upstream)
+        if approval is None:
+            await self.tripwires.after_write(upstream, call, response.status)
         return Reply(response, "allow", journal_id=entry.id)
 
     async def capture(self, upstream: Upstream, call: Call,
@@ -278,7 +294,7 @@ class Pipeline:
         body = response.body or b""
         return journaling.prior_value(body, status), status, (time.perf_counter() - began) * 1000
 
-    async def _outcome(self, entry: JournalEntry, response: UpstreamResponse | None,
+    async def record_outcome(self, entry: JournalEntry, response: UpstreamResponse | None,
                        error: GatewayError | None, started: float, sent: float,
                        capture_ms: float, upstream: Upstream | None = None) -> None:
         now = time.perf_counter()
@@ -302,13 +318,54 @@ class Pipeline:
                 if created is not None and not (rule_says_none(upstream, entry.rule)):
                     undo, reversible = Undo.from_json(created), True
             stored = journaling.store_body(body, content_type, self.settings.journal_body_limit)
+            after = await self._read_after(entry, response.status, body, content_type, undo,
+                                           upstream)
             outcome = JournalOutcome(JournalState.COMPLETED, response.status, headers,
                                      stored.text, stored.sha256, stored.size, undo, reversible,
-                                     None, timings, utcnow())
+                                     None, timings, utcnow(), after)
         try:
             await self.store.journal_outcome(entry.id, outcome)
         except Exception:  # the write happened; its intent row stays for operators to see
             log.exception("could not journal the outcome of %s", entry.id)
+
+
+    async def _read_after(self, entry: JournalEntry, status: int, body: bytes,
+                          content_type: str | None, undo: Undo | None,
+                          upstream: Upstream | None) -> Any:
+        """The resource as the write left it, read only when the response does not say.
+
+        Rollback compares this with the resource before compensating (drift);
+        most APIs answer a write with the resource, so this read is rare.
+        """
+        if upstream is None or not 200 <= status < 300 or entry.method == "DELETE":
+            return None
+        if isinstance(journaling.parse_body(body, content_type), dict):
+            return None
+        target = entry.capture_path or (undo.path if undo is not None and
+                                        undo.method == "DELETE" else None)
+        if target is None:
+            return None
+        try:
+            response = await self.client.request("GET", upstream.base_url + target,
+                                                 gateway_headers(upstream),
+                                                 None, timeout=self.settings.capture_timeout)
+        except GatewayError:
+            return None  # rollback will report the state as unknown
+        if not 200 <= response.status < 300:
+            return None
+        return journaling.prior_value(response.body or b"", response.status)
+
+
+def gateway_headers(upstream: Upstream, content_type: str | None = None) -> list[tuple[str, str]]:
+    """Headers for the gateway's own calls (reads after writes, rollback): JSON, the
+    upstream's credential, no compression."""
+    headers = [("host", urlsplit(upstream.base_url).netloc), ("accept", "application/json"),
+               ("accept-encoding", "identity")]
+    if content_type:
+        headers.append(("content-type", content_type))
+    if upstream.spec.credentials is not None and upstream.credential_value:
+        headers.append((upstream.spec.credentials.header.lower(), upstream.credential_value))
+    return headers
 
 
 def rule_says_none(upstream: Upstream, rule_id: str | None) -> bool:

@@ -21,10 +21,12 @@ from gateway.core.model import (
     JournalOutcome,
     JournalQuery,
 )
+from gateway.core.rollback import Plan, PlanStatus, StepStatus
 
 
 class Store(Protocol):
-    """Durable state: freezes, the change journal, the audit chain, held calls."""
+    """Durable state: freezes, the change journal, the audit chain, held calls,
+    rollback plans."""
 
     async def start(self) -> None:
         """Connect, then create or migrate the schema."""
@@ -63,6 +65,10 @@ class Store(Protocol):
     # Audit ------------------------------------------------------------------
     async def append_audit(self, actor: str, action: str, detail: dict[str, Any],
                            at: datetime) -> AuditRecord: ...
+
+    async def append_audit_many(self, items: list[tuple[str, str, dict[str, Any], datetime]],
+                                ) -> list[AuditRecord]:
+        """(actor, action, detail, at) records chained in order, in one transaction."""
 
     async def list_audit(self, after: int = 0, limit: int = 1000) -> list[AuditRecord]: ...
 
@@ -121,6 +127,32 @@ class Store(Protocol):
     async def abandon_lapsed_claims(self, now: datetime) -> list[str]:
         """approved -> unknown for every claim whose ``lease_until < now``
         (its process died mid-execution; never re-sent); the ids changed."""
+
+    # Rollback plans -----------------------------------------------------------
+    # A plan is written once, whole; then its executor records each step's
+    # progress and finally the plan's status. Statuses and tuples read back
+    # exactly as written; a step's ``expected`` None (unknown) stays None and
+    # ``rollback.ABSENT`` reads back equal to ABSENT.
+    async def create_plan(self, plan: Plan) -> None:
+        """Persist ``plan`` and all its steps in one transaction. A duplicate id raises."""
+
+    async def get_plan(self, plan_id: str) -> Plan | None:
+        """The plan with its steps in ``seq`` order; None if there is no such plan."""
+
+    async def list_plans(self, limit: int = 50) -> list[Plan]:
+        """The ``limit`` newest plans (by ``created_at``, then id), newest first, with steps."""
+
+    async def update_step(self, plan_id: str, seq: int, status: StepStatus,
+                          detail: str | None, journal_id: str | None) -> None:
+        """Set a step's status and detail (None clears it), and its journal entry
+        unless ``journal_id`` is None (which keeps the one recorded before).
+        LookupError if the plan has no step ``seq``."""
+
+    async def set_plan_status(self, plan_id: str, status: PlanStatus) -> None:
+        """Set the plan's status; LookupError if there is no such plan."""
+
+    async def unfinished_plans(self) -> list[str]:
+        """Ids of the plans still ``running`` (to resume after a restart), oldest first."""
 
 
 @dataclass(slots=True)

@@ -23,6 +23,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from gateway.core.tripwires import SettingsTripwire
 from gateway.notify import WebhookSettings
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -81,6 +82,15 @@ class Settings(BaseSettings):
     log_level: str = "info"
     approval_max_wait: float = Field(default=300.0, ge=0)  # cap on Prefer: wait=N
     approval_webhook: WebhookSettings | None = None
+    tripwires: list[SettingsTripwire] = []  # every upstream's, unless one names upstreams
+
+    @field_validator("tripwires")
+    @classmethod
+    def _unique_tripwires(cls, value: list[SettingsTripwire]) -> list[SettingsTripwire]:
+        ids = [t.id for t in value]
+        if len(ids) != len(set(ids)):
+            raise ValueError(f"duplicate tripwire id {next(i for i in ids if ids.count(i) > 1)!r}")
+        return value
 
     # Built by load_settings from the file; the file layer sits below env vars.
     @classmethod

@@ -20,6 +20,7 @@ from gateway.approval_queue import ApprovalError
 from gateway.core.approvals import public_view
 from gateway.core.killswitch import scope_of
 from gateway.core.model import Freeze, JournalQuery, parse_iso, utcnow
+from gateway.rollback import RollbackError, Selection
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -39,6 +40,18 @@ class ApproveRequest(BaseModel):
 class RejectRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     reason: str | None = Field(default=None, max_length=2000)
+
+
+class RollbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    entries: list[str] | None = None
+    agent: str | None = None
+    run: str | None = None
+    upstream: str | None = None
+    since: str | None = None
+    until: str | None = None
+    dry_run: bool = True
+    force: bool = False
 
 
 class FreezeRequest(BaseModel):
@@ -63,6 +76,10 @@ def create_admin_app(gateway: Gateway) -> FastAPI:
 
     @app.exception_handler(ApprovalError)
     async def _approval_error(request: Request, exc: ApprovalError) -> JSONResponse:
+        return JSONResponse({"error": {"code": exc.code, "message": exc.message}}, exc.status)
+
+    @app.exception_handler(RollbackError)
+    async def _rollback_error(request: Request, exc: RollbackError) -> JSONResponse:
         return JSONResponse({"error": {"code": exc.code, "message": exc.message}}, exc.status)
 
     @app.exception_handler(RequestValidationError)
@@ -132,6 +149,30 @@ def create_admin_app(gateway: Gateway) -> FastAPI:
                      body: RejectRequest | None = None) -> dict[str, Any]:
         body = body or RejectRequest()
         return await gateway.approvals.reject(call_id, operator.name, body.reason)
+
+    @app.post("/v1/rollback")
+    async def rollback(body: RollbackRequest, operator: Admin) -> dict[str, Any]:
+        selection = Selection(entries=tuple(body.entries) if body.entries else None,
+                              agent=body.agent, run=body.run, upstream=body.upstream,
+                              since=_time(body.since, "since"), until=_time(body.until, "until"))
+        plan = await gateway.rollbacks.start(selection, operator.name, body.dry_run, body.force)
+        return {"plan": plan.to_json()}
+
+    @app.get("/v1/rollback")
+    async def rollbacks(operator: Viewer,
+                        limit: Annotated[int, Query(ge=1, le=500)] = 50) -> dict[str, Any]:
+        return {"items": [p.to_json() for p in await gateway.store.list_plans(limit)]}
+
+    @app.get("/v1/rollback/{plan_id}")
+    async def rollback_plan(plan_id: str, operator: Viewer) -> dict[str, Any]:
+        plan = await gateway.store.get_plan(plan_id)
+        if plan is None:
+            raise AdminError(404, "not_found", f"no rollback plan {plan_id}")
+        return {"plan": plan.to_json()}
+
+    @app.post("/v1/rollback/{plan_id}/resume")
+    async def rollback_resume(plan_id: str, operator: Admin) -> dict[str, Any]:
+        return {"plan": (await gateway.rollbacks.resume(plan_id, operator.name)).to_json()}
 
     @app.get("/v1/journal")
     async def journal(operator: Viewer, agent: str | None = None, upstream: str | None = None,

@@ -179,6 +179,7 @@ class JournalEntry:
     timings: dict[str, float] = field(default_factory=dict)
     completed_at: datetime | None = None
     approval: dict[str, Any] | None = None  # the held call's approvals, when it was held
+    after: Any = None  # the resource read after the write, when its response had no JSON body
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +197,7 @@ class JournalOutcome:
     error: str | None
     timings: dict[str, float]
     completed_at: datetime
+    after: Any = None  # the resource read after the write (see JournalEntry.after)
 
 
 @dataclass(frozen=True, slots=True)

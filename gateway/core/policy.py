@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from gateway.core.cel import Condition, ConditionError
 from gateway.core.model import Decision, Verdict
 from gateway.core.template import PathTrie, Template, TemplateError
+from gateway.core.tripwires import TripwireSpec
 
 UPSTREAM_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 METHODS = ("GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE")
@@ -141,7 +142,9 @@ class PolicyFile(_Strict):
     credentials: Credentials | None = None
     default: Literal["allow", "deny", "hold"] = "deny"
     timeout: float | None = Field(default=None, gt=0)
+    volatile: tuple[str, ...] = ()  # fields every rule's drift check ignores (updated_at...)
     rules: tuple[Rule, ...] = ()
+    tripwires: tuple[TripwireSpec, ...] = ()  # stop conditions on this upstream's writes
 
     @field_validator("upstream")
     @classmethod

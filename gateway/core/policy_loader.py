@@ -68,20 +68,21 @@ def _message(error: dict[str, Any], data: Any) -> str:
     loc = error["loc"]
     where = ".".join(str(p) for p in loc if not isinstance(p, str) or not p.startswith("function"))
     rule_id = _rule_id(loc, data)
-    prefix = f"rule {rule_id!r}: " if rule_id else ""
+    what = "tripwire" if loc and loc[0] == "tripwires" else "rule"
+    prefix = f"{what} {rule_id!r}: " if rule_id else ""
     if error["type"] == "extra_forbidden":
         inside = f" in {'.'.join(map(str, loc[:-1]))}" if loc[:-1] else ""
         return f"{prefix}unknown key {loc[-1]!r}{inside}"
     msg = error["msg"].removeprefix("Value error, ")
-    if error["type"] == "literal_error" and loc and loc[-1] == "action":
+    if error["type"] == "literal_error" and loc and loc[-1] == "action" and what == "rule":
         msg = f"unknown action {error.get('input')!r} (allow, deny or hold)"
     return f"{prefix}{where}: {msg}" if where else f"{prefix}{msg}"
 
 
 def _rule_id(loc: Loc, data: Any) -> str | None:
-    if len(loc) >= 2 and loc[0] == "rules" and isinstance(loc[1], int):
+    if len(loc) >= 2 and loc[0] in ("rules", "tripwires") and isinstance(loc[1], int):
         try:
-            rule = data["rules"][loc[1]]
+            rule = data[loc[0]][loc[1]]
             return str(rule.get("id")) if isinstance(rule, dict) and rule.get("id") else None
         except (KeyError, IndexError, TypeError):
             return None
@@ -98,7 +99,8 @@ _KNOWN_KEYS = {
     "version", "upstream", "base_url", "credentials", "default", "timeout", "rules", "header",
     "value", "id", "match", "action", "approval", "capture", "undo", "volatile", "methods",
     "path", "when", "agents", "wait", "expires", "approvers", "roles", "operators", "method",
-    "body",
+    "body", "tripwires", "kind", "limit", "window", "per", "scope", "field", "allowed_hours",
+    "start", "end", "days", "timezone", "min_calls",
 }
 
 
@@ -138,21 +140,20 @@ def parse_file(filename: str, text: str) -> tuple[PolicyFile | None, dict[Loc, i
 
 
 def _duplicate_ids(filename: str, data: dict[Any, Any], lines: _Lines) -> list[str]:
-    rules = data.get("rules")
-    if not isinstance(rules, list):
-        return []
     problems: list[str] = []
-    seen: dict[str, int] = {}
-    for i, rule in enumerate(rules):
-        rule_id = rule.get("id") if isinstance(rule, dict) else None
-        if not isinstance(rule_id, str):
-            continue
-        line = lines.line(("rules", i, "id"))
-        if rule_id in seen:
-            problems.append(f"{filename}:{line}: duplicate rule id {rule_id!r} "
-                            f"(first at line {seen[rule_id]})")
-        else:
-            seen[rule_id] = line
+    for key, what in (("rules", "rule"), ("tripwires", "tripwire")):
+        items = data.get(key)
+        seen: dict[str, int] = {}
+        for i, item in enumerate(items if isinstance(items, list) else []):
+            item_id = item.get("id") if isinstance(item, dict) else None
+            if not isinstance(item_id, str):
+                continue
+            line = lines.line((key, i, "id"))
+            if item_id in seen:
+                problems.append(f"{filename}:{line}: duplicate {what} id {item_id!r} "
+                                f"(first at line {seen[item_id]})")
+            else:
+                seen[item_id] = line
     return problems
 
 

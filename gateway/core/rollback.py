@@ -104,11 +104,14 @@ def expected_after(entry: JournalEntry, parsed_response: Any, after: Any) -> Any
 def plan_rollback(entries: Iterable[JournalEntry], *, plan_id: str, at: datetime, by: str,
                   selector: dict[str, Any], force: bool, dry_run: bool,
                   parse: Callable[[JournalEntry], Any],
-                  volatile: Callable[[JournalEntry], tuple[str, ...]]) -> Plan:
+                  volatile: Callable[[JournalEntry], tuple[str, ...]],
+                  declared_irreversible: Callable[[JournalEntry], bool] = lambda e: False,
+                  ) -> Plan:
     """Steps for ``entries`` (any order in, newest first out).
 
     ``parse(entry)`` gives the expected state the write left (see
-    ``expected_after``); ``volatile(entry)`` the fields its rule ignores.
+    ``expected_after``); ``volatile(entry)`` the fields its rule ignores;
+    ``declared_irreversible(entry)`` whether its rule says ``undo: none``.
     """
     ordered = sorted(entries, key=lambda e: (e.at, e.id), reverse=True)
     steps: list[Step] = []
@@ -125,8 +128,9 @@ def plan_rollback(entries: Iterable[JournalEntry], *, plan_id: str, at: datetime
                             "nothing to undo"})
             continue
         if entry.undo is None or not entry.reversible:
-            irreversible.append(_irreversible(entry, "irreversible: no inverse call is known"
-                                              if entry.undo is None else "marked irreversible"))
+            why = ("marked irreversible (undo: none)" if declared_irreversible(entry)
+                   else "no inverse call is known (no prior state was captured)")
+            irreversible.append(_irreversible(entry, why))
             continue
         undo = entry.undo
         target = entry.capture_path or (undo.path if entry.method == "POST" else entry.path)

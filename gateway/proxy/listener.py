@@ -17,8 +17,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import quote
 
+from gateway.audit_trail import AuditTrail
 from gateway.core.headers import agent_key, agent_response_headers
-from gateway.core.model import Checkpoint, new_id
+from gateway.core.model import Checkpoint, is_mutating, new_id
 from gateway.errors import BadRequest, GatewayError, Unauthenticated, UnknownUpstream
 from gateway.metrics import Metrics
 from gateway.pipeline import Call, Pipeline, Reply
@@ -58,11 +59,12 @@ class AgentDirectory:
 class ProxyApp:
     def __init__(self, pipeline: Pipeline, agents: AgentDirectory,
                  own_routes: Callable[[str, str, str], Awaitable[tuple[int, Any]]] | None = None,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, audit: AuditTrail | None = None) -> None:
         self.pipeline = pipeline
         self.agents = agents
         self.own_routes = own_routes
         self.metrics = metrics or Metrics()
+        self.audit = audit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -78,15 +80,30 @@ class ProxyApp:
             reply = await self._handle(scope, receive, request_id)
         except GatewayError as exc:
             self.metrics.decisions[(upstream, exc.decision)] += 1
+            await self._audit(scope, request_id, exc.decision, exc.status,
+                              {"code": exc.code, **exc.extra})
             await _error(send, exc, request_id)
             return
         except Exception:
             log.exception("unexpected error handling %s %s", scope.get("method"), scope.get("path"))
             self.metrics.decisions[(upstream, "error")] += 1
+            await self._audit(scope, request_id, "error", 500, {"code": "internal_error"})
             await _error(send, GatewayError("internal error"), request_id)
             return
         self.metrics.decisions[(upstream, reply.decision)] += 1
+        await self._audit(scope, request_id, reply.decision, reply.response.status,
+                          {"journal": reply.journal_id} if reply.journal_id else {})
         await _stream(send, reply, request_id, scope["method"] == "HEAD")
+
+    async def _audit(self, scope: Scope, request_id: str, decision: str, status: int,
+                     detail: dict[str, Any]) -> None:
+        """Every decision on a mutating call goes to the audit chain (batched)."""
+        if self.audit is None or not is_mutating(scope["method"]):
+            return
+        agent = scope.get("gateway.agent") or "unknown"
+        await self.audit.record(agent, f"call.{decision}", {
+            "request_id": request_id, "method": scope["method"], "path": scope["path"],
+            "status": status, **detail})
 
     async def _handle(self, scope: Scope, receive: Receive, request_id: str) -> Reply:
         raw = scope.get("raw_path") or quote(scope["path"]).encode()
@@ -100,6 +117,7 @@ class ProxyApp:
             return await self._own(rest, headers, scope["method"])
         key = agent_key(headers)
         agent = self.agents.identify(key)
+        scope["gateway.agent"] = agent
         if not _UPSTREAM.match(upstream):
             raise UnknownUpstream(f"no upstream named {upstream!r}")
         get = {k: v for k, v in headers if k.startswith("x-agent-")}.get

@@ -2,10 +2,12 @@
 
 The column lists are written once here; the raw-driver statements and the
 ORM rows both follow them, so the two ways into the journal cannot drift.
-JSON goes in as compact text; ``prior``, ``undo`` and ``approval`` are NULL
-when absent. A held call's votes are written by ``votes_text`` alone, with
-sorted keys, so the same votes are always the same text: the approval
-compare-and-set statements match on that text.
+JSON goes in as compact text; ``prior``, ``undo``, ``approval`` and ``after``
+are NULL when absent (so, as for ``prior``, a JSON null reads back as None).
+A held call's votes are written by ``votes_text`` alone, with sorted keys, so
+the same votes are always the same text: the approval compare-and-set
+statements match on that text. A rollback step's ``expected`` is NULL when
+unknown; the ``ABSENT`` marker is stored as the JSON object it is.
 """
 
 from __future__ import annotations
@@ -28,7 +30,15 @@ from gateway.core.model import (
     iso,
     parse_iso,
 )
-from gateway.store.tables import ApprovalRow, AuditRow, FreezeRow, JournalRow
+from gateway.core.rollback import Plan, PlanStatus, Step, StepStatus
+from gateway.store.tables import (
+    ApprovalRow,
+    AuditRow,
+    FreezeRow,
+    JournalRow,
+    RollbackPlanRow,
+    RollbackStepRow,
+)
 
 JOURNAL_COLUMNS = (
     "id", "at", "request_id", "agent", "run", "model", "prompt_version", "tool_version",
@@ -36,11 +46,11 @@ JOURNAL_COLUMNS = (
     "request_headers", "request_body", "request_body_sha256", "request_body_size",
     "request_content_type", "prior", "prior_status", "capture_path", "undo", "reversible",
     "state", "status", "response_headers", "response_body", "response_body_sha256",
-    "response_body_size", "error", "timings", "completed_at", "approval",
+    "response_body_size", "error", "timings", "completed_at", "approval", "after",
 )
 OUTCOME_COLUMNS = (
     "state", "status", "response_headers", "response_body", "response_body_sha256",
-    "response_body_size", "undo", "reversible", "error", "timings", "completed_at",
+    "response_body_size", "undo", "reversible", "error", "timings", "completed_at", "after",
 )
 FREEZE_COLUMNS = ("id", "scope", "target", "reason", "by", "at")
 
@@ -99,7 +109,7 @@ def journal_params(entry: JournalEntry) -> tuple[Any, ...]:
         dumps(entry.response_headers), entry.response_body, entry.response_body_sha256,
         entry.response_body_size, entry.error, dumps(entry.timings),
         None if entry.completed_at is None else iso(entry.completed_at),
-        dumps_or_null(entry.approval),
+        dumps_or_null(entry.approval), dumps_or_null(entry.after),
     )
 
 
@@ -109,7 +119,7 @@ def outcome_params(entry_id: str, outcome: JournalOutcome) -> tuple[Any, ...]:
         outcome.state.value, outcome.status, dumps(outcome.response_headers),
         outcome.response_body, outcome.response_body_sha256, outcome.response_body_size,
         _undo_text(outcome.undo), outcome.reversible, outcome.error, dumps(outcome.timings),
-        iso(outcome.completed_at), entry_id,
+        iso(outcome.completed_at), dumps_or_null(outcome.after), entry_id,
     )
 
 
@@ -148,6 +158,7 @@ def entry_from_row(row: JournalRow) -> JournalEntry:
         timings=json.loads(row.timings),
         completed_at=None if row.completed_at is None else parse_iso(row.completed_at),
         approval=_loads_or_none(row.approval),
+        after=_loads_or_none(row.after),
     )
 
 
@@ -229,3 +240,40 @@ def held_from_row(row: ApprovalRow) -> HeldCall:
         response=_loads_or_none(row.response), journal_id=row.journal_id, error=row.error,
         extra=json.loads(row.extra),
     )
+
+
+# Rollback plans ---------------------------------------------------------------
+def plan_row(plan: Plan, updated_at: datetime) -> RollbackPlanRow:
+    return RollbackPlanRow(
+        id=plan.id, created_at=iso(plan.created_at), by=plan.by, selector=dumps(plan.selector),
+        force=plan.force, status=plan.status.value, irreversible=dumps(list(plan.irreversible)),
+        skipped=dumps(list(plan.skipped)), updated_at=iso(updated_at))
+
+
+def step_row(plan_id: str, step: Step, updated_at: datetime) -> RollbackStepRow:
+    return RollbackStepRow(
+        plan_id=plan_id, seq=step.seq, entry_id=step.entry_id, upstream=step.upstream,
+        method=step.method, path=step.path, body=dumps_or_null(step.body),
+        content_type=step.content_type, target=step.target,
+        expected=dumps_or_null(step.expected), volatile=dumps(list(step.volatile)),
+        status=step.status.value, detail=step.detail, journal_id=step.journal_id,
+        updated_at=iso(updated_at))
+
+
+def step_from_row(row: RollbackStepRow) -> Step:
+    return Step(
+        seq=row.seq, entry_id=row.entry_id, upstream=row.upstream, method=row.method,
+        path=row.path, body=_loads_or_none(row.body), content_type=row.content_type,
+        target=row.target, expected=_loads_or_none(row.expected),
+        volatile=tuple(json.loads(row.volatile)), status=StepStatus(row.status),
+        detail=row.detail, journal_id=row.journal_id)
+
+
+def plan_from_rows(row: RollbackPlanRow, steps: Sequence[RollbackStepRow]) -> Plan:
+    """The plan, its steps in ``seq`` order whatever order ``steps`` came in."""
+    return Plan(
+        id=row.id, created_at=parse_iso(row.created_at), by=row.by,
+        selector=json.loads(row.selector), force=bool(row.force),
+        status=PlanStatus(row.status),
+        steps=tuple(step_from_row(s) for s in sorted(steps, key=lambda s: s.seq)),
+        irreversible=tuple(json.loads(row.irreversible)), skipped=tuple(json.loads(row.skipped)))

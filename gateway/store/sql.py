@@ -12,6 +12,8 @@ the process, and across processes a transaction-scoped advisory lock on
 PostgreSQL or ``BEGIN IMMEDIATE`` on SQLite. A freeze change and its audit
 record commit together or not at all. The approval queue (``approvals.py``)
 needs no such lock: each of its changes is a single compare-and-set UPDATE.
+Nor do rollback plans (``rollbacks.py``): a plan is written whole in one
+transaction, then changed one row at a time by its one executor.
 """
 
 from __future__ import annotations
@@ -49,13 +51,14 @@ from gateway.store.engine import (
 )
 from gateway.store.hot import HotPath, PostgresHotPath, SqliteHotPath
 from gateway.store.migrate import upgrade
+from gateway.store.rollbacks import RollbackPlans
 from gateway.store.tables import AuditRow, FreezeRow, JournalRow
 
 WRITE_LOCK = 0x67775F7772697465  # "gw_write": the advisory lock over audit and freezes
 PING_TIMEOUT = 5.0
 
 
-class SqlStore(ApprovalQueue):
+class SqlStore(ApprovalQueue, RollbackPlans):
     """The store behind the gateway.
 
     >>> store = SqlStore("sqlite+aiosqlite:///./gateway.db")  # doctest: +SKIP
@@ -184,6 +187,17 @@ class SqlStore(ApprovalQueue):
                            at: datetime) -> AuditRecord:
         async with self._serialized() as session:
             return await self._append(session, actor, action, detail, at)
+
+    async def append_audit_many(self, items: list[tuple[str, str, dict[str, Any], datetime]],
+                                ) -> list[AuditRecord]:
+        """Several (actor, action, detail, at) records, chained in one transaction."""
+        records = []
+        async with self._serialized() as session:
+            for actor, action, detail, at in items:
+                record = await self._append(session, actor, action, detail, at)
+                await session.flush()
+                records.append(record)
+        return records
 
     async def list_audit(self, after: int = 0, limit: int = 1000) -> list[AuditRecord]:
         statement = (select(AuditRow).where(col(AuditRow.seq) > after)

@@ -71,6 +71,7 @@ class JournalRow(SQLModel, table=True):
     timings: str = _text()
     completed_at: str | None = _text_or_null()
     approval: str | None = _text_or_null()  # JSON, when the call was held for approval (0002)
+    after: str | None = _text_or_null()  # JSON, the resource read after the write (0003)
 
 
 class FreezeRow(SQLModel, table=True):
@@ -161,3 +162,42 @@ class ApprovalRow(SQLModel, table=True):
     journal_id: str | None = _text_or_null()
     error: str | None = _text_or_null()
     extra: str = _text()  # JSON object
+
+
+class RollbackPlanRow(SQLModel, table=True):
+    """One rollback ``Plan`` without its steps (those are ``RollbackStepRow``)."""
+
+    __tablename__ = "rollback_plans"
+    __table_args__ = (Index("ix_rollback_plans_status", "status"),)
+
+    id: str = Field(sa_type=Text, primary_key=True)
+    created_at: str = _text()
+    by: str = _text()
+    selector: str = _text()  # JSON object
+    force: bool
+    status: str = _text()  # PlanStatus
+    irreversible: str = _text()  # JSON list of objects
+    skipped: str = _text()  # JSON list of objects
+    updated_at: str = _text()
+
+
+class RollbackStepRow(SQLModel, table=True):
+    """One ``Step`` of a rollback plan, keyed by the plan and its order of execution."""
+
+    __tablename__ = "rollback_steps"
+
+    plan_id: str = Field(sa_type=Text, primary_key=True)
+    seq: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    entry_id: str = _text()
+    upstream: str = _text()
+    method: str = _text()
+    path: str = _text()
+    body: str | None = _text_or_null()  # JSON; NULL = no body
+    content_type: str = _text()
+    target: str = _text()
+    expected: str | None = _text_or_null()  # JSON; NULL = unknown (ABSENT is a JSON object)
+    volatile: str = _text()  # JSON list of field names
+    status: str = _text()  # StepStatus
+    detail: str | None = _text_or_null()
+    journal_id: str | None = _text_or_null()
+    updated_at: str = _text()

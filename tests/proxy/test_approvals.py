@@ -76,10 +76,15 @@ async def test_held_call_is_not_sent_until_approved_then_executes_once(gw: Harne
     assert status["status"] == "executed" and status["response"]["status"] == 201
     [entry] = await gw.journal()
     assert entry["decision"] == "hold" and entry["rule"] == "big-deal"
+    await gw.gateway.audit.flush()
     audit = (await gw.admin.get("/v1/audit", headers=gw.as_role("viewer"))).json()["items"]
-    assert [a["action"] for a in audit] == ["approval.held", "approval.approve",
-                                            "approval.executed"]
-    assert audit[1]["actor"] == "approver" and audit[1]["detail"]["comment"] == "ok by me"
+    decisions = [a for a in audit if a["action"].startswith("approval.")]
+    assert [a["action"] for a in decisions] == ["approval.held", "approval.approve",
+                                                "approval.executed"]
+    assert decisions[1]["actor"] == "approver"
+    assert decisions[1]["detail"]["comment"] == "ok by me"
+    [held] = [a for a in audit if a["action"] == "call.hold"]
+    assert held["actor"] == "bot" and held["detail"]["status"] == 202
 
 
 async def test_other_agents_cannot_see_a_held_call(gw: Harness) -> None:

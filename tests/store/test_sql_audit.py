@@ -78,3 +78,12 @@ async def test_postgres_refuses_to_rewrite_the_audit(store: SqlStore, store_url:
     finally:
         await connection.close()
     assert verify(await store.list_audit()).count == 1
+
+
+async def test_a_batch_is_chained_in_order_after_single_appends(store: SqlStore) -> None:
+    await store.append_audit("alice", "first", {}, T0)
+    batch = await store.append_audit_many([("bot", f"call.{i}", {"i": i}, T0) for i in range(5)])
+    assert [r.seq for r in batch] == [2, 3, 4, 5, 6]
+    records = await store.list_audit()
+    assert [r.action for r in records] == ["first"] + [f"call.{i}" for i in range(5)]
+    assert verify(records).ok

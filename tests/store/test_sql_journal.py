@@ -148,3 +148,29 @@ async def test_a_closed_store_refuses_the_hot_path(store: SqlStore, make_entry: 
         await store.journal_outcome(f"{1:032x}", outcome)
     with pytest.raises(RuntimeError):
         await store.active_freezes()
+
+
+@pytest.mark.parametrize("after", [
+    None, {"name": "Zoë", "tags": [1, None]}, {}, [1, "x", None], [],
+])
+async def test_the_read_after_the_write_round_trips(store: SqlStore, make_entry: EntryFactory,
+                                                    outcome: JournalOutcome, after: Any) -> None:
+    entry = make_entry(4)
+    await store.journal_intent(entry)
+    got = await store.get_journal(entry.id)
+    assert got is not None and got.after is None
+
+    written = dataclasses.replace(outcome, after=after)
+    await store.journal_outcome(entry.id, written)
+    got = await store.get_journal(entry.id)
+    assert got is not None and got.after == after and type(got.after) is type(after)
+    assert await store.list_journal(JournalQuery()) == [got]
+    assert got == dataclasses.replace(
+        entry, **{f.name: getattr(written, f.name) for f in dataclasses.fields(written)})
+
+
+async def test_an_intent_can_carry_the_read_after(store: SqlStore,
+                                                  make_entry: EntryFactory) -> None:
+    entry = make_entry(5, after={"id": 5, "name": "Zoë"})
+    await store.journal_intent(entry)
+    assert await store.get_journal(entry.id) == entry

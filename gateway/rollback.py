@@ -1,0 +1,305 @@
+"""Applying rollback plans: drift check, compensation, journal, resume.
+
+The plan is pure (``gateway.core.rollback``); this adapter reads each target
+resource, compares it with what the agent's write left, sends the
+compensation (with ``If-Match`` when the upstream gave an ETag; a 412 is a
+conflict), and journals and audits it like any write. Step states are
+persisted before and after each send, so a rollback interrupted by a crash
+resumes without repeating a step that landed. The kill switch does not apply:
+a freeze stops agents, not operators' recovery.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlencode
+
+from gateway.core import journal as journaling
+from gateway.core.model import (
+    Checkpoint,
+    JournalEntry,
+    JournalQuery,
+    iso,
+    new_id,
+    utcnow,
+)
+from gateway.core.policy import Upstream
+from gateway.core.redact import redact_headers
+from gateway.core.rollback import (
+    Plan,
+    PlanStatus,
+    Step,
+    StepStatus,
+    already_compensated,
+    drifted,
+    expected_after,
+    plan_rollback,
+    with_status,
+)
+from gateway.errors import GatewayError
+from gateway.pipeline import Pipeline, gateway_headers
+from gateway.ports import Store
+
+log = logging.getLogger("gateway.rollback")
+MAX_ENTRIES = 10000
+
+
+class RollbackError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    entries: tuple[str, ...] | None = None
+    agent: str | None = None
+    run: str | None = None
+    upstream: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"entries": list(self.entries) if self.entries else None, "agent": self.agent,
+                "run": self.run, "upstream": self.upstream,
+                "since": iso(self.since) if self.since else None,
+                "until": iso(self.until) if self.until else None}
+
+    def empty(self) -> bool:
+        return not any((self.entries, self.agent, self.run, self.upstream, self.since,
+                        self.until))
+
+
+@dataclass(frozen=True, slots=True)
+class Observed:
+    status: int
+    value: Any
+    etag: str | None
+
+
+class Rollbacks:
+    def __init__(self, pipeline: Pipeline, store: Store) -> None:
+        self.pipeline = pipeline
+        self.store = store
+        self._running: set[str] = set()  # plan ids being applied by this process
+
+    async def select(self, selection: Selection) -> list[JournalEntry]:
+        if selection.empty():
+            raise RollbackError(400, "bad_request", "name what to roll back: entries, agent, "
+                                "run, upstream or a since/until window")
+        query = JournalQuery(agent=selection.agent, upstream=selection.upstream,
+                             run=selection.run, since=selection.since, until=selection.until,
+                             ids=selection.entries, limit=MAX_ENTRIES)
+        entries = await self.store.list_journal(query)
+        if selection.entries:
+            missing = set(selection.entries) - {e.id for e in entries}
+            if missing:
+                raise RollbackError(404, "not_found", f"no journal entries {sorted(missing)}")
+            return entries
+        return [e for e in entries if e.decision != "rollback"]  # not earlier compensations
+
+    async def start(self, selection: Selection, by: str, dry_run: bool, force: bool) -> Plan:
+        entries = await self.select(selection)
+        plan = plan_rollback(entries, plan_id=new_id(), at=utcnow(), by=by,
+                             selector=selection.to_json(), force=force, dry_run=dry_run,
+                             parse=self._expected, volatile=self._volatile,
+                             declared_irreversible=self._declared_irreversible)
+        if dry_run:
+            plan = await self._predict(plan)
+            await self.store.create_plan(plan)
+            return plan
+        await self.store.create_plan(plan)
+        await self._audit(by, "rollback.start", plan, {"steps": len(plan.steps),
+                                                       "irreversible": len(plan.irreversible)})
+        return await self.run(plan)
+
+    async def resume(self, plan_id: str, by: str) -> Plan:
+        plan = await self.store.get_plan(plan_id)
+        if plan is None:
+            raise RollbackError(404, "not_found", f"no rollback plan {plan_id}")
+        if plan.status is PlanStatus.DRY_RUN:
+            raise RollbackError(409, "dry_run", "a dry run is not applied; start a new "
+                                "rollback with dry_run: false")
+        await self.store.set_plan_status(plan.id, PlanStatus.RUNNING)
+        await self._audit(by, "rollback.resume", plan, {})
+        return await self.run(plan)
+
+    async def resume_unfinished(self) -> None:
+        """At start: finish what a stopped process left running."""
+        for plan_id in await self.store.unfinished_plans():
+            log.warning("resuming rollback plan %s", plan_id)
+            try:
+                await self.resume(plan_id, "gateway")
+            except Exception:
+                log.exception("could not resume rollback plan %s", plan_id)
+
+    async def run(self, plan: Plan) -> Plan:
+        if plan.id in self._running:
+            raise RollbackError(409, "running", f"rollback plan {plan.id} is running")
+        self._running.add(plan.id)
+        try:
+            return await self._run(plan)
+        finally:
+            self._running.discard(plan.id)
+
+    async def _run(self, plan: Plan) -> Plan:
+        steps = list(plan.steps)
+        for index, step in enumerate(steps):
+            if step.status in (StepStatus.PLANNED, StepStatus.APPLYING):
+                steps[index] = await self._apply(plan, step)
+        done = all(s.status in (StepStatus.APPLIED, StepStatus.SKIPPED) for s in steps)
+        status = PlanStatus.DONE if done else PlanStatus.INCOMPLETE
+        await self.store.set_plan_status(plan.id, status)
+        final = Plan(plan.id, plan.created_at, plan.by, plan.selector, plan.force, status,
+                     tuple(steps), plan.irreversible, plan.skipped)
+        counts = {s.value: sum(1 for x in steps if x.status is s) for s in StepStatus}
+        await self._audit(plan.by, "rollback.finish", final, {"status": status.value, **counts})
+        return final
+
+    async def _apply(self, plan: Plan, step: Step) -> Step:
+        upstream = self.pipeline.policies.upstreams.get(step.upstream)
+        if upstream is None:
+            return await self._save(plan, step, StepStatus.FAILED,
+                                    f"upstream {step.upstream!r} is no longer configured")
+        try:
+            seen = await self._observe(upstream, step.target)
+        except GatewayError as exc:
+            return await self._save(plan, step, StepStatus.FAILED, f"reading failed: {exc.message}")
+        if step.status is StepStatus.APPLYING:  # interrupted: did the compensation land?
+            entry = await self.store.get_journal(step.entry_id)
+            prior = entry.prior if entry is not None else None
+            if already_compensated(step, seen.status, seen.value, prior):
+                return await self._save(plan, step, StepStatus.APPLIED,
+                                        "found applied when the plan resumed")
+        elif not plan.force:
+            why = drifted(step, seen.status, seen.value)
+            if why is not None:
+                return await self._save(plan, step, StepStatus.CONFLICT, why)
+        await self.store.update_step(plan.id, step.seq, StepStatus.APPLYING, None, None)
+        try:
+            status, journal_id = await self._compensate(upstream, plan, step, seen)
+        except GatewayError as exc:
+            return await self._save(plan, step, StepStatus.FAILED, exc.message)
+        if status == 412:
+            return await self._save(plan, step, StepStatus.CONFLICT,
+                                    "changed since it was read (412 on If-Match)", journal_id)
+        if not 200 <= status < 300:
+            return await self._save(plan, step, StepStatus.FAILED,
+                                    f"the compensation answered {status}", journal_id)
+        return await self._save(plan, step, StepStatus.APPLIED, None, journal_id)
+
+    async def _save(self, plan: Plan, step: Step, status: StepStatus, detail: str | None,
+                    journal_id: str | None = None) -> Step:
+        await self.store.update_step(plan.id, step.seq, status, detail, journal_id)
+        return with_status(step, status, detail, journal_id)
+
+    async def _observe(self, upstream: Upstream, path: str) -> Observed:
+        response = await self.pipeline.client.request(
+            "GET", upstream.base_url + path, gateway_headers(upstream), None,
+            timeout=self.pipeline.settings.capture_timeout)
+        body = response.body or b""
+        etag = next((v for k, v in response.headers if k.lower() == "etag"), None)
+        return Observed(response.status, journaling.prior_value(body, response.status), etag)
+
+    async def _compensate(self, upstream: Upstream, plan: Plan, step: Step,
+                          seen: Observed) -> tuple[int, str]:
+        body = _encode(step.body, step.content_type)
+        headers = gateway_headers(upstream, step.content_type if body else None)
+        if seen.etag and step.method != "POST":
+            headers.append(("if-match", seen.etag))
+        stored = journaling.store_body(body or b"", step.content_type,
+                                       self.pipeline.settings.journal_body_limit)
+        entry = JournalEntry(
+            id=new_id(), at=utcnow(), request_id=new_id(), agent=f"operator:{plan.by}",
+            checkpoint=Checkpoint(run=f"rollback:{plan.id}"), upstream=upstream.name,
+            method=step.method, path=step.path, query="", rule=f"rollback:{plan.id}",
+            decision="rollback", policy_revision=self.pipeline.policies.revision,
+            request_headers=redact_headers(headers),
+            request_body=stored.text, request_body_sha256=stored.sha256,
+            request_body_size=stored.size, request_content_type=step.content_type,
+            prior=seen.value, prior_status=seen.status, capture_path=step.target, undo=None,
+            reversible=False)
+        await self.store.journal_intent(entry)
+        started = time.perf_counter()
+        response = None
+        try:
+            response = await self.pipeline.client.request(
+                step.method, upstream.base_url + step.path, headers, body,
+                timeout=self.pipeline.settings.upstream_timeout)
+        except GatewayError as exc:
+            await self.pipeline.record_outcome(entry, None, exc, started, started, 0.0)
+            raise
+        await self.pipeline.record_outcome(entry, response, None, started, started, 0.0)
+        return response.status, entry.id
+
+    def _expected(self, entry: JournalEntry) -> Any:
+        content_type = entry.response_headers.get("content-type")
+        parsed = journaling.parse_body((entry.response_body or "").encode(), content_type) \
+            if journaling.is_json_type(content_type) else None
+        return expected_after(entry, parsed, getattr(entry, "after", None))
+
+    def _declared_irreversible(self, entry: JournalEntry) -> bool:
+        upstream = self.pipeline.policies.upstreams.get(entry.upstream)
+        rule = upstream.rule(entry.rule) if upstream is not None else None
+        return rule is not None and rule.undo == "none"
+
+    def _volatile(self, entry: JournalEntry) -> tuple[str, ...]:
+        upstream = self.pipeline.policies.upstreams.get(entry.upstream)
+        if upstream is None:
+            return ()
+        rule = upstream.rule(entry.rule)
+        return upstream.spec.volatile + (rule.volatile if rule is not None else ())
+
+    async def _predict(self, plan: Plan) -> Plan:
+        """A dry run reads each resource's newest step's target, to show conflicts now."""
+        seen_targets: set[tuple[str, str]] = set()
+        steps = []
+        for step in plan.steps:
+            key = (step.upstream, step.target)
+            upstream = self.pipeline.policies.upstreams.get(step.upstream)
+            if key in seen_targets or upstream is None or plan.force:
+                steps.append(step)
+                continue
+            seen_targets.add(key)
+            try:
+                seen = await self._observe(upstream, step.target)
+                why = drifted(step, seen.status, seen.value)
+            except GatewayError as exc:
+                why = f"reading failed: {exc.message}"
+            steps.append(with_status(step, StepStatus.CONFLICT, why) if why else step)
+        return Plan(plan.id, plan.created_at, plan.by, plan.selector, plan.force, plan.status,
+                    tuple(steps), plan.irreversible, plan.skipped)
+
+    async def _audit(self, actor: str, action: str, plan: Plan, detail: dict[str, Any]) -> None:
+        try:
+            await self.store.append_audit(actor, action, {"plan": plan.id,
+                                                          "selector": plan.selector, **detail},
+                                          utcnow())
+        except Exception:
+            log.exception("could not audit %s of plan %s", action, plan.id)
+
+
+def _encode(body: Any, content_type: str) -> bytes | None:
+    if body is None:
+        return None
+    if journaling.media_type(content_type) == journaling.FORM and isinstance(body, dict):
+        return urlencode(list(_form_pairs(body, ""))).encode()
+    return json.dumps(body).encode()
+
+
+def _form_pairs(value: Any, prefix: str) -> Any:
+    """Nested values in the bracket notation form APIs use (``metadata[plan]=pro``)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _form_pairs(item, f"{prefix}[{key}]" if prefix else str(key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _form_pairs(item, f"{prefix}[{index}]")
+    else:
+        text = "" if value is None else str(value).lower() if isinstance(value, bool) else value
+        yield prefix, text
