@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from gateway.approval_queue import ApprovalQueue
 from gateway.audit_trail import AuditTrail
@@ -28,6 +29,9 @@ from gateway.proxy.listener import AgentDirectory, ProxyApp
 from gateway.rollback import Rollbacks
 from gateway.settings import Settings
 from gateway.tripwires import Tripwires
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 log = logging.getLogger("gateway")
 
@@ -137,6 +141,6 @@ class Gateway:
         return ProxyApp(self.pipeline, agents, own_routes=self.approvals.agent_view,
                         metrics=self.metrics, audit=self.audit)
 
-    def admin_app(self):  # type: ignore[no-untyped-def]
+    def admin_app(self) -> FastAPI:
         from gateway.admin.api import create_admin_app
         return create_admin_app(self)

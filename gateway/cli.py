@@ -51,9 +51,27 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("dir", type=Path)
     hash_ = commands.add_parser("hash", help="print the sha256 of a key or token for settings")
     hash_.add_argument("secret", nargs="?", help="the secret (prompted for when omitted)")
-    from gateway import operator_cli
-    operator_cli.add_operator_commands(commands)
+    drill = commands.add_parser("drill", help="rehearse an incident: a runaway agent is stopped, "
+                                "its run rolled back, the state checked (exit 0 PASS, 1 FAIL)")
+    drill.add_argument("--base-url", help="a sandbox API with /customers CRUD (default: the "
+                       "bundled demo CRM on a free port); its state is restored")
+    drill.add_argument("--out", type=Path, default=Path("./drill-reports"),
+                       help="where drill-<timestamp>.json and .md go (default ./drill-reports)")
+    drill.add_argument("--writes", type=_at_least_two, default=50,
+                       help="bad writes the agent tries (default 50)")
+    drill.add_argument("--stop", choices=["tripwire", "operator"], default="tripwire",
+                       help="who stops the agent (default tripwire)")
+    drill.add_argument("--database-url", help="a scratch store (default: temporary SQLite)")
+    from gateway import operator
+    operator.add_operator_commands(commands)
     return parser
+
+
+def _at_least_two(text: str) -> int:
+    value = int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError("at least 2")
+    return value
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -117,6 +135,12 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_drill(args: argparse.Namespace) -> int:
+    from gateway.drill import DrillOptions, main
+    return main(DrillOptions(out=args.out, writes=args.writes, stop=args.stop,
+                             base_url=args.base_url, database_url=args.database_url))
+
+
 def cmd_hash(args: argparse.Namespace) -> int:
     secret = args.secret if args.secret is not None else getpass.getpass("secret: ")
     print(sha256_hex(secret))
@@ -125,10 +149,10 @@ def cmd_hash(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"serve": cmd_serve, "demo": cmd_demo, "hash": cmd_hash}
-    if hasattr(args, "operator_handler"):  # approvals, killswitch, journal
-        from gateway import operator_cli
-        return operator_cli.run(args)
+    handlers = {"serve": cmd_serve, "demo": cmd_demo, "hash": cmd_hash, "drill": cmd_drill}
+    if hasattr(args, "operator_handler"):  # approvals, killswitch, journal, rollback, audit
+        from gateway import operator
+        return operator.run(args)
     try:
         if args.command == "policy":
             return cmd_policy_check(args)

@@ -63,8 +63,6 @@ async def serve(settings: Settings, banner: list[str] | None = None,
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop)
     loop.add_signal_handler(signal.SIGHUP, reload)
-    for server in servers:  # uvicorn would install its own handlers otherwise
-        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     proxy_url = _url(proxy_sock)
     admin_url = _url(admin_sock)
     tasks = [asyncio.create_task(server.serve(sockets=[sock]))

@@ -39,6 +39,12 @@ class Listener(BaseModel):
     port: int = Field(default=8080, ge=0, le=65535)
 
 
+class AdminListener(Listener):
+    """Its own class so that setting only ``admin.host`` keeps port 8081."""
+
+    port: int = Field(default=8081, ge=0, le=65535)
+
+
 class AgentSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1)
@@ -68,8 +74,8 @@ class Settings(BaseSettings):
 
     database_url: str = "sqlite+aiosqlite:///./gateway.db"
     policies_dir: Path = Path("./policies")
-    proxy: Listener = Listener(port=8080)
-    admin: Listener = Listener(port=8081)
+    proxy: Listener = Listener()
+    admin: AdminListener = AdminListener()
     allow_anonymous_agents: bool = False
     agents: list[AgentSpec] = []
     operators: list[OperatorSpec] = []
@@ -92,20 +98,6 @@ class Settings(BaseSettings):
             raise ValueError(f"duplicate tripwire id {next(i for i in ids if ids.count(i) > 1)!r}")
         return value
 
-    # Built by load_settings from the file; the file layer sits below env vars.
-    @classmethod
-    def settings_customise_sources(cls, settings_cls: type[BaseSettings],
-                                   init_settings: PydanticBaseSettingsSource,
-                                   env_settings: PydanticBaseSettingsSource,
-                                   dotenv_settings: PydanticBaseSettingsSource,
-                                   file_secret_settings: PydanticBaseSettingsSource,
-                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
-        file_data = _FILE_LAYER.get("data") or {}
-        return (init_settings, env_settings, InitSettingsSource(settings_cls, file_data))
-
-
-_FILE_LAYER: dict[str, Any] = {}
-
 
 class SettingsError(Exception):
     pass
@@ -124,32 +116,35 @@ def read_settings_file(path: Path) -> dict[str, Any]:
 
 
 def load_settings(config: Path | None = None, **flags: Any) -> Settings:
-    """Defaults < file < GATEWAY_* env < flags (None flags are ignored)."""
-    _FILE_LAYER["data"] = read_settings_file(config) if config else {}
+    """Defaults < file < GATEWAY_* env < flags (None flags are ignored).
+
+    Flags name nested fields with ``__`` (``proxy__port=9090``), as env vars do.
+    """
+    file_data = read_settings_file(config) if config else {}
+
+    class Layered(Settings):
+        @classmethod
+        def settings_customise_sources(cls, settings_cls: type[BaseSettings],
+                                       init_settings: PydanticBaseSettingsSource,
+                                       env_settings: PydanticBaseSettingsSource,
+                                       dotenv_settings: PydanticBaseSettingsSource,
+                                       file_secret_settings: PydanticBaseSettingsSource,
+                                       ) -> tuple[PydanticBaseSettingsSource, ...]:
+            return (init_settings, env_settings, InitSettingsSource(settings_cls, file_data))
+
     overrides: dict[str, Any] = {}
     for key, value in flags.items():
         if value is None:
             continue
-        if "__" in key:
-            outer, inner = key.split("__", 1)
+        outer, _, inner = key.partition("__")
+        if inner:
             overrides.setdefault(outer, {})[inner] = value
         else:
             overrides[key] = value
     try:
-        if overrides:
-            base = Settings()
-            merged = base.model_dump()
-            for key, value in overrides.items():
-                if isinstance(value, dict):
-                    merged[key] = {**merged[key], **value}
-                else:
-                    merged[key] = value
-            return Settings.model_validate(merged)
-        return Settings()
+        return Settings.model_validate(Layered(**overrides).model_dump())
     except Exception as exc:
         raise SettingsError(str(exc)) from None
-    finally:
-        _FILE_LAYER.clear()
 
 
 def dev_operator_token() -> tuple[str, OperatorSpec]:

@@ -11,9 +11,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from gateway import dashboard
 from gateway.admin.auth import AdminError, Operator, OperatorDirectory, requires
 from gateway.admin.render import journal_item
 from gateway.approval_queue import ApprovalError
@@ -189,7 +190,7 @@ def create_admin_app(gateway: Gateway) -> FastAPI:
         entry = await gateway.store.get_journal(entry_id)
         if entry is None:
             raise AdminError(404, "not_found", f"no journal entry {entry_id}")
-        return journal_item(entry, full=True)
+        return journal_item(entry)
 
     @app.post("/v1/policies/reload")
     async def reload(operator: Admin) -> JSONResponse:
@@ -219,6 +220,12 @@ def create_admin_app(gateway: Gateway) -> FastAPI:
             records.extend(page)
             after = page[-1].seq
         return verify(records).to_json()
+
+    page = dashboard.load()  # read once; the page asks for a token, the API checks it
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index() -> HTMLResponse:
+        return HTMLResponse(page.html, headers=page.headers)
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics() -> str:

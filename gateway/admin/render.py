@@ -7,7 +7,7 @@ from typing import Any
 from gateway.core.model import JournalEntry, iso
 
 
-def journal_item(entry: JournalEntry, full: bool = False) -> dict[str, Any]:
+def journal_item(entry: JournalEntry) -> dict[str, Any]:
     """The contract's journal fields, then the detail operators need to judge a call."""
     item: dict[str, Any] = {
         "id": entry.id, "at": iso(entry.at), "agent": entry.agent, "run": entry.checkpoint.run,
@@ -28,5 +28,6 @@ def journal_item(entry: JournalEntry, full: bool = False) -> dict[str, Any]:
                      "body": entry.response_body, "body_sha256": entry.response_body_sha256,
                      "body_size": entry.response_body_size},
         "completed_at": iso(entry.completed_at) if entry.completed_at else None,
+        "approval": entry.approval, "after": entry.after,
     }
     return item

@@ -1,7 +1,8 @@
 """A fake admin API on a real socket: uvicorn on 127.0.0.1:0 in a background thread.
 
-It answers each ``(method, path)`` with the JSON set by the test and records
-every request (method, path, query, headers, JSON body) for assertions.
+It answers each ``(method, path)`` with the JSON set by the test (or what a
+function of the request returns, for paging) and records every request
+(method, path, query, headers, JSON body) for assertions.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import asyncio
 import json
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
@@ -36,7 +37,9 @@ class FakeAdmin:
     routes: dict[tuple[str, str], tuple[int, Any]] = field(default_factory=dict)
     requests: list[Recorded] = field(default_factory=list)
 
-    def on(self, method: str, path: str, body: Any, status: int = 200) -> None:
+    def on(self, method: str, path: str, body: Any | Callable[[Recorded], Any],
+           status: int = 200) -> None:
+        """Answer with ``body``; a callable is called with each request for the body."""
         self.routes[(method, path)] = (status, body)
 
     @property
@@ -53,12 +56,14 @@ class FakeAdmin:
             if not message.get("more_body"):
                 break
         method, path = scope["method"], scope["path"]
-        self.requests.append(Recorded(
-            method, path, dict(parse_qsl(scope["query_string"].decode())),
-            {k.decode().lower(): v.decode() for k, v in scope["headers"]},
-            json.loads(raw) if raw else None))
+        request = Recorded(method, path, dict(parse_qsl(scope["query_string"].decode())),
+                           {k.decode().lower(): v.decode() for k, v in scope["headers"]},
+                           json.loads(raw) if raw else None)
+        self.requests.append(request)
         status, body = self.routes.get((method, path), (404, {"error": {
             "code": "not_found", "message": f"no route {method} {path}"}}))
+        if callable(body):
+            body = body(request)
         data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
         content_type = b"text/plain" if isinstance(body, str) else b"application/json"
         await send({"type": "http.response.start", "status": status,
@@ -116,3 +121,21 @@ def admin(fake_server: FakeAdmin, monkeypatch: pytest.MonkeyPatch) -> FakeAdmin:
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
         monkeypatch.delenv(name, raising=False)
     return fake_server
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """``gateway ARGV`` in process: (exit code, stdout, stderr)."""
+    from gateway.cli import main
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def usage_error(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    """``gateway ARGV`` must stop at argument checking (exit 2, usage): its stderr."""
+    from gateway.cli import main
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(argv))
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "usage:" in err
+    return err

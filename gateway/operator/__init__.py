@@ -1,0 +1,47 @@
+"""Operator commands of ``gateway``: approvals, killswitch, journal, rollback, audit.
+
+They talk to the admin REST API (see the contract) with the operator token
+from ``GATEWAY_TOKEN`` and the admin URL from ``--admin-url``, else
+``GATEWAY_ADMIN_URL``, else http://127.0.0.1:8081. Output is a readable table,
+or with ``--json`` the API's JSON. Exit codes: 0 ok, 1 the API answered with an
+error (printed as ``error: CODE: MESSAGE``), 2 usage error or admin API
+unreachable, 3 a rollback plan has conflicts, failed steps or irreversible
+entries, 4 the audit chain is broken.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from gateway.operator import approvals, audit, journal, killswitch, rollback
+from gateway.operator.client import AdminClient, OperatorError, admin_url, token
+
+COMMANDS = ("approvals", "killswitch", "journal", "rollback", "audit")
+
+Handler = Callable[[AdminClient, argparse.Namespace], int]
+
+
+def add_operator_commands(commands: Any) -> None:
+    """Register the operator commands on the ``gateway`` subparsers."""
+    for module in (approvals, killswitch, journal, rollback, audit):
+        module.register(commands)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the operator command parsed into ``args``; returns the exit code."""
+    check = getattr(args, "operator_check", None)
+    if check is not None:  # usage errors that argparse cannot see; exits 2 before any call
+        check(args)
+    handler: Handler = args.operator_handler
+    try:
+        client = AdminClient(admin_url(args), token())
+        try:
+            return handler(client, args)
+        finally:
+            client.close()
+    except OperatorError as exc:
+        print(exc.message, file=sys.stderr)
+        return exc.exit_code
