@@ -22,6 +22,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,8 +30,9 @@ import httpx
 import uvicorn
 
 from gateway.app import Gateway
-from gateway.core.model import JournalQuery, iso, parse_iso, utcnow
-from gateway.core.rollback import StepStatus
+from gateway.core.model import JournalQuery, iso, utcnow
+from gateway.core.rollback import Plan, StepStatus
+from gateway.drill_report import build, changes_lost, differences, save, summary
 from gateway.rollback import MAX_ENTRIES, Selection
 from gateway.settings import AgentSpec, OperatorSpec, Settings, dev_operator_token, sha256_hex
 
@@ -123,24 +125,6 @@ async def read_customers(client: httpx.AsyncClient) -> dict[str, dict[str, Any]]
         raise DrillError(f"GET {client.base_url}customers answered {response.status_code}, "
                          "not a list of customers with ids")
     return {str(item["id"]): item for item in items}
-
-
-def differences(initial: dict[str, dict[str, Any]],
-                final: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """What differs, ignoring volatile fields: missing, extra or changed customers."""
-    out: list[dict[str, Any]] = []
-    for cid in sorted(initial.keys() | final.keys()):
-        before, after = initial.get(cid), final.get(cid)
-        if after is None:
-            out.append({"id": cid, "change": "missing"})
-        elif before is None:
-            out.append({"id": cid, "change": "extra"})
-        else:
-            fields = sorted(k for k in before.keys() | after.keys()
-                            if k not in VOLATILE and before.get(k) != after.get(k))
-            if fields:
-                out.append({"id": cid, "change": "changed", "fields": fields})
-    return out
 
 
 @dataclass
@@ -276,9 +260,31 @@ async def _operator(admin: httpx.AsyncClient, run: str, threshold: int,
         await asyncio.sleep(0.005)
 
 
+@dataclass(frozen=True, slots=True)
+class Findings:
+    """What a drill saw; ``gateway.drill_report.build`` judges it and makes the report."""
+
+    options: DrillOptions
+    started_at: datetime
+    run: str
+    tripwire_limit: int | None
+    base_url: str
+    proxy_url: str
+    initial: dict[str, dict[str, Any]]
+    final: dict[str, dict[str, Any]]
+    agent: AgentLog
+    freeze: dict[str, Any] | None  # as GET /v1/killswitch shows it
+    plan: Plan
+    restore_ms: float
+    journaled: int
+    audit: dict[str, Any]  # GET /v1/audit/verify
+    steps: list[dict[str, Any]]
+    total_ms: float
+
+
 async def run_drill(options: DrillOptions, *, before_rollback: Hook | None = None,
-                    echo: Echo = _print) -> dict[str, Any]:
-    """Run the drill; returns the report (``gateway.drill_report`` saves and prints it)."""
+                    echo: Echo = _print) -> Findings:
+    """Run the drill; ``gateway.drill_report`` judges, saves and prints what it found."""
     started_at, timeline = utcnow(), Timeline(echo)
     run = f"drill-{started_at:%Y%m%dT%H%M%S}-{sha256_hex(str(time.time_ns()))[:6]}"
     limit = max(1, options.writes // 5) if options.stop == "tripwire" else None
@@ -294,6 +300,8 @@ async def run_drill(options: DrillOptions, *, before_rollback: Hook | None = Non
                 timeline.step("scratch upstream", f"bundled demo CRM on {base_url}")
             direct = await stack.enter_async_context(httpx.AsyncClient(base_url=base_url,
                                                                        timeout=10))
+            initial = await read_customers(direct)  # first: an unreachable sandbox fails fast
+            timeline.step("snapshot", f"{len(initial)} customers at the upstream")
             (tmp / "policies").mkdir()
             (tmp / "policies" / "drill.yaml").write_text(policy_yaml(base_url, limit))
             agent_key = dev_operator_token()[0]
@@ -309,8 +317,6 @@ async def run_drill(options: DrillOptions, *, before_rollback: Hook | None = Non
                           f"{'given' if options.database_url else 'temporary SQLite'}, stop by "
                           + (f"tripwire {TRIPWIRE} ({limit} writes/60s per agent -> freeze)"
                              if limit else "an operator watching the journal"))
-            initial = await read_customers(direct)
-            timeline.step("snapshot", f"{len(initial)} customers at the upstream")
 
             client = await stack.enter_async_context(httpx.AsyncClient(
                 base_url=f"{proxy_url}/{UPSTREAM}", timeout=30, headers={
@@ -353,71 +359,17 @@ async def run_drill(options: DrillOptions, *, before_rollback: Hook | None = Non
                               f"({released.status_code})")
 
             final = await read_customers(direct)
-            diff = differences(initial, final)
             entries = await gateway.store.list_journal(JournalQuery(run=run, limit=MAX_ENTRIES))
             await gateway.audit.flush()
             audit = (await admin.get("/v1/audit/verify")).json()
-            lost = len(plan.steps) - counts["applied"] - counts["skipped"] + len(plan.irreversible)
-            timeline.step("verify", f"final state equals initial: {not diff}; changes lost: "
-                          f"{lost}; audit chain ok: {audit.get('ok')}")
+            lost = changes_lost(plan)
+            timeline.step("verify", f"final state equals initial: "
+                          f"{'no' if differences(initial, final, VOLATILE) else 'yes'}; "
+                          f"changes lost: {lost}; audit chain ok: {audit.get('ok')}")
 
-    freeze_at = parse_iso(freeze["at"]).timestamp() if freeze else None
-    timings = {
-        "detect": _ms(log.first_write, freeze_at),
-        "stop": _ms(freeze_at, log.first_423),
-        "restore": round(restore_ms, 1),
-        "total": round((time.perf_counter() - timeline.start) * 1000, 1),
-    }
-    checks = [
-        ("agent stopped by the freeze (423)", log.first_423 is not None and freeze is not None,
-         f"after {log.sent - log.stopped} writes" if log.first_423 else "never stopped"),
-        ("no write went through after the first 423", log.leaked == 0, f"{log.leaked} did"),
-        ("final state equals initial (updated_at ignored)", not diff,
-         f"{len(diff)} customers differ"),
-        ("no journaled write lost", lost == 0, f"{lost} lost"),
-        ("audit chain verifies", audit.get("ok") is True, f"{audit.get('count')} records"),
-    ]
-    return {
-        "version": 1,
-        "verdict": "PASS" if all(ok for _, ok, _ in checks) else "FAIL",
-        "final_equals_initial": not diff,
-        "changes_lost": lost,
-        "started_at": iso(started_at), "finished_at": iso(utcnow()),
-        "options": {"stop": options.stop, "writes": options.writes,
-                    "base_url": options.base_url, "database": _redact(options.database_url)},
-        "setup": {"upstream": base_url, "upstream_kind": "sandbox" if options.base_url else "demo",
-                  "proxy": proxy_url, "agent": AGENT, "run": run,
-                  "tripwire": {"id": TRIPWIRE, "kind": "writes", "limit": limit, "window": 60,
-                               "per": "agent", "action": "freeze"} if limit else None},
-        "timings_ms": timings,
-        "counts": {"writes_sent": log.sent, "writes_through": log.succeeded,
-                   "writes_stopped": log.stopped, "writes_refused_other": log.other,
-                   "writes_after_stop": log.leaked, "journaled": len(entries),
-                   "rollback_steps": len(plan.steps), "undone": counts["applied"],
-                   "conflicts": counts["conflict"], "failed": counts["failed"],
-                   "skipped": counts["skipped"], "irreversible": len(plan.irreversible),
-                   "changes_lost": lost, "customers_initial": len(initial),
-                   "customers_final": len(final)},
-        "checks": [{"check": name, "ok": ok, "detail": detail} for name, ok, detail in checks],
-        "freeze": freeze,
-        "stopped_by": log.stopped_by,
-        "agent_error": log.error,
-        "rollback": plan.to_json(),
-        "differences": diff,
-        "audit": audit,
-        "steps": timeline.steps,
-    }
-
-
-def _ms(start: float | None, end: float | None) -> float | None:
-    return None if start is None or end is None else round((end - start) * 1000, 1)
-
-
-def _redact(url: str | None) -> str:
-    if url is None:
-        return "temporary SQLite"
-    from sqlalchemy.engine import make_url
-    return make_url(url).render_as_string(hide_password=True)
+    return Findings(options, started_at, run, limit, base_url, proxy_url, initial, final, log,
+                    freeze, plan, restore_ms, len(entries), audit, timeline.steps,
+                    (time.perf_counter() - timeline.start) * 1000)
 
 
 def main(options: DrillOptions, before_rollback: Hook | None = None,
@@ -428,12 +380,12 @@ def main(options: DrillOptions, before_rollback: Hook | None = None,
 
 async def amain(options: DrillOptions, before_rollback: Hook | None = None,
                 echo: Echo = _print) -> int:
-    from gateway.drill_report import save, summary
     try:
-        report = await run_drill(options, before_rollback=before_rollback, echo=echo)
+        findings = await run_drill(options, before_rollback=before_rollback, echo=echo)
     except DrillError as exc:
         echo(f"gateway drill: cannot run: {exc}")
         return 2
+    report = build(findings)
     paths = save(report, options.out)
     echo(summary(report, paths))
     return 0 if report["verdict"] == "PASS" else 1

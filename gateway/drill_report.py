@@ -1,14 +1,26 @@
-"""The drill's report: ``drill-<timestamp>.json``, ``drill-<timestamp>.md`` and a summary.
+"""The drill's verdict and report: ``drill-<timestamp>.json``, ``.md`` and a summary.
 
-The report is the plain dict ``gateway.drill.run_drill`` returns; this module
-only renders and saves it.
+``build`` judges what ``gateway.drill.run_drill`` found (``Findings``) and
+turns it into one plain dict, the JSON report; the rest renders and saves it.
+PASS needs every check: the agent was stopped by the freeze and nothing got
+past it, the final state equals the initial one (volatile fields ignored),
+no journaled write was lost (conflict, failure, irreversible), and the audit
+chain verifies.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from gateway.core.model import iso
+from gateway.core.rollback import Plan, StepStatus
+
+if TYPE_CHECKING:
+    from gateway.drill import Findings
 
 PHASES = (("detect", "first bad write -> freeze engaged"),
           ("stop", "freeze engaged -> first 423 seen by the agent"),
@@ -21,6 +33,7 @@ COUNTS = (("writes_sent", "writes sent by the agent"),
           ("writes_refused_other", "writes refused otherwise"),
           ("writes_after_stop", "writes through after the first 423"),
           ("journaled", "journal entries of the run"),
+          ("nothing_to_undo", "journaled but refused or failed: nothing to undo"),
           ("rollback_steps", "rollback steps"),
           ("undone", "undone (applied)"),
           ("conflicts", "conflicts"),
@@ -29,6 +42,104 @@ COUNTS = (("writes_sent", "writes sent by the agent"),
           ("changes_lost", "changes lost"),
           ("customers_initial", "customers before"),
           ("customers_final", "customers after"))
+
+
+def differences(initial: dict[str, dict[str, Any]], final: dict[str, dict[str, Any]],
+                volatile: Iterable[str] = ("updated_at",)) -> list[dict[str, Any]]:
+    """What differs, ignoring volatile fields: missing, extra or changed customers."""
+    ignored = set(volatile)
+    out: list[dict[str, Any]] = []
+    for cid in sorted(initial.keys() | final.keys()):
+        before, after = initial.get(cid), final.get(cid)
+        if after is None:
+            out.append({"id": cid, "change": "missing"})
+        elif before is None:
+            out.append({"id": cid, "change": "extra"})
+        else:
+            fields = sorted(k for k in before.keys() | after.keys()
+                            if k not in ignored and before.get(k) != after.get(k))
+            if fields:
+                out.append({"id": cid, "change": "changed", "fields": fields})
+    return out
+
+
+def changes_lost(plan: Plan) -> int:
+    """Journaled writes not undone: steps in conflict or failed, and irreversible writes."""
+    undone = sum(1 for s in plan.steps if s.status in (StepStatus.APPLIED, StepStatus.SKIPPED))
+    return len(plan.steps) - undone + len(plan.irreversible)
+
+
+def build(found: Findings) -> dict[str, Any]:
+    """The JSON report, verdict included."""
+    from gateway.drill import AGENT, TRIPWIRE, VOLATILE
+    log, plan, options = found.agent, found.plan, found.options
+    diff = differences(found.initial, found.final, VOLATILE)
+    lost = changes_lost(plan)
+    counts = {s.value: sum(1 for x in plan.steps if x.status is s) for s in StepStatus}
+    freeze_at = datetime.fromisoformat(found.freeze["at"].replace("Z", "+00:00")).timestamp() \
+        if found.freeze else None
+    checks = [
+        ("agent stopped by the freeze (423)", log.first_423 is not None and freeze_at is not None,
+         f"after {log.sent - log.stopped} writes" if log.first_423 else "never stopped"),
+        ("no write got past the freeze after the first 423", log.leaked == 0,
+         f"{log.leaked} did"),
+        ("final state equals initial (updated_at ignored)", not diff,
+         f"{len(diff)} customers differ"),
+        ("no journaled write lost", lost == 0, f"{lost} lost"),
+        ("audit chain verifies", found.audit.get("ok") is True,
+         f"{found.audit.get('count')} records"),
+    ]
+    limit = found.tripwire_limit
+    return {
+        "version": 1,
+        "verdict": "PASS" if all(ok for _, ok, _ in checks) else "FAIL",
+        "final_equals_initial": not diff,
+        "changes_lost": lost,
+        "started_at": iso(found.started_at), "finished_at": iso(datetime.now(UTC)),
+        "options": {"stop": options.stop, "writes": options.writes,
+                    "base_url": options.base_url, "database": _redact(options.database_url)},
+        "setup": {"upstream": found.base_url,
+                  "upstream_kind": "sandbox" if options.base_url else "demo",
+                  "proxy": found.proxy_url, "agent": AGENT, "run": found.run,
+                  "tripwire": {"id": TRIPWIRE, "kind": "writes", "limit": limit, "window": 60,
+                               "per": "agent", "action": "freeze"} if limit else None},
+        "timings_ms": {"detect": _between(log.first_write, freeze_at),
+                       "stop": _between(freeze_at, log.first_423),
+                       "restore": round(found.restore_ms, 1), "total": round(found.total_ms, 1)},
+        "times": {"first_write": _iso(log.first_write), "freeze_engaged": _iso(freeze_at),
+                  "first_423": _iso(log.first_423)},
+        "counts": {"writes_sent": log.sent, "writes_through": log.succeeded,
+                   "writes_stopped": log.stopped, "writes_refused_other": log.other,
+                   "writes_after_stop": log.leaked, "journaled": found.journaled,
+                   "rollback_steps": len(plan.steps), "undone": counts["applied"],
+                   "conflicts": counts["conflict"], "failed": counts["failed"],
+                   "nothing_to_undo": len(plan.skipped) + counts["skipped"],
+                   "irreversible": len(plan.irreversible), "changes_lost": lost, "customers_initial": len(found.initial),
+                   "customers_final": len(found.final)},
+        "checks": [{"check": name, "ok": ok, "detail": detail} for name, ok, detail in checks],
+        "freeze": found.freeze,
+        "stopped_by": log.stopped_by,
+        "agent_error": log.error,
+        "rollback": plan.to_json(),
+        "differences": diff,
+        "audit": found.audit,
+        "steps": found.steps,
+    }
+
+
+def _between(start: float | None, end: float | None) -> float | None:
+    return None if start is None or end is None else round((end - start) * 1000, 1)
+
+
+def _iso(epoch: float | None) -> str | None:
+    return None if epoch is None else iso(datetime.fromtimestamp(epoch, UTC))
+
+
+def _redact(url: str | None) -> str:
+    if url is None:
+        return "temporary SQLite"
+    from sqlalchemy.engine import make_url
+    return make_url(url).render_as_string(hide_password=True)
 
 
 def save(report: dict[str, Any], out: Path) -> tuple[Path, Path]:
@@ -80,7 +191,7 @@ def markdown(report: dict[str, Any]) -> str:
     plan = report["rollback"]
     lines += ["", f"## Rollback plan `{plan['id']}` ({plan['status']})", ""]
     if plan["steps"]:
-        lines += ["| # | method | path | status | detail |", "| ---: | --- | --- | --- | --- |"]
+        lines += ["| # | compensation | path | status | detail |", "| ---: | --- | --- | --- | --- |"]
         lines += [f"| {s['seq']} | {s['method']} | `{s['path']}` | {s['status']} | "
                   f"{_cell(s['detail'] or '')} |" for s in plan["steps"]]
     else:

@@ -12,6 +12,7 @@ entries, 4 the audit chain is broken.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -20,6 +21,8 @@ from gateway.operator import approvals, audit, journal, killswitch, rollback
 from gateway.operator.client import AdminClient, OperatorError, admin_url, token
 
 COMMANDS = ("approvals", "killswitch", "journal", "rollback", "audit")
+
+EXIT_PIPE_CLOSED = 141  # what a shell reports for a command ended by SIGPIPE
 
 Handler = Callable[[AdminClient, argparse.Namespace], int]
 
@@ -45,3 +48,6 @@ def run(args: argparse.Namespace) -> int:
     except OperatorError as exc:
         print(exc.message, file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:  # `gateway audit export | head`: stop quietly, as cat does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush
+        return EXIT_PIPE_CLOSED

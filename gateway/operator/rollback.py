@@ -190,11 +190,10 @@ def _plan_lines(plan: dict[str, Any], args: argparse.Namespace) -> list[str]:
 def _conflict_summary(conflicts: list[dict[str, Any]], dry_run: bool) -> str:
     if not conflicts:
         return "conflicts: none"
-    which = ", ".join(clean(f"{text(s.get('seq'))} ({text(s.get('method'))} {text(s.get('path'))})")
-                      for s in conflicts)
+    seqs = ", ".join(text(s.get("seq")) for s in conflicts)
     left = "would be left alone" if dry_run else "left alone"
-    return (f"conflicts: {plural(len(conflicts), 'step')}, changed since the agent's write, "
-            f"{left} (seq {which}); --force overwrites them")
+    return (f"conflicts: {plural(len(conflicts), 'step')} (seq {seqs}) changed since the agent's "
+            f"write, {left}; --force overwrites them")
 
 
 def _selector_text(selector: Any) -> str:

@@ -9,6 +9,7 @@ URLs sent exactly as the agent encoded them.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator, Mapping
 
 import aiohttp
@@ -44,10 +45,7 @@ class AiohttpUpstream:
                       body: bytes | AsyncIterator[bytes] | None, *, stream: bool = False,
                       timeout: float | None = None) -> UpstreamResponse:
         target = URL(url, encoded=True)
-        limit = timeout or self._timeout
-        client_timeout = aiohttp.ClientTimeout(
-            total=None if stream else limit, sock_connect=self._connect_timeout,
-            sock_read=limit)
+        client_timeout = self._timeout_for(timeout or self._timeout, stream)
         try:
             response = await self._session(target).request(
                 method, target, headers=list(headers.items()) if isinstance(headers, Mapping)
@@ -73,6 +71,13 @@ class AiohttpUpstream:
                 response.release()
             return UpstreamResponse(response.status, out_headers, body=data)
         return UpstreamResponse(response.status, out_headers, stream=_chunks(response))
+
+    @functools.lru_cache(maxsize=64)  # noqa: B019 - a handful of (limit, stream) pairs per process
+    def _timeout_for(self, limit: float, stream: bool) -> aiohttp.ClientTimeout:
+        """A whole-call limit, or for streams a limit between reads (a download may be long)."""
+        if stream:
+            return aiohttp.ClientTimeout(sock_connect=self._connect_timeout, sock_read=limit)
+        return aiohttp.ClientTimeout(total=limit, sock_connect=self._connect_timeout)
 
     async def close(self) -> None:
         sessions, self._sessions = self._sessions, {}

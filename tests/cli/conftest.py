@@ -39,7 +39,8 @@ class FakeAdmin:
 
     def on(self, method: str, path: str, body: Any | Callable[[Recorded], Any],
            status: int = 200) -> None:
-        """Answer with ``body``; a callable is called with each request for the body."""
+        """Answer with ``body``; a callable gets each request and returns the body, or
+        ``(status, body)``."""
         self.routes[(method, path)] = (status, body)
 
     @property
@@ -64,6 +65,8 @@ class FakeAdmin:
             "code": "not_found", "message": f"no route {method} {path}"}}))
         if callable(body):
             body = body(request)
+            if isinstance(body, tuple):
+                status, body = body
         data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
         content_type = b"text/plain" if isinstance(body, str) else b"application/json"
         await send({"type": "http.response.start", "status": status,

@@ -74,8 +74,8 @@ def test_dry_run_with_conflicts_exits_3(admin: FakeAdmin, capsys: pytest.Capture
     assert code == 3 and out.startswith("DRY RUN")
     first = section(out, "steps (2")[1]
     assert "conflict" in first and first.endswith("changed since the agent's write: plan")
-    assert ("conflicts: 1 step, changed since the agent's write, would be left alone "
-            "(seq 0 (PUT /customers/42)); --force overwrites them") in out
+    assert ("conflicts: 1 step (seq 0) changed since the agent's write, would be left alone; "
+            "--force overwrites them") in out
     assert "to apply: gateway rollback --run run-7 --apply" in out
 
 
@@ -117,7 +117,7 @@ def test_apply_with_failures_exits_3_and_says_how_to_retry(admin: FakeAdmin,
     code, out, _ = run_cli(capsys, "rollback", "--run", "run-7", "--apply")
     assert code == 3 and admin.last.body == {"run": "run-7", "dry_run": False, "force": False}
     assert "incomplete" in out and "the compensation answered 500" in out
-    assert "conflicts: 1 step, changed since the agent's write, left alone (seq 1 (PUT /customers/44))" in out
+    assert "conflicts: 1 step (seq 1) changed since the agent's write, left alone;" in out
     assert "failed: 1 step (seq 2)" in out
     assert out.rstrip().splitlines()[-1] == "to plan those again: gateway rollback --entries jrn_2 jrn_1"
 

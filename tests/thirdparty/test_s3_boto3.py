@@ -1,0 +1,160 @@
+"""Rollback of S3 object writes made with boto3, through ``gateway serve``, on moto's server.
+
+The agent is boto3's S3 client with ``endpoint_url`` = the gateway's proxy URL
++ ``/s3`` and path-style addressing, so ``put_object`` is ``PUT /s3/{bucket}/{key}``.
+It signs every request (SigV4, dummy keys) for the gateway's host and sends
+``Expect: 100-continue`` with bodies; over plain HTTP it sends whole bodies
+with an ``x-amz-checksum-crc32`` header, not aws-chunked ones. The gateway
+key and run ride in headers added after signing (the gateway strips them).
+
+S3 answers a write with an empty body, so the drift check compares a read
+made after the write; deleting is undone by PUT (S3 has no POST to a
+"collection"), which the policy says with ``undo:``.
+
+Credentials: moto does not verify signatures but, like S3, refuses an
+unsigned request (no ``Authorization``) on an existing private object with
+403. The gateway's own calls (the read after a write, rollback's drift read
+and its compensation) carry only the policy's ``credentials`` header, so the
+policy injects an ``Authorization`` header (moto takes any; a real S3 would
+need the gateway to SigV4-sign each call, which it cannot do). Without it,
+see the last test: rollback cannot read, and leaves the objects alone.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from tests.harness import AGENT_KEY, policy_text
+from tests.thirdparty.conftest import Gateway
+
+boto3 = pytest.importorskip("boto3") if False else None  # imported in the fixtures below
+
+RULES = """
+- id: read
+  match: {methods: [GET, HEAD], path: "/**"}
+  action: allow
+- id: put-object
+  match: {methods: [PUT], path: "/{bucket}/{key}"}
+  action: allow
+  capture: {path: "/{bucket}/{key}"}   # absent before (404): undo is DELETE
+- id: delete-object
+  match: {methods: [DELETE], path: "/{bucket}/{key}"}
+  action: allow
+  undo: {method: PUT, path: "/{bucket}/{key}", body: prior}
+"""
+CREDENTIAL = ('credentials: {header: Authorization, value: "${THIRDPARTY_S3_AUTHORIZATION}"}\n')
+ENV = {"THIRDPARTY_S3_AUTHORIZATION": "AWS4-HMAC-SHA256 Credential=gateway/20250101/us-east-1/"
+                                      "s3/aws4_request, SignedHeaders=host, Signature=0"}
+INITIAL = {
+    "a.json": {"name": "alpha", "version": 1, "tags": ["x", "y"]},
+    "b.json": {"name": "beta", "limits": {"cpu": 2, "memory": "4Gi"}},
+    "d.json": {"name": "delta", "untouched": True},
+}
+
+
+def client(endpoint: str, run: str | None = None) -> Any:
+    import boto3
+    from botocore.config import Config
+
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                      aws_access_key_id="testing", aws_secret_access_key="testing",
+                      config=Config(s3={"addressing_style": "path"},
+                                    retries={"max_attempts": 1, "mode": "standard"}))
+    if run is not None:
+        def gateway_headers(request: Any, **_: Any) -> None:  # after signing: not signed
+            request.headers["X-Gateway-Key"] = AGENT_KEY
+            request.headers["X-Agent-Run"] = run
+        s3.meta.events.register("before-send.s3", gateway_headers)
+    return s3
+
+
+def contents(s3: Any, bucket: str) -> dict[str, tuple[Any, str]]:
+    """Every object in ``bucket``: {key: (parsed JSON body, content type)}."""
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
+    out = {}
+    for key in keys:
+        obj = s3.get_object(Bucket=bucket, Key=key)
+        out[key] = (json.loads(obj["Body"].read()), obj["ContentType"])
+    return out
+
+
+@pytest.fixture
+def bucket(moto_server: str) -> Iterator[str]:
+    name = f"docs-{uuid.uuid4().hex[:12]}"
+    s3 = client(moto_server)
+    s3.create_bucket(Bucket=name)
+    for key, body in INITIAL.items():
+        s3.put_object(Bucket=name, Key=key, Body=json.dumps(body).encode(),
+                      ContentType="application/json")
+    yield name
+
+
+def agent_run(gateway: Gateway, bucket: str, run: str) -> None:
+    agent = client(f"{gateway.proxy}/s3", run=run)
+    answers = [
+        agent.put_object(Bucket=bucket, Key="a.json", ContentType="application/json",
+                         Body=json.dumps({"name": "alpha", "version": 2}).encode()),
+        agent.put_object(Bucket=bucket, Key="c.json", ContentType="application/json",
+                         Body=json.dumps({"name": "gamma", "new": True}).encode()),
+        agent.delete_object(Bucket=bucket, Key="b.json"),
+    ]
+    for answer in answers:
+        meta = answer["ResponseMetadata"]
+        assert meta["HTTPHeaders"]["x-gateway-decision"] == "allow", meta
+
+
+def test_put_overwrite_create_and_delete_roll_back_to_the_initial_objects(
+        moto_server: str, bucket: str, gateway_factory: Callable[..., Gateway]) -> None:
+    direct = client(moto_server)
+    expected = {key: (body, "application/json") for key, body in INITIAL.items()}
+    assert contents(direct, bucket) == expected
+    gateway = gateway_factory({"s3.yaml": policy_text(moto_server, RULES, upstream="s3",
+                                                      extra=CREDENTIAL)}, env=ENV)
+    agent_run(gateway, bucket, "s3-run-1")
+
+    changed = contents(direct, bucket)
+    assert set(changed) == {"a.json", "c.json", "d.json"}
+    assert changed["a.json"][0] == {"name": "alpha", "version": 2}
+    assert changed["c.json"][0] == {"name": "gamma", "new": True}
+    journal = {e["path"]: e for e in gateway.journal(run="s3-run-1")}
+    assert set(journal) == {f"/{bucket}/a.json", f"/{bucket}/c.json", f"/{bucket}/b.json"}
+    assert journal[f"/{bucket}/a.json"]["prior"] == INITIAL["a.json"]
+    assert journal[f"/{bucket}/c.json"]["prior"] is None
+    assert journal[f"/{bucket}/c.json"]["undo"]["method"] == "DELETE"
+    assert journal[f"/{bucket}/b.json"]["undo"] == {
+        "method": "PUT", "path": f"/{bucket}/b.json", "body": INITIAL["b.json"],
+        "content_type": "application/json"}
+    assert all(e["reversible"] for e in journal.values())
+
+    plan = gateway.rollback(run="s3-run-1", dry_run=False)
+    assert plan["status"] == "done", plan
+    assert [(s["method"], s["path"], s["status"]) for s in plan["steps"]] == [
+        ("PUT", f"/{bucket}/b.json", "applied"),
+        ("DELETE", f"/{bucket}/c.json", "applied"),
+        ("PUT", f"/{bucket}/a.json", "applied"),
+    ]
+    assert contents(direct, bucket) == expected
+
+
+def test_rollback_without_a_credential_cannot_read_s3_and_overwrites_nothing(
+        moto_server: str, bucket: str, gateway_factory: Callable[..., Gateway]) -> None:
+    """The agent signs its own calls; the gateway's own calls go unsigned (403)."""
+    direct = client(moto_server)
+    gateway = gateway_factory({"s3.yaml": policy_text(moto_server, RULES, upstream="s3")})
+    agent_run(gateway, bucket, "s3-run-2")  # the agent's signed calls pass, captures too
+    journal = {e["path"]: e for e in gateway.journal(run="s3-run-2")}
+    assert journal[f"/{bucket}/a.json"]["prior"] == INITIAL["a.json"]
+    left = contents(direct, bucket)
+
+    plan = gateway.rollback(run="s3-run-2", dry_run=False)
+    assert plan["status"] == "incomplete", plan
+    statuses = {s["path"]: s["status"] for s in plan["steps"]}
+    assert statuses[f"/{bucket}/a.json"] != "applied"
+    assert statuses[f"/{bucket}/c.json"] != "applied"
+    now = contents(direct, bucket)
+    assert now["a.json"] == left["a.json"] and now["c.json"] == left["c.json"]
