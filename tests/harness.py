@@ -35,7 +35,7 @@ def sha(text: str) -> str:
 @asynccontextmanager
 async def serve_app(app: Any) -> AsyncIterator[str]:
     """Serve an ASGI app with uvicorn on 127.0.0.1:0; yields its base URL."""
-    sock = socket.socket()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # TCP_NODELAY under asyncio
     sock.bind(("127.0.0.1", 0))
     sock.listen(128)
     sock.setblocking(False)
