@@ -139,6 +139,10 @@ def infer_undo(rule: Rule | None, method: str, path: str, params: dict[str, str]
     if spec == "none":
         return None, False
     if spec is not None and not isinstance(spec, str):
+        if spec.body in ("prior", "prior_fields") and not isinstance(prior, (dict, list)):
+            # a text or binary prior cannot be sent back faithfully as JSON: say so
+            # rather than restore something else (the journal keeps the text)
+            return None, False
         body = _resolve_body(spec.body, prior, sent)
         undo = {"method": spec.method, "path": Template.parse(spec.path).expand(params),
                 "body": body, "content_type": kind}

@@ -122,11 +122,12 @@ def test_post_with_capture_but_nothing_captured_is_irreversible() -> None:
      (undo("DELETE", "/v1/c/c1"), True)),
     ({"method": "POST", "path": "/v1/c/{id}/restore"}, None, None, {},
      (undo("POST", "/v1/c/c1/restore"), True)),
-    # prior / prior_fields without a prior: the undo cannot be built
-    ({"method": "POST", "path": "/v1/c/{id}", "body": "prior"}, None, 404, {}, (
-        undo("POST", "/v1/c/c1"), False)),
-    ({"method": "POST", "path": "/v1/c/{id}", "body": "prior_fields"}, None, None, {"a": 1}, (
-        undo("POST", "/v1/c/c1"), False)),
+    # prior / prior_fields without a JSON prior: the undo cannot be built
+    ({"method": "POST", "path": "/v1/c/{id}", "body": "prior"}, None, 404, {}, (None, False)),
+    ({"method": "POST", "path": "/v1/c/{id}", "body": "prior_fields"}, None, None, {"a": 1},
+     (None, False)),
+    ({"method": "PUT", "path": "/v1/c/{id}", "body": "prior"}, "hello\nworld\n", 200, {},
+     (None, False)),  # a text prior would come back as a JSON string: refuse instead
 ])
 def test_undo_override(spec: dict[str, Any], prior: Any, status: int | None, sent: Any,
                        expected: Any) -> None:

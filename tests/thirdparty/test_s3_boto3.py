@@ -158,10 +158,6 @@ def test_rollback_without_a_credential_cannot_read_s3_and_overwrites_nothing(
     assert now["a.json"] == left["a.json"] and now["c.json"] == left["c.json"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "gateway bug: a DELETE whose rule says `undo: {body: prior}` over a non-JSON prior "
-    "(text/plain) journals the text as a JSON string; rollback PUTs '\"hello\\nworld\\n\"' "
-    "as application/json and reports the step applied"))
 def test_a_deleted_text_object_is_restored_as_it_was_or_not_at_all(
         moto_server: str, bucket: str, gateway_factory: Callable[..., Gateway]) -> None:
     direct = client(moto_server)
