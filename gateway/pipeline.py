@@ -349,9 +349,13 @@ class Pipeline:
             response = await self.client.request("GET", upstream.base_url + target,
                                                  gateway_headers(upstream),
                                                  None, timeout=self.settings.capture_timeout)
-        except GatewayError:
-            return None  # rollback will report the state as unknown
+        except GatewayError as exc:
+            log.warning("read after %s %s failed (%s); rollback will need force",
+                        entry.method, entry.path, exc.message)
+            return None
         if not 200 <= response.status < 300:
+            log.warning("read after %s %s answered %s (does the policy inject a credential?); "
+                        "rollback will need force", entry.method, entry.path, response.status)
             return None
         return journaling.prior_value(response.body or b"", response.status)
 
