@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from tests.e2e.procs import Proc, start_crm, start_gateway, write_settings
+from tests.external import missing
 from tests.harness import AGENT_KEY, TOKENS, policy_text
 
 AGENT = {"X-Gateway-Key": AGENT_KEY}
@@ -42,9 +43,8 @@ RULES = """
 def chromium_path() -> str:
     path = os.environ.get("GATEWAY_TEST_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
     if not os.path.exists(path):
-        pytest.fail(f"Chromium not found (looked for {path}); the dashboard tests need a real browser: "
-                    "run `apt-get install -y chromium` (or set GATEWAY_TEST_CHROMIUM to its path)",
-                    pytrace=False)
+        missing(f"Chromium not found (looked for {path}); the dashboard tests need a real "
+                "browser: run `apt-get install -y chromium` (or set GATEWAY_TEST_CHROMIUM)")
     return path
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import re
 import shutil
 import socket
@@ -30,18 +29,13 @@ import httpx
 import pytest
 
 from tests.e2e.procs import Proc, start_gateway, wait_for_line, write_settings
+from tests.external import missing
 from tests.harness import AGENT_KEY, TOKENS
 
 HERE = Path(__file__).resolve().parent
 JSON_SERVER_VERSION = "0.17.4"
 ADMIN = {"Authorization": f"Bearer {TOKENS['admin']}"}
 AGENT = {"X-Gateway-Key": AGENT_KEY}
-
-
-def missing(message: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 # --- json-server --------------------------------------------------------------------------
