@@ -40,7 +40,8 @@ async def serve_app(app: Any) -> AsyncIterator[str]:
     sock.listen(128)
     sock.setblocking(False)
     server = uvicorn.Server(uvicorn.Config(app, lifespan="off", log_level="warning",
-                                           access_log=False, loop="none"))
+                                           access_log=False, loop="none",
+                                           timeout_graceful_shutdown=5))
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     started = asyncio.Event()
     original_startup = server.startup
