@@ -181,6 +181,22 @@ def audit_from_row(row: AuditRow) -> AuditRecord:
                        json.loads(row.detail), row.prev_hash, row.hash)
 
 
+AUDIT_COLUMNS = ("seq", "at", "actor", "action", "detail", "prev_hash", "hash")
+SELECT_LAST_AUDIT = f"SELECT {', '.join(AUDIT_COLUMNS)} FROM audit ORDER BY seq DESC LIMIT 1"
+INSERT_AUDIT = (f"INSERT INTO audit ({', '.join(AUDIT_COLUMNS)}) "
+                f"VALUES ({', '.join('?' for _ in AUDIT_COLUMNS)})")
+
+
+def audit_params(record: AuditRecord) -> tuple[Any, ...]:
+    return (record.seq, iso(record.at), record.actor, record.action, dumps(record.detail),
+            record.prev_hash, record.hash)
+
+
+def audit_from_values(values: Sequence[Any]) -> AuditRecord:
+    seq, at, actor, action, detail, prev_hash, hash_ = values
+    return AuditRecord(seq, parse_iso(at), actor, action, json.loads(detail), prev_hash, hash_)
+
+
 def audit_row(record: AuditRecord) -> AuditRow:
     return AuditRow(seq=record.seq, at=iso(record.at), actor=record.actor,
                     action=record.action, detail=dumps(record.detail),

@@ -45,6 +45,12 @@ class HotPath(Protocol):
 
     async def fetch(self, sql: str, args: Sequence[Any]) -> list[Sequence[Any]]: ...
 
+    async def chained_insert(self, last_sql: str, insert_sql: str,
+                             build: Callable[[Sequence[Any] | None], list[Sequence[Any]]],
+                             lock_key: int) -> None:
+        """In one transaction that excludes other chain writers: read the last row,
+        ``build`` the rows that follow it, insert them."""
+
     async def close(self) -> None: ...
 
 
@@ -62,6 +68,14 @@ class PostgresHotPath:
 
     async def fetch(self, sql: str, args: Sequence[Any]) -> list[Sequence[Any]]:
         return list(await self._pool.fetch(numbered(sql), *args))
+
+    async def chained_insert(self, last_sql: str, insert_sql: str,
+                             build: Callable[[Sequence[Any] | None], list[Sequence[Any]]],
+                             lock_key: int) -> None:
+        async with self._pool.acquire() as connection, connection.transaction():
+            await connection.execute("SELECT pg_advisory_xact_lock($1)", lock_key)
+            last = await connection.fetchrow(numbered(last_sql))
+            await connection.executemany(numbered(insert_sql), build(last))
 
     async def close(self) -> None:
         await self._pool.close()
@@ -111,6 +125,21 @@ class SqliteHotPath:
                 if not _busy(exc):
                     raise
             return await asyncio.to_thread(self._waiting, statement)
+
+    async def chained_insert(self, last_sql: str, insert_sql: str,
+                             build: Callable[[Sequence[Any] | None], list[Sequence[Any]]],
+                             lock_key: int) -> None:
+        def transaction() -> None:
+            self._connection.execute("BEGIN IMMEDIATE")  # excludes every other writer
+            try:
+                last = self._connection.execute(last_sql).fetchone()
+                self._connection.executemany(insert_sql, build(last))
+            except BaseException:
+                self._connection.execute("ROLLBACK")
+                raise
+            self._connection.execute("COMMIT")
+
+        await self._run(transaction)
 
     def _waiting(self, statement: Callable[[], _T]) -> _T:
         self._connection.execute(SQLITE_PRAGMAS[0])  # the normal busy timeout

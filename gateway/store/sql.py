@@ -190,14 +190,25 @@ class SqlStore(ApprovalQueue, RollbackPlans):
 
     async def append_audit_many(self, items: list[tuple[str, str, dict[str, Any], datetime]],
                                 ) -> list[AuditRecord]:
-        """Several (actor, action, detail, at) records, chained in one transaction."""
-        records = []
-        async with self._serialized() as session:
+        """Several (actor, action, detail, at) records, chained in one transaction.
+
+        This is the proxy's path (every decision on a write), so it goes through
+        the driver like the journal: on SQLite through the same connection, so
+        it never waits on a lock held by the journal's own writes.
+        """
+        records: list[AuditRecord] = []
+
+        def build(last: Any) -> list[Any]:
+            records.clear()  # a retried transaction builds again from the new last row
+            previous = None if last is None else codec.audit_from_values(last)
             for actor, action, detail, at in items:
-                record = await self._append(session, actor, action, detail, at)
-                await session.flush()
-                records.append(record)
-        return records
+                previous = seal(previous, at, actor, action, detail)
+                records.append(previous)
+            return [codec.audit_params(r) for r in records]
+
+        await self._hot_path().chained_insert(codec.SELECT_LAST_AUDIT, codec.INSERT_AUDIT,
+                                              build, WRITE_LOCK)
+        return list(records)
 
     async def list_audit(self, after: int = 0, limit: int = 1000) -> list[AuditRecord]:
         statement = (select(AuditRow).where(col(AuditRow.seq) > after)
