@@ -230,3 +230,18 @@ async def test_policy_reload_keeps_the_last_good_set(gw: Harness, crm) -> None:
     assert (await gw.agent.patch("/crm/customers/cus_1", json={})).status_code == 403
     approver = await gw.admin.post("/v1/policies/reload", headers=gw.as_role("approver"))
     assert approver.status_code == 403
+
+
+async def test_tampering_with_the_audit_log_is_detected(gw: Harness, tmp_path: Path) -> None:
+    import sqlite3
+    await gw.engage(upstream="crm")
+    await gw.release(upstream="crm")
+    await gw.engage(agent="other")
+    with sqlite3.connect(tmp_path / "gw.db") as db:  # someone edits the database directly
+        db.execute("UPDATE audit SET detail = '{\"reason\": \"nothing happened\"}' WHERE seq = 2")
+    verified = (await gw.admin.get("/v1/audit/verify", headers=gw.as_role("viewer"))).json()
+    assert verified["ok"] is False and verified["first_bad_seq"] == 2
+    with sqlite3.connect(tmp_path / "gw.db") as db:
+        db.execute("DELETE FROM audit WHERE seq = 2")
+    verified = (await gw.admin.get("/v1/audit/verify", headers=gw.as_role("viewer"))).json()
+    assert verified["ok"] is False and verified["first_bad_seq"] == 3
