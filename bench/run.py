@@ -53,7 +53,7 @@ class Proc:
                 line = self.lines.get(timeout=0.1)
             except queue.Empty:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"{name} did not become ready:\n{self.logs()}")
+                    raise RuntimeError(f"{name} did not become ready:\n{self.logs()}") from None
                 continue
             self.match = re.search(ready, line)
             if self.match:
@@ -82,7 +82,9 @@ class Proc:
 
 
 def write_gateway_config(tmp: Path, upstream_url: str) -> tuple[Path, Path, str]:
-    sha = lambda s: hashlib.sha256(s.encode()).hexdigest()
+    def sha(text: str) -> str:
+        return hashlib.sha256(text.encode()).hexdigest()
+
     config = tmp / "settings.yaml"
     config.write_text(
         f'agents:\n  - name: bench-agent\n    key_sha256: "{sha(AGENT_KEY)}"\n'
