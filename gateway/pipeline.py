@@ -240,7 +240,7 @@ class Pipeline:
         undo, reversible = journaling.infer_undo(rule, call.method, view.path, decision.params,
                                                  prior, prior_status, view.body, content_type)
         stored = journaling.store_body(call.buffered or b"", content_type,
-                                       self.settings.journal_body_limit)
+                                       self.settings.journal_body_limit, view.body)
         entry = JournalEntry(
             id=new_id(), at=utcnow(), request_id=call.request_id, agent=call.agent,
             checkpoint=call.checkpoint, upstream=upstream.name, method=call.method,
@@ -310,16 +310,17 @@ class Pipeline:
             body = response.body or b""
             headers = redact_headers(response.headers)
             content_type = headers.get("content-type")
+            parsed = journaling.parse_body(body, content_type)  # once, for all below
             if entry.method == "POST" and undo is None and upstream is not None \
                     and entry.capture_path is None:
                 created = journaling.undo_for_created(
                     entry.path, urlsplit(upstream.base_url).path.rstrip("/"), response.status,
-                    headers, journaling.parse_body(body, content_type))
+                    headers, parsed)
                 if created is not None and not (rule_says_none(upstream, entry.rule)):
                     undo, reversible = Undo.from_json(created), True
-            stored = journaling.store_body(body, content_type, self.settings.journal_body_limit)
-            after = await self._read_after(entry, response.status, body, content_type, undo,
-                                           upstream)
+            stored = journaling.store_body(body, content_type, self.settings.journal_body_limit,
+                                           parsed)
+            after = await self._read_after(entry, response.status, parsed, undo, upstream)
             outcome = JournalOutcome(JournalState.COMPLETED, response.status, headers,
                                      stored.text, stored.sha256, stored.size, undo, reversible,
                                      None, timings, utcnow(), after)
@@ -329,9 +330,8 @@ class Pipeline:
             log.exception("could not journal the outcome of %s", entry.id)
 
 
-    async def _read_after(self, entry: JournalEntry, status: int, body: bytes,
-                          content_type: str | None, undo: Undo | None,
-                          upstream: Upstream | None) -> Any:
+    async def _read_after(self, entry: JournalEntry, status: int, parsed: Any,
+                          undo: Undo | None, upstream: Upstream | None) -> Any:
         """The resource as the write left it, read only when the response does not say.
 
         Rollback compares this with the resource before compensating (drift);
@@ -339,7 +339,7 @@ class Pipeline:
         """
         if upstream is None or not 200 <= status < 300 or entry.method == "DELETE":
             return None
-        if isinstance(journaling.parse_body(body, content_type), dict):
+        if isinstance(parsed, dict):
             return None
         target = entry.capture_path or (undo.path if undo is not None and
                                         undo.method == "DELETE" else None)

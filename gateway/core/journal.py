@@ -59,14 +59,22 @@ def parse_body(body: bytes, content_type: str | None) -> Any:
         return None
 
 
-def store_body(body: bytes, content_type: str | None, limit: int) -> StoredBody:
-    """Redact, then keep at most ``limit`` bytes of text; hash and size the original."""
+_UNPARSED: Any = object()
+
+
+def store_body(body: bytes, content_type: str | None, limit: int,
+               parsed: Any = _UNPARSED) -> StoredBody:
+    """Redact, then keep at most ``limit`` bytes of text; hash and size the original.
+
+    ``parsed`` is ``parse_body(body, content_type)`` when the caller has it already.
+    """
     if not body:
         return StoredBody(None, None, 0)
     digest = hashlib.sha256(body).hexdigest()
     text: str | None
     if is_json_type(content_type) or media_type(content_type) in ("", "text/plain"):
-        parsed = parse_body(body, JSON)  # whole body: a secret past ``limit`` is still a secret
+        if parsed is _UNPARSED:  # the whole body: a secret past ``limit`` is still a secret
+            parsed = parse_body(body, JSON)
         if parsed is not None:
             text = json.dumps(redact_json(parsed), ensure_ascii=False, separators=(",", ":"))
         else:
