@@ -115,6 +115,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     banner = [f"demo CRM API on http://127.0.0.1:{crm.getsockname()[1]} "
               f"(policies: {settings.policies_dir})",
               f"demo agent key: {DEMO_AGENT_KEY}", *banner]
+    if args.crm_port != 3000:
+        banner.insert(1, f"note: policies/crm.yaml expects the CRM on port 3000; edit its "
+                         f"base_url to http://127.0.0.1:{args.crm_port}")
     run(settings, banner, beside=(create_app(), crm))
     return 0
 
