@@ -22,6 +22,25 @@ def is_mutating(method: str) -> bool:
     return method.upper() not in MUTATING_EXEMPT
 
 
+def method_list(value: Any, allowed: tuple[str, ...], problem: str,
+                wildcard: bool = False) -> Any:
+    """A method or list of methods, upper-cased and checked against ``allowed``
+    (``*`` for all of them when ``wildcard``); other shapes are left to pydantic.
+    ``problem`` formats the error with ``{method}`` and ``{allowed}``."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list):
+        return value
+    out: list[str] = []
+    for method in items:
+        if wildcard and method == "*":
+            out.extend(allowed)
+        elif isinstance(method, str) and method.upper() in allowed:
+            out.append(method.upper())
+        else:
+            raise ValueError(problem.format(method=repr(method), allowed=", ".join(allowed)))
+    return tuple(out)
+
+
 def new_id() -> str:
     """A 32-hex-digit id whose first 12 digits are the millisecond clock.
 

@@ -18,7 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from gateway.core.cel import Condition, ConditionError
-from gateway.core.model import Decision, Verdict
+from gateway.core.model import Decision, Verdict, method_list
 from gateway.core.template import PathTrie, Template, TemplateError
 from gateway.core.tripwires import TripwireSpec
 
@@ -44,16 +44,8 @@ class Match(_Strict):
     @field_validator("methods", mode="before")
     @classmethod
     def _methods(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            value = [value]
-        if isinstance(value, list):
-            out: list[str] = []
-            for m in value:
-                if not isinstance(m, str) or m.upper() not in METHODS and m != "*":
-                    raise ValueError(f"unknown method {m!r} (one of {', '.join(METHODS)})")
-                out.extend(METHODS if m == "*" else [m.upper()])
-            return tuple(out)
-        return value
+        return method_list(value, METHODS, "unknown method {method} (one of {allowed})",
+                           wildcard=True)
 
     @field_validator("path")
     @classmethod

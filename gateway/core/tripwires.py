@@ -36,7 +36,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from gateway.core.model import Freeze, FreezeScope, is_mutating, iso
+from gateway.core.model import Freeze, FreezeScope, is_mutating, iso, method_list
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 WRITE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
@@ -141,15 +141,7 @@ class TripwireSpec(_Strict):
     @field_validator("methods", mode="before")
     @classmethod
     def _methods(cls, value: Any) -> Any:
-        items = [value] if isinstance(value, str) else value
-        if not isinstance(items, list):
-            return value
-        out = []
-        for method in items:
-            if not isinstance(method, str) or method.upper() not in WRITE_METHODS:
-                raise ValueError(f"{method!r} is not a write method ({', '.join(WRITE_METHODS)})")
-            out.append(method.upper())
-        return tuple(out)
+        return method_list(value, WRITE_METHODS, "{method} is not a write method ({allowed})")
 
     @model_validator(mode="after")
     def _fits_kind(self) -> TripwireSpec:

@@ -9,24 +9,22 @@ from datetime import UTC, datetime, timedelta
 from gateway.operator.client import ADMIN_URL_ENV, DEFAULT_ADMIN_URL
 
 
-def positive_int(text: str) -> int:
+def _int_at_least(text: str, minimum: int, problem: str) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"{problem}: {text!r}")
     return value
+
+
+def positive_int(text: str) -> int:
+    return _int_at_least(text, 1, "must be at least 1")
 
 
 def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
-    return value
+    return _int_at_least(text, 0, "must not be negative")
 
 
 def nonempty(text: str) -> str:
