@@ -46,8 +46,9 @@ from gateway.errors import (
     WritesFrozen,
 )
 from gateway.notify import Notifier
-from gateway.pipeline import Call, Pipeline, Reply
+from gateway.pipeline import Pipeline
 from gateway.ports import Store, UpstreamResponse
+from gateway.services.call import Call, Reply
 
 log = logging.getLogger("gateway.approvals")
 _PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+(?:\.\d+)?)", re.IGNORECASE)

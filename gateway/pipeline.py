@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -23,7 +21,6 @@ from gateway.core import journal as journaling
 from gateway.core.approvals import HeldCall
 from gateway.core.headers import METHOD_OVERRIDES, upstream_request_headers
 from gateway.core.model import (
-    Checkpoint,
     Decision,
     JournalEntry,
     JournalOutcome,
@@ -48,33 +45,11 @@ from gateway.errors import (
 from gateway.freezes import FreezeState
 from gateway.ports import Store, UpstreamResponse
 from gateway.ports import Upstream as UpstreamClient
+from gateway.services.call import Call, Reply
 from gateway.settings import Settings
 from gateway.tripwires import Tripwires
 
 log = logging.getLogger("gateway.pipeline")
-
-
-@dataclass(slots=True)
-class Call:
-    request_id: str
-    agent: str
-    agent_key: str | None
-    upstream: str
-    method: str
-    raw_path: str  # percent-encoded, as received, after /{upstream}
-    query: str
-    headers: list[tuple[str, str]]  # lower-case names
-    checkpoint: Checkpoint
-    body: AsyncIterator[bytes] | None = None
-    buffered: bytes | None = None
-
-
-@dataclass(slots=True)
-class Reply:
-    response: UpstreamResponse
-    decision: str
-    extra_headers: list[tuple[str, str]] = field(default_factory=list)
-    journal_id: str | None = None
 
 
 class Holds(Protocol):

@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 from gateway.core.model import Decision, Verdict, utcnow
 from gateway.core.policy import CallView, PolicySet, Upstream
@@ -30,9 +29,7 @@ from gateway.errors import (
 from gateway.freezes import FreezeState
 from gateway.metrics import Metrics
 from gateway.ports import Store
-
-if TYPE_CHECKING:
-    from gateway.pipeline import Call
+from gateway.services.call import Call
 
 log = logging.getLogger("gateway.tripwires")
 

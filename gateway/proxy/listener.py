@@ -22,8 +22,9 @@ from gateway.core.headers import agent_key, agent_response_headers
 from gateway.core.model import Checkpoint, is_mutating, new_id
 from gateway.errors import BadRequest, GatewayError, Unauthenticated, UnknownUpstream
 from gateway.metrics import Metrics
-from gateway.pipeline import Call, Pipeline, Reply
+from gateway.pipeline import Pipeline
 from gateway.ports import UpstreamResponse
+from gateway.services.call import Call, Reply
 
 log = logging.getLogger("gateway.proxy")
 Scope = dict[str, Any]

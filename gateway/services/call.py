@@ -1,0 +1,37 @@
+"""One agent call as the listeners read it, and the gateway's reply to it.
+
+A ``Call`` is what every reader of calls (the REST listener, approvals that
+execute a held call) hands to the pipeline; a ``Reply`` is what comes back,
+the upstream's response and the decision to echo to the agent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from gateway.core.model import Checkpoint
+from gateway.ports import UpstreamResponse
+
+
+@dataclass(slots=True)
+class Call:
+    request_id: str
+    agent: str
+    agent_key: str | None
+    upstream: str
+    method: str
+    raw_path: str  # percent-encoded, as received, after /{upstream}
+    query: str
+    headers: list[tuple[str, str]]  # lower-case names
+    checkpoint: Checkpoint
+    body: AsyncIterator[bytes] | None = None
+    buffered: bytes | None = None
+
+
+@dataclass(slots=True)
+class Reply:
+    response: UpstreamResponse
+    decision: str
+    extra_headers: list[tuple[str, str]] = field(default_factory=list)
+    journal_id: str | None = None
