@@ -13,22 +13,22 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from gateway.approval_queue import ApprovalQueue
-from gateway.audit_trail import AuditTrail
 from gateway.core.model import utcnow
 from gateway.core.policy import PolicySet
 from gateway.errors import PolicyError
-from gateway.freezes import FreezeState
 from gateway.metrics import Metrics
-from gateway.notify import Notifier
-from gateway.pipeline import Pipeline
 from gateway.policies import load_policies
 from gateway.ports import Store
 from gateway.ports import Upstream as UpstreamClient
 from gateway.proxy.listener import AgentDirectory, ProxyApp
-from gateway.rollback import Rollbacks
+from gateway.services.approvals import ApprovalQueue
+from gateway.services.audit_trail import AuditTrail
+from gateway.services.freezes import FreezeState
+from gateway.services.notify import Notifier
+from gateway.services.pipeline import Pipeline
+from gateway.services.rollbacks import Rollbacks
+from gateway.services.tripwires import Tripwires
 from gateway.settings import Settings
-from gateway.tripwires import Tripwires
 
 if TYPE_CHECKING:
     from fastapi import FastAPI

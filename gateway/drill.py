@@ -33,7 +33,7 @@ from gateway.app import Gateway
 from gateway.core.model import JournalQuery, iso, utcnow
 from gateway.core.rollback import Plan, StepStatus
 from gateway.drill_report import build, changes_lost, differences, save, summary
-from gateway.rollback import MAX_ENTRIES, Selection
+from gateway.services.rollbacks import MAX_ENTRIES, Selection
 from gateway.settings import AgentSpec, OperatorSpec, Settings, dev_operator_token, sha256_hex
 
 UPSTREAM, AGENT, OPERATOR = "drill", "drill-agent", "drill-operator"

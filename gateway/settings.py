@@ -24,7 +24,6 @@ from pydantic_settings import (
 )
 
 from gateway.core.tripwires import SettingsTripwire
-from gateway.notify import WebhookSettings
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -66,6 +65,17 @@ class OperatorSpec(BaseModel):
     token_sha256: str
 
     _hex = field_validator("token_sha256")(AgentSpec._hex.__func__)  # type: ignore[attr-defined]
+
+
+class WebhookSettings(BaseModel):
+    """Where held-call notifications go (``gateway.services.notify``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    url: str
+    secret: str | None = None
+    format: Literal["json", "slack"] = "json"
+    retries: int = 3
+    timeout: float = 5.0
 
 
 class Settings(BaseSettings):

@@ -6,7 +6,7 @@ import hashlib
 import hmac
 import json
 
-from gateway.notify import Notifier, WebhookSettings, sign
+from gateway.services.notify import Notifier, WebhookSettings, sign
 
 CALL = {"id": "a1", "method": "POST", "upstream": "crm", "path": "/deals", "agent": "bot",
         "rule": "big-deal", "required_approvals": 2, "status": "pending", "decided_by": None}

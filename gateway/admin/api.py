@@ -17,11 +17,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from gateway import dashboard
 from gateway.admin.auth import AdminError, Operator, OperatorDirectory, requires
 from gateway.admin.render import journal_item
-from gateway.approval_queue import ApprovalError
 from gateway.core.approvals import public_view
 from gateway.core.killswitch import scope_of
 from gateway.core.model import Freeze, JournalQuery, parse_iso, utcnow
-from gateway.rollback import RollbackError, Selection
+from gateway.services.approvals import ApprovalError
+from gateway.services.rollbacks import RollbackError, Selection
 
 if TYPE_CHECKING:
     from gateway.app import Gateway

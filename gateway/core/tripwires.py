@@ -11,7 +11,7 @@ kill switch, ``action: freeze``) or holds the calls for approval
 is told the time. ``check_write`` runs before a write is forwarded and counts
 it when it passes, so the write that would go over the limit is the one that
 trips (``limit: 10`` lets ten through per window). ``record_outcome`` runs
-after, for ``error_rate``. The adapter (``gateway.tripwires``) acts on the
+after, for ``error_rate``. The adapter (``gateway.services.tripwires``) acts on the
 ``Trip`` values it returns.
 
 >>> spec = TripwireSpec(id="bulk", kind="writes", limit=1)

@@ -17,14 +17,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import quote
 
-from gateway.audit_trail import AuditTrail
 from gateway.core.headers import agent_key, agent_response_headers
 from gateway.core.model import Checkpoint, is_mutating, new_id
 from gateway.errors import BadRequest, GatewayError, Unauthenticated, UnknownUpstream
 from gateway.metrics import Metrics
-from gateway.pipeline import Pipeline
 from gateway.ports import UpstreamResponse
+from gateway.services.audit_trail import AuditTrail
 from gateway.services.call import Call, Reply
+from gateway.services.pipeline import Pipeline
 
 log = logging.getLogger("gateway.proxy")
 Scope = dict[str, Any]

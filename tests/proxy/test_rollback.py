@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from gateway.core.rollback import PlanStatus, StepStatus
-from gateway.rollback import Selection
+from gateway.services.rollbacks import Selection
 from tests.harness import Harness, policy_text, started_gateway
 
 RULES = """

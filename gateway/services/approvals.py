@@ -45,10 +45,10 @@ from gateway.errors import (
     JournalUnavailable,
     WritesFrozen,
 )
-from gateway.notify import Notifier
-from gateway.pipeline import Pipeline
 from gateway.ports import Store, UpstreamResponse
 from gateway.services.call import Call, Reply
+from gateway.services.notify import Notifier
+from gateway.services.pipeline import Pipeline
 
 log = logging.getLogger("gateway.approvals")
 _PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+(?:\.\d+)?)", re.IGNORECASE)

@@ -42,8 +42,8 @@ from gateway.core.rollback import (
     with_status,
 )
 from gateway.errors import GatewayError
-from gateway.pipeline import Pipeline, gateway_headers
 from gateway.ports import Store
+from gateway.services.pipeline import Pipeline, gateway_headers
 
 log = logging.getLogger("gateway.rollback")
 MAX_ENTRIES = 10000

@@ -16,21 +16,13 @@ import hmac
 import json
 import logging
 import time
-from typing import Any, Literal
+from typing import Any
 
 import httpx
-from pydantic import BaseModel, ConfigDict
+
+from gateway.settings import WebhookSettings
 
 log = logging.getLogger("gateway.notify")
-
-
-class WebhookSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    url: str
-    secret: str | None = None
-    format: Literal["json", "slack"] = "json"
-    retries: int = 3
-    timeout: float = 5.0
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:

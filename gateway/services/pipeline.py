@@ -42,18 +42,18 @@ from gateway.errors import (
     UnknownUpstream,
     UpstreamTimeout,
 )
-from gateway.freezes import FreezeState
 from gateway.ports import Store, UpstreamResponse
 from gateway.ports import Upstream as UpstreamClient
 from gateway.services.call import Call, Reply
+from gateway.services.freezes import FreezeState
+from gateway.services.tripwires import Tripwires
 from gateway.settings import Settings
-from gateway.tripwires import Tripwires
 
 log = logging.getLogger("gateway.pipeline")
 
 
 class Holds(Protocol):
-    """Where held calls go (``gateway.approval_queue.ApprovalQueue``)."""
+    """Where held calls go (``gateway.services.approvals.ApprovalQueue``)."""
 
     async def hold(self, upstream: Upstream, call: Call, decision: Decision) -> Reply: ...
 

@@ -26,10 +26,10 @@ from gateway.errors import (
     UpstreamUnreachable,
     WritesFrozen,
 )
-from gateway.freezes import FreezeState
 from gateway.metrics import Metrics
 from gateway.ports import Store
 from gateway.services.call import Call
+from gateway.services.freezes import FreezeState
 
 log = logging.getLogger("gateway.tripwires")
 
