@@ -10,7 +10,7 @@ the upstream's final state compared with its initial one (``updated_at``
 ignored). It measures detect (first bad write -> freeze engaged), stop
 (freeze engaged -> the first 423 the agent sees) and restore (rollback start
 -> finish), and passes only when the state is back and no journaled write
-was lost. ``gateway.drill_report`` renders and saves the report.
+was lost. ``gateway.drill.report`` renders and saves the report.
 """
 
 from __future__ import annotations
@@ -21,24 +21,30 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import httpx
 import uvicorn
 
 from gateway.app import Gateway
 from gateway.core.model import JournalQuery, iso, utcnow
-from gateway.core.rollback import Plan, StepStatus
-from gateway.drill_report import build, changes_lost, differences, save, summary
+from gateway.core.rollback import StepStatus
+from gateway.drill.findings import (
+    AGENT,
+    OPERATOR,
+    TRIPWIRE,
+    UPSTREAM,
+    VOLATILE,
+    AgentLog,
+    DrillOptions,
+    Findings,
+)
+from gateway.drill.report import build, changes_lost, differences, save, summary
 from gateway.services.rollbacks import MAX_ENTRIES, Selection
 from gateway.settings import AgentSpec, OperatorSpec, Settings, dev_operator_token, sha256_hex
 
-UPSTREAM, AGENT, OPERATOR = "drill", "drill-agent", "drill-operator"
-TRIPWIRE = "drill-bulk-writes"
-VOLATILE = ("updated_at",)
 RETRIES_AFTER_STOP = 3  # a runaway agent keeps trying: every retry must be refused too
 
 Echo = Callable[[str], None]
@@ -46,15 +52,6 @@ Echo = Callable[[str], None]
 
 class DrillError(Exception):
     """The drill could not run (no sandbox, a listener that did not start...)."""
-
-
-@dataclass(frozen=True, slots=True)
-class DrillOptions:
-    out: Path = Path("./drill-reports")
-    writes: int = 50
-    stop: Literal["tripwire", "operator"] = "tripwire"
-    base_url: str | None = None
-    database_url: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,18 +124,7 @@ async def read_customers(client: httpx.AsyncClient) -> dict[str, dict[str, Any]]
     return {str(item["id"]): item for item in items}
 
 
-@dataclass
-class AgentLog:
-    sent: int = 0
-    succeeded: int = 0
-    stopped: int = 0  # answered 423
-    other: int = 0  # any other refusal
-    leaked: int = 0  # writes that went through after the first 423
-    first_write: float | None = None  # epoch seconds
-    first_423: float | None = None
-    stopped_by: dict[str, Any] | None = None
-    error: str | None = None
-    edited: dict[str, str] = field(default_factory=dict)  # id -> last successful method
+
 
 
 class MisbehavingAgent:
@@ -260,31 +246,9 @@ async def _operator(admin: httpx.AsyncClient, run: str, threshold: int,
         await asyncio.sleep(0.005)
 
 
-@dataclass(frozen=True, slots=True)
-class Findings:
-    """What a drill saw; ``gateway.drill_report.build`` judges it and makes the report."""
-
-    options: DrillOptions
-    started_at: datetime
-    run: str
-    tripwire_limit: int | None
-    base_url: str
-    proxy_url: str
-    initial: dict[str, dict[str, Any]]
-    final: dict[str, dict[str, Any]]
-    agent: AgentLog
-    freeze: dict[str, Any] | None  # as GET /v1/killswitch shows it
-    plan: Plan
-    restore_ms: float
-    journaled: int
-    audit: dict[str, Any]  # GET /v1/audit/verify
-    steps: list[dict[str, Any]]
-    total_ms: float
-
-
 async def run_drill(options: DrillOptions, *, before_rollback: Hook | None = None,
                     echo: Echo = _print) -> Findings:
-    """Run the drill; ``gateway.drill_report`` judges, saves and prints what it found."""
+    """Run the drill; ``gateway.drill.report`` judges, saves and prints what it found."""
     started_at, timeline = utcnow(), Timeline(echo)
     run = f"drill-{started_at:%Y%m%dT%H%M%S}-{sha256_hex(str(time.time_ns()))[:6]}"
     limit = max(1, options.writes // 5) if options.stop == "tripwire" else None

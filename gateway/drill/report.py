@@ -1,6 +1,6 @@
 """The drill's verdict and report: ``drill-<timestamp>.json``, ``.md`` and a summary.
 
-``build`` judges what ``gateway.drill.run_drill`` found (``Findings``) and
+``build`` judges what ``gateway.drill.run.run_drill`` found (``Findings``) and
 turns it into one plain dict, the JSON report; the rest renders and saves it.
 PASS needs every check: the agent was stopped by the freeze and nothing got
 past it, the final state equals the initial one (volatile fields ignored),
@@ -14,13 +14,11 @@ import json
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from gateway.core.model import iso
 from gateway.core.rollback import Plan, StepStatus
-
-if TYPE_CHECKING:
-    from gateway.drill import Findings
+from gateway.drill.findings import AGENT, TRIPWIRE, VOLATILE, Findings
 
 PHASES = (("detect", "first bad write -> freeze engaged"),
           ("stop", "freeze engaged -> first 423 seen by the agent"),
@@ -71,7 +69,6 @@ def changes_lost(plan: Plan) -> int:
 
 def build(found: Findings) -> dict[str, Any]:
     """The JSON report, verdict included."""
-    from gateway.drill import AGENT, TRIPWIRE, VOLATILE
     log, plan, options = found.agent, found.plan, found.options
     diff = differences(found.initial, found.final, VOLATILE)
     lost = changes_lost(plan)
