@@ -1,13 +1,13 @@
 """The admin REST API (contract's "Admin listener" table).
 
-Routes are thin: parse, call the ``Gateway``'s state, render. Errors are one
+Routes are thin: parse, call the running gateway (``Controls``), render. Errors are one
 JSON shape, ``{"error": {"code", "message"}}``, mapped in one place below.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -16,16 +16,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gateway import dashboard
 from gateway.admin.auth import AdminError, Operator, OperatorDirectory, requires
+from gateway.admin.controls import Controls
 from gateway.admin.render import journal_item
 from gateway.core.approvals import public_view
 from gateway.core.killswitch import scope_of
 from gateway.core.model import Freeze, JournalQuery, parse_iso, utcnow
 from gateway.services.approvals import ApprovalError
 from gateway.services.rollbacks import RollbackError, Selection
-
-if TYPE_CHECKING:
-    from gateway.app import Gateway
-
 
 Viewer = Annotated[Operator, Depends(requires("viewer"))]
 Approver = Annotated[Operator, Depends(requires("approver"))]
@@ -62,7 +59,7 @@ class FreezeRequest(BaseModel):
     agent: str | None = None
 
 
-def create_admin_app(gateway: Gateway) -> FastAPI:
+def create_admin_app(gateway: Controls) -> FastAPI:
     app = FastAPI(title="Agent gateway admin API", version="1",
                   description="Operators' API: kill switch, change journal, policies, audit.")
     app.state.gateway = gateway
