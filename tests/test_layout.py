@@ -1,0 +1,112 @@
+"""The package's layering, checked from the source (nothing is imported).
+
+Every import counts, at any depth (inside functions and ``TYPE_CHECKING``
+blocks too): the tree reads decide -> capture -> journal -> forward only if
+no module reaches back up. Floors, lowest first: ``core`` (pure), the store
+and the ports, ``services`` (run time), the edges (``proxy``, ``admin``,
+``operator``, ``drill``, ``demo``), and the wiring (``app``, ``server``,
+``cli``).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "gateway"
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return out
+
+
+MODULES = _modules()
+
+
+def _imports(module: str) -> set[str]:
+    """The gateway modules ``module`` imports (a ``from pkg import sub`` names ``pkg.sub``)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(MODULES[module].read_text())):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name in MODULES)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            subs = {f"{node.module}.{a.name}" for a in node.names} & MODULES.keys()
+            if len(subs) < len(node.names) and node.module in MODULES:
+                found.add(node.module)
+            found |= subs
+    found.discard(module)
+    return found
+
+
+GRAPH = {module: _imports(module) for module in MODULES}
+
+
+def _cycles() -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for other in GRAPH[node]:
+            if other not in index:
+                visit(other)
+                low[node] = min(low[node], low[other])
+            elif other in on_stack:
+                low[node] = min(low[node], index[other])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                other = stack.pop()
+                on_stack.discard(other)
+                component.append(other)
+                if other == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(GRAPH):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_no_module_imports_one_that_imports_it_back() -> None:
+    assert _cycles() == []
+
+
+FLOORS = {  # a module may import its own floor and those below
+    "gateway.core": 0, "gateway.errors": 0,
+    "gateway.settings": 1, "gateway.ports": 1, "gateway.store": 1, "gateway.metrics": 1,
+    "gateway.policies": 1,
+    "gateway.services": 2,
+    "gateway.proxy": 3, "gateway.admin": 3, "gateway.dashboard": 3, "gateway.operator": 3,
+    "gateway.demo": 3,
+    "gateway.app": 4, "gateway.drill": 5, "gateway.server": 5, "gateway.cli": 6,
+}
+
+
+def floor_of(module: str) -> int:
+    best = max((prefix for prefix in FLOORS if module == prefix or module.startswith(prefix + ".")),
+               key=len, default=None)
+    if best is None:
+        raise AssertionError(f"{module} has no floor in FLOORS: add it")
+    return FLOORS[best]
+
+
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if m != "gateway"))
+def test_module_imports_nothing_above_its_floor(module: str) -> None:
+    above = sorted(other for other in GRAPH[module]
+                   if other != "gateway" and floor_of(other) > floor_of(module))
+    assert above == [], f"{module} (floor {floor_of(module)}) imports {above}"
