@@ -62,6 +62,11 @@ class Store(Protocol):
 
     async def get_journal(self, entry_id: str) -> JournalEntry | None: ...
 
+    async def mark_rolled_back(self, entry_id: str, plan_id: str, at: datetime) -> bool:
+        """completed -> rolled_back, naming the plan whose compensation landed.
+
+        False if the entry is not ``completed`` (already rolled back, or no such entry)."""
+
     # Audit ------------------------------------------------------------------
     async def append_audit(self, actor: str, action: str, detail: dict[str, Any],
                            at: datetime) -> AuditRecord: ...

@@ -160,6 +160,7 @@ class JournalState(str, Enum):
     INTENT = "intent"  # committed before forwarding; the call may or may not have reached upstream
     COMPLETED = "completed"  # the upstream answered
     FAILED = "failed"  # the call was not answered (timeout, unreachable, agent went away)
+    ROLLED_BACK = "rolled_back"  # completed, then compensated by a rollback plan
 
 
 @dataclass(slots=True)
@@ -199,6 +200,8 @@ class JournalEntry:
     completed_at: datetime | None = None
     approval: dict[str, Any] | None = None  # the held call's approvals, when it was held
     after: Any = None  # the resource read after the write, when its response had no JSON body
+    rolled_back_plan: str | None = None  # the plan whose compensation undid it (ROLLED_BACK)
+    rolled_back_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,7 @@ from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import text, update
 from sqlmodel import col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from sqlmodel.sql.expression import SelectOfScalar
@@ -37,6 +37,7 @@ from gateway.core.model import (
     JournalEntry,
     JournalOutcome,
     JournalQuery,
+    JournalState,
     iso,
 )
 from gateway.store import codec
@@ -181,6 +182,16 @@ class SqlStore(ApprovalQueue, RollbackPlans):
         async with AsyncSession(self._engine) as session:
             row = await session.get(JournalRow, entry_id)
         return None if row is None else codec.entry_from_row(row)
+
+    async def mark_rolled_back(self, entry_id: str, plan_id: str, at: datetime) -> bool:
+        statement = (update(JournalRow)
+                     .where(col(JournalRow.id) == entry_id,
+                            col(JournalRow.state) == JournalState.COMPLETED.value)
+                     .values(state=JournalState.ROLLED_BACK.value, rolled_back_plan=plan_id,
+                             rolled_back_at=iso(at)))
+        async with self._writer.begin() as connection:
+            result = await connection.execute(statement)
+        return bool(result.rowcount == 1)
 
     # Audit ------------------------------------------------------------------
     async def append_audit(self, actor: str, action: str, detail: dict[str, Any],
