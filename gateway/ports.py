@@ -87,6 +87,9 @@ class Store(Protocol):
 
     async def get_held(self, call_id: str) -> HeldCall | None: ...
 
+    async def count_held(self, status: str) -> int:
+        """How many held calls are in ``status`` (e.g. pending, for the metrics gauge)."""
+
     async def list_held(self, status: str | None = None, agent: str | None = None,
                         upstream: str | None = None, limit: int = 100) -> list[HeldCall]:
         """Held calls matching every filter given, newest first (by ``at``, then id)."""

@@ -18,6 +18,7 @@ from typing import Any
 import uvicorn
 
 from gateway.app import Gateway
+from gateway.observe.access import ACCESS_LOG
 from gateway.settings import Settings
 
 log = logging.getLogger("gateway")
@@ -91,11 +92,22 @@ def _url(sock: socket.socket) -> str:
     return f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
 
 
-def run(settings: Settings, banner: list[str] | None = None,
-        beside: tuple[Any, socket.socket] | None = None) -> None:
+def configure_logging(settings: Settings) -> None:
+    """Logs on stderr; the access log (when on) as bare JSON lines, whatever ``log_level``."""
     logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    access = logging.getLogger(ACCESS_LOG)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    access.handlers = [handler]
+    access.propagate = False
+    access.setLevel(logging.INFO)
+
+
+def run(settings: Settings, banner: list[str] | None = None,
+        beside: tuple[Any, socket.socket] | None = None) -> None:
+    configure_logging(settings)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - Windows

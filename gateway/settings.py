@@ -78,6 +78,22 @@ class WebhookSettings(BaseModel):
     timeout: float = 5.0
 
 
+class TelemetrySettings(BaseModel):
+    """OpenTelemetry tracing (``gateway.observe.tracing``); the ``OTEL_*`` variables also apply.
+
+    ``tracing`` unset means: on when the environment configures an OTLP
+    exporter (``OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT``, or
+    ``OTEL_TRACES_EXPORTER=otlp``) or ``endpoint`` is set here, else off.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    tracing: bool | None = None
+    endpoint: str | None = None  # OTLP/HTTP collector, e.g. http://127.0.0.1:4318
+    headers: dict[str, str] = {}  # sent with every export (e.g. an API key)
+    service_name: str | None = None  # default: OTEL_SERVICE_NAME, else agent-gateway
+    sample_ratio: float | None = Field(default=None, ge=0, le=1)  # default: OTEL_TRACES_SAMPLER
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", env_nested_delimiter="__",
                                       extra="forbid")
@@ -99,6 +115,8 @@ class Settings(BaseSettings):
     approval_max_wait: float = Field(default=300.0, ge=0)  # cap on Prefer: wait=N
     approval_webhook: WebhookSettings | None = None
     tripwires: list[SettingsTripwire] = []  # every upstream's, unless one names upstreams
+    access_log: bool = False  # one JSON line per agent call on stderr (gateway.access)
+    telemetry: TelemetrySettings = TelemetrySettings()
 
     @field_validator("tripwires")
     @classmethod

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway import dashboard
@@ -21,6 +21,7 @@ from gateway.admin.render import journal_item
 from gateway.core.approvals import public_view
 from gateway.core.killswitch import scope_of
 from gateway.core.model import Freeze, JournalQuery, parse_iso, utcnow
+from gateway.metrics import CONTENT_TYPE
 from gateway.services.approvals import ApprovalError
 from gateway.services.rollbacks import RollbackError, Selection
 
@@ -113,7 +114,7 @@ def create_admin_app(gateway: Controls) -> FastAPI:
         kind, target = scope(body)
         freeze = await gateway.freezes.engage(
             Freeze(kind, target, body.reason, operator.name, utcnow()))
-        gateway.metrics.freezes_engaged += 1
+        gateway.metrics.freeze_engaged()
         return {**killswitch_state(), "freeze": freeze.to_json()}
 
     @app.post("/v1/killswitch/release")
@@ -225,8 +226,14 @@ def create_admin_app(gateway: Controls) -> FastAPI:
         return HTMLResponse(page.html, headers=page.headers)
 
     @app.get("/metrics", response_class=PlainTextResponse)
-    async def metrics() -> str:
-        return gateway.metrics.render(len(gateway.freezes.active), gateway.policies.revision)
+    async def metrics() -> Response:
+        try:
+            pending: int | None = await gateway.store.count_held("pending")
+        except Exception:  # the store is down: the other series still tell operators a lot
+            pending = None
+        body = gateway.metrics.render(len(gateway.freezes.active), gateway.policies.revision,
+                                      pending)
+        return Response(body, media_type=CONTENT_TYPE)
 
     return app
 

@@ -24,7 +24,8 @@ def cli(admin: str, *args: str) -> subprocess.CompletedProcess[str]:
 def test_a_second_rollback_skips_what_the_first_undid(tmp_path: Path) -> None:
     crm = start_crm()
     (tmp_path / "policies").mkdir()
-    (tmp_path / "policies" / "crm.yaml").write_text(policy_text(crm.urls[0], CRM_RULES, extra="volatile: [updated_at]\n"))
+    (tmp_path / "policies" / "crm.yaml").write_text(
+        policy_text(crm.urls[0], CRM_RULES, extra="volatile: [updated_at]\n"))
     gateway = start_gateway(write_settings(tmp_path, f"sqlite+aiosqlite:///{tmp_path}/gw.db"))
     proxy, admin = gateway.urls
     try:
