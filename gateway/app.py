@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from gateway.core.model import utcnow
 from gateway.core.policy import PolicySet
-from gateway.errors import PolicyError
+from gateway.errors import PolicyError, StartupError
 from gateway.metrics import Metrics
 from gateway.observe import NO_OBSERVER, Observer
 from gateway.observe.observer import observer_for
@@ -79,10 +79,20 @@ class Gateway:
             self.observer = observer_for(self.settings, self.metrics)
         except ValueError as exc:
             raise SettingsError(str(exc)) from None
+        created = None
         if self._store is None:
             from gateway.store import open_store
-            self._store = open_store(self.settings.database_url)
-        await self._store.start()
+            from gateway.store.diagnose import sqlite_location
+            try:
+                location = sqlite_location(self.settings.database_url)
+                self._store = open_store(self.settings.database_url)
+            except ValueError as exc:
+                raise StartupError(str(exc)) from None
+            if location is not None and not location[1]:
+                created = location[0]
+        await self._start_store()
+        if created is not None:  # loud: a mistyped path would otherwise go unnoticed
+            log.warning("created a new, empty store at %s", created.resolve())
         if self._client is None:
             from gateway.proxy.upstream import AiohttpUpstream
             self._client = AiohttpUpstream(timeout=self.settings.upstream_timeout)
@@ -105,6 +115,16 @@ class Gateway:
         self.audit.start()
         self.resuming = asyncio.create_task(self.rollbacks.resume_unfinished())
         log.info("policy set %s loaded: %s", policies.revision, ", ".join(policies.upstreams))
+
+    async def _start_store(self) -> None:
+        from gateway.store.diagnose import explain
+        try:
+            await self.store.start()
+        except Exception as exc:
+            reason = explain(exc, self.settings.database_url)
+            if reason is None:
+                raise
+            raise StartupError(reason) from None
 
     async def stop(self) -> None:
         if self._pipeline is not None:

@@ -50,3 +50,19 @@ def test_a_rolled_back_entry_is_a_skipped_step_naming_its_plan() -> None:
         ("e2", StepStatus.PLANNED, None),
         ("e1", StepStatus.SKIPPED, "already rolled back by plan plan-a")]
     assert plan.to_json()["conflicts"] == [] and plan.irreversible == ()
+
+
+def test_cel_errors_read_as_text_not_a_python_tuple() -> None:
+    from gateway.core.cel import Condition, ConditionError
+    cases = [({"request": {"body": {}}}, "no such member in mapping: 'amount'"),
+             ({"request": {"body": None}},
+              "None with type: 'NoneType' does not support field selection")]
+    for activation, reason in cases:
+        with pytest.raises(ConditionError) as error:
+            Condition("request.body.amount > 10").evaluate(activation)
+        assert str(error.value) == f"when 'request.body.amount > 10' could not be evaluated: {reason}"
+        assert "<class" not in str(error.value) and "(" != str(error.value).split(": ", 1)[1][0]
+    with pytest.raises(ValueError) as invalid:
+        Condition("request.body.amount >")
+    assert str(invalid.value) == \
+        "invalid CEL in when: syntax error at column 21 of 'request.body.amount >'"
