@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from gateway import dashboard
 from gateway.admin.auth import AdminError, Operator, OperatorDirectory, requires
 from gateway.admin.controls import Controls
+from gateway.admin.docs import mount_docs
 from gateway.admin.render import journal_item
 from gateway.core.approvals import public_view
 from gateway.core.killswitch import scope_of
@@ -62,7 +63,9 @@ class FreezeRequest(BaseModel):
 
 def create_admin_app(gateway: Controls) -> FastAPI:
     app = FastAPI(title="Agent gateway admin API", version="1",
-                  description="Operators' API: kill switch, change journal, policies, audit.")
+                  description="Operators' API: kill switch, change journal, policies, audit.",
+                  docs_url=None, redoc_url=None)  # /docs from packaged assets, below
+    mount_docs(app)
     app.state.gateway = gateway
     app.state.operators = OperatorDirectory(
         [(o.name, o.role, o.token_sha256) for o in gateway.settings.operators])
