@@ -20,6 +20,7 @@ from gateway.core.model import (
     JournalEntry,
     JournalOutcome,
     JournalQuery,
+    RunSummary,
 )
 from gateway.core.rollback import Plan, PlanStatus, StepStatus
 
@@ -62,6 +63,10 @@ class Store(Protocol):
 
     async def get_journal(self, entry_id: str) -> JournalEntry | None: ...
 
+    async def list_runs(self, query: JournalQuery) -> list[RunSummary]:
+        """Agents' runs newest first (rollbacks' own entries left out); ``query``'s agent,
+        run, upstream, since, until and limit apply."""
+
     async def mark_rolled_back(self, entry_id: str, plan_id: str, at: datetime) -> bool:
         """completed -> rolled_back, naming the plan whose compensation landed.
 
@@ -76,6 +81,9 @@ class Store(Protocol):
         """(actor, action, detail, at) records chained in order, in one transaction."""
 
     async def list_audit(self, after: int = 0, limit: int = 1000) -> list[AuditRecord]: ...
+
+    async def find_audit(self, terms: list[str], limit: int = 200) -> list[AuditRecord]:
+        """Records whose detail names any of ``terms`` (ids, as JSON strings), oldest first."""
 
     # Approvals (held calls) -------------------------------------------------
     # Every state change is a compare-and-set: it names the state the caller
@@ -158,6 +166,12 @@ class Store(Protocol):
 
     async def set_plan_status(self, plan_id: str, status: PlanStatus) -> None:
         """Set the plan's status; LookupError if there is no such plan."""
+
+    async def plans_for_entry(self, entry_id: str) -> list[Plan]:
+        """Plans with a step for that journal entry, newest first."""
+
+    async def claim_dry_run(self, plan_id: str) -> bool:
+        """dry_run -> running (to apply a previewed plan); True for exactly one caller."""
 
     async def unfinished_plans(self) -> list[str]:
         """Ids of the plans still ``running`` (to resume after a restart), oldest first."""

@@ -21,7 +21,7 @@ from gateway.admin.docs import mount_docs
 from gateway.admin.render import journal_item
 from gateway.core.approvals import public_view
 from gateway.core.killswitch import scope_of
-from gateway.core.model import Freeze, JournalQuery, parse_iso, utcnow
+from gateway.core.model import Freeze, JournalQuery, iso, parse_iso, utcnow
 from gateway.metrics import CONTENT_TYPE
 from gateway.services.approvals import ApprovalError
 from gateway.services.rollbacks import RollbackError, Selection
@@ -172,6 +172,12 @@ def create_admin_app(gateway: Controls) -> FastAPI:
             raise AdminError(404, "not_found", f"no rollback plan {plan_id}")
         return {"plan": plan.to_json()}
 
+    @app.post("/v1/rollback/{plan_id}/apply")
+    async def rollback_apply(plan_id: str, operator: Admin) -> dict[str, Any]:
+        """Apply a dry run exactly as previewed (409 unless it is a dry run not yet applied)."""
+        return {"plan": (await gateway.rollbacks.apply_previewed(plan_id, operator.name)
+                         ).to_json()}
+
     @app.post("/v1/rollback/{plan_id}/resume")
     async def rollback_resume(plan_id: str, operator: Admin) -> dict[str, Any]:
         return {"plan": (await gateway.rollbacks.resume(plan_id, operator.name)).to_json()}
@@ -179,12 +185,45 @@ def create_admin_app(gateway: Controls) -> FastAPI:
     @app.get("/v1/journal")
     async def journal(operator: Viewer, agent: str | None = None, upstream: str | None = None,
                       run: str | None = None, since: str | None = None,
-                      until: str | None = None,
+                      until: str | None = None, method: str | None = None,
+                      path: str | None = None, state: str | None = None,
+                      decision: str | None = None,
                       limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
         query = JournalQuery(agent=agent, upstream=upstream, run=run, since=_time(since, "since"),
-                             until=_time(until, "until"), limit=limit)
+                             until=_time(until, "until"), limit=limit,
+                             method=method.upper() if method else None, path=path or None,
+                             state=state or None, decision=decision or None)
         entries = await gateway.store.list_journal(query)
         return {"items": [journal_item(e) for e in entries]}
+
+    @app.get("/v1/runs")
+    async def runs(operator: Viewer, agent: str | None = None, upstream: str | None = None,
+                   run: str | None = None, since: str | None = None, until: str | None = None,
+                   limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
+        """Agents' runs (X-Agent-Run), newest first: span, writes, reversibility."""
+        query = JournalQuery(agent=agent, upstream=upstream, run=run, since=_time(since, "since"),
+                             until=_time(until, "until"), limit=limit)
+        return {"items": [r.to_json() for r in await gateway.store.list_runs(query)]}
+
+    @app.get("/v1/journal/{entry_id}/trail")
+    async def journal_trail(entry_id: str, operator: Viewer) -> dict[str, Any]:
+        """One entry with what surrounds it: its audit records, the approval that held it,
+        the rollback plans that included it and the compensations they sent."""
+        entry = await gateway.store.get_journal(entry_id)
+        if entry is None:
+            raise AdminError(404, "not_found", f"no journal entry {entry_id}")
+        approval_id = (entry.approval or {}).get("id")
+        held = await gateway.store.get_held(approval_id) if approval_id else None
+        plans = await gateway.store.plans_for_entry(entry_id)
+        steps = [{"plan": p.id, "plan_status": p.status.value, "created_at": iso(p.created_at),
+                  "by": p.by, **s.to_json()} for p in plans for s in p.steps
+                 if s.entry_id == entry_id]
+        terms = [entry.id, entry.request_id] + ([approval_id] if approval_id else []) + \
+            [p.id for p in plans]
+        return {"entry": journal_item(entry),
+                "audit": [r.to_json() for r in await gateway.store.find_audit(terms)],
+                "approval": public_view(held) if held is not None else None,
+                "rollbacks": steps}
 
     @app.get("/v1/journal/{entry_id}")
     async def journal_entry(entry_id: str, operator: Viewer) -> dict[str, Any]:

@@ -232,6 +232,32 @@ class JournalQuery:
     ids: tuple[str, ...] | None = None
     limit: int = 100
     newest_first: bool = True
+    method: str | None = None
+    path: str | None = None  # a part of the path
+    state: str | None = None
+    decision: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RunSummary:
+    """One agent run (``X-Agent-Run``; None for writes sent without one), as journaled."""
+
+    agent: str
+    run: str | None
+    first_at: datetime
+    last_at: datetime
+    writes: int
+    reversible: int  # writes with a known inverse
+    rolled_back: int
+    failed: int  # not answered, or answered 4xx/5xx
+    upstreams: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"agent": self.agent, "run": self.run, "first_at": iso(self.first_at),
+                "last_at": iso(self.last_at), "writes": self.writes,
+                "reversible": self.reversible, "irreversible": self.writes - self.reversible,
+                "rolled_back": self.rolled_back, "failed": self.failed,
+                "upstreams": list(self.upstreams)}
 
 
 @dataclass(frozen=True, slots=True)

@@ -118,6 +118,31 @@ class Rollbacks:
                                                        "irreversible": len(plan.irreversible)})
         return await self.run(plan)
 
+    async def apply_previewed(self, plan_id: str, by: str) -> Plan:
+        """Apply a dry run as it was previewed: its steps, not a new selection.
+
+        Each step's drift is checked again when it is applied (a conflict the
+        preview predicted may be gone, or a new one may appear). Once only.
+        """
+        plan = await self.store.get_plan(plan_id)
+        if plan is None:
+            raise RollbackError(404, "not_found", f"no rollback plan {plan_id}")
+        if not await self.store.claim_dry_run(plan_id):
+            raise RollbackError(409, "not_a_dry_run", f"rollback plan {plan_id} is "
+                                f"{(await self.store.get_plan(plan_id) or plan).status.value}, "
+                                "not a dry run waiting to be applied")
+        steps = []
+        for step in plan.steps:
+            if step.status is StepStatus.CONFLICT:  # predicted: judged again when applied
+                await self.store.update_step(plan.id, step.seq, StepStatus.PLANNED, None, None)
+                step = with_status(step, StepStatus.PLANNED)
+            steps.append(step)
+        running = Plan(plan.id, plan.created_at, plan.by, plan.selector, plan.force,
+                       PlanStatus.RUNNING, tuple(steps), plan.irreversible, plan.skipped)
+        await self._audit(by, "rollback.start", running, {
+            "steps": len(steps), "irreversible": len(plan.irreversible), "previewed": True})
+        return await self.run(running)
+
     async def resume(self, plan_id: str, by: str) -> Plan:
         plan = await self.store.get_plan(plan_id)
         if plan is None:
