@@ -39,13 +39,14 @@ class Proc:
     """A child process whose stdout is read on a thread (so it never blocks)."""
 
     def __init__(self, name: str, cmd: list[str], ready: str, logdir: Path,
-                 timeout: float = 30.0) -> None:
+                 timeout: float = 30.0, env: dict[str, str] | None = None) -> None:
         self.name, self.lines = name, queue.Queue()  # type: queue.Queue[str]
         self.tail: list[str] = []
         self.stderr_path = logdir / f"{name}.stderr.log"
         self.stderr = self.stderr_path.open("w")  # closed in stop()
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True,
-                                     stderr=self.stderr, cwd=HERE.parent)
+                                     stderr=self.stderr, cwd=HERE.parent,
+                                     env={**os.environ, **(env or {})})
         threading.Thread(target=self._pump, daemon=True).start()
         deadline = time.monotonic() + timeout
         while True:
@@ -142,6 +143,8 @@ def main() -> int:
                     help="seconds per measured run (whole seconds, as wrk takes them)")
     ap.add_argument("--warmup", type=int, default=2, help="seconds of warm-up per target/method")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "latest.json")
+    ap.add_argument("--no-tracing", dest="tracing", action="store_false",
+                    help="skip the gateway+otel target (the same gateway, tracing on)")
     args = ap.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk not found: apt-get install -y wrk")
@@ -172,14 +175,29 @@ def main() -> int:
                               str(policies), "--host", "127.0.0.1", "--port", "0",
                               "--admin-host", "127.0.0.1", "--admin-port", "0",
                               "--database-url", db_url],
-                  r"gateway ready proxy=(\S+) admin=(\S+)", logdir, timeout=60)
+                  r"gateway ready proxy=(\S+) admin=(\S+)", logdir, timeout=60,
+                  env={"OTEL_SDK_DISABLED": "true"})  # tracing off, as by default
         procs.append(gw)
         gw_url, admin_url = gw.match.group(1), gw.match.group(2)
         print(f"gateway     {gw_url} (admin {admin_url}, db {db_url})", flush=True)
-
         targets = [("direct", upstream_url + ITEM_PATH, None),
                    ("bare proxy", bare_url + ITEM_PATH, None),
                    ("gateway", gw_url + "/bench" + ITEM_PATH, AGENT_KEY)]
+        sink_url = None
+        if args.tracing:  # the same gateway with OpenTelemetry tracing on, exporting OTLP
+            sink = Proc("otlp-sink", [sys.executable, str(HERE / "otlp_sink.py")],
+                        r"ready port=(\d+)", logdir)
+            procs.append(sink)
+            sink_url = f"http://127.0.0.1:{sink.match.group(1)}"
+            traced = Proc("gateway-otel", [
+                gateway_bin, "serve", "--config", str(config), "--policies", str(policies),
+                "--host", "127.0.0.1", "--port", "0", "--admin-host", "127.0.0.1",
+                "--admin-port", "0", "--database-url", db_url.replace("bench.db", "otel.db")],
+                r"gateway ready proxy=(\S+) admin=(\S+)", logdir, timeout=60,
+                env={"OTEL_EXPORTER_OTLP_ENDPOINT": sink_url})
+            procs.append(traced)
+            print(f"gateway+otel {traced.match.group(1)} (spans to {sink_url})", flush=True)
+            targets.append(("gw+otel", traced.match.group(1) + "/bench" + ITEM_PATH, AGENT_KEY))
         for target, url, key in targets:
             for method in ("GET", "PATCH"):
                 wrk(url, method, 4, args.warmup, key)  # warm-up: connection pools, lazy init
@@ -202,6 +220,13 @@ def main() -> int:
             journal = json.loads(resp.read()).get("items", [])
         if not journal:
             failures.append("gateway journal is empty after the PATCH runs")
+        if sink_url is not None:
+            with urllib.request.urlopen(sink_url + "/stats", timeout=5) as resp:
+                exported = json.loads(resp.read())
+            print(f"otlp sink received {exported['exports']} span exports "
+                  f"({exported['bytes']} bytes)", flush=True)
+            if not exported["exports"]:
+                failures.append("the traced gateway exported no spans")
     finally:
         for p in reversed(procs):
             p.stop()
@@ -236,6 +261,12 @@ def main() -> int:
               (get("gateway", "PATCH", 1, "p50_us") - get("direct", "GET", 1, "p50_us")
                - get("direct", "PATCH", 1, "p50_us")) / 1000, "<=", 0.8, "ms"),
     ]
+    if args.tracing:
+        for method in ("GET", "PATCH"):
+            on, off = get("gw+otel", method, 1, "p50_us"), get("gateway", method, 1, "p50_us")
+            print(f"tracing on, {method} c=1: p50 {on / 1000:.3f} ms vs {off / 1000:.3f} ms off "
+                  f"(+{(on - off) / 1000:.3f} ms, x{on / off:.2f}); req/s c=32 "
+                  f"{get('gw+otel', method, 32, 'rps'):.0f} vs {get('gateway', method, 32, 'rps'):.0f}")
     if failures:  # a number measured on errors judges nothing
         for c in checks:
             c["met"] = None

@@ -15,8 +15,10 @@ from typing import TYPE_CHECKING
 
 from gateway.core.model import utcnow
 from gateway.core.policy import PolicySet
-from gateway.errors import PolicyError
+from gateway.errors import PolicyError, StartupError
 from gateway.metrics import Metrics
+from gateway.observe import NO_OBSERVER, Observer
+from gateway.observe.observer import observer_for
 from gateway.policies import load_policies
 from gateway.ports import Store
 from gateway.ports import Upstream as UpstreamClient
@@ -28,7 +30,7 @@ from gateway.services.notify import Notifier
 from gateway.services.pipeline import Pipeline
 from gateway.services.rollbacks import Rollbacks
 from gateway.services.tripwires import Tripwires
-from gateway.settings import Settings
+from gateway.settings import Settings, SettingsError
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -50,6 +52,7 @@ class Gateway:
         self._store = store
         self._client = client
         self.metrics = Metrics()
+        self.observer: Observer = NO_OBSERVER
         self._pipeline: Pipeline | None = None
 
     @property
@@ -72,16 +75,31 @@ class Gateway:
 
     async def start(self) -> None:
         policies = load_policies(self.settings.policies_dir)  # PolicyError before any I/O
+        try:
+            self.observer = observer_for(self.settings, self.metrics)
+        except ValueError as exc:
+            raise SettingsError(str(exc)) from None
+        created = None
         if self._store is None:
             from gateway.store import open_store
-            self._store = open_store(self.settings.database_url)
-        await self._store.start()
+            from gateway.store.diagnose import sqlite_location
+            try:
+                location = sqlite_location(self.settings.database_url)
+                self._store = open_store(self.settings.database_url)
+            except ValueError as exc:
+                raise StartupError(str(exc)) from None
+            if location is not None and not location[1]:
+                created = location[0]
+        await self._start_store()
+        if created is not None:  # loud: a mistyped path would otherwise go unnoticed
+            log.warning("created a new, empty store at %s", created.resolve())
         if self._client is None:
             from gateway.proxy.upstream import AiohttpUpstream
             self._client = AiohttpUpstream(timeout=self.settings.upstream_timeout)
         freezes = FreezeState(self._store)
         await freezes.load()
         self._pipeline = Pipeline(self.settings, self._store, self._client, freezes, policies)
+        self._pipeline.observer = self.observer
         self._pipeline.tripwires = Tripwires(freezes, self._store, self.metrics)
         self._pipeline.tripwires.configure(self.settings.tripwires, policies)
         self.notifier = Notifier(self.settings.approval_webhook)
@@ -98,6 +116,16 @@ class Gateway:
         self.resuming = asyncio.create_task(self.rollbacks.resume_unfinished())
         log.info("policy set %s loaded: %s", policies.revision, ", ".join(policies.upstreams))
 
+    async def _start_store(self) -> None:
+        from gateway.store.diagnose import explain
+        try:
+            await self.store.start()
+        except Exception as exc:
+            reason = explain(exc, self.settings.database_url)
+            if reason is None:
+                raise
+            raise StartupError(reason) from None
+
     async def stop(self) -> None:
         if self._pipeline is not None:
             self.resuming.cancel()
@@ -105,6 +133,7 @@ class Gateway:
             await self.approvals.stop()
             await self.audit.stop()
             await self.notifier.stop()
+        await self.observer.close()
         if self._client is not None:
             await self._client.close()
         if self._store is not None:
@@ -116,14 +145,14 @@ class Gateway:
         try:
             policies = load_policies(self.settings.policies_dir)
         except PolicyError as exc:
-            self.metrics.policy_reloads["failed"] += 1
+            self.metrics.policy_reloaded(ok=False)
             log.error("policy reload failed, keeping %s:\n%s", previous, "\n".join(exc.problems))
             await self._audit(actor, "policy.reload_failed",
                               {"kept": previous, "problems": exc.problems})
             return ReloadResult(False, previous, exc.problems)
         self.pipeline.policies = policies
         self.pipeline.tripwires.configure(self.settings.tripwires, policies)
-        self.metrics.policy_reloads["ok"] += 1
+        self.metrics.policy_reloaded(ok=True)
         log.info("policy set %s loaded (was %s)", policies.revision, previous)
         await self._audit(actor, "policy.reload", {"revision": policies.revision,
                                                    "previous": previous})
@@ -139,7 +168,7 @@ class Gateway:
         agents = AgentDirectory([(a.name, a.key_sha256) for a in self.settings.agents],
                                 self.settings.allow_anonymous_agents)
         return ProxyApp(self.pipeline, agents, own_routes=self.approvals.agent_view,
-                        metrics=self.metrics, audit=self.audit)
+                        observer=self.observer, audit=self.audit)
 
     def admin_app(self) -> FastAPI:
         from gateway.admin.api import create_admin_app

@@ -1,4 +1,4 @@
-"""The ``gateway`` command: serve, demo, policy check, hash.
+"""The ``gateway`` command: run the gateway, check policies, and operate it.
 
 Flags map one to one onto ``Settings`` fields; see ``gateway --help``.
 """
@@ -7,48 +7,86 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
-from gateway.errors import PolicyError
+from gateway.errors import PolicyError, StartupError
 from gateway.settings import (
     AgentSpec,
     Settings,
     SettingsError,
     dev_operator_token,
     load_settings,
+    read_settings_file,
     sha256_hex,
 )
 
 DEMO_AGENT_KEY = "demo-agent-key"
 
 
+DESCRIPTION = """\
+An HTTP gateway between AI agents and the APIs they change: permission tiers,
+a change journal with prior state, approvals, a kill switch, rollback, audit.
+
+run it:
+  serve        run the proxy (agents) and admin (operators) listeners
+  demo         the same, in front of a bundled demo CRM, with a fresh store
+  drill        rehearse an incident: stop a runaway agent, roll back, check
+set it up:
+  policy       check a policy directory (gateway policy check DIR)
+  hash         the sha256 of an agent key or operator token, for the settings
+operate it (talks to the admin listener with GATEWAY_TOKEN):
+  approvals    held calls: list, show, approve, reject
+  killswitch   freeze or release writes
+  journal      what agents changed
+  rollback     undo a run, an agent or a time window (dry run unless --apply)
+  audit        verify or export the hash-chained audit log
+
+`gateway COMMAND --help` tells more about each."""
+
+# what a user typed, for errors about the value a flag gave (settings field -> flag)
+FLAGS = {"policies_dir": "--policies", "proxy__host": "--host", "proxy__port": "--port",
+         "admin__host": "--admin-host", "admin__port": "--admin-port",
+         "database_url": "--database-url", "dev": "--dev"}
+
+
 def _serve_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, help="settings file (YAML)")
-    parser.add_argument("--policies", type=Path, dest="policies_dir", help="policy directory")
-    parser.add_argument("--host", dest="proxy__host", help="proxy listener host")
-    parser.add_argument("--port", type=int, dest="proxy__port", help="proxy listener port")
-    parser.add_argument("--admin-host", dest="admin__host", help="admin listener host")
-    parser.add_argument("--admin-port", type=int, dest="admin__port", help="admin listener port")
-    parser.add_argument("--database-url", dest="database_url",
-                        help="sqlite+aiosqlite:///./gateway.db or postgresql+asyncpg://...")
+    parser.add_argument("--config", type=Path, metavar="FILE", help="settings file (YAML)")
+    parser.add_argument("--policies", type=Path, dest="policies_dir", metavar="DIR",
+                        help="policy directory (default ./policies)")
+    parser.add_argument("--host", dest="proxy__host", metavar="HOST",
+                        help="proxy listener host (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, dest="proxy__port", metavar="PORT",
+                        help="proxy listener port (default 8080; 0 picks a free one)")
+    parser.add_argument("--admin-host", dest="admin__host", metavar="HOST",
+                        help="admin listener host (default 127.0.0.1)")
+    parser.add_argument("--admin-port", type=int, dest="admin__port", metavar="PORT",
+                        help="admin listener port (default 8081)")
+    parser.add_argument("--database-url", dest="database_url", metavar="URL",
+                        help="sqlite+aiosqlite:///./gateway.db (default) or "
+                             "postgresql+asyncpg://USER:PASSWORD@HOST/DB")
     parser.add_argument("--dev", action="store_true", default=None,
                         help="local development: start without operators, print a one-time "
                              "admin token")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gateway", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="gateway", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve = commands.add_parser("serve", help="run the proxy and admin listeners")
     _serve_flags(serve)
     demo = commands.add_parser("demo", help="run the demo CRM API and the gateway in front of it")
     _serve_flags(demo)
-    demo.add_argument("--crm-port", type=int, default=3000, help="demo CRM API port")
+    demo.add_argument("--crm-port", type=int, default=3000, metavar="PORT",
+                      help="demo CRM API port")
     policy = commands.add_parser("policy", help="policy files")
     policy_commands = policy.add_subparsers(dest="policy_command", required=True)
     check = policy_commands.add_parser("check", help="validate every policy file of DIR")
-    check.add_argument("dir", type=Path)
+    check.add_argument("dir", type=Path, metavar="DIR")
     hash_ = commands.add_parser("hash", help="print the sha256 of a key or token for settings")
     hash_.add_argument("secret", nargs="?", help="the secret (prompted for when omitted)")
     drill = commands.add_parser("drill", help="rehearse an incident: a runaway agent is stopped, "
@@ -78,7 +116,7 @@ def _settings(args: argparse.Namespace) -> Settings:
     flags = {k: v for k, v in vars(args).items()
              if k in ("policies_dir", "proxy__host", "proxy__port", "admin__host", "admin__port",
                       "database_url", "dev")}
-    return load_settings(args.config, **flags)
+    return load_settings(args.config, FLAGS, **flags)
 
 
 def _operator_access(settings: Settings) -> tuple[Settings, list[str]]:
@@ -102,19 +140,47 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _store_chosen(args: argparse.Namespace) -> bool:
+    """Whether the user named a database (flag, environment or settings file)."""
+    if args.database_url is not None or any(k.upper() == "GATEWAY_DATABASE_URL"
+                                            for k in os.environ):
+        return True
+    return args.config is not None and "database_url" in read_settings_file(args.config)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
+    """The demo CRM starts from its seed data every time, so the gateway's store does too:
+    a journal of an earlier run would show entries (and rollback conflicts) about
+    customers that are back to their seed state. ``--database-url`` keeps one."""
+    scratch = None
+    if not _store_chosen(args):
+        scratch = Path(tempfile.mkdtemp(prefix="gateway-demo-"))
+        args.database_url = f"sqlite+aiosqlite:///{scratch / 'gateway.db'}"
+    try:
+        return _demo(args, scratch)
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _demo(args: argparse.Namespace, scratch: Path | None) -> int:
     from gateway.demo.crm import create_app
     from gateway.server import bind, run
+    from gateway.store.diagnose import safe_url
     args.dev = True
     settings = _settings(args)
     if not settings.agents:
         settings = settings.model_copy(update={"agents": [
             AgentSpec(name="demo-agent", key_sha256=sha256_hex(DEMO_AGENT_KEY))]})
     settings, banner = _operator_access(settings)
-    crm = bind("127.0.0.1", args.crm_port)
+    crm = bind("127.0.0.1", args.crm_port, "demo CRM (--crm-port)")
     banner = [f"demo CRM API on http://127.0.0.1:{crm.getsockname()[1]} "
               f"(policies: {settings.policies_dir})",
-              f"demo agent key: {DEMO_AGENT_KEY}", *banner]
+              f"demo agent key: {DEMO_AGENT_KEY}",
+              f"demo store: {scratch / 'gateway.db'} (new for this run, like the CRM's data; "
+              "removed at exit: pass --database-url to keep one)" if scratch is not None
+              else f"demo store: {safe_url(settings.database_url)} (kept across runs; the demo "
+              "CRM starts from its seed data each time)", *banner]
     if args.crm_port != 3000:
         banner.insert(1, f"note: policies/crm.yaml expects the CRM on port 3000; edit its "
                          f"base_url to http://127.0.0.1:{args.crm_port}")
@@ -161,9 +227,11 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_policy_check(args)
         return handlers[args.command](args)
     except (SettingsError, PolicyError) as exc:
-        problems = exc.problems if isinstance(exc, PolicyError) else [str(exc)]
-        for problem in problems:
+        for problem in exc.problems:
             print(problem, file=sys.stderr)
+        return 1
+    except StartupError as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:  # e.g. a port already in use
         print(f"gateway: {exc.strerror or exc}", file=sys.stderr)

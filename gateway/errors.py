@@ -11,7 +11,9 @@
     ├── JournalUnavailable          503 journal_unavailable
     ├── UpstreamUnreachable         502 upstream_unreachable
     ├── UpstreamTimeout             504 upstream_timeout
-    └── PolicyError                 invalid policy files (not an HTTP error; carries problems)
+    ├── PolicyError                 invalid policy files (not an HTTP error; carries problems)
+    └── StartupError                the process cannot start: one line naming the port, the
+                                    database (password hidden), the file or the setting
 
 The proxy turns any GatewayError into ``{"error": {"code", "message", ...}}``
 in one place (``gateway.proxy.responses``); nothing raises HTTP exceptions.
@@ -82,3 +84,7 @@ class PolicyError(Exception):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("\n".join(problems))
         self.problems = problems
+
+
+class StartupError(Exception):
+    """``gateway serve`` cannot start; the message is one line that names what failed."""

@@ -20,6 +20,7 @@ from gateway.core.model import (
     JournalEntry,
     JournalOutcome,
     JournalQuery,
+    RunSummary,
 )
 from gateway.core.rollback import Plan, PlanStatus, StepStatus
 
@@ -62,6 +63,15 @@ class Store(Protocol):
 
     async def get_journal(self, entry_id: str) -> JournalEntry | None: ...
 
+    async def list_runs(self, query: JournalQuery) -> list[RunSummary]:
+        """Agents' runs newest first (rollbacks' own entries left out); ``query``'s agent,
+        run, upstream, since, until and limit apply."""
+
+    async def mark_rolled_back(self, entry_id: str, plan_id: str, at: datetime) -> bool:
+        """completed -> rolled_back, naming the plan whose compensation landed.
+
+        False if the entry is not ``completed`` (already rolled back, or no such entry)."""
+
     # Audit ------------------------------------------------------------------
     async def append_audit(self, actor: str, action: str, detail: dict[str, Any],
                            at: datetime) -> AuditRecord: ...
@@ -72,6 +82,9 @@ class Store(Protocol):
 
     async def list_audit(self, after: int = 0, limit: int = 1000) -> list[AuditRecord]: ...
 
+    async def find_audit(self, terms: list[str], limit: int = 200) -> list[AuditRecord]:
+        """Records whose detail names any of ``terms`` (ids, as JSON strings), oldest first."""
+
     # Approvals (held calls) -------------------------------------------------
     # Every state change is a compare-and-set: it names the state the caller
     # read and returns True iff the call was still in it (and is now changed).
@@ -81,6 +94,9 @@ class Store(Protocol):
         """Persist a new held call (normally pending). A duplicate id raises."""
 
     async def get_held(self, call_id: str) -> HeldCall | None: ...
+
+    async def count_held(self, status: str) -> int:
+        """How many held calls are in ``status`` (e.g. pending, for the metrics gauge)."""
 
     async def list_held(self, status: str | None = None, agent: str | None = None,
                         upstream: str | None = None, limit: int = 100) -> list[HeldCall]:
@@ -150,6 +166,12 @@ class Store(Protocol):
 
     async def set_plan_status(self, plan_id: str, status: PlanStatus) -> None:
         """Set the plan's status; LookupError if there is no such plan."""
+
+    async def plans_for_entry(self, entry_id: str) -> list[Plan]:
+        """Plans with a step for that journal entry, newest first."""
+
+    async def claim_dry_run(self, plan_id: str) -> bool:
+        """dry_run -> running (to apply a previewed plan); True for exactly one caller."""
 
     async def unfinished_plans(self) -> list[str]:
         """Ids of the plans still ``running`` (to resume after a restart), oldest first."""

@@ -8,14 +8,23 @@ import; ``load_settings`` does the reading.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
+import os
 import re
 import secrets
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
@@ -23,6 +32,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from gateway.core.redact import is_secret_name
 from gateway.core.tripwires import SettingsTripwire
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -51,10 +61,11 @@ class AgentSpec(BaseModel):
 
     @field_validator("key_sha256")
     @classmethod
-    def _hex(cls, value: str) -> str:
+    def _hex(cls, value: str, info: ValidationInfo) -> str:
         value = value.lower()
         if not _HEX64.match(value):
-            raise ValueError("key_sha256 must be 64 hex digits (printf %s KEY | sha256sum)")
+            raise ValueError(f"{info.field_name} must be 64 hex digits, the sha256 of the "
+                             "secret (gateway hash SECRET)")
         return value
 
 
@@ -78,6 +89,22 @@ class WebhookSettings(BaseModel):
     timeout: float = 5.0
 
 
+class TelemetrySettings(BaseModel):
+    """OpenTelemetry tracing (``gateway.observe.tracing``); the ``OTEL_*`` variables also apply.
+
+    ``tracing`` unset means: on when the environment configures an OTLP
+    exporter (``OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT``, or
+    ``OTEL_TRACES_EXPORTER=otlp``) or ``endpoint`` is set here, else off.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    tracing: bool | None = None
+    endpoint: str | None = None  # OTLP/HTTP collector, e.g. http://127.0.0.1:4318
+    headers: dict[str, str] = {}  # sent with every export (e.g. an API key)
+    service_name: str | None = None  # default: OTEL_SERVICE_NAME, else agent-gateway
+    sample_ratio: float | None = Field(default=None, ge=0, le=1)  # default: OTEL_TRACES_SAMPLER
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", env_nested_delimiter="__",
                                       extra="forbid")
@@ -99,6 +126,8 @@ class Settings(BaseSettings):
     approval_max_wait: float = Field(default=300.0, ge=0)  # cap on Prefer: wait=N
     approval_webhook: WebhookSettings | None = None
     tripwires: list[SettingsTripwire] = []  # every upstream's, unless one names upstreams
+    access_log: bool = False  # one JSON line per agent call on stderr (gateway.access)
+    telemetry: TelemetrySettings = TelemetrySettings()
 
     @field_validator("tripwires")
     @classmethod
@@ -110,7 +139,74 @@ class Settings(BaseSettings):
 
 
 class SettingsError(Exception):
-    pass
+    """Settings that cannot be used; ``problems`` are one line each, naming where and which key."""
+
+    def __init__(self, *problems: str) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = list(problems)
+
+
+def _key(loc: tuple[int | str, ...]) -> str:
+    """``("agents", 0, "key_sha256")`` -> ``agents[0].key_sha256``."""
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _source(loc: tuple[int | str, ...], config: Path | None, file_data: dict[str, Any],
+            overrides: dict[str, Any], flag_names: dict[str, str]) -> str:
+    """Which layer gave the value at ``loc`` (the one that won): a flag, an environment
+    variable, the settings file."""
+    top = str(loc[0]) if loc else ""
+    inner = str(loc[1]) if len(loc) > 1 else None
+    given = overrides.get(top)
+    if isinstance(given, dict) and inner in given:
+        return "flag " + flag_names.get(f"{top}__{inner}", f"{top}__{inner}")
+    if top in overrides and not isinstance(given, dict):
+        return "flag " + flag_names.get(top, top)
+    environment = {name.upper() for name in os.environ}
+    for name in ([f"GATEWAY_{top}__{inner}"] if inner else []) + [f"GATEWAY_{top}"]:
+        if name.upper() in environment:
+            return name.upper()
+    if config is not None and top in file_data:
+        return str(config)
+    return "settings"
+
+
+def _problems(error: ValidationError, config: Path | None, file_data: dict[str, Any],
+              overrides: dict[str, Any], flag_names: dict[str, str]) -> list[str]:
+    """One ``WHERE: KEY: what is wrong`` line per error."""
+    lines = []
+    for item in error.errors(include_url=False):
+        loc = tuple(item["loc"])
+        message = str(item["msg"]).removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            known = difflib.get_close_matches(str(loc[-1]), _known(loc), n=1)
+            message = "unknown setting" + (f" (did you mean {known[0]!r}?)" if known else "")
+        elif item["type"] == "missing":
+            message = "required"
+        elif not is_secret_name(str(loc[-1])) and isinstance(item.get("input"), str | int | float) \
+                and len(repr(item["input"])) <= 80 and "must be" not in message:
+            message += f" (got {item['input']!r})"
+        lines.append(f"{_source(loc, config, file_data, overrides, flag_names)}: "
+                     f"{_key(loc)}: {message}")
+    return lines
+
+
+def _known(loc: tuple[int | str, ...]) -> list[str]:
+    """The keys a settings object at ``loc`` (without its last part) has."""
+    model: Any = Settings
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) if hasattr(model, "model_fields") else None
+        if field is None:
+            return []
+        annotation = field.annotation
+        args = [a for a in getattr(annotation, "__args__", ()) if hasattr(a, "model_fields")]
+        model = args[0] if args else annotation
+    return list(getattr(model, "model_fields", {}))
 
 
 def read_settings_file(path: Path) -> dict[str, Any]:
@@ -125,10 +221,14 @@ def read_settings_file(path: Path) -> dict[str, Any]:
     return data
 
 
-def load_settings(config: Path | None = None, **flags: Any) -> Settings:
+def load_settings(config: Path | None = None, flag_names: dict[str, str] | None = None,
+                  **flags: Any) -> Settings:
     """Defaults < file < GATEWAY_* env < flags (None flags are ignored).
 
-    Flags name nested fields with ``__`` (``proxy__port=9090``), as env vars do.
+    Flags name nested fields with ``__`` (``proxy__port=9090``), as env vars do;
+    ``flag_names`` maps them to what the user typed (``{"proxy__port": "--port"}``),
+    for error messages. A relative ``policies_dir`` in the settings file is taken
+    from the file's directory, not the current one.
     """
     file_data = read_settings_file(config) if config else {}
 
@@ -152,9 +252,16 @@ def load_settings(config: Path | None = None, **flags: Any) -> Settings:
         else:
             overrides[key] = value
     try:
-        return Settings.model_validate(Layered(**overrides).model_dump())
-    except Exception as exc:
-        raise SettingsError(str(exc)) from None
+        settings = Settings.model_validate(Layered(**overrides).model_dump())
+    except ValidationError as exc:
+        raise SettingsError(*_problems(exc, config, file_data, overrides,
+                                       flag_names or {})) from None
+    if config is not None and "policies_dir" in file_data and "policies_dir" not in overrides \
+            and "GATEWAY_POLICIES_DIR" not in {k.upper() for k in os.environ} \
+            and not settings.policies_dir.is_absolute():
+        settings = settings.model_copy(
+            update={"policies_dir": config.parent / settings.policies_dir})
+    return settings
 
 
 def dev_operator_token() -> tuple[str, OperatorSpec]:

@@ -37,6 +37,7 @@ async def _admin_connection() -> asyncpg.Connection:
 @pytest.fixture(params=["sqlite", "postgresql"])
 async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
     if request.param == "sqlite":
+        (tmp_path / "db").mkdir()  # the gateway creates a database file, never its directory
         yield f"sqlite+aiosqlite:///{tmp_path / 'db' / 'gateway.db'}"
         return
     name = f"gw_{uuid.uuid4().hex[:16]}"

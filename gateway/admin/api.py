@@ -11,16 +11,18 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway import dashboard
 from gateway.admin.auth import AdminError, Operator, OperatorDirectory, requires
 from gateway.admin.controls import Controls
+from gateway.admin.docs import mount_docs
 from gateway.admin.render import journal_item
 from gateway.core.approvals import public_view
 from gateway.core.killswitch import scope_of
-from gateway.core.model import Freeze, JournalQuery, parse_iso, utcnow
+from gateway.core.model import Freeze, JournalQuery, iso, parse_iso, utcnow
+from gateway.metrics import CONTENT_TYPE
 from gateway.services.approvals import ApprovalError
 from gateway.services.rollbacks import RollbackError, Selection
 
@@ -61,7 +63,9 @@ class FreezeRequest(BaseModel):
 
 def create_admin_app(gateway: Controls) -> FastAPI:
     app = FastAPI(title="Agent gateway admin API", version="1",
-                  description="Operators' API: kill switch, change journal, policies, audit.")
+                  description="Operators' API: kill switch, change journal, policies, audit.",
+                  docs_url=None, redoc_url=None)  # /docs from packaged assets, below
+    mount_docs(app)
     app.state.gateway = gateway
     app.state.operators = OperatorDirectory(
         [(o.name, o.role, o.token_sha256) for o in gateway.settings.operators])
@@ -113,7 +117,7 @@ def create_admin_app(gateway: Controls) -> FastAPI:
         kind, target = scope(body)
         freeze = await gateway.freezes.engage(
             Freeze(kind, target, body.reason, operator.name, utcnow()))
-        gateway.metrics.freezes_engaged += 1
+        gateway.metrics.freeze_engaged()
         return {**killswitch_state(), "freeze": freeze.to_json()}
 
     @app.post("/v1/killswitch/release")
@@ -168,6 +172,12 @@ def create_admin_app(gateway: Controls) -> FastAPI:
             raise AdminError(404, "not_found", f"no rollback plan {plan_id}")
         return {"plan": plan.to_json()}
 
+    @app.post("/v1/rollback/{plan_id}/apply")
+    async def rollback_apply(plan_id: str, operator: Admin) -> dict[str, Any]:
+        """Apply a dry run exactly as previewed (409 unless it is a dry run not yet applied)."""
+        return {"plan": (await gateway.rollbacks.apply_previewed(plan_id, operator.name)
+                         ).to_json()}
+
     @app.post("/v1/rollback/{plan_id}/resume")
     async def rollback_resume(plan_id: str, operator: Admin) -> dict[str, Any]:
         return {"plan": (await gateway.rollbacks.resume(plan_id, operator.name)).to_json()}
@@ -175,12 +185,45 @@ def create_admin_app(gateway: Controls) -> FastAPI:
     @app.get("/v1/journal")
     async def journal(operator: Viewer, agent: str | None = None, upstream: str | None = None,
                       run: str | None = None, since: str | None = None,
-                      until: str | None = None,
+                      until: str | None = None, method: str | None = None,
+                      path: str | None = None, state: str | None = None,
+                      decision: str | None = None,
                       limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
         query = JournalQuery(agent=agent, upstream=upstream, run=run, since=_time(since, "since"),
-                             until=_time(until, "until"), limit=limit)
+                             until=_time(until, "until"), limit=limit,
+                             method=method.upper() if method else None, path=path or None,
+                             state=state or None, decision=decision or None)
         entries = await gateway.store.list_journal(query)
         return {"items": [journal_item(e) for e in entries]}
+
+    @app.get("/v1/runs")
+    async def runs(operator: Viewer, agent: str | None = None, upstream: str | None = None,
+                   run: str | None = None, since: str | None = None, until: str | None = None,
+                   limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
+        """Agents' runs (X-Agent-Run), newest first: span, writes, reversibility."""
+        query = JournalQuery(agent=agent, upstream=upstream, run=run, since=_time(since, "since"),
+                             until=_time(until, "until"), limit=limit)
+        return {"items": [r.to_json() for r in await gateway.store.list_runs(query)]}
+
+    @app.get("/v1/journal/{entry_id}/trail")
+    async def journal_trail(entry_id: str, operator: Viewer) -> dict[str, Any]:
+        """One entry with what surrounds it: its audit records, the approval that held it,
+        the rollback plans that included it and the compensations they sent."""
+        entry = await gateway.store.get_journal(entry_id)
+        if entry is None:
+            raise AdminError(404, "not_found", f"no journal entry {entry_id}")
+        approval_id = (entry.approval or {}).get("id")
+        held = await gateway.store.get_held(approval_id) if approval_id else None
+        plans = await gateway.store.plans_for_entry(entry_id)
+        steps = [{"plan": p.id, "plan_status": p.status.value, "created_at": iso(p.created_at),
+                  "by": p.by, **s.to_json()} for p in plans for s in p.steps
+                 if s.entry_id == entry_id]
+        terms = [entry.id, entry.request_id] + ([approval_id] if approval_id else []) + \
+            [p.id for p in plans]
+        return {"entry": journal_item(entry),
+                "audit": [r.to_json() for r in await gateway.store.find_audit(terms)],
+                "approval": public_view(held) if held is not None else None,
+                "rollbacks": steps}
 
     @app.get("/v1/journal/{entry_id}")
     async def journal_entry(entry_id: str, operator: Viewer) -> dict[str, Any]:
@@ -225,8 +268,14 @@ def create_admin_app(gateway: Controls) -> FastAPI:
         return HTMLResponse(page.html, headers=page.headers)
 
     @app.get("/metrics", response_class=PlainTextResponse)
-    async def metrics() -> str:
-        return gateway.metrics.render(len(gateway.freezes.active), gateway.policies.revision)
+    async def metrics() -> Response:
+        try:
+            pending: int | None = await gateway.store.count_held("pending")
+        except Exception:  # the store is down: the other series still tell operators a lot
+            pending = None
+        body = gateway.metrics.render(len(gateway.freezes.active), gateway.policies.revision,
+                                      pending)
+        return Response(body, media_type=CONTENT_TYPE)
 
     return app
 

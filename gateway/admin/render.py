@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.core.changes import entry_changes
 from gateway.core.model import JournalEntry, iso
 
 
@@ -29,5 +30,9 @@ def journal_item(entry: JournalEntry) -> dict[str, Any]:
                      "body_size": entry.response_body_size},
         "completed_at": iso(entry.completed_at) if entry.completed_at else None,
         "approval": entry.approval, "after": entry.after,
+        "rolled_back_plan": entry.rolled_back_plan,
+        "rolled_back_at": iso(entry.rolled_back_at) if entry.rolled_back_at else None,
+        "changes": entry_changes(entry.method, entry.prior, entry.response_body, entry.after,
+                                 entry.request_body),
     }
     return item

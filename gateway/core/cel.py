@@ -7,15 +7,26 @@ deny the call (a condition that cannot be evaluated never falls through).
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import celpy
 from celpy import celtypes
+from celpy.celparser import CELParseError
+from celpy.evaluation import CELEvalError
 
 _ENV = celpy.Environment()
 
 
 _to_cel = celpy.json_to_cel  # type: ignore[attr-defined]
+_CLASS = re.compile(r"<class '(?:[\w.]*\.)?(\w+)'>")
+
+
+def _message(exc: BaseException) -> str:
+    """cel-python's text, without the tuple repr its errors print as
+    (``("no such member", <class 'KeyError'>, None)`` -> ``no such member``)."""
+    first = exc.args[0] if exc.args and isinstance(exc.args[0], str) else str(exc)
+    return _CLASS.sub(r"\1", first).strip() or type(exc).__name__
 
 
 class ConditionError(Exception):
@@ -30,15 +41,24 @@ class Condition:
         try:
             self._program = _ENV.program(_ENV.compile(source))
         except Exception as exc:  # CELParseError and friends
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ValueError(f"invalid CEL in when: {first_line}") from None
+            column = getattr(exc, "column", None)
+            where = f" at column {column}" if isinstance(column, int) else ""
+            if isinstance(exc, CELParseError):
+                raise ValueError(f"invalid CEL in when: syntax error{where} of {source!r}") \
+                    from None
+            raise ValueError(f"invalid CEL in when {source!r}: {_message(exc)}") from None
 
     def evaluate(self, activation: dict[str, Any]) -> bool:
         try:
             result = self._program.evaluate(
                 {name: _to_cel(value) for name, value in activation.items()})
         except Exception as exc:
-            raise ConditionError(f"when {self.source!r} could not be evaluated: {exc}") from exc
+            raise ConditionError(f"when {self.source!r} could not be evaluated: "
+                                 f"{_message(exc)}") from exc
         if isinstance(result, celtypes.BoolType):
             return bool(result)
-        raise ConditionError(f"when {self.source!r} gave {result!r}, not a boolean")
+        if isinstance(result, CELEvalError):
+            raise ConditionError(f"when {self.source!r} could not be evaluated: "
+                                 f"{_message(result)}")
+        raise ConditionError(f"when {self.source!r} gave {type(result).__name__} {result!s}, "
+                             "not a boolean")

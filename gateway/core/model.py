@@ -160,6 +160,7 @@ class JournalState(str, Enum):
     INTENT = "intent"  # committed before forwarding; the call may or may not have reached upstream
     COMPLETED = "completed"  # the upstream answered
     FAILED = "failed"  # the call was not answered (timeout, unreachable, agent went away)
+    ROLLED_BACK = "rolled_back"  # completed, then compensated by a rollback plan
 
 
 @dataclass(slots=True)
@@ -199,6 +200,8 @@ class JournalEntry:
     completed_at: datetime | None = None
     approval: dict[str, Any] | None = None  # the held call's approvals, when it was held
     after: Any = None  # the resource read after the write, when its response had no JSON body
+    rolled_back_plan: str | None = None  # the plan whose compensation undid it (ROLLED_BACK)
+    rolled_back_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,6 +232,32 @@ class JournalQuery:
     ids: tuple[str, ...] | None = None
     limit: int = 100
     newest_first: bool = True
+    method: str | None = None
+    path: str | None = None  # a part of the path
+    state: str | None = None
+    decision: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RunSummary:
+    """One agent run (``X-Agent-Run``; None for writes sent without one), as journaled."""
+
+    agent: str
+    run: str | None
+    first_at: datetime
+    last_at: datetime
+    writes: int
+    reversible: int  # writes with a known inverse
+    rolled_back: int
+    failed: int  # not answered, or answered 4xx/5xx
+    upstreams: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"agent": self.agent, "run": self.run, "first_at": iso(self.first_at),
+                "last_at": iso(self.last_at), "writes": self.writes,
+                "reversible": self.reversible, "irreversible": self.writes - self.reversible,
+                "rolled_back": self.rolled_back, "failed": self.failed,
+                "upstreams": list(self.upstreams)}
 
 
 @dataclass(frozen=True, slots=True)

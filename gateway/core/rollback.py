@@ -9,7 +9,9 @@ e.g. ``updated_at``) are ignored in that comparison.
 
 ``plan_rollback`` turns journal entries into steps and a list of writes that
 cannot be undone (``undo: none``, no prior state, outcome unknown), each with
-everything known about it for manual reconciliation.
+everything known about it for manual reconciliation. An entry an earlier plan
+already compensated (``rolled_back``) becomes a ``skipped`` step naming that
+plan: undoing it again would overwrite the state it restored.
 """
 
 from __future__ import annotations
@@ -81,7 +83,8 @@ class Plan:
         return {"id": self.id, "created_at": iso(self.created_at), "by": self.by,
                 "selector": self.selector, "force": self.force, "status": self.status.value,
                 "steps": steps, "irreversible": list(self.irreversible),
-                "conflicts": [s for s in steps if s["status"] == StepStatus.CONFLICT.value]}
+                "conflicts": [s for s in steps if s["status"] == StepStatus.CONFLICT.value],
+                "skipped": list(self.skipped)}
 
 
 def _irreversible(entry: JournalEntry, why: str) -> dict[str, Any]:
@@ -118,6 +121,17 @@ def plan_rollback(entries: Iterable[JournalEntry], *, plan_id: str, at: datetime
     irreversible: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []
     for entry in ordered:
+        if entry.state is JournalState.ROLLED_BACK:  # undone already: nothing to compare or send
+            why = f"already rolled back by plan {entry.rolled_back_plan}"
+            if entry.undo is None:
+                skipped.append({"entry": entry.id, "reason": why})
+                continue
+            steps.append(Step(seq=len(steps), entry_id=entry.id, upstream=entry.upstream,
+                              method=entry.undo.method, path=entry.undo.path,
+                              body=entry.undo.body, content_type=entry.undo.content_type,
+                              target=entry.capture_path or entry.undo.path, expected=None,
+                              status=StepStatus.SKIPPED, detail=why))
+            continue
         if entry.state is JournalState.INTENT or (entry.state is JournalState.FAILED
                                                   and entry.error and "timed out" in entry.error):
             irreversible.append(_irreversible(entry, "outcome unknown: the call may or may "

@@ -20,7 +20,7 @@ from urllib.parse import quote
 from gateway.core.headers import agent_key, agent_response_headers
 from gateway.core.model import Checkpoint, is_mutating, new_id
 from gateway.errors import BadRequest, GatewayError, Unauthenticated, UnknownUpstream
-from gateway.metrics import Metrics
+from gateway.observe import NO_OBSERVER, CallRecord, Observer, Watch
 from gateway.ports import UpstreamResponse
 from gateway.services.audit_trail import AuditTrail
 from gateway.services.call import Call, Reply
@@ -60,11 +60,11 @@ class AgentDirectory:
 class ProxyApp:
     def __init__(self, pipeline: Pipeline, agents: AgentDirectory,
                  own_routes: Callable[[str, str, str], Awaitable[tuple[int, Any]]] | None = None,
-                 metrics: Metrics | None = None, audit: AuditTrail | None = None) -> None:
+                 observer: Observer = NO_OBSERVER, audit: AuditTrail | None = None) -> None:
         self.pipeline = pipeline
         self.agents = agents
         self.own_routes = own_routes
-        self.metrics = metrics or Metrics()
+        self.observer = observer  # metrics, tracing, access log: told once per call
         self.audit = audit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -77,21 +77,31 @@ class ProxyApp:
         upstream = scope["path"][1:].partition("/")[0]
         if upstream not in self.pipeline.policies.upstreams:
             upstream = "_other"  # bounded label set, whatever agents send
+        watch = self.observer.begin(scope["headers"])
+        record = CallRecord(request_id, None, upstream, scope["method"], scope["path"])
         try:
-            reply = await self._handle(scope, receive, request_id)
+            await self._respond(scope, receive, send, watch, record)
+        finally:
+            record.agent = scope.get("gateway.agent")
+            watch.finish(record)
+
+    async def _respond(self, scope: Scope, receive: Receive, send: Send, watch: Watch,
+                       record: CallRecord) -> None:
+        request_id = record.request_id
+        try:
+            reply = await self._handle(scope, receive, request_id, watch)
         except GatewayError as exc:
-            self.metrics.decisions[(upstream, exc.decision)] += 1
+            record.decision, record.status = exc.decision, exc.status
             await self._audit(scope, request_id, exc.decision, exc.status,
                               {"code": exc.code, **exc.extra})
             await _error(send, exc, request_id)
             return
         except Exception:
             log.exception("unexpected error handling %s %s", scope.get("method"), scope.get("path"))
-            self.metrics.decisions[(upstream, "error")] += 1
             await self._audit(scope, request_id, "error", 500, {"code": "internal_error"})
             await _error(send, GatewayError("internal error"), request_id)
             return
-        self.metrics.decisions[(upstream, reply.decision)] += 1
+        record.decision, record.status = reply.decision, reply.response.status
         await self._audit(scope, request_id, reply.decision, reply.response.status,
                           {"journal": reply.journal_id} if reply.journal_id else {})
         await _stream(send, reply, request_id, scope["method"] == "HEAD")
@@ -106,7 +116,8 @@ class ProxyApp:
             "request_id": request_id, "method": scope["method"], "path": scope["path"],
             "status": status, **detail})
 
-    async def _handle(self, scope: Scope, receive: Receive, request_id: str) -> Reply:
+    async def _handle(self, scope: Scope, receive: Receive, request_id: str,
+                      watch: Watch) -> Reply:
         raw = scope.get("raw_path") or quote(scope["path"]).encode()
         raw_path = raw.decode("latin-1").split("?", 1)[0]
         if not raw_path.startswith("/"):
@@ -129,6 +140,7 @@ class ProxyApp:
             checkpoint=Checkpoint(get("x-agent-run"), get("x-agent-model"),
                                   get("x-agent-prompt-version"), get("x-agent-tool-version")),
             body=_body(receive) if _has_body(headers) else None)
+        call.watch = watch
         return await self.pipeline.handle(call)
 
     async def _own(self, rest: str, headers: list[tuple[str, str]], method: str) -> Reply:

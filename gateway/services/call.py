@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from gateway.core.model import Checkpoint
+from gateway.observe import NO_WATCH, Watch
 from gateway.ports import UpstreamResponse
 
 
@@ -27,6 +28,7 @@ class Call:
     checkpoint: Checkpoint
     body: AsyncIterator[bytes] | None = None
     buffered: bytes | None = None
+    watch: Watch = NO_WATCH  # the steps of this call are timed (and traced) here
 
 
 @dataclass(slots=True)

@@ -42,6 +42,16 @@ from gateway.errors import (
     UnknownUpstream,
     UpstreamTimeout,
 )
+from gateway.observe import (
+    CAPTURE,
+    JOURNAL,
+    JOURNAL_OUTCOME,
+    NO_OBSERVER,
+    NO_WATCH,
+    UPSTREAM,
+    Observer,
+    Watch,
+)
 from gateway.ports import Store, UpstreamResponse
 from gateway.ports import Upstream as UpstreamClient
 from gateway.services.call import Call, Reply
@@ -88,6 +98,7 @@ class Pipeline:
         self.freezes = freezes
         self.policies = policies
         self.holds: Holds | None = None
+        self.observer: Observer = NO_OBSERVER  # for approved calls (the listener has its own)
         self.tripwires = Tripwires(freezes, store)  # none configured: a no-op
 
     async def execute_held(self, held: HeldCall, approval: dict[str, Any]) -> Reply:
@@ -116,11 +127,15 @@ class Pipeline:
         decision = Decision(Verdict.HOLD, rule_id, "approved by " + ", ".join(
             v["by"] for v in approval.get("approved_by", [])), self.policies.revision,
             upstream.name, params)
-        if not is_mutating(held.method):
-            reply = await self._read(upstream, call)
-            await reply.response.read()
-            return reply
-        return await self._write(upstream, call, view, decision, approval)
+        call.watch = self.observer.begin([])
+        try:
+            if not is_mutating(held.method):
+                reply = await self._read(upstream, call)
+                await reply.response.read()
+                return reply
+            return await self._write(upstream, call, view, decision, approval)
+        finally:
+            call.watch.end()
 
     def view_of(self, call: Call) -> CallView:
         return CallView(call.method, unquote(call.raw_path) or "/", segments_of(call.raw_path),
@@ -185,10 +200,11 @@ class Pipeline:
 
     async def _read(self, upstream: Upstream, call: Call) -> Reply:
         body = call.buffered if call.buffered is not None else call.body
-        response = await self.client.request(
-            call.method, self._url(upstream, call.raw_path, call.query),
-            self._headers(upstream, call, drop_encoding=False), body, stream=True,
-            timeout=upstream.spec.timeout or self.settings.upstream_timeout)
+        with call.watch.step(UPSTREAM, upstream.name) as step:
+            response = await self.client.request(
+                call.method, self._url(upstream, call.raw_path, call.query),
+                step.propagate(self._headers(upstream, call, drop_encoding=False)), body,
+                stream=True, timeout=upstream.spec.timeout or self.settings.upstream_timeout)
         return Reply(response, "allow")
 
     async def _write(self, upstream: Upstream, call: Call, view: CallView,
@@ -227,24 +243,28 @@ class Pipeline:
             capture_path=target, undo=Undo.from_json(undo) if undo else None,
             reversible=reversible, approval=approval)
         try:
-            await self.store.journal_intent(entry)
+            with call.watch.step(JOURNAL, upstream.name):
+                await self.store.journal_intent(entry)
         except Exception as exc:
             log.error("journal unavailable: %s", exc)
             raise JournalUnavailable("the change journal could not be written; "
                                      "the call was not sent") from exc
         sent = time.perf_counter()
         try:
-            with self.freezes.sending(upstream.name, call.agent):
+            with self.freezes.sending(upstream.name, call.agent), \
+                    call.watch.step(UPSTREAM, upstream.name) as step:
                 response = await self.client.request(
                     call.method, self._url(upstream, call.raw_path, call.query),
-                    self._headers(upstream, call, drop_encoding=True), call.buffered,
-                    timeout=upstream.spec.timeout or self.settings.upstream_timeout)
+                    step.propagate(self._headers(upstream, call, drop_encoding=True)),
+                    call.buffered, timeout=upstream.spec.timeout or self.settings.upstream_timeout)
         except GatewayError as exc:
-            await self.record_outcome(entry, None, exc, started, sent, capture_ms)
+            await self.record_outcome(entry, None, exc, started, sent, capture_ms,
+                                      watch=call.watch)
             if approval is None:
                 await self.tripwires.after_write(upstream, call, exc)
             raise
-        await self.record_outcome(entry, response, None, started, sent, capture_ms, upstream)
+        await self.record_outcome(entry, response, None, started, sent, capture_ms, upstream,
+                                  call.watch)
         if approval is None:
             await self.tripwires.after_write(upstream, call, response.status)
         return Reply(response, "allow", journal_id=entry.id)
@@ -256,9 +276,10 @@ class Pipeline:
                    if h[0] not in ("content-type", "content-encoding")]
         headers.append(("accept-encoding", "identity"))
         try:
-            response = await self.client.request(
-                "GET", upstream.base_url + target, headers, None,
-                timeout=self.settings.capture_timeout)
+            with call.watch.step(CAPTURE, upstream.name) as step:
+                response = await self.client.request(
+                    "GET", upstream.base_url + target, step.propagate(headers), None,
+                    timeout=self.settings.capture_timeout)
         except GatewayError as exc:
             raise CaptureFailed(f"prior-state GET {target} failed ({exc.message}); "
                                 "the write was not sent") from exc
@@ -271,7 +292,8 @@ class Pipeline:
 
     async def record_outcome(self, entry: JournalEntry, response: UpstreamResponse | None,
                        error: GatewayError | None, started: float, sent: float,
-                       capture_ms: float, upstream: Upstream | None = None) -> None:
+                       capture_ms: float, upstream: Upstream | None = None,
+                       watch: Watch = NO_WATCH) -> None:
         now = time.perf_counter()
         timings = {"capture_ms": round(capture_ms, 3), "upstream_ms": round((now - sent) * 1000, 3),
                    "total_ms": round((now - started) * 1000, 3)}
@@ -300,7 +322,8 @@ class Pipeline:
                                      stored.text, stored.sha256, stored.size, undo, reversible,
                                      None, timings, utcnow(), after)
         try:
-            await self.store.journal_outcome(entry.id, outcome)
+            with watch.step(JOURNAL_OUTCOME, entry.upstream):
+                await self.store.journal_outcome(entry.id, outcome)
         except Exception:  # the write happened; its intent row stays for operators to see
             log.exception("could not journal the outcome of %s", entry.id)
 

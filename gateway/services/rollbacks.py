@@ -118,6 +118,31 @@ class Rollbacks:
                                                        "irreversible": len(plan.irreversible)})
         return await self.run(plan)
 
+    async def apply_previewed(self, plan_id: str, by: str) -> Plan:
+        """Apply a dry run as it was previewed: its steps, not a new selection.
+
+        Each step's drift is checked again when it is applied (a conflict the
+        preview predicted may be gone, or a new one may appear). Once only.
+        """
+        plan = await self.store.get_plan(plan_id)
+        if plan is None:
+            raise RollbackError(404, "not_found", f"no rollback plan {plan_id}")
+        if not await self.store.claim_dry_run(plan_id):
+            raise RollbackError(409, "not_a_dry_run", f"rollback plan {plan_id} is "
+                                f"{(await self.store.get_plan(plan_id) or plan).status.value}, "
+                                "not a dry run waiting to be applied")
+        steps = []
+        for step in plan.steps:
+            if step.status is StepStatus.CONFLICT:  # predicted: judged again when applied
+                await self.store.update_step(plan.id, step.seq, StepStatus.PLANNED, None, None)
+                step = with_status(step, StepStatus.PLANNED)
+            steps.append(step)
+        running = Plan(plan.id, plan.created_at, plan.by, plan.selector, plan.force,
+                       PlanStatus.RUNNING, tuple(steps), plan.irreversible, plan.skipped)
+        await self._audit(by, "rollback.start", running, {
+            "steps": len(steps), "irreversible": len(plan.irreversible), "previewed": True})
+        return await self.run(running)
+
     async def resume(self, plan_id: str, by: str) -> Plan:
         plan = await self.store.get_plan(plan_id)
         if plan is None:
@@ -174,8 +199,7 @@ class Rollbacks:
             entry = await self.store.get_journal(step.entry_id)
             prior = entry.prior if entry is not None else None
             if already_compensated(step, seen.status, seen.value, prior):
-                return await self._save(plan, step, StepStatus.APPLIED,
-                                        "found applied when the plan resumed")
+                return await self._applied(plan, step, "found applied when the plan resumed")
         elif not plan.force:
             why = drifted(step, seen.status, seen.value)
             if why is not None:
@@ -191,7 +215,18 @@ class Rollbacks:
         if not 200 <= status < 300:
             return await self._save(plan, step, StepStatus.FAILED,
                                     f"the compensation answered {status}", journal_id)
-        return await self._save(plan, step, StepStatus.APPLIED, None, journal_id)
+        return await self._applied(plan, step, None, journal_id)
+
+    async def _applied(self, plan: Plan, step: Step, detail: str | None,
+                       journal_id: str | None = None) -> Step:
+        """The step landed: its journal entry becomes ``rolled_back`` (with this plan),
+        so a later rollback skips it instead of finding the restored state "drifted"."""
+        saved = await self._save(plan, step, StepStatus.APPLIED, detail, journal_id)
+        try:
+            await self.store.mark_rolled_back(step.entry_id, plan.id, utcnow())
+        except Exception:  # the compensation landed; a later plan would show a conflict
+            log.exception("could not mark journal entry %s rolled back", step.entry_id)
+        return saved
 
     async def _save(self, plan: Plan, step: Step, status: StepStatus, detail: str | None,
                     journal_id: str | None = None) -> Step:
@@ -262,7 +297,8 @@ class Rollbacks:
         for step in plan.steps:
             key = (step.upstream, step.target)
             upstream = self.pipeline.policies.upstreams.get(step.upstream)
-            if key in seen_targets or upstream is None or plan.force:
+            if step.status is not StepStatus.PLANNED or key in seen_targets or upstream is None \
+                    or plan.force:
                 steps.append(step)
                 continue
             seen_targets.add(key)

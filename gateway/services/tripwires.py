@@ -104,12 +104,12 @@ class Tripwires:
             await self._report(trip, now)
             return False
         if stored.id == freeze.id:
-            self.metrics.freezes_engaged += 1
+            self.metrics.freeze_engaged()
             await self._report(trip, now)
         return True
 
     async def _report(self, trip: Trip, now: datetime) -> None:
-        self.metrics.tripwires_tripped[trip.tripwire] += 1
+        self.metrics.tripwire_tripped(trip.tripwire)
         log.warning("%s -> %s (%s%s)", trip.reason, trip.action, trip.scope.value,
                     f" {trip.target}" if trip.target else "")
         try:

@@ -24,7 +24,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, or_, update
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlmodel import col, select
+from sqlmodel import col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from gateway.core.approvals import ApprovalStatus, HeldCall, Vote
@@ -54,6 +54,12 @@ class ApprovalQueue:
         async with AsyncSession(self._engine) as session:
             row = await session.get(ApprovalRow, call_id)
         return None if row is None else codec.held_from_row(row)
+
+    async def count_held(self, status: str) -> int:
+        statement = select(func.count()).select_from(ApprovalRow).where(
+            col(ApprovalRow.status) == status)
+        async with AsyncSession(self._engine) as session:
+            return int((await session.exec(statement)).one())
 
     async def list_held(self, status: str | None = None, agent: str | None = None,
                         upstream: str | None = None, limit: int = 100) -> list[HeldCall]:

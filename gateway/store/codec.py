@@ -159,6 +159,8 @@ def entry_from_row(row: JournalRow) -> JournalEntry:
         completed_at=None if row.completed_at is None else parse_iso(row.completed_at),
         approval=_loads_or_none(row.approval),
         after=_loads_or_none(row.after),
+        rolled_back_plan=row.rolled_back_plan,
+        rolled_back_at=_parse_or_none(row.rolled_back_at),
     )
 
 

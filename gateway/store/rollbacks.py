@@ -88,6 +88,23 @@ class RollbackPlans:
             if not await _touch(connection, plan_id, iso(utcnow()), status=status.value):
                 raise LookupError(f"no rollback plan {plan_id!r}")
 
+    async def plans_for_entry(self, entry_id: str) -> list[Plan]:
+        """The plans with a step for journal entry ``entry_id``, newest first."""
+        statement = select(_step_plan).where(col(RollbackStepRow.entry_id) == entry_id).distinct()
+        async with AsyncSession(self._engine) as session:
+            ids = list((await session.exec(statement)).all())
+        plans = [plan for plan in [await self.get_plan(i) for i in ids] if plan is not None]
+        return sorted(plans, key=lambda p: (p.created_at, p.id), reverse=True)
+
+    async def claim_dry_run(self, plan_id: str) -> bool:
+        """dry_run -> running, once: True for the one caller that changed it."""
+        async with self._writer.begin() as connection:
+            result = await connection.execute(
+                update(RollbackPlanRow).where(_plan_id == plan_id,
+                                              _plan_status == PlanStatus.DRY_RUN.value)
+                .values(status=PlanStatus.RUNNING.value, updated_at=iso(utcnow())))
+        return bool(result.rowcount == 1)
+
     async def unfinished_plans(self) -> list[str]:
         statement = (select(_plan_id).where(_plan_status == PlanStatus.RUNNING.value)
                      .order_by(_created_at, _plan_id))

@@ -24,7 +24,8 @@ from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import case, or_, text, update
+from sqlalchemy import select as sql_select
 from sqlmodel import col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from sqlmodel.sql.expression import SelectOfScalar
@@ -37,7 +38,10 @@ from gateway.core.model import (
     JournalEntry,
     JournalOutcome,
     JournalQuery,
+    JournalState,
+    RunSummary,
     iso,
+    parse_iso,
 )
 from gateway.store import codec
 from gateway.store.approvals import ApprovalQueue
@@ -170,6 +174,13 @@ class SqlStore(ApprovalQueue, RollbackPlans):
             statement = statement.where(col(JournalRow.at) <= iso(query.until))
         if query.ids is not None:
             statement = statement.where(col(JournalRow.id).in_(query.ids))
+        for column, value in ((JournalRow.method, query.method), (JournalRow.state, query.state),
+                              (JournalRow.decision, query.decision)):
+            if value is not None:
+                statement = statement.where(col(column) == value)
+        if query.path:
+            statement = statement.where(col(JournalRow.path).contains(query.path,
+                                                                      autoescape=True))
         at, id_ = col(JournalRow.at), col(JournalRow.id)
         order = (at.desc(), id_.desc()) if query.newest_first else (at.asc(), id_.asc())
         statement = statement.order_by(*order).limit(query.limit)
@@ -181,6 +192,48 @@ class SqlStore(ApprovalQueue, RollbackPlans):
         async with AsyncSession(self._engine) as session:
             row = await session.get(JournalRow, entry_id)
         return None if row is None else codec.entry_from_row(row)
+
+    async def list_runs(self, query: JournalQuery) -> list[RunSummary]:
+        """Runs (agent and ``X-Agent-Run``) newest first, from the agents' writes (not
+        rollbacks); ``query``'s agent, upstream, run and time window filter them."""
+        at, agent, run = col(JournalRow.at), col(JournalRow.agent), col(JournalRow.run)
+        status = col(JournalRow.status)
+        failed = or_(status.is_(None), status >= 400)
+        where = [col(JournalRow.decision) != "rollback"]
+        for column, value in ((agent, query.agent), (run, query.run),
+                              (col(JournalRow.upstream), query.upstream)):
+            if value is not None:
+                where.append(column == value)
+        if query.since is not None:
+            where.append(at >= iso(query.since))
+        if query.until is not None:
+            where.append(at <= iso(query.until))
+        summary = (sql_select(agent, run, func.min(at), func.max(at), func.count(),
+                          func.sum(case((col(JournalRow.reversible), 1), else_=0)),
+                          func.sum(case((col(JournalRow.state) ==
+                                         JournalState.ROLLED_BACK.value, 1), else_=0)),
+                          func.sum(case((failed, 1), else_=0)))
+                   .where(*where).group_by(agent, run)
+                   .order_by(func.max(at).desc(), agent, run).limit(query.limit))
+        upstreams = sql_select(agent, run, col(JournalRow.upstream)).where(*where).distinct()
+        async with self._engine.connect() as connection:
+            rows = (await connection.execute(summary)).all()
+            used: dict[tuple[str, str | None], list[str]] = {}
+            for a, r, u in (await connection.execute(upstreams)).all():
+                used.setdefault((a, r), []).append(u)
+        return [RunSummary(a, r, parse_iso(first), parse_iso(last), int(n), int(rev or 0),
+                           int(back or 0), int(bad or 0), tuple(sorted(used.get((a, r), []))))
+                for a, r, first, last, n, rev, back, bad in rows]
+
+    async def mark_rolled_back(self, entry_id: str, plan_id: str, at: datetime) -> bool:
+        statement = (update(JournalRow)
+                     .where(col(JournalRow.id) == entry_id,
+                            col(JournalRow.state) == JournalState.COMPLETED.value)
+                     .values(state=JournalState.ROLLED_BACK.value, rolled_back_plan=plan_id,
+                             rolled_back_at=iso(at)))
+        async with self._writer.begin() as connection:
+            result = await connection.execute(statement)
+        return bool(result.rowcount == 1)
 
     # Audit ------------------------------------------------------------------
     async def append_audit(self, actor: str, action: str, detail: dict[str, Any],
@@ -209,6 +262,19 @@ class SqlStore(ApprovalQueue, RollbackPlans):
         await self._hot_path().chained_insert(codec.SELECT_LAST_AUDIT, codec.INSERT_AUDIT,
                                               build, WRITE_LOCK)
         return list(records)
+
+    async def find_audit(self, terms: list[str], limit: int = 200) -> list[AuditRecord]:
+        """Records whose detail names any of ``terms`` (ids), oldest first: an entry's
+        decision, the approval that held it, the plans that undid it."""
+        if not terms:
+            return []
+        detail = col(AuditRow.detail)
+        statement = (select(AuditRow).where(or_(*[detail.contains(f'"{t}"', autoescape=True)
+                                                  for t in terms]))
+                     .order_by(col(AuditRow.seq)).limit(limit))
+        async with AsyncSession(self._engine) as session:
+            rows = (await session.exec(statement)).all()
+        return [codec.audit_from_row(row) for row in rows]
 
     async def list_audit(self, after: int = 0, limit: int = 1000) -> list[AuditRecord]:
         statement = (select(AuditRow).where(col(AuditRow.seq) > after)

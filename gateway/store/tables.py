@@ -72,6 +72,8 @@ class JournalRow(SQLModel, table=True):
     completed_at: str | None = _text_or_null()
     approval: str | None = _text_or_null()  # JSON, when the call was held for approval (0002)
     after: str | None = _text_or_null()  # JSON, the resource read after the write (0003)
+    rolled_back_plan: str | None = _text_or_null()  # the plan that compensated it (0006)
+    rolled_back_at: str | None = _text_or_null()
 
 
 class FreezeRow(SQLModel, table=True):

@@ -3,30 +3,22 @@
 A real ``gateway serve`` process (proxy + admin listener on port 0, SQLite) in
 front of the demo CRM process; Debian's Chromium driven by Playwright's sync API.
 No browser download: Chromium must be installed (``apt-get install -y chromium``);
-without it these tests fail, they are never skipped.
+without it they are skipped locally and fail under CI.
 """
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.e2e.procs import Proc, start_crm, start_gateway, write_settings
-from tests.external import missing
-from tests.harness import AGENT_KEY, TOKENS, policy_text
+from tests.dashboard.stack import AGENT, Stack, messages, running_stack, sign_in, watched_tab
+from tests.harness import TOKENS
 
-AGENT = {"X-Gateway-Key": AGENT_KEY}
-CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
 RULES = """
 - id: read-all
   match: {methods: [GET, HEAD], path: "/**"}
@@ -40,101 +32,16 @@ RULES = """
 """
 
 
-def chromium_path() -> str:
-    path = os.environ.get("GATEWAY_TEST_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-    if not os.path.exists(path):
-        missing(f"Chromium not found (looked for {path}); the dashboard tests need a real "
-                "browser: run `apt-get install -y chromium` (or set GATEWAY_TEST_CHROMIUM)")
-    return path
-
-
-@dataclass
-class Stack:
-    crm: str
-    proxy: str
-    admin: str
-
-    def role(self, name: str) -> dict[str, str]:
-        return {"Authorization": f"Bearer {TOKENS[name]}"}
-
-    def hold(self, customer: str, body: dict[str, Any], run: str) -> str:
-        response = httpx.patch(f"{self.proxy}/crm/customers/{customer}", json=body,
-                               headers={**AGENT, "X-Agent-Run": run}, timeout=30)
-        assert response.status_code == 202, response.text
-        return response.json()["approval"]["id"]
-
-    def customer(self, customer: str) -> dict[str, Any]:
-        return httpx.get(f"{self.crm}/customers/{customer}").json()
-
-    def killswitch(self) -> dict[str, Any]:
-        return httpx.get(f"{self.admin}/v1/killswitch", headers=self.role("viewer")).json()
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    directory = tmp_path_factory.mktemp("dashboard")
-    crm = start_crm()
-    gateway: Proc | None = None
-    try:
-        (directory / "policies").mkdir()
-        (directory / "policies" / "crm.yaml").write_text(policy_text(crm.urls[0], RULES))
-        config = write_settings(directory, f"sqlite+aiosqlite:///{directory / 'gateway.db'}")
-        gateway = start_gateway(config)
-        yield Stack(crm.urls[0], *gateway.urls)
-    finally:
-        if gateway is not None:
-            gateway.stop()
-        crm.stop()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    executable = chromium_path()
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.fail("the Python package playwright is missing: pip install -e '.[dev]' "
-                    "(no `playwright install`: the tests use the system Chromium)", pytrace=False)
-    from playwright.sync_api import expect
-    expect.set_options(timeout=15_000)
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        try:
-            yield launched
-        finally:
-            launched.close()
+    with running_stack(tmp_path_factory.mktemp("dashboard"), RULES) as running:
+        yield running
 
 
 @pytest.fixture
 def page(browser: Any, stack: Stack) -> Iterator[Any]:
-    """A fresh tab (empty session storage) on the dashboard; fails on script or CSP errors."""
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    tab = context.new_page()
-    problems: list[str] = []
-    tab.on("pageerror", lambda error: problems.append(f"page error: {error}"))
-    # failed fetches (401/403/409/423) are logged by Chromium as "Failed to load resource";
-    # those are the API's answers, shown on the page. Anything else is a defect (CSP too).
-    tab.on("console", lambda msg: problems.append(f"console {msg.type}: {msg.text}")
-           if msg.type in ("error", "warning") and "Failed to load resource" not in msg.text
-           else None)
-    tab.goto(stack.admin + "/")
-    try:
+    with watched_tab(browser, stack.admin + "/") as tab:
         yield tab
-    finally:
-        context.close()
-    assert not problems, problems
-
-
-def sign_in(page: Any, role: str) -> None:
-    from playwright.sync_api import expect
-    page.get_by_label("Operator token").fill(TOKENS[role])
-    page.get_by_role("button", name="Sign in").click()
-    expect(page.locator("#dashboard")).to_be_visible()
-    expect(page.locator("#audit-state")).to_have_text("intact")
-
-
-def messages(page: Any) -> Any:
-    return page.locator("#messages")
 
 
 def test_page_is_served_without_auth_with_security_headers(stack: Stack) -> None:

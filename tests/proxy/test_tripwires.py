@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from gateway.settings import Settings
 from tests.harness import CRM_RULES, OTHER_KEY, Harness, policy_text, serve_app, started_gateway
+from tests.prom import Scrape
 
 CREDENTIALS = 'credentials: {header: Authorization, value: "Bearer upstream-secret"}\n'
 
@@ -44,8 +45,8 @@ async def assert_tripped(gw: Harness, tripwire: str, scope: str = "agent",
     assert record["detail"]["tripwire"] == tripwire and record["detail"]["action"] == "freeze"
     engaged = [a for a in audit if a["action"] == "killswitch.engage"]
     assert [a["actor"] for a in engaged] == [f"tripwire:{tripwire}"]
-    metrics = (await gw.admin.get("/metrics")).text
-    assert f'gateway_tripwires_tripped_total{{tripwire="{tripwire}"}} 1' in metrics
+    metrics = Scrape((await gw.admin.get("/metrics")).text)
+    assert metrics.value("gateway_tripwires_tripped_total", tripwire=tripwire) == 1
     return freeze
 
 

@@ -325,3 +325,11 @@ async def test_the_journal_keeps_the_approval(store: SqlStore,
     await store.journal_intent(entry)
     got = await store.get_journal(entry.id)
     assert got == entry and got is not None and got.approval == approval
+
+
+async def test_count_held_by_status(store: SqlStore) -> None:
+    assert await store.count_held("pending") == 0
+    for n in range(3):
+        await store.create_held(held(n))
+    assert await store.count_held("pending") == 3
+    assert await store.count_held("executed") == 0

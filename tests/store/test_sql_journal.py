@@ -174,3 +174,21 @@ async def test_an_intent_can_carry_the_read_after(store: SqlStore,
     entry = make_entry(5, after={"id": 5, "name": "Zoë"})
     await store.journal_intent(entry)
     assert await store.get_journal(entry.id) == entry
+
+
+async def test_a_completed_entry_is_marked_rolled_back_once(
+        store: SqlStore, make_entry: EntryFactory, outcome: JournalOutcome) -> None:
+    intent_only, done = make_entry(1), make_entry(2)
+    for entry in (intent_only, done):
+        await store.journal_intent(entry)
+    await store.journal_outcome(done.id, outcome)
+    at = outcome.completed_at
+    assert await store.mark_rolled_back(intent_only.id, "plan-a", at) is False  # never completed
+    assert await store.mark_rolled_back("nope", "plan-a", at) is False
+    assert await store.mark_rolled_back(done.id, "plan-a", at) is True
+    assert await store.mark_rolled_back(done.id, "plan-b", at) is False  # the first plan stays
+    marked = await store.get_journal(done.id)
+    assert marked is not None
+    assert (marked.state, marked.rolled_back_plan, marked.rolled_back_at) == \
+        (JournalState.ROLLED_BACK, "plan-a", at)
+    assert (await store.get_journal(intent_only.id)).state is JournalState.INTENT  # type: ignore[union-attr]

@@ -1,0 +1,88 @@
+"""Why a store could not be opened, in one line that names it (password hidden).
+
+``explain(error, url)`` turns what the drivers raise at start (a refused
+connection, a database that does not exist, a login refused, an SQLite file
+that cannot be opened) into a sentence an operator can act on; None for
+anything else, which is a bug to show with its traceback. ``sqlite_location``
+checks an SQLite path before the file is created: a database is never
+created in a directory that does not exist (a mistyped path must not start a
+new, empty journal unnoticed).
+
+>>> safe_url("postgresql+asyncpg://gw:s3cret@db:5432/gw")
+'postgresql+asyncpg://gw:***@db:5432/gw'
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import sqlite3
+from pathlib import Path
+
+import asyncpg
+from sqlalchemy.engine import URL, make_url
+
+from gateway.store.engine import is_postgres, parse_url, sqlite_path
+
+
+def safe_url(database_url: str | URL) -> str:
+    url = make_url(database_url) if isinstance(database_url, str) else database_url
+    return url.render_as_string(hide_password=True)
+
+
+def sqlite_location(database_url: str) -> tuple[Path, bool] | None:
+    """``(path, exists)`` of an SQLite store, None for PostgreSQL.
+
+    ValueError when the directory does not exist, or the path names a directory.
+    """
+    url = parse_url(database_url)
+    if is_postgres(url):
+        return None
+    path = sqlite_path(url)
+    if path.is_dir():
+        raise ValueError(f"database_url {safe_url(url)} names the directory {path}, not a "
+                         "database file")
+    if not path.parent.is_dir():
+        raise ValueError(f"the directory {path.parent.resolve()} of the SQLite database "
+                         f"{path} does not exist (database_url {safe_url(url)}): create it, or "
+                         "correct the path")
+    return path, path.exists()
+
+
+def _causes(error: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and current not in seen:
+        seen.append(current)
+        current = getattr(current, "orig", None) or current.__cause__ or current.__context__
+    return seen
+
+
+def explain(error: BaseException, database_url: str) -> str | None:
+    url = make_url(database_url)
+    where = safe_url(url)
+    if is_postgres(parse_url(database_url)):
+        server = f"{url.host or 'localhost'}:{url.port or 5432}"
+        for cause in _causes(error):
+            if isinstance(cause, asyncpg.InvalidCatalogNameError):
+                return (f"the database {url.database!r} does not exist on the PostgreSQL server "
+                        f"{server} ({where}): create it (createdb {url.database}) or correct "
+                        "database_url")
+            if isinstance(cause, asyncpg.InvalidAuthorizationSpecificationError |
+                          asyncpg.InvalidPasswordError):
+                return f"the PostgreSQL server {server} refused the login ({where}): {cause}"
+            if isinstance(cause, socket.gaierror):
+                return f"cannot resolve the database host {url.host!r} ({where})"
+            if isinstance(cause, ConnectionRefusedError) or isinstance(cause, OSError) and (
+                    cause.errno == errno.ECONNREFUSED or "Connect call failed" in str(cause)):
+                return (f"cannot connect to the database {where}: connection refused (is "
+                        f"PostgreSQL running on {server}?)")
+            if isinstance(cause, TimeoutError):
+                return f"cannot connect to the database {where}: timed out"
+            if isinstance(cause, asyncpg.PostgresError):
+                return f"the database {where} answered: {cause}"
+        return None
+    for cause in _causes(error):
+        if isinstance(cause, sqlite3.DatabaseError | OSError):
+            return f"cannot open the SQLite database {sqlite_path(url)} ({where}): {cause}"
+    return None
