@@ -30,6 +30,7 @@ SSE = "text/event-stream"
 _WHOLE = re.compile(r"^\{([^{}]+)\}$")
 _PART = re.compile(r"\{([^{}]+)\}")
 MAX_DEPTH = 64
+ANY_ID: Any = object()  # response_in: the first response, whatever its id
 
 
 class MessageError(ValueError):
@@ -51,6 +52,7 @@ class Message:
     id: Any
     tool: str | None = None
     arguments: dict[str, Any] | None = None
+    http: str = "POST"  # GET (the server's stream) and DELETE (end of session) carry no message
 
     @property
     def is_request(self) -> bool:
@@ -272,8 +274,8 @@ def response_in(body: bytes, content_type: str | None, request_id: Any) -> dict[
             return None
         candidates = value if isinstance(value, list) else [value]
     for item in candidates:
-        if isinstance(item, dict) and item.get("id") == request_id and \
-                ("result" in item or "error" in item):
+        if isinstance(item, dict) and ("result" in item or "error" in item) and \
+                (request_id is ANY_ID or item.get("id") == request_id):
             return item
     return None
 

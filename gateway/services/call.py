@@ -1,7 +1,7 @@
 """One agent call as the listeners read it, and the gateway's reply to it.
 
-A ``Call`` is what every reader of calls (the REST listener, approvals that
-execute a held call) hands to the pipeline; a ``Reply`` is what comes back,
+A ``Call`` is what every reader of calls (the REST listener, the MCP reader,
+approvals that execute a held call) hands to the pipeline; a ``Reply`` is what comes back,
 the upstream's response and the decision to echo to the agent.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from gateway.core.mcp import Message
 from gateway.core.model import Checkpoint
 from gateway.ports import UpstreamResponse
 
@@ -27,6 +28,7 @@ class Call:
     checkpoint: Checkpoint
     body: AsyncIterator[bytes] | None = None
     buffered: bytes | None = None
+    mcp: Message | None = None  # one JSON-RPC message to an MCP upstream (method: its method)
 
 
 @dataclass(slots=True)
