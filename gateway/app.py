@@ -21,6 +21,8 @@ from gateway.policies import load_policies
 from gateway.ports import Store
 from gateway.ports import Upstream as UpstreamClient
 from gateway.proxy.listener import AgentDirectory, ProxyApp
+from gateway.proxy.mcp import McpReader
+from gateway.proxy.mcp_sender import McpSender
 from gateway.services.approvals import ApprovalQueue
 from gateway.services.audit_trail import AuditTrail
 from gateway.services.freezes import FreezeState
@@ -82,6 +84,7 @@ class Gateway:
         freezes = FreezeState(self._store)
         await freezes.load()
         self._pipeline = Pipeline(self.settings, self._store, self._client, freezes, policies)
+        self._pipeline.senders["mcp"] = McpSender(self.settings, self._client)
         self._pipeline.tripwires = Tripwires(freezes, self._store, self.metrics)
         self._pipeline.tripwires.configure(self.settings.tripwires, policies)
         self.notifier = Notifier(self.settings.approval_webhook)
@@ -139,7 +142,7 @@ class Gateway:
         agents = AgentDirectory([(a.name, a.key_sha256) for a in self.settings.agents],
                                 self.settings.allow_anonymous_agents)
         return ProxyApp(self.pipeline, agents, own_routes=self.approvals.agent_view,
-                        metrics=self.metrics, audit=self.audit)
+                        metrics=self.metrics, audit=self.audit, mcp=McpReader(self.pipeline))
 
     def admin_app(self) -> FastAPI:
         from gateway.admin.api import create_admin_app

@@ -3,7 +3,8 @@
 Measured here, FastAPI routing alone costs three times raw ASGI, so the
 agent side parses the scope itself: ``/{upstream}/{rest}`` routing, agent
 authentication, the gateway's own ``/_gateway/*`` routes, and the one place
-where ``GatewayError`` becomes the contract's JSON error.
+where ``GatewayError`` becomes the contract's JSON error. Calls to an MCP
+upstream are read by ``gateway.proxy.mcp`` (after the same authentication).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from gateway.core.model import Checkpoint, is_mutating, new_id
 from gateway.errors import BadRequest, GatewayError, Unauthenticated, UnknownUpstream
 from gateway.metrics import Metrics
 from gateway.ports import UpstreamResponse
+from gateway.proxy.mcp import McpReader
 from gateway.services.audit_trail import AuditTrail
 from gateway.services.call import Call, Reply
 from gateway.services.pipeline import Pipeline
@@ -60,12 +62,14 @@ class AgentDirectory:
 class ProxyApp:
     def __init__(self, pipeline: Pipeline, agents: AgentDirectory,
                  own_routes: Callable[[str, str, str], Awaitable[tuple[int, Any]]] | None = None,
-                 metrics: Metrics | None = None, audit: AuditTrail | None = None) -> None:
+                 metrics: Metrics | None = None, audit: AuditTrail | None = None,
+                 mcp: McpReader | None = None) -> None:
         self.pipeline = pipeline
         self.agents = agents
         self.own_routes = own_routes
         self.metrics = metrics or Metrics()
         self.audit = audit
+        self.mcp = mcp
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -93,15 +97,24 @@ class ProxyApp:
             return
         self.metrics.decisions[(upstream, reply.decision)] += 1
         await self._audit(scope, request_id, reply.decision, reply.response.status,
-                          {"journal": reply.journal_id} if reply.journal_id else {})
+                          {"journal": reply.journal_id} if reply.journal_id else {}, reply.audits)
         await _stream(send, reply, request_id, scope["method"] == "HEAD")
 
     async def _audit(self, scope: Scope, request_id: str, decision: str, status: int,
-                     detail: dict[str, Any]) -> None:
-        """Every decision on a mutating call goes to the audit chain (batched)."""
-        if self.audit is None or not is_mutating(scope["method"]):
+                     detail: dict[str, Any],
+                     records: list[tuple[str, dict[str, Any]]] | None = None) -> None:
+        """Every decision on a mutating call goes to the audit chain (batched); a reader
+        that judged several calls in one request (MCP) names them in ``records``."""
+        if self.audit is None:
             return
         agent = scope.get("gateway.agent") or "unknown"
+        if records is not None:
+            for verdict, what in records:
+                await self.audit.record(agent, f"call.{verdict}", {"request_id": request_id,
+                                                                   **what})
+            return
+        if not is_mutating(scope["method"]):
+            return
         await self.audit.record(agent, f"call.{decision}", {
             "request_id": request_id, "method": scope["method"], "path": scope["path"],
             "status": status, **detail})
@@ -129,6 +142,8 @@ class ProxyApp:
             checkpoint=Checkpoint(get("x-agent-run"), get("x-agent-model"),
                                   get("x-agent-prompt-version"), get("x-agent-tool-version")),
             body=_body(receive) if _has_body(headers) else None)
+        if self.mcp is not None and self.mcp.serves(upstream):
+            return await self.mcp.handle(call)
         return await self.pipeline.handle(call)
 
     async def _own(self, rest: str, headers: list[tuple[str, str]], method: str) -> Reply:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from gateway.core.mcp import Message
 from gateway.core.model import Checkpoint
@@ -37,3 +38,6 @@ class Reply:
     decision: str
     extra_headers: list[tuple[str, str]] = field(default_factory=list)
     journal_id: str | None = None
+    # (decision, detail) records for the audit chain, when a reader knows better than the
+    # listener what was decided (an MCP POST carries tool calls); None: the listener's own
+    audits: list[tuple[str, dict[str, Any]]] | None = None

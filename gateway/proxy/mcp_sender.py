@@ -1,0 +1,143 @@
+"""The MCP sender: how the pipeline reaches an MCP server (``kind: mcp``).
+
+An agent's messages are relayed as they came (its session id and protocol
+version headers pass through; its key never does): reads stream back as the
+server sends them, a judged ``tools/call`` is read whole so its result can be
+journaled. The gateway's own calls (the capture tool, an approved call, a
+re-read after a write or before a compensation, the undo tool) go through the
+``mcp`` SDK's client, which negotiates the newest protocol version the server
+offers (``server/discover`` for 2026-07-28, else the ``initialize`` handshake);
+the outcome is remembered per upstream so later calls skip the probe.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import anyio
+import httpx2
+import mcp_types
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
+
+from gateway.core import mcp
+from gateway.core.policy import Upstream
+from gateway.core.rollback import Step
+from gateway.errors import CaptureFailed, GatewayError, UpstreamTimeout, UpstreamUnreachable
+from gateway.ports import Observed, UpstreamResponse
+from gateway.ports import Upstream as UpstreamClient
+from gateway.services.call import Call
+from gateway.services.rest import request_headers
+from gateway.settings import Settings
+
+log = logging.getLogger("gateway.mcp")
+_JSON = [("content-type", "application/json")]
+
+
+class McpSender:
+    def __init__(self, settings: Settings, client: UpstreamClient) -> None:
+        self.settings = settings
+        self.client = client
+        # upstream -> how to connect next time: "auto" (probe), "legacy", or a modern version
+        self._eras: dict[str, tuple[str, mcp_types.DiscoverResult | None]] = {}
+
+    def _timeout(self, upstream: Upstream) -> float:
+        return upstream.spec.timeout or self.settings.upstream_timeout
+
+    # -- the agent's own messages ---------------------------------------------------
+
+    async def relay(self, upstream: Upstream, call: Call) -> UpstreamResponse:
+        http = call.mcp.http if call.mcp is not None else call.method
+        return await self.client.request(
+            http, upstream.base_url, request_headers(upstream, call, drop_encoding=False),
+            call.buffered if http == "POST" else None, stream=True,
+            timeout=self._timeout(upstream))
+
+    async def forward(self, upstream: Upstream, call: Call, approved: bool) -> UpstreamResponse:
+        if not approved:
+            return await self.client.request(
+                "POST", upstream.base_url, request_headers(upstream, call, drop_encoding=True),
+                call.buffered, timeout=self._timeout(upstream))
+        # An approved call: the agent's session may be long gone, so the gateway makes
+        # the call itself; the answer carries the agent's request id.
+        message = call.mcp
+        assert message is not None and message.tool is not None
+        answer = await self.call_tool(upstream, message.tool, message.arguments or {},
+                                      self._timeout(upstream))
+        return UpstreamResponse(200, list(_JSON), body=json.dumps({**answer, "id": message.id})
+                                .encode())
+
+    # -- the gateway's own calls ----------------------------------------------------
+
+    async def capture(self, upstream: Upstream, call: Call, target: str) -> tuple[Any, int]:
+        tool, arguments = mcp.decode_target(target)
+        try:
+            answer = await self.call_tool(upstream, tool, arguments, self.settings.capture_timeout)
+        except GatewayError as exc:
+            raise CaptureFailed(f"capture tool {tool} failed ({exc.message}); "
+                                "the write was not sent") from exc
+        failed = mcp.failure(answer)
+        if failed is not None:
+            raise CaptureFailed(f"capture tool {tool}: {failed}; the write was not sent")
+        return mcp.tool_state(answer.get("result")), 200
+
+    async def read(self, upstream: Upstream, target: str) -> Observed:
+        if not mcp.is_target(target):  # no capture tool: the state cannot be read
+            return Observed(200, None, None)
+        tool, arguments = mcp.decode_target(target)
+        answer = await self.call_tool(upstream, tool, arguments, self.settings.capture_timeout)
+        failed = mcp.failure(answer)
+        if failed is not None:
+            return Observed(502, failed, None)
+        return Observed(200, mcp.tool_state(answer.get("result")), None)
+
+    def own_headers(self, upstream: Upstream, content_type: str | None) -> list[tuple[str, str]]:
+        return list(_credential(upstream).items())
+
+    async def compensate(self, upstream: Upstream, step: Step, headers: list[tuple[str, str]],
+                         body: bytes | None) -> UpstreamResponse:
+        arguments = step.body if isinstance(step.body, dict) else {}
+        answer = await self.call_tool(upstream, step.path, arguments,
+                                      self.settings.upstream_timeout)
+        return UpstreamResponse(200, list(_JSON), body=json.dumps(answer).encode())
+
+    async def call_tool(self, upstream: Upstream, tool: str, arguments: dict[str, Any],
+                        timeout: float) -> dict[str, Any]:
+        """One ``tools/call`` by the gateway: the JSON-RPC response as a dict
+        (``result`` or ``error``). Transport failures raise ``UpstreamUnreachable``
+        or ``UpstreamTimeout``."""
+        mode, prior = self._eras.get(upstream.name, ("auto", None))
+        try:
+            with anyio.fail_after(timeout):
+                async with httpx2.AsyncClient(headers=_credential(upstream),
+                                              timeout=httpx2.Timeout(timeout)) as http:
+                    async with Client(streamable_http_client(upstream.base_url, http_client=http),
+                                      mode=mode, prior_discover=prior, cache=None) as client:
+                        if mode == "auto":
+                            session = client.session
+                            found = session.discover_result
+                            self._eras[upstream.name] = (
+                                (client.protocol_version, found) if found is not None
+                                else ("legacy", None))
+                        result = await client.call_tool(tool, arguments)
+            return {"jsonrpc": "2.0", "id": None,
+                    "result": result.model_dump(by_alias=True, mode="json", exclude_none=True)}
+        except MCPError as exc:
+            return {"jsonrpc": "2.0", "id": None, "error": {"code": exc.code, "message": exc.message}}
+        except TimeoutError as exc:
+            self._eras.pop(upstream.name, None)
+            raise UpstreamTimeout(f"tools/call {tool} on {upstream.name} timed out") from exc
+        except Exception as exc:  # httpx2 and anyio errors, a server that stopped speaking MCP
+            self._eras.pop(upstream.name, None)  # negotiate afresh next time
+            log.warning("tools/call %s on %s failed: %r", tool, upstream.name, exc)
+            raise UpstreamUnreachable(f"tools/call {tool} on {upstream.name} failed: "
+                                      f"{type(exc).__name__}") from exc
+
+
+def _credential(upstream: Upstream) -> dict[str, str]:
+    if upstream.spec.credentials is not None and upstream.credential_value:
+        return {upstream.spec.credentials.header: upstream.credential_value}
+    return {}
