@@ -3,7 +3,8 @@
 ``create_server(crm)`` is an ``MCPServer`` (the SDK's FastMCP) whose tools
 read and change ``crm``'s customers and deals through the CRM's own request
 handling, so the REST face and the MCP face agree; ``create_app`` serves it
-over streamable HTTP at ``/mcp``, with sessions or stateless.
+over streamable HTTP at ``/mcp``, with sessions or stateless; ``DemoApp`` puts
+both faces of one CRM on one port (``gateway demo``, ``python -m gateway.demo``).
 
 >>> from gateway.demo.crm import create_app as crm_app
 >>> sorted(t.name for t in create_server(crm_app())._tool_manager.list_tools())[:3]
@@ -12,10 +13,12 @@ over streamable HTTP at ``/mcp``, with sessions or stateless.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
 from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
 from starlette.applications import Starlette
 
 from gateway.demo.crm import CRM, DemoError
@@ -31,7 +34,7 @@ def _call(crm: CRM, method: str, path: str, body: dict[str, Any] | None = None,
                                          **({"authorization": f"Bearer {crm.token}"}
                                             if crm.token else {})}, data)
     except DemoError as exc:
-        raise ValueError(f"{exc.code}: {exc.message}") from None
+        raise ToolError(f"{exc.code}: {exc.message}") from None
     return payload if status != 204 else {"deleted": path.rsplit("/", 1)[-1]}
 
 
@@ -91,3 +94,37 @@ def create_app(crm: CRM, *, stateless: bool = False, json_response: bool = False
     ``stateless``; answers as SSE streams, or JSON with ``json_response``."""
     return create_server(crm).streamable_http_app(stateless_http=stateless,
                                                   json_response=json_response)
+
+
+class DemoApp:
+    """The demo CRM on one port: REST at ``/customers``, ``/deals``, ``/_demo``; its tools
+    over MCP at ``/mcp``. The SDK's session manager starts with the first MCP request,
+    since the listeners here run apps without lifespan events."""
+
+    def __init__(self, crm: CRM, *, stateless: bool = False, json_response: bool = False) -> None:
+        self.crm = crm
+        server = create_server(crm)
+        self.mcp = server.streamable_http_app(stateless_http=stateless,
+                                              json_response=json_response)
+        self._manager = server.session_manager
+        self._ready: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        path = scope.get("path", "")
+        if scope["type"] == "http" and (path == "/mcp" or path.startswith("/mcp/")):
+            await self._started()
+            await self.mcp(scope, receive, send)
+        else:
+            await self.crm(scope, receive, send)
+
+    async def _started(self) -> None:
+        if self._ready is None:
+            self._ready = asyncio.Event()
+            self._task = asyncio.create_task(self._run(self._ready))
+        await self._ready.wait()
+
+    async def _run(self, ready: asyncio.Event) -> None:
+        async with self._manager.run():
+            ready.set()
+            await asyncio.Event().wait()  # until the process stops
