@@ -76,6 +76,8 @@ def _message(error: dict[str, Any], data: Any) -> str:
     msg = error["msg"].removeprefix("Value error, ")
     if error["type"] == "literal_error" and loc and loc[-1] == "action" and what == "rule":
         msg = f"unknown action {error.get('input')!r} (allow, deny or hold)"
+    if error["type"] == "literal_error" and loc and loc[-1] == "effect":
+        msg = f"unknown effect {error.get('input')!r} (read or write)"
     return f"{prefix}{where}: {msg}" if where else f"{prefix}{msg}"
 
 
