@@ -108,6 +108,10 @@ class Gateway:
             await self.approvals.stop()
             await self.audit.stop()
             await self.notifier.stop()
+            for sender in self._pipeline.senders.values():
+                close = getattr(sender, "close", None)
+                if close is not None:  # the MCP sender's kept connections
+                    await close()
         if self._client is not None:
             await self._client.close()
         if self._store is not None:

@@ -7,11 +7,15 @@ journaled. The gateway's own calls (the capture tool, an approved call, a
 re-read after a write or before a compensation, the undo tool) go through the
 ``mcp`` SDK's client, which negotiates the newest protocol version the server
 offers (``server/discover`` for 2026-07-28, else the ``initialize`` handshake);
-the outcome is remembered per upstream so later calls skip the probe.
+the outcome is remembered per upstream so later calls skip the probe. Reads
+(the capture tool, re-reads) share one kept connection per upstream; a call
+that changes something (an approved call, a compensation) gets a connection
+of its own and is sent at most once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import Any
@@ -43,6 +47,7 @@ class McpSender:
         self.client = client
         # upstream -> how to connect next time: "auto" (probe), "legacy", or a modern version
         self._eras: dict[str, tuple[str, mcp_types.DiscoverResult | None]] = {}
+        self._connections: dict[str, _Connection] = {}  # kept for the gateway's reads
 
     def _timeout(self, upstream: Upstream) -> float:
         return upstream.spec.timeout or self.settings.upstream_timeout
@@ -75,7 +80,8 @@ class McpSender:
     async def capture(self, upstream: Upstream, call: Call, target: str) -> tuple[Any, int]:
         tool, arguments = mcp.decode_target(target)
         try:
-            answer = await self.call_tool(upstream, tool, arguments, self.settings.capture_timeout)
+            answer = await self.call_tool(upstream, tool, arguments,
+                                          self.settings.capture_timeout, fresh=False)
         except GatewayError as exc:
             raise CaptureFailed(f"capture tool {tool} failed ({exc.message}); "
                                 "the write was not sent") from exc
@@ -88,7 +94,8 @@ class McpSender:
         if not mcp.is_target(target):  # no capture tool: the state cannot be read
             return Observed(200, None, None)
         tool, arguments = mcp.decode_target(target)
-        answer = await self.call_tool(upstream, tool, arguments, self.settings.capture_timeout)
+        answer = await self.call_tool(upstream, tool, arguments, self.settings.capture_timeout,
+                                      fresh=False)
         failed = mcp.failure(answer)
         if failed is not None:
             return Observed(502, failed, None)
@@ -105,36 +112,118 @@ class McpSender:
         return UpstreamResponse(200, list(_JSON), body=json.dumps(answer).encode())
 
     async def call_tool(self, upstream: Upstream, tool: str, arguments: dict[str, Any],
-                        timeout: float) -> dict[str, Any]:
-        """One ``tools/call`` by the gateway: the JSON-RPC response as a dict
-        (``result`` or ``error``). Transport failures raise ``UpstreamUnreachable``
-        or ``UpstreamTimeout``."""
-        mode, prior = self._eras.get(upstream.name, ("auto", None))
+                        timeout: float, fresh: bool = True) -> dict[str, Any]:
+        """One ``tools/call`` by the gateway: the JSON-RPC response as a dict (``result``
+        or ``error``). ``fresh``: on a connection of its own, sent at most once (approved
+        calls, compensations); else on the upstream's kept connection, retried once on a
+        new one if that failed (reads: the capture tool, drift checks)."""
+        attempts = 1 if fresh else 2
+        for attempt in range(attempts):
+            connection = (_Connection(upstream, *self._eras.get(upstream.name, ("auto", None)))
+                          if fresh else await self._kept(upstream))
+            try:
+                with anyio.fail_after(timeout):
+                    if fresh:
+                        await connection.open(timeout)
+                    result = await connection.client.call_tool(tool, arguments)
+                return {"jsonrpc": "2.0", "id": None,
+                        "result": result.model_dump(by_alias=True, mode="json", exclude_none=True)}
+            except MCPError as exc:
+                return {"jsonrpc": "2.0", "id": None,
+                        "error": {"code": exc.code, "message": exc.message}}
+            except Exception as exc:  # timeouts, httpx2 and anyio errors, a server gone odd
+                await self._drop(upstream.name, connection)
+                if attempt + 1 < attempts:
+                    continue
+                if isinstance(exc, TimeoutError):
+                    raise UpstreamTimeout(f"tools/call {tool} on {upstream.name} timed out") from exc
+                log.warning("tools/call %s on %s failed: %r", tool, upstream.name, exc)
+                raise UpstreamUnreachable(f"tools/call {tool} on {upstream.name} failed: "
+                                          f"{type(exc).__name__}") from exc
+            finally:
+                if fresh:
+                    await connection.close()
+                    self._learn(upstream.name, connection)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _kept(self, upstream: Upstream) -> _Connection:
+        key = (upstream.base_url, tuple(_credential(upstream).items()))
+        connection = self._connections.get(upstream.name)
+        if connection is not None and connection.key == key:
+            return connection
+        if connection is not None:  # the policy changed the URL or the credential
+            await self._drop(upstream.name, connection)
+        connection = _Connection(upstream, *self._eras.get(upstream.name, ("auto", None)))
+        self._connections[upstream.name] = connection
+        await connection.open(self.settings.capture_timeout)
+        self._learn(upstream.name, connection)
+        return connection
+
+    def _learn(self, name: str, connection: _Connection) -> None:
+        if connection.era is not None:
+            self._eras[name] = connection.era
+
+    async def _drop(self, name: str, connection: _Connection) -> None:
+        self._eras.pop(name, None)  # negotiate afresh: the server may have changed
+        if self._connections.get(name) is connection:
+            del self._connections[name]
+        await connection.close()
+
+    async def close(self) -> None:
+        connections, self._connections = self._connections, {}
+        for connection in connections.values():
+            await connection.close()
+
+
+class _Connection:
+    """One SDK client to one upstream. Entered and left in a task of its own, since
+    the SDK's task groups must be left by the task that entered them."""
+
+    def __init__(self, upstream: Upstream, mode: str,
+                 prior: mcp_types.DiscoverResult | None) -> None:
+        self.url, self.headers = upstream.base_url, _credential(upstream)
+        self.key = (self.url, tuple(self.headers.items()))
+        self.mode, self.prior = mode, prior
+        self.era: tuple[str, mcp_types.DiscoverResult | None] | None = None
+        self._client: Client | None = None
+        self._ready: asyncio.Future[None] | None = None
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def client(self) -> Client:
+        assert self._client is not None, "open() first"
+        return self._client
+
+    async def open(self, timeout: float) -> None:
+        if self._ready is None:
+            self._ready = asyncio.get_running_loop().create_future()
+            self._task = asyncio.create_task(self._run(self._ready, timeout))
+        await asyncio.shield(self._ready)
+
+    async def _run(self, ready: asyncio.Future[None], timeout: float) -> None:
         try:
-            with anyio.fail_after(timeout):
-                async with httpx2.AsyncClient(headers=_credential(upstream),
-                                              timeout=httpx2.Timeout(timeout)) as http:
-                    async with Client(streamable_http_client(upstream.base_url, http_client=http),
-                                      mode=mode, prior_discover=prior, cache=None) as client:
-                        if mode == "auto":
-                            session = client.session
-                            found = session.discover_result
-                            self._eras[upstream.name] = (
-                                (client.protocol_version, found) if found is not None
+            async with httpx2.AsyncClient(headers=self.headers,
+                                          timeout=httpx2.Timeout(timeout)) as http:
+                async with Client(streamable_http_client(self.url, http_client=http),
+                                  mode=self.mode, prior_discover=self.prior, cache=None) as client:
+                    found = client.session.discover_result
+                    self.era = ((client.protocol_version, found) if found is not None
                                 else ("legacy", None))
-                        result = await client.call_tool(tool, arguments)
-            return {"jsonrpc": "2.0", "id": None,
-                    "result": result.model_dump(by_alias=True, mode="json", exclude_none=True)}
-        except MCPError as exc:
-            return {"jsonrpc": "2.0", "id": None, "error": {"code": exc.code, "message": exc.message}}
-        except TimeoutError as exc:
-            self._eras.pop(upstream.name, None)
-            raise UpstreamTimeout(f"tools/call {tool} on {upstream.name} timed out") from exc
-        except Exception as exc:  # httpx2 and anyio errors, a server that stopped speaking MCP
-            self._eras.pop(upstream.name, None)  # negotiate afresh next time
-            log.warning("tools/call %s on %s failed: %r", tool, upstream.name, exc)
-            raise UpstreamUnreachable(f"tools/call {tool} on {upstream.name} failed: "
-                                      f"{type(exc).__name__}") from exc
+                    self._client = client
+                    ready.set_result(None)
+                    await self._stop.wait()
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever waits for the connection
+            if not ready.done():
+                ready.set_exception(exc if isinstance(exc, Exception) else
+                                    ConnectionError(repr(exc)))
+            if not isinstance(exc, Exception):
+                raise
+
+    async def close(self) -> None:
+        self._stop.set()
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
 
 
 def _credential(upstream: Upstream) -> dict[str, str]:
