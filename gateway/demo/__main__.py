@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from gateway.demo.crm import serve
+from gateway.demo.mcp import serve
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -278,12 +278,8 @@ async def _lifespan(receive: Receive, send: Send) -> None:
 
 
 def serve(host: str = "127.0.0.1", port: int = 3000, token: str | None = None,
-          seed: bool = True, stateless: bool = False, json_response: bool = False) -> None:
-    """Run the demo CRM with uvicorn until interrupted, its tools over MCP at ``/mcp``."""
+          seed: bool = True) -> None:
+    """Run the demo CRM with uvicorn until interrupted."""
     import uvicorn
 
-    from gateway.demo.mcp import DemoApp
-
-    app = DemoApp(create_app(seed=seed, token=token), stateless=stateless,
-                  json_response=json_response)
-    uvicorn.run(app, host=host, port=port, log_level="info", lifespan="off")
+    uvicorn.run(create_app(seed=seed, token=token), host=host, port=port, log_level="info")

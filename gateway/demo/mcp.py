@@ -128,3 +128,15 @@ class DemoApp:
         async with self._manager.run():
             ready.set()
             await asyncio.Event().wait()  # until the process stops
+
+
+def serve(host: str = "127.0.0.1", port: int = 3000, token: str | None = None,
+          seed: bool = True, stateless: bool = False, json_response: bool = False) -> None:
+    """Run the demo CRM (REST, and its tools over MCP at ``/mcp``) until interrupted."""
+    import uvicorn
+
+    from gateway.demo.crm import create_app as create_crm
+
+    app = DemoApp(create_crm(seed=seed, token=token), stateless=stateless,
+                  json_response=json_response)
+    uvicorn.run(app, host=host, port=port, log_level="info", lifespan="off")

@@ -102,6 +102,9 @@ async def test_refusals_are_tool_errors_with_the_decision_in_the_header(
     assert f"/_gateway/approvals/{approval}" in text and "pending" in text
     status = await rig.gw.agent.get(f"/_gateway/approvals/{approval}")
     assert status.json()["status"] == "pending"
+    shown = (await rig.gw.admin.get(f"/v1/approvals/{approval}", headers=ADMIN)).json()
+    assert (shown["method"], shown["path"]) == ("tools/call", "create_deal")
+    assert {"field": "amount", "before": None, "after": 1} in shown["changes"]
     approved = await rig.gw.admin.post(f"/v1/approvals/{approval}/approve", json={},
                                        headers=ADMIN)
     assert approved.status_code == 200, approved.text
