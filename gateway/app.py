@@ -23,6 +23,8 @@ from gateway.policies import load_policies
 from gateway.ports import Store
 from gateway.ports import Upstream as UpstreamClient
 from gateway.proxy.listener import AgentDirectory, ProxyApp
+from gateway.proxy.mcp import McpReader
+from gateway.proxy.mcp_sender import McpSender
 from gateway.services.approvals import ApprovalQueue
 from gateway.services.audit_trail import AuditTrail
 from gateway.services.freezes import FreezeState
@@ -100,6 +102,7 @@ class Gateway:
         await freezes.load()
         self._pipeline = Pipeline(self.settings, self._store, self._client, freezes, policies)
         self._pipeline.observer = self.observer
+        self._pipeline.senders["mcp"] = McpSender(self.settings, self._client)
         self._pipeline.tripwires = Tripwires(freezes, self._store, self.metrics)
         self._pipeline.tripwires.configure(self.settings.tripwires, policies)
         self.notifier = Notifier(self.settings.approval_webhook)
@@ -133,6 +136,10 @@ class Gateway:
             await self.approvals.stop()
             await self.audit.stop()
             await self.notifier.stop()
+            for sender in self._pipeline.senders.values():
+                close = getattr(sender, "close", None)
+                if close is not None:  # the MCP sender's kept connections
+                    await close()
         await self.observer.close()
         if self._client is not None:
             await self._client.close()
@@ -168,7 +175,7 @@ class Gateway:
         agents = AgentDirectory([(a.name, a.key_sha256) for a in self.settings.agents],
                                 self.settings.allow_anonymous_agents)
         return ProxyApp(self.pipeline, agents, own_routes=self.approvals.agent_view,
-                        observer=self.observer, audit=self.audit)
+                        observer=self.observer, audit=self.audit, mcp=McpReader(self.pipeline))
 
     def admin_app(self) -> FastAPI:
         from gateway.admin.api import create_admin_app

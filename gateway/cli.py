@@ -165,6 +165,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace, scratch: Path | None) -> int:
     from gateway.demo.crm import create_app
+    from gateway.demo.mcp import DemoApp
     from gateway.server import bind, run
     from gateway.store.diagnose import safe_url
     args.dev = True
@@ -184,7 +185,9 @@ def _demo(args: argparse.Namespace, scratch: Path | None) -> int:
     if args.crm_port != 3000:
         banner.insert(1, f"note: policies/crm.yaml expects the CRM on port 3000; edit its "
                          f"base_url to http://127.0.0.1:{args.crm_port}")
-    run(settings, banner, beside=(create_app(), crm))
+    banner.insert(1, f"demo CRM tools over MCP on http://127.0.0.1:{crm.getsockname()[1]}/mcp "
+                     "(policies/crm-tools.yaml: agents use http://127.0.0.1:8080/crm-tools)")
+    run(settings, banner, beside=(DemoApp(create_app()), crm))
     return 0
 
 

@@ -1,13 +1,15 @@
 """The interfaces the pipeline and the admin API depend on.
 
 Adapters implement them: ``gateway.store.SqlStore`` the ``Store`` (SQLite or
-PostgreSQL), ``gateway.proxy.upstream.AiohttpUpstream`` the ``Upstream``.
+PostgreSQL), ``gateway.proxy.upstream.AiohttpUpstream`` the ``Upstream``,
+``gateway.services.rest.RestSender`` and ``gateway.proxy.mcp_sender.McpSender``
+the ``Sender`` of each kind of upstream.
 Tests substitute fakes where a narrow unit test wants one.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -22,7 +24,8 @@ from gateway.core.model import (
     JournalQuery,
     RunSummary,
 )
-from gateway.core.rollback import Plan, PlanStatus, StepStatus
+from gateway.core.policy import Upstream as UpstreamPolicy
+from gateway.core.rollback import Plan, PlanStatus, Step, StepStatus
 
 
 class Store(Protocol):
@@ -207,3 +210,51 @@ class Upstream(Protocol):
                       timeout: float | None = None) -> UpstreamResponse: ...
 
     async def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Observed:
+    """A target read by the gateway itself: its status, its state as journaled, its ETag."""
+
+    status: int
+    value: Any
+    etag: str | None
+
+
+Headers = list[tuple[str, str]]
+
+
+def untraced(headers: Headers) -> Headers:
+    """A ``trace`` that adds nothing (the default when a step is not traced)."""
+    return headers
+
+
+class Sender(Protocol):
+    """How the pipeline reaches one kind of upstream (REST: HTTP requests; MCP: JSON-RPC
+    tool calls). Deciding, journaling and freezing are the pipeline's; this only sends.
+    Transport failures raise ``UpstreamUnreachable`` / ``UpstreamTimeout``. ``call`` is a
+    ``gateway.services.call.Call`` (typed loosely: the services floor is above this one)."""
+
+    async def relay(self, upstream: UpstreamPolicy, call: Any,
+                    trace: Callable[[Headers], Headers] = untraced) -> UpstreamResponse:
+        """A read, streamed both ways. ``trace`` adds the trace context to the headers sent."""
+
+    async def forward(self, upstream: UpstreamPolicy, call: Any, approved: bool,
+                      trace: Callable[[Headers], Headers] = untraced) -> UpstreamResponse:
+        """A judged write, its response read whole (to be journaled). ``approved``: the
+        call comes from the approval queue, not from a connected agent."""
+
+    async def capture(self, upstream: UpstreamPolicy, call: Any, target: str,
+                      trace: Callable[[Headers], Headers] = untraced) -> tuple[Any, int]:
+        """The prior state at ``target`` and the status that came with it; raises
+        ``CaptureFailed`` when there is no trustworthy answer."""
+
+    async def read(self, upstream: UpstreamPolicy, target: str) -> Observed:
+        """The gateway's own read of ``target`` (after a write; rollback's drift check)."""
+
+    def own_headers(self, upstream: UpstreamPolicy, content_type: str | None) -> list[tuple[str, str]]:
+        """Headers of the gateway's own calls (as journaled for a compensation)."""
+
+    async def compensate(self, upstream: UpstreamPolicy, step: Step, headers: list[tuple[str, str]],
+                         body: bytes | None) -> UpstreamResponse:
+        """Send one rollback step."""

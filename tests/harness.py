@@ -33,13 +33,14 @@ def sha(text: str) -> str:
 
 
 @asynccontextmanager
-async def serve_app(app: Any) -> AsyncIterator[str]:
-    """Serve an ASGI app with uvicorn on 127.0.0.1:0; yields its base URL."""
+async def serve_app(app: Any, lifespan: str = "off") -> AsyncIterator[str]:
+    """Serve an ASGI app with uvicorn on 127.0.0.1:0; yields its base URL.
+    (``lifespan="on"`` for apps that start things then, like the MCP SDK's servers.)"""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # TCP_NODELAY under asyncio
     sock.bind(("127.0.0.1", 0))
     sock.listen(128)
     sock.setblocking(False)
-    server = uvicorn.Server(uvicorn.Config(app, lifespan="off", log_level="warning",
+    server = uvicorn.Server(uvicorn.Config(app, lifespan=lifespan, log_level="warning",
                                            access_log=False, loop="none",
                                            timeout_graceful_shutdown=5))
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]

@@ -9,7 +9,8 @@ The inverse call, the ``undo``, is inferred here (contract):
 - POST to a collection -> DELETE the created resource (``Location`` or ``id``);
 - POST with a ``capture`` path (APIs that update with POST) -> POST the prior
   values of the fields sent back to that path;
-- a rule's ``undo`` overrides all of this; ``undo: none`` marks the call irreversible.
+- a rule's ``undo`` overrides all of this; ``undo: none`` marks the call irreversible;
+- an MCP ``tools/call`` is captured and undone through tools (``gateway.core.mcp``).
 
 Bodies are bounded: up to ``limit`` bytes are kept as text, the sha256 and
 size always cover the whole body.
@@ -23,7 +24,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from gateway.core.policy import Rule
+from gateway.core import mcp
+from gateway.core.policy import TOOLS_CALL, McpRule, Rule
 from gateway.core.redact import REDACTED, redact_form, redact_json
 from gateway.core.template import Template
 
@@ -100,8 +102,13 @@ def prior_value(body: bytes, status: int) -> Any:
         return body.decode("utf-8", "replace")
 
 
-def capture_path(rule: Rule | None, method: str, path: str, params: dict[str, str]) -> str | None:
-    """The path to GET for the prior state, or None when nothing is captured."""
+def capture_path(rule: Rule | McpRule | None, method: str, path: str, params: dict[str, str],
+                 arguments: Any = None) -> str | None:
+    """The path to GET for the prior state (for a tool call: the capture tool call,
+    ``gateway.core.mcp``), or None when nothing is captured."""
+    if method == TOOLS_CALL or isinstance(rule, McpRule):
+        return mcp.capture_target(rule if isinstance(rule, McpRule) else None,
+                                  arguments if isinstance(arguments, dict) else {})
     spec = rule.capture if rule is not None else None
     if spec is False:
         return None
@@ -134,7 +141,7 @@ def _resolve_body(spec: Any, prior: Any, sent: Any) -> Any:
     return spec
 
 
-def infer_undo(rule: Rule | None, method: str, path: str, params: dict[str, str],
+def infer_undo(rule: Rule | McpRule | None, method: str, path: str, params: dict[str, str],
                prior: Any, prior_status: int | None, sent: Any,
                content_type: str | None) -> tuple[dict[str, Any] | None, bool]:
     """The inverse known before forwarding: (undo, reversible).
@@ -142,6 +149,10 @@ def infer_undo(rule: Rule | None, method: str, path: str, params: dict[str, str]
     A POST that creates is finished by ``undo_for_created`` once the
     response names the new resource.
     """
+    if method == TOOLS_CALL or isinstance(rule, McpRule):
+        captured = prior_status is not None and 200 <= prior_status < 300
+        return mcp.infer_undo(rule if isinstance(rule, McpRule) else None, path,
+                              sent if isinstance(sent, dict) else {}, prior, captured)
     kind = FORM if media_type(content_type) == FORM else JSON
     spec = rule.undo if rule is not None else None
     if spec == "none":

@@ -77,7 +77,11 @@ class Verdict(str, Enum):
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """What the policy says about one call, with the reason in every branch."""
+    """What the policy says about one call, with the reason in every branch.
+
+    ``write`` is None where the method says whether the call changes state
+    (REST); an MCP ``tools/call`` is a write unless its rule says ``effect: read``.
+    """
 
     verdict: Verdict
     rule: str | None
@@ -85,6 +89,7 @@ class Decision:
     revision: str
     upstream: str
     params: dict[str, str] = field(default_factory=dict)
+    write: bool | None = None
 
 
 class FreezeScope(str, Enum):

@@ -6,10 +6,17 @@ of a directory with a content hash (its revision); ``PolicySet.decide`` is the
 pure decision function: request in, ``Decision`` out, a reason in every branch.
 The strict schema below (``extra="forbid"``) is what ``gateway policy check``
 enforces; ``gateway.core.policy_loader`` maps its errors to ``file:line``.
+
+A file with ``kind: mcp`` puts an MCP server behind the upstream name: its
+rules (``McpRule``) match tool names (globs) and a ``when`` over the call's
+``arguments``, capture the prior state with a read tool and undo with another
+tool. JSON-RPC methods other than ``tools/call`` are protocol plumbing: they
+pass, as reads.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,6 +31,10 @@ from gateway.core.tripwires import TripwireSpec
 
 UPSTREAM_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 METHODS = ("GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE")
+TOOLS_CALL = "tools/call"  # the one MCP method rules judge; journaled as the entry's method
+_TOOL_GLOB = re.compile(r"^[A-Za-z0-9_./*?\[\]!-]{1,128}$")
+_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+_ROOTS = ("arguments", "prior")
 
 
 class _Strict(BaseModel):
@@ -127,7 +138,7 @@ class Rule(_Strict):
         return self
 
 
-class PolicyFile(_Strict):
+class _PolicyBase(_Strict):
     version: Literal[1] = 1
     upstream: str
     base_url: str
@@ -135,7 +146,6 @@ class PolicyFile(_Strict):
     default: Literal["allow", "deny", "hold"] = "deny"
     timeout: float | None = Field(default=None, gt=0)
     volatile: tuple[str, ...] = ()  # fields every rule's drift check ignores (updated_at...)
-    rules: tuple[Rule, ...] = ()
     tripwires: tuple[TripwireSpec, ...] = ()  # stop conditions on this upstream's writes
 
     @field_validator("upstream")
@@ -151,6 +161,130 @@ class PolicyFile(_Strict):
         if not re.match(r"^https?://[^/?#\s]+(/[^?#\s]*)?$", value):
             raise ValueError(f"base_url {value!r} must be an http(s) URL without query")
         return value.rstrip("/")
+
+
+class PolicyFile(_PolicyBase):
+    """A REST upstream (``kind: http``, the default)."""
+
+    kind: Literal["http"] = "http"
+    rules: tuple[Rule, ...] = ()
+
+
+def _check_template(value: Any, where: str) -> None:
+    """Placeholders in tool arguments name ``{arguments.x}`` or ``{prior.x}`` (dotted)."""
+    if isinstance(value, dict):
+        for item in value.values():
+            _check_template(item, where)
+    elif isinstance(value, list):
+        for item in value:
+            _check_template(item, where)
+    elif isinstance(value, str):
+        for name in _PLACEHOLDER.findall(value):
+            root, _, rest = name.partition(".")
+            if root not in _ROOTS or not rest or "" in rest.split("."):
+                raise ValueError(f"{where}: placeholder {{{name}}} must name "
+                                 "{arguments.NAME} or {prior.NAME}")
+
+
+def _tool_name(value: str) -> str:
+    if not _TOOL_GLOB.match(value) or any(c in value for c in "*?[]!"):
+        raise ValueError(f"tool name {value!r} must be 1-128 of A-Z a-z 0-9 _ - . /")
+    return value
+
+
+class ToolMatch(_Strict):
+    tools: tuple[str, ...] = ("*",)  # globs: * any run, ? one character, [abc] a set
+    when: str | None = None  # CEL over arguments, tool, agent.name
+    agents: tuple[str, ...] | None = None
+
+    @field_validator("tools", mode="before")
+    @classmethod
+    def _tools(cls, value: Any) -> Any:
+        items = [value] if isinstance(value, str) else value
+        if isinstance(items, list):
+            if not items:
+                raise ValueError("tools must name at least one tool or glob")
+            for item in items:
+                if not isinstance(item, str) or not _TOOL_GLOB.match(item):
+                    raise ValueError(f"tool glob {item!r} must be 1-128 of A-Z a-z 0-9 _ - . / "
+                                     "and the glob characters * ? [ ]")
+            return tuple(items)
+        return value
+
+    @field_validator("when")
+    @classmethod
+    def _when(cls, value: str | None) -> str | None:
+        if value is not None:
+            Condition(value)
+        return value
+
+    def names(self, tool: str) -> bool:
+        return any(fnmatch.fnmatchcase(tool, glob) for glob in self.tools)
+
+
+class ToolCapture(_Strict):
+    """The read tool whose result is the prior state."""
+
+    tool: str
+    arguments: dict[str, Any] = Field(default_factory=dict)
+
+    _name = field_validator("tool")(_tool_name)
+
+    @model_validator(mode="after")
+    def _templates(self) -> ToolCapture:
+        _check_template(self.arguments, "capture.arguments")
+        if "{prior." in str(self.arguments):
+            raise ValueError("capture.arguments: the prior state is what capture reads; "
+                             "use {arguments.NAME}")
+        return self
+
+
+class ToolUndo(_Strict):
+    """The tool that compensates, with ``prior``, ``prior_fields`` or literal arguments."""
+
+    tool: str
+    arguments: Literal["prior", "prior_fields"] | dict[str, Any]
+
+    _name = field_validator("tool")(_tool_name)
+
+    @model_validator(mode="after")
+    def _templates(self) -> ToolUndo:
+        _check_template(self.arguments, "undo.arguments")
+        return self
+
+
+class McpRule(_Strict):
+    id: str = Field(min_length=1)
+    match: ToolMatch = ToolMatch()
+    action: Literal["allow", "deny", "hold"]
+    effect: Literal["read", "write"] = "write"  # read: not journaled, not frozen
+    approval: Approval | None = None
+    capture: ToolCapture | Literal[False] | None = None
+    undo: ToolUndo | Literal["none"] | None = None
+    volatile: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> McpRule:
+        if self.approval is not None and self.action != "hold":
+            raise ValueError("approval is only allowed on rules with action: hold")
+        if self.effect == "read" and (self.capture or self.undo is not None):
+            raise ValueError("effect: read calls are not journaled; capture and undo do not apply")
+        if isinstance(self.undo, ToolUndo) and not isinstance(self.capture, ToolCapture):
+            needs = (self.undo.arguments in ("prior", "prior_fields")
+                     or "{prior." in str(self.undo.arguments))
+            if needs:
+                raise ValueError("undo uses the prior state, which needs a capture tool")
+        return self
+
+
+class McpPolicyFile(_PolicyBase):
+    """An MCP server (``kind: mcp``): rules over tool names and arguments."""
+
+    kind: Literal["mcp"]
+    rules: tuple[McpRule, ...] = ()
+
+
+AnyRule = Rule | McpRule
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,9 +303,9 @@ class CallView:
 
 @dataclass(slots=True)
 class Upstream:
-    """One compiled policy file."""
+    """One compiled policy file (REST or MCP: ``kind``)."""
 
-    spec: PolicyFile
+    spec: PolicyFile | McpPolicyFile
     source: str
     credential_value: str | None
     trie: PathTrie
@@ -186,7 +320,11 @@ class Upstream:
     def base_url(self) -> str:
         return self.spec.base_url
 
-    def rule(self, rule_id: str | None) -> Rule | None:
+    @property
+    def kind(self) -> str:
+        return self.spec.kind
+
+    def rule(self, rule_id: str | None) -> AnyRule | None:
         for rule in self.spec.rules:
             if rule.id == rule_id:
                 return rule
@@ -208,8 +346,10 @@ class PolicySet:
         """First matching rule decides; an unevaluable ``when`` denies.
 
         ``candidates`` are the trie's matches for ``view.segments`` when the
-        caller already has them.
+        caller already has them. MCP upstreams: see ``decide_tool``.
         """
+        if isinstance(upstream.spec, McpPolicyFile):
+            return self.decide_tool(upstream, upstream.spec, view)
         if candidates is None:
             candidates = upstream.trie.match(view.segments)
         for index, params in candidates:
@@ -234,7 +374,68 @@ class PolicySet:
                         self.revision, upstream.name, {})
 
 
+    def decide_tool(self, upstream: Upstream, spec: McpPolicyFile, view: CallView) -> Decision:
+        """An MCP message: ``view.method`` is the JSON-RPC method, ``view.path`` the tool,
+        ``view.body`` its arguments. Only ``tools/call`` is judged; the rest passes as a read.
+        ``Decision.write`` says whether the call is journaled and frozen (``effect``)."""
+        if view.method != TOOLS_CALL:
+            return Decision(Verdict.ALLOW, None, f"{view.method or 'HTTP'} is not a tool call",
+                            self.revision, upstream.name, write=False)
+        for index, rule in enumerate(spec.rules):
+            if not rule.match.names(view.path):
+                continue
+            if rule.match.agents is not None and view.agent not in rule.match.agents:
+                continue
+            condition = upstream.conditions.get(index)
+            if condition is not None:
+                try:
+                    if not condition.evaluate(tool_activation(view)):
+                        continue
+                except ConditionError as exc:
+                    return Decision(Verdict.DENY, rule.id, str(exc), self.revision,
+                                    upstream.name, write=rule.effect == "write")
+            verdict = Verdict(rule.action)
+            return Decision(verdict, rule.id, f"{_PAST[verdict]} by rule {rule.id}",
+                            self.revision, upstream.name, write=rule.effect == "write")
+        verdict = Verdict(spec.default)
+        return Decision(verdict, None, f"{_PAST[verdict]} by default (no rule matched)",
+                        self.revision, upstream.name, write=True)
+
+
 _PAST = {Verdict.ALLOW: "allowed", Verdict.DENY: "denied", Verdict.HOLD: "held"}
+
+
+def tool_visible(upstream: Upstream, agent: str, tool: str) -> bool:
+    """Whether ``tools/list`` shows ``tool`` to ``agent``: False only when every
+    decision its call could get is deny. A rule with a ``when`` may not apply,
+    so a denying one lets later rules speak; an allowing or holding one shows it.
+
+    >>> from gateway.core.policy_loader import compile_upstream
+    >>> spec = McpPolicyFile(kind="mcp", upstream="t", base_url="http://h", rules=(
+    ...     McpRule(id="r", match=ToolMatch(tools=("get_*",)), action="allow"),))
+    >>> up = compile_upstream(spec, "t.yaml", {})
+    >>> tool_visible(up, "bot", "get_customer"), tool_visible(up, "bot", "delete_all")
+    (True, False)
+    """
+    spec = upstream.spec
+    if not isinstance(spec, McpPolicyFile):
+        return True
+    for rule in spec.rules:
+        if not rule.match.names(tool):
+            continue
+        if rule.match.agents is not None and agent not in rule.match.agents:
+            continue
+        if rule.action != "deny":
+            return True
+        if rule.match.when is None:
+            return False
+    return spec.default != "deny"
+
+
+def tool_activation(view: CallView) -> dict[str, Any]:
+    """What an MCP rule's ``when`` sees: ``arguments``, ``tool`` and ``agent.name``."""
+    arguments = view.body if view.body is not None else {}
+    return {"arguments": arguments, "tool": view.path, "agent": {"name": view.agent}}
 
 
 def activation(view: CallView, params: dict[str, str]) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import yaml
 from pydantic import ValidationError
 
 from gateway.core.cel import Condition
-from gateway.core.policy import PolicyFile, PolicySet, Upstream
+from gateway.core.policy import McpPolicyFile, PolicyFile, PolicySet, Upstream
 from gateway.core.template import PathTrie, Template
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -76,6 +76,8 @@ def _message(error: dict[str, Any], data: Any) -> str:
     msg = error["msg"].removeprefix("Value error, ")
     if error["type"] == "literal_error" and loc and loc[-1] == "action" and what == "rule":
         msg = f"unknown action {error.get('input')!r} (allow, deny or hold)"
+    if error["type"] == "literal_error" and loc and loc[-1] == "effect":
+        msg = f"unknown effect {error.get('input')!r} (read or write)"
     return f"{prefix}{where}: {msg}" if where else f"{prefix}{msg}"
 
 
@@ -100,11 +102,14 @@ _KNOWN_KEYS = {
     "value", "id", "match", "action", "approval", "capture", "undo", "volatile", "methods",
     "path", "when", "agents", "wait", "expires", "approvers", "roles", "operators", "method",
     "body", "tripwires", "kind", "limit", "window", "per", "scope", "field", "allowed_hours",
-    "start", "end", "days", "timezone", "min_calls",
+    "start", "end", "days", "timezone", "min_calls", "tools", "effect", "tool", "arguments",
 }
+_KINDS: dict[str, type[PolicyFile] | type[McpPolicyFile]] = {"http": PolicyFile,
+                                                              "mcp": McpPolicyFile}
 
 
-def parse_file(filename: str, text: str) -> tuple[PolicyFile | None, dict[Loc, int], list[str]]:
+def parse_file(filename: str, text: str,
+               ) -> tuple[PolicyFile | McpPolicyFile | None, dict[Loc, int], list[str]]:
     """One file: its validated model, its line map, and its problems."""
     lines = _Lines(filename)
     try:
@@ -128,15 +133,50 @@ def parse_file(filename: str, text: str) -> tuple[PolicyFile | None, dict[Loc, i
     if not isinstance(data, dict):
         return None, lines.lines, [f"{filename}:1: a policy file is a mapping (upstream, rules, ...)"]
     problems = _duplicate_ids(filename, data, lines)
+    kind = data.get("kind", "http")
+    if kind not in _KINDS:
+        return None, lines.lines, [f"{filename}:{lines.line(('kind',))}: kind: unknown kind "
+                                   f"{kind!r} (http or mcp)"]
     try:
-        model = PolicyFile.model_validate(data)
+        model = _KINDS[kind].model_validate(data)
     except ValidationError as exc:
-        for error in exc.errors():
-            loc = _clean_loc(error["loc"], keep_last=error["type"] == "extra_forbidden")
-            error = {**error, "loc": loc}
+        errors = [{**e, "loc": _clean_loc(e["loc"], keep_last=e["type"] == "extra_forbidden")}
+                  for e in exc.errors()]
+        for error in _specific(errors):
+            loc = error["loc"]
             problems.append(f"{filename}:{lines.line(loc)}: {_message(dict(error), data)}")
         return None, lines.lines, sorted(set(problems), key=_line_key)
     return (model if not problems else None), lines.lines, problems
+
+
+_UNION_MISS = ("literal_error", "model_type", "dict_type")
+
+
+def _specific(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One problem per place where a union (``undo: none | {...}``) failed as a whole.
+
+    A branch's deeper problem wins over "should be 'none'" further up; the
+    branches that missed at the same place become one "should be A or B".
+    """
+    def misses(error: dict[str, Any]) -> bool:
+        return error["type"] in _UNION_MISS and error["loc"][-1:] != ("action",)
+
+    kept: list[dict[str, Any]] = []
+    merged: dict[Loc, dict[str, Any]] = {}
+    for error in errors:
+        loc = error["loc"]
+        near = [o for o in errors if o is not error and o["loc"][:len(loc)] == loc]
+        if not misses(error) or not near:
+            kept.append(error)
+        elif all(misses(o) and o["loc"] == loc for o in near):
+            expected = (str(error.get("ctx", {}).get("expected")) if error["type"] == "literal_error"
+                        else "a mapping")
+            if loc in merged:
+                merged[loc]["msg"] += f" or {expected}"
+            else:
+                merged[loc] = {**error, "type": "union", "msg": f"should be {expected}"}
+                kept.append(merged[loc])
+    return kept
 
 
 def _duplicate_ids(filename: str, data: dict[Any, Any], lines: _Lines) -> list[str]:
@@ -192,11 +232,15 @@ def load_policy_set(texts: Mapping[str, str], env: Mapping[str, str]) -> tuple[P
     return PolicySet(upstreams, digest.hexdigest()[:16], tuple(sorted(texts))), []
 
 
-def compile_upstream(model: PolicyFile, source: str, env: Mapping[str, str]) -> Upstream:
+def compile_upstream(model: PolicyFile | McpPolicyFile, source: str,
+                     env: Mapping[str, str]) -> Upstream:
     trie = PathTrie()
     conditions: dict[int, Condition] = {}
     templates: dict[int, Template] = {}
-    for index, rule in enumerate(model.rules):
+    if isinstance(model, McpPolicyFile):  # tools are matched by glob, in file order: no trie
+        conditions = {index: Condition(rule.match.when)
+                      for index, rule in enumerate(model.rules) if rule.match.when is not None}
+    for index, rule in enumerate(model.rules if isinstance(model, PolicyFile) else ()):
         template = Template.parse(rule.match.path)
         templates[index] = template
         trie.add(index, template)
@@ -208,7 +252,7 @@ def compile_upstream(model: PolicyFile, source: str, env: Mapping[str, str]) -> 
     return Upstream(model, source, credential, trie, conditions, templates)
 
 
-def missing_variables(model: PolicyFile, env: Mapping[str, str]) -> list[str]:
+def missing_variables(model: PolicyFile | McpPolicyFile, env: Mapping[str, str]) -> list[str]:
     if model.credentials is None:
         return []
     return [name for name in _VAR.findall(model.credentials.value) if name not in env]

@@ -23,6 +23,7 @@ from enum import Enum
 from typing import Any
 
 from gateway.core.model import JournalEntry, JournalState, iso
+from gateway.core.policy import TOOLS_CALL
 
 ABSENT = {"__absent__": True}  # the expected state of a deleted resource
 
@@ -96,7 +97,10 @@ def _irreversible(entry: JournalEntry, why: str) -> dict[str, Any]:
 
 
 def expected_after(entry: JournalEntry, parsed_response: Any, after: Any) -> Any:
-    """What the write left behind: the response body, else a read made after it."""
+    """What the write left behind: the response body, else a read made after it.
+    A tool call's response is not the resource: its capture tool is read after it."""
+    if entry.method == TOOLS_CALL:
+        return after
     if entry.method == "DELETE":
         return ABSENT
     if isinstance(parsed_response, dict) and parsed_response:
@@ -137,9 +141,10 @@ def plan_rollback(entries: Iterable[JournalEntry], *, plan_id: str, at: datetime
             irreversible.append(_irreversible(entry, "outcome unknown: the call may or may "
                                               "not have reached the upstream"))
             continue
-        if entry.status is None or not 200 <= entry.status < 300:
-            skipped.append({"entry": entry.id, "reason": f"the write failed ({entry.status}); "
-                            "nothing to undo"})
+        if entry.state is JournalState.FAILED or entry.status is None \
+                or not 200 <= entry.status < 300:  # a tool's isError: failed with a 200
+            skipped.append({"entry": entry.id, "reason": f"the write failed "
+                            f"({entry.error or entry.status}); nothing to undo"})
             continue
         if entry.undo is None or not entry.reversible:
             why = ("marked irreversible (undo: none)" if declared_irreversible(entry)
@@ -147,7 +152,8 @@ def plan_rollback(entries: Iterable[JournalEntry], *, plan_id: str, at: datetime
             irreversible.append(_irreversible(entry, why))
             continue
         undo = entry.undo
-        target = entry.capture_path or (undo.path if entry.method == "POST" else entry.path)
+        target = entry.capture_path or (undo.path if entry.method == "POST" else
+                                        "" if entry.method == TOOLS_CALL else entry.path)
         steps.append(Step(seq=len(steps), entry_id=entry.id, upstream=entry.upstream,
                           method=undo.method, path=undo.path, body=undo.body,
                           content_type=undo.content_type, target=target,

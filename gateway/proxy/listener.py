@@ -3,7 +3,8 @@
 Measured here, FastAPI routing alone costs three times raw ASGI, so the
 agent side parses the scope itself: ``/{upstream}/{rest}`` routing, agent
 authentication, the gateway's own ``/_gateway/*`` routes, and the one place
-where ``GatewayError`` becomes the contract's JSON error.
+where ``GatewayError`` becomes the contract's JSON error. Calls to an MCP
+upstream are read by ``gateway.proxy.mcp`` (after the same authentication).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from gateway.core.model import Checkpoint, is_mutating, new_id
 from gateway.errors import BadRequest, GatewayError, Unauthenticated, UnknownUpstream
 from gateway.observe import NO_OBSERVER, CallRecord, Observer, Watch
 from gateway.ports import UpstreamResponse
+from gateway.proxy.mcp import McpReader
 from gateway.services.audit_trail import AuditTrail
 from gateway.services.call import Call, Reply
 from gateway.services.pipeline import Pipeline
@@ -60,12 +62,14 @@ class AgentDirectory:
 class ProxyApp:
     def __init__(self, pipeline: Pipeline, agents: AgentDirectory,
                  own_routes: Callable[[str, str, str], Awaitable[tuple[int, Any]]] | None = None,
-                 observer: Observer = NO_OBSERVER, audit: AuditTrail | None = None) -> None:
+                 observer: Observer = NO_OBSERVER, audit: AuditTrail | None = None,
+                 mcp: McpReader | None = None) -> None:
         self.pipeline = pipeline
         self.agents = agents
         self.own_routes = own_routes
         self.observer = observer  # metrics, tracing, access log: told once per call
         self.audit = audit
+        self.mcp = mcp
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -103,15 +107,24 @@ class ProxyApp:
             return
         record.decision, record.status = reply.decision, reply.response.status
         await self._audit(scope, request_id, reply.decision, reply.response.status,
-                          {"journal": reply.journal_id} if reply.journal_id else {})
+                          {"journal": reply.journal_id} if reply.journal_id else {}, reply.audits)
         await _stream(send, reply, request_id, scope["method"] == "HEAD")
 
     async def _audit(self, scope: Scope, request_id: str, decision: str, status: int,
-                     detail: dict[str, Any]) -> None:
-        """Every decision on a mutating call goes to the audit chain (batched)."""
-        if self.audit is None or not is_mutating(scope["method"]):
+                     detail: dict[str, Any],
+                     records: list[tuple[str, dict[str, Any]]] | None = None) -> None:
+        """Every decision on a mutating call goes to the audit chain (batched); a reader
+        that judged several calls in one request (MCP) names them in ``records``."""
+        if self.audit is None:
             return
         agent = scope.get("gateway.agent") or "unknown"
+        if records is not None:
+            for verdict, what in records:
+                await self.audit.record(agent, f"call.{verdict}", {"request_id": request_id,
+                                                                   **what})
+            return
+        if not is_mutating(scope["method"]):
+            return
         await self.audit.record(agent, f"call.{decision}", {
             "request_id": request_id, "method": scope["method"], "path": scope["path"],
             "status": status, **detail})
@@ -141,6 +154,8 @@ class ProxyApp:
                                   get("x-agent-prompt-version"), get("x-agent-tool-version")),
             body=_body(receive) if _has_body(headers) else None)
         call.watch = watch
+        if self.mcp is not None and self.mcp.serves(upstream):
+            return await self.mcp.handle(call)
         return await self.pipeline.handle(call)
 
     async def _own(self, rest: str, headers: list[tuple[str, str]], method: str) -> Reply:

@@ -20,6 +20,7 @@ from datetime import timedelta
 from typing import Any
 
 from gateway.core import journal as journaling
+from gateway.core import mcp
 from gateway.core.approvals import (
     ApprovalRefused,
     ApprovalStatus,
@@ -36,7 +37,7 @@ from gateway.core.approvals import (
 from gateway.core.headers import HOP_BY_HOP
 from gateway.core.killswitch import covering
 from gateway.core.model import Decision, new_id, utcnow
-from gateway.core.policy import Approval, Upstream
+from gateway.core.policy import TOOLS_CALL, Approval, Upstream
 from gateway.core.redact import is_secret_name
 from gateway.errors import (
     ApprovalRejected,
@@ -207,18 +208,29 @@ class ApprovalQueue:
             rule = upstream.rule(held.rule)
             call = Call(new_id(), held.agent, None, held.upstream, held.method, held.raw_path,
                         held.query, list(held.headers), held.checkpoint, buffered=held.body)
-            path = self.pipeline.view_of(call).path
-            params = next((p for i, p in upstream.trie.match(self.pipeline.view_of(call).segments)
+            if upstream.kind == "mcp":
+                call.mcp = mcp.message(mcp.decode(held.body), held.body)
+            seen = self.pipeline.view_of(call)
+            params = next((p for i, p in upstream.trie.match(seen.segments)
                            if upstream.spec.rules[i].id == held.rule), {})
-            target = journaling.capture_path(rule, held.method, path, params) or (
-                path if held.method == "POST" else None)
+            try:
+                target = journaling.capture_path(rule, held.method, seen.path, params,
+                                                 seen.body) or (
+                    seen.path if held.method == "POST" else None)
+            except KeyError as exc:
+                target, problem = None, f"the capture needs {{{exc.args[0]}}}"
             if target is not None and held.method != "POST":
                 try:
                     current, _, _ = await self.pipeline.capture(upstream, call, target)
                 except GatewayError as exc:
                     problem = exc.message
-        body = journaling.parse_body(held.body, dict(held.headers).get("content-type"))
-        view.update(current=current, changes=field_changes(held.method, current, body))
+        if held.method == TOOLS_CALL:  # the tool's arguments over the state the capture read
+            arguments = mcp.message(mcp.decode(held.body)).arguments
+            changes = field_changes("PATCH", current, arguments)
+        else:
+            body = journaling.parse_body(held.body, dict(held.headers).get("content-type"))
+            changes = field_changes(held.method, current, body)
+        view.update(current=current, changes=changes)
         if problem:
             view["capture_error"] = problem
         return view

@@ -1,7 +1,7 @@
 """One agent call as the listeners read it, and the gateway's reply to it.
 
-A ``Call`` is what every reader of calls (the REST listener, approvals that
-execute a held call) hands to the pipeline; a ``Reply`` is what comes back,
+A ``Call`` is what every reader of calls (the REST listener, the MCP reader,
+approvals that execute a held call) hands to the pipeline; a ``Reply`` is what comes back,
 the upstream's response and the decision to echo to the agent.
 """
 
@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
+from gateway.core.mcp import Message
 from gateway.core.model import Checkpoint
 from gateway.observe import NO_WATCH, Watch
 from gateway.ports import UpstreamResponse
@@ -29,6 +31,7 @@ class Call:
     body: AsyncIterator[bytes] | None = None
     buffered: bytes | None = None
     watch: Watch = NO_WATCH  # the steps of this call are timed (and traced) here
+    mcp: Message | None = None  # one JSON-RPC message to an MCP upstream (method: its method)
 
 
 @dataclass(slots=True)
@@ -37,3 +40,6 @@ class Reply:
     decision: str
     extra_headers: list[tuple[str, str]] = field(default_factory=list)
     journal_id: str | None = None
+    # (decision, detail) records for the audit chain, when a reader knows better than the
+    # listener what was decided (an MCP POST carries tool calls); None: the listener's own
+    audits: list[tuple[str, dict[str, Any]]] | None = None

@@ -8,18 +8,25 @@ Every step that fails before the write is sent stops it: a freeze (423), a
 failed capture (502), an unavailable journal (503). Any error while deciding
 denies (fail closed). The proxy listener turns ``GatewayError`` into the
 contract's JSON errors; this module never speaks HTTP framing.
+
+Reaching the upstream is a ``Sender``'s job, one per kind of upstream: REST
+(``gateway.services.rest``) or MCP (``gateway.proxy.mcp_sender``), where the
+call is a JSON-RPC ``tools/call`` read by ``gateway.proxy.mcp``, its capture a
+read tool and its undo another tool. The steps above are the same for both.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from gateway.core import journal as journaling
+from gateway.core import mcp
 from gateway.core.approvals import HeldCall
-from gateway.core.headers import METHOD_OVERRIDES, upstream_request_headers
+from gateway.core.headers import METHOD_OVERRIDES
 from gateway.core.model import (
     Decision,
     JournalEntry,
@@ -31,7 +38,7 @@ from gateway.core.model import (
     new_id,
     utcnow,
 )
-from gateway.core.policy import CallView, PolicySet, Upstream
+from gateway.core.policy import TOOLS_CALL, CallView, PolicySet, Upstream
 from gateway.core.redact import redact_headers, redact_query
 from gateway.errors import (
     BadRequest,
@@ -52,10 +59,11 @@ from gateway.observe import (
     Observer,
     Watch,
 )
-from gateway.ports import Store, UpstreamResponse
+from gateway.ports import Sender, Store, UpstreamResponse
 from gateway.ports import Upstream as UpstreamClient
 from gateway.services.call import Call, Reply
 from gateway.services.freezes import FreezeState
+from gateway.services.rest import RestSender, gateway_headers
 from gateway.services.tripwires import Tripwires
 from gateway.settings import Settings
 
@@ -100,6 +108,27 @@ class Pipeline:
         self.holds: Holds | None = None
         self.observer: Observer = NO_OBSERVER  # for approved calls (the listener has its own)
         self.tripwires = Tripwires(freezes, store)  # none configured: a no-op
+        self.senders: dict[str, Sender] = {"http": RestSender(settings, client)}
+
+    @property
+    def client(self) -> UpstreamClient:
+        """The HTTP transport every sender uses; replacing it (tests do) replaces it for all."""
+        return self._client
+
+    @client.setter
+    def client(self, value: UpstreamClient) -> None:
+        self._client = value
+        for sender in getattr(self, "senders", {}).values():
+            if hasattr(sender, "client"):
+                sender.client = value
+
+    def sender(self, upstream: Upstream) -> Sender:
+        """The port that reaches this kind of upstream (``kind: http`` or ``mcp``)."""
+        sender = self.senders.get(upstream.kind)
+        if sender is None:
+            raise UnknownUpstream(f"upstream {upstream.name!r} is {upstream.kind}, which this "
+                                  "gateway cannot reach")
+        return sender
 
     async def execute_held(self, held: HeldCall, approval: dict[str, Any]) -> Reply:
         """Send an approved call through the same steps as a live one.
@@ -114,22 +143,30 @@ class Pipeline:
                     upstream=held.upstream, method=held.method, raw_path=held.raw_path,
                     query=held.query, headers=list(held.headers), checkpoint=held.checkpoint,
                     buffered=held.body)
+        if upstream.kind == "mcp":
+            call.mcp = mcp.message(mcp.decode(held.body), held.body)
         view = self.view_of(call)
-        view = CallView(view.method, view.path, view.segments, view.query, view.headers,
-                        view.agent, journaling.parse_body(held.body,
-                                                          view.headers.get("content-type")))
+        if call.mcp is None:
+            view = CallView(view.method, view.path, view.segments, view.query, view.headers,
+                            view.agent, journaling.parse_body(held.body,
+                                                              view.headers.get("content-type")))
         rule_id = held.rule
         params = next((p for index, p in upstream.trie.match(view.segments)
                        if upstream.spec.rules[index].id == rule_id), None)
+        if params is None and call.mcp is not None and upstream.rule(rule_id) is not None:
+            params = {}  # tools are not matched by path
         if params is None:  # held by a tripwire, not a rule: the rule that matches decides
             matched = self.policies.decide(upstream, view)  # capture and undo
             rule_id, params = matched.rule, matched.params
         decision = Decision(Verdict.HOLD, rule_id, "approved by " + ", ".join(
             v["by"] for v in approval.get("approved_by", [])), self.policies.revision,
             upstream.name, params)
+        rule = upstream.rule(rule_id)
+        writes = (is_mutating(held.method) if call.mcp is None
+                  else not (rule is not None and getattr(rule, "effect", "write") == "read"))
         call.watch = self.observer.begin([])
         try:
-            if not is_mutating(held.method):
+            if not writes:
                 reply = await self._read(upstream, call)
                 await reply.response.read()
                 return reply
@@ -138,6 +175,10 @@ class Pipeline:
             call.watch.end()
 
     def view_of(self, call: Call) -> CallView:
+        if call.mcp is not None:  # the JSON-RPC method; for a tool call its tool and arguments
+            message = call.mcp
+            return CallView(message.method or call.method, message.tool or "", [], {},
+                            dict(call.headers), call.agent, message.arguments)
         return CallView(call.method, unquote(call.raw_path) or "/", segments_of(call.raw_path),
                         dict(parse_qsl(call.query, keep_blank_values=True)),
                         dict(call.headers), call.agent)
@@ -154,7 +195,7 @@ class Pipeline:
         view = self.view_of(call)
         mutating = is_mutating(call.method)
         candidates = upstream.trie.match(view.segments)
-        if mutating or upstream.needs_body(candidates):
+        if call.mcp is None and (mutating or upstream.needs_body(candidates)):
             call.buffered = await self._read_body(call)
             parsed = journaling.parse_body(call.buffered, view.headers.get("content-type"))
             view = CallView(view.method, view.path, view.segments, view.query, view.headers,
@@ -173,7 +214,7 @@ class Pipeline:
                                    rule=decision.rule)
             call.buffered = await self._read_body(call)
             return await self.holds.hold(upstream, call, decision)
-        if not mutating:
+        if not (decision.write if decision.write is not None else mutating):
             return await self._read(upstream, call)
         return await self._write(upstream, call, view, decision)
 
@@ -188,23 +229,9 @@ class Pipeline:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def _url(self, upstream: Upstream, raw_path: str, query: str) -> str:
-        return upstream.base_url + raw_path + (f"?{query}" if query else "")
-
-    def _headers(self, upstream: Upstream, call: Call, drop_encoding: bool) -> list[tuple[str, str]]:
-        credential = None
-        if upstream.spec.credentials is not None:
-            credential = (upstream.spec.credentials.header.lower(), upstream.credential_value or "")
-        return upstream_request_headers(call.headers, call.agent_key, credential,
-                                        urlsplit(upstream.base_url).netloc, drop_encoding)
-
     async def _read(self, upstream: Upstream, call: Call) -> Reply:
-        body = call.buffered if call.buffered is not None else call.body
         with call.watch.step(UPSTREAM, upstream.name) as step:
-            response = await self.client.request(
-                call.method, self._url(upstream, call.raw_path, call.query),
-                step.propagate(self._headers(upstream, call, drop_encoding=False)), body,
-                stream=True, timeout=upstream.spec.timeout or self.settings.upstream_timeout)
+            response = await self.sender(upstream).relay(upstream, call, trace=step.propagate)
         return Reply(response, "allow")
 
     async def _write(self, upstream: Upstream, call: Call, view: CallView,
@@ -223,18 +250,23 @@ class Pipeline:
                     raise PolicyDenied(tripped.reason, rule=tripped.rule)
                 return await self.holds.hold(upstream, call, tripped)
         rule = upstream.rule(decision.rule)
-        target = journaling.capture_path(rule, call.method, view.path, decision.params)
+        try:
+            target = journaling.capture_path(rule, view.method, view.path, decision.params,
+                                             view.body)
+        except KeyError as exc:  # a capture template names an argument the call lacks
+            raise CaptureFailed(f"the capture needs {{{exc.args[0]}}}, which the call lacks; "
+                                "the write was not sent") from None
         prior, prior_status, capture_ms = None, None, 0.0
         if target is not None:
             prior, prior_status, capture_ms = await self.capture(upstream, call, target)
         content_type = view.headers.get("content-type")
-        undo, reversible = journaling.infer_undo(rule, call.method, view.path, decision.params,
+        undo, reversible = journaling.infer_undo(rule, view.method, view.path, decision.params,
                                                  prior, prior_status, view.body, content_type)
         stored = journaling.store_body(call.buffered or b"", content_type,
                                        self.settings.journal_body_limit, view.body)
         entry = JournalEntry(
             id=new_id(), at=utcnow(), request_id=call.request_id, agent=call.agent,
-            checkpoint=call.checkpoint, upstream=upstream.name, method=call.method,
+            checkpoint=call.checkpoint, upstream=upstream.name, method=view.method,
             path=view.path, query=redact_query(call.query), rule=decision.rule,
             decision=decision.verdict.value, policy_revision=decision.revision,
             request_headers=redact_headers(call.headers), request_body=stored.text,
@@ -253,10 +285,8 @@ class Pipeline:
         try:
             with self.freezes.sending(upstream.name, call.agent), \
                     call.watch.step(UPSTREAM, upstream.name) as step:
-                response = await self.client.request(
-                    call.method, self._url(upstream, call.raw_path, call.query),
-                    step.propagate(self._headers(upstream, call, drop_encoding=True)),
-                    call.buffered, timeout=upstream.spec.timeout or self.settings.upstream_timeout)
+                response = await self.sender(upstream).forward(
+                    upstream, call, approved=approval is not None, trace=step.propagate)
         except GatewayError as exc:
             await self.record_outcome(entry, None, exc, started, sent, capture_ms,
                                       watch=call.watch)
@@ -270,25 +300,12 @@ class Pipeline:
         return Reply(response, "allow", journal_id=entry.id)
 
     async def capture(self, upstream: Upstream, call: Call,
-                       target: str) -> tuple[Any, int, float]:
+                      target: str) -> tuple[Any, int, float]:
         began = time.perf_counter()
-        headers = [h for h in self._headers(upstream, call, drop_encoding=True)
-                   if h[0] not in ("content-type", "content-encoding")]
-        headers.append(("accept-encoding", "identity"))
-        try:
-            with call.watch.step(CAPTURE, upstream.name) as step:
-                response = await self.client.request(
-                    "GET", upstream.base_url + target, step.propagate(headers), None,
-                    timeout=self.settings.capture_timeout)
-        except GatewayError as exc:
-            raise CaptureFailed(f"prior-state GET {target} failed ({exc.message}); "
-                                "the write was not sent") from exc
-        status = response.status
-        if not (200 <= status < 300 or status in (404, 410)):
-            raise CaptureFailed(f"prior-state GET {target} answered {status}; "
-                                "the write was not sent", capture_status=status)
-        body = response.body or b""
-        return journaling.prior_value(body, status), status, (time.perf_counter() - began) * 1000
+        with call.watch.step(CAPTURE, upstream.name) as step:
+            prior, status = await self.sender(upstream).capture(upstream, call, target,
+                                                                trace=step.propagate)
+        return prior, status, (time.perf_counter() - began) * 1000
 
     async def record_outcome(self, entry: JournalEntry, response: UpstreamResponse | None,
                        error: GatewayError | None, started: float, sent: float,
@@ -307,6 +324,19 @@ class Pipeline:
             body = response.body or b""
             headers = redact_headers(response.headers)
             content_type = headers.get("content-type")
+            if entry.method == TOOLS_CALL:  # the JSON-RPC response, also out of an SSE body
+                answer = mcp.response_in(body, content_type, mcp.ANY_ID)
+                failed = mcp.failure(answer)
+                if answer is not None:
+                    body, content_type = json.dumps(answer).encode(), mcp.JSON
+                if failed is not None:
+                    stored = journaling.store_body(body, content_type,
+                                                   self.settings.journal_body_limit)
+                    outcome = JournalOutcome(JournalState.FAILED, response.status, headers,
+                                             stored.text, stored.sha256, stored.size, undo,
+                                             reversible, failed, timings, utcnow())
+                    await self._journal_outcome(entry, outcome, watch)
+                    return
             parsed = journaling.parse_body(body, content_type)  # once, for all below
             if entry.method == "POST" and undo is None and upstream is not None \
                     and entry.capture_path is None:
@@ -321,6 +351,10 @@ class Pipeline:
             outcome = JournalOutcome(JournalState.COMPLETED, response.status, headers,
                                      stored.text, stored.sha256, stored.size, undo, reversible,
                                      None, timings, utcnow(), after)
+        await self._journal_outcome(entry, outcome, watch)
+
+    async def _journal_outcome(self, entry: JournalEntry, outcome: JournalOutcome,
+                               watch: Watch) -> None:
         try:
             with watch.step(JOURNAL_OUTCOME, entry.upstream):
                 await self.store.journal_outcome(entry.id, outcome)
@@ -337,37 +371,26 @@ class Pipeline:
         """
         if upstream is None or not 200 <= status < 300 or entry.method == "DELETE":
             return None
-        if isinstance(parsed, dict):
+        if isinstance(parsed, dict) and entry.method != TOOLS_CALL:
             return None
         target = entry.capture_path or (undo.path if undo is not None and
                                         undo.method == "DELETE" else None)
         if target is None:
             return None
         try:
-            response = await self.client.request("GET", upstream.base_url + target,
-                                                 gateway_headers(upstream),
-                                                 None, timeout=self.settings.capture_timeout)
+            seen = await self.sender(upstream).read(upstream, target)
         except GatewayError as exc:
             log.warning("read after %s %s failed (%s); rollback will need force",
                         entry.method, entry.path, exc.message)
             return None
-        if not 200 <= response.status < 300:
+        if not 200 <= seen.status < 300:
             log.warning("read after %s %s answered %s (does the policy inject a credential?); "
-                        "rollback will need force", entry.method, entry.path, response.status)
+                        "rollback will need force", entry.method, entry.path, seen.status)
             return None
-        return journaling.prior_value(response.body or b"", response.status)
+        return seen.value
 
 
-def gateway_headers(upstream: Upstream, content_type: str | None = None) -> list[tuple[str, str]]:
-    """Headers for the gateway's own calls (reads after writes, rollback): JSON, the
-    upstream's credential, no compression."""
-    headers = [("host", urlsplit(upstream.base_url).netloc), ("accept", "application/json"),
-               ("accept-encoding", "identity")]
-    if content_type:
-        headers.append(("content-type", content_type))
-    if upstream.spec.credentials is not None and upstream.credential_value:
-        headers.append((upstream.spec.credentials.header.lower(), upstream.credential_value))
-    return headers
+__all__ = ["Pipeline", "gateway_headers"]  # gateway_headers: see gateway.services.rest
 
 
 def rule_says_none(upstream: Upstream, rule_id: str | None) -> bool:

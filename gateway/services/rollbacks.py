@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from gateway.core import journal as journaling
+from gateway.core import mcp
 from gateway.core.model import (
     Checkpoint,
     JournalEntry,
@@ -28,7 +29,7 @@ from gateway.core.model import (
     new_id,
     utcnow,
 )
-from gateway.core.policy import Upstream
+from gateway.core.policy import TOOLS_CALL, Upstream
 from gateway.core.redact import redact_headers
 from gateway.core.rollback import (
     Plan,
@@ -42,8 +43,8 @@ from gateway.core.rollback import (
     with_status,
 )
 from gateway.errors import GatewayError
-from gateway.ports import Store
-from gateway.services.pipeline import Pipeline, gateway_headers
+from gateway.ports import Observed, Store, UpstreamResponse
+from gateway.services.pipeline import Pipeline
 
 log = logging.getLogger("gateway.rollback")
 MAX_ENTRIES = 10000
@@ -73,13 +74,6 @@ class Selection:
     def empty(self) -> bool:
         return not any((self.entries, self.agent, self.run, self.upstream, self.since,
                         self.until))
-
-
-@dataclass(frozen=True, slots=True)
-class Observed:
-    status: int
-    value: Any
-    etag: str | None
 
 
 class Rollbacks:
@@ -206,9 +200,14 @@ class Rollbacks:
                 return await self._save(plan, step, StepStatus.CONFLICT, why)
         await self.store.update_step(plan.id, step.seq, StepStatus.APPLYING, None, None)
         try:
-            status, journal_id = await self._compensate(upstream, plan, step, seen)
+            response, journal_id = await self._compensate(upstream, plan, step, seen)
         except GatewayError as exc:
             return await self._save(plan, step, StepStatus.FAILED, exc.message)
+        status = response.status
+        if step.method == TOOLS_CALL:  # a tool reports failure in a 200
+            failed = mcp.failure(mcp.response_in(response.body or b"", mcp.JSON, mcp.ANY_ID))
+            if failed is not None:
+                return await self._save(plan, step, StepStatus.FAILED, failed, journal_id)
         if status == 412:
             return await self._save(plan, step, StepStatus.CONFLICT,
                                     "changed since it was read (412 on If-Match)", journal_id)
@@ -234,18 +233,14 @@ class Rollbacks:
         return with_status(step, status, detail, journal_id)
 
     async def _observe(self, upstream: Upstream, path: str) -> Observed:
-        response = await self.pipeline.client.request(
-            "GET", upstream.base_url + path, gateway_headers(upstream), None,
-            timeout=self.pipeline.settings.capture_timeout)
-        body = response.body or b""
-        etag = next((v for k, v in response.headers if k.lower() == "etag"), None)
-        return Observed(response.status, journaling.prior_value(body, response.status), etag)
+        return await self.pipeline.sender(upstream).read(upstream, path)
 
     async def _compensate(self, upstream: Upstream, plan: Plan, step: Step,
-                          seen: Observed) -> tuple[int, str]:
+                          seen: Observed) -> tuple[UpstreamResponse, str]:
+        sender = self.pipeline.sender(upstream)
         body = _encode(step.body, step.content_type)
-        headers = gateway_headers(upstream, step.content_type if body else None)
-        if seen.etag and step.method != "POST":
+        headers = sender.own_headers(upstream, step.content_type if body else None)
+        if seen.etag and step.method not in ("POST", TOOLS_CALL):
             headers.append(("if-match", seen.etag))
         stored = journaling.store_body(body or b"", step.content_type,
                                        self.pipeline.settings.journal_body_limit)
@@ -263,14 +258,12 @@ class Rollbacks:
         started = time.perf_counter()
         response = None
         try:
-            response = await self.pipeline.client.request(
-                step.method, upstream.base_url + step.path, headers, body,
-                timeout=self.pipeline.settings.upstream_timeout)
+            response = await sender.compensate(upstream, step, headers, body)
         except GatewayError as exc:
             await self.pipeline.record_outcome(entry, None, exc, started, started, 0.0)
             raise
         await self.pipeline.record_outcome(entry, response, None, started, started, 0.0)
-        return response.status, entry.id
+        return response, entry.id
 
     def _expected(self, entry: JournalEntry) -> Any:
         content_type = entry.response_headers.get("content-type")

@@ -73,6 +73,25 @@ BROKEN_CASES = [
     ("empty.yaml", 1, "empty policy file"),
     ("only_comments.yaml", 1, "empty policy file"),
     ("not_a_mapping.yaml", 1, "a policy file is a mapping"),
+    # MCP upstreams (kind: mcp)
+    ("mcp_unknown_kind.yaml", 3, "kind: unknown kind 'grpc' (http or mcp)"),
+    ("mcp_path_in_match.yaml", 6, "rule 'reads': unknown key 'path' in rules.0.match"),
+    ("mcp_unknown_effect.yaml", 8,
+     "rule 'lookups': rules.0.effect: unknown effect 'readonly' (read or write)"),
+    ("mcp_read_with_capture.yaml", 5,
+     "rule 'lookups': rules.0: effect: read calls are not journaled; capture and undo do not "
+     "apply"),
+    ("mcp_undo_prior_without_capture.yaml", 5,
+     "rule 'edit': rules.0: undo uses the prior state, which needs a capture tool"),
+    ("mcp_bad_placeholder.yaml", 8,
+     "rule 'edit': rules.0.capture: capture.arguments: placeholder {args.id} must name "
+     "{arguments.NAME} or {prior.NAME}"),
+    ("mcp_bad_tool_glob.yaml", 6,
+     "rule 'everything': rules.0.match.tools: tool glob 'get customer' must be 1-128 of"),
+    ("mcp_capture_glob_tool.yaml", 8,
+     "rule 'edit': rules.0.capture.tool: tool name 'get_*' must be 1-128 of"),
+    ("mcp_bad_undo_arguments.yaml", 9,
+     "rule 'edit': rules.0.undo.arguments: should be 'prior' or 'prior_fields' or a mapping"),
 ]
 
 

@@ -27,8 +27,9 @@ def policies():
 
 def test_folders_hold_the_expected_upstreams(policies):
     upstreams, _ = policies
-    assert set(upstreams) == {"crm", "stripe", "github", "hubspot", "zendesk"}
+    assert set(upstreams) == {"crm", "crm-tools", "stripe", "github", "hubspot", "zendesk"}
     assert upstreams["crm"].base_url == "http://127.0.0.1:3000"
+    assert upstreams["crm-tools"].base_url == "http://127.0.0.1:3000/mcp"  # gateway demo's
     assert upstreams["crm"].credential_value is None  # runs without any env
 
 
@@ -77,6 +78,18 @@ CASES = [
     ("zendesk", "DELETE", "/api/v2/tickets/42.json", None, "deny",
      "delete-ticket-json-suffix"),
     ("zendesk", "POST", "/api/v2/tickets.json", {"ticket": {}}, "allow", "create-ticket-json"),
+    # the demo CRM's tools over MCP: the method is the JSON-RPC one, the path the tool
+    ("crm-tools", "tools/call", "get_customer", {"id": "cus_1"}, "allow", "lookups"),
+    ("crm-tools", "tools/call", "update_customer", {"id": "cus_1", "plan": "pro"}, "allow",
+     "update-customer"),
+    ("crm-tools", "tools/call", "update_customer", {"id": "cus_1", "name": "A"}, "allow",
+     "update-customer"),
+    ("crm-tools", "tools/call", "update_customer", {"id": "cus_1", "plan": "free"}, "deny",
+     None),
+    ("crm-tools", "tools/call", "create_deal", {"amount": 20000}, "hold", "big-deals"),
+    ("crm-tools", "tools/call", "create_deal", {"amount": 20}, "allow", "deals"),
+    ("crm-tools", "tools/call", "delete_customer", {"id": "cus_1"}, "deny", None),
+    ("crm-tools", "tools/list", "", None, "allow", None),
 ]
 
 

@@ -1,0 +1,216 @@
+"""The MCP reader: an agent's JSON-RPC POST to ``/{upstream}`` becomes calls the pipeline judges.
+
+Streamable HTTP, protocol versions 2025-03-26 through 2026-07-28: each message
+of a POST (a batch is judged message by message) becomes one ``Call`` whose
+method is the JSON-RPC method; a ``tools/call`` is judged by the upstream's
+rules, everything else passes as a read. The pipeline then does what it does
+for REST (freeze check, capture, journal, forward, outcome) through the MCP
+sender. What only MCP needs happens here, on the way back:
+
+- a denied, frozen or still-held ``tools/call`` is answered with a tool result
+  whose ``isError`` is true and whose text names the rule, the freeze, or the
+  approval and its status URL, so the model can read it (HTTP 200, the
+  decision in ``X-Gateway-Decision``);
+- ``tools/list`` answers lose the tools whose every possible decision is deny;
+- ``GET`` (the server's stream) and ``DELETE`` (end of a session) are relayed.
+
+Routing headers of 2026-07-28 (``Mcp-Method``, ``Mcp-Name``) must agree with
+the body, as the SDK's server requires, so what is judged is what is routed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import mcp_types
+from mcp.shared.inbound import (
+    MCP_METHOD_HEADER,
+    MCP_NAME_HEADER,
+    decode_header_value,
+    find_duplicated_routing_header,
+)
+
+from gateway.core import mcp
+from gateway.core.model import new_id
+from gateway.core.policy import TOOLS_CALL, Upstream, tool_visible
+from gateway.errors import BadRequest, GatewayError, UnknownUpstream
+from gateway.ports import UpstreamResponse
+from gateway.services.call import Call, Reply
+from gateway.services.pipeline import BodyTooLarge, Pipeline
+
+_SEVERITY = ["allow", "hold", "error", "deny", "frozen"]  # a batch's header: its gravest decision
+
+
+@dataclass(slots=True)
+class _Answered:
+    reply: Reply
+    message: mcp.Message
+
+
+class McpReader:
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+
+    def serves(self, upstream: str) -> bool:
+        found = self.pipeline.policies.upstreams.get(upstream)
+        return found is not None and found.kind == "mcp"
+
+    async def handle(self, call: Call) -> Reply:
+        if call.raw_path not in ("", "/") or call.query and call.method != "GET":
+            raise UnknownUpstream(f"an MCP upstream has one endpoint: /{call.upstream}")
+        if call.method in ("GET", "DELETE"):  # the server's stream; the end of a session
+            call.mcp = mcp.Message(b"", {}, None, None, http=call.method)
+            reply = await self.pipeline.handle(call)
+            reply.audits = []
+            return reply
+        if call.method != "POST":
+            raise BadRequest(f"{call.method} is not part of MCP's streamable HTTP")
+        duplicated = find_duplicated_routing_header(call.headers)
+        if duplicated is not None:
+            raise BadRequest(f"{duplicated} appears more than once")
+        body = await self._body(call)
+        try:
+            items, batch = mcp.messages(body)
+        except mcp.MessageError as exc:
+            raise BadRequest(f"not a JSON-RPC message the gateway can judge: {exc}") from None
+        if not batch:
+            self._check_routing(call, items[0])
+        answered = [await self._one(call, item, batch) for item in items]
+        if not batch:
+            return answered[0].reply
+        return await self._batch_reply(answered)
+
+    async def _body(self, call: Call) -> bytes:
+        if call.buffered is not None:
+            return call.buffered
+        chunks, size = [], 0
+        async for chunk in call.body or _nothing():
+            size += len(chunk)
+            if size > self.pipeline.settings.max_write_body:
+                raise BodyTooLarge(f"request body over {self.pipeline.settings.max_write_body} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _check_routing(self, call: Call, message: mcp.Message) -> None:
+        headers = dict(call.headers)
+        method = headers.get(MCP_METHOD_HEADER)
+        if method is not None and method != message.method:
+            raise BadRequest(f"{MCP_METHOD_HEADER} {method!r} differs from the body's method")
+        name = headers.get(MCP_NAME_HEADER)
+        if name is not None and message.tool is not None and \
+                decode_header_value(name) != message.tool:
+            raise BadRequest(f"{MCP_NAME_HEADER} differs from the tool the body calls")
+
+    async def _one(self, call: Call, message: mcp.Message, batch: bool) -> _Answered:
+        one = Call(request_id=new_id() if batch else call.request_id, agent=call.agent,
+                   agent_key=call.agent_key, upstream=call.upstream,
+                   method=message.method or "POST", raw_path=message.tool or "", query="",
+                   headers=[h for h in call.headers if h[0] != "content-length"],
+                   checkpoint=call.checkpoint, buffered=message.raw, mcp=message)
+        if message.method != TOOLS_CALL:
+            reply = await self.pipeline.handle(one)
+            if message.method == "tools/list":
+                reply = await self._listed(reply, call.agent, call.upstream)
+            reply.audits = []
+            return _Answered(reply, message)
+        try:
+            reply = await self.pipeline.handle(one)
+        except GatewayError as exc:
+            rule = exc.extra.get("rule")
+            text = f"{exc.message} (gateway: {exc.code}" + (f", rule {rule})" if rule else ")")
+            reply = self._refusal(message, exc.decision, text)
+        else:
+            if reply.decision == "hold":  # still pending: tell the model where it stands
+                held = json.loads(reply.response.body or b"{}").get("approval", {})
+                url = _absolute(call, str(held.get("status_url", "")))
+                reply = self._refusal(message, "hold", (
+                    f"held for approval: approval {held.get('id')} is {held.get('status')}; "
+                    f"its status: GET {url} (the call runs once, if an operator approves it)"))
+        reply.audits = [(reply.decision, {"method": TOOLS_CALL, "path": message.tool,
+                                          "status": reply.response.status,
+                                          **({"journal": reply.journal_id}
+                                             if reply.journal_id else {})})]
+        return _Answered(reply, message)
+
+    def _refusal(self, message: mcp.Message, decision: str, text: str) -> Reply:
+        result = mcp_types.CallToolResult(content=[mcp_types.TextContent(text=text)], is_error=True)
+        answer = mcp_types.JSONRPCResponse(jsonrpc="2.0", id=message.id, result=result.model_dump(
+            by_alias=True, mode="json", exclude_none=True))
+        body = answer.model_dump_json(by_alias=True, exclude_none=True).encode()
+        return Reply(UpstreamResponse(200, [("content-type", "application/json")], body=body),
+                     decision)
+
+    async def _listed(self, reply: Reply, agent: str, name: str) -> Reply:
+        """The tools the agent may call, in a JSON or an SSE answer alike."""
+        upstream = self.pipeline.policies.upstreams[name]
+        response = reply.response
+        body = await response.read()
+        content_type = next((v for k, v in response.headers if k.lower() == "content-type"), "")
+        sse = content_type.split(";")[0].strip().lower() == mcp.SSE
+        items = mcp.sse_messages(body) if sse else [_json_or_none(body)]
+        filtered = [_visible_only(item, upstream, agent) for item in items]
+        if sse:
+            data = "".join(f"event: message\ndata: {json.dumps(m)}\n\n" for m in filtered).encode()
+        elif filtered[0] is not None:
+            data = json.dumps(filtered[0]).encode()
+        else:
+            data = body
+        headers = [(k, v) for k, v in response.headers if k.lower() != "content-length"]
+        reply.response = UpstreamResponse(response.status, headers, body=data)
+        return reply
+
+    async def _batch_reply(self, answered: list[_Answered]) -> Reply:
+        answers, headers = [], [("content-type", "application/json")]
+        for item in answered:
+            response = item.reply.response
+            body = await response.read()
+            content_type = next((v for k, v in response.headers
+                                 if k.lower() == "content-type"), None)
+            session = [(k, v) for k, v in response.headers if k.lower() == "mcp-session-id"]
+            if session:
+                headers = [("content-type", "application/json"), *session[:1]]
+            if item.message.is_request:
+                answer = mcp.response_in(body, content_type, item.message.id)
+                answers.append(answer if answer is not None else _no_answer(item, response.status))
+        decision = max((a.reply.decision for a in answered), key=_SEVERITY.index)
+        audits = [record for a in answered for record in (a.reply.audits or [])]
+        if not answers:
+            return Reply(UpstreamResponse(202, headers[1:], body=b""), decision, audits=audits)
+        return Reply(UpstreamResponse(200, headers, body=json.dumps(answers).encode()), decision,
+                     audits=audits)
+
+
+def _no_answer(item: _Answered, status: int) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": item.message.id,
+            "error": {"code": mcp_types.INTERNAL_ERROR,
+                      "message": f"the server answered HTTP {status} without a JSON-RPC response"}}
+
+
+def _visible_only(message: Any, upstream: Upstream, agent: str) -> Any:
+    result = message.get("result") if isinstance(message, dict) else None
+    if not isinstance(result, dict) or not isinstance(result.get("tools"), list):
+        return message
+    tools = [t for t in result["tools"]
+             if isinstance(t, dict) and tool_visible(upstream, agent, str(t.get("name")))]
+    scope = {"cacheScope": "private"} if "cacheScope" in result else {}  # the list is the agent's
+    return {**message, "result": {**result, "tools": tools, **scope}}
+
+
+def _json_or_none(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except ValueError:
+        return None
+
+
+def _absolute(call: Call, path: str) -> str:
+    host = dict(call.headers).get("host")
+    return f"http://{host}{path}" if host else path
+
+
+async def _nothing() -> AsyncIterator[bytes]:
+    return
+    yield b""  # pragma: no cover - makes this an async generator

@@ -1,0 +1,236 @@
+"""The MCP sender: how the pipeline reaches an MCP server (``kind: mcp``).
+
+An agent's messages are relayed as they came (its session id and protocol
+version headers pass through; its key never does): reads stream back as the
+server sends them, a judged ``tools/call`` is read whole so its result can be
+journaled. The gateway's own calls (the capture tool, an approved call, a
+re-read after a write or before a compensation, the undo tool) go through the
+``mcp`` SDK's client, which negotiates the newest protocol version the server
+offers (``server/discover`` for 2026-07-28, else the ``initialize`` handshake);
+the outcome is remembered per upstream so later calls skip the probe. Reads
+(the capture tool, re-reads) share one kept connection per upstream; a call
+that changes something (an approved call, a compensation) gets a connection
+of its own and is sent at most once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import httpx2
+import mcp_types
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
+
+from gateway.core import mcp
+from gateway.core.policy import Upstream
+from gateway.core.rollback import Step
+from gateway.errors import CaptureFailed, GatewayError, UpstreamTimeout, UpstreamUnreachable
+from gateway.ports import Headers, Observed, UpstreamResponse, untraced
+from gateway.ports import Upstream as UpstreamClient
+from gateway.services.call import Call
+from gateway.services.rest import request_headers
+from gateway.settings import Settings
+
+log = logging.getLogger("gateway.mcp")
+_JSON = [("content-type", "application/json")]
+
+
+class McpSender:
+    def __init__(self, settings: Settings, client: UpstreamClient) -> None:
+        self.settings = settings
+        self.client = client
+        # upstream -> how to connect next time: "auto" (probe), "legacy", or a modern version
+        self._eras: dict[str, tuple[str, mcp_types.DiscoverResult | None]] = {}
+        self._connections: dict[str, _Connection] = {}  # kept for the gateway's reads
+
+    def _timeout(self, upstream: Upstream) -> float:
+        return upstream.spec.timeout or self.settings.upstream_timeout
+
+    # -- the agent's own messages ---------------------------------------------------
+
+    async def relay(self, upstream: Upstream, call: Call,
+                    trace: Callable[[Headers], Headers] = untraced) -> UpstreamResponse:
+        http = call.mcp.http if call.mcp is not None else call.method
+        return await self.client.request(
+            http, upstream.base_url, trace(request_headers(upstream, call, drop_encoding=False)),
+            call.buffered if http == "POST" else None, stream=True,
+            timeout=self._timeout(upstream))
+
+    async def forward(self, upstream: Upstream, call: Call, approved: bool,
+                      trace: Callable[[Headers], Headers] = untraced) -> UpstreamResponse:
+        if not approved:
+            return await self.client.request(
+                "POST", upstream.base_url, trace(request_headers(upstream, call, drop_encoding=True)),
+                call.buffered, timeout=self._timeout(upstream))
+        # An approved call: the agent's session may be long gone, so the gateway makes
+        # the call itself; the answer carries the agent's request id.
+        message = call.mcp
+        assert message is not None and message.tool is not None
+        answer = await self.call_tool(upstream, message.tool, message.arguments or {},
+                                      self._timeout(upstream))
+        return UpstreamResponse(200, list(_JSON), body=json.dumps({**answer, "id": message.id})
+                                .encode())
+
+    # -- the gateway's own calls ----------------------------------------------------
+
+    async def capture(self, upstream: Upstream, call: Call, target: str,
+                      trace: Callable[[Headers], Headers] = untraced) -> tuple[Any, int]:
+        tool, arguments = mcp.decode_target(target)
+        try:
+            answer = await self.call_tool(upstream, tool, arguments,
+                                          self.settings.capture_timeout, fresh=False)
+        except GatewayError as exc:
+            raise CaptureFailed(f"capture tool {tool} failed ({exc.message}); "
+                                "the write was not sent") from exc
+        failed = mcp.failure(answer)
+        if failed is not None:
+            raise CaptureFailed(f"capture tool {tool}: {failed}; the write was not sent")
+        return mcp.tool_state(answer.get("result")), 200
+
+    async def read(self, upstream: Upstream, target: str) -> Observed:
+        if not mcp.is_target(target):  # no capture tool: the state cannot be read
+            return Observed(200, None, None)
+        tool, arguments = mcp.decode_target(target)
+        answer = await self.call_tool(upstream, tool, arguments, self.settings.capture_timeout,
+                                      fresh=False)
+        failed = mcp.failure(answer)
+        if failed is not None:
+            return Observed(502, failed, None)
+        return Observed(200, mcp.tool_state(answer.get("result")), None)
+
+    def own_headers(self, upstream: Upstream, content_type: str | None) -> list[tuple[str, str]]:
+        return list(_credential(upstream).items())
+
+    async def compensate(self, upstream: Upstream, step: Step, headers: list[tuple[str, str]],
+                         body: bytes | None) -> UpstreamResponse:
+        arguments = step.body if isinstance(step.body, dict) else {}
+        answer = await self.call_tool(upstream, step.path, arguments,
+                                      self.settings.upstream_timeout)
+        return UpstreamResponse(200, list(_JSON), body=json.dumps(answer).encode())
+
+    async def call_tool(self, upstream: Upstream, tool: str, arguments: dict[str, Any],
+                        timeout: float, fresh: bool = True) -> dict[str, Any]:
+        """One ``tools/call`` by the gateway: the JSON-RPC response as a dict (``result``
+        or ``error``). ``fresh``: on a connection of its own, sent at most once (approved
+        calls, compensations); else on the upstream's kept connection, retried once on a
+        new one if that failed (reads: the capture tool, drift checks)."""
+        attempts = 1 if fresh else 2
+        for attempt in range(attempts):
+            connection = (_Connection(upstream, *self._eras.get(upstream.name, ("auto", None)))
+                          if fresh else await self._kept(upstream))
+            try:
+                with anyio.fail_after(timeout):
+                    if fresh:
+                        await connection.open(timeout)
+                    result = await connection.client.call_tool(tool, arguments)
+                return {"jsonrpc": "2.0", "id": None,
+                        "result": result.model_dump(by_alias=True, mode="json", exclude_none=True)}
+            except MCPError as exc:
+                return {"jsonrpc": "2.0", "id": None,
+                        "error": {"code": exc.code, "message": exc.message}}
+            except Exception as exc:  # timeouts, httpx2 and anyio errors, a server gone odd
+                await self._drop(upstream.name, connection)
+                if attempt + 1 < attempts:
+                    continue
+                if isinstance(exc, TimeoutError):
+                    raise UpstreamTimeout(f"tools/call {tool} on {upstream.name} timed out") from exc
+                log.warning("tools/call %s on %s failed: %r", tool, upstream.name, exc)
+                raise UpstreamUnreachable(f"tools/call {tool} on {upstream.name} failed: "
+                                          f"{type(exc).__name__}") from exc
+            finally:
+                if fresh:
+                    await connection.close()
+                    self._learn(upstream.name, connection)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _kept(self, upstream: Upstream) -> _Connection:
+        key = (upstream.base_url, tuple(_credential(upstream).items()))
+        connection = self._connections.get(upstream.name)
+        if connection is not None and connection.key == key:
+            return connection
+        if connection is not None:  # the policy changed the URL or the credential
+            await self._drop(upstream.name, connection)
+        connection = _Connection(upstream, *self._eras.get(upstream.name, ("auto", None)))
+        self._connections[upstream.name] = connection
+        await connection.open(self.settings.capture_timeout)
+        self._learn(upstream.name, connection)
+        return connection
+
+    def _learn(self, name: str, connection: _Connection) -> None:
+        if connection.era is not None:
+            self._eras[name] = connection.era
+
+    async def _drop(self, name: str, connection: _Connection) -> None:
+        self._eras.pop(name, None)  # negotiate afresh: the server may have changed
+        if self._connections.get(name) is connection:
+            del self._connections[name]
+        await connection.close()
+
+    async def close(self) -> None:
+        connections, self._connections = self._connections, {}
+        for connection in connections.values():
+            await connection.close()
+
+
+class _Connection:
+    """One SDK client to one upstream. Entered and left in a task of its own, since
+    the SDK's task groups must be left by the task that entered them."""
+
+    def __init__(self, upstream: Upstream, mode: str,
+                 prior: mcp_types.DiscoverResult | None) -> None:
+        self.url, self.headers = upstream.base_url, _credential(upstream)
+        self.key = (self.url, tuple(self.headers.items()))
+        self.mode, self.prior = mode, prior
+        self.era: tuple[str, mcp_types.DiscoverResult | None] | None = None
+        self._client: Client | None = None
+        self._ready: asyncio.Future[None] | None = None
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def client(self) -> Client:
+        assert self._client is not None, "open() first"
+        return self._client
+
+    async def open(self, timeout: float) -> None:
+        if self._ready is None:
+            self._ready = asyncio.get_running_loop().create_future()
+            self._task = asyncio.create_task(self._run(self._ready, timeout))
+        await asyncio.shield(self._ready)
+
+    async def _run(self, ready: asyncio.Future[None], timeout: float) -> None:
+        try:
+            async with httpx2.AsyncClient(headers=self.headers,
+                                          timeout=httpx2.Timeout(timeout)) as http:
+                async with Client(streamable_http_client(self.url, http_client=http),
+                                  mode=self.mode, prior_discover=self.prior, cache=None) as client:
+                    found = client.session.discover_result
+                    self.era = ((client.protocol_version, found) if found is not None
+                                else ("legacy", None))
+                    self._client = client
+                    ready.set_result(None)
+                    await self._stop.wait()
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever waits for the connection
+            if not ready.done():
+                ready.set_exception(exc if isinstance(exc, Exception) else
+                                    ConnectionError(repr(exc)))
+            if not isinstance(exc, Exception):
+                raise
+
+    async def close(self) -> None:
+        self._stop.set()
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+
+
+def _credential(upstream: Upstream) -> dict[str, str]:
+    if upstream.spec.credentials is not None and upstream.credential_value:
+        return {upstream.spec.credentials.header: upstream.credential_value}
+    return {}

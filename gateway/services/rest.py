@@ -1,0 +1,105 @@
+"""The REST sender: how the pipeline reaches an HTTP API (``kind: http``).
+
+Reads stream both ways; a write is sent with the agent's headers (minus its
+key, plus the upstream's credential) and read whole; the prior state is a GET
+of the capture path; the gateway's own reads and compensations carry only
+its own headers and the credential.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+from gateway.core import journal as journaling
+from gateway.core.headers import upstream_request_headers
+from gateway.core.policy import Upstream
+from gateway.core.rollback import Step
+from gateway.errors import CaptureFailed, GatewayError
+from gateway.ports import Headers, Observed, UpstreamResponse, untraced
+from gateway.ports import Upstream as UpstreamClient
+from gateway.services.call import Call
+from gateway.settings import Settings
+
+
+def request_headers(upstream: Upstream, call: Call, drop_encoding: bool) -> list[tuple[str, str]]:
+    """The agent's headers as the upstream may see them, with its credential."""
+    credential = None
+    if upstream.spec.credentials is not None:
+        credential = (upstream.spec.credentials.header.lower(), upstream.credential_value or "")
+    return upstream_request_headers(call.headers, call.agent_key, credential,
+                                    urlsplit(upstream.base_url).netloc, drop_encoding)
+
+
+def gateway_headers(upstream: Upstream, content_type: str | None = None) -> list[tuple[str, str]]:
+    """Headers for the gateway's own calls (reads after writes, rollback): JSON, the
+    upstream's credential, no compression."""
+    headers = [("host", urlsplit(upstream.base_url).netloc), ("accept", "application/json"),
+               ("accept-encoding", "identity")]
+    if content_type:
+        headers.append(("content-type", content_type))
+    if upstream.spec.credentials is not None and upstream.credential_value:
+        headers.append((upstream.spec.credentials.header.lower(), upstream.credential_value))
+    return headers
+
+
+class RestSender:
+    def __init__(self, settings: Settings, client: UpstreamClient) -> None:
+        self.settings = settings
+        self.client = client
+
+    def _url(self, upstream: Upstream, raw_path: str, query: str) -> str:
+        return upstream.base_url + raw_path + (f"?{query}" if query else "")
+
+    def _timeout(self, upstream: Upstream) -> float:
+        return upstream.spec.timeout or self.settings.upstream_timeout
+
+    async def relay(self, upstream: Upstream, call: Call,
+                    trace: Callable[[Headers], Headers] = untraced) -> UpstreamResponse:
+        body = call.buffered if call.buffered is not None else call.body
+        return await self.client.request(
+            call.method, self._url(upstream, call.raw_path, call.query),
+            trace(request_headers(upstream, call, drop_encoding=False)), body, stream=True,
+            timeout=self._timeout(upstream))
+
+    async def forward(self, upstream: Upstream, call: Call, approved: bool,
+                      trace: Callable[[Headers], Headers] = untraced) -> UpstreamResponse:
+        return await self.client.request(
+            call.method, self._url(upstream, call.raw_path, call.query),
+            trace(request_headers(upstream, call, drop_encoding=True)), call.buffered,
+            timeout=self._timeout(upstream))
+
+    async def capture(self, upstream: Upstream, call: Call, target: str,
+                      trace: Callable[[Headers], Headers] = untraced) -> tuple[Any, int]:
+        headers = [h for h in request_headers(upstream, call, drop_encoding=True)
+                   if h[0] not in ("content-type", "content-encoding")]
+        headers.append(("accept-encoding", "identity"))
+        try:
+            response = await self.client.request(
+                "GET", upstream.base_url + target, trace(headers), None,
+                timeout=self.settings.capture_timeout)
+        except GatewayError as exc:
+            raise CaptureFailed(f"prior-state GET {target} failed ({exc.message}); "
+                                "the write was not sent") from exc
+        status = response.status
+        if not (200 <= status < 300 or status in (404, 410)):
+            raise CaptureFailed(f"prior-state GET {target} answered {status}; "
+                                "the write was not sent", capture_status=status)
+        return journaling.prior_value(response.body or b"", status), status
+
+    async def read(self, upstream: Upstream, target: str) -> Observed:
+        response = await self.client.request(
+            "GET", upstream.base_url + target, gateway_headers(upstream), None,
+            timeout=self.settings.capture_timeout)
+        body = response.body or b""
+        etag = next((v for k, v in response.headers if k.lower() == "etag"), None)
+        return Observed(response.status, journaling.prior_value(body, response.status), etag)
+
+    def own_headers(self, upstream: Upstream, content_type: str | None) -> list[tuple[str, str]]:
+        return gateway_headers(upstream, content_type)
+
+    async def compensate(self, upstream: Upstream, step: Step, headers: list[tuple[str, str]],
+                         body: bytes | None) -> UpstreamResponse:
+        return await self.client.request(step.method, upstream.base_url + step.path, headers, body,
+                                         timeout=self.settings.upstream_timeout)
