@@ -8,12 +8,14 @@ FROM python:3.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/venv/bin:$PATH
 RUN python -m venv /opt/venv
 WORKDIR /src
-# Dependencies first, from pyproject.toml alone (with an empty package in place
-# of the code): editing gateway/ reuses this layer instead of downloading them.
-COPY pyproject.toml README.md ./
-RUN mkdir gateway && touch gateway/__init__.py \
+# Dependencies first, from pyproject.toml alone (an empty package and README in
+# place of the real ones): editing the code or the README reuses this layer
+# instead of downloading every dependency again.
+COPY pyproject.toml ./
+RUN mkdir gateway && touch gateway/__init__.py README.md \
     && pip install . && pip uninstall -y agent-gateway
 # Then the gateway's own wheel, without touching the dependencies.
+COPY README.md ./
 COPY gateway ./gateway
 # Installers and build tools do not ship: the venv ends with the gateway and its
 # requirements only (`pip check` inside the image uses the base image's pip:

@@ -35,7 +35,7 @@ class Reply:
 
     @property
     def replica(self) -> str:
-        return self.headers.get("X-Served-By", "?")
+        return str(self.headers.get("X-Served-By", "?"))
 
     def json(self) -> Any:
         try:
@@ -64,8 +64,12 @@ def expect(condition: bool, message: str) -> None:
         raise CheckFailed(message)
 
 
-def until(what: str, attempt: Callable[[], bool], seconds: float, interval: float = 0.5) -> None:
-    """Retry ``attempt`` until it returns true (polling a condition, with a deadline)."""
+def until(what: str | Callable[[], str], attempt: Callable[[], bool], seconds: float,
+          interval: float = 0.5) -> None:
+    """Retry ``attempt`` until it returns true (polling a condition, with a deadline).
+
+    ``what`` names the condition, or is called to describe it when time is up.
+    """
     deadline = time.monotonic() + seconds
     last: Exception | None = None
     while time.monotonic() < deadline:
@@ -75,6 +79,7 @@ def until(what: str, attempt: Callable[[], bool], seconds: float, interval: floa
         except (OSError, urllib.error.URLError) as exc:  # not listening yet
             last = exc
         time.sleep(interval)
+    what = what if isinstance(what, str) else what()
     raise CheckFailed(f"{what}: not within {seconds:.0f}s" + (f" (last error: {last})" if last else ""))
 
 
@@ -109,7 +114,7 @@ def main() -> int:
     parser.add_argument("--crm", required=True, help="the demo CRM, directly")
     parser.add_argument("--key", required=True, help="an agent key of the settings")
     parser.add_argument("--token", required=True, help="an admin operator token of the settings")
-    parser.add_argument("--wait", type=float, default=150, help="seconds for the stack to come up")
+    parser.add_argument("--wait", type=float, default=90, help="seconds for the stack to come up")
     args = parser.parse_args()
     run = f"container-check-{uuid.uuid4().hex[:8]}"
     agent = {"X-Gateway-Key": args.key, "X-Agent-Run": run}
@@ -122,19 +127,25 @@ def main() -> int:
     def admin(method: str, path: str, body: Any = None) -> Reply:
         return call(method, args.admin + path, body, operator)
 
-    # 1. Up: the CRM, and both replicas healthy behind the load balancer (a
-    # replica restarts once if it started before PostgreSQL took connections).
+    # 1. Up: the CRM, and both replicas in rotation behind the load balancer for
+    # operators and for agents (a replica restarts once if it started before
+    # PostgreSQL took connections; HAProxy checks each backend on its own).
     until("the demo CRM", lambda: call("GET", f"{args.crm}/_demo/health").status == 200, args.wait)
     healthy: set[str] = set()
+    serving: set[str] = set()
 
-    def both_healthy() -> bool:
-        reply = call("GET", f"{args.admin}/v1/health")
-        if reply.status == 200 and reply.json().get("store") is True:
-            healthy.add(reply.replica)
-        return healthy >= REPLICAS
+    def both_up() -> bool:
+        health = call("GET", f"{args.admin}/v1/health")
+        if health.status == 200 and health.json().get("store") is True:
+            healthy.add(health.replica)
+        read = call("GET", f"{args.proxy}/crm/customers", headers=agent)
+        if read.status == 200:
+            serving.add(read.replica)
+        return healthy >= REPLICAS and serving >= REPLICAS
 
-    until(f"/v1/health 200 from both replicas (so far {sorted(healthy)})", both_healthy, args.wait)
-    step("both replicas healthy behind the load balancer, store reachable")
+    until(lambda: f"both replicas up behind the load balancer (admin: {sorted(healthy)}, "
+          f"proxy: {sorted(serving)})", both_up, args.wait, interval=0.25)
+    step("both replicas in rotation behind the load balancer, store reachable")
 
     # 2. An agent call through the one address, answered by each replica.
     def read_ok(reply: Reply) -> None:
@@ -162,7 +173,8 @@ def main() -> int:
                f"agent write through the load balancer: {reply}")
 
     across_replicas("agent writes", write, write_ok)
-    created = call("POST", f"{args.proxy}/crm/customers", {"name": "Container Check Ltd", "plan": "pro"}, agent)
+    created = call("POST", f"{args.proxy}/crm/customers",
+                   {"name": "Container Check Ltd", "plan": "pro"}, agent)
     expect(created.status == 201, f"agent create through the load balancer: {created}")
     writes.append(created)
     after_writes = crm_state(args.crm)
