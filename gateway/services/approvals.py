@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import heapq
 import json
 import logging
 import re
@@ -117,7 +118,8 @@ class ApprovalQueue:
         self._changed: dict[str, asyncio.Event] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self._due = asyncio.Event()  # a delayed call was queued in this process
-        self._soonest: datetime | None = None  # the earliest due time queued here
+        self._dues: list[datetime] = []  # due times queued here (a heap), not yet swept
+        self._swept_at: datetime | None = None  # when the last run of due calls looked
 
     # -- agent side ------------------------------------------------------------
 
@@ -163,8 +165,7 @@ class ApprovalQueue:
             await self._audit(call.agent, "approval.delayed", held, {
                 "rule": decision.rule, "delay": delay, "due_at": iso(held.due_at or held.at)})
             self.notifier.publish("approval.delayed", public_view(held))
-            due = held.due_at or held.at
-            self._soonest = due if self._soonest is None else min(self._soonest, due)
+            heapq.heappush(self._dues, held.due_at or held.at)
             self._due.set()  # the sweeper sleeps until the earliest due call it knows of
         asked = prefer_wait(call.headers)
         wait = min(asked if asked is not None else spec.wait, self.max_wait)
@@ -425,6 +426,7 @@ class ApprovalQueue:
         itself: it becomes an ordinary held call for operators to approve or reject."""
         now = utcnow()
         due = await self.store.due_held(now)
+        self._swept_at = now
         if not due:
             return
         freezes = [*await self.store.active_freezes(), *self.pipeline.freezes.active]
@@ -469,13 +471,13 @@ class ApprovalQueue:
     async def _nap(self) -> None:
         """Up to a second (other processes' delayed calls are found by polling), less when
         a delayed call queued here falls due sooner."""
+        self._due.clear()  # first: a call queued from here on wakes the wait below
         timeout = _SWEEP
-        if self._soonest is not None:
-            left = (self._soonest - utcnow()).total_seconds()
-            if left <= 0:
-                self._soonest = None
+        while self._dues and self._swept_at is not None and self._dues[0] <= self._swept_at:
+            heapq.heappop(self._dues)  # looked at by the last run
+        if self._dues:
+            left = (self._dues[0] - utcnow()).total_seconds()
             timeout = min(timeout, max(left, 0.01))
-        self._due.clear()
         try:
             await asyncio.wait_for(self._due.wait(), timeout)
         except TimeoutError:
