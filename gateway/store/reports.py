@@ -38,7 +38,8 @@ class ReportQueries:
     def _field(self, name: str) -> ColumnElement[Any]:
         detail = col(AuditRow.detail)
         if self._postgres:
-            return cast(detail, JSONB)[name].astext
+            field: ColumnElement[Any] = cast(detail, JSONB)[name].astext
+            return field
         return func.json_extract(detail, literal_column(f"'$.{name}'"))
 
     async def decision_counts(self, since: datetime, until: datetime,
@@ -63,17 +64,19 @@ class ReportQueries:
     async def held_facts(self, since: datetime, until: datetime,
                          upstream: str | None = None) -> list[HeldFact]:
         at = col(ApprovalRow.at)
-        statement = select(ApprovalRow.upstream, ApprovalRow.rule, ApprovalRow.agent,
-                           ApprovalRow.status, ApprovalRow.at, ApprovalRow.decided_at,
-                           ApprovalRow.decided_by, ApprovalRow.extra).where(
+        columns = [col(c) for c in (ApprovalRow.upstream, ApprovalRow.rule, ApprovalRow.agent,
+                                    ApprovalRow.status, ApprovalRow.at, ApprovalRow.decided_at,
+                                    ApprovalRow.decided_by, ApprovalRow.extra)]
+        statement = sql_select(*columns).where(
             at >= iso(since), at <= iso(until),
             col(ApprovalRow.status) != ApprovalStatus.SHADOW.value)
         if upstream is not None:
             statement = statement.where(col(ApprovalRow.upstream) == upstream)
-        async with AsyncSession(self._engine) as session:
-            rows = (await session.exec(statement)).all()
+        async with self._engine.connect() as connection:
+            rows = (await connection.execute(statement)).all()
         facts = []
-        for u, r, a, status, held_at, decided_at, decided_by, extra_text in rows:
+        for row in rows:
+            u, r, a, status, held_at, decided_at, decided_by, extra_text = tuple(row)
             extra = json.loads(extra_text)
             kind = "delay" if "delay" in extra else "shadow" if "shadow" in extra else "hold"
             facts.append(HeldFact(u, r, a, kind, status, parse_iso(held_at),

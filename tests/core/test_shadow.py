@@ -31,7 +31,7 @@ def test_merge_patch(target: object, patch: object, merged: object) -> None:
 
 
 def body(projection: object) -> object:
-    raw = getattr(projection, "body")
+    raw = projection.body
     return json.loads(raw) if raw else None
 
 
