@@ -55,7 +55,7 @@ def add_autonomy_routes(app: FastAPI, gateway: Controls) -> None:
                              since=_time(since, "since"), until=_time(until, "until"),
                              limit=limit, state=JournalState.SHADOW.value)
         entries = await gateway.store.list_journal(query)
-        kept = await gateway.approvals.proposals([e.id for e in entries])
+        kept = await gateway.shadows.proposals([e.id for e in entries])
         items = []
         for entry in entries:
             held = kept.get(entry.id)
@@ -69,7 +69,7 @@ def add_autonomy_routes(app: FastAPI, gateway: Controls) -> None:
     @app.post("/v1/shadow/promote")
     async def promote(body: PromoteRequest, operator: Approver) -> dict[str, Any]:
         """Shadowed writes become held calls, once each; approve them as usual."""
-        return {"items": await gateway.approvals.promote(body.entries, operator.name)}
+        return {"items": await gateway.shadows.promote(body.entries, operator.name)}
 
     @app.post("/v1/drills")
     async def drills(body: dict[str, Any], operator: Approver) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from gateway.services.approvals import ApprovalQueue
 from gateway.services.audit_trail import AuditTrail
 from gateway.services.freezes import FreezeState
 from gateway.services.rollbacks import Rollbacks
+from gateway.services.shadows import ShadowWrites
 from gateway.settings import Settings
 
 
@@ -35,6 +36,7 @@ class Controls(Protocol):
     approvals: ApprovalQueue
     rollbacks: Rollbacks
     audit: AuditTrail
+    shadows: ShadowWrites
 
     @property
     def store(self) -> Store: ...

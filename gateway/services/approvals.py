@@ -38,7 +38,7 @@ from gateway.core.approvals import (
 )
 from gateway.core.headers import HOP_BY_HOP
 from gateway.core.killswitch import covering
-from gateway.core.model import Decision, JournalEntry, Verdict, iso, new_id, utcnow
+from gateway.core.model import Decision, iso, new_id, utcnow
 from gateway.core.policy import TOOLS_CALL, Approval, Upstream
 from gateway.core.redact import is_secret_name
 from gateway.errors import (
@@ -123,7 +123,7 @@ class ApprovalQueue:
 
     # -- agent side ------------------------------------------------------------
 
-    def _held(self, upstream: Upstream, call: Call, decision: Decision, spec: Approval,
+    def held_call(self, upstream: Upstream, call: Call, decision: Decision, spec: Approval,
               **values: Any) -> HeldCall:
         """The call exactly as the agent sent it (minus secret headers), digest-bound."""
         now = utcnow()
@@ -139,7 +139,7 @@ class ApprovalQueue:
             expires_at=now + timedelta(seconds=spec.expires) if spec.expires else None)
         return HeldCall(**{**fields, **values})
 
-    async def _create(self, held: HeldCall) -> None:
+    async def create(self, held: HeldCall) -> None:
         try:
             await self.store.create_held(held)
         except Exception as exc:
@@ -153,11 +153,11 @@ class ApprovalQueue:
         seconds from now, unless rejected first (``sweep`` runs it)."""
         rule = upstream.rule(decision.rule)
         spec = rule.approval if rule is not None and rule.approval is not None else Approval()
-        held = self._held(upstream, call, decision, spec)
+        held = self.held_call(upstream, call, decision, spec)
         if delay is not None:
             held = replace(held, due_at=held.at + timedelta(seconds=delay),
                            extra={"delay": delay})
-        await self._create(held)
+        await self.create(held)
         if delay is None:
             await self._audit(call.agent, "approval.held", held, {"rule": decision.rule})
             self.notifier.publish("approval.held", public_view(held))
@@ -171,20 +171,6 @@ class ApprovalQueue:
         wait = min(asked if asked is not None else spec.wait, self.max_wait)
         final = await self.wait(held.id, wait) if wait > 0 else held
         return self._agent_reply(final)
-
-    async def keep_shadowed(self, upstream: Upstream, call: Call, entry: JournalEntry) -> None:
-        """A shadowed write, kept exactly as sent under its journal entry's id (status
-        ``shadow``: not in the queue) until an operator promotes it (``promote``)."""
-        rule = upstream.rule(entry.rule)
-        spec = rule.approval if rule is not None and rule.approval is not None else Approval()
-        decision = Decision(Verdict.HOLD, entry.rule, "shadowed", entry.policy_revision,
-                            upstream.name)
-        held = self._held(upstream, call, decision, spec, id=entry.id, at=entry.at,
-                          status=ApprovalStatus.SHADOW, expires_at=None,
-                          extra={"shadow": {"journal_id": entry.id, "at": iso(entry.at),
-                                            "would_decide": entry.would_decide,
-                                            "expires": spec.expires}})
-        await self._create(held)
 
     def _agent_reply(self, held: HeldCall) -> Reply:
         if held.status is ApprovalStatus.EXECUTED and held.response is not None:
@@ -357,49 +343,6 @@ class ApprovalQueue:
         self.notifier.publish("approval.rejected", public_view(final))
         return {**public_view(final), "response": None}
 
-    async def promote(self, entry_ids: list[str], operator: str) -> list[dict[str, Any]]:
-        """Turn shadowed writes (by journal entry id) into held calls, each once: the
-        request kept when it was shadowed, bound to its digest, pending for approvers
-        as the rule's ``approval`` says (one approver by default)."""
-        kept = []
-        for entry_id in dict.fromkeys(entry_ids):  # all checked before any is changed
-            held = await self.store.get_held(entry_id)
-            if held is None or held.kind != "shadow":
-                raise ApprovalError(404, "not_found", f"no shadowed write {entry_id} (only "
-                                    "journal entries in state shadow can be promoted)")
-            if held.status is not ApprovalStatus.SHADOW:
-                raise ApprovalError(409, "already_promoted", f"shadowed write {entry_id} was "
-                                    f"promoted already: approval {held.id} is "
-                                    f"{held.status.value}")
-            kept.append(held)
-        promoted = []
-        for held in kept:
-            now = utcnow()
-            proposal = held.extra["shadow"]
-            expires = proposal.get("expires")
-            extra = {**held.extra, "shadow": {**proposal, "promoted_by": operator,
-                                              "promoted_at": iso(now)}}
-            if await self.store.promote_shadow(held.id, now, now + timedelta(seconds=expires)
-                                               if expires else None, extra):
-                await self._audit(operator, "shadow.promote", held,
-                                  {"journal_id": held.id, "would_decide":
-                                   proposal.get("would_decide")})
-                final = await self.store.get_held(held.id) or held
-                self.notifier.publish("approval.held", public_view(final))
-            else:  # promoted by someone else meanwhile
-                final = await self.store.get_held(held.id) or held
-            promoted.append(public_view(final))
-        return promoted
-
-    async def proposals(self, entry_ids: list[str]) -> dict[str, HeldCall]:
-        """The kept requests of shadowed writes, by journal entry id."""
-        found = {}
-        for entry_id in entry_ids:
-            held = await self.store.get_held(entry_id)
-            if held is not None and held.kind == "shadow":
-                found[entry_id] = held
-        return found
-
     # -- housekeeping ----------------------------------------------------------
 
     def start(self) -> None:
@@ -500,6 +443,11 @@ class ApprovalQueue:
         event = self._changed.get(call_id)
         if event is not None:
             event.set()
+
+    async def audit(self, actor: str, action: str, held: HeldCall,
+                    detail: dict[str, Any]) -> None:
+        """An audit record naming a held call (shadow promotions record theirs here too)."""
+        await self._audit(actor, action, held, detail)
 
     async def _audit(self, actor: str, action: str, held: HeldCall,
                      detail: dict[str, Any]) -> None:

@@ -83,9 +83,13 @@ class Holds(Protocol):
                    delay: float | None = None) -> Reply:
         """Queue the call (``delay``: run it by itself after that many seconds)."""
 
-    async def keep_shadowed(self, upstream: Upstream, call: Call, entry: JournalEntry) -> None:
-        """Keep a shadowed write exactly as sent (status ``shadow``, id = its journal
-        entry's) for operators to promote; JournalUnavailable when it cannot be kept."""
+
+class Proposals(Protocol):
+    """Where shadowed writes are kept (``gateway.services.shadows.ShadowWrites``)."""
+
+    async def keep(self, upstream: Upstream, call: Call, entry: JournalEntry) -> None:
+        """Keep a shadowed write exactly as sent (id = its journal entry's) for operators
+        to promote; JournalUnavailable when it cannot be kept."""
 
 
 class BodyTooLarge(GatewayError):
@@ -118,6 +122,7 @@ class Pipeline:
         self.freezes = freezes
         self.policies = policies
         self.holds: Holds | None = None
+        self.proposals: Proposals | None = None  # shadowed writes, kept for promotion
         self.observer: Observer = NO_OBSERVER  # for approved calls (the listener has its own)
         self.tripwires = Tripwires(freezes, store)  # none configured: a no-op
         self.senders: dict[str, Sender] = {"http": RestSender(settings, client)}
@@ -357,9 +362,9 @@ class Pipeline:
         entry.undo, entry.reversible = None, False  # never sent: nothing to undo
         entry.timings = {**entry.timings, "total_ms": round((time.perf_counter() - started)
                                                              * 1000, 3)}
-        if self.holds is not None:
+        if self.proposals is not None:
             call.buffered = await self._read_body(call)
-            await self.holds.keep_shadowed(upstream, call, entry)
+            await self.proposals.keep(upstream, call, entry)
         try:
             with call.watch.step(JOURNAL, upstream.name):
                 await self.store.journal_intent(entry)
