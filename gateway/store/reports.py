@@ -35,24 +35,34 @@ class ReportQueries:
     _engine: AsyncEngine
     _postgres: bool
 
-    def _field(self, name: str) -> ColumnElement[Any]:
-        detail = col(AuditRow.detail)
+    def _field(self, detail: Any, name: str) -> ColumnElement[Any]:
         if self._postgres:
-            field: ColumnElement[Any] = cast(detail, JSONB)[name].astext
+            field: ColumnElement[Any] = detail[name].astext
             return field
         return func.json_extract(detail, literal_column(f"'$.{name}'"))
 
     async def decision_counts(self, since: datetime, until: datetime,
                               upstream: str | None = None) -> list[DecisionCount]:
-        actor, action = col(AuditRow.actor), col(AuditRow.action)
-        at = col(AuditRow.at)
-        up, rule = self._field("upstream"), self._field("rule")
-        would, delayed = self._field("would_decide"), self._field("delay").is_not(None)
-        where = [at >= iso(since), at <= iso(until), action.startswith("call."), up.is_not(None)]
+        at, action = col(AuditRow.at), col(AuditRow.action)
+        detail: Any = col(AuditRow.detail)
+        if self._postgres:  # parsed once per record, not once per field
+            detail = cast(detail, JSONB)
+        rows_in = (sql_select(col(AuditRow.actor).label("actor"), action.label("action"),
+                              detail.label("detail"))
+                   .where(at >= iso(since), at <= iso(until), action.startswith("call.")))
+        window = (rows_in.cte("window").prefix_with("MATERIALIZED") if self._postgres
+                  else rows_in.subquery())
+        parsed = window.c.detail
+        up, rule = self._field(parsed, "upstream"), self._field(parsed, "rule")
+        would = self._field(parsed, "would_decide")
+        delayed = self._field(parsed, "delay").is_not(None)
+        where: list[ColumnElement[bool]] = [up.is_not(None)]
         if upstream is not None:
             where.append(up == upstream)
-        statement = (sql_select(up, rule, actor, action, would, delayed, func.count())
-                     .where(*where).group_by(up, rule, actor, action, would, delayed))
+        statement = (sql_select(up, rule, window.c.actor, window.c.action, would, delayed,
+                                func.count())
+                     .where(*where)
+                     .group_by(up, rule, window.c.actor, window.c.action, would, delayed))
         async with self._engine.connect() as connection:
             rows = (await connection.execute(statement)).all()
         counts: dict[tuple[Any, ...], int] = {}
