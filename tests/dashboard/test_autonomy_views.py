@@ -46,7 +46,7 @@ def test_promote_a_shadowed_write_approve_it_and_read_the_report(page: Any, stac
     sign_in(page, "approver")
 
     page.get_by_role("button", name="Shadow runs").click()
-    page.get_by_label("Run id").last.fill("shadow-run")
+    page.get_by_label("Shadow run name").fill("shadow-run")
     page.get_by_role("button", name="Show proposed changes").click()
     items = page.locator("#shadow-list .change")
     expect(items).to_have_count(2)

@@ -3,6 +3,7 @@ result's structured content against the tool's output schema)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -41,6 +42,10 @@ rules:
     match: {{tools: [delete_customer]}}
     action: deny
     mode: observe
+  - id: customers-later
+    match: {{tools: [create_customer]}}
+    action: delay
+    delay: {{seconds: 0.2}}
 """
 
 
@@ -110,3 +115,25 @@ async def test_an_observed_tool_call_is_sent_though_the_rule_denies_it(tmp_path:
         assert record["action"] == "call.allow"
         assert (record["detail"]["rule"], record["detail"]["would_decide"]) == (
             "no-deletes", "deny")
+
+
+async def test_a_delayed_tool_call_is_held_then_runs_once_by_itself(tmp_path: Path) -> None:
+    async with rig(tmp_path, stateless=True, json_response=True, rules=RULES) as r:
+        response = await r.call("create_customer", {"name": "Later Ltd", "email": "l@x.io",
+                                                    "plan": "pro"})
+        assert response.headers["x-gateway-decision"] == "hold"
+        result = response.json()["result"]
+        assert result["isError"] is True and "runs by itself at" in result["content"][0]["text"]
+        assert r.writes() == []
+        [held] = (await r.gw.admin.get("/v1/approvals", headers=ADMIN)).json()["items"]
+        assert (held["kind"], held["path"], held["method"]) == ("delay", "create_customer",
+                                                               "tools/call")
+        deadline = asyncio.get_running_loop().time() + 15
+        while r.writes() == [] and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.02)  # polling, bounded by the deadline
+        assert r.writes() == [("POST", "/customers")]
+        await r.gw.gateway.approvals.run_due()
+        assert r.writes() == [("POST", "/customers")]  # once
+        [entry] = (await r.gw.admin.get("/v1/journal", headers=ADMIN)).json()["items"]
+        assert (entry["decision"], entry["path"], entry["approval"]["id"]) == (
+            "delay", "create_customer", held["id"])
