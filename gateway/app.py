@@ -31,6 +31,7 @@ from gateway.services.freezes import FreezeState
 from gateway.services.notify import Notifier
 from gateway.services.pipeline import Pipeline
 from gateway.services.rollbacks import Rollbacks
+from gateway.services.shadows import ShadowWrites
 from gateway.services.tripwires import Tripwires
 from gateway.settings import Settings, SettingsError
 
@@ -111,6 +112,8 @@ class Gateway:
         self.approvals = ApprovalQueue(self._pipeline, self._store, self.notifier,
                                        self.settings.approval_max_wait, lease_seconds)
         self._pipeline.holds = self.approvals
+        self.shadows = ShadowWrites(self.approvals)
+        self._pipeline.proposals = self.shadows
         await self.approvals.sweep()  # claims left by a process that died are marked unknown
         self.approvals.start()
         self.rollbacks = Rollbacks(self._pipeline, self._store)

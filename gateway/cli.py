@@ -44,6 +44,8 @@ operate it (talks to the admin listener with GATEWAY_TOKEN):
   journal      what agents changed
   rollback     undo a run, an agent or a time window (dry run unless --apply)
   audit        verify or export the hash-chained audit log
+  shadow       writes proposed by shadow runs; promote them to held calls
+  report       the autonomy report: what the numbers say about each rule
 
 `gateway COMMAND --help` tells more about each."""
 
@@ -100,6 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
     drill.add_argument("--stop", choices=["tripwire", "operator"], default="tripwire",
                        help="who stops the agent (default tripwire)")
     drill.add_argument("--database-url", help="a scratch store (default: temporary SQLite)")
+    drill.add_argument("--record", action="store_true",
+                       help="post the report to a running gateway (GATEWAY_TOKEN, an approver "
+                            "or admin): its audit log keeps the drill's times for the autonomy "
+                            "report")
+    drill.add_argument("--admin-url", help="that gateway's admin listener (default: "
+                                           "$GATEWAY_ADMIN_URL or http://127.0.0.1:8081)")
     from gateway import operator
     operator.add_operator_commands(commands)
     return parser
@@ -210,7 +218,8 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
 def cmd_drill(args: argparse.Namespace) -> int:
     from gateway.drill import DrillOptions, main
     return main(DrillOptions(out=args.out, writes=args.writes, stop=args.stop,
-                             base_url=args.base_url, database_url=args.database_url))
+                             base_url=args.base_url, database_url=args.database_url,
+                             record=args.record, admin_url=args.admin_url))
 
 
 def cmd_hash(args: argparse.Namespace) -> int:

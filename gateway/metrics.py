@@ -51,6 +51,10 @@ class Metrics:
         self._journal = Histogram("gateway_journal_write_duration_seconds",
                                   "Journal writes (intent and outcome) to the store.",
                                   buckets=SECONDS, registry=registry)
+        self._would = Counter("gateway_would_decide",
+                              "Calls under mode observe or shadow, by what the rules decided "
+                              "(and the mode did not enforce).",
+                              ["upstream", "mode", "would_decide"], registry=registry)
         self._entries = Counter("gateway_journal_entries",
                                 "Mutating calls journaled by this process.", registry=registry)
         self._reloads = Counter("gateway_policy_reloads", "Policy reloads by result.",
@@ -81,6 +85,9 @@ class Metrics:
                 self._requests.labels(upstream, decision))
         children[0].inc()
         children[1].observe(seconds)
+
+    def would_decide(self, upstream: str, mode: str, verdict: str) -> None:
+        self._would.labels(upstream, mode, verdict).inc()
 
     def upstream(self, upstream: str, seconds: float) -> None:
         self._child(self._upstream, upstream).observe(seconds)

@@ -25,6 +25,7 @@ from gateway.core.model import (
     RunSummary,
 )
 from gateway.core.policy import Upstream as UpstreamPolicy
+from gateway.core.report import DecisionCount, HeldFact, RolledBack
 from gateway.core.rollback import Plan, PlanStatus, Step, StepStatus
 
 
@@ -103,7 +104,8 @@ class Store(Protocol):
 
     async def list_held(self, status: str | None = None, agent: str | None = None,
                         upstream: str | None = None, limit: int = 100) -> list[HeldCall]:
-        """Held calls matching every filter given, newest first (by ``at``, then id)."""
+        """Held calls matching every filter given, newest first (by ``at``, then id);
+        without a status, shadowed writes (status ``shadow``: not in the queue) are left out."""
 
     async def record_votes(self, call_id: str, before: tuple[Vote, ...],
                            after: tuple[Vote, ...]) -> bool:
@@ -146,6 +148,39 @@ class Store(Protocol):
     async def abandon_lapsed_claims(self, now: datetime) -> list[str]:
         """approved -> unknown for every claim whose ``lease_until < now``
         (its process died mid-execution; never re-sent); the ids changed."""
+
+    async def due_held(self, now: datetime, limit: int = 100) -> list[HeldCall]:
+        """Pending delayed calls whose ``due_at <= now``, the earliest due first."""
+
+    async def claim_due(self, call_id: str, by: str, at: datetime,
+                        lease_until: datetime) -> bool:
+        """pending -> approved for a delayed call due at ``at`` (the gateway's own claim,
+        exactly once like ``claim_held``), with ``decided_by`` and the lease."""
+
+    async def suspend_due(self, call_id: str, extra: dict[str, Any]) -> bool:
+        """A pending delayed call becomes an ordinary held call: ``due_at`` cleared,
+        ``extra`` replaced (the kill switch covered it when it fell due)."""
+
+    async def promote_shadow(self, call_id: str, at: datetime, expires_at: datetime | None,
+                             extra: dict[str, Any]) -> bool:
+        """shadow -> pending (held at ``at``), once; False if it is not a kept shadow write."""
+
+    # The autonomy report ------------------------------------------------------
+    async def decision_counts(self, since: datetime, until: datetime,
+                              upstream: str | None = None) -> list[DecisionCount]:
+        """Decisions on agents' writes in the window (the audit chain's ``call.*`` records
+        that name an upstream), by upstream, rule, agent, decision and would-be decision."""
+
+    async def held_facts(self, since: datetime, until: datetime,
+                         upstream: str | None = None) -> list[HeldFact]:
+        """The held calls (not kept shadow writes) held in the window."""
+
+    async def rolled_back_counts(self, since: datetime, until: datetime,
+                                 upstream: str | None = None) -> list[RolledBack]:
+        """Agents' writes of the window now ``rolled_back``, by upstream, rule and agent."""
+
+    async def last_audit(self, action: str) -> AuditRecord | None:
+        """The newest audit record with this action."""
 
     # Rollback plans -----------------------------------------------------------
     # A plan is written once, whole; then its executor records each step's

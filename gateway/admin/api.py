@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gateway import dashboard
 from gateway.admin.auth import AdminError, Operator, OperatorDirectory, requires
+from gateway.admin.autonomy import add_autonomy_routes
 from gateway.admin.controls import Controls
 from gateway.admin.docs import mount_docs
 from gateway.admin.render import journal_item
@@ -187,12 +188,13 @@ def create_admin_app(gateway: Controls) -> FastAPI:
                       run: str | None = None, since: str | None = None,
                       until: str | None = None, method: str | None = None,
                       path: str | None = None, state: str | None = None,
-                      decision: str | None = None,
+                      decision: str | None = None, would_decide: str | None = None,
                       limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
         query = JournalQuery(agent=agent, upstream=upstream, run=run, since=_time(since, "since"),
                              until=_time(until, "until"), limit=limit,
                              method=method.upper() if method else None, path=path or None,
-                             state=state or None, decision=decision or None)
+                             state=state or None, decision=decision or None,
+                             would_decide=would_decide or None)
         entries = await gateway.store.list_journal(query)
         return {"items": [journal_item(e) for e in entries]}
 
@@ -260,6 +262,8 @@ def create_admin_app(gateway: Controls) -> FastAPI:
             records.extend(page)
             after = page[-1].seq
         return verify(records).to_json()
+
+    add_autonomy_routes(app, gateway)  # shadow runs, promotion, drills, the autonomy report
 
     page = dashboard.load()  # read once; the page asks for a token, the API checks it
 

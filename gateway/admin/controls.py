@@ -12,8 +12,10 @@ from gateway.core.policy import PolicySet
 from gateway.metrics import Metrics
 from gateway.ports import Store
 from gateway.services.approvals import ApprovalQueue
+from gateway.services.audit_trail import AuditTrail
 from gateway.services.freezes import FreezeState
 from gateway.services.rollbacks import Rollbacks
+from gateway.services.shadows import ShadowWrites
 from gateway.settings import Settings
 
 
@@ -33,6 +35,8 @@ class Controls(Protocol):
     metrics: Metrics
     approvals: ApprovalQueue
     rollbacks: Rollbacks
+    audit: AuditTrail
+    shadows: ShadowWrites
 
     @property
     def store(self) -> Store: ...

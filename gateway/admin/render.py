@@ -14,6 +14,7 @@ def journal_item(entry: JournalEntry) -> dict[str, Any]:
         "id": entry.id, "at": iso(entry.at), "agent": entry.agent, "run": entry.checkpoint.run,
         "upstream": entry.upstream, "method": entry.method, "path": entry.path,
         "rule": entry.rule, "decision": entry.decision, "status": entry.status,
+        "mode": entry.mode, "would_decide": entry.would_decide,
         "prior": entry.prior, "undo": entry.undo.to_json() if entry.undo else None,
         "reversible": entry.reversible,
         "state": entry.state.value, "query": entry.query, "request_id": entry.request_id,

@@ -3,11 +3,11 @@
 A call that a ``hold`` rule stops is kept, exactly as the agent sent it,
 until operators decide. The states:
 
-    pending --vote (enough distinct approvers)--> approved --forwarded--> executed
-       |                                              |----error-------> failed
-       |                                              '----lease lost---> unknown
-       |--reject--> rejected
-       '--expires--> expired
+    shadow --promoted--> pending --vote (enough distinct approvers)--> approved --forwarded--> executed
+                           |      --due (action: delay)-------------->    |----error-------> failed
+                           |                                               '----lease lost---> unknown
+                           |--reject--> rejected
+                           '--expires--> expired
 
 ``approved`` means "claimed for execution": exactly one process wins the
 compare-and-set from ``pending`` and forwards the call at most once. A claim
@@ -15,6 +15,12 @@ carries a lease; a call still ``approved`` after its lease ran out belongs to a
 process that died mid-way and becomes ``unknown`` (shown to operators, never
 re-sent). The call is bound to a digest of its exact bytes, so what executes
 is what the approvers were shown.
+
+Two other ways in: a call of an ``action: delay`` rule is pending with a
+``due_at``, and the gateway claims it by itself once due (unless rejected
+first; a kill switch covering it then turns it into an ordinary held call, its
+``due_at`` cleared, for operators to decide). A write of a ``mode: shadow`` run
+is kept as ``shadow`` (never in the queue) until an operator promotes it.
 """
 
 from __future__ import annotations
@@ -38,10 +44,12 @@ class ApprovalStatus(str, Enum):
     REJECTED = "rejected"
     EXPIRED = "expired"
     UNKNOWN = "unknown"
+    SHADOW = "shadow"  # a shadowed write kept as proposed: not in the queue until promoted
 
     @property
     def terminal(self) -> bool:
-        return self not in (ApprovalStatus.PENDING, ApprovalStatus.APPROVED)
+        return self not in (ApprovalStatus.PENDING, ApprovalStatus.APPROVED,
+                            ApprovalStatus.SHADOW)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,9 +95,18 @@ class HeldCall:
     journal_id: str | None = None
     error: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    due_at: datetime | None = None  # action: delay: the gateway runs it then (if still pending)
 
     def expired(self, now: datetime) -> bool:
         return self.expires_at is not None and now >= self.expires_at
+
+    @property
+    def kind(self) -> str:
+        """``hold`` (operators decide), ``delay`` (runs by itself once due) or ``shadow``
+        (a shadowed write, kept as proposed or promoted to the queue)."""
+        if "delay" in self.extra:
+            return "delay"
+        return "shadow" if "shadow" in self.extra else "hold"
 
 
 def request_digest(method: str, upstream: str, raw_path: str, query: str,
@@ -207,5 +224,8 @@ def public_view(call: HeldCall) -> dict[str, Any]:
         "decided_by": call.decided_by,
         "decided_at": iso(call.decided_at) if call.decided_at else None,
         "reason": call.reason, "response": call.response, "journal_id": call.journal_id,
-        "error": call.error,
+        "error": call.error, "kind": call.kind,
+        "due_at": iso(call.due_at) if call.due_at else None,
+        "delay": call.extra.get("delay"), "delay_frozen": call.extra.get("delay_frozen"),
+        "shadow": call.extra.get("shadow"),
     }

@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+TOOLS_CALL = "tools/call"  # gateway.core.policy's; not imported: this module stands alone
+
 
 def _object(text: str | None) -> dict[str, Any] | None:
     if not text:
@@ -32,9 +34,18 @@ def entry_changes(method: str, prior: Any, response_body: str | None, after: Any
     before = prior if isinstance(prior, dict) else {}
     if method == "DELETE":
         return [{"field": k, "before": v, "after": None} for k, v in sorted(before.items())]
-    left = _object(response_body) or (after if isinstance(after, dict) else None)
+    if method == TOOLS_CALL:  # the response is a JSON-RPC envelope, not the resource
+        left = after if isinstance(after, dict) else None
+    else:
+        left = _object(response_body) or (after if isinstance(after, dict) else None)
     if left is None:
         sent = _object(request_body)
+        if method == TOOLS_CALL and sent is not None:  # the message: its arguments
+            params = sent.get("params")
+            arguments = params.get("arguments") if isinstance(params, dict) else None
+            sent = arguments if isinstance(arguments, dict) else None
+            if sent is not None:
+                sent = {**before, **sent}
         if sent is None:
             return []
         left = {**before, **sent} if method == "PATCH" else sent

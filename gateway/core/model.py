@@ -73,6 +73,7 @@ class Verdict(str, Enum):
     ALLOW = "allow"
     DENY = "deny"
     HOLD = "hold"
+    DELAY = "delay"  # held, then run by itself after the rule's delay (gateway.core.autonomy)
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +167,7 @@ class JournalState(str, Enum):
     COMPLETED = "completed"  # the upstream answered
     FAILED = "failed"  # the call was not answered (timeout, unreachable, agent went away)
     ROLLED_BACK = "rolled_back"  # completed, then compensated by a rollback plan
+    SHADOW = "shadow"  # mode: shadow: journaled with its prior state, never sent
 
 
 @dataclass(slots=True)
@@ -207,6 +209,8 @@ class JournalEntry:
     after: Any = None  # the resource read after the write, when its response had no JSON body
     rolled_back_plan: str | None = None  # the plan whose compensation undid it (ROLLED_BACK)
     rolled_back_at: datetime | None = None
+    mode: str | None = None  # observe or shadow (gateway.core.autonomy); None: enforced
+    would_decide: str | None = None  # what the rules decided, when the mode did not enforce it
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,6 +245,7 @@ class JournalQuery:
     path: str | None = None  # a part of the path
     state: str | None = None
     decision: str | None = None
+    would_decide: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -115,11 +115,33 @@ class UndoSpec(_Strict):
         return value
 
 
+Mode = Literal["enforce", "observe", "shadow"]
+Action = Literal["allow", "deny", "hold", "delay"]
+
+
+class Delay(_Strict):
+    """``action: delay``: the call runs by itself this many seconds after it was made,
+    unless an operator rejects it first or the kill switch covers it when it falls due."""
+
+    seconds: float = Field(gt=0, le=30 * 86400)
+
+
+def _action_extras(action: str, approval: Approval | None, delay: Delay | None) -> None:
+    if approval is not None and action != "hold":
+        raise ValueError("approval is only allowed on rules with action: hold")
+    if action == "delay" and delay is None:
+        raise ValueError("action: delay needs delay: {seconds: N}")
+    if delay is not None and action != "delay":
+        raise ValueError("delay is only allowed on rules with action: delay")
+
+
 class Rule(_Strict):
     id: str = Field(min_length=1)
     match: Match = Match()
-    action: Literal["allow", "deny", "hold"]
+    action: Action
+    mode: Mode | None = None  # None: the file's mode
     approval: Approval | None = None
+    delay: Delay | None = None
     capture: Capture | Literal[False] | None = None
     undo: UndoSpec | Literal["none"] | None = None
     volatile: tuple[str, ...] = ()
@@ -133,8 +155,7 @@ class Rule(_Strict):
                 if missing:
                     raise ValueError(f"{what} path uses {{{', '.join(sorted(missing))}}}, "
                                      f"which match.path {self.match.path!r} does not bind")
-        if self.approval is not None and self.action != "hold":
-            raise ValueError("approval is only allowed on rules with action: hold")
+        _action_extras(self.action, self.approval, self.delay)
         return self
 
 
@@ -144,6 +165,7 @@ class _PolicyBase(_Strict):
     base_url: str
     credentials: Credentials | None = None
     default: Literal["allow", "deny", "hold"] = "deny"
+    mode: Mode = "enforce"  # every rule's (and the default's) unless a rule says otherwise
     timeout: float | None = Field(default=None, gt=0)
     volatile: tuple[str, ...] = ()  # fields every rule's drift check ignores (updated_at...)
     tripwires: tuple[TripwireSpec, ...] = ()  # stop conditions on this upstream's writes
@@ -256,17 +278,18 @@ class ToolUndo(_Strict):
 class McpRule(_Strict):
     id: str = Field(min_length=1)
     match: ToolMatch = ToolMatch()
-    action: Literal["allow", "deny", "hold"]
+    action: Action
+    mode: Mode | None = None  # None: the file's mode
     effect: Literal["read", "write"] = "write"  # read: not journaled, not frozen
     approval: Approval | None = None
+    delay: Delay | None = None
     capture: ToolCapture | Literal[False] | None = None
     undo: ToolUndo | Literal["none"] | None = None
     volatile: tuple[str, ...] = ()
 
     @model_validator(mode="after")
     def _consistent(self) -> McpRule:
-        if self.approval is not None and self.action != "hold":
-            raise ValueError("approval is only allowed on rules with action: hold")
+        _action_extras(self.action, self.approval, self.delay)
         if self.effect == "read" and (self.capture or self.undo is not None):
             raise ValueError("effect: read calls are not journaled; capture and undo do not apply")
         if isinstance(self.undo, ToolUndo) and not isinstance(self.capture, ToolCapture):
@@ -329,6 +352,11 @@ class Upstream:
             if rule.id == rule_id:
                 return rule
         return None
+
+    def mode_of(self, rule_id: str | None) -> Mode:
+        """The rule's own ``mode``, else the file's (the default action has the file's)."""
+        rule = self.rule(rule_id) if rule_id is not None else None
+        return rule.mode if rule is not None and rule.mode is not None else self.spec.mode
 
     def needs_body(self, candidates: list[tuple[int, dict[str, str]]]) -> bool:
         """True when some candidate rule's ``when`` may look at the body."""
@@ -402,7 +430,8 @@ class PolicySet:
                         self.revision, upstream.name, write=True)
 
 
-_PAST = {Verdict.ALLOW: "allowed", Verdict.DENY: "denied", Verdict.HOLD: "held"}
+_PAST = {Verdict.ALLOW: "allowed", Verdict.DENY: "denied", Verdict.HOLD: "held",
+         Verdict.DELAY: "delayed"}
 
 
 def tool_visible(upstream: Upstream, agent: str, tool: str) -> bool:
@@ -425,11 +454,11 @@ def tool_visible(upstream: Upstream, agent: str, tool: str) -> bool:
             continue
         if rule.match.agents is not None and agent not in rule.match.agents:
             continue
-        if rule.action != "deny":
-            return True
+        if rule.action != "deny" or (rule.mode or spec.mode) == "observe":
+            return True  # observe: the rule's deny is recorded, not enforced
         if rule.match.when is None:
             return False
-    return spec.default != "deny"
+    return spec.default != "deny" or spec.mode == "observe"
 
 
 def tool_activation(view: CallView) -> dict[str, Any]:

@@ -75,7 +75,9 @@ def _message(error: dict[str, Any], data: Any) -> str:
         return f"{prefix}unknown key {loc[-1]!r}{inside}"
     msg = error["msg"].removeprefix("Value error, ")
     if error["type"] == "literal_error" and loc and loc[-1] == "action" and what == "rule":
-        msg = f"unknown action {error.get('input')!r} (allow, deny or hold)"
+        msg = f"unknown action {error.get('input')!r} (allow, deny, hold or delay)"
+    if error["type"] == "literal_error" and loc and loc[-1] == "mode":
+        msg = f"unknown mode {error.get('input')!r} (enforce, observe or shadow)"
     if error["type"] == "literal_error" and loc and loc[-1] == "effect":
         msg = f"unknown effect {error.get('input')!r} (read or write)"
     return f"{prefix}{where}: {msg}" if where else f"{prefix}{msg}"
@@ -103,6 +105,7 @@ _KNOWN_KEYS = {
     "path", "when", "agents", "wait", "expires", "approvers", "roles", "operators", "method",
     "body", "tripwires", "kind", "limit", "window", "per", "scope", "field", "allowed_hours",
     "start", "end", "days", "timezone", "min_calls", "tools", "effect", "tool", "arguments",
+    "mode", "delay", "seconds",
 }
 _KINDS: dict[str, type[PolicyFile] | type[McpPolicyFile]] = {"http": PolicyFile,
                                                               "mcp": McpPolicyFile}

@@ -11,7 +11,8 @@ e.g. ``updated_at``) are ignored in that comparison.
 cannot be undone (``undo: none``, no prior state, outcome unknown), each with
 everything known about it for manual reconciliation. An entry an earlier plan
 already compensated (``rolled_back``) becomes a ``skipped`` step naming that
-plan: undoing it again would overwrite the state it restored.
+plan: undoing it again would overwrite the state it restored. A shadowed write
+(``mode: shadow``) was never sent: it is skipped too.
 """
 
 from __future__ import annotations
@@ -125,6 +126,10 @@ def plan_rollback(entries: Iterable[JournalEntry], *, plan_id: str, at: datetime
     irreversible: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []
     for entry in ordered:
+        if entry.state is JournalState.SHADOW:  # mode: shadow: never sent
+            skipped.append({"entry": entry.id, "reason": "shadowed (mode: shadow): never sent, "
+                            "nothing to undo"})
+            continue
         if entry.state is JournalState.ROLLED_BACK:  # undone already: nothing to compare or send
             why = f"already rolled back by plan {entry.rolled_back_plan}"
             if entry.undo is None:

@@ -22,6 +22,8 @@ class DrillOptions:
     stop: Literal["tripwire", "operator"] = "tripwire"
     base_url: str | None = None
     database_url: str | None = None
+    record: bool = False  # post the report to a running gateway (its audit log keeps the times)
+    admin_url: str | None = None  # that gateway's admin listener (else GATEWAY_ADMIN_URL...)
 
 
 @dataclass

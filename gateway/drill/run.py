@@ -15,6 +15,7 @@ was lost. ``gateway.drill.report`` renders and saves the report.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import socket
 import tempfile
@@ -42,6 +43,7 @@ from gateway.drill.findings import (
     Findings,
 )
 from gateway.drill.report import build, changes_lost, differences, save, summary
+from gateway.operator.client import AdminClient, OperatorError, admin_url, token
 from gateway.services.rollbacks import MAX_ENTRIES, Selection
 from gateway.settings import AgentSpec, OperatorSpec, Settings, dev_operator_token, sha256_hex
 
@@ -344,6 +346,12 @@ def main(options: DrillOptions, before_rollback: Hook | None = None,
 
 async def amain(options: DrillOptions, before_rollback: Hook | None = None,
                 echo: Echo = _print) -> int:
+    if options.record:  # before the drill: a missing token should not cost a run
+        try:
+            admin_url(argparse.Namespace(admin_url=options.admin_url)), token()
+        except OperatorError as exc:
+            echo(exc.message)
+            return 2
     try:
         findings = await run_drill(options, before_rollback=before_rollback, echo=echo)
     except DrillError as exc:
@@ -352,4 +360,24 @@ async def amain(options: DrillOptions, before_rollback: Hook | None = None,
     report = build(findings)
     paths = save(report, options.out)
     echo(summary(report, paths))
+    if options.record:
+        try:
+            echo(await asyncio.to_thread(record, report, options.admin_url))
+        except OperatorError as exc:
+            echo(f"gateway drill: the report was saved but not recorded: {exc.message}")
+            return 2
     return 0 if report["verdict"] == "PASS" else 1
+
+
+def record(report: dict[str, Any], url: str | None) -> str:
+    """Post the report to a running gateway (``POST /v1/drills``, operator token from
+    ``GATEWAY_TOKEN``): its audit log keeps the verdict and the detect / stop / restore
+    times, which the autonomy report shows as the last drill."""
+    base = admin_url(argparse.Namespace(admin_url=url))
+    client = AdminClient(base, token())
+    try:
+        data = client.call("POST", "/v1/drills", body=report)
+    finally:
+        client.close()
+    return (f"drill: recorded at {base} (audit record #{data['audit']['seq']}): the autonomy "
+            "report shows it as the last drill")

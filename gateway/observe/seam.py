@@ -30,6 +30,8 @@ class CallRecord:
     path: str
     decision: str = "error"
     status: int = 500
+    mode: str | None = None  # observe | shadow, when the rule's mode was not enforce
+    would_decide: str | None = None  # what the rules decided, when the mode did not enforce it
 
 
 class Step:

@@ -90,6 +90,8 @@ class CallObserver(Observer):
 
     def call_done(self, record: CallRecord, seconds: float) -> None:
         self.metrics.call(record.upstream, record.decision, seconds)
+        if record.would_decide is not None:
+            self.metrics.would_decide(record.upstream, record.mode or "", record.would_decide)
         if self.access is not None:
             self.access.write(record, seconds)
 

@@ -1,4 +1,5 @@
-"""Operator commands of ``gateway``: approvals, killswitch, journal, rollback, audit.
+"""Operator commands of ``gateway``: approvals, killswitch, journal, rollback, audit,
+shadow and report.
 
 They talk to the admin REST API (see the contract) with the operator token
 from ``GATEWAY_TOKEN`` and the admin URL from ``--admin-url``, else
@@ -17,10 +18,10 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from gateway.operator import approvals, audit, journal, killswitch, rollback
+from gateway.operator import approvals, audit, journal, killswitch, report, rollback, shadow
 from gateway.operator.client import AdminClient, OperatorError, admin_url, token
 
-COMMANDS = ("approvals", "killswitch", "journal", "rollback", "audit")
+COMMANDS = ("approvals", "killswitch", "journal", "rollback", "audit", "shadow", "report")
 
 EXIT_PIPE_CLOSED = 141  # what a shell reports for a command ended by SIGPIPE
 
@@ -29,7 +30,7 @@ Handler = Callable[[AdminClient, argparse.Namespace], int]
 
 def add_operator_commands(commands: Any) -> None:
     """Register the operator commands on the ``gateway`` subparsers."""
-    for module in (approvals, killswitch, journal, rollback, audit):
+    for module in (approvals, killswitch, journal, rollback, audit, shadow, report):
         module.register(commands)
 
 

@@ -87,6 +87,8 @@ class ProxyApp:
             await self._respond(scope, receive, send, watch, record)
         finally:
             record.agent = scope.get("gateway.agent")
+            facts = _facts(scope)
+            record.mode, record.would_decide = facts.get("mode"), facts.get("would_decide")
             watch.finish(record)
 
     async def _respond(self, scope: Scope, receive: Receive, send: Send, watch: Watch,
@@ -127,7 +129,7 @@ class ProxyApp:
             return
         await self.audit.record(agent, f"call.{decision}", {
             "request_id": request_id, "method": scope["method"], "path": scope["path"],
-            "status": status, **detail})
+            **_facts(scope), "status": status, **detail})
 
     async def _handle(self, scope: Scope, receive: Receive, request_id: str,
                       watch: Watch) -> Reply:
@@ -154,6 +156,7 @@ class ProxyApp:
                                   get("x-agent-prompt-version"), get("x-agent-tool-version")),
             body=_body(receive) if _has_body(headers) else None)
         call.watch = watch
+        scope["gateway.call"] = call  # its facts (what was decided) go to the audit record
         if self.mcp is not None and self.mcp.serves(upstream):
             return await self.mcp.handle(call)
         return await self.pipeline.handle(call)
@@ -167,6 +170,12 @@ class ProxyApp:
             status, body = await self.own_routes(method, rest, agent)
             return Reply(_json_response(status, body), "allow")
         raise UnknownUpstream(f"no gateway route /_gateway/{rest}")
+
+
+def _facts(scope: Scope) -> dict[str, Any]:
+    """What the pipeline recorded about the decision (upstream, rule, mode, would_decide)."""
+    call = scope.get("gateway.call")
+    return call.facts if call is not None else {}
 
 
 def _has_body(headers: list[tuple[str, str]]) -> bool:

@@ -41,7 +41,8 @@ from gateway.ports import UpstreamResponse
 from gateway.services.call import Call, Reply
 from gateway.services.pipeline import BodyTooLarge, Pipeline
 
-_SEVERITY = ["allow", "hold", "error", "deny", "frozen"]  # a batch's header: its gravest decision
+# a batch's header: its gravest decision
+_SEVERITY = ["allow", "shadow", "hold", "error", "deny", "frozen"]
 
 
 @dataclass(slots=True)
@@ -126,11 +127,19 @@ class McpReader:
             if reply.decision == "hold":  # still pending: tell the model where it stands
                 held = json.loads(reply.response.body or b"{}").get("approval", {})
                 url = _absolute(call, str(held.get("status_url", "")))
-                reply = self._refusal(message, "hold", (
-                    f"held for approval: approval {held.get('id')} is {held.get('status')}; "
-                    f"its status: GET {url} (the call runs once, if an operator approves it)"))
+                if held.get("due_at"):  # action: delay
+                    text = (f"delayed: approval {held.get('id')} runs by itself at "
+                            f"{held['due_at']} unless an operator rejects it first; its "
+                            f"status: GET {url}")
+                else:
+                    text = (f"held for approval: approval {held.get('id')} is "
+                            f"{held.get('status')}; its status: GET {url} (the call runs "
+                            "once, if an operator approves it)")
+                reply = self._refusal(message, "hold", text)
+        if not batch:  # the call's metrics (would_decide) are this message's
+            call.facts = one.facts
         reply.audits = [(reply.decision, {"method": TOOLS_CALL, "path": message.tool,
-                                          "status": reply.response.status,
+                                          **one.facts, "status": reply.response.status,
                                           **({"journal": reply.journal_id}
                                              if reply.journal_id else {})})]
         return _Answered(reply, message)

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import heapq
 import json
 import logging
 import re
 import time
-from datetime import timedelta
+from dataclasses import replace
+from datetime import datetime, timedelta
 from typing import Any
 
 from gateway.core import journal as journaling
@@ -36,7 +38,7 @@ from gateway.core.approvals import (
 )
 from gateway.core.headers import HOP_BY_HOP
 from gateway.core.killswitch import covering
-from gateway.core.model import Decision, new_id, utcnow
+from gateway.core.model import Decision, iso, new_id, utcnow
 from gateway.core.policy import TOOLS_CALL, Approval, Upstream
 from gateway.core.redact import is_secret_name
 from gateway.errors import (
@@ -54,6 +56,8 @@ from gateway.services.pipeline import Pipeline
 log = logging.getLogger("gateway.approvals")
 _PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+(?:\.\d+)?)", re.IGNORECASE)
 _POLL = 0.25  # seconds between store reads while an agent waits (other processes' decisions)
+_SWEEP = 1.0  # seconds between sweeps: expiries, lapsed claims, due delayed calls
+DELAY_ACTOR = "gateway"  # who claims a delayed call when it falls due
 _RETRYABLE = (WritesFrozen, CaptureFailed, JournalUnavailable)  # nothing was sent
 
 
@@ -113,16 +117,19 @@ class ApprovalQueue:
         self.lease_seconds = lease_seconds
         self._changed: dict[str, asyncio.Event] = {}
         self._sweeper: asyncio.Task[None] | None = None
+        self._due = asyncio.Event()  # a delayed call was queued in this process
+        self._dues: list[datetime] = []  # due times queued here (a heap), not yet swept
+        self._swept_at: datetime | None = None  # when the last run of due calls looked
 
     # -- agent side ------------------------------------------------------------
 
-    async def hold(self, upstream: Upstream, call: Call, decision: Decision) -> Reply:
-        rule = upstream.rule(decision.rule)
-        spec = rule.approval if rule is not None and rule.approval is not None else Approval()
+    def held_call(self, upstream: Upstream, call: Call, decision: Decision, spec: Approval,
+              **values: Any) -> HeldCall:
+        """The call exactly as the agent sent it (minus secret headers), digest-bound."""
         now = utcnow()
         headers = kept_headers(call.headers)
         body = call.buffered or b""
-        held = HeldCall(
+        fields: dict[str, Any] = dict(
             id=new_id(), at=now, agent=call.agent, upstream=upstream.name, method=call.method,
             raw_path=call.raw_path, query=call.query, headers=headers, body=body,
             checkpoint=call.checkpoint, rule=decision.rule, policy_revision=decision.revision,
@@ -130,14 +137,36 @@ class ApprovalQueue:
                                   headers, body),
             required=spec.approvers, roles=spec.roles, operators=spec.operators,
             expires_at=now + timedelta(seconds=spec.expires) if spec.expires else None)
+        return HeldCall(**{**fields, **values})
+
+    async def create(self, held: HeldCall) -> None:
         try:
             await self.store.create_held(held)
         except Exception as exc:
             log.error("could not hold %s: %s", held.id, exc)
             raise JournalUnavailable("the approval queue could not be written; "
                                      "the call was not sent") from exc
-        await self._audit(call.agent, "approval.held", held, {"rule": decision.rule})
-        self.notifier.publish("approval.held", public_view(held))
+
+    async def hold(self, upstream: Upstream, call: Call, decision: Decision,
+                   delay: float | None = None) -> Reply:
+        """Queue the call; with ``delay`` (``action: delay``) it runs by itself that many
+        seconds from now, unless rejected first (``sweep`` runs it)."""
+        rule = upstream.rule(decision.rule)
+        spec = rule.approval if rule is not None and rule.approval is not None else Approval()
+        held = self.held_call(upstream, call, decision, spec)
+        if delay is not None:
+            held = replace(held, due_at=held.at + timedelta(seconds=delay),
+                           extra={"delay": delay})
+        await self.create(held)
+        if delay is None:
+            await self._audit(call.agent, "approval.held", held, {"rule": decision.rule})
+            self.notifier.publish("approval.held", public_view(held))
+        else:
+            await self._audit(call.agent, "approval.delayed", held, {
+                "rule": decision.rule, "delay": delay, "due_at": iso(held.due_at or held.at)})
+            self.notifier.publish("approval.delayed", public_view(held))
+            heapq.heappush(self._dues, held.due_at or held.at)
+            self._due.set()  # the sweeper sleeps until the earliest due call it knows of
         asked = prefer_wait(call.headers)
         wait = min(asked if asked is not None else spec.wait, self.max_wait)
         final = await self.wait(held.id, wait) if wait > 0 else held
@@ -151,8 +180,10 @@ class ApprovalQueue:
                                    + (f": {held.reason}" if held.reason else ""),
                                    approval=held.id)
         status_url = f"/_gateway/approvals/{held.id}"
-        body = {"approval": {"id": held.id, "status": agent_status(held.status),
-                             "status_url": status_url}}
+        body: dict[str, Any] = {"approval": {"id": held.id, "status": agent_status(held.status),
+                                             "status_url": status_url}}
+        if held.due_at is not None:  # action: delay: it runs then unless an operator rejects it
+            body["approval"]["due_at"] = iso(held.due_at)
         response = UpstreamResponse(202, [("content-type", "application/json"),
                                           ("location", status_url)],
                                     body=json.dumps(body).encode())
@@ -184,7 +215,8 @@ class ApprovalQueue:
         """``GET /_gateway/approvals/{id}``: only the agent that sent the call sees it."""
         call_id = rest.removeprefix("approvals/")
         held = await self.store.get_held(call_id) if rest.startswith("approvals/") else None
-        if method != "GET" or held is None or held.agent != agent:
+        if method != "GET" or held is None or held.agent != agent \
+                or held.status is ApprovalStatus.SHADOW:  # never given to the agent
             return 404, {"error": {"code": "not_found", "message": "no such approval"}}
         held = await self._expire_if_due(held)
         response = held.response if held.status is ApprovalStatus.EXECUTED else None
@@ -261,6 +293,8 @@ class ApprovalQueue:
     async def _execute(self, held: HeldCall, operator: str, comment: str | None) -> dict[str, Any]:
         info = {"id": held.id, "approved_by": [v.to_json() for v in held.votes],
                 "comment": comment}
+        if held.kind != "hold":  # delay: run when due; shadow: a promoted shadow write
+            info["kind"] = held.kind
         if digest_of(held) != held.digest:  # the stored call was altered after it was held
             await self._finish(held, ApprovalStatus.FAILED, None, None,
                                "the stored call no longer matches its digest; not sent")
@@ -329,6 +363,38 @@ class ApprovalQueue:
                       "unknown, not re-sent", call_id)
             await self._after_sweep(call_id, "approval.unknown")
 
+    async def run_due(self) -> None:
+        """Run the delayed calls that are due, each once (a compare-and-set claim, as an
+        operator's approval). One the kill switch covers is not run, now or later by
+        itself: it becomes an ordinary held call for operators to approve or reject."""
+        now = utcnow()
+        due = await self.store.due_held(now)
+        self._swept_at = now
+        if not due:
+            return
+        freezes = [*await self.store.active_freezes(), *self.pipeline.freezes.active]
+        for held in due:
+            freeze = covering(freezes, held.upstream, held.agent)
+            if freeze is not None:
+                extra = {**held.extra, "delay_frozen": {"at": iso(now),
+                                                        "freeze": freeze.to_json()}}
+                if await self.store.suspend_due(held.id, extra):
+                    log.warning("delayed call %s fell due while writes are frozen (%s): not "
+                                "run; it waits for an operator", held.id, freeze.reason)
+                    await self._after_sweep(held.id, "approval.delay_frozen")
+                continue
+            if not await self.store.claim_due(held.id, DELAY_ACTOR, now,
+                                              lease(now, self.lease_seconds)):
+                continue  # rejected meanwhile, or another process claimed it
+            await self._audit(DELAY_ACTOR, "approval.due", held,
+                              {"delay": held.extra.get("delay")})
+            claimed = replace(held, status=ApprovalStatus.APPROVED, decided_by=DELAY_ACTOR,
+                              decided_at=now)
+            try:
+                await self._execute(claimed, DELAY_ACTOR, None)
+            except ApprovalError as exc:  # retryable ones went back to pending: next sweep
+                log.warning("delayed call %s not run: %s: %s", held.id, exc.code, exc.message)
+
     async def _after_sweep(self, call_id: str, action: str) -> None:
         held = await self.store.get_held(call_id)
         if held is not None:
@@ -340,9 +406,25 @@ class ApprovalQueue:
         while True:
             try:
                 await self.sweep()
+                await self.run_due()
             except Exception:
                 log.exception("approval sweep failed")
-            await asyncio.sleep(1.0)
+            await self._nap()
+
+    async def _nap(self) -> None:
+        """Up to a second (other processes' delayed calls are found by polling), less when
+        a delayed call queued here falls due sooner."""
+        self._due.clear()  # first: a call queued from here on wakes the wait below
+        timeout = _SWEEP
+        while self._dues and self._swept_at is not None and self._dues[0] <= self._swept_at:
+            heapq.heappop(self._dues)  # looked at by the last run
+        if self._dues:
+            left = (self._dues[0] - utcnow()).total_seconds()
+            timeout = min(timeout, max(left, 0.01))
+        try:
+            await asyncio.wait_for(self._due.wait(), timeout)
+        except TimeoutError:
+            pass
 
     async def _expire_if_due(self, held: HeldCall) -> HeldCall:
         if held.status is ApprovalStatus.PENDING and held.expired(utcnow()):
@@ -361,6 +443,11 @@ class ApprovalQueue:
         event = self._changed.get(call_id)
         if event is not None:
             event.set()
+
+    async def audit(self, actor: str, action: str, held: HeldCall,
+                    detail: dict[str, Any]) -> None:
+        """An audit record naming a held call (shadow promotions record theirs here too)."""
+        await self._audit(actor, action, held, detail)
 
     async def _audit(self, actor: str, action: str, held: HeldCall,
                      detail: dict[str, Any]) -> None:

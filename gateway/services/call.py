@@ -32,6 +32,9 @@ class Call:
     buffered: bytes | None = None
     watch: Watch = NO_WATCH  # the steps of this call are timed (and traced) here
     mcp: Message | None = None  # one JSON-RPC message to an MCP upstream (method: its method)
+    # what was decided, for the call's audit record (upstream, rule, mode, would_decide):
+    # set by the pipeline once the policy has spoken, kept when the call is refused after
+    facts: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(slots=True)

@@ -1,8 +1,12 @@
 """One agent call end to end.
 
-    decide -> (read)  forward, streaming both ways
+    decide -> carry out (the mode: gateway.core.autonomy)
+           -> (refuse) 403; (hold, delay) the approval queue
+           -> (read)  forward, streaming both ways
            -> (write) freeze check -> capture GET -> journal intent -> final
                       freeze check -> forward -> journal outcome
+           -> (shadow) freeze check -> capture GET -> journal, keep as proposed,
+                      answer a projection (nothing sent)
 
 Every step that fails before the write is sent stops it: a freeze (423), a
 failed capture (502), an unavailable journal (503). Any error while deciding
@@ -23,9 +27,10 @@ import time
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from gateway.core import autonomy, mcp, shadow
 from gateway.core import journal as journaling
-from gateway.core import mcp
 from gateway.core.approvals import HeldCall
+from gateway.core.autonomy import Act
 from gateway.core.headers import METHOD_OVERRIDES
 from gateway.core.model import (
     Decision,
@@ -38,7 +43,7 @@ from gateway.core.model import (
     new_id,
     utcnow,
 )
-from gateway.core.policy import TOOLS_CALL, CallView, PolicySet, Upstream
+from gateway.core.policy import TOOLS_CALL, CallView, Capture, PolicySet, Upstream
 from gateway.core.redact import redact_headers, redact_query
 from gateway.errors import (
     BadRequest,
@@ -68,12 +73,23 @@ from gateway.services.tripwires import Tripwires
 from gateway.settings import Settings
 
 log = logging.getLogger("gateway.pipeline")
+JSON_TYPE = "application/json"
 
 
 class Holds(Protocol):
     """Where held calls go (``gateway.services.approvals.ApprovalQueue``)."""
 
-    async def hold(self, upstream: Upstream, call: Call, decision: Decision) -> Reply: ...
+    async def hold(self, upstream: Upstream, call: Call, decision: Decision,
+                   delay: float | None = None) -> Reply:
+        """Queue the call (``delay``: run it by itself after that many seconds)."""
+
+
+class Proposals(Protocol):
+    """Where shadowed writes are kept (``gateway.services.shadows.ShadowWrites``)."""
+
+    async def keep(self, upstream: Upstream, call: Call, entry: JournalEntry) -> None:
+        """Keep a shadowed write exactly as sent (id = its journal entry's) for operators
+        to promote; JournalUnavailable when it cannot be kept."""
 
 
 class BodyTooLarge(GatewayError):
@@ -106,6 +122,7 @@ class Pipeline:
         self.freezes = freezes
         self.policies = policies
         self.holds: Holds | None = None
+        self.proposals: Proposals | None = None  # shadowed writes, kept for promotion
         self.observer: Observer = NO_OBSERVER  # for approved calls (the listener has its own)
         self.tripwires = Tripwires(freezes, store)  # none configured: a no-op
         self.senders: dict[str, Sender] = {"http": RestSender(settings, client)}
@@ -158,9 +175,10 @@ class Pipeline:
         if params is None:  # held by a tripwire, not a rule: the rule that matches decides
             matched = self.policies.decide(upstream, view)  # capture and undo
             rule_id, params = matched.rule, matched.params
-        decision = Decision(Verdict.HOLD, rule_id, "approved by " + ", ".join(
-            v["by"] for v in approval.get("approved_by", [])), self.policies.revision,
-            upstream.name, params)
+        verdict = Verdict.DELAY if held.kind == "delay" else Verdict.HOLD
+        decision = Decision(verdict, rule_id, "approved by " + (", ".join(
+            v["by"] for v in approval.get("approved_by", [])) or "the delay's end"),
+            self.policies.revision, upstream.name, params)
         rule = upstream.rule(rule_id)
         writes = (is_mutating(held.method) if call.mcp is None
                   else not (rule is not None and getattr(rule, "effect", "write") == "read"))
@@ -202,21 +220,32 @@ class Pipeline:
                             view.agent, parsed)
         try:
             decision = policies.decide(upstream, view, candidates)
+            writes = decision.write if decision.write is not None else mutating
+            action = autonomy.action_for(upstream, decision, writes)
         except Exception:  # fail closed: a bug in deciding must not let a call through
             log.exception("error while deciding %s %s", call.method, call.raw_path)
             decision = Decision(Verdict.DENY, None, "internal error while deciding",
                                 policies.revision, upstream.name)
-        if decision.verdict is Verdict.DENY:
+            action = autonomy.refused(decision, mutating)
+        call.facts = action.facts()
+        return await self.carry_out(upstream, call, view, action)
+
+    async def carry_out(self, upstream: Upstream, call: Call, view: CallView,
+                        action: autonomy.Action) -> Reply:
+        """Where a decision becomes what happens: the one place that reads actions and
+        modes (``gateway.core.autonomy``)."""
+        decision = action.decision
+        if action.kind is Act.REFUSE:
             raise PolicyDenied(decision.reason, rule=decision.rule)
-        if decision.verdict is Verdict.HOLD:
+        if action.kind in (Act.HOLD, Act.DELAY):
             if self.holds is None:
                 raise PolicyDenied("held calls need an approval queue; none is configured",
                                    rule=decision.rule)
             call.buffered = await self._read_body(call)
-            return await self.holds.hold(upstream, call, decision)
-        if not (decision.write if decision.write is not None else mutating):
+            return await self.holds.hold(upstream, call, decision, delay=action.delay)
+        if not action.write:
             return await self._read(upstream, call)
-        return await self._write(upstream, call, view, decision)
+        return await self._write(upstream, call, view, action.carried_out, action=action)
 
     async def _read_body(self, call: Call) -> bytes:
         if call.buffered is not None or call.body is None:
@@ -235,15 +264,18 @@ class Pipeline:
         return Reply(response, "allow")
 
     async def _write(self, upstream: Upstream, call: Call, view: CallView,
-                     decision: Decision, approval: dict[str, Any] | None = None) -> Reply:
+                     decision: Decision, approval: dict[str, Any] | None = None,
+                     action: autonomy.Action | None = None) -> Reply:
         started = time.perf_counter()
+        shadowed = action is not None and action.kind is Act.SHADOW
         try:
             await self.freezes.check(upstream.name, call.agent)
         except GatewayError:
             raise
         except Exception as exc:
             raise JournalUnavailable("the store could not be read for the kill switch") from exc
-        if approval is None:  # an approved call was judged by a person, not by tripwires
+        if approval is None and not shadowed:  # tripwires count what is sent, not what a
+            # person approved nor what a shadow run only proposes
             tripped = await self.tripwires.before_write(upstream, call, view, decision)
             if tripped is not None:  # action: hold
                 if self.holds is None:
@@ -273,7 +305,11 @@ class Pipeline:
             request_body_sha256=stored.sha256, request_body_size=stored.size,
             request_content_type=content_type, prior=prior, prior_status=prior_status,
             capture_path=target, undo=Undo.from_json(undo) if undo else None,
-            reversible=reversible, approval=approval)
+            reversible=reversible, approval=approval,
+            mode=action.mode if action is not None and action.mode != "enforce" else None,
+            would_decide=action.would_decide if action is not None else None)
+        if shadowed:
+            return await self._shadow(upstream, call, view, entry, started)
         try:
             with call.watch.step(JOURNAL, upstream.name):
                 await self.store.journal_intent(entry)
@@ -298,6 +334,47 @@ class Pipeline:
         if approval is None:
             await self.tripwires.after_write(upstream, call, response.status)
         return Reply(response, "allow", journal_id=entry.id)
+
+    async def _shadow(self, upstream: Upstream, call: Call, view: CallView,
+                      entry: JournalEntry, started: float) -> Reply:
+        """``mode: shadow``: the write is journaled with its prior state and kept, exactly
+        as sent, as a proposal operators may promote to a held call; the agent gets the
+        gateway's projection of the answer (``gateway.core.shadow``). Nothing is sent."""
+        content_type = entry.request_content_type
+        if call.mcp is not None:
+            projected = shadow.project_tool(call.mcp.id, entry.prior, entry.prior_status,
+                                            call.mcp.arguments or {}, entry.id)
+            result = (projected.value or {}).get("result", {})
+            entry.after = result.get("structuredContent")  # the state the tool would leave
+        else:
+            rule = upstream.rule(entry.rule)
+            projected = shadow.project(
+                view.method, entry.prior, entry.prior_status, view.body,
+                journaling.media_type(content_type) == journaling.FORM,
+                f"/{upstream.name}{call.raw_path}", entry.id,
+                captured_path=isinstance(getattr(rule, "capture", None), Capture))
+        stored = journaling.store_body(projected.body, JSON_TYPE if projected.body else None,
+                                       self.settings.journal_body_limit, projected.value)
+        entry.state, entry.decision, entry.status = JournalState.SHADOW, "shadow", projected.status
+        entry.response_headers = dict(projected.headers)
+        entry.response_body, entry.response_body_sha256 = stored.text, stored.sha256
+        entry.response_body_size, entry.completed_at = stored.size, utcnow()
+        entry.undo, entry.reversible = None, False  # never sent: nothing to undo
+        entry.timings = {**entry.timings, "total_ms": round((time.perf_counter() - started)
+                                                             * 1000, 3)}
+        if self.proposals is not None:
+            call.buffered = await self._read_body(call)
+            await self.proposals.keep(upstream, call, entry)
+        try:
+            with call.watch.step(JOURNAL, upstream.name):
+                await self.store.journal_intent(entry)
+        except Exception as exc:
+            log.error("journal unavailable: %s", exc)
+            raise JournalUnavailable("the change journal could not be written; "
+                                     "the shadowed call was not recorded") from exc
+        response = UpstreamResponse(projected.status, list(projected.headers),
+                                    body=projected.body)
+        return Reply(response, "shadow", journal_id=entry.id)
 
     async def capture(self, upstream: Upstream, call: Call,
                       target: str) -> tuple[Any, int, float]:

@@ -14,6 +14,10 @@ call again and find it decided.
 A pending call past its ``expires_at`` can no longer be claimed or rejected,
 even before ``expire_held`` has swept it (the same rule as
 ``HeldCall.expired``: expired when ``now >= expires_at``).
+
+Delayed calls (``due_at`` set) are claimed by the gateway itself once due, with
+the same compare-and-set as an operator's claim; shadowed writes (status
+``shadow``) enter the queue only when promoted, once.
 """
 
 from __future__ import annotations
@@ -36,8 +40,11 @@ PENDING, APPROVED = ApprovalStatus.PENDING.value, ApprovalStatus.APPROVED.value
 LEASE_LAPSED = ("the claim's lease ran out while the call was being executed (the process "
                 "stopped); it may or may not have reached the upstream and is never re-sent")
 
+SHADOW = ApprovalStatus.SHADOW.value
+
 _id, _status, _votes = col(ApprovalRow.id), col(ApprovalRow.status), col(ApprovalRow.votes)
 _expires_at, _lease_until = col(ApprovalRow.expires_at), col(ApprovalRow.lease_until)
+_due_at = col(ApprovalRow.due_at)
 
 
 class ApprovalQueue:
@@ -64,6 +71,8 @@ class ApprovalQueue:
     async def list_held(self, status: str | None = None, agent: str | None = None,
                         upstream: str | None = None, limit: int = 100) -> list[HeldCall]:
         statement = select(ApprovalRow)
+        if status is None:  # shadowed writes are proposals, not in the queue
+            statement = statement.where(_status != SHADOW)
         for column, value in ((ApprovalRow.status, status), (ApprovalRow.agent, agent),
                               (ApprovalRow.upstream, upstream)):
             if value is not None:
@@ -112,6 +121,30 @@ class ApprovalQueue:
     async def abandon_lapsed_claims(self, now: datetime) -> list[str]:
         return await self._sweep([_status == APPROVED, _lease_until < iso(now)],
                                  status=ApprovalStatus.UNKNOWN.value, error=LEASE_LAPSED)
+
+    async def due_held(self, now: datetime, limit: int = 100) -> list[HeldCall]:
+        statement = (select(ApprovalRow)
+                     .where(_status == PENDING, _due_at.is_not(None), _due_at <= iso(now))
+                     .order_by(_due_at, _id).limit(limit))
+        async with AsyncSession(self._engine) as session:
+            rows = (await session.exec(statement)).all()
+        return [codec.held_from_row(row) for row in rows]
+
+    async def claim_due(self, call_id: str, by: str, at: datetime,
+                        lease_until: datetime) -> bool:
+        return await self._change(
+            call_id, [_status == PENDING, _due_at.is_not(None), _due_at <= iso(at)],
+            status=APPROVED, decided_by=by, decided_at=iso(at), lease_until=iso(lease_until))
+
+    async def suspend_due(self, call_id: str, extra: dict[str, Any]) -> bool:
+        return await self._change(call_id, [_status == PENDING, _due_at.is_not(None)],
+                                  due_at=None, extra=codec.dumps(extra))
+
+    async def promote_shadow(self, call_id: str, at: datetime, expires_at: datetime | None,
+                             extra: dict[str, Any]) -> bool:
+        return await self._change(call_id, [_status == SHADOW], status=PENDING, at=iso(at),
+                                  expires_at=None if expires_at is None else iso(expires_at),
+                                  extra=codec.dumps(extra))
 
     async def _change(self, call_id: str, expected: Sequence[ColumnElement[bool]],
                       **values: Any) -> bool:

@@ -47,6 +47,7 @@ JOURNAL_COLUMNS = (
     "request_content_type", "prior", "prior_status", "capture_path", "undo", "reversible",
     "state", "status", "response_headers", "response_body", "response_body_sha256",
     "response_body_size", "error", "timings", "completed_at", "approval", "after",
+    "mode", "would_decide",
 )
 OUTCOME_COLUMNS = (
     "state", "status", "response_headers", "response_body", "response_body_sha256",
@@ -110,6 +111,7 @@ def journal_params(entry: JournalEntry) -> tuple[Any, ...]:
         entry.response_body_size, entry.error, dumps(entry.timings),
         None if entry.completed_at is None else iso(entry.completed_at),
         dumps_or_null(entry.approval), dumps_or_null(entry.after),
+        entry.mode, entry.would_decide,
     )
 
 
@@ -161,6 +163,8 @@ def entry_from_row(row: JournalRow) -> JournalEntry:
         after=_loads_or_none(row.after),
         rolled_back_plan=row.rolled_back_plan,
         rolled_back_at=_parse_or_none(row.rolled_back_at),
+        mode=row.mode,
+        would_decide=row.would_decide,
     )
 
 
@@ -239,6 +243,7 @@ def held_row(call: HeldCall) -> ApprovalRow:
         decided_at=_iso_or_null(call.decided_at), reason=call.reason,
         lease_until=_iso_or_null(call.lease_until), response=dumps_or_null(call.response),
         journal_id=call.journal_id, error=call.error, extra=dumps(call.extra),
+        due_at=_iso_or_null(call.due_at),
     )
 
 
@@ -256,7 +261,7 @@ def held_from_row(row: ApprovalRow) -> HeldCall:
         decided_by=row.decided_by, decided_at=_parse_or_none(row.decided_at),
         reason=row.reason, lease_until=_parse_or_none(row.lease_until),
         response=_loads_or_none(row.response), journal_id=row.journal_id, error=row.error,
-        extra=json.loads(row.extra),
+        extra=json.loads(row.extra), due_at=_parse_or_none(row.due_at),
     )
 
 

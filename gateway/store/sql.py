@@ -55,6 +55,7 @@ from gateway.store.engine import (
 )
 from gateway.store.hot import HotPath, PostgresHotPath, SqliteHotPath
 from gateway.store.migrate import upgrade
+from gateway.store.reports import ReportQueries
 from gateway.store.rollbacks import RollbackPlans
 from gateway.store.tables import AuditRow, FreezeRow, JournalRow
 
@@ -62,7 +63,7 @@ WRITE_LOCK = 0x67775F7772697465  # "gw_write": the advisory lock over audit and 
 PING_TIMEOUT = 5.0
 
 
-class SqlStore(ApprovalQueue, RollbackPlans):
+class SqlStore(ApprovalQueue, RollbackPlans, ReportQueries):
     """The store behind the gateway.
 
     >>> store = SqlStore("sqlite+aiosqlite:///./gateway.db")  # doctest: +SKIP
@@ -175,7 +176,8 @@ class SqlStore(ApprovalQueue, RollbackPlans):
         if query.ids is not None:
             statement = statement.where(col(JournalRow.id).in_(query.ids))
         for column, value in ((JournalRow.method, query.method), (JournalRow.state, query.state),
-                              (JournalRow.decision, query.decision)):
+                              (JournalRow.decision, query.decision),
+                              (JournalRow.would_decide, query.would_decide)):
             if value is not None:
                 statement = statement.where(col(column) == value)
         if query.path:

@@ -74,6 +74,8 @@ class JournalRow(SQLModel, table=True):
     after: str | None = _text_or_null()  # JSON, the resource read after the write (0003)
     rolled_back_plan: str | None = _text_or_null()  # the plan that compensated it (0006)
     rolled_back_at: str | None = _text_or_null()
+    mode: str | None = _text_or_null()  # observe | shadow; NULL = enforced (0009)
+    would_decide: str | None = _text_or_null()  # the rules' verdict when not enforced (0009)
 
 
 class FreezeRow(SQLModel, table=True):
@@ -109,6 +111,7 @@ class AuditRow(SQLModel, table=True):
     gap that ``verify`` reports as tampering."""
 
     __tablename__ = "audit"
+    __table_args__ = (Index("ix_audit_at", "at"),)  # the autonomy report's window (0009)
 
     seq: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
     at: str = _text()
@@ -132,6 +135,7 @@ class ApprovalRow(SQLModel, table=True):
         Index("ix_approvals_status_at", "status", "at"),
         Index("ix_approvals_agent_at", "agent", "at"),
         Index("ix_approvals_upstream_at", "upstream", "at"),
+        Index("ix_approvals_status_due_at", "status", "due_at"),
     )
 
     id: str = Field(sa_type=Text, primary_key=True)
@@ -164,6 +168,7 @@ class ApprovalRow(SQLModel, table=True):
     journal_id: str | None = _text_or_null()
     error: str | None = _text_or_null()
     extra: str = _text()  # JSON object
+    due_at: str | None = _text_or_null()  # action: delay: when the gateway runs it (0009)
 
 
 class RollbackPlanRow(SQLModel, table=True):

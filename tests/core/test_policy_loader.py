@@ -47,7 +47,7 @@ BROKEN_CASES = [
     ("unknown_rule_key.yaml", 8, "unknown key 'comment' in rules.0"),
     ("unknown_match_key.yaml", 7, "unknown key 'paths' in rules.0.match"),
     ("unknown_action.yaml", 7,
-     "rule 'read-all': rules.0.action: unknown action 'permit' (allow, deny or hold)"),
+     "rule 'read-all': rules.0.action: unknown action 'permit' (allow, deny, hold or delay)"),
     ("unknown_method.yaml", 6, "rule 'read-all': rules.0.match.methods: unknown method 'FETCH'"),
     ("bad_path_template.yaml", 7,
      ("rule 'json-view': rules.0.match.path: path template '/customers/{id}.json': "
@@ -73,6 +73,16 @@ BROKEN_CASES = [
     ("empty.yaml", 1, "empty policy file"),
     ("only_comments.yaml", 1, "empty policy file"),
     ("not_a_mapping.yaml", 1, "a policy file is a mapping"),
+    # autonomy: modes and delays
+    ("unknown_mode.yaml", 7,
+     "rule 'refunds': rules.0.mode: unknown mode 'dry-run' (enforce, observe or shadow)"),
+    ("unknown_file_mode.yaml", 3, "mode: unknown mode 'watch' (enforce, observe or shadow)"),
+    ("delay_without_seconds.yaml", 4,
+     "rule 'deletes': rules.0: action: delay needs delay: {seconds: N}"),
+    ("delay_on_hold.yaml", 4,
+     "rule 'deletes': rules.0: delay is only allowed on rules with action: delay"),
+    ("delay_not_positive.yaml", 7,
+     "rule 'deletes': rules.0.delay.seconds: Input should be greater than 0"),
     # MCP upstreams (kind: mcp)
     ("mcp_unknown_kind.yaml", 3, "kind: unknown kind 'grpc' (http or mcp)"),
     ("mcp_path_in_match.yaml", 6, "rule 'reads': unknown key 'path' in rules.0.match"),
