@@ -79,8 +79,9 @@ class Gateway:
         if self._client is None:
             from gateway.proxy.upstream import AiohttpUpstream
             self._client = AiohttpUpstream(timeout=self.settings.upstream_timeout)
-        freezes = FreezeState(self._store)
-        await freezes.load()
+        freezes = FreezeState(self._store, self._store.bus(), self.settings.engage_wait,
+                              horizon=self._longest_write)
+        await freezes.start()
         self._pipeline = Pipeline(self.settings, self._store, self._client, freezes, policies)
         self._pipeline.tripwires = Tripwires(freezes, self._store, self.metrics)
         self._pipeline.tripwires.configure(self.settings.tripwires, policies)
@@ -98,13 +99,20 @@ class Gateway:
         self.resuming = asyncio.create_task(self.rollbacks.resume_unfinished())
         log.info("policy set %s loaded: %s", policies.revision, ", ".join(policies.upstreams))
 
+    def _longest_write(self) -> float:
+        """Seconds a write may still be on its way after its intent: its upstream timeout."""
+        timeouts = [u.spec.timeout or 0 for u in self.policies.upstreams.values()]
+        return max([self.settings.upstream_timeout, *timeouts]) + 1
+
     async def stop(self) -> None:
         if self._pipeline is not None:
             self.resuming.cancel()
             await asyncio.gather(self.resuming, return_exceptions=True)
             await self.approvals.stop()
+            await self._pipeline.settled()
             await self.audit.stop()
             await self.notifier.stop()
+            await self._pipeline.freezes.stop()
         if self._client is not None:
             await self._client.close()
         if self._store is not None:

@@ -7,12 +7,13 @@ Tests substitute fakes where a narrow unit test wants one.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
 from gateway.core.approvals import ApprovalStatus, HeldCall, Vote
+from gateway.core.killswitch import InFlight
 from gateway.core.model import (
     AuditRecord,
     Freeze,
@@ -24,9 +25,32 @@ from gateway.core.model import (
 from gateway.core.rollback import Plan, PlanStatus, StepStatus
 
 
+class Bus(Protocol):
+    """Messages between the processes sharing a store (``gateway.store.bus``).
+
+    Every member hears what another publishes (a message ``to`` one member is
+    dropped by the others); nobody hears its own."""
+
+    member: str
+
+    async def start(self, deliver: Callable[[dict[str, Any]], None]) -> None: ...
+
+    async def publish(self, message: dict[str, Any], to: str | None = None) -> None: ...
+
+    async def members(self) -> set[str]:
+        """The other processes listening now."""
+
+    async def check(self) -> None:
+        """Reconnect if the bus was lost; raises if it cannot."""
+
+    async def close(self) -> None: ...
+
+
 class Store(Protocol):
     """Durable state: freezes, the change journal, the audit chain, held calls,
     rollback plans."""
+
+    process: str  # this process's name, journaled with its intents
 
     async def start(self) -> None:
         """Connect, then create or migrate the schema."""
@@ -36,8 +60,17 @@ class Store(Protocol):
     async def ping(self) -> bool:
         """True when a trivial query round-trips."""
 
+    def bus(self) -> Bus:
+        """The bus of the processes sharing this store (after ``start``; not started)."""
+
     # Kill switch ----------------------------------------------------------
+    # Every engage and release adds one to the generation, in its transaction.
     async def active_freezes(self) -> list[Freeze]: ...
+
+    async def freeze_view(self) -> tuple[int, list[Freeze]]:
+        """The generation and the freezes active at it, read together."""
+
+    async def killswitch_generation(self) -> int: ...
 
     async def engage_freeze(self, freeze: Freeze) -> Freeze:
         """Persist ``freeze`` and append its audit record in one transaction.
@@ -52,10 +85,18 @@ class Store(Protocol):
         with its audit record in the same transaction."""
 
     # Journal (hot path) ---------------------------------------------------
-    async def journal_intent(self, entry: JournalEntry) -> None:
-        """Commit the entry before the call is forwarded."""
+    async def journal_intent(self, entry: JournalEntry, *, unless_frozen: bool = True) -> bool:
+        """Commit the entry before the call is forwarded.
+
+        False, and nothing written, when an active freeze covers the entry's
+        upstream or agent: decided by the store in the statement that inserts,
+        so no intent a freeze covers commits after that freeze (whatever any
+        process believes). ``unless_frozen=False``: operators' writes."""
 
     async def journal_outcome(self, entry_id: str, outcome: JournalOutcome) -> None: ...
+
+    async def pending_intents(self, since: datetime) -> list[InFlight]:
+        """Intents journaled since then still without an outcome, oldest first."""
 
     # Journal (admin) -------------------------------------------------------
     async def list_journal(self, query: JournalQuery) -> list[JournalEntry]: ...

@@ -111,10 +111,11 @@ def create_admin_app(gateway: Controls) -> FastAPI:
     @app.post("/v1/killswitch/engage")
     async def engage(body: FreezeRequest, operator: Approver) -> dict[str, Any]:
         kind, target = scope(body)
-        freeze = await gateway.freezes.engage(
+        engaged = await gateway.freezes.engage(
             Freeze(kind, target, body.reason, operator.name, utcnow()))
         gateway.metrics.freezes_engaged += 1
-        return {**killswitch_state(), "freeze": freeze.to_json()}
+        return {**killswitch_state(), "freeze": engaged.freeze.to_json(),
+                "in_flight": [w.to_json() for w in engaged.in_flight]}
 
     @app.post("/v1/killswitch/release")
     async def release(body: FreezeRequest, operator: Admin) -> dict[str, Any]:
@@ -179,11 +180,13 @@ def create_admin_app(gateway: Controls) -> FastAPI:
                       limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
         query = JournalQuery(agent=agent, upstream=upstream, run=run, since=_time(since, "since"),
                              until=_time(until, "until"), limit=limit)
+        await gateway.pipeline.settled()  # this process's answered writes, with their outcomes
         entries = await gateway.store.list_journal(query)
         return {"items": [journal_item(e) for e in entries]}
 
     @app.get("/v1/journal/{entry_id}")
     async def journal_entry(entry_id: str, operator: Viewer) -> dict[str, Any]:
+        await gateway.pipeline.settled()
         entry = await gateway.store.get_journal(entry_id)
         if entry is None:
             raise AdminError(404, "not_found", f"no journal entry {entry_id}")

@@ -13,6 +13,7 @@ from gateway.metrics import Metrics
 from gateway.ports import Store
 from gateway.services.approvals import ApprovalQueue
 from gateway.services.freezes import FreezeState
+from gateway.services.pipeline import Pipeline
 from gateway.services.rollbacks import Rollbacks
 from gateway.settings import Settings
 
@@ -42,6 +43,9 @@ class Controls(Protocol):
 
     @property
     def freezes(self) -> FreezeState: ...
+
+    @property
+    def pipeline(self) -> Pipeline: ...
 
     async def reload_policies(self, actor: str) -> ReloadOutcome:
         """Load the policy directory again; an invalid set keeps the last good one."""

@@ -160,6 +160,7 @@ class JournalState(str, Enum):
     INTENT = "intent"  # committed before forwarding; the call may or may not have reached upstream
     COMPLETED = "completed"  # the upstream answered
     FAILED = "failed"  # the call was not answered (timeout, unreachable, agent went away)
+    UNKNOWN = "unknown"  # cut off by the kill switch while on its way: it may have landed
 
 
 @dataclass(slots=True)

@@ -118,8 +118,8 @@ def plan_rollback(entries: Iterable[JournalEntry], *, plan_id: str, at: datetime
     irreversible: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []
     for entry in ordered:
-        if entry.state is JournalState.INTENT or (entry.state is JournalState.FAILED
-                                                  and entry.error and "timed out" in entry.error):
+        timed_out = entry.state is JournalState.FAILED and "timed out" in (entry.error or "")
+        if entry.state in (JournalState.INTENT, JournalState.UNKNOWN) or timed_out:
             irreversible.append(_irreversible(entry, "outcome unknown: the call may or may "
                                               "not have reached the upstream"))
             continue

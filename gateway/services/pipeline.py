@@ -5,13 +5,17 @@
                       freeze check -> forward -> journal outcome
 
 Every step that fails before the write is sent stops it: a freeze (423), a
-failed capture (502), an unavailable journal (503). Any error while deciding
-denies (fail closed). The proxy listener turns ``GatewayError`` into the
-contract's JSON errors; this module never speaks HTTP framing.
+failed capture (502), an unavailable journal (503). The journal intent is
+also the store's own freeze check (``Store.journal_intent``). Any error while
+deciding denies (fail closed). The outcome is journaled after the agent has
+its answer (a crash before that leaves the entry an intent: outcome unknown).
+The proxy listener turns ``GatewayError`` into the contract's JSON errors;
+this module never speaks HTTP framing.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any, Protocol
@@ -20,6 +24,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 from gateway.core import journal as journaling
 from gateway.core.approvals import HeldCall
 from gateway.core.headers import METHOD_OVERRIDES, upstream_request_headers
+from gateway.core.killswitch import InFlight
 from gateway.core.model import (
     Decision,
     JournalEntry,
@@ -41,6 +46,7 @@ from gateway.errors import (
     PolicyDenied,
     UnknownUpstream,
     UpstreamTimeout,
+    WriteCutOff,
 )
 from gateway.ports import Store, UpstreamResponse
 from gateway.ports import Upstream as UpstreamClient
@@ -89,6 +95,17 @@ class Pipeline:
         self.policies = policies
         self.holds: Holds | None = None
         self.tripwires = Tripwires(freezes, store)  # none configured: a no-op
+        self._outcomes: set[asyncio.Task[None]] = set()  # journaled after the reply
+
+    async def settled(self) -> None:
+        """Until every outcome of a write answered so far is journaled (read your writes)."""
+        while self._outcomes:
+            await asyncio.gather(*self._outcomes, return_exceptions=True)
+
+    def _later(self, *args: Any) -> None:
+        task = asyncio.create_task(self.record_outcome(*args))
+        self._outcomes.add(task)
+        task.add_done_callback(self._outcomes.discard)
 
     async def execute_held(self, held: HeldCall, approval: dict[str, Any]) -> Reply:
         """Send an approved call through the same steps as a live one.
@@ -194,12 +211,7 @@ class Pipeline:
     async def _write(self, upstream: Upstream, call: Call, view: CallView,
                      decision: Decision, approval: dict[str, Any] | None = None) -> Reply:
         started = time.perf_counter()
-        try:
-            await self.freezes.check(upstream.name, call.agent)
-        except GatewayError:
-            raise
-        except Exception as exc:
-            raise JournalUnavailable("the store could not be read for the kill switch") from exc
+        self.freezes.admit(upstream.name, call.agent)
         if approval is None:  # an approved call was judged by a person, not by tripwires
             tripped = await self.tripwires.before_write(upstream, call, view, decision)
             if tripped is not None:  # action: hold
@@ -227,24 +239,27 @@ class Pipeline:
             capture_path=target, undo=Undo.from_json(undo) if undo else None,
             reversible=reversible, approval=approval)
         try:
-            await self.store.journal_intent(entry)
+            journaled = await self.store.journal_intent(entry)
         except Exception as exc:
             log.error("journal unavailable: %s", exc)
             raise JournalUnavailable("the change journal could not be written; "
                                      "the call was not sent") from exc
+        if not journaled:  # the store's verdict: a freeze this process has not heard of yet
+            await self.freezes.refused(upstream.name, call.agent)
         sent = time.perf_counter()
         try:
-            with self.freezes.sending(upstream.name, call.agent):
+            async with self.freezes.sending(InFlight(entry.id, call.agent, upstream.name,
+                                                     call.method, view.path)):
                 response = await self.client.request(
                     call.method, self._url(upstream, call.raw_path, call.query),
                     self._headers(upstream, call, drop_encoding=True), call.buffered,
                     timeout=upstream.spec.timeout or self.settings.upstream_timeout)
         except GatewayError as exc:
-            await self.record_outcome(entry, None, exc, started, sent, capture_ms)
+            self._later(entry, None, exc, started, sent, capture_ms)
             if approval is None:
                 await self.tripwires.after_write(upstream, call, exc)
             raise
-        await self.record_outcome(entry, response, None, started, sent, capture_ms, upstream)
+        self._later(entry, response, None, started, sent, capture_ms, upstream)
         if approval is None:
             await self.tripwires.after_write(upstream, call, response.status)
         return Reply(response, "allow", journal_id=entry.id)
@@ -277,9 +292,10 @@ class Pipeline:
                    "total_ms": round((now - started) * 1000, 3)}
         undo, reversible = entry.undo, entry.reversible
         if response is None:
-            state = JournalState.FAILED
+            state = JournalState.UNKNOWN if isinstance(error, WriteCutOff) else JournalState.FAILED
             outcome = JournalOutcome(state, None, {}, None, None, 0, undo,
-                                     reversible and not isinstance(error, UpstreamTimeout),
+                                     reversible and not isinstance(error, UpstreamTimeout)
+                                     and state is JournalState.FAILED,
                                      error.message if error else None, timings, utcnow())
         else:
             body = response.body or b""

@@ -52,7 +52,6 @@ OUTCOME_COLUMNS = (
     "state", "status", "response_headers", "response_body", "response_body_sha256",
     "response_body_size", "undo", "reversible", "error", "timings", "completed_at", "after",
 )
-FREEZE_COLUMNS = ("id", "scope", "target", "reason", "by", "at")
 
 
 def _names(columns: Sequence[str]) -> str:
@@ -65,9 +64,6 @@ INSERT_JOURNAL = (
 )
 UPDATE_OUTCOME = (
     "UPDATE journal SET " + ", ".join(f'"{c}" = ?' for c in OUTCOME_COLUMNS) + " WHERE id = ?"
-)
-SELECT_ACTIVE_FREEZES = (
-    f"SELECT {_names(FREEZE_COLUMNS)} FROM freezes WHERE released_at IS NULL ORDER BY at, id"
 )
 
 
@@ -111,6 +107,11 @@ def journal_params(entry: JournalEntry) -> tuple[Any, ...]:
         None if entry.completed_at is None else iso(entry.completed_at),
         dumps_or_null(entry.approval), dumps_or_null(entry.after),
     )
+
+
+def intent_params(entry: JournalEntry, process: str | None) -> tuple[Any, ...]:
+    """``journal_params`` and the process that journals it (``killswitch.INTENT_COLUMNS``)."""
+    return (*journal_params(entry), process)
 
 
 def outcome_params(entry_id: str, outcome: JournalOutcome) -> tuple[Any, ...]:

@@ -1,20 +1,22 @@
-"""The three calls made on every proxied request, straight through the driver.
+"""The calls made on every proxied write, straight through the driver.
 
-``active_freezes``, ``journal_intent`` and ``journal_outcome`` bypass the ORM:
-a SQLModel session commit measured 0.68 ms where a prepared asyncpg insert
-took 0.19 ms. On PostgreSQL an asyncpg pool prepares and caches each
-statement per connection. On SQLite one dedicated connection in autocommit
-mode does the work on the loop's thread (see ``SqliteHotPath``); an
-asyncio.Lock keeps its calls from interleaving. The SQL is written once with ``?`` placeholders and
-``numbered`` rewrites it for asyncpg. Errors are not caught here: the
-caller turns them into ``journal_unavailable``.
+Journal intents and outcomes (batched by ``group.GroupCommit``), the kill
+switch's generation and the audit chain bypass the ORM: a SQLModel session
+commit measured 0.68 ms where a prepared asyncpg insert took 0.19 ms. On
+PostgreSQL an asyncpg pool prepares and caches each statement per
+connection. On SQLite one dedicated connection in autocommit mode does the
+work on the loop's thread (see ``SqliteHotPath``); an asyncio.Lock keeps its
+calls from interleaving. Most SQL is written once with ``?`` placeholders and
+``numbered`` rewrites it for asyncpg. Errors are not caught here: the caller
+turns them into ``journal_unavailable``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -39,11 +41,23 @@ def numbered(sql: str) -> str:
     return first + "".join(f"${n}{part}" for n, part in enumerate(rest, 1))
 
 
+class Tx(Protocol):
+    """Statements inside one transaction of the hot path."""
+
+    async def execute(self, sql: str, args: Sequence[Any] = ()) -> int: ...
+
+    async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Sequence[Any]]: ...
+
+
 class HotPath(Protocol):
     async def execute(self, sql: str, args: Sequence[Any]) -> int:
         """Run one statement; the number of rows it touched."""
 
     async def fetch(self, sql: str, args: Sequence[Any]) -> list[Sequence[Any]]: ...
+
+    def transaction(self) -> AbstractAsyncContextManager[Tx]:
+        """A write transaction (on SQLite it holds the database's write lock
+        from its first statement); committed when the block ends, else rolled back."""
 
     async def chained_insert(self, last_sql: str, insert_sql: str,
                              build: Callable[[Sequence[Any] | None], list[Sequence[Any]]],
@@ -62,12 +76,40 @@ class PostgresHotPath:
     async def connect(cls, dsn: str, max_size: int = 10) -> PostgresHotPath:
         return cls(await asyncpg.create_pool(dsn, min_size=1, max_size=max_size))
 
+    @property
+    def pool(self) -> asyncpg.Pool:
+        return self._pool
+
     async def execute(self, sql: str, args: Sequence[Any]) -> int:
         status: str = await self._pool.execute(numbered(sql), *args)
         return int(status.rsplit(" ", 1)[-1])
 
     async def fetch(self, sql: str, args: Sequence[Any]) -> list[Sequence[Any]]:
         return list(await self._pool.fetch(numbered(sql), *args))
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Tx]:
+        async with self._pool.acquire() as connection, connection.transaction():
+            yield _PostgresTx(connection)
+
+    async def fetch_shared_locked(self, lock_key: int, sql: str,
+                                  args: Sequence[Any]) -> list[Sequence[Any]]:
+        """One statement in a transaction that first takes the
+        advisory lock ``lock_key`` in shared mode.
+
+        The lock is its own statement on purpose: under READ COMMITTED each
+        statement sees what was committed before it began, so ``sql`` sees
+        everything committed by whoever held the lock exclusively before us.
+        """
+        async with self._pool.acquire() as connection:
+            await connection.execute(f"BEGIN; SELECT pg_advisory_xact_lock_shared({lock_key:d})")
+            try:
+                rows = await connection.fetch(numbered(sql), *args)
+            except BaseException:
+                await connection.execute("ROLLBACK")
+                raise
+            await connection.execute("COMMIT")
+        return list(rows)
 
     async def chained_insert(self, last_sql: str, insert_sql: str,
                              build: Callable[[Sequence[Any] | None], list[Sequence[Any]]],
@@ -79,6 +121,32 @@ class PostgresHotPath:
 
     async def close(self) -> None:
         await self._pool.close()
+
+
+class _PostgresTx:
+    def __init__(self, connection: asyncpg.Connection) -> None:
+        self._connection = connection
+
+    async def execute(self, sql: str, args: Sequence[Any] = ()) -> int:
+        status: str = await self._connection.execute(numbered(sql), *args)
+        return int(status.rsplit(" ", 1)[-1]) if status[-1:].isdigit() else 0
+
+    async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Sequence[Any]]:
+        return list(await self._connection.fetch(numbered(sql), *args))
+
+
+class _SqliteTx:
+    """Runs each statement inline: the transaction holds the write lock for
+    microseconds, never across an await of anything else."""
+
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self._connection = connection
+
+    async def execute(self, sql: str, args: Sequence[Any] = ()) -> int:
+        return self._connection.execute(sql, args).rowcount
+
+    async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Sequence[Any]]:
+        return self._connection.execute(sql, args).fetchall()
 
 
 class SqliteHotPath:
@@ -140,6 +208,42 @@ class SqliteHotPath:
             self._connection.execute("COMMIT")
 
         await self._run(transaction)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Tx]:
+        async with self._lock:
+            begin = self._connection.execute
+            try:
+                begin("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                if not _busy(exc):
+                    raise
+                await asyncio.to_thread(self._waiting, lambda: begin("BEGIN IMMEDIATE"))
+            try:
+                yield _SqliteTx(self._connection)
+            except BaseException:
+                self._connection.execute("ROLLBACK")
+                raise
+            self._connection.execute("COMMIT")
+
+    async def each(self, sql: str, rows: Sequence[Sequence[Any]]) -> list[int]:
+        """``sql`` once per row, all in one write transaction; the rows each touched.
+
+        ``BEGIN IMMEDIATE`` takes the database's write lock first, so what the
+        statements read is what they write over: no other writer, in any
+        process, commits in between.
+        """
+        def transaction() -> list[int]:
+            self._connection.execute("BEGIN IMMEDIATE")
+            try:
+                counts = [self._connection.execute(sql, row).rowcount for row in rows]
+            except BaseException:
+                self._connection.execute("ROLLBACK")
+                raise
+            self._connection.execute("COMMIT")
+            return counts
+
+        return await self._run(transaction)
 
     def _waiting(self, statement: Callable[[], _T]) -> _T:
         self._connection.execute(SQLITE_PRAGMAS[0])  # the normal busy timeout
