@@ -32,6 +32,9 @@ def _serve_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--admin-port", type=int, dest="admin__port", help="admin listener port")
     parser.add_argument("--database-url", dest="database_url",
                         help="sqlite+aiosqlite:///./gateway.db or postgresql+asyncpg://...")
+    parser.add_argument("--workers", type=_at_least_one, dest="workers",
+                        help="processes serving the same ports (default 1); they share one "
+                             "kill switch through the store")
     parser.add_argument("--dev", action="store_true", default=None,
                         help="local development: start without operators, print a one-time "
                              "admin token")
@@ -67,6 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("at least 1")
+    return value
+
+
 def _at_least_two(text: str) -> int:
     value = int(text)
     if value < 2:
@@ -77,7 +87,7 @@ def _at_least_two(text: str) -> int:
 def _settings(args: argparse.Namespace) -> Settings:
     flags = {k: v for k, v in vars(args).items()
              if k in ("policies_dir", "proxy__host", "proxy__port", "admin__host", "admin__port",
-                      "database_url", "dev")}
+                      "database_url", "dev", "workers")}
     return load_settings(args.config, **flags)
 
 
@@ -96,8 +106,11 @@ def _operator_access(settings: Settings) -> tuple[Settings, list[str]]:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from gateway.server import run
     settings, banner = _operator_access(_settings(args))
+    if settings.workers > 1:
+        from gateway import workers
+        return workers.run(settings, banner)
+    from gateway.server import run
     run(settings, banner)
     return 0
 
@@ -111,6 +124,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         settings = settings.model_copy(update={"agents": [
             AgentSpec(name="demo-agent", key_sha256=sha256_hex(DEMO_AGENT_KEY))]})
     settings, banner = _operator_access(settings)
+    if settings.workers > 1:
+        raise SettingsError("gateway demo runs one process; use gateway serve --workers N")
     crm = bind("127.0.0.1", args.crm_port)
     banner = [f"demo CRM API on http://127.0.0.1:{crm.getsockname()[1]} "
               f"(policies: {settings.policies_dir})",

@@ -2,7 +2,9 @@
 
 Sockets are bound here before uvicorn starts, so port 0 works and the real
 ports are printed on one ``ready`` line that scripts and tests can read.
-SIGHUP reloads the policy set; SIGINT/SIGTERM stop both listeners.
+SIGHUP reloads the policy set; SIGINT/SIGTERM stop both listeners. With
+``--workers N`` the master in ``gateway.workers`` binds the sockets and runs
+``serve`` in each worker on its own pair.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import logging
 import signal
 import socket
 import sys
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import uvicorn
@@ -23,10 +26,14 @@ from gateway.settings import Settings
 log = logging.getLogger("gateway")
 
 
-def bind(host: str, port: int) -> socket.socket:
+def bind(host: str, port: int, reuse_port: bool = False) -> socket.socket:
+    """A listening socket; ``reuse_port``: one of several on the same port, the
+    kernel spreading new connections across them (SO_REUSEPORT)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # asyncio sets TCP_NODELAY only then
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
     sock.listen(2048)
     sock.setblocking(False)
@@ -40,17 +47,29 @@ def _server(app: Any, settings: Settings) -> uvicorn.Server:
     return uvicorn.Server(config)
 
 
+Announce = Callable[[str, str, str], None]  # proxy URL, admin URL, policy revision
+
+
 async def serve(settings: Settings, banner: list[str] | None = None,
-                beside: tuple[Any, socket.socket] | None = None) -> None:
-    """Run until SIGINT/SIGTERM; ``beside`` is one more (app, socket), e.g. the demo API."""
+                beside: tuple[Any, socket.socket] | None = None,
+                sockets: tuple[socket.socket, socket.socket] | None = None,
+                announce: Announce | None = None) -> None:
+    """Run until SIGINT/SIGTERM; ``beside`` is one more (app, socket), e.g. the demo API.
+
+    ``sockets`` (proxy, admin) are already bound (a worker's); ``announce``
+    replaces printing the ready line (a worker tells its master instead).
+    """
     gateway = Gateway(settings)
     await gateway.start()
     # Everything loaded so far lives for the whole run: keep the collector off it,
     # and collect the young generation less often (fewer pauses on the hot path).
     gc.freeze()
     gc.set_threshold(50_000, 50, 100)
-    proxy_sock = bind(settings.proxy.host, settings.proxy.port)
-    admin_sock = bind(settings.admin.host, settings.admin.port)
+    if sockets is not None:
+        proxy_sock, admin_sock = sockets
+    else:
+        proxy_sock = bind(settings.proxy.host, settings.proxy.port)
+        admin_sock = bind(settings.admin.host, settings.admin.port)
     servers = [_server(gateway.proxy_app(), settings), _server(gateway.admin_app(), settings)]
     socks = [proxy_sock, admin_sock]
     if beside is not None:
@@ -76,14 +95,22 @@ async def serve(settings: Settings, banner: list[str] | None = None,
         if any(t.done() for t in tasks):
             break
         await asyncio.sleep(0.01)
-    for line in banner or []:
-        print(line, flush=True)
-    print(f"gateway ready proxy={proxy_url} admin={admin_url} "
-          f"policy_revision={gateway.policies.revision}", flush=True)
+    if announce is not None:
+        announce(proxy_url, admin_url, gateway.policies.revision)
+    else:
+        for line in banner or []:
+            print(line, flush=True)
+        print(ready_line(proxy_url, admin_url, gateway.policies.revision), flush=True)
     try:
         await asyncio.gather(*tasks)
     finally:
         await gateway.stop()
+
+
+def ready_line(proxy_url: str, admin_url: str, revision: str, workers: int = 1) -> str:
+    """What scripts and tests wait for: ``gateway ready proxy=URL admin=URL ...``."""
+    line = f"gateway ready proxy={proxy_url} admin={admin_url} policy_revision={revision}"
+    return line + (f" workers={workers}" if workers > 1 else "")
 
 
 def _url(sock: socket.socket) -> str:
@@ -91,14 +118,22 @@ def _url(sock: socket.socket) -> str:
     return f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
 
 
-def run(settings: Settings, banner: list[str] | None = None,
-        beside: tuple[Any, socket.socket] | None = None) -> None:
+def configure_logging(settings: Settings) -> None:
     logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+                        format="%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+def run_loop(main: Coroutine[Any, Any, None]) -> None:
     try:
         import uvloop
     except ImportError:  # pragma: no cover - Windows
-        asyncio.run(serve(settings, banner, beside))
+        asyncio.run(main)
     else:
-        uvloop.run(serve(settings, banner, beside))
+        uvloop.run(main)
+
+
+def run(settings: Settings, banner: list[str] | None = None,
+        beside: tuple[Any, socket.socket] | None = None) -> None:
+    configure_logging(settings)
+    run_loop(serve(settings, banner, beside))

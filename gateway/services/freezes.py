@@ -13,9 +13,10 @@ Three layers stop a covered write, from the cheapest:
 3. The engage itself. The freeze is committed, then every process on the bus
    is told (the freeze travels with the message and applies at once); each
    waits for its own covered writes already on their way, cuts off those
-   still going at ``engage_wait``, and answers with the ones it cut off. The
-   engage returns when all have answered, or at ``engage_wait`` plus a grace
-   for the answers: a process that does not answer cannot make it hang. The
+   still going at ``engage_wait`` (a little before, so the answer arrives in
+   time), and answers with the ones it cut off. The engage returns when all
+   have answered, or at ``engage_wait`` plus a short grace for the answers: a
+   process that does not answer cannot make it hang. The
    intents still open in processes that did not answer are reported too;
    everything reported is ``in_flight`` with state ``unknown``.
 
@@ -43,8 +44,9 @@ from gateway.errors import JournalUnavailable, WriteCutOff, WritesFrozen
 from gateway.ports import Bus, Store
 
 log = logging.getLogger("gateway.killswitch")
-ACK_GRACE = 0.5  # seconds an engage waits for answers after engage_wait
-ACK_CHUNK = 25  # in-flight writes per answer (PostgreSQL NOTIFY carries 8000 bytes)
+ANSWER_EARLY = 0.25  # seconds before engage_wait the other processes answer by
+ANSWER_GRACE = 0.25  # seconds after engage_wait an engage still waits for answers
+ANSWER_CHUNK = 25  # in-flight writes per answer (PostgreSQL NOTIFY carries 8000 bytes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +57,9 @@ class Engaged:
 
 @dataclass(slots=True)
 class _Sending:
-    what: InFlight
+    upstream: str
+    agent: str
+    write: InFlight | None  # None: a capture GET
     scope: asyncio.Timeout
     done: asyncio.Future[None]
 
@@ -176,10 +180,13 @@ class FreezeState:
         raise WritesFrozen("writes are frozen (the store refused the journal entry)")
 
     @asynccontextmanager
-    async def sending(self, what: InFlight) -> AsyncIterator[None]:
-        """The final check; the block runs while the write is on its way upstream.
+    async def sending(self, upstream: str, agent: str,
+                      write: InFlight | None = None) -> AsyncIterator[None]:
+        """The final check; the block runs while a write (or, with ``write`` None,
+        its capture GET) is on its way upstream.
 
-        An engage may cut the block off (WriteCutOff: the write may have landed).
+        An engage may cut the block off: WriteCutOff for a write (it may have
+        landed), WritesFrozen for a capture (the write was not sent).
         """
         loop = asyncio.get_running_loop()
         if loop.time() - self._confirmed > self.lease:
@@ -188,35 +195,38 @@ class FreezeState:
             except Exception as exc:
                 raise JournalUnavailable("the kill switch's state could not be confirmed; "
                                          "the call was not sent") from exc
-        _raise_if_frozen(covering(self._active, what.upstream, what.agent))
+        _raise_if_frozen(covering(self._active, upstream, agent))
         token = next(self._ids)
         done: asyncio.Future[None] = loop.create_future()
         try:
             async with asyncio.timeout(None) as scope:
-                self._sending[token] = _Sending(what, scope, done)
+                self._sending[token] = _Sending(upstream, agent, write, scope, done)
                 try:
                     yield
                 finally:
                     del self._sending[token]
                     done.set_result(None)
         except TimeoutError:
-            if scope.expired():
-                raise WriteCutOff(
-                    "writes are frozen: this write was cut off on its way after engage_wait; "
-                    "it may or may not have reached the upstream", outcome="unknown",
-                    journal=what.id) from None
-            raise
+            if not scope.expired():
+                raise
+            if write is None:
+                raise WritesFrozen("writes are frozen: the prior-state read was cut off; "
+                                   "the write was not sent") from None
+            raise WriteCutOff(
+                "writes are frozen: this write was cut off on its way after engage_wait; "
+                "it may or may not have reached the upstream", outcome="unknown",
+                journal=write.id) from None
 
     async def _settle(self, freezes: list[Freeze], deadline: float) -> list[InFlight]:
         """Until no write ``freezes`` cover is on its way from this process; those
         still going at ``deadline`` (loop time) are cut off and returned."""
         covered = [s for s in self._sending.values()
-                   if covering(freezes, s.what.upstream, s.what.agent) is not None]
+                   if covering(freezes, s.upstream, s.agent) is not None]
         for sending in covered:
             sending.cut_at(deadline)
         if covered:
             await asyncio.wait([s.done for s in covered])
-        return [s.what for s in covered if s.scope.expired()]
+        return [s.write for s in covered if s.write is not None and s.scope.expired()]
 
     # Engage and release --------------------------------------------------------
     async def engage(self, freeze: Freeze) -> Engaged:
@@ -230,7 +240,7 @@ class FreezeState:
         if answers is not None:
             try:
                 await asyncio.wait_for(answers.complete.wait(),
-                                       max(0.0, deadline + ACK_GRACE - loop.time()))
+                                       max(0.0, deadline + ANSWER_GRACE - loop.time()))
             except TimeoutError:
                 log.warning("kill switch: no answer from %s within engage_wait; their open "
                             "writes are reported as unknown",
@@ -243,6 +253,7 @@ class FreezeState:
         if self._bus is None:
             return None
         key = new_id()
+        loop = asyncio.get_running_loop()
         try:
             answers = _Answers(await self._bus.members())
             self._answers[key] = answers
@@ -252,14 +263,13 @@ class FreezeState:
                 await self._bus.publish({
                     "type": "engage", "id": key, "generation": self._generation,
                     "freeze": _freeze_json(freeze),
-                    "wait": max(0.0, deadline - asyncio.get_running_loop().time())})
+                    "wait": max(0.0, deadline - ANSWER_EARLY - loop.time())})
         except Exception:  # the others learn it at their next heartbeat, or from the store
             log.exception("kill switch: could not announce the freeze")
             self._answers.pop(key, None)
             return None
         finally:
-            loop = asyncio.get_running_loop()
-            loop.call_at(deadline + 2 * ACK_GRACE, self._answers.pop, key, None)
+            loop.call_at(deadline + 2 * ANSWER_GRACE, self._answers.pop, key, None)
         return answers
 
     async def _unanswered(self, freeze: Freeze, answers: _Answers | None) -> list[InFlight]:
@@ -309,7 +319,7 @@ class FreezeState:
         deadline = asyncio.get_running_loop().time() + float(message["wait"])
         cut = [i.to_json() for i in await self._settle([freeze], deadline)]
         assert self._bus is not None
-        chunks = [cut[i:i + ACK_CHUNK] for i in range(0, len(cut), ACK_CHUNK)] or [[]]
+        chunks = [cut[i:i + ANSWER_CHUNK] for i in range(0, len(cut), ANSWER_CHUNK)] or [[]]
         for n, chunk in enumerate(chunks, 1):
             await self._bus.publish({"type": "answer", "id": message["id"], "in_flight": chunk,
                                      "final": n == len(chunks)}, to=str(message["from"]))

@@ -221,8 +221,9 @@ class Pipeline:
         rule = upstream.rule(decision.rule)
         target = journaling.capture_path(rule, call.method, view.path, decision.params)
         prior, prior_status, capture_ms = None, None, 0.0
-        if target is not None:
-            prior, prior_status, capture_ms = await self.capture(upstream, call, target)
+        if target is not None:  # guarded like the write: an engage waits for it or cuts it off
+            async with self.freezes.sending(upstream.name, call.agent):
+                prior, prior_status, capture_ms = await self.capture(upstream, call, target)
         content_type = view.headers.get("content-type")
         undo, reversible = journaling.infer_undo(rule, call.method, view.path, decision.params,
                                                  prior, prior_status, view.body, content_type)
@@ -248,8 +249,9 @@ class Pipeline:
             await self.freezes.refused(upstream.name, call.agent)
         sent = time.perf_counter()
         try:
-            async with self.freezes.sending(InFlight(entry.id, call.agent, upstream.name,
-                                                     call.method, view.path)):
+            async with self.freezes.sending(upstream.name, call.agent, InFlight(
+                    entry.id, call.agent, upstream.name, call.method, view.path,
+                    self.freezes.member)):
                 response = await self.client.request(
                     call.method, self._url(upstream, call.raw_path, call.query),
                     self._headers(upstream, call, drop_encoding=True), call.buffered,
