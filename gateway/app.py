@@ -77,8 +77,8 @@ class Gateway:
             self._store = open_store(self.settings.database_url)
         await self._store.start()
         if self._client is None:
-            from gateway.proxy.upstream import AiohttpUpstream
-            self._client = AiohttpUpstream(timeout=self.settings.upstream_timeout)
+            from gateway.proxy.upstream import UpstreamClient
+            self._client = UpstreamClient(timeout=self.settings.upstream_timeout)
         freezes = FreezeState(self._store, self._store.bus(), self.settings.engage_wait,
                               horizon=self._longest_write)
         await freezes.start()

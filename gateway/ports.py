@@ -1,7 +1,7 @@
 """The interfaces the pipeline and the admin API depend on.
 
 Adapters implement them: ``gateway.store.SqlStore`` the ``Store`` (SQLite or
-PostgreSQL), ``gateway.proxy.upstream.AiohttpUpstream`` the ``Upstream``.
+PostgreSQL), ``gateway.proxy.upstream.UpstreamClient`` the ``Upstream``.
 Tests substitute fakes where a narrow unit test wants one.
 """
 

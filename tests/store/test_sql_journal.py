@@ -174,3 +174,13 @@ async def test_an_intent_can_carry_the_read_after(store: SqlStore,
     entry = make_entry(5, after={"id": 5, "name": "Zoë"})
     await store.journal_intent(entry)
     assert await store.get_journal(entry.id) == entry
+
+
+async def test_json_values_read_back_exactly_whatever_the_encoder(
+        store: SqlStore, make_entry: EntryFactory) -> None:
+    """orjson encodes, except where it would change a value (big integers, infinities)."""
+    prior = {"big": 2**70, "inf": float("inf"), "none": None, "text": "Zoë ✓", "1": [1.5]}
+    entry = make_entry(7, prior=prior, request_headers={"x-plain": "ascii only"})
+    assert await store.journal_intent(entry)
+    got = await store.get_journal(entry.id)
+    assert got is not None and got.prior == prior and got.request_headers == {"x-plain": "ascii only"}
