@@ -41,9 +41,12 @@ def bind(host: str, port: int, reuse_port: bool = False) -> socket.socket:
 
 
 def _server(app: Any, settings: Settings) -> uvicorn.Server:
+    # proxy_headers off: X-Forwarded-For is not trusted from agents, and the
+    # middleware it would add is one more layer on every call.
     config = uvicorn.Config(app, lifespan="off", access_log=False, log_level="warning",
                             loop="none", http="httptools", server_header=False,
-                            date_header=False, timeout_graceful_shutdown=5)
+                            date_header=False, timeout_graceful_shutdown=5,
+                            proxy_headers=False)
     return uvicorn.Server(config)
 
 
