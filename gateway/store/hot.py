@@ -55,9 +55,12 @@ class HotPath(Protocol):
 
     async def fetch(self, sql: str, args: Sequence[Any]) -> list[Sequence[Any]]: ...
 
-    def transaction(self) -> AbstractAsyncContextManager[Tx]:
-        """A write transaction (on SQLite it holds the database's write lock
-        from its first statement); committed when the block ends, else rolled back."""
+    def transaction(self, locks: Sequence[int] = ()) -> AbstractAsyncContextManager[Tx]:
+        """A write transaction, committed when the block ends, else rolled back.
+
+        ``locks``: advisory locks (PostgreSQL) taken, in order, with the BEGIN; on
+        SQLite the transaction holds the database's write lock from its start,
+        which excludes every other writer anyway."""
 
     async def chained_insert(self, last_sql: str, insert_sql: str,
                              build: Callable[[Sequence[Any] | None], list[Sequence[Any]]],
@@ -69,12 +72,28 @@ class HotPath(Protocol):
 
 
 class PostgresHotPath:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    """Two asyncpg pools: ``pool`` for what must be durable when it returns, and a
+    small one whose commits do not wait for the disk (journal outcomes: one lost
+    in a crash leaves its entry an intent, outcome unknown, as a crash before the
+    outcome always did). Neither resets a connection it takes back unless it
+    is still in a transaction: the hot path leaves no other session state, and
+    the reset was one more round trip per statement."""
+
+    def __init__(self, pool: asyncpg.Pool, unsynced: asyncpg.Pool) -> None:
         self._pool = pool
+        self._unsynced = unsynced
 
     @classmethod
     async def connect(cls, dsn: str, max_size: int = 10) -> PostgresHotPath:
-        return cls(await asyncpg.create_pool(dsn, min_size=1, max_size=max_size))
+        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=max_size, reset=_rollback)
+        try:
+            unsynced = await asyncpg.create_pool(
+                dsn, min_size=1, max_size=2, reset=_rollback,
+                server_settings={"synchronous_commit": "off"})
+        except BaseException:
+            await pool.close()
+            raise
+        return cls(pool, unsynced)
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -87,29 +106,21 @@ class PostgresHotPath:
     async def fetch(self, sql: str, args: Sequence[Any]) -> list[Sequence[Any]]:
         return list(await self._pool.fetch(numbered(sql), *args))
 
+    async def fetch_unsynced(self, sql: str, args: Sequence[Any]) -> list[Sequence[Any]]:
+        """One statement whose commit returns before it is on disk."""
+        return list(await self._unsynced.fetch(numbered(sql), *args))
+
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[Tx]:
-        async with self._pool.acquire() as connection, connection.transaction():
-            yield _PostgresTx(connection)
-
-    async def fetch_shared_locked(self, lock_key: int, sql: str,
-                                  args: Sequence[Any]) -> list[Sequence[Any]]:
-        """One statement in a transaction that first takes the
-        advisory lock ``lock_key`` in shared mode.
-
-        The lock is its own statement on purpose: under READ COMMITTED each
-        statement sees what was committed before it began, so ``sql`` sees
-        everything committed by whoever held the lock exclusively before us.
-        """
+    async def transaction(self, locks: Sequence[int] = ()) -> AsyncIterator[Tx]:
         async with self._pool.acquire() as connection:
-            await connection.execute(f"BEGIN; SELECT pg_advisory_xact_lock_shared({lock_key:d})")
+            taken = ", ".join(f"pg_advisory_xact_lock({key:d})" for key in locks)
+            await connection.execute("BEGIN" + (f"; SELECT {taken}" if taken else ""))
             try:
-                rows = await connection.fetch(numbered(sql), *args)
+                yield _PostgresTx(connection)
             except BaseException:
                 await connection.execute("ROLLBACK")
                 raise
             await connection.execute("COMMIT")
-        return list(rows)
 
     async def chained_insert(self, last_sql: str, insert_sql: str,
                              build: Callable[[Sequence[Any] | None], list[Sequence[Any]]],
@@ -120,7 +131,13 @@ class PostgresHotPath:
             await connection.executemany(numbered(insert_sql), build(last))
 
     async def close(self) -> None:
+        await self._unsynced.close()
         await self._pool.close()
+
+
+async def _rollback(connection: asyncpg.Connection) -> None:
+    if connection.is_in_transaction():
+        await connection.execute("ROLLBACK")
 
 
 class _PostgresTx:
@@ -210,7 +227,7 @@ class SqliteHotPath:
         await self._run(transaction)
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[Tx]:
+    async def transaction(self, locks: Sequence[int] = ()) -> AsyncIterator[Tx]:
         async with self._lock:
             begin = self._connection.execute
             try:
@@ -231,8 +248,14 @@ class SqliteHotPath:
 
         ``BEGIN IMMEDIATE`` takes the database's write lock first, so what the
         statements read is what they write over: no other writer, in any
-        process, commits in between.
+        process, commits in between. One row is one statement, its own
+        transaction: as safe (in WAL mode a statement that read a snapshot some
+        other writer has since moved past fails as busy instead of writing) and
+        a third of the calls.
         """
+        if len(rows) == 1:
+            return [await self.execute(sql, rows[0])]
+
         def transaction() -> list[int]:
             self._connection.execute("BEGIN IMMEDIATE")
             try:

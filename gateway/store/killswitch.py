@@ -8,12 +8,13 @@ write. What makes that exact under concurrency:
 
 - SQLite: the batch runs in ``BEGIN IMMEDIATE``, holding the database's one
   write lock, and an engage holds the same lock; the two cannot interleave.
-- PostgreSQL: the batch first takes the advisory lock ``ARBITER_LOCK`` in
-  shared mode, in a statement of its own; an engage takes it exclusively
-  before it inserts the freeze. So a batch either committed before the
-  freeze did (the engage waited for it) or its insert began after the freeze
-  committed and sees it (READ COMMITTED: a statement sees what was committed
-  before it began). No intent a freeze covers commits after that freeze.
+- PostgreSQL: the batch is one call of ``gateway_journal_intents`` (migration
+  0005), which first takes the advisory lock ``ARBITER_LOCK`` in shared
+  mode, in a statement of its own; an engage takes it exclusively before it
+  inserts the freeze. So a batch either committed before the freeze did (the
+  engage waited for it) or its insert began after the freeze committed and
+  sees it (READ COMMITTED, and a VOLATILE function's every statement takes a
+  new snapshot). No intent a freeze covers commits after that freeze.
 
 Every engage and release also adds one to ``killswitch.generation`` in the
 same transaction, so a process can check with one cheap read that its view
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 
 from gateway.store.codec import JOURNAL_COLUMNS, OUTCOME_COLUMNS, _names
@@ -91,14 +93,15 @@ def _unnest(columns: tuple[str, ...]) -> str:
     return f"unnest({arrays}) AS v({_names(columns)})"
 
 
-# PostgreSQL: a whole batch of intents in one statement; the ids it inserted.
-PG_INSERT_INTENTS_UNLESS_FROZEN = (
-    f"INSERT INTO journal ({_names(INTENT_COLUMNS)}) "
-    f"SELECT {', '.join(f'v.{c}' for c in _names(INTENT_COLUMNS).split(', '))} "
-    f"FROM {_unnest(INTENT_COLUMNS)} "
-    f"WHERE NOT EXISTS (SELECT 1 FROM freezes f WHERE "
-    f"{COVERING.format(upstream='v.upstream', agent='v.agent')}) RETURNING id"
-)
+# PostgreSQL: a whole batch of intents, as JSON objects keyed by column, in one call.
+PG_INSERT_INTENTS_UNLESS_FROZEN = "SELECT gateway_journal_intents(?::jsonb)"
+
+
+def intents_json(rows: list[tuple[Any, ...]]) -> str:
+    """Rows in ``INTENT_COLUMNS`` order as the JSON batch the function takes."""
+    return orjson.dumps([dict(zip(INTENT_COLUMNS, row, strict=True)) for row in rows]).decode()
+
+
 # PostgreSQL: a batch of outcomes in one statement; the ids it updated.
 PG_UPDATE_OUTCOMES = (
     "UPDATE journal AS j SET " + ", ".join(f'"{c}" = v."{c}"' for c in OUTCOME_COLUMNS)

@@ -164,8 +164,8 @@ class SqlStore(ApprovalQueue, RollbackPlans):
         hot = self._hot_path()
         rows = [codec.intent_params(e, self.process) for e in entries]
         if isinstance(hot, PostgresHotPath):
-            inserted = {row[0] for row in await hot.fetch_shared_locked(
-                ks.ARBITER_LOCK, ks.PG_INSERT_INTENTS_UNLESS_FROZEN, ks.columns_of(rows))}
+            inserted = {row[0] for row in await hot.fetch(ks.PG_INSERT_INTENTS_UNLESS_FROZEN,
+                                                          (ks.intents_json(rows),))}
             return [e.id in inserted for e in entries]
         assert isinstance(hot, SqliteHotPath)
         counts = await hot.each(ks.INSERT_INTENT_UNLESS_FROZEN,
@@ -180,8 +180,8 @@ class SqlStore(ApprovalQueue, RollbackPlans):
     async def _commit_outcomes(self, rows: list[tuple[Any, ...]]) -> list[bool]:
         hot = self._hot_path()
         if isinstance(hot, PostgresHotPath):
-            updated = {row[0] for row in await hot.fetch(ks.PG_UPDATE_OUTCOMES,
-                                                         ks.columns_of(rows))}
+            updated = {row[0] for row in await hot.fetch_unsynced(ks.PG_UPDATE_OUTCOMES,
+                                                                  ks.columns_of(rows))}
             return [row[-1] in updated for row in rows]
         assert isinstance(hot, SqliteHotPath)
         return [count == 1 for count in await hot.each(codec.UPDATE_OUTCOME, rows)]
@@ -195,10 +195,8 @@ class SqlStore(ApprovalQueue, RollbackPlans):
     async def engage_freeze(self, freeze: Freeze) -> Freeze:
         """Through the driver, in one short transaction: an engage must not queue
         behind the stream of journal writes it is about to stop."""
-        async with self._hot_path().transaction() as tx:
-            if self._postgres:  # the audit chain, then the arbiter: waits for intent
-                for lock in (WRITE_LOCK, ks.ARBITER_LOCK):  # batches under way
-                    await tx.execute(f"SELECT pg_advisory_xact_lock({lock:d})")
+        # the audit chain's lock, then the arbiter's: it waits for intent batches under way
+        async with self._hot_path().transaction((WRITE_LOCK, ks.ARBITER_LOCK)) as tx:
             rows = await tx.fetch(ks.SELECT_ACTIVE_FREEZE, (freeze.scope.value, freeze.target or ""))
             if rows:
                 return codec.freeze_from_values(*rows[0])
@@ -211,9 +209,7 @@ class SqlStore(ApprovalQueue, RollbackPlans):
 
     async def release_freeze(self, scope: FreezeScope, target: str | None, by: str,
                              reason: str, at: datetime) -> Freeze | None:
-        async with self._hot_path().transaction() as tx:
-            if self._postgres:
-                await tx.execute(f"SELECT pg_advisory_xact_lock({WRITE_LOCK:d})")
+        async with self._hot_path().transaction((WRITE_LOCK,)) as tx:
             rows = await tx.fetch(ks.SELECT_ACTIVE_FREEZE, (scope.value, target or ""))
             if not rows:
                 return None
