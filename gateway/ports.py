@@ -25,6 +25,16 @@ from gateway.core.model import (
 from gateway.core.rollback import Plan, PlanStatus, StepStatus
 
 
+@dataclass(frozen=True, slots=True)
+class FreezeChange:
+    """What an engage or release did: the freeze engaged (or already in force) or
+    released (None: nothing to release), and the kill switch as it left it."""
+
+    freeze: Freeze | None
+    generation: int
+    active: list[Freeze]
+
+
 class Bus(Protocol):
     """Messages between the processes sharing a store (``gateway.store.bus``).
 
@@ -79,10 +89,17 @@ class Store(Protocol):
         existing freeze unchanged (idempotent).
         """
 
+    async def engage(self, freeze: Freeze) -> FreezeChange:
+        """``engage_freeze``, with the generation and the active freezes it left."""
+
     async def release_freeze(self, scope: FreezeScope, target: str | None, by: str,
                              reason: str, at: datetime) -> Freeze | None:
         """Lift the active freeze of that scope and target (None if there was none),
         with its audit record in the same transaction."""
+
+    async def release(self, scope: FreezeScope, target: str | None, by: str,
+                      reason: str, at: datetime) -> FreezeChange:
+        """``release_freeze``, with the generation and the active freezes it left."""
 
     # Journal (hot path) ---------------------------------------------------
     async def journal_intent(self, entry: JournalEntry, *, unless_frozen: bool = True) -> bool:

@@ -127,7 +127,11 @@ class FreezeState:
     # The view of the freezes -------------------------------------------------
     async def load(self) -> None:
         asked = asyncio.get_running_loop().time()
-        generation, freezes = await self._store.freeze_view()
+        self._view_at(*await self._store.freeze_view(), asked)
+
+    def _view_at(self, generation: int, freezes: list[Freeze], asked: float) -> None:
+        """A view read from the store (asked at loop time ``asked``); an older one
+        than this process already has changes nothing."""
         if generation >= self._generation:
             self._generation, self._view = generation, freezes
             self._confirmed = max(self._confirmed, asked)
@@ -231,11 +235,16 @@ class FreezeState:
     # Engage and release --------------------------------------------------------
     async def engage(self, freeze: Freeze) -> Engaged:
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.engage_wait
-        stored = await self._store.engage_freeze(freeze)
-        self._push(self._generation + 1, stored)  # at once; the read below makes it exact
-        await self.load()
+        asked = loop.time()
+        deadline = asked + self.engage_wait
+        change = await self._store.engage(freeze)
+        stored = change.freeze
+        assert stored is not None
+        self._view_at(change.generation, change.active, asked)
         answers = await self._announce(stored, deadline)
+        # Meanwhile, what the store knows: intents a freeze covers all committed
+        # before it did (the arbiter), so this read sees every one there will be.
+        pending = asyncio.create_task(self._open_intents())
         in_flight = await self._settle([stored], deadline)
         if answers is not None:
             try:
@@ -246,7 +255,9 @@ class FreezeState:
                             "writes are reported as unknown",
                             ", ".join(sorted(answers.expected - answers.answered)))
             in_flight += answers.in_flight
-        in_flight += await self._unanswered(stored, answers)
+        answered = {self.member, *(answers.answered if answers is not None else ())}
+        in_flight += [p for p in await pending  # of processes that did not answer, or left
+                      if p.process not in answered and covers(stored, p.upstream, p.agent)]
         return Engaged(stored, in_flight)
 
     async def _announce(self, freeze: Freeze, deadline: float) -> _Answers | None:
@@ -272,22 +283,20 @@ class FreezeState:
             loop.call_at(deadline + 2 * ANSWER_GRACE, self._answers.pop, key, None)
         return answers
 
-    async def _unanswered(self, freeze: Freeze, answers: _Answers | None) -> list[InFlight]:
-        """Covered intents still open in processes that did not answer (or left the bus)."""
-        answered = {self.member, *(answers.answered if answers is not None else ())}
+    async def _open_intents(self) -> list[InFlight]:
         since = utcnow() - timedelta(seconds=self._horizon())
         try:
-            pending = await self._store.pending_intents(since)
+            return await self._store.pending_intents(since)
         except Exception:
             log.exception("kill switch: could not read the open intents")
             return []
-        return [p for p in pending if p.process not in answered
-                and covers(freeze, p.upstream, p.agent)]
 
     async def release(self, scope: FreezeScope, target: str | None, by: str, reason: str,
                       at: datetime) -> Freeze | None:
-        released = await self._store.release_freeze(scope, target, by, reason, at)
-        await self.load()
+        asked = asyncio.get_running_loop().time()
+        change = await self._store.release(scope, target, by, reason, at)
+        released = change.freeze
+        self._view_at(change.generation, change.active, asked)
         if released is not None and self._bus is not None:
             try:
                 await self._bus.publish({"type": "release", "generation": self._generation})

@@ -44,6 +44,7 @@ from gateway.core.model import (
     JournalQuery,
     iso,
 )
+from gateway.ports import FreezeChange
 from gateway.store import codec
 from gateway.store import killswitch as ks
 from gateway.store.approvals import ApprovalQueue
@@ -193,32 +194,41 @@ class SqlStore(ApprovalQueue, RollbackPlans):
 
     # Kill switch ------------------------------------------------------------
     async def engage_freeze(self, freeze: Freeze) -> Freeze:
+        engaged = (await self.engage(freeze)).freeze
+        assert engaged is not None  # an engage always leaves a freeze in force
+        return engaged
+
+    async def engage(self, freeze: Freeze) -> FreezeChange:
         """Through the driver, in one short transaction: an engage must not queue
         behind the stream of journal writes it is about to stop."""
         # the audit chain's lock, then the arbiter's: it waits for intent batches under way
         async with self._hot_path().transaction((WRITE_LOCK, ks.ARBITER_LOCK)) as tx:
             rows = await tx.fetch(ks.SELECT_ACTIVE_FREEZE, (freeze.scope.value, freeze.target or ""))
             if rows:
-                return codec.freeze_from_values(*rows[0])
+                return await _change_in(tx, codec.freeze_from_values(*rows[0]))
             await tx.execute(ks.INSERT_FREEZE, (freeze.id, freeze.scope.value, freeze.target,
                                                 freeze.reason, freeze.by, iso(freeze.at)))
             await tx.execute(ks.BUMP_GENERATION)
             await _append_in(tx, freeze.by, "killswitch.engage",
                              _freeze_detail(freeze.scope, freeze.target, freeze.reason), freeze.at)
-        return freeze
+            return await _change_in(tx, freeze)
 
     async def release_freeze(self, scope: FreezeScope, target: str | None, by: str,
                              reason: str, at: datetime) -> Freeze | None:
+        return (await self.release(scope, target, by, reason, at)).freeze
+
+    async def release(self, scope: FreezeScope, target: str | None, by: str, reason: str,
+                      at: datetime) -> FreezeChange:
         async with self._hot_path().transaction((WRITE_LOCK,)) as tx:
             rows = await tx.fetch(ks.SELECT_ACTIVE_FREEZE, (scope.value, target or ""))
             if not rows:
-                return None
+                return await _change_in(tx, None)
             released = codec.freeze_from_values(*rows[0])
             await tx.execute(ks.RELEASE_FREEZE, (iso(at), by, reason, released.id))
             await tx.execute(ks.BUMP_GENERATION)
             await _append_in(tx, by, "killswitch.release", _freeze_detail(scope, target, reason),
                              at)
-        return released
+            return await _change_in(tx, released)
 
     # Journal (admin) --------------------------------------------------------
     async def list_journal(self, query: JournalQuery) -> list[JournalEntry]:
@@ -300,6 +310,13 @@ class SqlStore(ApprovalQueue, RollbackPlans):
                       at, actor, action, detail)
         session.add(codec.audit_row(record))
         return record
+
+
+async def _change_in(tx: Tx, freeze: Freeze | None) -> FreezeChange:
+    """The change, with the generation and the freezes as this transaction leaves them."""
+    rows = await tx.fetch(ks.SELECT_FREEZE_VIEW)
+    return FreezeChange(freeze, int(rows[0][0]), [codec.freeze_from_values(*row[1:])
+                                                  for row in rows if row[1] is not None])
 
 
 async def _append_in(tx: Tx, actor: str, action: str, detail: dict[str, Any],

@@ -230,3 +230,19 @@ async def test_open_intents_name_their_process(store: SqlStore, make_entry: Entr
     pending = await store.pending_intents(make_entry(2).at)
     assert pending == [InFlight(open_.id, open_.agent, open_.upstream, open_.method,
                                 open_.path, store.process)]
+
+
+async def test_a_change_says_where_it_left_the_kill_switch(store: SqlStore) -> None:
+    first, second = freeze(UPSTREAM, "crm", 1), freeze(AGENT, "bot", 2)
+    assert (await store.engage(first)).freeze == first
+    change = await store.engage(second)
+    assert (change.freeze, change.active) == (second, [first, second])
+    assert change.generation == await store.killswitch_generation()
+    again = await store.engage(freeze(AGENT, "bot", 3))  # in force already: nothing moves
+    assert (again.freeze, again.generation, again.active) == (second, change.generation,
+                                                             [first, second])
+    released = await store.release(UPSTREAM, "crm", "bob", "fixed", T0)
+    assert (released.freeze, released.generation, released.active) == (
+        first, change.generation + 1, [second])
+    nothing = await store.release(UPSTREAM, "crm", "bob", "again", T0)
+    assert (nothing.freeze, nothing.generation) == (None, released.generation)
