@@ -110,9 +110,9 @@ class FreezeState:
 
     # Lifecycle -------------------------------------------------------------
     async def start(self) -> None:
-        await self.load()
-        if self._bus is not None:
+        if self._bus is not None:  # first: no freeze engaged from now on goes unheard
             await self._bus.start(self._heard)
+        await self.load()
         self._heartbeat = asyncio.create_task(self._beat())
 
     async def stop(self) -> None:
