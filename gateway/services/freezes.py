@@ -237,11 +237,18 @@ class FreezeState:
         loop = asyncio.get_running_loop()
         asked = loop.time()
         deadline = asked + self.engage_wait
-        change = await self._store.engage(freeze)
+        # Who to ask, read while the freeze commits: a process that starts listening
+        # after this read reads the freezes after that, so it sees this one.
+        members = asyncio.create_task(self._members())
+        try:
+            change = await self._store.engage(freeze)
+        except BaseException:
+            members.cancel()
+            raise
         stored = change.freeze
         assert stored is not None
         self._view_at(change.generation, change.active, asked)
-        answers = await self._announce(stored, deadline)
+        answers = await self._announce(stored, deadline, await members)
         # Meanwhile, what the store knows: intents a freeze covers all committed
         # before it did (the arbiter), so this read sees every one there will be.
         pending = asyncio.create_task(self._open_intents())
@@ -260,27 +267,38 @@ class FreezeState:
                       if p.process not in answered and covers(stored, p.upstream, p.agent)]
         return Engaged(stored, in_flight)
 
-    async def _announce(self, freeze: Freeze, deadline: float) -> _Answers | None:
+    async def _members(self) -> set[str] | None:
         if self._bus is None:
+            return None
+        try:
+            return await self._bus.members()
+        except Exception:
+            log.exception("kill switch: could not list the processes on the bus")
+            return None
+
+    async def _announce(self, freeze: Freeze, deadline: float,
+                        members: set[str] | None) -> _Answers | None:
+        """Tell every other process; None when there is no bus to tell them on (they
+        learn it at their next heartbeat, and the store refuses their covered writes)."""
+        if self._bus is None or members is None:
             return None
         key = new_id()
         loop = asyncio.get_running_loop()
+        answers = _Answers(members)
+        if not members:
+            answers.complete.set()
+            return answers
+        self._answers[key] = answers
+        loop.call_at(deadline + 2 * ANSWER_GRACE, self._answers.pop, key, None)
         try:
-            answers = _Answers(await self._bus.members())
-            self._answers[key] = answers
-            if not answers.expected:
-                answers.complete.set()
-            else:
-                await self._bus.publish({
-                    "type": "engage", "id": key, "generation": self._generation,
-                    "freeze": _freeze_json(freeze),
-                    "wait": max(0.0, deadline - ANSWER_EARLY - loop.time())})
-        except Exception:  # the others learn it at their next heartbeat, or from the store
+            await self._bus.publish({
+                "type": "engage", "id": key, "generation": self._generation,
+                "freeze": _freeze_json(freeze),
+                "wait": max(0.0, deadline - ANSWER_EARLY - loop.time())})
+        except Exception:
             log.exception("kill switch: could not announce the freeze")
             self._answers.pop(key, None)
             return None
-        finally:
-            loop.call_at(deadline + 2 * ANSWER_GRACE, self._answers.pop, key, None)
         return answers
 
     async def _open_intents(self) -> list[InFlight]:

@@ -172,11 +172,12 @@ class SqliteHotPath:
     A WAL-mode insert takes tens of microseconds; handing it to a worker
     thread cost more than the statement itself (measured again for issue 9:
     40-45 us inline, 100-130 us through ``asyncio.to_thread``, and 8 us per
-    row when 32 share one transaction, which is what group commit buys). So each statement is first tried inline with a zero busy timeout.
-    If another connection holds the write lock (an operator's transaction,
-    another process), blocking the loop to wait would also stall the holder
-    when it lives on this loop, so only then does the statement move to a
-    worker thread that waits out the normal busy timeout.
+    row when 32 share one transaction, which is what group commit buys). So
+    each statement is first tried inline with a zero busy timeout. If another
+    connection holds the write lock (an operator's transaction, another
+    process), blocking the loop to wait would also stall the holder when it
+    lives on this loop, so only then does the statement move to a worker
+    thread that waits out the normal busy timeout.
     """
 
     def __init__(self, connection: sqlite3.Connection) -> None:
