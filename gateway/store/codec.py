@@ -60,10 +60,6 @@ def _names(columns: Sequence[str]) -> str:
     return ", ".join(f'"{c}"' for c in columns)
 
 
-INSERT_JOURNAL = (
-    f"INSERT INTO journal ({_names(JOURNAL_COLUMNS)}) "
-    f"VALUES ({', '.join('?' for _ in JOURNAL_COLUMNS)})"
-)
 UPDATE_OUTCOME = (
     "UPDATE journal SET " + ", ".join(f'"{c}" = ?' for c in OUTCOME_COLUMNS) + " WHERE id = ?"
 )
