@@ -56,7 +56,8 @@ OUTCOME_COLUMNS = (
 )
 
 
-def _names(columns: Sequence[str]) -> str:
+def quoted(columns: Sequence[str]) -> str:
+    """``"a", "b"``: column names for SQL, quoted ("by" is a keyword)."""
     return ", ".join(f'"{c}"' for c in columns)
 
 

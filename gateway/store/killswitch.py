@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 import sqlalchemy as sa
 
-from gateway.store.codec import JOURNAL_COLUMNS, OUTCOME_COLUMNS, _names
+from gateway.store.codec import JOURNAL_COLUMNS, OUTCOME_COLUMNS, quoted
 from gateway.store.tables import JournalRow
 
 ARBITER_LOCK = 0x67775F6172626974  # "gw_arbit"
@@ -41,21 +41,21 @@ COVERING = ("f.released_at IS NULL AND (f.scope = 'global' "
 # One intent, refused if a freeze covers it (SQLite, once per row of a batch):
 # the row's values, then its upstream and agent again for the freeze check.
 INSERT_INTENT_UNLESS_FROZEN = (
-    f"INSERT INTO journal ({_names(INTENT_COLUMNS)}) "
+    f"INSERT INTO journal ({quoted(INTENT_COLUMNS)}) "
     f"SELECT {', '.join('?' for _ in INTENT_COLUMNS)} "
     f"WHERE NOT EXISTS (SELECT 1 FROM freezes f WHERE "
     f"{COVERING.format(upstream='?', agent='?')})"
 )
 # An operator's write (a rollback step): freezes stop agents, not recovery.
-INSERT_INTENT = (f"INSERT INTO journal ({_names(INTENT_COLUMNS)}) "
+INSERT_INTENT = (f"INSERT INTO journal ({quoted(INTENT_COLUMNS)}) "
                  f"VALUES ({', '.join('?' for _ in INTENT_COLUMNS)})")
 
 FREEZE_COLUMNS = ("id", "scope", "target", "reason", "by", "at")
 SELECT_ACTIVE_FREEZE = (  # the one active freeze of a scope and target (ux_freezes_active)
-    f"SELECT {_names(FREEZE_COLUMNS)} FROM freezes "
+    f"SELECT {quoted(FREEZE_COLUMNS)} FROM freezes "
     "WHERE released_at IS NULL AND scope = ? AND COALESCE(target, '') = ?"
 )
-INSERT_FREEZE = (f"INSERT INTO freezes ({_names(FREEZE_COLUMNS)}) "
+INSERT_FREEZE = (f"INSERT INTO freezes ({quoted(FREEZE_COLUMNS)}) "
                  f"VALUES ({', '.join('?' for _ in FREEZE_COLUMNS)})")
 RELEASE_FREEZE = ("UPDATE freezes SET released_at = ?, released_by = ?, release_reason = ? "
                   "WHERE id = ?")
@@ -90,7 +90,7 @@ def _unnest(columns: tuple[str, ...]) -> str:
     parameter per column, so one prepared statement serves every batch size."""
     table = JournalRow.__table__  # type: ignore[attr-defined]
     arrays = ", ".join(f"?::{_pg_type(table.c[name])}[]" for name in columns)
-    return f"unnest({arrays}) AS v({_names(columns)})"
+    return f"unnest({arrays}) AS v({quoted(columns)})"
 
 
 # PostgreSQL: a whole batch of intents, as JSON objects keyed by column, in one call.
