@@ -208,27 +208,33 @@ class Runner:
         self.runs: list[dict[str, Any]] = []
         self.failures: list[str] = []
 
-    def measure(self, target: str, url: str, key: str | None, round_: int,
-                gateway: Proc | None = None) -> None:
-        rows = [(m, c) for t, m, c in ROWS if t == target]
-        for method in dict.fromkeys(m for m, _ in rows):
-            wrk(url, method, 4, self.args.warmup, key)  # warm-up: pools, lazy init
-            for m, conns in rows:
-                if m != method:
-                    continue
-                r = wrk(url, method, conns, self.args.duration, key)
-                r.update(target=target, method=method, connections=conns, round=round_)
-                self.runs.append(r)
-                print(f"  {target:<11} {method:<5} c={conns:<2} p50={r['p50_us'] / 1000:.3f}ms "
-                      f"p99={r['p99_us'] / 1000:.3f}ms {r['rps']:.0f} req/s "
-                      f"failed={r['failed']}", flush=True)
-                if r["failed"]:
-                    self.failures.append(
-                        f"{target} {method} c={conns}: {r['failed']} of {r['requests']} failed "
-                        f"(non2xx={r['non2xx']}, connect={r['connect']}, read={r['read']}, "
-                        f"write={r['write']}, timeout={r['timeout']}); a probe now answers: "
-                        f"{probe(url, method, key)}"
-                        + (f"\n{gateway.logs()}" if gateway else ""))
+    def measure_round(self, targets: dict[str, tuple[str, str | None, Proc | None]],
+                      round_: int) -> None:
+        """Every row once, each row's targets back to back (so a ratio compares runs
+        that saw the same load); a warm-up for each target before its first method."""
+        for method in ("GET", "PATCH"):
+            for target, (url, key, _) in targets.items():
+                if any(t == target and m == method for t, m, _ in ROWS):
+                    wrk(url, method, 4, self.args.warmup, key)  # pools, lazy init
+            for conns in (1, 32):
+                for target, (url, key, gateway) in targets.items():
+                    if (target, method, conns) in ROWS:
+                        self._one(target, url, key, gateway, method, conns, round_)
+
+    def _one(self, target: str, url: str, key: str | None, gateway: Proc | None, method: str,
+             conns: int, round_: int) -> None:
+        r = wrk(url, method, conns, self.args.duration, key)
+        r.update(target=target, method=method, connections=conns, round=round_)
+        self.runs.append(r)
+        print(f"  {target:<11} {method:<5} c={conns:<2} p50={r['p50_us'] / 1000:.3f}ms "
+              f"p99={r['p99_us'] / 1000:.3f}ms {r['rps']:.0f} req/s "
+              f"failed={r['failed']}", flush=True)
+        if r["failed"]:
+            self.failures.append(
+                f"{target} {method} c={conns}: {r['failed']} of {r['requests']} failed "
+                f"(non2xx={r['non2xx']}, connect={r['connect']}, read={r['read']}, "
+                f"write={r['write']}, timeout={r['timeout']}); a probe now answers: "
+                f"{probe(url, method, key)}" + (f"\n{gateway.logs()}" if gateway else ""))
 
 
 def engage_run(args: argparse.Namespace, pg: Postgres, logdir: Path, tmp: Path,
@@ -358,18 +364,23 @@ def main() -> int:
         print(f"upstream {upstream_url}, bare proxy {bare_url}", flush=True)
         for round_ in range(args.repeat):
             print(f"round {round_ + 1} of {args.repeat}", flush=True)
-            runner.measure("direct", upstream_url + ITEM_PATH, None, round_)
-            runner.measure("bare proxy", bare_url + ITEM_PATH, None, round_)
-            for target, flags, db_url in (
-                    ("gateway", (), f"sqlite+aiosqlite:///{tmp / f'bench-{round_}.db'}"),
-                    ("gateway x2", ("--workers", "2"),
-                     f"sqlite+aiosqlite:///{tmp / f'bench-x2-{round_}.db'}"),
-                    ("gateway pg", (), pg.create())):
-                gw, proxy, _ = start_gateway(target.replace(" ", "-"), config, policies,
-                                             db_url, logdir, *flags)
-                try:
-                    runner.measure(target, proxy + "/bench" + ITEM_PATH, AGENT_KEY, round_, gw)
-                finally:
+            targets: dict[str, tuple[str, str | None, Proc | None]] = {
+                "direct": (upstream_url + ITEM_PATH, None, None),
+                "bare proxy": (bare_url + ITEM_PATH, None, None)}
+            gateways: list[Proc] = []
+            try:  # idle gateways cost next to nothing: all up, measured row by row
+                for target, flags, db_url in (
+                        ("gateway", (), f"sqlite+aiosqlite:///{tmp / f'bench-{round_}.db'}"),
+                        ("gateway x2", ("--workers", "2"),
+                         f"sqlite+aiosqlite:///{tmp / f'bench-x2-{round_}.db'}"),
+                        ("gateway pg", (), pg.create())):
+                    gw, proxy, _ = start_gateway(target.replace(" ", "-"), config, policies,
+                                                 db_url, logdir, *flags)
+                    gateways.append(gw)
+                    targets[target] = (proxy + "/bench" + ITEM_PATH, AGENT_KEY, gw)
+                runner.measure_round(targets, round_)
+            finally:
+                for gw in gateways:
                     gw.stop()
         print("kill switch: 2 processes on PostgreSQL, PATCHes into one, the other engages",
               flush=True)
