@@ -205,9 +205,10 @@ class SocketBus:
             log.warning("bus: socket %s bound again", self._path(self.member))
 
     async def close(self) -> None:
-        sock, self._socket = self._socket, None
-        if sock is None:
+        if self._socket is None:
             return
+        await self.members()  # on the way out, remove the sockets of processes that died
+        sock, self._socket = self._socket, None
         asyncio.get_running_loop().remove_reader(sock.fileno())
         sock.close()
         Path(self._path(self.member)).unlink(missing_ok=True)
