@@ -66,8 +66,11 @@ class PgBus:
         await self._connect()
 
     async def _connect(self) -> None:
-        connection = await asyncpg.connect(
-            self._dsn, server_settings={"application_name": APP_PREFIX + self.member})
+        # Keepalives: a member whose host vanished leaves pg_stat_activity within
+        # ~25 s instead of hours, so engages stop waiting engage_wait for it.
+        connection = await asyncpg.connect(self._dsn, server_settings={
+            "application_name": APP_PREFIX + self.member, "tcp_keepalives_idle": "10",
+            "tcp_keepalives_interval": "5", "tcp_keepalives_count": "3"})
         try:
             await connection.add_listener(CHANNEL, self._notified)
         except BaseException:
