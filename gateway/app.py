@@ -97,10 +97,11 @@ class Gateway:
         if created is not None:  # loud: a mistyped path would otherwise go unnoticed
             log.warning("created a new, empty store at %s", created.resolve())
         if self._client is None:
-            from gateway.proxy.upstream import AiohttpUpstream
-            self._client = AiohttpUpstream(timeout=self.settings.upstream_timeout)
-        freezes = FreezeState(self._store)
-        await freezes.load()
+            from gateway.proxy.upstream import UpstreamClient
+            self._client = UpstreamClient(timeout=self.settings.upstream_timeout)
+        freezes = FreezeState(self._store, self._store.bus(), self.settings.engage_wait,
+                              horizon=self._longest_write)
+        await freezes.start()
         self._pipeline = Pipeline(self.settings, self._store, self._client, freezes, policies)
         self._pipeline.observer = self.observer
         self._pipeline.senders["mcp"] = McpSender(self.settings, self._client)
@@ -132,13 +133,20 @@ class Gateway:
                 raise
             raise StartupError(reason) from None
 
+    def _longest_write(self) -> float:
+        """Seconds a write may still be on its way after its intent: its upstream timeout."""
+        timeouts = [u.spec.timeout or 0 for u in self.policies.upstreams.values()]
+        return max([self.settings.upstream_timeout, *timeouts]) + 1
+
     async def stop(self) -> None:
         if self._pipeline is not None:
             self.resuming.cancel()
             await asyncio.gather(self.resuming, return_exceptions=True)
             await self.approvals.stop()
+            await self._pipeline.settled()
             await self.audit.stop()
             await self.notifier.stop()
+            await self._pipeline.freezes.stop()
             for sender in self._pipeline.senders.values():
                 close = getattr(sender, "close", None)
                 if close is not None:  # the MCP sender's kept connections

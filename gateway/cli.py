@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 from gateway.errors import PolicyError, StartupError
+from gateway.operator.args import positive_int
 from gateway.settings import (
     AgentSpec,
     Settings,
@@ -52,7 +53,7 @@ operate it (talks to the admin listener with GATEWAY_TOKEN):
 # what a user typed, for errors about the value a flag gave (settings field -> flag)
 FLAGS = {"policies_dir": "--policies", "proxy__host": "--host", "proxy__port": "--port",
          "admin__host": "--admin-host", "admin__port": "--admin-port",
-         "database_url": "--database-url", "dev": "--dev"}
+         "database_url": "--database-url", "dev": "--dev", "workers": "--workers"}
 
 
 def _serve_flags(parser: argparse.ArgumentParser) -> None:
@@ -70,6 +71,9 @@ def _serve_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--database-url", dest="database_url", metavar="URL",
                         help="sqlite+aiosqlite:///./gateway.db (default) or "
                              "postgresql+asyncpg://USER:PASSWORD@HOST/DB")
+    parser.add_argument("--workers", type=positive_int, dest="workers", metavar="N",
+                        help="processes serving the same ports (default 1); they share one "
+                             "kill switch through the store")
     parser.add_argument("--dev", action="store_true", default=None,
                         help="local development: start without operators, print a one-time "
                              "admin token")
@@ -123,7 +127,7 @@ def _at_least_two(text: str) -> int:
 def _settings(args: argparse.Namespace) -> Settings:
     flags = {k: v for k, v in vars(args).items()
              if k in ("policies_dir", "proxy__host", "proxy__port", "admin__host", "admin__port",
-                      "database_url", "dev")}
+                      "database_url", "dev", "workers")}
     return load_settings(args.config, FLAGS, **flags)
 
 
@@ -142,8 +146,11 @@ def _operator_access(settings: Settings) -> tuple[Settings, list[str]]:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from gateway.server import run
     settings, banner = _operator_access(_settings(args))
+    if settings.workers > 1:
+        from gateway import workers
+        return workers.run(settings, banner)
+    from gateway.server import run
     run(settings, banner)
     return 0
 
@@ -182,6 +189,8 @@ def _demo(args: argparse.Namespace, scratch: Path | None) -> int:
         settings = settings.model_copy(update={"agents": [
             AgentSpec(name="demo-agent", key_sha256=sha256_hex(DEMO_AGENT_KEY))]})
     settings, banner = _operator_access(settings)
+    if settings.workers > 1:
+        raise SettingsError("gateway demo runs one process; use gateway serve --workers N")
     crm = bind("127.0.0.1", args.crm_port, "demo CRM (--crm-port)")
     banner = [f"demo CRM API on http://127.0.0.1:{crm.getsockname()[1]} "
               f"(policies: {settings.policies_dir})",

@@ -7,6 +7,7 @@
     ├── PolicyDenied                403 policy_denied
     ├── ApprovalRejected            403 approval_rejected
     ├── WritesFrozen                423 writes_frozen
+    │   └── WriteCutOff             423 writes_frozen, outcome unknown (cut off in flight)
     ├── CaptureFailed               502 capture_failed
     ├── JournalUnavailable          503 journal_unavailable
     ├── UpstreamUnreachable         502 upstream_unreachable
@@ -60,6 +61,10 @@ class ApprovalRejected(GatewayError):
 
 class WritesFrozen(GatewayError):
     status, code, decision = 423, "writes_frozen", "frozen"
+
+
+class WriteCutOff(WritesFrozen):
+    """A write the kill switch cut off on its way: it may or may not have landed."""
 
 
 class CaptureFailed(GatewayError):

@@ -1,7 +1,7 @@
 """The interfaces the pipeline and the admin API depend on.
 
 Adapters implement them: ``gateway.store.SqlStore`` the ``Store`` (SQLite or
-PostgreSQL), ``gateway.proxy.upstream.AiohttpUpstream`` the ``Upstream``,
+PostgreSQL), ``gateway.proxy.upstream.UpstreamClient`` the ``Upstream``,
 ``gateway.services.rest.RestSender`` and ``gateway.proxy.mcp_sender.McpSender``
 the ``Sender`` of each kind of upstream.
 Tests substitute fakes where a narrow unit test wants one.
@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from gateway.core.approvals import ApprovalStatus, HeldCall, Vote
+from gateway.core.killswitch import InFlight
 from gateway.core.model import (
     AuditRecord,
     Freeze,
@@ -29,9 +30,42 @@ from gateway.core.report import DecisionCount, HeldFact, RolledBack
 from gateway.core.rollback import Plan, PlanStatus, Step, StepStatus
 
 
+@dataclass(frozen=True, slots=True)
+class FreezeChange:
+    """What an engage or release did: the freeze engaged (or already in force) or
+    released (None: nothing to release), and the kill switch as it left it."""
+
+    freeze: Freeze | None
+    generation: int
+    active: list[Freeze]
+
+
+class Bus(Protocol):
+    """Messages between the processes sharing a store (``gateway.store.bus``).
+
+    Every member hears what another publishes (a message ``to`` one member is
+    dropped by the others); nobody hears its own."""
+
+    member: str
+
+    async def start(self, deliver: Callable[[dict[str, Any]], None]) -> None: ...
+
+    async def publish(self, message: dict[str, Any], to: str | None = None) -> None: ...
+
+    async def members(self) -> set[str]:
+        """The other processes listening now."""
+
+    async def check(self) -> None:
+        """Reconnect if the bus was lost; raises if it cannot."""
+
+    async def close(self) -> None: ...
+
+
 class Store(Protocol):
     """Durable state: freezes, the change journal, the audit chain, held calls,
     rollback plans."""
+
+    process: str  # this process's name, journaled with its intents
 
     async def start(self) -> None:
         """Connect, then create or migrate the schema."""
@@ -41,8 +75,17 @@ class Store(Protocol):
     async def ping(self) -> bool:
         """True when a trivial query round-trips."""
 
+    def bus(self) -> Bus:
+        """The bus of the processes sharing this store (after ``start``; not started)."""
+
     # Kill switch ----------------------------------------------------------
+    # Every engage and release adds one to the generation, in its transaction.
     async def active_freezes(self) -> list[Freeze]: ...
+
+    async def freeze_view(self) -> tuple[int, list[Freeze]]:
+        """The generation and the freezes active at it, read together."""
+
+    async def killswitch_generation(self) -> int: ...
 
     async def engage_freeze(self, freeze: Freeze) -> Freeze:
         """Persist ``freeze`` and append its audit record in one transaction.
@@ -51,16 +94,31 @@ class Store(Protocol):
         existing freeze unchanged (idempotent).
         """
 
+    async def engage(self, freeze: Freeze) -> FreezeChange:
+        """``engage_freeze``, with the generation and the active freezes it left."""
+
     async def release_freeze(self, scope: FreezeScope, target: str | None, by: str,
                              reason: str, at: datetime) -> Freeze | None:
         """Lift the active freeze of that scope and target (None if there was none),
         with its audit record in the same transaction."""
 
+    async def release(self, scope: FreezeScope, target: str | None, by: str,
+                      reason: str, at: datetime) -> FreezeChange:
+        """``release_freeze``, with the generation and the active freezes it left."""
+
     # Journal (hot path) ---------------------------------------------------
-    async def journal_intent(self, entry: JournalEntry) -> None:
-        """Commit the entry before the call is forwarded."""
+    async def journal_intent(self, entry: JournalEntry, *, unless_frozen: bool = True) -> bool:
+        """Commit the entry before the call is forwarded.
+
+        False, and nothing written, when an active freeze covers the entry's
+        upstream or agent: decided by the store in the statement that inserts,
+        so no intent a freeze covers commits after that freeze (whatever any
+        process believes). ``unless_frozen=False``: operators' writes."""
 
     async def journal_outcome(self, entry_id: str, outcome: JournalOutcome) -> None: ...
+
+    async def pending_intents(self, since: datetime) -> list[InFlight]:
+        """Intents journaled since then still without an outcome, oldest first."""
 
     # Journal (admin) -------------------------------------------------------
     async def list_journal(self, query: JournalQuery) -> list[JournalEntry]: ...

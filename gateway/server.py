@@ -1,8 +1,11 @@
 """Running both listeners in one process: the agent proxy and the admin API.
 
-Sockets are bound here before uvicorn starts, so port 0 works and the real
-ports are printed on one ``ready`` line that scripts and tests can read.
-SIGHUP reloads the policy set; SIGINT/SIGTERM stop both listeners.
+Sockets are bound here before uvicorn starts (and before the store is
+opened, so a port clash fails fast), so port 0 works and the real ports are
+printed on one ``ready`` line that scripts and tests can read. SIGHUP
+reloads the policy set; SIGINT/SIGTERM stop both listeners. With
+``--workers N`` the master in ``gateway.workers`` binds the sockets and runs
+``serve`` in each worker on its own pair.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import logging
 import signal
 import socket
 import sys
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import uvicorn
@@ -27,12 +31,18 @@ from gateway.settings import Settings
 log = logging.getLogger("gateway")
 
 
-def bind(host: str, port: int, role: str = "listener") -> socket.socket:
-    """A listening socket; StartupError naming ``role``, host and port when it cannot be had."""
+def bind(host: str, port: int, role: str = "listener", reuse_port: bool = False) -> socket.socket:
+    """A listening socket; StartupError naming ``role``, host and port when it cannot be had.
+
+    ``reuse_port``: one of several on the same port, the kernel spreading new
+    connections across them (SO_REUSEPORT).
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # asyncio sets TCP_NODELAY only then
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
         sock.listen(2048)
     except OSError as exc:
@@ -47,23 +57,42 @@ def bind(host: str, port: int, role: str = "listener") -> socket.socket:
     return sock
 
 
-def _server(app: Any, settings: Settings) -> uvicorn.Server:
-    config = uvicorn.Config(app, lifespan="off", access_log=False, log_level="warning",
-                            loop="none", http="httptools", server_header=False,
-                            date_header=False, timeout_graceful_shutdown=5)
-    return uvicorn.Server(config)
-
-
-async def serve(settings: Settings, banner: list[str] | None = None,
-                beside: tuple[Any, socket.socket] | None = None) -> None:
-    """Run until SIGINT/SIGTERM; ``beside`` is one more (app, socket), e.g. the demo API."""
-    proxy_sock = bind(settings.proxy.host, settings.proxy.port, "proxy listener (--port)")
+def bind_listeners(settings: Settings, reuse_port: bool = False) -> tuple[socket.socket, socket.socket]:
+    """The proxy and admin sockets, or StartupError (and neither stays open)."""
+    proxy_sock = bind(settings.proxy.host, settings.proxy.port, "proxy listener (--port)",
+                      reuse_port)
     try:
         admin_sock = bind(settings.admin.host, settings.admin.port,
-                          "admin listener (--admin-port)")
+                          "admin listener (--admin-port)", reuse_port)
     except StartupError:
         proxy_sock.close()
         raise
+    return proxy_sock, admin_sock
+
+
+def _server(app: Any, settings: Settings) -> uvicorn.Server:
+    # proxy_headers off: X-Forwarded-For is not trusted from agents, and the
+    # middleware it would add is one more layer on every call.
+    config = uvicorn.Config(app, lifespan="off", access_log=False, log_level="warning",
+                            loop="none", http="httptools", server_header=False,
+                            date_header=False, timeout_graceful_shutdown=5,
+                            proxy_headers=False)
+    return uvicorn.Server(config)
+
+
+Announce = Callable[[str, str, str], None]  # proxy URL, admin URL, policy revision
+
+
+async def serve(settings: Settings, banner: list[str] | None = None,
+                beside: tuple[Any, socket.socket] | None = None,
+                sockets: tuple[socket.socket, socket.socket] | None = None,
+                announce: Announce | None = None) -> None:
+    """Run until SIGINT/SIGTERM; ``beside`` is one more (app, socket), e.g. the demo API.
+
+    ``sockets`` (proxy, admin) are already bound (a worker's); ``announce``
+    replaces printing the ready line (a worker tells its master instead).
+    """
+    proxy_sock, admin_sock = sockets if sockets is not None else bind_listeners(settings)
     gateway = Gateway(settings)
     try:
         await gateway.start()
@@ -102,14 +131,22 @@ async def serve(settings: Settings, banner: list[str] | None = None,
         if any(t.done() for t in tasks):
             break
         await asyncio.sleep(0.01)
-    for line in banner or []:
-        print(line, flush=True)
-    print(f"gateway ready proxy={proxy_url} admin={admin_url} "
-          f"policy_revision={gateway.policies.revision}", flush=True)
+    if announce is not None:
+        announce(proxy_url, admin_url, gateway.policies.revision)
+    else:
+        for line in banner or []:
+            print(line, flush=True)
+        print(ready_line(proxy_url, admin_url, gateway.policies.revision), flush=True)
     try:
         await asyncio.gather(*tasks)
     finally:
         await gateway.stop()
+
+
+def ready_line(proxy_url: str, admin_url: str, revision: str, workers: int = 1) -> str:
+    """What scripts and tests wait for: ``gateway ready proxy=URL admin=URL ...``."""
+    line = f"gateway ready proxy={proxy_url} admin={admin_url} policy_revision={revision}"
+    return line + (f" workers={workers}" if workers > 1 else "")
 
 
 def _url(sock: socket.socket) -> str:
@@ -120,7 +157,7 @@ def _url(sock: socket.socket) -> str:
 def configure_logging(settings: Settings) -> None:
     """Logs on stderr; the access log (when on) as bare JSON lines, whatever ``log_level``."""
     logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+                        format="%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
     access = logging.getLogger(ACCESS_LOG)
     handler = logging.StreamHandler(sys.stderr)
@@ -130,12 +167,16 @@ def configure_logging(settings: Settings) -> None:
     access.setLevel(logging.INFO)
 
 
-def run(settings: Settings, banner: list[str] | None = None,
-        beside: tuple[Any, socket.socket] | None = None) -> None:
-    configure_logging(settings)
+def run_loop(main: Coroutine[Any, Any, None]) -> None:
     try:
         import uvloop
     except ImportError:  # pragma: no cover - Windows
-        asyncio.run(serve(settings, banner, beside))
+        asyncio.run(main)
     else:
-        uvloop.run(serve(settings, banner, beside))
+        uvloop.run(main)
+
+
+def run(settings: Settings, banner: list[str] | None = None,
+        beside: tuple[Any, socket.socket] | None = None) -> None:
+    configure_logging(settings)
+    run_loop(serve(settings, banner, beside))

@@ -119,6 +119,8 @@ class Settings(BaseSettings):
     # Not in the contract's example file, but settable the same ways:
     dev: bool = False  # local development: allow start with no operator, print a token
     upstream_timeout: float = Field(default=30.0, gt=0)
+    engage_wait: float = Field(default=2.0, gt=0)  # then writes still in flight are cut off
+    workers: int = Field(default=1, ge=1, le=64)  # processes serving the same ports
     capture_timeout: float = Field(default=10.0, gt=0)
     journal_body_limit: int = Field(default=65536, ge=0)
     max_write_body: int = Field(default=16 * 1024 * 1024, gt=0)

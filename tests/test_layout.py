@@ -94,7 +94,8 @@ FLOORS = {  # a module may import its own floor and those below
     "gateway.services": 2,
     "gateway.proxy": 3, "gateway.admin": 3, "gateway.dashboard": 3, "gateway.operator": 3,
     "gateway.demo": 3,
-    "gateway.app": 4, "gateway.drill": 5, "gateway.server": 5, "gateway.cli": 6,
+    "gateway.app": 4, "gateway.drill": 5, "gateway.server": 5, "gateway.workers": 5,
+    "gateway.cli": 6,
 }
 
 

@@ -14,6 +14,7 @@ from gateway.ports import Store
 from gateway.services.approvals import ApprovalQueue
 from gateway.services.audit_trail import AuditTrail
 from gateway.services.freezes import FreezeState
+from gateway.services.pipeline import Pipeline
 from gateway.services.rollbacks import Rollbacks
 from gateway.services.shadows import ShadowWrites
 from gateway.settings import Settings
@@ -46,6 +47,9 @@ class Controls(Protocol):
 
     @property
     def freezes(self) -> FreezeState: ...
+
+    @property
+    def pipeline(self) -> Pipeline: ...
 
     async def reload_policies(self, actor: str) -> ReloadOutcome:
         """Load the policy directory again; an invalid set keeps the last good one."""

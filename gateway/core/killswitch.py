@@ -12,6 +12,8 @@ one upstream, ``agent`` the writes of one agent. Reads are never frozen.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
 
 from gateway.core.model import Freeze, FreezeScope
 
@@ -47,3 +49,27 @@ def scope_of(upstream: str | None, agent: str | None) -> tuple[FreezeScope, str 
     if agent:
         return FreezeScope.AGENT, agent
     return FreezeScope.GLOBAL, None
+
+
+@dataclass(frozen=True, slots=True)
+class InFlight:
+    """A covered write that was on its way when a freeze was engaged and did not
+    finish within ``engage_wait``: cut off, or in a process that did not answer.
+    It may or may not have reached the upstream (state ``unknown``)."""
+
+    id: str  # the journal entry
+    agent: str
+    upstream: str
+    method: str
+    path: str
+    process: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "agent": self.agent, "upstream": self.upstream,
+                "method": self.method, "path": self.path, "process": self.process,
+                "state": "unknown"}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> InFlight:
+        return cls(str(data["id"]), str(data["agent"]), str(data["upstream"]),
+                   str(data["method"]), str(data["path"]), data.get("process"))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
+from functools import lru_cache
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -30,10 +31,13 @@ _SECRET_NAME = re.compile(
 )
 
 
+@lru_cache(maxsize=4096)  # every journaled body and header asks, mostly the same few names
 def is_secret_name(name: str) -> bool:
     """By name; each part of a bracketed form key counts (``card[cvc]``)."""
     if name.lower() in SECRET_HEADERS or _SECRET_NAME.search(name):
         return True
+    if "[" not in name and "]" not in name:
+        return False
     parts = [p for p in re.split(r"[\[\]]", name) if p]
     return len(parts) > 1 and any(_SECRET_NAME.search(p) for p in parts)
 

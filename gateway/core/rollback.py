@@ -141,8 +141,8 @@ def plan_rollback(entries: Iterable[JournalEntry], *, plan_id: str, at: datetime
                               target=entry.capture_path or entry.undo.path, expected=None,
                               status=StepStatus.SKIPPED, detail=why))
             continue
-        if entry.state is JournalState.INTENT or (entry.state is JournalState.FAILED
-                                                  and entry.error and "timed out" in entry.error):
+        timed_out = entry.state is JournalState.FAILED and "timed out" in (entry.error or "")
+        if entry.state in (JournalState.INTENT, JournalState.UNKNOWN) or timed_out:
             irreversible.append(_irreversible(entry, "outcome unknown: the call may or may "
                                               "not have reached the upstream"))
             continue

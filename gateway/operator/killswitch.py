@@ -67,6 +67,10 @@ def cmd_engage(client: AdminClient, args: argparse.Namespace) -> int:
         print_json(data)
         return 0
     print(clean(f"writes frozen: {scope}"))
+    for write in data.get("in_flight") or []:  # cut off after engage_wait: may have landed
+        print(clean(f"  in flight, outcome unknown: {write.get('method')} "
+                    f"{write.get('upstream')}{write.get('path')} by {write.get('agent')} "
+                    f"(journal {write.get('id')})"))
     _print_state(data)
     return 0
 

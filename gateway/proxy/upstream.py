@@ -1,93 +1,198 @@
-"""The production ``Upstream``: one pooled aiohttp ``ClientSession`` per origin.
+"""The production ``Upstream``: HTTP/1.1 over pooled ``http1`` connections.
 
-Measured on this machine, a pooled aiohttp client adds a fraction of what
-httpx's pool does under concurrency (encode/httpx#3215), so the hot path uses
-aiohttp; httpx stays for the CLI and the tests. Bodies pass through verbatim:
-no automatic decompression, no default ``User-Agent`` or ``Accept-Encoding``,
-URLs sent exactly as the agent encoded them.
+Bodies pass through verbatim: no automatic decompression, no default
+``User-Agent``, ``Accept-Encoding`` or ``Content-Type``, the request target
+sent exactly as the agent encoded it. Framing is the client's own: a bytes
+body goes with ``Content-Length``, a streamed one chunked. A buffered call
+has one limit for all of it; a streamed download a limit between reads (it
+may be long). An idle connection the upstream closed as the request went out
+is retried once on a fresh one, for idempotent methods only.
 """
 
 from __future__ import annotations
 
-import functools
+import asyncio
 from collections.abc import AsyncIterator, Mapping
-
-import aiohttp
-from yarl import URL
+from functools import lru_cache
 
 from gateway.errors import UpstreamTimeout, UpstreamUnreachable
 from gateway.ports import UpstreamResponse
+from gateway.proxy.http1 import Connection, ConnectionLost, Exchange, Origin, Pool, Response
 
-_SKIP_AUTO = ("User-Agent", "Accept-Encoding", "Content-Type")
-_CHUNK = 64 * 1024
-_SMALL = 256 * 1024
+_SMALL = 256 * 1024  # a streamed response this small is cheaper read whole
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+_EMPTY_MEANS_ZERO = frozenset({"POST", "PUT", "PATCH"})
+Headers = Mapping[str, str] | list[tuple[str, str]]
 
 
-class AiohttpUpstream:
+@lru_cache(maxsize=256)
+def _origin(prefix: str) -> tuple[Origin, str]:
+    """``scheme://authority`` -> the origin and its Host header value."""
+    scheme, _, authority = prefix.partition("://")
+    host, port = authority, 443 if scheme == "https" else 80
+    if authority.startswith("["):  # [v6]:port
+        host, _, rest = authority[1:].partition("]")
+        if rest.startswith(":"):
+            port = int(rest[1:])
+    elif ":" in authority:
+        host, _, number = authority.rpartition(":")
+        port = int(number)
+    if "@" in host:
+        raise ValueError("user information in an upstream URL is not supported")
+    return (scheme.lower(), host.lower(), port), authority
+
+
+def split_url(url: str) -> tuple[Origin, str, str]:
+    """The origin, the Host value and the request target, the target byte for byte.
+
+    >>> split_url("http://127.0.0.1:3000/a%2Fb?q=1")
+    (('http', '127.0.0.1', 3000), '127.0.0.1:3000', '/a%2Fb?q=1')
+    """
+    start = url.index("://") + 3
+    end = len(url)
+    for mark in "/?":
+        found = url.find(mark, start)
+        if found != -1:
+            end = min(end, found)
+    origin, authority = _origin(url[:end])
+    target = url[end:]
+    if not target.startswith("/"):
+        target = "/" + target
+    return origin, authority, target
+
+
+def request_head(method: str, target: str, headers: Headers, authority: str,
+                 framing: str | None) -> bytes:
+    items = headers.items() if isinstance(headers, Mapping) else headers
+    lines = [f"{method} {target} HTTP/1.1\r\n"]
+    host = False
+    for name, value in items:
+        if "\n" in value or "\r" in value or "\n" in name or "\r" in name or ":" in name:
+            raise ValueError(f"header {name!r} holds a line break")
+        if name.lower() == "host":
+            host = True
+        lines.append(f"{name}: {value}\r\n")
+    if not host:
+        lines.append(f"host: {authority}\r\n")
+    if framing is not None:
+        lines.append(framing)
+    lines.append("\r\n")
+    text = "".join(lines)
+    try:
+        return text.encode("latin-1")
+    except UnicodeEncodeError:
+        return text.encode()
+
+
+class UpstreamClient:
     def __init__(self, timeout: float = 30.0, connect_timeout: float = 10.0) -> None:
         self._timeout = timeout
         self._connect_timeout = connect_timeout
-        self._sessions: dict[str, aiohttp.ClientSession] = {}
+        self._pool = Pool()
 
-    def _session(self, url: URL) -> aiohttp.ClientSession:
-        origin = f"{url.scheme}://{url.raw_authority}"
-        session = self._sessions.get(origin)
-        if session is None:
-            connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30, ttl_dns_cache=60)
-            session = aiohttp.ClientSession(
-                connector=connector, auto_decompress=False, skip_auto_headers=_SKIP_AUTO,
-                cookie_jar=aiohttp.DummyCookieJar(), trust_env=False)
-            self._sessions[origin] = session
-        return session
-
-    async def request(self, method: str, url: str,
-                      headers: Mapping[str, str] | list[tuple[str, str]],
+    async def request(self, method: str, url: str, headers: Headers,
                       body: bytes | AsyncIterator[bytes] | None, *, stream: bool = False,
                       timeout: float | None = None) -> UpstreamResponse:
-        target = URL(url, encoded=True)
-        client_timeout = self._timeout_for(timeout or self._timeout, stream)
+        limit = timeout or self._timeout
+        where = f"{method} {url.partition('?')[0]}"
         try:
-            response = await self._session(target).request(
-                method, target, headers=list(headers.items()) if isinstance(headers, Mapping)
-                else headers, data=body, allow_redirects=False, timeout=client_timeout,
-                compress=None, chunked=None)
-        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            raise UpstreamTimeout(f"{method} {target.with_query(None)} timed out") from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamUnreachable(f"{method} {target.with_query(None)} failed: "
-                                      f"{type(exc).__name__}") from exc
-        out_headers = [(k, v) for k, v in response.headers.items()]
-        length = response.content_length
-        if stream and length is not None and length <= _SMALL:
-            stream = False  # a small body is cheaper read whole than relayed chunk by chunk
-        if not stream:
-            try:
-                data = await response.read()
-            except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-                raise UpstreamTimeout(f"{method} {target.with_query(None)} timed out") from exc
-            except aiohttp.ClientError as exc:
-                raise UpstreamUnreachable(f"reading the response of {method} failed") from exc
-            finally:
-                response.release()
-            return UpstreamResponse(response.status, out_headers, body=data)
-        return UpstreamResponse(response.status, out_headers, stream=_chunks(response))
+            origin, authority, target = split_url(url)
+            if body is None or isinstance(body, bytes):
+                framing = f"content-length: {len(body)}\r\n" if body or (
+                    body is not None and method in _EMPTY_MEANS_ZERO) else None
+            else:
+                framing = "transfer-encoding: chunked\r\n"
+            head = request_head(method, target, headers, authority, framing)
+        except ValueError as exc:
+            raise UpstreamUnreachable(f"{where}: {exc}") from None
+        deadline = asyncio.get_running_loop().time() + limit
+        connection: Connection | None = None
+        data = None
+        try:  # streamed: the limit runs until the head, then between reads
+            connection, exchange, response = await self._send(method, origin, head, body,
+                                                              deadline)
+            if not stream or method == "HEAD" or (response.length is not None
+                                                  and response.length <= _SMALL):
+                data = await connection.read(exchange)
+        except BaseException as exc:
+            if connection is not None:
+                connection.close()
+            if isinstance(exc, TimeoutError):
+                raise UpstreamTimeout(f"{where} timed out") from None
+            if isinstance(exc, (OSError, ConnectionLost)):
+                raise UpstreamUnreachable(f"{where} failed: {type(exc).__name__}") from None
+            raise
+        if data is not None:
+            self._pool.give_back(origin, connection)
+            return UpstreamResponse(response.status, response.headers, body=data)
+        return UpstreamResponse(response.status, response.headers,
+                                stream=self._relay(origin, connection, exchange, limit, where))
 
-    @functools.lru_cache(maxsize=64)  # noqa: B019 - a handful of (limit, stream) pairs per process
-    def _timeout_for(self, limit: float, stream: bool) -> aiohttp.ClientTimeout:
-        """A whole-call limit, or for streams a limit between reads (a download may be long)."""
-        if stream:
-            return aiohttp.ClientTimeout(sock_connect=self._connect_timeout, sock_read=limit)
-        return aiohttp.ClientTimeout(total=limit, sock_connect=self._connect_timeout)
+    async def _send(self, method: str, origin: Origin, head: bytes,
+                    body: bytes | AsyncIterator[bytes] | None, deadline: float,
+                    ) -> tuple[Connection, Exchange, Response]:
+        retry = method in _IDEMPOTENT and (body is None or isinstance(body, bytes))
+        loop = asyncio.get_running_loop()
+        while True:
+            connection = self._pool.take(origin)
+            reused = connection is not None
+            if connection is None:
+                try:
+                    async with asyncio.timeout(min(self._connect_timeout, deadline - loop.time())):
+                        connection = await self._pool.connect(origin)
+                except TimeoutError:
+                    if loop.time() >= deadline:
+                        raise
+                    raise ConnectionRefusedError("connect timed out") from None
+            exchange = connection.begin(method == "HEAD", deadline)
+            try:
+                if body is None or isinstance(body, bytes):
+                    connection.write(head + body if body else head)
+                else:
+                    await _send_chunked(connection, head, body)
+                return connection, exchange, await exchange.head
+            except ConnectionLost as exc:
+                connection.close()
+                if reused and retry and exc.before_response:
+                    retry = False  # the upstream had closed it while idle: once more, fresh
+                    continue
+                raise
+            except BaseException:
+                connection.close()
+                raise
+
+    async def _relay(self, origin: Origin, connection: Connection, exchange: Exchange,
+                     limit: float, where: str) -> AsyncIterator[bytes]:
+        loop = asyncio.get_running_loop()
+        chunks = connection.body(exchange)
+        try:
+            while True:
+                connection.extend(loop.time() + limit)
+                try:
+                    chunk = await chunks.__anext__()
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    raise UpstreamTimeout(f"{where} timed out while streaming") from None
+                except ConnectionLost as exc:
+                    raise UpstreamUnreachable(f"{where} failed while streaming: "
+                                              f"{type(exc).__name__}") from None
+                yield chunk
+        finally:
+            await chunks.aclose()
+            if exchange.complete and exchange.error is None:
+                self._pool.give_back(origin, connection)
+            else:
+                connection.close()
 
     async def close(self) -> None:
-        sessions, self._sessions = self._sessions, {}
-        for session in sessions.values():
-            await session.close()
+        self._pool.close()
 
 
-async def _chunks(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
-    try:
-        async for chunk in response.content.iter_chunked(_CHUNK):
-            yield chunk
-    finally:
-        response.release()
+async def _send_chunked(connection: Connection, head: bytes, body: AsyncIterator[bytes]) -> None:
+    connection.write(head)
+    async for chunk in body:
+        if chunk:
+            connection.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+            await connection.drain()
+    connection.write(b"0\r\n\r\n")

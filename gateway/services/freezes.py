@@ -1,88 +1,375 @@
-"""The kill switch at run time: what this process knows is frozen, and the
-barrier that makes an engage take effect before it returns.
+"""The kill switch at run time: one truth for every process on the store.
 
-The store is the source of truth (it survives restarts and is shared by
-every process). This process also keeps the active freezes in memory, and
-every write passes a final in-memory check right before it is forwarded; the
-writes past that check are tracked until the upstream answers. ``engage``
-persists the freeze, updates memory (so no later write passes), then waits
-for the writes already past the check that the freeze covers. When it
-returns, no write it covers can still reach the upstream.
+Three layers stop a covered write, from the cheapest:
+
+1. Memory. Each process keeps the active freezes and checks a write against
+   them twice: when it arrives (``admit``) and right before it is sent
+   (``sending``). Freezes reach every process by push (``ports.Bus``), not by
+   a read per write.
+2. The store, the arbiter. A journal intent that a freeze covers cannot be
+   committed after that freeze (``Store.journal_intent`` returns False), and
+   a write without an intent is never sent. So a process that missed a push
+   cannot start a covered write; it learns of the freeze on the refusal.
+3. The engage itself. The freeze is committed, then every process on the bus
+   is told (the freeze travels with the message and applies at once); each
+   waits for its own covered writes already on their way, cuts off those
+   still going at ``engage_wait`` (a little before, so the answer arrives in
+   time), and answers with the ones it cut off. The engage returns when all
+   have answered, or at ``engage_wait`` plus a short grace for the answers: a
+   process that does not answer cannot make it hang. The
+   intents still open in processes that did not answer are reported too;
+   everything reported is ``in_flight`` with state ``unknown``.
+
+A heartbeat re-reads the generation (one small read every ``lease / 2``
+seconds), and a write is only sent while this process's view of the freezes
+was confirmed within ``lease`` (less than ``engage_wait``): a process that
+missed a push, or was paused, confirms again before it sends.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Iterator
-from contextlib import contextmanager
-from datetime import datetime
+import logging
+import math
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
 
-from gateway.core.killswitch import covering, covers
-from gateway.core.model import Freeze, FreezeScope
-from gateway.errors import WritesFrozen
-from gateway.ports import Store
+from gateway.core.killswitch import InFlight, covering, covers
+from gateway.core.model import Freeze, FreezeScope, new_id, parse_iso, utcnow
+from gateway.errors import JournalUnavailable, WriteCutOff, WritesFrozen
+from gateway.ports import Bus, Store
+
+log = logging.getLogger("gateway.killswitch")
+ANSWER_EARLY = 0.25  # seconds before engage_wait the other processes answer by
+ANSWER_GRACE = 0.25  # seconds after engage_wait an engage still waits for answers
+ANSWER_CHUNK = 25  # in-flight writes per answer (PostgreSQL NOTIFY carries 8000 bytes)
+
+
+@dataclass(frozen=True, slots=True)
+class Engaged:
+    freeze: Freeze
+    in_flight: list[InFlight]
+
+
+@dataclass(slots=True)
+class _Sending:
+    upstream: str
+    agent: str
+    write: InFlight | None  # None: a capture GET
+    scope: asyncio.Timeout
+    done: asyncio.Future[None]
+
+    def cut_at(self, deadline: float) -> None:
+        when = self.scope.when()
+        if not self.scope.expired() and (when is None or when > deadline):
+            self.scope.reschedule(deadline)
+
+
+@dataclass(slots=True)
+class _Answers:
+    expected: set[str]
+    answered: set[str] = field(default_factory=set)
+    in_flight: list[InFlight] = field(default_factory=list)
+    complete: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def add(self, member: str, items: list[InFlight], final: bool) -> None:
+        self.in_flight.extend(items)
+        if final:
+            self.answered.add(member)
+        if self.expected <= self.answered:
+            self.complete.set()
 
 
 class FreezeState:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, bus: Bus | None = None, engage_wait: float = 2.0,
+                 horizon: Callable[[], float] = lambda: 60.0) -> None:
         self._store = store
+        self._bus = bus
+        self.member = bus.member if bus is not None else store.process
+        self.engage_wait = engage_wait
+        self.lease = min(1.0, engage_wait / 2)
+        self._horizon = horizon  # the longest a write may still be on its way, in seconds
+        self._view: list[Freeze] = []
+        self._generation = -1
+        self._pushed: list[tuple[int, Freeze]] = []  # heard of, not yet in a view read
         self._active: list[Freeze] = []
-        self._generation = 0
-        self._sending: dict[int, tuple[str, str, asyncio.Future[None]]] = {}
+        self._confirmed = -math.inf  # loop time the last confirmed read was asked
+        self._sending: dict[int, _Sending] = {}
         self._ids = itertools.count()
+        self._answers: dict[str, _Answers] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._heartbeat: asyncio.Task[None] | None = None
 
     @property
     def active(self) -> list[Freeze]:
         return list(self._active)
 
+    # Lifecycle -------------------------------------------------------------
+    async def start(self) -> None:
+        if self._bus is not None:  # first: no freeze engaged from now on goes unheard
+            await self._bus.start(self._heard)
+        await self.load()
+        self._heartbeat = asyncio.create_task(self._beat())
+
+    async def stop(self) -> None:
+        tasks = [t for t in (self._heartbeat, *self._tasks) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._heartbeat = None
+        if self._bus is not None:
+            await self._bus.close()
+
+    # The view of the freezes -------------------------------------------------
     async def load(self) -> None:
-        self._active = await self._store.active_freezes()
+        asked = asyncio.get_running_loop().time()
+        self._view_at(*await self._store.freeze_view(), asked)
 
-    async def check(self, upstream: str, agent: str) -> None:
-        """The first check of a write, against the store (raises WritesFrozen).
+    def _view_at(self, generation: int, freezes: list[Freeze], asked: float) -> None:
+        """A view read from the store (asked at loop time ``asked``); an older one
+        than this process already has changes nothing."""
+        if generation >= self._generation:
+            self._generation, self._view = generation, freezes
+            self._confirmed = max(self._confirmed, asked)
+            self._pushed = [(g, f) for g, f in self._pushed if g > generation]
+            self._recompute()
 
-        A read from the store also teaches this process about freezes engaged
-        or released by other processes, unless this process changed them
-        while the read was in flight.
-        """
-        generation = self._generation
-        freezes = await self._store.active_freezes()
-        if generation == self._generation:
-            self._active = freezes
-        _raise_if_frozen(covering(freezes, upstream, agent))
+    async def confirm(self) -> None:
+        """Make sure this view is current: one read of the generation."""
+        asked = asyncio.get_running_loop().time()
+        if await self._store.killswitch_generation() != self._generation:
+            await self.load()
+        else:
+            self._confirmed = max(self._confirmed, asked)
+
+    def _push(self, generation: int, freeze: Freeze) -> None:
+        """A freeze heard of before a view read shows it: it applies at once."""
+        if generation > self._generation:
+            self._pushed.append((generation, freeze))
+            self._recompute()
+
+    def _recompute(self) -> None:
+        active = list(self._view)
+        for _, freeze in self._pushed:
+            if not any(f.scope == freeze.scope and f.target == freeze.target for f in active):
+                active.append(freeze)
+        self._active = active
+
+    async def _beat(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease / 2)
+            try:
+                if self._bus is not None:
+                    await self._bus.check()
+                await self.confirm()
+            except Exception as exc:  # writes wait for a confirmed view meanwhile
+                log.warning("kill switch: could not confirm the freezes (%s); writes wait", exc)
+
+    # The write path ----------------------------------------------------------
+    def admit(self, upstream: str, agent: str) -> None:
+        """The first check of a write, in memory (raises WritesFrozen)."""
         _raise_if_frozen(covering(self._active, upstream, agent))
 
-    @contextmanager
-    def sending(self, upstream: str, agent: str) -> Iterator[None]:
-        """The final check; the block runs while the write is on its way upstream."""
+    async def refused(self, upstream: str, agent: str) -> None:
+        """The store refused a write's intent: learn the freeze that covers it, raise."""
+        try:
+            await self.load()
+        except Exception:
+            log.exception("kill switch: the freezes could not be read after a refusal")
+        _raise_if_frozen(covering(self._active, upstream, agent))
+        raise WritesFrozen("writes are frozen (the store refused the journal entry)")
+
+    @asynccontextmanager
+    async def sending(self, upstream: str, agent: str,
+                      write: InFlight | None = None) -> AsyncIterator[None]:
+        """The final check; the block runs while a write (or, with ``write`` None,
+        its capture GET) is on its way upstream.
+
+        An engage may cut the block off: WriteCutOff for a write (it may have
+        landed), WritesFrozen for a capture (the write was not sent).
+        """
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._confirmed > self.lease:
+            try:
+                await self.confirm()
+            except Exception as exc:
+                raise JournalUnavailable("the kill switch's state could not be confirmed; "
+                                         "the call was not sent") from exc
         _raise_if_frozen(covering(self._active, upstream, agent))
         token = next(self._ids)
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._sending[token] = (upstream, agent, done)
+        done: asyncio.Future[None] = loop.create_future()
         try:
-            yield
-        finally:
-            del self._sending[token]
-            done.set_result(None)
+            async with asyncio.timeout(None) as scope:
+                self._sending[token] = _Sending(upstream, agent, write, scope, done)
+                try:
+                    yield
+                finally:
+                    del self._sending[token]
+                    done.set_result(None)
+        except TimeoutError:
+            if not scope.expired():
+                raise
+            if write is None:
+                raise WritesFrozen("writes are frozen: the prior-state read was cut off; "
+                                   "the write was not sent") from None
+            raise WriteCutOff(
+                "writes are frozen: this write was cut off on its way after engage_wait; "
+                "it may or may not have reached the upstream", outcome="unknown",
+                journal=write.id) from None
 
-    async def engage(self, freeze: Freeze) -> Freeze:
-        stored = await self._store.engage_freeze(freeze)
-        self._generation += 1
-        if not any(f.scope == stored.scope and f.target == stored.target for f in self._active):
-            self._active.append(stored)
-        waiting = [done for up, agent, done in self._sending.values()
-                   if covers(stored, up, agent)]
-        if waiting:
-            await asyncio.wait(waiting)
-        return stored
+    async def _settle(self, freezes: list[Freeze], deadline: float) -> list[InFlight]:
+        """Until no write ``freezes`` cover is on its way from this process; those
+        still going at ``deadline`` (loop time) are cut off and returned."""
+        covered = [s for s in self._sending.values()
+                   if covering(freezes, s.upstream, s.agent) is not None]
+        for sending in covered:
+            sending.cut_at(deadline)
+        if covered:
+            await asyncio.wait([s.done for s in covered])
+        return [s.write for s in covered if s.write is not None and s.scope.expired()]
+
+    # Engage and release --------------------------------------------------------
+    async def engage(self, freeze: Freeze) -> Engaged:
+        loop = asyncio.get_running_loop()
+        asked = loop.time()
+        deadline = asked + self.engage_wait
+        # Who to ask, read while the freeze commits: a process that starts listening
+        # after this read reads the freezes after that, so it sees this one.
+        members = asyncio.create_task(self._members())
+        try:
+            change = await self._store.engage(freeze)
+        except BaseException:
+            members.cancel()
+            raise
+        stored = change.freeze
+        assert stored is not None
+        self._view_at(change.generation, change.active, asked)
+        answers = await self._announce(stored, deadline, await members)
+        # Meanwhile, what the store knows: intents a freeze covers all committed
+        # before it did (the arbiter), so this read sees every one there will be.
+        pending = asyncio.create_task(self._open_intents())
+        in_flight = await self._settle([stored], deadline)
+        if answers is not None:
+            try:
+                await asyncio.wait_for(answers.complete.wait(),
+                                       max(0.0, deadline + ANSWER_GRACE - loop.time()))
+            except TimeoutError:
+                log.warning("kill switch: no answer from %s within engage_wait; their open "
+                            "writes are reported as unknown",
+                            ", ".join(sorted(answers.expected - answers.answered)))
+            in_flight += answers.in_flight
+        answered = {self.member, *(answers.answered if answers is not None else ())}
+        in_flight += [p for p in await pending  # of processes that did not answer, or left
+                      if p.process not in answered and covers(stored, p.upstream, p.agent)]
+        return Engaged(stored, in_flight)
+
+    async def _members(self) -> set[str] | None:
+        if self._bus is None:
+            return None
+        try:
+            return await self._bus.members()
+        except Exception:
+            log.exception("kill switch: could not list the processes on the bus")
+            return None
+
+    async def _announce(self, freeze: Freeze, deadline: float,
+                        members: set[str] | None) -> _Answers | None:
+        """Tell every other process; None when there is no bus to tell them on (they
+        learn it at their next heartbeat, and the store refuses their covered writes)."""
+        if self._bus is None or members is None:
+            return None
+        key = new_id()
+        loop = asyncio.get_running_loop()
+        answers = _Answers(members)
+        if not members:
+            answers.complete.set()
+            return answers
+        self._answers[key] = answers
+        loop.call_at(deadline + 2 * ANSWER_GRACE, self._answers.pop, key, None)
+        try:
+            await self._bus.publish({
+                "type": "engage", "id": key, "generation": self._generation,
+                "freeze": _freeze_json(freeze),
+                "wait": max(0.0, deadline - ANSWER_EARLY - loop.time())})
+        except Exception:
+            log.exception("kill switch: could not announce the freeze")
+            self._answers.pop(key, None)
+            return None
+        return answers
+
+    async def _open_intents(self) -> list[InFlight]:
+        since = utcnow() - timedelta(seconds=self._horizon())
+        try:
+            return await self._store.pending_intents(since)
+        except Exception:
+            log.exception("kill switch: could not read the open intents")
+            return []
 
     async def release(self, scope: FreezeScope, target: str | None, by: str, reason: str,
                       at: datetime) -> Freeze | None:
-        released = await self._store.release_freeze(scope, target, by, reason, at)
-        self._generation += 1
-        self._active = [f for f in self._active if not (f.scope == scope and f.target == target)]
+        asked = asyncio.get_running_loop().time()
+        change = await self._store.release(scope, target, by, reason, at)
+        released = change.freeze
+        self._view_at(change.generation, change.active, asked)
+        if released is not None and self._bus is not None:
+            try:
+                await self._bus.publish({"type": "release", "generation": self._generation})
+            except Exception:
+                log.exception("kill switch: could not announce the release")
         return released
+
+    # Messages from the other processes ------------------------------------------
+    def _heard(self, message: dict[str, Any]) -> None:
+        try:
+            kind = message.get("type")
+            if kind == "engage":
+                freeze = _freeze_from(message["freeze"])
+                self._push(int(message["generation"]), freeze)  # before anything else
+                self._spawn(self._answer(message, freeze))
+            elif kind == "release":
+                if int(message["generation"]) > self._generation:
+                    self._spawn(self.load())
+            elif kind == "answer":
+                answers = self._answers.get(str(message["id"]))
+                if answers is not None:
+                    answers.add(str(message["from"]),
+                                [InFlight.from_json(i) for i in message["in_flight"]],
+                                bool(message["final"]))
+        except Exception:
+            log.exception("kill switch: bad message on the bus: %r", message)
+
+    async def _answer(self, message: dict[str, Any], freeze: Freeze) -> None:
+        deadline = asyncio.get_running_loop().time() + float(message["wait"])
+        cut = [i.to_json() for i in await self._settle([freeze], deadline)]
+        assert self._bus is not None
+        chunks = [cut[i:i + ANSWER_CHUNK] for i in range(0, len(cut), ANSWER_CHUNK)] or [[]]
+        for n, chunk in enumerate(chunks, 1):
+            await self._bus.publish({"type": "answer", "id": message["id"], "in_flight": chunk,
+                                     "final": n == len(chunks)}, to=str(message["from"]))
+        await self.load()
+
+    def _spawn(self, work: Any) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("kill switch: %s", task.exception())
+
+
+def _freeze_json(freeze: Freeze) -> dict[str, Any]:
+    return {**freeze.to_json(), "id": freeze.id}
+
+
+def _freeze_from(data: dict[str, Any]) -> Freeze:
+    return Freeze(FreezeScope(data["scope"]), data.get("target"), str(data["reason"]),
+                  str(data["by"]), parse_iso(str(data["at"])), str(data["id"]))
 
 
 def _raise_if_frozen(freeze: Freeze | None) -> None:
@@ -90,3 +377,4 @@ def _raise_if_frozen(freeze: Freeze | None) -> None:
         target = f" {freeze.target}" if freeze.target else ""
         raise WritesFrozen(f"writes are frozen ({freeze.scope.value}{target}): {freeze.reason}",
                            scope=freeze.scope.value, target=freeze.target)
+

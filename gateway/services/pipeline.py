@@ -9,9 +9,12 @@
                       answer a projection (nothing sent)
 
 Every step that fails before the write is sent stops it: a freeze (423), a
-failed capture (502), an unavailable journal (503). Any error while deciding
-denies (fail closed). The proxy listener turns ``GatewayError`` into the
-contract's JSON errors; this module never speaks HTTP framing.
+failed capture (502), an unavailable journal (503). The journal intent is
+also the store's own freeze check (``Store.journal_intent``). Any error while
+deciding denies (fail closed). The outcome is journaled after the agent has
+its answer (a crash before that leaves the entry an intent: outcome unknown).
+The proxy listener turns ``GatewayError`` into the contract's JSON errors;
+this module never speaks HTTP framing.
 
 Reaching the upstream is a ``Sender``'s job, one per kind of upstream: REST
 (``gateway.services.rest``) or MCP (``gateway.proxy.mcp_sender``), where the
@@ -21,6 +24,7 @@ read tool and its undo another tool. The steps above are the same for both.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -32,6 +36,7 @@ from gateway.core import journal as journaling
 from gateway.core.approvals import HeldCall
 from gateway.core.autonomy import Act
 from gateway.core.headers import METHOD_OVERRIDES
+from gateway.core.killswitch import InFlight
 from gateway.core.model import (
     Decision,
     JournalEntry,
@@ -53,6 +58,7 @@ from gateway.errors import (
     PolicyDenied,
     UnknownUpstream,
     UpstreamTimeout,
+    WriteCutOff,
 )
 from gateway.observe import (
     CAPTURE,
@@ -126,6 +132,7 @@ class Pipeline:
         self.observer: Observer = NO_OBSERVER  # for approved calls (the listener has its own)
         self.tripwires = Tripwires(freezes, store)  # none configured: a no-op
         self.senders: dict[str, Sender] = {"http": RestSender(settings, client)}
+        self._outcomes: set[asyncio.Task[None]] = set()  # journaled after the reply
 
     @property
     def client(self) -> UpstreamClient:
@@ -146,6 +153,17 @@ class Pipeline:
             raise UnknownUpstream(f"upstream {upstream.name!r} is {upstream.kind}, which this "
                                   "gateway cannot reach")
         return sender
+
+    async def settled(self) -> None:
+        """Until every outcome of a write answered so far is journaled (read your writes)."""
+        while self._outcomes:
+            await asyncio.gather(*self._outcomes, return_exceptions=True)
+
+    def _later(self, entry: JournalEntry, outcome: JournalOutcome, watch: Watch) -> None:
+        """Journal ``outcome`` once the agent has its answer (the intent is already durable)."""
+        task = asyncio.create_task(self._journal_outcome(entry, outcome, watch))
+        self._outcomes.add(task)
+        task.add_done_callback(self._outcomes.discard)
 
     async def execute_held(self, held: HeldCall, approval: dict[str, Any]) -> Reply:
         """Send an approved call through the same steps as a live one.
@@ -268,12 +286,7 @@ class Pipeline:
                      action: autonomy.Action | None = None) -> Reply:
         started = time.perf_counter()
         shadowed = action is not None and action.kind is Act.SHADOW
-        try:
-            await self.freezes.check(upstream.name, call.agent)
-        except GatewayError:
-            raise
-        except Exception as exc:
-            raise JournalUnavailable("the store could not be read for the kill switch") from exc
+        self.freezes.admit(upstream.name, call.agent)
         if approval is None and not shadowed:  # tripwires count what is sent, not what a
             # person approved nor what a shadow run only proposes
             tripped = await self.tripwires.before_write(upstream, call, view, decision)
@@ -289,8 +302,9 @@ class Pipeline:
             raise CaptureFailed(f"the capture needs {{{exc.args[0]}}}, which the call lacks; "
                                 "the write was not sent") from None
         prior, prior_status, capture_ms = None, None, 0.0
-        if target is not None:
-            prior, prior_status, capture_ms = await self.capture(upstream, call, target)
+        if target is not None:  # guarded like the write: an engage waits for it or cuts it off
+            async with self.freezes.sending(upstream.name, call.agent):
+                prior, prior_status, capture_ms = await self.capture(upstream, call, target)
         content_type = view.headers.get("content-type")
         undo, reversible = journaling.infer_undo(rule, view.method, view.path, decision.params,
                                                  prior, prior_status, view.body, content_type)
@@ -312,25 +326,31 @@ class Pipeline:
             return await self._shadow(upstream, call, view, entry, started)
         try:
             with call.watch.step(JOURNAL, upstream.name):
-                await self.store.journal_intent(entry)
+                journaled = await self.store.journal_intent(entry)
         except Exception as exc:
             log.error("journal unavailable: %s", exc)
             raise JournalUnavailable("the change journal could not be written; "
                                      "the call was not sent") from exc
+        if not journaled:  # the store's verdict: a freeze this process has not heard of yet
+            await self.freezes.refused(upstream.name, call.agent)
         sent = time.perf_counter()
         try:
-            with self.freezes.sending(upstream.name, call.agent), \
-                    call.watch.step(UPSTREAM, upstream.name) as step:
-                response = await self.sender(upstream).forward(
-                    upstream, call, approved=approval is not None, trace=step.propagate)
+            async with self.freezes.sending(upstream.name, call.agent, InFlight(
+                    entry.id, call.agent, upstream.name, view.method, view.path,
+                    self.freezes.member)):
+                with call.watch.step(UPSTREAM, upstream.name) as step:
+                    response = await self.sender(upstream).forward(
+                        upstream, call, approved=approval is not None, trace=step.propagate)
         except GatewayError as exc:
-            await self.record_outcome(entry, None, exc, started, sent, capture_ms,
-                                      watch=call.watch)
+            self._later(entry, await self.outcome_of(entry, None, exc, started, sent,
+                                                     capture_ms), call.watch)
             if approval is None:
                 await self.tripwires.after_write(upstream, call, exc)
             raise
-        await self.record_outcome(entry, response, None, started, sent, capture_ms, upstream,
-                                  call.watch)
+        # Built now, read-after included: the state the write left is read before the
+        # agent (or anyone) can change it again; only the store write waits.
+        self._later(entry, await self.outcome_of(entry, response, None, started, sent,
+                                                 capture_ms, upstream), call.watch)
         if approval is None:
             await self.tripwires.after_write(upstream, call, response.status)
         return Reply(response, "allow", journal_id=entry.id)
@@ -367,11 +387,13 @@ class Pipeline:
             await self.proposals.keep(upstream, call, entry)
         try:
             with call.watch.step(JOURNAL, upstream.name):
-                await self.store.journal_intent(entry)
+                journaled = await self.store.journal_intent(entry)
         except Exception as exc:
             log.error("journal unavailable: %s", exc)
             raise JournalUnavailable("the change journal could not be written; "
                                      "the shadowed call was not recorded") from exc
+        if not journaled:  # frozen meanwhile: a shadow run stops like any other writer
+            await self.freezes.refused(upstream.name, call.agent)
         response = UpstreamResponse(projected.status, list(projected.headers),
                                     body=projected.body)
         return Reply(response, "shadow", journal_id=entry.id)
@@ -385,17 +407,26 @@ class Pipeline:
         return prior, status, (time.perf_counter() - began) * 1000
 
     async def record_outcome(self, entry: JournalEntry, response: UpstreamResponse | None,
-                       error: GatewayError | None, started: float, sent: float,
-                       capture_ms: float, upstream: Upstream | None = None,
-                       watch: Watch = NO_WATCH) -> None:
+                             error: GatewayError | None, started: float, sent: float,
+                             capture_ms: float, upstream: Upstream | None = None) -> None:
+        """Build and journal an outcome now (rollback's compensations)."""
+        outcome = await self.outcome_of(entry, response, error, started, sent, capture_ms,
+                                        upstream)
+        await self._journal_outcome(entry, outcome, NO_WATCH)
+
+    async def outcome_of(self, entry: JournalEntry, response: UpstreamResponse | None,
+                         error: GatewayError | None, started: float, sent: float,
+                         capture_ms: float, upstream: Upstream | None = None) -> JournalOutcome:
+        """What the journal records once the upstream answered (or did not)."""
         now = time.perf_counter()
         timings = {"capture_ms": round(capture_ms, 3), "upstream_ms": round((now - sent) * 1000, 3),
                    "total_ms": round((now - started) * 1000, 3)}
         undo, reversible = entry.undo, entry.reversible
         if response is None:
-            state = JournalState.FAILED
+            state = JournalState.UNKNOWN if isinstance(error, WriteCutOff) else JournalState.FAILED
             outcome = JournalOutcome(state, None, {}, None, None, 0, undo,
-                                     reversible and not isinstance(error, UpstreamTimeout),
+                                     reversible and not isinstance(error, UpstreamTimeout)
+                                     and state is JournalState.FAILED,
                                      error.message if error else None, timings, utcnow())
         else:
             body = response.body or b""
@@ -409,11 +440,9 @@ class Pipeline:
                 if failed is not None:
                     stored = journaling.store_body(body, content_type,
                                                    self.settings.journal_body_limit)
-                    outcome = JournalOutcome(JournalState.FAILED, response.status, headers,
-                                             stored.text, stored.sha256, stored.size, undo,
-                                             reversible, failed, timings, utcnow())
-                    await self._journal_outcome(entry, outcome, watch)
-                    return
+                    return JournalOutcome(JournalState.FAILED, response.status, headers,
+                                          stored.text, stored.sha256, stored.size, undo,
+                                          reversible, failed, timings, utcnow())
             parsed = journaling.parse_body(body, content_type)  # once, for all below
             if entry.method == "POST" and undo is None and upstream is not None \
                     and entry.capture_path is None:
@@ -428,7 +457,7 @@ class Pipeline:
             outcome = JournalOutcome(JournalState.COMPLETED, response.status, headers,
                                      stored.text, stored.sha256, stored.size, undo, reversible,
                                      None, timings, utcnow(), after)
-        await self._journal_outcome(entry, outcome, watch)
+        return outcome
 
     async def _journal_outcome(self, entry: JournalEntry, outcome: JournalOutcome,
                                watch: Watch) -> None:

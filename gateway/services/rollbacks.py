@@ -89,6 +89,7 @@ class Rollbacks:
         query = JournalQuery(agent=selection.agent, upstream=selection.upstream,
                              run=selection.run, since=selection.since, until=selection.until,
                              ids=selection.entries, limit=MAX_ENTRIES)
+        await self.pipeline.settled()  # the outcomes of writes already answered
         entries = await self.store.list_journal(query)
         if selection.entries:
             missing = set(selection.entries) - {e.id for e in entries}
@@ -254,7 +255,7 @@ class Rollbacks:
             request_body_size=stored.size, request_content_type=step.content_type,
             prior=seen.value, prior_status=seen.status, capture_path=step.target, undo=None,
             reversible=False)
-        await self.store.journal_intent(entry)
+        await self.store.journal_intent(entry, unless_frozen=False)  # recovery is not frozen
         started = time.perf_counter()
         response = None
         try:

@@ -98,7 +98,7 @@ class Tripwires:
         """Engage the trip's freeze; report it unless another call's trip got there first."""
         freeze = trip.freeze(now)
         try:
-            stored = await self.freezes.engage(freeze)
+            stored = (await self.freezes.engage(freeze)).freeze
         except Exception:
             log.exception("tripwire %s could not engage its freeze", trip.tripwire)
             await self._report(trip, now)

@@ -1,10 +1,13 @@
 """``SqlStore``: the ``ports.Store`` on SQLite or PostgreSQL.
 
-Two ways in, by how hot the call is. The three calls made on every proxied
-request (``active_freezes``, ``journal_intent``, ``journal_outcome``) go
-straight through the driver (``hot.py``), one statement each. Everything an
-operator triggers goes through SQLAlchemy and SQLModel, where clarity is
-worth more than a fraction of a millisecond.
+Two ways in, by how hot the call is. The calls made on every proxied write
+(``journal_intent``, ``journal_outcome``) and the kill switch's generation go
+straight through the driver (``hot.py``). Intents and outcomes are group
+committed (``group.py``): the writes of concurrent calls share one
+transaction. An intent goes in only if no freeze covers it, decided by the
+store in the same statement (``killswitch.py``). Everything an operator
+triggers goes through SQLAlchemy and SQLModel, where clarity is worth more
+than a fraction of a millisecond.
 
 Writes that read before they write (the audit chain's last link, the one
 active freeze per scope and target) are serialized: an asyncio.Lock within
@@ -19,6 +22,8 @@ transaction, then changed one row at a time by its one executor.
 from __future__ import annotations
 
 import asyncio
+import os
+import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -28,9 +33,9 @@ from sqlalchemy import case, or_, text, update
 from sqlalchemy import select as sql_select
 from sqlmodel import col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
-from sqlmodel.sql.expression import SelectOfScalar
 
 from gateway.core.audit import seal
+from gateway.core.killswitch import InFlight
 from gateway.core.model import (
     AuditRecord,
     Freeze,
@@ -43,8 +48,11 @@ from gateway.core.model import (
     iso,
     parse_iso,
 )
+from gateway.ports import FreezeChange
 from gateway.store import codec
+from gateway.store import killswitch as ks
 from gateway.store.approvals import ApprovalQueue
+from gateway.store.bus import PgBus, SocketBus
 from gateway.store.engine import (
     IMMEDIATE,
     asyncpg_dsn,
@@ -53,11 +61,12 @@ from gateway.store.engine import (
     parse_url,
     sqlite_path,
 )
-from gateway.store.hot import HotPath, PostgresHotPath, SqliteHotPath
+from gateway.store.group import GroupCommit
+from gateway.store.hot import HotPath, PostgresHotPath, SqliteHotPath, Tx
 from gateway.store.migrate import upgrade
 from gateway.store.reports import ReportQueries
 from gateway.store.rollbacks import RollbackPlans
-from gateway.store.tables import AuditRow, FreezeRow, JournalRow
+from gateway.store.tables import AuditRow, JournalRow
 
 WRITE_LOCK = 0x67775F7772697465  # "gw_write": the advisory lock over audit and freezes
 PING_TIMEOUT = 5.0
@@ -70,13 +79,16 @@ class SqlStore(ApprovalQueue, RollbackPlans, ReportQueries):
     >>> await store.start()                                   # doctest: +SKIP
     """
 
-    def __init__(self, database_url: str) -> None:
+    def __init__(self, database_url: str, process: str | None = None) -> None:
         self.url = parse_url(database_url)
+        self.process = process or process_name()  # journaled with every intent
         self._postgres = is_postgres(self.url)
         self._engine = create_engine(self.url)
         self._writer = self._engine.execution_options(**{IMMEDIATE: True})
         self._write_lock = asyncio.Lock()
         self._hot: HotPath | None = None
+        self._intents = GroupCommit(self._commit_intents)
+        self._outcomes = GroupCommit(self._commit_outcomes)
 
     def __repr__(self) -> str:
         return f"SqlStore({self.url.render_as_string()!r})"
@@ -98,7 +110,16 @@ class SqlStore(ApprovalQueue, RollbackPlans, ReportQueries):
             raise
         self._hot = hot
 
+    def bus(self) -> PgBus | SocketBus:
+        """The message bus of the processes sharing this store (not started)."""
+        hot = self._hot_path()
+        if isinstance(hot, PostgresHotPath):
+            return PgBus(asyncpg_dsn(self.url), hot.pool, self.process)
+        return SocketBus(sqlite_path(self.url), self.process)
+
     async def close(self) -> None:
+        await self._intents.close()
+        await self._outcomes.close()
         hot, self._hot = self._hot, None
         try:
             if hot is not None:
@@ -121,43 +142,98 @@ class SqlStore(ApprovalQueue, RollbackPlans, ReportQueries):
 
     # Hot path ---------------------------------------------------------------
     async def active_freezes(self) -> list[Freeze]:
-        rows = await self._hot_path().fetch(codec.SELECT_ACTIVE_FREEZES, ())
-        return [codec.freeze_from_values(*row) for row in rows]
+        return (await self.freeze_view())[1]
 
-    async def journal_intent(self, entry: JournalEntry) -> None:
-        await self._hot_path().execute(codec.INSERT_JOURNAL, codec.journal_params(entry))
+    async def freeze_view(self) -> tuple[int, list[Freeze]]:
+        """The kill switch's generation and the freezes active at it (one snapshot)."""
+        rows = await self._hot_path().fetch(ks.SELECT_FREEZE_VIEW, ())
+        freezes = [codec.freeze_from_values(*row[1:]) for row in rows if row[1] is not None]
+        return int(rows[0][0]), freezes
+
+    async def killswitch_generation(self) -> int:
+        rows = await self._hot_path().fetch(ks.SELECT_GENERATION, ())
+        return int(rows[0][0])
+
+    async def journal_intent(self, entry: JournalEntry, *, unless_frozen: bool = True) -> bool:
+        """Commit the intent; False, with nothing written, when a freeze covers it.
+
+        Concurrent calls share one transaction. ``unless_frozen=False`` is for
+        operators' writes (rollback), which freezes do not stop.
+        """
+        if not unless_frozen:
+            await self._hot_path().execute(ks.INSERT_INTENT,
+                                           codec.intent_params(entry, self.process))
+            return True
+        return await self._intents(entry)
+
+    async def _commit_intents(self, entries: list[JournalEntry]) -> list[bool]:
+        hot = self._hot_path()
+        rows = [codec.intent_params(e, self.process) for e in entries]
+        if isinstance(hot, PostgresHotPath):
+            inserted = {row[0] for row in await hot.fetch(ks.PG_INSERT_INTENTS_UNLESS_FROZEN,
+                                                          (ks.intents_json(rows),))}
+            return [e.id in inserted for e in entries]
+        assert isinstance(hot, SqliteHotPath)
+        counts = await hot.each(ks.INSERT_INTENT_UNLESS_FROZEN,
+                                [(*row, e.upstream, e.agent) for row, e in zip(rows, entries)])
+        return [count == 1 for count in counts]
 
     async def journal_outcome(self, entry_id: str, outcome: JournalOutcome) -> None:
         """Record the outcome; LookupError if no intent was journaled under that id."""
-        changed = await self._hot_path().execute(codec.UPDATE_OUTCOME,
-                                                 codec.outcome_params(entry_id, outcome))
-        if changed == 0:
+        if not await self._outcomes(codec.outcome_params(entry_id, outcome)):
             raise LookupError(f"no journal entry {entry_id!r}")
+
+    async def _commit_outcomes(self, rows: list[tuple[Any, ...]]) -> list[bool]:
+        hot = self._hot_path()
+        if isinstance(hot, PostgresHotPath):
+            updated = {row[0] for row in await hot.fetch_unsynced(ks.PG_UPDATE_OUTCOMES,
+                                                                  ks.columns_of(rows))}
+            return [row[-1] in updated for row in rows]
+        assert isinstance(hot, SqliteHotPath)
+        return [count == 1 for count in await hot.each(codec.UPDATE_OUTCOME, rows)]
+
+    async def pending_intents(self, since: datetime) -> list[InFlight]:
+        """Intents journaled at or after ``since`` that have no outcome yet."""
+        rows = await self._hot_path().fetch(ks.SELECT_PENDING_INTENTS, (iso(since),))
+        return [InFlight(*row) for row in rows]
 
     # Kill switch ------------------------------------------------------------
     async def engage_freeze(self, freeze: Freeze) -> Freeze:
-        async with self._serialized() as session:
-            existing = (await session.exec(_active(freeze.scope, freeze.target))).first()
-            if existing is not None:
-                return codec.freeze_from_row(existing)
-            session.add(codec.freeze_row(freeze))
-            await self._append(session, freeze.by, "killswitch.engage",
-                               _freeze_detail(freeze.scope, freeze.target, freeze.reason),
-                               freeze.at)
-        return freeze
+        engaged = (await self.engage(freeze)).freeze
+        assert engaged is not None  # an engage always leaves a freeze in force
+        return engaged
+
+    async def engage(self, freeze: Freeze) -> FreezeChange:
+        """Through the driver, in one short transaction: an engage must not queue
+        behind the stream of journal writes it is about to stop."""
+        # the audit chain's lock, then the arbiter's: it waits for intent batches under way
+        async with self._hot_path().transaction((WRITE_LOCK, ks.ARBITER_LOCK)) as tx:
+            rows = await tx.fetch(ks.SELECT_ACTIVE_FREEZE, (freeze.scope.value, freeze.target or ""))
+            if rows:
+                return await _change_in(tx, codec.freeze_from_values(*rows[0]))
+            await tx.execute(ks.INSERT_FREEZE, (freeze.id, freeze.scope.value, freeze.target,
+                                                freeze.reason, freeze.by, iso(freeze.at)))
+            await tx.execute(ks.BUMP_GENERATION)
+            await _append_in(tx, freeze.by, "killswitch.engage",
+                             _freeze_detail(freeze.scope, freeze.target, freeze.reason), freeze.at)
+            return await _change_in(tx, freeze)
 
     async def release_freeze(self, scope: FreezeScope, target: str | None, by: str,
                              reason: str, at: datetime) -> Freeze | None:
-        async with self._serialized() as session:
-            row = (await session.exec(_active(scope, target))).first()
-            if row is None:
-                return None
-            released = codec.freeze_from_row(row)
-            row.released_at, row.released_by, row.release_reason = iso(at), by, reason
-            session.add(row)
-            await self._append(session, by, "killswitch.release",
-                               _freeze_detail(scope, target, reason), at)
-        return released
+        return (await self.release(scope, target, by, reason, at)).freeze
+
+    async def release(self, scope: FreezeScope, target: str | None, by: str, reason: str,
+                      at: datetime) -> FreezeChange:
+        async with self._hot_path().transaction((WRITE_LOCK,)) as tx:
+            rows = await tx.fetch(ks.SELECT_ACTIVE_FREEZE, (scope.value, target or ""))
+            if not rows:
+                return await _change_in(tx, None)
+            released = codec.freeze_from_values(*rows[0])
+            await tx.execute(ks.RELEASE_FREEZE, (iso(at), by, reason, released.id))
+            await tx.execute(ks.BUMP_GENERATION)
+            await _append_in(tx, by, "killswitch.release", _freeze_detail(scope, target, reason),
+                             at)
+            return await _change_in(tx, released)
 
     # Journal (admin) --------------------------------------------------------
     async def list_journal(self, query: JournalQuery) -> list[JournalEntry]:
@@ -304,12 +380,25 @@ class SqlStore(ApprovalQueue, RollbackPlans, ReportQueries):
         return record
 
 
-def _active(scope: FreezeScope, target: str | None) -> SelectOfScalar[FreezeRow]:
-    statement = select(FreezeRow).where(col(FreezeRow.scope) == scope.value,
-                                        col(FreezeRow.released_at).is_(None))
-    if target is None:
-        return statement.where(col(FreezeRow.target).is_(None))
-    return statement.where(col(FreezeRow.target) == target)
+async def _change_in(tx: Tx, freeze: Freeze | None) -> FreezeChange:
+    """The change, with the generation and the freezes as this transaction leaves them."""
+    rows = await tx.fetch(ks.SELECT_FREEZE_VIEW)
+    return FreezeChange(freeze, int(rows[0][0]), [codec.freeze_from_values(*row[1:])
+                                                  for row in rows if row[1] is not None])
+
+
+async def _append_in(tx: Tx, actor: str, action: str, detail: dict[str, Any],
+                     at: datetime) -> AuditRecord:
+    """The next link of the audit chain, in a transaction that excludes other chain writers."""
+    last = await tx.fetch(codec.SELECT_LAST_AUDIT)
+    record = seal(codec.audit_from_values(last[0]) if last else None, at, actor, action, detail)
+    await tx.execute(codec.INSERT_AUDIT, codec.audit_params(record))
+    return record
+
+
+def process_name() -> str:
+    """This process's name on the bus and in the journal: pid and 8 random hex digits."""
+    return f"{os.getpid()}-{secrets.token_hex(4)}"
 
 
 def _freeze_detail(scope: FreezeScope, target: str | None, reason: str) -> dict[str, Any]:

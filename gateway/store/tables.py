@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Index, LargeBinary, Text, func, literal_column
+from sqlalchemy import BigInteger, Index, LargeBinary, Text, func, literal_column
 from sqlalchemy import text as sql_text
 from sqlmodel import Field, SQLModel
 
@@ -72,10 +72,16 @@ class JournalRow(SQLModel, table=True):
     completed_at: str | None = _text_or_null()
     approval: str | None = _text_or_null()  # JSON, when the call was held for approval (0002)
     after: str | None = _text_or_null()  # JSON, the resource read after the write (0003)
+    process: str | None = _text_or_null()  # the gateway process that journaled it (0005)
     rolled_back_plan: str | None = _text_or_null()  # the plan that compensated it (0006)
     rolled_back_at: str | None = _text_or_null()
     mode: str | None = _text_or_null()  # observe | shadow; NULL = enforced (0009)
     would_decide: str | None = _text_or_null()  # the rules' verdict when not enforced (0009)
+
+
+_journal = JournalRow.__table__  # type: ignore[attr-defined]
+Index("ix_journal_intents", _journal.c.at, sqlite_where=sql_text("state = 'intent'"),
+      postgresql_where=sql_text("state = 'intent'"))
 
 
 class FreezeRow(SQLModel, table=True):
@@ -103,6 +109,16 @@ Index(
     sqlite_where=sql_text("released_at IS NULL"),
     postgresql_where=sql_text("released_at IS NULL"),
 )
+
+
+class KillSwitchRow(SQLModel, table=True):
+    """One row (id 1): the kill switch's generation, one more at every engage and
+    release, so a process can see with one read whether its freezes are current (0005)."""
+
+    __tablename__ = "killswitch"
+
+    id: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    generation: int = Field(sa_type=BigInteger)
 
 
 class AuditRow(SQLModel, table=True):

@@ -60,3 +60,23 @@ def test_undo_json_round_trip(undo: Undo) -> None:
 def test_undo_from_json_defaults_to_json() -> None:
     assert Undo.from_json({"method": "DELETE", "path": "/c/1", "content_type": None}) \
         == Undo("DELETE", "/c/1", None, "application/json")
+
+
+def test_ids_are_unique_and_a_forked_child_does_not_repeat_its_parent() -> None:
+    import os
+
+    from gateway.core.model import new_id
+
+    ids = {new_id() for _ in range(5000)}  # more than one draw of entropy
+    assert len(ids) == 5000
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: the parent's undrawn entropy must not be reused
+        os.write(write, new_id()[12:].encode())
+        os._exit(0)
+    os.close(write)
+    parent = new_id()[12:]
+    os.waitpid(pid, 0)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    assert len(child) == 20 and child != parent

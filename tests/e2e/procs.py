@@ -109,11 +109,28 @@ def write_settings(directory: Path, database_url: str, **extra: object) -> Path:
 
 
 def start_gateway(config: Path, *flags: str, env: dict[str, str] | None = None) -> Proc:
-    proc = subprocess.Popen([*GATEWAY, "serve", "--config", str(config), *flags],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, **(env or {})})
-    match, seen = wait_for_line(proc, READY, "stdout")
-    return Proc(proc, (match.group(1), match.group(2)), seen)
+    return start_gateways(config, 1, *flags, env=env)[0]
+
+
+def start_gateways(config: Path, count: int, *flags: str,
+                   env: dict[str, str] | None = None) -> list[Proc]:
+    """``count`` gateway processes on one settings file, started side by side."""
+    procs = [subprocess.Popen([*GATEWAY, "serve", "--config", str(config), *flags],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env={**os.environ, **(env or {})}) for _ in range(count)]
+    started: list[Proc] = []
+    try:
+        for proc in procs:
+            match, seen = wait_for_line(proc, READY, "stdout")
+            started.append(Proc(proc, (match.group(1), match.group(2)), seen))
+    except BaseException:
+        for proc in procs[len(started):]:
+            proc.kill()
+            proc.wait()
+        for gateway in started:
+            gateway.stop()
+        raise
+    return started
 
 
 def run_gateway(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:

@@ -130,8 +130,8 @@ class HeldWrites:
     """The production client, except that writes wait for ``go`` (a slow network)."""
 
     def __init__(self) -> None:
-        from gateway.proxy.upstream import AiohttpUpstream
-        self._client = AiohttpUpstream()
+        from gateway.proxy.upstream import UpstreamClient
+        self._client = UpstreamClient()
         self.arrived = asyncio.Event()
         self.go = asyncio.Event()
 

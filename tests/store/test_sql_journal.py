@@ -192,3 +192,13 @@ async def test_a_completed_entry_is_marked_rolled_back_once(
     assert (marked.state, marked.rolled_back_plan, marked.rolled_back_at) == \
         (JournalState.ROLLED_BACK, "plan-a", at)
     assert (await store.get_journal(intent_only.id)).state is JournalState.INTENT  # type: ignore[union-attr]
+
+
+async def test_json_values_read_back_exactly_whatever_the_encoder(
+        store: SqlStore, make_entry: EntryFactory) -> None:
+    """orjson encodes, except where it would change a value (big integers, infinities)."""
+    prior = {"big": 2**70, "inf": float("inf"), "none": None, "text": "Zoë ✓", "1": [1.5]}
+    entry = make_entry(7, prior=prior, request_headers={"x-plain": "ascii only"})
+    assert await store.journal_intent(entry)
+    got = await store.get_journal(entry.id)
+    assert got is not None and got.prior == prior and got.request_headers == {"x-plain": "ascii only"}

@@ -30,8 +30,8 @@ async def test_restart_keeps_everything(store_url: str,
     await first.start()
     frozen = Freeze(FreezeScope.GLOBAL, None, "incident", "alice", T0)
     entry = make_entry(1)
+    assert await first.journal_intent(entry)  # before the freeze: after it, refused
     await first.engage_freeze(frozen)
-    await first.journal_intent(entry)
     await first.append_audit("alice", "test", {"k": "v"}, T0)
     await first.close()
 

@@ -1,0 +1,221 @@
+"""Messages between the gateway processes that share one store.
+
+The kill switch pushes every engage to every process and collects their
+answers over this bus; nothing on the write path reads it. Two transports,
+one per backend, both "every process on the store hears every message":
+
+- ``PgBus``: PostgreSQL ``LISTEN``/``NOTIFY`` on channel ``gateway_bus``. Each
+  process keeps one listening connection whose ``application_name`` is
+  ``gateway-bus <member>``, so the members are the sessions of that name in
+  ``pg_stat_activity`` (a process that dies drops its session and leaves).
+- ``SocketBus``: SQLite has no NOTIFY, and the processes sharing a SQLite
+  file share a host. Each binds a Unix datagram socket in a private (0700)
+  directory named after the database file, and a message is one datagram to
+  each socket there. A socket nobody reads (its process died) refuses the
+  datagram and is removed.
+
+A message is a small JSON object; ``from`` is added, and ``to`` names the one
+member a reply is for (the others drop it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import socket
+import stat
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+log = logging.getLogger("gateway.bus")
+Deliver = Callable[[dict[str, Any]], None]
+CHANNEL = "gateway_bus"
+APP_PREFIX = "gateway-bus "
+MAX_PAYLOAD = 7900  # NOTIFY's limit is 8000 bytes
+
+
+def _encode(message: dict[str, Any]) -> str:
+    return json.dumps(message, separators=(",", ":"))
+
+
+def _decode(data: str | bytes) -> dict[str, Any] | None:
+    try:
+        message = json.loads(data)
+    except ValueError:
+        return None
+    return message if isinstance(message, dict) else None
+
+
+class PgBus:
+    def __init__(self, dsn: str, pool: asyncpg.Pool, member: str) -> None:
+        self.member = member
+        self._dsn = dsn
+        self._pool = pool
+        self._listener: asyncpg.Connection | None = None
+        self._deliver: Deliver | None = None
+
+    async def start(self, deliver: Deliver) -> None:
+        self._deliver = deliver
+        await self._connect()
+
+    async def _connect(self) -> None:
+        # Keepalives: a member whose host vanished leaves pg_stat_activity within
+        # ~25 s instead of hours, so engages stop waiting engage_wait for it.
+        connection = await asyncpg.connect(self._dsn, server_settings={
+            "application_name": APP_PREFIX + self.member, "tcp_keepalives_idle": "10",
+            "tcp_keepalives_interval": "5", "tcp_keepalives_count": "3"})
+        try:
+            await connection.add_listener(CHANNEL, self._notified)
+        except BaseException:
+            await connection.close()
+            raise
+        self._listener = connection
+
+    def _notified(self, _connection: Any, _pid: int, _channel: str, payload: str) -> None:
+        message = _decode(payload)
+        if message is None or message.get("from") == self.member:
+            return
+        if message.get("to") not in (None, self.member):
+            return
+        if self._deliver is not None:
+            self._deliver(message)
+
+    async def publish(self, message: dict[str, Any], to: str | None = None) -> None:
+        payload = _encode({**message, "from": self.member, "to": to})
+        if len(payload.encode()) > MAX_PAYLOAD:
+            raise ValueError(f"bus message of {len(payload)} bytes is over NOTIFY's limit")
+        await self._pool.execute("SELECT pg_notify($1, $2)", CHANNEL, payload)
+
+    async def members(self) -> set[str]:
+        rows = await self._pool.fetch(
+            "SELECT application_name FROM pg_stat_activity "
+            "WHERE datname = current_database() AND application_name LIKE $1",
+            APP_PREFIX + "%")
+        return {row[0][len(APP_PREFIX):] for row in rows} - {self.member}
+
+    async def check(self) -> None:
+        """Keep the listening session alive: reconnect (and listen again) when it is lost.
+
+        Messages sent while it was down are lost; the kill switch's generation
+        (read at every heartbeat) catches what they carried.
+        """
+        listener = self._listener
+        if listener is not None and not listener.is_closed():
+            try:
+                await asyncio.wait_for(listener.execute("SELECT 1"), timeout=5)
+                return
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+                listener.terminate()
+        self._listener = None
+        await self._connect()
+        log.warning("bus: listening again on %s after the connection was lost", CHANNEL)
+
+    async def close(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None and not listener.is_closed():
+            await listener.close()
+
+
+class SocketBus:
+    def __init__(self, database: Path, member: str) -> None:
+        self.member = member
+        key = hashlib.sha256(str(database.resolve()).encode()).hexdigest()[:16]
+        self.directory = Path(tempfile.gettempdir()) / f"gateway-bus-{key}"
+        self._socket: socket.socket | None = None
+        self._deliver: Deliver | None = None
+
+    def _path(self, member: str) -> str:
+        return str(self.directory / f"{member}.sock")
+
+    async def start(self, deliver: Deliver) -> None:
+        self._deliver = deliver
+        for attempt in range(3):  # the last process out may remove the directory meanwhile
+            self.directory.mkdir(mode=0o700, exist_ok=True)
+            info = self.directory.stat()
+            if info.st_uid != os.getuid() or stat.S_IMODE(info.st_mode) & 0o077:
+                raise PermissionError(f"{self.directory} must be private to this user (0700): "
+                                      "another user could speak for the kill switch")
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            try:
+                sock.bind(self._path(self.member))
+                sock.setblocking(False)
+            except FileNotFoundError:
+                sock.close()
+                if attempt == 2:
+                    raise
+                continue
+            except BaseException:
+                sock.close()
+                raise
+            break
+        self._socket = sock
+        asyncio.get_running_loop().add_reader(sock.fileno(), self._readable)
+
+    def _readable(self) -> None:
+        assert self._socket is not None
+        while True:
+            try:
+                data = self._socket.recv(1 << 20)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                log.exception("bus: receiving failed")
+                return
+            message = _decode(data) if data else None  # an empty datagram is a probe
+            if message is None or message.get("to") not in (None, self.member):
+                continue
+            if self._deliver is not None:
+                self._deliver(message)
+
+    def _send(self, member: str, data: bytes) -> bool:
+        """False when nobody reads that socket any more (it is removed)."""
+        assert self._socket is not None
+        try:
+            self._socket.sendto(data, self._path(member))
+        except (ConnectionRefusedError, FileNotFoundError):
+            Path(self._path(member)).unlink(missing_ok=True)
+            return False
+        except BlockingIOError:  # its queue is full: that process is not reading
+            log.warning("bus: process %s is not reading its messages", member)
+        return True
+
+    def _others(self) -> list[str]:
+        return [p.name[:-5] for p in self.directory.glob("*.sock") if p.name[:-5] != self.member]
+
+    async def publish(self, message: dict[str, Any], to: str | None = None) -> None:
+        data = _encode({**message, "from": self.member, "to": to}).encode()
+        for member in [to] if to is not None else self._others():
+            self._send(member, data)
+
+    async def members(self) -> set[str]:
+        return {member for member in self._others() if self._send(member, b"")}
+
+    async def check(self) -> None:
+        """Bind again if our socket file was removed (a tmp cleaner, say)."""
+        if self._socket is not None and os.path.exists(self._path(self.member)):
+            return
+        deliver = self._deliver
+        await self.close()
+        if deliver is not None:
+            await self.start(deliver)
+            log.warning("bus: socket %s bound again", self._path(self.member))
+
+    async def close(self) -> None:
+        if self._socket is None:
+            return
+        await self.members()  # on the way out, remove the sockets of processes that died
+        sock, self._socket = self._socket, None
+        asyncio.get_running_loop().remove_reader(sock.fileno())
+        sock.close()
+        Path(self._path(self.member)).unlink(missing_ok=True)
+        try:
+            self.directory.rmdir()  # the last one out
+        except OSError:
+            pass

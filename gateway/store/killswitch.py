@@ -1,0 +1,114 @@
+"""The kill switch in the store: the arbiter statement and the generation.
+
+The store, not any process's memory, decides whether a write may be
+journaled, and a write that is not journaled is never sent. A journal intent
+goes in with one statement that inserts it only if no active freeze covers
+it (``INSERT ... SELECT ... WHERE NOT EXISTS``), never a read followed by a
+write. What makes that exact under concurrency:
+
+- SQLite: the batch runs in ``BEGIN IMMEDIATE``, holding the database's one
+  write lock, and an engage holds the same lock; the two cannot interleave.
+- PostgreSQL: the batch is one call of ``gateway_journal_intents`` (migration
+  0005), which first takes the advisory lock ``ARBITER_LOCK`` in shared
+  mode, in a statement of its own; an engage takes it exclusively before it
+  inserts the freeze. So a batch either committed before the freeze did (the
+  engage waited for it) or its insert began after the freeze committed and
+  sees it (READ COMMITTED, and a VOLATILE function's every statement takes a
+  new snapshot). No intent a freeze covers commits after that freeze.
+
+Every engage and release also adds one to ``killswitch.generation`` in the
+same transaction, so a process can check with one cheap read that its view
+of the freezes is current.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+
+from gateway.store.codec import JOURNAL_COLUMNS, OUTCOME_COLUMNS, quoted
+from gateway.store.tables import JournalRow
+
+ARBITER_LOCK = 0x67775F6172626974  # "gw_arbit"
+INTENT_COLUMNS = (*JOURNAL_COLUMNS, "process")
+
+COVERING = ("f.released_at IS NULL AND (f.scope = 'global' "
+            "OR (f.scope = 'upstream' AND f.target = {upstream}) "
+            "OR (f.scope = 'agent' AND f.target = {agent}))")
+
+# One intent, refused if a freeze covers it (SQLite, once per row of a batch):
+# the row's values, then its upstream and agent again for the freeze check.
+INSERT_INTENT_UNLESS_FROZEN = (
+    f"INSERT INTO journal ({quoted(INTENT_COLUMNS)}) "
+    f"SELECT {', '.join('?' for _ in INTENT_COLUMNS)} "
+    f"WHERE NOT EXISTS (SELECT 1 FROM freezes f WHERE "
+    f"{COVERING.format(upstream='?', agent='?')})"
+)
+# An operator's write (a rollback step): freezes stop agents, not recovery.
+INSERT_INTENT = (f"INSERT INTO journal ({quoted(INTENT_COLUMNS)}) "
+                 f"VALUES ({', '.join('?' for _ in INTENT_COLUMNS)})")
+
+FREEZE_COLUMNS = ("id", "scope", "target", "reason", "by", "at")
+SELECT_ACTIVE_FREEZE = (  # the one active freeze of a scope and target (ux_freezes_active)
+    f"SELECT {quoted(FREEZE_COLUMNS)} FROM freezes "
+    "WHERE released_at IS NULL AND scope = ? AND COALESCE(target, '') = ?"
+)
+INSERT_FREEZE = (f"INSERT INTO freezes ({quoted(FREEZE_COLUMNS)}) "
+                 f"VALUES ({', '.join('?' for _ in FREEZE_COLUMNS)})")
+RELEASE_FREEZE = ("UPDATE freezes SET released_at = ?, released_by = ?, release_reason = ? "
+                  "WHERE id = ?")
+SELECT_GENERATION = "SELECT generation FROM killswitch WHERE id = 1"
+BUMP_GENERATION = "UPDATE killswitch SET generation = generation + 1 WHERE id = 1"
+SELECT_FREEZE_VIEW = (  # one statement, one snapshot: the generation and its freezes
+    'SELECT k.generation, f.id, f.scope, f.target, f.reason, f."by", f.at '
+    "FROM killswitch k LEFT JOIN freezes f ON f.released_at IS NULL "
+    "WHERE k.id = 1 ORDER BY f.at, f.id"
+)
+SELECT_PENDING_INTENTS = (  # served by the partial index ix_journal_intents
+    "SELECT id, agent, upstream, method, path, process FROM journal "
+    "WHERE state = 'intent' AND at >= ? ORDER BY at, id"
+)
+
+
+def _pg_type(column: sa.Column[Any]) -> str:
+    kind = column.type
+    if isinstance(kind, sa.Boolean):
+        return "boolean"
+    if isinstance(kind, sa.BigInteger):
+        return "bigint"
+    if isinstance(kind, sa.Integer):
+        return "integer"
+    if isinstance(kind, sa.LargeBinary):
+        return "bytea"
+    return "text"
+
+
+def _unnest(columns: tuple[str, ...]) -> str:
+    """``unnest(?::text[], ?::integer[], ...) AS v("a", "b", ...)``: a batch as one
+    parameter per column, so one prepared statement serves every batch size."""
+    table = JournalRow.__table__  # type: ignore[attr-defined]
+    arrays = ", ".join(f"?::{_pg_type(table.c[name])}[]" for name in columns)
+    return f"unnest({arrays}) AS v({quoted(columns)})"
+
+
+# PostgreSQL: a whole batch of intents, as JSON objects keyed by column, in one call.
+PG_INSERT_INTENTS_UNLESS_FROZEN = "SELECT gateway_journal_intents(?::jsonb)"
+
+
+def intents_json(rows: list[tuple[Any, ...]]) -> str:
+    """Rows in ``INTENT_COLUMNS`` order as the JSON batch the function takes."""
+    return orjson.dumps([dict(zip(INTENT_COLUMNS, row, strict=True)) for row in rows]).decode()
+
+
+# PostgreSQL: a batch of outcomes in one statement; the ids it updated.
+PG_UPDATE_OUTCOMES = (
+    "UPDATE journal AS j SET " + ", ".join(f'"{c}" = v."{c}"' for c in OUTCOME_COLUMNS)
+    + f" FROM {_unnest((*OUTCOME_COLUMNS, 'id'))} WHERE j.id = v.id RETURNING j.id"
+)
+
+
+def columns_of(rows: list[tuple[Any, ...]]) -> list[list[Any]]:
+    """Rows to one list per column, the shape ``unnest`` takes."""
+    return [list(column) for column in zip(*rows, strict=True)]

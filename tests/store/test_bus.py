@@ -1,0 +1,81 @@
+"""The bus between processes sharing a store, on every backend: who is listening, who
+hears what, and what becomes of a member that died."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from gateway.store import SqlStore
+from gateway.store.bus import SocketBus
+
+
+class Member:
+    def __init__(self, store: SqlStore) -> None:
+        self.store = store
+        self.bus = store.bus()
+        self.heard: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    async def next(self) -> dict[str, Any]:
+        return await asyncio.wait_for(self.heard.get(), timeout=10)
+
+
+@pytest.fixture
+async def members(store: SqlStore, store_url: str) -> AsyncIterator[list[Member]]:
+    others = [SqlStore(store_url) for _ in range(2)]
+    for other in others:
+        await other.start()
+    started = [Member(s) for s in (store, *others)]
+    for member in started:
+        await member.bus.start(member.heard.put_nowait)
+    yield started
+    for member in started:
+        await member.bus.close()
+    for other in others:
+        await other.close()
+
+
+async def test_every_member_hears_a_message_but_its_sender(members: list[Member]) -> None:
+    a, b, c = members
+    assert await a.bus.members() == {b.bus.member, c.bus.member}
+    await a.bus.publish({"type": "engage", "n": 1})
+    for member in (b, c):
+        assert await member.next() == {"type": "engage", "n": 1, "from": a.bus.member,
+                                       "to": None}
+    await b.bus.publish({"type": "answer"}, to=a.bus.member)  # for a alone
+    await c.bus.publish({"type": "after"})  # sent after the answer, heard after it
+    assert (await a.next())["type"] == "answer"
+    assert (await a.next())["type"] == "after"
+    assert (await b.next())["type"] == "after"
+    assert a.heard.empty() and b.heard.empty() and c.heard.empty()
+
+
+async def test_a_member_that_left_is_no_longer_asked(members: list[Member]) -> None:
+    a, b, c = members
+    await c.bus.close()
+    async with asyncio.timeout(10):  # PostgreSQL: until its session has ended
+        while await a.bus.members() != {b.bus.member}:
+            await asyncio.sleep(0.01)
+
+
+async def test_the_socket_of_a_process_that_died_is_removed(tmp_path: Any) -> None:
+    store = SqlStore(f"sqlite+aiosqlite:///{tmp_path / 'gw.db'}")
+    await store.start()
+    bus = store.bus()
+    assert isinstance(bus, SocketBus)
+    await bus.start(lambda message: None)
+    try:
+        dead = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)  # bound, never unlinked
+        dead.bind(str(bus.directory / "999999-deadbeef.sock"))
+        dead.close()
+        assert (bus.directory / "999999-deadbeef.sock").exists()
+        assert await bus.members() == set()
+        assert not (bus.directory / "999999-deadbeef.sock").exists()
+    finally:
+        await bus.close()
+        await store.close()
+    assert not bus.directory.exists()  # the last one out removes the directory
