@@ -131,6 +131,18 @@ class Settings(BaseSettings):
     access_log: bool = False  # one JSON line per agent call on stderr (gateway.access)
     telemetry: TelemetrySettings = TelemetrySettings()
 
+    @field_validator("operators")
+    @classmethod
+    def _no_shared_secret(cls, value: list[OperatorSpec], info: ValidationInfo) -> list[OperatorSpec]:
+        """An operator token that is also an agent key would let that agent approve its
+        own held calls (and its key reach the admin API)."""
+        agents = {a.key_sha256: a.name for a in info.data.get("agents") or []}
+        for operator in value:
+            if operator.token_sha256 in agents:
+                raise ValueError(f"the token of operator {operator.name!r} is the key of agent "
+                                 f"{agents[operator.token_sha256]!r}: give each its own secret")
+        return value
+
     @field_validator("tripwires")
     @classmethod
     def _unique_tripwires(cls, value: list[SettingsTripwire]) -> list[SettingsTripwire]:

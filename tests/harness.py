@@ -119,13 +119,13 @@ class Harness:
 
 
 def settings_for(tmp_path: Path, database_url: str, **overrides: Any) -> Settings:
-    return Settings(
+    defaults: dict[str, Any] = dict(
         database_url=database_url, policies_dir=tmp_path / "policies",
         agents=[{"name": "bot", "key_sha256": sha(AGENT_KEY)},
                 {"name": "other", "key_sha256": sha(OTHER_KEY)}],
         operators=[{"name": role, "role": role, "token_sha256": sha(token)}
-                   for role, token in TOKENS.items()],
-        **overrides)
+                   for role, token in TOKENS.items()])
+    return Settings(**{**defaults, **overrides})
 
 
 @asynccontextmanager

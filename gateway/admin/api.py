@@ -113,9 +113,22 @@ def create_admin_app(gateway: Controls) -> FastAPI:
         except ValueError as exc:
             raise AdminError(400, "bad_request", str(exc)) from None
 
+    def configured(kind: str, target: str | None) -> None:
+        """A freeze on a name nothing answers to would freeze nothing while saying
+        "engaged": refused (a typo such as ``--upstream crmm``)."""
+        known = {"upstream": set(gateway.policies.upstreams),
+                 "agent": {a.name for a in gateway.settings.agents}
+                 | ({"anonymous"} if gateway.settings.allow_anonymous_agents else set())
+                 }.get(kind)
+        if known is not None and target not in known:
+            raise AdminError(400, "unknown_target",
+                             f"no {kind} named {target!r} is configured"
+                             + (f" (configured: {', '.join(sorted(known))})" if known else ""))
+
     @app.post("/v1/killswitch/engage")
     async def engage(body: FreezeRequest, operator: Approver) -> dict[str, Any]:
         kind, target = scope(body)
+        configured(kind, target)
         engaged = await gateway.freezes.engage(
             Freeze(kind, target, body.reason, operator.name, utcnow()))
         gateway.metrics.freeze_engaged()

@@ -147,6 +147,9 @@ def vote(call: HeldCall, operator: str, role: str, at: datetime,
     ``digest``, when the approver passes the one they were shown, must match.
     """
     _must_be_pending(call, at)
+    if operator == call.agent:
+        raise ApprovalRefused("self_approval", f"{operator} made this call; another operator "
+                              "must approve it")
     if digest is not None and digest != call.digest:
         raise ApprovalRefused("digest_mismatch", "the call differs from the one you were shown")
     if call.roles is not None and role not in call.roles:
@@ -177,8 +180,10 @@ def lease(at: datetime, seconds: float) -> datetime:
 
 
 def agent_status(status: ApprovalStatus) -> str:
-    """What the agent is told: the contract's six states (unknown reads as failed)."""
-    return "failed" if status is ApprovalStatus.UNKNOWN else status.value
+    """What the agent is told: the state, ``unknown`` included (never ``failed`` for a
+    call that may have landed: an agent that took it for failed would send it again).
+    Shadowed writes are never shown to agents (``ApprovalQueue.agent_view``)."""
+    return status.value
 
 
 def field_changes(method: str, current: Any, body: Any) -> list[dict[str, Any]]:

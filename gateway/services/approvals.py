@@ -46,6 +46,8 @@ from gateway.errors import (
     CaptureFailed,
     GatewayError,
     JournalUnavailable,
+    UpstreamTimeout,
+    WriteCutOff,
     WritesFrozen,
 )
 from gateway.ports import Store, UpstreamResponse
@@ -59,6 +61,8 @@ _POLL = 0.25  # seconds between store reads while an agent waits (other processe
 _SWEEP = 1.0  # seconds between sweeps: expiries, lapsed claims, due delayed calls
 DELAY_ACTOR = "gateway"  # who claims a delayed call when it falls due
 _RETRYABLE = (WritesFrozen, CaptureFailed, JournalUnavailable)  # nothing was sent
+# Sent, then no answer: cut off by the kill switch in flight, or timed out waiting.
+_MAYBE_SENT = (WriteCutOff, UpstreamTimeout)
 
 
 class ApprovalError(Exception):
@@ -68,7 +72,7 @@ class ApprovalError(Exception):
 
 
 _REFUSED_STATUS = {"already_decided": 409, "already_voted": 409, "digest_mismatch": 409,
-                   "forbidden": 403}
+                   "forbidden": 403, "self_approval": 403}
 
 
 def kept_headers(headers: list[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
@@ -301,6 +305,10 @@ class ApprovalQueue:
             raise ApprovalError(409, "digest_mismatch", "the held call was altered; not sent")
         try:
             reply = await self.pipeline.execute_held(held, info)
+        except _MAYBE_SENT as exc:  # it may have landed: never sent again, never "failed"
+            await self._finish(held, ApprovalStatus.UNKNOWN, None, None,
+                               f"{exc.code}: {exc.message}; the outcome is unknown")
+            raise ApprovalError(exc.status, exc.code, exc.message) from None
         except _RETRYABLE as exc:  # nothing reached the upstream: back in the queue
             await self.store.release_claim(held.id)
             self._wake(held.id)

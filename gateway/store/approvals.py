@@ -101,8 +101,9 @@ class ApprovalQueue:
     async def finish_held(self, call_id: str, status: ApprovalStatus,
                           response: dict[str, Any] | None, journal_id: str | None,
                           error: str | None) -> bool:
-        if status not in (ApprovalStatus.EXECUTED, ApprovalStatus.FAILED):
-            raise ValueError(f"a claimed call finishes executed or failed, not {status.value}")
+        if status not in (ApprovalStatus.EXECUTED, ApprovalStatus.FAILED, ApprovalStatus.UNKNOWN):
+            raise ValueError(f"a claimed call finishes executed, failed or unknown, "
+                             f"not {status.value}")
         return await self._change(call_id, [_status == APPROVED], status=status.value,
                                   response=codec.dumps_or_null(response),
                                   journal_id=journal_id, error=error)

@@ -18,6 +18,8 @@ one active freeze per scope) safe across processes.
 
 from __future__ import annotations
 
+import os
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -67,22 +69,57 @@ def asyncpg_dsn(url: URL) -> str:
     return url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
+class SqliteFile:
+    """The database file a connection opened, so that losing it is noticed.
+
+    SQLite keeps writing to a file whose directory was removed, or that was
+    replaced on disk: every write "succeeds" into a file nobody will read
+    again. Before each write transaction the path must still name the file
+    that was opened (one ``stat``, about a microsecond); else the write fails
+    as the store being unavailable.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.identity = self._identity()
+
+    def _identity(self) -> tuple[int, int]:
+        try:
+            stat = os.stat(self.path)
+        except OSError as exc:
+            raise sqlite3.OperationalError(f"the database file {self.path} is gone: "
+                                           f"{exc.strerror}") from None
+        return stat.st_dev, stat.st_ino
+
+    def check(self) -> None:
+        if self._identity() != self.identity:
+            raise sqlite3.OperationalError(f"the database file {self.path} was replaced "
+                                           "since it was opened")
+
+
 def create_engine(url: URL) -> AsyncEngine:
     if is_postgres(url):
         return create_async_engine(url, pool_pre_ping=True)
     engine = create_async_engine(url, connect_args={"isolation_level": None})
-    event.listen(engine.sync_engine, "connect", _sqlite_connect)
+    path = sqlite_path(url)
+    event.listen(engine.sync_engine, "connect",
+                 lambda connection, record: _sqlite_connect(connection, record, path))
     event.listen(engine.sync_engine, "begin", _sqlite_begin)
     return engine
 
 
-def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+def _sqlite_connect(dbapi_connection: Any, record: Any, path: Path) -> None:
     cursor = dbapi_connection.cursor()
     for pragma in SQLITE_PRAGMAS:
         cursor.execute(pragma)
     cursor.close()
+    record.info["file"] = SqliteFile(path)
 
 
 def _sqlite_begin(connection: Any) -> None:
     immediate = connection.get_execution_options().get(IMMEDIATE, False)
+    if immediate:  # a write: into the file that is still the store
+        file = connection.connection.info.get("file")
+        if file is not None:
+            file.check()
     connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")

@@ -23,7 +23,7 @@ from typing import Any, Protocol, TypeVar
 
 import asyncpg
 
-from gateway.store.engine import SQLITE_PRAGMAS
+from gateway.store.engine import SQLITE_PRAGMAS, SqliteFile
 
 _T = TypeVar("_T")
 
@@ -180,8 +180,9 @@ class SqliteHotPath:
     thread that waits out the normal busy timeout.
     """
 
-    def __init__(self, connection: sqlite3.Connection) -> None:
+    def __init__(self, connection: sqlite3.Connection, file: SqliteFile) -> None:
         self._connection = connection
+        self._file = file  # every write first checks the path still names it
         self._lock = asyncio.Lock()
 
     @classmethod
@@ -193,12 +194,14 @@ class SqliteHotPath:
                 connection.execute(pragma)
             await _enable_wal(connection)
             connection.execute("PRAGMA busy_timeout=0")
+            file = SqliteFile(path)
         except BaseException:
             connection.close()
             raise
-        return cls(connection)
+        return cls(connection, file)
 
     async def execute(self, sql: str, args: Sequence[Any]) -> int:
+        self._file.check()
         return await self._run(lambda: self._connection.execute(sql, args).rowcount)
 
     async def fetch(self, sql: str, args: Sequence[Any]) -> list[Sequence[Any]]:
@@ -216,6 +219,8 @@ class SqliteHotPath:
     async def chained_insert(self, last_sql: str, insert_sql: str,
                              build: Callable[[Sequence[Any] | None], list[Sequence[Any]]],
                              lock_key: int) -> None:
+        self._file.check()
+
         def transaction() -> None:
             self._connection.execute("BEGIN IMMEDIATE")  # excludes every other writer
             try:
@@ -230,6 +235,7 @@ class SqliteHotPath:
 
     @asynccontextmanager
     async def transaction(self, locks: Sequence[int] = ()) -> AsyncIterator[Tx]:
+        self._file.check()
         async with self._lock:
             begin = self._connection.execute
             try:
@@ -257,6 +263,7 @@ class SqliteHotPath:
         """
         if len(rows) == 1:
             return [await self.execute(sql, rows[0])]
+        self._file.check()
 
         def transaction() -> list[int]:
             self._connection.execute("BEGIN IMMEDIATE")

@@ -22,6 +22,7 @@ transaction, then changed one row at a time by its one executor.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import secrets
 from collections.abc import AsyncIterator
@@ -69,7 +70,9 @@ from gateway.store.rollbacks import RollbackPlans
 from gateway.store.tables import AuditRow, JournalRow
 
 WRITE_LOCK = 0x67775F7772697465  # "gw_write": the advisory lock over audit and freezes
+log = logging.getLogger("gateway.store")
 PING_TIMEOUT = 5.0
+_PROBE = "UPDATE killswitch SET generation = generation WHERE 1 = 0"  # a write, of nothing
 
 
 class SqlStore(ApprovalQueue, RollbackPlans, ReportQueries):
@@ -128,10 +131,21 @@ class SqlStore(ApprovalQueue, RollbackPlans, ReportQueries):
             await self._engine.dispose()
 
     async def ping(self) -> bool:
+        """Whether the store can take a write now: a write probe, not a flag.
+
+        The journal's write path, one write transaction holding an UPDATE that
+        matches no row: refused by a read-only or recovering PostgreSQL, a
+        SQLite file that is read-only or locked past the timeout, or whose
+        path no longer names the file the store opened (``SqliteFile``). Then
+        the admin connection, which every operator call needs."""
         try:
-            async with asyncio.timeout(PING_TIMEOUT), self._engine.connect() as connection:
-                await connection.execute(text("SELECT 1"))
-        except Exception:
+            async with asyncio.timeout(PING_TIMEOUT):
+                async with self._hot_path().transaction() as tx:
+                    await tx.execute(_PROBE)
+                async with self._engine.connect() as connection:
+                    await connection.execute(text("SELECT 1"))
+        except Exception as exc:
+            log.warning("store health: cannot take a write: %s", exc)
             return False
         return True
 
