@@ -227,7 +227,7 @@ def public_view(call: HeldCall) -> dict[str, Any]:
         "expires_at": iso(call.expires_at) if call.expires_at else None,
         "decided_by": call.decided_by,
         "decided_at": iso(call.decided_at) if call.decided_at else None,
-        "reason": call.reason, "response": _redacted_response(call.response),
+        "reason": call.reason, "response": redacted_response(call.response),
         "journal_id": call.journal_id,
         "error": call.error, "kind": call.kind,
         "due_at": iso(call.due_at) if call.due_at else None,
@@ -236,7 +236,7 @@ def public_view(call: HeldCall) -> dict[str, Any]:
     }
 
 
-def _redacted_response(response: dict[str, Any] | None) -> dict[str, Any] | None:
+def redacted_response(response: dict[str, Any] | None) -> dict[str, Any] | None:
     """An executed call's stored response, its headers and JSON body redacted for views."""
     if not isinstance(response, dict):
         return response

@@ -33,6 +33,7 @@ from gateway.core.approvals import (
     field_changes,
     lease,
     public_view,
+    redacted_response,
     request_digest,
     vote,
 )
@@ -316,7 +317,7 @@ class ApprovalQueue:
         response = stored_response(reply.response)
         final = await self._finish(held, ApprovalStatus.EXECUTED, response, reply.journal_id,
                                    None)
-        return {**public_view(final), "response": response}
+        return {**public_view(final), "response": redacted_response(response)}
 
     async def _finish(self, held: HeldCall, status: ApprovalStatus,
                       response: dict[str, Any] | None, journal_id: str | None,

@@ -110,7 +110,9 @@ class ApprovalQueue:
         if status not in (ApprovalStatus.EXECUTED, ApprovalStatus.FAILED):
             raise ValueError(f"a claimed call finishes executed or failed, not {status.value}")
         return await self._change(call_id, [_status == APPROVED], status=status.value,
-                                  response=codec.dumps_or_null(response),
+                                  response=codec.held_response_text(response),
+                                  sealed_response=codec.held_response_sealed(response,
+                                                                             self._sealer),
                                   journal_id=journal_id, error=error)
 
     async def reject_held(self, call_id: str, by: str, reason: str | None,

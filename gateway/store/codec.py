@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from gateway.core.approvals import ApprovalStatus, HeldCall, Vote
+from gateway.core.approvals import ApprovalStatus, HeldCall, Vote, redacted_response
 from gateway.core.model import (
     AuditRecord,
     Checkpoint,
@@ -253,6 +253,7 @@ def _names_or_none(text: str | None) -> tuple[str, ...] | None:
 
 
 APPROVAL = "approval"  # the purpose a held call's exact request is sealed for
+APPROVAL_RESPONSE = "approval-response"
 
 
 def held_row(call: HeldCall, sealer: Sealer = NO_SEALER) -> ApprovalRow:
@@ -267,16 +268,36 @@ def held_row(call: HeldCall, sealer: Sealer = NO_SEALER) -> ApprovalRow:
         headers=dumps([list(h) for h in redact_headers(call.headers).items()]),
         body=redacted_body(bytes(call.body), _content_type(call.headers)),
         sealed=sealer.keep(exact, APPROVAL),
+        sealed_response=held_response_sealed(call.response, sealer),
         run=cp.run, model=cp.model, prompt_version=cp.prompt_version,
         tool_version=cp.tool_version, rule=call.rule, policy_revision=call.policy_revision,
         digest=call.digest, required=call.required, roles=_names_or_null(call.roles),
         operators=_names_or_null(call.operators), expires_at=_iso_or_null(call.expires_at),
         status=call.status.value, votes=votes_text(call.votes), decided_by=call.decided_by,
         decided_at=_iso_or_null(call.decided_at), reason=call.reason,
-        lease_until=_iso_or_null(call.lease_until), response=dumps_or_null(call.response),
+        lease_until=_iso_or_null(call.lease_until), response=held_response_text(call.response),
         journal_id=call.journal_id, error=call.error, extra=dumps(call.extra),
         due_at=_iso_or_null(call.due_at),
     )
+
+
+def held_response_text(response: dict[str, Any] | None) -> str | None:
+    """An executed call's response as its readable column holds it: redacted."""
+    return dumps_or_null(redacted_response(response))
+
+
+def held_response_sealed(response: dict[str, Any] | None, sealer: Sealer) -> str | None:
+    """The same response exactly (the agent's status URL returns it), sealed."""
+    return None if response is None else sealer.keep(response, APPROVAL_RESPONSE)
+
+
+def _held_response(row: ApprovalRow, sealer: Sealer) -> dict[str, Any] | None:
+    if row.sealed_response is not None:
+        try:
+            return sealer.open(row.sealed_response, APPROVAL_RESPONSE)  # type: ignore[no-any-return]
+        except SealError:
+            pass  # the redacted one below
+    return _loads_or_none(row.response)  # type: ignore[no-any-return]
 
 
 def _content_type(headers: Sequence[tuple[str, str]]) -> str | None:
@@ -308,7 +329,7 @@ def held_from_row(row: ApprovalRow, sealer: Sealer = NO_SEALER) -> HeldCall:
         status=ApprovalStatus(row.status), votes=_votes(row.votes),
         decided_by=row.decided_by, decided_at=_parse_or_none(row.decided_at),
         reason=row.reason, lease_until=_parse_or_none(row.lease_until),
-        response=_loads_or_none(row.response), journal_id=row.journal_id, error=row.error,
+        response=_held_response(row, sealer), journal_id=row.journal_id, error=row.error,
         extra=extra, due_at=_parse_or_none(row.due_at),
     )
 

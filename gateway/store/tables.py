@@ -190,6 +190,7 @@ class ApprovalRow(SQLModel, table=True):
     extra: str = _text()  # JSON object
     due_at: str | None = _text_or_null()  # action: delay: when the gateway runs it (0009)
     sealed: str | None = _text_or_null()  # the exact query, headers and body, sealed (0010)
+    sealed_response: str | None = _text_or_null()  # the response unredacted, sealed (0010)
 
 
 class RollbackPlanRow(SQLModel, table=True):
