@@ -244,7 +244,8 @@ def redacted_response(response: dict[str, Any] | None) -> dict[str, Any] | None:
     if isinstance(out.get("headers"), dict):
         out["headers"] = redact_headers(out["headers"])
     if isinstance(out.get("body"), str) and out.get("body_encoding") is None:
-        content_type = (out.get("headers") or {}).get("content-type")
+        headers = out.get("headers")
+        content_type = headers.get("content-type") if isinstance(headers, dict) else None
         out["body"] = redacted_body(out["body"].encode(), content_type or "application/json"
                                     ).decode("utf-8", "replace")
     return out
