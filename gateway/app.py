@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gateway.core.model import utcnow
 from gateway.core.policy import PolicySet
@@ -36,8 +36,9 @@ from gateway.services.tripwires import Tripwires
 from gateway.settings import Settings, SettingsError
 
 if TYPE_CHECKING:
-    from gateway.store.seal import Sealer
     from fastapi import FastAPI
+
+    from gateway.store.seal import Sealer
 
 log = logging.getLogger("gateway")
 
@@ -139,9 +140,9 @@ class Gateway:
             raise SettingsError(f"journal_key: {exc}") from None
         except OSError as exc:
             raise StartupError(f"the journal key file beside the database: {exc}") from None
-        if hasattr(self._store, "sealer") and (self.settings.journal_key
-                                                or getattr(self._store, "sealer") is None):
-            self._store.sealer = sealer  # type: ignore[union-attr]
+        store: Any = self._store
+        if hasattr(store, "sealer") and (self.settings.journal_key or store.sealer is None):
+            store.sealer = sealer
         if not sealer.enabled:
             log.warning("no journal_key (GATEWAY_JOURNAL_KEY): secret-named prior values are "
                         "not kept (rolling them back is refused) and held calls are stored "

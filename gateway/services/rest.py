@@ -9,7 +9,6 @@ its own headers and the credential.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 from urllib.parse import urlsplit
 
 from gateway.core import journal as journaling
