@@ -29,7 +29,7 @@ import httpx
 import pytest
 
 from gateway.demo.crm import CRM, create_app
-from gateway.settings import WebhookSettings
+from gateway.settings import SettingsError, WebhookSettings
 from tests.harness import Harness, policy_text, serve_app, started_gateway
 
 UPSTREAM_TOKEN = "upstream-secret"
@@ -311,3 +311,13 @@ async def test_without_a_key_sqlite_uses_its_key_file_and_postgresql_refuses(
     else:
         assert step["status"] == "applied", step
         assert (customer["plan"], customer["api_key"]) == ("pro", "true-prior-value")
+
+
+@pytest.mark.parametrize("key", ["short", "not base64 at all!",
+                                 base64.b64encode(b"x" * 16).decode()])
+async def test_a_malformed_key_stops_the_start(key: str, tmp_path: Path,
+                                                crm: tuple[CRM, str]) -> None:
+    with pytest.raises(SettingsError, match="journal_key"):
+        async with started_gateway(tmp_path, f"sqlite+aiosqlite:///{tmp_path}/gw.db",
+                                   {"crm.yaml": policy_text(crm[1], RULES)}, journal_key=key):
+            pass
