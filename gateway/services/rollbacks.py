@@ -101,10 +101,11 @@ class Rollbacks:
         return [e for e in entries if e.decision != "rollback"]  # not earlier compensations
 
     async def start(self, selection: Selection, by: str, dry_run: bool, force: bool) -> Plan:
-        entries, refused = self._opened(await self.select(selection))
+        entries, refused, responses = self._opened(await self.select(selection))
         plan = plan_rollback(entries, plan_id=new_id(), at=utcnow(), by=by,
                              selector=selection.to_json(), force=force, dry_run=dry_run,
-                             parse=self._expected, volatile=self._volatile,
+                             parse=lambda e: self._expected(e, responses.get(e.id)),
+                             volatile=self._volatile,
                              declared_irreversible=self._declared_irreversible)
         plan = self._sealed(plan, refused)
         if dry_run:
@@ -116,17 +117,23 @@ class Rollbacks:
                                                        "irreversible": len(plan.irreversible)})
         return await self.run(plan)
 
-    def _opened(self, entries: list[JournalEntry]) -> tuple[list[JournalEntry], dict[str, str]]:
+    def _opened(self, entries: list[JournalEntry]
+                ) -> tuple[list[JournalEntry], dict[str, str], dict[str, Any]]:
         """The entries with their true (sealed) undo and state left; the ids whose sealed
-        values cannot be opened, with why (their steps are refused, never sent redacted)."""
-        opened, refused = [], {}
+        values cannot be opened, with why (their steps are refused, never sent redacted);
+        the true responses by entry id (the expected state, compared for drift)."""
+        opened, refused, responses = [], {}, {}
         for entry in entries:
             try:
-                opened.append(sealing.open_entry(self.sealer, entry))
+                true, response = sealing.open_entry(self.sealer, entry)
             except SealError as exc:
                 opened.append(entry)
                 refused[entry.id] = str(exc)
-        return opened, refused
+                continue
+            opened.append(true)
+            if response is not None:
+                responses[entry.id] = response
+        return opened, refused, responses
 
     def _sealed(self, plan: Plan, refused: dict[str, str]) -> Plan:
         """Steps as stored and shown: true bodies sealed, refused ones failed with why."""
@@ -302,10 +309,12 @@ class Rollbacks:
         await self.pipeline.record_outcome(entry, response, None, started, started, 0.0)
         return response, entry.id
 
-    def _expected(self, entry: JournalEntry) -> Any:
+    def _expected(self, entry: JournalEntry, true_response: Any = None) -> Any:
         content_type = entry.response_headers.get("content-type")
         parsed = journaling.parse_body((entry.response_body or "").encode(), content_type) \
             if journaling.is_json_type(content_type) else None
+        if true_response is not None:  # sealed: the response before redaction
+            parsed = true_response
         return expected_after(entry, parsed, getattr(entry, "after", None))
 
     def _declared_irreversible(self, entry: JournalEntry) -> bool:

@@ -16,7 +16,6 @@ step with the reason, it never sends the redacted state instead.
 from __future__ import annotations
 
 import base64
-import json
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -99,20 +98,22 @@ def true_state(seen: Observed) -> Any:
     return seen.value
 
 
-def open_entry(sealer: Sealer, entry: JournalEntry) -> JournalEntry:
-    """``entry`` with its true undo, response and state left; ``SealError`` if unopenable."""
+def open_entry(sealer: Sealer, entry: JournalEntry) -> tuple[JournalEntry, Any]:
+    """``entry`` with its true undo and state read after, and its true response (parsed;
+    None when not sealed), kept apart: plans list an entry's journaled response as is.
+    ``SealError`` when they cannot be opened."""
     changes: dict[str, Any] = {}
+    response = None
     if entry.sealed is not None:
         opened = sealer.open(entry.sealed, JOURNAL)
         if opened.get("undo") is not None:
             changes["undo"] = Undo.from_json(opened["undo"])
     if entry.sealed_outcome is not None:
         opened = sealer.open(entry.sealed_outcome, OUTCOME)
-        if "response" in opened:
-            changes["response_body"] = json.dumps(opened["response"])
+        response = opened.get("response")
         if "after" in opened:
             changes["after"] = opened["after"]
-    return replace(entry, **changes) if changes else entry
+    return (replace(entry, **changes) if changes else entry), response
 
 
 def seal_step(sealer: Sealer, step: Step) -> Step:

@@ -47,6 +47,10 @@ RULES = """
   match: {methods: [PATCH], path: "/deals/{id}"}
   action: hold
   approval: {wait: 0, expires: 3600}
+- id: replace-deal
+  match: {methods: [PUT], path: "/deals/{id}"}
+  action: allow
+  undo: none
 """
 VOLATILE = "volatile: [updated_at]\n"
 CREDENTIALS = f'credentials: {{header: Authorization, value: "Bearer {UPSTREAM_TOKEN}"}}\n'
@@ -202,6 +206,7 @@ async def test_a_secret_is_redacted_everywhere_sealed_and_restored(
     if place.prior:
         app.data["customers"]["cus_1"]["api_key"] = canary
         app.data["deals"]["deal_1"]["api_key"] = canary
+        app.data["deals"]["deal_2"]["api_key"] = canary
     initial = copy.deepcopy(app.data)
     text = policy_text(url, RULES, extra=VOLATILE + CREDENTIALS)
     answers: dict[str, Any] = {}
@@ -214,6 +219,10 @@ async def test_a_secret_is_redacted_everywhere_sealed_and_restored(
         headers = {**run, **arguments.pop("headers", {})}
         direct = await gw.agent.patch("/crm/customers/cus_1", headers=headers, **arguments)
         assert direct.status_code == 200, direct.text
+        arguments = place.request(canary)  # irreversible: listed in plans with what is known
+        headers = {**run, **arguments.pop("headers", {})}
+        replaced = await gw.agent.put("/crm/deals/deal_2", headers=headers, **arguments)
+        assert replaced.status_code == 200, replaced.text
         arguments = place.request(canary)
         headers = {**run, **arguments.pop("headers", {})}
         held = await gw.agent.patch("/crm/deals/deal_1", headers=headers, **arguments)
@@ -237,7 +246,9 @@ async def test_a_secret_is_redacted_everywhere_sealed_and_restored(
         answers["applied"] = applied.json()
         steps = applied.json()["plan"]["steps"]
         assert [s["status"] for s in steps] == ["applied", "applied"], applied.json()
+        assert len(applied.json()["plan"]["irreversible"]) == 1
         form = "content" in place.request(canary)
+        del app.data["deals"]["deal_2"], initial["deals"]["deal_2"]  # undo: none
         assert strip(app.data, form) == strip(initial, form)  # secret-named fields included
 
         logs = "\n".join(f"{r.name} {r.getMessage()} {r.exc_text or ''}" for r in caplog.records
