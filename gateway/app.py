@@ -97,6 +97,10 @@ class Gateway:
                 created = location[0]
         sealer = self._sealer()
         await self._start_store()
+        if not sealer.enabled:  # once the store answered: a start that fails says only why
+            log.warning("no journal_key (GATEWAY_JOURNAL_KEY): secret-named prior values are "
+                        "not kept (rolling them back is refused) and held calls are stored "
+                        "unencrypted; set one")
         if created is not None:  # loud: a mistyped path would otherwise go unnoticed
             log.warning("created a new, empty store at %s", created.resolve())
         if self._client is None:
@@ -129,7 +133,7 @@ class Gateway:
 
     def _sealer(self) -> Sealer:
         """The store's sealer from ``journal_key`` (else its SQLite key file); a bad key
-        stops the start, a missing one on PostgreSQL is warned about (README "Secrets")."""
+        stops the start (a missing one on PostgreSQL is warned about: README "Secrets")."""
         from gateway.store.engine import parse_url
         from gateway.store.seal import SealError
         from gateway.store.sql import default_sealer
@@ -143,10 +147,6 @@ class Gateway:
         store: Any = self._store
         if hasattr(store, "sealer") and (self.settings.journal_key or store.sealer is None):
             store.sealer = sealer
-        if not sealer.enabled:
-            log.warning("no journal_key (GATEWAY_JOURNAL_KEY): secret-named prior values are "
-                        "not kept (rolling them back is refused) and held calls are stored "
-                        "unencrypted; set one")
         return sealer
 
     async def _start_store(self) -> None:

@@ -473,7 +473,7 @@ class Pipeline:
             outcome = JournalOutcome(JournalState.COMPLETED, response.status, headers,
                                      stored.text, stored.sha256, stored.size, undo, reversible,
                                      None, timings, utcnow(), after,
-                                     sealing.for_outcome(self.sealer, body, parsed, after,
+                                     sealing.for_outcome(self.sealer, parsed, after,
                                                          true_after))
         return outcome
 

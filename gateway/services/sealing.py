@@ -74,14 +74,12 @@ def for_intent(sealer: Sealer, rule: Rule | McpRule | None, method: str, path: s
     return Kept(raw, True, sealer.seal({"undo": true_undo}, JOURNAL))
 
 
-def for_outcome(sealer: Sealer, body: bytes, parsed: Any, after: Any,
-                true_after: Any) -> str | None:
-    """The true state a write left (its response, or the read after it) when redaction
-    changed what the journal shows of it; None when the journaled one is true."""
+def for_outcome(sealer: Sealer, parsed: Any, after: Any, true_after: Any) -> str | None:
+    """The true state a write left (its parsed response, or the read after it) when
+    redaction changed what the journal shows of it; None when the journaled one is true."""
     sealed: dict[str, Any] = {}
-    true_response = journaling.true_value(body, 200) if parsed is not None else None
-    if true_response is not None and redact_json(true_response) != true_response:
-        sealed["response"] = true_response
+    if isinstance(parsed, (dict, list)) and redact_json(parsed) != parsed:
+        sealed["response"] = parsed
     if true_after is not None and true_after != after:
         sealed["after"] = true_after
     return sealer.seal(sealed, OUTCOME) if sealed else None
