@@ -123,3 +123,25 @@ def test_json_server_gets_its_secret_fields_back(
     assert [s["status"] for s in plan["steps"]] == ["applied"] * 3, plan
     users = {u["id"]: u for u in server.on_disk()["users"]}
     assert users == {u["id"]: u for u in JS_INITIAL["users"]}
+
+
+async def test_drift_compares_true_secret_values_and_names_only_the_field(
+        tmp_path: Path, store_url: str, crm: tuple[CRM, str]) -> None:
+    """A person rotates the key after the agent's write: the redacted views are equal, the
+    true values are not. The step is a conflict naming ``api_key``, never its value."""
+    app, url = crm
+    app.data["customers"]["cus_1"].update(copy.deepcopy(SECRETS))
+    text = policy_text(url, CRM_RULES, extra="volatile: [updated_at]\ncredentials: {header: "
+                       f'Authorization, value: "Bearer {UPSTREAM_TOKEN}"}}\n')
+    keyed = {"journal_key": KEY} if store_url.startswith("postgresql") else {}
+    async with started_gateway(tmp_path, store_url, {"crm.yaml": text}, **keyed) as gw:
+        response = await gw.agent.patch("/crm/customers/cus_1", json={"plan": "free"},
+                                        headers={"X-Agent-Run": "d"})
+        assert response.status_code == 200
+        app.data["customers"]["cus_1"]["api_key"] = "ak_rotated_by_a_person"
+        plan = (await gw.admin.post("/v1/rollback", json={"run": "d", "dry_run": False},
+                                    headers=gw.as_role("admin"))).json()["plan"]
+    [step] = plan["steps"]
+    assert step["status"] == "conflict" and step["detail"].endswith(": api_key"), step
+    assert "ak_rotated" not in str(plan) and "ak_live" not in str(plan)
+    assert app.data["customers"]["cus_1"]["api_key"] == "ak_rotated_by_a_person"  # left alone
