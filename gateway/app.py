@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gateway.core.model import utcnow
 from gateway.core.policy import PolicySet
@@ -37,6 +37,8 @@ from gateway.settings import Settings, SettingsError
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
+
+    from gateway.store.seal import Sealer
 
 log = logging.getLogger("gateway")
 
@@ -93,7 +95,12 @@ class Gateway:
                 raise StartupError(str(exc)) from None
             if location is not None and not location[1]:
                 created = location[0]
+        sealer = self._sealer()
         await self._start_store()
+        if not sealer.enabled:  # once the store answered: a start that fails says only why
+            log.warning("no journal_key (GATEWAY_JOURNAL_KEY): secret-named prior values are "
+                        "not kept (rolling them back is refused) and held calls are stored "
+                        "unencrypted; set one")
         if created is not None:  # loud: a mistyped path would otherwise go unnoticed
             log.warning("created a new, empty store at %s", created.resolve())
         if self._client is None:
@@ -103,6 +110,7 @@ class Gateway:
                               horizon=self._longest_write)
         await freezes.start()
         self._pipeline = Pipeline(self.settings, self._store, self._client, freezes, policies)
+        self._pipeline.sealer = getattr(self._store, "sealer", None) or sealer
         self._pipeline.observer = self.observer
         self._pipeline.senders["mcp"] = McpSender(self.settings, self._client)
         self._pipeline.tripwires = Tripwires(freezes, self._store, self.metrics)
@@ -122,6 +130,24 @@ class Gateway:
         self.audit.start()
         self.resuming = asyncio.create_task(self.rollbacks.resume_unfinished())
         log.info("policy set %s loaded: %s", policies.revision, ", ".join(policies.upstreams))
+
+    def _sealer(self) -> Sealer:
+        """The store's sealer from ``journal_key`` (else its SQLite key file); a bad key
+        stops the start (a missing one on PostgreSQL is warned about: README "Secrets")."""
+        from gateway.store.engine import parse_url
+        from gateway.store.seal import SealError
+        from gateway.store.sql import default_sealer
+        try:
+            sealer = default_sealer(parse_url(self.settings.database_url),
+                                    self.settings.journal_key)
+        except SealError as exc:
+            raise SettingsError(f"journal_key: {exc}") from None
+        except OSError as exc:
+            raise StartupError(f"the journal key file beside the database: {exc}") from None
+        store: Any = self._store
+        if hasattr(store, "sealer") and (self.settings.journal_key or store.sealer is None):
+            store.sealer = sealer
+        return sealer
 
     async def _start_store(self) -> None:
         from gateway.store.diagnose import explain

@@ -310,8 +310,10 @@ class Observed:
     """A target read by the gateway itself: its status, its state as journaled, its ETag."""
 
     status: int
-    value: Any
+    value: Any  # redacted, as journaled and shown
     etag: str | None
+    body: bytes = b""  # the bytes read, for what is sealed (true values, byte-exact priors)
+    content_type: str | None = None
 
 
 Headers = list[tuple[str, str]]
@@ -338,8 +340,8 @@ class Sender(Protocol):
         call comes from the approval queue, not from a connected agent."""
 
     async def capture(self, upstream: UpstreamPolicy, call: Any, target: str,
-                      trace: Callable[[Headers], Headers] = untraced) -> tuple[Any, int]:
-        """The prior state at ``target`` and the status that came with it; raises
+                      trace: Callable[[Headers], Headers] = untraced) -> Observed:
+        """The prior state at ``target``, its status, and the bytes read; raises
         ``CaptureFailed`` when there is no trustworthy answer."""
 
     async def read(self, upstream: UpstreamPolicy, target: str) -> Observed:

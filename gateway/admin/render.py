@@ -16,7 +16,7 @@ def journal_item(entry: JournalEntry) -> dict[str, Any]:
         "rule": entry.rule, "decision": entry.decision, "status": entry.status,
         "mode": entry.mode, "would_decide": entry.would_decide,
         "prior": entry.prior, "undo": entry.undo.to_json() if entry.undo else None,
-        "reversible": entry.reversible,
+        "reversible": entry.reversible, "irreversible_reason": entry.irreversible_reason,
         "state": entry.state.value, "query": entry.query, "request_id": entry.request_id,
         "model": entry.checkpoint.model, "prompt_version": entry.checkpoint.prompt_version,
         "tool_version": entry.checkpoint.tool_version,

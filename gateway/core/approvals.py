@@ -34,6 +34,7 @@ from enum import Enum
 from typing import Any
 
 from gateway.core.model import Checkpoint, iso
+from gateway.core.redact import redact_headers, redact_query, redacted_body
 
 
 class ApprovalStatus(str, Enum):
@@ -208,17 +209,20 @@ def field_changes(method: str, current: Any, body: Any) -> list[dict[str, Any]]:
 
 
 def public_view(call: HeldCall) -> dict[str, Any]:
-    """The operators' JSON of a held call (secrets were never kept)."""
+    """The operators' JSON of a held call (as webhooks send it too): secret-named headers,
+    query parameters, JSON and form fields redacted; the exact call stays sealed."""
     body_text: str | None
+    headers = redact_headers(call.headers)
+    body = redacted_body(call.body, headers.get("content-type"))
     try:
-        body_text = call.body.decode("utf-8")
+        body_text = body.decode("utf-8")
     except UnicodeDecodeError:
         body_text = None
     return {
         "id": call.id, "at": iso(call.at), "status": call.status.value, "agent": call.agent,
         "upstream": call.upstream, "method": call.method, "path": call.raw_path or "/",
-        "query": call.query, "headers": dict(call.headers), "body": body_text,
-        "body_base64": None if body_text is not None else base64.b64encode(call.body).decode(),
+        "query": redact_query(call.query), "headers": headers, "body": body_text,
+        "body_base64": None if body_text is not None else base64.b64encode(body).decode(),
         "rule": call.rule, "policy_revision": call.policy_revision, "digest": call.digest,
         "run": call.checkpoint.run, "model": call.checkpoint.model,
         "prompt_version": call.checkpoint.prompt_version,
@@ -228,9 +232,25 @@ def public_view(call: HeldCall) -> dict[str, Any]:
         "expires_at": iso(call.expires_at) if call.expires_at else None,
         "decided_by": call.decided_by,
         "decided_at": iso(call.decided_at) if call.decided_at else None,
-        "reason": call.reason, "response": call.response, "journal_id": call.journal_id,
+        "reason": call.reason, "response": redacted_response(call.response),
+        "journal_id": call.journal_id,
         "error": call.error, "kind": call.kind,
         "due_at": iso(call.due_at) if call.due_at else None,
         "delay": call.extra.get("delay"), "delay_frozen": call.extra.get("delay_frozen"),
         "shadow": call.extra.get("shadow"),
     }
+
+
+def redacted_response(response: dict[str, Any] | None) -> dict[str, Any] | None:
+    """An executed call's stored response, its headers and JSON body redacted for views."""
+    if not isinstance(response, dict):
+        return response
+    out = dict(response)
+    if isinstance(out.get("headers"), dict):
+        out["headers"] = redact_headers(out["headers"])
+    if isinstance(out.get("body"), str) and out.get("body_encoding") is None:
+        headers = out.get("headers")
+        content_type = headers.get("content-type") if isinstance(headers, dict) else None
+        out["body"] = redacted_body(out["body"].encode(), content_type or "application/json"
+                                    ).decode("utf-8", "replace")
+    return out

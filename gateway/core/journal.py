@@ -92,14 +92,61 @@ def store_body(body: bytes, content_type: str | None, limit: int,
     return StoredBody(text, digest, len(body))
 
 
-def prior_value(body: bytes, status: int) -> Any:
-    """The captured state as stored: redacted JSON, else text, None when absent."""
+def prior_value(body: bytes, status: int, content_type: str | None = None) -> Any:
+    """The captured state as shown: redacted JSON, else text, None when absent; a binary
+    state (a content type neither JSON nor text) is summarised (``binary_summary``)."""
     if status in (404, 410) or not body:
         return None
     try:
         return redact_json(json.loads(body))
     except (ValueError, UnicodeDecodeError):
-        return body.decode("utf-8", "replace")
+        pass
+    kind = media_type(content_type)
+    if kind and not kind.startswith("text/") and kind not in (FORM, "application/xml"):
+        return binary_summary(body, content_type)
+    return body.decode("utf-8", "replace")
+
+
+def true_value(body: bytes, status: int) -> Any:
+    """The captured state unredacted (what is sealed), JSON or None; see ``prior_value``."""
+    if status in (404, 410) or not body:
+        return None
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def binary_summary(body: bytes, content_type: str | None) -> str:
+    return (f"[{len(body)} bytes of {media_type(content_type) or 'unknown type'}, "
+            f"sha256 {hashlib.sha256(body).hexdigest()}]")
+
+
+def digest(body: bytes, content_type: str | None) -> dict[str, Any]:
+    """A text or binary state as compared for drift: its hash, size and type, not its bytes."""
+    return {"sha256": hashlib.sha256(body).hexdigest(), "size": len(body),
+            "content_type": media_type(content_type) or None}
+
+
+def raw_undo(rule: Rule | McpRule | None, method: str, path: str, params: dict[str, str],
+             content_type: str | None) -> dict[str, Any] | None:
+    """The inverse of a write over a text or binary resource (an S3 object, a file): the
+    prior bytes PUT back byte for byte in their own content type, to the rule's ``undo``
+    path when it names one. None when the rule says ``undo: none`` or the call creates."""
+    if isinstance(rule, McpRule) or method not in ("PUT", "PATCH", "DELETE", "POST"):
+        return None
+    spec = rule.undo if rule is not None else None
+    if spec == "none":
+        return None
+    kind = content_type or "application/octet-stream"
+    if spec is not None and not isinstance(spec, str):
+        if spec.body not in ("prior", "prior_fields"):
+            return None
+        return {"method": spec.method, "path": Template.parse(spec.path).expand(params),
+                "body": None, "content_type": kind}
+    if method == "POST":
+        return None
+    return {"method": "PUT", "path": path, "body": None, "content_type": kind}
 
 
 def capture_path(rule: Rule | McpRule | None, method: str, path: str, params: dict[str, str],

@@ -240,6 +240,11 @@ class JournalEntry:
     rolled_back_at: datetime | None = None
     mode: str | None = None  # observe or shadow (gateway.core.autonomy); None: enforced
     would_decide: str | None = None  # what the rules decided, when the mode did not enforce it
+    # Opaque to the core: what rollback needs of secret-named and binary values, sealed by
+    # gateway.store.seal (never rendered); None when the redacted values are the true ones.
+    sealed: str | None = None
+    sealed_outcome: str | None = None
+    irreversible_reason: str | None = None  # why no undo is kept (e.g. a prior over the limit)
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,6 +263,7 @@ class JournalOutcome:
     timings: dict[str, float]
     completed_at: datetime
     after: Any = None  # the resource read after the write (see JournalEntry.after)
+    sealed: str | None = None  # the true state the write left, when redaction changed it
 
 
 @dataclass(frozen=True, slots=True)

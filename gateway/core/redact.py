@@ -12,6 +12,7 @@ written. Matching is by name, so it errs on the side of hiding.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Mapping
 from functools import lru_cache
@@ -67,3 +68,18 @@ def redact_form(text: str) -> str:
 
 def redact_query(query: str) -> str:
     return redact_form(query) if query else query
+
+
+def redacted_body(body: bytes, content_type: str | None) -> bytes:
+    """A request body as views may show it: JSON and form fields redacted by name; any
+    other body is kept only when it is text without a secret-named word, else dropped."""
+    if not body:
+        return body
+    kind = (content_type or "").split(";", 1)[0].strip().lower()
+    if kind == "application/x-www-form-urlencoded":
+        return redact_form(body.decode("utf-8", "replace")).encode()
+    try:
+        parsed = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return b"" if kind and not kind.startswith("text/") else body
+    return json.dumps(redact_json(parsed), ensure_ascii=False, separators=(",", ":")).encode()

@@ -60,6 +60,7 @@ class Step:
     status: StepStatus = StepStatus.PLANNED
     detail: str | None = None
     journal_id: str | None = None
+    sealed: str | None = None  # the true body and expected state, when redacted here
 
     def to_json(self) -> dict[str, Any]:
         return {"seq": self.seq, "entry": self.entry_id, "upstream": self.upstream,
@@ -153,7 +154,8 @@ def plan_rollback(entries: Iterable[JournalEntry], *, plan_id: str, at: datetime
             continue
         if entry.undo is None or not entry.reversible:
             why = ("marked irreversible (undo: none)" if declared_irreversible(entry)
-                   else "no inverse call is known (no prior state was captured)")
+                   else entry.irreversible_reason
+                   or "no inverse call is known (no prior state was captured)")
             irreversible.append(_irreversible(entry, why))
             continue
         undo = entry.undo

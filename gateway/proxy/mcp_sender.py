@@ -81,7 +81,7 @@ class McpSender:
     # -- the gateway's own calls ----------------------------------------------------
 
     async def capture(self, upstream: Upstream, call: Call, target: str,
-                      trace: Callable[[Headers], Headers] = untraced) -> tuple[Any, int]:
+                      trace: Callable[[Headers], Headers] = untraced) -> Observed:
         tool, arguments = mcp.decode_target(target)
         try:
             answer = await self.call_tool(upstream, tool, arguments,
@@ -92,7 +92,7 @@ class McpSender:
         failed = mcp.failure(answer)
         if failed is not None:
             raise CaptureFailed(f"capture tool {tool}: {failed}; the write was not sent")
-        return mcp.tool_state(answer.get("result")), 200
+        return Observed(200, mcp.tool_state(answer.get("result")), None)
 
     async def read(self, upstream: Upstream, target: str) -> Observed:
         if not mcp.is_target(target):  # no capture tool: the state cannot be read

@@ -33,6 +33,7 @@ from gateway.core.approvals import (
     field_changes,
     lease,
     public_view,
+    redacted_response,
     request_digest,
     vote,
 )
@@ -40,7 +41,7 @@ from gateway.core.headers import HOP_BY_HOP
 from gateway.core.killswitch import covering
 from gateway.core.model import Decision, iso, new_id, utcnow
 from gateway.core.policy import TOOLS_CALL, Approval, Upstream
-from gateway.core.redact import is_secret_name
+from gateway.core.redact import is_secret_name, redact_json
 from gateway.errors import (
     ApprovalRejected,
     CaptureFailed,
@@ -265,7 +266,7 @@ class ApprovalQueue:
             changes = field_changes("PATCH", current, arguments)
         else:
             body = journaling.parse_body(held.body, dict(held.headers).get("content-type"))
-            changes = field_changes(held.method, current, body)
+            changes = field_changes(held.method, current, redact_json(body))
         view.update(current=current, changes=changes)
         if problem:
             view["capture_error"] = problem
@@ -299,6 +300,10 @@ class ApprovalQueue:
                 "comment": comment}
         if held.kind != "hold":  # delay: run when due; shadow: a promoted shadow write
             info["kind"] = held.kind
+        if held.extra.get("sealed_error"):  # its exact request cannot be opened: fail closed
+            why = f"the held call's sealed request cannot be opened: {held.extra['sealed_error']}"
+            await self._finish(held, ApprovalStatus.FAILED, None, None, why + "; not sent")
+            raise ApprovalError(409, "sealed_unavailable", why + "; not sent")
         if digest_of(held) != held.digest:  # the stored call was altered after it was held
             await self._finish(held, ApprovalStatus.FAILED, None, None,
                                "the stored call no longer matches its digest; not sent")
@@ -320,7 +325,7 @@ class ApprovalQueue:
         response = stored_response(reply.response)
         final = await self._finish(held, ApprovalStatus.EXECUTED, response, reply.journal_id,
                                    None)
-        return {**public_view(final), "response": response}
+        return {**public_view(final), "response": redacted_response(response)}
 
     async def _finish(self, held: HeldCall, status: ApprovalStatus,
                       response: dict[str, Any] | None, journal_id: str | None,

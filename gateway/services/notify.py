@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 
+from gateway.core.redact import redact_json
 from gateway.settings import WebhookSettings
 
 log = logging.getLogger("gateway.notify")
@@ -69,6 +70,7 @@ class Notifier:
 
     def payload(self, event: str, call: dict[str, Any]) -> bytes:
         assert self.settings is not None
+        call = redact_json(call)  # views are redacted already; a receiver is one more view
         if self.settings.format == "slack":
             body: dict[str, Any] = {"text": slack_text(event, call)}
         else:

@@ -70,13 +70,15 @@ from gateway.observe import (
     Observer,
     Watch,
 )
-from gateway.ports import Sender, Store, UpstreamResponse
+from gateway.ports import Observed, Sender, Store, UpstreamResponse
 from gateway.ports import Upstream as UpstreamClient
+from gateway.services import sealing
 from gateway.services.call import Call, Reply
 from gateway.services.freezes import FreezeState
 from gateway.services.rest import RestSender, gateway_headers
 from gateway.services.tripwires import Tripwires
 from gateway.settings import Settings
+from gateway.store.seal import NO_SEALER, Sealer
 
 log = logging.getLogger("gateway.pipeline")
 JSON_TYPE = "application/json"
@@ -133,6 +135,7 @@ class Pipeline:
         self.tripwires = Tripwires(freezes, store)  # none configured: a no-op
         self.senders: dict[str, Sender] = {"http": RestSender(settings, client)}
         self._outcomes: set[asyncio.Task[None]] = set()  # journaled after the reply
+        self.sealer: Sealer = NO_SEALER  # the store's (gateway.app sets it)
 
     @property
     def client(self) -> UpstreamClient:
@@ -301,13 +304,18 @@ class Pipeline:
         except KeyError as exc:  # a capture template names an argument the call lacks
             raise CaptureFailed(f"the capture needs {{{exc.args[0]}}}, which the call lacks; "
                                 "the write was not sent") from None
-        prior, prior_status, capture_ms = None, None, 0.0
+        prior, prior_status, capture_ms, seen = None, None, 0.0, None
         if target is not None:  # guarded like the write: an engage waits for it or cuts it off
             async with self.freezes.sending(upstream.name, call.agent):
-                prior, prior_status, capture_ms = await self.capture(upstream, call, target)
+                seen, capture_ms = await self.capture_read(upstream, call, target)
+            prior, prior_status = seen.value, seen.status
         content_type = view.headers.get("content-type")
         undo, reversible = journaling.infer_undo(rule, view.method, view.path, decision.params,
                                                  prior, prior_status, view.body, content_type)
+        kept = sealing.for_intent(self.sealer, rule, view.method, view.path, decision.params,
+                                  seen, view.body, content_type, undo, reversible,
+                                  self.settings.journal_body_limit)
+        undo, reversible = kept.undo, kept.reversible
         stored = journaling.store_body(call.buffered or b"", content_type,
                                        self.settings.journal_body_limit, view.body)
         entry = JournalEntry(
@@ -321,7 +329,8 @@ class Pipeline:
             capture_path=target, undo=Undo.from_json(undo) if undo else None,
             reversible=reversible, approval=approval,
             mode=action.mode if action is not None and action.mode != "enforce" else None,
-            would_decide=action.would_decide if action is not None else None)
+            would_decide=action.would_decide if action is not None else None,
+            sealed=kept.sealed, irreversible_reason=kept.irreversible_reason)
         if shadowed:
             return await self._shadow(upstream, call, view, entry, started)
         try:
@@ -400,11 +409,17 @@ class Pipeline:
 
     async def capture(self, upstream: Upstream, call: Call,
                       target: str) -> tuple[Any, int, float]:
+        """The prior state as journaled (redacted), its status, and milliseconds taken."""
+        seen, ms = await self.capture_read(upstream, call, target)
+        return seen.value, seen.status, ms
+
+    async def capture_read(self, upstream: Upstream, call: Call,
+                           target: str) -> tuple[Observed, float]:
         began = time.perf_counter()
         with call.watch.step(CAPTURE, upstream.name) as step:
-            prior, status = await self.sender(upstream).capture(upstream, call, target,
-                                                                trace=step.propagate)
-        return prior, status, (time.perf_counter() - began) * 1000
+            seen = await self.sender(upstream).capture(upstream, call, target,
+                                                       trace=step.propagate)
+        return seen, (time.perf_counter() - began) * 1000
 
     async def record_outcome(self, entry: JournalEntry, response: UpstreamResponse | None,
                              error: GatewayError | None, started: float, sent: float,
@@ -453,10 +468,13 @@ class Pipeline:
                     undo, reversible = Undo.from_json(created), True
             stored = journaling.store_body(body, content_type, self.settings.journal_body_limit,
                                            parsed)
-            after = await self._read_after(entry, response.status, parsed, undo, upstream)
+            after, true_after = await self._read_after(entry, response.status, parsed, undo,
+                                                       upstream)
             outcome = JournalOutcome(JournalState.COMPLETED, response.status, headers,
                                      stored.text, stored.sha256, stored.size, undo, reversible,
-                                     None, timings, utcnow(), after)
+                                     None, timings, utcnow(), after,
+                                     sealing.for_outcome(self.sealer, parsed, after,
+                                                         true_after))
         return outcome
 
     async def _journal_outcome(self, entry: JournalEntry, outcome: JournalOutcome,
@@ -469,31 +487,35 @@ class Pipeline:
 
 
     async def _read_after(self, entry: JournalEntry, status: int, parsed: Any,
-                          undo: Undo | None, upstream: Upstream | None) -> Any:
-        """The resource as the write left it, read only when the response does not say.
+                          undo: Undo | None, upstream: Upstream | None) -> tuple[Any, Any]:
+        """The resource as the write left it, read only when the response does not say:
+        as journaled (redacted; a text or binary resource as its digest) and its true value.
 
         Rollback compares this with the resource before compensating (drift);
         most APIs answer a write with the resource, so this read is rare.
         """
         if upstream is None or not 200 <= status < 300 or entry.method == "DELETE":
-            return None
+            return None, None
         if isinstance(parsed, dict) and entry.method != TOOLS_CALL:
-            return None
+            return None, None
         target = entry.capture_path or (undo.path if undo is not None and
                                         undo.method == "DELETE" else None)
         if target is None:
-            return None
+            return None, None
         try:
             seen = await self.sender(upstream).read(upstream, target)
         except GatewayError as exc:
             log.warning("read after %s %s failed (%s); rollback will need force",
                         entry.method, entry.path, exc.message)
-            return None
+            return None, None
         if not 200 <= seen.status < 300:
             log.warning("read after %s %s answered %s (does the policy inject a credential?); "
                         "rollback will need force", entry.method, entry.path, seen.status)
-            return None
-        return seen.value
+            return None, None
+        true = sealing.true_state(seen)
+        if entry.method == TOOLS_CALL or isinstance(seen.value, (dict, list)):
+            return seen.value, true
+        return true, true  # a digest: nothing of the bytes themselves
 
 
 __all__ = ["Pipeline", "gateway_headers"]  # gateway_headers: see gateway.services.rest

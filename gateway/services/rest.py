@@ -9,7 +9,6 @@ its own headers and the credential.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 from urllib.parse import urlsplit
 
 from gateway.core import journal as journaling
@@ -71,7 +70,7 @@ class RestSender:
             timeout=self._timeout(upstream))
 
     async def capture(self, upstream: Upstream, call: Call, target: str,
-                      trace: Callable[[Headers], Headers] = untraced) -> tuple[Any, int]:
+                      trace: Callable[[Headers], Headers] = untraced) -> Observed:
         headers = [h for h in request_headers(upstream, call, drop_encoding=True)
                    if h[0] not in ("content-type", "content-encoding")]
         headers.append(("accept-encoding", "identity"))
@@ -86,15 +85,14 @@ class RestSender:
         if not (200 <= status < 300 or status in (404, 410)):
             raise CaptureFailed(f"prior-state GET {target} answered {status}; "
                                 "the write was not sent", capture_status=status)
-        return journaling.prior_value(response.body or b"", status), status
+        return _observed(response, None)
 
     async def read(self, upstream: Upstream, target: str) -> Observed:
         response = await self.client.request(
             "GET", upstream.base_url + target, gateway_headers(upstream), None,
             timeout=self.settings.capture_timeout)
-        body = response.body or b""
         etag = next((v for k, v in response.headers if k.lower() == "etag"), None)
-        return Observed(response.status, journaling.prior_value(body, response.status), etag)
+        return _observed(response, etag)
 
     def own_headers(self, upstream: Upstream, content_type: str | None) -> list[tuple[str, str]]:
         return gateway_headers(upstream, content_type)
@@ -103,3 +101,11 @@ class RestSender:
                          body: bytes | None) -> UpstreamResponse:
         return await self.client.request(step.method, upstream.base_url + step.path, headers, body,
                                          timeout=self.settings.upstream_timeout)
+
+
+def _observed(response: UpstreamResponse, etag: str | None) -> Observed:
+    """What was read: the journal's (redacted) value, and the bytes for what is sealed."""
+    body = response.body or b""
+    content_type = next((v for k, v in response.headers if k.lower() == "content-type"), None)
+    return Observed(response.status, journaling.prior_value(body, response.status, content_type),
+                    etag, body, content_type)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
@@ -44,7 +44,9 @@ from gateway.core.rollback import (
 )
 from gateway.errors import GatewayError
 from gateway.ports import Observed, Store, UpstreamResponse
+from gateway.services import sealing
 from gateway.services.pipeline import Pipeline
+from gateway.store.seal import Sealer, SealError
 
 log = logging.getLogger("gateway.rollback")
 MAX_ENTRIES = 10000
@@ -99,11 +101,13 @@ class Rollbacks:
         return [e for e in entries if e.decision != "rollback"]  # not earlier compensations
 
     async def start(self, selection: Selection, by: str, dry_run: bool, force: bool) -> Plan:
-        entries = await self.select(selection)
+        entries, refused, responses = self._opened(await self.select(selection))
         plan = plan_rollback(entries, plan_id=new_id(), at=utcnow(), by=by,
                              selector=selection.to_json(), force=force, dry_run=dry_run,
-                             parse=self._expected, volatile=self._volatile,
+                             parse=lambda e: self._expected(e, responses.get(e.id)),
+                             volatile=self._volatile,
                              declared_irreversible=self._declared_irreversible)
+        plan = self._sealed(plan, refused)
         if dry_run:
             plan = await self._predict(plan)
             await self.store.create_plan(plan)
@@ -112,6 +116,38 @@ class Rollbacks:
         await self._audit(by, "rollback.start", plan, {"steps": len(plan.steps),
                                                        "irreversible": len(plan.irreversible)})
         return await self.run(plan)
+
+    def _opened(self, entries: list[JournalEntry]
+                ) -> tuple[list[JournalEntry], dict[str, str], dict[str, Any]]:
+        """The entries with their true (sealed) undo and state left; the ids whose sealed
+        values cannot be opened, with why (their steps are refused, never sent redacted);
+        the true responses by entry id (the expected state, compared for drift)."""
+        opened, refused, responses = [], {}, {}
+        for entry in entries:
+            try:
+                true, response = sealing.open_entry(self.sealer, entry)
+            except SealError as exc:
+                opened.append(entry)
+                refused[entry.id] = str(exc)
+                continue
+            opened.append(true)
+            if response is not None:
+                responses[entry.id] = response
+        return opened, refused, responses
+
+    def _sealed(self, plan: Plan, refused: dict[str, str]) -> Plan:
+        """Steps as stored and shown: true bodies sealed, refused ones failed with why."""
+        steps = []
+        for step in plan.steps:
+            why = refused.get(step.entry_id)
+            if why is not None and step.status is StepStatus.PLANNED:
+                step = with_status(step, StepStatus.FAILED, f"refused: {why}")
+            steps.append(sealing.seal_step(self.sealer, step))
+        return replace(plan, steps=tuple(steps))
+
+    @property
+    def sealer(self) -> Sealer:
+        return self.pipeline.sealer
 
     async def apply_previewed(self, plan_id: str, by: str) -> Plan:
         """Apply a dry run as it was previewed: its steps, not a new selection.
@@ -181,11 +217,15 @@ class Rollbacks:
         await self._audit(plan.by, "rollback.finish", final, {"status": status.value, **counts})
         return final
 
-    async def _apply(self, plan: Plan, step: Step) -> Step:
-        upstream = self.pipeline.policies.upstreams.get(step.upstream)
+    async def _apply(self, plan: Plan, shown: Step) -> Step:
+        upstream = self.pipeline.policies.upstreams.get(shown.upstream)
         if upstream is None:
-            return await self._save(plan, step, StepStatus.FAILED,
-                                    f"upstream {step.upstream!r} is no longer configured")
+            return await self._save(plan, shown, StepStatus.FAILED,
+                                    f"upstream {shown.upstream!r} is no longer configured")
+        try:
+            step = sealing.open_step(self.sealer, shown)
+        except SealError as exc:  # fail closed: never send the redacted state instead
+            return await self._save(plan, shown, StepStatus.FAILED, f"refused: {exc}")
         try:
             seen = await self._observe(upstream, step.target)
         except GatewayError as exc:
@@ -196,7 +236,7 @@ class Rollbacks:
             if already_compensated(step, seen.status, seen.value, prior):
                 return await self._applied(plan, step, "found applied when the plan resumed")
         elif not plan.force:
-            why = drifted(step, seen.status, seen.value)
+            why = drifted(step, seen.status, _current(step, seen))
             if why is not None:
                 return await self._save(plan, step, StepStatus.CONFLICT, why)
         await self.store.update_step(plan.id, step.seq, StepStatus.APPLYING, None, None)
@@ -231,7 +271,8 @@ class Rollbacks:
     async def _save(self, plan: Plan, step: Step, status: StepStatus, detail: str | None,
                     journal_id: str | None = None) -> Step:
         await self.store.update_step(plan.id, step.seq, status, detail, journal_id)
-        return with_status(step, status, detail, journal_id)
+        shown = sealing.seal_step(self.sealer, step) if step.sealed is not None else step
+        return with_status(shown, status, detail, journal_id)
 
     async def _observe(self, upstream: Upstream, path: str) -> Observed:
         return await self.pipeline.sender(upstream).read(upstream, path)
@@ -239,7 +280,9 @@ class Rollbacks:
     async def _compensate(self, upstream: Upstream, plan: Plan, step: Step,
                           seen: Observed) -> tuple[UpstreamResponse, str]:
         sender = self.pipeline.sender(upstream)
-        body = _encode(step.body, step.content_type)
+        body = sealing.body_bytes(step.body)  # a text or binary prior, byte for byte
+        if body is None:
+            body = _encode(step.body, step.content_type)
         headers = sender.own_headers(upstream, step.content_type if body else None)
         if seen.etag and step.method not in ("POST", TOOLS_CALL):
             headers.append(("if-match", seen.etag))
@@ -266,10 +309,12 @@ class Rollbacks:
         await self.pipeline.record_outcome(entry, response, None, started, started, 0.0)
         return response, entry.id
 
-    def _expected(self, entry: JournalEntry) -> Any:
+    def _expected(self, entry: JournalEntry, true_response: Any = None) -> Any:
         content_type = entry.response_headers.get("content-type")
         parsed = journaling.parse_body((entry.response_body or "").encode(), content_type) \
             if journaling.is_json_type(content_type) else None
+        if true_response is not None:  # sealed: the response before redaction
+            parsed = true_response
         return expected_after(entry, parsed, getattr(entry, "after", None))
 
     def _declared_irreversible(self, entry: JournalEntry) -> bool:
@@ -297,8 +342,12 @@ class Rollbacks:
                 continue
             seen_targets.add(key)
             try:
+                opened = sealing.open_step(self.sealer, step)
                 seen = await self._observe(upstream, step.target)
-                why = drifted(step, seen.status, seen.value)
+                why = drifted(opened, seen.status, _current(opened, seen))
+            except SealError as exc:
+                steps.append(with_status(step, StepStatus.FAILED, f"refused: {exc}"))
+                continue
             except GatewayError as exc:
                 why = f"reading failed: {exc.message}"
             steps.append(with_status(step, StepStatus.CONFLICT, why) if why else step)
@@ -312,6 +361,15 @@ class Rollbacks:
                                           utcnow())
         except Exception:
             log.exception("could not audit %s of plan %s", action, plan.id)
+
+
+def _current(step: Step, seen: Observed) -> Any:
+    """The resource now, as the step's expected state is: true when that was sealed, or a
+    digest for a text or binary resource; else as journaled (redacted)."""
+    true = sealing.true_state(seen)
+    if step.sealed is not None or not isinstance(seen.value, (dict, list)):
+        return true
+    return seen.value
 
 
 def _encode(body: Any, content_type: str) -> bytes | None:

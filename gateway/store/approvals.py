@@ -34,6 +34,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from gateway.core.approvals import ApprovalStatus, HeldCall, Vote
 from gateway.core.model import iso
 from gateway.store import codec
+from gateway.store.seal import NO_SEALER, Sealer
 from gateway.store.tables import ApprovalRow
 
 PENDING, APPROVED = ApprovalStatus.PENDING.value, ApprovalStatus.APPROVED.value
@@ -52,15 +53,20 @@ class ApprovalQueue:
 
     _engine: AsyncEngine  # reads
     _writer: AsyncEngine  # writes: BEGIN IMMEDIATE on SQLite
+    sealer: Sealer | None  # the exact request of a held call is sealed (gateway.store.seal)
+
+    @property
+    def _sealer(self) -> Sealer:
+        return self.sealer or NO_SEALER
 
     async def create_held(self, call: HeldCall) -> None:
         async with AsyncSession(self._writer) as session, session.begin():
-            session.add(codec.held_row(call))
+            session.add(codec.held_row(call, self._sealer))
 
     async def get_held(self, call_id: str) -> HeldCall | None:
         async with AsyncSession(self._engine) as session:
             row = await session.get(ApprovalRow, call_id)
-        return None if row is None else codec.held_from_row(row)
+        return None if row is None else codec.held_from_row(row, self._sealer)
 
     async def count_held(self, status: str) -> int:
         statement = select(func.count()).select_from(ApprovalRow).where(
@@ -80,7 +86,7 @@ class ApprovalQueue:
         statement = statement.order_by(col(ApprovalRow.at).desc(), _id.desc()).limit(limit)
         async with AsyncSession(self._engine) as session:
             rows = (await session.exec(statement)).all()
-        return [codec.held_from_row(row) for row in rows]
+        return [codec.held_from_row(row, self._sealer) for row in rows]
 
     async def record_votes(self, call_id: str, before: tuple[Vote, ...],
                            after: tuple[Vote, ...]) -> bool:
@@ -105,7 +111,9 @@ class ApprovalQueue:
             raise ValueError(f"a claimed call finishes executed, failed or unknown, "
                              f"not {status.value}")
         return await self._change(call_id, [_status == APPROVED], status=status.value,
-                                  response=codec.dumps_or_null(response),
+                                  response=codec.held_response_text(response),
+                                  sealed_response=codec.held_response_sealed(response,
+                                                                             self._sealer),
                                   journal_id=journal_id, error=error)
 
     async def reject_held(self, call_id: str, by: str, reason: str | None,
@@ -129,7 +137,7 @@ class ApprovalQueue:
                      .order_by(_due_at, _id).limit(limit))
         async with AsyncSession(self._engine) as session:
             rows = (await session.exec(statement)).all()
-        return [codec.held_from_row(row) for row in rows]
+        return [codec.held_from_row(row, self._sealer) for row in rows]
 
     async def claim_due(self, call_id: str, by: str, at: datetime,
                         lease_until: datetime) -> bool:

@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from gateway.core.approvals import ApprovalStatus, HeldCall, Vote
+from gateway.core.approvals import ApprovalStatus, HeldCall, Vote, redacted_response
 from gateway.core.model import (
     AuditRecord,
     Checkpoint,
@@ -32,7 +32,10 @@ from gateway.core.model import (
     iso,
     parse_iso,
 )
+from gateway.core.redact import redact_headers, redact_query, redacted_body
 from gateway.core.rollback import Plan, PlanStatus, Step, StepStatus
+from gateway.store import seal
+from gateway.store.seal import NO_SEALER, Sealer, SealError
 from gateway.store.tables import (
     ApprovalRow,
     AuditRow,
@@ -49,11 +52,12 @@ JOURNAL_COLUMNS = (
     "request_content_type", "prior", "prior_status", "capture_path", "undo", "reversible",
     "state", "status", "response_headers", "response_body", "response_body_sha256",
     "response_body_size", "error", "timings", "completed_at", "approval", "after",
-    "mode", "would_decide",
+    "mode", "would_decide", "sealed", "irreversible_reason",
 )
 OUTCOME_COLUMNS = (
     "state", "status", "response_headers", "response_body", "response_body_sha256",
     "response_body_size", "undo", "reversible", "error", "timings", "completed_at", "after",
+    "sealed_outcome",
 )
 
 
@@ -122,7 +126,7 @@ def journal_params(entry: JournalEntry) -> tuple[Any, ...]:
         entry.response_body_size, entry.error, dumps(entry.timings),
         None if entry.completed_at is None else iso(entry.completed_at),
         dumps_or_null(entry.approval), dumps_or_null(entry.after),
-        entry.mode, entry.would_decide,
+        entry.mode, entry.would_decide, entry.sealed, entry.irreversible_reason,
     )
 
 
@@ -137,7 +141,7 @@ def outcome_params(entry_id: str, outcome: JournalOutcome) -> tuple[Any, ...]:
         outcome.state.value, outcome.status, dumps(outcome.response_headers),
         outcome.response_body, outcome.response_body_sha256, outcome.response_body_size,
         _undo_text(outcome.undo), outcome.reversible, outcome.error, dumps(outcome.timings),
-        iso(outcome.completed_at), dumps_or_null(outcome.after), entry_id,
+        iso(outcome.completed_at), dumps_or_null(outcome.after), outcome.sealed, entry_id,
     )
 
 
@@ -181,6 +185,9 @@ def entry_from_row(row: JournalRow) -> JournalEntry:
         rolled_back_at=_parse_or_none(row.rolled_back_at),
         mode=row.mode,
         would_decide=row.would_decide,
+        sealed=row.sealed,
+        sealed_outcome=row.sealed_outcome,
+        irreversible_reason=row.irreversible_reason,
     )
 
 
@@ -245,30 +252,76 @@ def _names_or_none(text: str | None) -> tuple[str, ...] | None:
     return None if text is None else tuple(json.loads(text))
 
 
-def held_row(call: HeldCall) -> ApprovalRow:
+APPROVAL = "approval"  # the purpose a held call's exact request is sealed for
+APPROVAL_RESPONSE = "approval-response"
+
+
+def held_row(call: HeldCall, sealer: Sealer = NO_SEALER) -> ApprovalRow:
+    """The row of ``call``: query, headers and body redacted in their columns; the exact
+    request (what an approval executes) sealed beside them (``gateway.store.seal``)."""
     cp = call.checkpoint
+    exact = {"query": call.query, "headers": [list(h) for h in call.headers],
+             "body": seal.b64(bytes(call.body))}
     return ApprovalRow(
         id=call.id, at=iso(call.at), agent=call.agent, upstream=call.upstream,
-        method=call.method, raw_path=call.raw_path, query=call.query,
-        headers=dumps([list(h) for h in call.headers]), body=bytes(call.body),
+        method=call.method, raw_path=call.raw_path, query=redact_query(call.query),
+        headers=dumps([list(h) for h in redact_headers(call.headers).items()]),
+        body=redacted_body(bytes(call.body), _content_type(call.headers)),
+        sealed=sealer.keep(exact, APPROVAL),
+        sealed_response=held_response_sealed(call.response, sealer),
         run=cp.run, model=cp.model, prompt_version=cp.prompt_version,
         tool_version=cp.tool_version, rule=call.rule, policy_revision=call.policy_revision,
         digest=call.digest, required=call.required, roles=_names_or_null(call.roles),
         operators=_names_or_null(call.operators), expires_at=_iso_or_null(call.expires_at),
         status=call.status.value, votes=votes_text(call.votes), decided_by=call.decided_by,
         decided_at=_iso_or_null(call.decided_at), reason=call.reason,
-        lease_until=_iso_or_null(call.lease_until), response=dumps_or_null(call.response),
+        lease_until=_iso_or_null(call.lease_until), response=held_response_text(call.response),
         journal_id=call.journal_id, error=call.error, extra=dumps(call.extra),
         due_at=_iso_or_null(call.due_at),
     )
 
 
-def held_from_row(row: ApprovalRow) -> HeldCall:
+def held_response_text(response: dict[str, Any] | None) -> str | None:
+    """An executed call's response as its readable column holds it: redacted."""
+    return dumps_or_null(redacted_response(response))
+
+
+def held_response_sealed(response: dict[str, Any] | None, sealer: Sealer) -> str | None:
+    """The same response exactly (the agent's status URL returns it), sealed."""
+    return None if response is None else sealer.keep(response, APPROVAL_RESPONSE)
+
+
+def _held_response(row: ApprovalRow, sealer: Sealer) -> dict[str, Any] | None:
+    if row.sealed_response is not None:
+        try:
+            return sealer.open(row.sealed_response, APPROVAL_RESPONSE)  # type: ignore[no-any-return]
+        except SealError:
+            pass  # the redacted one below
+    return _loads_or_none(row.response)  # type: ignore[no-any-return]
+
+
+def _content_type(headers: Sequence[tuple[str, str]]) -> str | None:
+    return next((v for k, v in headers if k.lower() == "content-type"), None)
+
+
+def held_from_row(row: ApprovalRow, sealer: Sealer = NO_SEALER) -> HeldCall:
+    """The held call as the agent sent it; when its sealed request cannot be opened, the
+    redacted one with ``extra["sealed_error"]`` saying why (approving it is refused)."""
+    query, body = row.query, bytes(row.body)
+    headers = tuple((name, value) for name, value in json.loads(row.headers))
+    extra = json.loads(row.extra)
+    if row.sealed is not None:
+        try:
+            exact = sealer.open(row.sealed, APPROVAL)
+            query, body = exact["query"], seal.unb64(exact["body"])
+            headers = tuple((name, value) for name, value in exact["headers"])
+        except SealError as exc:
+            extra = {**extra, "sealed_error": str(exc)}
     return HeldCall(
         id=row.id, at=parse_iso(row.at), agent=row.agent, upstream=row.upstream,
-        method=row.method, raw_path=row.raw_path, query=row.query,
-        headers=tuple((name, value) for name, value in json.loads(row.headers)),
-        body=bytes(row.body),
+        method=row.method, raw_path=row.raw_path, query=query,
+        headers=headers,
+        body=body,
         checkpoint=Checkpoint(row.run, row.model, row.prompt_version, row.tool_version),
         rule=row.rule, policy_revision=row.policy_revision, digest=row.digest,
         required=row.required, roles=_names_or_none(row.roles),
@@ -276,8 +329,8 @@ def held_from_row(row: ApprovalRow) -> HeldCall:
         status=ApprovalStatus(row.status), votes=_votes(row.votes),
         decided_by=row.decided_by, decided_at=_parse_or_none(row.decided_at),
         reason=row.reason, lease_until=_parse_or_none(row.lease_until),
-        response=_loads_or_none(row.response), journal_id=row.journal_id, error=row.error,
-        extra=json.loads(row.extra), due_at=_parse_or_none(row.due_at),
+        response=_held_response(row, sealer), journal_id=row.journal_id, error=row.error,
+        extra=extra, due_at=_parse_or_none(row.due_at),
     )
 
 
@@ -296,7 +349,7 @@ def step_row(plan_id: str, step: Step, updated_at: datetime) -> RollbackStepRow:
         content_type=step.content_type, target=step.target,
         expected=dumps_or_null(step.expected), volatile=dumps(list(step.volatile)),
         status=step.status.value, detail=step.detail, journal_id=step.journal_id,
-        updated_at=iso(updated_at))
+        sealed=step.sealed, updated_at=iso(updated_at))
 
 
 def step_from_row(row: RollbackStepRow) -> Step:
@@ -305,7 +358,7 @@ def step_from_row(row: RollbackStepRow) -> Step:
         path=row.path, body=_loads_or_none(row.body), content_type=row.content_type,
         target=row.target, expected=_loads_or_none(row.expected),
         volatile=tuple(json.loads(row.volatile)), status=StepStatus(row.status),
-        detail=row.detail, journal_id=row.journal_id)
+        detail=row.detail, journal_id=row.journal_id, sealed=row.sealed)
 
 
 def plan_from_rows(row: RollbackPlanRow, steps: Sequence[RollbackStepRow]) -> Plan:

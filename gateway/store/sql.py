@@ -67,12 +67,24 @@ from gateway.store.hot import HotPath, PostgresHotPath, SqliteHotPath, Tx
 from gateway.store.migrate import upgrade
 from gateway.store.reports import ReportQueries
 from gateway.store.rollbacks import RollbackPlans
+from gateway.store.seal import Sealer, sealer_for
 from gateway.store.tables import AuditRow, JournalRow
 
 WRITE_LOCK = 0x67775F7772697465  # "gw_write": the advisory lock over audit and freezes
 log = logging.getLogger("gateway.store")
 PING_TIMEOUT = 5.0
 _PROBE = "UPDATE killswitch SET generation = generation WHERE 1 = 0"  # a write, of nothing
+
+
+def default_sealer(url: Any, journal_key: str | None = None) -> Sealer:
+    """``journal_key``'s sealer, else on SQLite the key file beside the database (an
+    in-memory database gets a key that lives as long as it does), else none."""
+    if is_postgres(url):
+        return sealer_for(journal_key, None)
+    path = sqlite_path(url)
+    if not journal_key and str(path) in ("", ":memory:"):
+        return Sealer(os.urandom(32), "an in-memory database's own key")
+    return sealer_for(journal_key, path)
 
 
 class SqlStore(ApprovalQueue, RollbackPlans, ReportQueries):
@@ -82,8 +94,12 @@ class SqlStore(ApprovalQueue, RollbackPlans, ReportQueries):
     >>> await store.start()                                   # doctest: +SKIP
     """
 
-    def __init__(self, database_url: str, process: str | None = None) -> None:
+    def __init__(self, database_url: str, process: str | None = None,
+                 sealer: Sealer | None = None) -> None:
         self.url = parse_url(database_url)
+        # what held calls' exact requests are sealed with (gateway.store.seal); unset at
+        # start: the SQLite key file, or none on PostgreSQL (the gateway sets journal_key's)
+        self.sealer: Sealer | None = sealer
         self.process = process or process_name()  # journaled with every intent
         self._postgres = is_postgres(self.url)
         self._engine = create_engine(self.url)
@@ -100,6 +116,8 @@ class SqlStore(ApprovalQueue, RollbackPlans, ReportQueries):
         """Open the hot path (on SQLite: WAL mode), then create or migrate the schema."""
         if self._hot is not None:
             return
+        if self.sealer is None:
+            self.sealer = default_sealer(self.url)
         hot: HotPath
         if self._postgres:
             hot = await PostgresHotPath.connect(asyncpg_dsn(self.url))

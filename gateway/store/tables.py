@@ -77,6 +77,10 @@ class JournalRow(SQLModel, table=True):
     rolled_back_at: str | None = _text_or_null()
     mode: str | None = _text_or_null()  # observe | shadow; NULL = enforced (0009)
     would_decide: str | None = _text_or_null()  # the rules' verdict when not enforced (0009)
+    # gateway.store.seal: what rollback needs of secrets and binary priors, encrypted (0010)
+    sealed: str | None = _text_or_null()  # at the intent: the true undo and prior
+    sealed_outcome: str | None = _text_or_null()  # at the outcome: the true state left
+    irreversible_reason: str | None = _text_or_null()  # why no undo was kept (0010)
 
 
 _journal = JournalRow.__table__  # type: ignore[attr-defined]
@@ -185,6 +189,8 @@ class ApprovalRow(SQLModel, table=True):
     error: str | None = _text_or_null()
     extra: str = _text()  # JSON object
     due_at: str | None = _text_or_null()  # action: delay: when the gateway runs it (0009)
+    sealed: str | None = _text_or_null()  # the exact query, headers and body, sealed (0010)
+    sealed_response: str | None = _text_or_null()  # the response unredacted, sealed (0010)
 
 
 class RollbackPlanRow(SQLModel, table=True):
@@ -223,4 +229,5 @@ class RollbackStepRow(SQLModel, table=True):
     status: str = _text()  # StepStatus
     detail: str | None = _text_or_null()
     journal_id: str | None = _text_or_null()
+    sealed: str | None = _text_or_null()  # the true body and expected state, sealed (0010)
     updated_at: str = _text()

@@ -13,6 +13,7 @@ from gateway.core.redact import (
     redact_headers,
     redact_json,
     redact_query,
+    redacted_body,
 )
 
 
@@ -114,3 +115,21 @@ def test_redact_form_keeps_no_secret_value() -> None:
 ])
 def test_redact_query(query: str, expected: str) -> None:
     assert redact_query(query) == expected
+
+
+# (body, content type, what views show): held-call bodies as operators and webhooks see them
+@pytest.mark.parametrize(("body", "content_type", "shown"), [
+    (b'{"a":1,"password":"p"}', "application/json", b'{"a":1,"password":"[REDACTED]"}'),
+    (b'{"x":{"client_secret":"s"}}', "application/vnd.api+json",
+     b'{"x":{"client_secret":"[REDACTED]"}}'),
+    (b'{"token":"t"}', None, b'{"token":"[REDACTED]"}'),  # JSON without a content type
+    (b"password=p&plan=pro", "application/x-www-form-urlencoded",
+     b"password=%5BREDACTED%5D&plan=pro"),
+    (b"card[cvc]=123&n=1", "application/x-www-form-urlencoded; charset=utf-8",
+     b"card%5Bcvc%5D=%5BREDACTED%5D&n=1"),
+    (b"plain words", "text/plain", b"plain words"),
+    (b"\x89PNG\x00\xff", "image/png", b""),  # binary: not shown (sealed for the approval)
+    (b"", "application/json", b""),
+])
+def test_redacted_body(body: bytes, content_type: str | None, shown: bytes) -> None:
+    assert redacted_body(body, content_type) == shown

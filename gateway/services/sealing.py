@@ -1,0 +1,145 @@
+"""What the journal seals: the true values behind its redacted ones.
+
+Views and the store's readable columns show secret-named fields redacted;
+an undo built from that would erase them upstream. So when redaction changed
+a prior state, the undo inferred from the *true* prior is sealed with the
+entry (``JournalEntry.sealed``), and likewise the true state a write left
+(``sealed_outcome``), which rollback's drift check compares with the true
+current state. A text or binary prior (an S3 object, a file) is sealed whole,
+up to ``journal_body_limit``, and put back byte for byte; a larger one is
+irreversible with the reason journaled. Rollback opens these values when it
+plans (``open_entry``) and seals a step's own true body the same way
+(``seal_step`` / ``open_step``): a key that is missing or wrong refuses the
+step with the reason, it never sends the redacted state instead.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass, replace
+from typing import Any
+
+from gateway.core import journal as journaling
+from gateway.core.model import JournalEntry, Undo
+from gateway.core.policy import McpRule, Rule
+from gateway.core.redact import redact_json
+from gateway.core.rollback import Step
+from gateway.ports import Observed
+from gateway.store.seal import Sealer, SealError
+
+JOURNAL = "journal"  # the purposes sealed values are bound to (associated data)
+OUTCOME = "journal-outcome"
+STEP = "rollback-step"
+RAW = "__base64__"  # a true body that is bytes, not JSON (only ever inside sealed values)
+
+
+@dataclass(frozen=True, slots=True)
+class Kept:
+    """An intent's undo as journaled, and what is sealed beside it."""
+
+    undo: dict[str, Any] | None
+    reversible: bool
+    sealed: str | None = None
+    irreversible_reason: str | None = None
+
+
+def for_intent(sealer: Sealer, rule: Rule | McpRule | None, method: str, path: str,
+               params: dict[str, str], seen: Observed | None, sent: Any,
+               content_type: str | None, undo: dict[str, Any] | None, reversible: bool,
+               limit: int) -> Kept:
+    """``undo``/``reversible`` were inferred from the redacted prior; keep the true ones."""
+    if seen is None or not seen.body or not 200 <= seen.status < 300 \
+            or isinstance(rule, McpRule):
+        return Kept(undo, reversible)
+    true_prior = journaling.true_value(seen.body, seen.status)
+    if true_prior is not None:
+        if true_prior == seen.value:  # nothing was redacted: the journaled undo is true
+            return Kept(undo, reversible)
+        true_undo, true_reversible = journaling.infer_undo(
+            rule, method, path, params, true_prior, seen.status, sent, content_type)
+        if true_undo == undo:
+            return Kept(undo, reversible)
+        return Kept(undo, true_reversible, sealer.seal({"undo": true_undo}, JOURNAL))
+    if undo is not None:  # the rule's own undo for a text prior
+        return Kept(undo, reversible)
+    raw = journaling.raw_undo(rule, method, path, params, seen.content_type)
+    if raw is None:
+        return Kept(undo, reversible)
+    if len(seen.body) > limit:
+        return Kept(None, False, None, (
+            f"the prior state is {len(seen.body)} bytes of "
+            f"{journaling.media_type(seen.content_type) or 'unknown type'}, over "
+            f"journal_body_limit ({limit}): it was not kept, so it cannot be restored"))
+    true_undo = {**raw, "body": {RAW: base64.b64encode(seen.body).decode()}}
+    return Kept(raw, True, sealer.seal({"undo": true_undo}, JOURNAL))
+
+
+def for_outcome(sealer: Sealer, parsed: Any, after: Any, true_after: Any) -> str | None:
+    """The true state a write left (its parsed response, or the read after it) when
+    redaction changed what the journal shows of it; None when the journaled one is true."""
+    sealed: dict[str, Any] = {}
+    if isinstance(parsed, (dict, list)) and redact_json(parsed) != parsed:
+        sealed["response"] = parsed
+    if true_after is not None and true_after != after:
+        sealed["after"] = true_after
+    return sealer.seal(sealed, OUTCOME) if sealed else None
+
+
+def true_state(seen: Observed) -> Any:
+    """A read's true value: JSON, else the digest of its text or bytes, else as journaled."""
+    if seen.body and 200 <= seen.status < 300:
+        value = journaling.true_value(seen.body, seen.status)
+        if value is not None:
+            return value
+        if not isinstance(seen.value, (dict, list)):
+            return journaling.digest(seen.body, seen.content_type)
+    return seen.value
+
+
+def open_entry(sealer: Sealer, entry: JournalEntry) -> tuple[JournalEntry, Any]:
+    """``entry`` with its true undo and state read after, and its true response (parsed;
+    None when not sealed), kept apart: plans list an entry's journaled response as is.
+    ``SealError`` when they cannot be opened."""
+    changes: dict[str, Any] = {}
+    response = None
+    if entry.sealed is not None:
+        opened = sealer.open(entry.sealed, JOURNAL)
+        if opened.get("undo") is not None:
+            changes["undo"] = Undo.from_json(opened["undo"])
+    if entry.sealed_outcome is not None:
+        opened = sealer.open(entry.sealed_outcome, OUTCOME)
+        response = opened.get("response")
+        if "after" in opened:
+            changes["after"] = opened["after"]
+    return (replace(entry, **changes) if changes else entry), response
+
+
+def seal_step(sealer: Sealer, step: Step) -> Step:
+    """A planned step as stored and shown: body and expected state redacted, the true
+    ones sealed beside them when they differ."""
+    body = None if _is_raw(step.body) else redact_json(step.body)
+    expected = redact_json(step.expected)
+    if body == step.body and expected == step.expected:
+        return step
+    sealed = sealer.seal({"body": step.body, "expected": step.expected}, STEP)
+    return replace(step, body=body, expected=expected, sealed=sealed)
+
+
+def open_step(sealer: Sealer, step: Step) -> Step:
+    if step.sealed is None:
+        return step
+    opened = sealer.open(step.sealed, STEP)
+    return replace(step, body=opened["body"], expected=opened["expected"])
+
+
+def body_bytes(body: Any) -> bytes | None:
+    """A true step body that is bytes (a text or binary prior), else None."""
+    return base64.b64decode(body[RAW]) if _is_raw(body) else None
+
+
+def _is_raw(body: Any) -> bool:
+    return isinstance(body, dict) and set(body) == {RAW}
+
+
+__all__ = ["Kept", "SealError", "for_intent", "for_outcome", "open_entry", "open_step",
+           "seal_step", "true_state"]

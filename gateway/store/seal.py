@@ -1,0 +1,139 @@
+"""Sealed values: what rollback and approval need, kept encrypted at rest.
+
+Every view shows secrets redacted, and the store's readable columns hold only
+that redacted form. What must survive exactly (a prior state's secret-named
+fields, a held call's query and body, a binary prior) is sealed here with
+AES-256-GCM (the ``cryptography`` library) into one text column:
+``gw1:`` + urlsafe base64 of a random 12-byte nonce and the ciphertext of
+the value's JSON. The row's purpose (``journal``, ``approval``, ...) is the
+associated data, so a sealed value moved to another column does not open.
+
+The key (32 bytes, base64) comes from ``journal_key`` in the settings or
+``GATEWAY_JOURNAL_KEY``; on an embedded SQLite store without one, a key
+file ``<database>.key`` is created beside the database with 0600
+permissions. A PostgreSQL store without a key keeps no sealed values: what
+would need them is marked ``UNSEALED`` and rollback refuses it with a reason
+rather than restore something else. Opening with a missing or wrong key
+raises ``SealError``, never returns a partial value.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+PREFIX = "gw1:"
+PLAIN = "plain:"  # kept without a key (``Sealer.keep``)
+UNSEALED = "unsealed"  # needed, but no key was configured when it was written
+KEY_BYTES = 32
+
+
+class SealError(Exception):
+    """A sealed value cannot be opened (no key, wrong key, damaged), or sealing is impossible."""
+
+
+def decode_key(text: str) -> bytes:
+    """A key as configured: base64 (standard or urlsafe) of 32 bytes."""
+    cleaned = text.strip()
+    try:
+        raw = base64.urlsafe_b64decode(cleaned.replace("+", "-").replace("/", "_")
+                                       + "=" * (-len(cleaned) % 4))
+    except ValueError:
+        raise SealError("journal_key is not base64") from None
+    if len(raw) != KEY_BYTES:
+        raise SealError(f"journal_key must be {KEY_BYTES} bytes of base64 (got {len(raw)}); "
+                        "make one with: python -c \"import os,base64;"
+                        "print(base64.b64encode(os.urandom(32)).decode())\"")
+    return raw
+
+
+def new_key_text() -> str:
+    return base64.b64encode(os.urandom(KEY_BYTES)).decode()
+
+
+def key_file_for(database: Path) -> Path:
+    return database.with_name(database.name + ".key")
+
+
+def load_or_create_key_file(path: Path) -> bytes:
+    """The key in ``path``, created (0600, exclusively) when it does not exist yet."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return decode_key(path.read_text())
+    with os.fdopen(fd, "w") as out:
+        out.write(new_key_text() + "\n")
+    return decode_key(path.read_text())
+
+
+class Sealer:
+    """Seals and opens JSON values; without a key it seals nothing (``UNSEALED``)."""
+
+    def __init__(self, key: bytes | None, source: str = "journal_key") -> None:
+        self._aead = AESGCM(key) if key is not None else None
+        self.source = source  # named in errors: where the key was expected to come from
+
+    @property
+    def enabled(self) -> bool:
+        return self._aead is not None
+
+    def seal(self, value: Any, purpose: str) -> str:
+        if self._aead is None:
+            return UNSEALED
+        nonce = os.urandom(12)
+        data = json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+        sealed = self._aead.encrypt(nonce, data, purpose.encode())
+        return PREFIX + base64.urlsafe_b64encode(nonce + sealed).decode()
+
+    def keep(self, value: Any, purpose: str) -> str:
+        """``seal``, but without a key the value is kept as plain JSON (``plain:``): for
+        what the gateway must still do exactly (execute an approved call). Warned at start."""
+        if self._aead is None:
+            return PLAIN + json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+        return self.seal(value, purpose)
+
+    def open(self, text: str, purpose: str) -> Any:
+        if text.startswith(PLAIN):
+            return json.loads(text[len(PLAIN):])
+        if text == UNSEALED:
+            raise SealError("no journal key was configured when this was written, so its "
+                            "secret-named or binary values were not kept")
+        if self._aead is None:
+            raise SealError(f"no journal key is configured ({self.source}); the sealed "
+                            "values cannot be opened")
+        if not text.startswith(PREFIX):
+            raise SealError("the sealed value is damaged (unknown format)")
+        try:
+            raw = base64.urlsafe_b64decode(text[len(PREFIX):])
+            data = self._aead.decrypt(raw[:12], raw[12:], purpose.encode())
+        except (InvalidTag, ValueError):
+            raise SealError(f"the journal key ({self.source}) does not open this sealed value: "
+                            "a different key sealed it, or it was altered") from None
+        return json.loads(data)
+
+
+NO_SEALER = Sealer(None, "none configured")
+
+
+def sealer_for(journal_key: str | None, sqlite_database: Path | None) -> Sealer:
+    """The sealer a gateway uses: the configured key, else the SQLite key file, else none."""
+    if journal_key:
+        return Sealer(decode_key(journal_key), "journal_key / GATEWAY_JOURNAL_KEY")
+    if sqlite_database is not None:
+        path = key_file_for(sqlite_database)
+        return Sealer(load_or_create_key_file(path), f"key file {path}")
+    return Sealer(None, "journal_key / GATEWAY_JOURNAL_KEY is not set")
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def unb64(text: str) -> bytes:
+    return base64.b64decode(text)
