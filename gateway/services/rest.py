@@ -75,7 +75,8 @@ class RestSender:
         body = call.buffered if call.buffered is not None else call.body
         return await self._send(
             upstream, call.method, self._url(upstream, call.raw_path, call.query),
-            trace(request_headers(upstream, call, drop_encoding=False)), body, stream=True,
+            trace(request_headers(upstream, call, drop_encoding=bool(
+                getattr(upstream.spec, "rewrite_urls", False)))), body, stream=True,
             timeout=self._timeout(upstream))
 
     async def forward(self, upstream: Upstream, call: Call, approved: bool,
