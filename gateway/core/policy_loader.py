@@ -238,10 +238,12 @@ def load_policy_set(texts: Mapping[str, str], env: Mapping[str, str]) -> tuple[P
                             f"{model.upstream!r} (also in {first_file[model.upstream]})")
             continue
         first_file[model.upstream] = filename
-        for name in missing_variables(model, env):
+        missing = missing_variables(model, env)
+        for name in missing:
             problems.append(f"{filename}:{line_map.get(('credentials',), 1)}: credentials: "
                             f"${{{name}}} is not set in the environment")
-        upstreams[model.upstream] = compile_upstream(model, filename, env)
+        if not missing:
+            upstreams[model.upstream] = compile_upstream(model, filename, env)
     if not texts:
         problems.append("no policy files (*.yaml) found")
     if problems:
