@@ -367,6 +367,13 @@ class McpPolicyFile(_PolicyBase):
     kind: Literal["mcp"]
     rules: tuple[McpRule, ...] = ()
 
+    @field_validator("credentials")
+    @classmethod
+    def _header_credentials(cls, value: Credentials | None) -> Credentials | None:
+        if value is not None and (value.query is not None or value.aws_sigv4 is not None):
+            raise ValueError("an MCP upstream takes {header, value} or basic credentials")
+        return value
+
 
 AnyRule = Rule | McpRule
 

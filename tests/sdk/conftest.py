@@ -4,7 +4,7 @@ Upstreams: localstripe (PyPI, a stateful fake Stripe) for stripe; moto's
 server with IAM authentication on (``INITIAL_NO_AUTH_ACTION_COUNT``: after
 the set-up calls, every request's SigV4 signature is verified against the
 IAM user's secret) for boto3; the recording server (``recorder.py``) for
-GitHub, OpenAI, HubSpot and Slack. The gateway loads the shipped example
+GitHub, OpenAI, HubSpot, Slack and Zendesk. The gateway loads the shipped example
 policies from ``policies/examples/`` with only ``base_url`` changed, and runs
 as a real process with ``public_url`` set (its proxy port is chosen first).
 """
@@ -131,7 +131,7 @@ def sdk_gateway(tmp_path_factory: pytest.TempPathFactory, localstripe: str, moto
     policies = {
         "stripe": localstripe, "s3": moto_signed.url, "github": f"{recorder.url}/github",
         "openai": f"{recorder.url}/openai", "hubspot": f"{recorder.url}/hubspot",
-        "slack": f"{recorder.url}/slack",
+        "slack": f"{recorder.url}/slack", "zendesk": f"{recorder.url}/zendesk",
     }
     for name, base_url in policies.items():
         (directory / "policies" / f"{name}.yaml").write_text(example(name, base_url))
