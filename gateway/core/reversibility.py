@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gateway.core.policy import McpPolicyFile, McpRule, Rule, Upstream, UndoSpec
+from gateway.core.policy import McpPolicyFile, McpRule, Rule, UndoSpec, Upstream
 from gateway.core.template import Template
 
 REVERSIBLE = "reversible"

@@ -3,8 +3,9 @@
 No OpenAI-compatible server on PyPI installs and runs offline with files and
 assistants, so the upstream is the recording server. A vector store update
 (POST to the item) is captured and undone with the prior values of the fields
-sent (vector stores; assistants are the same rule shape); a multipart file upload gets no undo built from its fields: it is undone
-by deleting what it created (the answer's id), with no body.
+sent (assistants have the same rule shape); a multipart file upload gets no
+undo built from its fields: it is undone by deleting what it created (the
+answer's id), with no body.
 """
 
 from __future__ import annotations
