@@ -5,8 +5,8 @@ One row per scheme: the call is made with the key where that scheme puts it
 (plus, in some rows, a query parameter or another header carrying it), then
 the recording upstream is searched, headers, query and body, for the key in
 every request it got: the read, the write and its capture GET, a held call
-executed on approval, and the rollback of the write. Each row runs with and
-without a ``credentials:`` in the policy. Then one row per ambiguous call:
+executed on approval, and the rollback of the write. Each row runs with each
+credential kind a policy can inject (header, basic, query) and with none. Then one row per ambiguous call:
 two different keys, or an identity header sent twice, is 400 and nothing
 reaches the upstream.
 """
@@ -35,7 +35,17 @@ RULES = """
   action: hold
   undo: none
 """
-CREDENTIAL = 'credentials: {header: Authorization, value: "Bearer upstream-token"}\n'
+# the policy's credential kinds, and what every request upstream must then carry
+CREDENTIALS = {
+    "header": ('credentials: {header: Authorization, value: "Bearer upstream-token"}\n',
+               ("authorization", "Bearer upstream-token"), ""),
+    "basic": ('credentials: {basic: {username: svc, password: upstream-token}}\n',
+              ("authorization", "Basic " + base64.b64encode(b"svc:upstream-token").decode()),
+              ""),
+    "query": ('credentials: {query: {name: api_key, value: upstream-token}}\n', None,
+              "api_key=upstream-token"),
+    "none": ("", None, ""),
+}
 
 
 def basic(user: str, password: str) -> str:
@@ -89,8 +99,8 @@ async def upstream() -> AsyncIterator[Recorder]:
         yield recorder
 
 
-async def gateway(tmp_path: Path, recorder: Recorder, credential: bool) -> AsyncIterator[Harness]:
-    text = policy_text(recorder.url, RULES, extra=CREDENTIAL if credential else "")
+async def gateway(tmp_path: Path, recorder: Recorder, credential: str) -> AsyncIterator[Harness]:
+    text = policy_text(recorder.url, RULES, extra=CREDENTIALS[credential][0])
     (tmp_path / "db").mkdir(exist_ok=True)
     async with started_gateway(tmp_path, f"sqlite+aiosqlite:///{tmp_path / 'db' / 'g.db'}",
                                {"crm.yaml": text}) as harness:
@@ -106,11 +116,11 @@ def nowhere(recorder: Recorder) -> None:
         assert AGENT_KEY.encode() not in seen.body, (seen.method, seen.path)
 
 
-@pytest.mark.parametrize("credential", [True, False], ids=["credentials", "no-credentials"])
+@pytest.mark.parametrize("credential", list(CREDENTIALS))
 @pytest.mark.parametrize(("scheme", "headers", "query"), SCHEMES, ids=[s[0] for s in SCHEMES])
 async def test_the_key_is_read_from_every_scheme_and_never_leaves(
         tmp_path: Path, upstream: Recorder, scheme: str, headers: list[tuple[str, str]],
-        query: str, credential: bool) -> None:
+        query: str, credential: str) -> None:
     async for gw in gateway(tmp_path, upstream, credential):
         agent = httpx.AsyncClient(transport=httpx.ASGITransport(gw.gateway.proxy_app()),
                                   base_url="http://gateway")
@@ -140,14 +150,18 @@ async def test_the_key_is_read_from_every_scheme_and_never_leaves(
     assert ("POST", "/items/1/refund") in methods  # the approved call
     assert methods.count(("PUT", "/items/1")) == 1  # the rollback
     nowhere(upstream)
-    if credential:
-        assert all(("authorization", "Bearer upstream-token") in s.headers for s in upstream.seen)
+    _, header, param = CREDENTIALS[credential]
+    for seen in upstream.seen:  # the read, capture, write, approved call and rollback alike
+        if header is not None:
+            assert header in seen.headers, (seen.method, seen.path)
+        if param:
+            assert param in seen.query.split("&"), (seen.method, seen.path, seen.query)
 
 
 @pytest.mark.parametrize(("case", "headers"), AMBIGUOUS, ids=[a[0] for a in AMBIGUOUS])
 async def test_two_identities_are_refused(tmp_path: Path, upstream: Recorder, case: str,
                                           headers: list[tuple[str, str]]) -> None:
-    async for gw in gateway(tmp_path, upstream, credential=False):
+    async for gw in gateway(tmp_path, upstream, credential="none"):
         agent = httpx.AsyncClient(transport=httpx.ASGITransport(gw.gateway.proxy_app()),
                                   base_url="http://gateway")
         for method in ("GET", "PATCH"):
