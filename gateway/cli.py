@@ -37,7 +37,8 @@ run it:
   demo         the same, in front of a bundled demo CRM, with a fresh store
   drill        rehearse an incident: stop a runaway agent, roll back, check
 set it up:
-  policy       check a policy directory (gateway policy check DIR)
+  policy       check a policy directory (gateway policy check DIR), or explain it
+               (gateway policy explain DIR: tier, capture, undo, reversibility per rule)
   hash         the sha256 of an agent key or operator token, for the settings
 operate it (talks to the admin listener with GATEWAY_TOKEN):
   approvals    held calls: list, show, approve, reject
@@ -93,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     policy_commands = policy.add_subparsers(dest="policy_command", required=True)
     check = policy_commands.add_parser("check", help="validate every policy file of DIR")
     check.add_argument("dir", type=Path, metavar="DIR")
+    explain = policy_commands.add_parser(
+        "explain", help="print per rule: tier, capture, undo and reversibility")
+    explain.add_argument("dir", type=Path, metavar="DIR")
     hash_ = commands.add_parser("hash", help="print the sha256 of a key or token for settings")
     hash_.add_argument("secret", nargs="?", help="the secret (prompted for when omitted)")
     drill = commands.add_parser("drill", help="rehearse an incident: a runaway agent is stopped, "
@@ -217,6 +221,23 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
             print(problem)
         print(f"{len(exc.problems)} problem(s) found", file=sys.stderr)
         return 1
+    from gateway.core.reversibility import explain, warnings
+    if getattr(args, "policy_command", "check") == "explain":
+        rows = [("UPSTREAM", "RULE", "ACTION", "TIER", "CAPTURE", "UNDO", "REVERSIBILITY")]
+        for name in sorted(policy_set.upstreams):
+            for line in explain(policy_set.upstreams[name]):
+                rows.append((line.upstream, line.rule, line.action, line.tier, line.capture,
+                             line.undo, line.reversibility + (f" ({line.why})" if line.why
+                                                              and line.reversibility == "irreversible"
+                                                              else "")))
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+        for row in rows:
+            print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])
+        return 0
+    for name in sorted(policy_set.upstreams):
+        upstream = policy_set.upstreams[name]
+        for warning in warnings(upstream):
+            print(f"{upstream.source}: warning: {warning}")
     rules = sum(len(u.spec.rules) for u in policy_set.upstreams.values())
     print(f"ok: {len(policy_set.files)} file(s), {len(policy_set.upstreams)} upstream(s) "
           f"({', '.join(sorted(policy_set.upstreams))}), {rules} rule(s), "

@@ -133,6 +133,8 @@ class Settings(BaseSettings):
     approval_webhook: WebhookSettings | None = None
     tripwires: list[SettingsTripwire] = []  # every upstream's, unless one names upstreams
     access_log: bool = False  # one JSON line per agent call on stderr (gateway.access)
+    # the proxy's URL as agents reach it: policies with rewrite_urls point upstream URLs here
+    public_url: str | None = Field(default=None, pattern=r"^https?://[^\s?#]+$")
     telemetry: TelemetrySettings = TelemetrySettings()
 
     @field_validator("operators")

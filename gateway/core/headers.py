@@ -4,11 +4,25 @@ Requests lose hop-by-hop headers, the agent's key, and the ``X-Gateway-*``
 and ``X-Agent-*`` headers (the gateway's own vocabulary never leaks
 upstream); the upstream credential is injected. Responses lose hop-by-hop
 headers and any ``X-Gateway-*`` an upstream tried to set.
+
+Agent identity (``identify``): SDKs carry their key where their API wants
+it, so the key is read from every scheme they use: ``X-Gateway-Key``,
+``Authorization: Bearer`` / ``token`` (GitHub) / ``Basic`` (the key as user
+name or password) / ``AWS4-HMAC-SHA256 Credential=KEY/...`` (boto3's access
+key id), and ``X-Api-Key``. One call carries one identity: two different
+keys, or an identity header sent twice, is ``AmbiguousIdentity`` (400). Once
+known, the key is removed from every header and query parameter that
+carries it, so nothing downstream (journal, held calls, the upstream) sees it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import base64
+import binascii
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from urllib.parse import unquote_plus
 
 HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
@@ -27,9 +41,11 @@ def _connection_tokens(headers: Iterable[tuple[str, str]]) -> set[str]:
 
 def upstream_request_headers(headers: list[tuple[str, str]], agent_key: str | None,
                              credential: tuple[str, str] | None, host: str,
-                             drop_encoding: bool = False) -> list[tuple[str, str]]:
-    """Headers to send upstream. ``headers`` have lower-case names."""
-    drop = HOP_BY_HOP | _connection_tokens(headers) | {"host", "content-length"}
+                             drop_encoding: bool = False,
+                             replaces: frozenset[str] = frozenset()) -> list[tuple[str, str]]:
+    """Headers to send upstream. ``headers`` have lower-case names; ``replaces`` are
+    agent headers the upstream's credential supersedes (a SigV4 signature's)."""
+    drop = HOP_BY_HOP | _connection_tokens(headers) | {"host", "content-length"} | replaces
     if credential is not None:
         drop = drop | {credential[0].lower()}
     if drop_encoding:
@@ -38,7 +54,8 @@ def upstream_request_headers(headers: list[tuple[str, str]], agent_key: str | No
     for name, value in headers:
         if name in drop or name.startswith("x-gateway-") or name.startswith("x-agent-"):
             continue
-        if name == "authorization" and agent_key is not None and _bearer(value) == agent_key:
+        if name in IDENTITY_HEADERS and agent_key is not None and (
+                agent_key in _candidates(name, value) or agent_key in value):
             continue
         out.append((name, value))
     out.append(("host", host))
@@ -56,17 +73,93 @@ def agent_response_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str
             if low not in drop and not low.startswith("x-gateway-")]
 
 
-def _bearer(value: str) -> str | None:
-    scheme, _, token = value.partition(" ")
-    return token.strip() if scheme.lower() == "bearer" else None
+IDENTITY_HEADERS = ("x-gateway-key", "authorization", "x-api-key")
+_SIGV4_CREDENTIAL = re.compile(r"(?:^|[\s,])Credential=([^/,\s]+)/")
+
+
+class AmbiguousIdentity(ValueError):
+    """Two different agent keys, or an identity header sent twice (400)."""
+
+
+def authorization_keys(value: str) -> tuple[str, ...]:
+    """The agent key candidates an ``Authorization`` value carries, in preference order.
+
+    >>> authorization_keys("token k1"), authorization_keys("Basic " + "dXNlcjpwdw==")
+    (('k1',), ('user', 'pw'))
+    >>> authorization_keys("AWS4-HMAC-SHA256 Credential=k1/20261201/us-east-1/s3/aws4_request")
+    ('k1',)
+    """
+    scheme, _, rest = value.strip().partition(" ")
+    scheme, rest = scheme.lower(), rest.strip()
+    if scheme in ("bearer", "token"):
+        return (rest,) if rest else ()
+    if scheme == "basic":
+        try:
+            user, _, password = base64.b64decode(rest, validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return ()
+        return tuple(dict.fromkeys(part for part in (user, password) if part))
+    if scheme == "aws4-hmac-sha256":
+        found = _SIGV4_CREDENTIAL.search(rest)
+        return (found.group(1),) if found else ()
+    return ()
+
+
+def _candidates(name: str, value: str) -> tuple[str, ...]:
+    if name == "authorization":
+        return authorization_keys(value)
+    value = value.strip()
+    return (value,) if value else ()
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """The agent's key (None: none presented) and the request without it anywhere."""
+
+    key: str | None
+    headers: list[tuple[str, str]]
+    query: str
+
+
+def identify(headers: list[tuple[str, str]], query: str,
+             known: Callable[[str], bool]) -> Identity:
+    """Read the one agent key of a call; strip it from ``headers`` and ``query``.
+
+    ``headers`` have lower-case names; ``known(key)`` tells whether a key belongs
+    to an agent (for ``Basic``, where either half may be the key). Raises
+    ``AmbiguousIdentity``.
+    """
+    keys: list[str] = []
+    seen: set[str] = set()
+    for name, value in headers:
+        if name not in IDENTITY_HEADERS:
+            continue
+        if name in seen:
+            raise AmbiguousIdentity(f"{name} is sent more than once: one call carries "
+                                    "one agent identity")
+        seen.add(name)
+        candidates = _candidates(name, value)
+        if candidates:
+            keys.append(next((c for c in candidates if known(c)), candidates[0]))
+    if len(set(keys)) > 1:
+        raise AmbiguousIdentity("the call carries two different agent keys "
+                                f"(in {', '.join(sorted(seen))}): one call carries one identity")
+    key = keys[0] if keys else None
+    kept = [(name, value) for name, value in headers
+            if not (name in IDENTITY_HEADERS and _candidates(name, value))
+            and not (key and key in value)]
+    return Identity(key, kept, without_key(query, key))
+
+
+def without_key(query: str, key: str | None) -> str:
+    """``query`` minus every parameter whose name or value carries ``key`` (raw text kept)."""
+    if not key or not query:
+        return query
+    kept = [part for part in query.split("&")
+            if key not in part and key not in unquote_plus(part)]
+    return "&".join(kept)
 
 
 def agent_key(headers: list[tuple[str, str]]) -> str | None:
-    """The agent's key from ``X-Gateway-Key`` or ``Authorization: Bearer``."""
-    bearer = None
-    for name, value in headers:
-        if name == "x-gateway-key" and value.strip():
-            return value.strip()
-        if name == "authorization" and bearer is None:
-            bearer = _bearer(value)
-    return bearer
+    """The agent's key, if one is presented (raises ``AmbiguousIdentity``)."""
+    return identify(headers, "", lambda _: False).key

@@ -10,6 +10,10 @@ The inverse call, the ``undo``, is inferred here (contract):
 - POST with a ``capture`` path (APIs that update with POST) -> POST the prior
   values of the fields sent back to that path;
 - a rule's ``undo`` overrides all of this; ``undo: none`` marks the call irreversible;
+- what cannot be inferred is irreversible, never a guess: a POST that answers
+  with its own path's id updated an item (it created nothing to DELETE), and a
+  body in neither JSON nor form encoding (multipart, binary) gets no undo
+  built from the fields it sent;
 - an MCP ``tools/call`` is captured and undone through tools (``gateway.core.mcp``).
 
 Bodies are bounded: up to ``limit`` bytes are kept as text, the sha256 and
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -173,19 +178,71 @@ def _without_redacted(value: Any) -> Any:
     return value
 
 
-def _prior_fields(prior: Any, sent: Any) -> Any:
+_BRACKET = re.compile(r"\[([^\[\]]*)\]")
+_MISSING: Any = object()
+FORM_UNSET = ""  # how form APIs (Stripe) unset a field: send it empty
+
+
+def form_key_path(key: str) -> list[str]:
+    """``metadata[tier]`` -> ``["metadata", "tier"]``; ``items[0][price]`` -> 3 parts."""
+    head, bracket, rest = key.partition("[")
+    if not bracket:
+        return [key]
+    tail = "[" + rest
+    parts = _BRACKET.findall(tail)
+    if "".join(f"[{p}]" for p in parts) != tail:  # not bracket notation after all
+        return [key]
+    return [head, *parts]
+
+
+def _lookup(value: Any, path: list[str]) -> Any:
+    for part in path:
+        if isinstance(value, dict) and part in value:
+            value = value[part]
+        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
+            value = value[int(part)]
+        else:
+            return _MISSING
+    return value
+
+
+def _prior_fields(prior: Any, sent: Any, form: bool = False) -> Any:
+    """The prior values of the fields the call sent. A form key in bracket notation
+    (``metadata[tier]``) is looked up nested in the prior state; one that did not
+    exist there is unset the form way (empty; JSON: null), so the undo removes what
+    the call added."""
     if not isinstance(prior, dict) or not isinstance(sent, dict):
         return None
-    return {k: _without_redacted(prior[k]) for k in sent
-            if k in prior and prior[k] != REDACTED}
+    if not form:  # JSON: a field the prior state lacked is unset with null
+        return {k: _without_redacted(prior[k]) if k in prior else None for k in sent
+                if prior.get(k) != REDACTED}
+    out: dict[str, Any] = {}
+    for key in sent:
+        value = _lookup(prior, form_key_path(key))
+        if value is _MISSING:
+            out[key] = FORM_UNSET
+        elif value != REDACTED:
+            out[key] = _without_redacted(value)
+    return out
 
 
-def _resolve_body(spec: Any, prior: Any, sent: Any) -> Any:
+def _resolve_body(spec: Any, prior: Any, sent: Any, form: bool = False) -> Any:
     if spec == "prior":
         return _without_redacted(prior)
     if spec == "prior_fields":
-        return _prior_fields(prior, sent)
+        return _prior_fields(prior, sent, form)
     return spec
+
+
+def _undo_kind(content_type: str | None) -> str | None:
+    """The encoding an undo body is sent in: the call's own, when it is JSON or a form;
+    None for any other body (multipart, binary), which no field-built undo can match."""
+    kind = media_type(content_type)
+    if kind == FORM:
+        return FORM
+    if not kind or is_json_type(content_type):
+        return JSON
+    return None
 
 
 def infer_undo(rule: Rule | McpRule | None, method: str, path: str, params: dict[str, str],
@@ -200,7 +257,8 @@ def infer_undo(rule: Rule | McpRule | None, method: str, path: str, params: dict
         captured = prior_status is not None and 200 <= prior_status < 300
         return mcp.infer_undo(rule if isinstance(rule, McpRule) else None, path,
                               sent if isinstance(sent, dict) else {}, prior, captured)
-    kind = FORM if media_type(content_type) == FORM else JSON
+    sent_kind = _undo_kind(content_type)
+    kind = sent_kind or JSON
     spec = rule.undo if rule is not None else None
     if spec == "none":
         return None, False
@@ -209,7 +267,9 @@ def infer_undo(rule: Rule | McpRule | None, method: str, path: str, params: dict
             # a text or binary prior cannot be sent back faithfully as JSON: say so
             # rather than restore something else (the journal keeps the text)
             return None, False
-        body = _resolve_body(spec.body, prior, sent)
+        if spec.body == "prior_fields" and sent_kind is None:
+            return None, False  # the fields of a multipart or binary body are unknown
+        body = _resolve_body(spec.body, prior, sent, kind == FORM)
         undo = {"method": spec.method, "path": Template.parse(spec.path).expand(params),
                 "body": body, "content_type": kind}
         return undo, not (spec.body in ("prior", "prior_fields") and body is None)
@@ -218,7 +278,7 @@ def infer_undo(rule: Rule | McpRule | None, method: str, path: str, params: dict
     if method in ("PUT", "PATCH"):
         if absent:
             return {"method": "DELETE", "path": path, "body": None, "content_type": kind}, True
-        if captured:
+        if captured and sent_kind is not None:  # a JSON prior cannot undo a multipart body
             return {"method": "PUT", "path": path, "body": _without_redacted(prior),
                     "content_type": kind}, True
         return None, False
@@ -231,7 +291,9 @@ def infer_undo(rule: Rule | McpRule | None, method: str, path: str, params: dict
     if method == "POST":
         target = capture_path(rule, method, path, params)
         if target is not None and captured:
-            body = _prior_fields(prior, sent)
+            body = _prior_fields(prior, sent, kind == FORM)
+            if sent_kind is None or not body:
+                return None, False  # no field the call sent can be put back
             return {"method": "POST", "path": target, "body": body, "content_type": kind}, True
         return None, False  # completed from the response by undo_for_created
     return None, False
@@ -242,6 +304,7 @@ def undo_for_created(path: str, base_path: str, status: int, headers: dict[str, 
     """DELETE of the resource a POST created, from ``Location`` or the body's ``id``."""
     if not 200 <= status < 300:
         return None
+    last = path.rstrip("/").rsplit("/", 1)[-1]
     location = headers.get("location")
     if location:
         target = urlsplit(location).path
@@ -249,8 +312,12 @@ def undo_for_created(path: str, base_path: str, status: int, headers: dict[str, 
             target = target[len(base_path):]
         if not target.startswith("/"):
             target = path.rstrip("/") + "/" + target
+        if target.rstrip("/") == path.rstrip("/"):
+            return None  # the POST changed the resource it names: nothing was created
         return {"method": "DELETE", "path": target, "body": None, "content_type": JSON}
     if isinstance(body, dict) and isinstance(body.get("id"), (str, int)):
+        if str(body["id"]) == last:  # Stripe's POST /v1/customers/{id} updates cus_X
+            return None
         return {"method": "DELETE", "path": f"{path.rstrip('/')}/{body['id']}", "body": None,
                 "content_type": JSON}
     return None

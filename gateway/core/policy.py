@@ -41,9 +41,69 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
 
 
-class Credentials(_Strict):
-    header: str = Field(min_length=1)
+class BasicCredential(_Strict):
+    username: str
+    password: str
+
+
+class QueryCredential(_Strict):
+    name: str = Field(min_length=1)
     value: str
+
+
+class SigV4Credential(_Strict):
+    access_key_id: str = Field(min_length=1)
+    secret_access_key: str = Field(min_length=1)
+    session_token: str | None = None
+    region: str = Field(min_length=1)
+    service: str = Field(min_length=1)
+
+
+class Credentials(_Strict):
+    """What the gateway sends the upstream as itself; exactly one kind:
+    ``{header, value}``, ``{basic: {username, password}}``, ``{query: {name, value}}``
+    or ``{aws_sigv4: {...}}``. Strings may name ``${VAR}`` from the environment."""
+
+    header: str | None = Field(default=None, min_length=1)
+    value: str | None = None
+    basic: BasicCredential | None = None
+    query: QueryCredential | None = None
+    aws_sigv4: SigV4Credential | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Credentials:
+        kinds = [k for k in ("header", "basic", "query", "aws_sigv4") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError("credentials: give exactly one of {header, value}, basic, query "
+                             "or aws_sigv4" + (f" (found {', '.join(kinds)})" if kinds else ""))
+        if (self.header is None) != (self.value is None):
+            raise ValueError("credentials: header and value go together")
+        return self
+
+    def templates(self) -> list[str]:
+        """Every string that may name ``${VAR}``."""
+        parts: list[BaseModel] = [p for p in (self.basic, self.query, self.aws_sigv4) if p]
+        out = [self.value] if self.value is not None else []
+        return out + [v for part in parts for v in part.model_dump().values() if isinstance(v, str)]
+
+
+@dataclass(frozen=True, slots=True)
+class Credential:
+    """A policy's credential with ``${VAR}`` expanded: headers to set, a query
+    parameter to add, or the SigV4 keys the sender signs with (``sigv4``)."""
+
+    headers: tuple[tuple[str, str], ...] = ()  # lower-case names
+    query: tuple[str, str] | None = None
+    sigv4: SigV4Credential | None = None
+
+    @property
+    def replaces(self) -> frozenset[str]:
+        """Agent headers this credential supersedes (never forwarded beside it)."""
+        names = {name for name, _ in self.headers}
+        if self.sigv4 is not None:
+            names |= {"authorization", "x-amz-date", "x-amz-security-token",
+                      "x-amz-content-sha256"}
+        return frozenset(names)
 
 
 class Match(_Strict):
@@ -164,6 +224,7 @@ class _PolicyBase(_Strict):
     upstream: str
     base_url: str
     credentials: Credentials | None = None
+    rewrite_urls: bool = False  # base_url in responses becomes {public_url}/{upstream}
     default: Literal["allow", "deny", "hold"] = "deny"
     mode: Mode = "enforce"  # every rule's (and the default's) unless a rule says otherwise
     timeout: float | None = Field(default=None, gt=0)
@@ -306,6 +367,13 @@ class McpPolicyFile(_PolicyBase):
     kind: Literal["mcp"]
     rules: tuple[McpRule, ...] = ()
 
+    @field_validator("credentials")
+    @classmethod
+    def _header_credentials(cls, value: Credentials | None) -> Credentials | None:
+        if value is not None and (value.query is not None or value.aws_sigv4 is not None):
+            raise ValueError("an MCP upstream takes {header, value} or basic credentials")
+        return value
+
 
 AnyRule = Rule | McpRule
 
@@ -330,10 +398,15 @@ class Upstream:
 
     spec: PolicyFile | McpPolicyFile
     source: str
-    credential_value: str | None
+    credential: Credential | None
     trie: PathTrie
     conditions: dict[int, Condition]
     templates: dict[int, Template]
+
+    @property
+    def credential_value(self) -> str | None:
+        """The injected header's value (``{header, value}`` and ``basic``)."""
+        return self.credential.headers[0][1] if self.credential and self.credential.headers else None
 
     @property
     def name(self) -> str:

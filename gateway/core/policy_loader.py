@@ -8,6 +8,7 @@ locations are mapped back onto those lines.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import re
 from collections.abc import Mapping
@@ -17,7 +18,15 @@ import yaml
 from pydantic import ValidationError
 
 from gateway.core.cel import Condition
-from gateway.core.policy import McpPolicyFile, PolicyFile, PolicySet, Upstream
+from gateway.core.policy import (
+    Credential,
+    Credentials,
+    McpPolicyFile,
+    PolicyFile,
+    PolicySet,
+    SigV4Credential,
+    Upstream,
+)
 from gateway.core.template import PathTrie, Template
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -105,7 +114,9 @@ _KNOWN_KEYS = {
     "path", "when", "agents", "wait", "expires", "approvers", "roles", "operators", "method",
     "body", "tripwires", "kind", "limit", "window", "per", "scope", "field", "allowed_hours",
     "start", "end", "days", "timezone", "min_calls", "tools", "effect", "tool", "arguments",
-    "mode", "delay", "seconds",
+    "mode", "delay", "seconds", "basic", "username", "password", "name", "aws_sigv4",
+    "access_key_id", "secret_access_key", "session_token", "region", "service", "rewrite_urls",
+    "query",
 }
 _KINDS: dict[str, type[PolicyFile] | type[McpPolicyFile]] = {"http": PolicyFile,
                                                               "mcp": McpPolicyFile}
@@ -227,7 +238,12 @@ def load_policy_set(texts: Mapping[str, str], env: Mapping[str, str]) -> tuple[P
                             f"{model.upstream!r} (also in {first_file[model.upstream]})")
             continue
         first_file[model.upstream] = filename
-        upstreams[model.upstream] = compile_upstream(model, filename, env)
+        missing = missing_variables(model, env)
+        for name in missing:
+            problems.append(f"{filename}:{line_map.get(('credentials',), 1)}: credentials: "
+                            f"${{{name}}} is not set in the environment")
+        if not missing:
+            upstreams[model.upstream] = compile_upstream(model, filename, env)
     if not texts:
         problems.append("no policy files (*.yaml) found")
     if problems:
@@ -249,13 +265,34 @@ def compile_upstream(model: PolicyFile | McpPolicyFile, source: str,
         trie.add(index, template)
         if rule.match.when is not None:
             conditions[index] = Condition(rule.match.when)
-    credential = None
-    if model.credentials is not None:
-        credential = _VAR.sub(lambda m: env.get(m.group(1), ""), model.credentials.value)
+    credential = (resolve_credential(model.credentials, env)
+                  if model.credentials is not None else None)
     return Upstream(model, source, credential, trie, conditions, templates)
+
+
+def resolve_credential(spec: Credentials, env: Mapping[str, str]) -> Credential:
+    """``spec`` with ``${VAR}`` expanded from ``env`` (an unset one is a problem at load)."""
+    def expand(text: str) -> str:
+        return _VAR.sub(lambda m: env.get(m.group(1), ""), text)
+
+    if spec.header is not None and spec.value is not None:
+        return Credential(headers=((spec.header.lower(), expand(spec.value)),))
+    if spec.basic is not None:
+        pair = f"{expand(spec.basic.username)}:{expand(spec.basic.password)}"
+        return Credential(headers=(("authorization",
+                                    "Basic " + base64.b64encode(pair.encode()).decode()),))
+    if spec.query is not None:
+        return Credential(query=(spec.query.name, expand(spec.query.value)))
+    assert spec.aws_sigv4 is not None
+    keys = spec.aws_sigv4
+    return Credential(sigv4=SigV4Credential(
+        access_key_id=expand(keys.access_key_id), secret_access_key=expand(keys.secret_access_key),
+        session_token=expand(keys.session_token) if keys.session_token else None,
+        region=expand(keys.region), service=expand(keys.service)))
 
 
 def missing_variables(model: PolicyFile | McpPolicyFile, env: Mapping[str, str]) -> list[str]:
     if model.credentials is None:
         return []
-    return [name for name in _VAR.findall(model.credentials.value) if name not in env]
+    return [name for text in model.credentials.templates() for name in _VAR.findall(text)
+            if name not in env]

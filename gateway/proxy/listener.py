@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import quote
 
-from gateway.core.headers import agent_key, agent_response_headers
+from gateway.core.headers import AmbiguousIdentity, Identity, agent_response_headers, identify
 from gateway.core.model import Checkpoint, is_mutating, new_id
 from gateway.errors import BadRequest, GatewayError, Unauthenticated, UnknownUpstream
 from gateway.observe import NO_OBSERVER, CallRecord, Observer, Watch
@@ -47,16 +47,27 @@ class AgentDirectory:
         if key is None or key == "":
             if self.allow_anonymous:
                 return "anonymous"
-            raise Unauthenticated("an agent key is required (X-Gateway-Key or "
-                                  "Authorization: Bearer)")
+            raise Unauthenticated("an agent key is required (X-Gateway-Key, X-Api-Key or "
+                                  "Authorization: Bearer, token, Basic or AWS SigV4)")
+        found = self._name(key)
+        if found is None:
+            raise Unauthenticated("unknown agent key")
+        return found
+
+    def _name(self, key: str) -> str | None:
         digest = hashlib.sha256(key.encode()).digest()
         found = None
         for name, expected in self._agents:  # no early exit: timing does not reveal which
             if hmac.compare_digest(digest, expected) and found is None:
                 found = name
-        if found is None:
-            raise Unauthenticated("unknown agent key")
         return found
+
+    def presented(self, headers: list[tuple[str, str]], query: str = "") -> Identity:
+        """The call's one key, and its headers and query without it (400 on two)."""
+        try:
+            return identify(headers, query, lambda key: self._name(key) is not None)
+        except AmbiguousIdentity as exc:
+            raise BadRequest(str(exc)) from None
 
 
 class ProxyApp:
@@ -142,7 +153,8 @@ class ProxyApp:
                    for k, v in scope["headers"]]
         if upstream == "_gateway":
             return await self._own(rest, headers, scope["method"])
-        key = agent_key(headers)
+        seen = self.agents.presented(headers, scope.get("query_string", b"").decode("latin-1"))
+        key, headers = seen.key, seen.headers  # the key is nowhere in the call from here on
         agent = self.agents.identify(key)
         scope["gateway.agent"] = agent
         if not _UPSTREAM.match(upstream):
@@ -151,7 +163,7 @@ class ProxyApp:
         call = Call(
             request_id=request_id, agent=agent, agent_key=key, upstream=upstream,
             method=scope["method"].upper(), raw_path="/" + rest if rest else "",
-            query=scope.get("query_string", b"").decode("latin-1"), headers=headers,
+            query=seen.query, headers=headers,
             checkpoint=Checkpoint(get("x-agent-run"), get("x-agent-model"),
                                   get("x-agent-prompt-version"), get("x-agent-tool-version")),
             body=_body(receive) if _has_body(headers) else None)
@@ -166,7 +178,7 @@ class ProxyApp:
             body = {"status": "ok", "policy_revision": self.pipeline.policies.revision}
             return Reply(_json_response(200, body), "allow")
         if self.own_routes is not None:
-            agent = self.agents.identify(agent_key(headers))
+            agent = self.agents.identify(self.agents.presented(headers).key)
             status, body = await self.own_routes(method, rest, agent)
             return Reply(_json_response(status, body), "allow")
         raise UnknownUpstream(f"no gateway route /_gateway/{rest}")

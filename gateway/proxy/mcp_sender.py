@@ -231,6 +231,6 @@ class _Connection:
 
 
 def _credential(upstream: Upstream) -> dict[str, str]:
-    if upstream.spec.credentials is not None and upstream.credential_value:
-        return {upstream.spec.credentials.header: upstream.credential_value}
+    if upstream.credential is not None:
+        return {name: value for name, value in upstream.credential.headers if value}
     return {}

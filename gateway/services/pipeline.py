@@ -31,7 +31,7 @@ import time
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from gateway.core import autonomy, mcp, shadow
+from gateway.core import autonomy, mcp, shadow, urls
 from gateway.core import journal as journaling
 from gateway.core.approvals import HeldCall
 from gateway.core.autonomy import Act
@@ -249,7 +249,23 @@ class Pipeline:
                                 policies.revision, upstream.name)
             action = autonomy.refused(decision, mutating)
         call.facts = action.facts()
-        return await self.carry_out(upstream, call, view, action)
+        return await self._presented(upstream, await self.carry_out(upstream, call, view, action))
+
+    async def _presented(self, upstream: Upstream, reply: Reply) -> Reply:
+        """``rewrite_urls``: the upstream's own URLs in the answer point at the gateway."""
+        public = self.settings.public_url
+        if public is None or not getattr(upstream.spec, "rewrite_urls", False):
+            return reply
+        mine = urls.target(public, upstream.name)
+        response = reply.response
+        headers = urls.rewrite_headers(response.headers, upstream.base_url, mine)
+        if urls.rewritable(headers):
+            body = urls.rewrite_body(await response.read(), upstream.base_url, mine)
+            headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
+            reply.response = UpstreamResponse(response.status, headers, body=body)
+        else:
+            response.headers = headers
+        return reply
 
     async def carry_out(self, upstream: Upstream, call: Call, view: CallView,
                         action: autonomy.Action) -> Reply:

@@ -3,7 +3,9 @@
 Reads stream both ways; a write is sent with the agent's headers (minus its
 key, plus the upstream's credential) and read whole; the prior state is a GET
 of the capture path; the gateway's own reads and compensations carry only
-its own headers and the credential.
+its own headers and the credential. Every request leaves through ``_send``,
+where the credential's query parameter is added and SigV4 upstreams are
+signed (``gateway.services.credentials``).
 """
 
 from __future__ import annotations
@@ -19,16 +21,18 @@ from gateway.errors import CaptureFailed, GatewayError
 from gateway.ports import Headers, Observed, UpstreamResponse, untraced
 from gateway.ports import Upstream as UpstreamClient
 from gateway.services.call import Call
+from gateway.services.credentials import signed, with_query
 from gateway.settings import Settings
 
 
 def request_headers(upstream: Upstream, call: Call, drop_encoding: bool) -> list[tuple[str, str]]:
     """The agent's headers as the upstream may see them, with its credential."""
-    credential = None
-    if upstream.spec.credentials is not None:
-        credential = (upstream.spec.credentials.header.lower(), upstream.credential_value or "")
+    credential, replaces = None, frozenset[str]()
+    if upstream.credential is not None:
+        replaces = upstream.credential.replaces
+        credential = upstream.credential.headers[0] if upstream.credential.headers else None
     return upstream_request_headers(call.headers, call.agent_key, credential,
-                                    urlsplit(upstream.base_url).netloc, drop_encoding)
+                                    urlsplit(upstream.base_url).netloc, drop_encoding, replaces)
 
 
 def gateway_headers(upstream: Upstream, content_type: str | None = None) -> list[tuple[str, str]]:
@@ -38,8 +42,8 @@ def gateway_headers(upstream: Upstream, content_type: str | None = None) -> list
                ("accept-encoding", "identity")]
     if content_type:
         headers.append(("content-type", content_type))
-    if upstream.spec.credentials is not None and upstream.credential_value:
-        headers.append((upstream.spec.credentials.header.lower(), upstream.credential_value))
+    if upstream.credential is not None:
+        headers.extend((name, value) for name, value in upstream.credential.headers if value)
     return headers
 
 
@@ -51,21 +55,33 @@ class RestSender:
     def _url(self, upstream: Upstream, raw_path: str, query: str) -> str:
         return upstream.base_url + raw_path + (f"?{query}" if query else "")
 
+    async def _send(self, upstream: Upstream, method: str, url: str, headers: Headers,
+                    body: Any, **options: Any) -> UpstreamResponse:
+        """Every request to an upstream: its credential's query parameter, its signature."""
+        url = with_query(upstream, url)
+        payload = body if body is None or isinstance(body, bytes) else None
+        if upstream.credential is not None and upstream.credential.sigv4 is not None \
+                and body is not None and payload is None:
+            payload = body = b"".join([chunk async for chunk in body])  # signed whole
+        headers = signed(upstream, method, url, list(headers), payload)
+        return await self.client.request(method, url, headers, body, **options)
+
     def _timeout(self, upstream: Upstream) -> float:
         return upstream.spec.timeout or self.settings.upstream_timeout
 
     async def relay(self, upstream: Upstream, call: Call,
                     trace: Callable[[Headers], Headers] = untraced) -> UpstreamResponse:
         body = call.buffered if call.buffered is not None else call.body
-        return await self.client.request(
-            call.method, self._url(upstream, call.raw_path, call.query),
-            trace(request_headers(upstream, call, drop_encoding=False)), body, stream=True,
+        return await self._send(
+            upstream, call.method, self._url(upstream, call.raw_path, call.query),
+            trace(request_headers(upstream, call, drop_encoding=bool(
+                getattr(upstream.spec, "rewrite_urls", False)))), body, stream=True,
             timeout=self._timeout(upstream))
 
     async def forward(self, upstream: Upstream, call: Call, approved: bool,
                       trace: Callable[[Headers], Headers] = untraced) -> UpstreamResponse:
-        return await self.client.request(
-            call.method, self._url(upstream, call.raw_path, call.query),
+        return await self._send(
+            upstream, call.method, self._url(upstream, call.raw_path, call.query),
             trace(request_headers(upstream, call, drop_encoding=True)), call.buffered,
             timeout=self._timeout(upstream))
 
@@ -75,8 +91,8 @@ class RestSender:
                    if h[0] not in ("content-type", "content-encoding")]
         headers.append(("accept-encoding", "identity"))
         try:
-            response = await self.client.request(
-                "GET", upstream.base_url + target, trace(headers), None,
+            response = await self._send(
+                upstream, "GET", upstream.base_url + target, trace(headers), None,
                 timeout=self.settings.capture_timeout)
         except GatewayError as exc:
             raise CaptureFailed(f"prior-state GET {target} failed ({exc.message}); "
@@ -88,8 +104,8 @@ class RestSender:
         return _observed(response, None)
 
     async def read(self, upstream: Upstream, target: str) -> Observed:
-        response = await self.client.request(
-            "GET", upstream.base_url + target, gateway_headers(upstream), None,
+        response = await self._send(
+            upstream, "GET", upstream.base_url + target, gateway_headers(upstream), None,
             timeout=self.settings.capture_timeout)
         etag = next((v for k, v in response.headers if k.lower() == "etag"), None)
         return _observed(response, etag)
@@ -99,8 +115,8 @@ class RestSender:
 
     async def compensate(self, upstream: Upstream, step: Step, headers: list[tuple[str, str]],
                          body: bytes | None) -> UpstreamResponse:
-        return await self.client.request(step.method, upstream.base_url + step.path, headers, body,
-                                         timeout=self.settings.upstream_timeout)
+        return await self._send(upstream, step.method, upstream.base_url + step.path, headers,
+                                body, timeout=self.settings.upstream_timeout)
 
 
 def _observed(response: UpstreamResponse, etag: str | None) -> Observed:

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.core.headers import agent_key, agent_response_headers, upstream_request_headers
+from gateway.core.headers import (
+    AmbiguousIdentity,
+    agent_key,
+    agent_response_headers,
+    upstream_request_headers,
+)
+
+AMBIGUOUS = "400: AmbiguousIdentity"
 
 KEY = "agent-key-123"
 HOST = "api.example.com"
@@ -51,8 +58,9 @@ def test_gateway_and_agent_headers_are_not_forwarded(name: str) -> None:
     (f"bearer {KEY}", False),
     (f"Bearer  {KEY} ", False),
     ("Bearer someone-elses-token", True),  # the agent's own upstream token: not ours to drop
-    (f"Basic {KEY}", True),
-    (f"Bearer {KEY}x", True),
+    (f"Basic {KEY}", False),  # carries the key: never forwarded, whatever the scheme
+    (f"Bearer {KEY}x", False),
+    ("Basic c29tZW9uZTplbHNl", True),  # someone:else
 ])
 def test_authorization_is_dropped_only_when_it_is_the_agent_key(authorization: str,
                                                                 forwarded: bool) -> None:
@@ -120,12 +128,19 @@ def test_agent_response_headers(incoming: list[tuple[str, str]],
     ([("x-gateway-key", f" {KEY} ")], KEY),
     ([("authorization", f"Bearer {KEY}")], KEY),
     ([("authorization", f"bearer {KEY}")], KEY),
-    ([("authorization", f"Bearer {KEY}"), ("x-gateway-key", "other")], "other"),  # explicit wins
-    ([("x-gateway-key", "other"), ("authorization", f"Bearer {KEY}")], "other"),
-    ([("authorization", "Bearer first"), ("authorization", "Bearer second")], "first"),
+    ([("authorization", f"Bearer {KEY}"), ("x-gateway-key", "other")], AMBIGUOUS),  # two keys
+    ([("x-gateway-key", "other"), ("authorization", f"Bearer {KEY}")], AMBIGUOUS),
+    ([("authorization", "Bearer first"), ("authorization", "Bearer second")], AMBIGUOUS),
+    ([("authorization", f"Bearer {KEY}"), ("x-gateway-key", KEY)], KEY),  # one key, twice: one
+    ([("authorization", f"token {KEY}")], KEY),
+    ([("x-api-key", KEY)], KEY),
     ([("authorization", f"Basic {KEY}")], None),
     ([("accept", "*/*")], None),
     ([], None),
 ])
 def test_agent_key(headers: list[tuple[str, str]], key: str | None) -> None:
-    assert agent_key(headers) == key
+    if key is AMBIGUOUS:
+        with pytest.raises(AmbiguousIdentity):
+            agent_key(headers)
+    else:
+        assert agent_key(headers) == key

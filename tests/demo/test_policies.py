@@ -10,11 +10,15 @@ from gateway.core.policy import CallView
 from gateway.core.policy_loader import load_policy_set
 
 ROOT = Path(__file__).resolve().parents[2] / "policies"
+# the examples name their secrets as ${VAR}: an unset one is a load problem
+EXAMPLE_ENV = {name: "x" for name in (
+    "STRIPE_API_KEY", "GITHUB_TOKEN", "HUBSPOT_ACCESS_TOKEN", "ZENDESK_OAUTH_TOKEN",
+    "OPENAI_API_KEY", "SLACK_BOT_TOKEN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
 
 
 def load(folder: Path):
     texts = {p.name: p.read_text() for p in sorted(folder.glob("*.yaml"))}
-    policy_set, problems = load_policy_set(texts, env={})
+    policy_set, problems = load_policy_set(texts, env=EXAMPLE_ENV)
     assert problems == []
     return policy_set
 
@@ -27,7 +31,8 @@ def policies():
 
 def test_folders_hold_the_expected_upstreams(policies):
     upstreams, _ = policies
-    assert set(upstreams) == {"crm", "crm-tools", "stripe", "github", "hubspot", "zendesk"}
+    assert set(upstreams) == {"crm", "crm-tools", "stripe", "github", "hubspot", "zendesk",
+                              "openai", "slack", "s3"}
     assert upstreams["crm"].base_url == "http://127.0.0.1:3000"
     assert upstreams["crm-tools"].base_url == "http://127.0.0.1:3000/mcp"  # gateway demo's
     assert upstreams["crm"].credential_value is None  # runs without any env

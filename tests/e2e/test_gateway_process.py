@@ -168,9 +168,13 @@ def test_serve_refuses_without_operators_unless_dev(tmp_path: Path) -> None:
         dev.stop()
 
 
-def test_policy_check_accepts_the_shipped_policies() -> None:
+def test_policy_check_accepts_the_shipped_policies(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("STRIPE_API_KEY", "GITHUB_TOKEN", "HUBSPOT_ACCESS_TOKEN", "ZENDESK_OAUTH_TOKEN",
+                 "OPENAI_API_KEY", "SLACK_BOT_TOKEN", "AWS_ACCESS_KEY_ID",
+                 "AWS_SECRET_ACCESS_KEY"):  # the examples' ${VAR}s: unset ones are problems
+        monkeypatch.setenv(name, "x")
     root = Path(__file__).resolve().parents[2] / "policies"
     for directory in (root, root / "examples"):
         result = run_gateway("policy", "check", str(directory))
         assert result.returncode == 0, result.stdout + result.stderr
-        assert result.stdout.startswith("ok: ")
+        assert result.stdout.splitlines()[-1].startswith("ok: ")

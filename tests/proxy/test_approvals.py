@@ -256,10 +256,11 @@ async def test_approvals_list_filters(gw: Harness) -> None:
 
 
 async def test_held_secrets_are_not_kept(gw: Harness) -> None:
-    call_id = await hold_deal(gw, **{"X-Api-Key": "sk_live_secret", "X-Custom": "kept"})
+    # (X-Api-Key is an identity header now: a second key there would be a 400)
+    call_id = await hold_deal(gw, **{"X-Upstream-Token": "sk_live_secret", "X-Custom": "kept"})
     held = await gw.gateway.store.get_held(call_id)
     names = dict(held.headers)
-    assert "x-api-key" not in names and "x-gateway-key" not in names
+    assert "x-upstream-token" not in names and "x-gateway-key" not in names
     assert names["x-custom"] == "kept"
     shown = await gw.admin.get(f"/v1/approvals/{call_id}", headers=gw.as_role("viewer"))
     assert "sk_live_secret" not in shown.text

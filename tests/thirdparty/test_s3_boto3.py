@@ -2,10 +2,11 @@
 
 The agent is boto3's S3 client with ``endpoint_url`` = the gateway's proxy URL
 + ``/s3`` and path-style addressing, so ``put_object`` is ``PUT /s3/{bucket}/{key}``.
-It signs every request (SigV4, dummy keys) for the gateway's host and sends
+It signs every request (SigV4, its gateway key as the access key id: the
+gateway reads its identity there) for the gateway's host and sends
 ``Expect: 100-continue`` with bodies; over plain HTTP it sends whole bodies
-with an ``x-amz-checksum-crc32`` header, not aws-chunked ones. The gateway
-key and run ride in headers added after signing (the gateway strips them).
+with an ``x-amz-checksum-crc32`` header, not aws-chunked ones. The run rides
+in a header added after signing (the gateway strips it).
 
 S3 answers a write with an empty body, so the drift check compares a read
 made after the write; deleting is undone by PUT (S3 has no POST to a
@@ -59,13 +60,13 @@ def client(endpoint: str, run: str | None = None) -> Any:
     import boto3  # here: the moto_server fixture skips (or fails in CI) when it is missing
     from botocore.config import Config
 
-    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                      aws_access_key_id="testing", aws_secret_access_key="testing",
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",  # the agent's key
+                      aws_access_key_id=AGENT_KEY if run is not None else "testing",  # is its id
+                      aws_secret_access_key="testing",
                       config=Config(s3={"addressing_style": "path"},
                                     retries={"max_attempts": 1, "mode": "standard"}))
     if run is not None:
         def gateway_headers(request: Any, **_: Any) -> None:  # after signing: not signed
-            request.headers["X-Gateway-Key"] = AGENT_KEY
             request.headers["X-Agent-Run"] = run
         s3.meta.events.register("before-send.s3", gateway_headers)
     return s3
@@ -139,23 +140,23 @@ def test_put_overwrite_create_and_delete_roll_back_to_the_initial_objects(
     assert contents(direct, bucket) == expected
 
 
-def test_rollback_without_a_credential_cannot_read_s3_and_overwrites_nothing(
+def test_without_a_credential_the_gateway_cannot_read_s3_and_sends_no_write(
         moto_server: str, bucket: str, gateway_factory: Callable[..., Gateway]) -> None:
-    """The agent signs its own calls; the gateway's own calls go unsigned (403)."""
-    direct = client(moto_server)
-    gateway = gateway_factory({"s3.yaml": policy_text(moto_server, RULES, upstream="s3")})
-    agent_run(gateway, bucket, "s3-run-2")  # the agent's signed calls pass, captures too
-    journal = {e["path"]: e for e in gateway.journal(run="s3-run-2")}
-    assert journal[f"/{bucket}/a.json"]["prior"] == INITIAL["a.json"]
-    left = contents(direct, bucket)
+    """The agent's signature carries its key, so it never reaches S3; with no
+    credential in the policy the capture GET goes unsigned (403) and the write
+    is refused before it is sent (502 capture_failed): nothing changes."""
+    from botocore.exceptions import ClientError
 
-    plan = gateway.rollback(run="s3-run-2", dry_run=False)
-    assert plan["status"] == "incomplete", plan
-    statuses = {s["path"]: s["status"] for s in plan["steps"]}
-    assert statuses[f"/{bucket}/a.json"] != "applied"
-    assert statuses[f"/{bucket}/c.json"] != "applied"
-    now = contents(direct, bucket)
-    assert now["a.json"] == left["a.json"] and now["c.json"] == left["c.json"]
+    direct = client(moto_server)
+    before = contents(direct, bucket)
+    gateway = gateway_factory({"s3.yaml": policy_text(moto_server, RULES, upstream="s3")})
+    agent = client(f"{gateway.proxy}/s3", run="s3-run-2")
+    with pytest.raises(ClientError) as refused:
+        agent.put_object(Bucket=bucket, Key="a.json", ContentType="application/json",
+                         Body=json.dumps({"name": "alpha", "version": 3}).encode())
+    assert refused.value.response["ResponseMetadata"]["HTTPStatusCode"] == 502
+    assert contents(direct, bucket) == before
+    assert gateway.journal(run="s3-run-2") == []  # refused before anything was journaled
 
 
 def test_a_deleted_text_object_is_restored_as_it_was_or_not_at_all(
