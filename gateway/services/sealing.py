@@ -54,9 +54,14 @@ def for_intent(sealer: Sealer, rule: Rule | McpRule | None, method: str, path: s
     true_prior = journaling.true_value(seen.body, seen.status)
     if true_prior is not None:
         if true_prior == seen.value:  # nothing was redacted: the journaled undo is true
-            return Kept(undo, reversible)
-        true_undo, true_reversible = journaling.infer_undo(
-            rule, method, path, params, true_prior, seen.status, sent, content_type)
+            true_undo, true_reversible = undo, reversible
+        else:
+            true_undo, true_reversible = journaling.infer_undo(
+                rule, method, path, params, true_prior, seen.status, sent, content_type)
+        exact = _as_read(true_undo, true_prior, seen, limit)
+        if exact is not None:  # kept (plain JSON without a key) unless secrets were redacted
+            keep = sealer.keep if true_prior == seen.value else sealer.seal
+            return Kept(undo, true_reversible, keep({"undo": exact}, JOURNAL))
         if true_undo == undo:
             return Kept(undo, reversible)
         return Kept(undo, true_reversible, sealer.seal({"undo": true_undo}, JOURNAL))
@@ -72,6 +77,18 @@ def for_intent(sealer: Sealer, rule: Rule | McpRule | None, method: str, path: s
             f"journal_body_limit ({limit}): it was not kept, so it cannot be restored"))
     true_undo = {**raw, "body": {RAW: base64.b64encode(seen.body).decode()}}
     return Kept(raw, True, sealer.seal({"undo": true_undo}, JOURNAL))
+
+
+def _as_read(undo: dict[str, Any] | None, prior: Any, seen: Observed,
+             limit: int) -> dict[str, Any] | None:
+    """An undo that puts the whole prior back sends the bytes that were read, not a
+    re-encoding of them: a JSON document stored as an object (S3, a file store) comes
+    back byte for byte, spacing and trailing newline included. None otherwise."""
+    if undo is None or undo.get("body") != prior or not isinstance(prior, (dict, list)) \
+            or len(seen.body) > limit:
+        return None
+    return {**undo, "body": {RAW: base64.b64encode(seen.body).decode()},
+            "content_type": seen.content_type or undo.get("content_type")}
 
 
 def for_outcome(sealer: Sealer, parsed: Any, after: Any, true_after: Any) -> str | None:
@@ -121,7 +138,11 @@ def seal_step(sealer: Sealer, step: Step) -> Step:
     expected = redact_json(step.expected)
     if body == step.body and expected == step.expected:
         return step
-    sealed = sealer.seal({"body": step.body, "expected": step.expected}, STEP)
+    # Bytes read as JSON without secret-named fields (``_as_read``) are kept even
+    # without a key; anything redacted, or opaque bytes, only sealed.
+    secret = expected != step.expected or (body != step.body and not _plain_json(step.body))
+    keep = sealer.seal if secret else sealer.keep
+    sealed = keep({"body": step.body, "expected": step.expected}, STEP)
     return replace(step, body=body, expected=expected, sealed=sealed)
 
 
@@ -135,6 +156,13 @@ def open_step(sealer: Sealer, step: Step) -> Step:
 def body_bytes(body: Any) -> bytes | None:
     """A true step body that is bytes (a text or binary prior), else None."""
     return base64.b64decode(body[RAW]) if _is_raw(body) else None
+
+
+def _plain_json(body: Any) -> bool:
+    """A raw body that is JSON with nothing to redact."""
+    raw = body_bytes(body)
+    value = journaling.true_value(raw, 200) if raw is not None else None
+    return isinstance(value, (dict, list)) and redact_json(value) == value
 
 
 def _is_raw(body: Any) -> bool:
