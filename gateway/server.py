@@ -70,7 +70,7 @@ def bind_listeners(settings: Settings, reuse_port: bool = False) -> tuple[socket
     return proxy_sock, admin_sock
 
 
-def _server(app: Any, settings: Settings) -> uvicorn.Server:
+def server_for(app: Any, settings: Settings) -> uvicorn.Server:
     # proxy_headers off: X-Forwarded-For is not trusted from agents, and the
     # middleware it would add is one more layer on every call.
     config = uvicorn.Config(app, lifespan="off", access_log=False, log_level="warning",
@@ -106,10 +106,10 @@ async def serve(settings: Settings, banner: list[str] | None = None,
     # and collect the young generation less often (fewer pauses on the hot path).
     gc.freeze()
     gc.set_threshold(50_000, 50, 100)
-    servers = [_server(gateway.proxy_app(), settings), _server(gateway.admin_app(), settings)]
+    servers = [server_for(gateway.proxy_app(), settings), server_for(gateway.admin_app(), settings)]
     socks = [proxy_sock, admin_sock]
     if beside is not None:
-        servers.append(_server(beside[0], settings))
+        servers.append(server_for(beside[0], settings))
         socks.append(beside[1])
     loop = asyncio.get_running_loop()
 
