@@ -26,6 +26,7 @@ import uvicorn
 from gateway.app import Gateway
 from gateway.errors import StartupError
 from gateway.observe.access import ACCESS_LOG
+from gateway.proxy.connection import protocol_with
 from gateway.settings import Settings
 
 log = logging.getLogger("gateway")
@@ -73,8 +74,11 @@ def bind_listeners(settings: Settings, reuse_port: bool = False) -> tuple[socket
 def server_for(app: Any, settings: Settings) -> uvicorn.Server:
     # proxy_headers off: X-Forwarded-For is not trusted from agents, and the
     # middleware it would add is one more layer on every call.
+    # The protocol: uvicorn's httptools one, plus absolute-form marking and client
+    # timeouts (gateway.proxy.connection).
     config = uvicorn.Config(app, lifespan="off", access_log=False, log_level="warning",
-                            loop="none", http="httptools", server_header=False,
+                            loop="none", http=protocol_with(settings.client_timeout),
+                            server_header=False,
                             date_header=False, timeout_graceful_shutdown=5,
                             proxy_headers=False)
     return uvicorn.Server(config)

@@ -371,7 +371,8 @@ class PolicySet:
 
     def decide(self, upstream: Upstream, view: CallView,
                candidates: list[tuple[int, dict[str, str]]] | None = None) -> Decision:
-        """First matching rule decides; an unevaluable ``when`` denies.
+        """First matching rule decides; an unevaluable ``when`` denies. A rule for GET
+        also judges HEAD.
 
         ``candidates`` are the trie's matches for ``view.segments`` when the
         caller already has them. MCP upstreams: see ``decide_tool``.
@@ -382,8 +383,9 @@ class PolicySet:
             candidates = upstream.trie.match(view.segments)
         for index, params in candidates:
             rule = upstream.spec.rules[index]
-            if view.method not in rule.match.methods:
-                continue
+            methods = rule.match.methods
+            if view.method not in methods and not (view.method == "HEAD" and "GET" in methods):
+                continue  # HEAD is judged by the rules for GET (it reads the same thing)
             if rule.match.agents is not None and view.agent not in rule.match.agents:
                 continue
             condition = upstream.conditions.get(index)

@@ -74,7 +74,7 @@ async def test_body_with_two_readings_never_reaches_the_upstream(
 
 ACCEPTED = [
     ("small", "POST /refunds", rb'{"amount":1}'),
-    ("at-the-limit", "POST /refunds", rb'{"amount":1000.0}'),
+    ("at-the-limit", "POST /refunds", rb'{"amount":1000}'),
     ("surrogate-pair", "POST /refunds", rb'{"amount":1,"note":"\ud83d\ude00"}'),
     ("nesting-64", "PATCH /customers/1", b'{"n":' + b"[" * 63 + b"]" * 63 + b"}"),
     ("distinct-keys", "PATCH /customers/1", rb'{"name":"a","plan":"b","a_b":1}'),
