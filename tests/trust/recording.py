@@ -84,7 +84,7 @@ class Trusted:
         """One request on its own connection (``Connection: close``); ``head`` is the
         request line and any headers, written byte for byte (latin-1)."""
         lines = head.rstrip("\r\n").split("\n")
-        extra = [f"Host: gateway", "Connection: close"]
+        extra = ["Host: gateway", "Connection: close"]
         if key:
             extra.append(f"X-Gateway-Key: {AGENT_KEY}")
         if body:
