@@ -134,6 +134,18 @@ def method_override(query: str) -> str | None:
     return None
 
 
+def repeated_name(query: str) -> str | None:
+    """A query parameter named twice (after decoding), if any: frameworks disagree on
+    which one counts (Flask the first, Express a list, PHP the last), so a ``when``
+    over ``request.query`` cannot judge it."""
+    seen: set[str] = set()
+    for name, _ in parse_qsl(query, keep_blank_values=True):
+        if name in seen:
+            return name
+        seen.add(name)
+    return None
+
+
 def form_override(fields: Any) -> bool:
     """True when a parsed form body carries ``_method`` (Rails, Laravel, Symfony)."""
     return isinstance(fields, dict) and any(k.strip().lower() == "_method" for k in fields)

@@ -362,6 +362,12 @@ class Upstream:
         """True when some candidate rule's ``when`` may look at the body."""
         return bool(self.conditions) and any(index in self.conditions for index, _ in candidates)
 
+    def judges_query(self, candidates: list[tuple[int, dict[str, str]]]) -> bool:
+        """True when some candidate rule's ``when`` reads ``request.query``."""
+        return bool(self.conditions) and any(
+            "query" in self.conditions[index].source for index, _ in candidates
+            if index in self.conditions)
+
 
 @dataclass(slots=True)
 class PolicySet:

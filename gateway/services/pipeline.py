@@ -231,6 +231,11 @@ class Pipeline:
             candidates = upstream.trie.match(view.segments)
         except canonical.Ambiguous as exc:  # a spelling of a rule's literal, not the literal
             raise BadRequest(str(exc)) from None
+        if call.query and call.mcp is None and upstream.judges_query(candidates):
+            repeated = canonical.repeated_name(call.query)
+            if repeated is not None:
+                raise BadRequest(f"query parameter {repeated!r} is given twice; a rule judges "
+                                 "the query, and upstreams disagree on which one counts")
         if call.mcp is None and (mutating or upstream.needs_body(candidates)):
             call.buffered = await self._read_body(call)
             try:  # judged or journaled: one reading, or 400

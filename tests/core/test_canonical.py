@@ -12,6 +12,7 @@ from gateway.core.canonical import (
     form_override,
     json_body,
     method_override,
+    repeated_name,
     target,
 )
 from gateway.core.template import PathTrie, Template
@@ -127,3 +128,10 @@ def test_method_override_in_query(query: str, found: str | None) -> None:
 
 def test_method_override_in_form() -> None:
     assert form_override({"_method": "DELETE"}) and not form_override({"method": "x"})
+
+
+@pytest.mark.parametrize(("query", "repeated"), [("a=1&a=2", "a"), ("a=1&%61=2", "a"),
+                                                 ("a=1&b=2", None), ("", None),
+                                                 ("a&a", "a")])
+def test_repeated_query_name(query: str, repeated: str | None) -> None:
+    assert repeated_name(query) == repeated

@@ -105,3 +105,35 @@ async def test_what_is_judged_is_what_is_sent(tmp_path: Path, target: str, sent:
         reply = await gw.send(f"GET /crm{target} HTTP/1.1")
         assert reply.status == 200, reply.body
         assert [a.target for a in gw.upstream.reached()] == [sent]
+
+
+QUERY_RULES = """
+- id: own-records
+  match: {methods: [GET], path: "/records", when: "request.query.owner == 'bot'"}
+  action: allow
+- id: read-all
+  match: {methods: [GET], path: "/**"}
+  action: allow
+"""
+QUERIES = [
+    # (row id, query, status): a query a rule judges must have one reading
+    ("repeated", "owner=bot&owner=alice", 400),
+    ("repeated-encoded", "owner=bot&%6Fwner=alice", 400),
+    ("single", "owner=bot", 200),
+]
+
+
+@pytest.mark.parametrize(("query", "status"), [(q, s) for _, q, s in QUERIES],
+                         ids=[row for row, _, _ in QUERIES])
+async def test_judged_query_has_one_reading(tmp_path: Path, query: str, status: int) -> None:
+    async with trusted_gateway(tmp_path, QUERY_RULES, default="deny") as gw:
+        reply = await gw.send(f"GET /crm/records?{query} HTTP/1.1")
+        assert reply.status == status, reply.body
+        assert len(gw.upstream.reached()) == (1 if status == 200 else 0)
+
+
+async def test_repeated_query_is_forwarded_where_no_rule_judges_it(tmp_path: Path) -> None:
+    async with trusted_gateway(tmp_path, QUERY_RULES, default="deny") as gw:
+        reply = await gw.send("GET /crm/tags?t=a&t=b HTTP/1.1")
+        assert reply.status == 200
+        assert [a.target for a in gw.upstream.reached()] == ["/tags?t=a&t=b"]
