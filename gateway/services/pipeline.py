@@ -238,6 +238,8 @@ class Pipeline:
                                  "the query, and upstreams disagree on which one counts")
         if call.mcp is None and (mutating or upstream.needs_body(candidates)):
             call.buffered = await self._read_body(call)
+            if sum(1 for name, _ in call.headers if name == "content-type") > 1:
+                raise BadRequest("Content-Type is given twice: the body would be read two ways")
             try:  # judged or journaled: one reading, or 400
                 parsed = canonical.json_body(call.buffered, view.headers.get("content-type"))
             except canonical.Ambiguous as exc:

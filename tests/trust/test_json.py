@@ -56,6 +56,9 @@ REFUSED = [
     ("number-vs-bool", "GET /search", JSON, rb'{"admin":0}', 403),
     ("over-the-limit", "POST /refunds", JSON, rb'{"amount":99999}', 403),
     ("not-json-judged", "POST /refunds", "text/plain", b"amount=1", 403),
+    ("two-content-types", "POST /refunds",
+     "application/x-www-form-urlencoded\nContent-Type: application/json", b'{"amount":99999}',
+     400),
 ]
 
 
