@@ -162,8 +162,8 @@ def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
             raise Ambiguous(f"JSON key {key!r} carries NUL")
         low = key.casefold()
         if low in folded:
-            what = "twice" if key in out else "twice, differing only by case"
-            raise Ambiguous(f"JSON key {key!r} appears {what}")
+            what = "" if key in out else " (differing only by case)"
+            raise Ambiguous(f"duplicate key {key!r}{what}: readers would disagree on its value")
         folded.add(low)
         out[key] = value
     return out
@@ -194,7 +194,7 @@ def _check(value: Any, depth: int) -> None:
     """Depth (``depth``: containers around ``value``) and lone surrogates (the decoder
     accepts ``\\ud800``; UTF-8 cannot carry it)."""
     if isinstance(value, (dict, list)) and depth >= MAX_DEPTH:
-        raise Ambiguous(f"JSON nested deeper than {MAX_DEPTH}")
+        raise Ambiguous(f"JSON nesting deeper than {MAX_DEPTH}")
     if isinstance(value, str):
         if not value.isascii():
             try:
@@ -229,18 +229,18 @@ def json_body(body: bytes, content_type: str | None) -> Any:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         if claims:
-            raise Ambiguous("the JSON body is not valid UTF-8") from None
+            raise Ambiguous("the body is not JSON: not valid UTF-8") from None
         return None
     try:
         value = json.loads(text, object_pairs_hook=_object, parse_constant=_constant,
                            parse_float=_float, parse_int=_int)
     except RecursionError:
-        raise Ambiguous(f"JSON nested deeper than {MAX_DEPTH}") from None
+        raise Ambiguous(f"JSON nesting deeper than {MAX_DEPTH}") from None
     except Ambiguous:
         raise
     except ValueError as exc:  # not JSON (also int() past Python's digit limit)
         if claims:
-            raise Ambiguous(f"the body is not valid JSON ({exc})") from None
+            raise Ambiguous(f"the body is not JSON ({exc})") from None
         return None
     _check(value, 0)
     return value
