@@ -30,12 +30,12 @@ refused rather than merged, since an upstream may not merge them.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
 import unicodedata
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qsl, quote
 
 MAX_DEPTH = 64
@@ -53,13 +53,13 @@ class Ambiguous(ValueError):
     """A request with more than one reading; its message says which part and why."""
 
 
-@dataclass(frozen=True, slots=True)
-class Target:
+class Target(NamedTuple):
     encoded: str  # what is forwarded after the upstream's base URL ("" for the root)
     decoded: str  # what policies judge and the journal records ("/" for the root)
     segments: tuple[str, ...]
 
 
+@functools.lru_cache(maxsize=4096)  # agents repeat paths; the pipeline reads it back
 def target(raw: str) -> Target:
     """The canonical form of ``raw`` (percent-encoded, as received, ``""`` or ``/...``)."""
     if raw in ("", "/"):

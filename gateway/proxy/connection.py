@@ -28,50 +28,47 @@ _TIMEOUT = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n
 
 
 class GuardedProtocol(HttpToolsProtocol):
+    """Callbacks only note when the client last owed the gateway bytes (a clock read);
+    one timer per connection checks it, so a request costs no timer of its own."""
+
     client_timeout: float = DEFAULT_CLIENT_TIMEOUT
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        self._deadline: asyncio.TimerHandle | None = None
         super().connection_made(transport)
-        self._arm()
+        self._owed_since: float | None = self.loop.time()  # waiting for the client since
+        self._check = self.loop.call_later(self.client_timeout, self._too_slow)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
+        self._check.cancel()
         super().connection_lost(exc)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._arm()
+        self._owed_since = self.loop.time()
 
     def on_headers_complete(self) -> None:
         if not self.url.startswith(b"/"):
             self.scope["gateway.absolute_form"] = True  # type: ignore[typeddict-unknown-key]
         super().on_headers_complete()
-        self._arm()  # the body, if any; on_message_complete disarms
+        self._owed_since = self.loop.time()  # the body, if any
 
     def on_body(self, body: bytes) -> None:
         super().on_body(body)
-        self._arm()
+        self._owed_since = self.loop.time()
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
-        self._disarm()
-
-    def _arm(self) -> None:
-        self._disarm()
-        self._deadline = self.loop.call_later(self.client_timeout, self._too_slow)
-
-    def _disarm(self) -> None:
-        if getattr(self, "_deadline", None) is not None:
-            self._deadline.cancel()  # type: ignore[union-attr]
-            self._deadline = None
+        self._owed_since = None
 
     def _too_slow(self) -> None:
-        self._deadline = None
         if self.transport.is_closing():
             return
-        if self.flow is not None and self.flow.read_paused:
-            self._arm()  # the gateway is not reading: not the client's delay
+        now, since = self.loop.time(), self._owed_since
+        if since is None or now - since < self.client_timeout or (
+                self.flow is not None and self.flow.read_paused):  # not the client's delay
+            due = self.client_timeout if since is None or now - since >= self.client_timeout \
+                else since + self.client_timeout - now
+            self._check = self.loop.call_later(due, self._too_slow)
             return
         if self.cycle is None or self.cycle.response_complete:
             self.transport.write(_TIMEOUT)
