@@ -59,9 +59,16 @@ class Target(NamedTuple):
     segments: tuple[str, ...]
 
 
-@functools.lru_cache(maxsize=4096)  # agents repeat paths; the pipeline reads it back
 def target(raw: str) -> Target:
-    """The canonical form of ``raw`` (percent-encoded, as received, ``""`` or ``/...``)."""
+    """The canonical form of ``raw`` (percent-encoded, as received, ``""`` or ``/...``).
+
+    Agents repeat paths and the pipeline reads the listener's target back, so short
+    paths are cached (bounded: at most 2048 of at most 256 characters).
+    """
+    return _cached(raw) if len(raw) <= 256 else _target(raw)
+
+
+def _target(raw: str) -> Target:
     if raw in ("", "/"):
         return Target(raw, "/", ())
     if _PLAIN_PATH.fullmatch(raw):  # the common case: nothing to decode or check
@@ -78,6 +85,9 @@ def target(raw: str) -> Target:
     segments = tuple(_segment(part) for part in parts)
     encoded = "/" + "/".join(quote(s, safe=_SAFE) for s in segments) + ("/" if trailing else "")
     return Target(encoded, "/" + "/".join(segments) + ("/" if trailing else ""), segments)
+
+
+_cached = functools.lru_cache(maxsize=2048)(_target)
 
 
 def _segment(part: str) -> str:
