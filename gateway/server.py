@@ -26,6 +26,7 @@ import uvicorn
 from gateway.app import Gateway
 from gateway.errors import StartupError
 from gateway.observe.access import ACCESS_LOG
+from gateway.proxy.connection import protocol_with
 from gateway.settings import Settings
 
 log = logging.getLogger("gateway")
@@ -70,11 +71,14 @@ def bind_listeners(settings: Settings, reuse_port: bool = False) -> tuple[socket
     return proxy_sock, admin_sock
 
 
-def _server(app: Any, settings: Settings) -> uvicorn.Server:
+def server_for(app: Any, settings: Settings) -> uvicorn.Server:
     # proxy_headers off: X-Forwarded-For is not trusted from agents, and the
     # middleware it would add is one more layer on every call.
+    # The protocol: uvicorn's httptools one, plus absolute-form marking and client
+    # timeouts (gateway.proxy.connection).
     config = uvicorn.Config(app, lifespan="off", access_log=False, log_level="warning",
-                            loop="none", http="httptools", server_header=False,
+                            loop="none", http=protocol_with(settings.client_timeout),
+                            server_header=False,
                             date_header=False, timeout_graceful_shutdown=5,
                             proxy_headers=False)
     return uvicorn.Server(config)
@@ -106,10 +110,10 @@ async def serve(settings: Settings, banner: list[str] | None = None,
     # and collect the young generation less often (fewer pauses on the hot path).
     gc.freeze()
     gc.set_threshold(50_000, 50, 100)
-    servers = [_server(gateway.proxy_app(), settings), _server(gateway.admin_app(), settings)]
+    servers = [server_for(gateway.proxy_app(), settings), server_for(gateway.admin_app(), settings)]
     socks = [proxy_sock, admin_sock]
     if beside is not None:
-        servers.append(_server(beside[0], settings))
+        servers.append(server_for(beside[0], settings))
         socks.append(beside[1])
     loop = asyncio.get_running_loop()
 

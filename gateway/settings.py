@@ -128,6 +128,9 @@ class Settings(BaseSettings):
     # a key file <database>.key (0600) beside the database; unset on PostgreSQL: none kept.
     journal_key: str | None = Field(default=None, repr=False)
     max_write_body: int = Field(default=16 * 1024 * 1024, gt=0)
+    # seconds a client may take to send a request's headers (from connecting, or from the
+    # request's first byte), and between two pieces of its body; then it is cut off
+    client_timeout: float = Field(default=20.0, gt=0)
     log_level: str = "info"
     approval_max_wait: float = Field(default=300.0, ge=0)  # cap on Prefer: wait=N
     approval_webhook: WebhookSettings | None = None

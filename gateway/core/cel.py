@@ -13,9 +13,27 @@ from typing import Any
 import celpy
 from celpy import celtypes
 from celpy.celparser import CELParseError
-from celpy.evaluation import CELEvalError
+from celpy.evaluation import CELEvalError, base_functions
 
 _ENV = celpy.Environment()
+
+
+def _typed(name: str) -> Any:
+    """cel-python's comparison, refusing bool against a number: its BoolType is an int,
+    so ``true <= 1000`` held and ``{"amount": true}`` passed ``amount <= 1000``. CEL
+    has no such overload; the error makes the ``when`` deny."""
+    compare = base_functions[name]
+
+    def strict(a: Any, b: Any) -> Any:
+        if isinstance(a, celtypes.BoolType) != isinstance(b, celtypes.BoolType) and (
+                isinstance(a, (int, float)) and isinstance(b, (int, float))):
+            raise TypeError(f"no such overload: {type(a).__name__} {name} "
+                            f"{type(b).__name__}")
+        return compare(a, b)
+    return strict
+
+
+_STRICT = {name: _typed(name) for name in ("_<_", "_<=_", "_>_", "_>=_", "_==_", "_!=_")}
 
 
 _to_cel = celpy.json_to_cel  # type: ignore[attr-defined]
@@ -39,7 +57,7 @@ class Condition:
     def __init__(self, source: str) -> None:
         self.source = source
         try:
-            self._program = _ENV.program(_ENV.compile(source))
+            self._program = _ENV.program(_ENV.compile(source), functions=_STRICT)
         except Exception as exc:  # CELParseError and friends
             column = getattr(exc, "column", None)
             where = f" at column {column}" if isinstance(column, int) else ""

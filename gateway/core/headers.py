@@ -29,6 +29,11 @@ HOP_BY_HOP = frozenset({
     "te", "trailer", "trailers", "transfer-encoding", "upgrade",
 })
 METHOD_OVERRIDES = frozenset({"x-http-method-override", "x-http-method", "x-method-override"})
+# Routing headers some servers and frameworks obey over the request line (IIS URL
+# Rewrite, Symfony, Zend, Django behind proxies): from an agent they would make the
+# upstream serve a path or host the policy did not judge.
+ROUTING = frozenset({"x-original-url", "x-original-uri", "x-rewrite-url", "x-forwarded-host",
+                     "x-forwarded-prefix"})
 
 
 def _connection_tokens(headers: Iterable[tuple[str, str]]) -> set[str]:
@@ -45,7 +50,8 @@ def upstream_request_headers(headers: list[tuple[str, str]], agent_key: str | No
                              replaces: frozenset[str] = frozenset()) -> list[tuple[str, str]]:
     """Headers to send upstream. ``headers`` have lower-case names; ``replaces`` are
     agent headers the upstream's credential supersedes (a SigV4 signature's)."""
-    drop = HOP_BY_HOP | _connection_tokens(headers) | {"host", "content-length"} | replaces
+    drop = HOP_BY_HOP | ROUTING | _connection_tokens(headers) | {"host", "content-length"} \
+        | replaces
     if credential is not None:
         drop = drop | {credential[0].lower()}
     if drop_encoding:

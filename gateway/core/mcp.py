@@ -22,6 +22,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.core import canonical
 from gateway.core.policy import TOOLS_CALL, McpRule, ToolCapture, ToolUndo
 from gateway.core.redact import REDACTED, redact_json
 
@@ -59,39 +60,16 @@ class Message:
         return self.method is not None and "id" in self.value
 
 
-def _strict_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise MessageError(f"duplicate key {key!r}: readers would disagree on its value")
-        out[key] = value
-    return out
-
-
-def _no_constant(name: str) -> Any:
-    raise MessageError(f"{name} is not JSON")
-
-
-def _depth(value: Any, level: int = 0) -> int:
-    if level > MAX_DEPTH:
-        raise MessageError(f"nesting deeper than {MAX_DEPTH}")
-    if isinstance(value, dict):
-        return max((_depth(v, level + 1) for v in value.values()), default=level)
-    if isinstance(value, list):
-        return max((_depth(v, level + 1) for v in value), default=level)
-    return level
-
-
 def decode(body: bytes) -> Any:
-    """Strict JSON: duplicate keys, NaN/Infinity and deep nesting are refused."""
+    """Strict JSON with one reading (``gateway.core.canonical.json_body``): duplicate or
+    case-twin keys, NUL in keys, lone surrogates, NaN/Infinity, numbers past the float
+    range and deep nesting are refused."""
+    if not body.strip():
+        raise MessageError("the body is not JSON: it is empty")
     try:
-        value = json.loads(body, object_pairs_hook=_strict_object, parse_constant=_no_constant)
-    except MessageError:
-        raise
-    except (ValueError, RecursionError) as exc:
-        raise MessageError(f"the body is not JSON: {exc}") from None
-    _depth(value)
-    return value
+        return canonical.json_body(body, "application/json")
+    except canonical.Ambiguous as exc:
+        raise MessageError(str(exc)) from None
 
 
 def message(value: Any, raw: bytes | None = None) -> Message:

@@ -435,6 +435,12 @@ class Upstream:
         """True when some candidate rule's ``when`` may look at the body."""
         return bool(self.conditions) and any(index in self.conditions for index, _ in candidates)
 
+    def judges_query(self, candidates: list[tuple[int, dict[str, str]]]) -> bool:
+        """True when some candidate rule's ``when`` reads ``request.query``."""
+        return bool(self.conditions) and any(
+            "query" in self.conditions[index].source for index, _ in candidates
+            if index in self.conditions)
+
 
 @dataclass(slots=True)
 class PolicySet:
@@ -444,7 +450,8 @@ class PolicySet:
 
     def decide(self, upstream: Upstream, view: CallView,
                candidates: list[tuple[int, dict[str, str]]] | None = None) -> Decision:
-        """First matching rule decides; an unevaluable ``when`` denies.
+        """First matching rule decides; an unevaluable ``when`` denies. A rule for GET
+        also judges HEAD.
 
         ``candidates`` are the trie's matches for ``view.segments`` when the
         caller already has them. MCP upstreams: see ``decide_tool``.
@@ -455,8 +462,9 @@ class PolicySet:
             candidates = upstream.trie.match(view.segments)
         for index, params in candidates:
             rule = upstream.spec.rules[index]
-            if view.method not in rule.match.methods:
-                continue
+            methods = rule.match.methods
+            if view.method not in methods and not (view.method == "HEAD" and "GET" in methods):
+                continue  # HEAD is judged by the rules for GET (it reads the same thing)
             if rule.match.agents is not None and view.agent not in rule.match.agents:
                 continue
             condition = upstream.conditions.get(index)

@@ -5,7 +5,10 @@ bound), ``*`` (one segment) or a final ``**`` (any rest, also empty). All the
 rules of an upstream are compiled into one trie, so matching a request walks
 its path once instead of trying every rule's regular expression in turn; the
 rules that match come back in file order and the policy keeps the first one
-that also fits the method, the agent and the ``when`` condition.
+that also fits the method, the agent and the ``when`` condition. A request
+segment that is not a node's literal but folds to it (``ADMIN``, ``admin;x``,
+``admin.``: ``gateway.core.canonical.fold``) is ``Ambiguous``: an upstream may
+serve it as the literal, which the rules did not judge it as.
 
 >>> trie = PathTrie()
 >>> trie.add(0, Template.parse("/customers/{id}"))
@@ -18,6 +21,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+
+from gateway.core.canonical import Ambiguous, fold
 
 _NAME = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 
@@ -76,6 +81,7 @@ class Template:
 @dataclass(slots=True)
 class _Node:
     literal: dict[str, _Node] = field(default_factory=dict)
+    folds: dict[str, str] = field(default_factory=dict)  # fold(literal) -> literal
     single: _Node | None = None
     # (rule index, names of the single segments on the way, None for "*")
     ends: list[tuple[int, tuple[str | None, ...]]] = field(default_factory=list)
@@ -100,6 +106,7 @@ class PathTrie:
                 node = node.single
                 names.append(None if seg == "*" else seg[1:-1])
             else:
+                node.folds.setdefault(fold(seg), seg)
                 node = node.literal.setdefault(seg, _Node())
         node.ends.append((index, tuple(names)))
 
@@ -120,6 +127,12 @@ class PathTrie:
         child = node.literal.get(segs[i])
         if child is not None:
             self._walk(child, segs, i + 1, values, found)
+        elif node.folds:
+            alias = node.folds.get(fold(segs[i]))
+            if alias is not None:
+                raise Ambiguous(f"path segment {segs[i]!r} differs from {alias!r} only by "
+                                "case, Unicode form, trailing dots or spaces, or ';' "
+                                f"parameters; send {alias!r}")
         if node.single is not None:
             values.append(segs[i])
             self._walk(node.single, segs, i + 1, values, found)

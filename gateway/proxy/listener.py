@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import quote
 
+from gateway.core import canonical
 from gateway.core.headers import AmbiguousIdentity, Identity, agent_response_headers, identify
 from gateway.core.model import Checkpoint, is_mutating, new_id
 from gateway.errors import BadRequest, GatewayError, Unauthenticated, UnknownUpstream
@@ -34,6 +35,14 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 _UPSTREAM = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 _JSON = [(b"content-type", b"application/json")]
+REFUSED_METHODS = frozenset({"TRACE", "TRACK", "CONNECT", "DEBUG"})
+# After these the connection is closed: a request the gateway could not read one way
+# (or whose body it did not read) must not decide how the bytes behind it are framed.
+_CLOSE_AFTER = frozenset({400, 405, 408, 413})
+
+
+class MethodRefused(GatewayError):
+    status, code, decision = 405, "method_not_allowed", "deny"
 
 
 class AgentDirectory:
@@ -146,8 +155,12 @@ class ProxyApp:
                       watch: Watch) -> Reply:
         raw = scope.get("raw_path") or quote(scope["path"]).encode()
         raw_path = raw.decode("latin-1").split("?", 1)[0]
-        if not raw_path.startswith("/"):
-            raise BadRequest("only origin-form request targets are accepted")
+        if not raw_path.startswith("/") or scope.get("gateway.absolute_form"):
+            raise BadRequest("only origin-form request targets are accepted (GET /crm/..., "
+                             "not GET http://host/crm/...)")
+        method = scope["method"].upper()
+        if method in REFUSED_METHODS:
+            raise MethodRefused(f"{method} is not allowed through the gateway")
         upstream, _, rest = raw_path[1:].partition("/")
         headers = [(k.decode("latin-1").lower(), v.decode("latin-1"))
                    for k, v in scope["headers"]]
@@ -159,11 +172,19 @@ class ProxyApp:
         scope["gateway.agent"] = agent
         if not _UPSTREAM.match(upstream):
             raise UnknownUpstream(f"no upstream named {upstream!r}")
+        try:  # computed once: what is judged, journaled and forwarded
+            target = canonical.target("/" + rest if rest else "")
+        except canonical.Ambiguous as exc:
+            raise BadRequest(str(exc)) from None
+        query = seen.query  # without the agent's key, if it came as a query parameter
+        override = canonical.method_override(query)
+        if override is not None:
+            raise BadRequest(f"query parameter {override!r} is a method override: the policy "
+                             "judges the request method")
         get = {k: v for k, v in headers if k.startswith("x-agent-")}.get
         call = Call(
             request_id=request_id, agent=agent, agent_key=key, upstream=upstream,
-            method=scope["method"].upper(), raw_path="/" + rest if rest else "",
-            query=seen.query, headers=headers,
+            method=method, raw_path=target.encoded, query=query, headers=headers,
             checkpoint=Checkpoint(get("x-agent-run"), get("x-agent-model"),
                                   get("x-agent-prompt-version"), get("x-agent-tool-version")),
             body=_body(receive) if _has_body(headers) else None)
@@ -224,6 +245,8 @@ def _gateway_headers(decision: str, request_id: str) -> list[tuple[bytes, bytes]
 async def _error(send: Send, exc: GatewayError, request_id: str) -> None:
     data = json.dumps(exc.body()).encode()
     headers = _JSON + [(b"content-length", str(len(data)).encode())]
+    if exc.status in _CLOSE_AFTER:
+        headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": exc.status,
                 "headers": headers + _gateway_headers(exc.decision, request_id)})
     await send({"type": "http.response.body", "body": data})

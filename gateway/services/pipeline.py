@@ -29,9 +29,9 @@ import json
 import logging
 import time
 from typing import Any, Protocol
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
-from gateway.core import autonomy, mcp, shadow, urls
+from gateway.core import autonomy, canonical, mcp, shadow, urls
 from gateway.core import journal as journaling
 from gateway.core.approvals import HeldCall
 from gateway.core.autonomy import Act
@@ -106,19 +106,15 @@ class BodyTooLarge(GatewayError):
 
 def segments_of(raw_path: str) -> list[str]:
     """Decoded path segments for matching; ambiguous paths are a bad request."""
-    if raw_path in ("", "/"):
-        return []
-    parts = raw_path[1:].split("/")
-    if parts and parts[-1] == "":
-        parts.pop()
-    out = []
-    for part in parts:
-        decoded = unquote(part)
-        if part == "" or decoded in (".", "..") or "/" in decoded or "\\" in decoded \
-                or "\x00" in decoded:
-            raise BadRequest(f"ambiguous path segment {part!r}")
-        out.append(decoded)
-    return out
+    return list(canonical_target(raw_path).segments)
+
+
+def canonical_target(raw_path: str) -> canonical.Target:
+    """The one reading of a path (``gateway.core.canonical``), or 400."""
+    try:
+        return canonical.target(raw_path)
+    except canonical.Ambiguous as exc:
+        raise BadRequest(str(exc)) from None
 
 
 class Pipeline:
@@ -218,7 +214,8 @@ class Pipeline:
             message = call.mcp
             return CallView(message.method or call.method, message.tool or "", [], {},
                             dict(call.headers), call.agent, message.arguments)
-        return CallView(call.method, unquote(call.raw_path) or "/", segments_of(call.raw_path),
+        target = canonical_target(call.raw_path)  # already canonical: the listener made it so
+        return CallView(call.method, target.decoded, list(target.segments),
                         dict(parse_qsl(call.query, keep_blank_values=True)),
                         dict(call.headers), call.agent)
 
@@ -233,10 +230,27 @@ class Pipeline:
                                  "judges the request method")
         view = self.view_of(call)
         mutating = is_mutating(call.method)
-        candidates = upstream.trie.match(view.segments)
+        try:
+            candidates = upstream.trie.match(view.segments)
+        except canonical.Ambiguous as exc:  # a spelling of a rule's literal, not the literal
+            raise BadRequest(str(exc)) from None
+        if call.query and call.mcp is None and upstream.judges_query(candidates):
+            repeated = canonical.repeated_name(call.query)
+            if repeated is not None:
+                raise BadRequest(f"query parameter {repeated!r} is given twice; a rule judges "
+                                 "the query, and upstreams disagree on which one counts")
         if call.mcp is None and (mutating or upstream.needs_body(candidates)):
             call.buffered = await self._read_body(call)
-            parsed = journaling.parse_body(call.buffered, view.headers.get("content-type"))
+            if sum(1 for name, _ in call.headers if name == "content-type") > 1:
+                raise BadRequest("Content-Type is given twice: the body would be read two ways")
+            try:  # judged or journaled: one reading, or 400
+                parsed = canonical.json_body(call.buffered, view.headers.get("content-type"))
+            except canonical.Ambiguous as exc:
+                raise BadRequest(f"request body: {exc}") from None
+            if canonical.form_override(parsed) and journaling.media_type(
+                    view.headers.get("content-type")) == journaling.FORM:
+                raise BadRequest("a _method form field is a method override: the policy "
+                                 "judges the request method")
             view = CallView(view.method, view.path, view.segments, view.query, view.headers,
                             view.agent, parsed)
         try:
@@ -287,6 +301,11 @@ class Pipeline:
     async def _read_body(self, call: Call) -> bytes:
         if call.buffered is not None or call.body is None:
             return call.buffered or b""
+        declared = next((v for k, v in call.headers if k == "content-length"), None)
+        if declared is not None and declared.strip().isdigit() \
+                and int(declared) > self.settings.max_write_body:
+            # before the first read: an ``Expect: 100-continue`` client gets no 100
+            raise BodyTooLarge(f"request body over {self.settings.max_write_body} bytes")
         chunks, size = [], 0
         async for chunk in call.body:
             size += len(chunk)

@@ -207,6 +207,12 @@ def test_responses_are_found_in_json_and_sse_bodies_and_failures_named() -> None
     (b'{"jsonrpc":"2.0","id":NaN,"method":"ping"}', "NaN"),
     (b"[" * 100 + b"]" * 100, "nesting"),
     (b"{", "not JSON"),
+    (b'{"jsonrpc":"2.0","id":1,"method":"tools/call",'
+     b'"params":{"name":"a","arguments":{"Id":1,"id":2}}}', "differing only by case"),
+    (b'{"jsonrpc":"2.0","id":1,"method":"tools/call",'
+     b'"params":{"name":"a","arguments":{"n":"\\ud800"}}}', "lone surrogate"),
+    (b'{"jsonrpc":"2.0","id":1,"method":"tools/call",'
+     b'"params":{"name":"a","arguments":{"amount":1e999}}}', "float range"),
 ])
 def test_messages_readers_could_disagree_on_are_refused(body: bytes, problem: str) -> None:
     with pytest.raises(mcp.MessageError, match=problem):

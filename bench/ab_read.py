@@ -1,0 +1,84 @@
+"""A/B of the read path: this tree against another revision, in the same session.
+
+    git archive REV | tar -x -C /tmp/before
+    .venv/bin/python bench/ab_read.py --before /tmp/before --rounds 8
+
+Starts ``bench/upstream.py`` and two ``gateway serve`` side by side (the other
+revision through ``PYTHONPATH``), then alternates 5 s wrk GET runs (32 and 1
+connections; the order flips every round) and prints median req/s and the
+gateway process's CPU time per request (from /proc: robust to other load on
+the machine, which req/s is not). Needs wrk, like ``bench/run.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import run as bench  # noqa: E402
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--before", type=Path, required=True, help="source tree of the other revision")
+    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--seconds", type=int, default=5)
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="ab-read-"))
+    logdir = tmp / "logs"
+    logdir.mkdir()
+    procs: list[bench.Proc] = []
+    try:
+        up = bench.Proc("upstream", [sys.executable, str(bench.HERE / "upstream.py")],
+                        r"ready port=(\d+)", logdir)
+        procs.append(up)
+        config, policies = bench.write_gateway_config(tmp, f"http://127.0.0.1:{up.match.group(1)}")
+        gateways = {}
+        for name, env in (("before", {"PYTHONPATH": str(args.before.resolve())}), ("after", {})):
+            proc, proxy, _ = bench.start_gateway(name, config, policies,
+                                                 f"sqlite+aiosqlite:///{tmp / name}.db", logdir,
+                                                 env={"OTEL_SDK_DISABLED": "true", **env})
+            procs.append(proc)
+            gateways[name] = (proxy + "/bench" + bench.ITEM_PATH, proc.proc.pid)
+            bench.wrk(gateways[name][0], "GET", 32, 2, bench.AGENT_KEY)  # warm-up
+        rps: dict[tuple[str, int], list[float]] = {}
+        cpu: dict[tuple[str, int], list[float]] = {}
+        for round_ in range(args.rounds):
+            names = list(gateways) if round_ % 2 == 0 else list(reversed(gateways))
+            for conns in (32, 1):
+                for name in names:
+                    url, pid = gateways[name]
+                    began = cpu_seconds(pid)
+                    result = bench.wrk(url, "GET", conns, args.seconds, bench.AGENT_KEY)
+                    used = cpu_seconds(pid) - began
+                    if result["failed"]:
+                        raise SystemExit(f"{name}: {result['failed']} failed requests")
+                    rps.setdefault((name, conns), []).append(result["rps"])
+                    cpu.setdefault((name, conns), []).append(
+                        used / (result["rps"] * args.seconds) * 1e6)
+        print(f"{'target':<8}{'conns':>6}{'req/s':>9}{'CPU us/req':>12}   (medians of {args.rounds})")
+        for conns in (32, 1):
+            for name in gateways:
+                print(f"{name:<8}{conns:>6}{statistics.median(rps[(name, conns)]):>9.0f}"
+                      f"{statistics.median(cpu[(name, conns)]):>12.1f}")
+            ratio = (statistics.median(rps[("after", conns)])
+                     / statistics.median(rps[("before", conns)]))
+            print(f"after/before req/s at {conns} connections: {ratio:.3f}")
+        print(f"load average (1 min) at the end: {os.getloadavg()[0]:.2f}")
+    finally:
+        for proc in reversed(procs):
+            proc.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""One client connection: uvicorn's httptools protocol, with the gateway's guards.
+
+Two things the ASGI app cannot see are decided here, where the request line
+and the clock are:
+
+- an absolute-form target (``GET http://host/crm/... HTTP/1.1``) is marked on
+  the scope (``gateway.absolute_form``), so the listener refuses it (400)
+  instead of routing the path uvicorn kept from it;
+- a client gets ``client_timeout`` seconds from connecting (or from the first
+  byte of a request) to finish sending the headers, and as long again between
+  two pieces of a body; then the connection is closed (with a 408 when no
+  response is under way). Idle keep-alive connections are uvicorn's own
+  ``timeout_keep_alive``. A body the gateway has stopped reading (flow control:
+  the upstream is slow) is not the client's delay and does not count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+DEFAULT_CLIENT_TIMEOUT = 20.0
+_BODY = b'{"error": {"code": "request_timeout", "message": "the request came too slowly"}}'
+_TIMEOUT = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(_BODY), _BODY))
+
+
+class GuardedProtocol(HttpToolsProtocol):
+    """Callbacks only note when the client last owed the gateway bytes (a clock read);
+    one timer per connection checks it, so a request costs no timer of its own."""
+
+    client_timeout: float = DEFAULT_CLIENT_TIMEOUT
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._owed_since: float | None = self.loop.time()  # waiting for the client since
+        self._check = self.loop.call_later(self.client_timeout, self._too_slow)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._check.cancel()
+        super().connection_lost(exc)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._owed_since = self.loop.time()
+
+    def on_headers_complete(self) -> None:
+        if not self.url.startswith(b"/"):
+            self.scope["gateway.absolute_form"] = True  # type: ignore[typeddict-unknown-key]
+        super().on_headers_complete()
+        self._owed_since = self.loop.time()  # the body, if any
+
+    def on_body(self, body: bytes) -> None:
+        super().on_body(body)
+        self._owed_since = self.loop.time()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._owed_since = None
+
+    def _too_slow(self) -> None:
+        if self.transport.is_closing():
+            return
+        now, since = self.loop.time(), self._owed_since
+        if since is None or now - since < self.client_timeout or (
+                self.flow is not None and self.flow.read_paused):  # not the client's delay
+            due = self.client_timeout if since is None or now - since >= self.client_timeout \
+                else since + self.client_timeout - now
+            self._check = self.loop.call_later(due, self._too_slow)
+            return
+        if self.cycle is None or self.cycle.response_complete:
+            self.transport.write(_TIMEOUT)
+        self.transport.close()
+
+
+def protocol_with(client_timeout: float) -> type[Any]:
+    """The protocol class uvicorn instantiates per connection, with this timeout."""
+    return type("AgentConnection", (GuardedProtocol,), {"client_timeout": client_timeout})
