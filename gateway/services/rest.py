@@ -11,6 +11,7 @@ signed (``gateway.services.credentials``).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 from gateway.core import journal as journaling
