@@ -83,3 +83,34 @@ def redacted_body(body: bytes, content_type: str | None) -> bytes:
     except (ValueError, UnicodeDecodeError):
         return b"" if kind and not kind.startswith("text/") else body
     return json.dumps(redact_json(parsed), ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def carries_secrets(query: str, headers: Iterable[tuple[str, str]], body: bytes,
+                    content_type: str | None) -> bool:
+    """Whether a request has anything views redact: a secret-named header, query
+    parameter, form or JSON field, or a secret-named word in a text body. (A binary
+    body is not shown in views, but it is not a secret by name either.)
+
+    >>> carries_secrets("plan=pro", [], b'{"plan": "pro"}', "application/json")
+    False
+    >>> carries_secrets("", [], b"password=hunter2", "application/x-www-form-urlencoded")
+    True
+    """
+    if _secret_field(query) or any(is_secret_name(name) for name, _ in headers):
+        return True
+    if not body:
+        return False
+    kind = (content_type or "").split(";", 1)[0].strip().lower()
+    if kind == "application/x-www-form-urlencoded":
+        return _secret_field(body.decode("utf-8", "replace"))
+    try:
+        parsed = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        if kind and not kind.startswith("text/"):
+            return False
+        return redacted_body(body, content_type) != body
+    return bool(redact_json(parsed) != parsed)
+
+
+def _secret_field(form: str) -> bool:
+    return any(is_secret_name(name) for name, _ in parse_qsl(form, keep_blank_values=True))

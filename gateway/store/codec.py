@@ -32,7 +32,7 @@ from gateway.core.model import (
     iso,
     parse_iso,
 )
-from gateway.core.redact import redact_headers, redact_query, redacted_body
+from gateway.core.redact import carries_secrets, redact_headers, redact_query, redacted_body
 from gateway.core.rollback import Plan, PlanStatus, Step, StepStatus
 from gateway.store import seal
 from gateway.store.seal import NO_SEALER, Sealer, SealError
@@ -267,7 +267,11 @@ def held_row(call: HeldCall, sealer: Sealer = NO_SEALER) -> ApprovalRow:
         method=call.method, raw_path=call.raw_path, query=redact_query(call.query),
         headers=dumps([list(h) for h in redact_headers(call.headers).items()]),
         body=redacted_body(bytes(call.body), _content_type(call.headers)),
-        sealed=sealer.keep(exact, APPROVAL),
+        # Without a key (PostgreSQL with no journal_key), a request that carries secrets
+        # is not kept at all (approving it is 409 sealed_unavailable); others are kept plain.
+        sealed=(sealer.seal if carries_secrets(call.query, call.headers, bytes(call.body),
+                                               _content_type(call.headers))
+                else sealer.keep)(exact, APPROVAL),
         sealed_response=held_response_sealed(call.response, sealer),
         run=cp.run, model=cp.model, prompt_version=cp.prompt_version,
         tool_version=cp.tool_version, rule=call.rule, policy_revision=call.policy_revision,
@@ -288,7 +292,10 @@ def held_response_text(response: dict[str, Any] | None) -> str | None:
 
 def held_response_sealed(response: dict[str, Any] | None, sealer: Sealer) -> str | None:
     """The same response exactly (the agent's status URL returns it), sealed."""
-    return None if response is None else sealer.keep(response, APPROVAL_RESPONSE)
+    if response is None:
+        return None
+    keep = sealer.keep if redacted_response(response) == response else sealer.seal
+    return keep(response, APPROVAL_RESPONSE)
 
 
 def _held_response(row: ApprovalRow, sealer: Sealer) -> dict[str, Any] | None:

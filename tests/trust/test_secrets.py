@@ -314,12 +314,16 @@ async def test_without_a_key_sqlite_uses_its_key_file_and_postgresql_refuses(
     plan, approve, sent = await _secret_write_then_restart(tmp_path, store_url, crm, {}, {})
     [step] = plan["steps"]
     customer = crm[0].data["customers"]["cus_1"]
-    assert approve.status_code == 200, approve.text  # the held call still runs exactly
-    assert "token=held-secret" in sent[-1]["query"]
-    if store_url.startswith("postgresql"):  # no key: the secret was not kept, so no undo
+    if store_url.startswith("postgresql"):  # no key: the secrets were not kept, anywhere
         assert step["status"] == "failed" and "no journal key was configured" in step["detail"]
         assert (customer["plan"], customer["api_key"]) == ("free", "true-prior-value")
+        # The held call carried ?token=: never stored in plaintext, so not sent redacted either.
+        assert approve.status_code == 409, approve.text
+        assert approve.json()["error"]["code"] == "sealed_unavailable"
+        assert sent == []
     else:
+        assert approve.status_code == 200, approve.text  # the held call runs exactly
+        assert "token=held-secret" in sent[-1]["query"]
         assert step["status"] == "applied", step
         assert (customer["plan"], customer["api_key"]) == ("pro", "true-prior-value")
 
@@ -332,3 +336,22 @@ async def test_a_malformed_key_stops_the_start(key: str, tmp_path: Path,
         async with started_gateway(tmp_path, f"sqlite+aiosqlite:///{tmp_path}/gw.db",
                                    {"crm.yaml": policy_text(crm[1], RULES)}, journal_key=key):
             pass
+
+
+async def test_without_a_key_a_held_call_without_secrets_is_kept_and_runs_exactly(
+        tmp_path: Path, crm: tuple[CRM, str], store_url: str) -> None:
+    """Only what carries secrets needs the key: other held calls run as they were sent."""
+    app, url = crm
+    text = policy_text(url, RULES, extra=VOLATILE + CREDENTIALS)
+    async with started_gateway(tmp_path, store_url, {"crm.yaml": text}) as gw:
+        held = await gw.agent.patch("/crm/deals/deal_1?note=plain", json={"stage": "won"})
+        assert held.status_code == 202, held.text
+        call_id = held.json()["approval"]["id"]
+        sent = len(app.log)
+        approve = await gw.admin.post(f"/v1/approvals/{call_id}/approve", json={},
+                                      headers=gw.as_role("approver"))
+        assert approve.status_code == 200, approve.text
+        assert approve.json()["status"] == "executed"
+    [patch] = [c for c in app.log[sent:] if c["method"] == "PATCH"]
+    assert "note=plain" in patch["query"]
+    assert app.data["deals"]["deal_1"]["stage"] == "won"
