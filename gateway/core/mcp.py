@@ -280,14 +280,21 @@ def result_text(result: dict[str, Any]) -> str | None:
 def tool_state(result: Any) -> Any:
     """The state a read tool returned: its structured content, else its text parsed
     as JSON, else its text (redacted, as every journaled value)."""
+    state = true_tool_state(result)
+    return redact_json(state) if isinstance(state, (dict, list)) else state
+
+
+def true_tool_state(result: Any) -> Any:
+    """``tool_state`` before redaction: what rollback needs to put secrets back (the
+    journal keeps it sealed, ``gateway.services.sealing``)."""
     if not isinstance(result, dict):
         return None
     if result.get("structuredContent") is not None:
-        return redact_json(result["structuredContent"])
+        return result["structuredContent"]
     text = result_text(result)
     if text is None:
         return None
     try:
-        return redact_json(json.loads(text))
+        return json.loads(text)
     except ValueError:
         return text

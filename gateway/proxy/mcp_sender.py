@@ -92,7 +92,7 @@ class McpSender:
         failed = mcp.failure(answer)
         if failed is not None:
             raise CaptureFailed(f"capture tool {tool}: {failed}; the write was not sent")
-        return Observed(200, mcp.tool_state(answer.get("result")), None)
+        return _observed(answer.get("result"))
 
     async def read(self, upstream: Upstream, target: str) -> Observed:
         if not mcp.is_target(target):  # no capture tool: the state cannot be read
@@ -103,7 +103,7 @@ class McpSender:
         failed = mcp.failure(answer)
         if failed is not None:
             return Observed(502, failed, None)
-        return Observed(200, mcp.tool_state(answer.get("result")), None)
+        return _observed(answer.get("result"))
 
     def own_headers(self, upstream: Upstream, content_type: str | None) -> list[tuple[str, str]]:
         return list(_credential(upstream).items())
@@ -234,3 +234,13 @@ def _credential(upstream: Upstream) -> dict[str, str]:
     if upstream.credential is not None:
         return {name: value for name, value in upstream.credential.headers if value}
     return {}
+
+
+def _observed(result: Any) -> Observed:
+    """A read tool's state as journaled (redacted), with its true JSON as the body the
+    journal seals when redaction changed it (rollback puts secrets back from that)."""
+    state = mcp.true_tool_state(result)
+    if not isinstance(state, (dict, list)):
+        return Observed(200, state, None)
+    return Observed(200, mcp.tool_state(result), None,
+                    json.dumps(state, ensure_ascii=False).encode(), "application/json")

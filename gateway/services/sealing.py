@@ -48,10 +48,17 @@ def for_intent(sealer: Sealer, rule: Rule | McpRule | None, method: str, path: s
                content_type: str | None, undo: dict[str, Any] | None, reversible: bool,
                limit: int) -> Kept:
     """``undo``/``reversible`` were inferred from the redacted prior; keep the true ones."""
-    if seen is None or not seen.body or not 200 <= seen.status < 300 \
-            or isinstance(rule, McpRule):
+    if seen is None or not seen.body or not 200 <= seen.status < 300:
         return Kept(undo, reversible)
     true_prior = journaling.true_value(seen.body, seen.status)
+    if isinstance(rule, McpRule):  # a capture tool's state: JSON, never bytes to put back
+        if true_prior is None or true_prior == seen.value:
+            return Kept(undo, reversible)
+        true_undo, true_reversible = journaling.infer_undo(
+            rule, method, path, params, true_prior, seen.status, sent, content_type)
+        if true_undo == undo:
+            return Kept(undo, reversible)
+        return Kept(undo, true_reversible, sealer.seal({"undo": true_undo}, JOURNAL))
     if true_prior is not None:
         if true_prior == seen.value:  # nothing was redacted: the journaled undo is true
             true_undo, true_reversible = undo, reversible

@@ -1,0 +1,92 @@
+"""A tool call's rollback puts secret-named fields back, as a REST rollback does.
+
+The capture tool's state is journaled redacted; an undo built from it would send
+``[REDACTED]`` to the upstream in place of the real value. The true state is kept
+sealed beside it, and rollback compensates with that.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mcp.server.mcpserver import MCPServer
+
+from tests.harness import serve_app, started_gateway
+from tests.mcp.conftest import Rig
+
+RULES = """\
+version: 1
+kind: mcp
+upstream: tools
+base_url: {url}/mcp
+default: deny
+rules:
+  - id: read
+    match: {{tools: [get_account]}}
+    action: allow
+    effect: read
+  - id: replace
+    match: {{tools: [replace_account]}}
+    action: allow
+    capture: {{tool: get_account, arguments: {{id: "{{arguments.id}}"}}}}
+    undo: {{tool: replace_account, arguments: prior}}
+  - id: rotate
+    match: {{tools: [rotate_key]}}
+    action: allow
+    capture: {{tool: get_account, arguments: {{id: "{{arguments.id}}"}}}}
+    undo: {{tool: rotate_key, arguments: prior_fields}}
+"""
+
+TRUE_KEY = "sk-live-true-prior-value"
+
+
+def accounts_server(accounts: dict[str, dict[str, Any]]) -> MCPServer:
+    server = MCPServer("accounts")
+
+    @server.tool()
+    def get_account(id: str) -> dict[str, Any]:
+        """One account, its API key included."""
+        return dict(accounts[id])
+
+    @server.tool()
+    def replace_account(id: str, plan: str, api_key: str) -> dict[str, Any]:
+        """Replace an account whole."""
+        accounts[id] = {"id": id, "plan": plan, "api_key": api_key}
+        return dict(accounts[id])
+
+    @server.tool()
+    def rotate_key(id: str, api_key: str) -> dict[str, Any]:
+        """Set an account's API key."""
+        accounts[id]["api_key"] = api_key
+        return dict(accounts[id])
+
+    return server
+
+
+@pytest.mark.parametrize("tool, arguments", [
+    ("replace_account", {"id": "a1", "plan": "free", "api_key": "sk-agent-set"}),
+    ("rotate_key", {"id": "a1", "api_key": "sk-agent-set"}),
+])
+async def test_rolling_back_a_tool_call_restores_the_secret_it_overwrote(
+        tmp_path: Path, tool: str, arguments: dict[str, Any]) -> None:
+    accounts = {"a1": {"id": "a1", "plan": "pro", "api_key": TRUE_KEY}}
+    app = accounts_server(accounts).streamable_http_app(stateless_http=True, json_response=True)
+    async with serve_app(app, lifespan="on") as url:
+        async with started_gateway(tmp_path, f"sqlite+aiosqlite:///{tmp_path}/gw.db",
+                                   {"tools.yaml": RULES.format(url=url)}) as gw:
+            rig = Rig(gw, crm=None)  # type: ignore[arg-type]
+            called = await rig.call(tool, arguments, headers={"X-Agent-Run": "run-s"})
+            assert called.status_code == 200, called.text
+            assert accounts["a1"]["api_key"] == "sk-agent-set"
+            [entry] = await gw.journal(run="run-s")
+            assert TRUE_KEY not in json.dumps(entry)  # shown redacted
+            plan = await gw.admin.post("/v1/rollback", json={"run": "run-s", "dry_run": False},
+                                       headers=gw.as_role("admin"))
+            assert plan.status_code == 200, plan.text
+            steps = plan.json()["plan"]["steps"]
+            assert [s["status"] for s in steps] == ["applied"], steps
+            assert TRUE_KEY not in plan.text  # the plan shows it redacted too
+    assert accounts["a1"] == {"id": "a1", "plan": "pro", "api_key": TRUE_KEY}
