@@ -41,7 +41,7 @@ from gateway.core.headers import HOP_BY_HOP
 from gateway.core.killswitch import covering
 from gateway.core.model import Decision, iso, new_id, utcnow
 from gateway.core.policy import TOOLS_CALL, Approval, Upstream
-from gateway.core.redact import is_secret_name, redact_json
+from gateway.core.redact import redact_json
 from gateway.errors import (
     ApprovalRejected,
     CaptureFailed,
@@ -77,10 +77,12 @@ _REFUSED_STATUS = {"already_decided": 409, "already_voted": 409, "digest_mismatc
 
 
 def kept_headers(headers: list[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
-    """The agent's headers as held: no secrets, no hop-by-hop, nothing of the gateway's."""
+    """The agent's headers as held: no hop-by-hop, nothing of the gateway's (its key
+    is already gone). Secret-named ones are kept, so approving sends what the agent
+    sent: views show them redacted and the store keeps them sealed."""
     return tuple((k, v) for k, v in headers
                  if k not in HOP_BY_HOP and k not in ("host", "content-length")
-                 and not k.startswith(("x-gateway-", "x-agent-")) and not is_secret_name(k))
+                 and not k.startswith(("x-gateway-", "x-agent-")))
 
 
 def prefer_wait(headers: list[tuple[str, str]]) -> float | None:

@@ -255,15 +255,29 @@ async def test_approvals_list_filters(gw: Harness) -> None:
     assert (await gw.admin.get("/v1/approvals")).status_code == 401
 
 
-async def test_held_secrets_are_not_kept(gw: Harness) -> None:
+async def test_held_secret_headers_are_sealed_never_shown_and_sent_on_approval(
+        gw: Harness, crm, tmp_path: Path) -> None:
     # (X-Api-Key is an identity header now: a second key there would be a 400)
     call_id = await hold_deal(gw, **{"X-Upstream-Token": "sk_live_secret", "X-Custom": "kept"})
     held = await gw.gateway.store.get_held(call_id)
     names = dict(held.headers)
-    assert "x-upstream-token" not in names and "x-gateway-key" not in names
-    assert names["x-custom"] == "kept"
+    assert names["x-upstream-token"] == "sk_live_secret"  # opened from its sealed copy
+    assert "x-gateway-key" not in names and names["x-custom"] == "kept"
     shown = await gw.admin.get(f"/v1/approvals/{call_id}", headers=gw.as_role("viewer"))
     assert "sk_live_secret" not in shown.text
+    listed = await gw.admin.get("/v1/approvals", headers=gw.as_role("viewer"))
+    assert "sk_live_secret" not in listed.text
+    on_disk = b"".join(p.read_bytes() for p in tmp_path.glob("gw.db*") if p.suffix != ".key")
+    assert b"sk_live_secret" not in on_disk
+    approved = await gw.admin.post(f"/v1/approvals/{call_id}/approve", json={},
+                                   headers=gw.as_role("approver"))
+    assert approved.status_code == 200 and "sk_live_secret" not in approved.text
+    [sent] = [c for c in crm[0].log if c["method"] == "POST"]
+    assert sent["headers"]["x-upstream-token"] == "sk_live_secret"  # what the agent sent
+    journal = await gw.admin.get("/v1/journal", headers=gw.as_role("viewer"))
+    assert journal.status_code == 200 and "sk_live_secret" not in journal.text
+    on_disk = b"".join(p.read_bytes() for p in tmp_path.glob("gw.db*") if p.suffix != ".key")
+    assert b"sk_live_secret" not in on_disk
 
 
 async def test_held_calls_survive_a_restart(tmp_path: Path, crm) -> None:
