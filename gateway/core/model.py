@@ -291,18 +291,19 @@ class RunSummary:
     run: str | None
     first_at: datetime
     last_at: datetime
-    writes: int
+    writes: int  # sent (or refused on the way); shadowed writes are counted apart
     reversible: int  # writes with a known inverse
     rolled_back: int
     failed: int  # not answered, or answered 4xx/5xx
     upstreams: tuple[str, ...] = ()
+    shadowed: int = 0  # proposed by a mode: shadow run, never sent (nothing to undo)
 
     def to_json(self) -> dict[str, Any]:
         return {"agent": self.agent, "run": self.run, "first_at": iso(self.first_at),
                 "last_at": iso(self.last_at), "writes": self.writes,
                 "reversible": self.reversible, "irreversible": self.writes - self.reversible,
                 "rolled_back": self.rolled_back, "failed": self.failed,
-                "upstreams": list(self.upstreams)}
+                "shadowed": self.shadowed, "upstreams": list(self.upstreams)}
 
 
 @dataclass(frozen=True, slots=True)

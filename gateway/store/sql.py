@@ -30,7 +30,7 @@ from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import case, or_, text, update
+from sqlalchemy import and_, case, or_, text, update
 from sqlalchemy import select as sql_select
 from sqlmodel import col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -307,8 +307,10 @@ class SqlStore(ApprovalQueue, RollbackPlans, ReportQueries):
         """Runs (agent and ``X-Agent-Run``) newest first, from the agents' writes (not
         rollbacks); ``query``'s agent, upstream, run and time window filter them."""
         at, agent, run = col(JournalRow.at), col(JournalRow.agent), col(JournalRow.run)
-        status = col(JournalRow.status)
-        failed = or_(status.is_(None), status >= 400)
+        status, state = col(JournalRow.status), col(JournalRow.state)
+        shadow = state == JournalState.SHADOW.value  # proposed, never sent: counted apart
+        sent = state != JournalState.SHADOW.value
+        failed = and_(sent, or_(status.is_(None), status >= 400))
         where = [col(JournalRow.decision) != "rollback"]
         for column, value in ((agent, query.agent), (run, query.run),
                               (col(JournalRow.upstream), query.upstream)):
@@ -318,11 +320,12 @@ class SqlStore(ApprovalQueue, RollbackPlans, ReportQueries):
             where.append(at >= iso(query.since))
         if query.until is not None:
             where.append(at <= iso(query.until))
-        summary = (sql_select(agent, run, func.min(at), func.max(at), func.count(),
-                          func.sum(case((col(JournalRow.reversible), 1), else_=0)),
-                          func.sum(case((col(JournalRow.state) ==
-                                         JournalState.ROLLED_BACK.value, 1), else_=0)),
-                          func.sum(case((failed, 1), else_=0)))
+        summary = (sql_select(agent, run, func.min(at), func.max(at),
+                          func.sum(case((sent, 1), else_=0)),
+                          func.sum(case((and_(sent, col(JournalRow.reversible)), 1), else_=0)),
+                          func.sum(case((state == JournalState.ROLLED_BACK.value, 1), else_=0)),
+                          func.sum(case((failed, 1), else_=0)),
+                          func.sum(case((shadow, 1), else_=0)))
                    .where(*where).group_by(agent, run)
                    .order_by(func.max(at).desc(), agent, run).limit(query.limit))
         upstreams = sql_select(agent, run, col(JournalRow.upstream)).where(*where).distinct()
@@ -331,9 +334,10 @@ class SqlStore(ApprovalQueue, RollbackPlans, ReportQueries):
             used: dict[tuple[str, str | None], list[str]] = {}
             for a, r, u in (await connection.execute(upstreams)).all():
                 used.setdefault((a, r), []).append(u)
-        return [RunSummary(a, r, parse_iso(first), parse_iso(last), int(n), int(rev or 0),
-                           int(back or 0), int(bad or 0), tuple(sorted(used.get((a, r), []))))
-                for a, r, first, last, n, rev, back, bad in rows]
+        return [RunSummary(a, r, parse_iso(first), parse_iso(last), int(n or 0), int(rev or 0),
+                           int(back or 0), int(bad or 0), tuple(sorted(used.get((a, r), []))),
+                           int(shadowed or 0))
+                for a, r, first, last, n, rev, back, bad, shadowed in rows]
 
     async def mark_rolled_back(self, entry_id: str, plan_id: str, at: datetime) -> bool:
         statement = (update(JournalRow)

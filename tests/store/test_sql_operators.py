@@ -57,6 +57,18 @@ async def test_runs_summarise_each_agents_runs_newest_first(
     assert await store.list_runs(JournalQuery(since=T0 + timedelta(seconds=10))) == []
 
 
+async def test_a_runs_shadowed_writes_are_counted_apart_never_as_irreversible_or_failed(
+        store: SqlStore, make_entry: EntryFactory, outcome: JournalOutcome) -> None:
+    await write(store, make_entry(1, checkpoint=Checkpoint(run="trial")), outcome)
+    for n in (2, 3):  # proposed by a mode: shadow run: journaled, never sent
+        await store.journal_intent(make_entry(
+            n, checkpoint=Checkpoint(run="trial"), mode="shadow", decision="shadow",
+            state=JournalState.SHADOW, status=200, reversible=False))
+    [run] = await store.list_runs(JournalQuery(run="trial"))
+    assert (run.writes, run.reversible, run.failed, run.shadowed) == (1, 1, 0, 2)
+    assert run.to_json()["irreversible"] == 0 and run.to_json()["shadowed"] == 2
+
+
 async def test_journal_search_filters(store: SqlStore, make_entry: EntryFactory,
                                       outcome: JournalOutcome) -> None:
     await write(store, make_entry(1, method="DELETE", path="/deals/100%_off"), outcome)
