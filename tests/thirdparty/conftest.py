@@ -20,6 +20,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,8 +81,21 @@ class JsonServer:
         assert response.status_code == 200, response.text
         return response.json()
 
-    def on_disk(self) -> dict[str, Any]:
-        return json.loads(self.db_path.read_text())
+    def on_disk(self, within: float = 5.0) -> dict[str, Any]:
+        """db.json once json-server has written what it serves: it answers a write
+        before its file write lands (lowdb writes asynchronously), so under load the
+        file can lag the last answer by a moment. Polled, with a deadline."""
+        deadline = time.monotonic() + within
+        while True:
+            try:
+                written = json.loads(self.db_path.read_text())
+            except ValueError:  # caught mid-write
+                written = None
+            if written is not None and (written == self.state() or time.monotonic() > deadline):
+                return written
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{self.db_path} is not valid JSON after {within}s")
+            time.sleep(0.02)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
