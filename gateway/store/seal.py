@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -62,13 +63,28 @@ def key_file_for(database: Path) -> Path:
 
 
 def load_or_create_key_file(path: Path) -> bytes:
-    """The key in ``path``, created (0600, exclusively) when it does not exist yet."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
+    """The key in ``path``, created (0600) when it does not exist yet.
+
+    Several processes may start together (``--workers``): the key is written whole
+    to a private temporary file, then linked into place, which fails if another
+    process linked its key first (then that one is read). No process ever reads a
+    file that exists but is not written yet.
+    """
+    if path.exists():
         return decode_key(path.read_text())
-    with os.fdopen(fd, "w") as out:
-        out.write(new_key_text() + "\n")
+    fd, temporary = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(new_key_text() + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            pass  # another process was first: its key is the key
+    finally:
+        os.unlink(temporary)
     return decode_key(path.read_text())
 
 
