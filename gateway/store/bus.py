@@ -39,6 +39,7 @@ Deliver = Callable[[dict[str, Any]], None]
 CHANNEL = "gateway_bus"
 APP_PREFIX = "gateway-bus "
 MAX_PAYLOAD = 7900  # NOTIFY's limit is 8000 bytes
+PUBLISH_TIMEOUT = 1.0  # seconds a message may wait on the listening connection
 
 
 def _encode(message: dict[str, Any]) -> str:
@@ -97,10 +98,12 @@ class PgBus:
         # one) waited there for a connection behind the writes it is about to stop
         # (measured: tens of ms at p99 on the bench). The pool only when that
         # connection is down (``check`` brings it back).
+        # Bounded: a wedged connection must not hold an engage (which then goes on
+        # without the others' answers, as when a publish fails); ``check`` replaces it.
         listener = self._listener
         if listener is not None and not listener.is_closed():
             try:
-                async with self._using:
+                async with asyncio.timeout(PUBLISH_TIMEOUT), self._using:
                     await listener.execute("SELECT pg_notify($1, $2)", CHANNEL, payload)
                 return
             except (OSError, asyncpg.InterfaceError, asyncpg.ConnectionDoesNotExistError):
