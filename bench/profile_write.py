@@ -120,22 +120,22 @@ def main() -> int:
         for s in spies:
             s.wait()
         print(wrk.communicate()[0][-400:])
-        for pid, name in zip(pids, ("a", "b")):
+        for name in ("a", "b")[:len(pids)]:
             raw = out / f"{args.store}-{name}.raw"
             if raw.exists() and not args.no_spy:
                 print(f"===== {args.store} gateway {name}")
                 print(top(raw))
         if lat:
             lat.sort()
-            print("engage ms p50 %.2f p90 %.2f p99 %.2f max %.2f" % (
-                lat[len(lat) // 2], lat[int(len(lat) * .9)], lat[min(len(lat) - 1,
-                                                                      int(len(lat) * .99))],
-                lat[-1]))
+            p99 = lat[min(len(lat) - 1, int(len(lat) * .99))]
+            print(f"engage ms p50 {lat[len(lat) // 2]:.2f} p90 {lat[int(len(lat) * .9)]:.2f} "
+                  f"p99 {p99:.2f} max {lat[-1]:.2f}")
             trace = [ln for ln in Path(procs[-1].stderr_path).read_text().splitlines()
                      if "kill switch engaged" in ln]
             phases: dict[str, list[float]] = collections.defaultdict(list)
             for line in trace:
-                for name, value in re.findall(r"([a-z ]+?) ([0-9.]+)[,;]", line.split("ms:", 1)[1]):
+                phased = re.sub(r"answers of \d+ processes", "answers", line.split("ms:", 1)[1])
+                for name, value in re.findall(r"([a-z ]+?) ([0-9.]+)[,;]", phased):
                     phases[name.strip()].append(float(value))
             for name, values in phases.items():
                 values.sort()
