@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from fastapi import Request
@@ -46,14 +46,10 @@ class OperatorDirectory:
         return found
 
 
-def requires(role: str) -> Callable[[Request], Awaitable[Operator]]:
-    """A FastAPI dependency: the calling operator, who must hold ``role`` or above.
+def requires(role: str) -> Callable[[Request], Operator]:
+    """A FastAPI dependency: the calling operator, who must hold ``role`` or above."""
 
-    A coroutine, so it runs on the loop: FastAPI runs a plain function in its
-    thread pool, a hop that cost milliseconds per admin call on a busy host
-    (an engage's latency among them) for one hash and a few compares."""
-
-    async def dependency(request: Request) -> Operator:
+    def dependency(request: Request) -> Operator:
         directory: OperatorDirectory = request.app.state.operators
         operator = directory.identify(request.headers.get("authorization"))
         if ROLES[operator.role] < ROLES[role]:
