@@ -21,8 +21,10 @@ Item = tuple[str, str, dict[str, Any], datetime]
 
 
 class AuditTrail:
-    def __init__(self, store: Store, batch: int = 500, capacity: int = 10000) -> None:
+    def __init__(self, store: Store, batch: int = 500, capacity: int = 10000,
+                 linger: float = 0.004) -> None:
         self._store = store
+        self._linger = linger
         self._batch = batch
         self._queue: asyncio.Queue[Item] = asyncio.Queue(capacity)
         self._task: asyncio.Task[None] | None = None
@@ -52,6 +54,10 @@ class AuditTrail:
     async def _run(self) -> None:
         while True:
             items = [await self._queue.get()]
+            if self._queue.empty() and self._linger > 0:
+                # company for a lone record: calls one after the other share a
+                # transaction (a chained append is several round trips)
+                await asyncio.sleep(self._linger)
             while len(items) < self._batch and not self._queue.empty():
                 items.append(self._queue.get_nowait())
             await self._append(items)

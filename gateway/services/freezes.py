@@ -32,6 +32,7 @@ import asyncio
 import itertools
 import logging
 import math
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -235,7 +236,7 @@ class FreezeState:
     # Engage and release --------------------------------------------------------
     async def engage(self, freeze: Freeze) -> Engaged:
         loop = asyncio.get_running_loop()
-        asked = loop.time()
+        asked, began = loop.time(), time.perf_counter()
         deadline = asked + self.engage_wait
         # Who to ask, read while the freeze commits: a process that starts listening
         # after this read reads the freezes after that, so it sees this one.
@@ -247,12 +248,15 @@ class FreezeState:
             raise
         stored = change.freeze
         assert stored is not None
+        committed = time.perf_counter()
         self._view_at(change.generation, change.active, asked)
         answers = await self._announce(stored, deadline, await members)
+        announced = time.perf_counter()
         # Meanwhile, what the store knows: intents a freeze covers all committed
         # before it did (the arbiter), so this read sees every one there will be.
         pending = asyncio.create_task(self._open_intents())
         in_flight = await self._settle([stored], deadline)
+        settled = time.perf_counter()
         if answers is not None:
             try:
                 await asyncio.wait_for(answers.complete.wait(),
@@ -263,8 +267,17 @@ class FreezeState:
                             ", ".join(sorted(answers.expected - answers.answered)))
             in_flight += answers.in_flight
         answered = {self.member, *(answers.answered if answers is not None else ())}
+        answered_at = time.perf_counter()
         in_flight += [p for p in await pending  # of processes that did not answer, or left
                       if p.process not in answered and covers(stored, p.upstream, p.agent)]
+        done = time.perf_counter()
+        log.info("kill switch engaged (%s): %.2f ms: store commit %.2f, announce %.2f, "
+                 "own writes %.2f, answers of %d processes %.2f, open intents %.2f; "
+                 "%d in flight", stored.scope.value, (done - began) * 1000,
+                 (committed - began) * 1000, (announced - committed) * 1000,
+                 (settled - announced) * 1000, len(answers.expected) if answers else 0,
+                 (answered_at - settled) * 1000, (done - answered_at) * 1000, len(in_flight))
+        # (perf_counter, not loop.time(): uvloop's clock ticks in whole milliseconds)
         return Engaged(stored, in_flight)
 
     async def _members(self) -> set[str] | None:

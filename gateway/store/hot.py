@@ -75,7 +75,8 @@ class PostgresHotPath:
     """Two asyncpg pools: ``pool`` for what must be durable when it returns, and a
     small one whose commits do not wait for the disk (journal outcomes: one lost
     in a crash leaves its entry an intent, outcome unknown, as a crash before the
-    outcome always did). Neither resets a connection it takes back unless it
+    outcome always did; the batched decisions of the audit trail, see
+    ``chained_insert``). Neither resets a connection it takes back unless it
     is still in a transaction: the hot path leaves no other session state, and
     the reset was one more round trip per statement."""
 
@@ -125,10 +126,22 @@ class PostgresHotPath:
     async def chained_insert(self, last_sql: str, insert_sql: str,
                              build: Callable[[Sequence[Any] | None], list[Sequence[Any]]],
                              lock_key: int) -> None:
-        async with self._pool.acquire() as connection, connection.transaction():
-            await connection.execute("SELECT pg_advisory_xact_lock($1)", lock_key)
-            last = await connection.fetchrow(numbered(last_sql))
-            await connection.executemany(numbered(insert_sql), build(last))
+        """On the unsynced pool: the chain's lock is held for round trips, not for a
+        disk flush, so an engage (which takes the same lock) does not queue behind
+        the flush of a batch of decisions. Those decisions were already only in
+        memory until now (``AuditTrail``'s queue), so a crash loses at most the
+        last fraction of a second of them, as before; WAL is replayed in order,
+        so what survives is a prefix and the chain stays whole. Any synchronous
+        commit after it (an engage's, an intent's) flushes it too."""
+        async with self._unsynced.acquire() as connection:
+            await connection.execute(f"BEGIN; SELECT pg_advisory_xact_lock({lock_key:d})")
+            try:
+                last = await connection.fetchrow(numbered(last_sql))
+                await connection.executemany(numbered(insert_sql), build(last))
+            except BaseException:
+                await connection.execute("ROLLBACK")
+                raise
+            await connection.execute("COMMIT")
 
     async def close(self) -> None:
         await self._unsynced.close()

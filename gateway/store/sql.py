@@ -239,16 +239,21 @@ class SqlStore(ApprovalQueue, RollbackPlans, ReportQueries):
         """Through the driver, in one short transaction: an engage must not queue
         behind the stream of journal writes it is about to stop."""
         # the audit chain's lock, then the arbiter's: it waits for intent batches under way
+        # One read of the kill switch, first: no other engage or release can change it
+        # while this transaction holds WRITE_LOCK, so the state it leaves is that read
+        # plus this freeze (a round trip fewer than reading it again at the end).
         async with self._hot_path().transaction((WRITE_LOCK, ks.ARBITER_LOCK)) as tx:
-            rows = await tx.fetch(ks.SELECT_ACTIVE_FREEZE, (freeze.scope.value, freeze.target or ""))
-            if rows:
-                return await _change_in(tx, codec.freeze_from_values(*rows[0]))
+            before = await _change_in(tx, None)
+            same = next((f for f in before.active if f.scope == freeze.scope
+                         and (f.target or "") == (freeze.target or "")), None)
+            if same is not None:
+                return FreezeChange(same, before.generation, before.active)
             await tx.execute(ks.INSERT_FREEZE, (freeze.id, freeze.scope.value, freeze.target,
                                                 freeze.reason, freeze.by, iso(freeze.at)))
             await tx.execute(ks.BUMP_GENERATION)
             await _append_in(tx, freeze.by, "killswitch.engage",
                              _freeze_detail(freeze.scope, freeze.target, freeze.reason), freeze.at)
-            return await _change_in(tx, freeze)
+            return FreezeChange(freeze, before.generation + 1, [*before.active, freeze])
 
     async def release_freeze(self, scope: FreezeScope, target: str | None, by: str,
                              reason: str, at: datetime) -> Freeze | None:
