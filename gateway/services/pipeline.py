@@ -368,15 +368,7 @@ class Pipeline:
             sealed=kept.sealed, irreversible_reason=kept.irreversible_reason)
         if shadowed:
             return await self._shadow(upstream, call, view, entry, started)
-        try:
-            with call.watch.step(JOURNAL, upstream.name):
-                journaled = await self.store.journal_intent(entry)
-        except Exception as exc:
-            log.error("journal unavailable: %s", exc)
-            raise JournalUnavailable("the change journal could not be written; "
-                                     "the call was not sent") from exc
-        if not journaled:  # the store's verdict: a freeze this process has not heard of yet
-            await self.freezes.refused(upstream.name, call.agent)
+        await self._journal_intent(upstream, call, entry, "the call was not sent")
         sent = time.perf_counter()
         try:
             async with self.freezes.sending(upstream.name, call.agent, InFlight(
@@ -429,18 +421,25 @@ class Pipeline:
         if self.proposals is not None:
             call.buffered = await self._read_body(call)
             await self.proposals.keep(upstream, call, entry)
+        await self._journal_intent(upstream, call, entry, "the shadowed call was not recorded")
+        response = UpstreamResponse(projected.status, list(projected.headers),
+                                    body=projected.body)
+        return Reply(response, "shadow", journal_id=entry.id)
+
+    async def _journal_intent(self, upstream: Upstream, call: Call, entry: JournalEntry,
+                              unsent: str) -> None:
+        """Commit the intent before anything is sent; the store refuses one a freeze covers
+        (a freeze this process may not have heard of yet: a shadow run stops like any
+        other writer). ``unsent`` says what the agent is told on a store error."""
         try:
             with call.watch.step(JOURNAL, upstream.name):
                 journaled = await self.store.journal_intent(entry)
         except Exception as exc:
             log.error("journal unavailable: %s", exc)
-            raise JournalUnavailable("the change journal could not be written; "
-                                     "the shadowed call was not recorded") from exc
-        if not journaled:  # frozen meanwhile: a shadow run stops like any other writer
+            raise JournalUnavailable(f"the change journal could not be written; {unsent}") \
+                from exc
+        if not journaled:
             await self.freezes.refused(upstream.name, call.agent)
-        response = UpstreamResponse(projected.status, list(projected.headers),
-                                    body=projected.body)
-        return Reply(response, "shadow", journal_id=entry.id)
 
     async def capture(self, upstream: Upstream, call: Call,
                       target: str) -> tuple[Any, int, float]:
