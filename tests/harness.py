@@ -11,7 +11,8 @@ import asyncio
 import hashlib
 import socket
 import textwrap
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,13 +37,20 @@ def sha(text: str) -> str:
 async def serve_app(app: Any, lifespan: str = "off") -> AsyncIterator[str]:
     """Serve an ASGI app with uvicorn on 127.0.0.1:0; yields its base URL.
     (``lifespan="on"`` for apps that start things then, like the MCP SDK's servers.)"""
+    server = uvicorn.Server(uvicorn.Config(app, lifespan=lifespan, log_level="warning",
+                                           access_log=False, loop="none",
+                                           timeout_graceful_shutdown=5))
+    async with served(server) as port:
+        yield f"http://127.0.0.1:{port}"
+
+
+@asynccontextmanager
+async def served(server: uvicorn.Server) -> AsyncIterator[int]:
+    """Run ``server`` on 127.0.0.1:0 in this loop; yields its port once it is started."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # TCP_NODELAY under asyncio
     sock.bind(("127.0.0.1", 0))
     sock.listen(128)
     sock.setblocking(False)
-    server = uvicorn.Server(uvicorn.Config(app, lifespan=lifespan, log_level="warning",
-                                           access_log=False, loop="none",
-                                           timeout_graceful_shutdown=5))
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     started = asyncio.Event()
     original_startup = server.startup
@@ -55,11 +63,25 @@ async def serve_app(app: Any, lifespan: str = "off") -> AsyncIterator[str]:
     task = asyncio.create_task(server.serve(sockets=[sock]))
     await started.wait()
     try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+        yield sock.getsockname()[1]
     finally:
         server.should_exit = True
         await task
         sock.close()
+
+
+async def until(predicate: Callable[[], Any], what: str, timeout: float = 15.0) -> Any:
+    """Poll an async or plain predicate until it is truthy; fail after ``timeout``
+    (for state another task or process changes, where there is no event to await)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        await asyncio.sleep(0.02)  # the poll interval; the deadline bounds the wait
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 def policy_text(base_url: str, rules: str, *, upstream: str = "crm", default: str = "deny",

@@ -40,7 +40,7 @@ def await_children(pid: int, check, timeout: float = 30) -> set[int]:
         current = children(pid)
         if check(current):
             return current
-        time.sleep(0.05)
+        time.sleep(0.05)  # poll interval: another process's children, no event to await
     raise AssertionError(f"children of {pid} never matched: {children(pid)}")
 
 

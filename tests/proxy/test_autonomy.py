@@ -7,16 +7,14 @@ delay, unless rejected or frozen.
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from gateway.demo.crm import CRM
-from tests.harness import Harness, policy_text, started_gateway
+from tests.harness import Harness, policy_text, started_gateway, until
 
 OBSERVE_RULES = """
 - id: read-all
@@ -68,19 +66,6 @@ DELAY_RULES = """
   match: {methods: [PATCH], path: "/customers/{id}"}
   action: allow
 """
-
-
-async def until(predicate: Callable[[], Any], what: str, timeout: float = 15.0) -> Any:
-    """Poll an async or plain predicate until it is truthy; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        await asyncio.sleep(0.02)  # polling, bounded by the deadline
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def sent(crm: CRM, method: str | None = None) -> list[tuple[str, str]]:

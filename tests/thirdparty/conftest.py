@@ -82,20 +82,21 @@ class JsonServer:
         return response.json()
 
     def on_disk(self, within: float = 5.0) -> dict[str, Any]:
-        """db.json once json-server has written what it serves: it answers a write
-        before its file write lands (lowdb writes asynchronously), so under load the
-        file can lag the last answer by a moment. Polled, with a deadline."""
+        """db.json once it holds what json-server serves. json-server answers a write
+        before lowdb's asynchronous file write lands, so under load the file can lag
+        the last answer; there is no event to await, so the file is polled."""
         deadline = time.monotonic() + within
         while True:
             try:
                 written = json.loads(self.db_path.read_text())
             except ValueError:  # caught mid-write
                 written = None
-            if written is not None and (written == self.state() or time.monotonic() > deadline):
-                return written
+            if written is not None and written == self.state():
+                return written  # type: ignore[no-any-return]
             if time.monotonic() > deadline:
-                raise AssertionError(f"{self.db_path} is not valid JSON after {within}s")
-            time.sleep(0.02)
+                raise AssertionError(f"{self.db_path} did not come to hold what json-server "
+                                     f"serves within {within}s; it holds {written!r}")
+            time.sleep(0.02)  # the poll interval; the deadline bounds the wait
 
     def stop(self) -> None:
         if self.proc.poll() is None:

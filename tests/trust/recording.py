@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.server import server_for
-from tests.harness import AGENT_KEY, Harness, policy_text, serve_app, started_gateway
+from tests.harness import AGENT_KEY, Harness, policy_text, serve_app, served, started_gateway
 
 
 @dataclass
@@ -150,21 +149,6 @@ async def trusted_gateway(tmp_path: Path, rules: str, default: str = "deny",
         (tmp_path / "db").mkdir(exist_ok=True)
         database = f"sqlite+aiosqlite:///{tmp_path / 'db' / 'gateway.db'}"
         async with started_gateway(tmp_path, database, policies, **overrides) as harness:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-            sock.bind(("127.0.0.1", 0))
-            sock.listen(128)
-            sock.setblocking(False)
             server = server_for(harness.gateway.proxy_app(), harness.gateway.settings)
-            server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-            task = asyncio.create_task(server.serve(sockets=[sock]))
-            loop = asyncio.get_running_loop()
-            end = loop.time() + 10
-            while not server.started:
-                assert not task.done() and loop.time() < end, "gateway server did not start"
-                await asyncio.sleep(0.01)
-            try:
-                yield Trusted(harness, upstream, sock.getsockname()[1])
-            finally:
-                server.should_exit = True
-                await task
-                sock.close()
+            async with served(server) as port:  # the production listener, on a real socket
+                yield Trusted(harness, upstream, port)

@@ -17,7 +17,6 @@ import copy
 import logging
 import os
 import stat
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ import pytest
 
 from gateway.demo.crm import CRM, create_app
 from gateway.settings import SettingsError, WebhookSettings
-from tests.harness import Harness, policy_text, serve_app, started_gateway
+from tests.harness import Harness, policy_text, serve_app, started_gateway, until
 
 UPSTREAM_TOKEN = "upstream-secret"
 KEY = base64.b64encode(b"k" * 32).decode()
@@ -126,18 +125,6 @@ async def hooks() -> AsyncIterator[tuple[Hooks, str]]:
     receiver = Hooks()
     async with serve_app(receiver) as url:
         yield receiver, url
-
-
-async def _poll(check: Callable[[], bool], what: str, seconds: float = 10.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await _yield()
-
-
-async def _yield() -> None:
-    import asyncio
-    await asyncio.sleep(0.02)  # a poll interval, not a synchronisation
 
 
 def _key_settings(store_url: str) -> dict[str, Any]:
@@ -236,7 +223,7 @@ async def test_a_secret_is_redacted_everywhere_sealed_and_restored(
         executed = [c for c in app.log[sent_before:] if c["method"] == "PATCH"]
         assert len(executed) == 1 and place.sent(executed[0], canary), executed
         assert app.data["deals"]["deal_1"]["stage"] == "won"
-        await _poll(lambda: len(hooks[0].bodies) >= 2, "the held and executed webhooks")
+        await until(lambda: len(hooks[0].bodies) >= 2, "the held and executed webhooks")
 
         dry = await gw.admin.post("/v1/rollback", json={"run": "r1"},
                                   headers=gw.as_role("admin"))
