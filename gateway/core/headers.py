@@ -145,7 +145,9 @@ def identify(headers: list[tuple[str, str]], query: str,
                                     "one agent identity")
         seen.add(name)
         candidates = _candidates(name, value)
-        if candidates:
+        if len(candidates) == 1:
+            keys.append(candidates[0])
+        elif candidates:  # Basic: the half that is an agent's key (hashed only then)
             keys.append(next((c for c in candidates if known(c)), candidates[0]))
     if len(set(keys)) > 1:
         raise AmbiguousIdentity("the call carries two different agent keys "

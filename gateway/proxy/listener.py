@@ -184,7 +184,7 @@ class ProxyApp:
         get = {k: v for k, v in headers if k.startswith("x-agent-")}.get
         call = Call(
             request_id=request_id, agent=agent, agent_key=key, upstream=upstream,
-            method=method, raw_path=target.encoded, query=query, headers=headers,
+            method=method, raw_path=target.encoded, target=target, query=query, headers=headers,
             checkpoint=Checkpoint(get("x-agent-run"), get("x-agent-model"),
                                   get("x-agent-prompt-version"), get("x-agent-tool-version")),
             body=_body(receive) if _has_body(headers) else None)

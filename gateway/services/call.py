@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.core.canonical import Target
 from gateway.core.mcp import Message
 from gateway.core.model import Checkpoint
 from gateway.observe import NO_WATCH, Watch
@@ -32,6 +33,7 @@ class Call:
     buffered: bytes | None = None
     watch: Watch = NO_WATCH  # the steps of this call are timed (and traced) here
     mcp: Message | None = None  # one JSON-RPC message to an MCP upstream (method: its method)
+    target: Target | None = None  # raw_path's canonical reading, when the listener made it
     # what was decided, for the call's audit record (upstream, rule, mode, would_decide):
     # set by the pipeline once the policy has spoken, kept when the call is refused after
     facts: dict[str, Any] = field(default_factory=dict)

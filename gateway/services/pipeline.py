@@ -104,11 +104,6 @@ class BodyTooLarge(GatewayError):
     status, code, decision = 413, "payload_too_large", "deny"
 
 
-def segments_of(raw_path: str) -> list[str]:
-    """Decoded path segments for matching; ambiguous paths are a bad request."""
-    return list(canonical_target(raw_path).segments)
-
-
 def canonical_target(raw_path: str) -> canonical.Target:
     """The one reading of a path (``gateway.core.canonical``), or 400."""
     try:
@@ -214,7 +209,8 @@ class Pipeline:
             message = call.mcp
             return CallView(message.method or call.method, message.tool or "", [], {},
                             dict(call.headers), call.agent, message.arguments)
-        target = canonical_target(call.raw_path)  # already canonical: the listener made it so
+        # The listener's reading; a call rebuilt from the store (approval) is read again.
+        target = call.target if call.target is not None else canonical_target(call.raw_path)
         return CallView(call.method, target.decoded, list(target.segments),
                         dict(parse_qsl(call.query, keep_blank_values=True)),
                         dict(call.headers), call.agent)
