@@ -5,6 +5,14 @@ tmp_path; a fresh PostgreSQL database per test, dropped afterwards) and
 ``store`` yields a started ``SqlStore`` on it. The PostgreSQL server is
 ``GATEWAY_TEST_POSTGRES`` (default postgresql://postgres@127.0.0.1:5432/postgres);
 unreachable, it skips those tests, or fails them when ``CI`` is set.
+
+Markers (applied here by where a test lives, so a new file needs no decorator):
+``e2e`` real gateway processes or a browser, ``sdk`` third-party SDKs through a
+real gateway, ``thirdparty`` third-party servers (json-server, moto), ``postgres``
+the PostgreSQL half of the one store suite. The fast lane,
+``pytest -m "not e2e and not sdk and not thirdparty and not postgres"``, needs
+neither a database server nor asyncpg: the driver is imported only by the
+tests that use it.
 """
 
 from __future__ import annotations
@@ -13,19 +21,53 @@ import os
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
 
-from gateway.store import SqlStore
 from tests.external import missing
+
+if TYPE_CHECKING:
+    import asyncpg
+
+    from gateway.store import SqlStore
 
 POSTGRES_SERVER = os.environ.get("GATEWAY_TEST_POSTGRES",
                                  "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
+# Where a test lives says what it needs; the first matching folder wins.
+_MARKERS = {"e2e": "e2e", "dashboard": "e2e", "faults": "e2e", "drill": "e2e",
+            "sdk": "sdk", "thirdparty": "thirdparty", "deploy": "containers"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    tests = Path(__file__).parent
+    for item in items:
+        try:
+            folder = Path(str(item.path)).relative_to(tests).parts[0]
+        except ValueError:
+            continue
+        if folder in _MARKERS:
+            item.add_marker(_MARKERS[folder])
+        elif _starts_processes(item):
+            item.add_marker("e2e")
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and callspec.params.get("store_url") == "postgresql":
+            item.add_marker("postgres")
+
+
+def _starts_processes(item: pytest.Item) -> bool:
+    """A module elsewhere that uses tests/e2e/procs.py runs real gateway processes."""
+    module = getattr(item, "module", None)
+    return module is not None and any(
+        getattr(value, "__module__", None) == "tests.e2e.procs" for value in vars(module).values())
+
+
 async def _admin_connection() -> asyncpg.Connection:
+    import asyncpg  # only the PostgreSQL half of the suite needs the driver
+
     try:
         return await asyncpg.connect(POSTGRES_SERVER, timeout=5)
     except (OSError, asyncpg.PostgresError) as error:
@@ -53,6 +95,8 @@ async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIter
 
 @pytest.fixture
 async def store(store_url: str) -> AsyncIterator[SqlStore]:
+    from gateway.store import SqlStore
+
     started = SqlStore(store_url)
     await started.start()
     try:

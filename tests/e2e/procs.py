@@ -22,8 +22,17 @@ READY = re.compile(r"gateway ready proxy=(\S+) admin=(\S+)")
 UVICORN = re.compile(r"Uvicorn running on (http://\S+)")
 
 
+def patience(seconds: float) -> float:
+    """``seconds`` on an idle machine, stretched by the run-queue per core (at most 4x):
+    a process that starts in 2 s alone can take 40 s on a 2-core machine running
+    four test workers and their gateways. A process that dies still ends the wait
+    at once, so the stretch only costs time when something truly hangs."""
+    load = os.getloadavg()[0] / (os.cpu_count() or 1)
+    return seconds * min(4.0, max(1.0, load))
+
+
 def wait_for_line(proc: subprocess.Popen, pattern: re.Pattern, stream: str,
-                  timeout: float = 30.0) -> tuple[re.Match, list[str]]:
+                  timeout: float | None = None) -> tuple[re.Match, list[str]]:
     """Read ``stream`` of ``proc`` until a line matches; fail with what was read.
 
     A thread drains the pipe into a queue (a buffered pipe and select() do not
@@ -41,7 +50,7 @@ def wait_for_line(proc: subprocess.Popen, pattern: re.Pattern, stream: str,
     thread.start()
     _DRAINS[proc.pid] = thread
     seen: list[str] = []
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + (patience(30.0) if timeout is None else timeout)
     while (left := deadline - time.monotonic()) > 0:
         try:
             line = lines.get(timeout=left)

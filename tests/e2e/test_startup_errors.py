@@ -11,6 +11,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 import yaml
+from sqlalchemy.engine import make_url
 
 from tests.conftest import POSTGRES_SERVER
 from tests.e2e.procs import run_gateway, start_gateway, write_settings
@@ -77,8 +78,11 @@ async def test_a_missing_postgresql_database_is_one_line(config: Path) -> None:
     url = POSTGRES_SERVER.replace("postgresql://", "postgresql+asyncpg://").rsplit("/", 1)[0]
     line = one_line(run_gateway("serve", "--config", str(config), "--database-url",
                                 f"{url}/{name}"))
+    server = make_url(POSTGRES_SERVER)
+    where = f"{server.host}:{server.port or 5432}"
+    shown = make_url(f"{url}/{name}").render_as_string(hide_password=True)
     assert line.startswith(f"gateway: the database '{name}' does not exist on the PostgreSQL "
-                           "server 127.0.0.1:5432 (postgresql+asyncpg://postgres@127.0.0.1:5432/")
+                           f"server {where} ({shown.rsplit('/', 1)[0]}/")
     assert line.endswith(f"): create it (createdb {name}) or correct database_url")
 
 
