@@ -25,8 +25,10 @@ from gateway.ports import Upstream as UpstreamClient
 from gateway.proxy.listener import AgentDirectory, ProxyApp
 from gateway.proxy.mcp import McpReader
 from gateway.proxy.mcp_sender import McpSender
+from gateway.services.anchors import anchor_for
 from gateway.services.approvals import ApprovalQueue
 from gateway.services.audit_trail import AuditTrail
+from gateway.services.checkpoints import Checkpoints
 from gateway.services.freezes import FreezeState
 from gateway.services.notify import Notifier
 from gateway.services.pipeline import Pipeline
@@ -128,6 +130,8 @@ class Gateway:
         self.rollbacks = Rollbacks(self._pipeline, self._store)
         self.audit = AuditTrail(self._store)
         self.audit.start()
+        self.checkpoints = self._checkpoints()
+        await self.checkpoints.start()
         self.resuming = asyncio.create_task(self.rollbacks.resume_unfinished())
         log.info("policy set %s loaded: %s", policies.revision, ", ".join(policies.upstreams))
 
@@ -148,6 +152,25 @@ class Gateway:
         if hasattr(store, "sealer") and (self.settings.journal_key or store.sealer is None):
             store.sealer = sealer
         return sealer
+
+    def _checkpoints(self) -> Checkpoints:
+        """The audit log's checkpoint service: its key from ``audit_signing_key``, else
+        the SQLite key file beside the database (README "Audit you can prove")."""
+        from gateway.core.note import NoteError, NoteSigner
+        from gateway.store.audit_key import AuditKeyError, signing_seed
+        from gateway.store.engine import parse_url
+        try:
+            seed, source = signing_seed(parse_url(self.settings.database_url),
+                                        self.settings.audit_signing_key)
+            signer = None if seed is None else NoteSigner(self.settings.audit_origin, seed)
+        except (AuditKeyError, NoteError) as exc:
+            raise SettingsError(str(exc)) from None
+        except OSError as exc:
+            raise StartupError(f"the audit key file beside the database: {exc}") from None
+        log.debug("audit checkpoints signed with the key from %s", source)
+        store: Any = self._store
+        return Checkpoints(store, signer, [anchor_for(a) for a in self.settings.audit_anchors],
+                           self.settings.audit_checkpoint_interval, self.settings.audit_origin)
 
     async def _start_store(self) -> None:
         from gateway.store.diagnose import explain
@@ -171,6 +194,7 @@ class Gateway:
             await self.approvals.stop()
             await self._pipeline.settled()
             await self.audit.stop()
+            await self.checkpoints.stop()
             await self.notifier.stop()
             await self._pipeline.freezes.stop()
             for sender in self._pipeline.senders.values():

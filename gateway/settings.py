@@ -24,6 +24,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 from pydantic_settings import (
     BaseSettings,
@@ -89,6 +90,30 @@ class WebhookSettings(BaseModel):
     timeout: float = 5.0
 
 
+class AnchorSpec(BaseModel):
+    """Where each signed checkpoint of the audit log is handed (``services.anchors``):
+    ``file`` appends the note to ``path``; ``witness`` asks a C2SP tlog-witness at ``url``
+    to cosign it; ``rfc3161`` gets a timestamp token for it from the authority at ``url``."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["file", "witness", "rfc3161"]
+    path: Path | None = None
+    url: str | None = Field(default=None, pattern=r"^https?://\S+$")
+    name: str | None = None  # shown in /v1/health; default: kind and path or URL
+    timeout: float = Field(default=10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _where(self) -> AnchorSpec:
+        if self.kind == "file" and self.path is None:
+            raise ValueError("a file anchor needs a path")
+        if self.kind != "file" and self.url is None:
+            raise ValueError(f"a {self.kind} anchor needs a url")
+        return self
+
+    def label(self) -> str:
+        return self.name or f"{self.kind}:{self.path if self.kind == 'file' else self.url}"
+
+
 class TelemetrySettings(BaseModel):
     """OpenTelemetry tracing (``gateway.observe.tracing``); the ``OTEL_*`` variables also apply.
 
@@ -139,6 +164,13 @@ class Settings(BaseSettings):
     # the proxy's URL as agents reach it: policies with rewrite_urls point upstream URLs here
     public_url: str | None = Field(default=None, pattern=r"^https?://[^\s?#]+$")
     telemetry: TelemetrySettings = TelemetrySettings()
+    # The audit log's signed checkpoints (services.checkpoints): an Ed25519 seed (base64 of
+    # 32 bytes; GATEWAY_AUDIT_SIGNING_KEY). Unset on SQLite: a key file <database>.audit.key
+    # (0600) beside the database; unset on PostgreSQL: no checkpoints are signed (warned).
+    audit_signing_key: str | None = Field(default=None, repr=False)
+    audit_anchors: list[AnchorSpec] = []
+    audit_checkpoint_interval: float = Field(default=5.0, gt=0)  # seconds after growth
+    audit_origin: str = Field(default="agent-gateway/audit", pattern=r"^[^\s+]+$")
 
     @field_validator("operators")
     @classmethod
