@@ -132,7 +132,7 @@ class NoteVerifier:
 
     @classmethod
     def parse(cls, vkey: str) -> NoteVerifier:
-        parts = vkey.strip().split("+")
+        parts = vkey.strip().split("+", 2)  # the base64 key may hold a "+" itself
         if len(parts) != 3:
             raise NoteError("a verifier key reads <name>+<hex key id>+<base64 key>")
         name, hex_id, encoded = parts
