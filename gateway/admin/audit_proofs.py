@@ -31,9 +31,10 @@ def _b64(hashes: list[bytes]) -> list[str]:
     return [base64.b64encode(h).decode() for h in hashes]
 
 
-def add_audit_proof_routes(app: FastAPI, gateway: Controls) -> None:
-    Viewer = Annotated[Operator, Depends(requires("viewer"))]
+Viewer = Annotated[Operator, Depends(requires("viewer"))]
 
+
+def add_audit_proof_routes(app: FastAPI, gateway: Controls) -> None:
     @app.get("/v1/audit/checkpoint", response_class=PlainTextResponse)
     async def audit_checkpoint(operator: Viewer) -> PlainTextResponse:
         newest = await gateway.store.checkpoints(limit=1)  # type: ignore[attr-defined]
