@@ -27,7 +27,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from gateway.core.merkle import verify_consistency, verify_inclusion
-from gateway.core.note import Checkpoint, NoteVerifier, split_note, split_notes
+from gateway.core.note import NoteVerifier, split_notes
 from tests.e2e.procs import Proc, run_gateway, start_gateway, write_settings
 from tests.e2e.recorder import Recorder
 from tests.e2e.witness import Witness
