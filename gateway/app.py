@@ -40,6 +40,7 @@ from gateway.settings import Settings, SettingsError
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
+    from gateway.core.note import NoteSigner
     from gateway.store.seal import Sealer
 
 log = logging.getLogger("gateway")
@@ -98,6 +99,7 @@ class Gateway:
             if location is not None and not location[1]:
                 created = location[0]
         sealer = self._sealer()
+        signer = self._audit_signer()  # a bad key stops the start before any I/O
         await self._start_store()
         if not sealer.enabled:  # once the store answered: a start that fails says only why
             log.warning("no journal_key (GATEWAY_JOURNAL_KEY): secret-named prior values are "
@@ -130,7 +132,10 @@ class Gateway:
         self.rollbacks = Rollbacks(self._pipeline, self._store)
         self.audit = AuditTrail(self._store)
         self.audit.start()
-        self.checkpoints = self._checkpoints()
+        self.checkpoints = Checkpoints(
+            self._store, signer,  # type: ignore[arg-type]
+            [anchor_for(a) for a in self.settings.audit_anchors],
+            self.settings.audit_checkpoint_interval, self.settings.audit_origin)
         await self.checkpoints.start()
         self.resuming = asyncio.create_task(self.rollbacks.resume_unfinished())
         log.info("policy set %s loaded: %s", policies.revision, ", ".join(policies.upstreams))
@@ -153,9 +158,9 @@ class Gateway:
             store.sealer = sealer
         return sealer
 
-    def _checkpoints(self) -> Checkpoints:
-        """The audit log's checkpoint service: its key from ``audit_signing_key``, else
-        the SQLite key file beside the database (README "Audit you can prove")."""
+    def _audit_signer(self) -> NoteSigner | None:
+        """The audit checkpoints' key from ``audit_signing_key``, else the SQLite key file
+        beside the database, else none (README "Audit you can prove to someone else")."""
         from gateway.core.note import NoteError, NoteSigner
         from gateway.store.audit_key import AuditKeyError, signing_seed
         from gateway.store.engine import parse_url
@@ -168,9 +173,7 @@ class Gateway:
         except OSError as exc:
             raise StartupError(f"the audit key file beside the database: {exc}") from None
         log.debug("audit checkpoints signed with the key from %s", source)
-        store: Any = self._store
-        return Checkpoints(store, signer, [anchor_for(a) for a in self.settings.audit_anchors],
-                           self.settings.audit_checkpoint_interval, self.settings.audit_origin)
+        return signer
 
     async def _start_store(self) -> None:
         from gateway.store.diagnose import explain
