@@ -15,6 +15,7 @@ import re
 import secrets
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -111,7 +112,14 @@ class AnchorSpec(BaseModel):
         return self
 
     def label(self) -> str:
-        return self.name or f"{self.kind}:{self.path if self.kind == 'file' else self.url}"
+        """Its name in /v1/health (no credentials: a URL's user, password and query go)."""
+        if self.name:
+            return self.name
+        if self.kind == "file":
+            return f"file:{self.path}"
+        parts = urlsplit(str(self.url))
+        return f"{self.kind}:{parts.scheme}://{parts.hostname}" + (
+            f":{parts.port}" if parts.port else "") + parts.path
 
 
 class TelemetrySettings(BaseModel):

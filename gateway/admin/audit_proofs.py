@@ -11,7 +11,9 @@ offline.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -24,6 +26,7 @@ from gateway.admin.controls import Controls
 from gateway.core.merkle import record_leaf
 
 EXPORT_PAGE = 5000
+FLUSH_WAIT = 2.0  # seconds a proof waits for records still queued in this process
 NOTE_TYPE = "text/plain; charset=utf-8"
 
 
@@ -51,8 +54,9 @@ def add_audit_proof_routes(app: FastAPI, gateway: Controls) -> None:
 
     async def tree_of(size: int) -> Any:
         tree = gateway.checkpoints.tree
-        if size > tree.size:
-            await gateway.audit.flush()
+        if size > tree.size:  # this process's queued records first, for a bounded time
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(gateway.audit.flush(), FLUSH_WAIT)
             await gateway.checkpoints.sync()
         if size > tree.size:
             raise AdminError(404, "not_found", f"the audit log holds {tree.size} records, "

@@ -110,7 +110,8 @@ class _HttpAnchor(Anchor):
             return await self._client.post(url, content=body,
                                            headers={"content-type": content_type})
         except httpx.HTTPError as exc:
-            raise AnchorError(f"{url}: {type(exc).__name__}: {exc}") from None
+            # named by the anchor's label: the URL may carry credentials
+            raise AnchorError(f"{self.state.name}: {type(exc).__name__}") from None
 
 
 class WitnessAnchor(_HttpAnchor):

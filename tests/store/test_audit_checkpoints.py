@@ -7,6 +7,7 @@ import base64
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,7 +16,7 @@ from gateway.core.note import NoteVerifier
 from gateway.settings import SettingsError
 from gateway.store.audit_key import AuditKeyError, key_file_for, signing_seed
 from gateway.store.engine import parse_url
-from tests.harness import policy_text, started_gateway, until
+from tests.harness import policy_text, serve_app, started_gateway, until
 
 KEY = base64.b64encode(bytes(range(32))).decode()
 POLICY = {"crm.yaml": policy_text("http://127.0.0.1:9", "- id: all\n  match: {path: \"/**\"}\n"
@@ -91,3 +92,80 @@ async def test_a_bad_signing_key_stops_the_start(tmp_path: Path, store_url: str)
     with pytest.raises(SettingsError, match="audit_signing_key"):
         async with started_gateway(tmp_path, store_url, POLICY, audit_signing_key="abc"):
             pass
+
+
+async def test_a_witness_that_holds_another_size_is_caught_up_from_it(tmp_path: Path,
+                                                                    store_url: str) -> None:
+    """409 Conflict names the size the witness cosigned: the proof is rebuilt from there."""
+    from gateway.core.note import NoteSigner
+    from tests.e2e.witness import Witness
+
+    vkey = NoteSigner("agent-gateway/audit", bytes(range(32))).verifier_key()
+    with Witness.serving(vkey) as witness:
+        anchors = [{"kind": "witness", "url": witness.url, "name": "w"}]
+        async with started_gateway(tmp_path, store_url, POLICY, audit_signing_key=KEY,
+                                   audit_checkpoint_interval=3600, audit_anchors=anchors) as h:
+            assert (await h.engage()).status_code == 200
+            await until(lambda: witness.size == 1, "the witness to cosign size 1")
+        await _forget_anchors(store_url)  # the gateway no longer knows what the witness holds
+        async with started_gateway(tmp_path, store_url, POLICY, audit_signing_key=KEY,
+                                   audit_checkpoint_interval=3600, audit_anchors=anchors) as h:
+            assert (await h.release()).status_code == 200
+            await until(lambda: witness.size == 2, "the witness to cosign size 2")
+            assert 409 in witness.answers and witness.proofs_checked == 1
+            note = await until(lambda: _note(h, h.as_role("viewer")), "the checkpoint")
+            await until(lambda: _cosigned(h, witness), "the cosignature kept on the note")
+            assert NoteVerifier.parse(vkey).open(note).size == 2
+
+
+async def _cosigned(h: Any, witness: Any) -> bool:
+    return witness.cosigned(await _note(h, h.as_role("viewer")) or "")
+
+
+async def _forget_anchors(store_url: str) -> None:
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+    engine = create_async_engine(store_url)
+    async with engine.begin() as connection:
+        await connection.execute(text("UPDATE audit_checkpoints SET anchors = '{}'"))
+    await engine.dispose()
+
+
+async def test_a_failing_timestamp_authority_is_retried_and_shown(tmp_path: Path,
+                                                                  store_url: str) -> None:
+    """The rfc3161 anchor sends a DER TimeStampReq; a refusal or an answer that is not a
+    timestamp is a failure /v1/health shows, and writes are not held up by it."""
+    bodies: list[tuple[str, bytes]] = []
+    answers = [(503, b"busy"), (200, b"not a timestamp response")]
+
+    async def authority(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        bodies.append((dict(scope["headers"]).get(b"content-type", b"").decode(), body))
+        status, answer = answers[min(len(bodies), len(answers)) - 1]
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/timestamp-reply")]})
+        await send({"type": "http.response.body", "body": answer})
+
+    async with serve_app(authority) as url:
+        anchors = [{"kind": "rfc3161", "url": url + "/tsr", "name": "tsa"}]
+        async with started_gateway(tmp_path, store_url, POLICY, audit_signing_key=KEY,
+                                   audit_checkpoint_interval=3600, audit_anchors=anchors) as h:
+            assert (await h.engage()).status_code == 200
+            state = await until(lambda: _anchor_after(h, failures=2), "two failed attempts")
+            assert state["ok"] is False and "not a timestamp" in state["last_error"]
+            assert state["last_ok_at"] is None and state["retry_at"] is not None
+            assert (await h.release()).status_code == 200  # a write still goes through
+    content_type, request = bodies[0]
+    assert content_type == "application/timestamp-query"
+    assert request[:1] == b"\x30" and len(request) > 40  # a DER SEQUENCE: the TimeStampReq
+
+
+async def _anchor_after(h: Any, failures: int) -> dict[str, Any] | None:
+    health = (await h.admin.get("/v1/health")).json()
+    state: dict[str, Any] = health["anchors"][0]
+    return state if state["failures"] >= failures else None
