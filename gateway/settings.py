@@ -34,6 +34,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from gateway.core.note import CosignatureVerifier, NoteError
 from gateway.core.redact import is_secret_name
 from gateway.core.tripwires import SettingsTripwire
 
@@ -102,6 +103,7 @@ class AnchorSpec(BaseModel):
     url: str | None = Field(default=None, pattern=r"^https?://\S+$")
     name: str | None = None  # shown in /v1/health; default: kind and path or URL
     timeout: float = Field(default=10.0, gt=0)
+    key: str | None = None  # witness: its cosignature key; a cosignature must verify with it
 
     @model_validator(mode="after")
     def _where(self) -> AnchorSpec:
@@ -109,6 +111,13 @@ class AnchorSpec(BaseModel):
             raise ValueError("a file anchor needs a path")
         if self.kind != "file" and self.url is None:
             raise ValueError(f"a {self.kind} anchor needs a url")
+        if self.key is not None:
+            if self.kind != "witness":
+                raise ValueError("only a witness anchor takes a key")
+            try:
+                CosignatureVerifier.parse(self.key)
+            except NoteError as exc:
+                raise ValueError(f"key: {exc}") from None
         return self
 
     def label(self) -> str:

@@ -15,20 +15,28 @@ the export and handed in separately (as anchored in a file, by a witness):
   that were signed: named by the range between the last checkpoint that still
   matches and the first that does not.
 
-With a verifier key, every checkpoint must carry a valid signature of it.
+With a verifier key, every checkpoint must carry a valid signature of it; with
+witness keys, each witness must have cosigned at least one of them (and every
+cosignature of theirs must verify).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.core.audit import GENESIS, chain_hash
 from gateway.core.merkle import Tree, record_leaf
 from gateway.core.model import parse_iso
-from gateway.core.note import Checkpoint, NoteError, NoteVerifier, split_note
+from gateway.core.note import (
+    Checkpoint,
+    CosignatureVerifier,
+    NoteError,
+    NoteVerifier,
+    split_note,
+)
 
 
 @dataclass(slots=True)
@@ -41,7 +49,7 @@ class ExportCheck:
     largest: int = 0  # the largest checkpoint size that matched
     problem: str | None = None
     first_bad_seq: int | None = None
-    notes: list[str] = field(default_factory=list, repr=False)
+    cosigned: dict[str, int] = field(default_factory=dict)  # witness -> largest size
 
     def fail(self, problem: str, seq: int | None) -> ExportCheck:
         self.ok, self.problem, self.first_bad_seq = False, problem, seq
@@ -51,8 +59,11 @@ class ExportCheck:
         if not self.ok:
             return f"audit export BROKEN: {self.problem}"
         signed = f", {self.signed} signed by the key" if self.signed else ", signatures not checked"
+        witnessed = "".join(f"; cosigned by {name} up to size {size}"
+                            for name, size in sorted(self.cosigned.items()))
         return (f"audit export ok: {self.records} records, head {self.head}; "
-                f"{self.checkpoints} checkpoints match (largest size {self.largest}){signed}")
+                f"{self.checkpoints} checkpoints match (largest size {self.largest}){signed}"
+                f"{witnessed}")
 
 
 def _record_problem(line: dict[str, Any], expected: int, prev: str) -> str | None:
@@ -74,7 +85,8 @@ def _record_problem(line: dict[str, Any], expected: int, prev: str) -> str | Non
 
 
 def verify_export(lines: Iterable[str], notes: Iterable[str] = (),
-                  verifier: NoteVerifier | None = None) -> ExportCheck:
+                  verifier: NoteVerifier | None = None,
+                  witnesses: Sequence[CosignatureVerifier] = ()) -> ExportCheck:
     """Walk the export; the result names the first thing that does not hold."""
     check, tree = ExportCheck(), Tree()
     notes = list(notes)
@@ -95,16 +107,21 @@ def verify_export(lines: Iterable[str], notes: Iterable[str] = (),
             return check.fail(f"seq {tree.size + 1}: {problem}", tree.size + 1)
         tree.append(record_leaf(line["hash"]))
         check.head, check.records = line["hash"], tree.size
-    return _against_checkpoints(check, tree, notes, verifier)
+    return _against_checkpoints(check, tree, notes, verifier, witnesses)
 
 
 def _against_checkpoints(check: ExportCheck, tree: Tree, notes: list[str],
-                         verifier: NoteVerifier | None) -> ExportCheck:
+                         verifier: NoteVerifier | None,
+                         witnesses: Sequence[CosignatureVerifier]) -> ExportCheck:
     points: dict[int, Checkpoint] = {}
     for note in notes:
         try:
             point = (verifier.open(note) if verifier is not None
                      else Checkpoint.parse(split_note(note)[0]))
+            for witness in witnesses:
+                if witness.cosigned(note) is not None:
+                    check.cosigned[witness.name] = max(check.cosigned.get(witness.name, 0),
+                                                       point.size)
         except NoteError as exc:
             return check.fail(f"a checkpoint does not verify: {exc}", None)
         if point.size in points and points[point.size].root != point.root:
@@ -117,6 +134,9 @@ def _against_checkpoints(check: ExportCheck, tree: Tree, notes: list[str],
                               "export is complete", None)
         check.signed = len(points)
     check.checkpoints = len(points)
+    for witness in witnesses:
+        if witness.name not in check.cosigned:
+            return check.fail(f"no checkpoint is cosigned by the witness {witness.name}", None)
     good = 0
     for size in sorted(points):
         if size > tree.size:

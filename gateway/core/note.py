@@ -31,10 +31,11 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from gateway.core.merkle import EMPTY_ROOT, HASH_SIZE
 
 ED25519 = 0x01
+COSIGNATURE = 0x04  # c2sp.org/tlog-cosignature, Ed25519
 DASH = "\u2014 "
 _SIZE = re.compile(r"^(0|[1-9][0-9]*)$")
-__all__ = ["EMPTY_ROOT", "Checkpoint", "NoteError", "NoteSigner", "NoteVerifier", "key_id",
-           "split_note"]
+__all__ = ["EMPTY_ROOT", "Checkpoint", "CosignatureVerifier", "NoteError", "NoteSigner",
+           "NoteVerifier", "key_id", "split_note"]
 
 
 class NoteError(ValueError):
@@ -121,6 +122,25 @@ class NoteSigner:
         return text + "\n" + self.signature_line(text)
 
 
+def _parse_vkey(vkey: str, type_byte: int) -> tuple[str, bytes]:
+    """The name and 32-byte Ed25519 public key of ``<name>+<hex id>+<base64(type || key)>``."""
+    parts = vkey.strip().split("+", 2)  # the base64 key may hold a "+" itself
+    if len(parts) != 3:
+        raise NoteError("a verifier key reads <name>+<hex key id>+<base64 key>")
+    name, hex_id, encoded = parts
+    _check_name(name)
+    try:
+        raw = base64.b64decode(encoded, validate=True)
+        wanted = bytes.fromhex(hex_id)
+    except (binascii.Error, ValueError):
+        raise NoteError("the verifier key's id or key is not hex / base64") from None
+    if len(raw) != 33 or raw[0] != type_byte:
+        raise NoteError(f"the verifier key is not an Ed25519 key of type 0x{type_byte:02x}")
+    if key_id(name, type_byte, raw[1:]) != wanted:
+        raise NoteError("the verifier key's id does not match its name and key")
+    return name, raw[1:]
+
+
 class NoteVerifier:
     """Checks the signature of one Ed25519 key (from its verifier key string) on notes."""
 
@@ -132,21 +152,8 @@ class NoteVerifier:
 
     @classmethod
     def parse(cls, vkey: str) -> NoteVerifier:
-        parts = vkey.strip().split("+", 2)  # the base64 key may hold a "+" itself
-        if len(parts) != 3:
-            raise NoteError("a verifier key reads <name>+<hex key id>+<base64 key>")
-        name, hex_id, encoded = parts
-        try:
-            raw = base64.b64decode(encoded, validate=True)
-            wanted = bytes.fromhex(hex_id)
-        except (binascii.Error, ValueError):
-            raise NoteError("the verifier key's id or key is not hex / base64") from None
-        if len(raw) != 33 or raw[0] != ED25519:
-            raise NoteError("the verifier key is not an Ed25519 (type 0x01) key")
-        verifier = cls(name, raw[1:])
-        if verifier.key_id != wanted:
-            raise NoteError("the verifier key's id does not match its name and key")
-        return verifier
+        name, raw = _parse_vkey(vkey, ED25519)
+        return cls(name, raw)
 
     def signed(self, note: str) -> bool:
         """True if this key signed the note; a line of this key that fails raises."""
@@ -170,11 +177,39 @@ class NoteVerifier:
         return Checkpoint.parse(split_note(note)[0])
 
 
-def cosignature_time(raw: bytes) -> int:
-    """The timestamp of an Ed25519 cosignature (c2sp.org/tlog-cosignature, type 0x04)."""
-    if len(raw) != 4 + 8 + 64:
-        raise NoteError("not an Ed25519 cosignature")
-    return int(struct.unpack(">Q", raw[4:12])[0])
+class CosignatureVerifier:
+    """Checks a witness's Ed25519 cosignatures (c2sp.org/tlog-cosignature, type 0x04):
+    ``key id || 8-byte big-endian time || signature`` over ``cosignature/v1``, the
+    ``time`` line and the checkpoint text. Its key is ``<name>+<hex id>+<base64(0x04
+    || public key)>``."""
+
+    def __init__(self, name: str, public_key: bytes) -> None:
+        _check_name(name)
+        self.name = name
+        self.key_id = key_id(name, COSIGNATURE, public_key)
+        self._key = Ed25519PublicKey.from_public_bytes(public_key)
+
+    @classmethod
+    def parse(cls, vkey: str) -> CosignatureVerifier:
+        name, raw = _parse_vkey(vkey, COSIGNATURE)
+        return cls(name, raw)
+
+    def cosigned(self, note: str) -> int | None:
+        """The time of this witness's valid cosignature on the note; None if it has none;
+        ``NoteError`` if a line of this key does not verify."""
+        text, signatures = split_note(note)
+        for name, raw in signatures:
+            if name != self.name or raw[:4] != self.key_id:
+                continue
+            if len(raw) != 4 + 8 + 64:
+                raise NoteError(f"the cosignature of {self.name} is malformed")
+            stamp = int(struct.unpack(">Q", raw[4:12])[0])
+            try:
+                self._key.verify(raw[12:], f"cosignature/v1\ntime {stamp}\n{text}".encode())
+            except InvalidSignature:
+                raise NoteError(f"the cosignature of {self.name} does not verify") from None
+            return stamp
+        return None
 
 
 def split_notes(text: str) -> list[str]:

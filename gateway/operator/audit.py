@@ -7,16 +7,17 @@ import json
 import os
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from gateway.core.audit_export import verify_export
-from gateway.core.note import NoteError, NoteVerifier, split_notes
+from gateway.core.note import CosignatureVerifier, NoteError, NoteVerifier, split_notes
 from gateway.operator.args import common_flags, non_negative_int
 from gateway.operator.client import AdminClient, OperatorError
 from gateway.operator.tables import fields, items, plural, print_json, text
 
+T = TypeVar("T")
 EXIT_BROKEN = 4
 PAGE = 10_000  # the admin API's largest page
 PROGRESS_EVERY = 10_000
@@ -46,6 +47,9 @@ def register(commands: Any) -> None:
     verify.add_argument("--key", metavar="VKEY",
                         help="the log's verifier key (GET /v1/audit/key), or a file holding it: "
                              "every checkpoint must carry its valid signature")
+    verify.add_argument("--witness-key", metavar="VKEY", action="append", default=[],
+                        help="a witness's cosignature key (type 0x04), or a file holding it: "
+                             "it must have cosigned a checkpoint; repeatable")
     verify.set_defaults(operator_handler=cmd_verify, operator_local=verify_export_file)
     export = audit_commands.add_parser(
         "export", parents=[common_flags(json=False)],
@@ -66,19 +70,23 @@ def _read(path: str, what: str) -> str:
                                f"{getattr(exc, 'strerror', None) or exc}") from None
 
 
+def _key(value: str, flag: str, parse: Callable[[str], T]) -> T:
+    text = _read(value, "key file") if Path(value).is_file() else value
+    try:
+        return parse(text)
+    except NoteError as exc:
+        raise OperatorError(2, f"gateway: {flag}: {exc}") from None
+
+
 def verify_export_file(args: argparse.Namespace) -> int | None:
     """``verify --export``: offline; None without ``--export`` (then the API verifies)."""
     if not args.export:
-        if args.checkpoint or args.key:
-            raise OperatorError(2, "gateway: --checkpoint and --key go with --export FILE")
+        if args.checkpoint or args.key or args.witness_key:
+            raise OperatorError(2, "gateway: --checkpoint, --key and --witness-key go with "
+                                   "--export FILE")
         return None
-    verifier = None
-    if args.key:
-        text = _read(args.key, "key file") if Path(args.key).is_file() else args.key
-        try:
-            verifier = NoteVerifier.parse(text)
-        except NoteError as exc:
-            raise OperatorError(2, f"gateway: --key: {exc}") from None
+    verifier = None if not args.key else _key(args.key, "--key", NoteVerifier.parse)
+    witnesses = [_key(k, "--witness-key", CosignatureVerifier.parse) for k in args.witness_key]
     notes = []
     for path in args.checkpoint:
         try:
@@ -87,14 +95,15 @@ def verify_export_file(args: argparse.Namespace) -> int | None:
             raise OperatorError(1, f"audit export BROKEN: {path}: {exc}") from None
     try:
         with open(args.export, encoding="utf-8") as lines:
-            check = verify_export(lines, notes, verifier)
+            check = verify_export(lines, notes, verifier, witnesses)
     except (OSError, UnicodeDecodeError) as exc:
         raise OperatorError(2, f"gateway: cannot read export {args.export}: "
                                f"{getattr(exc, 'strerror', None) or exc}") from None
     if args.json:
         print_json({"ok": check.ok, "records": check.records, "head": check.head,
                     "checkpoints": check.checkpoints, "signed": check.signed,
-                    "largest_checkpoint": check.largest, "problem": check.problem,
+                    "largest_checkpoint": check.largest, "cosigned": check.cosigned,
+                    "problem": check.problem,
                     "first_bad_seq": check.first_bad_seq})
     else:
         print(check.summary(), file=sys.stdout if check.ok else sys.stderr)

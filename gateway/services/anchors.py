@@ -31,7 +31,7 @@ from typing import Any
 import httpx
 
 from gateway.core.model import iso
-from gateway.core.note import DASH
+from gateway.core.note import DASH, CosignatureVerifier, NoteError
 from gateway.settings import AnchorSpec
 
 ProofFor = Callable[[int, int], list[bytes]]  # (old size, new size) -> consistency proof
@@ -120,6 +120,7 @@ class WitnessAnchor(_HttpAnchor):
         url = str(spec.url).rstrip("/")
         self.url = url if url.endswith("/add-checkpoint") else url + "/add-checkpoint"
         self.cosigned = 0  # the size it last cosigned, as far as this gateway knows
+        self.key = None if spec.key is None else CosignatureVerifier.parse(spec.key)
 
     def restore(self, kept: dict[str, Any]) -> None:
         self.cosigned = int(kept.get("cosigned", 0))
@@ -148,6 +149,14 @@ class WitnessAnchor(_HttpAnchor):
             cosignatures = [line for line in response.text.split("\n") if line]
             if not cosignatures or not all(line.startswith(DASH) for line in cosignatures):
                 raise AnchorError("the witness answered 200 without cosignature lines")
+            if self.key is not None:
+                try:
+                    stamp = self.key.cosigned(note + "".join(c + "\n" for c in cosignatures))
+                except NoteError as exc:
+                    raise AnchorError(str(exc)) from None
+                if stamp is None:
+                    raise AnchorError(f"the witness answered without a cosignature of "
+                                      f"{self.key.name}")
             self.cosigned = size
             return {"cosigned": size, "cosignatures": cosignatures}
         raise AnchorError("the witness kept answering 409")

@@ -111,3 +111,24 @@ def test_garbage_is_named_by_line(lines: list[str], problem: str) -> None:
 def test_a_key_without_any_checkpoint_proves_nothing() -> None:
     check = verify_export(_lines(_records(2)), [], VERIFIER)
     assert not check.ok and "no checkpoint signed by" in (check.problem or "")
+
+
+def test_a_witness_key_requires_its_valid_cosignature() -> None:
+    from gateway.core.note import CosignatureVerifier
+    from tests.e2e.witness import Witness
+
+    records = _records(4)
+    witness = Witness(SIGNER.verifier_key())
+    note = _note(records, 4)
+    status, _, line = witness.add_checkpoint(f"old 0\n\n{note}")
+    assert status == 200
+    cosigned = note + line
+    key = CosignatureVerifier.parse(witness.vkey())
+    check = verify_export(_lines(records), [cosigned], VERIFIER, [key])
+    assert check.ok and check.cosigned == {key.name: 4}
+    assert "cosigned by witness.test/w1 up to size 4" in check.summary()
+    assert "no checkpoint is cosigned" in (verify_export(_lines(records), [note], VERIFIER,
+                                                         [key]).problem or "")
+    forged = cosigned[:-6] + ("A" if cosigned[-6] != "A" else "B") + cosigned[-5:]
+    broken = verify_export(_lines(records), [forged], VERIFIER, [key])
+    assert not broken.ok and "cosignature of witness.test/w1" in (broken.problem or "")

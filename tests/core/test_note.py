@@ -104,3 +104,13 @@ def test_a_verifier_key_whose_base64_holds_a_plus_parses() -> None:
     # transparency-dev/formats' note tests: the key material itself contains '+'
     verifier = NoteVerifier.parse("TEST+7997405c+AQcC+FTVKf0jlTdHDY3rbevmnKxxPjigCXlVtGe6RIr6")
     assert (verifier.name, verifier.key_id.hex()) == ("TEST", "7997405c")
+
+
+def test_a_published_cosignature_key_parses_with_its_id() -> None:
+    # transparency-dev/formats' note tests: an Ed25519 cosignature/v1 key (type 0x04)
+    from gateway.core.note import CosignatureVerifier
+    verifier = CosignatureVerifier.parse(
+        "remora.n621.de+da77ade7+BOvN63jn/bLvkieywe8R6UYAtVtNbZpXh34x7onlmtw2")
+    assert (verifier.name, verifier.key_id.hex()) == ("remora.n621.de", "da77ade7")
+    with pytest.raises(NoteError, match="type 0x04"):
+        CosignatureVerifier.parse(GO_VKEY)  # a note key is not a cosignature key

@@ -95,7 +95,8 @@ def gateway(tmp_path: Path, store_url: str, upstream: Recorder,
                             audit_anchors=[{"kind": "file", "path": str(tmp_path / "anchor.notes"),
                                             "name": "file"},
                                            {"kind": "witness", "url": witness.url,
-                                            "name": "witness", "timeout": 3}])
+                                            "name": "witness", "timeout": 3,
+                                            "key": witness.vkey()}])
     proc = start_gateway(config, env={"GATEWAY_AUDIT_SIGNING_KEY":
                                       base64.b64encode(SEED).decode()})
     yield proc
@@ -133,7 +134,8 @@ def _records(admin: httpx.Client) -> list[dict[str, Any]]:
     return admin.get("/v1/audit", params={"limit": 10000}).json()["items"]
 
 
-def _verify(tmp_path: Path, admin: httpx.Client, name: str) -> tuple[int, str]:
+def _verify(tmp_path: Path, admin: httpx.Client, name: str,
+            *more: str) -> tuple[int, str]:
     export = tmp_path / f"{name}.jsonl"
     response = admin.get("/v1/audit/export", params={"format": "jsonl"})
     assert response.status_code == 200
@@ -141,7 +143,7 @@ def _verify(tmp_path: Path, admin: httpx.Client, name: str) -> tuple[int, str]:
     (tmp_path / "key").write_text(admin.get("/v1/audit/key").text)
     done = run_gateway("audit", "verify", "--export", str(export),
                        "--checkpoint", str(tmp_path / "anchor.notes"),
-                       "--key", str(tmp_path / "key"))
+                       "--key", str(tmp_path / "key"), *more)
     return done.returncode, done.stdout + done.stderr
 
 
@@ -220,9 +222,10 @@ def _scenario(agent: httpx.Client, admin: httpx.Client, witness: Witness, tmp_pa
     assert healthy["audit"]["checkpoint"]["size"] >= total
 
     # an auditor's check of the intact export passes
-    code, output = _verify(tmp_path, admin, "intact")
+    code, output = _verify(tmp_path, admin, "intact", "--witness-key", witness.vkey())
     assert code == 0, output
     assert f"{total} records" in output
+    assert f"cosigned by witness.test/w1 up to size {total}" in output
 
     # an edited record is named
     (original,) = db.run("SELECT detail FROM audit WHERE seq = 3")[0]

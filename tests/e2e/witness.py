@@ -41,6 +41,11 @@ class Witness:
         self._lock = threading.Lock()
         self.url = ""
 
+    def vkey(self) -> str:
+        """Its cosignature key: <name>+<hex id>+<base64(0x04 || public key)>."""
+        encoded = base64.b64encode(b"\x04" + self.public_key).decode()
+        return f"{NAME}+{self.key_id.hex()}+{encoded}"
+
     def add_checkpoint(self, body: str) -> tuple[int, str, str]:
         head, sep, note = body.partition("\n\n")
         lines = head.split("\n")
