@@ -169,3 +169,50 @@ async def _anchor_after(h: Any, failures: int) -> dict[str, Any] | None:
     health = (await h.admin.get("/v1/health")).json()
     state: dict[str, Any] = health["anchors"][0]
     return state if state["failures"] >= failures else None
+
+
+class _Tail:
+    """The part of the store the checkpoint service reads, in memory (a narrow unit test)."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[int, str, str]] = []
+        self.stored: list[Any] = []
+
+    def add(self, action: str) -> None:
+        seq = len(self.rows) + 1
+        self.rows.append((seq, action, f"{seq:064x}"))
+
+    async def audit_leaves(self, after: int, limit: int) -> list[tuple[int, str, str]]:
+        return self.rows[after:after + limit]
+
+    async def add_checkpoint(self, size: int, root: str, note: str, at: Any) -> bool:
+        from gateway.store.checkpoints import StoredCheckpoint
+        self.stored.append(StoredCheckpoint(size, root, note, at, {}))
+        return True
+
+    async def anchor_checkpoint(self, size: int, anchors: dict[str, Any],
+                                note: str | None = None) -> None:
+        return None
+
+    async def checkpoints(self, limit: int = 1000, upto: int | None = None) -> list[Any]:
+        return self.stored[-limit:]
+
+
+@pytest.mark.parametrize("action, at_once", [
+    ("killswitch.engage", True), ("killswitch.release", True), ("approval.approve", True),
+    ("approval.reject", True), ("rollback.start", True), ("rollback.finish", True),
+    ("call.allow", False), ("approval.held", False), ("policy.reload", False)])
+async def test_which_records_are_signed_at_once(action: str, at_once: bool) -> None:
+    from gateway.core.note import NoteSigner
+    from gateway.services.checkpoints import Checkpoints
+    tail = _Tail()
+    service = Checkpoints(tail, NoteSigner("t/audit", bytes(32)), [], 3600, "t/audit")
+    await service.start()
+    try:
+        tail.add("call.allow")
+        tail.add(action)
+        await service.sync()
+        assert service._due() is at_once
+    finally:
+        await service.stop()  # signs what is left: the last records get their checkpoint
+    assert [p.size for p in tail.stored] == [2]
