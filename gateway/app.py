@@ -25,8 +25,10 @@ from gateway.ports import Upstream as UpstreamClient
 from gateway.proxy.listener import AgentDirectory, ProxyApp
 from gateway.proxy.mcp import McpReader
 from gateway.proxy.mcp_sender import McpSender
+from gateway.services.anchors import anchor_for
 from gateway.services.approvals import ApprovalQueue
 from gateway.services.audit_trail import AuditTrail
+from gateway.services.checkpoints import Checkpoints
 from gateway.services.freezes import FreezeState
 from gateway.services.notify import Notifier
 from gateway.services.pipeline import Pipeline
@@ -38,6 +40,7 @@ from gateway.settings import Settings, SettingsError
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
+    from gateway.core.note import NoteSigner
     from gateway.store.seal import Sealer
 
 log = logging.getLogger("gateway")
@@ -96,6 +99,7 @@ class Gateway:
             if location is not None and not location[1]:
                 created = location[0]
         sealer = self._sealer()
+        signer = self._audit_signer()  # a bad key stops the start before any I/O
         await self._start_store()
         if not sealer.enabled:  # once the store answered: a start that fails says only why
             log.warning("no journal_key (GATEWAY_JOURNAL_KEY): secret-named prior values are "
@@ -128,6 +132,11 @@ class Gateway:
         self.rollbacks = Rollbacks(self._pipeline, self._store)
         self.audit = AuditTrail(self._store)
         self.audit.start()
+        self.checkpoints = Checkpoints(
+            self._store, signer,  # type: ignore[arg-type]
+            [anchor_for(a) for a in self.settings.audit_anchors],
+            self.settings.audit_checkpoint_interval, self.settings.audit_origin)
+        await self.checkpoints.start()
         self.resuming = asyncio.create_task(self.rollbacks.resume_unfinished())
         log.info("policy set %s loaded: %s", policies.revision, ", ".join(policies.upstreams))
 
@@ -148,6 +157,23 @@ class Gateway:
         if hasattr(store, "sealer") and (self.settings.journal_key or store.sealer is None):
             store.sealer = sealer
         return sealer
+
+    def _audit_signer(self) -> NoteSigner | None:
+        """The audit checkpoints' key from ``audit_signing_key``, else the SQLite key file
+        beside the database, else none (README "Audit you can prove to someone else")."""
+        from gateway.core.note import NoteError, NoteSigner
+        from gateway.store.audit_key import AuditKeyError, signing_seed
+        from gateway.store.engine import parse_url
+        try:
+            seed, source = signing_seed(parse_url(self.settings.database_url),
+                                        self.settings.audit_signing_key)
+            signer = None if seed is None else NoteSigner(self.settings.audit_origin, seed)
+        except (AuditKeyError, NoteError) as exc:
+            raise SettingsError(str(exc)) from None
+        except OSError as exc:
+            raise StartupError(f"the audit key file beside the database: {exc}") from None
+        log.debug("audit checkpoints signed with the key from %s", source)
+        return signer
 
     async def _start_store(self) -> None:
         from gateway.store.diagnose import explain
@@ -171,6 +197,7 @@ class Gateway:
             await self.approvals.stop()
             await self._pipeline.settled()
             await self.audit.stop()
+            await self.checkpoints.stop()
             await self.notifier.stop()
             await self._pipeline.freezes.stop()
             for sender in self._pipeline.senders.values():

@@ -15,6 +15,7 @@ import re
 import secrets
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -24,6 +25,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 from pydantic_settings import (
     BaseSettings,
@@ -32,6 +34,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from gateway.core.note import CosignatureVerifier, NoteError
 from gateway.core.redact import is_secret_name
 from gateway.core.tripwires import SettingsTripwire
 
@@ -89,6 +92,45 @@ class WebhookSettings(BaseModel):
     timeout: float = 5.0
 
 
+class AnchorSpec(BaseModel):
+    """Where each signed checkpoint of the audit log is handed (``services.anchors``):
+    ``file`` appends the note to ``path``; ``witness`` asks a C2SP tlog-witness at ``url``
+    to cosign it; ``rfc3161`` gets a timestamp token for it from the authority at ``url``."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["file", "witness", "rfc3161"]
+    path: Path | None = None
+    url: str | None = Field(default=None, pattern=r"^https?://\S+$")
+    name: str | None = None  # shown in /v1/health; default: kind and path or URL
+    timeout: float = Field(default=10.0, gt=0)
+    key: str | None = None  # witness: its cosignature key; a cosignature must verify with it
+
+    @model_validator(mode="after")
+    def _where(self) -> AnchorSpec:
+        if self.kind == "file" and self.path is None:
+            raise ValueError("a file anchor needs a path")
+        if self.kind != "file" and self.url is None:
+            raise ValueError(f"a {self.kind} anchor needs a url")
+        if self.key is not None:
+            if self.kind != "witness":
+                raise ValueError("only a witness anchor takes a key")
+            try:
+                CosignatureVerifier.parse(self.key)
+            except NoteError as exc:
+                raise ValueError(f"key: {exc}") from None
+        return self
+
+    def label(self) -> str:
+        """Its name in /v1/health (no credentials: a URL's user, password and query go)."""
+        if self.name:
+            return self.name
+        if self.kind == "file":
+            return f"file:{self.path}"
+        parts = urlsplit(str(self.url))
+        return f"{self.kind}:{parts.scheme}://{parts.hostname}" + (
+            f":{parts.port}" if parts.port else "") + parts.path
+
+
 class TelemetrySettings(BaseModel):
     """OpenTelemetry tracing (``gateway.observe.tracing``); the ``OTEL_*`` variables also apply.
 
@@ -139,6 +181,13 @@ class Settings(BaseSettings):
     # the proxy's URL as agents reach it: policies with rewrite_urls point upstream URLs here
     public_url: str | None = Field(default=None, pattern=r"^https?://[^\s?#]+$")
     telemetry: TelemetrySettings = TelemetrySettings()
+    # The audit log's signed checkpoints (services.checkpoints): an Ed25519 seed (base64 of
+    # 32 bytes; GATEWAY_AUDIT_SIGNING_KEY). Unset on SQLite: a key file <database>.audit.key
+    # (0600) beside the database; unset on PostgreSQL: no checkpoints are signed (warned).
+    audit_signing_key: str | None = Field(default=None, repr=False)
+    audit_anchors: list[AnchorSpec] = []
+    audit_checkpoint_interval: float = Field(default=5.0, gt=0)  # seconds after growth
+    audit_origin: str = Field(default="agent-gateway/audit", pattern=r"^[^\s+]+$")
 
     @field_validator("operators")
     @classmethod

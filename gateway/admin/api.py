@@ -15,6 +15,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Res
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway import dashboard
+from gateway.admin.audit_proofs import add_audit_proof_routes
 from gateway.admin.auth import AdminError, Operator, OperatorDirectory, requires
 from gateway.admin.autonomy import add_autonomy_routes
 from gateway.admin.controls import Controls
@@ -95,7 +96,8 @@ def create_admin_app(gateway: Controls) -> FastAPI:
     async def health() -> JSONResponse:
         store_ok = await gateway.store.ping()
         body = {"status": "ok" if store_ok else "degraded", "store": store_ok,
-                "policy_revision": gateway.policies.revision}
+                "policy_revision": gateway.policies.revision,
+                **gateway.checkpoints.health()}  # "audit" and "anchors": never fail health
         return JSONResponse(body, 200 if store_ok else 503)
 
     def killswitch_state() -> dict[str, Any]:
@@ -282,6 +284,7 @@ def create_admin_app(gateway: Controls) -> FastAPI:
         return verify(records).to_json()
 
     add_autonomy_routes(app, gateway)  # shadow runs, promotion, drills, the autonomy report
+    add_audit_proof_routes(app, gateway)  # checkpoints, key, proofs, export (issue 19)
 
     page = dashboard.load()  # read once; the page asks for a token, the API checks it
 

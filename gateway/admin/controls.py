@@ -13,6 +13,7 @@ from gateway.metrics import Metrics
 from gateway.ports import Store
 from gateway.services.approvals import ApprovalQueue
 from gateway.services.audit_trail import AuditTrail
+from gateway.services.checkpoints import Checkpoints
 from gateway.services.freezes import FreezeState
 from gateway.services.pipeline import Pipeline
 from gateway.services.rollbacks import Rollbacks
@@ -37,6 +38,7 @@ class Controls(Protocol):
     approvals: ApprovalQueue
     rollbacks: Rollbacks
     audit: AuditTrail
+    checkpoints: Checkpoints
     shadows: ShadowWrites
 
     @property

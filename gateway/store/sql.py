@@ -54,6 +54,7 @@ from gateway.store import codec
 from gateway.store import killswitch as ks
 from gateway.store.approvals import ApprovalQueue
 from gateway.store.bus import PgBus, SocketBus
+from gateway.store.checkpoints import CheckpointLog
 from gateway.store.engine import (
     IMMEDIATE,
     asyncpg_dsn,
@@ -87,7 +88,7 @@ def default_sealer(url: Any, journal_key: str | None = None) -> Sealer:
     return sealer_for(journal_key, path)
 
 
-class SqlStore(ApprovalQueue, RollbackPlans, ReportQueries):
+class SqlStore(ApprovalQueue, RollbackPlans, ReportQueries, CheckpointLog):
     """The store behind the gateway.
 
     >>> store = SqlStore("sqlite+aiosqlite:///./gateway.db")  # doctest: +SKIP

@@ -231,3 +231,18 @@ class RollbackStepRow(SQLModel, table=True):
     journal_id: str | None = _text_or_null()
     sealed: str | None = _text_or_null()  # the true body and expected state, sealed (0010)
     updated_at: str = _text()
+
+
+class CheckpointRow(SQLModel, table=True):
+    """One signed tree head of the audit log (0014): its note as served and anchored,
+    and what each anchor answered (JSON: per anchor, when it last succeeded, its error,
+    a witness's cosignature lines, a timestamp token)."""
+
+    __tablename__ = "audit_checkpoints"
+
+    size: int = Field(sa_type=BigInteger, primary_key=True,
+                      sa_column_kwargs={"autoincrement": False})
+    root: str = _text()  # base64, as in the note
+    note: str = _text()
+    at: str = _text()
+    anchors: str = _text()  # JSON object

@@ -1,0 +1,240 @@
+"""Signed checkpoints of the audit log, made and anchored off the request path.
+
+A background task follows the audit table's tail (every ``POLL`` seconds, one
+indexed read of what is new) and keeps the Merkle tree over the records'
+chain hashes in memory (``core.merkle.Tree``). It signs a checkpoint
+``interval`` seconds after the tree first grew past the last one, and at once
+when the new records include a kill-switch engage or release, an approval
+decision or a rollback: the tail read sees those from every process on the
+store, wherever they were appended. Each checkpoint is stored, then handed
+to every anchor by the anchor's own task, which retries with backoff; a
+slow or failing anchor never delays signing, and nothing here ever delays a
+write.
+
+A log must never sign two checkpoints that contradict each other. At start,
+the tree rebuilt from the store is held against the newest stored
+checkpoint; if records it covered are gone or changed, nothing more is
+signed, and ``/v1/health`` says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import time
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from gateway.core.merkle import Tree, record_leaf
+from gateway.core.model import iso, utcnow
+from gateway.core.note import Checkpoint, NoteSigner
+from gateway.services.anchors import Anchor, AnchorError
+
+log = logging.getLogger("gateway.audit.checkpoints")
+POLL = 0.2  # seconds between two reads of the audit table's tail
+PAGE = 10_000
+BACKOFF_MAX = 300.0
+URGENT = frozenset({"killswitch.engage", "killswitch.release", "approval.approve",
+                    "approval.reject", "approval.expired", "rollback.start", "rollback.resume",
+                    "rollback.finish"})
+
+
+class StoredCheckpointLike(Protocol):
+    size: int
+    at: datetime
+    root: str
+    note: str
+    anchors: dict[str, Any]
+
+
+class CheckpointStore(Protocol):
+    async def audit_leaves(self, after: int, limit: int) -> list[tuple[int, str, str]]: ...
+
+    async def add_checkpoint(self, size: int, root: str, note: str, at: Any) -> bool: ...
+
+    async def anchor_checkpoint(self, size: int, anchors: dict[str, Any],
+                                note: str | None = None) -> None: ...
+
+    async def checkpoints(self, limit: int = 1000, upto: int | None = None) -> Any: ...
+
+
+class Checkpoints:
+    def __init__(self, store: CheckpointStore, signer: NoteSigner | None,
+                 anchors: list[Anchor], interval: float, origin: str) -> None:
+        self._store = store
+        self.signer = signer
+        self.anchors = anchors
+        self.interval = interval
+        self.origin = origin
+        self.tree = Tree()
+        self.signed = 0  # the size of the newest checkpoint
+        self.latest: StoredCheckpointLike | None = None
+        self.problem: str | None = None  # the log no longer matches what was signed
+        self._grew_at: float | None = None
+        self._urgent = False
+        self._wake = asyncio.Event()
+        self._sync_lock = asyncio.Lock()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._handed: dict[str, asyncio.Event] = {a.state.name: asyncio.Event() for a in anchors}
+
+    # Life ------------------------------------------------------------------
+    async def start(self) -> None:
+        await self.sync()
+        kept = await self._store.checkpoints(limit=1)
+        if kept:
+            self.latest = kept[-1]
+            self.signed = kept[-1].size
+            self._check_against(kept[-1])
+            for anchor in self.anchors:
+                took = kept[-1].anchors.get(anchor.state.name)
+                if took is not None:
+                    anchor.restore(took)
+                    anchor.state.ok, anchor.state.size = True, kept[-1].size
+        if self.signer is None:
+            log.warning("no audit_signing_key (GATEWAY_AUDIT_SIGNING_KEY): the audit log's "
+                        "checkpoints are not signed; set one")
+            return
+        self._tasks.append(asyncio.create_task(self._run()))
+        for anchor in self.anchors:
+            self._tasks.append(asyncio.create_task(self._anchor(anchor)))
+            if self.latest is not None and anchor.state.size < self.latest.size:
+                self._handed[anchor.state.name].set()  # not taken before the restart
+
+    async def stop(self) -> None:
+        """The last records get their checkpoint (anchored at the next start)."""
+        running = bool(self._tasks)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        if running:
+            try:
+                await self.sync()
+                if not self.problem and self.tree.size > self.signed:
+                    await self.sign()
+            except Exception:
+                log.exception("audit checkpoints: the last checkpoint could not be signed")
+        for anchor in self.anchors:
+            await anchor.close()
+
+    def nudge(self) -> None:
+        """Sign now (an engage, a release, a decision, a rollback was just recorded)."""
+        self._urgent = True
+        self._wake.set()
+
+    def _check_against(self, point: StoredCheckpointLike) -> None:
+        if point.size > self.tree.size:
+            self.problem = (f"the audit log holds {self.tree.size} records, but checkpoint "
+                            f"{point.size} was signed: records were removed")
+        elif base64.b64encode(self.tree.root(point.size)).decode() != point.root:
+            self.problem = (f"the audit records up to seq {point.size} no longer match the "
+                            "signed checkpoint: records were changed")
+        if self.problem:
+            log.error("audit log: %s; no further checkpoint is signed", self.problem)
+
+    # The tree --------------------------------------------------------------
+    async def sync(self) -> int:
+        """Read the records appended since the last read into the tree; its new size."""
+        async with self._sync_lock:
+            while True:
+                rows = await self._store.audit_leaves(self.tree.size, PAGE)
+                for seq, action, chain_hash in rows:
+                    if seq != self.tree.size + 1:
+                        self.problem = (f"the audit log skips from seq {self.tree.size} to "
+                                        f"{seq}")
+                        return self.tree.size
+                    self.tree.append(record_leaf(chain_hash))
+                    if action in URGENT:
+                        self._urgent = True
+                if rows and self._grew_at is None:
+                    self._grew_at = time.monotonic()
+                if len(rows) < PAGE:
+                    return self.tree.size
+
+    # Signing ---------------------------------------------------------------
+    async def _run(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), POLL)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                await self.sync()
+                if self._due():
+                    await self.sign()
+            except Exception:
+                log.exception("audit checkpoints: signing failed; trying again")
+                await asyncio.sleep(1.0)
+
+    def _due(self) -> bool:
+        if self.problem or self.tree.size <= self.signed:
+            self._urgent = False
+            return False
+        waited = time.monotonic() - (self._grew_at or 0.0)
+        return self._urgent or waited >= self.interval
+
+    async def sign(self) -> None:
+        assert self.signer is not None
+        size = self.tree.size
+        point = Checkpoint(self.origin, size, self.tree.root(size))
+        note = self.signer.sign(point.text())
+        root = base64.b64encode(point.root).decode()
+        await self._store.add_checkpoint(size, root, note, utcnow())
+        kept = await self._store.checkpoints(limit=1)
+        self.latest = kept[-1] if kept else None
+        self.signed = size
+        self._urgent, self._grew_at = False, None
+        for event in self._handed.values():
+            event.set()
+
+    # Anchoring -------------------------------------------------------------
+    async def _anchor(self, anchor: Anchor) -> None:
+        state, handed = anchor.state, self._handed[anchor.state.name]
+        delay = 1.0
+        while True:
+            await handed.wait()
+            handed.clear()
+            point = self.latest
+            if point is None or point.size <= state.size:
+                continue
+            try:
+                result = await anchor.deliver(point.size, point.note, self.tree.consistency)
+            except (AnchorError, ValueError) as exc:
+                state.ok, state.last_error, state.failures = False, str(exc), state.failures + 1
+                state.retry_at = utcnow() + timedelta(seconds=delay)
+                log.warning("audit anchor %s: %s; retrying in %.0f s", state.name, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, BACKOFF_MAX)
+                handed.set()
+                continue
+            delay = 1.0
+            state.ok, state.size, state.last_ok_at = True, point.size, utcnow()
+            state.last_error, state.failures, state.retry_at = None, 0, None
+            await self._keep(anchor, point, result)
+
+    async def _keep(self, anchor: Anchor, point: StoredCheckpointLike,
+                    result: dict[str, Any]) -> None:
+        """Record what the anchor took with the checkpoint (a witness's cosignature joins
+        the note's signature lines)."""
+        record = {**result, "ok_at": anchor.state.to_json()["last_ok_at"]}
+        point.anchors[anchor.state.name] = record
+        note = None
+        cosignatures = [c for c in result.get("cosignatures", []) if c + "\n" not in point.note]
+        if cosignatures:
+            note = point.note + "".join(c + "\n" for c in cosignatures)
+            point.note = note
+        try:
+            await self._store.anchor_checkpoint(point.size, point.anchors, note)
+        except Exception:
+            log.exception("audit anchor %s: could not record its answer", anchor.state.name)
+
+    def health(self) -> dict[str, Any]:
+        """``audit``: the newest checkpoint and the log's state; ``anchors``: each anchor's."""
+        latest = self.latest
+        newest = None if latest is None else {
+            "size": latest.size, "root": latest.root, "at": iso(latest.at)}
+        return {"audit": {"signing": self.signer is not None, "records": self.tree.size,
+                          "checkpoint": newest, "problem": self.problem},
+                "anchors": [a.state.to_json() for a in self.anchors]}
