@@ -174,7 +174,7 @@ def fields(text: str, what: str, aliases: bool = False) -> dict[str, str]:
     for name, value in parse_qsl(text, keep_blank_values=True):
         if name != name.strip():
             raise Ambiguous(f"{what}: parameter {name!r} has leading or trailing spaces")
-        key = _caseless(name.partition("[")[0] if name.endswith("]") else name)
+        key = field_key(name)
         if key in keys:
             raise Ambiguous(f"{what}: parameter {name!r} is given twice (as {keys[key]!r}); "
                             "upstreams disagree on which one counts")
@@ -184,6 +184,12 @@ def fields(text: str, what: str, aliases: bool = False) -> dict[str, str]:
         for key, name in keys.items():
             out.setdefault(key, out[name])
     return out
+
+
+def field_key(name: str) -> str:
+    """The parameter a lenient framework reads ``name`` (decoded) as: ``Api_Key`` and
+    ``api_key[]`` are ``api_key``."""
+    return _caseless(name.partition("[")[0] if name.endswith("]") else name)
 
 
 def form_override(fields: Any) -> bool:

@@ -24,7 +24,7 @@ from typing import Any
 
 from gateway.core import canonical
 from gateway.core.policy import TOOLS_CALL, McpRule, ToolCapture, ToolUndo
-from gateway.core.redact import REDACTED, redact_json
+from gateway.core.redact import REDACTED, redact_json, redact_text
 
 JSON = "application/json"
 SSE = "text/event-stream"
@@ -269,6 +269,18 @@ def failure(response: dict[str, Any] | None) -> str | None:
     if isinstance(result, dict) and result.get("isError") is True:
         return "the tool reported an error: " + (result_text(result) or "(no text)")[:500]
     return None
+
+
+def redact_answer(answer: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A JSON-RPC response as journaled: its text contents redacted as a prior's state
+    is (``redact_text``); the rest is redacted by name with the whole body."""
+    result = answer.get("result") if isinstance(answer, dict) else None
+    if not isinstance(result, dict) or not isinstance(result.get("content"), list):
+        return answer
+    content = [{**c, "text": redact_text(c["text"])}
+               if isinstance(c, dict) and isinstance(c.get("text"), str) else c
+               for c in result["content"]]
+    return {**answer, "result": {**result, "content": content}}
 
 
 def result_text(result: dict[str, Any]) -> str | None:

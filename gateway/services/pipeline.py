@@ -483,12 +483,13 @@ class Pipeline:
             content_type = headers.get("content-type")
             if entry.method == TOOLS_CALL:  # the JSON-RPC response, also out of an SSE body
                 answer = mcp.response_in(body, content_type, mcp.ANY_ID)
-                failed = mcp.failure(answer)
+                shown = mcp.redact_answer(answer)  # a secret in a tool's text is one too
+                failed = mcp.failure(shown)
                 if answer is not None:
                     body, content_type = json.dumps(answer).encode(), mcp.JSON
                 if failed is not None:
                     stored = journaling.store_body(body, content_type,
-                                                   self.settings.journal_body_limit)
+                                                   self.settings.journal_body_limit, shown)
                     return JournalOutcome(JournalState.FAILED, response.status, headers,
                                           stored.text, stored.sha256, stored.size, undo,
                                           reversible, failed, timings, utcnow())
@@ -501,7 +502,8 @@ class Pipeline:
                 if created is not None and not (rule_says_none(upstream, entry.rule)):
                     undo, reversible = Undo.from_json(created), True
             stored = journaling.store_body(body, content_type, self.settings.journal_body_limit,
-                                           parsed)
+                                           mcp.redact_answer(parsed)
+                                           if entry.method == TOOLS_CALL else parsed)
             after, true_after = await self._read_after(entry, response.status, parsed, undo,
                                                        upstream)
             outcome = JournalOutcome(JournalState.COMPLETED, response.status, headers,
