@@ -105,6 +105,9 @@ class TelemetrySettings(BaseModel):
     sample_ratio: float | None = Field(default=None, ge=0, le=1)  # default: OTEL_TRACES_SAMPLER
 
 
+_DATABASES = frozenset({"sqlite", "postgresql", "postgres"})
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", env_nested_delimiter="__",
                                       extra="forbid")
@@ -139,6 +142,15 @@ class Settings(BaseSettings):
     # the proxy's URL as agents reach it: policies with rewrite_urls point upstream URLs here
     public_url: str | None = Field(default=None, pattern=r"^https?://[^\s?#]+$")
     telemetry: TelemetrySettings = TelemetrySettings()
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        scheme, sep, _ = value.partition("://")
+        if not sep or scheme.partition("+")[0].lower() not in _DATABASES:
+            raise ValueError("not a database URL: sqlite+aiosqlite:///PATH or "
+                             "postgresql+asyncpg://USER@HOST/DB")
+        return value
 
     @field_validator("operators")
     @classmethod
