@@ -4,9 +4,8 @@ Bodies pass through verbatim: no automatic decompression, no default
 ``User-Agent``, ``Accept-Encoding`` or ``Content-Type``, the request target
 sent exactly as the agent encoded it. Framing is the client's own: a bytes
 body goes with ``Content-Length``, a streamed one chunked. A buffered call
-has one limit for all of it, and so has a streamed one (``total``) unless
-its rule streams (server-sent events): then the limit runs between reads. An
-upstream's ``101`` is refused: the gateway relays no tunnel. An idle connection the upstream closed as the request went out
+has one limit for all of it; a streamed download a limit between reads (it
+may be long). An idle connection the upstream closed as the request went out
 is retried once on a fresh one, for idempotent methods only.
 """
 
@@ -94,7 +93,9 @@ class UpstreamClient:
     async def request(self, method: str, url: str, headers: Headers,
                       body: bytes | AsyncIterator[bytes] | None, *, stream: bool = False,
                       timeout: float | None = None, total: bool = False) -> UpstreamResponse:
-        """``total``: a streamed response too ends within ``timeout``, reads included."""
+        """``total``: a streamed response too ends within ``timeout``, reads included
+        (unless its rule streams: server-sent events). An upstream's ``101`` is refused
+        (502): the gateway relays no tunnel."""
         limit = timeout or self._timeout
         where = f"{method} {url.partition('?')[0]}"
         try:
