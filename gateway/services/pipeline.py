@@ -178,7 +178,9 @@ class Pipeline:
         view = self.view_of(call)
         if call.mcp is None:  # read as a live call is: one reading, or it is not sent
             try:
-                body = canonical.json_body(held.body, view.headers.get("content-type"))
+                body = canonical.json_body(held.body, view.headers.get("content-type"),
+                                           exact=upstream.needs_body(
+                                               upstream.trie.match(view.segments)))
             except canonical.Ambiguous as exc:
                 raise BadRequest(f"the held call's body: {exc}") from None
             view = replace(view, body=body)

@@ -18,6 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from gateway.core.model import Checkpoint, Decision, Verdict, new_id
+from gateway.core.policy import Approval
+from gateway.services.call import Call
 from tests.trust.recording import trusted_gateway
 
 RULES = r"""
@@ -42,6 +45,10 @@ RULES = r"""
 - id: edit
   match: {methods: [PATCH, POST], path: "/customers/{id}"}
   action: allow
+- id: held-refunds
+  match: {methods: [POST], path: "/held-refunds"}
+  action: hold
+  undo: none
 - id: read-all
   match: {methods: [GET], path: "/**"}
   action: allow
@@ -122,3 +129,38 @@ async def test_one_reading_is_forwarded_unchanged(tmp_path: Path, request_line: 
         [arrival] = gw.upstream.reached(method)
         assert arrival.body == body
         assert arrival.target == "/" + target.split("/", 1)[1]
+
+
+HELD = [
+    # (row id, content type, a body held by an older gateway that read it leniently)
+    ("held-duplicate-key", JSON, b'{"amount":1,"amount":99999}'),
+    ("held-case-variant-key", JSON, b'{"amount":1,"Amount":99999}'),
+    ("held-method-override", JSON, b'{"amount":1,"_method":"DELETE"}'),
+    ("held-repeated-form-field", FORM, b"amount=1&amount=99999"),
+]
+
+
+@pytest.mark.parametrize(("content_type", "body"), [r[1:] for r in HELD],
+                         ids=[r[0] for r in HELD])
+async def test_a_held_call_is_read_again_as_strictly_as_a_live_one(
+        tmp_path: Path, content_type: str, body: bytes) -> None:
+    """Issue 18: a held call is rebuilt with the parser live calls use, so one stored
+    with a body of two readings (by a gateway that read it leniently) is not sent."""
+    async with trusted_gateway(tmp_path, RULES) as gw:
+        live = await gw.send(f"POST /crm/held-refunds HTTP/1.1\nContent-Type: {content_type}",
+                             body)
+        assert live.status == 400, live.body  # what a live call gets
+        gateway = gw.harness.gateway
+        upstream = gateway.pipeline.policies.upstreams["crm"]
+        call = Call(request_id=new_id(), agent="bot", agent_key=None, upstream="crm",
+                    method="POST", raw_path="/held-refunds", query="",
+                    headers=[("content-type", content_type)],
+                    checkpoint=Checkpoint(None, None, None, None), buffered=body)
+        decision = Decision(Verdict.HOLD, "held-refunds", "held", "r", "crm")
+        held = gateway.approvals.held_call(upstream, call, decision, Approval())
+        await gateway.approvals.create(held)
+        approved = await gw.harness.admin.post(f"/v1/approvals/{held.id}/approve", json={},
+                                               headers=gw.harness.as_role("approver"))
+        assert approved.status_code == 400, approved.text
+        assert gw.upstream.reached() == []
+        assert await gw.harness.journal() == []
