@@ -275,7 +275,8 @@ def redact_answer(answer: dict[str, Any] | None) -> dict[str, Any] | None:
     """A JSON-RPC response as journaled: its text contents redacted as a prior's state
     is (``redact_text``); the rest is redacted by name with the whole body."""
     result = answer.get("result") if isinstance(answer, dict) else None
-    if not isinstance(result, dict) or not isinstance(result.get("content"), list):
+    if answer is None or not isinstance(result, dict) \
+            or not isinstance(result.get("content"), list):
         return answer
     content = [{**c, "text": redact_text(c["text"])}
                if isinstance(c, dict) and isinstance(c.get("text"), str) else c

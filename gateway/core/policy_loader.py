@@ -267,8 +267,8 @@ def compile_upstream(model: PolicyFile | McpPolicyFile, source: str,
             conditions[index] = Condition(rule.match.when)
     credential = (resolve_credential(model.credentials, env)
                   if model.credentials is not None else None)
-    streams = frozenset(rule.id for rule in model.rules
-                        if isinstance(model, PolicyFile) and rule.stream)
+    streams = frozenset(rule.id for rule in (model.rules if isinstance(model, PolicyFile)
+                                             else ()) if rule.stream)
     return Upstream(model, source, credential, trie, conditions, templates, streams)
 
 
