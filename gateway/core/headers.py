@@ -9,8 +9,11 @@ Agent identity (``identify``): SDKs carry their key where their API wants
 it, so the key is read from every scheme they use: ``X-Gateway-Key``,
 ``Authorization: Bearer`` / ``token`` (GitHub) / ``Basic`` (the key as user
 name or password) / ``AWS4-HMAC-SHA256 Credential=KEY/...`` (boto3's access
-key id), and ``X-Api-Key``. One call carries one identity: two different
-keys, or an identity header sent twice, is ``AmbiguousIdentity`` (400). Once
+key id; S3's older ``AWS KEY:sig``), and ``X-Api-Key``. One call carries one
+identity: two different keys (also one ``Basic`` pair or two SigV4
+``Credential=``), an identity header sent twice (also spelt with ``_``), or
+another agent's key anywhere else (any header, the query) is
+``AmbiguousIdentity`` (400). Once
 known, the key is removed from every header and query parameter that
 carries it, so nothing downstream (journal, held calls, the upstream) sees it.
 """
