@@ -60,14 +60,15 @@ class Message:
         return self.method is not None and "id" in self.value
 
 
-def decode(body: bytes) -> Any:
+def decode(body: bytes, exact: bool = False) -> Any:
     """Strict JSON with one reading (``gateway.core.canonical.json_body``): duplicate or
     case-twin keys, NUL in keys, lone surrogates, NaN/Infinity, numbers past the float
-    range and deep nesting are refused."""
+    range and deep nesting are refused; with ``exact`` (a ``when`` compares arguments),
+    numbers a double does not hold too."""
     if not body.strip():
         raise MessageError("the body is not JSON: it is empty")
     try:
-        return canonical.json_body(body, "application/json")
+        return canonical.json_body(body, "application/json", exact=exact)
     except canonical.Ambiguous as exc:
         raise MessageError(str(exc)) from None
 
@@ -94,9 +95,9 @@ def message(value: Any, raw: bytes | None = None) -> Message:
     return Message(raw, value, method, value.get("id"), params["name"], arguments)
 
 
-def messages(body: bytes) -> tuple[list[Message], bool]:
+def messages(body: bytes, exact: bool = False) -> tuple[list[Message], bool]:
     """The messages of a POST body and whether it was a batch (2025-03-26 allows them)."""
-    value = decode(body)
+    value = decode(body, exact)
     if isinstance(value, list):
         if not value:
             raise MessageError("an empty batch")

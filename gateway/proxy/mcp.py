@@ -86,7 +86,8 @@ class McpReader:
             raise BadRequest(f"{duplicated} appears more than once")
         body = await self._body(call)
         try:
-            items, batch = mcp.messages(body)
+            items, batch = mcp.messages(  # exact numbers where a ``when`` compares them
+                body, bool(self.pipeline.policies.upstreams[call.upstream].conditions))
         except mcp.MessageError as exc:
             raise BadRequest(f"not a JSON-RPC message the gateway can judge: {exc}") from None
         if not batch:

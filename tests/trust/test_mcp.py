@@ -37,6 +37,9 @@ rules:
     match: {{tools: ["get_*"]}}
     action: allow
     effect: read
+  - id: small-refunds
+    match: {{tools: [refund], when: "arguments.amount <= 1000"}}
+    action: allow
 """
 
 
@@ -156,6 +159,20 @@ async def test_a_denied_tool_call_sent_as_a_notification_is_not_an_error(
         assert both.status_code == 200, both.text
         assert [a["id"] for a in both.json()] == [7]
         assert [s[2]["params"]["name"] for s in upstream.seen] == ["get_key"]
+
+
+async def test_a_number_a_when_compares_must_survive_a_double(tmp_path: Path) -> None:
+    """Item 13 for tool arguments: 1000.0000000000000001 is read as 1000.0."""
+    async with mcp_gateway(tmp_path) as (gw, upstream):
+        body = (b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"refund",'
+                b'"arguments":{"amount":1000.0000000000000001}}}')
+        reply = await gw.agent.post("/tools", content=body, headers=HEADERS)
+        assert reply.status_code == 400, reply.text
+        assert upstream.seen == []
+        exact = body.replace(b"1000.0000000000000001", b"1000.00")
+        allowed = await gw.agent.post("/tools", content=exact, headers=HEADERS)
+        assert allowed.status_code == 200, allowed.text
+        assert [s[2]["params"]["arguments"] for s in upstream.seen] == [{"amount": 1000.0}]
 
 
 async def test_the_recording_upstream_answers_without_a_gateway() -> None:
