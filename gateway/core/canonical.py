@@ -174,22 +174,24 @@ def fields(text: str, what: str, aliases: bool = False) -> dict[str, str]:
     for name, value in parse_qsl(text, keep_blank_values=True):
         if name != name.strip():
             raise Ambiguous(f"{what}: parameter {name!r} has leading or trailing spaces")
-        key = field_key(name)
+        key = field_key(name)  # ``a[x]`` and ``a[y]`` are two (nested forms: Stripe's)
         if key in keys:
             raise Ambiguous(f"{what}: parameter {name!r} is given twice (as {keys[key]!r}); "
                             "upstreams disagree on which one counts")
         keys[key] = name
         out[name] = value
-    if aliases:
-        for key, name in keys.items():
-            out.setdefault(key, out[name])
+    if aliases:  # ``force[x]`` is ``force`` to PHP: judged as such
+        for name in keys.values():
+            out.setdefault(field_key(name, nested=True), out[name])
     return out
 
 
-def field_key(name: str) -> str:
+def field_key(name: str, nested: bool = False) -> str:
     """The parameter a lenient framework reads ``name`` (decoded) as: ``Api_Key`` and
-    ``api_key[]`` are ``api_key``."""
-    return _caseless(name.partition("[")[0] if name.endswith("]") else name)
+    ``api_key[]`` are ``api_key``; with ``nested``, ``api_key[x]`` too."""
+    if name.endswith("]"):
+        name = name.partition("[")[0] if nested else name.removesuffix("[]")
+    return _caseless(name)
 
 
 def form_override(fields: Any) -> bool:

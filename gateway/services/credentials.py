@@ -31,7 +31,7 @@ def with_query(upstream: Upstream, url: str) -> str:
     base, sep, query = url.partition("?")
     key = canonical.field_key(name)
     kept = [p for p in query.split("&") if p and not any(  # the agent's own, however spelt
-        canonical.field_key(unquote_plus(part.split("=", 1)[0]).strip()) == key
+        canonical.field_key(unquote_plus(part.split("=", 1)[0]).strip(), nested=True) == key
         for part in p.split(";"))]
     return f"{base}?{'&'.join([*kept, pair])}"
 

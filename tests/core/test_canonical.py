@@ -158,6 +158,8 @@ FIELDS = [  # (text, the reading with aliases, or None: ambiguous)
     ("", {}), ("a=1&b=2", {"a": "1", "b": "2"}), ("a&b=", {"a": "", "b": ""}),
     ("Force=1", {"Force": "1", "force": "1"}), ("force[]=1", {"force[]": "1", "force": "1"}),
     ("q=a%3Bb", {"q": "a;b"}), ("pageSize=2", {"pageSize": "2", "pagesize": "2"}),
+    ("force[x]=1", {"force[x]": "1", "force": "1"}),
+    ("metadata[a]=1&metadata[b]=2", {"metadata[a]": "1", "metadata[b]": "2", "metadata": "1"}),
 ]
 
 

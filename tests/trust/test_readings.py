@@ -105,6 +105,7 @@ async def test_a_second_reading_never_reaches_the_upstream(
 FORWARDED = [
     # (row id, request line, content type or None, body)
     ("form-one-reading", "POST /refunds", FORM, b"amount=5&note=a%3Bb"),
+    ("form-nested-fields", "POST /customers/1", FORM, b"metadata[a]=1&metadata[b]=2"),
     ("query-one-reading", "DELETE /customers/1?reason=dup", None, b""),
     ("query-owner", "GET /tickets?owner=bot&page=2", None, b""),
     ("query-repeated-unjudged", "GET /customers?id=1&id=2", None, b""),
