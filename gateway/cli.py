@@ -253,7 +253,14 @@ def cmd_drill(args: argparse.Namespace) -> int:
 
 
 def cmd_hash(args: argparse.Namespace) -> int:
-    secret = args.secret if args.secret is not None else getpass.getpass("secret: ")
+    secret = args.secret
+    if secret is None and not sys.stdin.isatty():  # piped: its first line
+        secret = sys.stdin.readline().rstrip("\r\n") or None
+        if secret is None:
+            raise StartupError("no secret to hash: give it as an argument (gateway hash "
+                               "SECRET), on stdin, or type it at a terminal")
+    if secret is None:
+        secret = getpass.getpass("secret: ")
     print(sha256_hex(secret))
     return 0
 

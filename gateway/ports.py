@@ -182,10 +182,11 @@ class Store(Protocol):
         ``before_votes`` and it has not expired at ``at``. The winner forwards
         the call once, then calls ``finish_held`` before ``lease_until``."""
 
-    async def release_claim(self, call_id: str) -> bool:
+    async def release_claim(self, call_id: str, votes: tuple[Vote, ...] | None = None) -> bool:
         """approved -> pending, clearing ``decided_by``, ``decided_at`` and the
-        lease but keeping the votes: the claimant did not send the call (a
-        freeze engaged between claim and send)."""
+        lease but keeping the votes (or setting ``votes``): the claimant did not
+        send the call (a freeze engaged between claim and send; a sealed request
+        its key does not open)."""
 
     async def finish_held(self, call_id: str, status: ApprovalStatus,
                           response: dict[str, Any] | None, journal_id: str | None,
@@ -300,7 +301,7 @@ class Upstream(Protocol):
 
     async def request(self, method: str, url: str, headers: Mapping[str, str] | list[tuple[str, str]],
                       body: bytes | AsyncIterator[bytes] | None, *, stream: bool = False,
-                      timeout: float | None = None) -> UpstreamResponse: ...
+                      timeout: float | None = None, total: bool = False) -> UpstreamResponse: ...
 
     async def close(self) -> None: ...
 

@@ -147,6 +147,9 @@ class TelemetrySettings(BaseModel):
     sample_ratio: float | None = Field(default=None, ge=0, le=1)  # default: OTEL_TRACES_SAMPLER
 
 
+_DATABASES = frozenset({"sqlite", "postgresql", "postgres"})
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", env_nested_delimiter="__",
                                       extra="forbid")
@@ -188,6 +191,15 @@ class Settings(BaseSettings):
     audit_anchors: list[AnchorSpec] = []
     audit_checkpoint_interval: float = Field(default=5.0, gt=0)  # seconds after growth
     audit_origin: str = Field(default="agent-gateway/audit", pattern=r"^[^\s+]+$")
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        scheme, sep, _ = value.partition("://")
+        if not sep or scheme.partition("+")[0].lower() not in _DATABASES:
+            raise ValueError("not a database URL: sqlite+aiosqlite:///PATH or "
+                             "postgresql+asyncpg://USER@HOST/DB")
+        return value
 
     @field_validator("operators")
     @classmethod

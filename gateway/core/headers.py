@@ -9,8 +9,11 @@ Agent identity (``identify``): SDKs carry their key where their API wants
 it, so the key is read from every scheme they use: ``X-Gateway-Key``,
 ``Authorization: Bearer`` / ``token`` (GitHub) / ``Basic`` (the key as user
 name or password) / ``AWS4-HMAC-SHA256 Credential=KEY/...`` (boto3's access
-key id), and ``X-Api-Key``. One call carries one identity: two different
-keys, or an identity header sent twice, is ``AmbiguousIdentity`` (400). Once
+key id; S3's older ``AWS KEY:sig``), and ``X-Api-Key``. One call carries one
+identity: two different keys (also one ``Basic`` pair or two SigV4
+``Credential=``), an identity header sent twice (also spelt with ``_``), or
+another agent's key anywhere else (any header, the query) is
+``AmbiguousIdentity`` (400). Once
 known, the key is removed from every header and query parameter that
 carries it, so nothing downstream (journal, held calls, the upstream) sees it.
 """
@@ -22,7 +25,7 @@ import binascii
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from urllib.parse import unquote_plus
+from urllib.parse import parse_qsl, unquote_plus
 
 HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
@@ -83,6 +86,17 @@ IDENTITY_HEADERS = ("x-gateway-key", "authorization", "x-api-key")
 _SIGV4_CREDENTIAL = re.compile(r"(?:^|[\s,])Credential=([^/,\s]+)/")
 
 
+# Headers that carry no key, whatever an agent sends: not searched for one.
+_ORDINARY = frozenset({
+    "host", "accept", "accept-encoding", "accept-language", "connection", "content-length",
+    "content-type", "user-agent", "expect", "te", "transfer-encoding", "traceparent",
+    "tracestate", "x-amz-date", "x-amz-content-sha256", "if-match", "if-none-match",
+    "idempotency-key", "mcp-session-id", "mcp-protocol-version", "cache-control",
+})
+_TOKENS = re.compile(r"[\s,;:=&]+")
+_SHORTEST_KEY = 8  # shorter tokens are not searched (page numbers, flags)
+
+
 class AmbiguousIdentity(ValueError):
     """Two different agent keys, or an identity header sent twice (400)."""
 
@@ -105,9 +119,11 @@ def authorization_keys(value: str) -> tuple[str, ...]:
         except (binascii.Error, UnicodeDecodeError):
             return ()
         return tuple(dict.fromkeys(part for part in (user, password) if part))
-    if scheme == "aws4-hmac-sha256":
-        found = _SIGV4_CREDENTIAL.search(rest)
-        return (found.group(1),) if found else ()
+    if scheme == "aws4-hmac-sha256":  # two ``Credential=`` are two candidates
+        return tuple(dict.fromkeys(_SIGV4_CREDENTIAL.findall(rest)))
+    if scheme == "aws":  # S3's signature version 2: ``AWS key:signature``
+        key = rest.partition(":")[0].strip()
+        return (key,) if key else ()
     return ()
 
 
@@ -137,8 +153,13 @@ def identify(headers: list[tuple[str, str]], query: str,
     """
     keys: list[str] = []
     seen: set[str] = set()
+    others: list[str] = []  # values that could smuggle another agent's key
     for name, value in headers:
+        if "_" in name:  # ``X_Gateway_Key``: servers that map ``_`` to ``-`` read it as one
+            name = name.replace("_", "-")
         if name not in IDENTITY_HEADERS:
+            if name not in _ORDINARY and not name.startswith("x-agent-"):
+                others.append(value)
             continue
         if name in seen:
             raise AmbiguousIdentity(f"{name} is sent more than once: one call carries "
@@ -148,13 +169,25 @@ def identify(headers: list[tuple[str, str]], query: str,
         if len(candidates) == 1:
             keys.append(candidates[0])
         elif candidates:  # Basic: the half that is an agent's key (hashed only then)
-            keys.append(next((c for c in candidates if known(c)), candidates[0]))
+            agents = [c for c in candidates if known(c)]
+            if len(agents) > 1 or value.lstrip()[:4].lower() == "aws4":
+                raise AmbiguousIdentity(f"{name} carries two keys: one call carries one "
+                                        "agent identity")
+            keys.append(agents[0] if agents else candidates[0])
     if len(set(keys)) > 1:
         raise AmbiguousIdentity("the call carries two different agent keys "
                                 f"(in {', '.join(sorted(seen))}): one call carries one identity")
     key = keys[0] if keys else None
+    if query:
+        others.extend(value for _, value in parse_qsl(query, keep_blank_values=True))
+    for value in others:  # another agent's key, anywhere else, never reaches an upstream
+        for token in _TOKENS.split(value):
+            if len(token) >= _SHORTEST_KEY and token != key and known(token):
+                raise AmbiguousIdentity("the call carries another agent's key: one call "
+                                        "carries one identity")
     kept = [(name, value) for name, value in headers
-            if not (name in IDENTITY_HEADERS and _candidates(name, value))
+            if not (name.replace("_", "-") in IDENTITY_HEADERS
+                    and _candidates(name.replace("_", "-"), value))
             and not (key and key in value)]
     return Identity(key, kept, without_key(query, key))
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from gateway.core import canonical
 from gateway.core.policy import TOOLS_CALL, McpRule, ToolCapture, ToolUndo
-from gateway.core.redact import REDACTED, redact_json
+from gateway.core.redact import REDACTED, redact_json, redact_text
 
 JSON = "application/json"
 SSE = "text/event-stream"
@@ -60,14 +60,15 @@ class Message:
         return self.method is not None and "id" in self.value
 
 
-def decode(body: bytes) -> Any:
+def decode(body: bytes, exact: bool = False) -> Any:
     """Strict JSON with one reading (``gateway.core.canonical.json_body``): duplicate or
     case-twin keys, NUL in keys, lone surrogates, NaN/Infinity, numbers past the float
-    range and deep nesting are refused."""
+    range and deep nesting are refused; with ``exact`` (a ``when`` compares arguments),
+    numbers a double does not hold too."""
     if not body.strip():
         raise MessageError("the body is not JSON: it is empty")
     try:
-        return canonical.json_body(body, "application/json")
+        return canonical.json_body(body, "application/json", exact=exact)
     except canonical.Ambiguous as exc:
         raise MessageError(str(exc)) from None
 
@@ -94,9 +95,9 @@ def message(value: Any, raw: bytes | None = None) -> Message:
     return Message(raw, value, method, value.get("id"), params["name"], arguments)
 
 
-def messages(body: bytes) -> tuple[list[Message], bool]:
+def messages(body: bytes, exact: bool = False) -> tuple[list[Message], bool]:
     """The messages of a POST body and whether it was a batch (2025-03-26 allows them)."""
-    value = decode(body)
+    value = decode(body, exact)
     if isinstance(value, list):
         if not value:
             raise MessageError("an empty batch")
@@ -269,6 +270,19 @@ def failure(response: dict[str, Any] | None) -> str | None:
     if isinstance(result, dict) and result.get("isError") is True:
         return "the tool reported an error: " + (result_text(result) or "(no text)")[:500]
     return None
+
+
+def redact_answer(answer: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A JSON-RPC response as journaled: its text contents redacted as a prior's state
+    is (``redact_text``); the rest is redacted by name with the whole body."""
+    result = answer.get("result") if isinstance(answer, dict) else None
+    if answer is None or not isinstance(result, dict) \
+            or not isinstance(result.get("content"), list):
+        return answer
+    content = [{**c, "text": redact_text(c["text"])}
+               if isinstance(c, dict) and isinstance(c.get("text"), str) else c
+               for c in result["content"]]
+    return {**answer, "result": {**result, "content": content}}
 
 
 def result_text(result: dict[str, Any]) -> str | None:

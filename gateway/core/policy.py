@@ -205,6 +205,7 @@ class Rule(_Strict):
     capture: Capture | Literal[False] | None = None
     undo: UndoSpec | Literal["none"] | None = None
     volatile: tuple[str, ...] = ()
+    stream: bool = False  # its responses stream (server-sent events): no total time limit
 
     @model_validator(mode="after")
     def _bound_names(self) -> Rule:
@@ -402,6 +403,7 @@ class Upstream:
     trie: PathTrie
     conditions: dict[int, Condition]
     templates: dict[int, Template]
+    streams: frozenset[str | None] = frozenset()  # ids of the rules with ``stream: true``
 
     @property
     def credential_value(self) -> str | None:

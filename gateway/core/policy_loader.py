@@ -267,7 +267,9 @@ def compile_upstream(model: PolicyFile | McpPolicyFile, source: str,
             conditions[index] = Condition(rule.match.when)
     credential = (resolve_credential(model.credentials, env)
                   if model.credentials is not None else None)
-    return Upstream(model, source, credential, trie, conditions, templates)
+    streams = frozenset(rule.id for rule in (model.rules if isinstance(model, PolicyFile)
+                                             else ()) if rule.stream)
+    return Upstream(model, source, credential, trie, conditions, templates, streams)
 
 
 def resolve_credential(spec: Credentials, env: Mapping[str, str]) -> Credential:

@@ -61,6 +61,27 @@ def redact_json(value: Any) -> Any:
     return value
 
 
+_PAIR = re.compile(r"""([A-Za-z0-9_.\[\]-]+)(["']?\s*[:=]\s*["']?)([^\s"'&,;]+)""")
+
+
+def redact_text(text: str) -> str:
+    """Free text as journaled: JSON in it redacted by name, else each ``name=value`` or
+    ``name: value`` whose name is a secret's.
+
+    >>> redact_text('{"id": 1, "api_key": "k"}'), redact_text("ok, token=abc")
+    ('{"id": 1, "api_key": "[REDACTED]"}', 'ok, token=[REDACTED]')
+    """
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        return _PAIR.sub(lambda m: m.group(0) if not is_secret_name(m.group(1))
+                         else m.group(1) + m.group(2) + REDACTED, text)
+    if not isinstance(parsed, (dict, list)):
+        return text
+    redacted = redact_json(parsed)
+    return text if redacted == parsed else json.dumps(redacted, ensure_ascii=False)
+
+
 def redact_form(text: str) -> str:
     pairs = parse_qsl(text, keep_blank_values=True)
     return urlencode([(k, REDACTED if is_secret_name(k) else v) for k, v in pairs])

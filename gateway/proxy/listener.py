@@ -176,6 +176,8 @@ class ProxyApp:
             target = canonical.target("/" + rest if rest else "")
         except canonical.Ambiguous as exc:
             raise BadRequest(str(exc)) from None
+        if key and key in target.decoded:  # it would be forwarded and journaled
+            raise BadRequest("the agent key is in the path: it would reach the upstream")
         query = seen.query  # without the agent's key, if it came as a query parameter
         override = canonical.method_override(query)
         if override is not None:

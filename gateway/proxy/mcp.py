@@ -20,6 +20,8 @@ the body, as the SDK's server requires, so what is judged is what is routed.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -41,6 +43,7 @@ from gateway.ports import UpstreamResponse
 from gateway.services.call import Call, Reply
 from gateway.services.pipeline import BodyTooLarge, Pipeline
 
+SESSION = "mcp-session-id"
 # a batch's header: its gravest decision
 _SEVERITY = ["allow", "shadow", "hold", "error", "deny", "frozen"]
 
@@ -62,6 +65,15 @@ class McpReader:
     async def handle(self, call: Call) -> Reply:
         if call.raw_path not in ("", "/") or call.query and call.method != "GET":
             raise UnknownUpstream(f"an MCP upstream has one endpoint: /{call.upstream}")
+        _unseal_session(call)
+        reply = await self._handle(call)
+        response = reply.response
+        if any(k.lower() == SESSION for k, _ in response.headers):
+            response.headers = [(k, _seal(call, v) if k.lower() == SESSION else v)
+                                for k, v in response.headers]
+        return reply
+
+    async def _handle(self, call: Call) -> Reply:
         if call.method in ("GET", "DELETE"):  # the server's stream; the end of a session
             call.mcp = mcp.Message(b"", {}, None, None, http=call.method)
             reply = await self.pipeline.handle(call)
@@ -74,7 +86,8 @@ class McpReader:
             raise BadRequest(f"{duplicated} appears more than once")
         body = await self._body(call)
         try:
-            items, batch = mcp.messages(body)
+            items, batch = mcp.messages(  # exact numbers where a ``when`` compares them
+                body, bool(self.pipeline.policies.upstreams[call.upstream].conditions))
         except mcp.MessageError as exc:
             raise BadRequest(f"not a JSON-RPC message the gateway can judge: {exc}") from None
         if not batch:
@@ -145,6 +158,8 @@ class McpReader:
         return _Answered(reply, message)
 
     def _refusal(self, message: mcp.Message, decision: str, text: str) -> Reply:
+        if not message.is_request:  # a notification has no answer to carry the refusal
+            return Reply(UpstreamResponse(202, [], body=b""), decision)
         result = mcp_types.CallToolResult(content=[mcp_types.TextContent(text=text)], is_error=True)
         answer = mcp_types.JSONRPCResponse(jsonrpc="2.0", id=message.id, result=result.model_dump(
             by_alias=True, mode="json", exclude_none=True))
@@ -190,6 +205,29 @@ class McpReader:
             return Reply(UpstreamResponse(202, headers[1:], body=b""), decision, audits=audits)
         return Reply(UpstreamResponse(200, headers, body=json.dumps(answers).encode()), decision,
                      audits=audits)
+
+
+class SessionNotFound(GatewayError):
+    status, code, decision = 404, "session_not_found", "deny"
+
+
+def _seal(call: Call, session: str) -> str:
+    """The session id as its agent sees it: bound to the agent's key, so another agent
+    holding it cannot use it (and any gateway process can check it, no state kept)."""
+    key = (call.agent_key or call.agent).encode()
+    return f"{session}.{hmac.new(key, session.encode(), hashlib.sha256).hexdigest()[:32]}"
+
+
+def _unseal_session(call: Call) -> None:
+    """The upstream's session id back in the call, or 404 when it is not this agent's."""
+    for index, (name, value) in enumerate(call.headers):
+        if name != SESSION:
+            continue
+        session = value.strip().rpartition(".")[0]
+        if not session or not hmac.compare_digest(_seal(call, session), value.strip()):
+            raise SessionNotFound("no such MCP session for this agent (a session belongs to "
+                                  "the agent that opened it)")
+        call.headers[index] = (name, session)
 
 
 def _no_answer(item: _Answered, status: int) -> dict[str, Any]:

@@ -92,7 +92,10 @@ class UpstreamClient:
 
     async def request(self, method: str, url: str, headers: Headers,
                       body: bytes | AsyncIterator[bytes] | None, *, stream: bool = False,
-                      timeout: float | None = None) -> UpstreamResponse:
+                      timeout: float | None = None, total: bool = False) -> UpstreamResponse:
+        """``total``: a streamed response too ends within ``timeout``, reads included
+        (unless its rule streams: server-sent events). An upstream's ``101`` is refused
+        (502): the gateway relays no tunnel."""
         limit = timeout or self._timeout
         where = f"{method} {url.partition('?')[0]}"
         try:
@@ -111,6 +114,9 @@ class UpstreamClient:
         try:  # streamed: the limit runs until the head, then between reads
             connection, exchange, response = await self._send(method, origin, head, body,
                                                               deadline)
+            if response.status == 101:  # a tunnel nothing would judge
+                raise UpstreamUnreachable(f"{where} answered 101 Switching Protocols; the "
+                                          "gateway relays no upgraded connection")
             if not stream or method == "HEAD" or (response.length is not None
                                                   and response.length <= _SMALL):
                 data = await connection.read(exchange)
@@ -126,7 +132,8 @@ class UpstreamClient:
             self._pool.give_back(origin, connection)
             return UpstreamResponse(response.status, response.headers, body=data)
         return UpstreamResponse(response.status, response.headers,
-                                stream=self._relay(origin, connection, exchange, limit, where))
+                                stream=self._relay(origin, connection, exchange, limit, where,
+                                                   deadline if total else None))
 
     async def _send(self, method: str, origin: Origin, head: bytes,
                     body: bytes | AsyncIterator[bytes] | None, deadline: float,
@@ -162,12 +169,12 @@ class UpstreamClient:
                 raise
 
     async def _relay(self, origin: Origin, connection: Connection, exchange: Exchange,
-                     limit: float, where: str) -> AsyncIterator[bytes]:
+                     limit: float, where: str, end: float | None) -> AsyncIterator[bytes]:
         loop = asyncio.get_running_loop()
         chunks = connection.body(exchange)
         try:
             while True:
-                connection.extend(loop.time() + limit)
+                connection.extend(loop.time() + limit if end is None else end)
                 try:
                     chunk = await chunks.__anext__()
                 except StopAsyncIteration:

@@ -302,10 +302,14 @@ class ApprovalQueue:
                 "comment": comment}
         if held.kind != "hold":  # delay: run when due; shadow: a promoted shadow write
             info["kind"] = held.kind
-        if held.extra.get("sealed_error"):  # its exact request cannot be opened: fail closed
+        if held.extra.get("sealed_error"):  # its exact request cannot be opened: not sent,
+            # and still pending (with the right key, another process can run it); the vote
+            # that would have sent it is taken back
             why = f"the held call's sealed request cannot be opened: {held.extra['sealed_error']}"
-            await self._finish(held, ApprovalStatus.FAILED, None, None, why + "; not sent")
-            raise ApprovalError(409, "sealed_unavailable", why + "; not sent")
+            await self.store.release_claim(held.id, tuple(
+                v for v in held.votes if v.by != operator))
+            self._wake(held.id)
+            raise ApprovalError(409, "sealed_unavailable", why + "; not sent, still pending")
         if digest_of(held) != held.digest:  # the stored call was altered after it was held
             await self._finish(held, ApprovalStatus.FAILED, None, None,
                                "the stored call no longer matches its digest; not sent")

@@ -12,8 +12,9 @@ so it lives here and not in the pure core.
 
 from __future__ import annotations
 
-from urllib.parse import quote
+from urllib.parse import quote, unquote_plus
 
+from gateway.core import canonical
 from gateway.core.policy import Credential, SigV4Credential, Upstream
 
 Headers = list[tuple[str, str]]
@@ -28,7 +29,10 @@ def with_query(upstream: Upstream, url: str) -> str:
     name, value = credential.query
     pair = f"{quote(name, safe='')}={quote(value, safe='')}"
     base, sep, query = url.partition("?")
-    kept = [p for p in query.split("&") if p and p.split("=", 1)[0] != quote(name, safe="")]
+    key = canonical.field_key(name)
+    kept = [p for p in query.split("&") if p and not any(  # the agent's own, however spelt
+        canonical.field_key(unquote_plus(part.split("=", 1)[0]).strip(), nested=True) == key
+        for part in p.split(";"))]
     return f"{base}?{'&'.join([*kept, pair])}"
 
 

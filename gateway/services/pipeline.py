@@ -28,6 +28,7 @@ import asyncio
 import json
 import logging
 import time
+from dataclasses import replace
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
@@ -175,10 +176,14 @@ class Pipeline:
         if upstream.kind == "mcp":
             call.mcp = mcp.message(mcp.decode(held.body), held.body)
         view = self.view_of(call)
-        if call.mcp is None:
-            view = CallView(view.method, view.path, view.segments, view.query, view.headers,
-                            view.agent, journaling.parse_body(held.body,
-                                                              view.headers.get("content-type")))
+        if call.mcp is None:  # read as a live call is: one reading, or it is not sent
+            try:
+                body = canonical.json_body(held.body, view.headers.get("content-type"),
+                                           exact=upstream.needs_body(
+                                               upstream.trie.match(view.segments)))
+            except canonical.Ambiguous as exc:
+                raise BadRequest(f"the held call's body: {exc}") from None
+            view = replace(view, body=body)
         rule_id = held.rule
         params = next((p for index, p in upstream.trie.match(view.segments)
                        if upstream.spec.rules[index].id == rule_id), None)
@@ -231,16 +236,17 @@ class Pipeline:
         except canonical.Ambiguous as exc:  # a spelling of a rule's literal, not the literal
             raise BadRequest(str(exc)) from None
         if call.query and call.mcp is None and upstream.judges_query(candidates):
-            repeated = canonical.repeated_name(call.query)
-            if repeated is not None:
-                raise BadRequest(f"query parameter {repeated!r} is given twice; a rule judges "
-                                 "the query, and upstreams disagree on which one counts")
+            try:  # judged: one reading, and a lone ``Force`` judged as ``force``
+                view = replace(view, query=canonical.fields(call.query, "query", aliases=True))
+            except canonical.Ambiguous as exc:
+                raise BadRequest(f"{exc}; a rule judges the query") from None
         if call.mcp is None and (mutating or upstream.needs_body(candidates)):
             call.buffered = await self._read_body(call)
             if sum(1 for name, _ in call.headers if name == "content-type") > 1:
                 raise BadRequest("Content-Type is given twice: the body would be read two ways")
             try:  # judged or journaled: one reading, or 400
-                parsed = canonical.json_body(call.buffered, view.headers.get("content-type"))
+                parsed = canonical.json_body(call.buffered, view.headers.get("content-type"),
+                                             exact=upstream.needs_body(candidates))
             except canonical.Ambiguous as exc:
                 raise BadRequest(f"request body: {exc}") from None
             if canonical.form_override(parsed) and journaling.media_type(
@@ -479,12 +485,13 @@ class Pipeline:
             content_type = headers.get("content-type")
             if entry.method == TOOLS_CALL:  # the JSON-RPC response, also out of an SSE body
                 answer = mcp.response_in(body, content_type, mcp.ANY_ID)
-                failed = mcp.failure(answer)
+                shown = mcp.redact_answer(answer)  # a secret in a tool's text is one too
+                failed = mcp.failure(shown)
                 if answer is not None:
                     body, content_type = json.dumps(answer).encode(), mcp.JSON
                 if failed is not None:
                     stored = journaling.store_body(body, content_type,
-                                                   self.settings.journal_body_limit)
+                                                   self.settings.journal_body_limit, shown)
                     return JournalOutcome(JournalState.FAILED, response.status, headers,
                                           stored.text, stored.sha256, stored.size, undo,
                                           reversible, failed, timings, utcnow())
@@ -497,7 +504,8 @@ class Pipeline:
                 if created is not None and not (rule_says_none(upstream, entry.rule)):
                     undo, reversible = Undo.from_json(created), True
             stored = journaling.store_body(body, content_type, self.settings.journal_body_limit,
-                                           parsed)
+                                           mcp.redact_answer(parsed)
+                                           if entry.method == TOOLS_CALL else parsed)
             after, true_after = await self._read_after(entry, response.status, parsed, undo,
                                                        upstream)
             outcome = JournalOutcome(JournalState.COMPLETED, response.status, headers,

@@ -77,7 +77,7 @@ class RestSender:
             upstream, call.method, self._url(upstream, call.raw_path, call.query),
             trace(request_headers(upstream, call, drop_encoding=bool(
                 getattr(upstream.spec, "rewrite_urls", False)))), body, stream=True,
-            timeout=self._timeout(upstream))
+            timeout=self._timeout(upstream), total=call.facts.get("rule") not in upstream.streams)
 
     async def forward(self, upstream: Upstream, call: Call, approved: bool,
                       trace: Callable[[Headers], Headers] = untraced) -> UpstreamResponse:

@@ -18,8 +18,11 @@ one active freeze per scope) safe across processes.
 
 from __future__ import annotations
 
+import array
+import fcntl
 import os
 import sqlite3
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +30,8 @@ from sqlalchemy import event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+_FS_IOC_GETFLAGS = 0x80086601  # Linux: the inode's flags (lsattr)
+_UNWRITABLE = 0x10 | 0x20  # FS_IMMUTABLE_FL, FS_APPEND_FL
 SQLITE_PRAGMAS = ("PRAGMA busy_timeout=5000", "PRAGMA synchronous=NORMAL")
 IMMEDIATE = "gateway_sqlite_immediate"
 
@@ -82,6 +87,8 @@ class SqliteFile:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.identity = self._identity()
+        self._shm: int | None = None  # a descriptor on the ``-shm`` file, to read its flags
+        self._flags = sys.platform == "linux"  # False: the file system cannot tell
 
     def _identity(self) -> tuple[int, int]:
         try:
@@ -95,6 +102,32 @@ class SqliteFile:
         if self._identity() != self.identity:
             raise sqlite3.OperationalError(f"the database file {self.path} was replaced "
                                            "since it was opened")
+        self.check_shm()
+
+    def check_shm(self) -> None:
+        """SQLite maps the ``-shm`` file into memory; once that file cannot be written
+        (immutable or append-only: ``chattr``), touching the mapping kills the process
+        (SIGBUS). So it is looked at first (one ``ioctl``) and the transaction refused."""
+        if not self._flags:
+            return
+        if self._shm is None:
+            try:
+                self._shm = os.open(f"{self.path}-shm", os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                return  # not created yet: SQLite creates it writable
+        flags = array.array("i", [0])
+        try:
+            fcntl.ioctl(self._shm, _FS_IOC_GETFLAGS, flags, True)
+        except OSError:
+            self._flags = False  # a file system without these flags
+            return
+        if flags[0] & _UNWRITABLE:
+            raise sqlite3.OperationalError(f"{self.path}-shm cannot be written (immutable or "
+                                           "append-only); the store refuses transactions")
+
+    def __del__(self) -> None:
+        if getattr(self, "_shm", None) is not None:
+            os.close(self._shm)  # type: ignore[arg-type]
 
 
 def create_engine(url: URL) -> AsyncEngine:
@@ -118,8 +151,10 @@ def _sqlite_connect(dbapi_connection: Any, record: Any, path: Path) -> None:
 
 def _sqlite_begin(connection: Any) -> None:
     immediate = connection.get_execution_options().get(IMMEDIATE, False)
-    if immediate:  # a write: into the file that is still the store
-        file = connection.connection.info.get("file")
-        if file is not None:
+    file = connection.connection.info.get("file")
+    if file is not None:
+        if immediate:  # a write: into the file that is still the store
             file.check()
+        else:  # a read touches the ``-shm`` mapping too
+            file.check_shm()
     connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")

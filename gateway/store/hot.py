@@ -218,6 +218,7 @@ class SqliteHotPath:
         return await self._run(lambda: self._connection.execute(sql, args).rowcount)
 
     async def fetch(self, sql: str, args: Sequence[Any]) -> list[Sequence[Any]]:
+        self._file.check_shm()
         return await self._run(lambda: self._connection.execute(sql, args).fetchall())
 
     async def _run(self, statement: Callable[[], _T]) -> _T:

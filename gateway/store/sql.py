@@ -75,6 +75,9 @@ WRITE_LOCK = 0x67775F7772697465  # "gw_write": the advisory lock over audit and 
 log = logging.getLogger("gateway.store")
 PING_TIMEOUT = 5.0
 _PROBE = "UPDATE killswitch SET generation = generation WHERE 1 = 0"  # a write, of nothing
+# SQLite commits a write of nothing without touching the file: its probe rewrites a row
+# nobody watches, so a database or WAL that cannot be written fails it.
+_SQLITE_PROBE = "UPDATE alembic_version SET version_num = version_num"
 
 
 def default_sealer(url: Any, journal_key: str | None = None) -> Sealer:
@@ -160,7 +163,8 @@ class SqlStore(ApprovalQueue, RollbackPlans, ReportQueries, CheckpointLog):
         try:
             async with asyncio.timeout(PING_TIMEOUT):
                 async with self._hot_path().transaction() as tx:
-                    await tx.execute(_PROBE)
+                    await tx.execute(_SQLITE_PROBE if self._engine.dialect.name == "sqlite"
+                                     else _PROBE)
                 async with self._engine.connect() as connection:
                     await connection.execute(text("SELECT 1"))
         except Exception as exc:

@@ -8,6 +8,7 @@ from gateway.core.headers import (
     AmbiguousIdentity,
     agent_key,
     agent_response_headers,
+    identify,
     upstream_request_headers,
 )
 
@@ -144,3 +145,31 @@ def test_agent_key(headers: list[tuple[str, str]], key: str | None) -> None:
             agent_key(headers)
     else:
         assert agent_key(headers) == key
+
+
+AGENTS = {KEY, "agent-key-456"}
+B64_PAIR = "YWdlbnQta2V5LTEyMzphZ2VudC1rZXktNDU2"  # agent-key-123:agent-key-456
+IDENTITIES = [  # (headers, query, the key, or AMBIGUOUS)
+    ([("authorization", f"Basic {B64_PAIR}")], "", AMBIGUOUS),
+    ([("authorization", f"AWS4-HMAC-SHA256 Credential={KEY}/d/r/s/aws4_request, "
+                        "Credential=agent-key-456/d/r/s/aws4_request")], "", AMBIGUOUS),
+    ([("x-gateway-key", KEY), ("x_gateway_key", "agent-key-456")], "", AMBIGUOUS),
+    ([("x-gateway-key", KEY), ("x-forward-token", "t=agent-key-456")], "", AMBIGUOUS),
+    ([("x-gateway-key", KEY)], "token=agent-key-456", AMBIGUOUS),
+    ([("x-gateway-key", KEY), ("authorization", "AWS agent-key-456:sig")], "", AMBIGUOUS),
+    ([("x_gateway_key", KEY)], "", KEY),
+    ([("authorization", f"AWS {KEY}:sig")], "", KEY),
+    ([("x-gateway-key", KEY), ("x-forward-token", "someone-elses-token")], "page=20", KEY),
+]
+
+
+@pytest.mark.parametrize(("headers", "query", "key"), IDENTITIES)
+def test_one_identity_and_no_other_agents_key(headers: list[tuple[str, str]], query: str,
+                                              key: str) -> None:
+    if key is AMBIGUOUS:
+        with pytest.raises(AmbiguousIdentity):
+            identify(headers, query, AGENTS.__contains__)
+    else:
+        seen = identify(headers, query, AGENTS.__contains__)
+        assert seen.key == key
+        assert all(key not in value for _, value in seen.headers)

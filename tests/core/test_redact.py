@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from gateway.core.mcp import redact_answer
 from gateway.core.redact import (
     REDACTED,
     is_secret_name,
@@ -13,6 +14,7 @@ from gateway.core.redact import (
     redact_headers,
     redact_json,
     redact_query,
+    redact_text,
     redacted_body,
 )
 
@@ -133,3 +135,31 @@ def test_redact_query(query: str, expected: str) -> None:
 ])
 def test_redacted_body(body: bytes, content_type: str | None, shown: bytes) -> None:
     assert redacted_body(body, content_type) == shown
+
+
+TEXTS = [  # (a tool's text result, as journaled)
+    ('{"id": "k1", "api_key": "sk-1"}', '{"id": "k1", "api_key": "[REDACTED]"}'),
+    ('[{"password": "p"}]', '[{"password": "[REDACTED]"}]'),
+    ('{"id": "k1"}', '{"id": "k1"}'),  # nothing secret: the text as it was
+    ("token=sk-1&page=2", "token=[REDACTED]&page=2"),
+    ("rotated; api_key: sk-1, id: k1", "rotated; api_key: [REDACTED], id: k1"),
+    ('"client_secret": "s"', '"client_secret": "[REDACTED]"'),
+    ("plain words, no secrets", "plain words, no secrets"),
+    ("42", "42"),
+]
+
+
+@pytest.mark.parametrize(("text", "journaled"), TEXTS)
+def test_redact_text(text: str, journaled: str) -> None:
+    assert redact_text(text) == journaled
+
+
+def test_a_tool_answer_is_journaled_with_its_texts_redacted() -> None:
+    answer = {"jsonrpc": "2.0", "id": 1, "result": {"content": [
+        {"type": "text", "text": '{"api_key": "sk-1"}'}, {"type": "image", "data": "x"}]}}
+    shown = redact_answer(answer)
+    assert shown is not None
+    assert shown["result"]["content"] == [{"type": "text", "text": '{"api_key": "[REDACTED]"}'},
+                                          {"type": "image", "data": "x"}]
+    assert answer["result"]["content"][0]["text"] == '{"api_key": "sk-1"}'  # not modified
+    assert redact_answer(None) is None and redact_answer({"error": {}}) == {"error": {}}

@@ -207,6 +207,14 @@ async def test_release_returns_a_claim_to_pending(store: SqlStore) -> None:
     assert await store.claim_held(call.id, (ALICE, BOB), (ALICE, BOB), "alice", at, at)
 
 
+async def test_release_can_take_back_the_vote_that_claimed(store: SqlStore) -> None:
+    call = held(1, votes=(ALICE,))
+    await store.create_held(call)
+    assert await _claim(store, call)
+    assert await store.release_claim(call.id, (ALICE,))  # Bob's vote sent nothing
+    assert await store.get_held(call.id) == call
+
+
 async def test_finish_only_from_approved(store: SqlStore) -> None:
     call = held(1, votes=(ALICE,))
     await store.create_held(call)

@@ -141,11 +141,11 @@ def parse_replies(data: bytes) -> list[Reply]:
 
 
 @asynccontextmanager
-async def trusted_gateway(tmp_path: Path, rules: str, default: str = "deny",
+async def trusted_gateway(tmp_path: Path, rules: str, default: str = "deny", extra: str = "",
                           **overrides: Any) -> AsyncIterator[Trusted]:
     upstream = Recording()
     async with serve_app(upstream) as url:
-        policies = {"crm.yaml": policy_text(url, rules, default=default)}
+        policies = {"crm.yaml": policy_text(url, rules, default=default, extra=extra)}
         (tmp_path / "db").mkdir(exist_ok=True)
         database = f"sqlite+aiosqlite:///{tmp_path / 'db' / 'gateway.db'}"
         async with started_gateway(tmp_path, database, policies, **overrides) as harness:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -168,6 +169,35 @@ async def test_a_sqlite_store_whose_file_was_replaced_is_unhealthy(tmp_path: Pat
         health = await gw.admin.get("/v1/health")
         assert health.status_code == 503 and health.json()["store"] is False
         write = await gw.agent.patch("/crm/customers/c1", json={"plan": "free"})
+        assert write.status_code == 503, write.text
+        assert upstream.writes() == []
+
+
+def _immutable(paths: list[Path], on: bool) -> None:
+    """``chattr +i``: not even root may write (the tests run as root; chmod would not do)."""
+    for path in paths:
+        subprocess.run(["chattr", "+i" if on else "-i", str(path)], check=True)
+
+
+async def test_an_immutable_sqlite_store_with_a_writable_shm_is_unhealthy(
+        tmp_path: Path) -> None:
+    """Issue 17 item 10: the database, its WAL and its directory immutable, the ``-shm``
+    still writable: health said ok (its probe wrote nothing) while every write failed."""
+    (tmp_path / "db").mkdir()
+    async with gateway_with(tmp_path) as (gw, upstream):
+        healthy = await gw.admin.get("/v1/health")
+        assert healthy.status_code == 200 and healthy.json()["store"] is True
+        directory = tmp_path / "db"
+        frozen = [directory / "gw.db", directory / "gw.db-wal", directory]
+        assert all(p.exists() for p in frozen)
+        _immutable(frozen, True)
+        try:
+            health = await gw.admin.get("/v1/health")
+            write = await gw.agent.patch("/crm/customers/c1", json={"plan": "free"})
+        finally:
+            _immutable(frozen, False)
+        assert health.status_code == 503, health.text
+        assert health.json()["store"] is False and health.json()["status"] != "ok"
         assert write.status_code == 503, write.text
         assert upstream.writes() == []
 

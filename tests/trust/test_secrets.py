@@ -296,6 +296,29 @@ async def test_a_wrong_key_refuses_the_step_and_the_approval_with_the_reason(
     assert (customer["plan"], customer["api_key"]) == ("free", "true-prior-value")
 
 
+async def test_a_wrong_key_leaves_the_held_call_pending_for_the_right_one(
+        tmp_path: Path, store_url: str, crm: tuple[CRM, str]) -> None:
+    """Nothing was sent under the wrong key, so the call is still the operators' to
+    decide: pending, and executed once under the right key (issue 17 item 7)."""
+    _, approve, sent = await _secret_write_then_restart(
+        tmp_path, store_url, crm, {"journal_key": KEY}, {"journal_key": OTHER_KEY})
+    assert approve.json()["error"]["code"] == "sealed_unavailable" and sent == []
+    app, url = crm
+    text = policy_text(url, RULES, extra=VOLATILE + CREDENTIALS)
+    async with started_gateway(tmp_path, store_url, {"crm.yaml": text}, journal_key=KEY) as gw:
+        listed = await gw.admin.get("/v1/approvals", headers=gw.as_role("viewer"))
+        [held] = [a for a in listed.json()["items"] if a["path"].startswith("/deals")]
+        assert held["status"] == "pending", held
+        before = len(app.log)
+        approved = await gw.admin.post(f"/v1/approvals/{held['id']}/approve", json={},
+                                       headers=gw.as_role("approver"))
+        assert approved.status_code == 200, approved.text
+        assert approved.json()["status"] == "executed"
+    writes = [c for c in app.log[before:] if c["method"] != "GET"]
+    assert [(c["method"], c["path"]) for c in writes] == [("PATCH", "/deals/deal_1")]
+    assert "token=held-secret" in writes[0]["query"]
+
+
 async def test_without_a_key_sqlite_uses_its_key_file_and_postgresql_refuses(
         tmp_path: Path, crm: tuple[CRM, str], store_url: str) -> None:
     plan, approve, sent = await _secret_write_then_restart(tmp_path, store_url, crm, {}, {})

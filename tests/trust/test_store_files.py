@@ -1,0 +1,78 @@
+"""A SQLite store whose files cannot be written (issue 17 item 10), on a real process.
+
+SQLite maps the ``-shm`` file into memory: once it cannot be written (``chattr +i``:
+not even root may), touching the mapping kills the process with SIGBUS. The
+gateway checks before each transaction and fails closed: health says the store
+is not ok (503), a write is 503 ``journal_unavailable`` and never reaches the
+upstream, and the process stays up; once the files are writable again, so is the
+store.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.e2e.procs import Proc, start_crm, start_gateway, write_settings
+from tests.harness import AGENT_KEY, CRM_RULES, policy_text, until
+
+
+@pytest.fixture
+def crm() -> Iterator[Proc]:
+    proc = start_crm()
+    yield proc
+    proc.stop()
+
+
+def immutable(paths: list[Path], on: bool) -> None:
+    for path in paths:
+        subprocess.run(["chattr", "+i" if on else "-i", str(path)], check=True)
+
+
+ROWS = [
+    # (row id, the files made immutable, relative to the database's directory)
+    ("database-wal-shm-and-directory", ["gw.db", "gw.db-wal", "gw.db-shm", "."]),
+    ("shm-only", ["gw.db-shm"]),
+]
+
+
+@pytest.mark.parametrize("names", [r[1] for r in ROWS], ids=[r[0] for r in ROWS])
+async def test_unwritable_sqlite_files_fail_closed_without_killing_the_process(
+        tmp_path: Path, crm: Proc, names: list[str]) -> None:
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "crm.yaml").write_text(policy_text(crm.urls[0], CRM_RULES))
+    (tmp_path / "db").mkdir()
+    config = write_settings(tmp_path, f"sqlite+aiosqlite:///{tmp_path}/db/gw.db")
+    gateway = start_gateway(config)
+    proxy, admin = gateway.urls
+    frozen = [tmp_path / "db" / name for name in names]
+    try:
+        async with httpx.AsyncClient(headers={"X-Gateway-Key": AGENT_KEY}) as client:
+            first = await client.patch(f"{proxy}/crm/customers/cus_1", json={"plan": "pro"})
+            assert first.status_code == 200, first.text
+            assert all(p.exists() for p in frozen)
+            immutable(frozen, True)
+            try:
+                health = await client.get(f"{admin}/v1/health")
+                write = await client.patch(f"{proxy}/crm/customers/cus_1",
+                                           json={"plan": "free"})
+                assert gateway.proc.poll() is None, gateway.output[-20:]
+            finally:
+                immutable(frozen, False)
+            assert health.status_code == 503, health.text
+            assert health.json()["status"] != "ok"
+            assert write.status_code == 503, write.text
+            assert write.json()["error"]["code"] == "journal_unavailable"
+            customer = await client.get(f"{proxy}/crm/customers/cus_1")
+            assert customer.json()["plan"] == "pro"  # the refused write never landed
+
+            async def healthy() -> bool:
+                return (await client.get(f"{admin}/v1/health")).status_code == 200
+            await until(healthy, "the store is healthy once its files are writable again")
+    finally:
+        immutable(frozen, False)
+        gateway.stop()
