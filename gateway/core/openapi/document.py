@@ -208,7 +208,8 @@ def gateway_template(path: str) -> tuple[str, tuple[str, ...]]:
             while name in names:
                 name += "_"
             names.add(name)
-            greedy = m.group(2) == "+" and i == len(raw) - 1
+            # S3's object {Key} holds "/" (its description does not say {Key+})
+            greedy = (m.group(2) == "+" or m.group(1) == "Key") and i == len(raw) - 1 and i > 0
             out.append("{" + name + ("+}" if greedy else "}"))
         elif "{" in seg or "}" in seg or "*" in seg:
             out.append("*")

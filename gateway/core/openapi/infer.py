@@ -193,8 +193,9 @@ def infer(api: Api) -> list[Draft]:
     for (template, _), ops in groups.items():
         reads = [op for op in ops if reads_only(op)]
         if reads:
-            methods = {"GET", "HEAD"} if any(op.method in ("GET", "HEAD") for op in reads) else set()
-            methods |= {op.method for op in reads}
+            methods = {op.method for op in reads}
+            if "GET" in methods:
+                methods.add("HEAD")
             posted = any(op.method != "GET" and op.method != "HEAD" for op in reads)
             if rpc_style(template):  # SDKs (slack_sdk) send every method as a POST
                 methods.add("POST")
@@ -223,6 +224,15 @@ def infer(api: Api) -> list[Draft]:
 
 
 def _write(op: Operation, template: str, index: _Index) -> Draft:
+    draft = _infer_write(op, template, index)
+    if "*" in template.split("/") and (draft.capture or isinstance(draft.undo, dict)):
+        draft.capture, draft.undo, draft.inverse = None, "none", None
+        draft.why = ("no undo: a path segment mixes text and a parameter, which a capture "
+                     "or undo path cannot name")
+    return draft
+
+
+def _infer_write(op: Operation, template: str, index: _Index) -> Draft:
     draft = Draft("", (op.method,), template, (op,), True, when=_when(op))
     queried = any(where == "query" for where, _ in op.discriminators)
     get = index.has("GET", template)
