@@ -133,6 +133,16 @@ def digest(body: bytes, content_type: str | None) -> dict[str, Any]:
             "content_type": media_type(content_type) or None}
 
 
+# headers that are part of a stored object (S3), put back with its bytes
+OBJECT_HEADERS = ("cache-control", "content-disposition", "content-encoding", "content-language",
+                  "expires")
+
+
+def object_header(name: str) -> bool:
+    name = name.lower()
+    return name.startswith("x-amz-meta-") or name in OBJECT_HEADERS
+
+
 def raw_undo(rule: Rule | McpRule | None, method: str, path: str, params: dict[str, str],
              content_type: str | None) -> dict[str, Any] | None:
     """The inverse of a write over a text or binary resource (an S3 object, a file): the
@@ -263,6 +273,10 @@ def infer_undo(rule: Rule | McpRule | None, method: str, path: str, params: dict
     if spec == "none":
         return None, False
     if spec is not None and not isinstance(spec, str):
+        if spec.body == "prior" and spec.method == "PUT" and prior_status in (404, 410):
+            # nothing was there (an S3 object a multipart upload completes): delete it
+            return {"method": "DELETE", "path": Template.parse(spec.path).expand(params),
+                    "body": None, "content_type": kind}, True
         if spec.body in ("prior", "prior_fields") and not isinstance(prior, (dict, list)):
             # a text or binary prior cannot be sent back faithfully as JSON: say so
             # rather than restore something else (the journal keeps the text)

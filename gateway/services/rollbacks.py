@@ -284,6 +284,7 @@ class Rollbacks:
         if body is None:
             body = _encode(step.body, step.content_type)
         headers = sender.own_headers(upstream, step.content_type if body else None)
+        headers += sealing.body_headers(step.body)  # an S3 object's metadata, put back with it
         if seen.etag and step.method not in ("POST", TOOLS_CALL):
             headers.append(("if-match", seen.etag))
         stored = journaling.store_body(body or b"", step.content_type,
