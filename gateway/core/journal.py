@@ -244,6 +244,20 @@ def _resolve_body(spec: Any, prior: Any, sent: Any, form: bool = False) -> Any:
     return spec
 
 
+def _omitted(body: Any, fields: tuple[str, ...]) -> Any:
+    """``body`` without the dotted ``fields`` (an undo's ``omit``: read-only fields)."""
+    if not fields or not isinstance(body, dict):
+        return body
+    out = dict(body)
+    for dotted in fields:
+        head, _, rest = dotted.partition(".")
+        if head in out and not rest:
+            del out[head]
+        elif head in out and isinstance(out[head], dict):
+            out[head] = _omitted(out[head], (rest,))
+    return out
+
+
 def _undo_kind(content_type: str | None) -> str | None:
     """The encoding an undo body is sent in: the call's own, when it is JSON or a form;
     None for any other body (multipart, binary), which no field-built undo can match."""
@@ -283,7 +297,7 @@ def infer_undo(rule: Rule | McpRule | None, method: str, path: str, params: dict
             return None, False
         if spec.body == "prior_fields" and sent_kind is None:
             return None, False  # the fields of a multipart or binary body are unknown
-        body = _resolve_body(spec.body, prior, sent, kind == FORM)
+        body = _omitted(_resolve_body(spec.body, prior, sent, kind == FORM), spec.omit)
         undo = {"method": spec.method, "path": Template.parse(spec.path).expand(params),
                 "body": body, "content_type": kind}
         return undo, not (spec.body in ("prior", "prior_fields") and body is None)

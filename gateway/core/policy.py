@@ -161,6 +161,9 @@ class UndoSpec(_Strict):
     method: str
     path: str
     body: Any = None  # "prior" | "prior_fields" | a literal JSON value | None
+    # fields (dotted: properties.createdate) never sent back: read-only ones the upstream
+    # rejects or ignores (a description's readOnly, HubSpot's hs_object_id)
+    omit: tuple[str, ...] = ()
 
     @field_validator("method")
     @classmethod

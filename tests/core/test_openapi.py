@@ -65,8 +65,9 @@ def test_a_json_crud_api() -> None:
     assert rules["searchitems"]["effect"] == "read"
     assert "undo" not in rules["createitem"]  # the journal DELETEs the id the answer names
     assert rules["updateitem"]["capture"] == {"path": "/items/{id}"}
+    # the description marks id readOnly: a compensating PATCH never sends it
     assert rules["updateitem"]["undo"] == {"method": "PATCH", "path": "/items/{id}",
-                                           "body": "prior_fields"}
+                                           "body": "prior_fields", "omit": ["id"]}
     assert rules["deleteitem"]["action"] == "hold"
     assert rules["deleteitem"]["approval"]["answer"] == "error"
     assert rules["archiveitem"]["undo"] == {"method": "POST", "path": "/items/{id}/unarchive"}

@@ -254,7 +254,8 @@ def _infer_write(op: Operation, template: str, index: _Index) -> Draft:
                 if op.method == "PUT" and index.has("DELETE", template) is None:
                     draft.undo = {"method": "PUT", "path": template, "body": "prior"}
             elif _fields_ok(op):
-                draft.undo = {"method": "PATCH", "path": template, "body": "prior_fields"}
+                draft.undo = {"method": "PATCH", "path": template, "body": "prior_fields",
+                              "omit": _read_only(op, template, index)}
                 draft.inverse = ("PATCH", template)
                 draft.why = f"captured by GET {template}; undone by PATCH of the prior fields"
             else:
@@ -304,7 +305,8 @@ def _infer_write(op: Operation, template: str, index: _Index) -> Draft:
     if template.endswith("}") and get:  # an update by POST (Stripe)
         if _fields_ok(op):
             draft.capture = template
-            draft.undo = {"method": "POST", "path": template, "body": "prior_fields"}
+            draft.undo = {"method": "POST", "path": template, "body": "prior_fields",
+                          "omit": _read_only(op, template, index)}
             draft.inverse = ("POST", template)
             draft.why = (f"captured by GET {template}; undone by POST of the prior values of "
                          "the fields sent" + (" (form fields)" if op.form else ""))
@@ -333,6 +335,14 @@ def _infer_write(op: Operation, template: str, index: _Index) -> Draft:
                  if not rpc_style(template) else
                  "no undo: the inverse call would need values the answer returns")
     return draft
+
+
+def _read_only(op: Operation, template: str, index: _Index) -> list[str] | None:
+    """Fields the description marks readOnly (in this body or the GET's answer): an
+    undo never sends them back. None when there are none."""
+    get = index.plain.get(_shape(template), {}).get("GET")
+    names = sorted({*op.read_only, *(get.read_only if get is not None else ())})
+    return names or None
 
 
 def _fields_ok(op: Operation) -> bool:

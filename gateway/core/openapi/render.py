@@ -18,7 +18,9 @@ def _flow(value: dict[str, Any]) -> str:
     for key, item in value.items():
         if item is None:
             continue
-        if isinstance(item, (list, tuple)):
+        if isinstance(item, (list, tuple)) and key == "omit":
+            parts.append(f"{key}: [{', '.join(_q(str(v)) for v in item)}]")
+        elif isinstance(item, (list, tuple)):
             parts.append(f"{key}: [{', '.join(str(v) for v in item)}]")
         elif isinstance(item, (int, float)) and not isinstance(item, bool):
             parts.append(f"{key}: {item}")
