@@ -149,3 +149,22 @@ def test_which_posts_only_read(method: str, path: str, op_id: str, read: bool) -
 def test_what_is_not_a_description(doc: Any, message: str) -> None:
     with pytest.raises(DescriptionError, match=message):
         read_api(doc)
+
+
+def test_a_yes_or_no_get_and_an_answer_without_an_id_undo_nothing() -> None:
+    """GitHub's merge: its GET answers 204 or 404 (no state to put back); adding labels
+    answers the label list, no id of something created to DELETE."""
+    no_body = {"responses": {"204": {"description": "merged"}}}
+    labels = {"responses": {"200": {"content": {"application/json": {"schema": {
+        "type": "array", "items": {"type": "object"}}}}}}}
+    rules = _rules({"openapi": "3.0.0", "servers": [{"url": "https://gh.test"}], "paths": {
+        "/pulls/{n}/merge": {"get": {"operationId": "checkMerged", **no_body},
+                             "put": {"operationId": "merge"}},
+        "/issues/{n}/labels": {"post": {"operationId": "addLabels", **labels}},
+        "/issues/{n}/labels/{name}": {"delete": {"operationId": "removeLabel"}},
+        "/user/starred/{repo}": {"get": {"operationId": "isStarred", **no_body},
+                                 "put": {"operationId": "star"},
+                                 "delete": {"operationId": "unstar"}}}})
+    assert rules["merge"]["undo"] == "none" and "capture" not in rules["merge"]
+    assert rules["addlabels"]["undo"] == "none"
+    assert rules["star"]["undo"] == {"method": "DELETE", "path": "/user/starred/{repo}"}

@@ -2,11 +2,12 @@
 how much the description makes possible at all.
 
 "Possible" is read loosely from the description alone, independent of
-``infer``: a write could be captured when a GET exists on its template or on
-the template above it, and undone when an inverse operation exists (a PUT,
-PATCH or DELETE on the same template for PUT and PATCH; a PUT there or a POST
-to the collection for DELETE; a DELETE of an item below, an update on the same
-template, or an ``un``-action beside it for POST).
+``infer``: a write could be captured when a GET that answers with a body
+exists on its template or on the template above it, and undone when an
+inverse operation exists (a PUT, PATCH or DELETE on the same template for PUT
+and PATCH; a PUT there or a POST to the collection for DELETE; for POST a
+DELETE of an item below when its answer may name the new id, an update on the
+same template, or an ``un``-action beside it).
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ def possible(api: Api) -> tuple[int, int, int]:
     """(writes, writes that could be captured, writes that could be undone)."""
     ops: dict[str, set[str]] = {}
     for op in api.operations:
-        ops.setdefault(_shape(op.template), set()).add(op.method)
+        if not (op.method == "GET" and op.empty):  # a yes-or-no GET reads no state
+            ops.setdefault(_shape(op.template), set()).add(op.method)
     writes = capture = undo = 0
     for op in api.operations:
         if op.method == "OPTIONS" or reads_only(op):
@@ -65,7 +67,9 @@ def _inverse(op: Operation, shape: str, parent: str, last: str, here: set[str],
         return "PUT" in here or "POST" in above
     if op.method == "POST":
         pair = last[2:] if last.startswith("un") else "un" + last
-        return ("DELETE" in ops.get(shape + "/{}", set()) or "GET" in here and shape.endswith("}")
+        names_id = op.answer is None or "id" in op.answer or op.location
+        return ("DELETE" in ops.get(shape + "/{}", set()) and names_id
+                or "GET" in here and shape.endswith("}")
                 or "POST" in ops.get(f"{parent}/{pair}", set()))
     return False
 

@@ -48,6 +48,11 @@ class Operation:
     read_only: tuple[str, ...] = ()  # fields the description marks readOnly
     query: tuple[str, ...] = ()  # query parameter names
     deprecated: bool = False
+    # the 2xx answer: its top-level fields (None: no schema described; () with
+    # ``empty``: described with no body, as a 204 or GitHub's "is it merged" GET)
+    answer: tuple[str, ...] | None = None
+    empty: bool = False
+    location: bool = False  # a 2xx answer names a Location header
 
     @property
     def form(self) -> bool:
@@ -251,27 +256,41 @@ def _operation(refs: _Refs, path: str, method: str, op: dict[str, Any], shared: 
                     fields.update(refs.properties(entry.get("schema")))
     read_only = [name for name, schema in fields.items()
                  if isinstance(schema, dict) and schema.get("readOnly") is True]
-    for response in _ok_responses(refs, op, swagger):
-        read_only += [name for name, schema in refs.properties(response).items()
+    schemas, described, location = _ok_responses(refs, op, swagger)
+    answer: list[str] | None = None
+    for response in schemas:
+        props = refs.properties(response)
+        answer = [*(answer or []), *props]
+        read_only += [name for name, schema in props.items()
                       if isinstance(schema, dict) and schema.get("readOnly") is True]
     return Operation(method.upper(), path, template,
                      str(op.get("operationId") or ""), str(op.get("summary") or "")[:200],
                      discriminators, media, tuple(fields), tuple(dict.fromkeys(read_only)),
-                     query, op.get("deprecated") is True)
+                     query, op.get("deprecated") is True,
+                     tuple(dict.fromkeys(answer)) if answer is not None else None,
+                     described and not schemas, location)
 
 
-def _ok_responses(refs: _Refs, op: dict[str, Any], swagger: bool) -> list[Any]:
+def _ok_responses(refs: _Refs, op: dict[str, Any], swagger: bool,
+                  ) -> tuple[list[Any], bool, bool]:
+    """The 2xx answers' schemas, whether any 2xx answer is described, and whether one
+    names a Location header."""
     responses = op.get("responses")
     if not isinstance(responses, dict):
-        return []
-    out = []
+        return [], False, False
+    out: list[Any] = []
+    described = location = False
     for code, response in responses.items():
         response = refs.get(response)
         if not str(code).startswith("2") or not isinstance(response, dict):
             continue
-        if swagger:
+        described = True
+        headers = response.get("headers")
+        location |= isinstance(headers, dict) and any(str(h).lower() == "location"
+                                                      for h in headers)
+        if swagger and response.get("schema") is not None:
             out.append(response.get("schema"))
         elif isinstance(response.get("content"), dict):
             out += [refs.get(c).get("schema") for c in response["content"].values()
-                    if isinstance(refs.get(c), dict)]
-    return out
+                    if isinstance(refs.get(c), dict) and refs.get(c).get("schema") is not None]
+    return out, described, location

@@ -147,9 +147,12 @@ class _Index:
                 self.plain[_shape(op.template)].setdefault(op.method, op)
 
     def has(self, method: str, template: str) -> str | None:
-        """The description's spelling of ``template`` when it has ``method`` there."""
+        """The description's spelling of ``template`` when it has ``method`` there (a GET
+        only when it answers with a body: one that says yes or no is not a state)."""
         op = self.plain.get(_shape(template), {}).get(method)
-        return op.template if op is not None else None
+        if op is None or (method == "GET" and op.empty):
+            return None
+        return op.template
 
     def items_under(self, template: str) -> list[str]:
         """Item templates one parameter below ``template`` (``/customers/{id}``)."""
@@ -270,7 +273,7 @@ def _infer_write(op: Operation, template: str, index: _Index) -> Draft:
             draft.why = f"no GET to capture; undone by DELETE {template}"
             return draft
         draft.undo = "none"
-        draft.why = f"no undo: the description has no GET {template} to capture the prior state"
+        draft.why = f"no undo: the description has no GET {template} that reads its state"
         return draft
     if op.method == "DELETE":
         draft.action = "hold"
@@ -312,7 +315,7 @@ def _infer_write(op: Operation, template: str, index: _Index) -> Draft:
                          "the fields sent" + (" (form fields)" if op.form else ""))
             return draft
     items = [t for t in index.items_under(template) if index.has("DELETE", t)]
-    if items:
+    if items and (op.answer is None or "id" in op.answer or op.location):  # an id to DELETE
         draft.inverse = ("DELETE", items[0])
         draft.why = f"undone by DELETE {items[0]} of the id the answer names"
         return draft
