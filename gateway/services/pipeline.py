@@ -193,8 +193,9 @@ class Pipeline:
             v["by"] for v in approval.get("approved_by", [])) or "the delay's end"),
             self.policies.revision, upstream.name, params)
         rule = upstream.rule(rule_id)
-        writes = (is_mutating(held.method) if call.mcp is None
-                  else not (rule is not None and getattr(rule, "effect", "write") == "read"))
+        effect = getattr(rule, "effect", None)  # a REST rule's is None unless it says
+        writes = (effect == "write" or (effect is None and is_mutating(held.method))
+                  if call.mcp is None else effect != "read")
         call.watch = self.observer.begin([])
         try:
             if not writes:

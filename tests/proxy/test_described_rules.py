@@ -99,3 +99,25 @@ async def test_a_sigv4_upstream_gets_the_gateways_errors_as_s3_xml(gw: Harness) 
     assert "denied by default" in (error.findtext("Message") or "")
     plain = await gw.agent.post("/crm/deals", content=b"x")
     assert plain.json()["error"]["code"] == "policy_denied"  # other upstreams: JSON
+
+
+async def test_an_approved_read_effect_call_is_not_journaled(tmp_path: Path, crm) -> None:
+    rules = RULES.replace('''- id: search
+  match: {methods: [POST], path: "/customers/search"}
+  action: allow
+  effect: read''', '''- id: search
+  match: {methods: [POST], path: "/customers/search"}
+  action: hold
+  effect: read
+  approval: {wait: 0, answer: error}''')
+    text = policy_text(crm[1], rules, extra="credentials: {header: Authorization, "
+                       f'value: "Bearer {UPSTREAM_TOKEN}"}}\n')
+    async with started_gateway(tmp_path, f"sqlite+aiosqlite:///{tmp_path}/gw.db",
+                               {"crm.yaml": text}) as gw:
+        held = await gw.agent.post("/crm/customers/search", json={"query": "x"})
+        assert held.status_code == 409
+        approval = held.json()["error"]["approval"]
+        approved = await gw.admin.post(f"/v1/approvals/{approval}/approve", json={},
+                                       headers=gw.as_role("approver"))
+        assert approved.json()["status"] == "executed", approved.text
+        assert await gw.journal() == []
