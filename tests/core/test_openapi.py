@@ -168,3 +168,11 @@ def test_a_yes_or_no_get_and_an_answer_without_an_id_undo_nothing() -> None:
     assert rules["merge"]["undo"] == "none" and "capture" not in rules["merge"]
     assert rules["addlabels"]["undo"] == "none"
     assert rules["star"]["undo"] == {"method": "DELETE", "path": "/user/starred/{repo}"}
+
+
+def test_a_post_without_an_operation_id_is_judged_by_its_summary() -> None:
+    doc = {"openapi": "3.0.0", "paths": {
+        "/contacts/lookup-by-email": {"post": {"summary": "Find contacts by email"}},
+        "/contacts/bulk": {"post": {"summary": "Create many contacts"}}}}
+    found, made = read_api(doc).operations
+    assert reads_only(found) and not reads_only(made)

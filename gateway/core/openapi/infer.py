@@ -111,7 +111,7 @@ def reads_only(op: Operation) -> bool:
         return bool(verb) and verb[0] in READ_VERBS and not set(verb[1:]) & WRITE_WORDS
     if op.method != "POST":
         return False
-    names = words(op.operation_id)
+    names = words(op.operation_id) or words(op.summary)  # "Search contacts" without an id
     segment = last.lower() if not last.startswith("{") else ""
     if segment in READ_SEGMENTS or segment in COMPUTE:
         return True
