@@ -38,7 +38,8 @@ run it:
   drill        rehearse an incident: stop a runaway agent, roll back, check
 set it up:
   policy       check a policy directory (gateway policy check DIR), or explain it
-               (gateway policy explain DIR: tier, capture, undo, reversibility per rule)
+               (gateway policy explain DIR: tier, capture, undo, reversibility per rule),
+               or write one from an API description (gateway policy init --openapi SPEC)
   hash         the sha256 of an agent key or operator token, for the settings
 operate it (talks to the admin listener with GATEWAY_TOKEN):
   approvals    held calls: list, show, approve, reject
@@ -97,6 +98,16 @@ def build_parser() -> argparse.ArgumentParser:
     explain = policy_commands.add_parser(
         "explain", help="print per rule: tier, capture, undo and reversibility")
     explain.add_argument("dir", type=Path, metavar="DIR")
+    init = policy_commands.add_parser(
+        "init", help="write a policy from an API's OpenAPI or Swagger description")
+    init.add_argument("--openapi", type=Path, required=True, metavar="SPEC",
+                      help="the description (OpenAPI 3.0/3.1 or Swagger 2.0, JSON or YAML)")
+    init.add_argument("--upstream", required=True, metavar="NAME", help="the upstream's name")
+    init.add_argument("--base-url", metavar="URL",
+                      help="the API's URL (default: the description's first server)")
+    init.add_argument("--out", type=Path, default=Path("./policies"), metavar="DIR",
+                      help="where NAME.yaml goes (default ./policies)")
+    init.add_argument("--json", action="store_true", help="print the summary as JSON")
     hash_ = commands.add_parser("hash", help="print the sha256 of a key or token for settings")
     hash_.add_argument("secret", nargs="?", help="the secret (prompted for when omitted)")
     drill = commands.add_parser("drill", help="rehearse an incident: a runaway agent is stopped, "
@@ -272,6 +283,9 @@ def main(argv: list[str] | None = None) -> int:
         from gateway import operator
         return operator.run(args)
     try:
+        if args.command == "policy" and args.policy_command == "init":
+            from gateway.operator.policy_init import cmd_policy_init
+            return cmd_policy_init(args)
         if args.command == "policy":
             return cmd_policy_check(args)
         return handlers[args.command](args)

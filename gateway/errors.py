@@ -6,6 +6,7 @@
     ├── BadRequest                  400 bad_request
     ├── PolicyDenied                403 policy_denied
     ├── ApprovalRejected            403 approval_rejected
+    ├── ApprovalPending             409 approval_pending (approval: {answer: error})
     ├── WritesFrozen                423 writes_frozen
     │   └── WriteCutOff             423 writes_frozen, outcome unknown (cut off in flight)
     ├── CaptureFailed               502 capture_failed
@@ -17,12 +18,14 @@
                                     database (password hidden), the file or the setting
 
 The proxy turns any GatewayError into ``{"error": {"code", "message", ...}}``
-in one place (``gateway.proxy.responses``); nothing raises HTTP exceptions.
+in one place (``gateway.proxy.responses``); nothing raises HTTP exceptions. An
+upstream signed with ``aws_sigv4`` (S3) gets it as S3's XML error (``s3_xml``).
 """
 
 from __future__ import annotations
 
 from typing import Any
+from xml.sax.saxutils import escape
 
 
 class GatewayError(Exception):
@@ -37,6 +40,27 @@ class GatewayError(Exception):
 
     def body(self) -> dict[str, Any]:
         return {"error": {"code": self.code, "message": self.message, **self.extra}}
+
+    def s3_xml(self, request_id: str) -> bytes:
+        """The error as S3 answers one (``aws_sigv4`` upstreams): S3 SDKs read ``Code``
+        and ``Message`` from this and show a bare status for anything else."""
+        code = _S3_CODES.get(self.status, "InternalError" if self.status >= 500
+                             else "InvalidRequest")
+        message = f"gateway {self.code}: {self.message}"
+        extra = "".join(f"<{_xml_name(k)}>{escape(str(v))}</{_xml_name(k)}>"
+                        for k, v in self.extra.items() if v is not None)
+        return (f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code>'
+                f"<Message>{escape(message)}</Message><GatewayCode>{self.code}</GatewayCode>"
+                f"{extra}<RequestId>{escape(request_id)}</RequestId></Error>").encode()
+
+
+_S3_CODES = {401: "InvalidAccessKeyId", 403: "AccessDenied", 404: "NoSuchUpstream",
+             409: "OperationAborted", 423: "AccessDenied", 503: "ServiceUnavailable",
+             504: "RequestTimeout", 413: "EntityTooLarge"}
+
+
+def _xml_name(key: str) -> str:
+    return "".join(part.capitalize() for part in key.split("_")) or "Detail"
 
 
 class Unauthenticated(GatewayError):
@@ -57,6 +81,13 @@ class PolicyDenied(GatewayError):
 
 class ApprovalRejected(GatewayError):
     status, code, decision = 403, "approval_rejected", "hold"
+
+
+class ApprovalPending(GatewayError):
+    """``approval: {answer: error}``: still pending when the wait ended. Not a refusal:
+    the call runs once if approved, so the agent must not resend it."""
+
+    status, code, decision = 409, "approval_pending", "hold"
 
 
 class WritesFrozen(GatewayError):

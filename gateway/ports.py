@@ -315,6 +315,7 @@ class Observed:
     etag: str | None
     body: bytes = b""  # the bytes read, for what is sealed (true values, byte-exact priors)
     content_type: str | None = None
+    meta: tuple[tuple[str, str], ...] = ()  # an object's own headers (S3 x-amz-meta-*)
 
 
 Headers = list[tuple[str, str]]

@@ -133,6 +133,16 @@ def digest(body: bytes, content_type: str | None) -> dict[str, Any]:
             "content_type": media_type(content_type) or None}
 
 
+# headers that are part of a stored object (S3), put back with its bytes
+OBJECT_HEADERS = ("cache-control", "content-disposition", "content-encoding", "content-language",
+                  "expires")
+
+
+def object_header(name: str) -> bool:
+    name = name.lower()
+    return name.startswith("x-amz-meta-") or name in OBJECT_HEADERS
+
+
 def raw_undo(rule: Rule | McpRule | None, method: str, path: str, params: dict[str, str],
              content_type: str | None) -> dict[str, Any] | None:
     """The inverse of a write over a text or binary resource (an S3 object, a file): the
@@ -234,6 +244,20 @@ def _resolve_body(spec: Any, prior: Any, sent: Any, form: bool = False) -> Any:
     return spec
 
 
+def _omitted(body: Any, fields: tuple[str, ...]) -> Any:
+    """``body`` without the dotted ``fields`` (an undo's ``omit``: read-only fields)."""
+    if not fields or not isinstance(body, dict):
+        return body
+    out = dict(body)
+    for dotted in fields:
+        head, _, rest = dotted.partition(".")
+        if head in out and not rest:
+            del out[head]
+        elif head in out and isinstance(out[head], dict):
+            out[head] = _omitted(out[head], (rest,))
+    return out
+
+
 def _undo_kind(content_type: str | None) -> str | None:
     """The encoding an undo body is sent in: the call's own, when it is JSON or a form;
     None for any other body (multipart, binary), which no field-built undo can match."""
@@ -263,13 +287,17 @@ def infer_undo(rule: Rule | McpRule | None, method: str, path: str, params: dict
     if spec == "none":
         return None, False
     if spec is not None and not isinstance(spec, str):
+        if spec.body == "prior" and spec.method == "PUT" and prior_status in (404, 410):
+            # nothing was there (an S3 object a multipart upload completes): delete it
+            return {"method": "DELETE", "path": Template.parse(spec.path).expand(params),
+                    "body": None, "content_type": kind}, True
         if spec.body in ("prior", "prior_fields") and not isinstance(prior, (dict, list)):
             # a text or binary prior cannot be sent back faithfully as JSON: say so
             # rather than restore something else (the journal keeps the text)
             return None, False
         if spec.body == "prior_fields" and sent_kind is None:
             return None, False  # the fields of a multipart or binary body are unknown
-        body = _resolve_body(spec.body, prior, sent, kind == FORM)
+        body = _omitted(_resolve_body(spec.body, prior, sent, kind == FORM), spec.omit)
         undo = {"method": spec.method, "path": Template.parse(spec.path).expand(params),
                 "body": body, "content_type": kind}
         return undo, not (spec.body in ("prior", "prior_fields") and body is None)

@@ -141,6 +141,9 @@ class Approval(_Strict):
     approvers: int = Field(default=1, ge=1)
     roles: tuple[Literal["approver", "admin"], ...] | None = None
     operators: tuple[str, ...] | None = None
+    # error: a call still pending when ``wait`` ends gets 409 approval_pending (SDKs raise
+    # it) instead of 202; it still runs once if approved
+    answer: Literal["accepted", "error"] = "accepted"
 
 
 class Capture(_Strict):
@@ -158,6 +161,9 @@ class UndoSpec(_Strict):
     method: str
     path: str
     body: Any = None  # "prior" | "prior_fields" | a literal JSON value | None
+    # fields (dotted: properties.createdate) never sent back: read-only ones the upstream
+    # rejects or ignores (a description's readOnly, HubSpot's hs_object_id)
+    omit: tuple[str, ...] = ()
 
     @field_validator("method")
     @classmethod
@@ -200,6 +206,8 @@ class Rule(_Strict):
     match: Match = Match()
     action: Action
     mode: Mode | None = None  # None: the file's mode
+    # None: GET and HEAD read, every other method writes; read: not journaled, not frozen
+    effect: Literal["read", "write"] | None = None
     approval: Approval | None = None
     delay: Delay | None = None
     capture: Capture | Literal[False] | None = None
@@ -209,6 +217,8 @@ class Rule(_Strict):
 
     @model_validator(mode="after")
     def _bound_names(self) -> Rule:
+        if self.effect == "read" and (self.capture or self.undo not in (None, "none")):
+            raise ValueError("effect: read calls are not journaled; capture and undo do not apply")
         bound = set(Template.parse(self.match.path).names)
         for what, spec in (("capture", self.capture), ("undo", self.undo)):
             if isinstance(spec, (Capture, UndoSpec)):
@@ -479,7 +489,8 @@ class PolicySet:
                                     upstream.name, params)
             verdict = Verdict(rule.action)
             return Decision(verdict, rule.id, f"{_PAST[verdict]} by rule {rule.id}",
-                            self.revision, upstream.name, params)
+                            self.revision, upstream.name, params,
+                            write=None if rule.effect is None else rule.effect == "write")
         verdict = Verdict(upstream.spec.default)
         return Decision(verdict, None, f"{_PAST[verdict]} by default (no rule matched)",
                         self.revision, upstream.name, {})

@@ -1,7 +1,8 @@
 """Path templates and the segment trie that matches them.
 
 A template is a sequence of segments: a literal, ``{name}`` (one segment,
-bound), ``*`` (one segment) or a final ``**`` (any rest, also empty). All the
+bound), ``*`` (one segment), a final ``**`` (any rest, also empty) or a final
+``{name+}`` (one or more segments, bound with their ``/``: an S3 object key). All the
 rules of an upstream are compiled into one trie, so matching a request walks
 its path once instead of trying every rule's regular expression in turn; the
 rules that match come back in file order and the policy keeps the first one
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from gateway.core.canonical import Ambiguous, fold
 
 _NAME = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\}$")
+_GREEDY = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\+\}$")
 
 
 class TemplateError(ValueError):
@@ -47,30 +49,31 @@ class Template:
                 continue  # a trailing slash matches like the path without it
             if seg in ("", ".", ".."):
                 raise TemplateError(f"path template {text!r} has an empty or dot segment")
-            if seg == "**":
+            if seg == "**" or _GREEDY.match(seg):
                 if i != len(raw) - 1 and raw[i + 1:] != [""]:
-                    raise TemplateError(f"path template {text!r}: '**' must be the last segment")
+                    raise TemplateError(f"path template {text!r}: {seg!r} must be the last "
+                                        "segment")
             elif seg != "*" and ("{" in seg or "}" in seg or "*" in seg):
                 if not _NAME.match(seg):
                     raise TemplateError(
                         f"path template {text!r}: bad segment {seg!r} (use a literal, "
-                        "{name}, * or a final **)")
+                        "{name}, *, or a final ** or {name+})")
             segments.append(seg)
-        names = [s[1:-1] for s in segments if s.startswith("{")]
+        names = [s[1:-1].rstrip("+") for s in segments if s.startswith("{")]
         if len(names) != len(set(names)):
             raise TemplateError(f"path template {text!r} binds a name twice")
         return cls(text, tuple(segments))
 
     @property
     def names(self) -> tuple[str, ...]:
-        return tuple(s[1:-1] for s in self.segments if s.startswith("{"))
+        return tuple(s[1:-1].rstrip("+") for s in self.segments if s.startswith("{"))
 
     def expand(self, params: dict[str, str]) -> str:
         """Fill in ``{name}`` segments; ``*`` and ``**`` cannot be expanded."""
         out = []
         for seg in self.segments:
             if seg.startswith("{"):
-                out.append(params[seg[1:-1]])
+                out.append(params[seg[1:-1].rstrip("+")])
             elif seg in ("*", "**"):
                 raise TemplateError(f"path template {self.text!r} cannot be expanded ({seg})")
             else:
@@ -86,6 +89,8 @@ class _Node:
     # (rule index, names of the single segments on the way, None for "*")
     ends: list[tuple[int, tuple[str | None, ...]]] = field(default_factory=list)
     rest: list[tuple[int, tuple[str | None, ...]]] = field(default_factory=list)
+    # a final {name+}: the rest (at least one segment) bound to the last name
+    greedy: list[tuple[int, tuple[str | None, ...]]] = field(default_factory=list)
 
 
 class PathTrie:
@@ -99,6 +104,9 @@ class PathTrie:
         for seg in template.segments:
             if seg == "**":
                 node.rest.append((index, tuple(names)))
+                return
+            if seg.endswith("+}"):
+                node.greedy.append((index, (*names, seg[1:-2])))
                 return
             if seg == "*" or seg.startswith("{"):
                 if node.single is None:
@@ -120,6 +128,9 @@ class PathTrie:
               found: list[tuple[int, dict[str, str]]]) -> None:
         for index, names in node.rest:
             found.append((index, _bind(names, values)))
+        if node.greedy and i < len(segs):
+            for index, names in node.greedy:
+                found.append((index, _bind(names, [*values, "/".join(segs[i:])])))
         if i == len(segs):
             for index, names in node.ends:
                 found.append((index, _bind(names, values)))

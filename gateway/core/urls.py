@@ -68,3 +68,24 @@ def rewrite_body(body: bytes, base_url: str, public: str) -> bytes:
     except UnicodeDecodeError:
         return body
     return rewrite_text(text, base_url, public).encode("utf-8")
+
+
+_URL_FIELD = re.compile(r'"url"\s*:\s*"(https?:(?://|\\/\\/)[^/"\\?#]+)')
+
+
+def foreign_origin(text: str, base_url: str) -> str | None:
+    """The origin of a ``"url"`` field (the API naming its own resources, as GitHub
+    does) that is not ``base_url``'s; such URLs are not rewritten, and an SDK that
+    follows them leaves the gateway or refuses them (PyGithub: ``AssertionError``).
+
+    >>> foreign_origin('{"url": "https://ghe.corp/api/v3/repos/a"}', "https://api.github.com")
+    'https://ghe.corp'
+    >>> foreign_origin('{"url": "https://api.github.com/repos/a"}', "https://api.github.com")
+    """
+    parts = base_url.split("/", 3)
+    base = "/".join(parts[:3]).lower()
+    for match in _URL_FIELD.finditer(text):
+        found = match.group(1).replace("\\/", "/")
+        if found.lower() != base:
+            return found
+    return None

@@ -120,7 +120,7 @@ class ProxyApp:
             record.decision, record.status = exc.decision, exc.status
             await self._audit(scope, request_id, exc.decision, exc.status,
                               {"code": exc.code, **exc.extra})
-            await _error(send, exc, request_id)
+            await _error(send, exc, request_id, self._s3(scope))
             return
         except Exception:
             log.exception("unexpected error handling %s %s", scope.get("method"), scope.get("path"))
@@ -131,6 +131,12 @@ class ProxyApp:
         await self._audit(scope, request_id, reply.decision, reply.response.status,
                           {"journal": reply.journal_id} if reply.journal_id else {}, reply.audits)
         await _stream(send, reply, request_id, scope["method"] == "HEAD")
+
+    def _s3(self, scope: Scope) -> bool:
+        """Whether the call's upstream signs with ``aws_sigv4``: its errors are S3's XML."""
+        upstream = self.pipeline.policies.upstreams.get(scope["path"][1:].partition("/")[0])
+        return upstream is not None and upstream.credential is not None \
+            and upstream.credential.sigv4 is not None
 
     async def _audit(self, scope: Scope, request_id: str, decision: str, status: int,
                      detail: dict[str, Any],
@@ -244,9 +250,10 @@ def _gateway_headers(decision: str, request_id: str) -> list[tuple[bytes, bytes]
             (b"x-gateway-request-id", request_id.encode())]
 
 
-async def _error(send: Send, exc: GatewayError, request_id: str) -> None:
-    data = json.dumps(exc.body()).encode()
-    headers = _JSON + [(b"content-length", str(len(data)).encode())]
+async def _error(send: Send, exc: GatewayError, request_id: str, s3: bool = False) -> None:
+    data = exc.s3_xml(request_id) if s3 else json.dumps(exc.body()).encode()
+    kind = [(b"content-type", b"application/xml")] if s3 else _JSON
+    headers = kind + [(b"content-length", str(len(data)).encode())]
     if exc.status in _CLOSE_AFTER:
         headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": exc.status,

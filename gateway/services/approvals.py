@@ -43,6 +43,7 @@ from gateway.core.model import Decision, iso, new_id, utcnow
 from gateway.core.policy import TOOLS_CALL, Approval, Upstream
 from gateway.core.redact import redact_json
 from gateway.errors import (
+    ApprovalPending,
     ApprovalRejected,
     CaptureFailed,
     GatewayError,
@@ -177,9 +178,9 @@ class ApprovalQueue:
         asked = prefer_wait(call.headers)
         wait = min(asked if asked is not None else spec.wait, self.max_wait)
         final = await self.wait(held.id, wait) if wait > 0 else held
-        return self._agent_reply(final)
+        return self._agent_reply(final, error=delay is None and spec.answer == "error")
 
-    def _agent_reply(self, held: HeldCall) -> Reply:
+    def _agent_reply(self, held: HeldCall, error: bool = False) -> Reply:
         if held.status is ApprovalStatus.EXECUTED and held.response is not None:
             return Reply(replayed(held.response), "allow", journal_id=held.journal_id)
         if held.status is ApprovalStatus.REJECTED:
@@ -187,6 +188,11 @@ class ApprovalQueue:
                                    + (f": {held.reason}" if held.reason else ""),
                                    approval=held.id)
         status_url = f"/_gateway/approvals/{held.id}"
+        if error:  # approval: {answer: error}: a status SDKs raise, so the model hears of it
+            raise ApprovalPending(
+                f"held for approval {held.id} ({agent_status(held.status)}); status at "
+                f"{status_url}. Do not resend: the gateway runs it once if it is approved",
+                approval=held.id, status=agent_status(held.status), status_url=status_url)
         body: dict[str, Any] = {"approval": {"id": held.id, "status": agent_status(held.status),
                                              "status_url": status_url}}
         if held.due_at is not None:  # action: delay: it runs then unless an operator rejects it

@@ -117,6 +117,7 @@ class Pipeline:
     def __init__(self, settings: Settings, store: Store, client: UpstreamClient,
                  freezes: FreezeState, policies: PolicySet) -> None:
         self.settings = settings
+        self._warned: set[tuple[str, str]] = set()  # (upstream, origin) logged once
         self.store = store
         self.client = client
         self.freezes = freezes
@@ -197,8 +198,9 @@ class Pipeline:
             v["by"] for v in approval.get("approved_by", [])) or "the delay's end"),
             self.policies.revision, upstream.name, params)
         rule = upstream.rule(rule_id)
-        writes = (is_mutating(held.method) if call.mcp is None
-                  else not (rule is not None and getattr(rule, "effect", "write") == "read"))
+        effect = getattr(rule, "effect", None)  # a REST rule's is None unless it says
+        writes = (effect == "write" or (effect is None and is_mutating(held.method))
+                  if call.mcp is None else effect != "read")
         call.watch = self.observer.begin([])
         try:
             if not writes:
@@ -270,7 +272,12 @@ class Pipeline:
     async def _presented(self, upstream: Upstream, reply: Reply) -> Reply:
         """``rewrite_urls``: the upstream's own URLs in the answer point at the gateway."""
         public = self.settings.public_url
-        if public is None or not getattr(upstream.spec, "rewrite_urls", False):
+        if not getattr(upstream.spec, "rewrite_urls", False):
+            return reply
+        if public is None:
+            reply.response.headers = [*reply.response.headers, ("warning", (
+                '199 gateway "rewrite_urls is set but the gateway has no public_url: URLs '
+                'in answers point past the gateway"'))]
             return reply
         mine = urls.target(public, upstream.name)
         response = reply.response
@@ -278,6 +285,16 @@ class Pipeline:
         if urls.rewritable(headers):
             body = urls.rewrite_body(await response.read(), upstream.base_url, mine)
             headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
+            foreign = urls.foreign_origin(body[:65536].decode("utf-8", "replace"),
+                                          upstream.base_url)
+            if foreign is not None:  # PyGithub's bare "AssertionError: host" otherwise
+                why = (f"the upstream's URLs name {foreign}, not base_url "
+                       f"{upstream.base_url}: they are not rewritten, and SDKs that follow "
+                       f"them leave the gateway or refuse them; set base_url to {foreign}...")
+                headers.append(("warning", f'199 gateway "{why}"'))
+                if (upstream.name, foreign) not in self._warned:
+                    self._warned.add((upstream.name, foreign))
+                    log.warning("upstream %s: %s", upstream.name, why)
             reply.response = UpstreamResponse(response.status, headers, body=body)
         else:
             response.headers = headers

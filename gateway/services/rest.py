@@ -124,5 +124,6 @@ def _observed(response: UpstreamResponse, etag: str | None) -> Observed:
     """What was read: the journal's (redacted) value, and the bytes for what is sealed."""
     body = response.body or b""
     content_type = next((v for k, v in response.headers if k.lower() == "content-type"), None)
+    meta = tuple((k.lower(), v) for k, v in response.headers if journaling.object_header(k))
     return Observed(response.status, journaling.prior_value(body, response.status, content_type),
-                    etag, body, content_type)
+                    etag, body, content_type, meta)

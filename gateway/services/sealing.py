@@ -31,6 +31,7 @@ JOURNAL = "journal"  # the purposes sealed values are bound to (associated data)
 OUTCOME = "journal-outcome"
 STEP = "rollback-step"
 RAW = "__base64__"  # a true body that is bytes, not JSON (only ever inside sealed values)
+HEADERS = "__headers__"  # beside RAW: the object's own headers (S3 x-amz-meta-*) sent with it
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +83,7 @@ def for_intent(sealer: Sealer, rule: Rule | McpRule | None, method: str, path: s
             f"the prior state is {len(seen.body)} bytes of "
             f"{journaling.media_type(seen.content_type) or 'unknown type'}, over "
             f"journal_body_limit ({limit}): it was not kept, so it cannot be restored"))
-    true_undo = {**raw, "body": {RAW: base64.b64encode(seen.body).decode()}}
+    true_undo = {**raw, "body": _raw(seen)}
     return Kept(raw, True, sealer.seal({"undo": true_undo}, JOURNAL))
 
 
@@ -94,7 +95,7 @@ def _as_read(undo: dict[str, Any] | None, prior: Any, seen: Observed,
     if undo is None or undo.get("body") != prior or not isinstance(prior, (dict, list)) \
             or len(seen.body) > limit:
         return None
-    return {**undo, "body": {RAW: base64.b64encode(seen.body).decode()},
+    return {**undo, "body": _raw(seen),
             "content_type": seen.content_type or undo.get("content_type")}
 
 
@@ -160,6 +161,18 @@ def open_step(sealer: Sealer, step: Step) -> Step:
     return replace(step, body=opened["body"], expected=opened["expected"])
 
 
+def _raw(seen: Observed) -> dict[str, Any]:
+    raw: dict[str, Any] = {RAW: base64.b64encode(seen.body).decode()}
+    if seen.meta:
+        raw[HEADERS] = dict(seen.meta)
+    return raw
+
+
+def body_headers(body: Any) -> list[tuple[str, str]]:
+    """The headers a raw true body is sent with (an S3 object's metadata)."""
+    return list(body.get(HEADERS, {}).items()) if _is_raw(body) else []
+
+
 def body_bytes(body: Any) -> bytes | None:
     """A true step body that is bytes (a text or binary prior), else None."""
     return base64.b64decode(body[RAW]) if _is_raw(body) else None
@@ -173,7 +186,7 @@ def _plain_json(body: Any) -> bool:
 
 
 def _is_raw(body: Any) -> bool:
-    return isinstance(body, dict) and set(body) == {RAW}
+    return isinstance(body, dict) and RAW in body and set(body) <= {RAW, HEADERS}
 
 
 __all__ = ["Kept", "SealError", "for_intent", "for_outcome", "open_entry", "open_step",

@@ -310,3 +310,27 @@ def test_store_body_never_keeps_a_secret_even_when_truncated(content_type: str,
 ])
 def test_prior_value(body: bytes, status: int, expected: Any) -> None:
     assert prior_value(body, status) == expected
+
+
+def test_undo_omits_read_only_fields_at_any_depth() -> None:
+    """HubSpot's PATCH sends {"properties": {...}}: prior_fields takes the whole prior
+    ``properties``, and HubSpot refuses hs_object_id and createdate in it."""
+    spec = rule(match={"path": "/contacts/{id}"},
+                undo={"method": "PATCH", "path": "/contacts/{id}", "body": "prior_fields",
+                      "omit": ["properties.hs_object_id", "properties.createdate", "id"]})
+    prior = {"id": "5", "properties": {"lifecyclestage": "lead", "hs_object_id": "5",
+                                       "createdate": "2026-01-01"}}
+    undo, reversible = infer_undo(spec, "PATCH", "/contacts/5", {"id": "5"}, prior, 200,
+                                  {"properties": {"lifecyclestage": "customer"}, "id": "5"}, JSON)
+    assert reversible
+    assert undo == {"method": "PATCH", "path": "/contacts/5", "content_type": JSON,
+                    "body": {"properties": {"lifecyclestage": "lead"}}}
+
+
+def test_an_explicit_put_of_the_prior_deletes_what_was_absent() -> None:
+    spec = rule(match={"path": "/{bucket}/{key+}"},
+                undo={"method": "PUT", "path": "/{bucket}/{key+}", "body": "prior"})
+    params = {"bucket": "b", "key": "a/b.bin"}
+    undo, reversible = infer_undo(spec, "POST", "/b/a/b.bin", params, None, 404, None, None)
+    assert reversible
+    assert (undo or {})["method"] == "DELETE" and (undo or {})["path"] == "/b/a/b.bin"

@@ -87,7 +87,9 @@ def moto_signed() -> Iterator[Moto]:
     proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", "0"],
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "3"})
+                            env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "3",
+                                 # multipart tests with parts of kilobytes, not 5 MiB
+                                 "S3_UPLOAD_PART_MIN_SIZE": "1024"})
     match, _ = wait_for_line(proc, re.compile(r"Running on (http://127\.0\.0\.1:\d+)"), "stderr")
     server = Proc(proc, (match.group(1),))
     url = match.group(1)

@@ -41,6 +41,7 @@ class Seen:
 ACTIONS: dict[str, tuple[str, str, str]] = {
     "/slack/api/users.profile.get": ("read", "/slack/profile", "profile"),
     "/slack/api/users.profile.set": ("write", "/slack/profile", "profile"),
+    "/slack/api/auth.test": ("read", "/slack/auth", "user"),
 }
 
 

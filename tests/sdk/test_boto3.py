@@ -78,3 +78,63 @@ def test_put_object_through_the_gateway_is_signed_journaled_and_rolled_back(
     assert restored["ContentType"] == "application/json"
     # byte for byte: needs the byte-exact priors built beside this (issue 8, helper B)
     assert restored["Body"].read() == ORIGINAL
+
+
+NESTED = "reports/2026/q4/summary.csv"
+BIG = bytes(range(256)) * 24  # two parts (moto is told parts may be 1 KiB: conftest)
+
+
+def test_nested_keys_multipart_and_metadata_roll_back_byte_for_byte(
+        moto_signed: Moto, bucket: str, sdk_gateway: SdkGateway) -> None:
+    owner = s3(moto_signed.url, moto_signed.access_key_id, moto_signed.secret_access_key)
+    agent = s3(f"{sdk_gateway.proxy}/s3", AGENT_KEY, "the-agent-knows-no-secret")
+    owner.put_object(Bucket=bucket, Key=NESTED, Body=b"a,b\n1,2\n", ContentType="text/csv",
+                     Metadata={"team": "finance", "source": "ledger"})
+
+    # a key with "/" goes through (the old one-segment rule denied it with a bare 403)
+    agent.put_object(Bucket=bucket, Key=NESTED, Body=b"overwritten", ContentType="text/plain",
+                     Metadata={"team": "agent"})
+    assert owner.get_object(Bucket=bucket, Key=NESTED)["Metadata"] == {"team": "agent"}
+    # a multipart upload onto another nested key that had an object with metadata
+    owner.put_object(Bucket=bucket, Key="big/data.bin", Body=b"small original",
+                     ContentType="application/octet-stream", Metadata={"kind": "seed"})
+    upload = agent.create_multipart_upload(Bucket=bucket, Key="big/data.bin",
+                                           Metadata={"kind": "agent"})
+    parts = []
+    for number, chunk in enumerate((BIG[:4096], BIG[4096:]), start=1):
+        part = agent.upload_part(Bucket=bucket, Key="big/data.bin", PartNumber=number,
+                                 UploadId=upload["UploadId"], Body=chunk)
+        parts.append({"PartNumber": number, "ETag": part["ETag"]})
+    agent.complete_multipart_upload(Bucket=bucket, Key="big/data.bin",
+                                    UploadId=upload["UploadId"],
+                                    MultipartUpload={"Parts": parts})
+    assert owner.get_object(Bucket=bucket, Key="big/data.bin")["Body"].read() == BIG
+    # a brand-new nested object, by multipart too: undone by DELETE
+    fresh = agent.create_multipart_upload(Bucket=bucket, Key="new/deep/file.bin")
+    part = agent.upload_part(Bucket=bucket, Key="new/deep/file.bin", PartNumber=1,
+                             UploadId=fresh["UploadId"], Body=b"tiny")
+    agent.complete_multipart_upload(Bucket=bucket, Key="new/deep/file.bin",
+                                    UploadId=fresh["UploadId"],
+                                    MultipartUpload={"Parts": [{"PartNumber": 1,
+                                                                "ETag": part["ETag"]}]})
+    # refusals come back as S3 errors boto3 can read
+    with pytest.raises(ClientError) as refused:
+        agent.delete_bucket(Bucket=bucket)
+    assert refused.value.response["Error"]["Code"] == "AccessDenied"
+    assert "policy_denied" in refused.value.response["Error"]["Message"]
+
+    mine = [e for e in sdk_gateway.entries("s3") if bucket in e["path"]
+            and e["path"].split("/", 2)[2] in (NESTED, "big/data.bin", "new/deep/file.bin")]
+    assert sorted((e["method"], e["path"].split("/", 2)[2]) for e in mine) == [
+        ("POST", "big/data.bin"), ("POST", "new/deep/file.bin"), ("PUT", NESTED)]
+    plan = sdk_gateway.roll_back(entries=[e["id"] for e in mine])
+    assert [s["status"] for s in plan["steps"]] == ["applied"] * 3, json.dumps(plan)
+    restored = owner.get_object(Bucket=bucket, Key=NESTED)
+    assert restored["Body"].read() == b"a,b\n1,2\n"
+    assert restored["ContentType"] == "text/csv"
+    assert restored["Metadata"] == {"team": "finance", "source": "ledger"}
+    big = owner.get_object(Bucket=bucket, Key="big/data.bin")
+    assert big["Body"].read() == b"small original"
+    assert big["Metadata"] == {"kind": "seed"}
+    with pytest.raises(ClientError):
+        owner.head_object(Bucket=bucket, Key="new/deep/file.bin")

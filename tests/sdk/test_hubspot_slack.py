@@ -28,7 +28,8 @@ def seeded(recorder: Recorder) -> None:
         CONTACT: {"id": "501", "archived": False, "createdAt": "2026-01-01T00:00:00Z",
                   "updatedAt": "2026-01-02T00:00:00Z",
                   "properties": {"email": "ada@example.com", "lifecyclestage": "lead",
-                                 "firstname": "Ada"}},
+                                 "firstname": "Ada", "hs_object_id": "501",
+                                 "createdate": "2026-01-01T00:00:00Z"}},
         "/slack/profile": dict(PROFILE),
     })
 
@@ -44,10 +45,16 @@ def test_hubspot_contact_update_rolls_back(recorder: Recorder, sdk_gateway: SdkG
     entry = next(e for e in sdk_gateway.entries("hubspot")
                  if e["path"] == "/crm/v3/objects/contacts/501")
     assert entry["prior"]["properties"]["lifecyclestage"] == "lead"
+    # read-only properties HubSpot computes are never sent back (it refuses them)
+    assert entry["undo"]["body"] == {"properties": {
+        "email": "ada@example.com", "lifecyclestage": "lead", "firstname": "Ada"}}
     plan = sdk_gateway.roll_back(entries=[entry["id"]])
     assert [s["status"] for s in plan["steps"]] == ["applied"], plan
     assert recorder.state(CONTACT)["properties"] == {
-        "email": "ada@example.com", "lifecyclestage": "lead", "firstname": "Ada"}
+        "email": "ada@example.com", "lifecyclestage": "lead", "firstname": "Ada",
+        "hs_object_id": "501", "createdate": "2026-01-01T00:00:00Z"}
+    [compensation] = [s for s in recorder.seen[since:] if s.method == "PATCH"][1:]
+    assert b"hs_object_id" not in compensation.body and b"createdate" not in compensation.body
     agent_key_nowhere(recorder.seen[since:])
 
 
@@ -67,3 +74,15 @@ def test_slack_profile_change_rolls_back(recorder: Recorder, sdk_gateway: SdkGat
     assert [s["status"] for s in plan["steps"]] == ["applied"], plan
     assert recorder.state("/slack/profile") == PROFILE
     agent_key_nowhere(recorder.seen[since:])
+
+
+def test_slack_auth_test_is_allowed_and_not_journaled(recorder: Recorder,
+                                                      sdk_gateway: SdkGateway) -> None:
+    """Slack apps call auth.test at start; the old example denied it."""
+    client = WebClient(token=AGENT_KEY, base_url=f"{sdk_gateway.proxy}/slack/api/")
+    before = len(sdk_gateway.entries("slack"))
+    answer = client.auth_test()
+    assert answer["ok"] is True
+    assert answer.headers["x-gateway-decision"] == "allow"
+    assert len(sdk_gateway.entries("slack")) == before  # a read: nothing journaled
+    assert recorder.requests("/slack/api/auth.test")[-1].method == "POST"

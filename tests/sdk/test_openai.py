@@ -10,11 +10,13 @@ answer's id), with no body.
 
 from __future__ import annotations
 
+import httpx
+import openai
 import pytest
 from openai import OpenAI
 
 from tests.harness import AGENT_KEY
-from tests.sdk.conftest import SdkGateway, agent_key_nowhere
+from tests.sdk.conftest import ADMIN, SdkGateway, agent_key_nowhere
 from tests.sdk.recorder import Recorder
 
 STORE = "/openai/v1/vector_stores/vs_1"
@@ -53,3 +55,24 @@ def test_vector_store_update_and_file_upload_roll_back(recorder: Recorder,
     assert (restored["name"], restored["metadata"]) == ("Runbooks", {"team": "support"})
     assert recorder.state(f"/openai/v1/files/{uploaded.id}") is None
     agent_key_nowhere(recorder.seen[since:])
+
+
+def test_chat_completions_are_reads_and_a_held_delete_is_raised(
+        recorder: Recorder, sdk_gateway: SdkGateway) -> None:
+    client = OpenAI(api_key=AGENT_KEY, base_url=f"{sdk_gateway.proxy}/openai/v1", max_retries=0)
+    before = {e["id"] for e in sdk_gateway.entries("openai")}
+    raw = client.chat.completions.with_raw_response.create(
+        model="gpt-test", messages=[{"role": "user", "content": "hi"}])
+    assert raw.headers["x-gateway-decision"] == "allow"
+    assert {e["id"] for e in sdk_gateway.entries("openai")} == before  # not journaled
+
+    recorder.seed({"/openai/v1/files/file-keep": {"id": "file-keep", "object": "file"}})
+    with pytest.raises(openai.ConflictError) as held:
+        client.files.delete("file-keep")
+    error = held.value.body
+    assert isinstance(error, dict) and error["code"] == "approval_pending", error
+    assert error["approval"] in str(held.value)  # the model sees which approval
+    assert error["status_url"] == f"/_gateway/approvals/{error['approval']}"
+    assert recorder.state("/openai/v1/files/file-keep") is not None  # not sent
+    shown = httpx.get(f"{sdk_gateway.admin}/v1/approvals/{error['approval']}", headers=ADMIN)
+    assert shown.json()["status"] == "pending" and shown.json()["rule"] == "delete-file"

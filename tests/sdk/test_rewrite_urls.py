@@ -99,3 +99,22 @@ async def test_without_rewrite_urls_or_public_url_answers_pass_as_they_are(
         response = await gw.agent.get("/gh/repos/o/r")
         assert response.headers["location"] == f"{linking.url}/repos/o/r/issues/2"
         assert response.json()["url"] == f"{linking.url}/repos/o/r"
+
+
+async def test_urls_of_another_origin_are_named_in_a_warning(tmp_path: Path,
+                                                             linking: Linking) -> None:
+    """PyGithub asserts that followed URLs have its host and fails with a bare
+    ``AssertionError: api.github.com`` when the upstream names itself otherwise."""
+    text = policy_text(linking.url, RULES, upstream="gh", extra="rewrite_urls: true\n")
+    linking.url = "http://127.0.0.1:9"  # the upstream names itself by another address
+    (tmp_path / "db").mkdir()
+    async with started_gateway(tmp_path, f"sqlite+aiosqlite:///{tmp_path / 'db' / 'g.db'}",
+                               {"gh.yaml": text}, public_url=PUBLIC) as gw:
+        response = await gw.agent.get("/gh/repos/o/r")
+        warning = response.headers["warning"]
+        assert "the upstream's URLs name http://127.0.0.1:9, not base_url" in warning
+        assert response.json()["url"] == "http://127.0.0.1:9/repos/o/r"  # not rewritten
+    async with started_gateway(tmp_path, f"sqlite+aiosqlite:///{tmp_path / 'db' / 'h.db'}",
+                               {"gh.yaml": text}, public_url=None) as gw:
+        response = await gw.agent.get("/gh/repos/o/r")
+        assert "has no public_url" in response.headers["warning"]

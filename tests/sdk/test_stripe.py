@@ -9,6 +9,7 @@ one is unset the Stripe way (empty string).
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx
@@ -69,6 +70,26 @@ def test_a_created_customer_is_rolled_back_by_deleting_it(
         "DELETE", f"/v1/customers/{created.id}")
     plan = sdk_gateway.roll_back(entries=[entry["id"]])
     assert [s["status"] for s in plan["steps"]] == ["applied"], plan
+    gone = httpx.get(f"{localstripe}/v1/customers/{created.id}",
+                     auth=(UPSTREAM_SECRETS["STRIPE_API_KEY"], ""))
+    assert gone.status_code == 404 or gone.json().get("deleted") is True
+
+
+def test_a_customer_created_then_updated_rolls_back_done(
+        localstripe: str, sdk_gateway: SdkGateway) -> None:
+    """The update's compensation leaves the customer as the create left it, give or take
+    how Stripe unsets a key; the create's DELETE must not call that a conflict."""
+    agent = client(f"{sdk_gateway.proxy}/stripe", AGENT_KEY)
+    created = agent.v1.customers.create({"email": "both@example.com"})
+    agent.v1.customers.update(created.id, {"email": "changed@example.com",
+                                           "metadata": {"tier": "gold"}})
+    mine = [e for e in sdk_gateway.entries("stripe")
+            if e["path"].endswith(created.id) or (e["undo"] or {}).get("path", "")
+            .endswith(created.id)]
+    assert sorted(e["method"] for e in mine) == ["POST", "POST"]
+    plan = sdk_gateway.roll_back(entries=[e["id"] for e in mine])
+    assert plan["status"] == "done", json.dumps(plan["steps"])
+    assert [s["method"] for s in plan["steps"]] == ["POST", "DELETE"]
     gone = httpx.get(f"{localstripe}/v1/customers/{created.id}",
                      auth=(UPSTREAM_SECRETS["STRIPE_API_KEY"], ""))
     assert gone.status_code == 404 or gone.json().get("deleted") is True

