@@ -95,7 +95,7 @@ class SqlStore(ApprovalQueue, RollbackPlans, ReportQueries):
     """
 
     def __init__(self, database_url: str, process: str | None = None,
-                 sealer: Sealer | None = None) -> None:
+                 sealer: Sealer | None = None, fsync: bool = True) -> None:
         self.url = parse_url(database_url)
         # what held calls' exact requests are sealed with (gateway.store.seal); unset at
         # start: the SQLite key file, or none on PostgreSQL (the gateway sets journal_key's)
@@ -106,6 +106,7 @@ class SqlStore(ApprovalQueue, RollbackPlans, ReportQueries):
         self._writer = self._engine.execution_options(**{IMMEDIATE: True})
         self._write_lock = asyncio.Lock()
         self._hot: HotPath | None = None
+        self._fsync = fsync  # SQLite: intents on disk before their write is sent
         self._intents = GroupCommit(self._commit_intents)
         self._outcomes = GroupCommit(self._commit_outcomes)
 
@@ -123,7 +124,7 @@ class SqlStore(ApprovalQueue, RollbackPlans, ReportQueries):
             hot = await PostgresHotPath.connect(asyncpg_dsn(self.url))
         else:
             sqlite_path(self.url).parent.mkdir(parents=True, exist_ok=True)
-            hot = await SqliteHotPath.connect(sqlite_path(self.url))
+            hot = await SqliteHotPath.connect(sqlite_path(self.url), self._fsync)
         try:
             await upgrade(self._engine)
         except BaseException:
@@ -193,8 +194,9 @@ class SqlStore(ApprovalQueue, RollbackPlans, ReportQueries):
         operators' writes (rollback), which freezes do not stop.
         """
         if not unless_frozen:
-            await self._hot_path().execute(ks.INSERT_INTENT,
-                                           codec.intent_params(entry, self.process))
+            hot = self._hot_path()
+            await hot.execute(ks.INSERT_INTENT, codec.intent_params(entry, self.process))
+            await hot.flush()
             return True
         return await self._intents(entry)
 
@@ -208,6 +210,8 @@ class SqlStore(ApprovalQueue, RollbackPlans, ReportQueries):
         assert isinstance(hot, SqliteHotPath)
         counts = await hot.each(ks.INSERT_INTENT_UNLESS_FROZEN,
                                 [(*row, e.upstream, e.agent) for row, e in zip(rows, entries)])
+        if any(counts):
+            await hot.flush()  # on disk before any of these writes is sent
         return [count == 1 for count in counts]
 
     async def journal_outcome(self, entry_id: str, outcome: JournalOutcome) -> None:
