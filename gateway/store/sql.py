@@ -35,7 +35,7 @@ from sqlalchemy import select as sql_select
 from sqlmodel import col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from gateway.core.audit import seal
+from gateway.core.audit import canonical_head, seal
 from gateway.core.killswitch import InFlight
 from gateway.core.model import (
     AuditRecord,
@@ -242,11 +242,14 @@ class SqlStore(ApprovalQueue, RollbackPlans, ReportQueries):
     async def engage(self, freeze: Freeze) -> FreezeChange:
         """Through the driver, in one short transaction: an engage must not queue
         behind the stream of journal writes it is about to stop."""
+        hot = self._hot_path()
+        if isinstance(hot, PostgresHotPath):
+            return await _engage_in_one_call(hot, freeze)
         # the audit chain's lock, then the arbiter's: it waits for intent batches under way
         # One read of the kill switch, first: no other engage or release can change it
         # while this transaction holds WRITE_LOCK, so the state it leaves is that read
         # plus this freeze (a round trip fewer than reading it again at the end).
-        async with self._hot_path().transaction((WRITE_LOCK, ks.ARBITER_LOCK)) as tx:
+        async with hot.transaction((WRITE_LOCK, ks.ARBITER_LOCK)) as tx:
             before = await _change_in(tx, None)
             same = next((f for f in before.active if f.scope == freeze.scope
                          and (f.target or "") == (freeze.target or "")), None)
@@ -423,6 +426,21 @@ class SqlStore(ApprovalQueue, RollbackPlans, ReportQueries):
                       at, actor, action, detail)
         session.add(codec.audit_row(record))
         return record
+
+
+async def _engage_in_one_call(hot: PostgresHotPath, freeze: Freeze) -> FreezeChange:
+    """The same engage as the transaction in ``SqlStore.engage``, as one round trip
+    (``gateway_engage``, migration 0017); the store seals the audit record."""
+    detail = _freeze_detail(freeze.scope, freeze.target, freeze.reason)
+    rows = await hot.fetch(ks.PG_ENGAGE, (
+        freeze.id, freeze.scope.value, freeze.target, freeze.reason, freeze.by, iso(freeze.at),
+        codec.dumps(detail), canonical_head(freeze.at, freeze.by, "killswitch.engage", detail)))
+    active = [codec.freeze_from_values(*row[2:]) for row in rows if row[2] is not None]
+    if rows[0][0]:
+        return FreezeChange(freeze, int(rows[0][1]), active)
+    same = next(f for f in active if f.scope == freeze.scope
+                and (f.target or "") == (freeze.target or ""))
+    return FreezeChange(same, int(rows[0][1]), active)
 
 
 async def _change_in(tx: Tx, freeze: Freeze | None) -> FreezeChange:
