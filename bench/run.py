@@ -3,9 +3,11 @@
     .venv/bin/python bench/run.py [--duration 10] [--warmup 2] [--repeat 1]
                                   [--postgres URL] [--engage-rounds 50]
 
-Starts the upstream and the bare proxy on 127.0.0.1, then one gateway at a
-time (SQLite; SQLite with --workers 2; PostgreSQL) and drives each with wrk
-(GET and PATCH, 1 and 32 connections); then the kill-switch run: two gateway
+Starts the upstream and the bare proxy on 127.0.0.1 (twice: plain, and making
+the same capture GET before each write as the gateway does), then the
+gateways (SQLite; SQLite with --workers 2; SQLite without the intent fsync;
+PostgreSQL) and drives each with wrk (GET and PATCH, 1 and 32 connections,
+targets in alternating order from round to round); then the kill-switch run: two gateway
 processes on one PostgreSQL, PATCHes streaming into one while the other
 engages and releases. Prints one table (medians over --repeat rounds) and the
 target checks, and writes bench/results/latest.json. See bench/README.md.
