@@ -1,8 +1,11 @@
 """A bare pass-through proxy: the floor a Python proxy costs, no policy, no journal.
 
 Forwards every request to --upstream with one pooled aiohttp ClientSession.
+With ``--capture`` it first GETs the same path before every write (what the
+gateway's prior-state capture does), still with no journal: the reference
+that leaves the journal's own cost showing.
 
-    python bench/bare_proxy.py --upstream http://127.0.0.1:PORT [--port 0]
+    python bench/bare_proxy.py --upstream http://127.0.0.1:PORT [--port 0] [--capture]
 """
 from __future__ import annotations
 
@@ -21,8 +24,9 @@ HOP = {b"host", b"connection", b"keep-alive", b"transfer-encoding", b"content-le
 
 
 class BareProxy:
-    def __init__(self, upstream: str) -> None:
+    def __init__(self, upstream: str, capture: bool = False) -> None:
         self.upstream = upstream.rstrip("/")
+        self.capture = capture
         self.session: aiohttp.ClientSession | None = None
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -43,6 +47,9 @@ class BareProxy:
             url += "?" + scope["query_string"].decode("latin-1")
         headers = [(k.decode("latin-1"), v.decode("latin-1"))
                    for k, v in scope["headers"] if k not in HOP]
+        if self.capture and scope["method"] not in ("GET", "HEAD"):
+            async with self.session.get(url, headers=headers, allow_redirects=False) as prior:
+                await prior.read()
         async with self.session.request(scope["method"], url, headers=headers,
                                         data=body or None, allow_redirects=False) as resp:
             payload = await resp.read()
@@ -56,5 +63,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--upstream", required=True)
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--capture", action="store_true",
+                        help="GET the same path before each write (no journal)")
     args = parser.parse_args()
-    serve(BareProxy(args.upstream), port=args.port)
+    serve(BareProxy(args.upstream, args.capture), port=args.port)

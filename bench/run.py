@@ -3,9 +3,11 @@
     .venv/bin/python bench/run.py [--duration 10] [--warmup 2] [--repeat 1]
                                   [--postgres URL] [--engage-rounds 50]
 
-Starts the upstream and the bare proxy on 127.0.0.1, then one gateway at a
-time (SQLite; SQLite with --workers 2; PostgreSQL) and drives each with wrk
-(GET and PATCH, 1 and 32 connections); then the kill-switch run: two gateway
+Starts the upstream and the bare proxy on 127.0.0.1 (twice: plain, and making
+the same capture GET before each write as the gateway does), then the
+gateways (SQLite; SQLite with --workers 2; SQLite without the intent fsync;
+PostgreSQL) and drives each with wrk (GET and PATCH, 1 and 32 connections,
+targets in alternating order from round to round); then the kill-switch run: two gateway
 processes on one PostgreSQL, PATCHes streaming into one while the other
 engages and releases. Prints one table (medians over --repeat rounds) and the
 target checks, and writes bench/results/latest.json. See bench/README.md.
@@ -44,8 +46,10 @@ POSTGRES = os.environ.get("GATEWAY_BENCH_POSTGRES", "postgresql://postgres@127.0
 # (target, method, connections) measured, in this order, every round
 ROWS = [("direct", m, c) for m in ("GET", "PATCH") for c in (1, 32)] \
     + [("bare proxy", m, c) for m in ("GET", "PATCH") for c in (1, 32)] \
+    + [("bare+capture", "PATCH", c) for c in (1, 32)] \
     + [("gateway", m, c) for m in ("GET", "PATCH") for c in (1, 32)] \
-    + [("gateway x2", "GET", 32)] \
+    + [("gateway x2", m, 32) for m in ("GET", "PATCH")] \
+    + [("gw no fsync", "PATCH", c) for c in (1, 32)] \
     + [("gateway pg", "PATCH", c) for c in (1, 32)]
 TRACED = [("gw+otel", m, c) for m in ("GET", "PATCH") for c in (1, 32)]  # unless --no-tracing
 
@@ -128,6 +132,14 @@ class Postgres:
         connection = await asyncpg.connect(self.server, timeout=5)
         try:
             await connection.execute(sql)
+        finally:
+            await connection.close()
+
+    async def fetch(self, url: str, sql: str) -> list[Any]:
+        import asyncpg
+        connection = await asyncpg.connect(url.replace("+asyncpg", ""), timeout=5)
+        try:
+            return [tuple(row) for row in await connection.fetch(sql)]
         finally:
             await connection.close()
 
@@ -215,7 +227,11 @@ class Runner:
     def measure_round(self, targets: dict[str, tuple[str, str | None, Proc | None]],
                       round_: int) -> None:
         """Every row once, each row's targets back to back (so a ratio compares runs
-        that saw the same load); a warm-up for each target before its first method."""
+        that saw the same load, in the opposite order every other round, so that
+        neither side of a ratio always runs first); a warm-up for each target
+        before its first method."""
+        if round_ % 2:
+            targets = dict(reversed(list(targets.items())))
         for method in ("GET", "PATCH"):
             for target, (url, key, _) in targets.items():
                 if any(t == target and m == method for t, m, _ in ROWS + TRACED):
@@ -300,9 +316,21 @@ def engage_run(args: argparse.Namespace, pg: Postgres, logdir: Path, tmp: Path,
                       if method == "PATCH" and at >= started]
             stops[n] = (started, max(before, default=started))
         last_write = [(last - started) * 1000 for started, last in stops]
+        loader.terminate()
+        loader.wait()
+        loader = None
+        for p in (a, b):  # a clean stop journals every outcome still on its way
+            p.stop()
+        # in_flight is exact when it names every write an engage cut off: those and
+        # only those are `unknown`; and no entry is left an intent
+        states = dict(asyncio.run(pg.fetch(db_url, "SELECT state, count(*) FROM journal "
+                                                   "GROUP BY state")))
         return {"rounds": args.engage_rounds, "latency_ms": _summary(latencies),
                 "last_write_after_engage_ms": _summary(last_write),
-                "late_writes": late, "in_flight_reported": in_flight}
+                "late_writes": late, "in_flight_reported": in_flight,
+                "journal_states": states,
+                "in_flight_mismatch": abs(in_flight - states.get("unknown", 0))
+                + states.get("intent", 0)}
     finally:
         if loader is not None:
             loader.terminate()
@@ -367,6 +395,11 @@ def main() -> int:
                                    "--upstream", upstream_url], r"ready port=(\d+)", logdir)
         procs.append(bare)
         bare_url = f"http://127.0.0.1:{bare.match.group(1)}"
+        capturing = Proc("bare-capture", [sys.executable, str(HERE / "bare_proxy.py"),
+                                          "--upstream", upstream_url, "--capture"],
+                         r"ready port=(\d+)", logdir)
+        procs.append(capturing)
+        capture_url = f"http://127.0.0.1:{capturing.match.group(1)}"
         config, policies = write_gateway_config(tmp, upstream_url)
         print(f"upstream {upstream_url}, bare proxy {bare_url}", flush=True)
         sink_url = None
@@ -379,16 +412,20 @@ def main() -> int:
             print(f"round {round_ + 1} of {args.repeat}", flush=True)
             targets: dict[str, tuple[str, str | None, Proc | None]] = {
                 "direct": (upstream_url + ITEM_PATH, None, None),
-                "bare proxy": (bare_url + ITEM_PATH, None, None)}
+                "bare proxy": (bare_url + ITEM_PATH, None, None),
+                "bare+capture": (capture_url + ITEM_PATH, None, None)}
             gateways: list[Proc] = []
             try:  # idle gateways cost next to nothing: all up, measured row by row
-                for target, flags, db_url in (
-                        ("gateway", (), f"sqlite+aiosqlite:///{tmp / f'bench-{round_}.db'}"),
+                for target, flags, db_url, env in (
+                        ("gateway", (), f"sqlite+aiosqlite:///{tmp / f'bench-{round_}.db'}",
+                         None),
                         ("gateway x2", ("--workers", "2"),
-                         f"sqlite+aiosqlite:///{tmp / f'bench-x2-{round_}.db'}"),
-                        ("gateway pg", (), pg.create())):
+                         f"sqlite+aiosqlite:///{tmp / f'bench-x2-{round_}.db'}", None),
+                        ("gw no fsync", (), f"sqlite+aiosqlite:///{tmp / f'bench-nf-{round_}.db'}",
+                         {"OTEL_SDK_DISABLED": "true", "GATEWAY_JOURNAL_FSYNC": "false"}),
+                        ("gateway pg", (), pg.create(), None)):
                     gw, proxy, _ = start_gateway(target.replace(" ", "-"), config, policies,
-                                                 db_url, logdir, *flags)
+                                                 db_url, logdir, *flags, env=env)
                     gateways.append(gw)
                     targets[target] = (proxy + "/bench" + ITEM_PATH, AGENT_KEY, gw)
                 if sink_url is not None:
@@ -437,33 +474,44 @@ def main() -> int:
               f"{get(target, method, conns, 'p99_us') / 1000:>10.3f}"
               f"{get(target, method, conns, 'rps'):>10.0f}{failed:>8}")
 
-    def added_patch(target: str) -> float:
-        return (get(target, "PATCH", 1, "p50_us") - get("direct", "GET", 1, "p50_us")
-                - get("direct", "PATCH", 1, "p50_us")) / 1000
+    def p50(target: str, method: str, conns: int) -> float:
+        return get(target, method, conns, "p50_us") / 1000
+
+    def rps(target: str, method: str, conns: int) -> float:
+        return get(target, method, conns, "rps")
 
     checks = [
-        check("added read p50 (gateway GET - direct GET, c=1)",
-              (get("gateway", "GET", 1, "p50_us") - get("direct", "GET", 1, "p50_us")) / 1000,
-              "<=", 0.25, "ms"),
-        check("gateway GET req/s c=32 / bare proxy's",
-              get("gateway", "GET", 32, "rps") / get("bare proxy", "GET", 32, "rps"),
-              ">=", 0.9, "x"),
-        check("added PATCH p50, SQLite (gateway PATCH - direct GET - direct PATCH, c=1)",
-              added_patch("gateway"), "<=", 0.5, "ms"),
-        check("added PATCH p50, PostgreSQL (same)", added_patch("gateway pg"), "<=", 0.5, "ms"),
-        check("gateway PATCH req/s c=32 / bare proxy's, SQLite",
-              get("gateway", "PATCH", 32, "rps") / get("bare proxy", "PATCH", 32, "rps"),
-              ">=", 0.4, "x"),
-        check("gateway PATCH req/s c=32 / bare proxy's, PostgreSQL",
-              get("gateway pg", "PATCH", 32, "rps") / get("bare proxy", "PATCH", 32, "rps"),
-              ">=", 0.4, "x"),
-        check("--workers 2 / 1, GET req/s c=32",
-              get("gateway x2", "GET", 32, "rps") / get("gateway", "GET", 32, "rps"),
-              ">=", 1.25, "x"),
+        check("read req/s c=32, gateway / bare proxy", rps("gateway", "GET", 32)
+              / rps("bare proxy", "GET", 32), ">=", 0.9, "x"),
+        check("read p50 c=1, gateway - bare proxy",
+              p50("gateway", "GET", 1) - p50("bare proxy", "GET", 1), "<=", 0.05, "ms"),
+        check("PATCH req/s c=32, gateway SQLite (fsync on) / bare+capture",
+              rps("gateway", "PATCH", 32) / rps("bare+capture", "PATCH", 32), ">=", 0.7, "x"),
+        check("PATCH req/s c=32, gateway PostgreSQL / bare+capture",
+              rps("gateway pg", "PATCH", 32) / rps("bare+capture", "PATCH", 32), ">=", 0.6, "x"),
+        check("PATCH p50 c=1, gateway SQLite (fsync on) - bare+capture",
+              p50("gateway", "PATCH", 1) - p50("bare+capture", "PATCH", 1), "<=", 0.3, "ms"),
+        check("PATCH p50 c=1, gateway PostgreSQL - bare+capture",
+              p50("gateway pg", "PATCH", 1) - p50("bare+capture", "PATCH", 1), "<=", 0.5, "ms"),
+        check("--workers 2 / 1, read req/s c=32",
+              rps("gateway x2", "GET", 32) / rps("gateway", "GET", 32), ">=", 1.25, "x"),
+        check("--workers 2 / 1, PATCH req/s c=32",
+              rps("gateway x2", "PATCH", 32) / rps("gateway", "PATCH", 32), ">=", 1.4, "x"),
         check("engage latency p99, 2 processes on PostgreSQL (bounds the last covered write)",
               engage["latency_ms"]["p99"], "<=", 10.0, "ms"),
         check("late writes after engage returned", engage["late_writes"], "<=", 0, ""),
+        check("in_flight vs the journal: |reported - unknown entries| + entries left intent",
+              engage["in_flight_mismatch"], "<=", 0, ""),
     ]
+    durability = {  # what the fsync of SQLite intents costs: the same gateway without it
+        "patch_p50_c1_ms": {"fsync on": p50("gateway", "PATCH", 1),
+                            "fsync off": p50("gw no fsync", "PATCH", 1)},
+        "patch_rps_c32": {"fsync on": rps("gateway", "PATCH", 32),
+                          "fsync off": rps("gw no fsync", "PATCH", 32)}}
+    print(f"durability (SQLite): PATCH p50 c=1 {durability['patch_p50_c1_ms']['fsync on']:.3f} ms "
+          f"with fsync vs {durability['patch_p50_c1_ms']['fsync off']:.3f} ms without; PATCH "
+          f"req/s c=32 {durability['patch_rps_c32']['fsync on']:.0f} vs "
+          f"{durability['patch_rps_c32']['fsync off']:.0f}")
     if args.tracing:
         for method in ("GET", "PATCH"):
             on, off = get("gw+otel", method, 1, "p50_us"), get("gateway", method, 1, "p50_us")
@@ -495,7 +543,8 @@ def main() -> int:
         "host": {"cpus": os.cpu_count(), "python": platform.python_version(),
                  "platform": platform.platform(), "loadavg_before": load_before,
                  "loadavg_after": load_after},
-        "runs": runner.runs, "engage": engage, "checks": checks, "failures": runner.failures,
+        "runs": runner.runs, "engage": engage, "checks": checks, "durability": durability,
+        "failures": runner.failures,
         "valid": not runner.failures}, indent=2) + "\n")
     print(f"\nwrote {args.out}")
     return 1 if runner.failures else 0

@@ -93,7 +93,8 @@ class Gateway:
             from gateway.store.diagnose import sqlite_location
             try:
                 location = sqlite_location(self.settings.database_url)
-                self._store = open_store(self.settings.database_url)
+                self._store = open_store(self.settings.database_url,
+                                         fsync=self.settings.journal_fsync)
             except ValueError as exc:
                 raise StartupError(str(exc)) from None
             if location is not None and not location[1]:

@@ -168,6 +168,8 @@ class Settings(BaseSettings):
     workers: int = Field(default=1, ge=1, le=64)  # processes serving the same ports
     capture_timeout: float = Field(default=10.0, gt=0)
     journal_body_limit: int = Field(default=65536, ge=0)
+    # SQLite: fdatasync the journal before a write is sent (off only to measure its cost)
+    journal_fsync: bool = True
     # AES-256-GCM key (base64 of 32 bytes) sealing what rollback and approvals need of
     # secrets and binary priors (gateway.store.seal); GATEWAY_JOURNAL_KEY. Unset on SQLite:
     # a key file <database>.key (0600) beside the database; unset on PostgreSQL: none kept.

@@ -25,6 +25,19 @@ def canonical(seq: int, at: datetime, actor: str, action: str, detail: dict[str,
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+def canonical_head(at: datetime, actor: str, action: str, detail: dict[str, Any]) -> str:
+    """``canonical`` up to the ``seq``, which sorts last: a store that assigns the
+    seq itself appends ``f"{seq}}}"`` and hashes as ``chain_hash`` does.
+
+    >>> canonical_head(datetime(2026, 1, 1), "a", "x", {})[-7:]
+    ',"seq":'
+    """
+    text = canonical(0, at, actor, action, detail).decode()
+    if not text.endswith(',"seq":0}'):
+        raise ValueError("the canonical form no longer ends with the seq")
+    return text[:-2]
+
+
 def chain_hash(prev_hash: str, seq: int, at: datetime, actor: str, action: str,
                detail: dict[str, Any]) -> str:
     digest = hashlib.sha256()

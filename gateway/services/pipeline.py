@@ -128,6 +128,7 @@ class Pipeline:
         self.tripwires = Tripwires(freezes, store)  # none configured: a no-op
         self.senders: dict[str, Sender] = {"http": RestSender(settings, client)}
         self._outcomes: set[asyncio.Task[None]] = set()  # journaled after the reply
+        self._retrying: set[asyncio.Task[None]] = set()  # outcomes the store refused once
         self.sealer: Sealer = NO_SEALER  # the store's (gateway.app sets it)
 
     @property
@@ -537,8 +538,34 @@ class Pipeline:
         try:
             with watch.step(JOURNAL_OUTCOME, entry.upstream):
                 await self.store.journal_outcome(entry.id, outcome)
-        except Exception:  # the write happened; its intent row stays for operators to see
+        except LookupError:  # no intent under that id: nothing to retry
             log.exception("could not journal the outcome of %s", entry.id)
+        except Exception as exc:  # the store is down or busy: retried until it answers
+            log.warning("could not journal the outcome of %s (%s: %s); retrying",
+                        entry.id, type(exc).__name__, exc)
+            task = asyncio.create_task(self._retry_outcome(entry.id, outcome))
+            self._retrying.add(task)  # not waited for by settled(): the store is failing
+            task.add_done_callback(self._retrying.discard)
+
+    async def _retry_outcome(self, entry_id: str, outcome: JournalOutcome) -> None:
+        """Until the outcome is saved (backing off to one try every 5 s). Until then
+        the entry reads ``intent``; a process that stops first leaves it so, for
+        the recovery at start to settle."""
+        delay = 0.05
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                await self.store.journal_outcome(entry_id, outcome)
+            except LookupError:
+                log.exception("could not journal the outcome of %s", entry_id)
+                return
+            except Exception as exc:
+                delay = min(delay * 2, 5.0)
+                log.warning("could not journal the outcome of %s yet (%s: %s); next try in "
+                            "%.2f s", entry_id, type(exc).__name__, exc, delay)
+            else:
+                log.info("journaled the outcome of %s after a retry", entry_id)
+                return
 
 
     async def _read_after(self, entry: JournalEntry, status: int, parsed: Any,

@@ -7,9 +7,9 @@
 from gateway.store.sql import SqlStore
 
 
-def open_store(database_url: str) -> SqlStore:
+def open_store(database_url: str, fsync: bool = True) -> SqlStore:
     """A ``SqlStore`` for ``sqlite+aiosqlite:///FILE`` or ``postgresql+asyncpg://...``."""
-    return SqlStore(database_url)
+    return SqlStore(database_url, fsync=fsync)
 
 
 __all__ = ["SqlStore", "open_store"]

@@ -8,7 +8,8 @@ SQLite needs help to behave like a server database. The file is put in WAL
 mode at start (``hot.SqliteHotPath.connect``; readers then never block the
 writer, and the mode sticks to the file). Every connection gets
 ``synchronous=NORMAL`` and a busy timeout (a locked database waits instead
-of failing at once). The sqlite3
+of failing at once); the journal's intents are flushed to disk on their own
+before their write is sent (``hot.SqliteHotPath.flush``). The sqlite3
 module's own transaction handling is switched off and SQLAlchemy emits BEGIN
 itself, so DDL is transactional and a connection carrying the
 ``IMMEDIATE`` execution option starts with ``BEGIN IMMEDIATE``: it takes the

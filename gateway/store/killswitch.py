@@ -112,3 +112,9 @@ PG_UPDATE_OUTCOMES = (
 def columns_of(rows: list[tuple[Any, ...]]) -> list[list[Any]]:
     """Rows to one list per column, the shape ``unnest`` takes."""
     return [list(column) for column in zip(*rows, strict=True)]
+
+
+# PostgreSQL: an engage in one call (migration 0017): the locks, the freeze unless
+# one of its scope and target is active, the generation, the audit record; then
+# (inserted?, generation, freeze columns...) per active freeze, one row at least.
+PG_ENGAGE = "SELECT * FROM gateway_engage(?, ?, ?, ?, ?, ?, ?, ?)"

@@ -35,7 +35,7 @@ from sqlalchemy import select as sql_select
 from sqlmodel import col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from gateway.core.audit import seal
+from gateway.core.audit import canonical_head, seal
 from gateway.core.killswitch import InFlight
 from gateway.core.model import (
     AuditRecord,
@@ -99,7 +99,7 @@ class SqlStore(ApprovalQueue, RollbackPlans, ReportQueries, CheckpointLog):
     """
 
     def __init__(self, database_url: str, process: str | None = None,
-                 sealer: Sealer | None = None) -> None:
+                 sealer: Sealer | None = None, fsync: bool = True) -> None:
         self.url = parse_url(database_url)
         # what held calls' exact requests are sealed with (gateway.store.seal); unset at
         # start: the SQLite key file, or none on PostgreSQL (the gateway sets journal_key's)
@@ -110,6 +110,7 @@ class SqlStore(ApprovalQueue, RollbackPlans, ReportQueries, CheckpointLog):
         self._writer = self._engine.execution_options(**{IMMEDIATE: True})
         self._write_lock = asyncio.Lock()
         self._hot: HotPath | None = None
+        self._fsync = fsync  # SQLite: intents on disk before their write is sent
         self._intents = GroupCommit(self._commit_intents)
         self._outcomes = GroupCommit(self._commit_outcomes)
 
@@ -127,7 +128,7 @@ class SqlStore(ApprovalQueue, RollbackPlans, ReportQueries, CheckpointLog):
             hot = await PostgresHotPath.connect(asyncpg_dsn(self.url))
         else:
             sqlite_path(self.url).parent.mkdir(parents=True, exist_ok=True)
-            hot = await SqliteHotPath.connect(sqlite_path(self.url))
+            hot = await SqliteHotPath.connect(sqlite_path(self.url), self._fsync)
         try:
             await upgrade(self._engine)
         except BaseException:
@@ -198,8 +199,9 @@ class SqlStore(ApprovalQueue, RollbackPlans, ReportQueries, CheckpointLog):
         operators' writes (rollback), which freezes do not stop.
         """
         if not unless_frozen:
-            await self._hot_path().execute(ks.INSERT_INTENT,
-                                           codec.intent_params(entry, self.process))
+            hot = self._hot_path()
+            await hot.execute(ks.INSERT_INTENT, codec.intent_params(entry, self.process))
+            await hot.flush()
             return True
         return await self._intents(entry)
 
@@ -213,6 +215,8 @@ class SqlStore(ApprovalQueue, RollbackPlans, ReportQueries, CheckpointLog):
         assert isinstance(hot, SqliteHotPath)
         counts = await hot.each(ks.INSERT_INTENT_UNLESS_FROZEN,
                                 [(*row, e.upstream, e.agent) for row, e in zip(rows, entries)])
+        if any(counts):
+            await hot.flush()  # on disk before any of these writes is sent
         return [count == 1 for count in counts]
 
     async def journal_outcome(self, entry_id: str, outcome: JournalOutcome) -> None:
@@ -243,11 +247,14 @@ class SqlStore(ApprovalQueue, RollbackPlans, ReportQueries, CheckpointLog):
     async def engage(self, freeze: Freeze) -> FreezeChange:
         """Through the driver, in one short transaction: an engage must not queue
         behind the stream of journal writes it is about to stop."""
+        hot = self._hot_path()
+        if isinstance(hot, PostgresHotPath):
+            return await _engage_in_one_call(hot, freeze)
         # the audit chain's lock, then the arbiter's: it waits for intent batches under way
         # One read of the kill switch, first: no other engage or release can change it
         # while this transaction holds WRITE_LOCK, so the state it leaves is that read
         # plus this freeze (a round trip fewer than reading it again at the end).
-        async with self._hot_path().transaction((WRITE_LOCK, ks.ARBITER_LOCK)) as tx:
+        async with hot.transaction((WRITE_LOCK, ks.ARBITER_LOCK)) as tx:
             before = await _change_in(tx, None)
             same = next((f for f in before.active if f.scope == freeze.scope
                          and (f.target or "") == (freeze.target or "")), None)
@@ -424,6 +431,21 @@ class SqlStore(ApprovalQueue, RollbackPlans, ReportQueries, CheckpointLog):
                       at, actor, action, detail)
         session.add(codec.audit_row(record))
         return record
+
+
+async def _engage_in_one_call(hot: PostgresHotPath, freeze: Freeze) -> FreezeChange:
+    """The same engage as the transaction in ``SqlStore.engage``, as one round trip
+    (``gateway_engage``, migration 0017); the store seals the audit record."""
+    detail = _freeze_detail(freeze.scope, freeze.target, freeze.reason)
+    rows = await hot.fetch(ks.PG_ENGAGE, (
+        freeze.id, freeze.scope.value, freeze.target, freeze.reason, freeze.by, iso(freeze.at),
+        codec.dumps(detail), canonical_head(freeze.at, freeze.by, "killswitch.engage", detail)))
+    active = [codec.freeze_from_values(*row[2:]) for row in rows if row[2] is not None]
+    if rows[0][0]:
+        return FreezeChange(freeze, int(rows[0][1]), active)
+    same = next(f for f in active if f.scope == freeze.scope
+                and (f.target or "") == (freeze.target or ""))
+    return FreezeChange(same, int(rows[0][1]), active)
 
 
 async def _change_in(tx: Tx, freeze: Freeze | None) -> FreezeChange:

@@ -1,0 +1,59 @@
+"""The engage's store transaction (on PostgreSQL one call of ``gateway_engage``,
+migration 0017): its audit record, sealed by the store, links into the chain
+the gateway seals itself, whatever the text, on every backend."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from gateway.core.audit import canonical, canonical_head, chain_hash, verify
+from gateway.core.model import Freeze, FreezeScope
+from gateway.store import SqlStore
+
+T0 = datetime(2025, 2, 3, 4, 5, 6, 789012, tzinfo=UTC)
+
+
+def test_canonical_head_is_canonical_without_its_end() -> None:
+    detail = {"scope": "global", "target": None, "reason": "ünïcödé \"quoted\" \\ 🚨"}
+    head = canonical_head(T0, "zoë", "killswitch.engage", detail)
+    assert (head + "12}").encode() == canonical(12, T0, "zoë", "killswitch.engage", detail)
+
+
+async def test_an_engage_links_into_the_chain_around_it(store: SqlStore) -> None:
+    await store.append_audit("ops", "call.allow", {"n": 1}, T0)
+    reason = "refunds look wrong ✋ \"quoted\" \\ \u2028 <tag>"
+    engaged = Freeze(FreezeScope.UPSTREAM, "crm", reason, "zoë", T0 + timedelta(seconds=1),
+                     id="f-1")
+    change = await store.engage(engaged)
+    assert (change.freeze, change.active) == (engaged, [engaged])
+    await store.append_audit("ops", "call.allow", {"n": 2}, T0 + timedelta(seconds=2))
+
+    records = await store.list_audit()
+    assert [r.action for r in records] == ["call.allow", "killswitch.engage", "call.allow"]
+    record = records[1]
+    assert (record.actor, record.at, record.detail) == (
+        "zoë", engaged.at, {"scope": "upstream", "target": "crm", "reason": reason})
+    assert record.hash == chain_hash(records[0].hash, 2, engaged.at, "zoë",
+                                     "killswitch.engage", record.detail)
+    assert verify(records).ok
+
+
+async def test_a_second_engage_of_the_same_scope_returns_the_first(store: SqlStore) -> None:
+    first = Freeze(FreezeScope.GLOBAL, None, "one", "alice", T0, id="f-1")
+    other = Freeze(FreezeScope.AGENT, "bot", "two", "alice", T0 + timedelta(seconds=1), id="f-2")
+    one = await store.engage(first)
+    two = await store.engage(other)
+    again = await store.engage(Freeze(FreezeScope.GLOBAL, None, "three", "bob",
+                                      T0 + timedelta(seconds=2), id="f-3"))
+    assert (one.generation, two.generation) == (one.generation, one.generation + 1)
+    assert (again.freeze, again.generation, again.active) == (first, two.generation,
+                                                              [first, other])
+    assert [r.action for r in await store.list_audit()] == ["killswitch.engage"] * 2
+    assert verify(await store.list_audit()).ok
+
+
+async def test_the_first_record_of_a_chain_can_be_an_engage(store: SqlStore) -> None:
+    await store.engage(Freeze(FreezeScope.GLOBAL, None, "first", "alice", T0, id="f-1"))
+    [record] = await store.list_audit()
+    assert (record.seq, record.prev_hash) == (1, "0" * 64)
+    assert verify([record]).ok
