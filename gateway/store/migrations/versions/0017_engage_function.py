@@ -12,7 +12,7 @@ statement of a VOLATILE function takes a new snapshot, so what follows the
 locks sees everything committed before they were granted.
 
 Revision ID: 0017
-Revises: 0010
+Revises: 0014
 Create Date: 2026-12-06
 """
 
@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from alembic import op
 
 revision: str = "0017"
-down_revision: str | Sequence[str] | None = "0010"
+down_revision: str | Sequence[str] | None = "0014"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
