@@ -10,11 +10,17 @@
     │   └── WriteCutOff             423 writes_frozen, outcome unknown (cut off in flight)
     ├── CaptureFailed               502 capture_failed
     ├── JournalUnavailable          503 journal_unavailable
-    ├── UpstreamUnreachable         502 upstream_unreachable
-    ├── UpstreamTimeout             504 upstream_timeout
+    ├── UpstreamUnreachable         502 upstream_unreachable (nothing reached the upstream)
+    │   └── UpstreamLost            502 upstream_unreachable, outcome unknown (sent, cut off)
+    ├── UpstreamTimeout             504 upstream_timeout, outcome unknown
+    │   └── ConnectTimeout          504 upstream_timeout (no connection: nothing sent)
     ├── PolicyError                 invalid policy files (not an HTTP error; carries problems)
     └── StartupError                the process cannot start: one line naming the port, the
                                     database (password hidden), the file or the setting
+
+``maybe_sent`` says whether the request may have reached the upstream: a write that
+failed with such an error is journaled ``unknown``, never ``failed`` (CONTRACT, "The
+life of a write under faults").
 
 The proxy turns any GatewayError into ``{"error": {"code", "message", ...}}``
 in one place (``gateway.proxy.responses``); nothing raises HTTP exceptions.
@@ -29,6 +35,7 @@ class GatewayError(Exception):
     status = 500
     code = "internal_error"
     decision = "error"
+    maybe_sent = False  # the request may have reached the upstream: outcome unknown
 
     def __init__(self, message: str, **extra: Any) -> None:
         super().__init__(message)
@@ -66,6 +73,8 @@ class WritesFrozen(GatewayError):
 class WriteCutOff(WritesFrozen):
     """A write the kill switch cut off on its way: it may or may not have landed."""
 
+    maybe_sent = True
+
 
 class CaptureFailed(GatewayError):
     status, code, decision = 502, "capture_failed", "error"
@@ -79,8 +88,22 @@ class UpstreamUnreachable(GatewayError):
     status, code, decision = 502, "upstream_unreachable", "error"
 
 
+class UpstreamLost(UpstreamUnreachable):
+    """The connection broke once the request (or part of it) was written: it may have
+    landed."""
+
+    maybe_sent = True
+
+
 class UpstreamTimeout(GatewayError):
     status, code, decision = 504, "upstream_timeout", "error"
+    maybe_sent = True
+
+
+class ConnectTimeout(UpstreamTimeout):
+    """No connection within the limit: nothing was sent."""
+
+    maybe_sent = False
 
 
 class PolicyError(Exception):

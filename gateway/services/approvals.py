@@ -47,6 +47,7 @@ from gateway.errors import (
     CaptureFailed,
     GatewayError,
     JournalUnavailable,
+    UpstreamLost,
     UpstreamTimeout,
     WriteCutOff,
     WritesFrozen,
@@ -63,7 +64,7 @@ _SWEEP = 1.0  # seconds between sweeps: expiries, lapsed claims, due delayed cal
 DELAY_ACTOR = "gateway"  # who claims a delayed call when it falls due
 _RETRYABLE = (WritesFrozen, CaptureFailed, JournalUnavailable)  # nothing was sent
 # Sent, then no answer: cut off by the kill switch in flight, or timed out waiting.
-_MAYBE_SENT = (WriteCutOff, UpstreamTimeout)
+_MAYBE_SENT = (WriteCutOff, UpstreamTimeout, UpstreamLost)
 
 
 class ApprovalError(Exception):

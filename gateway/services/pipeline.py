@@ -57,8 +57,6 @@ from gateway.errors import (
     JournalUnavailable,
     PolicyDenied,
     UnknownUpstream,
-    UpstreamTimeout,
-    WriteCutOff,
 )
 from gateway.observe import (
     CAPTURE,
@@ -467,11 +465,11 @@ class Pipeline:
         timings = {"capture_ms": round(capture_ms, 3), "upstream_ms": round((now - sent) * 1000, 3),
                    "total_ms": round((now - started) * 1000, 3)}
         undo, reversible = entry.undo, entry.reversible
-        if response is None:
-            state = JournalState.UNKNOWN if isinstance(error, WriteCutOff) else JournalState.FAILED
-            outcome = JournalOutcome(state, None, {}, None, None, 0, undo,
-                                     reversible and not isinstance(error, UpstreamTimeout)
-                                     and state is JournalState.FAILED,
+        if response is None:  # failed only when nothing can have reached the upstream;
+            # unknown keeps the undo: rollback reconciles it by reading the resource
+            maybe_sent = error is None or error.maybe_sent
+            state = JournalState.UNKNOWN if maybe_sent else JournalState.FAILED
+            outcome = JournalOutcome(state, None, {}, None, None, 0, undo, reversible,
                                      error.message if error else None, timings, utcnow())
         else:
             body = response.body or b""

@@ -13,8 +13,8 @@ process with a plain (sync) httpx client while the upstream misbehaves::
 
 Resources are JSON objects kept by path. Without a script, it is a small REST API:
 ``GET`` 200 with the object or 404; ``PUT`` replaces (200); ``PATCH`` merges (200);
-``DELETE`` removes (204, or 404); ``POST /things`` creates ``/things/<id>`` (the body's ``id``, else a new one; 201
-with ``Location`` and the object). Every answer keeps the connection alive.
+``DELETE`` removes (204, or 404); ``POST /things`` creates ``/things/<id>`` (the
+body's ``id``, else a new one; 201 with ``Location`` and the object). Every answer keeps the connection alive.
 
 Faults (``script(method, path, fault, times=1, apply=...)``; ``times=None``: always):
 
