@@ -32,6 +32,7 @@ from gateway.core.model import (
 from gateway.core.policy import TOOLS_CALL, Upstream
 from gateway.core.redact import redact_headers
 from gateway.core.rollback import (
+    RECONCILE,
     Plan,
     PlanStatus,
     Step,
@@ -39,7 +40,9 @@ from gateway.core.rollback import (
     already_compensated,
     drifted,
     expected_after,
+    outcome_unknown,
     plan_rollback,
+    reconcile,
     with_status,
 )
 from gateway.errors import GatewayError
@@ -106,7 +109,8 @@ class Rollbacks:
                              selector=selection.to_json(), force=force, dry_run=dry_run,
                              parse=lambda e: self._expected(e, responses.get(e.id)),
                              volatile=self._volatile,
-                             declared_irreversible=self._declared_irreversible)
+                             declared_irreversible=self._declared_irreversible,
+                             sent=_sent)
         plan = self._sealed(plan, refused)
         if dry_run:
             plan = await self._predict(plan)
@@ -230,7 +234,18 @@ class Rollbacks:
             seen = await self._observe(upstream, step.target)
         except GatewayError as exc:
             return await self._save(plan, step, StepStatus.FAILED, f"reading failed: {exc.message}")
-        if step.status is StepStatus.APPLYING:  # interrupted: did the compensation land?
+        try:
+            unknown = await self._unknown(step)
+        except SealError as exc:
+            return await self._save(plan, step, StepStatus.FAILED, f"refused: {exc}")
+        if unknown is not None:  # it may or may not have landed: the resource says which
+            verdict, why = reconcile(step, unknown.method, unknown.prior,
+                                     unknown.prior_status in (404, 410), seen.status,
+                                     _current(step, seen))
+            if verdict is StepStatus.SKIPPED or (verdict is StepStatus.CONFLICT
+                                                 and not plan.force):
+                return await self._save(plan, step, verdict, why)
+        elif step.status is StepStatus.APPLYING:  # interrupted: did the compensation land?
             entry = await self.store.get_journal(step.entry_id)
             prior = entry.prior if entry is not None else None
             if already_compensated(step, seen.status, seen.value, prior):
@@ -256,6 +271,17 @@ class Rollbacks:
             return await self._save(plan, step, StepStatus.FAILED,
                                     f"the compensation answered {status}", journal_id)
         return await self._applied(plan, step, None, journal_id)
+
+    async def _unknown(self, step: Step) -> JournalEntry | None:
+        """The (opened) journal entry of a planned step whose write's outcome is unknown,
+        or None (the journal is the source of truth: a plan's steps are stored without)."""
+        if step.status is not StepStatus.PLANNED:
+            return None
+        entry = await self.store.get_journal(step.entry_id)
+        if entry is None or not outcome_unknown(entry):
+            return None
+        opened, _ = sealing.open_entry(self.sealer, entry)  # SealError: refused by the caller
+        return opened
 
     async def _applied(self, plan: Plan, step: Step, detail: str | None,
                        journal_id: str | None = None) -> Step:
@@ -337,7 +363,7 @@ class Rollbacks:
             key = (step.upstream, step.target)
             upstream = self.pipeline.policies.upstreams.get(step.upstream)
             if step.status is not StepStatus.PLANNED or key in seen_targets or upstream is None \
-                    or plan.force:
+                    or plan.force or step.detail == RECONCILE:  # judged when applied
                 steps.append(step)
                 continue
             seen_targets.add(key)
@@ -361,6 +387,13 @@ class Rollbacks:
                                           utcnow())
         except Exception:
             log.exception("could not audit %s of plan %s", action, plan.id)
+
+
+def _sent(entry: JournalEntry) -> Any:
+    """The request body as journaled, parsed (what an unknown write would have left)."""
+    if entry.request_body is None:
+        return None
+    return journaling.parse_body(entry.request_body.encode(), entry.request_content_type)
 
 
 def _current(step: Step, seen: Observed) -> Any:

@@ -347,7 +347,8 @@ class SqlStore(ApprovalQueue, RollbackPlans, ReportQueries):
     async def mark_rolled_back(self, entry_id: str, plan_id: str, at: datetime) -> bool:
         statement = (update(JournalRow)
                      .where(col(JournalRow.id) == entry_id,
-                            col(JournalRow.state) == JournalState.COMPLETED.value)
+                            col(JournalRow.state).in_((JournalState.COMPLETED.value,
+                                                       JournalState.UNKNOWN.value)))
                      .values(state=JournalState.ROLLED_BACK.value, rolled_back_plan=plan_id,
                              rolled_back_at=iso(at)))
         async with self._writer.begin() as connection:

@@ -41,6 +41,8 @@ def test_rollback_reconciles_an_unknown_patch(upstream: FaultyUpstream,
         assert "nothing landed" in only["detail"]
     assert upstream.get(C1) == after
     assert upstream.methods(C1).count("PUT") == (1 if step == "applied" else 0)
+    [entry] = gateway.journal(decision="allow")
+    assert entry["state"] == ("rolled_back" if step == "applied" else "unknown")
 
 
 def test_rollback_reconciles_an_unknown_delete(upstream: FaultyUpstream,
