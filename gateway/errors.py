@@ -10,6 +10,7 @@
     │   └── WriteCutOff             423 writes_frozen, outcome unknown (cut off in flight)
     ├── CaptureFailed               502 capture_failed
     ├── JournalUnavailable          503 journal_unavailable
+    ├── UpstreamBusy                503 upstream_busy (max_in_flight; Retry-After)
     ├── UpstreamUnreachable         502 upstream_unreachable (nothing reached the upstream)
     │   └── UpstreamLost            502 upstream_unreachable, outcome unknown (sent, cut off)
     ├── UpstreamTimeout             504 upstream_timeout, outcome unknown
@@ -36,6 +37,7 @@ class GatewayError(Exception):
     code = "internal_error"
     decision = "error"
     maybe_sent = False  # the request may have reached the upstream: outcome unknown
+    retry_after: int | None = None  # seconds, sent as Retry-After
 
     def __init__(self, message: str, **extra: Any) -> None:
         super().__init__(message)
@@ -82,6 +84,13 @@ class CaptureFailed(GatewayError):
 
 class JournalUnavailable(GatewayError):
     status, code, decision = 503, "journal_unavailable", "error"
+
+
+class UpstreamBusy(GatewayError):
+    """``max_in_flight`` calls to this upstream are under way; this one was not sent."""
+
+    status, code, decision = 503, "upstream_busy", "error"
+    retry_after = 1
 
 
 class UpstreamUnreachable(GatewayError):

@@ -73,6 +73,7 @@ from gateway.ports import Upstream as UpstreamClient
 from gateway.services import sealing
 from gateway.services.call import Call, Reply
 from gateway.services.freezes import FreezeState
+from gateway.services.inflight import InFlightLimits
 from gateway.services.rest import RestSender, gateway_headers
 from gateway.services.tripwires import Tripwires
 from gateway.settings import Settings
@@ -125,6 +126,7 @@ class Pipeline:
         self.senders: dict[str, Sender] = {"http": RestSender(settings, client)}
         self._outcomes: set[asyncio.Task[None]] = set()  # journaled after the reply
         self.sealer: Sealer = NO_SEALER  # the store's (gateway.app sets it)
+        self.inflight = InFlightLimits()
 
     @property
     def client(self) -> UpstreamClient:
@@ -288,9 +290,10 @@ class Pipeline:
                                    rule=decision.rule)
             call.buffered = await self._read_body(call)
             return await self.holds.hold(upstream, call, decision, delay=action.delay)
-        if not action.write:
-            return await self._read(upstream, call)
-        return await self._write(upstream, call, view, action.carried_out, action=action)
+        with self.inflight.slot(upstream):  # max_in_flight: nothing is sent beyond it
+            if not action.write:
+                return await self._read(upstream, call)
+            return await self._write(upstream, call, view, action.carried_out, action=action)
 
     async def _read_body(self, call: Call) -> bytes:
         if call.buffered is not None or call.body is None:
@@ -362,6 +365,10 @@ class Pipeline:
             sealed=kept.sealed, irreversible_reason=kept.irreversible_reason)
         if shadowed:
             return await self._shadow(upstream, call, view, entry, started)
+        keyed = upstream.idempotency_header(decision.rule)
+        if keyed is not None and not any(name.lower() == keyed for name, _ in call.headers):
+            call.headers.append((keyed, entry.id))  # the upstream dedupes anything sent twice
+            entry.request_headers[keyed] = entry.id
         await self._journal_intent(upstream, call, entry, "the call was not sent")
         sent = time.perf_counter()
         try:

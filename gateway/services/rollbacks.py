@@ -312,10 +312,14 @@ class Rollbacks:
         headers = sender.own_headers(upstream, step.content_type if body else None)
         if seen.etag and step.method not in ("POST", TOOLS_CALL):
             headers.append(("if-match", seen.etag))
+        entry_id = new_id()
+        keyed = upstream.idempotency_header(None)  # a compensation is a write too
+        if keyed is not None:
+            headers.append((keyed, entry_id))
         stored = journaling.store_body(body or b"", step.content_type,
                                        self.pipeline.settings.journal_body_limit)
         entry = JournalEntry(
-            id=new_id(), at=utcnow(), request_id=new_id(), agent=f"operator:{plan.by}",
+            id=entry_id, at=utcnow(), request_id=new_id(), agent=f"operator:{plan.by}",
             checkpoint=Checkpoint(run=f"rollback:{plan.id}"), upstream=upstream.name,
             method=step.method, path=step.path, query="", rule=f"rollback:{plan.id}",
             decision="rollback", policy_revision=self.pipeline.policies.revision,

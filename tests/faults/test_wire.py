@@ -96,3 +96,32 @@ def test_a_refused_connection_is_failed(upstream: FaultyUpstream,
     assert response.status_code == 502, response.text
     assert [e["state"] for e in gateway.journal()] == ["failed"]
     assert upstream.requests == []
+
+
+HOLD_RULES = """
+- id: read
+  match: {methods: [GET], path: "/**"}
+  action: allow
+- id: held-edit
+  match: {methods: [PATCH], path: "/customers/{id}"}
+  action: hold
+"""
+
+
+def test_an_approved_call_cut_off_after_it_was_sent_is_unknown(
+        upstream: FaultyUpstream, launch: Callable[..., Gateway]) -> None:
+    """Item 3 for approved calls: the refund was booked and the answer lost. Before: the
+    operator and the agent saw ``failed`` (and an agent told failed sends it again)."""
+    upstream.put(C1, {"id": "c1", "plan": "pro"})
+    gateway = launch(rules=HOLD_RULES)
+    held = gateway.agent.patch(C1, json={"plan": "free"})
+    assert held.status_code == 202, held.text
+    call_id = held.json()["approval"]["id"]
+    upstream.script("PATCH", C1, HALF_BODY)
+    approved = gateway.admin.post(f"/v1/approvals/{call_id}/approve", json={})
+    assert approved.status_code == 502, approved.text
+    assert upstream.get(C1)["plan"] == "free"
+    assert upstream.methods(C1).count("PATCH") == 1
+    status = gateway.admin.get(f"/v1/approvals/{call_id}").json()
+    assert status["status"] == "unknown", status
+    assert [e["state"] for e in gateway.journal()] == ["unknown"]
