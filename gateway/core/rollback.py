@@ -90,9 +90,13 @@ class Plan:
 
     def to_json(self) -> dict[str, Any]:
         steps = [s.to_json() for s in self.steps]
+        done = sum(1 for s in self.steps if s.status not in (StepStatus.PLANNED,
+                                                             StepStatus.APPLYING))
+        progress = {"steps": len(steps), "done": 0 if self.status is PlanStatus.DRY_RUN
+                    else done}  # a dry run's predicted conflicts are not progress
         return {"id": self.id, "created_at": iso(self.created_at), "by": self.by,
                 "selector": self.selector, "force": self.force, "status": self.status.value,
-                "steps": steps, "irreversible": list(self.irreversible),
+                "progress": progress, "steps": steps, "irreversible": list(self.irreversible),
                 "conflicts": [s for s in steps if s["status"] == StepStatus.CONFLICT.value],
                 "skipped": list(self.skipped)}
 

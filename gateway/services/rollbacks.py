@@ -52,7 +52,7 @@ from gateway.services.pipeline import Pipeline
 from gateway.store.seal import Sealer, SealError
 
 log = logging.getLogger("gateway.rollback")
-MAX_ENTRIES = 10000
+PAGE = 5000  # journal entries read at a time; a plan covers every page (no cap)
 
 
 class RollbackError(Exception):
@@ -93,9 +93,16 @@ class Rollbacks:
                                 "run, upstream or a since/until window")
         query = JournalQuery(agent=selection.agent, upstream=selection.upstream,
                              run=selection.run, since=selection.since, until=selection.until,
-                             ids=selection.entries, limit=MAX_ENTRIES)
+                             ids=selection.entries,
+                             limit=max(PAGE, len(selection.entries or ())))
         await self.pipeline.settled()  # the outcomes of writes already answered
-        entries = await self.store.list_journal(query)
+        entries: list[JournalEntry] = []
+        while True:  # every page: a plan covers all it was asked for
+            page = await self.store.list_journal(query)
+            entries.extend(page)
+            if len(page) < query.limit:
+                break
+            query = replace(query, after=(page[-1].at, page[-1].id))
         if selection.entries:
             missing = set(selection.entries) - {e.id for e in entries}
             if missing:

@@ -297,6 +297,11 @@ class SqlStore(ApprovalQueue, RollbackPlans, ReportQueries):
             statement = statement.where(col(JournalRow.path).contains(query.path,
                                                                       autoescape=True))
         at, id_ = col(JournalRow.at), col(JournalRow.id)
+        if query.after is not None:  # keyset paging: past the previous page's last entry
+            last_at, last_id = iso(query.after[0]), query.after[1]
+            statement = statement.where(
+                or_(at < last_at, and_(at == last_at, id_ < last_id)) if query.newest_first
+                else or_(at > last_at, and_(at == last_at, id_ > last_id)))
         order = (at.desc(), id_.desc()) if query.newest_first else (at.asc(), id_.asc())
         statement = statement.order_by(*order).limit(query.limit)
         async with AsyncSession(self._engine) as session:
