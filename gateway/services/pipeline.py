@@ -419,10 +419,11 @@ class Pipeline:
         entry.undo, entry.reversible = None, False  # never sent: nothing to undo
         entry.timings = {**entry.timings, "total_ms": round((time.perf_counter() - started)
                                                              * 1000, 3)}
+        # The intent first: one a freeze refuses must leave no proposal to promote.
+        await self._journal_intent(upstream, call, entry, "the shadowed call was not recorded")
         if self.proposals is not None:
             call.buffered = await self._read_body(call)
             await self.proposals.keep(upstream, call, entry)
-        await self._journal_intent(upstream, call, entry, "the shadowed call was not recorded")
         response = UpstreamResponse(projected.status, list(projected.headers),
                                     body=projected.body)
         return Reply(response, "shadow", journal_id=entry.id)
