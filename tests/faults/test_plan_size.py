@@ -84,3 +84,8 @@ def test_a_running_plan_shows_its_progress(upstream: FaultyUpstream,
         upstream.stop()  # the hanging compensation ends
         thread.join(timeout=60)
     assert result and result[0]["progress"] == {"steps": 3, "done": 3}
+    c3, c2, c1 = result[0]["steps"]
+    assert (c3["status"], c2["status"], c1["status"]) == ("applied", "failed", "failed")
+    assert "outcome is unknown" in c2["detail"]  # cut off once sent: never "not sent"
+    states = {e["path"]: e["state"] for e in gateway.journal(decision="rollback")}
+    assert states["/customers/c2"] == "unknown"
