@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pytest
+
 from tests.faults.conftest import Gateway
-from tests.faults.upstream import DROP, HALF_BODY, HANG, IDLE_CLOSE, FaultyUpstream
+from tests.faults.upstream import DROP, HALF_BODY, HANG, IDLE_CLOSE, STALL, FaultyUpstream
 
 C1 = "/customers/c1"
 
@@ -74,11 +76,13 @@ def test_a_created_resource_whose_answer_was_cut_mid_body_is_unknown(
     assert "unknown" not in (gateway.journal()[1]["state"],)
 
 
+@pytest.mark.parametrize("fault", [HANG, STALL])
 def test_a_write_that_timed_out_is_unknown(upstream: FaultyUpstream,
-                                           launch: Callable[..., Gateway]) -> None:
-    """Item 12: the upstream applies the PATCH and never answers. Before: ``failed``."""
+                                           launch: Callable[..., Gateway], fault: str) -> None:
+    """Item 12: the upstream applies the PATCH and never answers (``HANG``), or sends the
+    head and half the body and stalls (``STALL``). Before: ``failed``."""
     upstream.put(C1, {"id": "c1", "plan": "pro"})
-    upstream.script("PATCH", C1, HANG)
+    upstream.script("PATCH", C1, fault)
     gateway = launch(extra="timeout: 1\n")
     response = gateway.agent.patch(C1, json={"plan": "free"})
     assert response.status_code == 504, response.text

@@ -20,6 +20,7 @@ Faults (``script(method, path, fault, times=1, apply=...)``; ``times=None``: alw
 
 ``DROP``       apply the write, then close the connection before any byte of the head
 ``HALF_BODY``  apply, send the head (with Content-Length) and half the body, close
+``STALL``      apply, send the head and half the body, then never send the rest
 ``HANG``       never answer (the connection stays open until the client gives up or
                ``stop()``); ``apply`` defaults to True
 ``IDLE_CLOSE`` the request is neither read nor applied: the connection is closed, as when
@@ -44,6 +45,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 DROP, HALF_BODY, HANG, IDLE_CLOSE, FAIL = "drop", "half_body", "hang", "idle_close", "fail"
+STALL = "stall"
 
 
 @dataclass
@@ -114,7 +116,7 @@ class FaultyUpstream:
     def script(self, method: str, path: str, fault: str, times: int | None = 1,
                apply: bool | None = None, status: int = 503) -> None:
         """The next ``times`` ``method path`` requests meet ``fault`` (None: all of them)."""
-        applies = fault in (DROP, HALF_BODY, HANG) if apply is None else apply
+        applies = fault in (DROP, HALF_BODY, HANG, STALL) if apply is None else apply
         with self._lock:
             self._scripts[(method.upper(), path)] = _Script(fault, times, applies and
                                                             fault != IDLE_CLOSE, status)
@@ -203,10 +205,12 @@ class FaultyUpstream:
                     continue
                 if script.fault == DROP:
                     return
-                if script.fault == HALF_BODY:
+                if script.fault in (HALF_BODY, STALL):
                     data = json.dumps(value if value is not None else {"ok": True}).encode()
                     writer.write(_head(status or 200, len(data), extra) + data[:len(data) // 2])
                     await writer.drain()
+                    if script.fault == STALL:
+                        await reader.read()  # until the client closes, or stop()
                     return
                 if script.fault == HANG:
                     await reader.read()  # until the client closes, or stop()
