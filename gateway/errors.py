@@ -99,14 +99,17 @@ class UpstreamUnreachable(GatewayError):
 
 class UpstreamLost(UpstreamUnreachable):
     """The connection broke once the request (or part of it) was written: it may have
-    landed."""
+    landed. ``head``: the answer's status and headers, when they arrived before the break
+    (a create's ``Location`` names what to undo)."""
 
     maybe_sent = True
+    head: tuple[int, list[tuple[str, str]]] | None = None
 
 
 class UpstreamTimeout(GatewayError):
     status, code, decision = 504, "upstream_timeout", "error"
     maybe_sent = True
+    head: tuple[int, list[tuple[str, str]]] | None = None  # as UpstreamLost's
 
 
 class ConnectTimeout(UpstreamTimeout):

@@ -32,6 +32,7 @@ from gateway.core.model import JournalEntry, JournalState, iso
 from gateway.core.policy import TOOLS_CALL
 
 ABSENT = {"__absent__": True}  # the expected state of a deleted resource
+PRESENT = {"__present__": True}  # the expected state of a created resource, unread
 RECONCILE = ("outcome unknown: the resource is read first and compensated only if the "
              "write landed")
 
@@ -146,6 +147,8 @@ def would_leave(method: str, prior: Any, sent: Any) -> Any:
     (a tool call, a non-JSON body, a create whose new resource is unknown)."""
     if method == "DELETE":
         return ABSENT
+    if method == "POST":  # its undo (from the answer's head) names the new resource
+        return PRESENT
     if method == "PATCH" and isinstance(prior, dict) and isinstance(sent, dict):
         return merge_patch(prior, sent)
     if method == "PUT" and isinstance(sent, dict):
@@ -167,6 +170,9 @@ def reconcile(step: Step, method: str, prior: Any, prior_absent: bool, current_s
     expected = step.expected
     if expected == ABSENT:
         if gone:
+            return StepStatus.PLANNED, None
+    elif expected == PRESENT:
+        if 200 <= current_status < 300:
             return StepStatus.PLANNED, None
     elif expected is not None and 200 <= current_status < 300 and _holds(
             current, expected, step.volatile, whole=method != "PUT"):
@@ -228,7 +234,8 @@ def plan_rollback(entries: Iterable[JournalEntry], *, plan_id: str, at: datetime
             steps.append(Step(seq=len(steps), entry_id=entry.id, upstream=entry.upstream,
                               method=undo.method, path=undo.path, body=undo.body,
                               content_type=undo.content_type,
-                              target=entry.capture_path or entry.path,
+                              target=entry.capture_path or (undo.path if entry.method == "POST"
+                                                            else entry.path),
                               expected=would_leave(entry.method, entry.prior, sent(entry)),
                               volatile=volatile(entry), detail=RECONCILE))
             continue

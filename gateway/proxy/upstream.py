@@ -118,6 +118,7 @@ class UpstreamClient:
             raise UpstreamUnreachable(f"{where}: {exc}") from None
         deadline = asyncio.get_running_loop().time() + limit
         connection: Connection | None = None
+        response: Response | None = None
         data = None
         written = [False]  # set once a byte of the request may have left
         try:  # streamed: the limit runs until the head, then between reads
@@ -129,14 +130,19 @@ class UpstreamClient:
         except BaseException as exc:
             if connection is not None:
                 connection.close()
+            head = None if response is None else (response.status, response.headers)
             if isinstance(exc, TimeoutError):
                 if not written[0]:
                     raise ConnectTimeout(f"{where}: no connection in time; not sent") from None
-                raise UpstreamTimeout(f"{where} timed out; the outcome is unknown") from None
+                timeout = UpstreamTimeout(f"{where} timed out; the outcome is unknown")
+                timeout.head = head
+                raise timeout from None
             if isinstance(exc, (OSError, ConnectionLost)):
                 if written[0]:
-                    raise UpstreamLost(f"{where} failed after it was sent "
-                                       f"({type(exc).__name__}); the outcome is unknown") from None
+                    lost = UpstreamLost(f"{where} failed after it was sent "
+                                        f"({type(exc).__name__}); the outcome is unknown")
+                    lost.head = head
+                    raise lost from None
                 raise UpstreamUnreachable(f"{where} failed: {type(exc).__name__}; "
                                           "not sent") from None
             raise

@@ -380,7 +380,7 @@ class Pipeline:
                         upstream, call, approved=approval is not None, trace=step.propagate)
         except GatewayError as exc:
             self._later(entry, await self.outcome_of(entry, None, exc, started, sent,
-                                                     capture_ms), call.watch)
+                                                     capture_ms, upstream), call.watch)
             if approval is None:
                 await self.tripwires.after_write(upstream, call, exc)
             raise
@@ -477,6 +477,15 @@ class Pipeline:
             # unknown keeps the undo: rollback reconciles it by reading the resource
             maybe_sent = error is None or error.maybe_sent
             state = JournalState.UNKNOWN if maybe_sent else JournalState.FAILED
+            head = getattr(error, "head", None)  # a create's Location, before the break
+            if head is not None and entry.method == "POST" and undo is None \
+                    and upstream is not None and entry.capture_path is None \
+                    and not rule_says_none(upstream, entry.rule):
+                created = journaling.undo_for_created(
+                    entry.path, urlsplit(upstream.base_url).path.rstrip("/"), head[0],
+                    redact_headers(head[1]), None)
+                if created is not None:
+                    undo, reversible = Undo.from_json(created), True
             outcome = JournalOutcome(state, None, {}, None, None, 0, undo, reversible,
                                      error.message if error else None, timings, utcnow())
         else:

@@ -246,8 +246,9 @@ class Rollbacks:
         except SealError as exc:
             return await self._save(plan, step, StepStatus.FAILED, f"refused: {exc}")
         if unknown is not None:  # it may or may not have landed: the resource says which
-            verdict, why = reconcile(step, unknown.method, unknown.prior,
-                                     unknown.prior_status in (404, 410), seen.status,
+            absent = unknown.prior_status in (404, 410) or (  # a create: nothing before
+                unknown.method == "POST" and unknown.capture_path is None)
+            verdict, why = reconcile(step, unknown.method, unknown.prior, absent, seen.status,
                                      _current(step, seen))
             if verdict is StepStatus.SKIPPED or (verdict is StepStatus.CONFLICT
                                                  and not plan.force):

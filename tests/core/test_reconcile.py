@@ -8,6 +8,7 @@ import pytest
 
 from gateway.core.rollback import (
     ABSENT,
+    PRESENT,
     Step,
     StepStatus,
     merge_patch,
@@ -34,7 +35,7 @@ def test_merge_patch_is_rfc_7396(target: Any, patch: Any, merged: Any) -> None:
     ("PATCH", PRIOR, {"plan": "free"}, {**PRIOR, "plan": "free"}),
     ("PUT", PRIOR, {"plan": "free"}, {"plan": "free"}),
     ("PATCH", "text", {"plan": "free"}, None),
-    ("POST", None, {"plan": "free"}, None),  # the new resource's id never arrived
+    ("POST", None, {"plan": "free"}, PRESENT),  # its undo names the new resource
 ])
 def test_would_leave(method: str, prior: Any, sent: Any, left: Any) -> None:
     assert would_leave(method, prior, sent) == left
@@ -56,6 +57,8 @@ def _step(method: str, expected: Any, volatile: tuple[str, ...] = ()) -> Step:
      StepStatus.PLANNED),
     ("DELETE", ABSENT, False, 404, None, StepStatus.PLANNED),
     ("PUT", {"plan": "free"}, False, 200, {"id": "c1", "plan": "free"}, StepStatus.PLANNED),
+    ("POST", PRESENT, True, 200, {"id": "n1"}, StepStatus.PLANNED),
+    ("POST", PRESENT, True, 404, None, StepStatus.SKIPPED),
     # anything else: conflict
     ("PATCH", {**PRIOR, "plan": "free"}, False, 200, {**PRIOR, "plan": "gold"},
      StepStatus.CONFLICT),

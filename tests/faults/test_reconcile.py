@@ -9,7 +9,7 @@ from collections.abc import Callable
 import pytest
 
 from tests.faults.conftest import Gateway
-from tests.faults.upstream import DROP, HANG, IDLE_CLOSE, FaultyUpstream
+from tests.faults.upstream import DROP, HALF_BODY, HANG, IDLE_CLOSE, FaultyUpstream
 
 C1 = "/customers/c1"
 PRIOR = {"id": "c1", "plan": "pro", "balance": 1200}
@@ -57,3 +57,35 @@ def test_rollback_reconciles_an_unknown_delete(upstream: FaultyUpstream,
     plan = gateway.rollback(upstream="crm", dry_run=False)
     assert [s["status"] for s in plan["steps"]] == ["applied"], plan
     assert upstream.get(C1) == PRIOR
+
+
+def test_rollback_undoes_a_create_whose_answer_was_cut(upstream: FaultyUpstream,
+                                                       launch: Callable[..., Gateway]) -> None:
+    """Item 3 end to end: 201 with ``Location`` and half the body, then the connection
+    closes. The entry is ``unknown`` with the undo the head named; rollback finds the new
+    resource there and deletes it. Before: ``failed``, skipped, the resource stayed."""
+    gateway = launch()
+    upstream.script("POST", "/customers", HALF_BODY)
+    assert gateway.agent.post("/customers", json={"id": "c10"}).status_code == 502
+    assert upstream.get("/customers/c10") == {"id": "c10"}
+    [entry] = gateway.journal()
+    assert entry["state"] == "unknown"
+    plan = gateway.rollback(entries=[entry["id"]], dry_run=False)
+    assert [(s["method"], s["path"], s["status"]) for s in plan["steps"]] == [
+        ("DELETE", "/customers/c10", "applied")], plan
+    assert upstream.get("/customers/c10") is None
+
+
+def test_a_create_that_never_landed_is_skipped(upstream: FaultyUpstream,
+                                              launch: Callable[..., Gateway]) -> None:
+    """The head arrived (so the new resource's path is known) but the upstream had not
+    kept the resource: the step is skipped, nothing landed."""
+    gateway = launch()
+    upstream.script("POST", "/customers", HALF_BODY)
+    assert gateway.agent.post("/customers", json={"id": "c11"}).status_code == 502
+    upstream.resources.pop("/customers/c11")  # gone again, as if never kept
+    [entry] = gateway.journal()
+    plan = gateway.rollback(entries=[entry["id"]], dry_run=False)
+    [step] = plan["steps"]
+    assert step["status"] == "skipped" and "nothing landed" in step["detail"], plan
+    assert upstream.methods("/customers/c11") == ["GET"]  # read, never deleted
