@@ -11,11 +11,18 @@
     │   └── WriteCutOff             423 writes_frozen, outcome unknown (cut off in flight)
     ├── CaptureFailed               502 capture_failed
     ├── JournalUnavailable          503 journal_unavailable
-    ├── UpstreamUnreachable         502 upstream_unreachable
-    ├── UpstreamTimeout             504 upstream_timeout
+    ├── UpstreamBusy                503 upstream_busy (max_in_flight; Retry-After)
+    ├── UpstreamUnreachable         502 upstream_unreachable (nothing reached the upstream)
+    │   └── UpstreamLost            502 upstream_unreachable, outcome unknown (sent, cut off)
+    ├── UpstreamTimeout             504 upstream_timeout, outcome unknown
+    │   └── ConnectTimeout          504 upstream_timeout (no connection: nothing sent)
     ├── PolicyError                 invalid policy files (not an HTTP error; carries problems)
     └── StartupError                the process cannot start: one line naming the port, the
                                     database (password hidden), the file or the setting
+
+``maybe_sent`` says whether the request may have reached the upstream: a write that
+failed with such an error is journaled ``unknown``, never ``failed`` (CONTRACT, "The
+life of a write under faults").
 
 The proxy turns any GatewayError into ``{"error": {"code", "message", ...}}``
 in one place (``gateway.proxy.responses``); nothing raises HTTP exceptions. An
@@ -32,6 +39,8 @@ class GatewayError(Exception):
     status = 500
     code = "internal_error"
     decision = "error"
+    maybe_sent = False  # the request may have reached the upstream: outcome unknown
+    retry_after: int | None = None  # seconds, sent as Retry-After
 
     def __init__(self, message: str, **extra: Any) -> None:
         super().__init__(message)
@@ -97,6 +106,8 @@ class WritesFrozen(GatewayError):
 class WriteCutOff(WritesFrozen):
     """A write the kill switch cut off on its way: it may or may not have landed."""
 
+    maybe_sent = True
+
 
 class CaptureFailed(GatewayError):
     status, code, decision = 502, "capture_failed", "error"
@@ -106,12 +117,36 @@ class JournalUnavailable(GatewayError):
     status, code, decision = 503, "journal_unavailable", "error"
 
 
+class UpstreamBusy(GatewayError):
+    """``max_in_flight`` calls to this upstream are under way; this one was not sent."""
+
+    status, code, decision = 503, "upstream_busy", "error"
+    retry_after = 1
+
+
 class UpstreamUnreachable(GatewayError):
     status, code, decision = 502, "upstream_unreachable", "error"
 
 
+class UpstreamLost(UpstreamUnreachable):
+    """The connection broke once the request (or part of it) was written: it may have
+    landed. ``head``: the answer's status and headers, when they arrived before the break
+    (a create's ``Location`` names what to undo)."""
+
+    maybe_sent = True
+    head: tuple[int, list[tuple[str, str]]] | None = None
+
+
 class UpstreamTimeout(GatewayError):
     status, code, decision = 504, "upstream_timeout", "error"
+    maybe_sent = True
+    head: tuple[int, list[tuple[str, str]]] | None = None  # as UpstreamLost's
+
+
+class ConnectTimeout(UpstreamTimeout):
+    """No connection within the limit: nothing was sent."""
+
+    maybe_sent = False
 
 
 class PolicyError(Exception):

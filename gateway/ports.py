@@ -297,7 +297,10 @@ class UpstreamResponse:
 
 class Upstream(Protocol):
     """HTTP to the APIs behind the gateway. Raises ``UpstreamUnreachable`` or
-    ``UpstreamTimeout`` (gateway.errors) and nothing else for transport failures."""
+    ``UpstreamTimeout`` (gateway.errors) and nothing else for transport failures; their
+    ``maybe_sent`` says whether the request may have reached the upstream (``UpstreamLost``,
+    ``UpstreamTimeout``) or surely did not (``UpstreamUnreachable``, ``ConnectTimeout``).
+    A write is never sent twice."""
 
     async def request(self, method: str, url: str, headers: Mapping[str, str] | list[tuple[str, str]],
                       body: bytes | AsyncIterator[bytes] | None, *, stream: bool = False,

@@ -237,6 +237,7 @@ def public_view(call: HeldCall) -> dict[str, Any]:
         "error": call.error, "kind": call.kind,
         "due_at": iso(call.due_at) if call.due_at else None,
         "delay": call.extra.get("delay"), "delay_frozen": call.extra.get("delay_frozen"),
+        "delay_failed": call.extra.get("delay_failed"),
         "shadow": call.extra.get("shadow"),
     }
 

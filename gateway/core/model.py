@@ -281,6 +281,7 @@ class JournalQuery:
     state: str | None = None
     decision: str | None = None
     would_decide: str | None = None
+    after: tuple[datetime, str] | None = None  # a page's last (at, id): the next page from it
 
 
 @dataclass(frozen=True, slots=True)

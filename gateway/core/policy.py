@@ -181,6 +181,14 @@ class UndoSpec(_Strict):
         return value
 
 
+class Idempotency(_Strict):
+    """``idempotency: {header: NAME}``: every write sent without NAME gets it, set to its
+    journal entry id, so an upstream that dedupes by key (Stripe's ``Idempotency-Key``)
+    applies anything sent twice, by anyone, once."""
+
+    header: str = Field(pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
+
+
 Mode = Literal["enforce", "observe", "shadow"]
 Action = Literal["allow", "deny", "hold", "delay"]
 
@@ -214,6 +222,7 @@ class Rule(_Strict):
     undo: UndoSpec | Literal["none"] | None = None
     volatile: tuple[str, ...] = ()
     stream: bool = False  # its responses stream (server-sent events): no total time limit
+    idempotency: Idempotency | None = None  # None: the file's
 
     @model_validator(mode="after")
     def _bound_names(self) -> Rule:
@@ -241,6 +250,8 @@ class _PolicyBase(_Strict):
     timeout: float | None = Field(default=None, gt=0)
     volatile: tuple[str, ...] = ()  # fields every rule's drift check ignores (updated_at...)
     tripwires: tuple[TripwireSpec, ...] = ()  # stop conditions on this upstream's writes
+    max_in_flight: int | None = Field(default=None, ge=1)  # calls at once, per process
+    idempotency: Idempotency | None = None  # the header each write carries its entry id in
 
     @field_validator("upstream")
     @classmethod
@@ -437,6 +448,14 @@ class Upstream:
             if rule.id == rule_id:
                 return rule
         return None
+
+    def idempotency_header(self, rule_id: str | None) -> str | None:
+        """The header a write under ``rule_id`` carries its journal entry id in, if any:
+        the rule's ``idempotency``, else the file's."""
+        rule = self.rule(rule_id) if rule_id is not None else None
+        own = getattr(rule, "idempotency", None)
+        chosen = own if own is not None else self.spec.idempotency
+        return chosen.header.lower() if chosen is not None else None
 
     def mode_of(self, rule_id: str | None) -> Mode:
         """The rule's own ``mode``, else the file's (the default action has the file's)."""

@@ -116,7 +116,7 @@ _KNOWN_KEYS = {
     "start", "end", "days", "timezone", "min_calls", "tools", "effect", "tool", "arguments",
     "mode", "delay", "seconds", "basic", "username", "password", "name", "aws_sigv4",
     "access_key_id", "secret_access_key", "session_token", "region", "service", "rewrite_urls",
-    "query", "answer", "omit",
+    "query", "answer", "omit", "max_in_flight", "idempotency",
 }
 _KINDS: dict[str, type[PolicyFile] | type[McpPolicyFile]] = {"http": PolicyFile,
                                                               "mcp": McpPolicyFile}

@@ -8,8 +8,13 @@ left alone unless forced. Fields an upstream changes by itself (``volatile``,
 e.g. ``updated_at``) are ignored in that comparison.
 
 ``plan_rollback`` turns journal entries into steps and a list of writes that
-cannot be undone (``undo: none``, no prior state, outcome unknown), each with
-everything known about it for manual reconciliation. An entry an earlier plan
+cannot be undone (``undo: none``, no prior state, an intent still open), each
+with everything known about it for manual reconciliation. A write whose
+outcome is ``unknown`` (it may or may not have landed) is a step all the same,
+never skipped unseen: its expected state is what the write would have left
+(``would_leave``), and ``reconcile`` decides when it is applied, from the
+resource as it is then: still the prior -> skipped (nothing landed); what
+the write would leave -> compensated; anything else -> conflict. An entry an earlier plan
 already compensated (``rolled_back``) becomes a ``skipped`` step naming that
 plan: undoing it again would overwrite the state it restored. A shadowed write
 (``mode: shadow``) was never sent: it is skipped too.
@@ -27,6 +32,9 @@ from gateway.core.model import JournalEntry, JournalState, iso
 from gateway.core.policy import TOOLS_CALL
 
 ABSENT = {"__absent__": True}  # the expected state of a deleted resource
+PRESENT = {"__present__": True}  # the expected state of a created resource, unread
+RECONCILE = ("outcome unknown: the resource is read first and compensated only if the "
+             "write landed")
 
 
 class StepStatus(str, Enum):
@@ -83,9 +91,13 @@ class Plan:
 
     def to_json(self) -> dict[str, Any]:
         steps = [s.to_json() for s in self.steps]
+        done = sum(1 for s in self.steps if s.status not in (StepStatus.PLANNED,
+                                                             StepStatus.APPLYING))
+        progress = {"steps": len(steps), "done": 0 if self.status is PlanStatus.DRY_RUN
+                    else done}  # a dry run's predicted conflicts are not progress
         return {"id": self.id, "created_at": iso(self.created_at), "by": self.by,
                 "selector": self.selector, "force": self.force, "status": self.status.value,
-                "steps": steps, "irreversible": list(self.irreversible),
+                "progress": progress, "steps": steps, "irreversible": list(self.irreversible),
                 "conflicts": [s for s in steps if s["status"] == StepStatus.CONFLICT.value],
                 "skipped": list(self.skipped)}
 
@@ -110,17 +122,90 @@ def expected_after(entry: JournalEntry, parsed_response: Any, after: Any) -> Any
     return after if isinstance(after, dict) else None
 
 
+def outcome_unknown(entry: JournalEntry) -> bool:
+    """The write may or may not have landed (a timed-out ``failed`` from before the
+    contract said ``unknown`` counts too)."""
+    return entry.state is JournalState.UNKNOWN or (
+        entry.state is JournalState.FAILED and "timed out" in (entry.error or ""))
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7396: ``patch`` applied to ``target`` (null removes a member)."""
+    if not isinstance(patch, dict):
+        return patch
+    merged = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = merge_patch(merged.get(key), value)
+    return merged
+
+
+def would_leave(method: str, prior: Any, sent: Any) -> Any:
+    """The state a write would leave if it landed, or None when it cannot be told
+    (a tool call, a non-JSON body, a create whose new resource is unknown)."""
+    if method == "DELETE":
+        return ABSENT
+    if method == "POST":  # its undo (from the answer's head) names the new resource
+        return PRESENT
+    if method == "PATCH" and isinstance(prior, dict) and isinstance(sent, dict):
+        return merge_patch(prior, sent)
+    if method == "PUT" and isinstance(sent, dict):
+        return sent
+    return None
+
+
+def reconcile(step: Step, method: str, prior: Any, prior_absent: bool, current_status: int,
+              current: Any) -> tuple[StepStatus, str | None]:
+    """For a write whose outcome is unknown, from the resource as it is now: SKIPPED
+    (still the prior: nothing landed), PLANNED (what the write would leave: compensate
+    it as a completed write) or CONFLICT (anything else), with why."""
+    gone = current_status in (404, 410)
+    if (prior_absent and gone) or (not prior_absent and 200 <= current_status < 300
+                                   and strip(current, step.volatile)
+                                   == strip(prior, step.volatile)):
+        return StepStatus.SKIPPED, ("outcome unknown, nothing landed: the resource still "
+                                    "holds its prior state")
+    expected = step.expected
+    if expected == ABSENT:
+        if gone:
+            return StepStatus.PLANNED, None
+    elif expected == PRESENT:
+        if 200 <= current_status < 300:
+            return StepStatus.PLANNED, None
+    elif expected is not None and 200 <= current_status < 300 and _holds(
+            current, expected, step.volatile, whole=method != "PUT"):
+        return StepStatus.PLANNED, None
+    if expected is None:
+        return StepStatus.CONFLICT, ("outcome unknown and the resource holds neither its "
+                                     "prior state nor a known result of the write")
+    return StepStatus.CONFLICT, ("outcome unknown and the resource holds neither its prior "
+                                 "state nor what the write would have left")
+
+
+def _holds(current: Any, expected: Any, volatile: tuple[str, ...], whole: bool) -> bool:
+    """``current`` is ``expected`` (``whole``), or holds every field of it (a PUT: the
+    upstream may add its own, such as an id)."""
+    current, expected = strip(current, volatile), strip(expected, volatile)
+    if whole or not isinstance(current, dict) or not isinstance(expected, dict):
+        return bool(current == expected)
+    return all(current.get(k) == v for k, v in expected.items())
+
+
 def plan_rollback(entries: Iterable[JournalEntry], *, plan_id: str, at: datetime, by: str,
                   selector: dict[str, Any], force: bool, dry_run: bool,
                   parse: Callable[[JournalEntry], Any],
                   volatile: Callable[[JournalEntry], tuple[str, ...]],
                   declared_irreversible: Callable[[JournalEntry], bool] = lambda e: False,
+                  sent: Callable[[JournalEntry], Any] = lambda e: None,
                   ) -> Plan:
     """Steps for ``entries`` (any order in, newest first out).
 
     ``parse(entry)`` gives the expected state the write left (see
     ``expected_after``); ``volatile(entry)`` the fields its rule ignores;
-    ``declared_irreversible(entry)`` whether its rule says ``undo: none``.
+    ``declared_irreversible(entry)`` whether its rule says ``undo: none``;
+    ``sent(entry)`` the request body as parsed (for ``would_leave``).
     """
     ordered = sorted(entries, key=lambda e: (e.at, e.id), reverse=True)
     steps: list[Step] = []
@@ -142,10 +227,23 @@ def plan_rollback(entries: Iterable[JournalEntry], *, plan_id: str, at: datetime
                               target=entry.capture_path or entry.undo.path, expected=None,
                               status=StepStatus.SKIPPED, detail=why))
             continue
-        timed_out = entry.state is JournalState.FAILED and "timed out" in (entry.error or "")
-        if entry.state in (JournalState.INTENT, JournalState.UNKNOWN) or timed_out:
+        unknown = outcome_unknown(entry)
+        if unknown and entry.undo is not None and entry.reversible \
+                and entry.method != TOOLS_CALL:
+            undo = entry.undo
+            steps.append(Step(seq=len(steps), entry_id=entry.id, upstream=entry.upstream,
+                              method=undo.method, path=undo.path, body=undo.body,
+                              content_type=undo.content_type,
+                              target=entry.capture_path or (undo.path if entry.method == "POST"
+                                                            else entry.path),
+                              expected=would_leave(entry.method, entry.prior, sent(entry)),
+                              volatile=volatile(entry), detail=RECONCILE))
+            continue
+        if entry.state is JournalState.INTENT or unknown:
             irreversible.append(_irreversible(entry, "outcome unknown: the call may or may "
-                                              "not have reached the upstream"))
+                                              "not have reached the upstream" + (
+                                                  "" if entry.state is JournalState.INTENT
+                                                  else ", and no inverse is known")))
             continue
         if entry.state is JournalState.FAILED or entry.status is None \
                 or not 200 <= entry.status < 300:  # a tool's isError: failed with a 200

@@ -44,7 +44,7 @@ from gateway.drill.findings import (
 )
 from gateway.drill.report import build, changes_lost, differences, save, summary
 from gateway.operator.client import AdminClient, OperatorError, admin_url, token
-from gateway.services.rollbacks import MAX_ENTRIES, Selection
+from gateway.services.rollbacks import PAGE, Selection
 from gateway.settings import AgentSpec, OperatorSpec, Settings, dev_operator_token, sha256_hex
 
 RETRIES_AFTER_STOP = 3  # a runaway agent keeps trying: every retry must be refused too
@@ -325,7 +325,7 @@ async def run_drill(options: DrillOptions, *, before_rollback: Hook | None = Non
                               f"({released.status_code})")
 
             final = await read_customers(direct)
-            entries = await gateway.store.list_journal(JournalQuery(run=run, limit=MAX_ENTRIES))
+            entries = await gateway.store.list_journal(JournalQuery(run=run, limit=PAGE))
             await gateway.audit.flush()
             audit = (await admin.get("/v1/audit/verify")).json()
             lost = changes_lost(plan)

@@ -143,6 +143,14 @@ def _report(data: Any, args: argparse.Namespace) -> int:
     return EXIT_UNFINISHED if _unfinished(plan) else 0
 
 
+def _progress(plan: dict[str, Any]) -> list[tuple[str, Any]]:
+    """``progress  2/3 steps`` while a plan runs (shown by ``show`` and ``resume``)."""
+    progress = plan.get("progress")
+    if not isinstance(progress, dict) or plan.get("status") == "dry_run":
+        return []
+    return [("progress", f"{progress.get('done')}/{progress.get('steps')} steps")]
+
+
 def _unfinished(plan: dict[str, Any]) -> bool:
     """Whether anything selected was not (or, in a dry run, would not be) undone."""
     steps = dicts(plan.get("steps"))
@@ -159,6 +167,7 @@ def _plan_lines(plan: dict[str, Any], args: argparse.Namespace) -> list[str]:
     failed = [s for s in steps if s.get("status") == "failed"]
     lines = ["DRY RUN: nothing was sent; this is what the rollback would do", ""] if dry_run else []
     lines += fields([("plan", plan.get("id")), ("status", plan.get("status")),
+                     *_progress(plan),
                      ("created", when(plan.get("created_at"))), ("by", plan.get("by")),
                      ("selector", _selector_text(plan.get("selector"))), ("force", plan.get("force"))])
     lines.append("")

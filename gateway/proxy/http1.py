@@ -270,14 +270,19 @@ class Pool:
             _, connection = await loop.create_connection(lambda: Connection(loop), host, port)
         return connection
 
-    def take(self, origin: Origin) -> Connection | None:
+    def take(self, origin: Origin, fresher: float | None = None) -> Connection | None:
+        """The most recently used idle connection; ``fresher``: only one idle for less
+        than that many seconds (older ones stay for callers that may retry)."""
         idle = self._idle.get(origin)
         now = time.monotonic()
         while idle:
-            connection = idle.pop()
-            if not connection.closed and now - connection.idle_since < _KEEP_IDLE:
-                return connection
-            connection.close()
+            connection = idle[-1]
+            if connection.closed or now - connection.idle_since >= _KEEP_IDLE:
+                idle.pop().close()
+                continue
+            if fresher is not None and now - connection.idle_since >= fresher:
+                return None
+            return idle.pop()
         return None
 
     def give_back(self, origin: Origin, connection: Connection) -> None:

@@ -256,6 +256,8 @@ async def _error(send: Send, exc: GatewayError, request_id: str, s3: bool = Fals
     headers = kind + [(b"content-length", str(len(data)).encode())]
     if exc.status in _CLOSE_AFTER:
         headers.append((b"connection", b"close"))
+    if exc.retry_after is not None:
+        headers.append((b"retry-after", str(exc.retry_after).encode()))
     await send({"type": "http.response.start", "status": exc.status,
                 "headers": headers + _gateway_headers(exc.decision, request_id)})
     await send({"type": "http.response.body", "body": data})

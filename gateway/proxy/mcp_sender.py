@@ -31,7 +31,14 @@ from mcp.shared.exceptions import MCPError
 from gateway.core import mcp
 from gateway.core.policy import Upstream
 from gateway.core.rollback import Step
-from gateway.errors import CaptureFailed, GatewayError, UpstreamTimeout, UpstreamUnreachable
+from gateway.errors import (
+    CaptureFailed,
+    ConnectTimeout,
+    GatewayError,
+    UpstreamLost,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
 from gateway.ports import Headers, Observed, UpstreamResponse, untraced
 from gateway.ports import Upstream as UpstreamClient
 from gateway.services.call import Call
@@ -120,15 +127,19 @@ class McpSender:
         """One ``tools/call`` by the gateway: the JSON-RPC response as a dict (``result``
         or ``error``). ``fresh``: on a connection of its own, sent at most once (approved
         calls, compensations); else on the upstream's kept connection, retried once on a
-        new one if that failed (reads: the capture tool, drift checks)."""
+        new one if that failed (reads: the capture tool, drift checks). A failure once the
+        call may have been sent is ``UpstreamLost`` or ``UpstreamTimeout`` (outcome
+        unknown); only one while connecting is ``UpstreamUnreachable`` (not sent)."""
         attempts = 1 if fresh else 2
         for attempt in range(attempts):
             connection = (_Connection(upstream, *self._eras.get(upstream.name, ("auto", None)))
                           if fresh else await self._kept(upstream))
+            sending = not fresh
             try:
                 with anyio.fail_after(timeout):
                     if fresh:
                         await connection.open(timeout)
+                        sending = True
                     result = await connection.client.call_tool(tool, arguments)
                 return {"jsonrpc": "2.0", "id": None,
                         "result": result.model_dump(by_alias=True, mode="json", exclude_none=True)}
@@ -139,11 +150,17 @@ class McpSender:
                 await self._drop(upstream.name, connection)
                 if attempt + 1 < attempts:
                     continue
+                where = f"tools/call {tool} on {upstream.name}"
                 if isinstance(exc, TimeoutError):
-                    raise UpstreamTimeout(f"tools/call {tool} on {upstream.name} timed out") from exc
+                    if not sending:
+                        raise ConnectTimeout(f"{where}: no session in time; not sent") from exc
+                    raise UpstreamTimeout(f"{where} timed out; the outcome is unknown") from exc
                 log.warning("tools/call %s on %s failed: %r", tool, upstream.name, exc)
-                raise UpstreamUnreachable(f"tools/call {tool} on {upstream.name} failed: "
-                                          f"{type(exc).__name__}") from exc
+                if sending:
+                    raise UpstreamLost(f"{where} failed after it was sent "
+                                       f"({type(exc).__name__}); the outcome is unknown") from exc
+                raise UpstreamUnreachable(f"{where} failed: {type(exc).__name__}; "
+                                          "not sent") from exc
             finally:
                 if fresh:
                     await connection.close()

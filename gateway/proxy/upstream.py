@@ -5,8 +5,18 @@ Bodies pass through verbatim: no automatic decompression, no default
 sent exactly as the agent encoded it. Framing is the client's own: a bytes
 body goes with ``Content-Length``, a streamed one chunked. A buffered call
 has one limit for all of it; a streamed download a limit between reads (it
-may be long). An idle connection the upstream closed as the request went out
-is retried once on a fresh one, for idempotent methods only.
+may be long).
+
+A write is never sent twice: once any byte of it may have left, a broken
+connection is the caller's ``UpstreamLost`` (outcome unknown), whatever the
+method, since an upstream that applied the write and then died looks, from
+here, exactly like one that closed an idle connection as the request went
+out. Only reads (GET, HEAD, OPTIONS, TRACE) are retried once on a fresh
+connection in that case. To make that race rare for writes, a write reuses
+only a connection idle for less than ``_WRITE_IDLE`` seconds (upstreams
+close idle connections after a few seconds: uvicorn and Node after 5).
+Failures before any byte was written (refused, connect timeout) are
+``UpstreamUnreachable`` / ``ConnectTimeout``: nothing was sent.
 """
 
 from __future__ import annotations
@@ -15,12 +25,13 @@ import asyncio
 from collections.abc import AsyncIterator, Mapping
 from functools import lru_cache
 
-from gateway.errors import UpstreamTimeout, UpstreamUnreachable
+from gateway.errors import ConnectTimeout, UpstreamLost, UpstreamTimeout, UpstreamUnreachable
 from gateway.ports import UpstreamResponse
 from gateway.proxy.http1 import Connection, ConnectionLost, Exchange, Origin, Pool, Response
 
 _SMALL = 256 * 1024  # a streamed response this small is cheaper read whole
-_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+_READS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})  # retried after an idle close
+_WRITE_IDLE = 2.0  # seconds: a write reuses only a connection idle for less
 _EMPTY_MEANS_ZERO = frozenset({"POST", "PUT", "PATCH"})
 Headers = Mapping[str, str] | list[tuple[str, str]]
 
@@ -110,23 +121,36 @@ class UpstreamClient:
             raise UpstreamUnreachable(f"{where}: {exc}") from None
         deadline = asyncio.get_running_loop().time() + limit
         connection: Connection | None = None
+        response: Response | None = None
         data = None
+        written = [False]  # set once a byte of the request may have left
         try:  # streamed: the limit runs until the head, then between reads
             connection, exchange, response = await self._send(method, origin, head, body,
-                                                              deadline)
-            if response.status == 101:  # a tunnel nothing would judge
-                raise UpstreamUnreachable(f"{where} answered 101 Switching Protocols; the "
-                                          "gateway relays no upgraded connection")
+                                                              deadline, written)
+            if response.status == 101:  # a tunnel nothing would judge; the request was sent
+                raise UpstreamLost(f"{where} answered 101 Switching Protocols; the "
+                                   "gateway relays no upgraded connection")
             if not stream or method == "HEAD" or (response.length is not None
                                                   and response.length <= _SMALL):
                 data = await connection.read(exchange)
         except BaseException as exc:
             if connection is not None:
                 connection.close()
+            head = None if response is None else (response.status, response.headers)
             if isinstance(exc, TimeoutError):
-                raise UpstreamTimeout(f"{where} timed out") from None
+                if not written[0]:
+                    raise ConnectTimeout(f"{where}: no connection in time; not sent") from None
+                timeout = UpstreamTimeout(f"{where} timed out; the outcome is unknown")
+                timeout.head = head
+                raise timeout from None
             if isinstance(exc, (OSError, ConnectionLost)):
-                raise UpstreamUnreachable(f"{where} failed: {type(exc).__name__}") from None
+                if written[0]:
+                    lost = UpstreamLost(f"{where} failed after it was sent "
+                                        f"({type(exc).__name__}); the outcome is unknown")
+                    lost.head = head
+                    raise lost from None
+                raise UpstreamUnreachable(f"{where} failed: {type(exc).__name__}; "
+                                          "not sent") from None
             raise
         if data is not None:
             self._pool.give_back(origin, connection)
@@ -137,11 +161,11 @@ class UpstreamClient:
 
     async def _send(self, method: str, origin: Origin, head: bytes,
                     body: bytes | AsyncIterator[bytes] | None, deadline: float,
-                    ) -> tuple[Connection, Exchange, Response]:
-        retry = method in _IDEMPOTENT and (body is None or isinstance(body, bytes))
+                    written: list[bool]) -> tuple[Connection, Exchange, Response]:
+        retry = method in _READS and (body is None or isinstance(body, bytes))
         loop = asyncio.get_running_loop()
         while True:
-            connection = self._pool.take(origin)
+            connection = self._pool.take(origin, None if method in _READS else _WRITE_IDLE)
             reused = connection is not None
             if connection is None:
                 try:
@@ -152,6 +176,7 @@ class UpstreamClient:
                         raise
                     raise ConnectionRefusedError("connect timed out") from None
             exchange = connection.begin(method == "HEAD", deadline)
+            written[0] = True
             try:
                 if body is None or isinstance(body, bytes):
                     connection.write(head + body if body else head)
@@ -161,7 +186,8 @@ class UpstreamClient:
             except ConnectionLost as exc:
                 connection.close()
                 if reused and retry and exc.before_response:
-                    retry = False  # the upstream had closed it while idle: once more, fresh
+                    retry = False  # a read: the upstream had closed it while idle, or
+                    written[0] = False  # died; either way a read may be asked again, fresh
                     continue
                 raise
             except BaseException:

@@ -48,6 +48,7 @@ from gateway.errors import (
     CaptureFailed,
     GatewayError,
     JournalUnavailable,
+    UpstreamLost,
     UpstreamTimeout,
     WriteCutOff,
     WritesFrozen,
@@ -63,8 +64,9 @@ _POLL = 0.25  # seconds between store reads while an agent waits (other processe
 _SWEEP = 1.0  # seconds between sweeps: expiries, lapsed claims, due delayed calls
 DELAY_ACTOR = "gateway"  # who claims a delayed call when it falls due
 _RETRYABLE = (WritesFrozen, CaptureFailed, JournalUnavailable)  # nothing was sent
+_DUE_ATTEMPTS = 3  # a due delayed call that failed unsent this often waits for an operator
 # Sent, then no answer: cut off by the kill switch in flight, or timed out waiting.
-_MAYBE_SENT = (WriteCutOff, UpstreamTimeout)
+_MAYBE_SENT = (WriteCutOff, UpstreamTimeout, UpstreamLost)
 
 
 class ApprovalError(Exception):
@@ -127,6 +129,7 @@ class ApprovalQueue:
         self._sweeper: asyncio.Task[None] | None = None
         self._due = asyncio.Event()  # a delayed call was queued in this process
         self._dues: list[datetime] = []  # due times queued here (a heap), not yet swept
+        self._due_failures: dict[str, int] = {}  # delayed call id -> failed runs, unsent
         self._swept_at: datetime | None = None  # when the last run of due calls looked
 
     # -- agent side ------------------------------------------------------------
@@ -419,6 +422,26 @@ class ApprovalQueue:
                 await self._execute(claimed, DELAY_ACTOR, None)
             except ApprovalError as exc:  # retryable ones went back to pending: next sweep
                 log.warning("delayed call %s not run: %s: %s", held.id, exc.code, exc.message)
+                await self._count_due_failure(held, exc, now)
+            else:
+                self._due_failures.pop(held.id, None)
+
+    async def _count_due_failure(self, held: HeldCall, exc: ApprovalError,
+                                 now: datetime) -> None:
+        """Not retried every second forever: after ``_DUE_ATTEMPTS`` failures that sent
+        nothing (a capture that keeps failing), the call waits for an operator, as one
+        that fell due under a freeze does. Counted per process."""
+        attempts = self._due_failures.get(held.id, 0) + 1
+        self._due_failures[held.id] = attempts
+        if attempts < _DUE_ATTEMPTS:
+            return
+        extra = {**held.extra, "delay_failed": {"at": iso(now), "attempts": attempts,
+                                                "error": f"{exc.code}: {exc.message}"}}
+        if await self.store.suspend_due(held.id, extra):
+            self._due_failures.pop(held.id, None)
+            log.warning("delayed call %s failed %d times unsent: it waits for an operator",
+                        held.id, attempts)
+            await self._after_sweep(held.id, "approval.delay_failed")
 
     async def _after_sweep(self, call_id: str, action: str) -> None:
         held = await self.store.get_held(call_id)

@@ -58,8 +58,6 @@ from gateway.errors import (
     JournalUnavailable,
     PolicyDenied,
     UnknownUpstream,
-    UpstreamTimeout,
-    WriteCutOff,
 )
 from gateway.observe import (
     CAPTURE,
@@ -76,6 +74,7 @@ from gateway.ports import Upstream as UpstreamClient
 from gateway.services import sealing
 from gateway.services.call import Call, Reply
 from gateway.services.freezes import FreezeState
+from gateway.services.inflight import InFlightLimits
 from gateway.services.rest import RestSender, gateway_headers
 from gateway.services.tripwires import Tripwires
 from gateway.settings import Settings
@@ -130,6 +129,7 @@ class Pipeline:
         self._outcomes: set[asyncio.Task[None]] = set()  # journaled after the reply
         self._retrying: set[asyncio.Task[None]] = set()  # outcomes the store refused once
         self.sealer: Sealer = NO_SEALER  # the store's (gateway.app sets it)
+        self.inflight = InFlightLimits()
 
     @property
     def client(self) -> UpstreamClient:
@@ -314,9 +314,10 @@ class Pipeline:
                                    rule=decision.rule)
             call.buffered = await self._read_body(call)
             return await self.holds.hold(upstream, call, decision, delay=action.delay)
-        if not action.write:
-            return await self._read(upstream, call)
-        return await self._write(upstream, call, view, action.carried_out, action=action)
+        with self.inflight.slot(upstream):  # max_in_flight: nothing is sent beyond it
+            if not action.write:
+                return await self._read(upstream, call)
+            return await self._write(upstream, call, view, action.carried_out, action=action)
 
     async def _read_body(self, call: Call) -> bytes:
         if call.buffered is not None or call.body is None:
@@ -388,6 +389,10 @@ class Pipeline:
             sealed=kept.sealed, irreversible_reason=kept.irreversible_reason)
         if shadowed:
             return await self._shadow(upstream, call, view, entry, started)
+        keyed = upstream.idempotency_header(decision.rule)
+        if keyed is not None and not any(name.lower() == keyed for name, _ in call.headers):
+            call.headers.append((keyed, entry.id))  # the upstream dedupes anything sent twice
+            entry.request_headers[keyed] = entry.id
         await self._journal_intent(upstream, call, entry, "the call was not sent")
         sent = time.perf_counter()
         try:
@@ -399,7 +404,7 @@ class Pipeline:
                         upstream, call, approved=approval is not None, trace=step.propagate)
         except GatewayError as exc:
             self._later(entry, await self.outcome_of(entry, None, exc, started, sent,
-                                                     capture_ms), call.watch)
+                                                     capture_ms, upstream), call.watch)
             if approval is None:
                 await self.tripwires.after_write(upstream, call, exc)
             raise
@@ -438,10 +443,11 @@ class Pipeline:
         entry.undo, entry.reversible = None, False  # never sent: nothing to undo
         entry.timings = {**entry.timings, "total_ms": round((time.perf_counter() - started)
                                                              * 1000, 3)}
+        # The intent first: one a freeze refuses must leave no proposal to promote.
+        await self._journal_intent(upstream, call, entry, "the shadowed call was not recorded")
         if self.proposals is not None:
             call.buffered = await self._read_body(call)
             await self.proposals.keep(upstream, call, entry)
-        await self._journal_intent(upstream, call, entry, "the shadowed call was not recorded")
         response = UpstreamResponse(projected.status, list(projected.headers),
                                     body=projected.body)
         return Reply(response, "shadow", journal_id=entry.id)
@@ -491,11 +497,20 @@ class Pipeline:
         timings = {"capture_ms": round(capture_ms, 3), "upstream_ms": round((now - sent) * 1000, 3),
                    "total_ms": round((now - started) * 1000, 3)}
         undo, reversible = entry.undo, entry.reversible
-        if response is None:
-            state = JournalState.UNKNOWN if isinstance(error, WriteCutOff) else JournalState.FAILED
-            outcome = JournalOutcome(state, None, {}, None, None, 0, undo,
-                                     reversible and not isinstance(error, UpstreamTimeout)
-                                     and state is JournalState.FAILED,
+        if response is None:  # failed only when nothing can have reached the upstream;
+            # unknown keeps the undo: rollback reconciles it by reading the resource
+            maybe_sent = error is None or error.maybe_sent
+            state = JournalState.UNKNOWN if maybe_sent else JournalState.FAILED
+            head = getattr(error, "head", None)  # a create's Location, before the break
+            if head is not None and entry.method == "POST" and undo is None \
+                    and upstream is not None and entry.capture_path is None \
+                    and not rule_says_none(upstream, entry.rule):
+                created = journaling.undo_for_created(
+                    entry.path, urlsplit(upstream.base_url).path.rstrip("/"), head[0],
+                    redact_headers(head[1]), None)
+                if created is not None:
+                    undo, reversible = Undo.from_json(created), True
+            outcome = JournalOutcome(state, None, {}, None, None, 0, undo, reversible,
                                      error.message if error else None, timings, utcnow())
         else:
             body = response.body or b""

@@ -32,6 +32,7 @@ from gateway.core.model import (
 from gateway.core.policy import TOOLS_CALL, Upstream
 from gateway.core.redact import redact_headers
 from gateway.core.rollback import (
+    RECONCILE,
     Plan,
     PlanStatus,
     Step,
@@ -39,7 +40,9 @@ from gateway.core.rollback import (
     already_compensated,
     drifted,
     expected_after,
+    outcome_unknown,
     plan_rollback,
+    reconcile,
     with_status,
 )
 from gateway.errors import GatewayError
@@ -49,7 +52,7 @@ from gateway.services.pipeline import Pipeline
 from gateway.store.seal import Sealer, SealError
 
 log = logging.getLogger("gateway.rollback")
-MAX_ENTRIES = 10000
+PAGE = 5000  # journal entries read at a time; a plan covers every page (no cap)
 
 
 class RollbackError(Exception):
@@ -90,9 +93,16 @@ class Rollbacks:
                                 "run, upstream or a since/until window")
         query = JournalQuery(agent=selection.agent, upstream=selection.upstream,
                              run=selection.run, since=selection.since, until=selection.until,
-                             ids=selection.entries, limit=MAX_ENTRIES)
+                             ids=selection.entries,
+                             limit=max(PAGE, len(selection.entries or ())))
         await self.pipeline.settled()  # the outcomes of writes already answered
-        entries = await self.store.list_journal(query)
+        entries: list[JournalEntry] = []
+        while True:  # every page: a plan covers all it was asked for
+            page = await self.store.list_journal(query)
+            entries.extend(page)
+            if len(page) < query.limit:
+                break
+            query = replace(query, after=(page[-1].at, page[-1].id))
         if selection.entries:
             missing = set(selection.entries) - {e.id for e in entries}
             if missing:
@@ -106,7 +116,8 @@ class Rollbacks:
                              selector=selection.to_json(), force=force, dry_run=dry_run,
                              parse=lambda e: self._expected(e, responses.get(e.id)),
                              volatile=self._volatile,
-                             declared_irreversible=self._declared_irreversible)
+                             declared_irreversible=self._declared_irreversible,
+                             sent=_sent)
         plan = self._sealed(plan, refused)
         if dry_run:
             plan = await self._predict(plan)
@@ -238,7 +249,19 @@ class Rollbacks:
             seen = await self._observe(upstream, step.target)
         except GatewayError as exc:
             return await self._save(plan, step, StepStatus.FAILED, f"reading failed: {exc.message}")
-        if step.status is StepStatus.APPLYING:  # interrupted: did the compensation land?
+        try:
+            unknown = await self._unknown(step)
+        except SealError as exc:
+            return await self._save(plan, step, StepStatus.FAILED, f"refused: {exc}")
+        if unknown is not None:  # it may or may not have landed: the resource says which
+            absent = unknown.prior_status in (404, 410) or (  # a create: nothing before
+                unknown.method == "POST" and unknown.capture_path is None)
+            verdict, why = reconcile(step, unknown.method, unknown.prior, absent, seen.status,
+                                     _current(step, seen))
+            if verdict is StepStatus.SKIPPED or (verdict is StepStatus.CONFLICT
+                                                 and not plan.force):
+                return await self._save(plan, step, verdict, why)
+        elif step.status is StepStatus.APPLYING:  # interrupted: did the compensation land?
             entry = await self.store.get_journal(step.entry_id)
             prior = entry.prior if entry is not None else None
             if already_compensated(step, seen.status, seen.value, prior):
@@ -264,6 +287,17 @@ class Rollbacks:
             return await self._save(plan, step, StepStatus.FAILED,
                                     f"the compensation answered {status}", journal_id)
         return await self._applied(plan, step, None, journal_id)
+
+    async def _unknown(self, step: Step) -> JournalEntry | None:
+        """The (opened) journal entry of a planned step whose write's outcome is unknown,
+        or None (the journal is the source of truth: a plan's steps are stored without)."""
+        if step.status is not StepStatus.PLANNED:
+            return None
+        entry = await self.store.get_journal(step.entry_id)
+        if entry is None or not outcome_unknown(entry):
+            return None
+        opened, _ = sealing.open_entry(self.sealer, entry)  # SealError: refused by the caller
+        return opened
 
     async def _applied(self, plan: Plan, step: Step, detail: str | None,
                        journal_id: str | None = None) -> Step:
@@ -295,10 +329,14 @@ class Rollbacks:
         headers += sealing.body_headers(step.body)  # an S3 object's metadata, put back with it
         if seen.etag and step.method not in ("POST", TOOLS_CALL):
             headers.append(("if-match", seen.etag))
+        entry_id = new_id()
+        keyed = upstream.idempotency_header(None)  # a compensation is a write too
+        if keyed is not None:
+            headers.append((keyed, entry_id))
         stored = journaling.store_body(body or b"", step.content_type,
                                        self.pipeline.settings.journal_body_limit)
         entry = JournalEntry(
-            id=new_id(), at=utcnow(), request_id=new_id(), agent=f"operator:{plan.by}",
+            id=entry_id, at=utcnow(), request_id=new_id(), agent=f"operator:{plan.by}",
             checkpoint=Checkpoint(run=f"rollback:{plan.id}"), upstream=upstream.name,
             method=step.method, path=step.path, query="", rule=f"rollback:{plan.id}",
             decision="rollback", policy_revision=self.pipeline.policies.revision,
@@ -346,7 +384,7 @@ class Rollbacks:
             key = (step.upstream, step.target)
             upstream = self.pipeline.policies.upstreams.get(step.upstream)
             if step.status is not StepStatus.PLANNED or key in seen_targets or upstream is None \
-                    or plan.force:
+                    or plan.force or step.detail == RECONCILE:  # judged when applied
                 steps.append(step)
                 continue
             seen_targets.add(key)
@@ -370,6 +408,13 @@ class Rollbacks:
                                           utcnow())
         except Exception:
             log.exception("could not audit %s of plan %s", action, plan.id)
+
+
+def _sent(entry: JournalEntry) -> Any:
+    """The request body as journaled, parsed (what an unknown write would have left)."""
+    if entry.request_body is None:
+        return None
+    return journaling.parse_body(entry.request_body.encode(), entry.request_content_type)
 
 
 def _current(step: Step, seen: Observed) -> Any:

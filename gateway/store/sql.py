@@ -309,6 +309,11 @@ class SqlStore(ApprovalQueue, RollbackPlans, ReportQueries, CheckpointLog):
             statement = statement.where(col(JournalRow.path).contains(query.path,
                                                                       autoescape=True))
         at, id_ = col(JournalRow.at), col(JournalRow.id)
+        if query.after is not None:  # keyset paging: past the previous page's last entry
+            last_at, last_id = iso(query.after[0]), query.after[1]
+            statement = statement.where(
+                or_(at < last_at, and_(at == last_at, id_ < last_id)) if query.newest_first
+                else or_(at > last_at, and_(at == last_at, id_ > last_id)))
         order = (at.desc(), id_.desc()) if query.newest_first else (at.asc(), id_.asc())
         statement = statement.order_by(*order).limit(query.limit)
         async with AsyncSession(self._engine) as session:
@@ -359,7 +364,8 @@ class SqlStore(ApprovalQueue, RollbackPlans, ReportQueries, CheckpointLog):
     async def mark_rolled_back(self, entry_id: str, plan_id: str, at: datetime) -> bool:
         statement = (update(JournalRow)
                      .where(col(JournalRow.id) == entry_id,
-                            col(JournalRow.state) == JournalState.COMPLETED.value)
+                            col(JournalRow.state).in_((JournalState.COMPLETED.value,
+                                                       JournalState.UNKNOWN.value)))
                      .values(state=JournalState.ROLLED_BACK.value, rolled_back_plan=plan_id,
                              rolled_back_at=iso(at)))
         async with self._writer.begin() as connection:
