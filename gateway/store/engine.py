@@ -4,6 +4,14 @@ Two backends, told apart by the URL: ``sqlite+aiosqlite:///./gateway.db``
 (embedded) and ``postgresql+asyncpg://user@host/db``. Bare ``sqlite://`` and
 ``postgresql://`` are taken to mean those drivers.
 
+A PostgreSQL URL may name several hosts, as libpq and asyncpg accept
+(``postgresql+asyncpg://u:p@h1:5432,h2:5432/db``): a primary and its
+standbys. Every connection asks for ``target_session_attrs=read-write``, so it
+reaches the one that is primary now, or fails (the store is then unavailable,
+and writes are refused, until a primary answers again; a connection made
+after a failover finds the promoted standby). SQLAlchemy takes several hosts
+as ``?host=h1:5432&host=h2:5432``; ``read_url`` rewrites the libpq form to that.
+
 SQLite needs help to behave like a server database. The file is put in WAL
 mode at start (``hot.SqliteHotPath.connect``; readers then never block the
 writer, and the mode sticks to the file). Every connection gets
@@ -19,6 +27,7 @@ one active freeze per scope) safe across processes.
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -39,13 +48,36 @@ _DRIVERS = {
 }
 
 
+_NETLOC = re.compile(r"^(?P<scheme>[^:/]+://)(?P<user>[^@/]*@)?(?P<hosts>[^/?#@]*,[^/?#@]*)"
+                     r"(?P<rest>[/?#].*)?$", re.DOTALL)
+
+
+def read_url(database_url: str) -> URL:
+    """``make_url``, also for the libpq form of several hosts (``h1:5432,h2:5432``).
+
+    >>> read_url("postgresql://gw@h1:5432,h2/gw").query["host"]
+    ('h1:5432', 'h2:5432')
+    """
+    match = _NETLOC.match(database_url)
+    if match is None:
+        return make_url(database_url)
+    hosts = tuple(h if ":" in h else f"{h}:5432" for h in match["hosts"].split(","))
+    if not all(h.split(":")[0] for h in hosts):
+        raise ValueError("a database URL with several hosts names an empty host")
+    url = make_url(f"{match['scheme']}{match['user'] or ''}{match['rest'] or '/'}")
+    return url.update_query_dict({"host": hosts})
+
+
 def parse_url(database_url: str) -> URL:
     """The URL with its async driver, or ValueError for anything unsupported.
+
+    PostgreSQL URLs ask for the primary (``target_session_attrs=read-write``)
+    unless they say otherwise.
 
     >>> parse_url("postgresql://gw@db/gw").drivername
     'postgresql+asyncpg'
     """
-    url = make_url(database_url)
+    url = read_url(database_url)
     driver = _DRIVERS.get(url.drivername)
     if driver is None:
         raise ValueError(f"unsupported database URL {url.render_as_string()!r}: "
@@ -53,6 +85,8 @@ def parse_url(database_url: str) -> URL:
     url = url.set(drivername=driver)
     if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
         raise ValueError("an in-memory SQLite database is not supported: name a file")
+    if is_postgres(url) and "target_session_attrs" not in url.query:
+        url = url.update_query_dict({"target_session_attrs": "read-write"})
     return url
 
 
@@ -65,8 +99,20 @@ def sqlite_path(url: URL) -> Path:
 
 
 def asyncpg_dsn(url: URL) -> str:
-    """The same PostgreSQL URL in the form asyncpg itself accepts."""
-    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+    """The same PostgreSQL URL in the form asyncpg itself accepts (several hosts
+    back in the netloc: asyncpg reads one ``host`` from the query).
+
+    >>> asyncpg_dsn(parse_url("postgresql://gw:pw@h1:5432,h2:5433/gw"))
+    'postgresql://gw:pw@h1:5432,h2:5433/gw?target_session_attrs=read-write'
+    """
+    hosts = url.query.get("host")
+    url = url.set(drivername="postgresql")
+    if not isinstance(hosts, tuple) or len(hosts) < 2:
+        return url.render_as_string(hide_password=False)
+    rendered = url.difference_update_query(["host"]).set(host="HOSTS", port=None)
+    text = rendered.render_as_string(hide_password=False)
+    return text.replace("@HOSTS/", "@" + ",".join(hosts) + "/", 1) if "@HOSTS/" in text \
+        else text.replace("://HOSTS/", "://" + ",".join(hosts) + "/", 1)
 
 
 class SqliteFile:
