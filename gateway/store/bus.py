@@ -42,6 +42,8 @@ from typing import Any
 
 import asyncpg
 
+from gateway.store.engine import connect_primary
+
 log = logging.getLogger("gateway.bus")
 Deliver = Callable[[dict[str, Any]], None]
 CHANNEL = "gateway_bus"
@@ -78,7 +80,7 @@ class PgBus:
     async def _connect(self) -> None:
         # Keepalives: a member whose host vanished leaves pg_stat_activity within
         # ~25 s instead of hours, so engages stop waiting engage_wait for it.
-        connection = await asyncpg.connect(self._dsn, server_settings={
+        connection = await connect_primary(self._dsn, server_settings={
             "application_name": APP_PREFIX + self.member, "tcp_keepalives_idle": "10",
             "tcp_keepalives_interval": "5", "tcp_keepalives_count": "3"})
         try:

@@ -11,6 +11,10 @@ reaches the one that is primary now, or fails (the store is then unavailable,
 and writes are refused, until a primary answers again; a connection made
 after a failover finds the promoted standby). SQLAlchemy takes several hosts
 as ``?host=h1:5432&host=h2:5432``; ``read_url`` rewrites the libpq form to that.
+Every connection is made by ``connect_primary``: one host at a time, each
+given ``HOST_TIMEOUT`` (asyncpg's own timeout covers the whole list, so one
+host that never answers, a primary whose machine vanished, would use it all
+and the standby behind it would never be asked).
 
 SQLite needs help to behave like a server database. The file is put in WAL
 mode at start (``hot.SqliteHotPath.connect``; readers then never block the
@@ -32,12 +36,14 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 from sqlalchemy import event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 SQLITE_PRAGMAS = ("PRAGMA busy_timeout=5000", "PRAGMA synchronous=NORMAL")
 IMMEDIATE = "gateway_sqlite_immediate"
+HOST_TIMEOUT = 5.0  # seconds one host of several has to connect and say it is primary
 
 _DRIVERS = {
     "sqlite": "sqlite+aiosqlite",
@@ -115,6 +121,27 @@ def asyncpg_dsn(url: URL) -> str:
         else text.replace("://HOSTS/", "://" + ",".join(hosts) + "/", 1)
 
 
+async def connect_primary(dsn: str, **options: Any) -> asyncpg.Connection:
+    """``asyncpg.connect`` (same arguments; asyncpg's pools call it so), trying the
+    hosts of a multi-host ``dsn`` one at a time, each within ``HOST_TIMEOUT``."""
+    url = read_url(dsn)
+    hosts = url.query.get("host")
+    if not isinstance(hosts, tuple) or len(hosts) < 2:
+        return await asyncpg.connect(dsn, **options)
+    options["timeout"] = min(float(options.get("timeout", 60)), HOST_TIMEOUT)
+    last: BaseException | None = None
+    for host in hosts:
+        name, _, port = host.rpartition(":")
+        single = url.difference_update_query(["host"]).set(host=name, port=int(port))
+        try:
+            return await asyncpg.connect(asyncpg_dsn(single), **options)
+        except (OSError, TimeoutError, asyncpg.TargetServerAttributeNotMatched,
+                asyncpg.CannotConnectNowError) as exc:
+            last = exc  # down, not answering, not primary, or starting: the next one
+    assert last is not None
+    raise last
+
+
 class SqliteFile:
     """The database file a connection opened, so that losing it is noticed.
 
@@ -145,7 +172,9 @@ class SqliteFile:
 
 def create_engine(url: URL) -> AsyncEngine:
     if is_postgres(url):
-        return create_async_engine(url, pool_pre_ping=True)
+        dsn = asyncpg_dsn(url)
+        return create_async_engine(url, pool_pre_ping=True,
+                                   async_creator=lambda: connect_primary(dsn))
     engine = create_async_engine(url, connect_args={"isolation_level": None})
     path = sqlite_path(url)
     event.listen(engine.sync_engine, "connect",

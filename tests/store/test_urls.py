@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from gateway.store import SqlStore, engine
 from gateway.store.diagnose import safe_url
 from gateway.store.engine import asyncpg_dsn, parse_url
 
@@ -46,3 +50,28 @@ def test_an_empty_host_in_the_list_is_refused() -> None:
 def test_sqlite_urls_are_untouched() -> None:
     assert parse_url("sqlite:///./gateway.db").render_as_string() == \
         "sqlite+aiosqlite:///./gateway.db"
+
+
+@pytest.mark.parametrize("store_url", ["postgresql"], indirect=True)
+async def test_a_host_that_never_answers_does_not_hide_the_primary_behind_it(
+        store_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the kernel completes its handshakes; nothing ever answers on it (a vanished machine
+    # behind a black-holing network looks the same): asyncpg's one timeout for the whole
+    # list of hosts would be spent on it, and the primary behind never asked
+    monkeypatch.setattr(engine, "HOST_TIMEOUT", 0.5)
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        real = make_url(store_url)
+        login = real.username + (f":{real.password}" if real.password else "")
+        url = (f"postgresql+asyncpg://{login}@127.0.0.1:{silent.getsockname()[1]},"
+               f"{real.host}:{real.port or 5432}/{real.database}")
+        store = SqlStore(url)
+        await store.start()  # the hot path's pools, the migrations over SQLAlchemy
+        try:
+            assert await store.ping()
+            bus = store.bus()
+            await bus.start(lambda message: None)  # the listening connection
+            await bus.close()
+        finally:
+            await store.close()
