@@ -75,3 +75,19 @@ async def test_a_host_that_never_answers_does_not_hide_the_primary_behind_it(
             await bus.close()
         finally:
             await store.close()
+
+
+@pytest.mark.parametrize("store_url", ["postgresql"], indirect=True)
+async def test_connections_give_up_on_a_silent_server_in_seconds(store_url: str) -> None:
+    """What makes a write on a connection to a vanished primary fail (503) instead of
+    waiting out the kernel's retransmissions: keepalives and a TCP user timeout."""
+    connection = await engine.connect_primary(asyncpg_dsn(parse_url(store_url)))
+    try:
+        sock = connection._transport.get_extra_info("socket")
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == \
+            engine.PEER_SILENCE // 2
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == \
+            engine.PEER_SILENCE * 1000
+    finally:
+        await connection.close()
