@@ -272,7 +272,11 @@ class SocketBus:
         sock, self._socket = self._socket, None
         asyncio.get_running_loop().remove_reader(sock.fileno())
         sock.close()
-        lock = self._locked()
+        try:
+            lock = self._locked()
+        except OSError:  # the database's directory became read-only: leave the rest
+            Path(self._path(self.member)).unlink(missing_ok=True)
+            return
         try:
             Path(self._path(self.member)).unlink(missing_ok=True)
             try:

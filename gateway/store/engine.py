@@ -6,8 +6,9 @@ Two backends, told apart by the URL: ``sqlite+aiosqlite:///./gateway.db``
 
 A PostgreSQL URL may name several hosts, as libpq and asyncpg accept
 (``postgresql+asyncpg://u:p@h1:5432,h2:5432/db``): a primary and its
-standbys. Every connection asks for ``target_session_attrs=read-write``, so it
-reaches the one that is primary now, or fails (the store is then unavailable,
+standbys. Every connection to one of several hosts asks for
+``target_session_attrs=read-write``, so it reaches the one that is primary
+now, or fails (the store is then unavailable,
 and writes are refused, until a primary answers again; a connection made
 after a failover finds the promoted standby). SQLAlchemy takes several hosts
 as ``?host=h1:5432&host=h2:5432``; ``read_url`` rewrites the libpq form to that.
@@ -82,8 +83,10 @@ def read_url(database_url: str) -> URL:
 def parse_url(database_url: str) -> URL:
     """The URL with its async driver, or ValueError for anything unsupported.
 
-    PostgreSQL URLs ask for the primary (``target_session_attrs=read-write``)
-    unless they say otherwise.
+    PostgreSQL URLs with several hosts ask for the primary
+    (``target_session_attrs=read-write``) unless they say otherwise. One host is
+    taken as it is: a read-only server is then a store that cannot take a write
+    (``SqlStore.ping``), as it always was.
 
     >>> parse_url("postgresql://gw@db/gw").drivername
     'postgresql+asyncpg'
@@ -96,7 +99,9 @@ def parse_url(database_url: str) -> URL:
     url = url.set(drivername=driver)
     if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
         raise ValueError("an in-memory SQLite database is not supported: name a file")
-    if is_postgres(url) and "target_session_attrs" not in url.query:
+    hosts = url.query.get("host")
+    if is_postgres(url) and isinstance(hosts, tuple) and len(hosts) > 1 \
+            and "target_session_attrs" not in url.query:
         url = url.update_query_dict({"target_session_attrs": "read-write"})
     return url
 
