@@ -13,8 +13,9 @@ one per backend, both "every process on the store hears every message":
   directory, and a message is one datagram to each socket there. A socket
   nobody reads (its process died) refuses the datagram and is removed. The
   directory has a random name (``mkdtemp``: socket paths must stay short, so
-  not beside the database); the symlink ``<database>.bus`` beside the database
-  names it, made and followed under a lock (``<database>.bus.lock``). A
+  not beside the database); the symlink ``.<database>.bus`` beside the database
+  names it, made and followed under a lock (``.<database>.bus.lock``; hidden,
+  and not named like the database's own files, which backups copy by prefix). A
   directory, or link, that is not this user's alone is refused, never used:
   another local user cannot pre-create it, read it, or speak into it.
 
@@ -154,8 +155,8 @@ class PgBus:
 class SocketBus:
     def __init__(self, database: Path, member: str) -> None:
         self.member = member
-        self._link = database.with_name(database.name + ".bus")
-        self._lock = database.with_name(database.name + ".bus.lock")
+        self._link = database.with_name(f".{database.name}.bus")
+        self._lock = database.with_name(f".{database.name}.bus.lock")
         self.directory = self._link  # the directory it names, once started
         self._socket: socket.socket | None = None
         self._deliver: Deliver | None = None

@@ -125,7 +125,7 @@ async def test_another_user_cannot_take_the_bus_directory_first(tmp_path: Any) -
 @pytest.mark.parametrize("whose", ["directory", "link"])
 async def test_a_bus_directory_another_user_holds_is_refused(tmp_path: Any, whose: str) -> None:
     theirs = Path(tempfile.mkdtemp(prefix="theirs-"))
-    link = tmp_path / "gw.db.bus"
+    link = tmp_path / ".gw.db.bus"
     os.symlink(theirs, link)
     if whose == "directory":
         os.chown(theirs, NOBODY, NOBODY)

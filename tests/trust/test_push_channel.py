@@ -75,7 +75,7 @@ async def forge_on_postgres(store_url: str) -> None:
 
 def forge_on_sqlite(store_url: str) -> int:
     database = Path(make_url(store_url).database or "")
-    directory = Path(os.readlink(database.with_name(database.name + ".bus")))
+    directory = Path(os.readlink(database.with_name(f".{database.name}.bus")))
     sent = 0
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
         for path in directory.glob("*.sock"):
