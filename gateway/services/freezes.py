@@ -11,7 +11,7 @@ Three layers stop a covered write, from the cheapest:
    a write without an intent is never sent. So a process that missed a push
    cannot start a covered write; it learns of the freeze on the refusal.
 3. The engage itself. The freeze is committed, then every process on the bus
-   is told (the freeze travels with the message and applies at once); each
+   is told; each re-reads the freezes from the store, then
    waits for its own covered writes already on their way, cuts off those
    still going at ``engage_wait`` (a little before, so the answer arrives in
    time), and answers with the ones it cut off. The engage returns when all
@@ -19,6 +19,13 @@ Three layers stop a covered write, from the cheapest:
    process that does not answer cannot make it hang. The
    intents still open in processes that did not answer are reported too;
    everything reported is ``in_flight`` with state ``unknown``.
+
+Messages on the bus are hints, never state: anyone who can reach the bus
+(a PostgreSQL role with CONNECT can ``pg_notify``) can forge or replay one.
+A message makes this process re-read the freezes from the store; until that
+read is back, the writes the message would cover wait for it (so a real
+engage stops them as soon as it is heard), and only a freeze the store holds
+refuses or cuts off a write.
 
 A heartbeat re-reads the generation (one small read every ``lease / 2``
 seconds), and a write is only sent while this process's view of the freezes
@@ -96,7 +103,9 @@ class FreezeState:
         self._horizon = horizon  # the longest a write may still be on its way, in seconds
         self._view: list[Freeze] = []
         self._generation = -1
-        self._pushed: list[tuple[int, Freeze]] = []  # heard of, not yet in a view read
+        self._hints: list[tuple[float, Freeze]] = []  # (loop time heard, freeze), unread
+        self._reading: asyncio.Task[None] | None = None  # the re-read messages asked for
+        self._read_again = False
         self._active: list[Freeze] = []
         self._confirmed = -math.inf  # loop time the last confirmed read was asked
         self._sending: dict[int, _Sending] = {}
@@ -135,9 +144,13 @@ class FreezeState:
         than this process already has changes nothing."""
         if generation >= self._generation:
             self._generation, self._view = generation, freezes
-            self._confirmed = max(self._confirmed, asked)
-            self._pushed = [(g, f) for g, f in self._pushed if g > generation]
             self._recompute()
+        self._read_at(asked)
+
+    def _read_at(self, asked: float) -> None:
+        """The store was read at ``asked``: it answers every hint heard before."""
+        self._confirmed = max(self._confirmed, asked)
+        self._hints = [(heard, f) for heard, f in self._hints if heard > asked]
 
     async def confirm(self) -> None:
         """Make sure this view is current: one read of the generation."""
@@ -145,20 +158,40 @@ class FreezeState:
         if await self._store.killswitch_generation() != self._generation:
             await self.load()
         else:
-            self._confirmed = max(self._confirmed, asked)
+            self._read_at(asked)
 
-    def _push(self, generation: int, freeze: Freeze) -> None:
-        """A freeze heard of before a view read shows it: it applies at once."""
-        if generation > self._generation:
-            self._pushed.append((generation, freeze))
-            self._recompute()
+    def _hint(self, freeze: Freeze | None) -> asyncio.Task[None]:
+        """A message was heard: re-read the store (once more if a read is under way,
+        since it may have been asked before the message's change committed)."""
+        if freeze is not None:
+            self._hints.append((asyncio.get_running_loop().time(), freeze))
+        self._read_again = True
+        if self._reading is None or self._reading.done():
+            self._reading = self._spawn(self._reread())
+        return self._reading
+
+    async def _reread(self) -> None:
+        while self._read_again:
+            self._read_again = False
+            await self.load()
+
+    async def _checked(self, upstream: str, agent: str) -> None:
+        """Wait for the re-read of any hint that would cover this write; JournalUnavailable
+        when it failed (the hint can be neither believed nor dismissed)."""
+        if not self._hints or covering([f for _, f in self._hints], upstream, agent) is None:
+            return
+        reading = self._reading
+        if reading is not None and not reading.done():
+            try:
+                await asyncio.shield(reading)
+            except Exception:
+                pass
+        if covering([f for _, f in self._hints], upstream, agent) is not None:
+            raise JournalUnavailable("the kill switch's state could not be confirmed; "
+                                     "the call was not sent")
 
     def _recompute(self) -> None:
-        active = list(self._view)
-        for _, freeze in self._pushed:
-            if not any(f.scope == freeze.scope and f.target == freeze.target for f in active):
-                active.append(freeze)
-        self._active = active
+        self._active = list(self._view)
 
     async def _beat(self) -> None:
         while True:
@@ -200,6 +233,7 @@ class FreezeState:
             except Exception as exc:
                 raise JournalUnavailable("the kill switch's state could not be confirmed; "
                                          "the call was not sent") from exc
+        await self._checked(upstream, agent)
         _raise_if_frozen(covering(self._active, upstream, agent))
         token = next(self._ids)
         done: asyncio.Future[None] = loop.create_future()
@@ -337,16 +371,20 @@ class FreezeState:
 
     # Messages from the other processes ------------------------------------------
     def _heard(self, message: dict[str, Any]) -> None:
+        """A hint: the store is re-read, whatever the message says (``_hint``)."""
         try:
             kind = message.get("type")
             if kind == "engage":
-                freeze = _freeze_from(message["freeze"])
-                self._push(int(message["generation"]), freeze)  # before anything else
-                self._spawn(self._answer(message, freeze))
-            elif kind == "release":
-                if int(message["generation"]) > self._generation:
-                    self._spawn(self.load())
-            elif kind == "answer":
+                try:
+                    freeze: Freeze | None = _freeze_from(message["freeze"])
+                except Exception:
+                    freeze = None
+                reading = self._hint(freeze)  # before anything else
+                if freeze is not None:
+                    self._spawn(self._answer(message, freeze, reading))
+            elif kind != "answer":
+                self._hint(None)
+            else:
                 answers = self._answers.get(str(message["id"]))
                 if answers is not None:
                     answers.add(str(message["from"]),
@@ -355,9 +393,18 @@ class FreezeState:
         except Exception:
             log.exception("kill switch: bad message on the bus: %r", message)
 
-    async def _answer(self, message: dict[str, Any], freeze: Freeze) -> None:
-        deadline = asyncio.get_running_loop().time() + float(message["wait"])
-        cut = [i.to_json() for i in await self._settle([freeze], deadline)]
+    async def _answer(self, message: dict[str, Any], hinted: Freeze,
+                      reading: asyncio.Task[None]) -> None:
+        """Settle the writes of the freeze the store holds under the hint's id: none for
+        a forged or replayed message (if the store cannot be read, the hint's own)."""
+        wait = min(max(0.0, float(message["wait"])), self.engage_wait)
+        deadline = asyncio.get_running_loop().time() + wait
+        try:
+            await asyncio.shield(reading)
+            freezes = [f for f in self._active if f.id == hinted.id]
+        except Exception:
+            freezes = [hinted]
+        cut = [i.to_json() for i in await self._settle(freezes, deadline)] if freezes else []
         assert self._bus is not None
         chunks = [cut[i:i + ANSWER_CHUNK] for i in range(0, len(cut), ANSWER_CHUNK)] or [[]]
         for n, chunk in enumerate(chunks, 1):
@@ -365,10 +412,11 @@ class FreezeState:
                                      "final": n == len(chunks)}, to=str(message["from"]))
         await self.load()
 
-    def _spawn(self, work: Any) -> None:
+    def _spawn(self, work: Any) -> asyncio.Task[Any]:
         task = asyncio.create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._finished)
+        return task
 
     def _finished(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)

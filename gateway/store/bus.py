@@ -10,9 +10,18 @@ one per backend, both "every process on the store hears every message":
   ``pg_stat_activity`` (a process that dies drops its session and leaves).
 - ``SocketBus``: SQLite has no NOTIFY, and the processes sharing a SQLite
   file share a host. Each binds a Unix datagram socket in a private (0700)
-  directory named after the database file, and a message is one datagram to
-  each socket there. A socket nobody reads (its process died) refuses the
-  datagram and is removed.
+  directory, and a message is one datagram to each socket there. A socket
+  nobody reads (its process died) refuses the datagram and is removed. The
+  directory has a random name (``mkdtemp``: socket paths must stay short, so
+  not beside the database); the symlink ``.<database>.bus`` beside the database
+  names it, made and followed under a lock (``.<database>.bus.lock``; hidden,
+  and not named like the database's own files, which backups copy by prefix). A
+  directory, or link, that is not this user's alone is refused, never used:
+  another local user cannot pre-create it, read it, or speak into it.
+
+Whoever can reach a bus can forge a message on it (on PostgreSQL, any role
+with CONNECT can ``pg_notify``): messages are hints, and the kill switch
+re-reads the store on each (``services.freezes``).
 
 A message is a small JSON object; ``from`` is added, and ``to`` names the one
 member a reply is for (the others drop it).
@@ -21,7 +30,7 @@ member a reply is for (the others drop it).
 from __future__ import annotations
 
 import asyncio
-import hashlib
+import fcntl
 import json
 import logging
 import os
@@ -33,6 +42,8 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+
+from gateway.store.engine import connect_primary
 
 log = logging.getLogger("gateway.bus")
 Deliver = Callable[[dict[str, Any]], None]
@@ -70,7 +81,7 @@ class PgBus:
     async def _connect(self) -> None:
         # Keepalives: a member whose host vanished leaves pg_stat_activity within
         # ~25 s instead of hours, so engages stop waiting engage_wait for it.
-        connection = await asyncpg.connect(self._dsn, server_settings={
+        connection = await connect_primary(self._dsn, server_settings={
             "application_name": APP_PREFIX + self.member, "tcp_keepalives_idle": "10",
             "tcp_keepalives_interval": "5", "tcp_keepalives_count": "3"})
         try:
@@ -144,35 +155,65 @@ class PgBus:
 class SocketBus:
     def __init__(self, database: Path, member: str) -> None:
         self.member = member
-        key = hashlib.sha256(str(database.resolve()).encode()).hexdigest()[:16]
-        self.directory = Path(tempfile.gettempdir()) / f"gateway-bus-{key}"
+        self._link = database.with_name(f".{database.name}.bus")
+        self._lock = database.with_name(f".{database.name}.bus.lock")
+        self.directory = self._link  # the directory it names, once started
         self._socket: socket.socket | None = None
         self._deliver: Deliver | None = None
 
     def _path(self, member: str) -> str:
         return str(self.directory / f"{member}.sock")
 
+    def _locked(self) -> int:
+        """The lock that orders finding, making and removing the directory (blocks
+        for as long as another process takes to bind or unbind: microseconds)."""
+        fd = os.open(self._lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return fd
+
+    def _directory(self) -> Path:
+        """The directory the link names; a new private one if it names none."""
+        try:
+            link = os.lstat(self._link)
+        except FileNotFoundError:
+            link = None
+        if link is not None:
+            if not stat.S_ISLNK(link.st_mode) or link.st_uid != os.getuid():
+                raise PermissionError(f"{self._link} is not a symlink of this user's: refusing "
+                                      "to use it as the kill switch's bus (remove it)")
+            target = Path(os.readlink(self._link))
+            try:
+                info = os.lstat(target)
+            except FileNotFoundError:
+                info = None  # removed (a tmp cleaner, a reboot): make another
+            if info is not None:
+                if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() \
+                        or stat.S_IMODE(info.st_mode) & 0o077:
+                    raise PermissionError(
+                        f"{target} (named by {self._link}) is not a directory private to this "
+                        "user (0700): another user could speak for the kill switch; refusing")
+                return target
+        created = Path(tempfile.mkdtemp(prefix="gateway-bus-"))  # 0700, unpredictable
+        staged = self._link.with_name(f"{self._link.name}.{self.member}")
+        staged.unlink(missing_ok=True)
+        os.symlink(created, staged)
+        os.replace(staged, self._link)
+        return created
+
     async def start(self, deliver: Deliver) -> None:
         self._deliver = deliver
-        for attempt in range(3):  # the last process out may remove the directory meanwhile
-            self.directory.mkdir(mode=0o700, exist_ok=True)
-            info = self.directory.stat()
-            if info.st_uid != os.getuid() or stat.S_IMODE(info.st_mode) & 0o077:
-                raise PermissionError(f"{self.directory} must be private to this user (0700): "
-                                      "another user could speak for the kill switch")
+        lock = self._locked()
+        try:
+            self.directory = self._directory()
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             try:
                 sock.bind(self._path(self.member))
                 sock.setblocking(False)
-            except FileNotFoundError:
-                sock.close()
-                if attempt == 2:
-                    raise
-                continue
             except BaseException:
                 sock.close()
                 raise
-            break
+        finally:
+            os.close(lock)
         self._socket = sock
         asyncio.get_running_loop().add_reader(sock.fileno(), self._readable)
 
@@ -232,8 +273,18 @@ class SocketBus:
         sock, self._socket = self._socket, None
         asyncio.get_running_loop().remove_reader(sock.fileno())
         sock.close()
-        Path(self._path(self.member)).unlink(missing_ok=True)
         try:
-            self.directory.rmdir()  # the last one out
-        except OSError:
-            pass
+            lock = self._locked()
+        except OSError:  # the database's directory became read-only: leave the rest
+            Path(self._path(self.member)).unlink(missing_ok=True)
+            return
+        try:
+            Path(self._path(self.member)).unlink(missing_ok=True)
+            try:
+                self.directory.rmdir()  # the last one out
+            except OSError:
+                return
+            if os.path.islink(self._link) and Path(os.readlink(self._link)) == self.directory:
+                self._link.unlink()
+        finally:
+            os.close(lock)

@@ -20,13 +20,13 @@ import sqlite3
 from pathlib import Path
 
 import asyncpg
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL
 
-from gateway.store.engine import is_postgres, parse_url, sqlite_path
+from gateway.store.engine import is_postgres, parse_url, read_url, sqlite_path
 
 
 def safe_url(database_url: str | URL) -> str:
-    url = make_url(database_url) if isinstance(database_url, str) else database_url
+    url = read_url(database_url) if isinstance(database_url, str) else database_url
     return url.render_as_string(hide_password=True)
 
 
@@ -59,10 +59,12 @@ def _causes(error: BaseException) -> list[BaseException]:
 
 
 def explain(error: BaseException, database_url: str) -> str | None:
-    url = make_url(database_url)
+    url = read_url(database_url)
     where = safe_url(url)
     if is_postgres(parse_url(database_url)):
-        server = f"{url.host or 'localhost'}:{url.port or 5432}"
+        hosts = url.query.get("host")
+        server = (",".join(hosts) if isinstance(hosts, tuple)
+                  else f"{url.host or 'localhost'}:{url.port or 5432}")
         for cause in _causes(error):
             if isinstance(cause, asyncpg.InvalidCatalogNameError):
                 return (f"the database {url.database!r} does not exist on the PostgreSQL server "

@@ -4,6 +4,22 @@ Two backends, told apart by the URL: ``sqlite+aiosqlite:///./gateway.db``
 (embedded) and ``postgresql+asyncpg://user@host/db``. Bare ``sqlite://`` and
 ``postgresql://`` are taken to mean those drivers.
 
+A PostgreSQL URL may name several hosts, as libpq and asyncpg accept
+(``postgresql+asyncpg://u:p@h1:5432,h2:5432/db``): a primary and its
+standbys. Every connection to one of several hosts asks for
+``target_session_attrs=read-write``, so it reaches the one that is primary
+now, or fails (the store is then unavailable,
+and writes are refused, until a primary answers again; a connection made
+after a failover finds the promoted standby). SQLAlchemy takes several hosts
+as ``?host=h1:5432&host=h2:5432``; ``read_url`` rewrites the libpq form to that.
+Every connection is made by ``connect_primary``: one host at a time, each
+given ``HOST_TIMEOUT`` (asyncpg's own timeout covers the whole list, so one
+host that never answers, a primary whose machine vanished, would use it all
+and the standby behind it would never be asked), and with TCP keepalives and
+a TCP user timeout on its socket, so that a connection to a primary that
+vanished without a word fails in seconds (``watch_peer``), not in the
+kernel's quarter of an hour: the writes on it get 503, the pool connects again.
+
 SQLite needs help to behave like a server database. The file is put in WAL
 mode at start (``hot.SqliteHotPath.connect``; readers then never block the
 writer, and the mode sticks to the file). Every connection gets
@@ -22,11 +38,14 @@ from __future__ import annotations
 import array
 import fcntl
 import os
+import re
+import socket
 import sqlite3
 import sys
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 from sqlalchemy import event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -35,6 +54,8 @@ _FS_IOC_GETFLAGS = 0x80086601  # Linux: the inode's flags (lsattr)
 _UNWRITABLE = 0x10 | 0x20  # FS_IMMUTABLE_FL, FS_APPEND_FL
 SQLITE_PRAGMAS = ("PRAGMA busy_timeout=5000", "PRAGMA synchronous=NORMAL")
 IMMEDIATE = "gateway_sqlite_immediate"
+HOST_TIMEOUT = 5.0  # seconds one host of several has to connect and say it is primary
+PEER_SILENCE = 10  # seconds without an answer from the server before a connection is dead
 
 _DRIVERS = {
     "sqlite": "sqlite+aiosqlite",
@@ -45,13 +66,38 @@ _DRIVERS = {
 }
 
 
+_NETLOC = re.compile(r"^(?P<scheme>[^:/]+://)(?P<user>[^@/]*@)?(?P<hosts>[^/?#@]*,[^/?#@]*)"
+                     r"(?P<rest>[/?#].*)?$", re.DOTALL)
+
+
+def read_url(database_url: str) -> URL:
+    """``make_url``, also for the libpq form of several hosts (``h1:5432,h2:5432``).
+
+    >>> read_url("postgresql://gw@h1:5432,h2/gw").query["host"]
+    ('h1:5432', 'h2:5432')
+    """
+    match = _NETLOC.match(database_url)
+    if match is None:
+        return make_url(database_url)
+    hosts = tuple(h if ":" in h else f"{h}:5432" for h in match["hosts"].split(","))
+    if not all(h.split(":")[0] for h in hosts):
+        raise ValueError("a database URL with several hosts names an empty host")
+    url = make_url(f"{match['scheme']}{match['user'] or ''}{match['rest'] or '/'}")
+    return url.update_query_dict({"host": hosts})
+
+
 def parse_url(database_url: str) -> URL:
     """The URL with its async driver, or ValueError for anything unsupported.
+
+    PostgreSQL URLs with several hosts ask for the primary
+    (``target_session_attrs=read-write``) unless they say otherwise. One host is
+    taken as it is: a read-only server is then a store that cannot take a write
+    (``SqlStore.ping``), as it always was.
 
     >>> parse_url("postgresql://gw@db/gw").drivername
     'postgresql+asyncpg'
     """
-    url = make_url(database_url)
+    url = read_url(database_url)
     driver = _DRIVERS.get(url.drivername)
     if driver is None:
         raise ValueError(f"unsupported database URL {url.render_as_string()!r}: "
@@ -59,6 +105,10 @@ def parse_url(database_url: str) -> URL:
     url = url.set(drivername=driver)
     if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
         raise ValueError("an in-memory SQLite database is not supported: name a file")
+    hosts = url.query.get("host")
+    if is_postgres(url) and isinstance(hosts, tuple) and len(hosts) > 1 \
+            and "target_session_attrs" not in url.query:
+        url = url.update_query_dict({"target_session_attrs": "read-write"})
     return url
 
 
@@ -71,8 +121,59 @@ def sqlite_path(url: URL) -> Path:
 
 
 def asyncpg_dsn(url: URL) -> str:
-    """The same PostgreSQL URL in the form asyncpg itself accepts."""
-    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+    """The same PostgreSQL URL in the form asyncpg itself accepts (several hosts
+    back in the netloc: asyncpg reads one ``host`` from the query).
+
+    >>> asyncpg_dsn(parse_url("postgresql://gw:pw@h1:5432,h2:5433/gw"))
+    'postgresql://gw:pw@h1:5432,h2:5433/gw?target_session_attrs=read-write'
+    """
+    hosts = url.query.get("host")
+    url = url.set(drivername="postgresql")
+    if not isinstance(hosts, tuple) or len(hosts) < 2:
+        return url.render_as_string(hide_password=False)
+    rendered = url.difference_update_query(["host"]).set(host="HOSTS", port=None)
+    text = rendered.render_as_string(hide_password=False)
+    return text.replace("@HOSTS/", "@" + ",".join(hosts) + "/", 1) if "@HOSTS/" in text \
+        else text.replace("://HOSTS/", "://" + ",".join(hosts) + "/", 1)
+
+
+async def connect_primary(dsn: str, **options: Any) -> asyncpg.Connection:
+    """``asyncpg.connect`` (same arguments; asyncpg's pools call it so), trying the
+    hosts of a multi-host ``dsn`` one at a time, each within ``HOST_TIMEOUT``."""
+    url = read_url(dsn)
+    hosts = url.query.get("host")
+    if not isinstance(hosts, tuple) or len(hosts) < 2:
+        return watch_peer(await asyncpg.connect(dsn, **options))
+    options["timeout"] = min(float(options.get("timeout", 60)), HOST_TIMEOUT)
+    last: BaseException | None = None
+    for host in hosts:
+        name, _, port = host.rpartition(":")
+        single = url.difference_update_query(["host"]).set(host=name, port=int(port))
+        try:
+            return watch_peer(await asyncpg.connect(asyncpg_dsn(single), **options))
+        except (OSError, TimeoutError, asyncpg.TargetServerAttributeNotMatched,
+                asyncpg.CannotConnectNowError) as exc:
+            last = exc  # down, not answering, not primary, or starting: the next one
+    assert last is not None
+    raise last
+
+
+def watch_peer(connection: asyncpg.Connection) -> asyncpg.Connection:
+    """Keepalives after ``PEER_SILENCE / 2`` idle seconds, and a TCP user timeout of
+    ``PEER_SILENCE``: a statement sent to a server that no longer answers (not even
+    with a reset) fails then, instead of waiting for the kernel's retransmissions
+    (~15 minutes). Linux options; elsewhere, and on Unix sockets, nothing changes."""
+    sock = connection._transport.get_extra_info("socket")  # noqa: SLF001 (asyncpg's)
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return connection
+    options = [(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)]
+    for name, value in (("TCP_KEEPIDLE", PEER_SILENCE // 2), ("TCP_KEEPINTVL", 2),
+                        ("TCP_KEEPCNT", 3), ("TCP_USER_TIMEOUT", PEER_SILENCE * 1000)):
+        if hasattr(socket, name):
+            options.append((socket.IPPROTO_TCP, getattr(socket, name), value))
+    for level, option, value in options:
+        sock.setsockopt(level, option, value)
+    return connection
 
 
 class SqliteFile:
@@ -133,7 +234,9 @@ class SqliteFile:
 
 def create_engine(url: URL) -> AsyncEngine:
     if is_postgres(url):
-        return create_async_engine(url, pool_pre_ping=True)
+        dsn = asyncpg_dsn(url)
+        return create_async_engine(url, pool_pre_ping=True,
+                                   async_creator=lambda: connect_primary(dsn))
     engine = create_async_engine(url, connect_args={"isolation_level": None})
     path = sqlite_path(url)
     event.listen(engine.sync_engine, "connect",

@@ -24,7 +24,7 @@ from typing import Any, Protocol, TypeVar
 
 import asyncpg
 
-from gateway.store.engine import SQLITE_PRAGMAS, SqliteFile
+from gateway.store.engine import SQLITE_PRAGMAS, SqliteFile, connect_primary
 
 _T = TypeVar("_T")
 
@@ -90,10 +90,11 @@ class PostgresHotPath:
 
     @classmethod
     async def connect(cls, dsn: str, max_size: int = 10) -> PostgresHotPath:
-        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=max_size, reset=_rollback)
+        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=max_size, reset=_rollback,
+                                         connect=connect_primary)  # one host at a time
         try:
             unsynced = await asyncpg.create_pool(
-                dsn, min_size=1, max_size=2, reset=_rollback,
+                dsn, min_size=1, max_size=2, reset=_rollback, connect=connect_primary,
                 server_settings={"synchronous_commit": "off"})
         except BaseException:
             await pool.close()

@@ -4,8 +4,13 @@ hears what, and what becomes of a member that died."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import os
 import socket
+import stat
+import tempfile
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -79,3 +84,58 @@ async def test_the_socket_of_a_process_that_died_is_removed(tmp_path: Any) -> No
         await bus.close()
         await store.close()
     assert not bus.directory.exists()  # the last one out removes the directory
+
+
+# The SQLite bus's directory (issue 17 item 5) -----------------------------------------
+NOBODY = 65534
+
+
+async def sqlite_bus(tmp_path: Any) -> tuple[SqlStore, SocketBus]:
+    store = SqlStore(f"sqlite+aiosqlite:///{tmp_path / 'gw.db'}")
+    await store.start()
+    bus = store.bus()
+    assert isinstance(bus, SocketBus)
+    return store, bus
+
+
+async def test_another_user_cannot_take_the_bus_directory_first(tmp_path: Any) -> None:
+    # what the directory's name used to be: derived from the database path alone
+    key = hashlib.sha256(str((tmp_path / "gw.db").resolve()).encode()).hexdigest()[:16]
+    taken = Path(tempfile.gettempdir()) / f"gateway-bus-{key}"
+    taken.mkdir(mode=0o777)
+    os.chown(taken, NOBODY, NOBODY)
+    store, bus = await sqlite_bus(tmp_path)
+    try:
+        await bus.start(lambda message: None)
+        info = os.lstat(bus.directory)
+        assert bus.directory != taken
+        assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (os.getuid(), 0o700)
+        other = SocketBus(tmp_path / "gw.db", "other-member")  # a second process joins it
+        await other.start(lambda message: None)
+        assert other.directory == bus.directory
+        assert await bus.members() == {"other-member"}
+        await other.close()
+    finally:
+        await bus.close()
+        await store.close()
+        taken.rmdir()
+    assert not bus.directory.exists()  # the last one out removed it
+
+
+@pytest.mark.parametrize("whose", ["directory", "link"])
+async def test_a_bus_directory_another_user_holds_is_refused(tmp_path: Any, whose: str) -> None:
+    theirs = Path(tempfile.mkdtemp(prefix="theirs-"))
+    link = tmp_path / ".gw.db.bus"
+    os.symlink(theirs, link)
+    if whose == "directory":
+        os.chown(theirs, NOBODY, NOBODY)
+    else:
+        os.lchown(link, NOBODY, NOBODY)
+    store, bus = await sqlite_bus(tmp_path)
+    try:
+        with pytest.raises(PermissionError, match="refusing"):
+            await bus.start(lambda message: None)
+        assert list(theirs.iterdir()) == []  # nothing was bound in it
+    finally:
+        await store.close()
+        theirs.rmdir()

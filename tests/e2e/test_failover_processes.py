@@ -1,0 +1,194 @@
+"""A store that fails over, with real processes: two gateways on one multi-host
+``database_url`` naming a primary and its synchronous standby (started by the
+test, ``tests.replicated``), writers through both, and a failover in between.
+
+- A freeze engaged before the failover holds after it, on both processes.
+- Writes during it (the primary crashed, none promoted yet, then the standby
+  promoted): each is answered 200 or 503 ``journal_unavailable``, never
+  sent unjournaled: every write the upstream received has its journal entry on
+  the promoted standby. Writes resume on both processes without a restart.
+- A freeze engaged after it reaches every process: both listen on the new
+  primary again, and the other process refuses the writes it covers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+
+from tests.e2e.procs import Proc, start_gateways, write_settings
+from tests.e2e.recorder import Recorder
+from tests.harness import AGENT_KEY, OTHER_KEY, TOKENS, policy_text
+from tests.replicated import Pair, replicated_pair
+
+BOT = {"X-Gateway-Key": AGENT_KEY}
+OTHER = {"X-Gateway-Key": OTHER_KEY}
+APPROVER = {"Authorization": f"Bearer {TOKENS['approver']}"}
+ADMIN = {"Authorization": f"Bearer {TOKENS['admin']}"}
+RULES = """
+- id: items
+  match: {methods: [GET, PATCH], path: "/items/{id}"}
+  action: allow
+"""
+
+
+@pytest.fixture
+def pair() -> Iterator[Pair]:
+    with replicated_pair() as started:
+        run(started, started.primary_port, "postgres", "CREATE DATABASE gateway")
+        yield started
+
+
+def poll(predicate: Callable[[], bool], what: str, timeout: float = 60,
+         interval: float = 0.05) -> None:
+    """Until ``predicate()``; the deadline bounds the wait, it is not what is tested."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(interval)
+
+
+def run(pair: Pair, port: int, database: str, sql: str) -> list[asyncpg.Record]:
+    async def query() -> list[asyncpg.Record]:
+        connection = await asyncpg.connect(pair.dsn(port, database))
+        try:
+            return list(await connection.fetch(sql))
+        finally:
+            await connection.close()
+    return asyncio.run(query())
+
+
+@pytest.fixture
+def upstream() -> Iterator[Recorder]:
+    with Recorder.serving() as recorder:
+        yield recorder
+
+
+@pytest.fixture
+def gateways(tmp_path: Path, pair: Pair, upstream: Recorder) -> Iterator[list[Proc]]:
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "crm.yaml").write_text(policy_text(upstream.url, RULES))
+    config = write_settings(tmp_path, pair.url(), engage_wait=1.0, upstream_timeout=30)
+    started = start_gateways(config, 2)
+    yield started
+    for proc in started:
+        proc.stop()
+
+
+@dataclass(frozen=True)
+class Answer:
+    path: str
+    status: int
+    code: str | None
+
+
+class Writers:
+    """Threads PATCHing through each gateway, each path once, until stopped."""
+
+    def __init__(self, proxies: list[str], per_proxy: int = 2) -> None:
+        self.answers: list[Answer] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._write, args=(proxy, f"g{g}w{i}"),
+                                          daemon=True)
+                         for g, proxy in enumerate(proxies) for i in range(per_proxy)]
+        for thread in self._threads:
+            thread.start()
+
+    def _write(self, proxy: str, name: str) -> None:
+        with httpx.Client(headers=BOT, timeout=60) as client:
+            n = 0
+            while not self._stop.is_set():
+                path = f"/items/{name}-{n}"
+                response = client.patch(f"{proxy}/crm{path}", json={"n": n})
+                code = response.json().get("error", {}).get("code") \
+                    if response.status_code != 200 else None
+                with self._lock:
+                    self.answers.append(Answer(path, response.status_code, code))
+                n += 1
+
+    def count(self, status: int) -> int:
+        with self._lock:
+            return sum(1 for a in self.answers if a.status == status)
+
+    def stop(self) -> list[Answer]:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=60)
+        return list(self.answers)
+
+
+def patch(proxy: str, path: str, headers: dict[str, str]) -> httpx.Response:
+    return httpx.patch(f"{proxy}/crm{path}", json={"x": 1}, headers=headers, timeout=60)
+
+
+def writes_go(proxy: str, name: str) -> bool:
+    return patch(proxy, f"/items/{name}", BOT).status_code == 200
+
+
+def test_freezes_and_writes_across_a_failover_on_two_processes(
+        pair: Pair, gateways: list[Proc], upstream: Recorder) -> None:
+    (proxy_a, admin_a), (proxy_b, admin_b) = (g.urls for g in gateways)
+    # a freeze before the failover
+    engaged = httpx.post(f"{admin_a}/v1/killswitch/engage", headers=APPROVER, timeout=30,
+                         json={"reason": "before", "agent": "other"})
+    assert engaged.status_code == 200, engaged.text
+    for proxy in (proxy_a, proxy_b):
+        assert patch(proxy, "/items/other-before", OTHER).status_code == 423
+
+    writers = Writers([proxy_a, proxy_b])
+    try:
+        poll(lambda: writers.count(200) >= 20, "writes landing")
+        pair.crash_primary()
+        refused = writers.count(503)  # while there is no primary: every writer refused
+        poll(lambda: writers.count(503) >= refused + 4, "writes refused with no primary")
+        pair.promote()
+        # writes resume on both processes, without a restart
+        for n, proxy in enumerate((proxy_a, proxy_b)):
+            poll(lambda p=proxy, n=n: writes_go(p, f"after-{n}"), f"writes through {proxy} "
+                 "after the promotion", interval=0.1)
+        ok_after = writers.count(200)
+        poll(lambda: writers.count(200) >= ok_after + 20, "the writers' writes landing again")
+    finally:
+        answers = writers.stop()
+
+    # during: refused as unjournaled, or journaled; nothing else
+    assert {a.status for a in answers} <= {200, 503}, {a.status for a in answers}
+    assert {a.code for a in answers if a.status == 503} <= {"journal_unavailable"}
+    received = {a.path for a in upstream.log if a.method == "PATCH"}
+    journaled = {row["path"] for row in run(pair, pair.standby_port, "gateway",
+                                            "SELECT path FROM journal WHERE method = 'PATCH'")}
+    assert received, "nothing reached the upstream"
+    assert received - journaled == set(), "sent without a journal entry on the new primary"
+    assert {a.path for a in answers if a.status == 200} <= received
+
+    # the freeze from before still holds, on both
+    for proxy in (proxy_a, proxy_b):
+        assert patch(proxy, "/items/other-after", OTHER).status_code == 423
+
+    # both listen on the new primary again; a freeze engaged now reaches both
+    def listening() -> int:
+        return len(run(pair, pair.standby_port, "gateway",
+                       "SELECT 1 FROM pg_stat_activity WHERE application_name LIKE "
+                       "'gateway-bus %'"))
+    poll(lambda: listening() == 2, "both processes listening again")
+    engaged = httpx.post(f"{admin_a}/v1/killswitch/engage", headers=APPROVER, timeout=30,
+                         json={"reason": "after"})
+    assert engaged.status_code == 200, engaged.text
+    for proxy in (proxy_b, proxy_a):
+        refused = patch(proxy, "/items/bot-frozen", BOT)
+        assert refused.status_code == 423, refused.text
+        assert "after" in refused.text
+    for body in ({"reason": "ok"}, {"reason": "ok", "agent": "other"}):
+        released = httpx.post(f"{admin_b}/v1/killswitch/release", headers=ADMIN, json=body,
+                              timeout=30)
+        assert released.status_code == 200 and released.json()["released"] is not None
+    assert writes_go(proxy_a, "released-a") and writes_go(proxy_b, "released-b")
