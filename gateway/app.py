@@ -30,6 +30,7 @@ from gateway.services.audit_trail import AuditTrail
 from gateway.services.freezes import FreezeState
 from gateway.services.notify import Notifier
 from gateway.services.pipeline import Pipeline
+from gateway.services.recovery import Recovery
 from gateway.services.rollbacks import Rollbacks
 from gateway.services.shadows import ShadowWrites
 from gateway.services.tripwires import Tripwires
@@ -125,10 +126,17 @@ class Gateway:
         self._pipeline.proposals = self.shadows
         await self.approvals.sweep()  # claims left by a process that died are marked unknown
         self.approvals.start()
-        self.rollbacks = Rollbacks(self._pipeline, self._store)
+        process = getattr(self._store, "process", None) or "gateway"
+        self.rollbacks = Rollbacks(self._pipeline, self._store, owner=process,
+                                   lease_seconds=self.settings.executor_lease)
         self.audit = AuditTrail(self._store)
         self.audit.start()
-        self.resuming = asyncio.create_task(self.rollbacks.resume_unfinished())
+        self.approvals.trail = self.audit
+        # a heartbeat, then what dead processes left: their intents, audit records, plans
+        self.recovery = Recovery(self._store, self.rollbacks, process,
+                                 self.settings.executor_lease, self._longest_write())
+        await self.recovery.start()
+        self.resuming = asyncio.create_task(self.rollbacks.resumed())
         log.info("policy set %s loaded: %s", policies.revision, ", ".join(policies.upstreams))
 
     def _sealer(self) -> Sealer:
@@ -168,8 +176,12 @@ class Gateway:
         if self._pipeline is not None:
             self.resuming.cancel()
             await asyncio.gather(self.resuming, return_exceptions=True)
+            await self.recovery.stop()
             await self.approvals.stop()
-            await self._pipeline.settled()
+            try:  # outcomes are retried while the store is down: not forever at shutdown
+                await asyncio.wait_for(self._pipeline.settled(), timeout=10)
+            except TimeoutError:
+                log.error("outcomes not journaled at shutdown; recovery journals them unknown")
             await self.audit.stop()
             await self.notifier.stop()
             await self._pipeline.freezes.stop()

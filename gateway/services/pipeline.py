@@ -82,6 +82,7 @@ from gateway.store.seal import NO_SEALER, Sealer
 
 log = logging.getLogger("gateway.pipeline")
 JSON_TYPE = "application/json"
+OUTCOME_RETRY = 600.0  # seconds an outcome is retried while the store is down
 
 
 class Holds(Protocol):
@@ -509,11 +510,25 @@ class Pipeline:
 
     async def _journal_outcome(self, entry: JournalEntry, outcome: JournalOutcome,
                                watch: Watch) -> None:
-        try:
-            with watch.step(JOURNAL_OUTCOME, entry.upstream):
-                await self.store.journal_outcome(entry.id, outcome)
-        except Exception:  # the write happened; its intent row stays for operators to see
-            log.exception("could not journal the outcome of %s", entry.id)
+        """Retried while the store is down (an outcome is never dropped while this
+        process lives: after ``OUTCOME_RETRY`` seconds, or a crash, recovery journals
+        it ``unknown``)."""
+        delay, deadline = 0.05, time.monotonic() + OUTCOME_RETRY
+        while True:
+            try:
+                with watch.step(JOURNAL_OUTCOME, entry.upstream):
+                    await self.store.journal_outcome(entry.id, outcome)
+                return
+            except LookupError:
+                log.exception("no intent for the outcome of %s", entry.id)
+                return
+            except Exception as exc:
+                if time.monotonic() + delay > deadline:
+                    log.exception("could not journal the outcome of %s; gave up", entry.id)
+                    return
+                log.warning("could not journal the outcome of %s (%s); retrying", entry.id, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
 
 
     async def _read_after(self, entry: JournalEntry, status: int, parsed: Any,

@@ -11,9 +11,12 @@ a freeze stops agents, not operators' recovery.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -79,10 +82,20 @@ class Selection:
 
 
 class Rollbacks:
-    def __init__(self, pipeline: Pipeline, store: Store) -> None:
+    """Applies plans. A plan has one executor among all processes sharing the store:
+    a lease (``plan:<id>``, ``Store.take_lease``) taken before the plan is run and
+    renewed while it runs; a plan whose executor died is resumed by the one process
+    that takes its lapsed lease (``resume_unfinished``, run again and again by
+    ``gateway.services.recovery``)."""
+
+    def __init__(self, pipeline: Pipeline, store: Store, owner: str | None = None,
+                 lease_seconds: float = 15.0) -> None:
         self.pipeline = pipeline
         self.store = store
+        self.owner = owner or getattr(store, "process", None) or new_id()
+        self.lease_seconds = lease_seconds
         self._running: set[str] = set()  # plan ids being applied by this process
+        self._resumed: set[asyncio.Task[Any]] = set()
 
     async def select(self, selection: Selection) -> list[JournalEntry]:
         if selection.empty():
@@ -112,6 +125,7 @@ class Rollbacks:
             plan = await self._predict(plan)
             await self.store.create_plan(plan)
             return plan
+        await self._claim(plan.id)  # before it exists as running: nobody else resumes it
         await self.store.create_plan(plan)
         await self._audit(by, "rollback.start", plan, {"steps": len(plan.steps),
                                                        "irreversible": len(plan.irreversible)})
@@ -158,7 +172,9 @@ class Rollbacks:
         plan = await self.store.get_plan(plan_id)
         if plan is None:
             raise RollbackError(404, "not_found", f"no rollback plan {plan_id}")
+        await self._claim(plan_id)
         if not await self.store.claim_dry_run(plan_id):
+            await self.store.release_lease(_lease(plan_id), self.owner)
             raise RollbackError(409, "not_a_dry_run", f"rollback plan {plan_id} is "
                                 f"{(await self.store.get_plan(plan_id) or plan).status.value}, "
                                 "not a dry run waiting to be applied")
@@ -181,31 +197,101 @@ class Rollbacks:
         if plan.status is PlanStatus.DRY_RUN:
             raise RollbackError(409, "dry_run", "a dry run is not applied; start a new "
                                 "rollback with dry_run: false")
+        if plan.id in self._running:
+            raise RollbackError(409, "running", f"rollback plan {plan.id} is running")
+        await self._claim(plan.id)  # before anything changes: one executor
+        plan = await self.store.get_plan(plan_id) or plan  # as its last executor left it
         await self.store.set_plan_status(plan.id, PlanStatus.RUNNING)
         await self._audit(by, "rollback.resume", plan, {})
         return await self.run(plan)
 
     async def resume_unfinished(self) -> None:
-        """At start: finish what a stopped process left running."""
+        """Finish what a stopped process left running: each plan whose executor's lease
+        lapsed (or that never had one) is resumed, in the background, by the one process
+        that takes its lease. At start and then again and again (a dead executor's lease
+        lapses ``executor_lease`` seconds after it stopped)."""
         for plan_id in await self.store.unfinished_plans():
+            if plan_id in self._running or not await self._lapsed(plan_id):
+                continue
+            task = asyncio.create_task(self._resume_quietly(plan_id))
+            self._resumed.add(task)
+            task.add_done_callback(self._resumed.discard)
+
+    async def _lapsed(self, plan_id: str) -> bool:
+        holder = await self.store.lease_holder(_lease(plan_id))
+        return holder is None or holder[1] < utcnow()
+
+    async def _resume_quietly(self, plan_id: str) -> None:
+        try:
+            if not await self.store.take_lease(_lease(plan_id), self.owner, utcnow(),
+                                               self.lease_seconds):
+                return  # another process took it first
             log.warning("resuming rollback plan %s", plan_id)
-            try:
-                await self.resume(plan_id, "gateway")
-            except Exception:
-                log.exception("could not resume rollback plan %s", plan_id)
+            await self.resume(plan_id, "gateway")
+        except RollbackError as exc:
+            log.info("rollback plan %s not resumed here: %s", plan_id, exc.message)
+        except Exception:
+            log.exception("could not resume rollback plan %s", plan_id)
+
+    async def resumed(self) -> None:
+        """Until the plans being resumed now are done (or stopped)."""
+        await asyncio.gather(*self._resumed, return_exceptions=True)
+
+    async def stop(self) -> None:
+        """Stop resumed plans (their leases lapse; another process takes them over)."""
+        for task in list(self._resumed):
+            task.cancel()
+        await asyncio.gather(*self._resumed, return_exceptions=True)
+
+    async def _claim(self, plan_id: str) -> None:
+        """This process's lease on the plan, or 409: another process is applying it."""
+        if not await self.store.take_lease(_lease(plan_id), self.owner, utcnow(),
+                                           self.lease_seconds):
+            raise RollbackError(409, "running", f"rollback plan {plan_id} is being applied "
+                                "by another gateway process")
+
+    @contextlib.asynccontextmanager
+    async def _holding(self, plan_id: str) -> AsyncIterator[asyncio.Event]:
+        """Renew the plan's lease while the block runs; the event is set if it was lost."""
+        lost = asyncio.Event()
+
+        async def renew() -> None:
+            while True:
+                await asyncio.sleep(self.lease_seconds / 3)
+                try:
+                    if not await self.store.take_lease(_lease(plan_id), self.owner, utcnow(),
+                                                       self.lease_seconds):
+                        lost.set()
+                        return
+                except Exception:  # the store is down: keep trying while the lease lasts
+                    log.warning("could not renew the lease of rollback plan %s", plan_id)
+
+        await self._claim(plan_id)
+        renewer = asyncio.create_task(renew())
+        try:
+            yield lost
+        finally:
+            renewer.cancel()
+            await asyncio.gather(renewer, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await self.store.release_lease(_lease(plan_id), self.owner)
 
     async def run(self, plan: Plan) -> Plan:
         if plan.id in self._running:
             raise RollbackError(409, "running", f"rollback plan {plan.id} is running")
         self._running.add(plan.id)
         try:
-            return await self._run(plan)
+            async with self._holding(plan.id) as lost:
+                return await self._run(plan, lost)
         finally:
             self._running.discard(plan.id)
 
-    async def _run(self, plan: Plan) -> Plan:
+    async def _run(self, plan: Plan, lost: asyncio.Event | None = None) -> Plan:
         steps = list(plan.steps)
         for index, step in enumerate(steps):
+            if lost is not None and lost.is_set():
+                raise RollbackError(409, "lease_lost", f"rollback plan {plan.id} was taken "
+                                    "over by another gateway process")
             if step.status in (StepStatus.PLANNED, StepStatus.APPLYING):
                 steps[index] = await self._apply(plan, step)
         done = all(s.status in (StepStatus.APPLIED, StepStatus.SKIPPED) for s in steps)
@@ -235,7 +321,7 @@ class Rollbacks:
             prior = entry.prior if entry is not None else None
             if already_compensated(step, seen.status, seen.value, prior):
                 return await self._applied(plan, step, "found applied when the plan resumed")
-        elif not plan.force:
+        if not plan.force:  # resumed too: the resource may have changed meanwhile
             why = drifted(step, seen.status, _current(step, seen))
             if why is not None:
                 return await self._save(plan, step, StepStatus.CONFLICT, why)
@@ -391,3 +477,7 @@ def _form_pairs(value: Any, prefix: str) -> Any:
     else:
         text = "" if value is None else str(value).lower() if isinstance(value, bool) else value
         yield prefix, text
+
+
+def _lease(plan_id: str) -> str:
+    return f"plan:{plan_id}"

@@ -100,9 +100,11 @@ class ApprovalQueue:
             votes=codec.votes_text(after_votes), decided_by=by, decided_at=iso(at),
             lease_until=iso(lease_until))
 
-    async def release_claim(self, call_id: str) -> bool:
+    async def release_claim(self, call_id: str, votes: tuple[Vote, ...] | None = None) -> bool:
+        """Back to pending; with ``votes``, those replace the call's (a withdrawn vote)."""
+        values: dict[str, Any] = {} if votes is None else {"votes": codec.votes_text(votes)}
         return await self._change(call_id, [_status == APPROVED], status=PENDING,
-                                  decided_by=None, decided_at=None, lease_until=None)
+                                  decided_by=None, decided_at=None, lease_until=None, **values)
 
     async def finish_held(self, call_id: str, status: ApprovalStatus,
                           response: dict[str, Any] | None, journal_id: str | None,

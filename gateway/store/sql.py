@@ -64,6 +64,7 @@ from gateway.store.engine import (
 )
 from gateway.store.group import GroupCommit
 from gateway.store.hot import HotPath, PostgresHotPath, SqliteHotPath, Tx
+from gateway.store.leases import Leases
 from gateway.store.migrate import upgrade
 from gateway.store.reports import ReportQueries
 from gateway.store.rollbacks import RollbackPlans
@@ -87,7 +88,7 @@ def default_sealer(url: Any, journal_key: str | None = None) -> Sealer:
     return sealer_for(journal_key, path)
 
 
-class SqlStore(ApprovalQueue, RollbackPlans, ReportQueries):
+class SqlStore(ApprovalQueue, RollbackPlans, ReportQueries, Leases):
     """The store behind the gateway.
 
     >>> store = SqlStore("sqlite+aiosqlite:///./gateway.db")  # doctest: +SKIP
