@@ -16,7 +16,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -197,13 +197,12 @@ class Rollbacks:
         if plan.status is PlanStatus.DRY_RUN:
             raise RollbackError(409, "dry_run", "a dry run is not applied; start a new "
                                 "rollback with dry_run: false")
-        if plan.id in self._running:
-            raise RollbackError(409, "running", f"rollback plan {plan.id} is running")
-        await self._claim(plan.id)  # before anything changes: one executor
-        plan = await self.store.get_plan(plan_id) or plan  # as its last executor left it
-        await self.store.set_plan_status(plan.id, PlanStatus.RUNNING)
-        await self._audit(by, "rollback.resume", plan, {})
-        return await self.run(plan)
+        with self._guard(plan_id):
+            await self._claim(plan_id)  # before anything changes: one executor
+            plan = await self.store.get_plan(plan_id) or plan  # as its last executor left it
+            await self.store.set_plan_status(plan.id, PlanStatus.RUNNING)
+            await self._audit(by, "rollback.resume", plan, {})
+            return await self._held_run(plan)
 
     async def resume_unfinished(self) -> None:
         """Finish what a stopped process left running: each plan whose executor's lease
@@ -276,15 +275,24 @@ class Rollbacks:
             with contextlib.suppress(Exception):
                 await self.store.release_lease(_lease(plan_id), self.owner)
 
-    async def run(self, plan: Plan) -> Plan:
-        if plan.id in self._running:
-            raise RollbackError(409, "running", f"rollback plan {plan.id} is running")
-        self._running.add(plan.id)
+    @contextlib.contextmanager
+    def _guard(self, plan_id: str) -> Iterator[None]:
+        """This process applies a plan once at a time (the lease is per process)."""
+        if plan_id in self._running:
+            raise RollbackError(409, "running", f"rollback plan {plan_id} is running")
+        self._running.add(plan_id)
         try:
-            async with self._holding(plan.id) as lost:
-                return await self._run(plan, lost)
+            yield
         finally:
-            self._running.discard(plan.id)
+            self._running.discard(plan_id)
+
+    async def run(self, plan: Plan) -> Plan:
+        with self._guard(plan.id):
+            return await self._held_run(plan)
+
+    async def _held_run(self, plan: Plan) -> Plan:
+        async with self._holding(plan.id) as lost:
+            return await self._run(plan, lost)
 
     async def _run(self, plan: Plan, lost: asyncio.Event | None = None) -> Plan:
         steps = list(plan.steps)

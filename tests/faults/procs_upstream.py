@@ -27,7 +27,7 @@ from typing import Any
 class Fault:
     method: str
     path: str | None  # None: any path
-    kind: str  # hang | fail
+    kind: str  # hang | fail | gate
     count: int  # how many matching requests it takes; -1: all
     status: int = 503
     apply: bool = False  # hang: apply the write before hanging (it landed, no answer)
@@ -86,6 +86,13 @@ class FaultUpstream:
             self.faults.append(fault)
         return fault
 
+    def gate(self, method: str, path: str | None = None, count: int = -1) -> Fault:
+        """Hold matching requests until ``release``, then answer them as usual."""
+        fault = Fault(method, path, "gate", count)
+        with self._lock:
+            self.faults.append(fault)
+        return fault
+
     def fail(self, method: str, path: str | None = None, count: int = 1,
              status: int = 503) -> Fault:
         fault = Fault(method, path, "fail", count, status)
@@ -137,6 +144,9 @@ class FaultUpstream:
                 fault.count -= 1
         if fault is not None and fault.kind == "fail":
             return fault.status, {"error": "injected"}
+        if fault is not None and fault.kind == "gate":
+            fault.released.wait(120)
+            return self._apply(method, path, body)
         if fault is not None:  # hang
             if fault.apply:
                 self._apply(method, path, body)
