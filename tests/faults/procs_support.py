@@ -213,3 +213,24 @@ class Cluster:
         except AssertionError:
             pass
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def query(store_url: str, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    """Rows straight from the store the gateways share (what no API shows: a lease)."""
+    if store_url.startswith("sqlite"):
+        import sqlite3
+        path = store_url.split("///", 1)[1]
+        with sqlite3.connect(path) as connection:
+            return [tuple(r) for r in connection.execute(sql.replace("$1", "?"), args)]
+    import asyncio
+
+    import asyncpg
+
+    async def fetch() -> list[tuple[Any, ...]]:
+        connection = await asyncpg.connect(store_url.replace("postgresql+asyncpg", "postgresql"))
+        try:
+            return [tuple(r) for r in await connection.fetch(sql, *args)]
+        finally:
+            await connection.close()
+
+    return asyncio.run(fetch())
