@@ -16,7 +16,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -49,6 +49,7 @@ from gateway.errors import GatewayError
 from gateway.ports import Observed, Store, UpstreamResponse
 from gateway.services import sealing
 from gateway.services.pipeline import Pipeline
+from gateway.services.plan_leases import PlanLeases
 from gateway.store.seal import Sealer, SealError
 
 log = logging.getLogger("gateway.rollback")
@@ -92,8 +93,8 @@ class Rollbacks:
                  lease_seconds: float = 15.0) -> None:
         self.pipeline = pipeline
         self.store = store
-        self.owner = owner or getattr(store, "process", None) or new_id()
-        self.lease_seconds = lease_seconds
+        self.leases = PlanLeases(store, owner or getattr(store, "process", None) or new_id(),
+                                 lease_seconds)
         self._running: set[str] = set()  # plan ids being applied by this process
         self._resumed: set[asyncio.Task[Any]] = set()
 
@@ -174,7 +175,7 @@ class Rollbacks:
             raise RollbackError(404, "not_found", f"no rollback plan {plan_id}")
         await self._claim(plan_id)
         if not await self.store.claim_dry_run(plan_id):
-            await self.store.release_lease(_lease(plan_id), self.owner)
+            await self.leases.release(plan_id)
             raise RollbackError(409, "not_a_dry_run", f"rollback plan {plan_id} is "
                                 f"{(await self.store.get_plan(plan_id) or plan).status.value}, "
                                 "not a dry run waiting to be applied")
@@ -210,20 +211,15 @@ class Rollbacks:
         that takes its lease. At start and then again and again (a dead executor's lease
         lapses ``executor_lease`` seconds after it stopped)."""
         for plan_id in await self.store.unfinished_plans():
-            if plan_id in self._running or not await self._lapsed(plan_id):
+            if plan_id in self._running or not await self.leases.lapsed(plan_id):
                 continue
             task = asyncio.create_task(self._resume_quietly(plan_id))
             self._resumed.add(task)
             task.add_done_callback(self._resumed.discard)
 
-    async def _lapsed(self, plan_id: str) -> bool:
-        holder = await self.store.lease_holder(_lease(plan_id))
-        return holder is None or holder[1] < utcnow()
-
     async def _resume_quietly(self, plan_id: str) -> None:
         try:
-            if not await self.store.take_lease(_lease(plan_id), self.owner, utcnow(),
-                                               self.lease_seconds):
+            if not await self.leases.take(plan_id):
                 return  # another process took it first
             log.warning("resuming rollback plan %s", plan_id)
             await self.resume(plan_id, "gateway")
@@ -244,36 +240,9 @@ class Rollbacks:
 
     async def _claim(self, plan_id: str) -> None:
         """This process's lease on the plan, or 409: another process is applying it."""
-        if not await self.store.take_lease(_lease(plan_id), self.owner, utcnow(),
-                                           self.lease_seconds):
+        if not await self.leases.take(plan_id):
             raise RollbackError(409, "running", f"rollback plan {plan_id} is being applied "
                                 "by another gateway process")
-
-    @contextlib.asynccontextmanager
-    async def _holding(self, plan_id: str) -> AsyncIterator[asyncio.Event]:
-        """Renew the plan's lease while the block runs; the event is set if it was lost."""
-        lost = asyncio.Event()
-
-        async def renew() -> None:
-            while True:
-                await asyncio.sleep(self.lease_seconds / 3)
-                try:
-                    if not await self.store.take_lease(_lease(plan_id), self.owner, utcnow(),
-                                                       self.lease_seconds):
-                        lost.set()
-                        return
-                except Exception:  # the store is down: keep trying while the lease lasts
-                    log.warning("could not renew the lease of rollback plan %s", plan_id)
-
-        await self._claim(plan_id)
-        renewer = asyncio.create_task(renew())
-        try:
-            yield lost
-        finally:
-            renewer.cancel()
-            await asyncio.gather(renewer, return_exceptions=True)
-            with contextlib.suppress(Exception):
-                await self.store.release_lease(_lease(plan_id), self.owner)
 
     @contextlib.contextmanager
     def _guard(self, plan_id: str) -> Iterator[None]:
@@ -291,7 +260,8 @@ class Rollbacks:
             return await self._held_run(plan)
 
     async def _held_run(self, plan: Plan) -> Plan:
-        async with self._holding(plan.id) as lost:
+        await self._claim(plan.id)
+        async with self.leases.renewed(plan.id) as lost:
             return await self._run(plan, lost)
 
     async def _run(self, plan: Plan, lost: asyncio.Event | None = None) -> Plan:
@@ -485,7 +455,3 @@ def _form_pairs(value: Any, prefix: str) -> Any:
     else:
         text = "" if value is None else str(value).lower() if isinstance(value, bool) else value
         yield prefix, text
-
-
-def _lease(plan_id: str) -> str:
-    return f"plan:{plan_id}"
