@@ -41,6 +41,8 @@ class FaultUpstream:
     def __init__(self, resources: dict[str, Any] | None = None) -> None:
         self.resources: dict[str, Any] = dict(resources or {})
         self.log: list[tuple[str, str, Any]] = []  # (method, path, body) as received
+        self.stamps: list[float] = []  # time.time() each one was received at
+        self.delay = 0.0  # seconds every write waits before it is applied (a slow upstream)
         self.faults: list[Fault] = []
         self._lock = threading.Condition()
         self._created = 0
@@ -138,6 +140,7 @@ class FaultUpstream:
     def handle(self, method: str, path: str, body: Any) -> tuple[int | None, Any]:
         with self._lock:
             self.log.append((method, path, body))
+            self.stamps.append(time.time())
             self._lock.notify_all()
             fault = next((f for f in self.faults if f.matches(method, path)), None)
             if fault is not None and fault.count > 0:
@@ -152,6 +155,8 @@ class FaultUpstream:
                 self._apply(method, path, body)
             fault.released.wait(120)
             return None, None
+        if self.delay and method != "GET":
+            time.sleep(self.delay)
         return self._apply(method, path, body)
 
     def _apply(self, method: str, path: str, body: Any) -> tuple[int, Any]:
