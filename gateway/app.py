@@ -133,8 +133,10 @@ class Gateway:
         self.audit.start()
         self.approvals.trail = self.audit
         # a heartbeat, then what dead processes left: their intents, audit records, plans
+        pipeline = self._pipeline
         self.recovery = Recovery(self._store, self.rollbacks, process,
-                                 self.settings.executor_lease, self._longest_write())
+                                 self.settings.executor_lease, self._longest_write(),
+                                 pending=lambda: set(pipeline.pending))
         await self.recovery.start()
         self.resuming = asyncio.create_task(self.rollbacks.resumed())
         log.info("policy set %s loaded: %s", policies.revision, ", ".join(policies.upstreams))

@@ -291,6 +291,12 @@ class Store(Protocol):
     async def intent_processes(self, before: datetime) -> list[str]:
         """Processes with intents journaled before ``before`` and still without outcome."""
 
+    async def stale_intents(self, process: str, before: datetime) -> list[str]:
+        """``process``'s intents journaled before ``before`` and still without outcome."""
+
+    async def abandon_intents(self, ids: list[str], why: str, now: datetime) -> None:
+        """Those intents become ``unknown``, with ``why`` as their error."""
+
     async def recover_process(self, process: str, now: datetime
                               ) -> tuple[list[str], list[JournalEntry]]:
         """A dead process's intents become ``unknown`` (their ids); and its journal

@@ -127,6 +127,7 @@ class Pipeline:
         self.tripwires = Tripwires(freezes, store)  # none configured: a no-op
         self.senders: dict[str, Sender] = {"http": RestSender(settings, client)}
         self._outcomes: set[asyncio.Task[None]] = set()  # journaled after the reply
+        self.pending: set[str] = set()  # entries journaled as intents, outcome not yet saved
         self.sealer: Sealer = NO_SEALER  # the store's (gateway.app sets it)
 
     @property
@@ -437,6 +438,8 @@ class Pipeline:
                 from exc
         if not journaled:
             await self.freezes.refused(upstream.name, call.agent)
+        elif entry.state is JournalState.INTENT:  # a shadowed write has no outcome to wait for
+            self.pending.add(entry.id)
 
     async def capture(self, upstream: Upstream, call: Call,
                       target: str) -> tuple[Any, int, float]:
@@ -518,13 +521,16 @@ class Pipeline:
             try:
                 with watch.step(JOURNAL_OUTCOME, entry.upstream):
                     await self.store.journal_outcome(entry.id, outcome)
+                self.pending.discard(entry.id)
                 return
             except LookupError:
                 log.exception("no intent for the outcome of %s", entry.id)
+                self.pending.discard(entry.id)
                 return
             except Exception as exc:
                 if time.monotonic() + delay > deadline:
                     log.exception("could not journal the outcome of %s; gave up", entry.id)
+                    self.pending.discard(entry.id)
                     return
                 log.warning("could not journal the outcome of %s (%s); retrying", entry.id, exc)
             await asyncio.sleep(delay)

@@ -363,6 +363,7 @@ class Rollbacks:
             prior=seen.value, prior_status=seen.status, capture_path=step.target, undo=None,
             reversible=False)
         await self.store.journal_intent(entry, unless_frozen=False)  # recovery is not frozen
+        self.pipeline.pending.add(entry.id)
         started = time.perf_counter()
         response = None
         try:

@@ -40,6 +40,8 @@ _HOLDER = text("SELECT owner, expires_at FROM leases WHERE name = :name")
 _INTENTS_OF = text("SELECT id FROM journal WHERE process = :process AND state = 'intent'")
 _TO_UNKNOWN = text("UPDATE journal SET state = :unknown, error = :why, completed_at = :now "
                    "WHERE id = :id AND state = 'intent'")
+_OWN_INTENTS = text("SELECT id FROM journal WHERE state = 'intent' AND process = :process "
+                    "AND at < :before")
 _INTENT_PROCESSES = text("SELECT DISTINCT process FROM journal WHERE state = 'intent' "
                          "AND at < :before AND process IS NOT NULL")
 _AUDIT_SINCE = text("SELECT detail FROM audit WHERE at >= :since")
@@ -82,6 +84,21 @@ class Leases:
         async with self._engine.connect() as connection:
             rows = (await connection.execute(_INTENT_PROCESSES, {"before": iso(before)})).all()
         return sorted(row[0] for row in rows)
+
+    async def stale_intents(self, process: str, before: datetime) -> list[str]:
+        """``process``'s intents journaled before ``before`` still without outcome."""
+        async with self._engine.connect() as connection:
+            rows = (await connection.execute(_OWN_INTENTS, {"process": process,
+                                                            "before": iso(before)})).all()
+        return sorted(row[0] for row in rows)
+
+    async def abandon_intents(self, ids: list[str], why: str, now: datetime) -> None:
+        """These intents become ``unknown`` (their outcome will never come)."""
+        async with self._writer.begin() as connection:
+            for entry_id in ids:
+                await connection.execute(_TO_UNKNOWN, {
+                    "unknown": JournalState.UNKNOWN.value, "why": why, "now": iso(now),
+                    "id": entry_id})
 
     async def recover_process(self, process: str, now: datetime) -> tuple[list[str],
                                                                           list[JournalEntry]]:

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.faults.procs_support import Cluster, Gateway, configure, in_thread, poll
+from tests.faults.procs_support import Cluster, Gateway, configure, in_thread, poll, query
 from tests.faults.procs_upstream import FaultUpstream
 
 PRIOR = {"name": "a", "v": 1}
@@ -101,3 +101,22 @@ def test_an_outcome_that_fails_to_save_while_the_store_is_down_is_retried(
             gateway.stop()
     finally:
         cluster.destroy()
+
+
+def test_an_outcome_the_store_lost_in_a_crash_does_not_stay_intent(
+        tmp_path: Path, store_url: str, upstream: FaultUpstream) -> None:
+    config = configure(tmp_path, store_url, upstream.url, executor_lease=1, upstream_timeout=1)
+    gateway = Gateway(config)
+    try:
+        assert gateway.call("PATCH", "/items/a", json={"v": 2}).status_code == 200
+        [entry] = poll(lambda: [e for e in gateway.journal(method="PATCH")
+                                if e["state"] == "completed"], "the outcome")
+        # what a database crash does to an outcome committed without waiting for the disk
+        query(store_url, "UPDATE journal SET state = 'intent', status = NULL WHERE id = $1",
+              entry["id"])
+        [settled] = poll(lambda: [e for e in gateway.journal(method="PATCH")
+                                  if e["state"] != "intent"], "the lost outcome to be settled")
+        assert settled["state"] == "unknown", settled
+        assert settled["prior"] == PRIOR and settled["undo"] is not None, settled
+    finally:
+        gateway.stop()
