@@ -273,6 +273,11 @@ class Store(Protocol):
     async def unfinished_plans(self) -> list[str]:
         """Ids of the plans still ``running`` (to resume after a restart), oldest first."""
 
+    async def count_tripwire(self, name: str, value: float, window: float,
+                             now: datetime) -> tuple[int, float]:
+        """Add one event of ``value`` to tripwire window ``name`` (``window`` seconds long,
+        shared by every process); the window's count and total before it."""
+
     # Leases (gateway.store.leases) ----------------------------------------------
     # One executor across every process: a named lease taken by exactly one
     # caller, renewed while its work runs; a dead holder's lease lapses.

@@ -70,6 +70,7 @@ from gateway.store.reports import ReportQueries
 from gateway.store.rollbacks import RollbackPlans
 from gateway.store.seal import Sealer, sealer_for
 from gateway.store.tables import AuditRow, JournalRow
+from gateway.store.tripwire_counts import TripwireCounts
 
 WRITE_LOCK = 0x67775F7772697465  # "gw_write": the advisory lock over audit and freezes
 log = logging.getLogger("gateway.store")
@@ -88,7 +89,7 @@ def default_sealer(url: Any, journal_key: str | None = None) -> Sealer:
     return sealer_for(journal_key, path)
 
 
-class SqlStore(ApprovalQueue, RollbackPlans, ReportQueries, Leases):
+class SqlStore(ApprovalQueue, RollbackPlans, ReportQueries, Leases, TripwireCounts):
     """The store behind the gateway.
 
     >>> store = SqlStore("sqlite+aiosqlite:///./gateway.db")  # doctest: +SKIP
