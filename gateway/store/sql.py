@@ -25,11 +25,13 @@ import asyncio
 import logging
 import os
 import secrets
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
 
+import asyncpg
 from sqlalchemy import and_, case, or_, text, update
 from sqlalchemy import select as sql_select
 from sqlmodel import col, func, select
@@ -201,6 +203,21 @@ class SqlStore(ApprovalQueue, RollbackPlans, ReportQueries, Leases, TripwireCoun
         return await self._intents(entry)
 
     async def _commit_intents(self, entries: list[JournalEntry]) -> list[bool]:
+        try:
+            return await self._insert_intents(entries)
+        except (sqlite3.IntegrityError, asyncpg.UniqueViolationError):
+            # Retried alone after a batch whose commit was reported failed but had
+            # committed (a connection lost after COMMIT): its row is there, so it is
+            # journaled; failing it would leave an intent nobody sends (issue 16).
+            if len(entries) == 1 and await self._journaled(entries[0].id):
+                return [True]
+            raise
+
+    async def _journaled(self, entry_id: str) -> bool:
+        return bool(await self._hot_path().fetch("SELECT 1 FROM journal WHERE id = ?",
+                                                 (entry_id,)))
+
+    async def _insert_intents(self, entries: list[JournalEntry]) -> list[bool]:
         hot = self._hot_path()
         rows = [codec.intent_params(e, self.process) for e in entries]
         if isinstance(hot, PostgresHotPath):
