@@ -111,6 +111,7 @@ class SqlStore(ApprovalQueue, RollbackPlans, ReportQueries, Leases, TripwireCoun
         self._write_lock = asyncio.Lock()
         self._hot: HotPath | None = None
         self._intents = GroupCommit(self._commit_intents)
+        self._unsure: set[str] = set()  # intents of a batch whose commit may have happened
         self._outcomes = GroupCommit(self._commit_outcomes)
 
     def __repr__(self) -> str:
@@ -206,12 +207,20 @@ class SqlStore(ApprovalQueue, RollbackPlans, ReportQueries, Leases, TripwireCoun
         try:
             return await self._insert_intents(entries)
         except (sqlite3.IntegrityError, asyncpg.UniqueViolationError):
-            # Retried alone after a batch whose commit was reported failed but had
-            # committed (a connection lost after COMMIT): its row is there, so it is
-            # journaled; failing it would leave an intent nobody sends (issue 16).
-            if len(entries) == 1 and await self._journaled(entries[0].id):
+            # Retried alone (GroupCommit) after a batch whose commit was reported failed
+            # but had committed (a connection lost after COMMIT): its row is there, so it
+            # is journaled; failing it would leave an intent nobody sends (issue 16).
+            if len(entries) == 1 and entries[0].id in self._unsure \
+                    and await self._journaled(entries[0].id):
                 return [True]
             raise
+        except Exception:
+            if len(entries) > 1:  # each is tried again alone: it may be in already
+                self._unsure.update(e.id for e in entries)
+            raise
+        finally:
+            if len(entries) == 1:
+                self._unsure.discard(entries[0].id)
 
     async def _journaled(self, entry_id: str) -> bool:
         return bool(await self._hot_path().fetch("SELECT 1 FROM journal WHERE id = ?",
