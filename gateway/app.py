@@ -131,7 +131,7 @@ class Gateway:
                                    lease_seconds=self.settings.executor_lease)
         self.audit = AuditTrail(self._store)
         self.audit.start()
-        self.approvals.trail = self.audit
+        self.approvals.trail = self.rollbacks.trail = self.audit
         # a heartbeat, then what dead processes left: their intents, audit records, plans
         pipeline = self._pipeline
         self.recovery = Recovery(self._store, self.rollbacks, process,

@@ -97,6 +97,7 @@ class Rollbacks:
                                  lease_seconds)
         self._running: set[str] = set()  # plan ids being applied by this process
         self._resumed: set[asyncio.Task[Any]] = set()
+        self.trail: Any = None  # the audit trail (AuditTrail) a refused record is queued in
 
     async def select(self, selection: Selection) -> list[JournalEntry]:
         if selection.empty():
@@ -420,12 +421,13 @@ class Rollbacks:
                     tuple(steps), plan.irreversible, plan.skipped)
 
     async def _audit(self, actor: str, action: str, plan: Plan, detail: dict[str, Any]) -> None:
+        record = {"plan": plan.id, "selector": plan.selector, **detail}
         try:
-            await self.store.append_audit(actor, action, {"plan": plan.id,
-                                                          "selector": plan.selector, **detail},
-                                          utcnow())
-        except Exception:
+            await self.store.append_audit(actor, action, record, utcnow())
+        except Exception:  # queued when there is a trail: it retries until the store is back
             log.exception("could not audit %s of plan %s", action, plan.id)
+            if self.trail is not None:
+                await self.trail.record(actor, action, record)
 
 
 def _current(step: Step, seen: Observed) -> Any:
