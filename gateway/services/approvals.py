@@ -315,7 +315,7 @@ class ApprovalQueue:
         try:
             reply = await self.pipeline.execute_held(held, info)
         except _MAYBE_SENT as exc:  # it may have landed: never sent again, never "failed"
-            await self._finish(held, ApprovalStatus.UNKNOWN, None, None,
+            await self._finish(held, ApprovalStatus.UNKNOWN, None, exc.extra.get("journal"),
                                f"{exc.code}: {exc.message}; the outcome is unknown")
             raise ApprovalError(exc.status, exc.code, exc.message) from None
         except _RETRYABLE as exc:  # nothing reached the upstream: back in the queue, and the
@@ -328,7 +328,7 @@ class ApprovalQueue:
             self._wake(held.id)
             raise ApprovalError(exc.status, exc.code, exc.message) from None
         except GatewayError as exc:
-            await self._finish(held, ApprovalStatus.FAILED, None, None,
+            await self._finish(held, ApprovalStatus.FAILED, None, exc.extra.get("journal"),
                                f"{exc.code}: {exc.message}")
             raise ApprovalError(exc.status, exc.code, exc.message) from None
         response = stored_response(reply.response)

@@ -376,6 +376,7 @@ class Pipeline:
                     response = await self.sender(upstream).forward(
                         upstream, call, approved=approval is not None, trace=step.propagate)
         except GatewayError as exc:
+            exc.extra.setdefault("journal", entry.id)  # the audit record names the entry
             self._later(entry, await self.outcome_of(entry, None, exc, started, sent,
                                                      capture_ms), call.watch)
             if approval is None:
