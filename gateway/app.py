@@ -32,6 +32,7 @@ from gateway.services.checkpoints import Checkpoints
 from gateway.services.freezes import FreezeState
 from gateway.services.notify import Notifier
 from gateway.services.pipeline import Pipeline
+from gateway.services.recovery import Recovery
 from gateway.services.rollbacks import Rollbacks
 from gateway.services.shadows import ShadowWrites
 from gateway.services.tripwires import Tripwires
@@ -130,7 +131,9 @@ class Gateway:
         self._pipeline.proposals = self.shadows
         await self.approvals.sweep()  # claims left by a process that died are marked unknown
         self.approvals.start()
-        self.rollbacks = Rollbacks(self._pipeline, self._store)
+        process = getattr(self._store, "process", None) or "gateway"
+        self.rollbacks = Rollbacks(self._pipeline, self._store, owner=process,
+                                   lease_seconds=self.settings.executor_lease)
         self.audit = AuditTrail(self._store)
         self.audit.start()
         self.checkpoints = Checkpoints(
@@ -138,7 +141,14 @@ class Gateway:
             [anchor_for(a) for a in self.settings.audit_anchors],
             self.settings.audit_checkpoint_interval, self.settings.audit_origin)
         await self.checkpoints.start()
-        self.resuming = asyncio.create_task(self.rollbacks.resume_unfinished())
+        self.approvals.trail = self.rollbacks.trail = self.audit
+        # a heartbeat, then what dead processes left: their intents, audit records, plans
+        pipeline = self._pipeline
+        self.recovery = Recovery(self._store, self.rollbacks, process,
+                                 self.settings.executor_lease, self._longest_write(),
+                                 pending=lambda: set(pipeline.pending))
+        await self.recovery.start()
+        self.resuming = asyncio.create_task(self.rollbacks.resumed())
         log.info("policy set %s loaded: %s", policies.revision, ", ".join(policies.upstreams))
 
     def _sealer(self) -> Sealer:
@@ -195,8 +205,12 @@ class Gateway:
         if self._pipeline is not None:
             self.resuming.cancel()
             await asyncio.gather(self.resuming, return_exceptions=True)
+            await self.recovery.stop()
             await self.approvals.stop()
-            await self._pipeline.settled()
+            try:  # outcomes are retried while the store is down: not forever at shutdown
+                await asyncio.wait_for(self._pipeline.settled(), timeout=10)
+            except TimeoutError:
+                log.error("outcomes not journaled at shutdown; recovery journals them unknown")
             await self.audit.stop()
             await self.checkpoints.stop()
             await self.notifier.stop()

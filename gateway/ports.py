@@ -184,9 +184,9 @@ class Store(Protocol):
 
     async def release_claim(self, call_id: str, votes: tuple[Vote, ...] | None = None) -> bool:
         """approved -> pending, clearing ``decided_by``, ``decided_at`` and the
-        lease but keeping the votes (or setting ``votes``): the claimant did not
-        send the call (a freeze engaged between claim and send; a sealed request
-        its key does not open)."""
+        lease: the claimant did not send the call (a freeze engaged between claim
+        and send, the capture or the journal failed). ``votes`` replace the
+        call's when given (the vote that set off the execution is withdrawn)."""
 
     async def finish_held(self, call_id: str, status: ApprovalStatus,
                           response: dict[str, Any] | None, journal_id: str | None,
@@ -272,6 +272,40 @@ class Store(Protocol):
 
     async def unfinished_plans(self) -> list[str]:
         """Ids of the plans still ``running`` (to resume after a restart), oldest first."""
+
+    async def count_tripwire(self, name: str, value: float, window: float,
+                             now: datetime) -> tuple[int, float]:
+        """Add one event of ``value`` to tripwire window ``name`` (``window`` seconds long,
+        shared by every process); the window's count and total before it."""
+
+    # Leases (gateway.store.leases) ----------------------------------------------
+    # One executor across every process: a named lease taken by exactly one
+    # caller, renewed while its work runs; a dead holder's lease lapses.
+    async def take_lease(self, name: str, owner: str, now: datetime, seconds: float) -> bool:
+        """Take or renew lease ``name`` until ``now + seconds``; True for its one holder."""
+
+    async def release_lease(self, name: str, owner: str) -> None:
+        """Drop ``owner``'s lease ``name`` (nothing if another holds it)."""
+
+    async def lease_holder(self, name: str) -> tuple[str, datetime] | None:
+        """Who holds lease ``name`` and until when, lapsed or not; None if nobody."""
+
+    async def lapsed_leases(self, prefix: str, now: datetime) -> list[tuple[str, str]]:
+        """(name, owner) of the leases named ``prefix...`` that lapsed before ``now``."""
+
+    async def intent_processes(self, before: datetime) -> list[str]:
+        """Processes with intents journaled before ``before`` and still without outcome."""
+
+    async def stale_intents(self, process: str, before: datetime) -> list[str]:
+        """``process``'s intents journaled before ``before`` and still without outcome."""
+
+    async def abandon_intents(self, ids: list[str], why: str, now: datetime) -> None:
+        """Those intents become ``unknown``, with ``why`` as their error."""
+
+    async def recover_process(self, process: str, now: datetime
+                              ) -> tuple[list[str], list[JournalEntry]]:
+        """A dead process's intents become ``unknown`` (their ids); and its journal
+        entries that no audit record names."""
 
 
 @dataclass(slots=True)

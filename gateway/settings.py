@@ -167,6 +167,9 @@ class Settings(BaseSettings):
     engage_wait: float = Field(default=2.0, gt=0)  # then writes still in flight are cut off
     workers: int = Field(default=1, ge=1, le=64)  # processes serving the same ports
     capture_timeout: float = Field(default=10.0, gt=0)
+    # seconds a process's heartbeat and a rollback plan's claim hold without renewal: a
+    # dead process's plans and intents are taken over this long after it stopped
+    executor_lease: float = Field(default=15.0, gt=0)
     journal_body_limit: int = Field(default=65536, ge=0)
     # SQLite: fdatasync the journal before a write is sent (off only to measure its cost)
     journal_fsync: bool = True

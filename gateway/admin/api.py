@@ -6,6 +6,7 @@ JSON shape, ``{"error": {"code", "message"}}``, mapped in one place below.
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -13,6 +14,7 @@ from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.exc import DBAPIError
 
 from gateway import dashboard
 from gateway.admin.audit_proofs import add_audit_proof_routes
@@ -27,6 +29,9 @@ from gateway.core.model import Freeze, JournalQuery, iso, parse_iso, utcnow
 from gateway.metrics import CONTENT_TYPE
 from gateway.services.approvals import ApprovalError
 from gateway.services.rollbacks import RollbackError, Selection
+from gateway.store.diagnose import STORE_ERRORS, unavailable
+
+log = logging.getLogger("gateway.admin")
 
 Viewer = Annotated[Operator, Depends(requires("viewer"))]
 Approver = Annotated[Operator, Depends(requires("approver"))]
@@ -85,6 +90,20 @@ def create_admin_app(gateway: Controls) -> FastAPI:
     @app.exception_handler(RollbackError)
     async def _rollback_error(request: Request, exc: RollbackError) -> JSONResponse:
         return JSONResponse({"error": {"code": exc.code, "message": exc.message}}, exc.status)
+
+    async def _store_down(request: Request, exc: Exception) -> JSONResponse:
+        why = unavailable(exc)
+        if why is None:  # not the store being down: a bug, shown as one
+            log.error("unexpected error on %s %s", request.method, request.url.path,
+                      exc_info=exc)
+            return JSONResponse({"error": {"code": "internal_error",
+                                           "message": "internal error"}}, 500)
+        return JSONResponse({"error": {"code": "store_unavailable",
+                                       "message": f"the store is unavailable: {why}"}},
+                            503, headers={"Retry-After": "1"})
+
+    for kind in (*STORE_ERRORS, DBAPIError):  # while the store is down: 503 with the cause
+        app.add_exception_handler(kind, _store_down)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

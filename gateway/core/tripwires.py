@@ -307,9 +307,35 @@ class TripwireState:
         self._holds = {k: h for k, h in self._holds.items() if k[0] in kept}
         self._tripwires = new
 
+    def shared_windows(self, upstream: str, agent: str, method: str,
+                       body: Any) -> list[tuple[str, float, float]]:
+        """The count windows this write adds to, as kept in a store shared by every process:
+        (window name, value this write adds, the window's length in seconds)."""
+        out = []
+        for tw in self._tripwires:
+            spec = tw.spec
+            if spec.kind not in ("writes", "deletes", "sum") \
+                    or not tw.applies(upstream, agent, method):
+                continue
+            value = 1.0
+            if spec.kind == "sum":
+                found = number_at(body, spec.field or "")
+                if found is None or found <= 0:
+                    continue
+                value = found
+            owner, tripwire = tw.key
+            out.append((f"{owner}/{tripwire}/{tw.counted_by(upstream, agent)}", value,
+                        spec.window))
+        return out
+
     def check_write(self, upstream: str, agent: str, method: str, body: Any,
-                    now: datetime) -> Trip | None:
-        """Before a write is forwarded: a ``Trip`` stops it; None counts it and lets it go."""
+                    now: datetime,
+                    shared: Mapping[str, tuple[int, float]] | None = None) -> Trip | None:
+        """Before a write is forwarded: a ``Trip`` stops it; None counts it and lets it go.
+
+        ``shared``: the windows' counts and totals before this write, by the names
+        ``shared_windows`` gave, when a store shared by every process keeps them (and
+        has counted this write already); the windows kept here are then not used."""
         t = now.timestamp()
         self._sweep(t)
         watching = [tw for tw in self._tripwires if tw.applies(upstream, agent, method)]
@@ -337,21 +363,29 @@ class TripwireState:
                 if found is None or found <= 0:
                     continue
                 value = found
-            window = self._window(tw, upstream, agent, t)
+            owner, tripwire = tw.key
+            kept = None if shared is None else shared.get(
+                f"{owner}/{tripwire}/{tw.counted_by(upstream, agent)}")
+            window = None
+            if kept is None:
+                window = self._window(tw, upstream, agent, t)
+                kept = window.count, window.total
+            count, total = kept
             assert spec.limit is not None
             if spec.kind == "sum":
-                if window.total + value > spec.limit:
+                if total + value > spec.limit:
                     trips.append(self._trip(tw, upstream, agent, now, (
-                        f"{spec.field} totals {_num(window.total + value)} in "
+                        f"{spec.field} totals {_num(total + value)} in "
                         f"{_num(spec.window)}s {_who(tw, upstream, agent)} "
                         f"(limit {_num(spec.limit)})")))
                     continue
-            elif window.count + 1 > spec.limit:
+            elif count + 1 > spec.limit:
                 trips.append(self._trip(tw, upstream, agent, now, (
-                    f"{window.count + 1} {spec.kind} in {_num(spec.window)}s "
+                    f"{count + 1} {spec.kind} in {_num(spec.window)}s "
                     f"{_who(tw, upstream, agent)} (limit {_num(spec.limit)})")))
                 continue
-            counted.append((window, value))
+            if window is not None:
+                counted.append((window, value))
         if trips:
             return self._strongest(trips)
         for window, value in counted:

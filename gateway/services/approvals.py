@@ -54,6 +54,7 @@ from gateway.errors import (
     WritesFrozen,
 )
 from gateway.ports import Store, UpstreamResponse
+from gateway.services.audit_trail import AuditTrail
 from gateway.services.call import Call, Reply
 from gateway.services.notify import Notifier
 from gateway.services.pipeline import Pipeline
@@ -131,6 +132,7 @@ class ApprovalQueue:
         self._dues: list[datetime] = []  # due times queued here (a heap), not yet swept
         self._due_failures: dict[str, int] = {}  # delayed call id -> failed runs, unsent
         self._swept_at: datetime | None = None  # when the last run of due calls looked
+        self.trail: AuditTrail | None = None  # where a record goes when the store refuses it
 
     # -- agent side ------------------------------------------------------------
 
@@ -298,7 +300,7 @@ class ApprovalQueue:
             await self._audit(operator, "approval.vote", held, {"comment": comment})
             return {**public_view(outcome.call), "response": None}
         claimed = await self.store.claim_held(held.id, held.votes, outcome.call.votes, operator,
-                                              now, lease(now, self.lease_seconds))
+                                              now, lease(now, self.lease_for(held)))
         if not claimed:
             latest = await self.get(call_id)
             raise ApprovalError(409, "already_decided",
@@ -326,21 +328,38 @@ class ApprovalQueue:
         try:
             reply = await self.pipeline.execute_held(held, info)
         except _MAYBE_SENT as exc:  # it may have landed: never sent again, never "failed"
-            await self._finish(held, ApprovalStatus.UNKNOWN, None, None,
+            await self._finish(held, ApprovalStatus.UNKNOWN, None, exc.extra.get("journal"),
                                f"{exc.code}: {exc.message}; the outcome is unknown")
             raise ApprovalError(exc.status, exc.code, exc.message) from None
-        except _RETRYABLE as exc:  # nothing reached the upstream: back in the queue
-            await self.store.release_claim(held.id)
+        except _RETRYABLE as exc:  # nothing reached the upstream: back in the queue, and the
+            # vote that set it off is withdrawn, so its approver can approve it again
+            kept = tuple(v for v in held.votes if v.by != operator)
+            await self.store.release_claim(held.id, kept)
+            if len(kept) != len(held.votes):
+                await self._audit(operator, "approval.vote_withdrawn", held, {
+                    "error": f"{exc.code}: {exc.message}; nothing was sent"})
             self._wake(held.id)
             raise ApprovalError(exc.status, exc.code, exc.message) from None
         except GatewayError as exc:
-            await self._finish(held, ApprovalStatus.FAILED, None, None,
+            await self._finish(held, ApprovalStatus.FAILED, None, exc.extra.get("journal"),
                                f"{exc.code}: {exc.message}")
             raise ApprovalError(exc.status, exc.code, exc.message) from None
         response = stored_response(reply.response)
         final = await self._finish(held, ApprovalStatus.EXECUTED, response, reply.journal_id,
                                    None)
         return {**public_view(final), "response": redacted_response(response)}
+
+    def lease_for(self, held: HeldCall) -> float:
+        """Seconds an execution may take before the sweeper calls it unknown: never less
+        than its upstream's (or rule's) ``timeout``, plus the capture before it and the
+        read after it, with a margin."""
+        settings = self.pipeline.settings
+        upstream = self.pipeline.policies.upstreams.get(held.upstream)
+        timeouts = [settings.upstream_timeout]
+        if upstream is not None:
+            rule = upstream.rule(held.rule)
+            timeouts += [upstream.spec.timeout or 0, getattr(rule, "timeout", None) or 0]
+        return max(self.lease_seconds, max(timeouts) + 2 * settings.capture_timeout + 30)
 
     async def _finish(self, held: HeldCall, status: ApprovalStatus,
                       response: dict[str, Any] | None, journal_id: str | None,
@@ -412,7 +431,7 @@ class ApprovalQueue:
                     await self._after_sweep(held.id, "approval.delay_frozen")
                 continue
             if not await self.store.claim_due(held.id, DELAY_ACTOR, now,
-                                              lease(now, self.lease_seconds)):
+                                              lease(now, self.lease_for(held))):
                 continue  # rejected meanwhile, or another process claimed it
             await self._audit(DELAY_ACTOR, "approval.due", held,
                               {"delay": held.extra.get("delay")})
@@ -504,5 +523,9 @@ class ApprovalQueue:
                   **detail}
         try:
             await self.store.append_audit(actor, action, record, utcnow())
-        except Exception:
-            log.exception("could not audit %s of %s", action, held.id)
+        except Exception as exc:  # never dropped: the trail retries until the store is back
+            if self.trail is None:
+                log.exception("could not audit %s of %s", action, held.id)
+                return
+            log.warning("could not audit %s of %s now (%s); queued", action, held.id, exc)
+            await self.trail.record(actor, action, record)

@@ -82,6 +82,7 @@ from gateway.store.seal import NO_SEALER, Sealer
 
 log = logging.getLogger("gateway.pipeline")
 JSON_TYPE = "application/json"
+OUTCOME_RETRY = 600.0  # seconds an outcome is retried while the store is down
 
 
 class Holds(Protocol):
@@ -127,7 +128,7 @@ class Pipeline:
         self.tripwires = Tripwires(freezes, store)  # none configured: a no-op
         self.senders: dict[str, Sender] = {"http": RestSender(settings, client)}
         self._outcomes: set[asyncio.Task[None]] = set()  # journaled after the reply
-        self._retrying: set[asyncio.Task[None]] = set()  # outcomes the store refused once
+        self.pending: set[str] = set()  # entries journaled as intents, outcome not yet saved
         self.sealer: Sealer = NO_SEALER  # the store's (gateway.app sets it)
         self.inflight = InFlightLimits()
 
@@ -403,6 +404,7 @@ class Pipeline:
                     response = await self.sender(upstream).forward(
                         upstream, call, approved=approval is not None, trace=step.propagate)
         except GatewayError as exc:
+            exc.extra.setdefault("journal", entry.id)  # the audit record names the entry
             self._later(entry, await self.outcome_of(entry, None, exc, started, sent,
                                                      capture_ms, upstream), call.watch)
             if approval is None:
@@ -466,6 +468,8 @@ class Pipeline:
                 from exc
         if not journaled:
             await self.freezes.refused(upstream.name, call.agent)
+        elif entry.state is JournalState.INTENT:  # a shadowed write has no outcome to wait for
+            self.pending.add(entry.id)
 
     async def capture(self, upstream: Upstream, call: Call,
                       target: str) -> tuple[Any, int, float]:
@@ -550,37 +554,28 @@ class Pipeline:
 
     async def _journal_outcome(self, entry: JournalEntry, outcome: JournalOutcome,
                                watch: Watch) -> None:
-        try:
-            with watch.step(JOURNAL_OUTCOME, entry.upstream):
-                await self.store.journal_outcome(entry.id, outcome)
-        except LookupError:  # no intent under that id: nothing to retry
-            log.exception("could not journal the outcome of %s", entry.id)
-        except Exception as exc:  # the store is down or busy: retried until it answers
-            log.warning("could not journal the outcome of %s (%s: %s); retrying",
-                        entry.id, type(exc).__name__, exc)
-            task = asyncio.create_task(self._retry_outcome(entry.id, outcome))
-            self._retrying.add(task)  # not waited for by settled(): the store is failing
-            task.add_done_callback(self._retrying.discard)
-
-    async def _retry_outcome(self, entry_id: str, outcome: JournalOutcome) -> None:
-        """Until the outcome is saved (backing off to one try every 5 s). Until then
-        the entry reads ``intent``; a process that stops first leaves it so, for
-        the recovery at start to settle."""
-        delay = 0.05
+        """Retried while the store is down (an outcome is never dropped while this
+        process lives: after ``OUTCOME_RETRY`` seconds, or a crash, recovery journals
+        it ``unknown``)."""
+        delay, deadline = 0.05, time.monotonic() + OUTCOME_RETRY
         while True:
-            await asyncio.sleep(delay)
             try:
-                await self.store.journal_outcome(entry_id, outcome)
+                with watch.step(JOURNAL_OUTCOME, entry.upstream):
+                    await self.store.journal_outcome(entry.id, outcome)
+                self.pending.discard(entry.id)
+                return
             except LookupError:
-                log.exception("could not journal the outcome of %s", entry_id)
+                log.exception("no intent for the outcome of %s", entry.id)
+                self.pending.discard(entry.id)
                 return
             except Exception as exc:
-                delay = min(delay * 2, 5.0)
-                log.warning("could not journal the outcome of %s yet (%s: %s); next try in "
-                            "%.2f s", entry_id, type(exc).__name__, exc, delay)
-            else:
-                log.info("journaled the outcome of %s after a retry", entry_id)
-                return
+                if time.monotonic() + delay > deadline:
+                    log.exception("could not journal the outcome of %s; gave up", entry.id)
+                    self.pending.discard(entry.id)
+                    return
+                log.warning("could not journal the outcome of %s (%s); retrying", entry.id, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
 
 
     async def _read_after(self, entry: JournalEntry, status: int, parsed: Any,

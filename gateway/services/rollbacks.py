@@ -11,9 +11,12 @@ a freeze stops agents, not operators' recovery.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -49,6 +52,7 @@ from gateway.errors import GatewayError
 from gateway.ports import Observed, Store, UpstreamResponse
 from gateway.services import sealing
 from gateway.services.pipeline import Pipeline
+from gateway.services.plan_leases import PlanLeases
 from gateway.store.seal import Sealer, SealError
 
 log = logging.getLogger("gateway.rollback")
@@ -82,10 +86,21 @@ class Selection:
 
 
 class Rollbacks:
-    def __init__(self, pipeline: Pipeline, store: Store) -> None:
+    """Applies plans. A plan has one executor among all processes sharing the store:
+    a lease (``plan:<id>``, ``Store.take_lease``) taken before the plan is run and
+    renewed while it runs; a plan whose executor died is resumed by the one process
+    that takes its lapsed lease (``resume_unfinished``, run again and again by
+    ``gateway.services.recovery``)."""
+
+    def __init__(self, pipeline: Pipeline, store: Store, owner: str | None = None,
+                 lease_seconds: float = 15.0) -> None:
         self.pipeline = pipeline
         self.store = store
+        self.leases = PlanLeases(store, owner or getattr(store, "process", None) or new_id(),
+                                 lease_seconds)
         self._running: set[str] = set()  # plan ids being applied by this process
+        self._resumed: set[asyncio.Task[Any]] = set()
+        self.trail: Any = None  # the audit trail (AuditTrail) a refused record is queued in
 
     async def select(self, selection: Selection) -> list[JournalEntry]:
         if selection.empty():
@@ -123,6 +138,7 @@ class Rollbacks:
             plan = await self._predict(plan)
             await self.store.create_plan(plan)
             return plan
+        await self._claim(plan.id)  # before it exists as running: nobody else resumes it
         await self.store.create_plan(plan)
         await self._audit(by, "rollback.start", plan, {"steps": len(plan.steps),
                                                        "irreversible": len(plan.irreversible)})
@@ -169,7 +185,9 @@ class Rollbacks:
         plan = await self.store.get_plan(plan_id)
         if plan is None:
             raise RollbackError(404, "not_found", f"no rollback plan {plan_id}")
+        await self._claim(plan_id)
         if not await self.store.claim_dry_run(plan_id):
+            await self.leases.release(plan_id)
             raise RollbackError(409, "not_a_dry_run", f"rollback plan {plan_id} is "
                                 f"{(await self.store.get_plan(plan_id) or plan).status.value}, "
                                 "not a dry run waiting to be applied")
@@ -192,32 +210,79 @@ class Rollbacks:
         if plan.status is PlanStatus.DRY_RUN:
             raise RollbackError(409, "dry_run", "a dry run is not applied; start a new "
                                 "rollback with dry_run: false")
-        await self.store.set_plan_status(plan.id, PlanStatus.RUNNING)
-        await self._audit(by, "rollback.resume", plan, {})
-        return await self.run(plan)
+        with self._guard(plan_id):
+            await self._claim(plan_id)  # before anything changes: one executor
+            plan = await self.store.get_plan(plan_id) or plan  # as its last executor left it
+            await self.store.set_plan_status(plan.id, PlanStatus.RUNNING)
+            await self._audit(by, "rollback.resume", plan, {})
+            return await self._held_run(plan)
 
     async def resume_unfinished(self) -> None:
-        """At start: finish what a stopped process left running."""
+        """Finish what a stopped process left running: each plan whose executor's lease
+        lapsed (or that never had one) is resumed, in the background, by the one process
+        that takes its lease. At start and then again and again (a dead executor's lease
+        lapses ``executor_lease`` seconds after it stopped)."""
         for plan_id in await self.store.unfinished_plans():
+            if plan_id in self._running or not await self.leases.lapsed(plan_id):
+                continue
+            task = asyncio.create_task(self._resume_quietly(plan_id))
+            self._resumed.add(task)
+            task.add_done_callback(self._resumed.discard)
+
+    async def _resume_quietly(self, plan_id: str) -> None:
+        try:
+            if not await self.leases.take(plan_id):
+                return  # another process took it first
             log.warning("resuming rollback plan %s", plan_id)
-            try:
-                await self.resume(plan_id, "gateway")
-            except Exception:
-                log.exception("could not resume rollback plan %s", plan_id)
+            await self.resume(plan_id, "gateway")
+        except RollbackError as exc:
+            log.info("rollback plan %s not resumed here: %s", plan_id, exc.message)
+        except Exception:
+            log.exception("could not resume rollback plan %s", plan_id)
+
+    async def resumed(self) -> None:
+        """Until the plans being resumed now are done (or stopped)."""
+        await asyncio.gather(*self._resumed, return_exceptions=True)
+
+    async def stop(self) -> None:
+        """Stop resumed plans (their leases lapse; another process takes them over)."""
+        for task in list(self._resumed):
+            task.cancel()
+        await asyncio.gather(*self._resumed, return_exceptions=True)
+
+    async def _claim(self, plan_id: str) -> None:
+        """This process's lease on the plan, or 409: another process is applying it."""
+        if not await self.leases.take(plan_id):
+            raise RollbackError(409, "running", f"rollback plan {plan_id} is being applied "
+                                "by another gateway process")
+
+    @contextlib.contextmanager
+    def _guard(self, plan_id: str) -> Iterator[None]:
+        """This process applies a plan once at a time (the lease is per process)."""
+        if plan_id in self._running:
+            raise RollbackError(409, "running", f"rollback plan {plan_id} is running")
+        self._running.add(plan_id)
+        try:
+            yield
+        finally:
+            self._running.discard(plan_id)
 
     async def run(self, plan: Plan) -> Plan:
-        if plan.id in self._running:
-            raise RollbackError(409, "running", f"rollback plan {plan.id} is running")
-        self._running.add(plan.id)
-        try:
-            return await self._run(plan)
-        finally:
-            self._running.discard(plan.id)
+        with self._guard(plan.id):
+            return await self._held_run(plan)
 
-    async def _run(self, plan: Plan) -> Plan:
+    async def _held_run(self, plan: Plan) -> Plan:
+        await self._claim(plan.id)
+        async with self.leases.renewed(plan.id) as lost:
+            return await self._run(plan, lost)
+
+    async def _run(self, plan: Plan, lost: asyncio.Event | None = None) -> Plan:
         steps = list(plan.steps)
         compensated: set[tuple[str, str]] = set()  # resources this plan has put back
         for index, step in enumerate(steps):
+            if lost is not None and lost.is_set():
+                raise RollbackError(409, "lease_lost", f"rollback plan {plan.id} was taken "
+                                    "over by another gateway process")
             if step.status in (StepStatus.PLANNED, StepStatus.APPLYING):
                 steps[index] = await self._apply(plan, step,
                                                  (step.upstream, step.target) in compensated)
@@ -261,15 +326,16 @@ class Rollbacks:
             if verdict is StepStatus.SKIPPED or (verdict is StepStatus.CONFLICT
                                                  and not plan.force):
                 return await self._save(plan, step, verdict, why)
-        elif step.status is StepStatus.APPLYING:  # interrupted: did the compensation land?
-            entry = await self.store.get_journal(step.entry_id)
-            prior = entry.prior if entry is not None else None
-            if already_compensated(step, seen.status, seen.value, prior):
-                return await self._applied(plan, step, "found applied when the plan resumed")
-        elif not plan.force and not follows:
-            why = drifted(step, seen.status, _current(step, seen))
-            if why is not None:
-                return await self._save(plan, step, StepStatus.CONFLICT, why)
+        else:  # (an unknown write's reconciliation above was its drift check)
+            if step.status is StepStatus.APPLYING:  # interrupted: did the compensation land?
+                entry = await self.store.get_journal(step.entry_id)
+                prior = entry.prior if entry is not None else None
+                if already_compensated(step, seen.status, seen.value, prior):
+                    return await self._applied(plan, step, "found applied when the plan resumed")
+            if not plan.force and not follows:  # resumed too: it may have changed meanwhile
+                why = drifted(step, seen.status, _current(step, seen))
+                if why is not None:
+                    return await self._save(plan, step, StepStatus.CONFLICT, why)
         await self.store.update_step(plan.id, step.seq, StepStatus.APPLYING, None, None)
         try:
             response, journal_id = await self._compensate(upstream, plan, step, seen)
@@ -346,6 +412,7 @@ class Rollbacks:
             prior=seen.value, prior_status=seen.status, capture_path=step.target, undo=None,
             reversible=False)
         await self.store.journal_intent(entry, unless_frozen=False)  # recovery is not frozen
+        self.pipeline.pending.add(entry.id)
         started = time.perf_counter()
         response = None
         try:
@@ -402,12 +469,13 @@ class Rollbacks:
                     tuple(steps), plan.irreversible, plan.skipped)
 
     async def _audit(self, actor: str, action: str, plan: Plan, detail: dict[str, Any]) -> None:
+        record = {"plan": plan.id, "selector": plan.selector, **detail}
         try:
-            await self.store.append_audit(actor, action, {"plan": plan.id,
-                                                          "selector": plan.selector, **detail},
-                                          utcnow())
-        except Exception:
+            await self.store.append_audit(actor, action, record, utcnow())
+        except Exception:  # queued when there is a trail: it retries until the store is back
             log.exception("could not audit %s of plan %s", action, plan.id)
+            if self.trail is not None:
+                await self.trail.record(actor, action, record)
 
 
 def _sent(entry: JournalEntry) -> Any:

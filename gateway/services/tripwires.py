@@ -60,7 +60,8 @@ class Tripwires:
         if not self.state.tripwires:
             return None
         now = self.clock()
-        trip = self.state.check_write(upstream.name, call.agent, call.method, view.body, now)
+        trip = self.state.check_write(upstream.name, call.agent, call.method, view.body, now,
+                                      await self._shared(upstream, call, view, now))
         if trip is None:
             return None
         if trip.action == "hold":
@@ -74,6 +75,21 @@ class Tripwires:
         target = f" {trip.target}" if trip.target else ""
         raise WritesFrozen(f"writes are frozen ({trip.scope.value}{target}): {trip.reason}",
                            scope=trip.scope.value, target=trip.target, tripwire=trip.tripwire)
+
+    async def _shared(self, upstream: Upstream, call: Call, view: CallView,
+                      now: datetime) -> dict[str, tuple[int, float]] | None:
+        """This write counted in the store's windows (shared by every process, kept across
+        restarts); their counts before it. None when the store keeps none."""
+        windows = self.state.shared_windows(upstream.name, call.agent, call.method, view.body)
+        if not windows or not hasattr(self.store, "count_tripwire"):
+            return None
+        try:
+            return {name: await self.store.count_tripwire(name, value, window, now)
+                    for name, value, window in windows}
+        except Exception as exc:  # fail closed: an uncounted write could pass a limit
+            log.error("tripwire windows could not be counted: %s", exc)
+            raise JournalUnavailable("the tripwire windows could not be counted in the store; "
+                                     "the call was not sent") from exc
 
     async def after_write(self, upstream: Upstream, call: Call, outcome: int | GatewayError) -> None:
         """The upstream's status, or the error that kept it from answering (error_rate)."""

@@ -101,10 +101,10 @@ class ApprovalQueue:
             lease_until=iso(lease_until))
 
     async def release_claim(self, call_id: str, votes: tuple[Vote, ...] | None = None) -> bool:
-        restored = {} if votes is None else {"votes": codec.votes_text(votes)}
+        """Back to pending; with ``votes``, those replace the call's (a withdrawn vote)."""
+        values: dict[str, Any] = {} if votes is None else {"votes": codec.votes_text(votes)}
         return await self._change(call_id, [_status == APPROVED], status=PENDING,
-                                  decided_by=None, decided_at=None, lease_until=None,
-                                  **restored)
+                                  decided_by=None, decided_at=None, lease_until=None, **values)
 
     async def finish_held(self, call_id: str, status: ApprovalStatus,
                           response: dict[str, Any] | None, journal_id: str | None,

@@ -88,3 +88,30 @@ def explain(error: BaseException, database_url: str) -> str | None:
         if isinstance(cause, sqlite3.DatabaseError | OSError):
             return f"cannot open the SQLite database {sqlite_path(url)} ({where}): {cause}"
     return None
+
+
+# What a running store raises when it cannot be reached: the base classes an HTTP edge
+# catches to answer 503 (``unavailable`` then says whether it is that, and why).
+STORE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError, sqlite3.Error, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
+def unavailable(exc: BaseException) -> str | None:
+    """Why the store cannot answer now (it is down, restarting, unreachable, locked), in
+    one line; None when ``exc`` is not that (a bug: shown with its traceback)."""
+    from sqlalchemy.exc import DBAPIError
+    cause: BaseException | None = exc
+    seen = 0
+    while cause is not None and seen < 5:  # SQLAlchemy wraps the driver's error
+        if isinstance(cause, DBAPIError) and cause.orig is not None:
+            cause = cause.orig
+        if isinstance(cause, (OSError, asyncpg.PostgresConnectionError,
+                              asyncpg.InterfaceError, asyncpg.CannotConnectNowError,
+                              asyncpg.exceptions.OperatorInterventionError,
+                              sqlite3.OperationalError)):
+            return f"{type(cause).__name__}: {cause}".strip().rstrip(":")
+        if isinstance(cause, DBAPIError) and cause.connection_invalidated:
+            return str(cause).splitlines()[0]
+        cause = cause.__cause__ or cause.__context__
+        seen += 1
+    return None

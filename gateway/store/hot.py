@@ -14,6 +14,7 @@ turns them into ``journal_unavailable``.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -27,6 +28,7 @@ import asyncpg
 from gateway.store.engine import SQLITE_PRAGMAS, SqliteFile, connect_primary
 
 _T = TypeVar("_T")
+log = logging.getLogger("gateway.store")
 
 
 @lru_cache(maxsize=32)
@@ -124,7 +126,7 @@ class PostgresHotPath:
             try:
                 yield _PostgresTx(connection)
             except BaseException:
-                await connection.execute("ROLLBACK")
+                await _abandon(connection)
                 raise
             await connection.execute("COMMIT")
 
@@ -144,7 +146,7 @@ class PostgresHotPath:
                 last = await connection.fetchrow(numbered(last_sql))
                 await connection.executemany(numbered(insert_sql), build(last))
             except BaseException:
-                await connection.execute("ROLLBACK")
+                await _abandon(connection)
                 raise
             await connection.execute("COMMIT")
 
@@ -154,6 +156,18 @@ class PostgresHotPath:
     async def close(self) -> None:
         await self._unsynced.close()
         await self._pool.close()
+
+
+async def _abandon(connection: asyncpg.Connection) -> None:
+    """Roll back after an error, never hiding it: on a connection that broke, or is still
+    busy with the statement the error interrupted ("another operation is in progress"),
+    the ROLLBACK fails too; then the connection is dropped (the server rolls back) and the
+    caller re-raises the first error, the one that says what happened."""
+    try:
+        await connection.execute("ROLLBACK")
+    except BaseException as exc:  # noqa: BLE001 - the error being handled is the real one
+        log.warning("rollback failed (%s); dropping the connection", exc)
+        connection.terminate()
 
 
 async def _rollback(connection: asyncpg.Connection) -> None:

@@ -25,11 +25,13 @@ import asyncio
 import logging
 import os
 import secrets
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
 
+import asyncpg
 from sqlalchemy import and_, case, or_, text, update
 from sqlalchemy import select as sql_select
 from sqlmodel import col, func, select
@@ -65,11 +67,13 @@ from gateway.store.engine import (
 )
 from gateway.store.group import GroupCommit
 from gateway.store.hot import HotPath, PostgresHotPath, SqliteHotPath, Tx
+from gateway.store.leases import Leases
 from gateway.store.migrate import upgrade
 from gateway.store.reports import ReportQueries
 from gateway.store.rollbacks import RollbackPlans
 from gateway.store.seal import Sealer, sealer_for
 from gateway.store.tables import AuditRow, JournalRow
+from gateway.store.tripwire_counts import TripwireCounts
 
 WRITE_LOCK = 0x67775F7772697465  # "gw_write": the advisory lock over audit and freezes
 log = logging.getLogger("gateway.store")
@@ -91,7 +95,8 @@ def default_sealer(url: Any, journal_key: str | None = None) -> Sealer:
     return sealer_for(journal_key, path)
 
 
-class SqlStore(ApprovalQueue, RollbackPlans, ReportQueries, CheckpointLog):
+class SqlStore(ApprovalQueue, RollbackPlans, ReportQueries, CheckpointLog, Leases,
+               TripwireCounts):
     """The store behind the gateway.
 
     >>> store = SqlStore("sqlite+aiosqlite:///./gateway.db")  # doctest: +SKIP
@@ -112,6 +117,7 @@ class SqlStore(ApprovalQueue, RollbackPlans, ReportQueries, CheckpointLog):
         self._hot: HotPath | None = None
         self._fsync = fsync  # SQLite: intents on disk before their write is sent
         self._intents = GroupCommit(self._commit_intents)
+        self._unsure: set[str] = set()  # intents of a batch whose commit may have happened
         self._outcomes = GroupCommit(self._commit_outcomes)
 
     def __repr__(self) -> str:
@@ -206,6 +212,29 @@ class SqlStore(ApprovalQueue, RollbackPlans, ReportQueries, CheckpointLog):
         return await self._intents(entry)
 
     async def _commit_intents(self, entries: list[JournalEntry]) -> list[bool]:
+        try:
+            return await self._insert_intents(entries)
+        except (sqlite3.IntegrityError, asyncpg.UniqueViolationError):
+            # Retried alone (GroupCommit) after a batch whose commit was reported failed
+            # but had committed (a connection lost after COMMIT): its row is there, so it
+            # is journaled; failing it would leave an intent nobody sends (issue 16).
+            if len(entries) == 1 and entries[0].id in self._unsure \
+                    and await self._journaled(entries[0].id):
+                return [True]
+            raise
+        except Exception:
+            if len(entries) > 1:  # each is tried again alone: it may be in already
+                self._unsure.update(e.id for e in entries)
+            raise
+        finally:
+            if len(entries) == 1:
+                self._unsure.discard(entries[0].id)
+
+    async def _journaled(self, entry_id: str) -> bool:
+        return bool(await self._hot_path().fetch("SELECT 1 FROM journal WHERE id = ?",
+                                                 (entry_id,)))
+
+    async def _insert_intents(self, entries: list[JournalEntry]) -> list[bool]:
         hot = self._hot_path()
         rows = [codec.intent_params(e, self.process) for e in entries]
         if isinstance(hot, PostgresHotPath):

@@ -246,3 +246,26 @@ class CheckpointRow(SQLModel, table=True):
     note: str = _text()
     at: str = _text()
     anchors: str = _text()  # JSON object
+
+
+class LeaseRow(SQLModel, table=True):
+    """A named lease (``plan:<id>``, ``process:<name>``): who holds it and until when
+    (0012). Taken and renewed by one upsert (``gateway.store.leases``)."""
+
+    __tablename__ = "leases"
+
+    name: str = Field(sa_type=Text, primary_key=True)
+    owner: str = _text()
+    expires_at: str = _text()
+
+
+class TripwireCountRow(SQLModel, table=True):
+    """Events of a tripwire window in one time bucket, shared by every process (0012)."""
+
+    __tablename__ = "tripwire_counts"
+
+    name: str = Field(sa_type=Text, primary_key=True)
+    bucket: int = Field(sa_type=BigInteger, primary_key=True,
+                        sa_column_kwargs={"autoincrement": False})
+    events: int = Field(sa_type=BigInteger)
+    total: float

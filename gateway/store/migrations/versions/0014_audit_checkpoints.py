@@ -6,7 +6,7 @@ witness, timestamp authority) answered, as a JSON object. The audit chain
 itself is unchanged: the tree is computed from its ``hash`` column.
 
 Revision ID: 0014
-Revises: 0010
+Revises: 0012
 Create Date: 2026-12-06
 """
 
@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0014"
-down_revision: str | Sequence[str] | None = "0010"
+down_revision: str | Sequence[str] | None = "0012"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

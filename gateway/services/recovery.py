@@ -1,0 +1,135 @@
+"""Recovery: what a dead process left is taken over by exactly one live one.
+
+Every process keeps a heartbeat lease (``process:<name>``, renewed every
+third of ``executor_lease``). Then, again and again:
+
+- a process whose heartbeat lapsed (or that left intents and never had one) is
+  recovered by the one process that takes its lease over: its intents become
+  ``unknown`` (prior and undo kept, so rollback can reconcile them), and each
+  of its journal entries that no audit record names gets one, appended from
+  the committed intent (the listener's record was still in memory when it
+  died). A crash therefore costs no write its journal entry nor its audit
+  record, without a synchronous audit commit per reply;
+- rollback plans whose executor's lease lapsed are resumed, each by one
+  process (``Rollbacks.resume_unfinished``).
+
+Held and delayed calls have their own one-executor claim (``approvals``: a
+compare-and-set claim with a lease the sweeper enforces).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from gateway.core.model import JournalEntry, iso, utcnow
+from gateway.ports import Store
+from gateway.services.rollbacks import Rollbacks
+
+log = logging.getLogger("gateway.recovery")
+LOST = ("its outcome was saved, then lost by the store (a database crash); the write "
+        "was sent and may have landed")
+
+
+class Recovery:
+    def __init__(self, store: Store, rollbacks: Rollbacks, process: str,
+                 lease_seconds: float, horizon: float,
+                 pending: Callable[[], set[str]] = set) -> None:
+        self.store = store
+        self.pending = pending  # this process's intents whose outcome it still holds
+        self.rollbacks = rollbacks
+        self.process = process
+        self.lease_seconds = lease_seconds
+        self.horizon = horizon  # seconds a write may take: older intents of no process are dead
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def _heartbeat(self) -> str:
+        return f"process:{self.process}"
+
+    async def start(self) -> None:
+        """Heartbeat first (this process is alive before it journals anything), then the
+        first round of recovery, then the loop."""
+        await self.store.take_lease(self._heartbeat, self.process, utcnow(), self.lease_seconds)
+        await self._round()
+        self._task = asyncio.create_task(self._forever())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        await self.rollbacks.stop()
+        try:  # stopped cleanly: what it leaves is not a crash's
+            await self.store.release_lease(self._heartbeat, self.process)
+        except Exception:
+            log.warning("could not drop this process's heartbeat; it lapses by itself")
+
+    async def _forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease_seconds / 3)
+            await self._round()
+
+    async def _round(self) -> None:
+        try:
+            await self.store.take_lease(self._heartbeat, self.process, utcnow(),
+                                        self.lease_seconds)
+            for process in await self._dead():
+                await self.recover(process)
+            await self._lost_outcomes()
+            await self.rollbacks.resume_unfinished()
+        except Exception as exc:  # the store is down: next round
+            log.warning("recovery round failed: %s", exc)
+
+    async def _lost_outcomes(self) -> None:
+        """This process's intents whose outcome it no longer holds, yet the store lacks
+        (saved, then lost in a database crash: PostgreSQL's outcomes commit without
+        waiting for the disk): ``unknown``, as a dead process's."""
+        before = utcnow() - timedelta(seconds=self.horizon)
+        pending = self.pending()
+        lost = [i for i in await self.store.stale_intents(self.process, before)
+                if i not in pending]
+        if lost:
+            log.error("%d outcomes were lost by the store (a database crash?); journaled "
+                      "unknown: %s", len(lost), ", ".join(lost[:20]))
+            await self.store.abandon_intents(lost, LOST, utcnow())
+
+    async def _dead(self) -> list[str]:
+        now = utcnow()
+        lapsed = [name.removeprefix("process:")
+                  for name, _ in await self.store.lapsed_leases("process:", now)]
+        orphans = await self.store.intent_processes(now - timedelta(seconds=self.horizon))
+        for process in orphans:
+            if process not in lapsed and await self.store.lease_holder(
+                    f"process:{process}") is None:
+                lapsed.append(process)
+        return [p for p in lapsed if p != self.process]
+
+    async def recover(self, process: str) -> None:
+        """Settle dead ``process``'s writes, if this process is the one to take it over."""
+        name = f"process:{process}"
+        if not await self.store.take_lease(name, self.process, utcnow(), self.lease_seconds):
+            return  # alive again, or another process is recovering it
+        unknown, unaudited = await self.store.recover_process(process, utcnow())
+        if unknown:
+            log.error("process %s stopped with %d writes in flight; journaled unknown: %s",
+                      process, len(unknown), ", ".join(unknown[:20]))
+        if unaudited:
+            await self.store.append_audit_many([_record(e, process) for e in unaudited])
+            log.warning("appended %d audit records lost with process %s", len(unaudited),
+                        process)
+        await self.store.release_lease(name, self.process)
+
+
+def _record(entry: JournalEntry, process: str) -> tuple[str, str, dict[str, Any], Any]:
+    detail = {"request_id": entry.request_id, "method": entry.method,
+              "path": f"/{entry.upstream}{entry.path}", "status": entry.status,
+              "journal": entry.id, "state": entry.state.value, "at": iso(entry.at),
+              "recovered": f"appended from the journal: the record was lost with process "
+                           f"{process}"}
+    if entry.approval:
+        detail["approval"] = entry.approval.get("id")
+    return entry.agent, f"call.{entry.decision}", detail, utcnow()

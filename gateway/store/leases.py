@@ -1,0 +1,135 @@
+"""Leases and recovery: one executor per piece of work across every process.
+
+``Leases`` is a mixin of ``SqlStore``. A lease is a row of ``leases`` (0012)
+named for the work it covers (``plan:<id>`` for a rollback plan being
+applied, ``process:<name>`` for a running gateway process, its heartbeat).
+``take_lease`` is one upsert that changes the row only when the old lease
+lapsed or is the taker's own, so of any number of processes exactly one sees
+``True``; the holder renews it the same way while it works and deletes it
+when done. A process that dies stops renewing: its leases lapse, and the
+work they covered is taken over by one other process.
+
+``recover_process`` settles what a dead process left: its intents become
+``unknown`` (it may or may not have sent them; prior and undo are kept so a
+rollback can reconcile them), and the journal entries it wrote that no audit
+record names are returned, for the caller to audit from the committed intent.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from gateway.core.model import JournalEntry, JournalState, iso, parse_iso
+from gateway.store import codec
+from gateway.store.tables import JournalRow
+
+_TAKE = text(
+    "INSERT INTO leases (name, owner, expires_at) VALUES (:name, :owner, :until) "
+    "ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at "
+    "WHERE leases.expires_at < :now OR leases.owner = excluded.owner")
+_RELEASE = text("DELETE FROM leases WHERE name = :name AND owner = :owner")
+_LAPSED = text("SELECT name, owner FROM leases WHERE name LIKE :prefix AND expires_at < :now "
+               "ORDER BY name")
+_HOLDER = text("SELECT owner, expires_at FROM leases WHERE name = :name")
+_INTENTS_OF = text("SELECT id FROM journal WHERE process = :process AND state = 'intent'")
+_TO_UNKNOWN = text("UPDATE journal SET state = :unknown, error = :why, completed_at = :now "
+                   "WHERE id = :id AND state = 'intent'")
+_OWN_INTENTS = text("SELECT id FROM journal WHERE state = 'intent' AND process = :process "
+                    "AND at < :before")
+_INTENT_PROCESSES = text("SELECT DISTINCT process FROM journal WHERE state = 'intent' "
+                         "AND at < :before AND process IS NOT NULL")
+_AUDIT_SINCE = text("SELECT detail FROM audit WHERE at >= :since")
+DEAD = ("the gateway process that sent it stopped before its outcome was journaled; "
+        "it may or may not have reached the upstream")
+
+
+class Leases:
+    """``take_lease`` ... ``recover_process`` of ``ports.Store``."""
+
+    _engine: AsyncEngine  # reads
+    _writer: AsyncEngine  # writes: BEGIN IMMEDIATE on SQLite
+
+    async def take_lease(self, name: str, owner: str, now: datetime, seconds: float) -> bool:
+        """Take (or renew) lease ``name`` for ``seconds``: True for its one holder."""
+        async with self._writer.begin() as connection:
+            result = await connection.execute(_TAKE, {
+                "name": name, "owner": owner, "now": iso(now),
+                "until": iso(now + timedelta(seconds=seconds))})
+        return bool(result.rowcount == 1)
+
+    async def release_lease(self, name: str, owner: str) -> None:
+        async with self._writer.begin() as connection:
+            await connection.execute(_RELEASE, {"name": name, "owner": owner})
+
+    async def lease_holder(self, name: str) -> tuple[str, datetime] | None:
+        async with self._engine.connect() as connection:
+            row = (await connection.execute(_HOLDER, {"name": name})).first()
+        return None if row is None else (row[0], parse_iso(row[1]))
+
+    async def lapsed_leases(self, prefix: str, now: datetime) -> list[tuple[str, str]]:
+        """(name, owner) of the leases named ``prefix...`` that lapsed before ``now``."""
+        async with self._engine.connect() as connection:
+            rows = (await connection.execute(_LAPSED, {"prefix": prefix + "%",
+                                                       "now": iso(now)})).all()
+        return [(row[0], row[1]) for row in rows]
+
+    async def intent_processes(self, before: datetime) -> list[str]:
+        """The processes that journaled an intent before ``before`` still without outcome."""
+        async with self._engine.connect() as connection:
+            rows = (await connection.execute(_INTENT_PROCESSES, {"before": iso(before)})).all()
+        return sorted(row[0] for row in rows)
+
+    async def stale_intents(self, process: str, before: datetime) -> list[str]:
+        """``process``'s intents journaled before ``before`` still without outcome."""
+        async with self._engine.connect() as connection:
+            rows = (await connection.execute(_OWN_INTENTS, {"process": process,
+                                                            "before": iso(before)})).all()
+        return sorted(row[0] for row in rows)
+
+    async def abandon_intents(self, ids: list[str], why: str, now: datetime) -> None:
+        """These intents become ``unknown`` (their outcome will never come)."""
+        async with self._writer.begin() as connection:
+            for entry_id in ids:
+                await connection.execute(_TO_UNKNOWN, {
+                    "unknown": JournalState.UNKNOWN.value, "why": why, "now": iso(now),
+                    "id": entry_id})
+
+    async def recover_process(self, process: str, now: datetime) -> tuple[list[str],
+                                                                          list[JournalEntry]]:
+        """What dead ``process`` left: the ids of its intents, now ``unknown``, and its
+        entries no audit record names (oldest first)."""
+        async with self._writer.begin() as connection:
+            ids = sorted((await connection.execute(_INTENTS_OF, {"process": process})).scalars())
+            for entry_id in ids:
+                await connection.execute(_TO_UNKNOWN, {
+                    "unknown": JournalState.UNKNOWN.value, "why": DEAD, "now": iso(now),
+                    "id": entry_id})
+        return ids, await self._unaudited(process)
+
+    async def _unaudited(self, process: str) -> list[JournalEntry]:
+        statement = (select(JournalRow).where(col(JournalRow.process) == process,
+                                              col(JournalRow.decision) != "rollback",
+                                              col(JournalRow.state) != JournalState.SHADOW.value)
+                     .order_by(col(JournalRow.at), col(JournalRow.id)))
+        async with AsyncSession(self._engine) as session:
+            entries = [codec.entry_from_row(row) for row in (await session.exec(statement)).all()]
+        if not entries:
+            return []
+        named: set[str] = set()
+        async with self._engine.connect() as connection:
+            since = iso(entries[0].at - timedelta(minutes=1))
+            for (detail,) in (await connection.execute(_AUDIT_SINCE, {"since": since})).all():
+                try:
+                    value = json.loads(detail)
+                except ValueError:
+                    continue
+                for key in ("journal", "journal_id"):
+                    if isinstance(value.get(key), str):
+                        named.add(value[key])
+        return [entry for entry in entries if entry.id not in named]
