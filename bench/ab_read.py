@@ -1,7 +1,9 @@
-"""A/B of the read path: this tree against another revision, in the same session.
+"""A/B of the read or write path: this tree (or ``--after``) against another revision,
+in the same session.
 
     git archive REV | tar -x -C /tmp/before
     .venv/bin/python bench/ab_read.py --before /tmp/before --rounds 8
+    .venv/bin/python bench/ab_read.py --before /tmp/a --after /tmp/b --method PATCH
 
 Starts ``bench/upstream.py`` and two ``gateway serve`` side by side (the other
 revision through ``PYTHONPATH``), then alternates 5 s wrk GET runs (32 and 1
@@ -33,6 +35,9 @@ def main() -> None:
     ap.add_argument("--before", type=Path, required=True, help="source tree of the other revision")
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--after", type=Path, help="source tree of the revision measured against "
+                    "--before (default: the installed one)")
+    ap.add_argument("--method", choices=("GET", "PATCH"), default="GET")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="ab-read-"))
     logdir = tmp / "logs"
@@ -44,14 +49,17 @@ def main() -> None:
         procs.append(up)
         config, policies = bench.write_gateway_config(tmp, f"http://127.0.0.1:{up.match.group(1)}")
         gateways = {}
-        for name, env in (("before", {"PYTHONPATH": str(args.before.resolve())}), ("after", {})):
+        after = {} if args.after is None else {"PYTHONPATH": str(args.after.resolve())}
+        for name, env in (("before", {"PYTHONPATH": str(args.before.resolve())}),
+                          ("after", after)):
             proc, proxy, _ = bench.start_gateway(name, config, policies,
                                                  f"sqlite+aiosqlite:///{tmp / name}.db", logdir,
                                                  env={"OTEL_SDK_DISABLED": "true", **env})
             procs.append(proc)
             gateways[name] = (proxy + "/bench" + bench.ITEM_PATH, proc.proc.pid)
-            bench.wrk(gateways[name][0], "GET", 32, 2, bench.AGENT_KEY)  # warm-up
+            bench.wrk(gateways[name][0], args.method, 32, 2, bench.AGENT_KEY)  # warm-up
         rps: dict[tuple[str, int], list[float]] = {}
+        p50: dict[tuple[str, int], list[float]] = {}
         cpu: dict[tuple[str, int], list[float]] = {}
         for round_ in range(args.rounds):
             names = list(gateways) if round_ % 2 == 0 else list(reversed(gateways))
@@ -59,21 +67,27 @@ def main() -> None:
                 for name in names:
                     url, pid = gateways[name]
                     began = cpu_seconds(pid)
-                    result = bench.wrk(url, "GET", conns, args.seconds, bench.AGENT_KEY)
+                    result = bench.wrk(url, args.method, conns, args.seconds, bench.AGENT_KEY)
                     used = cpu_seconds(pid) - began
                     if result["failed"]:
                         raise SystemExit(f"{name}: {result['failed']} failed requests")
                     rps.setdefault((name, conns), []).append(result["rps"])
+                    p50.setdefault((name, conns), []).append(result["p50_us"] / 1000)
                     cpu.setdefault((name, conns), []).append(
                         used / (result["rps"] * args.seconds) * 1e6)
-        print(f"{'target':<8}{'conns':>6}{'req/s':>9}{'CPU us/req':>12}   (medians of {args.rounds})")
+        print(f"{args.method}, medians of {args.rounds} rounds")
+        print(f"{'target':<8}{'conns':>6}{'req/s':>9}{'p50 ms':>9}{'CPU us/req':>12}")
         for conns in (32, 1):
             for name in gateways:
                 print(f"{name:<8}{conns:>6}{statistics.median(rps[(name, conns)]):>9.0f}"
+                      f"{statistics.median(p50[(name, conns)]):>9.3f}"
                       f"{statistics.median(cpu[(name, conns)]):>12.1f}")
             ratio = (statistics.median(rps[("after", conns)])
                      / statistics.median(rps[("before", conns)]))
-            print(f"after/before req/s at {conns} connections: {ratio:.3f}")
+            added = (statistics.median(p50[("after", conns)])
+                     - statistics.median(p50[("before", conns)]))
+            print(f"after/before req/s at {conns} connections: {ratio:.3f}; "
+                  f"p50 after minus before: {added:+.3f} ms")
         print(f"load average (1 min) at the end: {os.getloadavg()[0]:.2f}")
     finally:
         for proc in reversed(procs):
