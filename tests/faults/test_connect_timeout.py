@@ -39,7 +39,7 @@ class Blackhole:
         self.server = socket.socket()
         self.server.bind(("127.0.0.1", 0))
         self.server.listen(0)
-        self.url = "http://127.0.0.1:%d" % self.server.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}"
         self.fillers: list[socket.socket] = []
         for _ in range(16):  # bounded: the queue holds backlog + 1 on Linux
             filler = socket.socket()

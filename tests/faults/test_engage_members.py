@@ -22,8 +22,7 @@ import httpx
 
 from tests.e2e.procs import Proc, start_gateways
 from tests.e2e.recorder import Recorder
-from tests.e2e.test_killswitch_processes import (  # noqa: F401 - fixtures
-    APPROVER, ENGAGE_WAIT, Hanging, config, gateways, upstream)
+from tests.e2e.test_killswitch_processes import APPROVER, ENGAGE_WAIT, Hanging, config, gateways, upstream  # noqa: F401 - fixtures
 from tests.faults.procs_support import poll, query
 
 
@@ -43,8 +42,8 @@ def off_the_member_list(store_url: str, tmp_path: Path, proc: Proc) -> None:
 
 
 def test_a_process_off_the_member_list_still_cuts_off_its_write_before_engage_returns(
-        store_url: str, tmp_path: Path, config: Path, upstream: Recorder,
-        gateways: list[Proc]) -> None:
+        store_url: str, tmp_path: Path, config: Path,  # noqa: F811
+        upstream: Recorder, gateways: list[Proc]) -> None:  # noqa: F811
     gateways += start_gateways(config, 2)
     (writing, _), (_, engaging) = gateways[0].urls, gateways[1].urls
     hanging = Hanging(writing, upstream)
