@@ -143,10 +143,14 @@ class UpstreamTimeout(GatewayError):
     head: tuple[int, list[tuple[str, str]]] | None = None  # as UpstreamLost's
 
 
-class ConnectTimeout(UpstreamTimeout):
-    """No connection within the limit: nothing was sent."""
+class ConnectTimeout(UpstreamUnreachable):
+    """No connection within the limit: nothing was sent. A 504 like a timeout, but of
+    the kind "not sent" (as a refused connection), so that whoever tells the two apart
+    by class (an approved call: ``failed``, not ``unknown``) gets it right."""
 
+    status, code = 504, "upstream_timeout"
     maybe_sent = False
+    head: tuple[int, list[tuple[str, str]]] | None = None
 
 
 class PolicyError(Exception):

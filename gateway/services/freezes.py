@@ -54,6 +54,7 @@ from gateway.ports import Bus, Store
 log = logging.getLogger("gateway.killswitch")
 ANSWER_EARLY = 0.25  # seconds before engage_wait the other processes answer by
 ANSWER_GRACE = 0.25  # seconds after engage_wait an engage still waits for answers
+CLOSED_POLL = 0.05  # seconds between reads of the intents of processes that did not answer
 ANSWER_CHUNK = 25  # in-flight writes per answer (PostgreSQL NOTIFY carries 8000 bytes)
 
 
@@ -191,7 +192,17 @@ class FreezeState:
                                      "the call was not sent")
 
     def _recompute(self) -> None:
+        known = {f.id for f in self._active}
         self._active = list(self._view)
+        new = [f for f in self._active if f.id not in known]
+        if new and self._sending:
+            # However this process heard of them (a push, its heartbeat, a refusal): a
+            # process off the member list when they were engaged is not asked to settle
+            # its writes, so it cuts off its own by the engage's deadline, which it
+            # reckons from the freeze's time (the engage waits for that, see _closed).
+            age = max(0.0, (utcnow() - max(f.at for f in new)).total_seconds())
+            left = min(self.engage_wait, max(0.0, self.engage_wait - ANSWER_EARLY - age))
+            self._spawn(self._settle(new, asyncio.get_running_loop().time() + left))
 
     async def _beat(self) -> None:
         while True:
@@ -302,8 +313,14 @@ class FreezeState:
             in_flight += answers.in_flight
         answered = {self.member, *(answers.answered if answers is not None else ())}
         answered_at = time.perf_counter()
-        in_flight += [p for p in await pending  # of processes that did not answer, or left
+        # Of processes that did not answer, left, or were off the member list (their push
+        # channel down): they cut their covered writes off by the deadline themselves, when
+        # their heartbeat reads the freeze; the engage does not return before that.
+        unanswered = [p for p in await pending
                       if p.process not in answered and covers(stored, p.upstream, p.agent)]
+        if unanswered:
+            await self._closed({p.id for p in unanswered}, deadline + ANSWER_GRACE)
+        in_flight += unanswered
         done = time.perf_counter()
         log.info("kill switch engaged (%s): %.2f ms: store commit %.2f, announce %.2f, "
                  "own writes %.2f, answers of %d processes %.2f, open intents %.2f; "
@@ -347,6 +364,23 @@ class FreezeState:
             self._answers.pop(key, None)
             return None
         return answers
+
+    async def _closed(self, ids: set[str], deadline: float) -> None:
+        """Until none of the intents ``ids`` is open any more (their writes finished or
+        were cut off), or ``deadline`` (loop time): the store is polled."""
+        loop = asyncio.get_running_loop()
+        since = utcnow() - timedelta(seconds=self._horizon())
+        while loop.time() < deadline:
+            try:
+                still = {p.id for p in await self._store.pending_intents(since)} & ids
+            except Exception:
+                log.exception("kill switch: could not read the open intents")
+                return
+            if not still:
+                return
+            await asyncio.sleep(min(CLOSED_POLL, max(0.0, deadline - loop.time())))
+        log.warning("kill switch: writes of processes that did not answer were still open "
+                    "at engage_wait; they are reported as unknown")
 
     async def _open_intents(self) -> list[InFlight]:
         since = utcnow() - timedelta(seconds=self._horizon())
