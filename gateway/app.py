@@ -146,10 +146,8 @@ class Gateway:
         await self.checkpoints.start()
         self.approvals.trail = self.rollbacks.trail = self.audit
         # a heartbeat, then what dead processes left: their intents, audit records, plans
-        journal = self.journal
-        self.recovery = Recovery(self._store, self.rollbacks, process,
-                                 self.settings.executor_lease, self._longest_write(),
-                                 pending=lambda: set(journal.pending))
+        self.recovery = Recovery(self._store, self.rollbacks, self.journal, process,
+                                 self.settings.executor_lease, self._longest_write())
         await self.recovery.start()
         self.resuming = asyncio.create_task(self.rollbacks.resumed())
         log.info("policy set %s loaded: %s", policies.revision, ", ".join(policies.upstreams))

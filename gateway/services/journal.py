@@ -13,7 +13,9 @@ The rules (``CONTRACT.md`` "The life of a write under faults"): ``failed`` only
 when nothing can have reached the upstream, ``unknown`` otherwise (the undo is
 kept: rollback reconciles it by reading the resource). An outcome is never
 dropped while this process lives; after ``OUTCOME_RETRY`` seconds, or a crash,
-recovery journals it ``unknown`` (``gateway.services.recovery``).
+recovery journals it ``unknown`` (``gateway.services.recovery``), and an intent
+this process no longer holds in ``pending`` yet the store lacks the outcome of
+was lost by the store (``lost_outcomes``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -50,6 +53,8 @@ from gateway.store.seal import NO_SEALER, Sealer
 
 log = logging.getLogger("gateway.pipeline")  # the records this module writes kept their name
 OUTCOME_RETRY = 600.0  # seconds an outcome is retried while the store is down
+LOST = ("its outcome was saved, then lost by the store (a database crash); the write "
+        "was sent and may have landed")
 _UNPARSED: Any = object()  # no parsed body given: ``store_body`` parses it
 
 SenderFor = Callable[[Upstream], Sender]  # the port that reaches an upstream (read after)
@@ -252,6 +257,22 @@ class Journal:
         if entry.method == TOOLS_CALL or isinstance(seen.value, (dict, list)):
             return seen.value, true
         return true, true  # a digest: nothing of the bytes themselves
+
+    # -- reconcile -------------------------------------------------------------
+
+    async def lost_outcomes(self, process: str, before: datetime) -> None:
+        """``process``'s (this one's) intents older than ``before`` whose outcome it no
+        longer holds, yet the store lacks (saved, then lost in a database crash:
+        PostgreSQL's outcomes commit without waiting for the disk): ``unknown``, as a
+        dead process's."""
+        pending = set(self.pending)
+        lost = [i for i in await self.store.stale_intents(process, before)
+                if i not in pending]
+        if lost:
+            logging.getLogger("gateway.recovery").error(
+                "%d outcomes were lost by the store (a database crash?); journaled unknown: "
+                "%s", len(lost), ", ".join(lost[:20]))
+            await self.store.abandon_intents(lost, LOST, utcnow())
 
 
 def rule_says_none(upstream: Upstream, rule_id: str | None) -> bool:
