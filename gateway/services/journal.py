@@ -2,7 +2,8 @@
 
     entry   -> the ``JournalEntry`` of a write, built one way for an agent's
                write (``gateway.services.pipeline``) and a rollback's
-               compensation (``gateway.services.rollbacks``)
+               compensation (``gateway.services.rollbacks``); an agent's write
+               carries its undo (``undo_for``), the true one sealed
     intent  -> committed before anything is sent; the store refuses one a
                freeze covers (``Store.journal_intent``); the id is ``pending``
     outcome -> what the upstream answered (or did not), journaled after the
@@ -40,11 +41,11 @@ from gateway.core.model import (
     new_id,
     utcnow,
 )
-from gateway.core.policy import TOOLS_CALL, Upstream
+from gateway.core.policy import TOOLS_CALL, McpRule, Rule, Upstream
 from gateway.core.redact import redact_headers, redact_query
 from gateway.errors import GatewayError, JournalUnavailable
 from gateway.observe import JOURNAL, JOURNAL_OUTCOME, NO_WATCH, Watch
-from gateway.ports import Sender, Store, UpstreamResponse
+from gateway.ports import Observed, Sender, Store, UpstreamResponse
 from gateway.services import sealing
 from gateway.services.call import Call
 from gateway.services.freezes import FreezeState
@@ -94,6 +95,18 @@ class Journal:
             request_body_size=stored.size, request_content_type=content_type, prior=prior,
             prior_status=prior_status, capture_path=capture_path, undo=undo,
             reversible=reversible, **more)
+
+    def undo_for(self, rule: Rule | McpRule | None, method: str, path: str,
+                 params: dict[str, str], seen: Observed | None, sent: Any,
+                 content_type: str | None) -> sealing.Kept:
+        """A write's undo, inferred from the prior state as journaled (redacted), the true
+        one sealed beside it (``seen``: the capture, None when there was none)."""
+        prior, prior_status = (seen.value, seen.status) if seen is not None else (None, None)
+        undo, reversible = journaling.infer_undo(rule, method, path, params, prior,
+                                                 prior_status, sent, content_type)
+        return sealing.for_intent(self.sealer, rule, method, path, params, seen, sent,
+                                  content_type, undo, reversible,
+                                  self.settings.journal_body_limit)
 
     # -- intent ----------------------------------------------------------------
 

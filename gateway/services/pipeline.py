@@ -52,7 +52,6 @@ from gateway.errors import BadRequest, CaptureFailed, GatewayError, PolicyDenied
 from gateway.observe import CAPTURE, NO_OBSERVER, UPSTREAM, Observer
 from gateway.ports import Observed, Sender, Store, UpstreamResponse
 from gateway.ports import Upstream as UpstreamClient
-from gateway.services import sealing
 from gateway.services.call import Call, Reply
 from gateway.services.freezes import FreezeState
 from gateway.services.inflight import InFlightLimits
@@ -338,11 +337,8 @@ class Pipeline:
                 seen, capture_ms = await self.capture_read(upstream, call, target)
             prior, prior_status = seen.value, seen.status
         content_type = view.headers.get("content-type")
-        undo, reversible = journaling.infer_undo(rule, view.method, view.path, decision.params,
-                                                 prior, prior_status, view.body, content_type)
-        kept = sealing.for_intent(self.journal.sealer, rule, view.method, view.path,
-                                  decision.params, seen, view.body, content_type, undo, reversible,
-                                  self.settings.journal_body_limit)
+        kept = self.journal.undo_for(rule, view.method, view.path, decision.params, seen,
+                                     view.body, content_type)
         entry = self.journal.entry(
             request_id=call.request_id, agent=call.agent, checkpoint=call.checkpoint,
             upstream=upstream.name, method=view.method, path=view.path, query=call.query,
