@@ -30,6 +30,7 @@ from gateway.services.approvals import ApprovalQueue
 from gateway.services.audit_trail import AuditTrail
 from gateway.services.checkpoints import Checkpoints
 from gateway.services.freezes import FreezeState
+from gateway.services.journal import Journal
 from gateway.services.notify import Notifier
 from gateway.services.pipeline import Pipeline
 from gateway.services.recovery import Recovery
@@ -115,8 +116,10 @@ class Gateway:
         freezes = FreezeState(self._store, self._store.bus(), self.settings.engage_wait,
                               horizon=self._longest_write)
         await freezes.start()
-        self._pipeline = Pipeline(self.settings, self._store, self._client, freezes, policies)
-        self._pipeline.sealer = getattr(self._store, "sealer", None) or sealer
+        self.journal = Journal(self.settings, self._store, freezes,
+                               getattr(self._store, "sealer", None) or sealer)
+        self._pipeline = Pipeline(self.settings, self._store, self._client, freezes, policies,
+                                  self.journal)
         self._pipeline.observer = self.observer
         self._pipeline.senders["mcp"] = McpSender(self.settings, self._client)
         self._pipeline.tripwires = Tripwires(freezes, self._store, self.metrics)
@@ -132,7 +135,7 @@ class Gateway:
         await self.approvals.sweep()  # claims left by a process that died are marked unknown
         self.approvals.start()
         process = getattr(self._store, "process", None) or "gateway"
-        self.rollbacks = Rollbacks(self._pipeline, self._store, owner=process,
+        self.rollbacks = Rollbacks(self._pipeline, self._store, self.journal, owner=process,
                                    lease_seconds=self.settings.executor_lease)
         self.audit = AuditTrail(self._store)
         self.audit.start()
@@ -143,10 +146,8 @@ class Gateway:
         await self.checkpoints.start()
         self.approvals.trail = self.rollbacks.trail = self.audit
         # a heartbeat, then what dead processes left: their intents, audit records, plans
-        pipeline = self._pipeline
-        self.recovery = Recovery(self._store, self.rollbacks, process,
-                                 self.settings.executor_lease, self._longest_write(),
-                                 pending=lambda: set(pipeline.pending))
+        self.recovery = Recovery(self._store, self.rollbacks, self.journal, process,
+                                 self.settings.executor_lease, self._longest_write())
         await self.recovery.start()
         self.resuming = asyncio.create_task(self.rollbacks.resumed())
         log.info("policy set %s loaded: %s", policies.revision, ", ".join(policies.upstreams))
@@ -208,7 +209,7 @@ class Gateway:
             await self.recovery.stop()
             await self.approvals.stop()
             try:  # outcomes are retried while the store is down: not forever at shutdown
-                await asyncio.wait_for(self._pipeline.settled(), timeout=10)
+                await asyncio.wait_for(self.journal.settled(), timeout=10)
             except TimeoutError:
                 log.error("outcomes not journaled at shutdown; recovery journals them unknown")
             await self.audit.stop()

@@ -230,7 +230,7 @@ def create_admin_app(gateway: Controls) -> FastAPI:
                              method=method.upper() if method else None, path=path or None,
                              state=state or None, decision=decision or None,
                              would_decide=would_decide or None)
-        await gateway.pipeline.settled()  # this process's answered writes, with their outcomes
+        await gateway.journal.settled()  # this process's answered writes, with their outcomes
         entries = await gateway.store.list_journal(query)
         return {"items": [journal_item(e) for e in entries]}
 
@@ -241,14 +241,14 @@ def create_admin_app(gateway: Controls) -> FastAPI:
         """Agents' runs (X-Agent-Run), newest first: span, writes, reversibility."""
         query = JournalQuery(agent=agent, upstream=upstream, run=run, since=_time(since, "since"),
                              until=_time(until, "until"), limit=limit)
-        await gateway.pipeline.settled()
+        await gateway.journal.settled()
         return {"items": [r.to_json() for r in await gateway.store.list_runs(query)]}
 
     @app.get("/v1/journal/{entry_id}/trail")
     async def journal_trail(entry_id: str, operator: Viewer) -> dict[str, Any]:
         """One entry with what surrounds it: its audit records, the approval that held it,
         the rollback plans that included it and the compensations they sent."""
-        await gateway.pipeline.settled()
+        await gateway.journal.settled()
         entry = await gateway.store.get_journal(entry_id)
         if entry is None:
             raise AdminError(404, "not_found", f"no journal entry {entry_id}")
@@ -267,7 +267,7 @@ def create_admin_app(gateway: Controls) -> FastAPI:
 
     @app.get("/v1/journal/{entry_id}")
     async def journal_entry(entry_id: str, operator: Viewer) -> dict[str, Any]:
-        await gateway.pipeline.settled()
+        await gateway.journal.settled()
         entry = await gateway.store.get_journal(entry_id)
         if entry is None:
             raise AdminError(404, "not_found", f"no journal entry {entry_id}")

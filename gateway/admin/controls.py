@@ -15,6 +15,7 @@ from gateway.services.approvals import ApprovalQueue
 from gateway.services.audit_trail import AuditTrail
 from gateway.services.checkpoints import Checkpoints
 from gateway.services.freezes import FreezeState
+from gateway.services.journal import Journal
 from gateway.services.pipeline import Pipeline
 from gateway.services.rollbacks import Rollbacks
 from gateway.services.shadows import ShadowWrites
@@ -40,6 +41,7 @@ class Controls(Protocol):
     audit: AuditTrail
     checkpoints: Checkpoints
     shadows: ShadowWrites
+    journal: Journal
 
     @property
     def store(self) -> Store: ...

@@ -13,6 +13,7 @@ failed capture (502), an unavailable journal (503). The journal intent is
 also the store's own freeze check (``Store.journal_intent``). Any error while
 deciding denies (fail closed). The outcome is journaled after the agent has
 its answer (a crash before that leaves the entry an intent: outcome unknown).
+What the journal records, and when, is ``gateway.services.journal``'s.
 The proxy listener turns ``GatewayError`` into the contract's JSON errors;
 this module never speaks HTTP framing.
 
@@ -24,13 +25,11 @@ read tool and its undo another tool. The steps above are the same for both.
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
 import time
 from dataclasses import replace
 from typing import Any, Protocol
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl
 
 from gateway.core import autonomy, canonical, mcp, shadow, urls
 from gateway.core import journal as journaling
@@ -41,7 +40,6 @@ from gateway.core.killswitch import InFlight
 from gateway.core.model import (
     Decision,
     JournalEntry,
-    JournalOutcome,
     JournalState,
     Undo,
     Verdict,
@@ -49,40 +47,21 @@ from gateway.core.model import (
     new_id,
     utcnow,
 )
-from gateway.core.policy import TOOLS_CALL, CallView, Capture, PolicySet, Upstream
-from gateway.core.redact import redact_headers, redact_query
-from gateway.errors import (
-    BadRequest,
-    CaptureFailed,
-    GatewayError,
-    JournalUnavailable,
-    PolicyDenied,
-    UnknownUpstream,
-)
-from gateway.observe import (
-    CAPTURE,
-    JOURNAL,
-    JOURNAL_OUTCOME,
-    NO_OBSERVER,
-    NO_WATCH,
-    UPSTREAM,
-    Observer,
-    Watch,
-)
+from gateway.core.policy import CallView, Capture, PolicySet, Upstream
+from gateway.errors import BadRequest, CaptureFailed, GatewayError, PolicyDenied, UnknownUpstream
+from gateway.observe import CAPTURE, NO_OBSERVER, UPSTREAM, Observer
 from gateway.ports import Observed, Sender, Store, UpstreamResponse
 from gateway.ports import Upstream as UpstreamClient
-from gateway.services import sealing
 from gateway.services.call import Call, Reply
 from gateway.services.freezes import FreezeState
 from gateway.services.inflight import InFlightLimits
+from gateway.services.journal import Journal
 from gateway.services.rest import RestSender, gateway_headers
 from gateway.services.tripwires import Tripwires
 from gateway.settings import Settings
-from gateway.store.seal import NO_SEALER, Sealer
 
 log = logging.getLogger("gateway.pipeline")
 JSON_TYPE = "application/json"
-OUTCOME_RETRY = 600.0  # seconds an outcome is retried while the store is down
 
 
 class Holds(Protocol):
@@ -115,7 +94,7 @@ def canonical_target(raw_path: str) -> canonical.Target:
 
 class Pipeline:
     def __init__(self, settings: Settings, store: Store, client: UpstreamClient,
-                 freezes: FreezeState, policies: PolicySet) -> None:
+                 freezes: FreezeState, policies: PolicySet, journal: Journal) -> None:
         self.settings = settings
         self._warned: set[tuple[str, str]] = set()  # (upstream, origin) logged once
         self.store = store
@@ -127,9 +106,7 @@ class Pipeline:
         self.observer: Observer = NO_OBSERVER  # for approved calls (the listener has its own)
         self.tripwires = Tripwires(freezes, store)  # none configured: a no-op
         self.senders: dict[str, Sender] = {"http": RestSender(settings, client)}
-        self._outcomes: set[asyncio.Task[None]] = set()  # journaled after the reply
-        self.pending: set[str] = set()  # entries journaled as intents, outcome not yet saved
-        self.sealer: Sealer = NO_SEALER  # the store's (gateway.app sets it)
+        self.journal = journal  # a write's life: intent, outcome, settled
         self.inflight = InFlightLimits()
 
     @property
@@ -153,15 +130,8 @@ class Pipeline:
         return sender
 
     async def settled(self) -> None:
-        """Until every outcome of a write answered so far is journaled (read your writes)."""
-        while self._outcomes:
-            await asyncio.gather(*self._outcomes, return_exceptions=True)
-
-    def _later(self, entry: JournalEntry, outcome: JournalOutcome, watch: Watch) -> None:
-        """Journal ``outcome`` once the agent has its answer (the intent is already durable)."""
-        task = asyncio.create_task(self._journal_outcome(entry, outcome, watch))
-        self._outcomes.add(task)
-        task.add_done_callback(self._outcomes.discard)
+        """``Journal.settled``, for callers that hold only the pipeline (tests)."""
+        await self.journal.settled()
 
     async def execute_held(self, held: HeldCall, approval: dict[str, Any]) -> Reply:
         """Send an approved call through the same steps as a live one.
@@ -367,24 +337,17 @@ class Pipeline:
                 seen, capture_ms = await self.capture_read(upstream, call, target)
             prior, prior_status = seen.value, seen.status
         content_type = view.headers.get("content-type")
-        undo, reversible = journaling.infer_undo(rule, view.method, view.path, decision.params,
-                                                 prior, prior_status, view.body, content_type)
-        kept = sealing.for_intent(self.sealer, rule, view.method, view.path, decision.params,
-                                  seen, view.body, content_type, undo, reversible,
-                                  self.settings.journal_body_limit)
-        undo, reversible = kept.undo, kept.reversible
-        stored = journaling.store_body(call.buffered or b"", content_type,
-                                       self.settings.journal_body_limit, view.body)
-        entry = JournalEntry(
-            id=new_id(), at=utcnow(), request_id=call.request_id, agent=call.agent,
-            checkpoint=call.checkpoint, upstream=upstream.name, method=view.method,
-            path=view.path, query=redact_query(call.query), rule=decision.rule,
-            decision=decision.verdict.value, policy_revision=decision.revision,
-            request_headers=redact_headers(call.headers), request_body=stored.text,
-            request_body_sha256=stored.sha256, request_body_size=stored.size,
-            request_content_type=content_type, prior=prior, prior_status=prior_status,
-            capture_path=target, undo=Undo.from_json(undo) if undo else None,
-            reversible=reversible, approval=approval,
+        kept = self.journal.undo_for(rule, view.method, view.path, decision.params, seen,
+                                     view.body, content_type)
+        entry = self.journal.entry(
+            request_id=call.request_id, agent=call.agent, checkpoint=call.checkpoint,
+            upstream=upstream.name, method=view.method, path=view.path, query=call.query,
+            rule=decision.rule, decision=decision.verdict.value,
+            policy_revision=decision.revision, headers=call.headers,
+            body=call.buffered or b"", content_type=content_type, parsed=view.body,
+            prior=prior, prior_status=prior_status, capture_path=target,
+            undo=Undo.from_json(kept.undo) if kept.undo else None,
+            reversible=kept.reversible, approval=approval,
             mode=action.mode if action is not None and action.mode != "enforce" else None,
             would_decide=action.would_decide if action is not None else None,
             sealed=kept.sealed, irreversible_reason=kept.irreversible_reason)
@@ -394,7 +357,7 @@ class Pipeline:
         if keyed is not None and not any(name.lower() == keyed for name, _ in call.headers):
             call.headers.append((keyed, entry.id))  # the upstream dedupes anything sent twice
             entry.request_headers[keyed] = entry.id
-        await self._journal_intent(upstream, call, entry, "the call was not sent")
+        await self.journal.intent(upstream, call, entry, "the call was not sent")
         sent = time.perf_counter()
         try:
             async with self.freezes.sending(upstream.name, call.agent, InFlight(
@@ -405,15 +368,15 @@ class Pipeline:
                         upstream, call, approved=approval is not None, trace=step.propagate)
         except GatewayError as exc:
             exc.extra.setdefault("journal", entry.id)  # the audit record names the entry
-            self._later(entry, await self.outcome_of(entry, None, exc, started, sent,
-                                                     capture_ms, upstream), call.watch)
+            self.journal.later(entry, await self.journal.outcome_of(
+                entry, None, exc, started, sent, capture_ms, upstream, self.sender), call.watch)
             if approval is None:
                 await self.tripwires.after_write(upstream, call, exc)
             raise
         # Built now, read-after included: the state the write left is read before the
         # agent (or anyone) can change it again; only the store write waits.
-        self._later(entry, await self.outcome_of(entry, response, None, started, sent,
-                                                 capture_ms, upstream), call.watch)
+        self.journal.later(entry, await self.journal.outcome_of(
+            entry, response, None, started, sent, capture_ms, upstream, self.sender), call.watch)
         if approval is None:
             await self.tripwires.after_write(upstream, call, response.status)
         return Reply(response, "allow", journal_id=entry.id)
@@ -446,30 +409,13 @@ class Pipeline:
         entry.timings = {**entry.timings, "total_ms": round((time.perf_counter() - started)
                                                              * 1000, 3)}
         # The intent first: one a freeze refuses must leave no proposal to promote.
-        await self._journal_intent(upstream, call, entry, "the shadowed call was not recorded")
+        await self.journal.intent(upstream, call, entry, "the shadowed call was not recorded")
         if self.proposals is not None:
             call.buffered = await self._read_body(call)
             await self.proposals.keep(upstream, call, entry)
         response = UpstreamResponse(projected.status, list(projected.headers),
                                     body=projected.body)
         return Reply(response, "shadow", journal_id=entry.id)
-
-    async def _journal_intent(self, upstream: Upstream, call: Call, entry: JournalEntry,
-                              unsent: str) -> None:
-        """Commit the intent before anything is sent; the store refuses one a freeze covers
-        (a freeze this process may not have heard of yet: a shadow run stops like any
-        other writer). ``unsent`` says what the agent is told on a store error."""
-        try:
-            with call.watch.step(JOURNAL, upstream.name):
-                journaled = await self.store.journal_intent(entry)
-        except Exception as exc:
-            log.error("journal unavailable: %s", exc)
-            raise JournalUnavailable(f"the change journal could not be written; {unsent}") \
-                from exc
-        if not journaled:
-            await self.freezes.refused(upstream.name, call.agent)
-        elif entry.state is JournalState.INTENT:  # a shadowed write has no outcome to wait for
-            self.pending.add(entry.id)
 
     async def capture(self, upstream: Upstream, call: Call,
                       target: str) -> tuple[Any, int, float]:
@@ -485,134 +431,4 @@ class Pipeline:
                                                        trace=step.propagate)
         return seen, (time.perf_counter() - began) * 1000
 
-    async def record_outcome(self, entry: JournalEntry, response: UpstreamResponse | None,
-                             error: GatewayError | None, started: float, sent: float,
-                             capture_ms: float, upstream: Upstream | None = None) -> None:
-        """Build and journal an outcome now (rollback's compensations)."""
-        outcome = await self.outcome_of(entry, response, error, started, sent, capture_ms,
-                                        upstream)
-        await self._journal_outcome(entry, outcome, NO_WATCH)
-
-    async def outcome_of(self, entry: JournalEntry, response: UpstreamResponse | None,
-                         error: GatewayError | None, started: float, sent: float,
-                         capture_ms: float, upstream: Upstream | None = None) -> JournalOutcome:
-        """What the journal records once the upstream answered (or did not)."""
-        now = time.perf_counter()
-        timings = {"capture_ms": round(capture_ms, 3), "upstream_ms": round((now - sent) * 1000, 3),
-                   "total_ms": round((now - started) * 1000, 3)}
-        undo, reversible = entry.undo, entry.reversible
-        if response is None:  # failed only when nothing can have reached the upstream;
-            # unknown keeps the undo: rollback reconciles it by reading the resource
-            maybe_sent = error is None or error.maybe_sent
-            state = JournalState.UNKNOWN if maybe_sent else JournalState.FAILED
-            head = getattr(error, "head", None)  # a create's Location, before the break
-            if head is not None and entry.method == "POST" and undo is None \
-                    and upstream is not None and entry.capture_path is None \
-                    and not rule_says_none(upstream, entry.rule):
-                created = journaling.undo_for_created(
-                    entry.path, urlsplit(upstream.base_url).path.rstrip("/"), head[0],
-                    redact_headers(head[1]), None)
-                if created is not None:
-                    undo, reversible = Undo.from_json(created), True
-            outcome = JournalOutcome(state, None, {}, None, None, 0, undo, reversible,
-                                     error.message if error else None, timings, utcnow())
-        else:
-            body = response.body or b""
-            headers = redact_headers(response.headers)
-            content_type = headers.get("content-type")
-            if entry.method == TOOLS_CALL:  # the JSON-RPC response, also out of an SSE body
-                answer = mcp.response_in(body, content_type, mcp.ANY_ID)
-                shown = mcp.redact_answer(answer)  # a secret in a tool's text is one too
-                failed = mcp.failure(shown)
-                if answer is not None:
-                    body, content_type = json.dumps(answer).encode(), mcp.JSON
-                if failed is not None:
-                    stored = journaling.store_body(body, content_type,
-                                                   self.settings.journal_body_limit, shown)
-                    return JournalOutcome(JournalState.FAILED, response.status, headers,
-                                          stored.text, stored.sha256, stored.size, undo,
-                                          reversible, failed, timings, utcnow())
-            parsed = journaling.parse_body(body, content_type)  # once, for all below
-            if entry.method == "POST" and undo is None and upstream is not None \
-                    and entry.capture_path is None:
-                created = journaling.undo_for_created(
-                    entry.path, urlsplit(upstream.base_url).path.rstrip("/"), response.status,
-                    headers, parsed)
-                if created is not None and not (rule_says_none(upstream, entry.rule)):
-                    undo, reversible = Undo.from_json(created), True
-            stored = journaling.store_body(body, content_type, self.settings.journal_body_limit,
-                                           mcp.redact_answer(parsed)
-                                           if entry.method == TOOLS_CALL else parsed)
-            after, true_after = await self._read_after(entry, response.status, parsed, undo,
-                                                       upstream)
-            outcome = JournalOutcome(JournalState.COMPLETED, response.status, headers,
-                                     stored.text, stored.sha256, stored.size, undo, reversible,
-                                     None, timings, utcnow(), after,
-                                     sealing.for_outcome(self.sealer, parsed, after,
-                                                         true_after))
-        return outcome
-
-    async def _journal_outcome(self, entry: JournalEntry, outcome: JournalOutcome,
-                               watch: Watch) -> None:
-        """Retried while the store is down (an outcome is never dropped while this
-        process lives: after ``OUTCOME_RETRY`` seconds, or a crash, recovery journals
-        it ``unknown``)."""
-        delay, deadline = 0.05, time.monotonic() + OUTCOME_RETRY
-        while True:
-            try:
-                with watch.step(JOURNAL_OUTCOME, entry.upstream):
-                    await self.store.journal_outcome(entry.id, outcome)
-                self.pending.discard(entry.id)
-                return
-            except LookupError:
-                log.exception("no intent for the outcome of %s", entry.id)
-                self.pending.discard(entry.id)
-                return
-            except Exception as exc:
-                if time.monotonic() + delay > deadline:
-                    log.exception("could not journal the outcome of %s; gave up", entry.id)
-                    self.pending.discard(entry.id)
-                    return
-                log.warning("could not journal the outcome of %s (%s); retrying", entry.id, exc)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
-
-
-    async def _read_after(self, entry: JournalEntry, status: int, parsed: Any,
-                          undo: Undo | None, upstream: Upstream | None) -> tuple[Any, Any]:
-        """The resource as the write left it, read only when the response does not say:
-        as journaled (redacted; a text or binary resource as its digest) and its true value.
-
-        Rollback compares this with the resource before compensating (drift);
-        most APIs answer a write with the resource, so this read is rare.
-        """
-        if upstream is None or not 200 <= status < 300 or entry.method == "DELETE":
-            return None, None
-        if isinstance(parsed, dict) and entry.method != TOOLS_CALL:
-            return None, None
-        target = entry.capture_path or (undo.path if undo is not None and
-                                        undo.method == "DELETE" else None)
-        if target is None:
-            return None, None
-        try:
-            seen = await self.sender(upstream).read(upstream, target)
-        except GatewayError as exc:
-            log.warning("read after %s %s failed (%s); rollback will need force",
-                        entry.method, entry.path, exc.message)
-            return None, None
-        if not 200 <= seen.status < 300:
-            log.warning("read after %s %s answered %s (does the policy inject a credential?); "
-                        "rollback will need force", entry.method, entry.path, seen.status)
-            return None, None
-        true = sealing.true_state(seen)
-        if entry.method == TOOLS_CALL or isinstance(seen.value, (dict, list)):
-            return seen.value, true
-        return true, true  # a digest: nothing of the bytes themselves
-
-
 __all__ = ["Pipeline", "gateway_headers"]  # gateway_headers: see gateway.services.rest
-
-
-def rule_says_none(upstream: Upstream, rule_id: str | None) -> bool:
-    rule = upstream.rule(rule_id)
-    return rule is not None and rule.undo == "none"

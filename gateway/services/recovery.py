@@ -21,25 +21,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 from gateway.core.model import JournalEntry, iso, utcnow
 from gateway.ports import Store
+from gateway.services.journal import Journal
 from gateway.services.rollbacks import Rollbacks
 
 log = logging.getLogger("gateway.recovery")
-LOST = ("its outcome was saved, then lost by the store (a database crash); the write "
-        "was sent and may have landed")
 
 
 class Recovery:
-    def __init__(self, store: Store, rollbacks: Rollbacks, process: str,
-                 lease_seconds: float, horizon: float,
-                 pending: Callable[[], set[str]] = set) -> None:
+    def __init__(self, store: Store, rollbacks: Rollbacks, journal: Journal, process: str,
+                 lease_seconds: float, horizon: float) -> None:
         self.store = store
-        self.pending = pending  # this process's intents whose outcome it still holds
+        self.journal = journal  # this process's intents whose outcome it still holds
         self.rollbacks = rollbacks
         self.process = process
         self.lease_seconds = lease_seconds
@@ -79,23 +76,11 @@ class Recovery:
                                         self.lease_seconds)
             for process in await self._dead():
                 await self.recover(process)
-            await self._lost_outcomes()
+            await self.journal.lost_outcomes(  # saved, then lost by the store
+                self.process, utcnow() - timedelta(seconds=self.horizon))
             await self.rollbacks.resume_unfinished()
         except Exception as exc:  # the store is down: next round
             log.warning("recovery round failed: %s", exc)
-
-    async def _lost_outcomes(self) -> None:
-        """This process's intents whose outcome it no longer holds, yet the store lacks
-        (saved, then lost in a database crash: PostgreSQL's outcomes commit without
-        waiting for the disk): ``unknown``, as a dead process's."""
-        before = utcnow() - timedelta(seconds=self.horizon)
-        pending = self.pending()
-        lost = [i for i in await self.store.stale_intents(self.process, before)
-                if i not in pending]
-        if lost:
-            log.error("%d outcomes were lost by the store (a database crash?); journaled "
-                      "unknown: %s", len(lost), ", ".join(lost[:20]))
-            await self.store.abandon_intents(lost, LOST, utcnow())
 
     async def _dead(self) -> list[str]:
         now = utcnow()

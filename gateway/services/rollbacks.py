@@ -33,7 +33,6 @@ from gateway.core.model import (
     utcnow,
 )
 from gateway.core.policy import TOOLS_CALL, Upstream
-from gateway.core.redact import redact_headers
 from gateway.core.rollback import (
     RECONCILE,
     Plan,
@@ -51,6 +50,7 @@ from gateway.core.rollback import (
 from gateway.errors import GatewayError
 from gateway.ports import Observed, Store, UpstreamResponse
 from gateway.services import sealing
+from gateway.services.journal import Journal
 from gateway.services.pipeline import Pipeline
 from gateway.services.plan_leases import PlanLeases
 from gateway.store.seal import Sealer, SealError
@@ -92,9 +92,10 @@ class Rollbacks:
     that takes its lapsed lease (``resume_unfinished``, run again and again by
     ``gateway.services.recovery``)."""
 
-    def __init__(self, pipeline: Pipeline, store: Store, owner: str | None = None,
-                 lease_seconds: float = 15.0) -> None:
+    def __init__(self, pipeline: Pipeline, store: Store, journal: Journal,
+                 owner: str | None = None, lease_seconds: float = 15.0) -> None:
         self.pipeline = pipeline
+        self.journal = journal  # compensations are journaled like any write
         self.store = store
         self.leases = PlanLeases(store, owner or getattr(store, "process", None) or new_id(),
                                  lease_seconds)
@@ -110,7 +111,7 @@ class Rollbacks:
                              run=selection.run, since=selection.since, until=selection.until,
                              ids=selection.entries,
                              limit=max(PAGE, len(selection.entries or ())))
-        await self.pipeline.settled()  # the outcomes of writes already answered
+        await self.journal.settled()  # the outcomes of writes already answered
         entries: list[JournalEntry] = []
         while True:  # every page: a plan covers all it was asked for
             page = await self.store.list_journal(query)
@@ -174,7 +175,7 @@ class Rollbacks:
 
     @property
     def sealer(self) -> Sealer:
-        return self.pipeline.sealer
+        return self.journal.sealer
 
     async def apply_previewed(self, plan_id: str, by: str) -> Plan:
         """Apply a dry run as it was previewed: its steps, not a new selection.
@@ -399,28 +400,23 @@ class Rollbacks:
         keyed = upstream.idempotency_header(None)  # a compensation is a write too
         if keyed is not None:
             headers.append((keyed, entry_id))
-        stored = journaling.store_body(body or b"", step.content_type,
-                                       self.pipeline.settings.journal_body_limit)
-        entry = JournalEntry(
-            id=entry_id, at=utcnow(), request_id=new_id(), agent=f"operator:{plan.by}",
+        entry = self.journal.entry(
+            entry_id=entry_id, request_id=new_id(), agent=f"operator:{plan.by}",
             checkpoint=Checkpoint(run=f"rollback:{plan.id}"), upstream=upstream.name,
             method=step.method, path=step.path, query="", rule=f"rollback:{plan.id}",
             decision="rollback", policy_revision=self.pipeline.policies.revision,
-            request_headers=redact_headers(headers),
-            request_body=stored.text, request_body_sha256=stored.sha256,
-            request_body_size=stored.size, request_content_type=step.content_type,
+            headers=headers, body=body or b"", content_type=step.content_type,
             prior=seen.value, prior_status=seen.status, capture_path=step.target, undo=None,
             reversible=False)
-        await self.store.journal_intent(entry, unless_frozen=False)  # recovery is not frozen
-        self.pipeline.pending.add(entry.id)
+        await self.journal.compensation_intent(entry)  # recovery is not frozen
         started = time.perf_counter()
         response = None
         try:
             response = await sender.compensate(upstream, step, headers, body)
         except GatewayError as exc:
-            await self.pipeline.record_outcome(entry, None, exc, started, started, 0.0)
+            await self.journal.record_outcome(entry, None, exc, started, started, 0.0)
             raise
-        await self.pipeline.record_outcome(entry, response, None, started, started, 0.0)
+        await self.journal.record_outcome(entry, response, None, started, started, 0.0)
         return response, entry.id
 
     def _expected(self, entry: JournalEntry, true_response: Any = None) -> Any:

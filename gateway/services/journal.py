@@ -1,0 +1,293 @@
+"""A write's life in the journal: entry, intent, outcome, settled.
+
+    entry   -> the ``JournalEntry`` of a write, built one way for an agent's
+               write (``gateway.services.pipeline``) and a rollback's
+               compensation (``gateway.services.rollbacks``); an agent's write
+               carries its undo (``undo_for``), the true one sealed
+    intent  -> committed before anything is sent; the store refuses one a
+               freeze covers (``Store.journal_intent``); the id is ``pending``
+    outcome -> what the upstream answered (or did not), journaled after the
+               agent has its answer, retried while the store is down
+    settled -> until every outcome answered so far is journaled (read your writes)
+
+The rules (``CONTRACT.md`` "The life of a write under faults"): ``failed`` only
+when nothing can have reached the upstream, ``unknown`` otherwise (the undo is
+kept: rollback reconciles it by reading the resource). An outcome is never
+dropped while this process lives; after ``OUTCOME_RETRY`` seconds, or a crash,
+recovery journals it ``unknown`` (``gateway.services.recovery``), and an intent
+this process no longer holds in ``pending`` yet the store lacks the outcome of
+was lost by the store (``lost_outcomes``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+from gateway.core import journal as journaling
+from gateway.core import mcp
+from gateway.core.model import (
+    Checkpoint,
+    JournalEntry,
+    JournalOutcome,
+    JournalState,
+    Undo,
+    new_id,
+    utcnow,
+)
+from gateway.core.policy import TOOLS_CALL, McpRule, Rule, Upstream
+from gateway.core.redact import redact_headers, redact_query
+from gateway.errors import GatewayError, JournalUnavailable
+from gateway.observe import JOURNAL, JOURNAL_OUTCOME, NO_WATCH, Watch
+from gateway.ports import Observed, Sender, Store, UpstreamResponse
+from gateway.services import sealing
+from gateway.services.call import Call
+from gateway.services.freezes import FreezeState
+from gateway.settings import Settings
+from gateway.store.seal import NO_SEALER, Sealer
+
+log = logging.getLogger("gateway.pipeline")  # the records this module writes kept their name
+OUTCOME_RETRY = 600.0  # seconds an outcome is retried while the store is down
+LOST = ("its outcome was saved, then lost by the store (a database crash); the write "
+        "was sent and may have landed")
+_UNPARSED: Any = object()  # no parsed body given: ``store_body`` parses it
+
+SenderFor = Callable[[Upstream], Sender]  # the port that reaches an upstream (read after)
+
+
+class Journal:
+    """One per process (``gateway.app``), handed to the pipeline, rollbacks and recovery."""
+
+    def __init__(self, settings: Settings, store: Store, freezes: FreezeState,
+                 sealer: Sealer = NO_SEALER) -> None:
+        self.settings = settings
+        self.store = store
+        self.freezes = freezes
+        self.sealer = sealer  # the store's: seals what the journal must not show
+        self._outcomes: set[asyncio.Task[None]] = set()  # journaled after the reply
+        self.pending: set[str] = set()  # entries journaled as intents, outcome not yet saved
+
+    # -- entry -----------------------------------------------------------------
+
+    def entry(self, *, request_id: str, agent: str, checkpoint: Checkpoint, upstream: str,
+              method: str, path: str, query: str, rule: str | None, decision: str,
+              policy_revision: str, headers: list[tuple[str, str]], body: bytes,
+              content_type: str | None, prior: Any, prior_status: int | None,
+              capture_path: str | None, undo: Undo | None, reversible: bool,
+              parsed: Any = _UNPARSED, entry_id: str | None = None,
+              **more: Any) -> JournalEntry:
+        """The entry of a write about to be sent: headers, query and body redacted, the
+        body kept up to ``journal_body_limit`` (``parsed``: the body as already read)."""
+        stored = journaling.store_body(body, content_type, self.settings.journal_body_limit,
+                                       *(() if parsed is _UNPARSED else (parsed,)))
+        return JournalEntry(
+            id=entry_id or new_id(), at=utcnow(), request_id=request_id, agent=agent,
+            checkpoint=checkpoint, upstream=upstream, method=method, path=path,
+            query=redact_query(query), rule=rule, decision=decision,
+            policy_revision=policy_revision, request_headers=redact_headers(headers),
+            request_body=stored.text, request_body_sha256=stored.sha256,
+            request_body_size=stored.size, request_content_type=content_type, prior=prior,
+            prior_status=prior_status, capture_path=capture_path, undo=undo,
+            reversible=reversible, **more)
+
+    def undo_for(self, rule: Rule | McpRule | None, method: str, path: str,
+                 params: dict[str, str], seen: Observed | None, sent: Any,
+                 content_type: str | None) -> sealing.Kept:
+        """A write's undo, inferred from the prior state as journaled (redacted), the true
+        one sealed beside it (``seen``: the capture, None when there was none)."""
+        prior, prior_status = (seen.value, seen.status) if seen is not None else (None, None)
+        undo, reversible = journaling.infer_undo(rule, method, path, params, prior,
+                                                 prior_status, sent, content_type)
+        return sealing.for_intent(self.sealer, rule, method, path, params, seen, sent,
+                                  content_type, undo, reversible,
+                                  self.settings.journal_body_limit)
+
+    # -- intent ----------------------------------------------------------------
+
+    async def intent(self, upstream: Upstream, call: Call, entry: JournalEntry,
+                     unsent: str) -> None:
+        """Commit the intent before anything is sent; the store refuses one a freeze covers
+        (a freeze this process may not have heard of yet: a shadow run stops like any
+        other writer). ``unsent`` says what the agent is told on a store error."""
+        try:
+            with call.watch.step(JOURNAL, upstream.name):
+                journaled = await self.store.journal_intent(entry)
+        except Exception as exc:
+            log.error("journal unavailable: %s", exc)
+            raise JournalUnavailable(f"the change journal could not be written; {unsent}") \
+                from exc
+        if not journaled:
+            await self.freezes.refused(upstream.name, call.agent)
+        elif entry.state is JournalState.INTENT:  # a shadowed write has no outcome to wait for
+            self.pending.add(entry.id)
+
+    async def compensation_intent(self, entry: JournalEntry) -> None:
+        """A rollback's compensation: recovery is not frozen; a store error is the caller's."""
+        await self.store.journal_intent(entry, unless_frozen=False)
+        self.pending.add(entry.id)
+
+    # -- outcome ---------------------------------------------------------------
+
+    def later(self, entry: JournalEntry, outcome: JournalOutcome, watch: Watch) -> None:
+        """Journal ``outcome`` once the agent has its answer (the intent is already durable)."""
+        task = asyncio.create_task(self.save_outcome(entry, outcome, watch))
+        self._outcomes.add(task)
+        task.add_done_callback(self._outcomes.discard)
+
+    async def settled(self) -> None:
+        """Until every outcome of a write answered so far is journaled (read your writes)."""
+        while self._outcomes:
+            await asyncio.gather(*self._outcomes, return_exceptions=True)
+
+    async def record_outcome(self, entry: JournalEntry, response: UpstreamResponse | None,
+                             error: GatewayError | None, started: float, sent: float,
+                             capture_ms: float, upstream: Upstream | None = None) -> None:
+        """Build and journal an outcome now (rollback's compensations)."""
+        outcome = await self.outcome_of(entry, response, error, started, sent, capture_ms,
+                                        upstream)
+        await self.save_outcome(entry, outcome, NO_WATCH)
+
+    async def outcome_of(self, entry: JournalEntry, response: UpstreamResponse | None,
+                         error: GatewayError | None, started: float, sent: float,
+                         capture_ms: float, upstream: Upstream | None = None,
+                         sender_for: SenderFor | None = None) -> JournalOutcome:
+        """What the journal records once the upstream answered (or did not).
+        ``sender_for`` reads the resource after the write when the response does not say."""
+        now = time.perf_counter()
+        timings = {"capture_ms": round(capture_ms, 3), "upstream_ms": round((now - sent) * 1000, 3),
+                   "total_ms": round((now - started) * 1000, 3)}
+        undo, reversible = entry.undo, entry.reversible
+        if response is None:  # failed only when nothing can have reached the upstream;
+            # unknown keeps the undo: rollback reconciles it by reading the resource
+            maybe_sent = error is None or error.maybe_sent
+            state = JournalState.UNKNOWN if maybe_sent else JournalState.FAILED
+            head = getattr(error, "head", None)  # a create's Location, before the break
+            if head is not None and entry.method == "POST" and undo is None \
+                    and upstream is not None and entry.capture_path is None \
+                    and not rule_says_none(upstream, entry.rule):
+                created = journaling.undo_for_created(
+                    entry.path, urlsplit(upstream.base_url).path.rstrip("/"), head[0],
+                    redact_headers(head[1]), None)
+                if created is not None:
+                    undo, reversible = Undo.from_json(created), True
+            outcome = JournalOutcome(state, None, {}, None, None, 0, undo, reversible,
+                                     error.message if error else None, timings, utcnow())
+        else:
+            body = response.body or b""
+            headers = redact_headers(response.headers)
+            content_type = headers.get("content-type")
+            if entry.method == TOOLS_CALL:  # the JSON-RPC response, also out of an SSE body
+                answer = mcp.response_in(body, content_type, mcp.ANY_ID)
+                shown = mcp.redact_answer(answer)  # a secret in a tool's text is one too
+                failed = mcp.failure(shown)
+                if answer is not None:
+                    body, content_type = json.dumps(answer).encode(), mcp.JSON
+                if failed is not None:
+                    stored = journaling.store_body(body, content_type,
+                                                   self.settings.journal_body_limit, shown)
+                    return JournalOutcome(JournalState.FAILED, response.status, headers,
+                                          stored.text, stored.sha256, stored.size, undo,
+                                          reversible, failed, timings, utcnow())
+            parsed = journaling.parse_body(body, content_type)  # once, for all below
+            if entry.method == "POST" and undo is None and upstream is not None \
+                    and entry.capture_path is None:
+                created = journaling.undo_for_created(
+                    entry.path, urlsplit(upstream.base_url).path.rstrip("/"), response.status,
+                    headers, parsed)
+                if created is not None and not (rule_says_none(upstream, entry.rule)):
+                    undo, reversible = Undo.from_json(created), True
+            stored = journaling.store_body(body, content_type, self.settings.journal_body_limit,
+                                           mcp.redact_answer(parsed)
+                                           if entry.method == TOOLS_CALL else parsed)
+            after, true_after = await self._read_after(entry, response.status, parsed, undo,
+                                                       upstream, sender_for)
+            outcome = JournalOutcome(JournalState.COMPLETED, response.status, headers,
+                                     stored.text, stored.sha256, stored.size, undo, reversible,
+                                     None, timings, utcnow(), after,
+                                     sealing.for_outcome(self.sealer, parsed, after,
+                                                         true_after))
+        return outcome
+
+    async def save_outcome(self, entry: JournalEntry, outcome: JournalOutcome,
+                           watch: Watch) -> None:
+        """Retried while the store is down (an outcome is never dropped while this
+        process lives: after ``OUTCOME_RETRY`` seconds, or a crash, recovery journals
+        it ``unknown``)."""
+        delay, deadline = 0.05, time.monotonic() + OUTCOME_RETRY
+        while True:
+            try:
+                with watch.step(JOURNAL_OUTCOME, entry.upstream):
+                    await self.store.journal_outcome(entry.id, outcome)
+                self.pending.discard(entry.id)
+                return
+            except LookupError:
+                log.exception("no intent for the outcome of %s", entry.id)
+                self.pending.discard(entry.id)
+                return
+            except Exception as exc:
+                if time.monotonic() + delay > deadline:
+                    log.exception("could not journal the outcome of %s; gave up", entry.id)
+                    self.pending.discard(entry.id)
+                    return
+                log.warning("could not journal the outcome of %s (%s); retrying", entry.id, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    async def _read_after(self, entry: JournalEntry, status: int, parsed: Any,
+                          undo: Undo | None, upstream: Upstream | None,
+                          sender_for: SenderFor | None) -> tuple[Any, Any]:
+        """The resource as the write left it, read only when the response does not say:
+        as journaled (redacted; a text or binary resource as its digest) and its true value.
+
+        Rollback compares this with the resource before compensating (drift);
+        most APIs answer a write with the resource, so this read is rare.
+        """
+        if upstream is None or not 200 <= status < 300 or entry.method == "DELETE":
+            return None, None
+        if isinstance(parsed, dict) and entry.method != TOOLS_CALL:
+            return None, None
+        target = entry.capture_path or (undo.path if undo is not None and
+                                        undo.method == "DELETE" else None)
+        if target is None or sender_for is None:
+            return None, None
+        try:
+            seen = await sender_for(upstream).read(upstream, target)
+        except GatewayError as exc:
+            log.warning("read after %s %s failed (%s); rollback will need force",
+                        entry.method, entry.path, exc.message)
+            return None, None
+        if not 200 <= seen.status < 300:
+            log.warning("read after %s %s answered %s (does the policy inject a credential?); "
+                        "rollback will need force", entry.method, entry.path, seen.status)
+            return None, None
+        true = sealing.true_state(seen)
+        if entry.method == TOOLS_CALL or isinstance(seen.value, (dict, list)):
+            return seen.value, true
+        return true, true  # a digest: nothing of the bytes themselves
+
+    # -- reconcile -------------------------------------------------------------
+
+    async def lost_outcomes(self, process: str, before: datetime) -> None:
+        """``process``'s (this one's) intents older than ``before`` whose outcome it no
+        longer holds, yet the store lacks (saved, then lost in a database crash:
+        PostgreSQL's outcomes commit without waiting for the disk): ``unknown``, as a
+        dead process's."""
+        pending = set(self.pending)
+        lost = [i for i in await self.store.stale_intents(process, before)
+                if i not in pending]
+        if lost:
+            logging.getLogger("gateway.recovery").error(
+                "%d outcomes were lost by the store (a database crash?); journaled unknown: "
+                "%s", len(lost), ", ".join(lost[:20]))
+            await self.store.abandon_intents(lost, LOST, utcnow())
+
+
+def rule_says_none(upstream: Upstream, rule_id: str | None) -> bool:
+    rule = upstream.rule(rule_id)
+    return rule is not None and rule.undo == "none"
