@@ -80,6 +80,8 @@ def test_a_running_plan_shows_its_progress(upstream: FaultyUpstream,
         shown = httpx.get(f"{gateway.proc.urls[1]}/v1/rollback/{running[0]['id']}",
                           headers=gateway.admin.headers).json()["plan"]
         assert shown["progress"] == {"steps": 3, "done": 1}
+        # the next step's PUT is hanging at the upstream (not merely about to be sent)
+        poll(lambda: "PUT" in upstream.methods("/customers/c2"), "the hanging compensation")
     finally:
         upstream.stop()  # the hanging compensation ends
         thread.join(timeout=60)
