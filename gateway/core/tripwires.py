@@ -317,12 +317,9 @@ class TripwireState:
             if spec.kind not in ("writes", "deletes", "sum") \
                     or not tw.applies(upstream, agent, method):
                 continue
-            value = 1.0
-            if spec.kind == "sum":
-                found = number_at(body, spec.field or "")
-                if found is None or found <= 0:
-                    continue
-                value = found
+            value = _adds(spec, body)
+            if value is None:
+                continue
             owner, tripwire = tw.key
             out.append((f"{owner}/{tripwire}/{tw.counted_by(upstream, agent)}", value,
                         spec.window))
@@ -357,12 +354,9 @@ class TripwireState:
                         f"write by agent {agent} at {local:%a %H:%M} is outside the allowed "
                         f"hours ({spec.allowed_hours.describe()})")))
                 continue
-            value = 1.0
-            if spec.kind == "sum":
-                found = number_at(body, spec.field or "")
-                if found is None or found <= 0:
-                    continue
-                value = found
+            value = _adds(spec, body)
+            if value is None:
+                continue
             owner, tripwire = tw.key
             kept = None if shared is None else shared.get(
                 f"{owner}/{tripwire}/{tw.counted_by(upstream, agent)}")
@@ -474,6 +468,15 @@ def number_at(body: Any, path: str) -> float | None:
     except ValueError:
         return None
     return number if math.isfinite(number) else None
+
+
+def _adds(spec: TripwireSpec, body: Any) -> float | None:
+    """What a write adds to a count window: 1, or for ``sum`` the positive amount at
+    its field; None when a ``sum`` finds none (the write is not counted)."""
+    if spec.kind != "sum":
+        return 1.0
+    found = number_at(body, spec.field or "")
+    return found if found is not None and found > 0 else None
 
 
 def _who(tw: Tripwire, upstream: str, agent: str) -> str:
