@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import socket
 import textwrap
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -81,6 +82,21 @@ async def until(predicate: Callable[[], Any], what: str, timeout: float = 15.0) 
         if value:
             return value
         await asyncio.sleep(0.02)  # the poll interval; the deadline bounds the wait
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def poll(predicate: Callable[[], Any], what: str, timeout: float = 30.0,
+         interval: float = 0.02) -> Any:
+    """``until`` for threads and plain tests: ``predicate()`` until truthy (state another
+    process or thread changes, where there is nothing to wait on); fail after ``timeout``.
+    ``interval`` is how often to look, never what a test measures."""
+    deadline = time.monotonic() + timeout
+    waiter = threading.Event()  # never set: a wait that cannot be mistaken for a sync point
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        waiter.wait(interval)
     raise AssertionError(f"timed out waiting for {what}")
 
 

@@ -16,8 +16,7 @@ import asyncio
 import base64
 import hashlib
 import sqlite3
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,7 @@ from gateway.core.note import NoteVerifier, split_notes
 from tests.e2e.procs import Proc, run_gateway, start_gateway, write_settings
 from tests.e2e.recorder import Recorder
 from tests.e2e.witness import Witness
-from tests.harness import AGENT_KEY, TOKENS, policy_text
+from tests.harness import AGENT_KEY, TOKENS, policy_text, poll
 
 AGENT = {"X-Gateway-Key": AGENT_KEY}
 VIEWER = {"Authorization": f"Bearer {TOKENS['viewer']}"}
@@ -44,16 +43,6 @@ RULES = """
   match: {methods: [GET, PATCH], path: "/items/{id}"}
   action: allow
 """
-
-
-def poll(predicate: Callable[[], Any], what: str, timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)  # the poll interval; the deadline bounds the wait
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _vkey() -> str:

@@ -14,9 +14,9 @@ test, ``tests.replicated``), writers through both, and a failover in between.
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +27,7 @@ import pytest
 from tests.e2e.procs import Proc, start_gateways, write_settings
 from tests.e2e.recorder import Recorder
 from tests.harness import AGENT_KEY, OTHER_KEY, TOKENS, policy_text
+from tests.harness import poll as _poll
 from tests.replicated import Pair, replicated_pair
 
 BOT = {"X-Gateway-Key": AGENT_KEY}
@@ -39,21 +40,14 @@ RULES = """
   action: allow
 """
 
+poll = functools.partial(_poll, timeout=60)  # a promotion and reconnects take their time
+
 
 @pytest.fixture
 def pair() -> Iterator[Pair]:
     with replicated_pair() as started:
         run(started, started.primary_port, "postgres", "CREATE DATABASE gateway")
         yield started
-
-
-def poll(predicate: Callable[[], bool], what: str, timeout: float = 60,
-         interval: float = 0.05) -> None:
-    """Until ``predicate()``; the deadline bounds the wait, it is not what is tested."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(interval)
 
 
 def run(pair: Pair, port: int, database: str, sql: str) -> list[asyncpg.Record]:

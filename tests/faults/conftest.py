@@ -4,8 +4,6 @@ admin clients."""
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -30,19 +28,6 @@ RULES = """
   match: {methods: [POST], path: "/customers"}
   action: allow
 """
-
-
-def poll(predicate: Callable[[], Any], what: str, timeout: float = 15.0) -> Any:
-    """Until ``predicate()`` is truthy (state another process or thread changes); fail
-    after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    waiter = threading.Event()
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        waiter.wait(0.02)  # the poll interval; the deadline bounds the wait
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Gateway:

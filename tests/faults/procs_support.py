@@ -136,17 +136,6 @@ class Gateway:
         return response.json()["items"]
 
 
-def poll(predicate: Any, what: str, timeout: float = 30.0) -> Any:
-    """Until ``predicate()`` is truthy (state another process changes); fail after timeout."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)  # the poll interval; the deadline bounds the wait
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def in_thread(target: Any, *args: Any, **kwargs: Any) -> tuple[threading.Thread, list[Any]]:
     """Run ``target(*args, **kwargs)`` in a thread; its result (or exception) lands in the
     list."""

@@ -160,8 +160,8 @@ class FaultUpstream:
                 self._apply(method, path, body)
             fault.released.wait(120)
             return None, None
-        if self.delay and method != "GET":
-            time.sleep(self.delay)
+        if self.delay and method != "GET":  # the fault itself (a slow upstream), in the
+            time.sleep(self.delay)           # server's thread: nothing waits on it to sync
         return self._apply(method, path, body)
 
     def _apply(self, method: str, path: str, body: Any) -> tuple[int, Any]:

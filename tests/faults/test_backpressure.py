@@ -11,9 +11,9 @@ from pathlib import Path
 import httpx
 
 from tests.e2e.procs import run_gateway
-from tests.faults.conftest import RULES, Gateway, poll
+from tests.faults.conftest import RULES, Gateway
 from tests.faults.upstream import HANG, FaultyUpstream
-from tests.harness import policy_text
+from tests.harness import policy_text, poll
 
 C1, C2 = "/customers/c1", "/customers/c2"
 

@@ -23,7 +23,8 @@ import httpx
 from tests.e2e.procs import Proc, start_gateways
 from tests.e2e.recorder import Recorder
 from tests.e2e.test_killswitch_processes import APPROVER, ENGAGE_WAIT, Hanging, config, gateways, upstream  # noqa: F401 - fixtures
-from tests.faults.procs_support import poll, query
+from tests.faults.procs_support import query
+from tests.harness import poll
 
 
 def off_the_member_list(store_url: str, tmp_path: Path, proc: Proc) -> None:

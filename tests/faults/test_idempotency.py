@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from tests.faults.conftest import Gateway, poll
+from tests.faults.conftest import Gateway
 from tests.faults.upstream import FaultyUpstream
+from tests.harness import poll
 
 C1 = "/customers/c1"
 

@@ -20,8 +20,9 @@ from gateway.core.model import (
     utcnow,
 )
 from gateway.store import SqlStore
-from tests.faults.conftest import Gateway, poll
+from tests.faults.conftest import Gateway
 from tests.faults.upstream import HANG, FaultyUpstream
+from tests.harness import poll
 
 COUNT = 10_050  # over the old cap, with many entries sharing one timestamp
 

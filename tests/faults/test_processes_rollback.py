@@ -11,8 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tests.faults.procs_support import Gateway, configure, in_thread, poll
+from tests.faults.procs_support import Gateway, configure, in_thread
 from tests.faults.procs_upstream import FaultUpstream
+from tests.harness import poll
 
 RUN = {"X-Agent-Run": "r1"}
 

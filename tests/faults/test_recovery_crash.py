@@ -17,8 +17,9 @@ from typing import Any
 
 import pytest
 
-from tests.faults.procs_support import Cluster, Gateway, configure, in_thread, poll, query
+from tests.faults.procs_support import Cluster, Gateway, configure, in_thread, query
 from tests.faults.procs_upstream import FaultUpstream
+from tests.harness import poll
 
 PRIOR = {"name": "a", "v": 1}
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.faults.procs_support import Cluster, Gateway, configure, poll
+from tests.faults.procs_support import Cluster, Gateway, configure
 from tests.faults.procs_upstream import FaultUpstream
+from tests.harness import poll
 
 
 def test_admin_calls_answer_503_with_the_cause_while_the_store_is_down(tmp_path: Path) -> None:

@@ -15,8 +15,9 @@ from collections.abc import Callable
 
 from gateway.core.model import Freeze, FreezeScope, utcnow
 from gateway.store import SqlStore
-from tests.faults.conftest import Gateway, poll
+from tests.faults.conftest import Gateway
 from tests.faults.upstream import FAIL, FaultyUpstream
+from tests.harness import poll
 
 C1 = "/customers/c1"
 

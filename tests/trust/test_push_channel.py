@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +26,7 @@ from sqlalchemy.engine import make_url
 
 from tests.e2e.procs import Proc, start_gateways, write_settings
 from tests.e2e.recorder import Recorder
-from tests.harness import AGENT_KEY, TOKENS, policy_text
+from tests.harness import AGENT_KEY, TOKENS, policy_text, poll
 
 BOT = {"X-Gateway-Key": AGENT_KEY}
 APPROVER = {"Authorization": f"Bearer {TOKENS['approver']}"}
@@ -106,7 +105,5 @@ async def test_a_forged_engage_does_not_outlive_the_release(
                           headers=ADMIN, timeout=30)
     assert released.status_code == 200 and released.json()["released"] is not None
     for proxy in (proxy_a, proxy_b):  # within a few heartbeats at most
-        deadline = time.monotonic() + 15
-        while not writes_go(proxy):
-            assert time.monotonic() < deadline, f"{proxy} stayed frozen after the release"
-            time.sleep(0.1)
+        poll(lambda p=proxy: writes_go(p), f"{proxy} to take writes after the release "
+             "(it stayed frozen)", timeout=15, interval=0.1)
