@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
 
     from gateway.core.note import NoteSigner
-    from gateway.store.seal import Sealer
+    from gateway.core.seal import Sealer
 
 log = logging.getLogger("gateway")
 
@@ -155,8 +155,8 @@ class Gateway:
     def _sealer(self) -> Sealer:
         """The store's sealer from ``journal_key`` (else its SQLite key file); a bad key
         stops the start (a missing one on PostgreSQL is warned about: README "Secrets")."""
+        from gateway.core.seal import SealError
         from gateway.store.engine import parse_url
-        from gateway.store.seal import SealError
         from gateway.store.sql import default_sealer
         try:
             sealer = default_sealer(parse_url(self.settings.database_url),

@@ -174,7 +174,7 @@ class Settings(BaseSettings):
     # SQLite: fdatasync the journal before a write is sent (off only to measure its cost)
     journal_fsync: bool = True
     # AES-256-GCM key (base64 of 32 bytes) sealing what rollback and approvals need of
-    # secrets and binary priors (gateway.store.seal); GATEWAY_JOURNAL_KEY. Unset on SQLite:
+    # secrets and binary priors (gateway.core.seal); GATEWAY_JOURNAL_KEY. Unset on SQLite:
     # a key file <database>.key (0600) beside the database; unset on PostgreSQL: none kept.
     journal_key: str | None = Field(default=None, repr=False)
     max_write_body: int = Field(default=16 * 1024 * 1024, gt=0)

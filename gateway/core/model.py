@@ -241,7 +241,7 @@ class JournalEntry:
     mode: str | None = None  # observe or shadow (gateway.core.autonomy); None: enforced
     would_decide: str | None = None  # what the rules decided, when the mode did not enforce it
     # Opaque to the core: what rollback needs of secret-named and binary values, sealed by
-    # gateway.store.seal (never rendered); None when the redacted values are the true ones.
+    # gateway.core.seal (never rendered); None when the redacted values are the true ones.
     sealed: str | None = None
     sealed_outcome: str | None = None
     irreversible_reason: str | None = None  # why no undo is kept (e.g. a prior over the limit)

@@ -43,6 +43,7 @@ from gateway.core.model import (
 )
 from gateway.core.policy import TOOLS_CALL, McpRule, Rule, Upstream
 from gateway.core.redact import redact_headers, redact_query
+from gateway.core.seal import NO_SEALER, Sealer
 from gateway.errors import GatewayError, JournalUnavailable
 from gateway.observe import JOURNAL, JOURNAL_OUTCOME, NO_WATCH, Watch
 from gateway.ports import Observed, Sender, Store, UpstreamResponse
@@ -50,7 +51,6 @@ from gateway.services import sealing
 from gateway.services.call import Call
 from gateway.services.freezes import FreezeState
 from gateway.settings import Settings
-from gateway.store.seal import NO_SEALER, Sealer
 
 log = logging.getLogger("gateway.pipeline")  # the records this module writes kept their name
 OUTCOME_RETRY = 600.0  # seconds an outcome is retried while the store is down

@@ -47,13 +47,13 @@ from gateway.core.rollback import (
     reconcile,
     with_status,
 )
+from gateway.core.seal import Sealer, SealError
 from gateway.errors import GatewayError
 from gateway.ports import Observed, Store, UpstreamResponse
 from gateway.services import sealing
 from gateway.services.journal import Journal
 from gateway.services.pipeline import Pipeline
 from gateway.services.plan_leases import PlanLeases
-from gateway.store.seal import Sealer, SealError
 
 log = logging.getLogger("gateway.rollback")
 PAGE = 5000  # journal entries read at a time; a plan covers every page (no cap)

@@ -24,8 +24,8 @@ from gateway.core.model import JournalEntry, Undo
 from gateway.core.policy import McpRule, Rule
 from gateway.core.redact import redact_json
 from gateway.core.rollback import Step
+from gateway.core.seal import Sealer, SealError
 from gateway.ports import Observed
-from gateway.store.seal import Sealer, SealError
 
 JOURNAL = "journal"  # the purposes sealed values are bound to (associated data)
 OUTCOME = "journal-outcome"

@@ -33,8 +33,8 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from gateway.core.approvals import ApprovalStatus, HeldCall, Vote
 from gateway.core.model import iso
+from gateway.core.seal import NO_SEALER, Sealer
 from gateway.store import codec
-from gateway.store.seal import NO_SEALER, Sealer
 from gateway.store.tables import ApprovalRow
 
 PENDING, APPROVED = ApprovalStatus.PENDING.value, ApprovalStatus.APPROVED.value
@@ -53,7 +53,7 @@ class ApprovalQueue:
 
     _engine: AsyncEngine  # reads
     _writer: AsyncEngine  # writes: BEGIN IMMEDIATE on SQLite
-    sealer: Sealer | None  # the exact request of a held call is sealed (gateway.store.seal)
+    sealer: Sealer | None  # the exact request of a held call is sealed (gateway.core.seal)
 
     @property
     def _sealer(self) -> Sealer:

@@ -2,7 +2,7 @@
 
 ``audit_signing_key`` (``GATEWAY_AUDIT_SIGNING_KEY``) is an Ed25519 seed, base64
 of 32 bytes. Without one, an embedded SQLite store gets ``<database>.audit.key``
-(0600), created the way the journal's key file is (``store.seal``: written whole,
+(0600), created the way the journal's key file is (``store.seal_key``: written whole,
 then linked into place, so workers starting together agree on one key). A
 PostgreSQL store without one signs nothing: a key that lived only in one
 process would make every restart look like a different log.
@@ -16,8 +16,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from gateway.core.seal import SealError
 from gateway.store.engine import is_postgres, sqlite_path
-from gateway.store.seal import SealError, load_or_create_key_file
+from gateway.store.seal_key import load_or_create_key_file
 
 SEED_BYTES = 32
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 
+from gateway.core import seal
 from gateway.core.approvals import ApprovalStatus, HeldCall, Vote, redacted_response
 from gateway.core.model import (
     AuditRecord,
@@ -34,8 +35,7 @@ from gateway.core.model import (
 )
 from gateway.core.redact import carries_secrets, redact_headers, redact_query, redacted_body
 from gateway.core.rollback import Plan, PlanStatus, Step, StepStatus
-from gateway.store import seal
-from gateway.store.seal import NO_SEALER, Sealer, SealError
+from gateway.core.seal import NO_SEALER, Sealer, SealError
 from gateway.store.tables import (
     ApprovalRow,
     AuditRow,
@@ -258,7 +258,7 @@ APPROVAL_RESPONSE = "approval-response"
 
 def held_row(call: HeldCall, sealer: Sealer = NO_SEALER) -> ApprovalRow:
     """The row of ``call``: query, headers and body redacted in their columns; the exact
-    request (what an approval executes) sealed beside them (``gateway.store.seal``)."""
+    request (what an approval executes) sealed beside them (``gateway.core.seal``)."""
     cp = call.checkpoint
     exact = {"query": call.query, "headers": [list(h) for h in call.headers],
              "body": seal.b64(bytes(call.body))}

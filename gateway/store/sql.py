@@ -51,6 +51,7 @@ from gateway.core.model import (
     iso,
     parse_iso,
 )
+from gateway.core.seal import Sealer
 from gateway.ports import FreezeChange
 from gateway.store import codec
 from gateway.store import killswitch as ks
@@ -71,7 +72,7 @@ from gateway.store.leases import Leases
 from gateway.store.migrate import upgrade
 from gateway.store.reports import ReportQueries
 from gateway.store.rollbacks import RollbackPlans
-from gateway.store.seal import Sealer, sealer_for
+from gateway.store.seal_key import sealer_for
 from gateway.store.tables import AuditRow, JournalRow
 from gateway.store.tripwire_counts import TripwireCounts
 
@@ -106,7 +107,7 @@ class SqlStore(ApprovalQueue, RollbackPlans, ReportQueries, CheckpointLog, Lease
     def __init__(self, database_url: str, process: str | None = None,
                  sealer: Sealer | None = None, fsync: bool = True) -> None:
         self.url = parse_url(database_url)
-        # what held calls' exact requests are sealed with (gateway.store.seal); unset at
+        # what held calls' exact requests are sealed with (gateway.core.seal); unset at
         # start: the SQLite key file, or none on PostgreSQL (the gateway sets journal_key's)
         self.sealer: Sealer | None = sealer
         self.process = process or process_name()  # journaled with every intent

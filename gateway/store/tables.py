@@ -77,7 +77,7 @@ class JournalRow(SQLModel, table=True):
     rolled_back_at: str | None = _text_or_null()
     mode: str | None = _text_or_null()  # observe | shadow; NULL = enforced (0009)
     would_decide: str | None = _text_or_null()  # the rules' verdict when not enforced (0009)
-    # gateway.store.seal: what rollback needs of secrets and binary priors, encrypted (0010)
+    # gateway.core.seal: what rollback needs of secrets and binary priors, encrypted (0010)
     sealed: str | None = _text_or_null()  # at the intent: the true undo and prior
     sealed_outcome: str | None = _text_or_null()  # at the outcome: the true state left
     irreversible_reason: str | None = _text_or_null()  # why no undo was kept (0010)

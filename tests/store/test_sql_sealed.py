@@ -1,5 +1,5 @@
 """Sealed values on every backend: exact round trips, nothing readable at rest, and a
-wrong key that fails closed (``gateway.store.seal``)."""
+wrong key that fails closed (``gateway.core.seal``)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import pytest
 from gateway.core.approvals import ApprovalStatus, HeldCall, request_digest
 from gateway.core.model import Checkpoint, JournalOutcome, JournalState
 from gateway.core.rollback import Plan, PlanStatus, Step
+from gateway.core.seal import Sealer, SealError
 from gateway.store import SqlStore
-from gateway.store.seal import Sealer, SealError
 from tests.store.conftest import T0, EntryFactory
 
 CANARY = "cnry-sealed-5f1e"
