@@ -46,9 +46,9 @@ def chain_hash(prev_hash: str, seq: int, at: datetime, actor: str, action: str,
     return digest.hexdigest()
 
 
-def seal(prev: AuditRecord | None, at: datetime, actor: str, action: str,
+def link(prev: AuditRecord | None, at: datetime, actor: str, action: str,
          detail: dict[str, Any]) -> AuditRecord:
-    """The next record after ``prev`` (None for the first one)."""
+    """The next record after ``prev`` (None for the first one), linked to it by hash."""
     seq = prev.seq + 1 if prev else 1
     prev_hash = prev.hash if prev else GENESIS
     return AuditRecord(seq, at, actor, action, detail, prev_hash,

@@ -37,7 +37,7 @@ from sqlalchemy import select as sql_select
 from sqlmodel import col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from gateway.core.audit import canonical_head, seal
+from gateway.core.audit import canonical_head, link
 from gateway.core.killswitch import InFlight
 from gateway.core.model import (
     AuditRecord,
@@ -422,7 +422,7 @@ class SqlStore(ApprovalQueue, RollbackPlans, ReportQueries, CheckpointLog, Lease
             records.clear()  # a retried transaction builds again from the new last row
             previous = None if last is None else codec.audit_from_values(last)
             for actor, action, detail, at in items:
-                previous = seal(previous, at, actor, action, detail)
+                previous = link(previous, at, actor, action, detail)
                 records.append(previous)
             return [codec.audit_params(r) for r in records]
 
@@ -463,7 +463,7 @@ class SqlStore(ApprovalQueue, RollbackPlans, ReportQueries, CheckpointLog, Lease
                       at: datetime) -> AuditRecord:
         last = (await session.exec(
             select(AuditRow).order_by(col(AuditRow.seq).desc()).limit(1))).first()
-        record = seal(None if last is None else codec.audit_from_row(last),
+        record = link(None if last is None else codec.audit_from_row(last),
                       at, actor, action, detail)
         session.add(codec.audit_row(record))
         return record
@@ -471,7 +471,7 @@ class SqlStore(ApprovalQueue, RollbackPlans, ReportQueries, CheckpointLog, Lease
 
 async def _engage_in_one_call(hot: PostgresHotPath, freeze: Freeze) -> FreezeChange:
     """The same engage as the transaction in ``SqlStore.engage``, as one round trip
-    (``gateway_engage``, migration 0017); the store seals the audit record."""
+    (``gateway_engage``, migration 0017); the store links the audit record into the chain."""
     detail = _freeze_detail(freeze.scope, freeze.target, freeze.reason)
     rows = await hot.fetch(ks.PG_ENGAGE, (
         freeze.id, freeze.scope.value, freeze.target, freeze.reason, freeze.by, iso(freeze.at),
@@ -495,7 +495,7 @@ async def _append_in(tx: Tx, actor: str, action: str, detail: dict[str, Any],
                      at: datetime) -> AuditRecord:
     """The next link of the audit chain, in a transaction that excludes other chain writers."""
     last = await tx.fetch(codec.SELECT_LAST_AUDIT)
-    record = seal(codec.audit_from_values(last[0]) if last else None, at, actor, action, detail)
+    record = link(codec.audit_from_values(last[0]) if last else None, at, actor, action, detail)
     await tx.execute(codec.INSERT_AUDIT, codec.audit_params(record))
     return record
 

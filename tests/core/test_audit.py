@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from gateway.core.audit import GENESIS, chain_hash, seal, verify
+from gateway.core.audit import GENESIS, chain_hash, link, verify
 from gateway.core.model import AuditRecord
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -17,12 +17,12 @@ def chain(n: int = 5) -> list[AuditRecord]:
     records: list[AuditRecord] = []
     for i in range(n):
         prev = records[-1] if records else None
-        records.append(seal(prev, T0 + timedelta(seconds=i), "alice", "killswitch.engage",
+        records.append(link(prev, T0 + timedelta(seconds=i), "alice", "killswitch.engage",
                             {"n": i, "reason": f"incident {i}"}))
     return records
 
 
-def test_seal_links_records() -> None:
+def test_link_chains_records() -> None:
     records = chain(3)
     assert [r.seq for r in records] == [1, 2, 3]
     assert records[0].prev_hash == GENESIS
@@ -57,7 +57,7 @@ def edit(records: list[AuditRecord], index: int, **changes: object) -> list[Audi
     return out
 
 
-def resealed(records: list[AuditRecord], index: int, **changes: object) -> list[AuditRecord]:
+def relinked(records: list[AuditRecord], index: int, **changes: object) -> list[AuditRecord]:
     """Edit a record and recompute its own hash, as a forger would."""
     out = edit(records, index, **changes)
     r = out[index]
@@ -77,7 +77,7 @@ R = chain(5)
     (edit(R, 3, at=T0 + timedelta(days=1)), 4),
     (edit(R, 1, hash="f" * 64), 2),
     (edit(R, 1, prev_hash="0" * 64), 2),
-    (resealed(R, 2, detail={"n": 2, "reason": "forged"}), 4),  # its successor no longer links
+    (relinked(R, 2, detail={"n": 2, "reason": "forged"}), 4),  # its successor no longer links
     (R[:2] + R[3:], 4),                        # a middle record deleted
     (R[1:], 2),                                # the first record deleted
     (R[:1] + [R[2], R[1]] + R[3:], 3),         # two records swapped
@@ -92,10 +92,10 @@ def test_verify_names_the_first_bad_record(records: list[AuditRecord],
     assert result.ok is (bad_seq is None)
 
 
-def test_resealing_the_head_is_undetectable() -> None:
+def test_relinking_the_head_is_undetectable() -> None:
     # The chain proves order and integrity of what precedes the head; the head itself must
     # be anchored elsewhere (that is what `head` in /v1/audit/verify is for).
-    forged = resealed(R, 4, actor="mallory")
+    forged = relinked(R, 4, actor="mallory")
     assert verify(forged).ok
     assert verify(forged).head != verify(R).head
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from gateway.core.audit import seal
+from gateway.core.audit import link
 from gateway.core.audit_export import verify_export
 from gateway.core.merkle import Tree, record_leaf
 from gateway.core.model import AuditRecord
@@ -21,7 +21,7 @@ T0 = datetime(2026, 12, 6, 12, tzinfo=UTC)
 def _records(n: int) -> list[AuditRecord]:
     out: list[AuditRecord] = []
     for i in range(n):
-        out.append(seal(out[-1] if out else None, T0 + timedelta(seconds=i), "ops",
+        out.append(link(out[-1] if out else None, T0 + timedelta(seconds=i), "ops",
                         "call.allow", {"i": i, "name": "Zoë"}))
     return out
 
@@ -82,7 +82,7 @@ def test_a_rewritten_chain_does_not_match_the_signed_roots() -> None:
     notes = [_note(records, 3), _note(records, 8)]
     forged = records[:5]
     for i in range(5, 8):  # a consistent chain with different records after seq 5
-        forged.append(seal(forged[-1], T0, "ops", "call.allow", {"forged": i}))
+        forged.append(link(forged[-1], T0, "ops", "call.allow", {"forged": i}))
     check = verify_export(_lines(forged), notes, VERIFIER)
     assert not check.ok
     assert check.first_bad_seq == 4  # somewhere after the last checkpoint that still matches
