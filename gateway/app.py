@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.core.model import utcnow
 from gateway.core.policy import PolicySet
-from gateway.errors import PolicyError, StartupError
+from gateway.errors import PolicyError, SettingsError, StartupError
 from gateway.metrics import Metrics
 from gateway.observe import NO_OBSERVER, Observer
 from gateway.observe.observer import observer_for
@@ -37,7 +37,7 @@ from gateway.services.recovery import Recovery
 from gateway.services.rollbacks import Rollbacks
 from gateway.services.shadows import ShadowWrites
 from gateway.services.tripwires import Tripwires
-from gateway.settings import Settings, SettingsError
+from gateway.settings import Settings
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -155,7 +155,7 @@ class Gateway:
     def _sealer(self) -> Sealer:
         """The store's sealer from ``journal_key`` (else its SQLite key file); a bad key
         stops the start (a missing one on PostgreSQL is warned about: README "Secrets")."""
-        from gateway.core.seal import SealError
+        from gateway.errors import SealError
         from gateway.store.engine import parse_url
         from gateway.store.sql import default_sealer
         try:
@@ -173,8 +173,9 @@ class Gateway:
     def _audit_signer(self) -> NoteSigner | None:
         """The audit checkpoints' key from ``audit_signing_key``, else the SQLite key file
         beside the database, else none (README "Audit you can prove to someone else")."""
-        from gateway.core.note import NoteError, NoteSigner
-        from gateway.store.audit_key import AuditKeyError, signing_seed
+        from gateway.core.note import NoteSigner
+        from gateway.errors import AuditKeyError, NoteError
+        from gateway.store.audit_key import signing_seed
         from gateway.store.engine import parse_url
         try:
             seed, source = signing_seed(parse_url(self.settings.database_url),

@@ -13,12 +13,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from gateway.errors import PolicyError, StartupError
+from gateway.errors import PolicyError, SettingsError, StartupError
 from gateway.operator.args import positive_int
 from gateway.settings import (
     AgentSpec,
     Settings,
-    SettingsError,
     dev_operator_token,
     load_settings,
     read_settings_file,

@@ -1,32 +1,56 @@
-"""The gateway's error types, each carrying its contract status and code.
+"""The gateway's error types: one tree, each type saying who it is for.
 
-    GatewayError                    (status, code, message, extra)
-    ├── Unauthenticated             401 unauthenticated
-    ├── UnknownUpstream             404 unknown_upstream
-    ├── BadRequest                  400 bad_request
-    ├── PolicyDenied                403 policy_denied
-    ├── ApprovalRejected            403 approval_rejected
-    ├── ApprovalPending             409 approval_pending (approval: {answer: error})
-    ├── WritesFrozen                423 writes_frozen
-    │   └── WriteCutOff             423 writes_frozen, outcome unknown (cut off in flight)
-    ├── CaptureFailed               502 capture_failed
-    ├── JournalUnavailable          503 journal_unavailable
-    ├── UpstreamBusy                503 upstream_busy (max_in_flight; Retry-After)
-    ├── UpstreamUnreachable         502 upstream_unreachable (nothing reached the upstream)
-    │   └── UpstreamLost            502 upstream_unreachable, outcome unknown (sent, cut off)
-    ├── UpstreamTimeout             504 upstream_timeout, outcome unknown
-    │   └── ConnectTimeout          504 upstream_timeout (no connection: nothing sent)
-    ├── PolicyError                 invalid policy files (not an HTTP error; carries problems)
-    └── StartupError                the process cannot start: one line naming the port, the
-                                    database (password hidden), the file or the setting
+    Exception
+    ├── GatewayError                    an agent's call refused (status, code, message, extra)
+    │   ├── Unauthenticated             401 unauthenticated
+    │   ├── UnknownUpstream             404 unknown_upstream
+    │   ├── SessionNotFound             404 session_not_found (an MCP session not this agent's)
+    │   ├── MethodRefused               405 method_not_allowed
+    │   ├── BadRequest                  400 bad_request
+    │   ├── BodyTooLarge                413 payload_too_large
+    │   ├── PolicyDenied                403 policy_denied
+    │   ├── ApprovalRejected            403 approval_rejected
+    │   ├── ApprovalPending             409 approval_pending (approval: {answer: error})
+    │   ├── WritesFrozen                423 writes_frozen
+    │   │   └── WriteCutOff             423 writes_frozen, outcome unknown (cut off in flight)
+    │   ├── CaptureFailed               502 capture_failed
+    │   ├── JournalUnavailable          503 journal_unavailable
+    │   ├── UpstreamBusy                503 upstream_busy (max_in_flight; Retry-After)
+    │   ├── UpstreamUnreachable         502 upstream_unreachable (nothing reached the upstream)
+    │   │   ├── UpstreamLost            502 upstream_unreachable, outcome unknown (sent, cut off)
+    │   │   └── ConnectTimeout          504 upstream_timeout (no connection: nothing sent)
+    │   └── UpstreamTimeout             504 upstream_timeout, outcome unknown
+    ├── AdminError                      an operator's request refused (status, code, message,
+    │                                   extra): the admin API, approvals, rollbacks
+    ├── OperatorError                   an operator command ends (exit_code, message)
+    ├── ApprovalRefused                 a vote the approval state machine refuses (code)
+    ├── PolicyError                     invalid policy files (carries problems)
+    ├── SettingsError                   settings that cannot be used (carries problems)
+    ├── StartupError                    the process cannot start: one line naming the port, the
+    │                                   database (password hidden), the file or the setting
+    ├── SealError                       a sealed value cannot be opened, or sealing is impossible
+    ├── ConditionError                  a policy's ``when`` does not compile or evaluate
+    ├── ConnectionLost                  an upstream connection closed mid-response
+    ├── AnchorError                     an audit anchor did not take a checkpoint
+    ├── DrillError                      a rollback drill could not run
+    └── ValueError
+        ├── Ambiguous                   a request with more than one reading (a 400 at the edge)
+        ├── MessageError                a body that is not one JSON-RPC message
+        ├── TemplateError               a path template that does not parse
+        ├── DescriptionError            an API description this reader does not understand
+        ├── NoteError                   a malformed note, checkpoint or key; a bad signature
+        └── AuditKeyError               an audit signing key that is not base64 of 32 bytes
+
+Nothing here imports the rest of the gateway, so the pure core raises these too.
 
 ``maybe_sent`` says whether the request may have reached the upstream: a write that
 failed with such an error is journaled ``unknown``, never ``failed`` (CONTRACT, "The
 life of a write under faults").
 
 The proxy turns any GatewayError into ``{"error": {"code", "message", ...}}``
-in one place (``gateway.proxy.responses``); nothing raises HTTP exceptions. An
-upstream signed with ``aws_sigv4`` (S3) gets it as S3's XML error (``s3_xml``).
+in one place (``gateway.proxy.responses``), the admin API any AdminError the same
+way; nothing raises HTTP exceptions. An upstream signed with ``aws_sigv4`` (S3)
+gets it as S3's XML error (``s3_xml``).
 """
 
 from __future__ import annotations
@@ -80,8 +104,20 @@ class UnknownUpstream(GatewayError):
     status, code, decision = 404, "unknown_upstream", "deny"
 
 
+class SessionNotFound(GatewayError):
+    status, code, decision = 404, "session_not_found", "deny"
+
+
+class MethodRefused(GatewayError):
+    status, code, decision = 405, "method_not_allowed", "deny"
+
+
 class BadRequest(GatewayError):
     status, code, decision = 400, "bad_request", "deny"
+
+
+class BodyTooLarge(GatewayError):
+    status, code, decision = 413, "payload_too_large", "deny"
 
 
 class PolicyDenied(GatewayError):
@@ -163,3 +199,85 @@ class PolicyError(Exception):
 
 class StartupError(Exception):
     """``gateway serve`` cannot start; the message is one line that names what failed."""
+
+
+class AdminError(Exception):
+    """An operator's request refused, answered by the admin API as
+    ``{"error": {"code", "message", ...extra}}`` with ``status``."""
+
+    def __init__(self, status: int, code: str, message: str, **extra: object) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.extra = status, code, message, extra
+
+
+class OperatorError(Exception):
+    """Ends the command with ``exit_code`` after printing ``message`` to stderr."""
+
+    def __init__(self, exit_code: int, message: str) -> None:
+        super().__init__(message)
+        self.exit_code, self.message = exit_code, message
+
+
+class ApprovalRefused(Exception):
+    """A decision that cannot be taken; ``code`` maps to an HTTP status in the admin API."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class SettingsError(Exception):
+    """Settings that cannot be used; ``problems`` are one line each, naming where and which key."""
+
+    def __init__(self, *problems: str) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = list(problems)
+
+
+class SealError(Exception):
+    """A sealed value cannot be opened (no key, wrong key, damaged), or sealing is impossible."""
+
+
+class ConditionError(Exception):
+    """A ``when`` condition that does not compile, or cannot be evaluated on a request."""
+
+
+class ConnectionLost(Exception):
+    """The connection closed before the response was complete."""
+
+    def __init__(self, message: str, before_response: bool) -> None:
+        super().__init__(message)
+        self.before_response = before_response  # nothing of a response had arrived
+
+
+class AnchorError(Exception):
+    """The anchor did not take the checkpoint (unreachable, refused, malformed answer)."""
+
+
+class DrillError(Exception):
+    """The drill could not run (no sandbox, a listener that did not start...)."""
+
+
+class Ambiguous(ValueError):
+    """A request with more than one reading; its message says which part and why."""
+
+
+class MessageError(ValueError):
+    """A body that is not one JSON-RPC message (or batch) the gateway can judge."""
+
+
+class TemplateError(ValueError):
+    """A path template that does not parse."""
+
+
+class DescriptionError(ValueError):
+    """The document is not an API description this reader understands (one line)."""
+
+
+class NoteError(ValueError):
+    """A note, checkpoint or key that is malformed, or whose signature does not verify."""
+
+
+class AuditKeyError(ValueError):
+    """The configured signing key is not base64 of 32 bytes."""

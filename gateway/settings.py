@@ -34,9 +34,10 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from gateway.core.note import CosignatureVerifier, NoteError
+from gateway.core.note import CosignatureVerifier
 from gateway.core.redact import is_secret_name
 from gateway.core.tripwires import SettingsTripwire
+from gateway.errors import NoteError, SettingsError
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -225,14 +226,6 @@ class Settings(BaseSettings):
         if len(ids) != len(set(ids)):
             raise ValueError(f"duplicate tripwire id {next(i for i in ids if ids.count(i) > 1)!r}")
         return value
-
-
-class SettingsError(Exception):
-    """Settings that cannot be used; ``problems`` are one line each, naming where and which key."""
-
-    def __init__(self, *problems: str) -> None:
-        super().__init__("\n".join(problems))
-        self.problems = list(problems)
 
 
 def _key(loc: tuple[int | str, ...]) -> str:

@@ -18,7 +18,7 @@ from sqlalchemy.exc import DBAPIError
 
 from gateway import dashboard
 from gateway.admin.audit_proofs import add_audit_proof_routes
-from gateway.admin.auth import AdminError, Operator, OperatorDirectory, requires
+from gateway.admin.auth import Operator, OperatorDirectory, requires
 from gateway.admin.autonomy import add_autonomy_routes
 from gateway.admin.controls import Controls
 from gateway.admin.docs import mount_docs
@@ -26,9 +26,9 @@ from gateway.admin.render import journal_item
 from gateway.core.approvals import public_view
 from gateway.core.killswitch import scope_of
 from gateway.core.model import Freeze, JournalQuery, iso, parse_iso, utcnow
+from gateway.errors import AdminError
 from gateway.metrics import CONTENT_TYPE
-from gateway.services.approvals import ApprovalError
-from gateway.services.rollbacks import RollbackError, Selection
+from gateway.services.rollbacks import Selection
 from gateway.store.diagnose import STORE_ERRORS, unavailable
 
 log = logging.getLogger("gateway.admin")
@@ -82,14 +82,6 @@ def create_admin_app(gateway: Controls) -> FastAPI:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
         return JSONResponse({"error": {"code": exc.code, "message": exc.message, **exc.extra}},
                             exc.status, headers=headers)
-
-    @app.exception_handler(ApprovalError)
-    async def _approval_error(request: Request, exc: ApprovalError) -> JSONResponse:
-        return JSONResponse({"error": {"code": exc.code, "message": exc.message}}, exc.status)
-
-    @app.exception_handler(RollbackError)
-    async def _rollback_error(request: Request, exc: RollbackError) -> JSONResponse:
-        return JSONResponse({"error": {"code": exc.code, "message": exc.message}}, exc.status)
 
     async def _store_down(request: Request, exc: Exception) -> JSONResponse:
         why = unavailable(exc)

@@ -21,9 +21,10 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Query
 from fastapi.responses import PlainTextResponse, StreamingResponse
 
-from gateway.admin.auth import AdminError, Operator, requires
+from gateway.admin.auth import Operator, requires
 from gateway.admin.controls import Controls
 from gateway.core.merkle import record_leaf
+from gateway.errors import AdminError
 
 EXPORT_PAGE = 5000
 FLUSH_WAIT = 2.0  # seconds a proof waits for records still queued in this process

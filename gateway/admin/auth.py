@@ -13,13 +13,9 @@ from dataclasses import dataclass
 
 from fastapi import Request
 
+from gateway.errors import AdminError
+
 ROLES = {"viewer": 0, "approver": 1, "admin": 2}
-
-
-class AdminError(Exception):
-    def __init__(self, status: int, code: str, message: str, **extra: object) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message, self.extra = status, code, message, extra
 
 
 @dataclass(frozen=True, slots=True)

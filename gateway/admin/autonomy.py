@@ -18,10 +18,11 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.admin.auth import AdminError, Operator, requires
+from gateway.admin.auth import Operator, requires
 from gateway.admin.controls import Controls
 from gateway.admin.render import journal_item
 from gateway.core.model import JournalQuery, JournalState, parse_iso, utcnow
+from gateway.errors import AdminError
 from gateway.services.reports import autonomy_report, record_drill
 
 Viewer = Annotated[Operator, Depends(requires("viewer"))]

@@ -35,6 +35,7 @@ from typing import Any
 
 from gateway.core.model import Checkpoint, iso
 from gateway.core.redact import redact_headers, redact_query, redacted_body
+from gateway.errors import ApprovalRefused
 
 
 class ApprovalStatus(str, Enum):
@@ -124,15 +125,6 @@ def request_digest(method: str, upstream: str, raw_path: str, query: str,
 def digest_of(call: HeldCall) -> str:
     return request_digest(call.method, call.upstream, call.raw_path, call.query, call.headers,
                           call.body)
-
-
-class ApprovalRefused(Exception):
-    """A decision that cannot be taken; ``code`` maps to an HTTP status in the admin API."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,13 +30,8 @@ from typing import Any
 from gateway.core.audit import GENESIS, chain_hash
 from gateway.core.merkle import Tree, record_leaf
 from gateway.core.model import parse_iso
-from gateway.core.note import (
-    Checkpoint,
-    CosignatureVerifier,
-    NoteError,
-    NoteVerifier,
-    split_note,
-)
+from gateway.core.note import Checkpoint, CosignatureVerifier, NoteVerifier, split_note
+from gateway.errors import NoteError
 
 
 @dataclass(slots=True)

@@ -41,6 +41,8 @@ from decimal import Decimal
 from typing import Any, NamedTuple
 from urllib.parse import parse_qsl, quote
 
+from gateway.errors import Ambiguous
+
 MAX_DEPTH = 64
 FORM = "application/x-www-form-urlencoded"
 # Characters a segment keeps as they are when forwarded: RFC 3986 unreserved and the
@@ -51,10 +53,6 @@ _PLAIN_PATH = re.compile(r"(?:/[A-Za-z0-9\-_~!$&'()*+,=:@]"
 _ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
 _REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn"})
 _EXACT_INTS = 2**53  # every integer up to this is a double
-
-
-class Ambiguous(ValueError):
-    """A request with more than one reading; its message says which part and why."""
 
 
 class Target(NamedTuple):

@@ -15,6 +15,8 @@ from celpy import celtypes
 from celpy.celparser import CELParseError
 from celpy.evaluation import CELEvalError, base_functions
 
+from gateway.errors import ConditionError
+
 _ENV = celpy.Environment()
 
 
@@ -45,10 +47,6 @@ def _message(exc: BaseException) -> str:
     (``("no such member", <class 'KeyError'>, None)`` -> ``no such member``)."""
     first = exc.args[0] if exc.args and isinstance(exc.args[0], str) else str(exc)
     return _CLASS.sub(r"\1", first).strip() or type(exc).__name__
-
-
-class ConditionError(Exception):
-    pass
 
 
 class Condition:

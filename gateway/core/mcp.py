@@ -25,6 +25,7 @@ from typing import Any
 from gateway.core import canonical
 from gateway.core.policy import TOOLS_CALL, McpRule, ToolCapture, ToolUndo
 from gateway.core.redact import REDACTED, redact_json, redact_text
+from gateway.errors import Ambiguous, MessageError
 
 JSON = "application/json"
 SSE = "text/event-stream"
@@ -32,10 +33,6 @@ _WHOLE = re.compile(r"^\{([^{}]+)\}$")
 _PART = re.compile(r"\{([^{}]+)\}")
 MAX_DEPTH = 64
 ANY_ID: Any = object()  # response_in: the first response, whatever its id
-
-
-class MessageError(ValueError):
-    """A body that is not one JSON-RPC message (or batch) the gateway can judge."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +66,7 @@ def decode(body: bytes, exact: bool = False) -> Any:
         raise MessageError("the body is not JSON: it is empty")
     try:
         return canonical.json_body(body, "application/json", exact=exact)
-    except canonical.Ambiguous as exc:
+    except Ambiguous as exc:
         raise MessageError(str(exc)) from None
 
 

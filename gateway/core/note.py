@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from gateway.core.merkle import EMPTY_ROOT, HASH_SIZE
+from gateway.errors import NoteError
 
 ED25519 = 0x01
 COSIGNATURE = 0x04  # c2sp.org/tlog-cosignature, Ed25519
@@ -36,10 +37,6 @@ DASH = "\u2014 "
 _SIZE = re.compile(r"^(0|[1-9][0-9]*)$")
 __all__ = ["EMPTY_ROOT", "Checkpoint", "CosignatureVerifier", "NoteError", "NoteSigner",
            "NoteVerifier", "key_id", "split_note"]
-
-
-class NoteError(ValueError):
-    """A note, checkpoint or key that is malformed, or whose signature does not verify."""
 
 
 def key_id(name: str, type_byte: int, public_key: bytes) -> bytes:

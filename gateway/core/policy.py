@@ -24,10 +24,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from gateway.core.cel import Condition, ConditionError
+from gateway.core.cel import Condition
 from gateway.core.model import Decision, Verdict, method_list
-from gateway.core.template import PathTrie, Template, TemplateError
+from gateway.core.template import PathTrie, Template
 from gateway.core.tripwires import TripwireSpec
+from gateway.errors import ConditionError, TemplateError
 
 UPSTREAM_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 METHODS = ("GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE")

@@ -27,14 +27,12 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from gateway.errors import SealError
+
 PREFIX = "gw1:"
 PLAIN = "plain:"  # kept without a key (``Sealer.keep``)
 UNSEALED = "unsealed"  # needed, but no key was configured when it was written
 KEY_BYTES = 32
-
-
-class SealError(Exception):
-    """A sealed value cannot be opened (no key, wrong key, damaged), or sealing is impossible."""
 
 
 def decode_key(text: str) -> bytes:

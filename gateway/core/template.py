@@ -23,14 +23,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from gateway.core.canonical import Ambiguous, fold
+from gateway.core.canonical import fold
+from gateway.errors import Ambiguous, TemplateError
 
 _NAME = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 _GREEDY = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\+\}$")
-
-
-class TemplateError(ValueError):
-    pass
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,17 +43,14 @@ from gateway.drill.findings import (
     Findings,
 )
 from gateway.drill.report import build, changes_lost, differences, save, summary
-from gateway.operator.client import AdminClient, OperatorError, admin_url, token
+from gateway.errors import DrillError, OperatorError
+from gateway.operator.client import AdminClient, admin_url, token
 from gateway.services.rollbacks import PAGE, Selection
 from gateway.settings import AgentSpec, OperatorSpec, Settings, dev_operator_token, sha256_hex
 
 RETRIES_AFTER_STOP = 3  # a runaway agent keeps trying: every retry must be refused too
 
 Echo = Callable[[str], None]
-
-
-class DrillError(Exception):
-    """The drill could not run (no sandbox, a listener that did not start...)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,9 +121,6 @@ async def read_customers(client: httpx.AsyncClient) -> dict[str, dict[str, Any]]
         raise DrillError(f"GET {client.base_url}customers answered {response.status_code}, "
                          "not a list of customers with ids")
     return {str(item["id"]): item for item in items}
-
-
-
 
 
 class MisbehavingAgent:

@@ -18,8 +18,9 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from gateway.errors import OperatorError
 from gateway.operator import approvals, audit, journal, killswitch, report, rollback, shadow
-from gateway.operator.client import AdminClient, OperatorError, admin_url, token
+from gateway.operator.client import AdminClient, admin_url, token
 
 COMMANDS = ("approvals", "killswitch", "journal", "rollback", "audit", "shadow", "report")
 

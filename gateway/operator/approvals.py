@@ -6,8 +6,9 @@ import argparse
 from typing import Any
 from urllib.parse import quote
 
+from gateway.errors import OperatorError
 from gateway.operator.args import common_flags, nonempty, positive_int
-from gateway.operator.client import AdminClient, OperatorError
+from gateway.operator.client import AdminClient
 from gateway.operator.tables import (
     clean,
     fields,

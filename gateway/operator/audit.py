@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import IO, Any, TypeVar
 
 from gateway.core.audit_export import verify_export
-from gateway.core.note import CosignatureVerifier, NoteError, NoteVerifier, split_notes
+from gateway.core.note import CosignatureVerifier, NoteVerifier, split_notes
+from gateway.errors import NoteError, OperatorError
 from gateway.operator.args import common_flags, non_negative_int
-from gateway.operator.client import AdminClient, OperatorError
+from gateway.operator.client import AdminClient
 from gateway.operator.tables import fields, items, plural, print_json, text
 
 T = TypeVar("T")

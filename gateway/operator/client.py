@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from gateway.errors import OperatorError
 from gateway.operator.tables import clean
 
 DEFAULT_ADMIN_URL = "http://127.0.0.1:8081"
@@ -16,14 +17,6 @@ TOKEN_ENV = "GATEWAY_TOKEN"
 ADMIN_URL_ENV = "GATEWAY_ADMIN_URL"
 # an approve executes the held call (capture + forward), so allow the upstream time to answer
 TIMEOUT = httpx.Timeout(60.0, connect=5.0)
-
-
-class OperatorError(Exception):
-    """Ends the command with ``exit_code`` after printing ``message`` to stderr."""
-
-    def __init__(self, exit_code: int, message: str) -> None:
-        super().__init__(message)
-        self.exit_code, self.message = exit_code, message
 
 
 def admin_url(args: argparse.Namespace) -> str:

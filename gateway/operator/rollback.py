@@ -10,8 +10,9 @@ from urllib.parse import quote
 
 import httpx
 
+from gateway.errors import OperatorError
 from gateway.operator.args import TIME_HELP, common_flags, moment, nonempty, positive_int
-from gateway.operator.client import AdminClient, OperatorError
+from gateway.operator.client import AdminClient
 from gateway.operator.tables import clean, dicts, fields, items, plural, print_json, table, text, when
 
 EXIT_UNFINISHED = 3

@@ -23,18 +23,12 @@ from dataclasses import dataclass, field
 
 import httptools
 
+from gateway.errors import ConnectionLost
+
 Origin = tuple[str, str, int]  # scheme, host, port
 _HIGH_WATER = 1 << 20
 _KEEP_IDLE = 30.0  # seconds an idle connection is kept
 _MAX_IDLE = 256  # idle connections kept per origin
-
-
-class ConnectionLost(Exception):
-    """The connection closed before the response was complete."""
-
-    def __init__(self, message: str, before_response: bool) -> None:
-        super().__init__(message)
-        self.before_response = before_response  # nothing of a response had arrived
 
 
 @dataclass(slots=True)

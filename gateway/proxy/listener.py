@@ -21,7 +21,14 @@ from urllib.parse import quote
 from gateway.core import canonical
 from gateway.core.headers import AmbiguousIdentity, Identity, agent_response_headers, identify
 from gateway.core.model import Checkpoint, is_mutating, new_id
-from gateway.errors import BadRequest, GatewayError, Unauthenticated, UnknownUpstream
+from gateway.errors import (
+    Ambiguous,
+    BadRequest,
+    GatewayError,
+    MethodRefused,
+    Unauthenticated,
+    UnknownUpstream,
+)
 from gateway.observe import NO_OBSERVER, CallRecord, Observer, Watch
 from gateway.ports import UpstreamResponse
 from gateway.proxy.mcp import McpReader
@@ -39,10 +46,6 @@ REFUSED_METHODS = frozenset({"TRACE", "TRACK", "CONNECT", "DEBUG"})
 # After these the connection is closed: a request the gateway could not read one way
 # (or whose body it did not read) must not decide how the bytes behind it are framed.
 _CLOSE_AFTER = frozenset({400, 405, 408, 413})
-
-
-class MethodRefused(GatewayError):
-    status, code, decision = 405, "method_not_allowed", "deny"
 
 
 class AgentDirectory:
@@ -180,7 +183,7 @@ class ProxyApp:
             raise UnknownUpstream(f"no upstream named {upstream!r}")
         try:  # computed once: what is judged, journaled and forwarded
             target = canonical.target("/" + rest if rest else "")
-        except canonical.Ambiguous as exc:
+        except Ambiguous as exc:
             raise BadRequest(str(exc)) from None
         if key and key in target.decoded:  # it would be forwarded and journaled
             raise BadRequest("the agent key is in the path: it would reach the upstream")

@@ -38,10 +38,17 @@ from mcp.shared.inbound import (
 from gateway.core import mcp
 from gateway.core.model import new_id
 from gateway.core.policy import TOOLS_CALL, Upstream, tool_visible
-from gateway.errors import BadRequest, GatewayError, UnknownUpstream
+from gateway.errors import (
+    BadRequest,
+    BodyTooLarge,
+    GatewayError,
+    MessageError,
+    SessionNotFound,
+    UnknownUpstream,
+)
 from gateway.ports import UpstreamResponse
 from gateway.services.call import Call, Reply
-from gateway.services.pipeline import BodyTooLarge, Pipeline
+from gateway.services.pipeline import Pipeline
 
 SESSION = "mcp-session-id"
 # a batch's header: its gravest decision
@@ -88,7 +95,7 @@ class McpReader:
         try:
             items, batch = mcp.messages(  # exact numbers where a ``when`` compares them
                 body, bool(self.pipeline.policies.upstreams[call.upstream].conditions))
-        except mcp.MessageError as exc:
+        except MessageError as exc:
             raise BadRequest(f"not a JSON-RPC message the gateway can judge: {exc}") from None
         if not batch:
             self._check_routing(call, items[0])
@@ -205,10 +212,6 @@ class McpReader:
             return Reply(UpstreamResponse(202, headers[1:], body=b""), decision, audits=audits)
         return Reply(UpstreamResponse(200, headers, body=json.dumps(answers).encode()), decision,
                      audits=audits)
-
-
-class SessionNotFound(GatewayError):
-    status, code, decision = 404, "session_not_found", "deny"
 
 
 def _seal(call: Call, session: str) -> str:

@@ -25,9 +25,9 @@ import asyncio
 from collections.abc import AsyncIterator, Mapping
 from functools import lru_cache
 
-from gateway.errors import ConnectTimeout, UpstreamLost, UpstreamTimeout, UpstreamUnreachable
+from gateway.errors import ConnectionLost, ConnectTimeout, UpstreamLost, UpstreamTimeout, UpstreamUnreachable
 from gateway.ports import UpstreamResponse
-from gateway.proxy.http1 import Connection, ConnectionLost, Exchange, Origin, Pool, Response
+from gateway.proxy.http1 import Connection, Exchange, Origin, Pool, Response
 
 _SMALL = 256 * 1024  # a streamed response this small is cheaper read whole
 _READS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})  # retried after an idle close

@@ -31,14 +31,11 @@ from typing import Any
 import httpx
 
 from gateway.core.model import iso
-from gateway.core.note import DASH, CosignatureVerifier, NoteError
+from gateway.core.note import DASH, CosignatureVerifier
+from gateway.errors import AnchorError, NoteError
 from gateway.settings import AnchorSpec
 
 ProofFor = Callable[[int, int], list[bytes]]  # (old size, new size) -> consistency proof
-
-
-class AnchorError(Exception):
-    """The anchor did not take the checkpoint (unreachable, refused, malformed answer)."""
 
 
 @dataclass(slots=True)

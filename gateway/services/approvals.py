@@ -24,7 +24,6 @@ from typing import Any
 from gateway.core import journal as journaling
 from gateway.core import mcp
 from gateway.core.approvals import (
-    ApprovalRefused,
     ApprovalStatus,
     HeldCall,
     agent_status,
@@ -43,7 +42,9 @@ from gateway.core.model import Decision, iso, new_id, utcnow
 from gateway.core.policy import TOOLS_CALL, Approval, Upstream
 from gateway.core.redact import redact_json
 from gateway.errors import (
+    AdminError,
     ApprovalPending,
+    ApprovalRefused,
     ApprovalRejected,
     CaptureFailed,
     GatewayError,
@@ -68,12 +69,6 @@ _RETRYABLE = (WritesFrozen, CaptureFailed, JournalUnavailable)  # nothing was se
 _DUE_ATTEMPTS = 3  # a due delayed call that failed unsent this often waits for an operator
 # Sent, then no answer: cut off by the kill switch in flight, or timed out waiting.
 _MAYBE_SENT = (WriteCutOff, UpstreamTimeout, UpstreamLost)
-
-
-class ApprovalError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
 
 
 _REFUSED_STATUS = {"already_decided": 409, "already_voted": 409, "digest_mismatch": 409,
@@ -245,7 +240,7 @@ class ApprovalQueue:
     async def get(self, call_id: str) -> HeldCall:
         held = await self.store.get_held(call_id)
         if held is None:
-            raise ApprovalError(404, "not_found", f"no approval {call_id}")
+            raise AdminError(404, "not_found", f"no approval {call_id}")
         return await self._expire_if_due(held)
 
     async def show(self, call_id: str) -> dict[str, Any]:
@@ -292,19 +287,19 @@ class ApprovalQueue:
         try:
             outcome = vote(held, operator, role, now, comment, digest)
         except ApprovalRefused as exc:
-            raise ApprovalError(_REFUSED_STATUS[exc.code], exc.code, exc.message) from None
+            raise AdminError(_REFUSED_STATUS[exc.code], exc.code, exc.message) from None
         self._raise_if_frozen(held, await self.store.active_freezes())
         if not outcome.ready:
             if not await self.store.record_votes(held.id, held.votes, outcome.call.votes):
-                raise ApprovalError(409, "conflict", "the approval changed meanwhile; retry")
+                raise AdminError(409, "conflict", "the approval changed meanwhile; retry")
             await self._audit(operator, "approval.vote", held, {"comment": comment})
             return {**public_view(outcome.call), "response": None}
         claimed = await self.store.claim_held(held.id, held.votes, outcome.call.votes, operator,
                                               now, lease(now, self.lease_for(held)))
         if not claimed:
             latest = await self.get(call_id)
-            raise ApprovalError(409, "already_decided",
-                                f"approval {call_id} is {latest.status.value}")
+            raise AdminError(409, "already_decided",
+                             f"approval {call_id} is {latest.status.value}")
         await self._audit(operator, "approval.approve", held, {"comment": comment})
         return await self._execute(outcome.call, operator, comment)
 
@@ -320,17 +315,17 @@ class ApprovalQueue:
             await self.store.release_claim(held.id, tuple(
                 v for v in held.votes if v.by != operator))
             self._wake(held.id)
-            raise ApprovalError(409, "sealed_unavailable", why + "; not sent, still pending")
+            raise AdminError(409, "sealed_unavailable", why + "; not sent, still pending")
         if digest_of(held) != held.digest:  # the stored call was altered after it was held
             await self._finish(held, ApprovalStatus.FAILED, None, None,
                                "the stored call no longer matches its digest; not sent")
-            raise ApprovalError(409, "digest_mismatch", "the held call was altered; not sent")
+            raise AdminError(409, "digest_mismatch", "the held call was altered; not sent")
         try:
             reply = await self.pipeline.execute_held(held, info)
         except _MAYBE_SENT as exc:  # it may have landed: never sent again, never "failed"
             await self._finish(held, ApprovalStatus.UNKNOWN, None, exc.extra.get("journal"),
                                f"{exc.code}: {exc.message}; the outcome is unknown")
-            raise ApprovalError(exc.status, exc.code, exc.message) from None
+            raise AdminError(exc.status, exc.code, exc.message) from None
         except _RETRYABLE as exc:  # nothing reached the upstream: back in the queue, and the
             # vote that set it off is withdrawn, so its approver can approve it again
             kept = tuple(v for v in held.votes if v.by != operator)
@@ -339,11 +334,11 @@ class ApprovalQueue:
                 await self._audit(operator, "approval.vote_withdrawn", held, {
                     "error": f"{exc.code}: {exc.message}; nothing was sent"})
             self._wake(held.id)
-            raise ApprovalError(exc.status, exc.code, exc.message) from None
+            raise AdminError(exc.status, exc.code, exc.message) from None
         except GatewayError as exc:
             await self._finish(held, ApprovalStatus.FAILED, None, exc.extra.get("journal"),
                                f"{exc.code}: {exc.message}")
-            raise ApprovalError(exc.status, exc.code, exc.message) from None
+            raise AdminError(exc.status, exc.code, exc.message) from None
         response = stored_response(reply.response)
         final = await self._finish(held, ApprovalStatus.EXECUTED, response, reply.journal_id,
                                    None)
@@ -379,11 +374,11 @@ class ApprovalQueue:
         try:
             check_rejectable(held, now)
         except ApprovalRefused as exc:
-            raise ApprovalError(409, exc.code, exc.message) from None
+            raise AdminError(409, exc.code, exc.message) from None
         if not await self.store.reject_held(held.id, operator, reason, now):
             latest = await self.get(call_id)
-            raise ApprovalError(409, "already_decided",
-                                f"approval {call_id} is {latest.status.value}")
+            raise AdminError(409, "already_decided",
+                             f"approval {call_id} is {latest.status.value}")
         await self._audit(operator, "approval.reject", held, {"reason": reason})
         self._wake(held.id)
         final = await self.get(call_id)
@@ -439,13 +434,13 @@ class ApprovalQueue:
                               decided_at=now)
             try:
                 await self._execute(claimed, DELAY_ACTOR, None)
-            except ApprovalError as exc:  # retryable ones went back to pending: next sweep
+            except AdminError as exc:  # retryable ones went back to pending: next sweep
                 log.warning("delayed call %s not run: %s: %s", held.id, exc.code, exc.message)
                 await self._count_due_failure(held, exc, now)
             else:
                 self._due_failures.pop(held.id, None)
 
-    async def _count_due_failure(self, held: HeldCall, exc: ApprovalError,
+    async def _count_due_failure(self, held: HeldCall, exc: AdminError,
                                  now: datetime) -> None:
         """Not retried every second forever: after ``_DUE_ATTEMPTS`` failures that sent
         nothing (a capture that keeps failing), the call waits for an operator, as one
@@ -502,9 +497,9 @@ class ApprovalQueue:
     def _raise_if_frozen(self, held: HeldCall, freezes: list[Any]) -> None:
         freeze = covering([*freezes, *self.pipeline.freezes.active], held.upstream, held.agent)
         if freeze is not None:
-            raise ApprovalError(423, "writes_frozen",
-                                f"writes are frozen ({freeze.scope.value}): {freeze.reason}; "
-                                "the call stays pending")
+            raise AdminError(423, "writes_frozen",
+                             f"writes are frozen ({freeze.scope.value}): {freeze.reason}; "
+                             "the call stays pending")
 
     def _wake(self, call_id: str) -> None:
         event = self._changed.get(call_id)

@@ -29,7 +29,8 @@ from typing import Any, Protocol
 from gateway.core.merkle import Tree, record_leaf
 from gateway.core.model import iso, utcnow
 from gateway.core.note import Checkpoint, NoteSigner
-from gateway.services.anchors import Anchor, AnchorError
+from gateway.errors import AnchorError
+from gateway.services.anchors import Anchor
 
 log = logging.getLogger("gateway.audit.checkpoints")
 POLL = 0.2  # seconds between two reads of the audit table's tail

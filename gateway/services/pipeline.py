@@ -48,7 +48,15 @@ from gateway.core.model import (
     utcnow,
 )
 from gateway.core.policy import CallView, Capture, PolicySet, Upstream
-from gateway.errors import BadRequest, CaptureFailed, GatewayError, PolicyDenied, UnknownUpstream
+from gateway.errors import (
+    Ambiguous,
+    BadRequest,
+    BodyTooLarge,
+    CaptureFailed,
+    GatewayError,
+    PolicyDenied,
+    UnknownUpstream,
+)
 from gateway.observe import CAPTURE, NO_OBSERVER, UPSTREAM, Observer
 from gateway.ports import Observed, Sender, Store, UpstreamResponse
 from gateway.ports import Upstream as UpstreamClient
@@ -80,15 +88,11 @@ class Proposals(Protocol):
         to promote; JournalUnavailable when it cannot be kept."""
 
 
-class BodyTooLarge(GatewayError):
-    status, code, decision = 413, "payload_too_large", "deny"
-
-
 def canonical_target(raw_path: str) -> canonical.Target:
     """The one reading of a path (``gateway.core.canonical``), or 400."""
     try:
         return canonical.target(raw_path)
-    except canonical.Ambiguous as exc:
+    except Ambiguous as exc:
         raise BadRequest(str(exc)) from None
 
 
@@ -154,7 +158,7 @@ class Pipeline:
                 body = canonical.json_body(held.body, view.headers.get("content-type"),
                                            exact=upstream.needs_body(
                                                upstream.trie.match(view.segments)))
-            except canonical.Ambiguous as exc:
+            except Ambiguous as exc:
                 raise BadRequest(f"the held call's body: {exc}") from None
             view = replace(view, body=body)
         rule_id = held.rule
@@ -207,12 +211,12 @@ class Pipeline:
         mutating = is_mutating(call.method)
         try:
             candidates = upstream.trie.match(view.segments)
-        except canonical.Ambiguous as exc:  # a spelling of a rule's literal, not the literal
+        except Ambiguous as exc:  # a spelling of a rule's literal, not the literal
             raise BadRequest(str(exc)) from None
         if call.query and call.mcp is None and upstream.judges_query(candidates):
             try:  # judged: one reading, and a lone ``Force`` judged as ``force``
                 view = replace(view, query=canonical.fields(call.query, "query", aliases=True))
-            except canonical.Ambiguous as exc:
+            except Ambiguous as exc:
                 raise BadRequest(f"{exc}; a rule judges the query") from None
         if call.mcp is None and (mutating or upstream.needs_body(candidates)):
             call.buffered = await self._read_body(call)
@@ -221,7 +225,7 @@ class Pipeline:
             try:  # judged or journaled: one reading, or 400
                 parsed = canonical.json_body(call.buffered, view.headers.get("content-type"),
                                              exact=upstream.needs_body(candidates))
-            except canonical.Ambiguous as exc:
+            except Ambiguous as exc:
                 raise BadRequest(f"request body: {exc}") from None
             if canonical.form_override(parsed) and journaling.media_type(
                     view.headers.get("content-type")) == journaling.FORM:

@@ -47,8 +47,8 @@ from gateway.core.rollback import (
     reconcile,
     with_status,
 )
-from gateway.core.seal import Sealer, SealError
-from gateway.errors import GatewayError
+from gateway.core.seal import Sealer
+from gateway.errors import AdminError, GatewayError, SealError
 from gateway.ports import Observed, Store, UpstreamResponse
 from gateway.services import sealing
 from gateway.services.journal import Journal
@@ -57,12 +57,6 @@ from gateway.services.plan_leases import PlanLeases
 
 log = logging.getLogger("gateway.rollback")
 PAGE = 5000  # journal entries read at a time; a plan covers every page (no cap)
-
-
-class RollbackError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,8 +99,8 @@ class Rollbacks:
 
     async def select(self, selection: Selection) -> list[JournalEntry]:
         if selection.empty():
-            raise RollbackError(400, "bad_request", "name what to roll back: entries, agent, "
-                                "run, upstream or a since/until window")
+            raise AdminError(400, "bad_request", "name what to roll back: entries, agent, "
+                             "run, upstream or a since/until window")
         query = JournalQuery(agent=selection.agent, upstream=selection.upstream,
                              run=selection.run, since=selection.since, until=selection.until,
                              ids=selection.entries,
@@ -122,7 +116,7 @@ class Rollbacks:
         if selection.entries:
             missing = set(selection.entries) - {e.id for e in entries}
             if missing:
-                raise RollbackError(404, "not_found", f"no journal entries {sorted(missing)}")
+                raise AdminError(404, "not_found", f"no journal entries {sorted(missing)}")
             return entries
         return [e for e in entries if e.decision != "rollback"]  # not earlier compensations
 
@@ -185,13 +179,13 @@ class Rollbacks:
         """
         plan = await self.store.get_plan(plan_id)
         if plan is None:
-            raise RollbackError(404, "not_found", f"no rollback plan {plan_id}")
+            raise AdminError(404, "not_found", f"no rollback plan {plan_id}")
         await self._claim(plan_id)
         if not await self.store.claim_dry_run(plan_id):
             await self.leases.release(plan_id)
-            raise RollbackError(409, "not_a_dry_run", f"rollback plan {plan_id} is "
-                                f"{(await self.store.get_plan(plan_id) or plan).status.value}, "
-                                "not a dry run waiting to be applied")
+            raise AdminError(409, "not_a_dry_run", f"rollback plan {plan_id} is "
+                             f"{(await self.store.get_plan(plan_id) or plan).status.value}, "
+                             "not a dry run waiting to be applied")
         steps = []
         for step in plan.steps:
             if step.status is StepStatus.CONFLICT:  # predicted: judged again when applied
@@ -207,10 +201,10 @@ class Rollbacks:
     async def resume(self, plan_id: str, by: str) -> Plan:
         plan = await self.store.get_plan(plan_id)
         if plan is None:
-            raise RollbackError(404, "not_found", f"no rollback plan {plan_id}")
+            raise AdminError(404, "not_found", f"no rollback plan {plan_id}")
         if plan.status is PlanStatus.DRY_RUN:
-            raise RollbackError(409, "dry_run", "a dry run is not applied; start a new "
-                                "rollback with dry_run: false")
+            raise AdminError(409, "dry_run", "a dry run is not applied; start a new "
+                             "rollback with dry_run: false")
         with self._guard(plan_id):
             await self._claim(plan_id)  # before anything changes: one executor
             plan = await self.store.get_plan(plan_id) or plan  # as its last executor left it
@@ -236,7 +230,7 @@ class Rollbacks:
                 return  # another process took it first
             log.warning("resuming rollback plan %s", plan_id)
             await self.resume(plan_id, "gateway")
-        except RollbackError as exc:
+        except AdminError as exc:
             log.info("rollback plan %s not resumed here: %s", plan_id, exc.message)
         except Exception:
             log.exception("could not resume rollback plan %s", plan_id)
@@ -254,14 +248,14 @@ class Rollbacks:
     async def _claim(self, plan_id: str) -> None:
         """This process's lease on the plan, or 409: another process is applying it."""
         if not await self.leases.take(plan_id):
-            raise RollbackError(409, "running", f"rollback plan {plan_id} is being applied "
-                                "by another gateway process")
+            raise AdminError(409, "running", f"rollback plan {plan_id} is being applied "
+                             "by another gateway process")
 
     @contextlib.contextmanager
     def _guard(self, plan_id: str) -> Iterator[None]:
         """This process applies a plan once at a time (the lease is per process)."""
         if plan_id in self._running:
-            raise RollbackError(409, "running", f"rollback plan {plan_id} is running")
+            raise AdminError(409, "running", f"rollback plan {plan_id} is running")
         self._running.add(plan_id)
         try:
             yield
@@ -282,8 +276,8 @@ class Rollbacks:
         compensated: set[tuple[str, str]] = set()  # resources this plan has put back
         for index, step in enumerate(steps):
             if lost is not None and lost.is_set():
-                raise RollbackError(409, "lease_lost", f"rollback plan {plan.id} was taken "
-                                    "over by another gateway process")
+                raise AdminError(409, "lease_lost", f"rollback plan {plan.id} was taken "
+                                 "over by another gateway process")
             if step.status in (StepStatus.PLANNED, StepStatus.APPLYING):
                 steps[index] = await self._apply(plan, step,
                                                  (step.upstream, step.target) in compensated)

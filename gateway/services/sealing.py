@@ -24,7 +24,7 @@ from gateway.core.model import JournalEntry, Undo
 from gateway.core.policy import McpRule, Rule
 from gateway.core.redact import redact_json
 from gateway.core.rollback import Step
-from gateway.core.seal import Sealer, SealError
+from gateway.core.seal import Sealer
 from gateway.ports import Observed
 
 JOURNAL = "journal"  # the purposes sealed values are bound to (associated data)
@@ -189,5 +189,5 @@ def _is_raw(body: Any) -> bool:
     return isinstance(body, dict) and RAW in body and set(body) <= {RAW, HEADERS}
 
 
-__all__ = ["Kept", "SealError", "for_intent", "for_outcome", "open_entry", "open_step",
+__all__ = ["Kept", "for_intent", "for_outcome", "open_entry", "open_step",
            "seal_step", "true_state"]

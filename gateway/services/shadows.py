@@ -18,7 +18,8 @@ from typing import Any
 from gateway.core.approvals import ApprovalStatus, HeldCall, public_view
 from gateway.core.model import Decision, JournalEntry, Verdict, iso, utcnow
 from gateway.core.policy import Approval, Upstream
-from gateway.services.approvals import ApprovalError, ApprovalQueue
+from gateway.errors import AdminError
+from gateway.services.approvals import ApprovalQueue
 from gateway.services.call import Call
 
 
@@ -49,12 +50,12 @@ class ShadowWrites:
         for entry_id in dict.fromkeys(entry_ids):  # all checked before any is changed
             held = await self.store.get_held(entry_id)
             if held is None or held.kind != "shadow":
-                raise ApprovalError(404, "not_found", f"no shadowed write {entry_id} (only "
-                                    "journal entries in state shadow can be promoted)")
+                raise AdminError(404, "not_found", f"no shadowed write {entry_id} (only "
+                                 "journal entries in state shadow can be promoted)")
             if held.status is not ApprovalStatus.SHADOW:
-                raise ApprovalError(409, "already_promoted", f"shadowed write {entry_id} was "
-                                    f"promoted already: approval {held.id} is "
-                                    f"{held.status.value}")
+                raise AdminError(409, "already_promoted", f"shadowed write {entry_id} was "
+                                 f"promoted already: approval {held.id} is "
+                                 f"{held.status.value}")
             kept.append(held)
         promoted = []
         for held in kept:

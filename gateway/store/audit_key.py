@@ -16,15 +16,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from gateway.core.seal import SealError
+from gateway.errors import AuditKeyError, SealError
 from gateway.store.engine import is_postgres, sqlite_path
 from gateway.store.seal_key import load_or_create_key_file
 
 SEED_BYTES = 32
-
-
-class AuditKeyError(ValueError):
-    """The configured signing key is not base64 of 32 bytes."""
 
 
 def decode_seed(text: str) -> bytes:

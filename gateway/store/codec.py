@@ -35,7 +35,8 @@ from gateway.core.model import (
 )
 from gateway.core.redact import carries_secrets, redact_headers, redact_query, redacted_body
 from gateway.core.rollback import Plan, PlanStatus, Step, StepStatus
-from gateway.core.seal import NO_SEALER, Sealer, SealError
+from gateway.core.seal import NO_SEALER, Sealer
+from gateway.errors import SealError
 from gateway.store.tables import (
     ApprovalRow,
     AuditRow,

@@ -7,16 +7,9 @@ from urllib.parse import parse_qsl
 
 import pytest
 
-from gateway.core.canonical import (
-    Ambiguous,
-    fields,
-    fold,
-    form_override,
-    json_body,
-    method_override,
-    target,
-)
+from gateway.core.canonical import fields, fold, form_override, json_body, method_override, target
 from gateway.core.template import PathTrie, Template
+from gateway.errors import Ambiguous
 
 TARGETS = [
     # raw, forwarded, judged

@@ -53,7 +53,8 @@ def test_a_rolled_back_entry_is_a_skipped_step_naming_its_plan() -> None:
 
 
 def test_cel_errors_read_as_text_not_a_python_tuple() -> None:
-    from gateway.core.cel import Condition, ConditionError
+    from gateway.core.cel import Condition
+    from gateway.errors import ConditionError
     cases = [({"request": {"body": {}}}, "no such member in mapping: 'amount'"),
              ({"request": {"body": None}},
               "None with type: 'NoneType' does not support field selection")]

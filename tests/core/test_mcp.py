@@ -13,6 +13,7 @@ from gateway.core.model import Checkpoint, JournalEntry, JournalState, Undo, Ver
 from gateway.core.policy import CallView, McpRule, tool_visible
 from gateway.core.policy_loader import load_policy_set
 from gateway.core.rollback import plan_rollback
+from gateway.errors import MessageError
 
 POLICY = """\
 version: 1
@@ -215,7 +216,7 @@ def test_responses_are_found_in_json_and_sse_bodies_and_failures_named() -> None
      b'"params":{"name":"a","arguments":{"amount":1e999}}}', "float range"),
 ])
 def test_messages_readers_could_disagree_on_are_refused(body: bytes, problem: str) -> None:
-    with pytest.raises(mcp.MessageError, match=problem):
+    with pytest.raises(MessageError, match=problem):
         mcp.messages(body)
 
 

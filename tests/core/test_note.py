@@ -7,15 +7,8 @@ import base64
 import pytest
 
 from gateway.core.merkle import EMPTY_ROOT
-from gateway.core.note import (
-    Checkpoint,
-    NoteError,
-    NoteSigner,
-    NoteVerifier,
-    key_id,
-    split_note,
-    split_notes,
-)
+from gateway.core.note import Checkpoint, NoteSigner, NoteVerifier, key_id, split_note, split_notes
+from gateway.errors import NoteError
 
 # golang.org/x/mod/sumdb/note's test and example vectors (key, text and signature)
 GO_SKEY = "PRIVATE+KEY+PeterNeumann+c74f20a3+AYEKFALVFGyNhPJEMzD1QIDr+Y7hfZx09iUvxdXHKDFz"

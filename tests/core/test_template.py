@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.core.template import PathTrie, Template, TemplateError
+from gateway.core.template import PathTrie, Template
+from gateway.errors import TemplateError
 
 
 @pytest.mark.parametrize(("text", "message"), [

@@ -18,8 +18,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from gateway.errors import SettingsError
 from gateway.policies import load_policies
-from gateway.settings import SettingsError, load_settings, sha256_hex
+from gateway.settings import load_settings, sha256_hex
 from tests.deploy.conftest import KUBERNETES, ROOT, manifests, resources
 
 # The oldest release still common in managed clusters, and the newest the

@@ -23,7 +23,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from gateway.core.merkle import verify_consistency
-from gateway.core.note import NoteError, NoteVerifier, split_note
+from gateway.core.note import NoteVerifier, split_note
+from gateway.errors import NoteError
 
 NAME = "witness.test/w1"
 

@@ -13,8 +13,8 @@ import pytest
 
 from gateway.core.merkle import Tree, record_leaf
 from gateway.core.note import NoteVerifier
-from gateway.settings import SettingsError
-from gateway.store.audit_key import AuditKeyError, key_file_for, signing_seed
+from gateway.errors import AuditKeyError, SettingsError
+from gateway.store.audit_key import key_file_for, signing_seed
 from gateway.store.engine import parse_url
 from tests.harness import policy_text, serve_app, started_gateway, until
 

@@ -13,7 +13,8 @@ import pytest
 from gateway.core.approvals import ApprovalStatus, HeldCall, request_digest
 from gateway.core.model import Checkpoint, JournalOutcome, JournalState
 from gateway.core.rollback import Plan, PlanStatus, Step
-from gateway.core.seal import Sealer, SealError
+from gateway.core.seal import Sealer
+from gateway.errors import SealError
 from gateway.store import SqlStore
 from tests.store.conftest import T0, EntryFactory
 

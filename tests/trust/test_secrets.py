@@ -28,7 +28,8 @@ import httpx
 import pytest
 
 from gateway.demo.crm import CRM, create_app
-from gateway.settings import SettingsError, WebhookSettings
+from gateway.errors import SettingsError
+from gateway.settings import WebhookSettings
 from tests.harness import Harness, policy_text, serve_app, started_gateway, until
 
 UPSTREAM_TOKEN = "upstream-secret"

@@ -9,9 +9,10 @@ writes them as a policy file that ``gateway policy check`` accepts. The CLI
 reads the file and writes the result.
 """
 
-from gateway.core.openapi.document import Api, DescriptionError, Operation, read_api
+from gateway.core.openapi.document import Api, Operation, read_api
 from gateway.core.openapi.infer import Draft, Summary, infer, summarize
 from gateway.core.openapi.render import render
+from gateway.errors import DescriptionError
 
 __all__ = ["Api", "DescriptionError", "Draft", "Operation", "Summary", "infer", "read_api",
            "render", "summarize"]

@@ -24,15 +24,13 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.errors import DescriptionError
+
 _METHODS = ("get", "head", "options", "post", "put", "patch", "delete")
 _NAME = re.compile(r"^\{([^{}]+?)(\+?)\}$")
 _SAFE = re.compile(r"[^A-Za-z0-9_]")
 _VARIABLE = re.compile(r"\{([^{}]+)\}")
 _DEPTH = 12  # schema nesting followed for allOf / $ref chains
-
-
-class DescriptionError(ValueError):
-    """The document is not an API description this reader understands (one line)."""
 
 
 @dataclass(frozen=True, slots=True)
