@@ -24,18 +24,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import urlsplit
 
 from gateway.core import mcp
+from gateway.core.body import FORM, JSON, form_key_path, is_json_type, media_type, parse_body
 from gateway.core.policy import TOOLS_CALL, McpRule, Rule
 from gateway.core.redact import REDACTED, redact_form, redact_json
 from gateway.core.template import Template
-
-FORM = "application/x-www-form-urlencoded"
-JSON = "application/json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,27 +40,6 @@ class StoredBody:
     text: str | None
     sha256: str | None
     size: int
-
-
-def media_type(content_type: str | None) -> str:
-    return (content_type or "").split(";", 1)[0].strip().lower()
-
-
-def is_json_type(content_type: str | None) -> bool:
-    kind = media_type(content_type)
-    return kind == JSON or kind.endswith("+json")
-
-
-def parse_body(body: bytes, content_type: str | None) -> Any:
-    """The body as JSON (or a flat dict for a form), else None."""
-    if not body:
-        return None
-    if media_type(content_type) == FORM:
-        return dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
-    try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return None
 
 
 _UNPARSED: Any = object()
@@ -188,21 +164,8 @@ def _without_redacted(value: Any) -> Any:
     return value
 
 
-_BRACKET = re.compile(r"\[([^\[\]]*)\]")
 _MISSING: Any = object()
 FORM_UNSET = ""  # how form APIs (Stripe) unset a field: send it empty
-
-
-def form_key_path(key: str) -> list[str]:
-    """``metadata[tier]`` -> ``["metadata", "tier"]``; ``items[0][price]`` -> 3 parts."""
-    head, bracket, rest = key.partition("[")
-    if not bracket:
-        return [key]
-    tail = "[" + rest
-    parts = _BRACKET.findall(tail)
-    if "".join(f"[{p}]" for p in parts) != tail:  # not bracket notation after all
-        return [key]
-    return [head, *parts]
 
 
 def _lookup(value: Any, path: list[str]) -> Any:

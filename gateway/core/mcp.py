@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.core import canonical
+from gateway.core.body import json_body
 from gateway.core.policy import TOOLS_CALL, McpRule, ToolCapture, ToolUndo
 from gateway.core.redact import REDACTED, redact_json, redact_text
 from gateway.errors import Ambiguous, MessageError
@@ -58,14 +58,14 @@ class Message:
 
 
 def decode(body: bytes, exact: bool = False) -> Any:
-    """Strict JSON with one reading (``gateway.core.canonical.json_body``): duplicate or
+    """Strict JSON with one reading (``gateway.core.json_body``): duplicate or
     case-twin keys, NUL in keys, lone surrogates, NaN/Infinity, numbers past the float
     range and deep nesting are refused; with ``exact`` (a ``when`` compares arguments),
     numbers a double does not hold too."""
     if not body.strip():
         raise MessageError("the body is not JSON: it is empty")
     try:
-        return canonical.json_body(body, "application/json", exact=exact)
+        return json_body(body, "application/json", exact=exact)
     except Ambiguous as exc:
         raise MessageError(str(exc)) from None
 

@@ -36,6 +36,7 @@ from gateway.core.approvals import (
     request_digest,
     vote,
 )
+from gateway.core.body import parse_body
 from gateway.core.headers import HOP_BY_HOP
 from gateway.core.killswitch import covering
 from gateway.core.model import Decision, iso, new_id, utcnow
@@ -273,7 +274,7 @@ class ApprovalQueue:
             arguments = mcp.message(mcp.decode(held.body)).arguments
             changes = field_changes("PATCH", current, arguments)
         else:
-            body = journaling.parse_body(held.body, dict(held.headers).get("content-type"))
+            body = parse_body(held.body, dict(held.headers).get("content-type"))
             changes = field_changes(held.method, current, redact_json(body))
         view.update(current=current, changes=changes)
         if problem:

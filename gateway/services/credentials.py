@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from urllib.parse import quote, unquote_plus
 
-from gateway.core import canonical
+from gateway.core.body import field_key
 from gateway.core.policy import Credential, SigV4Credential, Upstream
 
 Headers = list[tuple[str, str]]
@@ -29,9 +29,9 @@ def with_query(upstream: Upstream, url: str) -> str:
     name, value = credential.query
     pair = f"{quote(name, safe='')}={quote(value, safe='')}"
     base, sep, query = url.partition("?")
-    key = canonical.field_key(name)
+    key = field_key(name)
     kept = [p for p in query.split("&") if p and not any(  # the agent's own, however spelt
-        canonical.field_key(unquote_plus(part.split("=", 1)[0]).strip(), nested=True) == key
+        field_key(unquote_plus(part.split("=", 1)[0]).strip(), nested=True) == key
         for part in p.split(";"))]
     return f"{base}?{'&'.join([*kept, pair])}"
 

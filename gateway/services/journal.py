@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 
 from gateway.core import journal as journaling
 from gateway.core import mcp
+from gateway.core.body import parse_body
 from gateway.core.model import (
     Checkpoint,
     JournalEntry,
@@ -194,7 +195,7 @@ class Journal:
                     return JournalOutcome(JournalState.FAILED, response.status, headers,
                                           stored.text, stored.sha256, stored.size, undo,
                                           reversible, failed, timings, utcnow())
-            parsed = journaling.parse_body(body, content_type)  # once, for all below
+            parsed = parse_body(body, content_type)  # once, for all below
             if entry.method == "POST" and undo is None and upstream is not None \
                     and entry.capture_path is None:
                 created = journaling.undo_for_created(

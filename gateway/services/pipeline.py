@@ -35,6 +35,7 @@ from gateway.core import autonomy, canonical, mcp, shadow, urls
 from gateway.core import journal as journaling
 from gateway.core.approvals import HeldCall
 from gateway.core.autonomy import Act
+from gateway.core.body import FORM, fields, form_override, json_body, media_type
 from gateway.core.headers import METHOD_OVERRIDES
 from gateway.core.killswitch import InFlight
 from gateway.core.model import (
@@ -155,7 +156,7 @@ class Pipeline:
         view = self.view_of(call)
         if call.mcp is None:  # read as a live call is: one reading, or it is not sent
             try:
-                body = canonical.json_body(held.body, view.headers.get("content-type"),
+                body = json_body(held.body, view.headers.get("content-type"),
                                            exact=upstream.needs_body(
                                                upstream.trie.match(view.segments)))
             except Ambiguous as exc:
@@ -215,7 +216,7 @@ class Pipeline:
             raise BadRequest(str(exc)) from None
         if call.query and call.mcp is None and upstream.judges_query(candidates):
             try:  # judged: one reading, and a lone ``Force`` judged as ``force``
-                view = replace(view, query=canonical.fields(call.query, "query", aliases=True))
+                view = replace(view, query=fields(call.query, "query", aliases=True))
             except Ambiguous as exc:
                 raise BadRequest(f"{exc}; a rule judges the query") from None
         if call.mcp is None and (mutating or upstream.needs_body(candidates)):
@@ -223,12 +224,12 @@ class Pipeline:
             if sum(1 for name, _ in call.headers if name == "content-type") > 1:
                 raise BadRequest("Content-Type is given twice: the body would be read two ways")
             try:  # judged or journaled: one reading, or 400
-                parsed = canonical.json_body(call.buffered, view.headers.get("content-type"),
+                parsed = json_body(call.buffered, view.headers.get("content-type"),
                                              exact=upstream.needs_body(candidates))
             except Ambiguous as exc:
                 raise BadRequest(f"request body: {exc}") from None
-            if canonical.form_override(parsed) and journaling.media_type(
-                    view.headers.get("content-type")) == journaling.FORM:
+            if form_override(parsed) and media_type(
+                    view.headers.get("content-type")) == FORM:
                 raise BadRequest("a _method form field is a method override: the policy "
                                  "judges the request method")
             view = CallView(view.method, view.path, view.segments, view.query, view.headers,
@@ -400,7 +401,7 @@ class Pipeline:
             rule = upstream.rule(entry.rule)
             projected = shadow.project(
                 view.method, entry.prior, entry.prior_status, view.body,
-                journaling.media_type(content_type) == journaling.FORM,
+                media_type(content_type) == FORM,
                 f"/{upstream.name}{call.raw_path}", entry.id,
                 captured_path=isinstance(getattr(rule, "capture", None), Capture))
         stored = journaling.store_body(projected.body, JSON_TYPE if projected.body else None,

@@ -13,17 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
-from urllib.parse import urlencode
 
-from gateway.core import journal as journaling
 from gateway.core import mcp
+from gateway.core.body import encode, is_json_type, parse_body
 from gateway.core.model import (
     Checkpoint,
     JournalEntry,
@@ -385,7 +383,7 @@ class Rollbacks:
         sender = self.pipeline.sender(upstream)
         body = sealing.body_bytes(step.body)  # a text or binary prior, byte for byte
         if body is None:
-            body = _encode(step.body, step.content_type)
+            body = encode(step.body, step.content_type)
         headers = sender.own_headers(upstream, step.content_type if body else None)
         headers += sealing.body_headers(step.body)  # an S3 object's metadata, put back with it
         if seen.etag and step.method not in ("POST", TOOLS_CALL):
@@ -415,8 +413,8 @@ class Rollbacks:
 
     def _expected(self, entry: JournalEntry, true_response: Any = None) -> Any:
         content_type = entry.response_headers.get("content-type")
-        parsed = journaling.parse_body((entry.response_body or "").encode(), content_type) \
-            if journaling.is_json_type(content_type) else None
+        parsed = parse_body((entry.response_body or "").encode(), content_type) \
+            if is_json_type(content_type) else None
         if true_response is not None:  # sealed: the response before redaction
             parsed = true_response
         return expected_after(entry, parsed, getattr(entry, "after", None))
@@ -472,7 +470,7 @@ def _sent(entry: JournalEntry) -> Any:
     """The request body as journaled, parsed (what an unknown write would have left)."""
     if entry.request_body is None:
         return None
-    return journaling.parse_body(entry.request_body.encode(), entry.request_content_type)
+    return parse_body(entry.request_body.encode(), entry.request_content_type)
 
 
 def _current(step: Step, seen: Observed) -> Any:
@@ -482,24 +480,3 @@ def _current(step: Step, seen: Observed) -> Any:
     if step.sealed is not None or not isinstance(seen.value, (dict, list)):
         return true
     return seen.value
-
-
-def _encode(body: Any, content_type: str) -> bytes | None:
-    if body is None:
-        return None
-    if journaling.media_type(content_type) == journaling.FORM and isinstance(body, dict):
-        return urlencode(list(_form_pairs(body, ""))).encode()
-    return json.dumps(body).encode()
-
-
-def _form_pairs(value: Any, prefix: str) -> Any:
-    """Nested values in the bracket notation form APIs use (``metadata[plan]=pro``)."""
-    if isinstance(value, dict):
-        for key, item in value.items():
-            yield from _form_pairs(item, f"{prefix}[{key}]" if prefix else str(key))
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            yield from _form_pairs(item, f"{prefix}[{index}]")
-    else:
-        text = "" if value is None else str(value).lower() if isinstance(value, bool) else value
-        yield prefix, text

@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from gateway.core import journal as journaling
+from gateway.core.body import media_type
 from gateway.core.model import JournalEntry, Undo
 from gateway.core.policy import McpRule, Rule
 from gateway.core.redact import redact_json
@@ -81,7 +82,7 @@ def for_intent(sealer: Sealer, rule: Rule | McpRule | None, method: str, path: s
     if len(seen.body) > limit:
         return Kept(None, False, None, (
             f"the prior state is {len(seen.body)} bytes of "
-            f"{journaling.media_type(seen.content_type) or 'unknown type'}, over "
+            f"{media_type(seen.content_type) or 'unknown type'}, over "
             f"journal_body_limit ({limit}): it was not kept, so it cannot be restored"))
     true_undo = {**raw, "body": _raw(seen)}
     return Kept(raw, True, sealer.seal({"undo": true_undo}, JOURNAL))

@@ -7,7 +7,8 @@ from urllib.parse import parse_qsl
 
 import pytest
 
-from gateway.core.canonical import fields, fold, form_override, json_body, method_override, target
+from gateway.core.body import fields, form_override, json_body
+from gateway.core.canonical import fold, method_override, target
 from gateway.core.template import PathTrie, Template
 from gateway.errors import Ambiguous
 

@@ -8,14 +8,10 @@ from typing import Any
 
 import pytest
 
+from gateway.core.body import FORM, JSON, is_json_type, media_type, parse_body
 from gateway.core.journal import (
-    FORM,
-    JSON,
     capture_path,
     infer_undo,
-    is_json_type,
-    media_type,
-    parse_body,
     prior_value,
     store_body,
     undo_for_created,

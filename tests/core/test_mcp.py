@@ -9,6 +9,7 @@ import pytest
 
 from gateway.core import journal as journaling
 from gateway.core import mcp
+from gateway.core.body import parse_body
 from gateway.core.model import Checkpoint, JournalEntry, JournalState, Undo, Verdict
 from gateway.core.policy import CallView, McpRule, tool_visible
 from gateway.core.policy_loader import load_policy_set
@@ -247,7 +248,7 @@ def test_rollback_plans_tool_calls_and_skips_the_ones_that_reported_an_error() -
     failed = entry("b", 2, JournalState.FAILED, 200, error="the tool reported an error: x")
     plan = plan_rollback([done, failed], plan_id="p", at=datetime.now(UTC), by="op",
                          selector={}, force=False, dry_run=True,
-                         parse=lambda e: journaling.parse_body(b"", None) or e.after,
+                         parse=lambda e: parse_body(b"", None) or e.after,
                          volatile=lambda e: ())
     [step] = plan.steps
     assert (step.method, step.path, step.target, step.expected) == (

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from gateway.core.journal import FORM, JSON, form_key_path, infer_undo, undo_for_created
+from gateway.core.body import FORM, JSON, form_key_path
+from gateway.core.journal import infer_undo, undo_for_created
 from gateway.core.policy import Rule
 from gateway.core.policy_loader import load_policy_set
 from gateway.core.reversibility import IRREVERSIBLE, RECONCILED, REVERSIBLE, explain_rule, warnings
