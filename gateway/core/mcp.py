@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.core.body import json_body
+from gateway.core.body import json_body, media_type
 from gateway.core.policy import TOOLS_CALL, McpRule, ToolCapture, ToolUndo
 from gateway.core.redact import REDACTED, redact_json, redact_text
 from gateway.errors import Ambiguous, MessageError
@@ -240,7 +240,7 @@ def sse_messages(body: bytes) -> list[Any]:
 
 def response_in(body: bytes, content_type: str | None, request_id: Any) -> dict[str, Any] | None:
     """The JSON-RPC response to ``request_id`` in a JSON or SSE body, else None."""
-    kind = (content_type or "").split(";", 1)[0].strip().lower()
+    kind = media_type(content_type)
     if kind == SSE:
         candidates = sse_messages(body)
     else:

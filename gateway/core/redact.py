@@ -19,6 +19,8 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
+from gateway.core.body import FORM, media_type
+
 REDACTED = "[REDACTED]"
 SECRET_HEADERS = frozenset({
     "authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key", "api-key",
@@ -96,8 +98,8 @@ def redacted_body(body: bytes, content_type: str | None) -> bytes:
     other body is kept only when it is text without a secret-named word, else dropped."""
     if not body:
         return body
-    kind = (content_type or "").split(";", 1)[0].strip().lower()
-    if kind == "application/x-www-form-urlencoded":
+    kind = media_type(content_type)
+    if kind == FORM:
         return redact_form(body.decode("utf-8", "replace")).encode()
     try:
         parsed = json.loads(body)
@@ -121,8 +123,8 @@ def carries_secrets(query: str, headers: Iterable[tuple[str, str]], body: bytes,
         return True
     if not body:
         return False
-    kind = (content_type or "").split(";", 1)[0].strip().lower()
-    if kind == "application/x-www-form-urlencoded":
+    kind = media_type(content_type)
+    if kind == FORM:
         return _secret_field(body.decode("utf-8", "replace"))
     try:
         parsed = json.loads(body)

@@ -14,6 +14,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+from gateway.core.body import media_type
+
 URL_HEADERS = frozenset({"location", "link", "content-location"})
 _END = r"(?=[/?#\"'\s<>;,\\]|$)"
 
@@ -54,7 +56,7 @@ def rewritable(headers: Iterable[tuple[str, str]]) -> bool:
     for name, value in headers:
         low = name.lower()
         if low == "content-type":
-            kind = value.split(";", 1)[0].strip().lower()
+            kind = media_type(value)
         elif low == "content-encoding":
             encoding = value.strip().lower()
     if encoding not in ("", "identity"):
