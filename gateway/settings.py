@@ -36,7 +36,7 @@ from pydantic_settings import (
 
 from gateway.core.note import CosignatureVerifier
 from gateway.core.redact import is_secret_name
-from gateway.core.tripwires import SettingsTripwire
+from gateway.core.tripwire_spec import SettingsTripwire
 from gateway.errors import NoteError, SettingsError
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")

@@ -127,7 +127,7 @@ MAX_LINES = 450
 # Being split by other branches right now; the lead removes this list after merging them.
 OVERSIZED = {"gateway.services.approvals", "gateway.services.rollbacks",
              "gateway.services.freezes", "gateway.store.sql",
-             "gateway.core.policy", "gateway.core.tripwires"}
+             "gateway.core.policy"}
 
 
 def test_no_module_over_450_lines() -> None:

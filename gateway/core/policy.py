@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from gateway.core.cel import Condition
 from gateway.core.model import Decision, Verdict, method_list
 from gateway.core.template import PathTrie, Template
-from gateway.core.tripwires import TripwireSpec
+from gateway.core.tripwire_spec import TripwireSpec
 from gateway.errors import ConditionError, TemplateError
 
 UPSTREAM_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")

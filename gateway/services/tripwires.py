@@ -18,7 +18,8 @@ from datetime import datetime
 
 from gateway.core.model import Decision, Verdict, utcnow
 from gateway.core.policy import CallView, PolicySet, Upstream
-from gateway.core.tripwires import SettingsTripwire, Trip, TripwireState, compile_tripwires
+from gateway.core.tripwire_spec import SettingsTripwire, compile_tripwires
+from gateway.core.tripwires import Trip, TripwireState
 from gateway.errors import (
     GatewayError,
     JournalUnavailable,

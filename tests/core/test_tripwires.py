@@ -13,14 +13,8 @@ from pydantic import ValidationError
 
 from gateway.core.model import FreezeScope
 from gateway.core.policy_loader import load_policy_set, parse_file
-from gateway.core.tripwires import (
-    SettingsTripwire,
-    Trip,
-    TripwireSpec,
-    TripwireState,
-    compile_tripwires,
-    number_at,
-)
+from gateway.core.tripwire_spec import SettingsTripwire, TripwireSpec, compile_tripwires
+from gateway.core.tripwires import Trip, TripwireState, number_at
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)  # a Wednesday
 
