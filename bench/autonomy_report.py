@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gateway.core.approvals import ApprovalStatus, HeldCall  # noqa: E402
 from gateway.core.model import Checkpoint, JournalEntry, JournalState  # noqa: E402
-from gateway.core.policy_loader import load_policy_set  # noqa: E402
+from gateway.core.policy.loader import load_policy_set  # noqa: E402
 from gateway.services.reports import autonomy_report  # noqa: E402
 from gateway.store import SqlStore  # noqa: E402
 

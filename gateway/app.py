@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from gateway.core.model import utcnow
-from gateway.core.policy import PolicySet
+from gateway.core.policy.decide import PolicySet
 from gateway.errors import PolicyError, SettingsError, StartupError
 from gateway.metrics import Metrics
 from gateway.observe import NO_OBSERVER, Observer

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from gateway.core.policy import PolicySet
-from gateway.core.policy_loader import load_policy_set
+from gateway.core.policy.decide import PolicySet
+from gateway.core.policy.loader import load_policy_set
 from gateway.errors import PolicyError
 
 

@@ -25,7 +25,7 @@ from gateway.core.model import (
     JournalQuery,
     RunSummary,
 )
-from gateway.core.policy import Upstream as UpstreamPolicy
+from gateway.core.policy.compiled import Upstream as UpstreamPolicy
 from gateway.core.report import DecisionCount, HeldFact, RolledBack
 from gateway.core.rollback import Plan, PlanStatus, Step, StepStatus
 

@@ -126,8 +126,7 @@ def test_services_never_import_the_store() -> None:
 MAX_LINES = 450
 # Being split by other branches right now; the lead removes this list after merging them.
 OVERSIZED = {"gateway.services.approvals", "gateway.services.rollbacks",
-             "gateway.services.freezes", "gateway.store.sql",
-             "gateway.core.policy"}
+             "gateway.services.freezes", "gateway.store.sql"}
 
 
 def test_no_module_over_450_lines() -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from gateway.core.policy import PolicySet
+from gateway.core.policy.decide import PolicySet
 from gateway.metrics import Metrics
 from gateway.ports import Store
 from gateway.services.approvals import ApprovalQueue

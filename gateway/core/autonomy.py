@@ -29,7 +29,8 @@ from enum import Enum
 from typing import Any
 
 from gateway.core.model import Decision, Verdict
-from gateway.core.policy import Mode, Upstream
+from gateway.core.policy.compiled import Upstream
+from gateway.core.policy.schema import Mode
 
 
 class Act(str, Enum):

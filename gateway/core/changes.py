@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-TOOLS_CALL = "tools/call"  # gateway.core.policy's; not imported: this module stands alone
+TOOLS_CALL = "tools/call"  # gateway.core.policy.mcp_schema's; not imported: this module stands alone
 
 
 def _object(text: str | None) -> dict[str, Any] | None:

@@ -30,7 +30,8 @@ from urllib.parse import urlsplit
 
 from gateway.core import mcp
 from gateway.core.body import FORM, JSON, form_key_path, is_json_type, media_type, parse_body
-from gateway.core.policy import TOOLS_CALL, McpRule, Rule
+from gateway.core.policy.mcp_schema import TOOLS_CALL, McpRule
+from gateway.core.policy.schema import Rule
 from gateway.core.redact import REDACTED, redact_form, redact_json
 from gateway.core.template import Template
 

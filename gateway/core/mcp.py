@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.core.body import json_body, media_type
-from gateway.core.policy import TOOLS_CALL, McpRule, ToolCapture, ToolUndo
+from gateway.core.policy.mcp_schema import TOOLS_CALL, McpRule, ToolCapture, ToolUndo
 from gateway.core.redact import REDACTED, redact_json, redact_text
 from gateway.errors import Ambiguous, MessageError
 

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gateway.core.policy import McpPolicyFile, McpRule, Rule, UndoSpec, Upstream
+from gateway.core.policy.compiled import Upstream
+from gateway.core.policy.mcp_schema import McpPolicyFile, McpRule
+from gateway.core.policy.schema import Rule, UndoSpec
 from gateway.core.template import Template
 
 REVERSIBLE = "reversible"

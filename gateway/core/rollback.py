@@ -29,7 +29,7 @@ from enum import Enum
 from typing import Any
 
 from gateway.core.model import JournalEntry, JournalState, iso
-from gateway.core.policy import TOOLS_CALL
+from gateway.core.policy.mcp_schema import TOOLS_CALL
 
 ABSENT = {"__absent__": True}  # the expected state of a deleted resource
 PRESENT = {"__present__": True}  # the expected state of a created resource, unread

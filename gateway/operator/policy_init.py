@@ -18,8 +18,8 @@ from typing import Any
 import yaml
 
 from gateway.core.openapi import infer, read_api, render, summarize
-from gateway.core.policy import UPSTREAM_NAME
-from gateway.core.policy_loader import load_policy_set
+from gateway.core.policy.loader import load_policy_set
+from gateway.core.policy.schema import UPSTREAM_NAME
 from gateway.errors import DescriptionError
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")

@@ -37,7 +37,9 @@ from mcp.shared.inbound import (
 
 from gateway.core import mcp
 from gateway.core.model import new_id
-from gateway.core.policy import TOOLS_CALL, Upstream, tool_visible
+from gateway.core.policy.compiled import Upstream
+from gateway.core.policy.decide import tool_visible
+from gateway.core.policy.mcp_schema import TOOLS_CALL
 from gateway.errors import (
     BadRequest,
     BodyTooLarge,

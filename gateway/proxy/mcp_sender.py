@@ -29,7 +29,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
 from gateway.core import mcp
-from gateway.core.policy import Upstream
+from gateway.core.policy.compiled import Upstream
 from gateway.core.rollback import Step
 from gateway.errors import (
     CaptureFailed,

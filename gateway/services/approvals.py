@@ -40,7 +40,9 @@ from gateway.core.body import parse_body
 from gateway.core.headers import HOP_BY_HOP
 from gateway.core.killswitch import covering
 from gateway.core.model import Decision, iso, new_id, utcnow
-from gateway.core.policy import TOOLS_CALL, Approval, Upstream
+from gateway.core.policy.compiled import Upstream
+from gateway.core.policy.mcp_schema import TOOLS_CALL
+from gateway.core.policy.schema import Approval
 from gateway.core.redact import redact_json
 from gateway.errors import (
     AdminError,

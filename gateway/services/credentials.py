@@ -15,7 +15,8 @@ from __future__ import annotations
 from urllib.parse import quote, unquote_plus
 
 from gateway.core.body import field_key
-from gateway.core.policy import Credential, SigV4Credential, Upstream
+from gateway.core.policy.compiled import Credential, Upstream
+from gateway.core.policy.schema import SigV4Credential
 
 Headers = list[tuple[str, str]]
 _SIGNED_BY_US = ("authorization", "x-amz-date", "x-amz-security-token", "x-amz-content-sha256")

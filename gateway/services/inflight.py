@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from gateway.core.policy import Upstream
+from gateway.core.policy.compiled import Upstream
 from gateway.errors import UpstreamBusy
 
 

@@ -42,7 +42,9 @@ from gateway.core.model import (
     new_id,
     utcnow,
 )
-from gateway.core.policy import TOOLS_CALL, McpRule, Rule, Upstream
+from gateway.core.policy.compiled import Upstream
+from gateway.core.policy.mcp_schema import TOOLS_CALL, McpRule
+from gateway.core.policy.schema import Rule
 from gateway.core.redact import redact_headers, redact_query
 from gateway.core.seal import NO_SEALER, Sealer
 from gateway.errors import GatewayError, JournalUnavailable

@@ -48,7 +48,9 @@ from gateway.core.model import (
     new_id,
     utcnow,
 )
-from gateway.core.policy import CallView, Capture, PolicySet, Upstream
+from gateway.core.policy.compiled import CallView, Upstream
+from gateway.core.policy.decide import PolicySet
+from gateway.core.policy.schema import Capture
 from gateway.errors import (
     Ambiguous,
     BadRequest,

@@ -15,7 +15,7 @@ from typing import Any
 
 from gateway.core import report
 from gateway.core.model import AuditRecord, iso
-from gateway.core.policy import PolicySet
+from gateway.core.policy.decide import PolicySet
 from gateway.ports import Store
 
 DRILL_ACTION = "drill.report"

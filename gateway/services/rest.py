@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from gateway.core import journal as journaling
 from gateway.core.headers import upstream_request_headers
-from gateway.core.policy import Upstream
+from gateway.core.policy.compiled import Upstream
 from gateway.core.rollback import Step
 from gateway.errors import CaptureFailed, GatewayError
 from gateway.ports import Headers, Observed, UpstreamResponse, untraced

@@ -30,7 +30,8 @@ from gateway.core.model import (
     new_id,
     utcnow,
 )
-from gateway.core.policy import TOOLS_CALL, Upstream
+from gateway.core.policy.compiled import Upstream
+from gateway.core.policy.mcp_schema import TOOLS_CALL
 from gateway.core.rollback import (
     RECONCILE,
     Plan,

@@ -22,7 +22,8 @@ from typing import Any
 from gateway.core import journal as journaling
 from gateway.core.body import media_type
 from gateway.core.model import JournalEntry, Undo
-from gateway.core.policy import McpRule, Rule
+from gateway.core.policy.mcp_schema import McpRule
+from gateway.core.policy.schema import Rule
 from gateway.core.redact import redact_json
 from gateway.core.rollback import Step
 from gateway.core.seal import Sealer

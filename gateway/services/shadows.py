@@ -17,7 +17,8 @@ from typing import Any
 
 from gateway.core.approvals import ApprovalStatus, HeldCall, public_view
 from gateway.core.model import Decision, JournalEntry, Verdict, iso, utcnow
-from gateway.core.policy import Approval, Upstream
+from gateway.core.policy.compiled import Upstream
+from gateway.core.policy.schema import Approval
 from gateway.errors import AdminError
 from gateway.services.approvals import ApprovalQueue
 from gateway.services.call import Call

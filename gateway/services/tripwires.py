@@ -17,7 +17,8 @@ from collections.abc import Callable, Iterable
 from datetime import datetime
 
 from gateway.core.model import Decision, Verdict, utcnow
-from gateway.core.policy import CallView, PolicySet, Upstream
+from gateway.core.policy.compiled import CallView, Upstream
+from gateway.core.policy.decide import PolicySet
 from gateway.core.tripwire_spec import SettingsTripwire, compile_tripwires
 from gateway.core.tripwires import Trip, TripwireState
 from gateway.errors import (

@@ -6,8 +6,8 @@ import pytest
 
 from gateway.core.autonomy import Act, action_for, carry_out, refused
 from gateway.core.model import Decision, Verdict
-from gateway.core.policy import PolicyFile, Rule
-from gateway.core.policy_loader import compile_upstream
+from gateway.core.policy.loader import compile_upstream
+from gateway.core.policy.schema import PolicyFile, Rule
 
 
 def decided(verdict: Verdict, rule: str | None = "r") -> Decision:

@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 
 from gateway.core.model import Verdict
-from gateway.core.policy import CallView, PolicySet, Upstream
-from gateway.core.policy_loader import load_policy_set
+from gateway.core.policy.compiled import CallView, Upstream
+from gateway.core.policy.decide import PolicySet
+from gateway.core.policy.loader import load_policy_set
 
 POLICY = """\
 upstream: crm

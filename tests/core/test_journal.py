@@ -16,7 +16,7 @@ from gateway.core.journal import (
     store_body,
     undo_for_created,
 )
-from gateway.core.policy import Rule
+from gateway.core.policy.schema import Rule
 from gateway.core.redact import REDACTED
 
 

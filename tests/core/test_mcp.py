@@ -11,8 +11,10 @@ from gateway.core import journal as journaling
 from gateway.core import mcp
 from gateway.core.body import parse_body
 from gateway.core.model import Checkpoint, JournalEntry, JournalState, Undo, Verdict
-from gateway.core.policy import CallView, McpRule, tool_visible
-from gateway.core.policy_loader import load_policy_set
+from gateway.core.policy.compiled import CallView
+from gateway.core.policy.decide import tool_visible
+from gateway.core.policy.loader import load_policy_set
+from gateway.core.policy.mcp_schema import McpRule
 from gateway.core.rollback import plan_rollback
 from gateway.errors import MessageError
 

@@ -10,7 +10,7 @@ import yaml
 from gateway.core.openapi import infer, read_api, render, summarize
 from gateway.core.openapi.document import gateway_template
 from gateway.core.openapi.infer import reads_only
-from gateway.core.policy_loader import load_policy_set
+from gateway.core.policy.loader import load_policy_set
 from gateway.errors import DescriptionError
 
 

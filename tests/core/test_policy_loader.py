@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gateway.core.policy_loader import load_policy_set, missing_variables, parse_file
+from gateway.core.policy.loader import load_policy_set, missing_variables, parse_file
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 BROKEN = FIXTURES / "broken"

@@ -10,8 +10,8 @@ import pytest
 
 from gateway.core.body import FORM, JSON, form_key_path
 from gateway.core.journal import infer_undo, undo_for_created
-from gateway.core.policy import Rule
-from gateway.core.policy_loader import load_policy_set
+from gateway.core.policy.loader import load_policy_set
+from gateway.core.policy.schema import Rule
 from gateway.core.reversibility import IRREVERSIBLE, RECONCILED, REVERSIBLE, explain_rule, warnings
 from gateway.core.urls import rewritable, rewrite_headers, rewrite_text
 

@@ -12,7 +12,7 @@ import pytest
 from pydantic import ValidationError
 
 from gateway.core.model import FreezeScope
-from gateway.core.policy_loader import load_policy_set, parse_file
+from gateway.core.policy.loader import load_policy_set, parse_file
 from gateway.core.tripwire_spec import SettingsTripwire, TripwireSpec, compile_tripwires
 from gateway.core.tripwires import Trip, TripwireState, number_at
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.core.policy import CallView
-from gateway.core.policy_loader import load_policy_set
+from gateway.core.policy.compiled import CallView
+from gateway.core.policy.loader import load_policy_set
 
 ROOT = Path(__file__).resolve().parents[2] / "policies"
 # the examples name their secrets as ${VAR}: an unset one is a load problem

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from gateway.core.policy import PolicyFile, Upstream
+from gateway.core.policy.compiled import Upstream
+from gateway.core.policy.schema import PolicyFile
 from gateway.errors import ConnectTimeout, UpstreamLost, UpstreamTimeout, UpstreamUnreachable
 from gateway.proxy import mcp_sender
 from gateway.settings import Settings

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from gateway.core.model import Checkpoint, Decision, Verdict, new_id
-from gateway.core.policy import Approval
+from gateway.core.policy.schema import Approval
 from gateway.services.call import Call
 from tests.trust.recording import trusted_gateway
 

@@ -18,15 +18,10 @@ import yaml
 from pydantic import ValidationError
 
 from gateway.core.cel import Condition
-from gateway.core.policy import (
-    Credential,
-    Credentials,
-    McpPolicyFile,
-    PolicyFile,
-    PolicySet,
-    SigV4Credential,
-    Upstream,
-)
+from gateway.core.policy.compiled import Credential, Upstream
+from gateway.core.policy.decide import PolicySet
+from gateway.core.policy.mcp_schema import McpPolicyFile
+from gateway.core.policy.schema import Credentials, PolicyFile, SigV4Credential
 from gateway.core.template import PathTrie, Template
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")

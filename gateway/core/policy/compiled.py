@@ -1,0 +1,110 @@
+"""A policy file compiled: its rules' path trie, conditions and templates, and the
+credential with ``${VAR}`` expanded (pure). ``gateway.core.policy.loader`` builds
+these; ``gateway.core.policy.decide`` judges a call against them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.core.cel import Condition
+from gateway.core.policy.mcp_schema import McpPolicyFile, McpRule
+from gateway.core.policy.schema import Mode, PolicyFile, Rule, SigV4Credential
+from gateway.core.template import PathTrie, Template
+
+
+@dataclass(frozen=True, slots=True)
+class Credential:
+    """A policy's credential with ``${VAR}`` expanded: headers to set, a query
+    parameter to add, or the SigV4 keys the sender signs with (``sigv4``)."""
+
+    headers: tuple[tuple[str, str], ...] = ()  # lower-case names
+    query: tuple[str, str] | None = None
+    sigv4: SigV4Credential | None = None
+
+    @property
+    def replaces(self) -> frozenset[str]:
+        """Agent headers this credential supersedes (never forwarded beside it)."""
+        names = {name for name, _ in self.headers}
+        if self.sigv4 is not None:
+            names |= {"authorization", "x-amz-date", "x-amz-security-token",
+                      "x-amz-content-sha256"}
+        return frozenset(names)
+
+
+AnyRule = Rule | McpRule
+
+
+@dataclass(frozen=True, slots=True)
+class CallView:
+    """What the policy may look at. ``body`` is parsed lazily by the caller."""
+
+    method: str
+    path: str
+    segments: list[str]
+    query: Mapping[str, str]
+    headers: Mapping[str, str]
+    agent: str
+    body: Any = None
+    body_error: str | None = None  # why the body could not be parsed, if it could not
+
+
+@dataclass(slots=True)
+class Upstream:
+    """One compiled policy file (REST or MCP: ``kind``)."""
+
+    spec: PolicyFile | McpPolicyFile
+    source: str
+    credential: Credential | None
+    trie: PathTrie
+    conditions: dict[int, Condition]
+    templates: dict[int, Template]
+    streams: frozenset[str | None] = frozenset()  # ids of the rules with ``stream: true``
+
+    @property
+    def credential_value(self) -> str | None:
+        """The injected header's value (``{header, value}`` and ``basic``)."""
+        return self.credential.headers[0][1] if self.credential and self.credential.headers else None
+
+    @property
+    def name(self) -> str:
+        return self.spec.upstream
+
+    @property
+    def base_url(self) -> str:
+        return self.spec.base_url
+
+    @property
+    def kind(self) -> str:
+        return self.spec.kind
+
+    def rule(self, rule_id: str | None) -> AnyRule | None:
+        for rule in self.spec.rules:
+            if rule.id == rule_id:
+                return rule
+        return None
+
+    def idempotency_header(self, rule_id: str | None) -> str | None:
+        """The header a write under ``rule_id`` carries its journal entry id in, if any:
+        the rule's ``idempotency``, else the file's."""
+        rule = self.rule(rule_id) if rule_id is not None else None
+        own = getattr(rule, "idempotency", None)
+        chosen = own if own is not None else self.spec.idempotency
+        return chosen.header.lower() if chosen is not None else None
+
+    def mode_of(self, rule_id: str | None) -> Mode:
+        """The rule's own ``mode``, else the file's (the default action has the file's)."""
+        rule = self.rule(rule_id) if rule_id is not None else None
+        return rule.mode if rule is not None and rule.mode is not None else self.spec.mode
+
+    def needs_body(self, candidates: list[tuple[int, dict[str, str]]]) -> bool:
+        """True when some candidate rule's ``when`` may look at the body."""
+        return bool(self.conditions) and any(index in self.conditions for index, _ in candidates)
+
+    def judges_query(self, candidates: list[tuple[int, dict[str, str]]]) -> bool:
+        """True when some candidate rule's ``when`` reads ``request.query``."""
+        return bool(self.conditions) and any(
+            "query" in self.conditions[index].source for index, _ in candidates
+            if index in self.conditions)

@@ -1,0 +1,137 @@
+"""The decision for one call: request in, ``Decision`` out, a reason in every branch (pure).
+
+``PolicySet`` is every upstream of a directory with a content hash (its revision);
+``PolicySet.decide`` is the pure decision function.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.core.model import Decision, Verdict
+from gateway.core.policy.compiled import CallView, Upstream
+from gateway.core.policy.mcp_schema import TOOLS_CALL, McpPolicyFile
+from gateway.errors import ConditionError
+
+
+@dataclass(slots=True)
+class PolicySet:
+    upstreams: dict[str, Upstream]
+    revision: str
+    files: tuple[str, ...] = field(default_factory=tuple)
+
+    def decide(self, upstream: Upstream, view: CallView,
+               candidates: list[tuple[int, dict[str, str]]] | None = None) -> Decision:
+        """First matching rule decides; an unevaluable ``when`` denies. A rule for GET
+        also judges HEAD.
+
+        ``candidates`` are the trie's matches for ``view.segments`` when the
+        caller already has them. MCP upstreams: see ``decide_tool``.
+        """
+        if isinstance(upstream.spec, McpPolicyFile):
+            return self.decide_tool(upstream, upstream.spec, view)
+        if candidates is None:
+            candidates = upstream.trie.match(view.segments)
+        for index, params in candidates:
+            rule = upstream.spec.rules[index]
+            methods = rule.match.methods
+            if view.method not in methods and not (view.method == "HEAD" and "GET" in methods):
+                continue  # HEAD is judged by the rules for GET (it reads the same thing)
+            if rule.match.agents is not None and view.agent not in rule.match.agents:
+                continue
+            condition = upstream.conditions.get(index)
+            if condition is not None:
+                try:
+                    if not condition.evaluate(activation(view, params)):
+                        continue
+                except ConditionError as exc:
+                    return Decision(Verdict.DENY, rule.id, str(exc), self.revision,
+                                    upstream.name, params)
+            verdict = Verdict(rule.action)
+            return Decision(verdict, rule.id, f"{_PAST[verdict]} by rule {rule.id}",
+                            self.revision, upstream.name, params,
+                            write=None if rule.effect is None else rule.effect == "write")
+        verdict = Verdict(upstream.spec.default)
+        return Decision(verdict, None, f"{_PAST[verdict]} by default (no rule matched)",
+                        self.revision, upstream.name, {})
+
+
+    def decide_tool(self, upstream: Upstream, spec: McpPolicyFile, view: CallView) -> Decision:
+        """An MCP message: ``view.method`` is the JSON-RPC method, ``view.path`` the tool,
+        ``view.body`` its arguments. Only ``tools/call`` is judged; the rest passes as a read.
+        ``Decision.write`` says whether the call is journaled and frozen (``effect``)."""
+        if view.method != TOOLS_CALL:
+            return Decision(Verdict.ALLOW, None, f"{view.method or 'HTTP'} is not a tool call",
+                            self.revision, upstream.name, write=False)
+        for index, rule in enumerate(spec.rules):
+            if not rule.match.names(view.path):
+                continue
+            if rule.match.agents is not None and view.agent not in rule.match.agents:
+                continue
+            condition = upstream.conditions.get(index)
+            if condition is not None:
+                try:
+                    if not condition.evaluate(tool_activation(view)):
+                        continue
+                except ConditionError as exc:
+                    return Decision(Verdict.DENY, rule.id, str(exc), self.revision,
+                                    upstream.name, write=rule.effect == "write")
+            verdict = Verdict(rule.action)
+            return Decision(verdict, rule.id, f"{_PAST[verdict]} by rule {rule.id}",
+                            self.revision, upstream.name, write=rule.effect == "write")
+        verdict = Verdict(spec.default)
+        return Decision(verdict, None, f"{_PAST[verdict]} by default (no rule matched)",
+                        self.revision, upstream.name, write=True)
+
+
+_PAST = {Verdict.ALLOW: "allowed", Verdict.DENY: "denied", Verdict.HOLD: "held",
+         Verdict.DELAY: "delayed"}
+
+
+def tool_visible(upstream: Upstream, agent: str, tool: str) -> bool:
+    """Whether ``tools/list`` shows ``tool`` to ``agent``: False only when every
+    decision its call could get is deny. A rule with a ``when`` may not apply,
+    so a denying one lets later rules speak; an allowing or holding one shows it.
+
+    >>> from gateway.core.policy.loader import compile_upstream
+    >>> from gateway.core.policy.mcp_schema import McpRule, ToolMatch
+    >>> spec = McpPolicyFile(kind="mcp", upstream="t", base_url="http://h", rules=(
+    ...     McpRule(id="r", match=ToolMatch(tools=("get_*",)), action="allow"),))
+    >>> up = compile_upstream(spec, "t.yaml", {})
+    >>> tool_visible(up, "bot", "get_customer"), tool_visible(up, "bot", "delete_all")
+    (True, False)
+    """
+    spec = upstream.spec
+    if not isinstance(spec, McpPolicyFile):
+        return True
+    for rule in spec.rules:
+        if not rule.match.names(tool):
+            continue
+        if rule.match.agents is not None and agent not in rule.match.agents:
+            continue
+        if rule.action != "deny" or (rule.mode or spec.mode) == "observe":
+            return True  # observe: the rule's deny is recorded, not enforced
+        if rule.match.when is None:
+            return False
+    return spec.default != "deny" or spec.mode == "observe"
+
+
+def tool_activation(view: CallView) -> dict[str, Any]:
+    """What an MCP rule's ``when`` sees: ``arguments``, ``tool`` and ``agent.name``."""
+    arguments = view.body if view.body is not None else {}
+    return {"arguments": arguments, "tool": view.path, "agent": {"name": view.agent}}
+
+
+def activation(view: CallView, params: dict[str, str]) -> dict[str, Any]:
+    return {
+        "request": {
+            "method": view.method,
+            "path": view.path,
+            "params": params,
+            "query": dict(view.query),
+            "headers": dict(view.headers),
+            "body": view.body,
+        },
+        "agent": {"name": view.agent},
+    }
