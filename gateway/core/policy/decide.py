@@ -6,11 +6,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.core.model import Decision, Verdict
-from gateway.core.policy.compiled import CallView, Upstream
+from gateway.core.policy.compiled import AnyRule, CallView, Upstream
 from gateway.core.policy.mcp_schema import TOOLS_CALL, McpPolicyFile
 from gateway.errors import ConditionError
 
@@ -23,66 +24,58 @@ class PolicySet:
 
     def decide(self, upstream: Upstream, view: CallView,
                candidates: list[tuple[int, dict[str, str]]] | None = None) -> Decision:
-        """First matching rule decides; an unevaluable ``when`` denies. A rule for GET
-        also judges HEAD.
+        """First matching rule decides, else the file's default; an unevaluable ``when``
+        denies. One loop for both kinds of rule, which differ only in what a rule
+        matches (``_candidates``) and what its ``when`` sees.
 
-        ``candidates`` are the trie's matches for ``view.segments`` when the
-        caller already has them. MCP upstreams: see ``decide_tool``.
+        REST: a rule for GET also judges HEAD; ``candidates`` are the trie's matches for
+        ``view.segments`` when the caller already has them. MCP: ``view.method`` is the
+        JSON-RPC method, ``view.path`` the tool, ``view.body`` its arguments; only
+        ``tools/call`` is judged, the rest passes as a read. ``Decision.write`` says
+        whether the call is journaled and frozen (a rule's ``effect``; REST without
+        one: the method says).
         """
-        if isinstance(upstream.spec, McpPolicyFile):
-            return self.decide_tool(upstream, upstream.spec, view)
-        if candidates is None:
-            candidates = upstream.trie.match(view.segments)
-        for index, params in candidates:
-            rule = upstream.spec.rules[index]
-            methods = rule.match.methods
-            if view.method not in methods and not (view.method == "HEAD" and "GET" in methods):
-                continue  # HEAD is judged by the rules for GET (it reads the same thing)
-            if rule.match.agents is not None and view.agent not in rule.match.agents:
-                continue
-            condition = upstream.conditions.get(index)
-            if condition is not None:
-                try:
-                    if not condition.evaluate(activation(view, params)):
-                        continue
-                except ConditionError as exc:
-                    return Decision(Verdict.DENY, rule.id, str(exc), self.revision,
-                                    upstream.name, params)
-            verdict = Verdict(rule.action)
-            return Decision(verdict, rule.id, f"{_PAST[verdict]} by rule {rule.id}",
-                            self.revision, upstream.name, params,
-                            write=None if rule.effect is None else rule.effect == "write")
-        verdict = Verdict(upstream.spec.default)
-        return Decision(verdict, None, f"{_PAST[verdict]} by default (no rule matched)",
-                        self.revision, upstream.name, {})
-
-
-    def decide_tool(self, upstream: Upstream, spec: McpPolicyFile, view: CallView) -> Decision:
-        """An MCP message: ``view.method`` is the JSON-RPC method, ``view.path`` the tool,
-        ``view.body`` its arguments. Only ``tools/call`` is judged; the rest passes as a read.
-        ``Decision.write`` says whether the call is journaled and frozen (``effect``)."""
-        if view.method != TOOLS_CALL:
+        tools = isinstance(upstream.spec, McpPolicyFile)
+        if tools and view.method != TOOLS_CALL:
             return Decision(Verdict.ALLOW, None, f"{view.method or 'HTTP'} is not a tool call",
                             self.revision, upstream.name, write=False)
-        for index, rule in enumerate(spec.rules):
-            if not rule.match.names(view.path):
-                continue
+        for index, rule, params in _candidates(upstream, view, candidates):
             if rule.match.agents is not None and view.agent not in rule.match.agents:
                 continue
+            write = None if rule.effect is None else rule.effect == "write"
             condition = upstream.conditions.get(index)
             if condition is not None:
                 try:
-                    if not condition.evaluate(tool_activation(view)):
+                    if not condition.evaluate(tool_activation(view) if tools
+                                              else activation(view, params)):
                         continue
-                except ConditionError as exc:
+                except ConditionError as exc:  # REST: the method says, as for any refusal
                     return Decision(Verdict.DENY, rule.id, str(exc), self.revision,
-                                    upstream.name, write=rule.effect == "write")
+                                    upstream.name, params, write=write if tools else None)
             verdict = Verdict(rule.action)
             return Decision(verdict, rule.id, f"{_PAST[verdict]} by rule {rule.id}",
-                            self.revision, upstream.name, write=rule.effect == "write")
-        verdict = Verdict(spec.default)
+                            self.revision, upstream.name, params, write=write)
+        verdict = Verdict(upstream.spec.default)
         return Decision(verdict, None, f"{_PAST[verdict]} by default (no rule matched)",
-                        self.revision, upstream.name, write=True)
+                        self.revision, upstream.name, {}, write=True if tools else None)
+
+
+def _candidates(upstream: Upstream, view: CallView,
+                matches: list[tuple[int, dict[str, str]]] | None,
+                ) -> Iterator[tuple[int, AnyRule, dict[str, str]]]:
+    """The rules that match the call, in file order, with the path's parameters: an MCP
+    rule by its tool globs, a REST rule by the path trie and its methods."""
+    spec = upstream.spec
+    if isinstance(spec, McpPolicyFile):
+        for index, tool_rule in enumerate(spec.rules):
+            if tool_rule.match.names(view.path):
+                yield index, tool_rule, {}
+        return
+    for index, params in upstream.trie.match(view.segments) if matches is None else matches:
+        rule = spec.rules[index]
+        methods = rule.match.methods
+        if view.method in methods or (view.method == "HEAD" and "GET" in methods):
+            yield index, rule, params  # HEAD is judged by the rules for GET (it reads the same)
 
 
 _PAST = {Verdict.ALLOW: "allowed", Verdict.DENY: "denied", Verdict.HOLD: "held",
