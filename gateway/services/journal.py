@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 
 from gateway.core import journal as journaling
 from gateway.core import mcp
+from gateway.core import undo as undoing
 from gateway.core.body import parse_body
 from gateway.core.model import (
     Checkpoint,
@@ -102,14 +103,12 @@ class Journal:
     def undo_for(self, rule: Rule | McpRule | None, method: str, path: str,
                  params: dict[str, str], seen: Observed | None, sent: Any,
                  content_type: str | None) -> sealing.Kept:
-        """A write's undo, inferred from the prior state as journaled (redacted), the true
-        one sealed beside it (``seen``: the capture, None when there was none)."""
-        prior, prior_status = (seen.value, seen.status) if seen is not None else (None, None)
-        undo, reversible = journaling.infer_undo(rule, method, path, params, prior,
-                                                 prior_status, sent, content_type)
-        return sealing.for_intent(self.sealer, rule, method, path, params, seen, sent,
-                                  content_type, undo, reversible,
-                                  self.settings.journal_body_limit)
+        """A write's undo, inferred once (``gateway.core.undo``): as journaled (from the
+        redacted prior), the true one sealed beside it (``seen``: the capture, None when
+        there was none)."""
+        return sealing.for_intent(self.sealer, undoing.infer(
+            rule, method, path, params, seen, sent, content_type,
+            self.settings.journal_body_limit))
 
     # -- intent ----------------------------------------------------------------
 

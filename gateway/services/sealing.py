@@ -2,8 +2,8 @@
 
 Views and the store's readable columns show secret-named fields redacted;
 an undo built from that would erase them upstream. So when redaction changed
-a prior state, the undo inferred from the *true* prior is sealed with the
-entry (``JournalEntry.sealed``), and likewise the true state a write left
+a prior state, the *true* undo (``gateway.core.undo``, inferred with the shown
+one) is sealed with the entry (``JournalEntry.sealed``), and likewise the true state a write left
 (``sealed_outcome``), which rollback's drift check compares with the true
 current state. A text or binary prior (an S3 object, a file) is sealed whole,
 up to ``journal_body_limit``, and put back byte for byte; a larger one is
@@ -20,20 +20,16 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from gateway.core import journal as journaling
-from gateway.core.body import media_type
 from gateway.core.model import JournalEntry, Undo
-from gateway.core.policy.mcp_schema import McpRule
-from gateway.core.policy.schema import Rule
 from gateway.core.redact import redact_json
 from gateway.core.rollback import Step
 from gateway.core.seal import Sealer
+from gateway.core.undo import HEADERS, RAW, Inferred
 from gateway.ports import Observed
 
 JOURNAL = "journal"  # the purposes sealed values are bound to (associated data)
 OUTCOME = "journal-outcome"
 STEP = "rollback-step"
-RAW = "__base64__"  # a true body that is bytes, not JSON (only ever inside sealed values)
-HEADERS = "__headers__"  # beside RAW: the object's own headers (S3 x-amz-meta-*) sent with it
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,59 +42,14 @@ class Kept:
     irreversible_reason: str | None = None
 
 
-def for_intent(sealer: Sealer, rule: Rule | McpRule | None, method: str, path: str,
-               params: dict[str, str], seen: Observed | None, sent: Any,
-               content_type: str | None, undo: dict[str, Any] | None, reversible: bool,
-               limit: int) -> Kept:
-    """``undo``/``reversible`` were inferred from the redacted prior; keep the true ones."""
-    if seen is None or not seen.body or not 200 <= seen.status < 300:
-        return Kept(undo, reversible)
-    true_prior = journaling.true_value(seen.body, seen.status)
-    if isinstance(rule, McpRule):  # a capture tool's state: JSON, never bytes to put back
-        if true_prior is None or true_prior == seen.value:
-            return Kept(undo, reversible)
-        true_undo, true_reversible = journaling.infer_undo(
-            rule, method, path, params, true_prior, seen.status, sent, content_type)
-        if true_undo == undo:
-            return Kept(undo, reversible)
-        return Kept(undo, true_reversible, sealer.seal({"undo": true_undo}, JOURNAL))
-    if true_prior is not None:
-        if true_prior == seen.value:  # nothing was redacted: the journaled undo is true
-            true_undo, true_reversible = undo, reversible
-        else:
-            true_undo, true_reversible = journaling.infer_undo(
-                rule, method, path, params, true_prior, seen.status, sent, content_type)
-        exact = _as_read(true_undo, true_prior, seen, limit)
-        if exact is not None:  # kept (plain JSON without a key) unless secrets were redacted
-            keep = sealer.keep if true_prior == seen.value else sealer.seal
-            return Kept(undo, true_reversible, keep({"undo": exact}, JOURNAL))
-        if true_undo == undo:
-            return Kept(undo, reversible)
-        return Kept(undo, true_reversible, sealer.seal({"undo": true_undo}, JOURNAL))
-    if undo is not None:  # the rule's own undo for a text prior
-        return Kept(undo, reversible)
-    raw = journaling.raw_undo(rule, method, path, params, seen.content_type)
-    if raw is None:
-        return Kept(undo, reversible)
-    if len(seen.body) > limit:
-        return Kept(None, False, None, (
-            f"the prior state is {len(seen.body)} bytes of "
-            f"{media_type(seen.content_type) or 'unknown type'}, over "
-            f"journal_body_limit ({limit}): it was not kept, so it cannot be restored"))
-    true_undo = {**raw, "body": _raw(seen)}
-    return Kept(raw, True, sealer.seal({"undo": true_undo}, JOURNAL))
-
-
-def _as_read(undo: dict[str, Any] | None, prior: Any, seen: Observed,
-             limit: int) -> dict[str, Any] | None:
-    """An undo that puts the whole prior back sends the bytes that were read, not a
-    re-encoding of them: a JSON document stored as an object (S3, a file store) comes
-    back byte for byte, spacing and trailing newline included. None otherwise."""
-    if undo is None or undo.get("body") != prior or not isinstance(prior, (dict, list)) \
-            or len(seen.body) > limit:
-        return None
-    return {**undo, "body": _raw(seen),
-            "content_type": seen.content_type or undo.get("content_type")}
+def for_intent(sealer: Sealer, inferred: Inferred) -> Kept:
+    """An intent's undo as journaled, the true one sealed beside it when it differs
+    (kept as plain JSON without a key when it carries nothing secret)."""
+    if inferred.true is None:
+        return Kept(inferred.shown, inferred.reversible, None, inferred.irreversible_reason)
+    keep = sealer.seal if inferred.secret else sealer.keep
+    return Kept(inferred.shown, inferred.reversible, keep({"undo": inferred.true}, JOURNAL),
+                inferred.irreversible_reason)
 
 
 def for_outcome(sealer: Sealer, parsed: Any, after: Any, true_after: Any) -> str | None:
@@ -161,13 +112,6 @@ def open_step(sealer: Sealer, step: Step) -> Step:
         return step
     opened = sealer.open(step.sealed, STEP)
     return replace(step, body=opened["body"], expected=opened["expected"])
-
-
-def _raw(seen: Observed) -> dict[str, Any]:
-    raw: dict[str, Any] = {RAW: base64.b64encode(seen.body).decode()}
-    if seen.meta:
-        raw[HEADERS] = dict(seen.meta)
-    return raw
 
 
 def body_headers(body: Any) -> list[tuple[str, str]]:
