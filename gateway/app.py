@@ -140,7 +140,7 @@ class Gateway:
         self.audit = AuditTrail(self._store)
         self.audit.start()
         self.checkpoints = Checkpoints(
-            self._store, signer,  # type: ignore[arg-type]
+            self._store, signer,
             [anchor_for(a) for a in self.settings.audit_anchors],
             self.settings.audit_checkpoint_interval, self.settings.audit_origin)
         await self.checkpoints.start()

@@ -112,3 +112,21 @@ def test_module_imports_nothing_above_its_floor(module: str) -> None:
     above = sorted(other for other in GRAPH[module]
                    if other != "gateway" and floor_of(other) > floor_of(module))
     assert above == [], f"{module} (floor {floor_of(module)}) imports {above}"
+
+
+PORT_METHODS_MAX = 15  # a role a service depends on, not the whole store
+
+
+def test_no_protocol_in_ports_has_over_15_methods() -> None:
+    """Each Protocol in ``gateway/ports.py`` counts the methods it declares itself
+    (``Store`` is the union of the roles, declaring only what the wiring needs)."""
+    tree = ast.parse((PACKAGE / "ports.py").read_text())
+    protocols = {node.name: [item.name for item in node.body
+                             if isinstance(item, ast.FunctionDef | ast.AsyncFunctionDef)]
+                 for node in tree.body if isinstance(node, ast.ClassDef)
+                 and any(isinstance(base, ast.Name) and base.id == "Protocol"
+                         for base in node.bases)}
+    assert "Store" in protocols and "FreezeStore" in protocols
+    wide = {name: len(methods) for name, methods in protocols.items()
+            if len(methods) > PORT_METHODS_MAX}
+    assert not wide, f"Protocols over {PORT_METHODS_MAX} methods: {wide}"

@@ -29,6 +29,7 @@ from typing import Any, Protocol
 from gateway.core.merkle import Tree, record_leaf
 from gateway.core.model import iso, utcnow
 from gateway.core.note import Checkpoint, NoteSigner
+from gateway.ports import CheckpointStore
 from gateway.services.anchors import Anchor, AnchorError
 
 log = logging.getLogger("gateway.audit.checkpoints")
@@ -46,17 +47,6 @@ class StoredCheckpointLike(Protocol):
     root: str
     note: str
     anchors: dict[str, Any]
-
-
-class CheckpointStore(Protocol):
-    async def audit_leaves(self, after: int, limit: int) -> list[tuple[int, str, str]]: ...
-
-    async def add_checkpoint(self, size: int, root: str, note: str, at: Any) -> bool: ...
-
-    async def anchor_checkpoint(self, size: int, anchors: dict[str, Any],
-                                note: str | None = None) -> None: ...
-
-    async def checkpoints(self, limit: int = 1000, upto: int | None = None) -> Any: ...
 
 
 class Checkpoints:

@@ -49,7 +49,7 @@ from typing import Any
 from gateway.core.killswitch import InFlight, covering, covers
 from gateway.core.model import Freeze, FreezeScope, new_id, parse_iso, utcnow
 from gateway.errors import JournalUnavailable, WriteCutOff, WritesFrozen
-from gateway.ports import Bus, Store
+from gateway.ports import Bus, FreezeStore
 
 log = logging.getLogger("gateway.killswitch")
 ANSWER_EARLY = 0.25  # seconds before engage_wait the other processes answer by
@@ -94,7 +94,7 @@ class _Answers:
 
 
 class FreezeState:
-    def __init__(self, store: Store, bus: Bus | None = None, engage_wait: float = 2.0,
+    def __init__(self, store: FreezeStore, bus: Bus | None = None, engage_wait: float = 2.0,
                  horizon: Callable[[], float] = lambda: 60.0) -> None:
         self._store = store
         self._bus = bus

@@ -45,7 +45,7 @@ from gateway.core.policy import TOOLS_CALL, McpRule, Rule, Upstream
 from gateway.core.redact import redact_headers, redact_query
 from gateway.errors import GatewayError, JournalUnavailable
 from gateway.observe import JOURNAL, JOURNAL_OUTCOME, NO_WATCH, Watch
-from gateway.ports import Observed, Sender, Store, UpstreamResponse
+from gateway.ports import JournalStore, Observed, Sender, UpstreamResponse
 from gateway.services import sealing
 from gateway.services.call import Call
 from gateway.services.freezes import FreezeState
@@ -64,7 +64,7 @@ SenderFor = Callable[[Upstream], Sender]  # the port that reaches an upstream (r
 class Journal:
     """One per process (``gateway.app``), handed to the pipeline, rollbacks and recovery."""
 
-    def __init__(self, settings: Settings, store: Store, freezes: FreezeState,
+    def __init__(self, settings: Settings, store: JournalStore, freezes: FreezeState,
                  sealer: Sealer = NO_SEALER) -> None:
         self.settings = settings
         self.store = store
