@@ -39,7 +39,6 @@ from gateway.store.seal import NO_SEALER, Sealer, SealError
 from gateway.store.tables import (
     ApprovalRow,
     AuditRow,
-    FreezeRow,
     JournalRow,
     RollbackPlanRow,
     RollbackStepRow,
@@ -194,15 +193,6 @@ def entry_from_row(row: JournalRow) -> JournalEntry:
 def freeze_from_values(id: str, scope: str, target: str | None, reason: str, by: str,
                        at: str) -> Freeze:
     return Freeze(FreezeScope(scope), target, reason, by, parse_iso(at), id)
-
-
-def freeze_from_row(row: FreezeRow) -> Freeze:
-    return freeze_from_values(row.id, row.scope, row.target, row.reason, row.by, row.at)
-
-
-def freeze_row(freeze: Freeze) -> FreezeRow:
-    return FreezeRow(id=freeze.id, scope=freeze.scope.value, target=freeze.target,
-                     reason=freeze.reason, by=freeze.by, at=iso(freeze.at))
 
 
 def audit_from_row(row: AuditRow) -> AuditRecord:

@@ -268,11 +268,6 @@ class SqlStore(ApprovalQueue, RollbackPlans, ReportQueries, CheckpointLog, Lease
         return [InFlight(*row) for row in rows]
 
     # Kill switch ------------------------------------------------------------
-    async def engage_freeze(self, freeze: Freeze) -> Freeze:
-        engaged = (await self.engage(freeze)).freeze
-        assert engaged is not None  # an engage always leaves a freeze in force
-        return engaged
-
     async def engage(self, freeze: Freeze) -> FreezeChange:
         """Through the driver, in one short transaction: an engage must not queue
         behind the stream of journal writes it is about to stop."""
@@ -295,10 +290,6 @@ class SqlStore(ApprovalQueue, RollbackPlans, ReportQueries, CheckpointLog, Lease
             await _append_in(tx, freeze.by, "killswitch.engage",
                              _freeze_detail(freeze.scope, freeze.target, freeze.reason), freeze.at)
             return FreezeChange(freeze, before.generation + 1, [*before.active, freeze])
-
-    async def release_freeze(self, scope: FreezeScope, target: str | None, by: str,
-                             reason: str, at: datetime) -> Freeze | None:
-        return (await self.release(scope, target, by, reason, at)).freeze
 
     async def release(self, scope: FreezeScope, target: str | None, by: str, reason: str,
                       at: datetime) -> FreezeChange:

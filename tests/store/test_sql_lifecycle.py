@@ -31,7 +31,7 @@ async def test_restart_keeps_everything(store_url: str,
     frozen = Freeze(FreezeScope.GLOBAL, None, "incident", "alice", T0)
     entry = make_entry(1)
     assert await first.journal_intent(entry)  # before the freeze: after it, refused
-    await first.engage_freeze(frozen)
+    await first.engage(frozen)
     await first.append_audit("alice", "test", {"k": "v"}, T0)
     await first.close()
 
