@@ -2,7 +2,7 @@
 
 Two ways in, by how hot the call is. The calls made on every proxied write
 (``journal_intent``, ``journal_outcome``) and the kill switch's generation go
-straight through the driver (``hot.py``). Intents and outcomes are group
+straight through the driver (``hot.py``, one per dialect). Intents and outcomes are group
 committed (``group.py``): the writes of concurrent calls share one
 transaction. An intent goes in only if no freeze covers it, decided by the
 store in the same statement (``killswitch.py``). Everything an operator
@@ -66,7 +66,9 @@ from gateway.store.engine import (
     sqlite_path,
 )
 from gateway.store.group import GroupCommit
-from gateway.store.hot import HotPath, PostgresHotPath, SqliteHotPath, Tx
+from gateway.store.hot import HotPath, Tx
+from gateway.store.hot_postgres import PostgresHotPath
+from gateway.store.hot_sqlite import SqliteHotPath
 from gateway.store.leases import Leases
 from gateway.store.migrate import upgrade
 from gateway.store.reports import ReportQueries

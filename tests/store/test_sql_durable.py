@@ -13,7 +13,7 @@ import pytest
 
 from gateway.core.model import JournalOutcome, JournalQuery
 from gateway.store import SqlStore
-from gateway.store import hot as hot_module
+from gateway.store import hot_sqlite as hot_module
 from tests.store.conftest import EntryFactory
 
 
