@@ -216,12 +216,6 @@ def audit_from_values(values: Sequence[Any]) -> AuditRecord:
     return AuditRecord(seq, parse_iso(at), actor, action, json.loads(detail), prev_hash, hash_)
 
 
-def audit_row(record: AuditRecord) -> AuditRow:
-    return AuditRow(seq=record.seq, at=iso(record.at), actor=record.actor,
-                    action=record.action, detail=dumps(record.detail),
-                    prev_hash=record.prev_hash, hash=record.hash)
-
-
 # Held calls -------------------------------------------------------------------
 def votes_text(votes: Sequence[Vote]) -> str:
     """The one text of ``votes``: what is stored and what the CAS updates compare."""

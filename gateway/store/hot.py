@@ -14,10 +14,13 @@ turns them into ``journal_unavailable``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from functools import lru_cache
 from typing import Any, Protocol
+
+from gateway.core.model import Freeze
+from gateway.ports import Bus, FreezeChange
 
 
 @lru_cache(maxsize=32)
@@ -38,27 +41,47 @@ class Tx(Protocol):
 
     async def execute(self, sql: str, args: Sequence[Any] = ()) -> int: ...
 
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
+
     async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Sequence[Any]]: ...
 
 
 class HotPath(Protocol):
+    """What the store does through the driver; each dialect's way is its own."""
+
     async def execute(self, sql: str, args: Sequence[Any]) -> int:
         """Run one statement; the number of rows it touched."""
 
     async def fetch(self, sql: str, args: Sequence[Any]) -> list[Sequence[Any]]: ...
 
-    def transaction(self, locks: Sequence[int] = ()) -> AbstractAsyncContextManager[Tx]:
+    def transaction(self, locks: Sequence[int] = (), durable: bool = True,
+                    ) -> AbstractAsyncContextManager[Tx]:
         """A write transaction, committed when the block ends, else rolled back.
 
         ``locks``: advisory locks (PostgreSQL) taken, in order, with the BEGIN; on
         SQLite the transaction holds the database's write lock from its start,
-        which excludes every other writer anyway."""
+        which excludes every other writer anyway. ``durable=False``: the commit
+        need not wait for the disk (on PostgreSQL; SQLite's commits never do, see
+        ``flush``)."""
 
-    async def chained_insert(self, last_sql: str, insert_sql: str,
-                             build: Callable[[Sequence[Any] | None], list[Sequence[Any]]],
-                             lock_key: int) -> None:
-        """In one transaction that excludes other chain writers: read the last row,
-        ``build`` the rows that follow it, insert them."""
+    async def insert_intents(self, rows: Sequence[Sequence[Any]]) -> list[bool]:
+        """Journal intents (``killswitch.INTENT_COLUMNS`` rows), each only if no active
+        freeze covers it, decided in the statement that inserts (``killswitch``);
+        whether each went in. Those that did are on disk when this returns."""
+
+    async def update_outcomes(self, rows: Sequence[Sequence[Any]]) -> list[bool]:
+        """Journal outcomes (``codec.outcome_params`` rows); whether each found its intent."""
+
+    async def engage(self, freeze: Freeze) -> FreezeChange:
+        """``freeze`` engaged, with its audit record, in one short transaction (unless
+        one of its scope and target is in force: that one, unchanged)."""
+
+    async def probe(self) -> None:
+        """One write transaction holding an UPDATE that matches no row; raises when the
+        database cannot take a write now."""
+
+    def bus(self, member: str) -> Bus:
+        """The bus of the processes sharing this database (not started)."""
 
     async def flush(self) -> None:
         """Until every commit so far is on disk (what an intent needs before its send)."""

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
 
+from gateway.core.model import Freeze
+from gateway.ports import FreezeChange
+from gateway.store import killswitch as ks
+from gateway.store.bus import PgBus
 from gateway.store.engine import connect_primary
 from gateway.store.hot import Tx, numbered
 
 log = logging.getLogger("gateway.store")
+_PROBE = "UPDATE killswitch SET generation = generation WHERE 1 = 0"  # a write, of nothing
 
 
 class PostgresHotPath:
@@ -20,13 +25,14 @@ class PostgresHotPath:
     small one whose commits do not wait for the disk (journal outcomes: one lost
     in a crash leaves its entry an intent, outcome unknown, as a crash before the
     outcome always did; the batched decisions of the audit trail, see
-    ``chained_insert``). Neither resets a connection it takes back unless it
+    ``transaction``). Neither resets a connection it takes back unless it
     is still in a transaction: the hot path leaves no other session state, and
     the reset was one more round trip per statement."""
 
-    def __init__(self, pool: asyncpg.Pool, unsynced: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, unsynced: asyncpg.Pool, dsn: str) -> None:
         self._pool = pool
         self._unsynced = unsynced
+        self._dsn = dsn  # the bus listens on a connection of its own
 
     @classmethod
     async def connect(cls, dsn: str, max_size: int = 10) -> PostgresHotPath:
@@ -39,7 +45,7 @@ class PostgresHotPath:
         except BaseException:
             await pool.close()
             raise
-        return cls(pool, unsynced)
+        return cls(pool, unsynced, dsn)
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -52,13 +58,18 @@ class PostgresHotPath:
     async def fetch(self, sql: str, args: Sequence[Any]) -> list[Sequence[Any]]:
         return list(await self._pool.fetch(numbered(sql), *args))
 
-    async def fetch_unsynced(self, sql: str, args: Sequence[Any]) -> list[Sequence[Any]]:
-        """One statement whose commit returns before it is on disk."""
-        return list(await self._unsynced.fetch(numbered(sql), *args))
-
     @asynccontextmanager
-    async def transaction(self, locks: Sequence[int] = ()) -> AsyncIterator[Tx]:
-        async with self._pool.acquire() as connection:
+    async def transaction(self, locks: Sequence[int] = (), durable: bool = True,
+                          ) -> AsyncIterator[Tx]:
+        """``durable=False``: on the unsynced pool. The audit trail's batches of
+        decisions commit so: the chain's lock is held for round trips, not for a
+        disk flush, so an engage (which takes the same lock) does not queue behind
+        the flush of a batch of decisions. Those decisions were already only in
+        memory until now (``AuditTrail``'s queue), so a crash loses at most the
+        last fraction of a second of them, as before; WAL is replayed in order,
+        so what survives is a prefix and the chain stays whole. Any synchronous
+        commit after it (an engage's, an intent's) flushes it too."""
+        async with (self._pool if durable else self._unsynced).acquire() as connection:
             taken = ", ".join(f"pg_advisory_xact_lock({key:d})" for key in locks)
             await connection.execute("BEGIN" + (f"; SELECT {taken}" if taken else ""))
             try:
@@ -68,25 +79,30 @@ class PostgresHotPath:
                 raise
             await connection.execute("COMMIT")
 
-    async def chained_insert(self, last_sql: str, insert_sql: str,
-                             build: Callable[[Sequence[Any] | None], list[Sequence[Any]]],
-                             lock_key: int) -> None:
-        """On the unsynced pool: the chain's lock is held for round trips, not for a
-        disk flush, so an engage (which takes the same lock) does not queue behind
-        the flush of a batch of decisions. Those decisions were already only in
-        memory until now (``AuditTrail``'s queue), so a crash loses at most the
-        last fraction of a second of them, as before; WAL is replayed in order,
-        so what survives is a prefix and the chain stays whole. Any synchronous
-        commit after it (an engage's, an intent's) flushes it too."""
-        async with self._unsynced.acquire() as connection:
-            await connection.execute(f"BEGIN; SELECT pg_advisory_xact_lock({lock_key:d})")
-            try:
-                last = await connection.fetchrow(numbered(last_sql))
-                await connection.executemany(numbered(insert_sql), build(last))
-            except BaseException:
-                await _abandon(connection)
-                raise
-            await connection.execute("COMMIT")
+    async def insert_intents(self, rows: Sequence[Sequence[Any]]) -> list[bool]:
+        """The whole batch in one call of ``gateway_journal_intents`` (migration 0005)."""
+        inserted = {row[0] for row in await self.fetch(ks.PG_INSERT_INTENTS_UNLESS_FROZEN,
+                                                       (ks.intents_json(rows),))}
+        return [row[0] in inserted for row in rows]
+
+    async def update_outcomes(self, rows: Sequence[Sequence[Any]]) -> list[bool]:
+        """One statement on the unsynced pool: an outcome lost in a crash leaves its
+        entry an intent, outcome unknown."""
+        updated = {row[0] for row in await self._unsynced.fetch(
+            numbered(ks.PG_UPDATE_OUTCOMES), *ks.columns_of(rows))}
+        return [row[-1] in updated for row in rows]
+
+    async def engage(self, freeze: Freeze) -> FreezeChange:
+        """``killswitch.engage_in`` as one round trip (``gateway_engage``, migration 0017);
+        the database seals the audit record."""
+        return ks.engaged(freeze, await self.fetch(ks.PG_ENGAGE, ks.engage_args(freeze)))
+
+    async def probe(self) -> None:
+        async with self.transaction() as tx:
+            await tx.execute(_PROBE)
+
+    def bus(self, member: str) -> PgBus:
+        return PgBus(self._dsn, self._pool, member)
 
     async def flush(self) -> None:
         """Nothing to do: ``pool`` commits wait for the disk (and a synchronous standby)."""
@@ -120,6 +136,9 @@ class _PostgresTx:
     async def execute(self, sql: str, args: Sequence[Any] = ()) -> int:
         status: str = await self._connection.execute(numbered(sql), *args)
         return int(status.rsplit(" ", 1)[-1]) if status[-1:].isdigit() else 0
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        await self._connection.executemany(numbered(sql), rows)
 
     async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Sequence[Any]]:
         return list(await self._connection.fetch(numbered(sql), *args))

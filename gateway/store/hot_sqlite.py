@@ -10,10 +10,16 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+from gateway.core.model import Freeze
+from gateway.ports import FreezeChange
+from gateway.store import codec
+from gateway.store import killswitch as ks
+from gateway.store.bus import SocketBus
 from gateway.store.engine import SQLITE_PRAGMAS, SqliteFile
 from gateway.store.hot import Tx
 
 _T = TypeVar("_T")
+_PROBE = "UPDATE alembic_version SET version_num = version_num"
 
 
 class _SqliteTx:
@@ -25,6 +31,9 @@ class _SqliteTx:
 
     async def execute(self, sql: str, args: Sequence[Any] = ()) -> int:
         return self._connection.execute(sql, args).rowcount
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        self._connection.executemany(sql, rows)
 
     async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Sequence[Any]]:
         return self._connection.execute(sql, args).fetchall()
@@ -100,25 +109,9 @@ class SqliteHotPath:
                     raise
             return await asyncio.to_thread(self._waiting, statement)
 
-    async def chained_insert(self, last_sql: str, insert_sql: str,
-                             build: Callable[[Sequence[Any] | None], list[Sequence[Any]]],
-                             lock_key: int) -> None:
-        self._file.check()
-
-        def transaction() -> None:
-            self._connection.execute("BEGIN IMMEDIATE")  # excludes every other writer
-            try:
-                last = self._connection.execute(last_sql).fetchone()
-                self._connection.executemany(insert_sql, build(last))
-            except BaseException:
-                self._connection.execute("ROLLBACK")
-                raise
-            self._connection.execute("COMMIT")
-
-        await self._run(transaction)
-
     @asynccontextmanager
-    async def transaction(self, locks: Sequence[int] = ()) -> AsyncIterator[Tx]:
+    async def transaction(self, locks: Sequence[int] = (), durable: bool = True,
+                          ) -> AsyncIterator[Tx]:
         self._file.check()
         async with self._lock:
             begin = self._connection.execute
@@ -134,6 +127,34 @@ class SqliteHotPath:
                 self._connection.execute("ROLLBACK")
                 raise
             self._connection.execute("COMMIT")
+
+    async def insert_intents(self, rows: Sequence[Sequence[Any]]) -> list[bool]:
+        """Each intent its own ``INSERT ... WHERE NOT EXISTS``, the batch in one
+        transaction (``each``); then one flush for those that went in."""
+        counts = await self.each(ks.INSERT_INTENT_UNLESS_FROZEN,
+                                 [ks.unless_frozen_args(row) for row in rows])
+        if any(counts):
+            await self.flush()  # on disk before any of these writes is sent
+        return [count == 1 for count in counts]
+
+    async def update_outcomes(self, rows: Sequence[Sequence[Any]]) -> list[bool]:
+        return [count == 1 for count in await self.each(codec.UPDATE_OUTCOME, rows)]
+
+    async def engage(self, freeze: Freeze) -> FreezeChange:
+        """Inline, in one short transaction: an engage must not queue behind the stream
+        of journal writes it is about to stop."""
+        async with self.transaction(ks.ENGAGE_LOCKS) as tx:
+            return await ks.engage_in(tx, freeze)
+
+    async def probe(self) -> None:
+        """SQLite commits a write of nothing without touching the file: its probe
+        rewrites a row nobody watches, so a database or WAL that cannot be written
+        fails it (and so does a path that no longer names the file, ``SqliteFile``)."""
+        async with self.transaction() as tx:
+            await tx.execute(_PROBE)
+
+    def bus(self, member: str) -> SocketBus:
+        return SocketBus(self._file.path, member)
 
     async def each(self, sql: str, rows: Sequence[Sequence[Any]]) -> list[int]:
         """``sql`` once per row, all in one write transaction; the rows each touched.

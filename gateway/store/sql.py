@@ -26,8 +26,6 @@ import logging
 import os
 import secrets
 import sqlite3
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
 
@@ -37,7 +35,6 @@ from sqlalchemy import select as sql_select
 from sqlmodel import col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from gateway.core.audit import canonical_head, seal
 from gateway.core.killswitch import InFlight
 from gateway.core.model import (
     AuditRecord,
@@ -51,11 +48,11 @@ from gateway.core.model import (
     iso,
     parse_iso,
 )
-from gateway.ports import FreezeChange
+from gateway.ports import Bus, FreezeChange
 from gateway.store import codec
 from gateway.store import killswitch as ks
 from gateway.store.approvals import ApprovalQueue
-from gateway.store.bus import PgBus, SocketBus
+from gateway.store.audit import WRITE_LOCK, AuditItem, append_in
 from gateway.store.checkpoints import CheckpointLog
 from gateway.store.engine import (
     IMMEDIATE,
@@ -66,7 +63,7 @@ from gateway.store.engine import (
     sqlite_path,
 )
 from gateway.store.group import GroupCommit
-from gateway.store.hot import HotPath, Tx
+from gateway.store.hot import HotPath
 from gateway.store.hot_postgres import PostgresHotPath
 from gateway.store.hot_sqlite import SqliteHotPath
 from gateway.store.leases import Leases
@@ -77,13 +74,8 @@ from gateway.store.seal import Sealer, sealer_for
 from gateway.store.tables import AuditRow, JournalRow
 from gateway.store.tripwire_counts import TripwireCounts
 
-WRITE_LOCK = 0x67775F7772697465  # "gw_write": the advisory lock over audit and freezes
 log = logging.getLogger("gateway.store")
 PING_TIMEOUT = 5.0
-_PROBE = "UPDATE killswitch SET generation = generation WHERE 1 = 0"  # a write, of nothing
-# SQLite commits a write of nothing without touching the file: its probe rewrites a row
-# nobody watches, so a database or WAL that cannot be written fails it.
-_SQLITE_PROBE = "UPDATE alembic_version SET version_num = version_num"
 
 
 def default_sealer(url: Any, journal_key: str | None = None) -> Sealer:
@@ -115,7 +107,6 @@ class SqlStore(ApprovalQueue, RollbackPlans, ReportQueries, CheckpointLog, Lease
         self._postgres = is_postgres(self.url)
         self._engine = create_engine(self.url)
         self._writer = self._engine.execution_options(**{IMMEDIATE: True})
-        self._write_lock = asyncio.Lock()
         self._hot: HotPath | None = None
         self._fsync = fsync  # SQLite: intents on disk before their write is sent
         self._intents = GroupCommit(self._commit_intents)
@@ -144,12 +135,9 @@ class SqlStore(ApprovalQueue, RollbackPlans, ReportQueries, CheckpointLog, Lease
             raise
         self._hot = hot
 
-    def bus(self) -> PgBus | SocketBus:
+    def bus(self) -> Bus:
         """The message bus of the processes sharing this store (not started)."""
-        hot = self._hot_path()
-        if isinstance(hot, PostgresHotPath):
-            return PgBus(asyncpg_dsn(self.url), hot.pool, self.process)
-        return SocketBus(sqlite_path(self.url), self.process)
+        return self._hot_path().bus(self.process)
 
     async def close(self) -> None:
         await self._intents.close()
@@ -171,9 +159,7 @@ class SqlStore(ApprovalQueue, RollbackPlans, ReportQueries, CheckpointLog, Lease
         the admin connection, which every operator call needs."""
         try:
             async with asyncio.timeout(PING_TIMEOUT):
-                async with self._hot_path().transaction() as tx:
-                    await tx.execute(_SQLITE_PROBE if self._engine.dialect.name == "sqlite"
-                                     else _PROBE)
+                await self._hot_path().probe()
                 async with self._engine.connect() as connection:
                     await connection.execute(text("SELECT 1"))
         except Exception as exc:
@@ -237,18 +223,8 @@ class SqlStore(ApprovalQueue, RollbackPlans, ReportQueries, CheckpointLog, Lease
                                                  (entry_id,)))
 
     async def _insert_intents(self, entries: list[JournalEntry]) -> list[bool]:
-        hot = self._hot_path()
-        rows = [codec.intent_params(e, self.process) for e in entries]
-        if isinstance(hot, PostgresHotPath):
-            inserted = {row[0] for row in await hot.fetch(ks.PG_INSERT_INTENTS_UNLESS_FROZEN,
-                                                          (ks.intents_json(rows),))}
-            return [e.id in inserted for e in entries]
-        assert isinstance(hot, SqliteHotPath)
-        counts = await hot.each(ks.INSERT_INTENT_UNLESS_FROZEN,
-                                [(*row, e.upstream, e.agent) for row, e in zip(rows, entries)])
-        if any(counts):
-            await hot.flush()  # on disk before any of these writes is sent
-        return [count == 1 for count in counts]
+        return await self._hot_path().insert_intents(
+            [codec.intent_params(e, self.process) for e in entries])
 
     async def journal_outcome(self, entry_id: str, outcome: JournalOutcome) -> None:
         """Record the outcome; LookupError if no intent was journaled under that id."""
@@ -256,13 +232,7 @@ class SqlStore(ApprovalQueue, RollbackPlans, ReportQueries, CheckpointLog, Lease
             raise LookupError(f"no journal entry {entry_id!r}")
 
     async def _commit_outcomes(self, rows: list[tuple[Any, ...]]) -> list[bool]:
-        hot = self._hot_path()
-        if isinstance(hot, PostgresHotPath):
-            updated = {row[0] for row in await hot.fetch_unsynced(ks.PG_UPDATE_OUTCOMES,
-                                                                  ks.columns_of(rows))}
-            return [row[-1] in updated for row in rows]
-        assert isinstance(hot, SqliteHotPath)
-        return [count == 1 for count in await hot.each(codec.UPDATE_OUTCOME, rows)]
+        return await self._hot_path().update_outcomes(rows)
 
     async def pending_intents(self, since: datetime) -> list[InFlight]:
         """Intents journaled at or after ``since`` that have no outcome yet."""
@@ -273,38 +243,20 @@ class SqlStore(ApprovalQueue, RollbackPlans, ReportQueries, CheckpointLog, Lease
     async def engage(self, freeze: Freeze) -> FreezeChange:
         """Through the driver, in one short transaction: an engage must not queue
         behind the stream of journal writes it is about to stop."""
-        hot = self._hot_path()
-        if isinstance(hot, PostgresHotPath):
-            return await _engage_in_one_call(hot, freeze)
-        # the audit chain's lock, then the arbiter's: it waits for intent batches under way
-        # One read of the kill switch, first: no other engage or release can change it
-        # while this transaction holds WRITE_LOCK, so the state it leaves is that read
-        # plus this freeze (a round trip fewer than reading it again at the end).
-        async with hot.transaction((WRITE_LOCK, ks.ARBITER_LOCK)) as tx:
-            before = await _change_in(tx, None)
-            same = next((f for f in before.active if f.scope == freeze.scope
-                         and (f.target or "") == (freeze.target or "")), None)
-            if same is not None:
-                return FreezeChange(same, before.generation, before.active)
-            await tx.execute(ks.INSERT_FREEZE, (freeze.id, freeze.scope.value, freeze.target,
-                                                freeze.reason, freeze.by, iso(freeze.at)))
-            await tx.execute(ks.BUMP_GENERATION)
-            await _append_in(tx, freeze.by, "killswitch.engage",
-                             _freeze_detail(freeze.scope, freeze.target, freeze.reason), freeze.at)
-            return FreezeChange(freeze, before.generation + 1, [*before.active, freeze])
+        return await self._hot_path().engage(freeze)
 
     async def release(self, scope: FreezeScope, target: str | None, by: str, reason: str,
                       at: datetime) -> FreezeChange:
         async with self._hot_path().transaction((WRITE_LOCK,)) as tx:
             rows = await tx.fetch(ks.SELECT_ACTIVE_FREEZE, (scope.value, target or ""))
             if not rows:
-                return await _change_in(tx, None)
+                return await ks.change_in(tx, None)
             released = codec.freeze_from_values(*rows[0])
             await tx.execute(ks.RELEASE_FREEZE, (iso(at), by, reason, released.id))
             await tx.execute(ks.BUMP_GENERATION)
-            await _append_in(tx, by, "killswitch.release", _freeze_detail(scope, target, reason),
-                             at)
-            return await _change_in(tx, released)
+            await append_in(tx, [(by, "killswitch.release",
+                                  ks.freeze_detail(scope, target, reason), at)])
+            return await ks.change_in(tx, released)
 
     # Journal (admin) --------------------------------------------------------
     async def list_journal(self, query: JournalQuery) -> list[JournalEntry]:
@@ -397,30 +349,19 @@ class SqlStore(ApprovalQueue, RollbackPlans, ReportQueries, CheckpointLog, Lease
     # Audit ------------------------------------------------------------------
     async def append_audit(self, actor: str, action: str, detail: dict[str, Any],
                            at: datetime) -> AuditRecord:
-        async with self._serialized() as session:
-            return await self._append(session, actor, action, detail, at)
+        async with self._hot_path().transaction((WRITE_LOCK,)) as tx:
+            return (await append_in(tx, [(actor, action, detail, at)]))[0]
 
-    async def append_audit_many(self, items: list[tuple[str, str, dict[str, Any], datetime]],
-                                ) -> list[AuditRecord]:
+    async def append_audit_many(self, items: list[AuditItem]) -> list[AuditRecord]:
         """Several (actor, action, detail, at) records, chained in one transaction.
 
-        This is the proxy's path (every decision on a write), so it goes through
-        the driver like the journal: on SQLite through the same connection, so
-        it never waits on a lock held by the journal's own writes.
+        This is the proxy's path (every decision on a write), through the driver
+        like the journal: on SQLite through the same connection, so it never waits
+        on a lock held by the journal's own writes; on PostgreSQL a commit that
+        does not wait for the disk (``PostgresHotPath.transaction``).
         """
-        records: list[AuditRecord] = []
-
-        def build(last: Any) -> list[Any]:
-            records.clear()  # a retried transaction builds again from the new last row
-            previous = None if last is None else codec.audit_from_values(last)
-            for actor, action, detail, at in items:
-                previous = seal(previous, at, actor, action, detail)
-                records.append(previous)
-            return [codec.audit_params(r) for r in records]
-
-        await self._hot_path().chained_insert(codec.SELECT_LAST_AUDIT, codec.INSERT_AUDIT,
-                                              build, WRITE_LOCK)
-        return list(records)
+        async with self._hot_path().transaction((WRITE_LOCK,), durable=False) as tx:
+            return await append_in(tx, items)
 
     async def find_audit(self, terms: list[str], limit: int = 200) -> list[AuditRecord]:
         """Records whose detail names any of ``terms`` (ids), oldest first: an entry's
@@ -442,60 +383,7 @@ class SqlStore(ApprovalQueue, RollbackPlans, ReportQueries, CheckpointLog, Lease
             rows = (await session.exec(statement)).all()
         return [codec.audit_from_row(row) for row in rows]
 
-    @asynccontextmanager
-    async def _serialized(self) -> AsyncIterator[AsyncSession]:
-        """A write transaction no other writer of audit or freezes can interleave with."""
-        async with self._write_lock, AsyncSession(self._writer) as session, session.begin():
-            if self._postgres:
-                await session.exec(select(func.pg_advisory_xact_lock(WRITE_LOCK)))
-            yield session
-
-    @staticmethod
-    async def _append(session: AsyncSession, actor: str, action: str, detail: dict[str, Any],
-                      at: datetime) -> AuditRecord:
-        last = (await session.exec(
-            select(AuditRow).order_by(col(AuditRow.seq).desc()).limit(1))).first()
-        record = seal(None if last is None else codec.audit_from_row(last),
-                      at, actor, action, detail)
-        session.add(codec.audit_row(record))
-        return record
-
-
-async def _engage_in_one_call(hot: PostgresHotPath, freeze: Freeze) -> FreezeChange:
-    """The same engage as the transaction in ``SqlStore.engage``, as one round trip
-    (``gateway_engage``, migration 0017); the store seals the audit record."""
-    detail = _freeze_detail(freeze.scope, freeze.target, freeze.reason)
-    rows = await hot.fetch(ks.PG_ENGAGE, (
-        freeze.id, freeze.scope.value, freeze.target, freeze.reason, freeze.by, iso(freeze.at),
-        codec.dumps(detail), canonical_head(freeze.at, freeze.by, "killswitch.engage", detail)))
-    active = [codec.freeze_from_values(*row[2:]) for row in rows if row[2] is not None]
-    if rows[0][0]:
-        return FreezeChange(freeze, int(rows[0][1]), active)
-    same = next(f for f in active if f.scope == freeze.scope
-                and (f.target or "") == (freeze.target or ""))
-    return FreezeChange(same, int(rows[0][1]), active)
-
-
-async def _change_in(tx: Tx, freeze: Freeze | None) -> FreezeChange:
-    """The change, with the generation and the freezes as this transaction leaves them."""
-    rows = await tx.fetch(ks.SELECT_FREEZE_VIEW)
-    return FreezeChange(freeze, int(rows[0][0]), [codec.freeze_from_values(*row[1:])
-                                                  for row in rows if row[1] is not None])
-
-
-async def _append_in(tx: Tx, actor: str, action: str, detail: dict[str, Any],
-                     at: datetime) -> AuditRecord:
-    """The next link of the audit chain, in a transaction that excludes other chain writers."""
-    last = await tx.fetch(codec.SELECT_LAST_AUDIT)
-    record = seal(codec.audit_from_values(last[0]) if last else None, at, actor, action, detail)
-    await tx.execute(codec.INSERT_AUDIT, codec.audit_params(record))
-    return record
-
 
 def process_name() -> str:
     """This process's name on the bus and in the journal: pid and 8 random hex digits."""
     return f"{os.getpid()}-{secrets.token_hex(4)}"
-
-
-def _freeze_detail(scope: FreezeScope, target: str | None, reason: str) -> dict[str, Any]:
-    return {"scope": scope.value, "target": target, "reason": reason}
