@@ -1,6 +1,6 @@
 """The interfaces the pipeline and the admin API depend on.
 
-Adapters implement them: ``gateway.store.SqlStore`` the ``Store`` (SQLite or
+Adapters implement them: ``gateway.store.sql.SqlStore`` the ``Store`` (SQLite or
 PostgreSQL), ``gateway.proxy.upstream.UpstreamClient`` the ``Upstream``,
 ``gateway.services.rest.RestSender`` and ``gateway.proxy.mcp_sender.McpSender``
 the ``Sender`` of each kind of upstream.
@@ -347,7 +347,7 @@ class RecoveryStore(AuditStore, LeaseStore, Protocol):
 class Store(ApprovalStore, RollbackStore, RecoveryStore, TripwireStore, FreezeStore,
             ReportStore, CheckpointStore, Protocol):
     """Durable state, every role (the combined ones name the rest: journal, held calls,
-    plans, audit, leases): what the wiring opens (``gateway.store.open_store``)."""
+    plans, audit, leases): what the wiring opens (``gateway.store.sql.open_store``)."""
 
     process: str  # this process's name, journaled with its intents
 

@@ -130,3 +130,10 @@ def test_no_protocol_in_ports_has_over_15_methods() -> None:
     wide = {name: len(methods) for name, methods in protocols.items()
             if len(methods) > PORT_METHODS_MAX}
     assert not wide, f"Protocols over {PORT_METHODS_MAX} methods: {wide}"
+
+
+def test_importing_a_store_module_does_not_load_the_whole_store() -> None:
+    """``gateway/store/__init__.py`` imports nothing, so ``gateway.store.tables`` (say)
+    does not bring in the SQL store, its drivers and every mixin with it."""
+    assert "gateway.store.sql" in MODULES
+    assert GRAPH["gateway.store"] == set()

@@ -384,6 +384,12 @@ class SqlStore(ApprovalQueue, RollbackPlans, ReportQueries, CheckpointLog, Lease
         return [codec.audit_from_row(row) for row in rows]
 
 
+def open_store(database_url: str, fsync: bool = True) -> SqlStore:
+    """A ``SqlStore`` for ``sqlite+aiosqlite:///FILE`` or ``postgresql+asyncpg://...``; it
+    still needs ``await store.start()`` (connect and migrate) and ``await store.close()``."""
+    return SqlStore(database_url, fsync=fsync)
+
+
 def process_name() -> str:
     """This process's name on the bus and in the journal: pid and 8 random hex digits."""
     return f"{os.getpid()}-{secrets.token_hex(4)}"

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from gateway.core.audit import GENESIS, verify
-from gateway.store import SqlStore
+from gateway.store.sql import SqlStore
 
 T0 = datetime(2024, 5, 2, 8, 0, 0, 1, tzinfo=UTC)
 

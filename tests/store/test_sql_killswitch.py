@@ -13,9 +13,9 @@ import asyncpg
 from gateway.core.audit import verify
 from gateway.core.killswitch import InFlight
 from gateway.core.model import Freeze, FreezeScope, JournalOutcome, JournalQuery
-from gateway.store import SqlStore
 from gateway.store.hot import numbered
 from gateway.store.killswitch import ARBITER_LOCK, INSERT_FREEZE
+from gateway.store.sql import SqlStore
 from tests.store.conftest import EntryFactory
 
 T0 = datetime(2024, 5, 1, 9, 30, 0, 654321, tzinfo=UTC)

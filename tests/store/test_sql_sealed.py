@@ -13,8 +13,8 @@ import pytest
 from gateway.core.approvals import ApprovalStatus, HeldCall, request_digest
 from gateway.core.model import Checkpoint, JournalOutcome, JournalState
 from gateway.core.rollback import Plan, PlanStatus, Step
-from gateway.store import SqlStore
 from gateway.store.seal import Sealer, SealError
+from gateway.store.sql import SqlStore
 from tests.store.conftest import T0, EntryFactory
 
 CANARY = "cnry-sealed-5f1e"
