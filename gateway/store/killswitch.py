@@ -24,18 +24,20 @@ of the freezes is current.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import sqlalchemy as sa
 
 from gateway.core.audit import canonical_head
+from gateway.core.killswitch import InFlight
 from gateway.core.model import Freeze, FreezeScope, iso
 from gateway.ports import FreezeChange
 from gateway.store import codec
 from gateway.store.audit import WRITE_LOCK, append_in
 from gateway.store.codec import JOURNAL_COLUMNS, OUTCOME_COLUMNS, quoted
-from gateway.store.hot import Tx
+from gateway.store.hot import HotPath, Tx
 from gateway.store.tables import JournalRow
 
 ARBITER_LOCK = 0x67775F6172626974  # "gw_arbit"
@@ -186,3 +188,47 @@ async def change_in(tx: Tx, freeze: Freeze | None) -> FreezeChange:
     rows = await tx.fetch(SELECT_FREEZE_VIEW)
     return FreezeChange(freeze, int(rows[0][0]), [codec.freeze_from_values(*row[1:])
                                                   for row in rows if row[1] is not None])
+
+
+class KillSwitch:
+    """``active_freezes`` ... ``pending_intents`` of ``ports.FreezeStore`` (a mixin of
+    ``SqlStore``): through the driver, like the journal's writes they stop."""
+
+    if TYPE_CHECKING:  # SqlStore's
+        def _hot_path(self) -> HotPath: ...
+
+    async def active_freezes(self) -> list[Freeze]:
+        return (await self.freeze_view())[1]
+
+    async def freeze_view(self) -> tuple[int, list[Freeze]]:
+        """The kill switch's generation and the freezes active at it (one snapshot)."""
+        rows = await self._hot_path().fetch(SELECT_FREEZE_VIEW, ())
+        freezes = [codec.freeze_from_values(*row[1:]) for row in rows if row[1] is not None]
+        return int(rows[0][0]), freezes
+
+    async def killswitch_generation(self) -> int:
+        rows = await self._hot_path().fetch(SELECT_GENERATION, ())
+        return int(rows[0][0])
+
+    async def pending_intents(self, since: datetime) -> list[InFlight]:
+        """Intents journaled at or after ``since`` that have no outcome yet."""
+        rows = await self._hot_path().fetch(SELECT_PENDING_INTENTS, (iso(since),))
+        return [InFlight(*row) for row in rows]
+
+    async def engage(self, freeze: Freeze) -> FreezeChange:
+        """Through the driver, in one short transaction: an engage must not queue
+        behind the stream of journal writes it is about to stop."""
+        return await self._hot_path().engage(freeze)
+
+    async def release(self, scope: FreezeScope, target: str | None, by: str, reason: str,
+                      at: datetime) -> FreezeChange:
+        async with self._hot_path().transaction((WRITE_LOCK,)) as tx:
+            rows = await tx.fetch(SELECT_ACTIVE_FREEZE, (scope.value, target or ""))
+            if not rows:
+                return await change_in(tx, None)
+            released = codec.freeze_from_values(*rows[0])
+            await tx.execute(RELEASE_FREEZE, (iso(at), by, reason, released.id))
+            await tx.execute(BUMP_GENERATION)
+            await append_in(tx, [(by, "killswitch.release",
+                                  freeze_detail(scope, target, reason), at)])
+            return await change_in(tx, released)
