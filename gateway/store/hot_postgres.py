@@ -21,7 +21,7 @@ _PROBE = "UPDATE killswitch SET generation = generation WHERE 1 = 0"  # a write,
 
 
 class PostgresHotPath:
-    """Two asyncpg pools: ``pool`` for what must be durable when it returns, and a
+    """Two asyncpg pools: one for what must be durable when it returns, and a
     small one whose commits do not wait for the disk (journal outcomes: one lost
     in a crash leaves its entry an intent, outcome unknown, as a crash before the
     outcome always did; the batched decisions of the audit trail, see
@@ -46,10 +46,6 @@ class PostgresHotPath:
             await pool.close()
             raise
         return cls(pool, unsynced, dsn)
-
-    @property
-    def pool(self) -> asyncpg.Pool:
-        return self._pool
 
     async def execute(self, sql: str, args: Sequence[Any]) -> int:
         status: str = await self._pool.execute(numbered(sql), *args)
