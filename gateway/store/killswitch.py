@@ -19,6 +19,10 @@ write. What makes that exact under concurrency:
 Every engage and release also adds one to ``killswitch.generation`` in the
 same transaction, so a process can check with one cheap read that its view
 of the freezes is current.
+
+``KillSwitch`` is ``SqlStore``'s side of it. An engage is one round trip on
+PostgreSQL (``gateway_engage``) and a short transaction on SQLite
+(``engage_in``): each dialect's hot path does its own (``HotPath.engage``).
 """
 
 from __future__ import annotations
