@@ -70,7 +70,6 @@ class SqliteHotPath:
         self._file = file  # every write first checks the path still names it
         self._lock = asyncio.Lock()
         self.fsync = fsync
-        self.flushes = 0
 
     @classmethod
     async def connect(cls, path: Path, fsync: bool = True) -> SqliteHotPath:
@@ -89,7 +88,6 @@ class SqliteHotPath:
 
     async def flush(self) -> None:
         if self.fsync:
-            self.flushes += 1
             await asyncio.to_thread(_sync_log, self._file.path)
 
     async def execute(self, sql: str, args: Sequence[Any]) -> int:
