@@ -31,7 +31,7 @@ from gateway.core.approvals import ApprovalStatus, HeldCall  # noqa: E402
 from gateway.core.model import Checkpoint, JournalEntry, JournalState  # noqa: E402
 from gateway.core.policy.loader import load_policy_set  # noqa: E402
 from gateway.services.reports import autonomy_report  # noqa: E402
-from gateway.store import SqlStore  # noqa: E402
+from gateway.store.sql import SqlStore  # noqa: E402
 
 POLICY = """\
 upstream: crm

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 import asyncpg
 
 from gateway.core.model import Freeze, FreezeScope
-from gateway.store import SqlStore
+from gateway.store.sql import SqlStore
 
 SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
 

@@ -19,7 +19,7 @@ import uuid
 import asyncpg
 
 from gateway.core.model import utcnow
-from gateway.store import SqlStore
+from gateway.store.sql import SqlStore
 
 
 async def measure(url: str, calls: int) -> tuple[float, float]:

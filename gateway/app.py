@@ -91,8 +91,8 @@ class Gateway:
             raise SettingsError(str(exc)) from None
         created = None
         if self._store is None:
-            from gateway.store import open_store
             from gateway.store.diagnose import sqlite_location
+            from gateway.store.sql import open_store
             try:
                 location = sqlite_location(self.settings.database_url)
                 self._store = open_store(self.settings.database_url,
@@ -140,7 +140,7 @@ class Gateway:
         self.audit = AuditTrail(self._store)
         self.audit.start()
         self.checkpoints = Checkpoints(
-            self._store, signer,  # type: ignore[arg-type]
+            self._store, signer,
             [anchor_for(a) for a in self.settings.audit_anchors],
             self.settings.audit_checkpoint_interval, self.settings.audit_origin)
         await self.checkpoints.start()

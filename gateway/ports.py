@@ -1,6 +1,6 @@
 """The interfaces the pipeline and the admin API depend on.
 
-Adapters implement them: ``gateway.store.SqlStore`` the ``Store`` (SQLite or
+Adapters implement them: ``gateway.store.sql.SqlStore`` the ``Store`` (SQLite or
 PostgreSQL), ``gateway.proxy.upstream.UpstreamClient`` the ``Upstream``,
 ``gateway.services.rest.RestSender`` and ``gateway.proxy.mcp_sender.McpSender``
 the ``Sender`` of each kind of upstream.
@@ -61,25 +61,17 @@ class Bus(Protocol):
     async def close(self) -> None: ...
 
 
-class Store(Protocol):
-    """Durable state: freezes, the change journal, the audit chain, held calls,
-    rollback plans."""
+# The store's roles ----------------------------------------------------------------
+# Each service depends on the role it uses, no more; ``Store`` is their union, what the
+# wiring opens and the admin API reads. A new store implements every role.
 
-    process: str  # this process's name, journaled with its intents
 
-    async def start(self) -> None:
-        """Connect, then create or migrate the schema."""
+class FreezeStore(Protocol):
+    """The kill switch: freezes and their generation. Every engage and release adds one
+    to the generation, in its transaction, with its audit record."""
 
-    async def close(self) -> None: ...
+    process: str  # this process's name (the kill switch's member when there is no bus)
 
-    async def ping(self) -> bool:
-        """True when a trivial query round-trips."""
-
-    def bus(self) -> Bus:
-        """The bus of the processes sharing this store (after ``start``; not started)."""
-
-    # Kill switch ----------------------------------------------------------
-    # Every engage and release adds one to the generation, in its transaction.
     async def active_freezes(self) -> list[Freeze]: ...
 
     async def freeze_view(self) -> tuple[int, list[Freeze]]:
@@ -87,26 +79,26 @@ class Store(Protocol):
 
     async def killswitch_generation(self) -> int: ...
 
-    async def engage_freeze(self, freeze: Freeze) -> Freeze:
-        """Persist ``freeze`` and append its audit record in one transaction.
-
-        Engaging a scope and target that is already frozen returns the
-        existing freeze unchanged (idempotent).
-        """
-
     async def engage(self, freeze: Freeze) -> FreezeChange:
-        """``engage_freeze``, with the generation and the active freezes it left."""
+        """Persist ``freeze`` and append its audit record in one transaction; the
+        generation and the active freezes it left.
 
-    async def release_freeze(self, scope: FreezeScope, target: str | None, by: str,
-                             reason: str, at: datetime) -> Freeze | None:
-        """Lift the active freeze of that scope and target (None if there was none),
-        with its audit record in the same transaction."""
+        Engaging a scope and target that is already frozen changes nothing: the
+        change names the existing freeze (idempotent)."""
 
     async def release(self, scope: FreezeScope, target: str | None, by: str,
                       reason: str, at: datetime) -> FreezeChange:
-        """``release_freeze``, with the generation and the active freezes it left."""
+        """Lift the active freeze of that scope and target (the change's freeze: None if
+        there was none), with its audit record in the same transaction."""
 
-    # Journal (hot path) ---------------------------------------------------
+    async def pending_intents(self, since: datetime) -> list[InFlight]:
+        """Intents journaled since then still without an outcome, oldest first (the
+        writes in flight an engage waits for)."""
+
+
+class JournalStore(Protocol):
+    """The change journal: a write's intent before it is sent, its outcome after."""
+
     async def journal_intent(self, entry: JournalEntry, *, unless_frozen: bool = True) -> bool:
         """Commit the entry before the call is forwarded.
 
@@ -117,10 +109,12 @@ class Store(Protocol):
 
     async def journal_outcome(self, entry_id: str, outcome: JournalOutcome) -> None: ...
 
-    async def pending_intents(self, since: datetime) -> list[InFlight]:
-        """Intents journaled since then still without an outcome, oldest first."""
+    async def stale_intents(self, process: str, before: datetime) -> list[str]:
+        """``process``'s intents journaled before ``before`` and still without outcome."""
 
-    # Journal (admin) -------------------------------------------------------
+    async def abandon_intents(self, ids: list[str], why: str, now: datetime) -> None:
+        """Those intents become ``unknown``, with ``why`` as their error."""
+
     async def list_journal(self, query: JournalQuery) -> list[JournalEntry]: ...
 
     async def get_journal(self, entry_id: str) -> JournalEntry | None: ...
@@ -134,7 +128,10 @@ class Store(Protocol):
 
         False if the entry is not ``completed`` (already rolled back, or no such entry)."""
 
-    # Audit ------------------------------------------------------------------
+
+class AuditStore(Protocol):
+    """The audit chain: every record hash-linked to the one before it."""
+
     async def append_audit(self, actor: str, action: str, detail: dict[str, Any],
                            at: datetime) -> AuditRecord: ...
 
@@ -147,11 +144,15 @@ class Store(Protocol):
     async def find_audit(self, terms: list[str], limit: int = 200) -> list[AuditRecord]:
         """Records whose detail names any of ``terms`` (ids, as JSON strings), oldest first."""
 
-    # Approvals (held calls) -------------------------------------------------
-    # Every state change is a compare-and-set: it names the state the caller
-    # read and returns True iff the call was still in it (and is now changed).
-    # Of any number of concurrent callers, in any number of processes sharing
-    # the database, exactly one gets True; the others should re-read the call.
+
+class HeldCallStore(Protocol):
+    """Held calls (the approval queue).
+
+    Every state change is a compare-and-set: it names the state the caller
+    read and returns True iff the call was still in it (and is now changed).
+    Of any number of concurrent callers, in any number of processes sharing
+    the database, exactly one gets True; the others should re-read the call."""
+
     async def create_held(self, call: HeldCall) -> None:
         """Persist a new held call (normally pending). A duplicate id raises."""
 
@@ -224,28 +225,13 @@ class Store(Protocol):
                              extra: dict[str, Any]) -> bool:
         """shadow -> pending (held at ``at``), once; False if it is not a kept shadow write."""
 
-    # The autonomy report ------------------------------------------------------
-    async def decision_counts(self, since: datetime, until: datetime,
-                              upstream: str | None = None) -> list[DecisionCount]:
-        """Decisions on agents' writes in the window (the audit chain's ``call.*`` records
-        that name an upstream), by upstream, rule, agent, decision and would-be decision."""
 
-    async def held_facts(self, since: datetime, until: datetime,
-                         upstream: str | None = None) -> list[HeldFact]:
-        """The held calls (not kept shadow writes) held in the window."""
+class PlanStore(Protocol):
+    """Rollback plans. A plan is written once, whole; then its executor records each
+    step's progress and finally the plan's status. Statuses and tuples read back
+    exactly as written; a step's ``expected`` None (unknown) stays None and
+    ``rollback.ABSENT`` reads back equal to ABSENT."""
 
-    async def rolled_back_counts(self, since: datetime, until: datetime,
-                                 upstream: str | None = None) -> list[RolledBack]:
-        """Agents' writes of the window now ``rolled_back``, by upstream, rule and agent."""
-
-    async def last_audit(self, action: str) -> AuditRecord | None:
-        """The newest audit record with this action."""
-
-    # Rollback plans -----------------------------------------------------------
-    # A plan is written once, whole; then its executor records each step's
-    # progress and finally the plan's status. Statuses and tuples read back
-    # exactly as written; a step's ``expected`` None (unknown) stays None and
-    # ``rollback.ABSENT`` reads back equal to ABSENT.
     async def create_plan(self, plan: Plan) -> None:
         """Persist ``plan`` and all its steps in one transaction. A duplicate id raises."""
 
@@ -273,14 +259,32 @@ class Store(Protocol):
     async def unfinished_plans(self) -> list[str]:
         """Ids of the plans still ``running`` (to resume after a restart), oldest first."""
 
-    async def count_tripwire(self, name: str, value: float, window: float,
-                             now: datetime) -> tuple[int, float]:
-        """Add one event of ``value`` to tripwire window ``name`` (``window`` seconds long,
-        shared by every process); the window's count and total before it."""
 
-    # Leases (gateway.store.leases) ----------------------------------------------
-    # One executor across every process: a named lease taken by exactly one
-    # caller, renewed while its work runs; a dead holder's lease lapses.
+class ReportStore(Protocol):
+    """The autonomy report's counts."""
+
+    async def decision_counts(self, since: datetime, until: datetime,
+                              upstream: str | None = None) -> list[DecisionCount]:
+        """Decisions on agents' writes in the window (the audit chain's ``call.*`` records
+        that name an upstream), by upstream, rule, agent, decision and would-be decision."""
+
+    async def held_facts(self, since: datetime, until: datetime,
+                         upstream: str | None = None) -> list[HeldFact]:
+        """The held calls (not kept shadow writes) held in the window."""
+
+    async def rolled_back_counts(self, since: datetime, until: datetime,
+                                 upstream: str | None = None) -> list[RolledBack]:
+        """Agents' writes of the window now ``rolled_back``, by upstream, rule and agent."""
+
+    async def last_audit(self, action: str) -> AuditRecord | None:
+        """The newest audit record with this action (the last drill)."""
+
+
+class LeaseStore(Protocol):
+    """One executor across every process: a named lease taken by exactly one caller,
+    renewed while its work runs; a dead holder's lease lapses. Recovery reads who died
+    by them, and takes over its intents."""
+
     async def take_lease(self, name: str, owner: str, now: datetime, seconds: float) -> bool:
         """Take or renew lease ``name`` until ``now + seconds``; True for its one holder."""
 
@@ -296,16 +300,67 @@ class Store(Protocol):
     async def intent_processes(self, before: datetime) -> list[str]:
         """Processes with intents journaled before ``before`` and still without outcome."""
 
-    async def stale_intents(self, process: str, before: datetime) -> list[str]:
-        """``process``'s intents journaled before ``before`` and still without outcome."""
-
-    async def abandon_intents(self, ids: list[str], why: str, now: datetime) -> None:
-        """Those intents become ``unknown``, with ``why`` as their error."""
-
     async def recover_process(self, process: str, now: datetime
                               ) -> tuple[list[str], list[JournalEntry]]:
         """A dead process's intents become ``unknown`` (their ids); and its journal
         entries that no audit record names."""
+
+
+class CheckpointStore(Protocol):
+    """Signed checkpoints of the audit chain's Merkle tree (``gateway.store.checkpoints``;
+    a stored checkpoint has ``size``, ``at``, ``root``, ``note`` and ``anchors``)."""
+
+    async def audit_leaves(self, after: int, limit: int) -> list[tuple[int, str, str]]: ...
+
+    async def add_checkpoint(self, size: int, root: str, note: str, at: Any) -> bool: ...
+
+    async def anchor_checkpoint(self, size: int, anchors: dict[str, Any],
+                                note: str | None = None) -> None: ...
+
+    async def checkpoints(self, limit: int = 1000, upto: int | None = None) -> Any: ...
+
+
+class TripwireStore(AuditStore, Protocol):
+    """The tripwires' windows, shared by every process, and the audit of a trip."""
+
+    async def count_tripwire(self, name: str, value: float, window: float,
+                             now: datetime) -> tuple[int, float]:
+        """Add one event of ``value`` to tripwire window ``name`` (``window`` seconds long,
+        shared by every process); the window's count and total before it."""
+
+
+# What the services using more than one role take.
+class ApprovalStore(HeldCallStore, AuditStore, Protocol):
+    """The approval queue's: held calls, their audit, and the freezes a vote checks."""
+
+    async def active_freezes(self) -> list[Freeze]: ...
+
+
+class RollbackStore(PlanStore, JournalStore, AuditStore, LeaseStore, Protocol):
+    """Rollbacks': plans, the entries they undo, their audit and the plan leases."""
+
+
+class RecoveryStore(AuditStore, LeaseStore, Protocol):
+    """Recovery's: the leases that say who died, and the audit of taking over."""
+
+
+class Store(ApprovalStore, RollbackStore, RecoveryStore, TripwireStore, FreezeStore,
+            ReportStore, CheckpointStore, Protocol):
+    """Durable state, every role (the combined ones name the rest: journal, held calls,
+    plans, audit, leases): what the wiring opens (``gateway.store.sql.open_store``)."""
+
+    process: str  # this process's name, journaled with its intents
+
+    async def start(self) -> None:
+        """Connect, then create or migrate the schema."""
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> bool:
+        """True when a trivial query round-trips."""
+
+    def bus(self) -> Bus:
+        """The bus of the processes sharing this store (after ``start``; not started)."""
 
 
 @dataclass(slots=True)

@@ -31,7 +31,7 @@ from tests.external import missing
 if TYPE_CHECKING:
     import asyncpg
 
-    from gateway.store import SqlStore
+    from gateway.store.sql import SqlStore
 
 POSTGRES_SERVER = os.environ.get("GATEWAY_TEST_POSTGRES",
                                  "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -95,7 +95,7 @@ async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIter
 
 @pytest.fixture
 async def store(store_url: str) -> AsyncIterator[SqlStore]:
-    from gateway.store import SqlStore
+    from gateway.store.sql import SqlStore
 
     started = SqlStore(store_url)
     await started.start()

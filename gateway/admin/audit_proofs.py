@@ -41,7 +41,7 @@ Viewer = Annotated[Operator, Depends(requires("viewer"))]
 def add_audit_proof_routes(app: FastAPI, gateway: Controls) -> None:
     @app.get("/v1/audit/checkpoint", response_class=PlainTextResponse)
     async def audit_checkpoint(operator: Viewer) -> PlainTextResponse:
-        newest = await gateway.store.checkpoints(limit=1)  # type: ignore[attr-defined]
+        newest = await gateway.store.checkpoints(limit=1)
         if not newest:
             raise AdminError(404, "not_found", "no checkpoint has been signed yet")
         return PlainTextResponse(newest[-1].note, media_type=NOTE_TYPE)
@@ -85,7 +85,7 @@ def add_audit_proof_routes(app: FastAPI, gateway: Controls) -> None:
     async def export(operator: Viewer, format: str = "jsonl") -> StreamingResponse:
         if format != "jsonl":
             raise AdminError(400, "bad_request", "format must be jsonl")
-        points = await gateway.store.checkpoints(limit=1_000_000)  # type: ignore[attr-defined]
+        points = await gateway.store.checkpoints(limit=1_000_000)
         return StreamingResponse(_lines(gateway, points), media_type="application/jsonl")
 
 

@@ -57,7 +57,7 @@ from gateway.errors import (
     WriteCutOff,
     WritesFrozen,
 )
-from gateway.ports import Store, UpstreamResponse
+from gateway.ports import ApprovalStore, UpstreamResponse
 from gateway.services.audit_trail import AuditTrail
 from gateway.services.call import Call, Reply
 from gateway.services.notify import Notifier
@@ -117,7 +117,7 @@ def replayed(stored: dict[str, Any]) -> UpstreamResponse:
 
 
 class ApprovalQueue:
-    def __init__(self, pipeline: Pipeline, store: Store, notifier: Notifier,
+    def __init__(self, pipeline: Pipeline, store: ApprovalStore, notifier: Notifier,
                  max_wait: float, lease_seconds: float) -> None:
         self.pipeline = pipeline
         self.store = store

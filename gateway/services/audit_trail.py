@@ -14,14 +14,14 @@ from datetime import datetime
 from typing import Any
 
 from gateway.core.model import utcnow
-from gateway.ports import Store
+from gateway.ports import AuditStore
 
 log = logging.getLogger("gateway.audit")
 Item = tuple[str, str, dict[str, Any], datetime]
 
 
 class AuditTrail:
-    def __init__(self, store: Store, batch: int = 500, capacity: int = 10000,
+    def __init__(self, store: AuditStore, batch: int = 500, capacity: int = 10000,
                  linger: float = 0.004) -> None:
         self._store = store
         self._linger = linger

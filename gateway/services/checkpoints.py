@@ -30,6 +30,7 @@ from gateway.core.merkle import Tree, record_leaf
 from gateway.core.model import iso, utcnow
 from gateway.core.note import Checkpoint, NoteSigner
 from gateway.errors import AnchorError
+from gateway.ports import CheckpointStore
 from gateway.services.anchors import Anchor
 
 log = logging.getLogger("gateway.audit.checkpoints")
@@ -47,17 +48,6 @@ class StoredCheckpointLike(Protocol):
     root: str
     note: str
     anchors: dict[str, Any]
-
-
-class CheckpointStore(Protocol):
-    async def audit_leaves(self, after: int, limit: int) -> list[tuple[int, str, str]]: ...
-
-    async def add_checkpoint(self, size: int, root: str, note: str, at: Any) -> bool: ...
-
-    async def anchor_checkpoint(self, size: int, anchors: dict[str, Any],
-                                note: str | None = None) -> None: ...
-
-    async def checkpoints(self, limit: int = 1000, upto: int | None = None) -> Any: ...
 
 
 class Checkpoints:

@@ -31,6 +31,8 @@ A heartbeat re-reads the generation (one small read every ``lease / 2``
 seconds), and a write is only sent while this process's view of the freezes
 was confirmed within ``lease`` (less than ``engage_wait``): a process that
 missed a push, or was paused, confirms again before it sends.
+
+What the processes say to each other on the bus is ``freeze_messages.py``.
 """
 
 from __future__ import annotations
@@ -42,20 +44,22 @@ import math
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from gateway.core.killswitch import InFlight, covering, covers
-from gateway.core.model import Freeze, FreezeScope, new_id, parse_iso, utcnow
+from gateway.core.model import Freeze, FreezeScope, utcnow
 from gateway.errors import JournalUnavailable, WriteCutOff, WritesFrozen
-from gateway.ports import Bus, Store
+from gateway.ports import Bus, FreezeStore
+from gateway.services.freeze_messages import (
+    ANSWER_EARLY,
+    ANSWER_GRACE,
+    Answers,
+    FreezeMessages,
+)
 
 log = logging.getLogger("gateway.killswitch")
-ANSWER_EARLY = 0.25  # seconds before engage_wait the other processes answer by
-ANSWER_GRACE = 0.25  # seconds after engage_wait an engage still waits for answers
-CLOSED_POLL = 0.05  # seconds between reads of the intents of processes that did not answer
-ANSWER_CHUNK = 25  # in-flight writes per answer (PostgreSQL NOTIFY carries 8000 bytes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,23 +82,8 @@ class _Sending:
             self.scope.reschedule(deadline)
 
 
-@dataclass(slots=True)
-class _Answers:
-    expected: set[str]
-    answered: set[str] = field(default_factory=set)
-    in_flight: list[InFlight] = field(default_factory=list)
-    complete: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def add(self, member: str, items: list[InFlight], final: bool) -> None:
-        self.in_flight.extend(items)
-        if final:
-            self.answered.add(member)
-        if self.expected <= self.answered:
-            self.complete.set()
-
-
-class FreezeState:
-    def __init__(self, store: Store, bus: Bus | None = None, engage_wait: float = 2.0,
+class FreezeState(FreezeMessages):
+    def __init__(self, store: FreezeStore, bus: Bus | None = None, engage_wait: float = 2.0,
                  horizon: Callable[[], float] = lambda: 60.0) -> None:
         self._store = store
         self._bus = bus
@@ -111,7 +100,7 @@ class FreezeState:
         self._confirmed = -math.inf  # loop time the last confirmed read was asked
         self._sending: dict[int, _Sending] = {}
         self._ids = itertools.count()
-        self._answers: dict[str, _Answers] = {}
+        self._answers: dict[str, Answers] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._heartbeat: asyncio.Task[None] | None = None
 
@@ -331,65 +320,6 @@ class FreezeState:
         # (perf_counter, not loop.time(): uvloop's clock ticks in whole milliseconds)
         return Engaged(stored, in_flight)
 
-    async def _members(self) -> set[str] | None:
-        if self._bus is None:
-            return None
-        try:
-            return await self._bus.members()
-        except Exception:
-            log.exception("kill switch: could not list the processes on the bus")
-            return None
-
-    async def _announce(self, freeze: Freeze, deadline: float,
-                        members: set[str] | None) -> _Answers | None:
-        """Tell every other process; None when there is no bus to tell them on (they
-        learn it at their next heartbeat, and the store refuses their covered writes)."""
-        if self._bus is None or members is None:
-            return None
-        key = new_id()
-        loop = asyncio.get_running_loop()
-        answers = _Answers(members)
-        if not members:
-            answers.complete.set()
-            return answers
-        self._answers[key] = answers
-        loop.call_at(deadline + 2 * ANSWER_GRACE, self._answers.pop, key, None)
-        try:
-            await self._bus.publish({
-                "type": "engage", "id": key, "generation": self._generation,
-                "freeze": _freeze_json(freeze),
-                "wait": max(0.0, deadline - ANSWER_EARLY - loop.time())})
-        except Exception:
-            log.exception("kill switch: could not announce the freeze")
-            self._answers.pop(key, None)
-            return None
-        return answers
-
-    async def _closed(self, ids: set[str], deadline: float) -> None:
-        """Until none of the intents ``ids`` is open any more (their writes finished or
-        were cut off), or ``deadline`` (loop time): the store is polled."""
-        loop = asyncio.get_running_loop()
-        since = utcnow() - timedelta(seconds=self._horizon())
-        while loop.time() < deadline:
-            try:
-                still = {p.id for p in await self._store.pending_intents(since)} & ids
-            except Exception:
-                log.exception("kill switch: could not read the open intents")
-                return
-            if not still:
-                return
-            await asyncio.sleep(min(CLOSED_POLL, max(0.0, deadline - loop.time())))
-        log.warning("kill switch: writes of processes that did not answer were still open "
-                    "at engage_wait; they are reported as unknown")
-
-    async def _open_intents(self) -> list[InFlight]:
-        since = utcnow() - timedelta(seconds=self._horizon())
-        try:
-            return await self._store.pending_intents(since)
-        except Exception:
-            log.exception("kill switch: could not read the open intents")
-            return []
-
     async def release(self, scope: FreezeScope, target: str | None, by: str, reason: str,
                       at: datetime) -> Freeze | None:
         asked = asyncio.get_running_loop().time()
@@ -403,49 +333,6 @@ class FreezeState:
                 log.exception("kill switch: could not announce the release")
         return released
 
-    # Messages from the other processes ------------------------------------------
-    def _heard(self, message: dict[str, Any]) -> None:
-        """A hint: the store is re-read, whatever the message says (``_hint``)."""
-        try:
-            kind = message.get("type")
-            if kind == "engage":
-                try:
-                    freeze: Freeze | None = _freeze_from(message["freeze"])
-                except Exception:
-                    freeze = None
-                reading = self._hint(freeze)  # before anything else
-                if freeze is not None:
-                    self._spawn(self._answer(message, freeze, reading))
-            elif kind != "answer":
-                self._hint(None)
-            else:
-                answers = self._answers.get(str(message["id"]))
-                if answers is not None:
-                    answers.add(str(message["from"]),
-                                [InFlight.from_json(i) for i in message["in_flight"]],
-                                bool(message["final"]))
-        except Exception:
-            log.exception("kill switch: bad message on the bus: %r", message)
-
-    async def _answer(self, message: dict[str, Any], hinted: Freeze,
-                      reading: asyncio.Task[None]) -> None:
-        """Settle the writes of the freeze the store holds under the hint's id: none for
-        a forged or replayed message (if the store cannot be read, the hint's own)."""
-        wait = min(max(0.0, float(message["wait"])), self.engage_wait)
-        deadline = asyncio.get_running_loop().time() + wait
-        try:
-            await asyncio.shield(reading)
-            freezes = [f for f in self._active if f.id == hinted.id]
-        except Exception:
-            freezes = [hinted]
-        cut = [i.to_json() for i in await self._settle(freezes, deadline)] if freezes else []
-        assert self._bus is not None
-        chunks = [cut[i:i + ANSWER_CHUNK] for i in range(0, len(cut), ANSWER_CHUNK)] or [[]]
-        for n, chunk in enumerate(chunks, 1):
-            await self._bus.publish({"type": "answer", "id": message["id"], "in_flight": chunk,
-                                     "final": n == len(chunks)}, to=str(message["from"]))
-        await self.load()
-
     def _spawn(self, work: Any) -> asyncio.Task[Any]:
         task = asyncio.create_task(work)
         self._tasks.add(task)
@@ -456,15 +343,6 @@ class FreezeState:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("kill switch: %s", task.exception())
-
-
-def _freeze_json(freeze: Freeze) -> dict[str, Any]:
-    return {**freeze.to_json(), "id": freeze.id}
-
-
-def _freeze_from(data: dict[str, Any]) -> Freeze:
-    return Freeze(FreezeScope(data["scope"]), data.get("target"), str(data["reason"]),
-                  str(data["by"]), parse_iso(str(data["at"])), str(data["id"]))
 
 
 def _raise_if_frozen(freeze: Freeze | None) -> None:

@@ -50,7 +50,7 @@ from gateway.core.redact import redact_headers, redact_query
 from gateway.core.seal import NO_SEALER, Sealer
 from gateway.errors import GatewayError, JournalUnavailable
 from gateway.observe import JOURNAL, JOURNAL_OUTCOME, NO_WATCH, Watch
-from gateway.ports import Observed, Sender, Store, UpstreamResponse
+from gateway.ports import JournalStore, Observed, Sender, UpstreamResponse
 from gateway.services import sealing
 from gateway.services.call import Call
 from gateway.services.freezes import FreezeState
@@ -68,7 +68,7 @@ SenderFor = Callable[[Upstream], Sender]  # the port that reaches an upstream (r
 class Journal:
     """One per process (``gateway.app``), handed to the pipeline, rollbacks and recovery."""
 
-    def __init__(self, settings: Settings, store: Store, freezes: FreezeState,
+    def __init__(self, settings: Settings, store: JournalStore, freezes: FreezeState,
                  sealer: Sealer = NO_SEALER) -> None:
         self.settings = settings
         self.store = store

@@ -15,7 +15,7 @@ import logging
 from collections.abc import AsyncIterator
 
 from gateway.core.model import utcnow
-from gateway.ports import Store
+from gateway.ports import LeaseStore
 
 log = logging.getLogger("gateway.rollback")
 
@@ -25,7 +25,7 @@ def lease_name(plan_id: str) -> str:
 
 
 class PlanLeases:
-    def __init__(self, store: Store, owner: str, seconds: float) -> None:
+    def __init__(self, store: LeaseStore, owner: str, seconds: float) -> None:
         self.store = store
         self.owner = owner
         self.seconds = seconds

@@ -25,7 +25,7 @@ from datetime import timedelta
 from typing import Any
 
 from gateway.core.model import JournalEntry, iso, utcnow
-from gateway.ports import Store
+from gateway.ports import RecoveryStore
 from gateway.services.journal import Journal
 from gateway.services.rollbacks import Rollbacks
 
@@ -33,7 +33,7 @@ log = logging.getLogger("gateway.recovery")
 
 
 class Recovery:
-    def __init__(self, store: Store, rollbacks: Rollbacks, journal: Journal, process: str,
+    def __init__(self, store: RecoveryStore, rollbacks: Rollbacks, journal: Journal, process: str,
                  lease_seconds: float, horizon: float) -> None:
         self.store = store
         self.journal = journal  # this process's intents whose outcome it still holds

@@ -16,7 +16,7 @@ from typing import Any
 from gateway.core import report
 from gateway.core.model import AuditRecord, iso
 from gateway.core.policy.decide import PolicySet
-from gateway.ports import Store
+from gateway.ports import AuditStore, ReportStore
 
 DRILL_ACTION = "drill.report"
 
@@ -38,7 +38,7 @@ def drill_of(record: AuditRecord | None) -> dict[str, Any] | None:
             "audit_seq": record.seq}
 
 
-async def autonomy_report(store: Store, policies: PolicySet, since: datetime, until: datetime,
+async def autonomy_report(store: ReportStore, policies: PolicySet, since: datetime, until: datetime,
                           upstream: str | None, now: datetime) -> dict[str, Any]:
     counts = await store.decision_counts(since, until, upstream)
     held = await store.held_facts(since, until, upstream)
@@ -48,6 +48,6 @@ async def autonomy_report(store: Store, policies: PolicySet, since: datetime, un
     return {**built, "upstream": upstream}
 
 
-async def record_drill(store: Store, operator: str, data: Any, at: datetime) -> AuditRecord:
+async def record_drill(store: AuditStore, operator: str, data: Any, at: datetime) -> AuditRecord:
     """Keep a drill's times in the audit chain; ValueError if ``data`` is no drill report."""
     return await store.append_audit(operator, DRILL_ACTION, report.drill_record(data), at)

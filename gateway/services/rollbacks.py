@@ -48,7 +48,7 @@ from gateway.core.rollback import (
 )
 from gateway.core.seal import Sealer
 from gateway.errors import AdminError, GatewayError, SealError
-from gateway.ports import Observed, Store, UpstreamResponse
+from gateway.ports import Observed, RollbackStore, UpstreamResponse
 from gateway.services import sealing
 from gateway.services.journal import Journal
 from gateway.services.pipeline import Pipeline
@@ -85,7 +85,7 @@ class Rollbacks:
     that takes its lapsed lease (``resume_unfinished``, run again and again by
     ``gateway.services.recovery``)."""
 
-    def __init__(self, pipeline: Pipeline, store: Store, journal: Journal,
+    def __init__(self, pipeline: Pipeline, store: RollbackStore, journal: Journal,
                  owner: str | None = None, lease_seconds: float = 15.0) -> None:
         self.pipeline = pipeline
         self.journal = journal  # compensations are journaled like any write

@@ -29,7 +29,7 @@ from gateway.errors import (
     WritesFrozen,
 )
 from gateway.metrics import Metrics
-from gateway.ports import Store
+from gateway.ports import TripwireStore
 from gateway.services.call import Call
 from gateway.services.freezes import FreezeState
 
@@ -37,7 +37,7 @@ log = logging.getLogger("gateway.tripwires")
 
 
 class Tripwires:
-    def __init__(self, freezes: FreezeState, store: Store, metrics: Metrics | None = None,
+    def __init__(self, freezes: FreezeState, store: TripwireStore, metrics: Metrics | None = None,
                  clock: Callable[[], datetime] = utcnow) -> None:
         self.freezes = freezes
         self.store = store

@@ -1,15 +1,5 @@
-"""The store adapter: SQLModel tables, Alembic migrations and ``SqlStore``.
+"""The store adapter: SQLModel tables, Alembic migrations and ``sql.SqlStore``, the
+``ports.Store`` on SQLite or PostgreSQL (``sql.open_store`` is what the wiring calls).
 
-``open_store(url)`` is what ``create_app`` calls; the store still needs
-``await store.start()`` (connect and migrate) and ``await store.close()``.
+Nothing is imported here: a module of the store loads what it uses, not the whole store.
 """
-
-from gateway.store.sql import SqlStore
-
-
-def open_store(database_url: str, fsync: bool = True) -> SqlStore:
-    """A ``SqlStore`` for ``sqlite+aiosqlite:///FILE`` or ``postgresql+asyncpg://...``."""
-    return SqlStore(database_url, fsync=fsync)
-
-
-__all__ = ["SqlStore", "open_store"]

@@ -40,7 +40,6 @@ from gateway.errors import SealError
 from gateway.store.tables import (
     ApprovalRow,
     AuditRow,
-    FreezeRow,
     JournalRow,
     RollbackPlanRow,
     RollbackStepRow,
@@ -197,15 +196,6 @@ def freeze_from_values(id: str, scope: str, target: str | None, reason: str, by:
     return Freeze(FreezeScope(scope), target, reason, by, parse_iso(at), id)
 
 
-def freeze_from_row(row: FreezeRow) -> Freeze:
-    return freeze_from_values(row.id, row.scope, row.target, row.reason, row.by, row.at)
-
-
-def freeze_row(freeze: Freeze) -> FreezeRow:
-    return FreezeRow(id=freeze.id, scope=freeze.scope.value, target=freeze.target,
-                     reason=freeze.reason, by=freeze.by, at=iso(freeze.at))
-
-
 def audit_from_row(row: AuditRow) -> AuditRecord:
     return AuditRecord(row.seq, parse_iso(row.at), row.actor, row.action,
                        json.loads(row.detail), row.prev_hash, row.hash)
@@ -225,12 +215,6 @@ def audit_params(record: AuditRecord) -> tuple[Any, ...]:
 def audit_from_values(values: Sequence[Any]) -> AuditRecord:
     seq, at, actor, action, detail, prev_hash, hash_ = values
     return AuditRecord(seq, parse_iso(at), actor, action, json.loads(detail), prev_hash, hash_)
-
-
-def audit_row(record: AuditRecord) -> AuditRow:
-    return AuditRow(seq=record.seq, at=iso(record.at), actor=record.actor,
-                    action=record.action, detail=dumps(record.detail),
-                    prev_hash=record.prev_hash, hash=record.hash)
 
 
 # Held calls -------------------------------------------------------------------

@@ -21,11 +21,11 @@ vanished without a word fails in seconds (``watch_peer``), not in the
 kernel's quarter of an hour: the writes on it get 503, the pool connects again.
 
 SQLite needs help to behave like a server database. The file is put in WAL
-mode at start (``hot.SqliteHotPath.connect``; readers then never block the
+mode at start (``hot_sqlite.SqliteHotPath.connect``; readers then never block the
 writer, and the mode sticks to the file). Every connection gets
 ``synchronous=NORMAL`` and a busy timeout (a locked database waits instead
 of failing at once); the journal's intents are flushed to disk on their own
-before their write is sent (``hot.SqliteHotPath.flush``). The sqlite3
+before their write is sent (``hot_sqlite.SqliteHotPath.flush``). The sqlite3
 module's own transaction handling is switched off and SQLAlchemy emits BEGIN
 itself, so DDL is transactional and a connection carrying the
 ``IMMEDIATE`` execution option starts with ``BEGIN IMMEDIATE``: it takes the

@@ -5,30 +5,22 @@ switch's generation and the audit chain bypass the ORM: a SQLModel session
 commit measured 0.68 ms where a prepared asyncpg insert took 0.19 ms. On
 PostgreSQL an asyncpg pool prepares and caches each statement per
 connection. On SQLite one dedicated connection in autocommit mode does the
-work on the loop's thread (see ``SqliteHotPath``); an asyncio.Lock keeps its
-calls from interleaving. Most SQL is written once with ``?`` placeholders and
+work on the loop's thread; an asyncio.Lock keeps its calls from interleaving.
+One implementation per dialect: ``hot_postgres.py``, ``hot_sqlite.py``; what
+differs between the two stays behind ``HotPath``. Most SQL is written once with ``?`` placeholders and
 ``numbered`` rewrites it for asyncpg. Errors are not caught here: the caller
 turns them into ``journal_unavailable``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import os
-import sqlite3
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from functools import lru_cache
-from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
-import asyncpg
-
-from gateway.store.engine import SQLITE_PRAGMAS, SqliteFile, connect_primary
-
-_T = TypeVar("_T")
-log = logging.getLogger("gateway.store")
+from gateway.core.model import Freeze
+from gateway.ports import Bus, FreezeChange
 
 
 @lru_cache(maxsize=32)
@@ -49,329 +41,49 @@ class Tx(Protocol):
 
     async def execute(self, sql: str, args: Sequence[Any] = ()) -> int: ...
 
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
+
     async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Sequence[Any]]: ...
 
 
 class HotPath(Protocol):
+    """What the store does through the driver; each dialect's way is its own."""
+
     async def execute(self, sql: str, args: Sequence[Any]) -> int:
         """Run one statement; the number of rows it touched."""
 
     async def fetch(self, sql: str, args: Sequence[Any]) -> list[Sequence[Any]]: ...
 
-    def transaction(self, locks: Sequence[int] = ()) -> AbstractAsyncContextManager[Tx]:
+    def transaction(self, locks: Sequence[int] = (), durable: bool = True,
+                    ) -> AbstractAsyncContextManager[Tx]:
         """A write transaction, committed when the block ends, else rolled back.
 
         ``locks``: advisory locks (PostgreSQL) taken, in order, with the BEGIN; on
         SQLite the transaction holds the database's write lock from its start,
-        which excludes every other writer anyway."""
+        which excludes every other writer anyway. ``durable=False``: the commit
+        need not wait for the disk (on PostgreSQL; SQLite's commits never do, see
+        ``flush``)."""
 
-    async def chained_insert(self, last_sql: str, insert_sql: str,
-                             build: Callable[[Sequence[Any] | None], list[Sequence[Any]]],
-                             lock_key: int) -> None:
-        """In one transaction that excludes other chain writers: read the last row,
-        ``build`` the rows that follow it, insert them."""
+    async def insert_intents(self, rows: Sequence[Sequence[Any]]) -> list[bool]:
+        """Journal intents (``killswitch.INTENT_COLUMNS`` rows), each only if no active
+        freeze covers it, decided in the statement that inserts (``killswitch``);
+        whether each went in. Those that did are on disk when this returns."""
+
+    async def update_outcomes(self, rows: Sequence[Sequence[Any]]) -> list[bool]:
+        """Journal outcomes (``codec.outcome_params`` rows); whether each found its intent."""
+
+    async def engage(self, freeze: Freeze) -> FreezeChange:
+        """``freeze`` engaged, with its audit record, in one short transaction (unless
+        one of its scope and target is in force: that one, unchanged)."""
+
+    async def probe(self) -> None:
+        """One write transaction holding an UPDATE that matches no row; raises when the
+        database cannot take a write now."""
+
+    def bus(self, member: str) -> Bus:
+        """The bus of the processes sharing this database (not started)."""
 
     async def flush(self) -> None:
         """Until every commit so far is on disk (what an intent needs before its send)."""
 
     async def close(self) -> None: ...
-
-
-class PostgresHotPath:
-    """Two asyncpg pools: ``pool`` for what must be durable when it returns, and a
-    small one whose commits do not wait for the disk (journal outcomes: one lost
-    in a crash leaves its entry an intent, outcome unknown, as a crash before the
-    outcome always did; the batched decisions of the audit trail, see
-    ``chained_insert``). Neither resets a connection it takes back unless it
-    is still in a transaction: the hot path leaves no other session state, and
-    the reset was one more round trip per statement."""
-
-    def __init__(self, pool: asyncpg.Pool, unsynced: asyncpg.Pool) -> None:
-        self._pool = pool
-        self._unsynced = unsynced
-
-    @classmethod
-    async def connect(cls, dsn: str, max_size: int = 10) -> PostgresHotPath:
-        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=max_size, reset=_rollback,
-                                         connect=connect_primary)  # one host at a time
-        try:
-            unsynced = await asyncpg.create_pool(
-                dsn, min_size=1, max_size=2, reset=_rollback, connect=connect_primary,
-                server_settings={"synchronous_commit": "off"})
-        except BaseException:
-            await pool.close()
-            raise
-        return cls(pool, unsynced)
-
-    @property
-    def pool(self) -> asyncpg.Pool:
-        return self._pool
-
-    async def execute(self, sql: str, args: Sequence[Any]) -> int:
-        status: str = await self._pool.execute(numbered(sql), *args)
-        return int(status.rsplit(" ", 1)[-1])
-
-    async def fetch(self, sql: str, args: Sequence[Any]) -> list[Sequence[Any]]:
-        return list(await self._pool.fetch(numbered(sql), *args))
-
-    async def fetch_unsynced(self, sql: str, args: Sequence[Any]) -> list[Sequence[Any]]:
-        """One statement whose commit returns before it is on disk."""
-        return list(await self._unsynced.fetch(numbered(sql), *args))
-
-    @asynccontextmanager
-    async def transaction(self, locks: Sequence[int] = ()) -> AsyncIterator[Tx]:
-        async with self._pool.acquire() as connection:
-            taken = ", ".join(f"pg_advisory_xact_lock({key:d})" for key in locks)
-            await connection.execute("BEGIN" + (f"; SELECT {taken}" if taken else ""))
-            try:
-                yield _PostgresTx(connection)
-            except BaseException:
-                await _abandon(connection)
-                raise
-            await connection.execute("COMMIT")
-
-    async def chained_insert(self, last_sql: str, insert_sql: str,
-                             build: Callable[[Sequence[Any] | None], list[Sequence[Any]]],
-                             lock_key: int) -> None:
-        """On the unsynced pool: the chain's lock is held for round trips, not for a
-        disk flush, so an engage (which takes the same lock) does not queue behind
-        the flush of a batch of decisions. Those decisions were already only in
-        memory until now (``AuditTrail``'s queue), so a crash loses at most the
-        last fraction of a second of them, as before; WAL is replayed in order,
-        so what survives is a prefix and the chain stays whole. Any synchronous
-        commit after it (an engage's, an intent's) flushes it too."""
-        async with self._unsynced.acquire() as connection:
-            await connection.execute(f"BEGIN; SELECT pg_advisory_xact_lock({lock_key:d})")
-            try:
-                last = await connection.fetchrow(numbered(last_sql))
-                await connection.executemany(numbered(insert_sql), build(last))
-            except BaseException:
-                await _abandon(connection)
-                raise
-            await connection.execute("COMMIT")
-
-    async def flush(self) -> None:
-        """Nothing to do: ``pool`` commits wait for the disk (and a synchronous standby)."""
-
-    async def close(self) -> None:
-        await self._unsynced.close()
-        await self._pool.close()
-
-
-async def _abandon(connection: asyncpg.Connection) -> None:
-    """Roll back after an error, never hiding it: on a connection that broke, or is still
-    busy with the statement the error interrupted ("another operation is in progress"),
-    the ROLLBACK fails too; then the connection is dropped (the server rolls back) and the
-    caller re-raises the first error, the one that says what happened."""
-    try:
-        await connection.execute("ROLLBACK")
-    except BaseException as exc:  # noqa: BLE001 - the error being handled is the real one
-        log.warning("rollback failed (%s); dropping the connection", exc)
-        connection.terminate()
-
-
-async def _rollback(connection: asyncpg.Connection) -> None:
-    if connection.is_in_transaction():
-        await connection.execute("ROLLBACK")
-
-
-class _PostgresTx:
-    def __init__(self, connection: asyncpg.Connection) -> None:
-        self._connection = connection
-
-    async def execute(self, sql: str, args: Sequence[Any] = ()) -> int:
-        status: str = await self._connection.execute(numbered(sql), *args)
-        return int(status.rsplit(" ", 1)[-1]) if status[-1:].isdigit() else 0
-
-    async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Sequence[Any]]:
-        return list(await self._connection.fetch(numbered(sql), *args))
-
-
-class _SqliteTx:
-    """Runs each statement inline: the transaction holds the write lock for
-    microseconds, never across an await of anything else."""
-
-    def __init__(self, connection: sqlite3.Connection) -> None:
-        self._connection = connection
-
-    async def execute(self, sql: str, args: Sequence[Any] = ()) -> int:
-        return self._connection.execute(sql, args).rowcount
-
-    async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Sequence[Any]]:
-        return self._connection.execute(sql, args).fetchall()
-
-
-class SqliteHotPath:
-    """SQLite's hot path, run on the event loop's own thread.
-
-    A WAL-mode insert takes tens of microseconds; handing it to a worker
-    thread cost more than the statement itself (measured again for issue 9:
-    40-45 us inline, 100-130 us through ``asyncio.to_thread``, and 8 us per
-    row when 32 share one transaction, which is what group commit buys). So
-    each statement is first tried inline with a zero busy timeout. If another
-    connection holds the write lock (an operator's transaction, another
-    process), blocking the loop to wait would also stall the holder when it
-    lives on this loop, so only then does the statement move to a worker
-    thread that waits out the normal busy timeout.
-
-    Commits do not wait for the disk (``synchronous=NORMAL``: in WAL mode a
-    crash of the process loses nothing, a crash of the machine may lose the
-    last commits). What must survive the machine, an intent before its write
-    is sent, asks for ``flush``: one ``fdatasync`` of the WAL, which is what
-    ``synchronous=FULL`` does inside every commit, but on a worker thread and
-    outside the write lock. So the loop serves other calls during the flush,
-    the intents that arrive meanwhile share the next one (group commit), and
-    neither this process's audit and outcome writes nor another process's
-    intents wait behind it. ``fsync=False`` (setting ``journal_fsync``) skips
-    it: for measuring what it costs, not for production.
-    """
-
-    def __init__(self, connection: sqlite3.Connection, file: SqliteFile,
-                 fsync: bool = True) -> None:
-        self._connection = connection
-        self._file = file  # every write first checks the path still names it
-        self._lock = asyncio.Lock()
-        self.fsync = fsync
-        self.flushes = 0
-
-    @classmethod
-    async def connect(cls, path: Path, fsync: bool = True) -> SqliteHotPath:
-        """Open the connection, putting the file in WAL mode if it is not yet."""
-        connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        try:
-            for pragma in SQLITE_PRAGMAS:
-                connection.execute(pragma)
-            await _enable_wal(connection)
-            connection.execute("PRAGMA busy_timeout=0")
-            file = SqliteFile(path)
-        except BaseException:
-            connection.close()
-            raise
-        return cls(connection, file, fsync)
-
-    async def flush(self) -> None:
-        if self.fsync:
-            self.flushes += 1
-            await asyncio.to_thread(_sync_log, self._file.path)
-
-    async def execute(self, sql: str, args: Sequence[Any]) -> int:
-        self._file.check()
-        return await self._run(lambda: self._connection.execute(sql, args).rowcount)
-
-    async def fetch(self, sql: str, args: Sequence[Any]) -> list[Sequence[Any]]:
-        self._file.check_shm()
-        return await self._run(lambda: self._connection.execute(sql, args).fetchall())
-
-    async def _run(self, statement: Callable[[], _T]) -> _T:
-        async with self._lock:
-            try:
-                return statement()
-            except sqlite3.OperationalError as exc:
-                if not _busy(exc):
-                    raise
-            return await asyncio.to_thread(self._waiting, statement)
-
-    async def chained_insert(self, last_sql: str, insert_sql: str,
-                             build: Callable[[Sequence[Any] | None], list[Sequence[Any]]],
-                             lock_key: int) -> None:
-        self._file.check()
-
-        def transaction() -> None:
-            self._connection.execute("BEGIN IMMEDIATE")  # excludes every other writer
-            try:
-                last = self._connection.execute(last_sql).fetchone()
-                self._connection.executemany(insert_sql, build(last))
-            except BaseException:
-                self._connection.execute("ROLLBACK")
-                raise
-            self._connection.execute("COMMIT")
-
-        await self._run(transaction)
-
-    @asynccontextmanager
-    async def transaction(self, locks: Sequence[int] = ()) -> AsyncIterator[Tx]:
-        self._file.check()
-        async with self._lock:
-            begin = self._connection.execute
-            try:
-                begin("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
-                if not _busy(exc):
-                    raise
-                await asyncio.to_thread(self._waiting, lambda: begin("BEGIN IMMEDIATE"))
-            try:
-                yield _SqliteTx(self._connection)
-            except BaseException:
-                self._connection.execute("ROLLBACK")
-                raise
-            self._connection.execute("COMMIT")
-
-    async def each(self, sql: str, rows: Sequence[Sequence[Any]]) -> list[int]:
-        """``sql`` once per row, all in one write transaction; the rows each touched.
-
-        ``BEGIN IMMEDIATE`` takes the database's write lock first, so what the
-        statements read is what they write over: no other writer, in any
-        process, commits in between. One row is one statement, its own
-        transaction: as safe (in WAL mode a statement that read a snapshot some
-        other writer has since moved past fails as busy instead of writing) and
-        a third of the calls.
-        """
-        if len(rows) == 1:
-            return [await self.execute(sql, rows[0])]
-        self._file.check()
-
-        def transaction() -> list[int]:
-            self._connection.execute("BEGIN IMMEDIATE")
-            try:
-                counts = [self._connection.execute(sql, row).rowcount for row in rows]
-            except BaseException:
-                self._connection.execute("ROLLBACK")
-                raise
-            self._connection.execute("COMMIT")
-            return counts
-
-        return await self._run(transaction)
-
-    def _waiting(self, statement: Callable[[], _T]) -> _T:
-        self._connection.execute(SQLITE_PRAGMAS[0])  # the normal busy timeout
-        try:
-            return statement()
-        finally:
-            self._connection.execute("PRAGMA busy_timeout=0")
-
-    async def close(self) -> None:
-        async with self._lock:
-            self._connection.close()
-
-
-def _sync_log(path: Path) -> None:
-    """``fdatasync`` the WAL beside ``path`` (any descriptor of a file flushes all of
-    its pages). With no WAL file left (the last connection checkpointed and removed
-    it), everything committed is in the database file itself: flush that instead."""
-    try:
-        fd = os.open(f"{path}-wal", os.O_RDONLY)
-    except FileNotFoundError:
-        fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fdatasync(fd)
-    finally:
-        os.close(fd)
-
-
-def _busy(exc: sqlite3.OperationalError) -> bool:
-    text = str(exc).lower()
-    return "locked" in text or "busy" in text
-
-
-async def _enable_wal(connection: sqlite3.Connection, attempts: int = 20) -> None:
-    """Switch the file to WAL, retrying: the switch needs the file to itself and,
-    unlike other locks, fails at once instead of waiting out the busy timeout
-    (two processes opening a new database together both hit this)."""
-    for attempt in range(1, attempts + 1):
-        try:
-            connection.execute("PRAGMA journal_mode=WAL")
-            return
-        except sqlite3.OperationalError:
-            if attempt == attempts:
-                raise
-            await asyncio.sleep(0.005 * attempt)

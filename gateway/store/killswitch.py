@@ -19,16 +19,29 @@ write. What makes that exact under concurrency:
 Every engage and release also adds one to ``killswitch.generation`` in the
 same transaction, so a process can check with one cheap read that its view
 of the freezes is current.
+
+``KillSwitch`` is ``SqlStore``'s side of it. An engage is one round trip on
+PostgreSQL (``gateway_engage``) and a short transaction on SQLite
+(``engage_in``): each dialect's hot path does its own (``HotPath.engage``).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import sqlalchemy as sa
 
+from gateway.core.audit import canonical_head
+from gateway.core.killswitch import InFlight
+from gateway.core.model import Freeze, FreezeScope, iso
+from gateway.ports import FreezeChange
+from gateway.store import codec
+from gateway.store.audit import WRITE_LOCK, append_in
 from gateway.store.codec import JOURNAL_COLUMNS, OUTCOME_COLUMNS, quoted
+from gateway.store.hot import HotPath, Tx
 from gateway.store.tables import JournalRow
 
 ARBITER_LOCK = 0x67775F6172626974  # "gw_arbit"
@@ -46,6 +59,14 @@ INSERT_INTENT_UNLESS_FROZEN = (
     f"WHERE NOT EXISTS (SELECT 1 FROM freezes f WHERE "
     f"{COVERING.format(upstream='?', agent='?')})"
 )
+_UPSTREAM, _AGENT = INTENT_COLUMNS.index("upstream"), INTENT_COLUMNS.index("agent")
+
+
+def unless_frozen_args(row: Sequence[Any]) -> tuple[Any, ...]:
+    """``INSERT_INTENT_UNLESS_FROZEN``'s parameters for an intent's row."""
+    return (*row, row[_UPSTREAM], row[_AGENT])
+
+
 # An operator's write (a rollback step): freezes stop agents, not recovery.
 INSERT_INTENT = (f"INSERT INTO journal ({quoted(INTENT_COLUMNS)}) "
                  f"VALUES ({', '.join('?' for _ in INTENT_COLUMNS)})")
@@ -97,7 +118,7 @@ def _unnest(columns: tuple[str, ...]) -> str:
 PG_INSERT_INTENTS_UNLESS_FROZEN = "SELECT gateway_journal_intents(?::jsonb)"
 
 
-def intents_json(rows: list[tuple[Any, ...]]) -> str:
+def intents_json(rows: Sequence[Sequence[Any]]) -> str:
     """Rows in ``INTENT_COLUMNS`` order as the JSON batch the function takes."""
     return orjson.dumps([dict(zip(INTENT_COLUMNS, row, strict=True)) for row in rows]).decode()
 
@@ -109,7 +130,7 @@ PG_UPDATE_OUTCOMES = (
 )
 
 
-def columns_of(rows: list[tuple[Any, ...]]) -> list[list[Any]]:
+def columns_of(rows: Sequence[Sequence[Any]]) -> list[list[Any]]:
     """Rows to one list per column, the shape ``unnest`` takes."""
     return [list(column) for column in zip(*rows, strict=True)]
 
@@ -118,3 +139,100 @@ def columns_of(rows: list[tuple[Any, ...]]) -> list[list[Any]]:
 # one of its scope and target is active, the generation, the audit record; then
 # (inserted?, generation, freeze columns...) per active freeze, one row at least.
 PG_ENGAGE = "SELECT * FROM gateway_engage(?, ?, ?, ?, ?, ?, ?, ?)"
+
+
+def freeze_detail(scope: FreezeScope, target: str | None, reason: str) -> dict[str, Any]:
+    """What the audit record of an engage or release says."""
+    return {"scope": scope.value, "target": target, "reason": reason}
+
+
+def engage_args(freeze: Freeze) -> tuple[Any, ...]:
+    """``PG_ENGAGE``'s parameters: the freeze, and its audit record's detail and
+    canonical head (the function seals the record after the last one)."""
+    detail = freeze_detail(freeze.scope, freeze.target, freeze.reason)
+    return (freeze.id, freeze.scope.value, freeze.target, freeze.reason, freeze.by,
+            iso(freeze.at), codec.dumps(detail),
+            canonical_head(freeze.at, freeze.by, "killswitch.engage", detail))
+
+
+def engaged(freeze: Freeze, rows: Sequence[Sequence[Any]]) -> FreezeChange:
+    """The change ``PG_ENGAGE`` reports."""
+    active = [codec.freeze_from_values(*row[2:]) for row in rows if row[2] is not None]
+    if rows[0][0]:
+        return FreezeChange(freeze, int(rows[0][1]), active)
+    same = next(f for f in active if f.scope == freeze.scope
+                and (f.target or "") == (freeze.target or ""))
+    return FreezeChange(same, int(rows[0][1]), active)
+
+
+ENGAGE_LOCKS = (WRITE_LOCK, ARBITER_LOCK)  # the audit chain's lock, then the arbiter's
+
+
+async def engage_in(tx: Tx, freeze: Freeze) -> FreezeChange:
+    """The engage ``PG_ENGAGE`` does, as statements in ``tx`` (holding ``ENGAGE_LOCKS``).
+
+    One read of the kill switch, first: no other engage or release can change it
+    while this transaction holds WRITE_LOCK, so the state it leaves is that read
+    plus this freeze (a round trip fewer than reading it again at the end)."""
+    before = await change_in(tx, None)
+    same = next((f for f in before.active if f.scope == freeze.scope
+                 and (f.target or "") == (freeze.target or "")), None)
+    if same is not None:
+        return FreezeChange(same, before.generation, before.active)
+    await tx.execute(INSERT_FREEZE, (freeze.id, freeze.scope.value, freeze.target,
+                                     freeze.reason, freeze.by, iso(freeze.at)))
+    await tx.execute(BUMP_GENERATION)
+    await append_in(tx, [(freeze.by, "killswitch.engage",
+                          freeze_detail(freeze.scope, freeze.target, freeze.reason), freeze.at)])
+    return FreezeChange(freeze, before.generation + 1, [*before.active, freeze])
+
+
+async def change_in(tx: Tx, freeze: Freeze | None) -> FreezeChange:
+    """The change, with the generation and the freezes as this transaction leaves them."""
+    rows = await tx.fetch(SELECT_FREEZE_VIEW)
+    return FreezeChange(freeze, int(rows[0][0]), [codec.freeze_from_values(*row[1:])
+                                                  for row in rows if row[1] is not None])
+
+
+class KillSwitch:
+    """``active_freezes`` ... ``pending_intents`` of ``ports.FreezeStore`` (a mixin of
+    ``SqlStore``): through the driver, like the journal's writes they stop."""
+
+    if TYPE_CHECKING:  # SqlStore's
+        def _hot_path(self) -> HotPath: ...
+
+    async def active_freezes(self) -> list[Freeze]:
+        return (await self.freeze_view())[1]
+
+    async def freeze_view(self) -> tuple[int, list[Freeze]]:
+        """The kill switch's generation and the freezes active at it (one snapshot)."""
+        rows = await self._hot_path().fetch(SELECT_FREEZE_VIEW, ())
+        freezes = [codec.freeze_from_values(*row[1:]) for row in rows if row[1] is not None]
+        return int(rows[0][0]), freezes
+
+    async def killswitch_generation(self) -> int:
+        rows = await self._hot_path().fetch(SELECT_GENERATION, ())
+        return int(rows[0][0])
+
+    async def pending_intents(self, since: datetime) -> list[InFlight]:
+        """Intents journaled at or after ``since`` that have no outcome yet."""
+        rows = await self._hot_path().fetch(SELECT_PENDING_INTENTS, (iso(since),))
+        return [InFlight(*row) for row in rows]
+
+    async def engage(self, freeze: Freeze) -> FreezeChange:
+        """Through the driver, in one short transaction: an engage must not queue
+        behind the stream of journal writes it is about to stop."""
+        return await self._hot_path().engage(freeze)
+
+    async def release(self, scope: FreezeScope, target: str | None, by: str, reason: str,
+                      at: datetime) -> FreezeChange:
+        async with self._hot_path().transaction((WRITE_LOCK,)) as tx:
+            rows = await tx.fetch(SELECT_ACTIVE_FREEZE, (scope.value, target or ""))
+            if not rows:
+                return await change_in(tx, None)
+            released = codec.freeze_from_values(*rows[0])
+            await tx.execute(RELEASE_FREEZE, (iso(at), by, reason, released.id))
+            await tx.execute(BUMP_GENERATION)
+            await append_in(tx, [(by, "killswitch.release",
+                                  freeze_detail(scope, target, reason), at)])
+            return await change_in(tx, released)

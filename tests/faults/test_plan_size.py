@@ -19,7 +19,7 @@ from gateway.core.model import (
     new_id,
     utcnow,
 )
-from gateway.store import SqlStore
+from gateway.store.sql import SqlStore
 from tests.faults.conftest import Gateway
 from tests.faults.upstream import HANG, FaultyUpstream
 from tests.harness import poll

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from gateway.store import SqlStore
+from gateway.store.sql import SqlStore
 from tests.faults.procs_support import RULES
 from tests.faults.procs_upstream import FaultUpstream
 from tests.harness import policy_text, started_gateway, until

@@ -15,7 +15,7 @@ import asyncio
 from typing import Any
 
 from gateway.core.model import JournalEntry, JournalQuery
-from gateway.store import SqlStore
+from gateway.store.sql import SqlStore
 from tests.store.conftest import _entry
 
 

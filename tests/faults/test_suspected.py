@@ -14,7 +14,7 @@ import asyncio
 from collections.abc import Callable
 
 from gateway.core.model import Freeze, FreezeScope, utcnow
-from gateway.store import SqlStore
+from gateway.store.sql import SqlStore
 from tests.faults.conftest import Gateway
 from tests.faults.upstream import FAIL, FaultyUpstream
 from tests.harness import poll

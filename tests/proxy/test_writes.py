@@ -6,7 +6,7 @@ import asyncio
 import json
 from pathlib import Path
 
-from gateway.store import open_store
+from gateway.store.sql import open_store
 from tests.harness import CRM_RULES, Harness, policy_text, started_gateway
 
 

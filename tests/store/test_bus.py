@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from gateway.store import SqlStore
 from gateway.store.bus import SocketBus
+from gateway.store.sql import SqlStore
 
 
 class Member:

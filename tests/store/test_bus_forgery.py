@@ -23,9 +23,9 @@ import pytest
 from gateway.core.model import Freeze, FreezeScope, utcnow
 from gateway.errors import WritesFrozen
 from gateway.services.freezes import FreezeState
-from gateway.store import SqlStore
 from gateway.store.bus import CHANNEL, PgBus, SocketBus
 from gateway.store.engine import asyncpg_dsn
+from gateway.store.sql import SqlStore
 
 HUGE = 1_000_000_000_000_000
 

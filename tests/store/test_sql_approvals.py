@@ -12,7 +12,7 @@ import pytest
 
 from gateway.core.approvals import ApprovalStatus, HeldCall, Vote, request_digest
 from gateway.core.model import Checkpoint, JournalEntry
-from gateway.store import SqlStore
+from gateway.store.sql import SqlStore
 
 T0 = datetime(2024, 5, 2, 8, 15, 0, 250001, tzinfo=UTC)
 PENDING, APPROVED = ApprovalStatus.PENDING, ApprovalStatus.APPROVED

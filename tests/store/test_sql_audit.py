@@ -10,7 +10,8 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from gateway.core.audit import GENESIS, verify
-from gateway.store import SqlStore
+from gateway.core.model import Freeze, FreezeScope
+from gateway.store.sql import SqlStore
 
 T0 = datetime(2024, 5, 2, 8, 0, 0, 1, tzinfo=UTC)
 
@@ -87,3 +88,27 @@ async def test_a_batch_is_chained_in_order_after_single_appends(store: SqlStore)
     records = await store.list_audit()
     assert [r.action for r in records] == ["first"] + [f"call.{i}" for i in range(5)]
     assert verify(records).ok
+
+
+async def test_every_kind_of_append_from_two_stores_makes_one_chain(store: SqlStore,
+                                                                    store_url: str) -> None:
+    """Operators' records, batches of decisions and freeze changes, from two stores (two
+    processes) at once, all link into the one chain in the order they committed."""
+    other = SqlStore(store_url)
+    await other.start()
+
+    async def appends(s: SqlStore, n: int) -> None:
+        await s.append_audit("alice", "note", {"n": n}, T0)
+        await s.append_audit_many([("bot", "call.allow", {"n": n, "i": i}, T0) for i in range(3)])
+        target = f"crm-{n}"
+        await s.engage(Freeze(FreezeScope.UPSTREAM, target, "test", "alice", T0, f"f{n}"))
+        await s.release(FreezeScope.UPSTREAM, target, "alice", "done", T0)
+
+    try:
+        await asyncio.gather(*(appends(s, n) for n, s in enumerate([store, other] * 5)))
+    finally:
+        await other.close()
+    records = await store.list_audit()
+    assert len(records) == 10 * 6 and verify(records).ok
+    assert [r.seq for r in records] == list(range(1, 61))
+    assert sum(r.action == "killswitch.engage" for r in records) == 10

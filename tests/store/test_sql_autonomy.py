@@ -12,7 +12,7 @@ from typing import Any
 from gateway.core.approvals import ApprovalStatus, HeldCall, request_digest
 from gateway.core.model import Checkpoint, JournalEntry, JournalQuery, JournalState
 from gateway.core.report import DecisionCount, HeldFact, RolledBack
-from gateway.store import SqlStore
+from gateway.store.sql import SqlStore
 
 T0 = datetime(2026, 11, 2, 9, 30, 0, 500000, tzinfo=UTC)
 EntryFactory = Callable[..., JournalEntry]

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from gateway.core.model import JournalOutcome, JournalQuery
-from gateway.store import SqlStore
-from gateway.store import hot as hot_module
+from gateway.store import hot_sqlite as hot_module
+from gateway.store.sql import SqlStore
 from tests.store.conftest import EntryFactory
 
 

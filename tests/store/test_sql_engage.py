@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 from gateway.core.audit import canonical, canonical_head, chain_hash, verify
 from gateway.core.model import Freeze, FreezeScope
-from gateway.store import SqlStore
+from gateway.store.sql import SqlStore
 
 T0 = datetime(2025, 2, 3, 4, 5, 6, 789012, tzinfo=UTC)
 

@@ -20,7 +20,7 @@ from gateway.core.model import (
     JournalState,
     Undo,
 )
-from gateway.store import SqlStore
+from gateway.store.sql import SqlStore
 
 EntryFactory = Callable[..., JournalEntry]
 

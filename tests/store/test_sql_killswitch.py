@@ -13,9 +13,9 @@ import asyncpg
 from gateway.core.audit import verify
 from gateway.core.killswitch import InFlight
 from gateway.core.model import Freeze, FreezeScope, JournalOutcome, JournalQuery
-from gateway.store import SqlStore
 from gateway.store.hot import numbered
 from gateway.store.killswitch import ARBITER_LOCK, INSERT_FREEZE
+from gateway.store.sql import SqlStore
 from tests.store.conftest import EntryFactory
 
 T0 = datetime(2024, 5, 1, 9, 30, 0, 654321, tzinfo=UTC)
@@ -28,7 +28,7 @@ def freeze(scope: FreezeScope, target: str | None, n: int = 0, reason: str = "in
 
 async def test_engage_persists_and_audits(store: SqlStore) -> None:
     engaged = freeze(UPSTREAM, "crm", reason="refunds look wrong ✋")
-    assert await store.engage_freeze(engaged) == engaged
+    assert (await store.engage(engaged)).freeze == engaged
     assert await store.active_freezes() == [engaged]
 
     [record] = await store.list_audit()
@@ -39,8 +39,8 @@ async def test_engage_persists_and_audits(store: SqlStore) -> None:
 
 async def test_engaging_an_active_scope_again_changes_nothing(store: SqlStore) -> None:
     first = freeze(GLOBAL, None, 1)
-    await store.engage_freeze(first)
-    assert await store.engage_freeze(freeze(GLOBAL, None, 2, reason="again")) == first
+    await store.engage(first)
+    assert (await store.engage(freeze(GLOBAL, None, 2, reason="again"))).freeze == first
     assert await store.active_freezes() == [first]
     assert len(await store.list_audit()) == 1
 
@@ -49,24 +49,24 @@ async def test_scopes_and_targets_are_independent(store: SqlStore) -> None:
     freezes = [freeze(GLOBAL, None, 0), freeze(UPSTREAM, "crm", 1),
                freeze(UPSTREAM, "billing", 2), freeze(AGENT, "crm", 3)]
     for each in freezes:
-        await store.engage_freeze(each)
+        await store.engage(each)
     assert await store.active_freezes() == freezes
 
 
 async def test_release_then_engage_again(store: SqlStore) -> None:
     first = freeze(AGENT, "support-bot", 1)
     other = freeze(UPSTREAM, "crm", 2)
-    await store.engage_freeze(first)
-    await store.engage_freeze(other)
+    await store.engage(first)
+    await store.engage(other)
 
-    released = await store.release_freeze(AGENT, "support-bot", "bob", "fixed", T0)
+    released = (await store.release(AGENT, "support-bot", "bob", "fixed", T0)).freeze
     assert released == first
     assert await store.active_freezes() == [other]
-    assert await store.release_freeze(AGENT, "support-bot", "bob", "twice", T0) is None
-    assert await store.release_freeze(GLOBAL, None, "bob", "never engaged", T0) is None
+    assert (await store.release(AGENT, "support-bot", "bob", "twice", T0)).freeze is None
+    assert (await store.release(GLOBAL, None, "bob", "never engaged", T0)).freeze is None
 
     again = freeze(AGENT, "support-bot", 3)
-    assert await store.engage_freeze(again) == again
+    assert (await store.engage(again)).freeze == again
     assert await store.active_freezes() == [other, again]
 
     records = await store.list_audit()
@@ -78,8 +78,8 @@ async def test_release_then_engage_again(store: SqlStore) -> None:
 
 
 async def test_concurrent_engages_leave_one_freeze(store: SqlStore) -> None:
-    results = await asyncio.gather(*(store.engage_freeze(freeze(GLOBAL, None, n))
-                                     for n in range(10)))
+    results = [change.freeze for change in await asyncio.gather(
+        *(store.engage(freeze(GLOBAL, None, n)) for n in range(10)))]
     active = await store.active_freezes()
     assert len(active) == 1 and set(results) == set(active)
     assert len(await store.list_audit()) == 1
@@ -90,11 +90,11 @@ async def test_two_stores_on_one_database_share_the_freeze(store: SqlStore,
     other = SqlStore(store_url)
     await other.start()
     try:
-        results = await asyncio.gather(*(s.engage_freeze(freeze(UPSTREAM, "crm", n))
-                                         for n, s in enumerate([store, other] * 4)))
+        results = [change.freeze for change in await asyncio.gather(
+            *(s.engage(freeze(UPSTREAM, "crm", n)) for n, s in enumerate([store, other] * 4)))]
         assert len(set(results)) == 1
         assert await other.active_freezes() == await store.active_freezes() == [results[0]]
-        await other.release_freeze(UPSTREAM, "crm", "bob", "done", T0)
+        await other.release(UPSTREAM, "crm", "bob", "done", T0)
         assert await store.active_freezes() == []
     finally:
         await other.close()
@@ -103,8 +103,8 @@ async def test_two_stores_on_one_database_share_the_freeze(store: SqlStore,
 # The arbiter: an intent a freeze covers is refused by the store itself ----------
 async def test_an_intent_a_freeze_covers_is_refused_and_not_written(
         store: SqlStore, make_entry: EntryFactory) -> None:
-    await store.engage_freeze(freeze(UPSTREAM, "crm", 1))
-    await store.engage_freeze(freeze(AGENT, "support-bot", 2))
+    await store.engage(freeze(UPSTREAM, "crm", 1))
+    await store.engage(freeze(AGENT, "support-bot", 2))
     entries = [make_entry(1, upstream="crm", agent="other-bot"),
                make_entry(2, upstream="billing", agent="support-bot"),
                make_entry(3, upstream="billing", agent="other-bot"),
@@ -117,7 +117,7 @@ async def test_an_intent_a_freeze_covers_is_refused_and_not_written(
 
 async def test_a_global_freeze_refuses_every_agent_write_but_not_recovery(
         store: SqlStore, make_entry: EntryFactory) -> None:
-    await store.engage_freeze(freeze(GLOBAL, None))
+    await store.engage(freeze(GLOBAL, None))
     assert await store.journal_intent(make_entry(1)) is False
     assert await store.journal_intent(make_entry(2), unless_frozen=False) is True  # rollback
     assert [e.id for e in await store.list_journal(JournalQuery())] == [f"{2:032x}"]
@@ -125,9 +125,9 @@ async def test_a_global_freeze_refuses_every_agent_write_but_not_recovery(
 
 async def test_after_a_release_intents_go_in_again(store: SqlStore,
                                                    make_entry: EntryFactory) -> None:
-    await store.engage_freeze(freeze(UPSTREAM, "crm"))
+    await store.engage(freeze(UPSTREAM, "crm"))
     assert await store.journal_intent(make_entry(1, upstream="crm")) is False
-    await store.release_freeze(UPSTREAM, "crm", "bob", "fixed", T0)
+    await store.release(UPSTREAM, "crm", "bob", "fixed", T0)
     assert await store.journal_intent(make_entry(1, upstream="crm")) is True
 
 
@@ -138,7 +138,7 @@ async def test_another_process_freeze_refuses_this_process_intent(
     await other.start()
     try:
         assert await store.journal_intent(make_entry(1)) is True
-        await other.engage_freeze(freeze(GLOBAL, None))
+        await other.engage(freeze(GLOBAL, None))
         assert await store.journal_intent(make_entry(2)) is False
     finally:
         await other.close()
@@ -212,12 +212,12 @@ async def test_engage_and_release_move_the_generation(store: SqlStore) -> None:
     start, nothing = await store.freeze_view()
     assert nothing == []
     engaged = freeze(UPSTREAM, "crm")
-    await store.engage_freeze(engaged)
+    await store.engage(engaged)
     assert await store.freeze_view() == (start + 1, [engaged])
-    await store.engage_freeze(freeze(UPSTREAM, "crm", 2))  # already frozen: no change
+    await store.engage(freeze(UPSTREAM, "crm", 2))  # already frozen: no change
     assert await store.killswitch_generation() == start + 1
-    await store.release_freeze(UPSTREAM, "crm", "bob", "fixed", T0)
-    await store.release_freeze(UPSTREAM, "crm", "bob", "again", T0)  # nothing to release
+    await store.release(UPSTREAM, "crm", "bob", "fixed", T0)
+    await store.release(UPSTREAM, "crm", "bob", "again", T0)  # nothing to release
     assert await store.freeze_view() == (start + 2, [])
 
 

@@ -7,7 +7,7 @@ import asyncio
 from datetime import timedelta
 
 from gateway.core.model import utcnow
-from gateway.store import SqlStore
+from gateway.store.sql import SqlStore
 
 
 async def test_one_of_many_takers_holds_a_lease_until_it_lapses(store: SqlStore) -> None:

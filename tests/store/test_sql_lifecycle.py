@@ -16,9 +16,9 @@ from sqlmodel import SQLModel
 
 from gateway.core.audit import verify
 from gateway.core.model import Freeze, FreezeScope, JournalEntry, JournalQuery
-from gateway.store import SqlStore, open_store
 from gateway.store.hot import numbered
 from gateway.store.migrate import alembic_config, upgrade
+from gateway.store.sql import SqlStore, open_store
 
 T0 = datetime(2024, 5, 3, tzinfo=UTC)
 HEAD = ScriptDirectory.from_config(alembic_config()).get_current_head()
@@ -31,7 +31,7 @@ async def test_restart_keeps_everything(store_url: str,
     frozen = Freeze(FreezeScope.GLOBAL, None, "incident", "alice", T0)
     entry = make_entry(1)
     assert await first.journal_intent(entry)  # before the freeze: after it, refused
-    await first.engage_freeze(frozen)
+    await first.engage(frozen)
     await first.append_audit("alice", "test", {"k": "v"}, T0)
     await first.close()
 

@@ -15,7 +15,7 @@ from gateway.core.model import (
     JournalState,
 )
 from gateway.core.rollback import PlanStatus
-from gateway.store import SqlStore
+from gateway.store.sql import SqlStore
 from tests.store.conftest import T0
 from tests.store.test_sql_rollbacks import plan, step
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from gateway.core.rollback import ABSENT, Plan, PlanStatus, Step, StepStatus
-from gateway.store import SqlStore
+from gateway.store.sql import SqlStore
 
 T0 = datetime(2024, 5, 4, 9, 30, 0, 500001, tzinfo=UTC)
 RUNNING = PlanStatus.RUNNING

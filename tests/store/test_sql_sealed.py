@@ -15,7 +15,7 @@ from gateway.core.model import Checkpoint, JournalOutcome, JournalState
 from gateway.core.rollback import Plan, PlanStatus, Step
 from gateway.core.seal import Sealer
 from gateway.errors import SealError
-from gateway.store import SqlStore
+from gateway.store.sql import SqlStore
 from tests.store.conftest import T0, EntryFactory
 
 CANARY = "cnry-sealed-5f1e"

@@ -8,9 +8,10 @@ import pytest
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from gateway.store import SqlStore, engine
+from gateway.store import engine
 from gateway.store.diagnose import safe_url
 from gateway.store.engine import asyncpg_dsn, parse_url
+from gateway.store.sql import SqlStore
 
 CASES = [
     ("postgresql+asyncpg://gw:s3cret@h1:5432,h2:5433/gw",

@@ -21,7 +21,7 @@ import pydantic
 import pytest
 
 from gateway.settings import Settings
-from gateway.store import SqlStore
+from gateway.store.sql import SqlStore
 from tests.harness import AGENT_KEY, TOKENS, Harness, policy_text, serve_app, sha, started_gateway
 
 RULES = """

@@ -25,7 +25,7 @@ down_revision: str | Sequence[str] | None = "0014"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-WRITE_LOCK = 0x67775F7772697465  # gateway.store.sql.WRITE_LOCK ("gw_write")
+WRITE_LOCK = 0x67775F7772697465  # gateway.store.audit.WRITE_LOCK ("gw_write")
 ARBITER_LOCK = 0x67775F6172626974  # gateway.store.killswitch.ARBITER_LOCK ("gw_arbit")
 ENGAGE = f"""
 CREATE FUNCTION gateway_engage(p_id text, p_scope text, p_target text, p_reason text,

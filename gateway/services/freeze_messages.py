@@ -1,0 +1,177 @@
+"""What the processes on the bus tell each other about freezes (``freezes.FreezeState``).
+
+An engage is announced (``engage``, with the freeze and how long the others may take);
+each process re-reads the store, settles its covered writes and answers with those it
+cut off (``answer``, in chunks, to the engaging process alone). A release, or anything
+else, only makes the others re-read. Messages are hints, never state: see
+``gateway.services.freezes``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from gateway.core.killswitch import InFlight
+from gateway.core.model import Freeze, FreezeScope, new_id, parse_iso, utcnow
+from gateway.ports import Bus, FreezeStore
+
+log = logging.getLogger("gateway.killswitch")
+ANSWER_EARLY = 0.25  # seconds before engage_wait the other processes answer by
+ANSWER_GRACE = 0.25  # seconds after engage_wait an engage still waits for answers
+CLOSED_POLL = 0.05  # seconds between reads of the intents of processes that did not answer
+ANSWER_CHUNK = 25  # in-flight writes per answer (PostgreSQL NOTIFY carries 8000 bytes)
+
+
+@dataclass(slots=True)
+class Answers:
+    """The answers to one engage: who was asked, who answered, what they cut off."""
+
+    expected: set[str]
+    answered: set[str] = field(default_factory=set)
+    in_flight: list[InFlight] = field(default_factory=list)
+    complete: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def add(self, member: str, items: list[InFlight], final: bool) -> None:
+        self.in_flight.extend(items)
+        if final:
+            self.answered.add(member)
+        if self.expected <= self.answered:
+            self.complete.set()
+
+
+class FreezeMessages:
+    """``FreezeState``'s side of the bus: announcing an engage, collecting the answers,
+    hearing the others' messages and answering them."""
+
+    _store: FreezeStore
+    _bus: Bus | None
+    member: str
+    engage_wait: float
+    _generation: int
+    _active: list[Freeze]
+    _answers: dict[str, Answers]
+    _horizon: Callable[[], float]
+
+    if TYPE_CHECKING:  # FreezeState's
+        def _hint(self, freeze: Freeze | None) -> asyncio.Task[None]: ...
+
+        async def _settle(self, freezes: list[Freeze], deadline: float) -> list[InFlight]: ...
+
+        async def load(self) -> None: ...
+
+        def _spawn(self, work: Any) -> asyncio.Task[Any]: ...
+
+    async def _members(self) -> set[str] | None:
+        if self._bus is None:
+            return None
+        try:
+            return await self._bus.members()
+        except Exception:
+            log.exception("kill switch: could not list the processes on the bus")
+            return None
+
+    async def _announce(self, freeze: Freeze, deadline: float,
+                        members: set[str] | None) -> Answers | None:
+        """Tell every other process; None when there is no bus to tell them on (they
+        learn it at their next heartbeat, and the store refuses their covered writes)."""
+        if self._bus is None or members is None:
+            return None
+        key = new_id()
+        loop = asyncio.get_running_loop()
+        answers = Answers(members)
+        if not members:
+            answers.complete.set()
+            return answers
+        self._answers[key] = answers
+        loop.call_at(deadline + 2 * ANSWER_GRACE, self._answers.pop, key, None)
+        try:
+            await self._bus.publish({
+                "type": "engage", "id": key, "generation": self._generation,
+                "freeze": freeze_json(freeze),
+                "wait": max(0.0, deadline - ANSWER_EARLY - loop.time())})
+        except Exception:
+            log.exception("kill switch: could not announce the freeze")
+            self._answers.pop(key, None)
+            return None
+        return answers
+
+    async def _closed(self, ids: set[str], deadline: float) -> None:
+        """Until none of the intents ``ids`` is open any more (their writes finished or
+        were cut off), or ``deadline`` (loop time): the store is polled."""
+        loop = asyncio.get_running_loop()
+        since = utcnow() - timedelta(seconds=self._horizon())
+        while loop.time() < deadline:
+            try:
+                still = {p.id for p in await self._store.pending_intents(since)} & ids
+            except Exception:
+                log.exception("kill switch: could not read the open intents")
+                return
+            if not still:
+                return
+            await asyncio.sleep(min(CLOSED_POLL, max(0.0, deadline - loop.time())))
+        log.warning("kill switch: writes of processes that did not answer were still open "
+                    "at engage_wait; they are reported as unknown")
+
+    async def _open_intents(self) -> list[InFlight]:
+        since = utcnow() - timedelta(seconds=self._horizon())
+        try:
+            return await self._store.pending_intents(since)
+        except Exception:
+            log.exception("kill switch: could not read the open intents")
+            return []
+
+    def _heard(self, message: dict[str, Any]) -> None:
+        """A hint: the store is re-read, whatever the message says (``_hint``)."""
+        try:
+            kind = message.get("type")
+            if kind == "engage":
+                try:
+                    freeze: Freeze | None = freeze_from(message["freeze"])
+                except Exception:
+                    freeze = None
+                reading = self._hint(freeze)  # before anything else
+                if freeze is not None:
+                    self._spawn(self._answer(message, freeze, reading))
+            elif kind != "answer":
+                self._hint(None)
+            else:
+                answers = self._answers.get(str(message["id"]))
+                if answers is not None:
+                    answers.add(str(message["from"]),
+                                [InFlight.from_json(i) for i in message["in_flight"]],
+                                bool(message["final"]))
+        except Exception:
+            log.exception("kill switch: bad message on the bus: %r", message)
+
+    async def _answer(self, message: dict[str, Any], hinted: Freeze,
+                      reading: asyncio.Task[None]) -> None:
+        """Settle the writes of the freeze the store holds under the hint's id: none for
+        a forged or replayed message (if the store cannot be read, the hint's own)."""
+        wait = min(max(0.0, float(message["wait"])), self.engage_wait)
+        deadline = asyncio.get_running_loop().time() + wait
+        try:
+            await asyncio.shield(reading)
+            freezes = [f for f in self._active if f.id == hinted.id]
+        except Exception:
+            freezes = [hinted]
+        cut = [i.to_json() for i in await self._settle(freezes, deadline)] if freezes else []
+        assert self._bus is not None
+        chunks = [cut[i:i + ANSWER_CHUNK] for i in range(0, len(cut), ANSWER_CHUNK)] or [[]]
+        for n, chunk in enumerate(chunks, 1):
+            await self._bus.publish({"type": "answer", "id": message["id"], "in_flight": chunk,
+                                     "final": n == len(chunks)}, to=str(message["from"]))
+        await self.load()
+
+
+def freeze_json(freeze: Freeze) -> dict[str, Any]:
+    return {**freeze.to_json(), "id": freeze.id}
+
+
+def freeze_from(data: dict[str, Any]) -> Freeze:
+    return Freeze(FreezeScope(data["scope"]), data.get("target"), str(data["reason"]),
+                  str(data["by"]), parse_iso(str(data["at"])), str(data["id"]))

@@ -1,0 +1,88 @@
+"""The audit chain in the store: one way to append a link.
+
+Every record names the hash of the one before it (``core.audit.seal``), so an
+append reads the last record and writes after it in one transaction that no
+other chain writer can interleave with: ``WRITE_LOCK`` on PostgreSQL (an
+advisory lock, taken by every writer of audit and freezes, and by the
+``gateway_engage`` function of migration 0017), the database's write lock on
+SQLite. An operator's record, a batch of the proxy's decisions and the record
+of a freeze change all go through ``append_in``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import or_
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from gateway.core.audit import link
+from gateway.core.model import AuditRecord
+from gateway.store import codec
+from gateway.store.hot import HotPath, Tx
+from gateway.store.tables import AuditRow
+
+WRITE_LOCK = 0x67775F7772697465  # "gw_write": the advisory lock over audit and freezes
+
+AuditItem = tuple[str, str, dict[str, Any], datetime]  # actor, action, detail, at
+
+
+async def append_in(tx: Tx, items: list[AuditItem]) -> list[AuditRecord]:
+    """The next links of the chain, (actor, action, detail, at) in order, in ``tx``
+    (which holds ``WRITE_LOCK``)."""
+    last = await tx.fetch(codec.SELECT_LAST_AUDIT)
+    previous = codec.audit_from_values(last[0]) if last else None
+    records = []
+    for actor, action, detail, at in items:
+        previous = link(previous, at, actor, action, detail)
+        records.append(previous)
+    await tx.executemany(codec.INSERT_AUDIT, [codec.audit_params(r) for r in records])
+    return records
+
+
+class AuditChain:
+    """``append_audit`` ... ``find_audit`` of ``ports.AuditStore`` (a mixin of ``SqlStore``)."""
+
+    _engine: AsyncEngine  # reads
+
+    if TYPE_CHECKING:  # SqlStore's
+        def _hot_path(self) -> HotPath: ...
+
+    async def append_audit(self, actor: str, action: str, detail: dict[str, Any],
+                           at: datetime) -> AuditRecord:
+        async with self._hot_path().transaction((WRITE_LOCK,)) as tx:
+            return (await append_in(tx, [(actor, action, detail, at)]))[0]
+
+    async def append_audit_many(self, items: list[AuditItem]) -> list[AuditRecord]:
+        """Several (actor, action, detail, at) records, chained in one transaction.
+
+        This is the proxy's path (every decision on a write), through the driver
+        like the journal: on SQLite through the same connection, so it never waits
+        on a lock held by the journal's own writes; on PostgreSQL a commit that
+        does not wait for the disk (``PostgresHotPath.transaction``).
+        """
+        async with self._hot_path().transaction((WRITE_LOCK,), durable=False) as tx:
+            return await append_in(tx, items)
+
+    async def find_audit(self, terms: list[str], limit: int = 200) -> list[AuditRecord]:
+        """Records whose detail names any of ``terms`` (ids), oldest first: an entry's
+        decision, the approval that held it, the plans that undid it."""
+        if not terms:
+            return []
+        detail = col(AuditRow.detail)
+        statement = (select(AuditRow).where(or_(*[detail.contains(f'"{t}"', autoescape=True)
+                                                  for t in terms]))
+                     .order_by(col(AuditRow.seq)).limit(limit))
+        async with AsyncSession(self._engine) as session:
+            rows = (await session.exec(statement)).all()
+        return [codec.audit_from_row(row) for row in rows]
+
+    async def list_audit(self, after: int = 0, limit: int = 1000) -> list[AuditRecord]:
+        statement = (select(AuditRow).where(col(AuditRow.seq) > after)
+                     .order_by(col(AuditRow.seq)).limit(limit))
+        async with AsyncSession(self._engine) as session:
+            rows = (await session.exec(statement)).all()
+        return [codec.audit_from_row(row) for row in rows]

@@ -1,0 +1,140 @@
+"""The hot path on PostgreSQL: two asyncpg pools (``gateway.store.hot``)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+
+from gateway.core.model import Freeze
+from gateway.ports import FreezeChange
+from gateway.store import killswitch as ks
+from gateway.store.bus import PgBus
+from gateway.store.engine import connect_primary
+from gateway.store.hot import Tx, numbered
+
+log = logging.getLogger("gateway.store")
+_PROBE = "UPDATE killswitch SET generation = generation WHERE 1 = 0"  # a write, of nothing
+
+
+class PostgresHotPath:
+    """Two asyncpg pools: one for what must be durable when it returns, and a
+    small one whose commits do not wait for the disk (journal outcomes: one lost
+    in a crash leaves its entry an intent, outcome unknown, as a crash before the
+    outcome always did; the batched decisions of the audit trail, see
+    ``transaction``). Neither resets a connection it takes back unless it
+    is still in a transaction: the hot path leaves no other session state, and
+    the reset was one more round trip per statement."""
+
+    def __init__(self, pool: asyncpg.Pool, unsynced: asyncpg.Pool, dsn: str) -> None:
+        self._pool = pool
+        self._unsynced = unsynced
+        self._dsn = dsn  # the bus listens on a connection of its own
+
+    @classmethod
+    async def connect(cls, dsn: str, max_size: int = 10) -> PostgresHotPath:
+        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=max_size, reset=_rollback,
+                                         connect=connect_primary)  # one host at a time
+        try:
+            unsynced = await asyncpg.create_pool(
+                dsn, min_size=1, max_size=2, reset=_rollback, connect=connect_primary,
+                server_settings={"synchronous_commit": "off"})
+        except BaseException:
+            await pool.close()
+            raise
+        return cls(pool, unsynced, dsn)
+
+    async def execute(self, sql: str, args: Sequence[Any]) -> int:
+        status: str = await self._pool.execute(numbered(sql), *args)
+        return int(status.rsplit(" ", 1)[-1])
+
+    async def fetch(self, sql: str, args: Sequence[Any]) -> list[Sequence[Any]]:
+        return list(await self._pool.fetch(numbered(sql), *args))
+
+    @asynccontextmanager
+    async def transaction(self, locks: Sequence[int] = (), durable: bool = True,
+                          ) -> AsyncIterator[Tx]:
+        """``durable=False``: on the unsynced pool. The audit trail's batches of
+        decisions commit so: the chain's lock is held for round trips, not for a
+        disk flush, so an engage (which takes the same lock) does not queue behind
+        the flush of a batch of decisions. Those decisions were already only in
+        memory until now (``AuditTrail``'s queue), so a crash loses at most the
+        last fraction of a second of them, as before; WAL is replayed in order,
+        so what survives is a prefix and the chain stays whole. Any synchronous
+        commit after it (an engage's, an intent's) flushes it too."""
+        async with (self._pool if durable else self._unsynced).acquire() as connection:
+            taken = ", ".join(f"pg_advisory_xact_lock({key:d})" for key in locks)
+            await connection.execute("BEGIN" + (f"; SELECT {taken}" if taken else ""))
+            try:
+                yield _PostgresTx(connection)
+            except BaseException:
+                await _abandon(connection)
+                raise
+            await connection.execute("COMMIT")
+
+    async def insert_intents(self, rows: Sequence[Sequence[Any]]) -> list[bool]:
+        """The whole batch in one call of ``gateway_journal_intents`` (migration 0005)."""
+        inserted = {row[0] for row in await self.fetch(ks.PG_INSERT_INTENTS_UNLESS_FROZEN,
+                                                       (ks.intents_json(rows),))}
+        return [row[0] in inserted for row in rows]
+
+    async def update_outcomes(self, rows: Sequence[Sequence[Any]]) -> list[bool]:
+        """One statement on the unsynced pool: an outcome lost in a crash leaves its
+        entry an intent, outcome unknown."""
+        updated = {row[0] for row in await self._unsynced.fetch(
+            numbered(ks.PG_UPDATE_OUTCOMES), *ks.columns_of(rows))}
+        return [row[-1] in updated for row in rows]
+
+    async def engage(self, freeze: Freeze) -> FreezeChange:
+        """``killswitch.engage_in`` as one round trip (``gateway_engage``, migration 0017);
+        the database links the audit record into the chain."""
+        return ks.engaged(freeze, await self.fetch(ks.PG_ENGAGE, ks.engage_args(freeze)))
+
+    async def probe(self) -> None:
+        async with self.transaction() as tx:
+            await tx.execute(_PROBE)
+
+    def bus(self, member: str) -> PgBus:
+        return PgBus(self._dsn, self._pool, member)
+
+    async def flush(self) -> None:
+        """Nothing to do: ``pool`` commits wait for the disk (and a synchronous standby)."""
+
+    async def close(self) -> None:
+        await self._unsynced.close()
+        await self._pool.close()
+
+
+async def _abandon(connection: asyncpg.Connection) -> None:
+    """Roll back after an error, never hiding it: on a connection that broke, or is still
+    busy with the statement the error interrupted ("another operation is in progress"),
+    the ROLLBACK fails too; then the connection is dropped (the server rolls back) and the
+    caller re-raises the first error, the one that says what happened."""
+    try:
+        await connection.execute("ROLLBACK")
+    except BaseException as exc:  # noqa: BLE001 - the error being handled is the real one
+        log.warning("rollback failed (%s); dropping the connection", exc)
+        connection.terminate()
+
+
+async def _rollback(connection: asyncpg.Connection) -> None:
+    if connection.is_in_transaction():
+        await connection.execute("ROLLBACK")
+
+
+class _PostgresTx:
+    def __init__(self, connection: asyncpg.Connection) -> None:
+        self._connection = connection
+
+    async def execute(self, sql: str, args: Sequence[Any] = ()) -> int:
+        status: str = await self._connection.execute(numbered(sql), *args)
+        return int(status.rsplit(" ", 1)[-1]) if status[-1:].isdigit() else 0
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        await self._connection.executemany(numbered(sql), rows)
+
+    async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Sequence[Any]]:
+        return list(await self._connection.fetch(numbered(sql), *args))
