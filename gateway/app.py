@@ -24,7 +24,6 @@ from gateway.ports import Store
 from gateway.ports import Upstream as UpstreamClient
 from gateway.proxy.listener import AgentDirectory, ProxyApp
 from gateway.proxy.mcp import McpReader
-from gateway.proxy.mcp_sender import McpSender
 from gateway.services.anchors import anchor_for
 from gateway.services.approvals import ApprovalQueue
 from gateway.services.audit_trail import AuditTrail
@@ -38,6 +37,7 @@ from gateway.services.rollbacks import Rollbacks
 from gateway.services.shadows import ShadowWrites
 from gateway.services.tripwires import Tripwires
 from gateway.settings import Settings, SettingsError
+from gateway.upstreams.mcp import McpSender
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -111,7 +111,7 @@ class Gateway:
         if created is not None:  # loud: a mistyped path would otherwise go unnoticed
             log.warning("created a new, empty store at %s", created.resolve())
         if self._client is None:
-            from gateway.proxy.upstream import UpstreamClient
+            from gateway.upstreams.client import UpstreamClient
             self._client = UpstreamClient(timeout=self.settings.upstream_timeout)
         freezes = FreezeState(self._store, self._store.bus(), self.settings.engage_wait,
                               horizon=self._longest_write)

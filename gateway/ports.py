@@ -1,8 +1,8 @@
 """The interfaces the pipeline and the admin API depend on.
 
 Adapters implement them: ``gateway.store.SqlStore`` the ``Store`` (SQLite or
-PostgreSQL), ``gateway.proxy.upstream.UpstreamClient`` the ``Upstream``,
-``gateway.services.rest.RestSender`` and ``gateway.proxy.mcp_sender.McpSender``
+PostgreSQL), ``gateway.upstreams.client.UpstreamClient`` the ``Upstream``,
+``gateway.upstreams.rest.RestSender`` and ``gateway.upstreams.mcp.McpSender``
 the ``Sender`` of each kind of upstream.
 Tests substitute fakes where a narrow unit test wants one.
 """

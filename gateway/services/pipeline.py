@@ -18,7 +18,7 @@ The proxy listener turns ``GatewayError`` into the contract's JSON errors;
 this module never speaks HTTP framing.
 
 Reaching the upstream is a ``Sender``'s job, one per kind of upstream: REST
-(``gateway.services.rest``) or MCP (``gateway.proxy.mcp_sender``), where the
+(``gateway.upstreams.rest``) or MCP (``gateway.upstreams.mcp``), where the
 call is a JSON-RPC ``tools/call`` read by ``gateway.proxy.mcp``, its capture a
 read tool and its undo another tool. The steps above are the same for both.
 """
@@ -56,9 +56,9 @@ from gateway.services.call import Call, Reply
 from gateway.services.freezes import FreezeState
 from gateway.services.inflight import InFlightLimits
 from gateway.services.journal import Journal
-from gateway.services.rest import RestSender, gateway_headers
 from gateway.services.tripwires import Tripwires
 from gateway.settings import Settings
+from gateway.upstreams.rest import RestSender, gateway_headers
 
 log = logging.getLogger("gateway.pipeline")
 JSON_TYPE = "application/json"
@@ -431,4 +431,4 @@ class Pipeline:
                                                        trace=step.propagate)
         return seen, (time.perf_counter() - began) * 1000
 
-__all__ = ["Pipeline", "gateway_headers"]  # gateway_headers: see gateway.services.rest
+__all__ = ["Pipeline", "gateway_headers"]  # gateway_headers: see gateway.upstreams.rest

@@ -130,7 +130,7 @@ class HeldWrites:
     """The production client, except that writes wait for ``go`` (a slow network)."""
 
     def __init__(self) -> None:
-        from gateway.proxy.upstream import UpstreamClient
+        from gateway.upstreams.client import UpstreamClient
         self._client = UpstreamClient()
         self.arrived = asyncio.Event()
         self.go = asyncio.Event()

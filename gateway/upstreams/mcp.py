@@ -42,8 +42,8 @@ from gateway.errors import (
 from gateway.ports import Headers, Observed, UpstreamResponse, untraced
 from gateway.ports import Upstream as UpstreamClient
 from gateway.services.call import Call
-from gateway.services.rest import request_headers
 from gateway.settings import Settings
+from gateway.upstreams.rest import request_headers
 
 log = logging.getLogger("gateway.mcp")
 _JSON = [("content-type", "application/json")]

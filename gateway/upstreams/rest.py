@@ -5,7 +5,7 @@ key, plus the upstream's credential) and read whole; the prior state is a GET
 of the capture path; the gateway's own reads and compensations carry only
 its own headers and the credential. Every request leaves through ``_send``,
 where the credential's query parameter is added and SigV4 upstreams are
-signed (``gateway.services.credentials``).
+signed (``gateway.upstreams.credentials``).
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from gateway.errors import CaptureFailed, GatewayError
 from gateway.ports import Headers, Observed, UpstreamResponse, untraced
 from gateway.ports import Upstream as UpstreamClient
 from gateway.services.call import Call
-from gateway.services.credentials import signed, with_query
 from gateway.settings import Settings
+from gateway.upstreams.credentials import signed, with_query
 
 
 def request_headers(upstream: Upstream, call: Call, drop_encoding: bool) -> list[tuple[str, str]]:

@@ -27,7 +27,7 @@ from functools import lru_cache
 
 from gateway.errors import ConnectTimeout, UpstreamLost, UpstreamTimeout, UpstreamUnreachable
 from gateway.ports import UpstreamResponse
-from gateway.proxy.http1 import Connection, ConnectionLost, Exchange, Origin, Pool, Response
+from gateway.upstreams.http1 import Connection, ConnectionLost, Exchange, Origin, Pool, Response
 
 _SMALL = 256 * 1024  # a streamed response this small is cheaper read whole
 _READS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})  # retried after an idle close
