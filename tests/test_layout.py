@@ -115,3 +115,13 @@ def test_module_imports_nothing_above_its_floor(module: str) -> None:
     above = sorted(other for other in GRAPH[module]
                    if other != "gateway" and floor_of(other) > floor_of(module))
     assert above == [], f"{module} (floor {floor_of(module)}) imports {above}"
+
+
+PIPELINE_USERS = {"gateway.app", "gateway.proxy.listener", "gateway.proxy.mcp"}
+
+
+def test_only_the_wiring_and_the_readers_of_calls_know_the_pipeline() -> None:
+    """Services get what they need through their constructors (``gateway.app``), never
+    by reaching into the pipeline; only the two readers of calls hand it calls."""
+    users = sorted(m for m, imported in GRAPH.items() if "gateway.services.pipeline" in imported)
+    assert set(users) <= PIPELINE_USERS, users

@@ -17,6 +17,7 @@ import json
 import logging
 import re
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -55,9 +56,10 @@ from gateway.errors import (
 )
 from gateway.ports import Store, UpstreamResponse
 from gateway.services.audit_trail import AuditTrail
-from gateway.services.call import Call, Reply
+from gateway.services.call import Call, Policies, Reply, Senders
+from gateway.services.freezes import FreezeState
 from gateway.services.notify import Notifier
-from gateway.services.pipeline import Pipeline
+from gateway.settings import Settings
 
 log = logging.getLogger("gateway.approvals")
 _PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+(?:\.\d+)?)", re.IGNORECASE)
@@ -118,10 +120,38 @@ def replayed(stored: dict[str, Any]) -> UpstreamResponse:
     return UpstreamResponse(stored["status"], headers, body=body)
 
 
+Execute = Callable[[HeldCall, dict[str, Any]], Awaitable[Reply]]
+
+
+class Execution:
+    """How the queue runs an approved call: the pipeline's ``execute_held``. The pipeline
+    holds calls in this very queue, so the queue is built first and this is bound once,
+    when the pipeline is (``gateway.app``); until then an approval cannot run."""
+
+    def __init__(self) -> None:
+        self._execute: Execute | None = None
+
+    def bind(self, execute: Execute) -> None:
+        assert self._execute is None, "bound once"
+        self._execute = execute
+
+    async def __call__(self, held: HeldCall, approval: dict[str, Any]) -> Reply:
+        assert self._execute is not None, "Execution.bind() first"
+        return await self._execute(held, approval)
+
+
 class ApprovalQueue:
-    def __init__(self, pipeline: Pipeline, store: Store, notifier: Notifier,
-                 max_wait: float, lease_seconds: float) -> None:
-        self.pipeline = pipeline
+    """``execute`` sends an approved call (``Pipeline.execute_held``); ``trail`` is where
+    an audit record goes when the store refuses it (None: logged only)."""
+
+    def __init__(self, settings: Settings, policies: Policies, senders: Senders,
+                 freezes: FreezeState, store: Store, notifier: Notifier, execute: Execute,
+                 trail: AuditTrail | None, max_wait: float, lease_seconds: float) -> None:
+        self.settings = settings
+        self.policies = policies
+        self.senders = senders
+        self.freezes = freezes
+        self.execute = execute
         self.store = store
         self.notifier = notifier
         self.max_wait = max_wait
@@ -132,7 +162,7 @@ class ApprovalQueue:
         self._dues: list[datetime] = []  # due times queued here (a heap), not yet swept
         self._due_failures: dict[str, int] = {}  # delayed call id -> failed runs, unsent
         self._swept_at: datetime | None = None  # when the last run of due calls looked
-        self.trail: AuditTrail | None = None  # where a record goes when the store refuses it
+        self.trail = trail
 
     # -- agent side ------------------------------------------------------------
 
@@ -252,17 +282,14 @@ class ApprovalQueue:
         """The held call, the target's current state, and the change field by field."""
         held = await self.get(call_id)
         view = public_view(held)
-        upstream = self.pipeline.policies.upstreams.get(held.upstream)
+        upstream = self.policies.upstream(held.upstream)
         current, problem = None, None
         if upstream is not None:
             rule = upstream.rule(held.rule)
-            call = Call(new_id(), held.agent, None, held.upstream, held.method, held.raw_path,
-                        held.query, list(held.headers), held.checkpoint, buffered=held.body)
-            if upstream.kind == "mcp":
-                call.mcp = mcp.message(mcp.decode(held.body), held.body)
-            seen = self.pipeline.view_of(call)
-            params = next((p for i, p in upstream.trie.match(seen.segments)
-                           if upstream.spec.rules[i].id == held.rule), {})
+            sender = self.senders(upstream)
+            call = sender.rebuilt(held, new_id())
+            seen = sender.view(call)
+            params = sender.params(upstream, held.rule, seen) or {}
             try:
                 target = journaling.capture_path(rule, held.method, seen.path, params,
                                                  seen.body) or (
@@ -271,7 +298,7 @@ class ApprovalQueue:
                 target, problem = None, f"the capture needs {{{exc.args[0]}}}"
             if target is not None and held.method != "POST":
                 try:
-                    current, _, _ = await self.pipeline.capture(upstream, call, target)
+                    current = (await sender.capture(upstream, call, target)).value
                 except GatewayError as exc:
                     problem = exc.message
         if held.method == TOOLS_CALL:  # the tool's arguments over the state the capture read
@@ -326,7 +353,7 @@ class ApprovalQueue:
                                "the stored call no longer matches its digest; not sent")
             raise ApprovalError(409, "digest_mismatch", "the held call was altered; not sent")
         try:
-            reply = await self.pipeline.execute_held(held, info)
+            reply = await self.execute(held, info)
         except _MAYBE_SENT as exc:  # it may have landed: never sent again, never "failed"
             await self._finish(held, ApprovalStatus.UNKNOWN, None, exc.extra.get("journal"),
                                f"{exc.code}: {exc.message}; the outcome is unknown")
@@ -353,8 +380,8 @@ class ApprovalQueue:
         """Seconds an execution may take before the sweeper calls it unknown: never less
         than its upstream's (or rule's) ``timeout``, plus the capture before it and the
         read after it, with a margin."""
-        settings = self.pipeline.settings
-        upstream = self.pipeline.policies.upstreams.get(held.upstream)
+        settings = self.settings
+        upstream = self.policies.upstream(held.upstream)
         timeouts = [settings.upstream_timeout]
         if upstream is not None:
             rule = upstream.rule(held.rule)
@@ -419,7 +446,7 @@ class ApprovalQueue:
         self._swept_at = now
         if not due:
             return
-        freezes = [*await self.store.active_freezes(), *self.pipeline.freezes.active]
+        freezes = [*await self.store.active_freezes(), *self.freezes.active]
         for held in due:
             freeze = covering(freezes, held.upstream, held.agent)
             if freeze is not None:
@@ -500,7 +527,7 @@ class ApprovalQueue:
         return held
 
     def _raise_if_frozen(self, held: HeldCall, freezes: list[Any]) -> None:
-        freeze = covering([*freezes, *self.pipeline.freezes.active], held.upstream, held.agent)
+        freeze = covering([*freezes, *self.freezes.active], held.upstream, held.agent)
         if freeze is not None:
             raise ApprovalError(423, "writes_frozen",
                                 f"writes are frozen ({freeze.scope.value}): {freeze.reason}; "

@@ -45,9 +45,9 @@ from gateway.core.policy import TOOLS_CALL, McpRule, Rule, Upstream
 from gateway.core.redact import redact_headers, redact_query
 from gateway.errors import GatewayError, JournalUnavailable
 from gateway.observe import JOURNAL, JOURNAL_OUTCOME, NO_WATCH, Watch
-from gateway.ports import Observed, Sender, Store, UpstreamResponse
+from gateway.ports import Observed, Store, UpstreamResponse
 from gateway.services import sealing
-from gateway.services.call import Call
+from gateway.services.call import Call, Sender
 from gateway.services.freezes import FreezeState
 from gateway.settings import Settings
 from gateway.store.seal import NO_SEALER, Sealer

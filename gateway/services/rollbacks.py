@@ -23,7 +23,6 @@ from typing import Any
 from urllib.parse import urlencode
 
 from gateway.core import journal as journaling
-from gateway.core import mcp
 from gateway.core.model import (
     Checkpoint,
     JournalEntry,
@@ -50,8 +49,9 @@ from gateway.core.rollback import (
 from gateway.errors import GatewayError
 from gateway.ports import Observed, Store, UpstreamResponse
 from gateway.services import sealing
+from gateway.services.audit_trail import AuditTrail
+from gateway.services.call import Policies, Senders
 from gateway.services.journal import Journal
-from gateway.services.pipeline import Pipeline
 from gateway.services.plan_leases import PlanLeases
 from gateway.store.seal import Sealer, SealError
 
@@ -92,16 +92,18 @@ class Rollbacks:
     that takes its lapsed lease (``resume_unfinished``, run again and again by
     ``gateway.services.recovery``)."""
 
-    def __init__(self, pipeline: Pipeline, store: Store, journal: Journal,
-                 owner: str | None = None, lease_seconds: float = 15.0) -> None:
-        self.pipeline = pipeline
+    def __init__(self, policies: Policies, senders: Senders, store: Store, journal: Journal,
+                 trail: AuditTrail | None = None, owner: str | None = None,
+                 lease_seconds: float = 15.0) -> None:
+        self.policies = policies
+        self.senders = senders
         self.journal = journal  # compensations are journaled like any write
         self.store = store
         self.leases = PlanLeases(store, owner or getattr(store, "process", None) or new_id(),
                                  lease_seconds)
         self._running: set[str] = set()  # plan ids being applied by this process
         self._resumed: set[asyncio.Task[Any]] = set()
-        self.trail: Any = None  # the audit trail (AuditTrail) a refused record is queued in
+        self.trail = trail  # where a record the store refused is queued (None: logged)
 
     async def select(self, selection: Selection) -> list[JournalEntry]:
         if selection.empty():
@@ -303,7 +305,7 @@ class Rollbacks:
         just before (its drift checked then), so the resource holds what that
         compensation left, not byte for byte what this write left (a form API unsets a
         key as ""): no drift check, as the dry run checks only the newest step."""
-        upstream = self.pipeline.policies.upstreams.get(shown.upstream)
+        upstream = self.policies.upstream(shown.upstream)
         if upstream is None:
             return await self._save(plan, shown, StepStatus.FAILED,
                                     f"upstream {shown.upstream!r} is no longer configured")
@@ -343,10 +345,9 @@ class Rollbacks:
         except GatewayError as exc:
             return await self._save(plan, step, StepStatus.FAILED, exc.message)
         status = response.status
-        if step.method == TOOLS_CALL:  # a tool reports failure in a 200
-            failed = mcp.failure(mcp.response_in(response.body or b"", mcp.JSON, mcp.ANY_ID))
-            if failed is not None:
-                return await self._save(plan, step, StepStatus.FAILED, failed, journal_id)
+        failed = self.senders(upstream).failure(step, response)  # a tool's, in a 200
+        if failed is not None:
+            return await self._save(plan, step, StepStatus.FAILED, failed, journal_id)
         if status == 412:
             return await self._save(plan, step, StepStatus.CONFLICT,
                                     "changed since it was read (412 on If-Match)", journal_id)
@@ -384,11 +385,11 @@ class Rollbacks:
         return with_status(shown, status, detail, journal_id)
 
     async def _observe(self, upstream: Upstream, path: str) -> Observed:
-        return await self.pipeline.sender(upstream).read(upstream, path)
+        return await self.senders(upstream).read(upstream, path)
 
     async def _compensate(self, upstream: Upstream, plan: Plan, step: Step,
                           seen: Observed) -> tuple[UpstreamResponse, str]:
-        sender = self.pipeline.sender(upstream)
+        sender = self.senders(upstream)
         body = sealing.body_bytes(step.body)  # a text or binary prior, byte for byte
         if body is None:
             body = _encode(step.body, step.content_type)
@@ -404,7 +405,7 @@ class Rollbacks:
             entry_id=entry_id, request_id=new_id(), agent=f"operator:{plan.by}",
             checkpoint=Checkpoint(run=f"rollback:{plan.id}"), upstream=upstream.name,
             method=step.method, path=step.path, query="", rule=f"rollback:{plan.id}",
-            decision="rollback", policy_revision=self.pipeline.policies.revision,
+            decision="rollback", policy_revision=self.policies.current.revision,
             headers=headers, body=body or b"", content_type=step.content_type,
             prior=seen.value, prior_status=seen.status, capture_path=step.target, undo=None,
             reversible=False)
@@ -428,12 +429,12 @@ class Rollbacks:
         return expected_after(entry, parsed, getattr(entry, "after", None))
 
     def _declared_irreversible(self, entry: JournalEntry) -> bool:
-        upstream = self.pipeline.policies.upstreams.get(entry.upstream)
+        upstream = self.policies.upstream(entry.upstream)
         rule = upstream.rule(entry.rule) if upstream is not None else None
         return rule is not None and rule.undo == "none"
 
     def _volatile(self, entry: JournalEntry) -> tuple[str, ...]:
-        upstream = self.pipeline.policies.upstreams.get(entry.upstream)
+        upstream = self.policies.upstream(entry.upstream)
         if upstream is None:
             return ()
         rule = upstream.rule(entry.rule)
@@ -445,7 +446,7 @@ class Rollbacks:
         steps = []
         for step in plan.steps:
             key = (step.upstream, step.target)
-            upstream = self.pipeline.policies.upstreams.get(step.upstream)
+            upstream = self.policies.upstream(step.upstream)
             if step.status is not StepStatus.PLANNED or key in seen_targets or upstream is None \
                     or plan.force or step.detail == RECONCILE:  # judged when applied
                 steps.append(step)

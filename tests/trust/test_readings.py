@@ -152,7 +152,7 @@ async def test_a_held_call_is_read_again_as_strictly_as_a_live_one(
                              body)
         assert live.status == 400, live.body  # what a live call gets
         gateway = gw.harness.gateway
-        upstream = gateway.pipeline.policies.upstreams["crm"]
+        upstream = gateway.policies.upstreams["crm"]
         call = Call(request_id=new_id(), agent="bot", agent_key=None, upstream="crm",
                     method="POST", raw_path="/held-refunds", query="",
                     headers=[("content-type", content_type)],
