@@ -1,6 +1,7 @@
 """The approval queue at run time: holding calls, waiting agents, operators' decisions.
 
-The state machine lives in ``gateway.core.approvals``; this module persists
+The state machine lives in ``gateway.core.approvals``, a held call as kept,
+shown and audited in ``gateway.services.held_calls``; this module persists
 each transition (compare-and-set in the store, so one process wins any race)
 and does the waiting: an agent may wait up to ``approval.wait`` seconds (or
 what it asks with ``Prefer: wait=N``, up to ``approval_max_wait``) for the
@@ -11,9 +12,7 @@ decisions taken by other processes.
 from __future__ import annotations
 
 import asyncio
-import base64
 import heapq
-import json
 import logging
 import re
 import time
@@ -22,8 +21,6 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from gateway.core import journal as journaling
-from gateway.core import mcp
 from gateway.core.approvals import (
     ApprovalRefused,
     ApprovalStatus,
@@ -31,21 +28,15 @@ from gateway.core.approvals import (
     agent_status,
     check_rejectable,
     digest_of,
-    field_changes,
     lease,
     public_view,
     redacted_response,
-    request_digest,
     vote,
 )
-from gateway.core.headers import HOP_BY_HOP
 from gateway.core.killswitch import covering
-from gateway.core.model import Decision, iso, new_id, utcnow
-from gateway.core.policy import TOOLS_CALL, Approval, Upstream
-from gateway.core.redact import redact_json
+from gateway.core.model import Decision, iso, utcnow
+from gateway.core.policy import Approval, Upstream
 from gateway.errors import (
-    ApprovalPending,
-    ApprovalRejected,
     CaptureFailed,
     GatewayError,
     JournalUnavailable,
@@ -54,10 +45,17 @@ from gateway.errors import (
     WriteCutOff,
     WritesFrozen,
 )
-from gateway.ports import Store, UpstreamResponse
+from gateway.ports import Store
 from gateway.services.audit_trail import AuditTrail
 from gateway.services.call import Call, Policies, Reply, Senders
 from gateway.services.freezes import FreezeState
+from gateway.services.held_calls import (
+    HeldAudit,
+    agent_reply,
+    held_call,
+    proposed,
+    stored_response,
+)
 from gateway.services.notify import Notifier
 from gateway.settings import Settings
 
@@ -82,15 +80,6 @@ _REFUSED_STATUS = {"already_decided": 409, "already_voted": 409, "digest_mismatc
                    "forbidden": 403, "self_approval": 403}
 
 
-def kept_headers(headers: list[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
-    """The agent's headers as held: no hop-by-hop, nothing of the gateway's (its key
-    is already gone). Secret-named ones are kept, so approving sends what the agent
-    sent: views show them redacted and the store keeps them sealed."""
-    return tuple((k, v) for k, v in headers
-                 if k not in HOP_BY_HOP and k not in ("host", "content-length")
-                 and not k.startswith(("x-gateway-", "x-agent-")))
-
-
 def prefer_wait(headers: list[tuple[str, str]]) -> float | None:
     for name, value in headers:
         if name == "prefer":
@@ -98,26 +87,6 @@ def prefer_wait(headers: list[tuple[str, str]]) -> float | None:
             if match:
                 return float(match.group(1))
     return None
-
-
-def stored_response(response: UpstreamResponse) -> dict[str, Any]:
-    body = response.body or b""
-    try:
-        text, encoding = body.decode("utf-8"), None
-    except UnicodeDecodeError:
-        text, encoding = base64.b64encode(body).decode(), "base64"
-    headers = {k.lower(): v for k, v in response.headers
-               if k.lower() not in HOP_BY_HOP and not k.lower().startswith("x-gateway-")
-               and k.lower() != "set-cookie"}
-    return {"status": response.status, "headers": headers, "body": text,
-            "body_encoding": encoding}
-
-
-def replayed(stored: dict[str, Any]) -> UpstreamResponse:
-    raw = stored.get("body") or ""
-    body = base64.b64decode(raw) if stored.get("body_encoding") == "base64" else raw.encode()
-    headers = [(k, v) for k, v in stored.get("headers", {}).items() if k != "content-length"]
-    return UpstreamResponse(stored["status"], headers, body=body)
 
 
 Execute = Callable[[HeldCall, dict[str, Any]], Awaitable[Reply]]
@@ -162,25 +131,9 @@ class ApprovalQueue:
         self._dues: list[datetime] = []  # due times queued here (a heap), not yet swept
         self._due_failures: dict[str, int] = {}  # delayed call id -> failed runs, unsent
         self._swept_at: datetime | None = None  # when the last run of due calls looked
-        self.trail = trail
+        self.audit = HeldAudit(store, trail)  # shadow promotions record theirs here too
 
     # -- agent side ------------------------------------------------------------
-
-    def held_call(self, upstream: Upstream, call: Call, decision: Decision, spec: Approval,
-              **values: Any) -> HeldCall:
-        """The call exactly as the agent sent it (minus secret headers), digest-bound."""
-        now = utcnow()
-        headers = kept_headers(call.headers)
-        body = call.buffered or b""
-        fields: dict[str, Any] = dict(
-            id=new_id(), at=now, agent=call.agent, upstream=upstream.name, method=call.method,
-            raw_path=call.raw_path, query=call.query, headers=headers, body=body,
-            checkpoint=call.checkpoint, rule=decision.rule, policy_revision=decision.revision,
-            digest=request_digest(call.method, upstream.name, call.raw_path, call.query,
-                                  headers, body),
-            required=spec.approvers, roles=spec.roles, operators=spec.operators,
-            expires_at=now + timedelta(seconds=spec.expires) if spec.expires else None)
-        return HeldCall(**{**fields, **values})
 
     async def create(self, held: HeldCall) -> None:
         try:
@@ -196,16 +149,16 @@ class ApprovalQueue:
         seconds from now, unless rejected first (``sweep`` runs it)."""
         rule = upstream.rule(decision.rule)
         spec = rule.approval if rule is not None and rule.approval is not None else Approval()
-        held = self.held_call(upstream, call, decision, spec)
+        held = held_call(upstream, call, decision, spec)
         if delay is not None:
             held = replace(held, due_at=held.at + timedelta(seconds=delay),
                            extra={"delay": delay})
         await self.create(held)
         if delay is None:
-            await self._audit(call.agent, "approval.held", held, {"rule": decision.rule})
+            await self.audit(call.agent, "approval.held", held, {"rule": decision.rule})
             self.notifier.publish("approval.held", public_view(held))
         else:
-            await self._audit(call.agent, "approval.delayed", held, {
+            await self.audit(call.agent, "approval.delayed", held, {
                 "rule": decision.rule, "delay": delay, "due_at": iso(held.due_at or held.at)})
             self.notifier.publish("approval.delayed", public_view(held))
             heapq.heappush(self._dues, held.due_at or held.at)
@@ -213,29 +166,7 @@ class ApprovalQueue:
         asked = prefer_wait(call.headers)
         wait = min(asked if asked is not None else spec.wait, self.max_wait)
         final = await self.wait(held.id, wait) if wait > 0 else held
-        return self._agent_reply(final, error=delay is None and spec.answer == "error")
-
-    def _agent_reply(self, held: HeldCall, error: bool = False) -> Reply:
-        if held.status is ApprovalStatus.EXECUTED and held.response is not None:
-            return Reply(replayed(held.response), "allow", journal_id=held.journal_id)
-        if held.status is ApprovalStatus.REJECTED:
-            raise ApprovalRejected(f"approval {held.id} was rejected"
-                                   + (f": {held.reason}" if held.reason else ""),
-                                   approval=held.id)
-        status_url = f"/_gateway/approvals/{held.id}"
-        if error:  # approval: {answer: error}: a status SDKs raise, so the model hears of it
-            raise ApprovalPending(
-                f"held for approval {held.id} ({agent_status(held.status)}); status at "
-                f"{status_url}. Do not resend: the gateway runs it once if it is approved",
-                approval=held.id, status=agent_status(held.status), status_url=status_url)
-        body: dict[str, Any] = {"approval": {"id": held.id, "status": agent_status(held.status),
-                                             "status_url": status_url}}
-        if held.due_at is not None:  # action: delay: it runs then unless an operator rejects it
-            body["approval"]["due_at"] = iso(held.due_at)
-        response = UpstreamResponse(202, [("content-type", "application/json"),
-                                          ("location", status_url)],
-                                    body=json.dumps(body).encode())
-        return Reply(response, "hold")
+        return agent_reply(final, error=delay is None and spec.answer == "error")
 
     async def wait(self, call_id: str, seconds: float) -> HeldCall:
         """Until the call is decided and done, or ``seconds`` pass."""
@@ -283,33 +214,10 @@ class ApprovalQueue:
         held = await self.get(call_id)
         view = public_view(held)
         upstream = self.policies.upstream(held.upstream)
-        current, problem = None, None
-        if upstream is not None:
-            rule = upstream.rule(held.rule)
-            sender = self.senders(upstream)
-            call = sender.rebuilt(held, new_id())
-            seen = sender.view(call)
-            params = sender.params(upstream, held.rule, seen) or {}
-            try:
-                target = journaling.capture_path(rule, held.method, seen.path, params,
-                                                 seen.body) or (
-                    seen.path if held.method == "POST" else None)
-            except KeyError as exc:
-                target, problem = None, f"the capture needs {{{exc.args[0]}}}"
-            if target is not None and held.method != "POST":
-                try:
-                    current = (await sender.capture(upstream, call, target)).value
-                except GatewayError as exc:
-                    problem = exc.message
-        if held.method == TOOLS_CALL:  # the tool's arguments over the state the capture read
-            arguments = mcp.message(mcp.decode(held.body)).arguments
-            changes = field_changes("PATCH", current, arguments)
-        else:
-            body = journaling.parse_body(held.body, dict(held.headers).get("content-type"))
-            changes = field_changes(held.method, current, redact_json(body))
-        view.update(current=current, changes=changes)
-        if problem:
-            view["capture_error"] = problem
+        shown = await proposed(held, upstream, self.senders(upstream) if upstream else None)
+        view.update(current=shown.current, changes=shown.changes)
+        if shown.problem:
+            view["capture_error"] = shown.problem
         return view
 
     async def approve(self, call_id: str, operator: str, role: str, comment: str | None,
@@ -324,7 +232,7 @@ class ApprovalQueue:
         if not outcome.ready:
             if not await self.store.record_votes(held.id, held.votes, outcome.call.votes):
                 raise ApprovalError(409, "conflict", "the approval changed meanwhile; retry")
-            await self._audit(operator, "approval.vote", held, {"comment": comment})
+            await self.audit(operator, "approval.vote", held, {"comment": comment})
             return {**public_view(outcome.call), "response": None}
         claimed = await self.store.claim_held(held.id, held.votes, outcome.call.votes, operator,
                                               now, lease(now, self.lease_for(held)))
@@ -332,7 +240,7 @@ class ApprovalQueue:
             latest = await self.get(call_id)
             raise ApprovalError(409, "already_decided",
                                 f"approval {call_id} is {latest.status.value}")
-        await self._audit(operator, "approval.approve", held, {"comment": comment})
+        await self.audit(operator, "approval.approve", held, {"comment": comment})
         return await self._execute(outcome.call, operator, comment)
 
     async def _execute(self, held: HeldCall, operator: str, comment: str | None) -> dict[str, Any]:
@@ -363,7 +271,7 @@ class ApprovalQueue:
             kept = tuple(v for v in held.votes if v.by != operator)
             await self.store.release_claim(held.id, kept)
             if len(kept) != len(held.votes):
-                await self._audit(operator, "approval.vote_withdrawn", held, {
+                await self.audit(operator, "approval.vote_withdrawn", held, {
                     "error": f"{exc.code}: {exc.message}; nothing was sent"})
             self._wake(held.id)
             raise ApprovalError(exc.status, exc.code, exc.message) from None
@@ -393,7 +301,7 @@ class ApprovalQueue:
                       error: str | None) -> HeldCall:
         await self.store.finish_held(held.id, status, response, journal_id, error)
         final = await self.store.get_held(held.id) or held
-        await self._audit(held.decided_by or "gateway", f"approval.{status.value}", held,
+        await self.audit(held.decided_by or "gateway", f"approval.{status.value}", held,
                           {"status": response["status"] if response else None, "error": error,
                            "journal_id": journal_id})
         self._wake(held.id)
@@ -411,7 +319,7 @@ class ApprovalQueue:
             latest = await self.get(call_id)
             raise ApprovalError(409, "already_decided",
                                 f"approval {call_id} is {latest.status.value}")
-        await self._audit(operator, "approval.reject", held, {"reason": reason})
+        await self.audit(operator, "approval.reject", held, {"reason": reason})
         self._wake(held.id)
         final = await self.get(call_id)
         self.notifier.publish("approval.rejected", public_view(final))
@@ -460,7 +368,7 @@ class ApprovalQueue:
             if not await self.store.claim_due(held.id, DELAY_ACTOR, now,
                                               lease(now, self.lease_for(held))):
                 continue  # rejected meanwhile, or another process claimed it
-            await self._audit(DELAY_ACTOR, "approval.due", held,
+            await self.audit(DELAY_ACTOR, "approval.due", held,
                               {"delay": held.extra.get("delay")})
             claimed = replace(held, status=ApprovalStatus.APPROVED, decided_by=DELAY_ACTOR,
                               decided_at=now)
@@ -492,7 +400,7 @@ class ApprovalQueue:
     async def _after_sweep(self, call_id: str, action: str) -> None:
         held = await self.store.get_held(call_id)
         if held is not None:
-            await self._audit("gateway", action, held, {})
+            await self.audit("gateway", action, held, {})
             self.notifier.publish(action, public_view(held))
         self._wake(call_id)
 
@@ -537,22 +445,3 @@ class ApprovalQueue:
         event = self._changed.get(call_id)
         if event is not None:
             event.set()
-
-    async def audit(self, actor: str, action: str, held: HeldCall,
-                    detail: dict[str, Any]) -> None:
-        """An audit record naming a held call (shadow promotions record theirs here too)."""
-        await self._audit(actor, action, held, detail)
-
-    async def _audit(self, actor: str, action: str, held: HeldCall,
-                     detail: dict[str, Any]) -> None:
-        record = {"approval": held.id, "agent": held.agent, "upstream": held.upstream,
-                  "method": held.method, "path": held.raw_path or "/", "rule": held.rule,
-                  **detail}
-        try:
-            await self.store.append_audit(actor, action, record, utcnow())
-        except Exception as exc:  # never dropped: the trail retries until the store is back
-            if self.trail is None:
-                log.exception("could not audit %s of %s", action, held.id)
-                return
-            log.warning("could not audit %s of %s now (%s); queued", action, held.id, exc)
-            await self.trail.record(actor, action, record)

@@ -310,12 +310,6 @@ class Pipeline:
                                     body=projected.body)
         return Reply(response, "shadow", journal_id=entry.id)
 
-    async def capture(self, upstream: Upstream, call: Call,
-                      target: str) -> tuple[Any, int, float]:
-        """The prior state as journaled (redacted), its status, and milliseconds taken."""
-        seen, ms = await self.capture_read(upstream, call, target)
-        return seen.value, seen.status, ms
-
     async def capture_read(self, upstream: Upstream, call: Call,
                            target: str) -> tuple[Observed, float]:
         began = time.perf_counter()

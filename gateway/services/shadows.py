@@ -20,6 +20,7 @@ from gateway.core.model import Decision, JournalEntry, Verdict, iso, utcnow
 from gateway.core.policy import Approval, Upstream
 from gateway.services.approvals import ApprovalError, ApprovalQueue
 from gateway.services.call import Call
+from gateway.services.held_calls import held_call
 
 
 class ShadowWrites:
@@ -34,7 +35,7 @@ class ShadowWrites:
         spec = rule.approval if rule is not None and rule.approval is not None else Approval()
         decision = Decision(Verdict.HOLD, entry.rule, "shadowed", entry.policy_revision,
                             upstream.name)
-        held = self.queue.held_call(
+        held = held_call(
             upstream, call, decision, spec, id=entry.id, at=entry.at,
             status=ApprovalStatus.SHADOW, expires_at=None,
             extra={"shadow": {"journal_id": entry.id, "at": iso(entry.at),
