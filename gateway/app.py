@@ -133,7 +133,7 @@ class Gateway:
         self.approvals = ApprovalQueue(self.settings, self._policies, self.senders, freezes,
                                        self._store, self.notifier, execution, self.audit,
                                        self.settings.approval_max_wait, lease_seconds)
-        self.shadows = ShadowWrites(self.approvals)
+        self.shadows = ShadowWrites(self._store, self.approvals, self.notifier)
         self._pipeline = Pipeline(self.settings, self._policies, self.senders, freezes,
                                   self.journal, self.tripwires, self.observer,
                                   holds=self.approvals, proposals=self.shadows)

@@ -162,6 +162,7 @@ class Pipeline:
             action = autonomy.refused(decision, mutating)
         call.facts = action.facts()
         return await self._presented(upstream, await self.carry_out(upstream, call, view, action))
+
     async def _presented(self, upstream: Upstream, reply: Reply) -> Reply:
         """``rewrite_urls``: the upstream's own URLs in the answer point at the gateway."""
         public = self.settings.public_url

@@ -18,15 +18,21 @@ from typing import Any
 from gateway.core.approvals import ApprovalStatus, HeldCall, public_view
 from gateway.core.model import Decision, JournalEntry, Verdict, iso, utcnow
 from gateway.core.policy import Approval, Upstream
+from gateway.ports import Store
 from gateway.services.approvals import ApprovalError, ApprovalQueue
 from gateway.services.call import Call
 from gateway.services.held_calls import held_call
+from gateway.services.notify import Notifier
 
 
 class ShadowWrites:
-    def __init__(self, queue: ApprovalQueue) -> None:
+    """Kept in ``store``; a promoted write joins ``queue`` (audited and announced as a
+    held call is)."""
+
+    def __init__(self, store: Store, queue: ApprovalQueue, notifier: Notifier) -> None:
+        self.store = store
         self.queue = queue
-        self.store = queue.store
+        self.notifier = notifier
 
     async def keep(self, upstream: Upstream, call: Call, entry: JournalEntry) -> None:
         """Keep a shadowed write under its journal entry's id; JournalUnavailable when the
@@ -70,7 +76,7 @@ class ShadowWrites:
                                   {"journal_id": held.id, "would_decide":
                                    proposal.get("would_decide")})
                 final = await self.store.get_held(held.id) or held
-                self.queue.notifier.publish("approval.held", public_view(final))
+                self.notifier.publish("approval.held", public_view(final))
             else:  # promoted by someone else meanwhile
                 final = await self.store.get_held(held.id) or held
             promoted.append(public_view(final))
