@@ -1,9 +1,9 @@
 """The interfaces the pipeline and the admin API depend on.
 
 Adapters implement them: ``gateway.store.SqlStore`` the ``Store`` (SQLite or
-PostgreSQL), ``gateway.upstreams.client.UpstreamClient`` the ``Upstream``,
-the senders of ``gateway.upstreams`` reach the upstreams through it (their protocol,
-``Sender``, is typed on the call: ``gateway.services.call``).
+PostgreSQL), ``gateway.upstreams.client.UpstreamClient`` the ``Upstream``, through
+which the senders of ``gateway.upstreams`` reach the upstreams (their protocol,
+``Sender``, is typed on the call, so it lives beside it: ``gateway.services.call``).
 Tests substitute fakes where a narrow unit test wants one.
 """
 
