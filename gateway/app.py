@@ -24,10 +24,10 @@ from gateway.ports import Store
 from gateway.ports import Upstream as UpstreamClient
 from gateway.proxy.listener import AgentDirectory, ProxyApp
 from gateway.proxy.mcp import McpReader
-from gateway.proxy.mcp_sender import McpSender
 from gateway.services.anchors import anchor_for
-from gateway.services.approvals import ApprovalQueue
+from gateway.services.approvals import ApprovalQueue, Execution
 from gateway.services.audit_trail import AuditTrail
+from gateway.services.call import Policies, Senders
 from gateway.services.checkpoints import Checkpoints
 from gateway.services.freezes import FreezeState
 from gateway.services.journal import Journal
@@ -38,6 +38,8 @@ from gateway.services.rollbacks import Rollbacks
 from gateway.services.shadows import ShadowWrites
 from gateway.services.tripwires import Tripwires
 from gateway.settings import Settings
+from gateway.upstreams.mcp import McpSender
+from gateway.upstreams.rest import RestSender
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -64,6 +66,7 @@ class Gateway:
         self.metrics = Metrics()
         self.observer: Observer = NO_OBSERVER
         self._pipeline: Pipeline | None = None
+        self._policies: Policies | None = None
 
     @property
     def store(self) -> Store:
@@ -77,11 +80,9 @@ class Gateway:
 
     @property
     def policies(self) -> PolicySet:
-        return self.pipeline.policies
-
-    @property
-    def freezes(self) -> FreezeState:
-        return self.pipeline.freezes
+        """The policy set in force (swapped whole by ``reload_policies``)."""
+        assert self._policies is not None, "Gateway.start() first"
+        return self._policies.current
 
     async def start(self) -> None:
         policies = load_policies(self.settings.policies_dir)  # PolicyError before any I/O
@@ -111,40 +112,44 @@ class Gateway:
         if created is not None:  # loud: a mistyped path would otherwise go unnoticed
             log.warning("created a new, empty store at %s", created.resolve())
         if self._client is None:
-            from gateway.proxy.upstream import UpstreamClient
+            from gateway.upstreams.client import UpstreamClient
             self._client = UpstreamClient(timeout=self.settings.upstream_timeout)
         freezes = FreezeState(self._store, self._store.bus(), self.settings.engage_wait,
                               horizon=self._longest_write)
         await freezes.start()
+        self.freezes = freezes
+        self._policies = Policies(policies)
+        self.senders = Senders({"http": RestSender(self.settings, self._client),
+                                "mcp": McpSender(self.settings, self._client)})
         self.journal = Journal(self.settings, self._store, freezes,
                                getattr(self._store, "sealer", None) or sealer)
-        self._pipeline = Pipeline(self.settings, self._store, self._client, freezes, policies,
-                                  self.journal)
-        self._pipeline.observer = self.observer
-        self._pipeline.senders["mcp"] = McpSender(self.settings, self._client)
-        self._pipeline.tripwires = Tripwires(freezes, self._store, self.metrics)
-        self._pipeline.tripwires.configure(self.settings.tripwires, policies)
+        self.tripwires = Tripwires(freezes, self._store, self.metrics)
+        self.tripwires.configure(self.settings.tripwires, policies)
+        self.audit = AuditTrail(self._store)  # started below; records queue until then
         self.notifier = Notifier(self.settings.approval_webhook)
         self.notifier.start()
         lease_seconds = self.settings.capture_timeout + self.settings.upstream_timeout + 30
-        self.approvals = ApprovalQueue(self._pipeline, self._store, self.notifier,
+        execution = Execution()  # the pipeline's, which holds calls in this queue
+        self.approvals = ApprovalQueue(self.settings, self._policies, self.senders, freezes,
+                                       self._store, self.notifier, execution, self.audit,
                                        self.settings.approval_max_wait, lease_seconds)
-        self._pipeline.holds = self.approvals
-        self.shadows = ShadowWrites(self.approvals)
-        self._pipeline.proposals = self.shadows
+        self.shadows = ShadowWrites(self._store, self.approvals, self.notifier)
+        self._pipeline = Pipeline(self.settings, self._policies, self.senders, freezes,
+                                  self.journal, self.tripwires, self.observer,
+                                  holds=self.approvals, proposals=self.shadows)
+        execution.bind(self._pipeline.execute_held)
         await self.approvals.sweep()  # claims left by a process that died are marked unknown
         self.approvals.start()
         process = getattr(self._store, "process", None) or "gateway"
-        self.rollbacks = Rollbacks(self._pipeline, self._store, self.journal, owner=process,
+        self.rollbacks = Rollbacks(self._policies, self.senders, self._store, self.journal,
+                                   self.audit, owner=process,
                                    lease_seconds=self.settings.executor_lease)
-        self.audit = AuditTrail(self._store)
         self.audit.start()
         self.checkpoints = Checkpoints(
             self._store, signer,
             [anchor_for(a) for a in self.settings.audit_anchors],
             self.settings.audit_checkpoint_interval, self.settings.audit_origin)
         await self.checkpoints.start()
-        self.approvals.trail = self.rollbacks.trail = self.audit
         # a heartbeat, then what dead processes left: their intents, audit records, plans
         self.recovery = Recovery(self._store, self.rollbacks, self.journal, process,
                                  self.settings.executor_lease, self._longest_write())
@@ -216,11 +221,8 @@ class Gateway:
             await self.audit.stop()
             await self.checkpoints.stop()
             await self.notifier.stop()
-            await self._pipeline.freezes.stop()
-            for sender in self._pipeline.senders.values():
-                close = getattr(sender, "close", None)
-                if close is not None:  # the MCP sender's kept connections
-                    await close()
+            await self.freezes.stop()
+            await self.senders.close()  # the MCP sender's kept connections
         await self.observer.close()
         if self._client is not None:
             await self._client.close()
@@ -238,8 +240,9 @@ class Gateway:
             await self._audit(actor, "policy.reload_failed",
                               {"kept": previous, "problems": exc.problems})
             return ReloadResult(False, previous, exc.problems)
-        self.pipeline.policies = policies
-        self.pipeline.tripwires.configure(self.settings.tripwires, policies)
+        assert self._policies is not None
+        self._policies.swap(policies)
+        self.tripwires.configure(self.settings.tripwires, policies)
         self.metrics.policy_reloaded(ok=True)
         log.info("policy set %s loaded (was %s)", policies.revision, previous)
         await self._audit(actor, "policy.reload", {"revision": policies.revision,
@@ -255,8 +258,11 @@ class Gateway:
     def proxy_app(self) -> ProxyApp:
         agents = AgentDirectory([(a.name, a.key_sha256) for a in self.settings.agents],
                                 self.settings.allow_anonymous_agents)
-        return ProxyApp(self.pipeline, agents, own_routes=self.approvals.agent_view,
-                        observer=self.observer, audit=self.audit, mcp=McpReader(self.pipeline))
+        assert self._policies is not None, "Gateway.start() first"
+        mcp = McpReader(self.pipeline, self._policies, self.settings.max_write_body)
+        return ProxyApp(self.pipeline, self._policies, agents,
+                        own_routes=self.approvals.agent_view, observer=self.observer,
+                        audit=self.audit, mcp=mcp)
 
     def admin_app(self) -> FastAPI:
         from gateway.admin.api import create_admin_app

@@ -1,9 +1,9 @@
 """The interfaces the pipeline and the admin API depend on.
 
 Adapters implement them: ``gateway.store.sql.SqlStore`` the ``Store`` (SQLite or
-PostgreSQL), ``gateway.proxy.upstream.UpstreamClient`` the ``Upstream``,
-``gateway.services.rest.RestSender`` and ``gateway.proxy.mcp_sender.McpSender``
-the ``Sender`` of each kind of upstream.
+PostgreSQL), ``gateway.upstreams.client.UpstreamClient`` the ``Upstream``, through
+which the senders of ``gateway.upstreams`` reach the upstreams (their protocol,
+``Sender``, is typed on the call, so it lives beside it: ``gateway.services.call``).
 Tests substitute fakes where a narrow unit test wants one.
 """
 
@@ -25,9 +25,8 @@ from gateway.core.model import (
     JournalQuery,
     RunSummary,
 )
-from gateway.core.policy.compiled import Upstream as UpstreamPolicy
 from gateway.core.report import DecisionCount, HeldFact, RolledBack
-from gateway.core.rollback import Plan, PlanStatus, Step, StepStatus
+from gateway.core.rollback import Plan, PlanStatus, StepStatus
 
 
 @dataclass(frozen=True, slots=True)
@@ -416,34 +415,3 @@ Headers = list[tuple[str, str]]
 def untraced(headers: Headers) -> Headers:
     """A ``trace`` that adds nothing (the default when a step is not traced)."""
     return headers
-
-
-class Sender(Protocol):
-    """How the pipeline reaches one kind of upstream (REST: HTTP requests; MCP: JSON-RPC
-    tool calls). Deciding, journaling and freezing are the pipeline's; this only sends.
-    Transport failures raise ``UpstreamUnreachable`` / ``UpstreamTimeout``. ``call`` is a
-    ``gateway.services.call.Call`` (typed loosely: the services floor is above this one)."""
-
-    async def relay(self, upstream: UpstreamPolicy, call: Any,
-                    trace: Callable[[Headers], Headers] = untraced) -> UpstreamResponse:
-        """A read, streamed both ways. ``trace`` adds the trace context to the headers sent."""
-
-    async def forward(self, upstream: UpstreamPolicy, call: Any, approved: bool,
-                      trace: Callable[[Headers], Headers] = untraced) -> UpstreamResponse:
-        """A judged write, its response read whole (to be journaled). ``approved``: the
-        call comes from the approval queue, not from a connected agent."""
-
-    async def capture(self, upstream: UpstreamPolicy, call: Any, target: str,
-                      trace: Callable[[Headers], Headers] = untraced) -> Observed:
-        """The prior state at ``target``, its status, and the bytes read; raises
-        ``CaptureFailed`` when there is no trustworthy answer."""
-
-    async def read(self, upstream: UpstreamPolicy, target: str) -> Observed:
-        """The gateway's own read of ``target`` (after a write; rollback's drift check)."""
-
-    def own_headers(self, upstream: UpstreamPolicy, content_type: str | None) -> list[tuple[str, str]]:
-        """Headers of the gateway's own calls (as journaled for a compensation)."""
-
-    async def compensate(self, upstream: UpstreamPolicy, step: Step, headers: list[tuple[str, str]],
-                         body: bytes | None) -> UpstreamResponse:
-        """Send one rollback step."""

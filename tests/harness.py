@@ -168,12 +168,14 @@ def settings_for(tmp_path: Path, database_url: str, **overrides: Any) -> Setting
 
 @asynccontextmanager
 async def started_gateway(tmp_path: Path, database_url: str, policies: dict[str, str],
-                          store: Any = None, **overrides: Any) -> AsyncIterator[Harness]:
+                          store: Any = None, client: Any = None,
+                          **overrides: Any) -> AsyncIterator[Harness]:
     directory = tmp_path / "policies"
     directory.mkdir(exist_ok=True)
     for name, text in policies.items():
         (directory / name).write_text(text)
-    gateway = Gateway(settings_for(tmp_path, database_url, **overrides), store=store)
+    gateway = Gateway(settings_for(tmp_path, database_url, **overrides), store=store,
+                      client=client)
     await gateway.start()
     agent = httpx.AsyncClient(transport=httpx.ASGITransport(gateway.proxy_app()),
                               base_url="http://gateway", headers={"X-Gateway-Key": AGENT_KEY})

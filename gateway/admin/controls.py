@@ -16,7 +16,6 @@ from gateway.services.audit_trail import AuditTrail
 from gateway.services.checkpoints import Checkpoints
 from gateway.services.freezes import FreezeState
 from gateway.services.journal import Journal
-from gateway.services.pipeline import Pipeline
 from gateway.services.rollbacks import Rollbacks
 from gateway.services.shadows import ShadowWrites
 from gateway.settings import Settings
@@ -51,9 +50,6 @@ class Controls(Protocol):
 
     @property
     def freezes(self) -> FreezeState: ...
-
-    @property
-    def pipeline(self) -> Pipeline: ...
 
     async def reload_policies(self, actor: str) -> ReloadOutcome:
         """Load the policy directory again; an invalid set keeps the last good one."""

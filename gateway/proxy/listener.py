@@ -33,7 +33,7 @@ from gateway.observe import NO_OBSERVER, CallRecord, Observer, Watch
 from gateway.ports import UpstreamResponse
 from gateway.proxy.mcp import McpReader
 from gateway.services.audit_trail import AuditTrail
-from gateway.services.call import Call, Reply
+from gateway.services.call import Call, Policies, Reply
 from gateway.services.pipeline import Pipeline
 
 log = logging.getLogger("gateway.proxy")
@@ -83,11 +83,12 @@ class AgentDirectory:
 
 
 class ProxyApp:
-    def __init__(self, pipeline: Pipeline, agents: AgentDirectory,
+    def __init__(self, pipeline: Pipeline, policies: Policies, agents: AgentDirectory,
                  own_routes: Callable[[str, str, str], Awaitable[tuple[int, Any]]] | None = None,
                  observer: Observer = NO_OBSERVER, audit: AuditTrail | None = None,
                  mcp: McpReader | None = None) -> None:
         self.pipeline = pipeline
+        self.policies = policies
         self.agents = agents
         self.own_routes = own_routes
         self.observer = observer  # metrics, tracing, access log: told once per call
@@ -102,7 +103,7 @@ class ProxyApp:
             return
         request_id = new_id()
         upstream = scope["path"][1:].partition("/")[0]
-        if upstream not in self.pipeline.policies.upstreams:
+        if upstream not in self.policies.current.upstreams:
             upstream = "_other"  # bounded label set, whatever agents send
         watch = self.observer.begin(scope["headers"])
         record = CallRecord(request_id, None, upstream, scope["method"], scope["path"])
@@ -137,7 +138,7 @@ class ProxyApp:
 
     def _s3(self, scope: Scope) -> bool:
         """Whether the call's upstream signs with ``aws_sigv4``: its errors are S3's XML."""
-        upstream = self.pipeline.policies.upstreams.get(scope["path"][1:].partition("/")[0])
+        upstream = self.policies.current.upstreams.get(scope["path"][1:].partition("/")[0])
         return upstream is not None and upstream.credential is not None \
             and upstream.credential.sigv4 is not None
 
@@ -207,7 +208,7 @@ class ProxyApp:
 
     async def _own(self, rest: str, headers: list[tuple[str, str]], method: str) -> Reply:
         if rest == "health":
-            body = {"status": "ok", "policy_revision": self.pipeline.policies.revision}
+            body = {"status": "ok", "policy_revision": self.policies.current.revision}
             return Reply(_json_response(200, body), "allow")
         if self.own_routes is not None:
             agent = self.agents.identify(self.agents.presented(headers).key)

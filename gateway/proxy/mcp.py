@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,14 +41,13 @@ from gateway.core.policy.decide import tool_visible
 from gateway.core.policy.mcp_schema import TOOLS_CALL
 from gateway.errors import (
     BadRequest,
-    BodyTooLarge,
     GatewayError,
     MessageError,
     SessionNotFound,
     UnknownUpstream,
 )
 from gateway.ports import UpstreamResponse
-from gateway.services.call import Call, Reply
+from gateway.services.call import Call, Policies, Reply, body_reader
 from gateway.services.pipeline import Pipeline
 
 SESSION = "mcp-session-id"
@@ -64,11 +62,15 @@ class _Answered:
 
 
 class McpReader:
-    def __init__(self, pipeline: Pipeline) -> None:
+    """Hands each message to ``pipeline``; ``max_body``: the largest POST it reads."""
+
+    def __init__(self, pipeline: Pipeline, policies: Policies, max_body: int) -> None:
         self.pipeline = pipeline
+        self.policies = policies
+        self._read_body = body_reader(max_body)
 
     def serves(self, upstream: str) -> bool:
-        found = self.pipeline.policies.upstreams.get(upstream)
+        found = self.policies.current.upstreams.get(upstream)
         return found is not None and found.kind == "mcp"
 
     async def handle(self, call: Call) -> Reply:
@@ -93,10 +95,10 @@ class McpReader:
         duplicated = find_duplicated_routing_header(call.headers)
         if duplicated is not None:
             raise BadRequest(f"{duplicated} appears more than once")
-        body = await self._body(call)
+        body = await self._read_body(call)
         try:
             items, batch = mcp.messages(  # exact numbers where a ``when`` compares them
-                body, bool(self.pipeline.policies.upstreams[call.upstream].conditions))
+                body, bool(self.policies.current.upstreams[call.upstream].conditions))
         except MessageError as exc:
             raise BadRequest(f"not a JSON-RPC message the gateway can judge: {exc}") from None
         if not batch:
@@ -105,17 +107,6 @@ class McpReader:
         if not batch:
             return answered[0].reply
         return await self._batch_reply(answered)
-
-    async def _body(self, call: Call) -> bytes:
-        if call.buffered is not None:
-            return call.buffered
-        chunks, size = [], 0
-        async for chunk in call.body or _nothing():
-            size += len(chunk)
-            if size > self.pipeline.settings.max_write_body:
-                raise BodyTooLarge(f"request body over {self.pipeline.settings.max_write_body} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)
 
     def _check_routing(self, call: Call, message: mcp.Message) -> None:
         headers = dict(call.headers)
@@ -178,7 +169,7 @@ class McpReader:
 
     async def _listed(self, reply: Reply, agent: str, name: str) -> Reply:
         """The tools the agent may call, in a JSON or an SSE answer alike."""
-        upstream = self.pipeline.policies.upstreams[name]
+        upstream = self.policies.current.upstreams[name]
         response = reply.response
         body = await response.read()
         content_type = next((v for k, v in response.headers if k.lower() == "content-type"), "")
@@ -261,8 +252,3 @@ def _json_or_none(body: bytes) -> Any:
 def _absolute(call: Call, path: str) -> str:
     host = dict(call.headers).get("host")
     return f"http://{host}{path}" if host else path
-
-
-async def _nothing() -> AsyncIterator[bytes]:
-    return
-    yield b""  # pragma: no cover - makes this an async generator

@@ -1,6 +1,7 @@
 """The approval queue at run time: holding calls, waiting agents, operators' decisions.
 
-The state machine lives in ``gateway.core.approvals``; this module persists
+The state machine lives in ``gateway.core.approvals``, a held call as kept,
+shown and audited in ``gateway.services.held_calls``; this module persists
 each transition (compare-and-set in the store, so one process wins any race)
 and does the waiting: an agent may wait up to ``approval.wait`` seconds (or
 what it asks with ``Prefer: wait=N``, up to ``approval_max_wait``) for the
@@ -11,44 +12,33 @@ decisions taken by other processes.
 from __future__ import annotations
 
 import asyncio
-import base64
 import heapq
-import json
 import logging
 import re
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from gateway.core import journal as journaling
-from gateway.core import mcp
 from gateway.core.approvals import (
     ApprovalStatus,
     HeldCall,
     agent_status,
     check_rejectable,
     digest_of,
-    field_changes,
     lease,
     public_view,
     redacted_response,
-    request_digest,
     vote,
 )
-from gateway.core.body import parse_body
-from gateway.core.headers import HOP_BY_HOP
 from gateway.core.killswitch import covering
-from gateway.core.model import Decision, iso, new_id, utcnow
+from gateway.core.model import Decision, iso, utcnow
 from gateway.core.policy.compiled import Upstream
-from gateway.core.policy.mcp_schema import TOOLS_CALL
 from gateway.core.policy.schema import Approval
-from gateway.core.redact import redact_json
 from gateway.errors import (
     AdminError,
-    ApprovalPending,
     ApprovalRefused,
-    ApprovalRejected,
     CaptureFailed,
     GatewayError,
     JournalUnavailable,
@@ -57,11 +47,19 @@ from gateway.errors import (
     WriteCutOff,
     WritesFrozen,
 )
-from gateway.ports import ApprovalStore, UpstreamResponse
+from gateway.ports import ApprovalStore
 from gateway.services.audit_trail import AuditTrail
-from gateway.services.call import Call, Reply
+from gateway.services.call import Call, Policies, Reply, Senders
+from gateway.services.freezes import FreezeState
+from gateway.services.held_calls import (
+    HeldAudit,
+    agent_reply,
+    held_call,
+    proposed,
+    stored_response,
+)
 from gateway.services.notify import Notifier
-from gateway.services.pipeline import Pipeline
+from gateway.settings import Settings
 
 log = logging.getLogger("gateway.approvals")
 _PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+(?:\.\d+)?)", re.IGNORECASE)
@@ -78,15 +76,6 @@ _REFUSED_STATUS = {"already_decided": 409, "already_voted": 409, "digest_mismatc
                    "forbidden": 403, "self_approval": 403}
 
 
-def kept_headers(headers: list[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
-    """The agent's headers as held: no hop-by-hop, nothing of the gateway's (its key
-    is already gone). Secret-named ones are kept, so approving sends what the agent
-    sent: views show them redacted and the store keeps them sealed."""
-    return tuple((k, v) for k, v in headers
-                 if k not in HOP_BY_HOP and k not in ("host", "content-length")
-                 and not k.startswith(("x-gateway-", "x-agent-")))
-
-
 def prefer_wait(headers: list[tuple[str, str]]) -> float | None:
     for name, value in headers:
         if name == "prefer":
@@ -96,30 +85,38 @@ def prefer_wait(headers: list[tuple[str, str]]) -> float | None:
     return None
 
 
-def stored_response(response: UpstreamResponse) -> dict[str, Any]:
-    body = response.body or b""
-    try:
-        text, encoding = body.decode("utf-8"), None
-    except UnicodeDecodeError:
-        text, encoding = base64.b64encode(body).decode(), "base64"
-    headers = {k.lower(): v for k, v in response.headers
-               if k.lower() not in HOP_BY_HOP and not k.lower().startswith("x-gateway-")
-               and k.lower() != "set-cookie"}
-    return {"status": response.status, "headers": headers, "body": text,
-            "body_encoding": encoding}
+Execute = Callable[[HeldCall, dict[str, Any]], Awaitable[Reply]]
 
 
-def replayed(stored: dict[str, Any]) -> UpstreamResponse:
-    raw = stored.get("body") or ""
-    body = base64.b64decode(raw) if stored.get("body_encoding") == "base64" else raw.encode()
-    headers = [(k, v) for k, v in stored.get("headers", {}).items() if k != "content-length"]
-    return UpstreamResponse(stored["status"], headers, body=body)
+class Execution:
+    """How the queue runs an approved call: the pipeline's ``execute_held``. The pipeline
+    holds calls in this very queue, so the queue is built first and this is bound once,
+    when the pipeline is (``gateway.app``); until then an approval cannot run."""
+
+    def __init__(self) -> None:
+        self._execute: Execute | None = None
+
+    def bind(self, execute: Execute) -> None:
+        assert self._execute is None, "bound once"
+        self._execute = execute
+
+    async def __call__(self, held: HeldCall, approval: dict[str, Any]) -> Reply:
+        assert self._execute is not None, "Execution.bind() first"
+        return await self._execute(held, approval)
 
 
 class ApprovalQueue:
-    def __init__(self, pipeline: Pipeline, store: ApprovalStore, notifier: Notifier,
-                 max_wait: float, lease_seconds: float) -> None:
-        self.pipeline = pipeline
+    """``execute`` sends an approved call (``Pipeline.execute_held``); ``trail`` is where
+    an audit record goes when the store refuses it (None: logged only)."""
+
+    def __init__(self, settings: Settings, policies: Policies, senders: Senders,
+                 freezes: FreezeState, store: ApprovalStore, notifier: Notifier, execute: Execute,
+                 trail: AuditTrail | None, max_wait: float, lease_seconds: float) -> None:
+        self.settings = settings
+        self.policies = policies
+        self.senders = senders
+        self.freezes = freezes
+        self.execute = execute
         self.store = store
         self.notifier = notifier
         self.max_wait = max_wait
@@ -130,25 +127,9 @@ class ApprovalQueue:
         self._dues: list[datetime] = []  # due times queued here (a heap), not yet swept
         self._due_failures: dict[str, int] = {}  # delayed call id -> failed runs, unsent
         self._swept_at: datetime | None = None  # when the last run of due calls looked
-        self.trail: AuditTrail | None = None  # where a record goes when the store refuses it
+        self.audit = HeldAudit(store, trail)  # shadow promotions record theirs here too
 
     # -- agent side ------------------------------------------------------------
-
-    def held_call(self, upstream: Upstream, call: Call, decision: Decision, spec: Approval,
-              **values: Any) -> HeldCall:
-        """The call exactly as the agent sent it (minus secret headers), digest-bound."""
-        now = utcnow()
-        headers = kept_headers(call.headers)
-        body = call.buffered or b""
-        fields: dict[str, Any] = dict(
-            id=new_id(), at=now, agent=call.agent, upstream=upstream.name, method=call.method,
-            raw_path=call.raw_path, query=call.query, headers=headers, body=body,
-            checkpoint=call.checkpoint, rule=decision.rule, policy_revision=decision.revision,
-            digest=request_digest(call.method, upstream.name, call.raw_path, call.query,
-                                  headers, body),
-            required=spec.approvers, roles=spec.roles, operators=spec.operators,
-            expires_at=now + timedelta(seconds=spec.expires) if spec.expires else None)
-        return HeldCall(**{**fields, **values})
 
     async def create(self, held: HeldCall) -> None:
         try:
@@ -164,16 +145,16 @@ class ApprovalQueue:
         seconds from now, unless rejected first (``sweep`` runs it)."""
         rule = upstream.rule(decision.rule)
         spec = rule.approval if rule is not None and rule.approval is not None else Approval()
-        held = self.held_call(upstream, call, decision, spec)
+        held = held_call(upstream, call, decision, spec)
         if delay is not None:
             held = replace(held, due_at=held.at + timedelta(seconds=delay),
                            extra={"delay": delay})
         await self.create(held)
         if delay is None:
-            await self._audit(call.agent, "approval.held", held, {"rule": decision.rule})
+            await self.audit(call.agent, "approval.held", held, {"rule": decision.rule})
             self.notifier.publish("approval.held", public_view(held))
         else:
-            await self._audit(call.agent, "approval.delayed", held, {
+            await self.audit(call.agent, "approval.delayed", held, {
                 "rule": decision.rule, "delay": delay, "due_at": iso(held.due_at or held.at)})
             self.notifier.publish("approval.delayed", public_view(held))
             heapq.heappush(self._dues, held.due_at or held.at)
@@ -181,29 +162,7 @@ class ApprovalQueue:
         asked = prefer_wait(call.headers)
         wait = min(asked if asked is not None else spec.wait, self.max_wait)
         final = await self.wait(held.id, wait) if wait > 0 else held
-        return self._agent_reply(final, error=delay is None and spec.answer == "error")
-
-    def _agent_reply(self, held: HeldCall, error: bool = False) -> Reply:
-        if held.status is ApprovalStatus.EXECUTED and held.response is not None:
-            return Reply(replayed(held.response), "allow", journal_id=held.journal_id)
-        if held.status is ApprovalStatus.REJECTED:
-            raise ApprovalRejected(f"approval {held.id} was rejected"
-                                   + (f": {held.reason}" if held.reason else ""),
-                                   approval=held.id)
-        status_url = f"/_gateway/approvals/{held.id}"
-        if error:  # approval: {answer: error}: a status SDKs raise, so the model hears of it
-            raise ApprovalPending(
-                f"held for approval {held.id} ({agent_status(held.status)}); status at "
-                f"{status_url}. Do not resend: the gateway runs it once if it is approved",
-                approval=held.id, status=agent_status(held.status), status_url=status_url)
-        body: dict[str, Any] = {"approval": {"id": held.id, "status": agent_status(held.status),
-                                             "status_url": status_url}}
-        if held.due_at is not None:  # action: delay: it runs then unless an operator rejects it
-            body["approval"]["due_at"] = iso(held.due_at)
-        response = UpstreamResponse(202, [("content-type", "application/json"),
-                                          ("location", status_url)],
-                                    body=json.dumps(body).encode())
-        return Reply(response, "hold")
+        return agent_reply(final, error=delay is None and spec.answer == "error")
 
     async def wait(self, call_id: str, seconds: float) -> HeldCall:
         """Until the call is decided and done, or ``seconds`` pass."""
@@ -250,37 +209,11 @@ class ApprovalQueue:
         """The held call, the target's current state, and the change field by field."""
         held = await self.get(call_id)
         view = public_view(held)
-        upstream = self.pipeline.policies.upstreams.get(held.upstream)
-        current, problem = None, None
-        if upstream is not None:
-            rule = upstream.rule(held.rule)
-            call = Call(new_id(), held.agent, None, held.upstream, held.method, held.raw_path,
-                        held.query, list(held.headers), held.checkpoint, buffered=held.body)
-            if upstream.kind == "mcp":
-                call.mcp = mcp.message(mcp.decode(held.body), held.body)
-            seen = self.pipeline.view_of(call)
-            params = next((p for i, p in upstream.trie.match(seen.segments)
-                           if upstream.spec.rules[i].id == held.rule), {})
-            try:
-                target = journaling.capture_path(rule, held.method, seen.path, params,
-                                                 seen.body) or (
-                    seen.path if held.method == "POST" else None)
-            except KeyError as exc:
-                target, problem = None, f"the capture needs {{{exc.args[0]}}}"
-            if target is not None and held.method != "POST":
-                try:
-                    current, _, _ = await self.pipeline.capture(upstream, call, target)
-                except GatewayError as exc:
-                    problem = exc.message
-        if held.method == TOOLS_CALL:  # the tool's arguments over the state the capture read
-            arguments = mcp.message(mcp.decode(held.body)).arguments
-            changes = field_changes("PATCH", current, arguments)
-        else:
-            body = parse_body(held.body, dict(held.headers).get("content-type"))
-            changes = field_changes(held.method, current, redact_json(body))
-        view.update(current=current, changes=changes)
-        if problem:
-            view["capture_error"] = problem
+        upstream = self.policies.upstream(held.upstream)
+        shown = await proposed(held, upstream, self.senders(upstream) if upstream else None)
+        view.update(current=shown.current, changes=shown.changes)
+        if shown.problem:
+            view["capture_error"] = shown.problem
         return view
 
     async def approve(self, call_id: str, operator: str, role: str, comment: str | None,
@@ -295,15 +228,15 @@ class ApprovalQueue:
         if not outcome.ready:
             if not await self.store.record_votes(held.id, held.votes, outcome.call.votes):
                 raise AdminError(409, "conflict", "the approval changed meanwhile; retry")
-            await self._audit(operator, "approval.vote", held, {"comment": comment})
+            await self.audit(operator, "approval.vote", held, {"comment": comment})
             return {**public_view(outcome.call), "response": None}
         claimed = await self.store.claim_held(held.id, held.votes, outcome.call.votes, operator,
                                               now, lease(now, self.lease_for(held)))
         if not claimed:
             latest = await self.get(call_id)
             raise AdminError(409, "already_decided",
-                             f"approval {call_id} is {latest.status.value}")
-        await self._audit(operator, "approval.approve", held, {"comment": comment})
+                                f"approval {call_id} is {latest.status.value}")
+        await self.audit(operator, "approval.approve", held, {"comment": comment})
         return await self._execute(outcome.call, operator, comment)
 
     async def _execute(self, held: HeldCall, operator: str, comment: str | None) -> dict[str, Any]:
@@ -324,7 +257,7 @@ class ApprovalQueue:
                                "the stored call no longer matches its digest; not sent")
             raise AdminError(409, "digest_mismatch", "the held call was altered; not sent")
         try:
-            reply = await self.pipeline.execute_held(held, info)
+            reply = await self.execute(held, info)
         except _MAYBE_SENT as exc:  # it may have landed: never sent again, never "failed"
             await self._finish(held, ApprovalStatus.UNKNOWN, None, exc.extra.get("journal"),
                                f"{exc.code}: {exc.message}; the outcome is unknown")
@@ -334,7 +267,7 @@ class ApprovalQueue:
             kept = tuple(v for v in held.votes if v.by != operator)
             await self.store.release_claim(held.id, kept)
             if len(kept) != len(held.votes):
-                await self._audit(operator, "approval.vote_withdrawn", held, {
+                await self.audit(operator, "approval.vote_withdrawn", held, {
                     "error": f"{exc.code}: {exc.message}; nothing was sent"})
             self._wake(held.id)
             raise AdminError(exc.status, exc.code, exc.message) from None
@@ -351,8 +284,8 @@ class ApprovalQueue:
         """Seconds an execution may take before the sweeper calls it unknown: never less
         than its upstream's (or rule's) ``timeout``, plus the capture before it and the
         read after it, with a margin."""
-        settings = self.pipeline.settings
-        upstream = self.pipeline.policies.upstreams.get(held.upstream)
+        settings = self.settings
+        upstream = self.policies.upstream(held.upstream)
         timeouts = [settings.upstream_timeout]
         if upstream is not None:
             rule = upstream.rule(held.rule)
@@ -364,7 +297,7 @@ class ApprovalQueue:
                       error: str | None) -> HeldCall:
         await self.store.finish_held(held.id, status, response, journal_id, error)
         final = await self.store.get_held(held.id) or held
-        await self._audit(held.decided_by or "gateway", f"approval.{status.value}", held,
+        await self.audit(held.decided_by or "gateway", f"approval.{status.value}", held,
                           {"status": response["status"] if response else None, "error": error,
                            "journal_id": journal_id})
         self._wake(held.id)
@@ -381,8 +314,8 @@ class ApprovalQueue:
         if not await self.store.reject_held(held.id, operator, reason, now):
             latest = await self.get(call_id)
             raise AdminError(409, "already_decided",
-                             f"approval {call_id} is {latest.status.value}")
-        await self._audit(operator, "approval.reject", held, {"reason": reason})
+                                f"approval {call_id} is {latest.status.value}")
+        await self.audit(operator, "approval.reject", held, {"reason": reason})
         self._wake(held.id)
         final = await self.get(call_id)
         self.notifier.publish("approval.rejected", public_view(final))
@@ -417,7 +350,7 @@ class ApprovalQueue:
         self._swept_at = now
         if not due:
             return
-        freezes = [*await self.store.active_freezes(), *self.pipeline.freezes.active]
+        freezes = [*await self.store.active_freezes(), *self.freezes.active]
         for held in due:
             freeze = covering(freezes, held.upstream, held.agent)
             if freeze is not None:
@@ -431,7 +364,7 @@ class ApprovalQueue:
             if not await self.store.claim_due(held.id, DELAY_ACTOR, now,
                                               lease(now, self.lease_for(held))):
                 continue  # rejected meanwhile, or another process claimed it
-            await self._audit(DELAY_ACTOR, "approval.due", held,
+            await self.audit(DELAY_ACTOR, "approval.due", held,
                               {"delay": held.extra.get("delay")})
             claimed = replace(held, status=ApprovalStatus.APPROVED, decided_by=DELAY_ACTOR,
                               decided_at=now)
@@ -463,7 +396,7 @@ class ApprovalQueue:
     async def _after_sweep(self, call_id: str, action: str) -> None:
         held = await self.store.get_held(call_id)
         if held is not None:
-            await self._audit("gateway", action, held, {})
+            await self.audit("gateway", action, held, {})
             self.notifier.publish(action, public_view(held))
         self._wake(call_id)
 
@@ -498,7 +431,7 @@ class ApprovalQueue:
         return held
 
     def _raise_if_frozen(self, held: HeldCall, freezes: list[Any]) -> None:
-        freeze = covering([*freezes, *self.pipeline.freezes.active], held.upstream, held.agent)
+        freeze = covering([*freezes, *self.freezes.active], held.upstream, held.agent)
         if freeze is not None:
             raise AdminError(423, "writes_frozen",
                              f"writes are frozen ({freeze.scope.value}): {freeze.reason}; "
@@ -508,22 +441,3 @@ class ApprovalQueue:
         event = self._changed.get(call_id)
         if event is not None:
             event.set()
-
-    async def audit(self, actor: str, action: str, held: HeldCall,
-                    detail: dict[str, Any]) -> None:
-        """An audit record naming a held call (shadow promotions record theirs here too)."""
-        await self._audit(actor, action, held, detail)
-
-    async def _audit(self, actor: str, action: str, held: HeldCall,
-                     detail: dict[str, Any]) -> None:
-        record = {"approval": held.id, "agent": held.agent, "upstream": held.upstream,
-                  "method": held.method, "path": held.raw_path or "/", "rule": held.rule,
-                  **detail}
-        try:
-            await self.store.append_audit(actor, action, record, utcnow())
-        except Exception as exc:  # never dropped: the trail retries until the store is back
-            if self.trail is None:
-                log.exception("could not audit %s of %s", action, held.id)
-                return
-            log.warning("could not audit %s of %s now (%s); queued", action, held.id, exc)
-            await self.trail.record(actor, action, record)

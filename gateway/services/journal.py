@@ -50,9 +50,9 @@ from gateway.core.redact import redact_headers, redact_query
 from gateway.core.seal import NO_SEALER, Sealer
 from gateway.errors import GatewayError, JournalUnavailable
 from gateway.observe import JOURNAL, JOURNAL_OUTCOME, NO_WATCH, Watch
-from gateway.ports import JournalStore, Observed, Sender, UpstreamResponse
+from gateway.ports import JournalStore, Observed, UpstreamResponse
 from gateway.services import sealing
-from gateway.services.call import Call
+from gateway.services.call import Call, Sender
 from gateway.services.freezes import FreezeState
 from gateway.settings import Settings
 

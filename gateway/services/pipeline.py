@@ -17,25 +17,22 @@ What the journal records, and when, is ``gateway.services.journal``'s.
 The proxy listener turns ``GatewayError`` into the contract's JSON errors;
 this module never speaks HTTP framing.
 
-Reaching the upstream is a ``Sender``'s job, one per kind of upstream: REST
-(``gateway.services.rest``) or MCP (``gateway.proxy.mcp_sender``), where the
-call is a JSON-RPC ``tools/call`` read by ``gateway.proxy.mcp``, its capture a
-read tool and its undo another tool. The steps above are the same for both.
+Everything that differs between kinds of upstream (REST, MCP) is the
+``Sender``'s (``gateway.services.call``): how a call reads, which rule binds,
+whether it writes, how a held call is rebuilt, what a shadowed write answers,
+how it leaves. The steps above are the same for every kind.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import replace
 from typing import Any, Protocol
-from urllib.parse import parse_qsl
 
-from gateway.core import autonomy, canonical, mcp, shadow, urls
+from gateway.core import autonomy, urls
 from gateway.core import journal as journaling
 from gateway.core.approvals import HeldCall
 from gateway.core.autonomy import Act
-from gateway.core.body import FORM, fields, form_override, json_body, media_type
 from gateway.core.headers import METHOD_OVERRIDES
 from gateway.core.killswitch import InFlight
 from gateway.core.model import (
@@ -49,25 +46,20 @@ from gateway.core.model import (
     utcnow,
 )
 from gateway.core.policy.compiled import CallView, Upstream
-from gateway.core.policy.decide import PolicySet
-from gateway.core.policy.schema import Capture
 from gateway.errors import (
     Ambiguous,
     BadRequest,
-    BodyTooLarge,
     CaptureFailed,
     GatewayError,
     PolicyDenied,
     UnknownUpstream,
 )
-from gateway.observe import CAPTURE, NO_OBSERVER, UPSTREAM, Observer
-from gateway.ports import Observed, Sender, Store, UpstreamResponse
-from gateway.ports import Upstream as UpstreamClient
-from gateway.services.call import Call, Reply
+from gateway.observe import CAPTURE, UPSTREAM, Observer
+from gateway.ports import Observed, UpstreamResponse
+from gateway.services.call import Call, Policies, Reply, Senders, body_reader
 from gateway.services.freezes import FreezeState
 from gateway.services.inflight import InFlightLimits
 from gateway.services.journal import Journal
-from gateway.services.rest import RestSender, gateway_headers
 from gateway.services.tripwires import Tripwires
 from gateway.settings import Settings
 
@@ -91,50 +83,27 @@ class Proposals(Protocol):
         to promote; JournalUnavailable when it cannot be kept."""
 
 
-def canonical_target(raw_path: str) -> canonical.Target:
-    """The one reading of a path (``gateway.core.canonical``), or 400."""
-    try:
-        return canonical.target(raw_path)
-    except Ambiguous as exc:
-        raise BadRequest(str(exc)) from None
-
-
 class Pipeline:
-    def __init__(self, settings: Settings, store: Store, client: UpstreamClient,
-                 freezes: FreezeState, policies: PolicySet, journal: Journal) -> None:
+    """``holds``: without one, a held call is refused; ``proposals``: without one, a
+    shadowed write is journaled only. ``observer`` times approved calls (the listener
+    has its own)."""
+
+    def __init__(self, settings: Settings, policies: Policies, senders: Senders,
+                 freezes: FreezeState, journal: Journal, tripwires: Tripwires,
+                 observer: Observer, holds: Holds | None = None,
+                 proposals: Proposals | None = None) -> None:
         self.settings = settings
         self._warned: set[tuple[str, str]] = set()  # (upstream, origin) logged once
-        self.store = store
-        self.client = client
-        self.freezes = freezes
         self.policies = policies
-        self.holds: Holds | None = None
-        self.proposals: Proposals | None = None  # shadowed writes, kept for promotion
-        self.observer: Observer = NO_OBSERVER  # for approved calls (the listener has its own)
-        self.tripwires = Tripwires(freezes, store)  # none configured: a no-op
-        self.senders: dict[str, Sender] = {"http": RestSender(settings, client)}
+        self.senders = senders
+        self.freezes = freezes
         self.journal = journal  # a write's life: intent, outcome, settled
+        self.tripwires = tripwires
+        self.observer = observer
+        self.holds = holds
+        self.proposals = proposals  # shadowed writes, kept for promotion
         self.inflight = InFlightLimits()
-
-    @property
-    def client(self) -> UpstreamClient:
-        """The HTTP transport every sender uses; replacing it (tests do) replaces it for all."""
-        return self._client
-
-    @client.setter
-    def client(self, value: UpstreamClient) -> None:
-        self._client = value
-        for sender in getattr(self, "senders", {}).values():
-            if hasattr(sender, "client"):
-                sender.client = value
-
-    def sender(self, upstream: Upstream) -> Sender:
-        """The port that reaches this kind of upstream (``kind: http`` or ``mcp``)."""
-        sender = self.senders.get(upstream.kind)
-        if sender is None:
-            raise UnknownUpstream(f"upstream {upstream.name!r} is {upstream.kind}, which this "
-                                  "gateway cannot reach")
-        return sender
+        self._read_body = body_reader(settings.max_write_body)
 
     async def settled(self) -> None:
         """``Journal.settled``, for callers that hold only the pipeline (tests)."""
@@ -146,43 +115,25 @@ class Pipeline:
         Freeze check, capture and journal all apply; the journal entry records
         who approved it. The response is read whole, to be kept for the agent.
         """
-        upstream = self.policies.upstreams.get(held.upstream)
+        policies = self.policies.current
+        upstream = policies.upstreams.get(held.upstream)
         if upstream is None:
             raise UnknownUpstream(f"upstream {held.upstream!r} is no longer configured")
-        call = Call(request_id=new_id(), agent=held.agent, agent_key=None,
-                    upstream=held.upstream, method=held.method, raw_path=held.raw_path,
-                    query=held.query, headers=list(held.headers), checkpoint=held.checkpoint,
-                    buffered=held.body)
-        if upstream.kind == "mcp":
-            call.mcp = mcp.message(mcp.decode(held.body), held.body)
-        view = self.view_of(call)
-        if call.mcp is None:  # read as a live call is: one reading, or it is not sent
-            try:
-                body = json_body(held.body, view.headers.get("content-type"),
-                                           exact=upstream.needs_body(
-                                               upstream.trie.match(view.segments)))
-            except Ambiguous as exc:
-                raise BadRequest(f"the held call's body: {exc}") from None
-            view = replace(view, body=body)
+        sender = self.senders(upstream)
+        call = sender.rebuilt(held, new_id())
+        view = sender.held_view(upstream, call)
         rule_id = held.rule
-        params = next((p for index, p in upstream.trie.match(view.segments)
-                       if upstream.spec.rules[index].id == rule_id), None)
-        if params is None and call.mcp is not None and upstream.rule(rule_id) is not None:
-            params = {}  # tools are not matched by path
+        params = sender.params(upstream, rule_id, view)
         if params is None:  # held by a tripwire, not a rule: the rule that matches decides
-            matched = self.policies.decide(upstream, view)  # capture and undo
+            matched = policies.decide(upstream, view)  # capture and undo
             rule_id, params = matched.rule, matched.params
         verdict = Verdict.DELAY if held.kind == "delay" else Verdict.HOLD
         decision = Decision(verdict, rule_id, "approved by " + (", ".join(
             v["by"] for v in approval.get("approved_by", [])) or "the delay's end"),
-            self.policies.revision, upstream.name, params)
-        rule = upstream.rule(rule_id)
-        effect = getattr(rule, "effect", None)  # a REST rule's is None unless it says
-        writes = (effect == "write" or (effect is None and is_mutating(held.method))
-                  if call.mcp is None else effect != "read")
+            policies.revision, upstream.name, params)
         call.watch = self.observer.begin([])
         try:
-            if not writes:
+            if not sender.writes(upstream, rule_id, held.method):
                 reply = await self._read(upstream, call)
                 await reply.response.read()
                 return reply
@@ -190,19 +141,8 @@ class Pipeline:
         finally:
             call.watch.end()
 
-    def view_of(self, call: Call) -> CallView:
-        if call.mcp is not None:  # the JSON-RPC method; for a tool call its tool and arguments
-            message = call.mcp
-            return CallView(message.method or call.method, message.tool or "", [], {},
-                            dict(call.headers), call.agent, message.arguments)
-        # The listener's reading; a call rebuilt from the store (approval) is read again.
-        target = call.target if call.target is not None else canonical_target(call.raw_path)
-        return CallView(call.method, target.decoded, list(target.segments),
-                        dict(parse_qsl(call.query, keep_blank_values=True)),
-                        dict(call.headers), call.agent)
-
     async def handle(self, call: Call) -> Reply:
-        policies = self.policies  # one consistent set for the whole call
+        policies = self.policies.current  # one consistent set for the whole call
         upstream = policies.upstreams.get(call.upstream)
         if upstream is None:
             raise UnknownUpstream(f"no upstream named {call.upstream!r}")
@@ -210,32 +150,14 @@ class Pipeline:
             if name in METHOD_OVERRIDES:
                 raise BadRequest(f"method-override header {name!r} is not allowed: the policy "
                                  "judges the request method")
-        view = self.view_of(call)
+        sender = self.senders(upstream)
+        view = sender.view(call)
         mutating = is_mutating(call.method)
         try:
             candidates = upstream.trie.match(view.segments)
         except Ambiguous as exc:  # a spelling of a rule's literal, not the literal
             raise BadRequest(str(exc)) from None
-        if call.query and call.mcp is None and upstream.judges_query(candidates):
-            try:  # judged: one reading, and a lone ``Force`` judged as ``force``
-                view = replace(view, query=fields(call.query, "query", aliases=True))
-            except Ambiguous as exc:
-                raise BadRequest(f"{exc}; a rule judges the query") from None
-        if call.mcp is None and (mutating or upstream.needs_body(candidates)):
-            call.buffered = await self._read_body(call)
-            if sum(1 for name, _ in call.headers if name == "content-type") > 1:
-                raise BadRequest("Content-Type is given twice: the body would be read two ways")
-            try:  # judged or journaled: one reading, or 400
-                parsed = json_body(call.buffered, view.headers.get("content-type"),
-                                             exact=upstream.needs_body(candidates))
-            except Ambiguous as exc:
-                raise BadRequest(f"request body: {exc}") from None
-            if form_override(parsed) and media_type(
-                    view.headers.get("content-type")) == FORM:
-                raise BadRequest("a _method form field is a method override: the policy "
-                                 "judges the request method")
-            view = CallView(view.method, view.path, view.segments, view.query, view.headers,
-                            view.agent, parsed)
+        view = await sender.judged(upstream, call, view, candidates, self._read_body, mutating)
         try:
             decision = policies.decide(upstream, view, candidates)
             writes = decision.write if decision.write is not None else mutating
@@ -297,25 +219,9 @@ class Pipeline:
                 return await self._read(upstream, call)
             return await self._write(upstream, call, view, action.carried_out, action=action)
 
-    async def _read_body(self, call: Call) -> bytes:
-        if call.buffered is not None or call.body is None:
-            return call.buffered or b""
-        declared = next((v for k, v in call.headers if k == "content-length"), None)
-        if declared is not None and declared.strip().isdigit() \
-                and int(declared) > self.settings.max_write_body:
-            # before the first read: an ``Expect: 100-continue`` client gets no 100
-            raise BodyTooLarge(f"request body over {self.settings.max_write_body} bytes")
-        chunks, size = [], 0
-        async for chunk in call.body:
-            size += len(chunk)
-            if size > self.settings.max_write_body:
-                raise BodyTooLarge(f"request body over {self.settings.max_write_body} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)
-
     async def _read(self, upstream: Upstream, call: Call) -> Reply:
         with call.watch.step(UPSTREAM, upstream.name) as step:
-            response = await self.sender(upstream).relay(upstream, call, trace=step.propagate)
+            response = await self.senders(upstream).relay(upstream, call, trace=step.propagate)
         return Reply(response, "allow")
 
     async def _write(self, upstream: Upstream, call: Call, view: CallView,
@@ -371,19 +277,19 @@ class Pipeline:
                     entry.id, call.agent, upstream.name, view.method, view.path,
                     self.freezes.member)):
                 with call.watch.step(UPSTREAM, upstream.name) as step:
-                    response = await self.sender(upstream).forward(
+                    response = await self.senders(upstream).forward(
                         upstream, call, approved=approval is not None, trace=step.propagate)
         except GatewayError as exc:
             exc.extra.setdefault("journal", entry.id)  # the audit record names the entry
             self.journal.later(entry, await self.journal.outcome_of(
-                entry, None, exc, started, sent, capture_ms, upstream, self.sender), call.watch)
+                entry, None, exc, started, sent, capture_ms, upstream, self.senders), call.watch)
             if approval is None:
                 await self.tripwires.after_write(upstream, call, exc)
             raise
         # Built now, read-after included: the state the write left is read before the
         # agent (or anyone) can change it again; only the store write waits.
         self.journal.later(entry, await self.journal.outcome_of(
-            entry, response, None, started, sent, capture_ms, upstream, self.sender), call.watch)
+            entry, response, None, started, sent, capture_ms, upstream, self.senders), call.watch)
         if approval is None:
             await self.tripwires.after_write(upstream, call, response.status)
         return Reply(response, "allow", journal_id=entry.id)
@@ -393,19 +299,7 @@ class Pipeline:
         """``mode: shadow``: the write is journaled with its prior state and kept, exactly
         as sent, as a proposal operators may promote to a held call; the agent gets the
         gateway's projection of the answer (``gateway.core.shadow``). Nothing is sent."""
-        content_type = entry.request_content_type
-        if call.mcp is not None:
-            projected = shadow.project_tool(call.mcp.id, entry.prior, entry.prior_status,
-                                            call.mcp.arguments or {}, entry.id)
-            result = (projected.value or {}).get("result", {})
-            entry.after = result.get("structuredContent")  # the state the tool would leave
-        else:
-            rule = upstream.rule(entry.rule)
-            projected = shadow.project(
-                view.method, entry.prior, entry.prior_status, view.body,
-                media_type(content_type) == FORM,
-                f"/{upstream.name}{call.raw_path}", entry.id,
-                captured_path=isinstance(getattr(rule, "capture", None), Capture))
+        projected = self.senders(upstream).projection(upstream, call, view, entry)
         stored = journaling.store_body(projected.body, JSON_TYPE if projected.body else None,
                                        self.settings.journal_body_limit, projected.value)
         entry.state, entry.decision, entry.status = JournalState.SHADOW, "shadow", projected.status
@@ -424,18 +318,10 @@ class Pipeline:
                                     body=projected.body)
         return Reply(response, "shadow", journal_id=entry.id)
 
-    async def capture(self, upstream: Upstream, call: Call,
-                      target: str) -> tuple[Any, int, float]:
-        """The prior state as journaled (redacted), its status, and milliseconds taken."""
-        seen, ms = await self.capture_read(upstream, call, target)
-        return seen.value, seen.status, ms
-
     async def capture_read(self, upstream: Upstream, call: Call,
                            target: str) -> tuple[Observed, float]:
         began = time.perf_counter()
         with call.watch.step(CAPTURE, upstream.name) as step:
-            seen = await self.sender(upstream).capture(upstream, call, target,
+            seen = await self.senders(upstream).capture(upstream, call, target,
                                                        trace=step.propagate)
         return seen, (time.perf_counter() - began) * 1000
-
-__all__ = ["Pipeline", "gateway_headers"]  # gateway_headers: see gateway.services.rest

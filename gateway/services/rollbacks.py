@@ -1,12 +1,12 @@
-"""Applying rollback plans: drift check, compensation, journal, resume.
+"""Rollback plans at run time: selecting, planning, running, resuming.
 
-The plan is pure (``gateway.core.rollback``); this adapter reads each target
-resource, compares it with what the agent's write left, sends the
-compensation (with ``If-Match`` when the upstream gave an ETag; a 412 is a
-conflict), and journals and audits it like any write. Step states are
-persisted before and after each send, so a rollback interrupted by a crash
-resumes without repeating a step that landed. The kill switch does not apply:
-a freeze stops agents, not operators' recovery.
+The plan is pure (``gateway.core.rollback``); this service selects the
+journal entries, plans over their true (sealed) values, previews a dry run's
+conflicts, and runs a plan step by step (each step:
+``gateway.services.compensations``), audited. A plan has one executor among
+all processes sharing the store, and one interrupted by a crash resumes
+without repeating a step that landed. The kill switch does not apply: a
+freeze stops agents, not operators' recovery.
 """
 
 from __future__ import annotations
@@ -14,44 +14,37 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from gateway.core import mcp
-from gateway.core.body import encode, is_json_type, parse_body
+from gateway.core.body import is_json_type, parse_body
 from gateway.core.model import (
-    Checkpoint,
     JournalEntry,
     JournalQuery,
     iso,
     new_id,
     utcnow,
 )
-from gateway.core.policy.compiled import Upstream
-from gateway.core.policy.mcp_schema import TOOLS_CALL
 from gateway.core.rollback import (
     RECONCILE,
     Plan,
     PlanStatus,
-    Step,
     StepStatus,
-    already_compensated,
     drifted,
     expected_after,
-    outcome_unknown,
     plan_rollback,
-    reconcile,
     with_status,
 )
 from gateway.core.seal import Sealer
 from gateway.errors import AdminError, GatewayError, SealError
-from gateway.ports import Observed, RollbackStore, UpstreamResponse
+from gateway.ports import RollbackStore
 from gateway.services import sealing
+from gateway.services.audit_trail import AuditTrail
+from gateway.services.call import Policies, Senders
+from gateway.services.compensations import Compensations, current
 from gateway.services.journal import Journal
-from gateway.services.pipeline import Pipeline
 from gateway.services.plan_leases import PlanLeases
 
 log = logging.getLogger("gateway.rollback")
@@ -85,16 +78,19 @@ class Rollbacks:
     that takes its lapsed lease (``resume_unfinished``, run again and again by
     ``gateway.services.recovery``)."""
 
-    def __init__(self, pipeline: Pipeline, store: RollbackStore, journal: Journal,
-                 owner: str | None = None, lease_seconds: float = 15.0) -> None:
-        self.pipeline = pipeline
+    def __init__(self, policies: Policies, senders: Senders, store: RollbackStore, journal: Journal,
+                 trail: AuditTrail | None = None, owner: str | None = None,
+                 lease_seconds: float = 15.0) -> None:
+        self.policies = policies
+        self.senders = senders
         self.journal = journal  # compensations are journaled like any write
         self.store = store
         self.leases = PlanLeases(store, owner or getattr(store, "process", None) or new_id(),
                                  lease_seconds)
         self._running: set[str] = set()  # plan ids being applied by this process
         self._resumed: set[asyncio.Task[Any]] = set()
-        self.trail: Any = None  # the audit trail (AuditTrail) a refused record is queued in
+        self.trail = trail  # where a record the store refused is queued (None: logged)
+        self.steps = Compensations(policies, senders, store, journal)
 
     async def select(self, selection: Selection) -> list[JournalEntry]:
         if selection.empty():
@@ -278,7 +274,7 @@ class Rollbacks:
                 raise AdminError(409, "lease_lost", f"rollback plan {plan.id} was taken "
                                  "over by another gateway process")
             if step.status in (StepStatus.PLANNED, StepStatus.APPLYING):
-                steps[index] = await self._apply(plan, step,
+                steps[index] = await self.steps.apply(plan, step,
                                                  (step.upstream, step.target) in compensated)
             if steps[index].status is StepStatus.APPLIED:
                 compensated.add((step.upstream, step.target))
@@ -291,127 +287,6 @@ class Rollbacks:
         await self._audit(plan.by, "rollback.finish", final, {"status": status.value, **counts})
         return final
 
-    async def _apply(self, plan: Plan, shown: Step, follows: bool = False) -> Step:
-        """``follows``: a newer write to the same resource was compensated by this plan
-        just before (its drift checked then), so the resource holds what that
-        compensation left, not byte for byte what this write left (a form API unsets a
-        key as ""): no drift check, as the dry run checks only the newest step."""
-        upstream = self.pipeline.policies.upstreams.get(shown.upstream)
-        if upstream is None:
-            return await self._save(plan, shown, StepStatus.FAILED,
-                                    f"upstream {shown.upstream!r} is no longer configured")
-        try:
-            step = sealing.open_step(self.sealer, shown)
-        except SealError as exc:  # fail closed: never send the redacted state instead
-            return await self._save(plan, shown, StepStatus.FAILED, f"refused: {exc}")
-        try:
-            seen = await self._observe(upstream, step.target)
-        except GatewayError as exc:
-            return await self._save(plan, step, StepStatus.FAILED, f"reading failed: {exc.message}")
-        try:
-            unknown = await self._unknown(step)
-        except SealError as exc:
-            return await self._save(plan, step, StepStatus.FAILED, f"refused: {exc}")
-        if unknown is not None:  # it may or may not have landed: the resource says which
-            absent = unknown.prior_status in (404, 410) or (  # a create: nothing before
-                unknown.method == "POST" and unknown.capture_path is None)
-            verdict, why = reconcile(step, unknown.method, unknown.prior, absent, seen.status,
-                                     _current(step, seen))
-            if verdict is StepStatus.SKIPPED or (verdict is StepStatus.CONFLICT
-                                                 and not plan.force):
-                return await self._save(plan, step, verdict, why)
-        else:  # (an unknown write's reconciliation above was its drift check)
-            if step.status is StepStatus.APPLYING:  # interrupted: did the compensation land?
-                entry = await self.store.get_journal(step.entry_id)
-                prior = entry.prior if entry is not None else None
-                if already_compensated(step, seen.status, seen.value, prior):
-                    return await self._applied(plan, step, "found applied when the plan resumed")
-            if not plan.force and not follows:  # resumed too: it may have changed meanwhile
-                why = drifted(step, seen.status, _current(step, seen))
-                if why is not None:
-                    return await self._save(plan, step, StepStatus.CONFLICT, why)
-        await self.store.update_step(plan.id, step.seq, StepStatus.APPLYING, None, None)
-        try:
-            response, journal_id = await self._compensate(upstream, plan, step, seen)
-        except GatewayError as exc:
-            return await self._save(plan, step, StepStatus.FAILED, exc.message)
-        status = response.status
-        if step.method == TOOLS_CALL:  # a tool reports failure in a 200
-            failed = mcp.failure(mcp.response_in(response.body or b"", mcp.JSON, mcp.ANY_ID))
-            if failed is not None:
-                return await self._save(plan, step, StepStatus.FAILED, failed, journal_id)
-        if status == 412:
-            return await self._save(plan, step, StepStatus.CONFLICT,
-                                    "changed since it was read (412 on If-Match)", journal_id)
-        if not 200 <= status < 300:
-            return await self._save(plan, step, StepStatus.FAILED,
-                                    f"the compensation answered {status}", journal_id)
-        return await self._applied(plan, step, None, journal_id)
-
-    async def _unknown(self, step: Step) -> JournalEntry | None:
-        """The (opened) journal entry of a planned step whose write's outcome is unknown,
-        or None (the journal is the source of truth: a plan's steps are stored without)."""
-        if step.status is not StepStatus.PLANNED:
-            return None
-        entry = await self.store.get_journal(step.entry_id)
-        if entry is None or not outcome_unknown(entry):
-            return None
-        opened, _ = sealing.open_entry(self.sealer, entry)  # SealError: refused by the caller
-        return opened
-
-    async def _applied(self, plan: Plan, step: Step, detail: str | None,
-                       journal_id: str | None = None) -> Step:
-        """The step landed: its journal entry becomes ``rolled_back`` (with this plan),
-        so a later rollback skips it instead of finding the restored state "drifted"."""
-        saved = await self._save(plan, step, StepStatus.APPLIED, detail, journal_id)
-        try:
-            await self.store.mark_rolled_back(step.entry_id, plan.id, utcnow())
-        except Exception:  # the compensation landed; a later plan would show a conflict
-            log.exception("could not mark journal entry %s rolled back", step.entry_id)
-        return saved
-
-    async def _save(self, plan: Plan, step: Step, status: StepStatus, detail: str | None,
-                    journal_id: str | None = None) -> Step:
-        await self.store.update_step(plan.id, step.seq, status, detail, journal_id)
-        shown = sealing.seal_step(self.sealer, step) if step.sealed is not None else step
-        return with_status(shown, status, detail, journal_id)
-
-    async def _observe(self, upstream: Upstream, path: str) -> Observed:
-        return await self.pipeline.sender(upstream).read(upstream, path)
-
-    async def _compensate(self, upstream: Upstream, plan: Plan, step: Step,
-                          seen: Observed) -> tuple[UpstreamResponse, str]:
-        sender = self.pipeline.sender(upstream)
-        body = sealing.body_bytes(step.body)  # a text or binary prior, byte for byte
-        if body is None:
-            body = encode(step.body, step.content_type)
-        headers = sender.own_headers(upstream, step.content_type if body else None)
-        headers += sealing.body_headers(step.body)  # an S3 object's metadata, put back with it
-        if seen.etag and step.method not in ("POST", TOOLS_CALL):
-            headers.append(("if-match", seen.etag))
-        entry_id = new_id()
-        keyed = upstream.idempotency_header(None)  # a compensation is a write too
-        if keyed is not None:
-            headers.append((keyed, entry_id))
-        entry = self.journal.entry(
-            entry_id=entry_id, request_id=new_id(), agent=f"operator:{plan.by}",
-            checkpoint=Checkpoint(run=f"rollback:{plan.id}"), upstream=upstream.name,
-            method=step.method, path=step.path, query="", rule=f"rollback:{plan.id}",
-            decision="rollback", policy_revision=self.pipeline.policies.revision,
-            headers=headers, body=body or b"", content_type=step.content_type,
-            prior=seen.value, prior_status=seen.status, capture_path=step.target, undo=None,
-            reversible=False)
-        await self.journal.compensation_intent(entry)  # recovery is not frozen
-        started = time.perf_counter()
-        response = None
-        try:
-            response = await sender.compensate(upstream, step, headers, body)
-        except GatewayError as exc:
-            await self.journal.record_outcome(entry, None, exc, started, started, 0.0)
-            raise
-        await self.journal.record_outcome(entry, response, None, started, started, 0.0)
-        return response, entry.id
-
     def _expected(self, entry: JournalEntry, true_response: Any = None) -> Any:
         content_type = entry.response_headers.get("content-type")
         parsed = parse_body((entry.response_body or "").encode(), content_type) \
@@ -421,12 +296,12 @@ class Rollbacks:
         return expected_after(entry, parsed, getattr(entry, "after", None))
 
     def _declared_irreversible(self, entry: JournalEntry) -> bool:
-        upstream = self.pipeline.policies.upstreams.get(entry.upstream)
+        upstream = self.policies.upstream(entry.upstream)
         rule = upstream.rule(entry.rule) if upstream is not None else None
         return rule is not None and rule.undo == "none"
 
     def _volatile(self, entry: JournalEntry) -> tuple[str, ...]:
-        upstream = self.pipeline.policies.upstreams.get(entry.upstream)
+        upstream = self.policies.upstream(entry.upstream)
         if upstream is None:
             return ()
         rule = upstream.rule(entry.rule)
@@ -438,7 +313,7 @@ class Rollbacks:
         steps = []
         for step in plan.steps:
             key = (step.upstream, step.target)
-            upstream = self.pipeline.policies.upstreams.get(step.upstream)
+            upstream = self.policies.upstream(step.upstream)
             if step.status is not StepStatus.PLANNED or key in seen_targets or upstream is None \
                     or plan.force or step.detail == RECONCILE:  # judged when applied
                 steps.append(step)
@@ -446,8 +321,8 @@ class Rollbacks:
             seen_targets.add(key)
             try:
                 opened = sealing.open_step(self.sealer, step)
-                seen = await self._observe(upstream, step.target)
-                why = drifted(opened, seen.status, _current(opened, seen))
+                seen = await self.steps.observe(upstream, step.target)
+                why = drifted(opened, seen.status, current(opened, seen))
             except SealError as exc:
                 steps.append(with_status(step, StepStatus.FAILED, f"refused: {exc}"))
                 continue
@@ -472,12 +347,3 @@ def _sent(entry: JournalEntry) -> Any:
     if entry.request_body is None:
         return None
     return parse_body(entry.request_body.encode(), entry.request_content_type)
-
-
-def _current(step: Step, seen: Observed) -> Any:
-    """The resource now, as the step's expected state is: true when that was sealed, or a
-    digest for a text or binary resource; else as journaled (redacted)."""
-    true = sealing.true_state(seen)
-    if step.sealed is not None or not isinstance(seen.value, (dict, list)):
-        return true
-    return seen.value

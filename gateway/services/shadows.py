@@ -20,14 +20,21 @@ from gateway.core.model import Decision, JournalEntry, Verdict, iso, utcnow
 from gateway.core.policy.compiled import Upstream
 from gateway.core.policy.schema import Approval
 from gateway.errors import AdminError
+from gateway.ports import HeldCallStore
 from gateway.services.approvals import ApprovalQueue
 from gateway.services.call import Call
+from gateway.services.held_calls import held_call
+from gateway.services.notify import Notifier
 
 
 class ShadowWrites:
-    def __init__(self, queue: ApprovalQueue) -> None:
+    """Kept in ``store``; a promoted write joins ``queue`` (audited and announced as a
+    held call is)."""
+
+    def __init__(self, store: HeldCallStore, queue: ApprovalQueue, notifier: Notifier) -> None:
+        self.store = store
         self.queue = queue
-        self.store = queue.store
+        self.notifier = notifier
 
     async def keep(self, upstream: Upstream, call: Call, entry: JournalEntry) -> None:
         """Keep a shadowed write under its journal entry's id; JournalUnavailable when the
@@ -36,7 +43,7 @@ class ShadowWrites:
         spec = rule.approval if rule is not None and rule.approval is not None else Approval()
         decision = Decision(Verdict.HOLD, entry.rule, "shadowed", entry.policy_revision,
                             upstream.name)
-        held = self.queue.held_call(
+        held = held_call(
             upstream, call, decision, spec, id=entry.id, at=entry.at,
             status=ApprovalStatus.SHADOW, expires_at=None,
             extra={"shadow": {"journal_id": entry.id, "at": iso(entry.at),
@@ -71,7 +78,7 @@ class ShadowWrites:
                                   {"journal_id": held.id, "would_decide":
                                    proposal.get("would_decide")})
                 final = await self.store.get_held(held.id) or held
-                self.queue.notifier.publish("approval.held", public_view(final))
+                self.notifier.publish("approval.held", public_view(final))
             else:  # promoted by someone else meanwhile
                 final = await self.store.get_held(held.id) or held
             promoted.append(public_view(final))

@@ -12,8 +12,8 @@ import pytest
 from gateway.core.policy.compiled import Upstream
 from gateway.core.policy.schema import PolicyFile
 from gateway.errors import ConnectTimeout, UpstreamLost, UpstreamTimeout, UpstreamUnreachable
-from gateway.proxy import mcp_sender
 from gateway.settings import Settings
+from gateway.upstreams import mcp as mcp_sender
 
 
 class _Session:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from gateway.errors import UpstreamTimeout, UpstreamUnreachable
-from gateway.proxy.upstream import UpstreamClient, split_url
+from gateway.upstreams.client import UpstreamClient, split_url
 
 Answer = Callable[[bytes, asyncio.StreamWriter], Awaitable[bool]]  # False: close after
 # (the answer may read ``Raw.connections``: which connection, counted from 1, is asking)

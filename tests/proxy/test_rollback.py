@@ -11,7 +11,8 @@ import pytest
 
 from gateway.core.rollback import PlanStatus, StepStatus
 from gateway.services.rollbacks import Selection
-from tests.harness import Harness, policy_text, started_gateway
+from gateway.upstreams.client import UpstreamClient
+from tests.harness import CRM_RULES, Harness, policy_text, started_gateway
 
 RULES = """
 - id: read-all
@@ -135,13 +136,16 @@ class RaceAfterRead:
         await self._client.close()
 
 
-async def test_an_etag_mismatch_is_a_conflict(gw: Harness, crm) -> None:
-    await gw.agent.patch("/crm/customers/cus_1", json={"plan": "free"},
-                         headers={"X-Agent-Run": "e"})
-    racing = RaceAfterRead(gw.gateway.pipeline.client, crm[0])
-    gw.gateway.pipeline.client = racing
-    racing.armed = True
-    plan = await rollback(gw, run="e", dry_run=False)
+async def test_an_etag_mismatch_is_a_conflict(tmp_path: Path, crm) -> None:
+    racing = RaceAfterRead(UpstreamClient(), crm[0])
+    text = policy_text(crm[1], CRM_RULES, extra="credentials: {header: Authorization, "
+                       'value: "Bearer upstream-secret"}\n')
+    async with started_gateway(tmp_path, f"sqlite+aiosqlite:///{tmp_path}/gw.db",
+                               {"crm.yaml": text}, client=racing) as gw:
+        await gw.agent.patch("/crm/customers/cus_1", json={"plan": "free"},
+                             headers={"X-Agent-Run": "e"})
+        racing.armed = True
+        plan = await rollback(gw, run="e", dry_run=False)
     assert plan["steps"][0]["status"] == "conflict" and "412" in plan["steps"][0]["detail"]
     assert crm[0].data["customers"]["cus_1"]["name"] == "Changed Meanwhile"
 
@@ -192,14 +196,15 @@ async def test_selection_by_entries_agent_and_window(gw: Harness, crm) -> None:
 
 
 class CrashOnSecond:
-    """Sends the second compensation, then 'dies' before recording it."""
+    """Sends the second compensation, then 'dies' before recording it (once armed: the
+    agent's own writes before the rollback go through)."""
 
     def __init__(self, client) -> None:
-        self._client, self.sent = client, 0
+        self._client, self.sent, self.armed = client, 0, False
 
     async def request(self, method, url, headers, body, **kwargs):
         response = await self._client.request(method, url, headers, body, **kwargs)
-        if method != "GET":
+        if self.armed and method != "GET":
             self.sent += 1
             if self.sent == 2:
                 raise SystemExit("the process died")
@@ -215,10 +220,10 @@ async def test_an_interrupted_rollback_resumes_without_repeating_a_step(tmp_path
     text = policy_text(crm[1], RULES, extra=VOLATILE + "credentials: {header: Authorization, "
                        'value: "Bearer upstream-secret"}\n')
     url = f"sqlite+aiosqlite:///{tmp_path}/gw.db"
-    async with started_gateway(tmp_path, url, {"crm.yaml": text}) as gw:
+    crashing = CrashOnSecond(UpstreamClient())
+    async with started_gateway(tmp_path, url, {"crm.yaml": text}, client=crashing) as gw:
         await agent_run(gw, "c")
-        crashing = CrashOnSecond(gw.gateway.pipeline.client)
-        gw.gateway.pipeline.client = crashing
+        crashing.armed = True
         with pytest.raises(SystemExit):
             await gw.gateway.rollbacks.start(Selection(run="c"), "admin", dry_run=False,
                                              force=False)

@@ -118,7 +118,7 @@ async def test_hours_tripwire_from_the_settings_file_uses_the_clock(tmp_path: Pa
               "allowed_hours": {"start": "08:00", "end": "18:00", "days": ["mon-fri"],
                                 "timezone": "Europe/Paris"}}
     async with gateway(tmp_path, crm[1], tripwires=[office]) as gw:
-        clock = gw.gateway.pipeline.tripwires
+        clock = gw.gateway.tripwires
         clock.clock = lambda: datetime(2024, 5, 1, 9, 0, tzinfo=UTC)  # Wed 11:00 in Paris
         assert (await gw.agent.patch("/crm/customers/cus_1", json={"plan": "x"})).status_code == 200
         clock.clock = lambda: datetime(2024, 5, 4, 9, 0, tzinfo=UTC)  # Saturday

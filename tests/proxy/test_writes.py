@@ -130,7 +130,7 @@ class HeldWrites:
     """The production client, except that writes wait for ``go`` (a slow network)."""
 
     def __init__(self) -> None:
-        from gateway.proxy.upstream import UpstreamClient
+        from gateway.upstreams.client import UpstreamClient
         self._client = UpstreamClient()
         self.arrived = asyncio.Event()
         self.go = asyncio.Event()
@@ -150,8 +150,7 @@ async def test_engage_does_not_return_while_a_write_is_on_its_way(tmp_path: Path
     text = policy_text(crm[1], CRM_RULES, extra="credentials: {header: Authorization, "
                        "value: \"Bearer upstream-secret\"}\n")
     async with started_gateway(tmp_path, f"sqlite+aiosqlite:///{tmp_path}/gw.db",
-                               {"crm.yaml": text}) as gw:
-        gw.gateway.pipeline.client = client
+                               {"crm.yaml": text}, client=client) as gw:
         write = asyncio.create_task(gw.agent.patch("/crm/customers/cus_1", json={"plan": "a"}))
         await client.arrived.wait()  # past every freeze check, not yet sent
         engage = asyncio.create_task(gw.engage())

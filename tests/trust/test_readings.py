@@ -21,6 +21,7 @@ import pytest
 from gateway.core.model import Checkpoint, Decision, Verdict, new_id
 from gateway.core.policy.schema import Approval
 from gateway.services.call import Call
+from gateway.services.held_calls import held_call
 from tests.trust.recording import trusted_gateway
 
 RULES = r"""
@@ -152,13 +153,13 @@ async def test_a_held_call_is_read_again_as_strictly_as_a_live_one(
                              body)
         assert live.status == 400, live.body  # what a live call gets
         gateway = gw.harness.gateway
-        upstream = gateway.pipeline.policies.upstreams["crm"]
+        upstream = gateway.policies.upstreams["crm"]
         call = Call(request_id=new_id(), agent="bot", agent_key=None, upstream="crm",
                     method="POST", raw_path="/held-refunds", query="",
                     headers=[("content-type", content_type)],
                     checkpoint=Checkpoint(None, None, None, None), buffered=body)
         decision = Decision(Verdict.HOLD, "held-refunds", "held", "r", "crm")
-        held = gateway.approvals.held_call(upstream, call, decision, Approval())
+        held = held_call(upstream, call, decision, Approval())
         await gateway.approvals.create(held)
         approved = await gw.harness.admin.post(f"/v1/approvals/{held.id}/approve", json={},
                                                headers=gw.harness.as_role("approver"))

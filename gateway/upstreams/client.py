@@ -27,7 +27,7 @@ from functools import lru_cache
 
 from gateway.errors import ConnectionLost, ConnectTimeout, UpstreamLost, UpstreamTimeout, UpstreamUnreachable
 from gateway.ports import UpstreamResponse
-from gateway.proxy.http1 import Connection, Exchange, Origin, Pool, Response
+from gateway.upstreams.http1 import Connection, Exchange, Origin, Pool, Response
 
 _SMALL = 256 * 1024  # a streamed response this small is cheaper read whole
 _READS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})  # retried after an idle close
@@ -136,18 +136,18 @@ class UpstreamClient:
         except BaseException as exc:
             if connection is not None:
                 connection.close()
-            head = None if response is None else (response.status, response.headers)
+            answered = None if response is None else (response.status, response.headers)
             if isinstance(exc, TimeoutError):
                 if not written[0]:
                     raise ConnectTimeout(f"{where}: no connection in time; not sent") from None
-                timeout = UpstreamTimeout(f"{where} timed out; the outcome is unknown")
-                timeout.head = head
-                raise timeout from None
+                timed_out = UpstreamTimeout(f"{where} timed out; the outcome is unknown")
+                timed_out.head = answered
+                raise timed_out from None
             if isinstance(exc, (OSError, ConnectionLost)):
                 if written[0]:
                     lost = UpstreamLost(f"{where} failed after it was sent "
                                         f"({type(exc).__name__}); the outcome is unknown")
-                    lost.head = head
+                    lost.head = answered
                     raise lost from None
                 raise UpstreamUnreachable(f"{where} failed: {type(exc).__name__}; "
                                           "not sent") from None

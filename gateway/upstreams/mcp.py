@@ -1,5 +1,8 @@
-"""The MCP sender: how the pipeline reaches an MCP server (``kind: mcp``).
+"""The MCP sender: how the pipeline reads and reaches an MCP server (``kind: mcp``).
 
+A call is one JSON-RPC message (``gateway.proxy.mcp`` reads them): its view is
+the method, for a tool call the tool and its arguments; a rule matches by
+tool, and a tool call writes unless its rule's ``effect`` is ``read``.
 An agent's messages are relayed as they came (its session id and protocol
 version headers pass through; its key never does): reads stream back as the
 server sends them, a judged ``tools/call`` is read whole so its result can be
@@ -28,8 +31,11 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
-from gateway.core import mcp
-from gateway.core.policy.compiled import Upstream
+from gateway.core import mcp, shadow
+from gateway.core.approvals import HeldCall
+from gateway.core.model import JournalEntry
+from gateway.core.policy.compiled import CallView, Upstream
+from gateway.core.policy.mcp_schema import TOOLS_CALL
 from gateway.core.rollback import Step
 from gateway.errors import (
     CaptureFailed,
@@ -41,9 +47,9 @@ from gateway.errors import (
 )
 from gateway.ports import Headers, Observed, UpstreamResponse, untraced
 from gateway.ports import Upstream as UpstreamClient
-from gateway.services.call import Call
-from gateway.services.rest import request_headers
+from gateway.services.call import BodyReader, Call
 from gateway.settings import Settings
+from gateway.upstreams.rest import rebuilt, request_headers
 
 log = logging.getLogger("gateway.mcp")
 _JSON = [("content-type", "application/json")]
@@ -59,6 +65,54 @@ class McpSender:
 
     def _timeout(self, upstream: Upstream) -> float:
         return upstream.spec.timeout or self.settings.upstream_timeout
+
+    # -- reading a call ----------------------------------------------------------------
+
+    def view(self, call: Call) -> CallView:
+        message = call.mcp  # the JSON-RPC method; for a tool call its tool and arguments
+        if message is None:
+            return CallView(call.method, "", [], {}, dict(call.headers), call.agent)
+        return CallView(message.method or call.method, message.tool or "", [], {},
+                        dict(call.headers), call.agent, message.arguments)
+
+    async def judged(self, upstream: Upstream, call: Call, view: CallView,
+                     candidates: list[tuple[int, dict[str, str]]], read: BodyReader,
+                     writes: bool) -> CallView:
+        return view  # the reader read the message whole
+
+    def rebuilt(self, held: HeldCall, request_id: str) -> Call:
+        call = rebuilt(held, request_id)
+        call.mcp = mcp.message(mcp.decode(held.body), held.body)
+        return call
+
+    def held_view(self, upstream: Upstream, call: Call) -> CallView:
+        return self.view(call)
+
+    def params(self, upstream: Upstream, rule_id: str | None,
+               view: CallView) -> dict[str, str] | None:
+        matched = next((p for index, p in upstream.trie.match(view.segments)
+                        if upstream.spec.rules[index].id == rule_id), None)
+        if matched is None and upstream.rule(rule_id) is not None:
+            return {}  # tools are not matched by path
+        return matched
+
+    def writes(self, upstream: Upstream, rule_id: str | None, method: str) -> bool:
+        return getattr(upstream.rule(rule_id), "effect", None) != "read"
+
+    def projection(self, upstream: Upstream, call: Call, view: CallView,
+                   entry: JournalEntry) -> shadow.Projection:
+        message = call.mcp
+        assert message is not None
+        projected = shadow.project_tool(message.id, entry.prior, entry.prior_status,
+                                        message.arguments or {}, entry.id)
+        result = (projected.value or {}).get("result", {})
+        entry.after = result.get("structuredContent")  # the state the tool would leave
+        return projected
+
+    def failure(self, step: Step, response: UpstreamResponse) -> str | None:
+        if step.method != TOOLS_CALL:
+            return None
+        return mcp.failure(mcp.response_in(response.body or b"", mcp.JSON, mcp.ANY_ID))
 
     # -- the agent's own messages ---------------------------------------------------
 

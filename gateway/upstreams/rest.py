@@ -1,29 +1,55 @@
-"""The REST sender: how the pipeline reaches an HTTP API (``kind: http``).
+"""The REST sender: how the pipeline reads and reaches an HTTP API (``kind: http``).
 
+A call is judged by its canonical path (``gateway.core.canonical``), its query
+when a rule judges it, and its body when a rule judges it or the call writes;
+each has one reading or the call is refused (400). A rule matches by path; a
+call writes by its method unless the rule's ``effect`` says otherwise.
 Reads stream both ways; a write is sent with the agent's headers (minus its
 key, plus the upstream's credential) and read whole; the prior state is a GET
 of the capture path; the gateway's own reads and compensations carry only
 its own headers and the credential. Every request leaves through ``_send``,
 where the credential's query parameter is added and SigV4 upstreams are
-signed (``gateway.services.credentials``).
+signed (``gateway.upstreams.credentials``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
+from gateway.core import canonical, shadow
 from gateway.core import journal as journaling
+from gateway.core.approvals import HeldCall
+from gateway.core.body import FORM, fields, form_override, json_body, media_type
 from gateway.core.headers import upstream_request_headers
-from gateway.core.policy.compiled import Upstream
+from gateway.core.model import JournalEntry, is_mutating
+from gateway.core.policy.compiled import CallView, Upstream
+from gateway.core.policy.schema import Capture
 from gateway.core.rollback import Step
-from gateway.errors import CaptureFailed, GatewayError
+from gateway.errors import Ambiguous, BadRequest, CaptureFailed, GatewayError
 from gateway.ports import Headers, Observed, UpstreamResponse, untraced
 from gateway.ports import Upstream as UpstreamClient
-from gateway.services.call import Call
-from gateway.services.credentials import signed, with_query
+from gateway.services.call import BodyReader, Call
 from gateway.settings import Settings
+from gateway.upstreams.credentials import signed, with_query
+
+
+def canonical_target(raw_path: str) -> canonical.Target:
+    """The one reading of a path (``gateway.core.canonical``), or 400."""
+    try:
+        return canonical.target(raw_path)
+    except Ambiguous as exc:
+        raise BadRequest(str(exc)) from None
+
+
+def rebuilt(held: HeldCall, request_id: str) -> Call:
+    """A held call as a call again, its body buffered."""
+    return Call(request_id=request_id, agent=held.agent, agent_key=None,
+                upstream=held.upstream, method=held.method, raw_path=held.raw_path,
+                query=held.query, headers=list(held.headers), checkpoint=held.checkpoint,
+                buffered=held.body)
 
 
 def request_headers(upstream: Upstream, call: Call, drop_encoding: bool) -> list[tuple[str, str]]:
@@ -52,6 +78,76 @@ class RestSender:
     def __init__(self, settings: Settings, client: UpstreamClient) -> None:
         self.settings = settings
         self.client = client
+
+    # -- reading a call ----------------------------------------------------------------
+
+    def view(self, call: Call) -> CallView:
+        # The listener's reading; a call rebuilt from the store (approval) is read again.
+        target = call.target if call.target is not None else canonical_target(call.raw_path)
+        return CallView(call.method, target.decoded, list(target.segments),
+                        dict(parse_qsl(call.query, keep_blank_values=True)),
+                        dict(call.headers), call.agent)
+
+    async def judged(self, upstream: Upstream, call: Call, view: CallView,
+                     candidates: list[tuple[int, dict[str, str]]], read: BodyReader,
+                     writes: bool) -> CallView:
+        if call.query and upstream.judges_query(candidates):
+            try:  # judged: one reading, and a lone ``Force`` judged as ``force``
+                view = replace(view, query=fields(call.query, "query", aliases=True))
+            except Ambiguous as exc:
+                raise BadRequest(f"{exc}; a rule judges the query") from None
+        if not (writes or upstream.needs_body(candidates)):
+            return view
+        call.buffered = await read(call)
+        if sum(1 for name, _ in call.headers if name == "content-type") > 1:
+            raise BadRequest("Content-Type is given twice: the body would be read two ways")
+        try:  # judged or journaled: one reading, or 400
+            parsed = json_body(call.buffered, view.headers.get("content-type"),
+                                         exact=upstream.needs_body(candidates))
+        except Ambiguous as exc:
+            raise BadRequest(f"request body: {exc}") from None
+        if form_override(parsed) and media_type(
+                view.headers.get("content-type")) == FORM:
+            raise BadRequest("a _method form field is a method override: the policy "
+                             "judges the request method")
+        return CallView(view.method, view.path, view.segments, view.query, view.headers,
+                        view.agent, parsed)
+
+    def rebuilt(self, held: HeldCall, request_id: str) -> Call:
+        return rebuilt(held, request_id)
+
+    def held_view(self, upstream: Upstream, call: Call) -> CallView:
+        view = self.view(call)  # read as a live call is: one reading, or it is not sent
+        try:
+            body = json_body(call.buffered or b"", view.headers.get("content-type"),
+                                       exact=upstream.needs_body(
+                                           upstream.trie.match(view.segments)))
+        except Ambiguous as exc:
+            raise BadRequest(f"the held call's body: {exc}") from None
+        return replace(view, body=body)
+
+    def params(self, upstream: Upstream, rule_id: str | None,
+               view: CallView) -> dict[str, str] | None:
+        return next((p for index, p in upstream.trie.match(view.segments)
+                     if upstream.spec.rules[index].id == rule_id), None)
+
+    def writes(self, upstream: Upstream, rule_id: str | None, method: str) -> bool:
+        effect = getattr(upstream.rule(rule_id), "effect", None)  # None unless it says
+        return effect == "write" or (effect is None and is_mutating(method))
+
+    def projection(self, upstream: Upstream, call: Call, view: CallView,
+                   entry: JournalEntry) -> shadow.Projection:
+        rule = upstream.rule(entry.rule)
+        return shadow.project(
+            view.method, entry.prior, entry.prior_status, view.body,
+            media_type(entry.request_content_type) == FORM,
+            f"/{upstream.name}{call.raw_path}", entry.id,
+            captured_path=isinstance(getattr(rule, "capture", None), Capture))
+
+    def failure(self, step: Step, response: UpstreamResponse) -> str | None:
+        return None  # the status says
+
+    # -- sending -----------------------------------------------------------------------
 
     def _url(self, upstream: Upstream, raw_path: str, query: str) -> str:
         return upstream.base_url + raw_path + (f"?{query}" if query else "")
@@ -118,6 +214,9 @@ class RestSender:
                          body: bytes | None) -> UpstreamResponse:
         return await self._send(upstream, step.method, upstream.base_url + step.path, headers,
                                 body, timeout=self.settings.upstream_timeout)
+
+    async def close(self) -> None:
+        return None  # the client is the gateway's, closed by it
 
 
 def _observed(response: UpstreamResponse, etag: str | None) -> Observed:
