@@ -166,9 +166,14 @@ async def test_a_sqlite_store_whose_file_was_replaced_is_unhealthy(tmp_path: Pat
         database = tmp_path / "db" / "gw.db"
         database.rename(tmp_path / "db" / "moved.db")
         database.write_bytes(b"")  # someone put another file at the path
-        health = await gw.admin.get("/v1/health")
+        try:
+            health = await gw.admin.get("/v1/health")
+            write = await gw.agent.patch("/crm/customers/c1", json={"plan": "free"})
+        finally:
+            # the file back: the refused write's audit record can be appended, so
+            # stopping need not wait out the audit trail's 10 s flush
+            (tmp_path / "db" / "moved.db").replace(database)
         assert health.status_code == 503 and health.json()["store"] is False
-        write = await gw.agent.patch("/crm/customers/c1", json={"plan": "free"})
         assert write.status_code == 503, write.text
         assert upstream.writes() == []
 
