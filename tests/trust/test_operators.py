@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pydantic
 import pytest
 
@@ -209,6 +208,7 @@ async def test_an_immutable_sqlite_store_with_a_writable_shm_is_unhealthy(
 
 @pytest.mark.parametrize("store_url", ["postgresql"], indirect=True)
 async def test_a_read_only_postgresql_is_unhealthy(store_url: str) -> None:
+    import asyncpg  # the PostgreSQL rows alone need the driver
     store = SqlStore(store_url)
     await store.start()  # migrated while writable
     try:
