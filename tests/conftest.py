@@ -43,14 +43,15 @@ POSTGRES_SERVER = os.environ.get("GATEWAY_TEST_POSTGRES",
 
 
 # Where a test lives says what it needs; the first matching folder wins.
-_MARKERS = {"e2e": "e2e", "dashboard": "e2e", "faults": "e2e", "drill": "e2e",
+MARKERS = {"e2e": "e2e", "dashboard": "e2e", "faults": "e2e", "drill": "e2e",
             "sdk": "sdk", "thirdparty": "thirdparty", "deploy": "containers"}
 TESTS = Path(__file__).parent
+FAST_LANE = "not e2e and not sdk and not thirdparty"  # the README's, timed there
 
 
 def _folder_marker(path: Path) -> str | None:
     try:
-        return _MARKERS.get(path.relative_to(TESTS).parts[0])
+        return MARKERS.get(path.relative_to(TESTS).parts[0])
     except (ValueError, IndexError):
         return None
 
@@ -60,12 +61,12 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
     imported: the fast lane then loads no SDK, browser driver or database driver."""
     if collection_path.parent == TESTS and collection_path.is_dir():
         marker = _folder_marker(collection_path)
-        if marker is not None and _rules_out(config.getoption("markexpr"), marker):
+        if marker is not None and rules_out(config.getoption("markexpr"), marker):
             return True
     return None
 
 
-def _rules_out(markexpr: str, marker: str) -> bool:
+def rules_out(markexpr: str, marker: str) -> bool:
     """Whether ``markexpr`` is false for every test marked ``marker``: false under each
     assignment of the other names. Any syntax beyond and/or/not/names: undecided, False."""
     if not markexpr:
