@@ -124,3 +124,13 @@ def test_the_pure_core_runs_without_asyncpg() -> None:
         cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert " passed" in result.stdout and "asyncpg" not in result.stdout
+
+
+def test_the_postgresql_server_is_named_in_one_place() -> None:
+    """The README lets ``GATEWAY_TEST_POSTGRES`` choose the server: a test that wrote
+    the default address itself would ignore that (tests/conftest.py holds the default)."""
+    default = "127.0.0.1:5432"
+    holders = sorted(str(path.relative_to(ROOT)) for path in TESTS.rglob("*.py")
+                     if "node_modules" not in path.parts and path.resolve() != Path(__file__).resolve()
+                     and default in path.read_text())
+    assert holders == ["tests/conftest.py"]
