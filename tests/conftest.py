@@ -7,16 +7,21 @@ tmp_path; a fresh PostgreSQL database per test, dropped afterwards) and
 unreachable, it skips those tests, or fails them when ``CI`` is set.
 
 Markers (applied here by where a test lives, so a new file needs no decorator):
-``e2e`` real gateway processes or a browser, ``sdk`` third-party SDKs through a
-real gateway, ``thirdparty`` third-party servers (json-server, moto), ``postgres``
-the PostgreSQL half of the one store suite. The fast lane,
-``pytest -m "not e2e and not sdk and not thirdparty and not postgres"``, needs
-neither a database server nor asyncpg: the driver is imported only by the
-tests that use it.
+``e2e`` something real outside this process: gateway processes, a browser, the
+recovery drill, or the PostgreSQL server (its half of the store suite is also
+``postgres``); ``sdk`` third-party SDKs through a real gateway; ``thirdparty``
+third-party servers (json-server, moto), also for a test elsewhere that uses
+their fixtures; ``containers`` the deploy manifests. The fast lane,
+``pytest -m "not e2e and not sdk and not thirdparty"``, is the pure core and the
+in-process tests on SQLite with a fake upstream: it needs no database server,
+and a folder it rules out is not even imported, so no test module it loads
+imports asyncpg (tests/test_fast_lane.py keeps it so).
 """
 
 from __future__ import annotations
 
+import ast
+import itertools
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -38,24 +43,61 @@ POSTGRES_SERVER = os.environ.get("GATEWAY_TEST_POSTGRES",
 
 
 # Where a test lives says what it needs; the first matching folder wins.
-_MARKERS = {"e2e": "e2e", "dashboard": "e2e", "faults": "e2e", "drill": "e2e",
+MARKERS = {"e2e": "e2e", "dashboard": "e2e", "faults": "e2e", "drill": "e2e",
             "sdk": "sdk", "thirdparty": "thirdparty", "deploy": "containers"}
+TESTS = Path(__file__).parent
+FAST_LANE = "not e2e and not sdk and not thirdparty"  # the README's, timed there
+
+
+def _folder_marker(path: Path) -> str | None:
+    try:
+        return MARKERS.get(path.relative_to(TESTS).parts[0])
+    except (ValueError, IndexError):
+        return None
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """A marked folder that ``-m`` rules out whatever else its tests carry is not
+    imported: the fast lane then loads no SDK, browser driver or database driver."""
+    if collection_path.parent == TESTS and collection_path.is_dir():
+        marker = _folder_marker(collection_path)
+        if marker is not None and rules_out(config.getoption("markexpr"), marker):
+            return True
+    return None
+
+
+def rules_out(markexpr: str, marker: str) -> bool:
+    """Whether ``markexpr`` is false for every test marked ``marker``: false under each
+    assignment of the other names. Any syntax beyond and/or/not/names: undecided, False."""
+    if not markexpr:
+        return False
+    try:
+        tree = ast.parse(markexpr, mode="eval")
+    except SyntaxError:
+        return False
+    if not all(isinstance(node, (ast.Expression, ast.BoolOp, ast.And, ast.Or, ast.UnaryOp,
+                                 ast.Not, ast.Name, ast.Load)) for node in ast.walk(tree)):
+        return False
+    others = sorted({node.id for node in ast.walk(tree) if isinstance(node, ast.Name)} - {marker})
+    code = compile(tree, "<markexpr>", "eval")
+    return not any(
+        eval(code, {"__builtins__": {}}, {**dict(zip(others, values)), marker: True})
+        for values in itertools.product([False, True], repeat=len(others)))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    tests = Path(__file__).parent
     for item in items:
-        try:
-            folder = Path(str(item.path)).relative_to(tests).parts[0]
-        except ValueError:
-            continue
-        if folder in _MARKERS:
-            item.add_marker(_MARKERS[folder])
+        marker = _folder_marker(Path(str(item.path)))
+        if marker is not None:
+            item.add_marker(marker)
         elif _starts_processes(item):
             item.add_marker("e2e")
+        elif _borrows_from("tests.thirdparty", item):
+            item.add_marker("thirdparty")
         callspec = getattr(item, "callspec", None)
         if callspec is not None and callspec.params.get("store_url") == "postgresql":
             item.add_marker("postgres")
+            item.add_marker("e2e")  # a server outside this process, like the others
 
 
 def _starts_processes(item: pytest.Item) -> bool:
@@ -63,6 +105,14 @@ def _starts_processes(item: pytest.Item) -> bool:
     module = getattr(item, "module", None)
     return module is not None and any(
         getattr(value, "__module__", None) == "tests.e2e.procs" for value in vars(module).values())
+
+
+def _borrows_from(package: str, item: pytest.Item) -> bool:
+    """Whether one of the fixtures ``item`` uses is defined in ``package``."""
+    info = getattr(item, "_fixtureinfo", None)
+    return info is not None and any(
+        getattr(definition.func, "__module__", "").startswith(package)
+        for definitions in info.name2fixturedefs.values() for definition in definitions)
 
 
 async def _admin_connection() -> asyncpg.Connection:

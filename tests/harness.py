@@ -8,6 +8,7 @@ process (httpx's ASGITransport).
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import socket
 import textwrap
@@ -135,8 +136,19 @@ CRM_RULES = """
 class Harness:
     gateway: Gateway
     agent: httpx.AsyncClient
-    admin: httpx.AsyncClient
     policies_dir: Path
+
+    @functools.cached_property
+    def admin(self) -> httpx.AsyncClient:
+        """The operator API, built on first use: most rows never call it, and building
+        the admin app (its routes and their schemas) costs more than starting the gateway."""
+        return httpx.AsyncClient(transport=httpx.ASGITransport(self.gateway.admin_app()),
+                                 base_url="http://admin")
+
+    async def aclose(self) -> None:
+        await self.agent.aclose()
+        if "admin" in self.__dict__:
+            await self.admin.aclose()
 
     def as_role(self, role: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {TOKENS[role]}"}
@@ -179,13 +191,11 @@ async def started_gateway(tmp_path: Path, database_url: str, policies: dict[str,
     await gateway.start()
     agent = httpx.AsyncClient(transport=httpx.ASGITransport(gateway.proxy_app()),
                               base_url="http://gateway", headers={"X-Gateway-Key": AGENT_KEY})
-    admin = httpx.AsyncClient(transport=httpx.ASGITransport(gateway.admin_app()),
-                              base_url="http://admin")
+    harness = Harness(gateway, agent, directory)
     try:
-        yield Harness(gateway, agent, admin, directory)
+        yield harness
     finally:
-        await agent.aclose()
-        await admin.aclose()
+        await harness.aclose()
         await gateway.stop()
 
 

@@ -17,7 +17,6 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-import asyncpg
 import pytest
 
 from gateway.core.model import Freeze, FreezeScope, utcnow
@@ -39,6 +38,7 @@ class Forger:
         self.role: str | None = None
 
     async def __aenter__(self) -> Forger:
+        import asyncpg  # the PostgreSQL rows alone need the driver
         if self._dsn is not None:  # a role that may only CONNECT
             self.role = f"forger_{uuid.uuid4().hex[:12]}"
             admin = await asyncpg.connect(self._dsn)
@@ -51,6 +51,7 @@ class Forger:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        import asyncpg  # the PostgreSQL rows alone need the driver
         if self.role is not None:
             admin = await asyncpg.connect(self._dsn)
             try:
@@ -61,6 +62,7 @@ class Forger:
                 await admin.close()
 
     async def send(self, message: dict[str, Any]) -> None:
+        import asyncpg  # the PostgreSQL rows alone need the driver
         payload = json.dumps(message)
         if isinstance(self._bus, PgBus):
             assert self._dsn is not None and self.role is not None

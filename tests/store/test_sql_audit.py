@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 
-import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
 
@@ -70,6 +69,7 @@ async def test_two_stores_appending_at_once_keep_the_chain(store: SqlStore,
 ])
 async def test_postgres_refuses_to_rewrite_the_audit(store: SqlStore, store_url: str,
                                                      statement: str) -> None:
+    import asyncpg  # the PostgreSQL rows alone need the driver
     await store.append_audit("alice", "test", {}, T0)
     dsn = make_url(store_url).set(drivername="postgresql").render_as_string(hide_password=False)
     connection = await asyncpg.connect(dsn)

@@ -8,8 +8,6 @@ import sqlite3
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import asyncpg
-
 from gateway.core.audit import verify
 from gateway.core.killswitch import InFlight
 from gateway.core.model import Freeze, FreezeScope, JournalOutcome, JournalQuery
@@ -171,6 +169,8 @@ class _EngageUnderWay:
     async def begin(cls, store_url: str) -> _EngageUnderWay:
         row = ("under-way", "global", None, "race", "alice", "2024-05-01T09:30:00.000000Z")
         if store_url.startswith("postgresql"):
+            import asyncpg  # the PostgreSQL rows alone need the driver
+
             connection = await asyncpg.connect(store_url.replace("+asyncpg", ""))
             await connection.execute("BEGIN")
             await connection.execute(f"SELECT pg_advisory_xact_lock({ARBITER_LOCK})")

@@ -7,7 +7,6 @@ import dataclasses
 from datetime import timedelta
 from pathlib import Path
 
-import asyncpg
 import pytest
 
 from gateway.core.approvals import ApprovalStatus, HeldCall, request_digest
@@ -33,6 +32,8 @@ def _held(query: str, body: bytes) -> HeldCall:
 async def _raw(store: SqlStore, store_url: str) -> str:
     """Every row of every table, as text (what someone with the database reads)."""
     if store_url.startswith("postgresql"):
+        import asyncpg  # the PostgreSQL rows alone need the driver
+
         connection = await asyncpg.connect(store_url.replace("postgresql+asyncpg", "postgresql"))
         try:
             tables = [r[0] for r in await connection.fetch(

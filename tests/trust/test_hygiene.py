@@ -19,7 +19,7 @@ from urllib.parse import parse_qsl
 import pytest
 
 from tests.harness import AGENT_KEY, OTHER_KEY
-from tests.trust.recording import trusted_gateway
+from tests.trust.recording import Trusted, trusted_gateway
 
 RULES = """
 - id: read-all
@@ -61,13 +61,13 @@ REFUSED = [
 
 
 @pytest.mark.parametrize(("head", "key"), [r[1:] for r in REFUSED], ids=[r[0] for r in REFUSED])
-async def test_a_second_identity_or_a_leaked_key_is_refused(tmp_path: Path, head: str,
+@pytest.mark.asyncio(loop_scope="module")  # one gateway for the rows (tests/trust/conftest.py)
+async def test_a_second_identity_or_a_leaked_key_is_refused(gw: Trusted, head: str,
                                                             key: bool) -> None:
-    async with trusted_gateway(tmp_path, RULES) as gw:
-        reply = await gw.send(head, b'{"a":1}' if head.startswith("PATCH") else b"", key=key)
-        assert reply.status == 400, (reply.status, reply.body)
-        assert gw.upstream.reached() == []
-        assert await gw.harness.journal() == []
+    reply = await gw.send(head, b'{"a":1}' if head.startswith("PATCH") else b"", key=key)
+    assert reply.status == 400, (reply.status, reply.body)
+    assert gw.upstream.reached() == []
+    assert await gw.harness.journal() == []
 
 
 QUERY_CREDENTIAL = "credentials: {query: {name: api_key, value: upstream-token}}\n"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.trust.recording import trusted_gateway
+from tests.trust.recording import Trusted, trusted_gateway
 
 RULES = r"""
 - id: small-refunds
@@ -64,15 +64,13 @@ REFUSED = [
 
 @pytest.mark.parametrize(("request_line", "content_type", "body", "status"),
                          [r[1:] for r in REFUSED], ids=[r[0] for r in REFUSED])
+@pytest.mark.asyncio(loop_scope="module")  # one gateway for the rows (tests/trust/conftest.py)
 async def test_body_with_two_readings_never_reaches_the_upstream(
-        tmp_path: Path, request_line: str, content_type: str, body: bytes,
-        status: int) -> None:
-    async with trusted_gateway(tmp_path, RULES) as gw:
-        method, path = request_line.split()
-        reply = await gw.send(f"{method} /crm{path} HTTP/1.1\nContent-Type: {content_type}",
-                              body)
-        assert reply.status == status, (reply.status, reply.body)
-        assert gw.upstream.reached() == []
+        gw: Trusted, request_line: str, content_type: str, body: bytes, status: int) -> None:
+    method, path = request_line.split()
+    reply = await gw.send(f"{method} /crm{path} HTTP/1.1\nContent-Type: {content_type}", body)
+    assert reply.status == status, (reply.status, reply.body)
+    assert gw.upstream.reached() == []
 
 
 ACCEPTED = [

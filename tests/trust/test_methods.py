@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.trust.recording import trusted_gateway
+from tests.trust.recording import Trusted, trusted_gateway
 
 RULES = """
 - id: no-admin-reads
@@ -38,16 +38,17 @@ REFUSED = [
      b"{}", {400}),
 ]
 
+SHARED_GATEWAY = {"default": "allow"}  # the refused rows' gateway: only a rule refuses them
+
 
 @pytest.mark.parametrize(("head", "body", "statuses"), [r[1:] for r in REFUSED],
                          ids=[r[0] for r in REFUSED])
-async def test_refused_method_never_reaches_the_upstream(tmp_path: Path, head: str,
-                                                         body: bytes,
+@pytest.mark.asyncio(loop_scope="module")  # one gateway for the rows (tests/trust/conftest.py)
+async def test_refused_method_never_reaches_the_upstream(gw: Trusted, head: str, body: bytes,
                                                          statuses: set[int]) -> None:
-    async with trusted_gateway(tmp_path, RULES, default="allow") as gw:
-        reply = await gw.send(head, body)
-        assert reply.status in statuses, (reply.status, reply.body)
-        assert gw.upstream.reached() == []
+    reply = await gw.send(head, body)
+    assert reply.status in statuses, (reply.status, reply.body)
+    assert gw.upstream.reached() == []
 
 
 async def test_head_of_an_allowed_get_is_forwarded(tmp_path: Path) -> None:

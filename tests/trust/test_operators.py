@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import subprocess
 from collections.abc import AsyncIterator
@@ -16,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pydantic
 import pytest
 
@@ -150,11 +150,22 @@ async def test_a_sqlite_store_whose_directory_was_removed_is_unhealthy_and_refus
     async with gateway_with(tmp_path) as (gw, upstream):
         healthy = await gw.admin.get("/v1/health")
         assert healthy.status_code == 200 and healthy.json()["store"] is True
+        kept = tmp_path / "kept"  # the files' second names, to put them back before the stop
+        kept.mkdir()
+        for path in (tmp_path / "db").iterdir():
+            os.link(path, kept / path.name)
         shutil.rmtree(tmp_path / "db")
-        health = await gw.admin.get("/v1/health")
+        try:
+            health = await gw.admin.get("/v1/health")
+            write = await gw.agent.patch("/crm/customers/c1", json={"plan": "free"})
+        finally:
+            # the store back where it was: the refused write's audit record can be
+            # appended, so stopping need not wait out the audit trail's 10 s flush
+            (tmp_path / "db").mkdir()
+            for path in kept.iterdir():
+                os.link(path, tmp_path / "db" / path.name)
         assert health.status_code == 503, health.text
         assert health.json()["store"] is False
-        write = await gw.agent.patch("/crm/customers/c1", json={"plan": "free"})
         assert write.status_code == 503, write.text
         assert write.json()["error"]["code"] == "journal_unavailable"
         assert upstream.writes() == []
@@ -166,9 +177,14 @@ async def test_a_sqlite_store_whose_file_was_replaced_is_unhealthy(tmp_path: Pat
         database = tmp_path / "db" / "gw.db"
         database.rename(tmp_path / "db" / "moved.db")
         database.write_bytes(b"")  # someone put another file at the path
-        health = await gw.admin.get("/v1/health")
+        try:
+            health = await gw.admin.get("/v1/health")
+            write = await gw.agent.patch("/crm/customers/c1", json={"plan": "free"})
+        finally:
+            # the file back: the refused write's audit record can be appended, so
+            # stopping need not wait out the audit trail's 10 s flush
+            (tmp_path / "db" / "moved.db").replace(database)
         assert health.status_code == 503 and health.json()["store"] is False
-        write = await gw.agent.patch("/crm/customers/c1", json={"plan": "free"})
         assert write.status_code == 503, write.text
         assert upstream.writes() == []
 
@@ -204,6 +220,7 @@ async def test_an_immutable_sqlite_store_with_a_writable_shm_is_unhealthy(
 
 @pytest.mark.parametrize("store_url", ["postgresql"], indirect=True)
 async def test_a_read_only_postgresql_is_unhealthy(store_url: str) -> None:
+    import asyncpg  # the PostgreSQL rows alone need the driver
     store = SqlStore(store_url)
     await store.start()  # migrated while writable
     try:

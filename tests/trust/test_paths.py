@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.trust.recording import trusted_gateway
+from tests.trust.recording import Trusted, trusted_gateway
 
 RULES = """
 - id: no-admin
@@ -74,15 +74,14 @@ REFUSED = [
 
 @pytest.mark.parametrize(("target", "status"), [(t, s) for _, t, s in REFUSED],
                          ids=[row for row, _, _ in REFUSED])
-async def test_variant_never_reaches_the_upstream(tmp_path: Path, target: str,
-                                                  status: int) -> None:
-    async with trusted_gateway(tmp_path, RULES) as gw:
-        reply = await gw.send(f"GET /crm{target} HTTP/1.1")
-        assert reply.status == status, reply.body
-        assert gw.upstream.reached() == []
-        if status == 400:
-            assert reply.json()["error"]["code"] == "bad_request"
-            assert reply.headers.get("connection") == "close"
+@pytest.mark.asyncio(loop_scope="module")  # one gateway for the rows (tests/trust/conftest.py)
+async def test_variant_never_reaches_the_upstream(gw: Trusted, target: str, status: int) -> None:
+    reply = await gw.send(f"GET /crm{target} HTTP/1.1")
+    assert reply.status == status, reply.body
+    assert gw.upstream.reached() == []
+    if status == 400:
+        assert reply.json()["error"]["code"] == "bad_request"
+        assert reply.headers.get("connection") == "close"
 
 
 FORWARDED = [
@@ -100,11 +99,11 @@ FORWARDED = [
 
 @pytest.mark.parametrize(("target", "sent"), [(t, s) for _, t, s in FORWARDED],
                          ids=[row for row, _, _ in FORWARDED])
-async def test_what_is_judged_is_what_is_sent(tmp_path: Path, target: str, sent: str) -> None:
-    async with trusted_gateway(tmp_path, RULES) as gw:
-        reply = await gw.send(f"GET /crm{target} HTTP/1.1")
-        assert reply.status == 200, reply.body
-        assert [a.target for a in gw.upstream.reached()] == [sent]
+@pytest.mark.asyncio(loop_scope="module")
+async def test_what_is_judged_is_what_is_sent(gw: Trusted, target: str, sent: str) -> None:
+    reply = await gw.send(f"GET /crm{target} HTTP/1.1")
+    assert reply.status == 200, reply.body
+    assert [a.target for a in gw.upstream.reached()] == [sent]
 
 
 QUERY_RULES = """

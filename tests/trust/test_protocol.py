@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness import AGENT_KEY
-from tests.trust.recording import parse_replies, read_all, trusted_gateway
+from tests.trust.recording import Trusted, parse_replies, read_all, trusted_gateway
 
 RULES = """
 - id: no-admin
@@ -32,11 +32,11 @@ TIMEOUT = 0.5  # the gateway's client_timeout in these tests
                                     "http://127.0.0.1/crm/customers/1",
                                     "https://evil.example/crm/customers/1",
                                     "*"])
-async def test_absolute_form_target_is_refused(tmp_path: Path, target: str) -> None:
-    async with trusted_gateway(tmp_path, RULES) as gw:
-        reply = await gw.send(f"GET {target} HTTP/1.1")
-        assert reply.status == 400
-        assert gw.upstream.reached() == []
+@pytest.mark.asyncio(loop_scope="module")  # one gateway for the rows (tests/trust/conftest.py)
+async def test_absolute_form_target_is_refused(gw: Trusted, target: str) -> None:
+    reply = await gw.send(f"GET {target} HTTP/1.1")
+    assert reply.status == 400
+    assert gw.upstream.reached() == []
 
 
 FIRST = [
@@ -51,30 +51,29 @@ FIRST = [
 
 
 @pytest.mark.parametrize("first", [head for _, head in FIRST], ids=[row for row, _ in FIRST])
-async def test_nothing_pipelined_behind_a_400_runs(tmp_path: Path, first: str) -> None:
-    async with trusted_gateway(tmp_path, RULES) as gw:
-        reader, writer = await gw.connect()
-        second = (f"POST /crm/customers HTTP/1.1\r\nHost: g\r\n{KEY}"
-                  "Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}")
-        writer.write(f"{first}\r\nHost: g\r\n{KEY}\r\n{second}".encode("latin-1"))
-        await writer.drain()
-        data = await read_all(reader, deadline=8)
-        writer.close()
-        replies = parse_replies(data)
-        assert [r.status for r in replies] == [400], data
-        assert replies[0].headers.get("connection") == "close"
-        assert gw.upstream.reached() == []
+@pytest.mark.asyncio(loop_scope="module")  # one gateway for the rows (tests/trust/conftest.py)
+async def test_nothing_pipelined_behind_a_400_runs(gw: Trusted, first: str) -> None:
+    reader, writer = await gw.connect()
+    second = (f"POST /crm/customers HTTP/1.1\r\nHost: g\r\n{KEY}"
+              "Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}")
+    writer.write(f"{first}\r\nHost: g\r\n{KEY}\r\n{second}".encode("latin-1"))
+    await writer.drain()
+    data = await read_all(reader, deadline=8)
+    writer.close()
+    replies = parse_replies(data)
+    assert [r.status for r in replies] == [400], data
+    assert replies[0].headers.get("connection") == "close"
+    assert gw.upstream.reached() == []
 
 
 @pytest.mark.parametrize("header", ["X-Original-URL: /admin/x", "X-Rewrite-URL: /admin/x",
                                     "X-Forwarded-Host: evil.example"])
-async def test_routing_headers_from_agents_are_not_forwarded(tmp_path: Path,
-                                                             header: str) -> None:
-    async with trusted_gateway(tmp_path, RULES) as gw:
-        reply = await gw.send(f"GET /crm/customers/1 HTTP/1.1\n{header}")
-        assert reply.status == 200
-        (arrival,) = gw.upstream.reached()
-        assert header.split(":")[0].lower() not in arrival.headers
+@pytest.mark.asyncio(loop_scope="module")  # one gateway for the rows (tests/trust/conftest.py)
+async def test_routing_headers_from_agents_are_not_forwarded(gw: Trusted, header: str) -> None:
+    reply = await gw.send(f"GET /crm/customers/1 HTTP/1.1\n{header}")
+    assert reply.status == 200
+    (arrival,) = gw.upstream.reached()
+    assert header.split(":")[0].lower() not in arrival.headers
 
 
 async def test_expect_continue_over_the_limit_is_413_without_a_100(tmp_path: Path) -> None:

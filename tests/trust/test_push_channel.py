@@ -19,7 +19,6 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import asyncpg
 import httpx
 import pytest
 from sqlalchemy.engine import make_url
@@ -54,6 +53,7 @@ def gateways(tmp_path: Path, store_url: str) -> Iterator[list[Proc]]:
 
 
 async def forge_on_postgres(store_url: str) -> None:
+    import asyncpg  # the PostgreSQL rows alone need the driver
     url = make_url(store_url).set(drivername="postgresql")
     dsn = url.render_as_string(hide_password=False)
     role = f"forger_{uuid.uuid4().hex[:12]}"

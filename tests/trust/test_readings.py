@@ -22,7 +22,7 @@ from gateway.core.model import Checkpoint, Decision, Verdict, new_id
 from gateway.core.policy.schema import Approval
 from gateway.services.call import Call
 from gateway.services.held_calls import held_call
-from tests.trust.recording import trusted_gateway
+from tests.trust.recording import Trusted, trusted_gateway
 
 RULES = r"""
 - id: no-admin
@@ -90,17 +90,17 @@ REFUSED = [
 
 @pytest.mark.parametrize(("request_line", "content_type", "body", "statuses"),
                          [r[1:] for r in REFUSED], ids=[r[0] for r in REFUSED])
+@pytest.mark.asyncio(loop_scope="module")  # one gateway for the rows (tests/trust/conftest.py)
 async def test_a_second_reading_never_reaches_the_upstream(
-        tmp_path: Path, request_line: str, content_type: str | None, body: bytes,
+        gw: Trusted, request_line: str, content_type: str | None, body: bytes,
         statuses: set[int]) -> None:
-    async with trusted_gateway(tmp_path, RULES) as gw:
-        method, target = request_line.split()
-        head = f"{method} /crm{target} HTTP/1.1"
-        if content_type is not None:
-            head += f"\nContent-Type: {content_type}"
-        reply = await gw.send(head, body)
-        assert reply.status in statuses, (reply.status, reply.body)
-        assert gw.upstream.reached() == []
+    method, target = request_line.split()
+    head = f"{method} /crm{target} HTTP/1.1"
+    if content_type is not None:
+        head += f"\nContent-Type: {content_type}"
+    reply = await gw.send(head, body)
+    assert reply.status in statuses, (reply.status, reply.body)
+    assert gw.upstream.reached() == []
 
 
 FORWARDED = [

@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 import pytest
 
@@ -138,6 +137,8 @@ async def _store_text(store_url: str, db_dir: Path) -> str:
     if not store_url.startswith("postgresql"):
         return "".join(p.read_bytes().decode("latin-1") for p in sorted(db_dir.iterdir())
                        if p.name.startswith("gateway.db") and not p.name.endswith(".key"))
+    import asyncpg  # the PostgreSQL rows alone need the driver
+
     dsn = store_url.replace("postgresql+asyncpg", "postgresql")
     connection = await asyncpg.connect(dsn)
     try:
