@@ -136,18 +136,18 @@ class UpstreamClient:
         except BaseException as exc:
             if connection is not None:
                 connection.close()
-            head = None if response is None else (response.status, response.headers)
+            answered = None if response is None else (response.status, response.headers)
             if isinstance(exc, TimeoutError):
                 if not written[0]:
                     raise ConnectTimeout(f"{where}: no connection in time; not sent") from None
-                timeout = UpstreamTimeout(f"{where} timed out; the outcome is unknown")
-                timeout.head = head
-                raise timeout from None
+                late = UpstreamTimeout(f"{where} timed out; the outcome is unknown")
+                late.head = answered
+                raise late from None
             if isinstance(exc, (OSError, ConnectionLost)):
                 if written[0]:
                     lost = UpstreamLost(f"{where} failed after it was sent "
                                         f"({type(exc).__name__}); the outcome is unknown")
-                    lost.head = head
+                    lost.head = answered
                     raise lost from None
                 raise UpstreamUnreachable(f"{where} failed: {type(exc).__name__}; "
                                           "not sent") from None
