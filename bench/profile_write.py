@@ -61,6 +61,8 @@ def main() -> int:
     ap.add_argument("--seconds", type=int, default=8)
     ap.add_argument("--conns", type=int, default=32)
     ap.add_argument("--engage", type=int, default=0)
+    ap.add_argument("--method", choices=("GET", "PATCH"), default="PATCH",
+                    help="what wrk sends (GET: the read path)")
     ap.add_argument("--out", default=str(HERE / "results" / "profile"))
     ap.add_argument("--tree", type=Path, help="run the gateways from this source tree "
                     "(PYTHONPATH; e.g. `git archive REV | tar -x -C DIR`), to compare")
@@ -91,7 +93,7 @@ def main() -> int:
             b, _, b_admin = bench.start_gateway("prof-b", config, policies, db, out, env=env)
             procs.append(b)
             pids.append(str(b.proc.pid))
-        envw = dict(os.environ, BENCH_METHOD="PATCH", BENCH_KEY=bench.AGENT_KEY)
+        envw = dict(os.environ, BENCH_METHOD=args.method, BENCH_KEY=bench.AGENT_KEY)
         seconds = args.seconds if not args.engage else 600
         wrk = subprocess.Popen(
             ["wrk", "-t", "2" if args.conns > 1 else "1", "-c", str(args.conns), "-d",

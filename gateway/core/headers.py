@@ -154,21 +154,26 @@ def identify(headers: list[tuple[str, str]], query: str,
     keys: list[str] = []
     seen: set[str] = set()
     others: list[str] = []  # values that could smuggle another agent's key
-    for name, value in headers:
+    kept: list[tuple[str, str]] = []  # the headers that carry no identity
+    for header in headers:
+        name, value = header
         if "_" in name:  # ``X_Gateway_Key``: servers that map ``_`` to ``-`` read it as one
             name = name.replace("_", "-")
         if name not in IDENTITY_HEADERS:
             if name not in _ORDINARY and not name.startswith("x-agent-"):
                 others.append(value)
+            kept.append(header)
             continue
         if name in seen:
             raise AmbiguousIdentity(f"{name} is sent more than once: one call carries "
                                     "one agent identity")
         seen.add(name)
         candidates = _candidates(name, value)
-        if len(candidates) == 1:
+        if not candidates:
+            kept.append(header)
+        elif len(candidates) == 1:
             keys.append(candidates[0])
-        elif candidates:  # Basic: the half that is an agent's key (hashed only then)
+        else:  # Basic: the half that is an agent's key (hashed only then)
             agents = [c for c in candidates if known(c)]
             if len(agents) > 1 or value.lstrip()[:4].lower() == "aws4":
                 raise AmbiguousIdentity(f"{name} carries two keys: one call carries one "
@@ -185,10 +190,8 @@ def identify(headers: list[tuple[str, str]], query: str,
             if len(token) >= _SHORTEST_KEY and token != key and known(token):
                 raise AmbiguousIdentity("the call carries another agent's key: one call "
                                         "carries one identity")
-    kept = [(name, value) for name, value in headers
-            if not (name.replace("_", "-") in IDENTITY_HEADERS
-                    and _candidates(name.replace("_", "-"), value))
-            and not (key and key in value)]
+    if key:
+        kept = [(name, value) for name, value in kept if key not in value]
     return Identity(key, kept, without_key(query, key))
 
 

@@ -12,6 +12,12 @@ and the clock are:
   response is under way). Idle keep-alive connections are uvicorn's own
   ``timeout_keep_alive``. A body the gateway has stopped reading (flow control:
   the upstream is slow) is not the client's delay and does not count.
+
+And one thing for speed: uvicorn writes a response's head and its body with
+two ``transport.write`` calls, two ``send`` syscalls (on loopback each also
+delivers the segment, in this process's time). When the listener knows the
+whole body follows at once it says so (``scope["gateway.hold_head"]``), and
+the head goes out with the body in one write. The bytes are the same.
 """
 
 from __future__ import annotations
@@ -27,6 +33,49 @@ _TIMEOUT = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n
             b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(_BODY), _BODY))
 
 
+class _OneWrite:
+    """The transport uvicorn's request cycles write through: the write after
+    ``hold_head()`` (a response head) is held and sent with the next one (its body) in
+    one ``writelines``; anything else passes straight through."""
+
+    __slots__ = ("_transport", "_hold", "_held")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._hold = False
+        self._held: bytes | None = None
+
+    def hold_head(self) -> None:
+        self._hold = True
+
+    def write(self, data: bytes) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            self._transport.writelines((held, data))
+        elif self._hold:
+            self._hold, self._held = False, data
+        else:
+            self._transport.write(data)
+
+    def flush(self) -> None:
+        """Send what is held (a HEAD's head has no body write after it)."""
+        self._hold = False
+        held, self._held = self._held, None
+        if held is not None and not self._transport.is_closing():
+            self._transport.write(held)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 class GuardedProtocol(HttpToolsProtocol):
     """Callbacks only note when the client last owed the gateway bytes (a clock read);
     one timer per connection checks it, so a request costs no timer of its own."""
@@ -35,6 +84,7 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self._one_write = _OneWrite(transport)
         self._owed_since: float | None = self.loop.time()  # waiting for the client since
         self._check = self.loop.call_later(self.client_timeout, self._too_slow)
 
@@ -49,7 +99,10 @@ class GuardedProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         if not self.url.startswith(b"/"):
             self.scope["gateway.absolute_form"] = True  # type: ignore[typeddict-unknown-key]
+        self.scope["gateway.hold_head"] = self._one_write.hold_head  # type: ignore[typeddict-unknown-key]
         super().on_headers_complete()
+        if self.cycle is not None:
+            self.cycle.transport = self._one_write  # type: ignore[assignment]
         self._owed_since = self.loop.time()  # the body, if any
 
     def on_body(self, body: bytes) -> None:
@@ -59,6 +112,10 @@ class GuardedProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         super().on_message_complete()
         self._owed_since = None
+
+    def on_response_complete(self) -> None:
+        self._one_write.flush()
+        super().on_response_complete()
 
     def _too_slow(self) -> None:
         if self.transport.is_closing():
@@ -70,6 +127,7 @@ class GuardedProtocol(HttpToolsProtocol):
                 else since + self.client_timeout - now
             self._check = self.loop.call_later(due, self._too_slow)
             return
+        self._one_write.flush()
         if self.cycle is None or self.cycle.response_complete:
             self.transport.write(_TIMEOUT)
         self.transport.close()

@@ -134,7 +134,8 @@ class ProxyApp:
         record.decision, record.status = reply.decision, reply.response.status
         await self._audit(scope, request_id, reply.decision, reply.response.status,
                           {"journal": reply.journal_id} if reply.journal_id else {}, reply.audits)
-        await _stream(send, reply, request_id, scope["method"] == "HEAD")
+        await _stream(send, reply, request_id, scope["method"] == "HEAD",
+                      scope.get("gateway.hold_head"))
 
     def _s3(self, scope: Scope) -> bool:
         """Whether the call's upstream signs with ``aws_sigv4``: its errors are S3's XML."""
@@ -267,15 +268,21 @@ async def _error(send: Send, exc: GatewayError, request_id: str, s3: bool = Fals
     await send({"type": "http.response.body", "body": data})
 
 
-async def _stream(send: Send, reply: Reply, request_id: str, head: bool) -> None:
+async def _stream(send: Send, reply: Reply, request_id: str, head: bool,
+                  hold_head: Callable[[], None] | None = None) -> None:
+    """``hold_head`` (the connection's, when it has one): a whole body follows the head at
+    once, so both go out in one write (``gateway.proxy.connection``)."""
     response = reply.response
     headers = [(k.lower().encode("latin-1"), v.encode("latin-1"))
                for k, v in agent_response_headers(response.headers)]
     if response.body is not None and not any(k == b"content-length" for k, _ in headers):
         headers.append((b"content-length", str(len(response.body)).encode()))
+    whole = response.body is not None or head
+    if whole and hold_head is not None:
+        hold_head()
     await send({"type": "http.response.start", "status": response.status,
                 "headers": headers + _gateway_headers(reply.decision, request_id)})
-    if response.body is not None or head:
+    if whole:
         if response.stream is not None:
             await response.read()  # release the connection
         await send({"type": "http.response.body", "body": b"" if head else response.body or b""})

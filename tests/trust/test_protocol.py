@@ -127,3 +127,32 @@ async def test_slow_or_idle_clients_are_timed_out(tmp_path: Path, sent: bytes) -
         assert reader.at_eof(), "the gateway kept the connection open"
         assert closed_after < 8
         assert gw.upstream.reached() == []
+
+
+HEADS = """
+- id: read-all
+  match: {methods: [GET, HEAD], path: "/**"}
+  action: allow
+"""
+
+
+async def test_pipelined_answers_come_whole_and_in_order(tmp_path: Path) -> None:
+    """A head and its whole body leave in one write (gateway.proxy.connection): two
+    pipelined GETs and a HEAD on one connection come back in order, each body after its
+    own head, and nothing after the HEAD's head (it has no body write to go with)."""
+    async with trusted_gateway(tmp_path, HEADS) as gw:
+        reader, writer = await gw.connect()
+        writer.write("".join(
+            f"{method} /crm/customers/{n} HTTP/1.1\r\nHost: g\r\n{KEY}{last}\r\n"
+            for method, n, last in (("GET", 1, ""), ("GET", 2, ""),
+                                    ("HEAD", 3, "Connection: close\r\n"))).encode())
+        await writer.drain()
+        data = await read_all(reader, deadline=8)
+        writer.close()
+        first, second = parse_replies(data)[:2]
+        assert (first.status, second.status) == (200, 200), data
+        assert b'"1"' in first.body and b'"2"' in second.body, data
+        head_of_head = data.rpartition(b"HTTP/1.1 ")[2]
+        assert head_of_head.startswith(b"200 ") and head_of_head.endswith(b"\r\n\r\n"), data
+        assert [(a.method, a.target) for a in gw.upstream.reached()] == [
+            ("GET", "/customers/1"), ("GET", "/customers/2"), ("HEAD", "/customers/3")]
