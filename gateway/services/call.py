@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from gateway.core.approvals import HeldCall
+from gateway.core.body import parse_body
 from gateway.core.canonical import Target
 from gateway.core.mcp import Message
 from gateway.core.model import Checkpoint, JournalEntry
@@ -92,6 +93,25 @@ def body_reader(limit: int) -> BodyReader:
     return read
 
 
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """An upstream's answer to a write, read once for the journal by its sender."""
+
+    body: bytes  # as journaled (an MCP tool's JSON-RPC response, also out of an SSE body)
+    content_type: str | None
+    parsed: Any  # the body read once (JSON, form, text)
+    shown: Any  # what the journal keeps of it (a secret in a tool's text is one too)
+    failed: str | None  # why the write did no work though it was answered (a tool's error)
+    says_state: bool  # the answer is the resource as the write left it: no read after
+    read_as_value: bool  # a read after is kept as read, not as a digest when not JSON
+
+
+def plain_answer(body: bytes, content_type: str | None) -> Answer:
+    """An HTTP answer: its body read by its media type, kept as read."""
+    parsed = parse_body(body, content_type)
+    return Answer(body, content_type, parsed, parsed, None, isinstance(parsed, dict), False)
+
+
 class Sender(Protocol):
     """One kind of upstream (REST: HTTP requests; MCP: JSON-RPC tool calls): how its
     calls read and how they leave. Deciding, journaling and freezing are the pipeline's.
@@ -126,8 +146,8 @@ class Sender(Protocol):
         """What a shadowed write answers (``gateway.core.shadow``); may set
         ``entry.after``, the state the write would leave."""
 
-    def failure(self, step: Step, response: UpstreamResponse) -> str | None:
-        """Why a compensation that answered failed when its status does not say."""
+    def answer(self, method: str, body: bytes, content_type: str | None) -> Answer:
+        """A write's answer (the agent's, or a compensation's) as the journal reads it."""
 
     # -- sending ---------------------------------------------------------------------
 

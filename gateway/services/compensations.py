@@ -96,7 +96,8 @@ class Compensations:
         except GatewayError as exc:
             return await self._save(plan, step, StepStatus.FAILED, exc.message)
         status = response.status
-        failed = self.senders(upstream).failure(step, response)  # a tool's, in a 200
+        failed = self.senders(upstream).answer(  # a tool's, in a 200
+            step.method, response.body or b"", dict(response.headers).get("content-type")).failed
         if failed is not None:
             return await self._save(plan, step, StepStatus.FAILED, failed, journal_id)
         if status == 412:
@@ -166,9 +167,9 @@ class Compensations:
         try:
             response = await sender.compensate(upstream, step, headers, body)
         except GatewayError as exc:
-            await self.journal.record_outcome(entry, None, exc, started, started, 0.0)
+            await self.journal.record_outcome(entry, sender, None, exc, started)
             raise
-        await self.journal.record_outcome(entry, response, None, started, started, 0.0)
+        await self.journal.record_outcome(entry, sender, response, None, started)
         return response, entry.id
 
 

@@ -22,18 +22,14 @@ was lost by the store (``lost_outcomes``).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
-from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
 from gateway.core import journal as journaling
-from gateway.core import mcp
 from gateway.core import undo as undoing
-from gateway.core.body import parse_body
 from gateway.core.model import (
     Checkpoint,
     JournalEntry,
@@ -44,7 +40,7 @@ from gateway.core.model import (
     utcnow,
 )
 from gateway.core.policy.compiled import Upstream
-from gateway.core.policy.mcp_schema import TOOLS_CALL, McpRule
+from gateway.core.policy.mcp_schema import McpRule
 from gateway.core.policy.schema import Rule
 from gateway.core.redact import redact_headers, redact_query
 from gateway.core.seal import NO_SEALER, Sealer
@@ -52,7 +48,7 @@ from gateway.errors import GatewayError, JournalUnavailable
 from gateway.observe import JOURNAL, JOURNAL_OUTCOME, NO_WATCH, Watch
 from gateway.ports import JournalStore, Observed, UpstreamResponse
 from gateway.services import sealing
-from gateway.services.call import Call, Sender
+from gateway.services.call import Answer, Call, Sender
 from gateway.services.freezes import FreezeState
 from gateway.settings import Settings
 
@@ -61,8 +57,6 @@ OUTCOME_RETRY = 600.0  # seconds an outcome is retried while the store is down
 LOST = ("its outcome was saved, then lost by the store (a database crash); the write "
         "was sent and may have landed")
 _UNPARSED: Any = object()  # no parsed body given: ``store_body`` parses it
-
-SenderFor = Callable[[Upstream], Sender]  # the port that reaches an upstream (read after)
 
 
 class Journal:
@@ -147,20 +141,21 @@ class Journal:
         while self._outcomes:
             await asyncio.gather(*self._outcomes, return_exceptions=True)
 
-    async def record_outcome(self, entry: JournalEntry, response: UpstreamResponse | None,
-                             error: GatewayError | None, started: float, sent: float,
-                             capture_ms: float, upstream: Upstream | None = None) -> None:
-        """Build and journal an outcome now (rollback's compensations)."""
-        outcome = await self.outcome_of(entry, response, error, started, sent, capture_ms,
-                                        upstream)
+    async def record_outcome(self, entry: JournalEntry, sender: Sender,
+                             response: UpstreamResponse | None, error: GatewayError | None,
+                             started: float) -> None:
+        """Build and journal an outcome now (rollback's compensations: no read after)."""
+        outcome = await self.outcome_of(entry, response, error, started, started, 0.0, None,
+                                        sender)
         await self.save_outcome(entry, outcome, NO_WATCH)
 
     async def outcome_of(self, entry: JournalEntry, response: UpstreamResponse | None,
                          error: GatewayError | None, started: float, sent: float,
-                         capture_ms: float, upstream: Upstream | None = None,
-                         sender_for: SenderFor | None = None) -> JournalOutcome:
+                         capture_ms: float, upstream: Upstream | None,
+                         sender: Sender) -> JournalOutcome:
         """What the journal records once the upstream answered (or did not).
-        ``sender_for`` reads the resource after the write when the response does not say."""
+        ``sender`` reads the answer, and the resource after the write when the answer does
+        not say what the write left (with ``upstream``)."""
         now = time.perf_counter()
         timings = {"capture_ms": round(capture_ms, 3), "upstream_ms": round((now - sent) * 1000, 3),
                    "total_ms": round((now - started) * 1000, 3)}
@@ -181,22 +176,16 @@ class Journal:
             outcome = JournalOutcome(state, None, {}, None, None, 0, undo, reversible,
                                      error.message if error else None, timings, utcnow())
         else:
-            body = response.body or b""
             headers = redact_headers(response.headers)
-            content_type = headers.get("content-type")
-            if entry.method == TOOLS_CALL:  # the JSON-RPC response, also out of an SSE body
-                answer = mcp.response_in(body, content_type, mcp.ANY_ID)
-                shown = mcp.redact_answer(answer)  # a secret in a tool's text is one too
-                failed = mcp.failure(shown)
-                if answer is not None:
-                    body, content_type = json.dumps(answer).encode(), mcp.JSON
-                if failed is not None:
-                    stored = journaling.store_body(body, content_type,
-                                                   self.settings.journal_body_limit, shown)
-                    return JournalOutcome(JournalState.FAILED, response.status, headers,
-                                          stored.text, stored.sha256, stored.size, undo,
-                                          reversible, failed, timings, utcnow())
-            parsed = parse_body(body, content_type)  # once, for all below
+            answer = sender.answer(entry.method, response.body or b"",
+                                   headers.get("content-type"))
+            if answer.failed is not None:
+                stored = journaling.store_body(answer.body, answer.content_type,
+                                               self.settings.journal_body_limit, answer.shown)
+                return JournalOutcome(JournalState.FAILED, response.status, headers,
+                                      stored.text, stored.sha256, stored.size, undo,
+                                      reversible, answer.failed, timings, utcnow())
+            parsed = answer.parsed
             if entry.method == "POST" and undo is None and upstream is not None \
                     and entry.capture_path is None:
                 created = journaling.undo_for_created(
@@ -204,11 +193,10 @@ class Journal:
                     headers, parsed)
                 if created is not None and not (rule_says_none(upstream, entry.rule)):
                     undo, reversible = Undo.from_json(created), True
-            stored = journaling.store_body(body, content_type, self.settings.journal_body_limit,
-                                           mcp.redact_answer(parsed)
-                                           if entry.method == TOOLS_CALL else parsed)
-            after, true_after = await self._read_after(entry, response.status, parsed, undo,
-                                                       upstream, sender_for)
+            stored = journaling.store_body(answer.body, answer.content_type,
+                                           self.settings.journal_body_limit, answer.shown)
+            after, true_after = await self._read_after(entry, response.status, answer, undo,
+                                                       upstream, sender)
             outcome = JournalOutcome(JournalState.COMPLETED, response.status, headers,
                                      stored.text, stored.sha256, stored.size, undo, reversible,
                                      None, timings, utcnow(), after,
@@ -241,9 +229,9 @@ class Journal:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
 
-    async def _read_after(self, entry: JournalEntry, status: int, parsed: Any,
+    async def _read_after(self, entry: JournalEntry, status: int, answer: Answer,
                           undo: Undo | None, upstream: Upstream | None,
-                          sender_for: SenderFor | None) -> tuple[Any, Any]:
+                          sender: Sender) -> tuple[Any, Any]:
         """The resource as the write left it, read only when the response does not say:
         as journaled (redacted; a text or binary resource as its digest) and its true value.
 
@@ -252,14 +240,14 @@ class Journal:
         """
         if upstream is None or not 200 <= status < 300 or entry.method == "DELETE":
             return None, None
-        if isinstance(parsed, dict) and entry.method != TOOLS_CALL:
+        if answer.says_state:
             return None, None
         target = entry.capture_path or (undo.path if undo is not None and
                                         undo.method == "DELETE" else None)
-        if target is None or sender_for is None:
+        if target is None:
             return None, None
         try:
-            seen = await sender_for(upstream).read(upstream, target)
+            seen = await sender.read(upstream, target)
         except GatewayError as exc:
             log.warning("read after %s %s failed (%s); rollback will need force",
                         entry.method, entry.path, exc.message)
@@ -269,7 +257,7 @@ class Journal:
                         "rollback will need force", entry.method, entry.path, seen.status)
             return None, None
         true = sealing.true_state(seen)
-        if entry.method == TOOLS_CALL or isinstance(seen.value, (dict, list)):
+        if answer.read_as_value or isinstance(seen.value, (dict, list)):
             return seen.value, true
         return true, true  # a digest: nothing of the bytes themselves
 

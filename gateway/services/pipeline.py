@@ -228,6 +228,7 @@ class Pipeline:
                      decision: Decision, approval: dict[str, Any] | None = None,
                      action: autonomy.Action | None = None) -> Reply:
         started = time.perf_counter()
+        sender = self.senders(upstream)
         shadowed = action is not None and action.kind is Act.SHADOW
         self.freezes.admit(upstream.name, call.agent)
         if approval is None and not shadowed:  # tripwires count what is sent, not what a
@@ -277,19 +278,19 @@ class Pipeline:
                     entry.id, call.agent, upstream.name, view.method, view.path,
                     self.freezes.member)):
                 with call.watch.step(UPSTREAM, upstream.name) as step:
-                    response = await self.senders(upstream).forward(
+                    response = await sender.forward(
                         upstream, call, approved=approval is not None, trace=step.propagate)
         except GatewayError as exc:
             exc.extra.setdefault("journal", entry.id)  # the audit record names the entry
             self.journal.later(entry, await self.journal.outcome_of(
-                entry, None, exc, started, sent, capture_ms, upstream, self.senders), call.watch)
+                entry, None, exc, started, sent, capture_ms, upstream, sender), call.watch)
             if approval is None:
                 await self.tripwires.after_write(upstream, call, exc)
             raise
         # Built now, read-after included: the state the write left is read before the
         # agent (or anyone) can change it again; only the store write waits.
         self.journal.later(entry, await self.journal.outcome_of(
-            entry, response, None, started, sent, capture_ms, upstream, self.senders), call.watch)
+            entry, response, None, started, sent, capture_ms, upstream, sender), call.watch)
         if approval is None:
             await self.tripwires.after_write(upstream, call, response.status)
         return Reply(response, "allow", journal_id=entry.id)

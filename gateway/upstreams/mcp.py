@@ -33,6 +33,7 @@ from mcp.shared.exceptions import MCPError
 
 from gateway.core import mcp, shadow
 from gateway.core.approvals import HeldCall
+from gateway.core.body import parse_body
 from gateway.core.model import JournalEntry
 from gateway.core.policy.compiled import CallView, Upstream
 from gateway.core.policy.mcp_schema import TOOLS_CALL
@@ -47,7 +48,7 @@ from gateway.errors import (
 )
 from gateway.ports import Headers, Observed, UpstreamResponse, untraced
 from gateway.ports import Upstream as UpstreamClient
-from gateway.services.call import BodyReader, Call
+from gateway.services.call import Answer, BodyReader, Call, plain_answer
 from gateway.settings import Settings
 from gateway.upstreams.rest import rebuilt, request_headers
 
@@ -109,10 +110,17 @@ class McpSender:
         entry.after = result.get("structuredContent")  # the state the tool would leave
         return projected
 
-    def failure(self, step: Step, response: UpstreamResponse) -> str | None:
-        if step.method != TOOLS_CALL:
-            return None
-        return mcp.failure(mcp.response_in(response.body or b"", mcp.JSON, mcp.ANY_ID))
+    def answer(self, method: str, body: bytes, content_type: str | None) -> Answer:
+        if method != TOOLS_CALL:
+            return plain_answer(body, content_type)
+        response = mcp.response_in(body, content_type, mcp.ANY_ID)  # JSON, or out of SSE
+        redacted = mcp.redact_answer(response)  # a secret in a tool's text is one too
+        failed = mcp.failure(redacted)  # a tool reports failure in a 200
+        if response is not None:
+            body, content_type = json.dumps(response).encode(), mcp.JSON
+        parsed = parse_body(body, content_type)
+        shown = redacted if failed is not None else mcp.redact_answer(parsed)
+        return Answer(body, content_type, parsed, shown, failed, False, True)
 
     # -- the agent's own messages ---------------------------------------------------
 

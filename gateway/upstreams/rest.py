@@ -31,7 +31,7 @@ from gateway.core.rollback import Step
 from gateway.errors import Ambiguous, BadRequest, CaptureFailed, GatewayError
 from gateway.ports import Headers, Observed, UpstreamResponse, untraced
 from gateway.ports import Upstream as UpstreamClient
-from gateway.services.call import BodyReader, Call
+from gateway.services.call import Answer, BodyReader, Call, plain_answer
 from gateway.settings import Settings
 from gateway.upstreams.credentials import signed, with_query
 
@@ -144,8 +144,8 @@ class RestSender:
             f"/{upstream.name}{call.raw_path}", entry.id,
             captured_path=isinstance(getattr(rule, "capture", None), Capture))
 
-    def failure(self, step: Step, response: UpstreamResponse) -> str | None:
-        return None  # the status says
+    def answer(self, method: str, body: bytes, content_type: str | None) -> Answer:
+        return plain_answer(body, content_type)  # failed: the status says
 
     # -- sending -----------------------------------------------------------------------
 
