@@ -30,7 +30,6 @@ from sqlalchemy import text
 
 from gateway.core.seal import Sealer
 from gateway.ports import Bus
-from gateway.store.approvals import ApprovalQueue
 from gateway.store.audit import AuditChain
 from gateway.store.checkpoints import CheckpointLog
 from gateway.store.engine import (
@@ -42,6 +41,7 @@ from gateway.store.engine import (
     sqlite_path,
 )
 from gateway.store.group import GroupCommit
+from gateway.store.held_calls import HeldCalls
 from gateway.store.hot import HotPath
 from gateway.store.hot_postgres import PostgresHotPath
 from gateway.store.hot_sqlite import SqliteHotPath
@@ -69,7 +69,7 @@ def default_sealer(url: Any, journal_key: str | None = None) -> Sealer:
     return sealer_for(journal_key, path)
 
 
-class SqlStore(KillSwitch, JournalLog, AuditChain, ApprovalQueue, RollbackPlans,
+class SqlStore(KillSwitch, JournalLog, AuditChain, HeldCalls, RollbackPlans,
                ReportQueries, CheckpointLog, Leases, TripwireCounts):
     """The store behind the gateway.
 

@@ -1,6 +1,6 @@
-"""The approval queue: held calls and their exactly-once state changes.
+"""Held calls in the store: the approval queue's rows and their exactly-once state changes.
 
-``ApprovalQueue`` is a mixin of ``SqlStore`` (it uses the store's two
+``HeldCalls`` is a mixin of ``SqlStore`` (it uses the store's two
 engines). Every state change is one UPDATE whose WHERE clause carries the
 state the caller read (``status``, and for votes and claims the ``votes``
 text, which ``codec.votes_text`` writes deterministically). The database
@@ -48,7 +48,7 @@ _expires_at, _lease_until = col(ApprovalRow.expires_at), col(ApprovalRow.lease_u
 _due_at = col(ApprovalRow.due_at)
 
 
-class ApprovalQueue:
+class HeldCalls:
     """``create_held`` ... ``abandon_lapsed_claims`` of ``ports.Store``."""
 
     _engine: AsyncEngine  # reads
