@@ -9,7 +9,7 @@ stacks, --idle so time spent waiting shows). Prints the top frames by own
 samples and by inclusive samples in gateway code. With ``--engage N`` a second
 gateway on the same PostgreSQL engages and releases N times while wrk writes
 into the first, both sampled, and each engage's phases are read from the
-engaging gateway's "kill switch engaged" log lines (gateway/services/freezes.py).
+engaging gateway's "kill switch engaged" log lines (gateway/services/killswitch.py).
 """
 
 from __future__ import annotations

@@ -29,8 +29,8 @@ from gateway.services.approvals import ApprovalQueue, Execution
 from gateway.services.audit_trail import AuditTrail
 from gateway.services.call import Policies, Senders
 from gateway.services.checkpoints import Checkpoints
-from gateway.services.freezes import FreezeState
 from gateway.services.journal import Journal
+from gateway.services.killswitch import FreezeState
 from gateway.services.notify import Notifier
 from gateway.services.pipeline import Pipeline
 from gateway.services.recovery import Recovery

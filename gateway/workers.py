@@ -10,7 +10,7 @@ port is never free in between.
 
 Each worker is a whole gateway (``server.serve``) with its own store
 connections; they share nothing in memory. One kill switch holds across them
-because it holds across every process on the store (``services.freezes``):
+because it holds across every process on the store (``services.killswitch``):
 any worker may serve an engage, and it is exact for all.
 
 The master does no I/O of its own beyond that: it forwards SIGTERM/SIGINT

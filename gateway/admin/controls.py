@@ -14,8 +14,8 @@ from gateway.ports import Store
 from gateway.services.approvals import ApprovalQueue
 from gateway.services.audit_trail import AuditTrail
 from gateway.services.checkpoints import Checkpoints
-from gateway.services.freezes import FreezeState
 from gateway.services.journal import Journal
+from gateway.services.killswitch import FreezeState
 from gateway.services.rollbacks import Rollbacks
 from gateway.services.shadows import ShadowWrites
 from gateway.settings import Settings

@@ -50,7 +50,6 @@ from gateway.errors import (
 from gateway.ports import ApprovalStore
 from gateway.services.audit_trail import AuditTrail
 from gateway.services.call import Call, Policies, Reply, Senders
-from gateway.services.freezes import FreezeState
 from gateway.services.held_calls import (
     HeldAudit,
     agent_reply,
@@ -58,6 +57,7 @@ from gateway.services.held_calls import (
     proposed,
     stored_response,
 )
+from gateway.services.killswitch import FreezeState
 from gateway.services.notify import Notifier
 from gateway.settings import Settings
 

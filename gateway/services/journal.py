@@ -49,7 +49,7 @@ from gateway.observe import JOURNAL, JOURNAL_OUTCOME, NO_WATCH, Watch
 from gateway.ports import JournalStore, Observed, UpstreamResponse
 from gateway.services import sealing
 from gateway.services.call import Answer, Call, Sender
-from gateway.services.freezes import FreezeState
+from gateway.services.killswitch import FreezeState
 from gateway.settings import Settings
 
 log = logging.getLogger("gateway.pipeline")  # the records this module writes kept their name

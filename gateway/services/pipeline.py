@@ -57,9 +57,9 @@ from gateway.errors import (
 from gateway.observe import CAPTURE, UPSTREAM, Observer
 from gateway.ports import Observed, UpstreamResponse
 from gateway.services.call import Call, Policies, Reply, Senders, body_reader
-from gateway.services.freezes import FreezeState
 from gateway.services.inflight import InFlightLimits
 from gateway.services.journal import Journal
+from gateway.services.killswitch import FreezeState
 from gateway.services.tripwires import Tripwires
 from gateway.settings import Settings
 

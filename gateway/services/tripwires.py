@@ -31,7 +31,7 @@ from gateway.errors import (
 from gateway.metrics import Metrics
 from gateway.ports import TripwireStore
 from gateway.services.call import Call
-from gateway.services.freezes import FreezeState
+from gateway.services.killswitch import FreezeState
 
 log = logging.getLogger("gateway.tripwires")
 

@@ -21,7 +21,7 @@ one per backend, both "every process on the store hears every message":
 
 Whoever can reach a bus can forge a message on it (on PostgreSQL, any role
 with CONNECT can ``pg_notify``): messages are hints, and the kill switch
-re-reads the store on each (``services.freezes``).
+re-reads the store on each (``services.killswitch``).
 
 A message is a small JSON object; ``from`` is added, and ``to`` names the one
 member a reply is for (the others drop it).

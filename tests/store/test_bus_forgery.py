@@ -21,7 +21,7 @@ import pytest
 
 from gateway.core.model import Freeze, FreezeScope, utcnow
 from gateway.errors import WritesFrozen
-from gateway.services.freezes import FreezeState
+from gateway.services.killswitch import FreezeState
 from gateway.store.bus import CHANNEL, PgBus, SocketBus
 from gateway.store.engine import asyncpg_dsn
 from gateway.store.sql import SqlStore

@@ -4,7 +4,7 @@ An engage is announced (``engage``, with the freeze and how long the others may 
 each process re-reads the store, settles its covered writes and answers with those it
 cut off (``answer``, in chunks, to the engaging process alone). A release, or anything
 else, only makes the others re-read. Messages are hints, never state: see
-``gateway.services.freezes``.
+``gateway.services.killswitch``.
 """
 
 from __future__ import annotations

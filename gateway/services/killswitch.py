@@ -32,7 +32,7 @@ seconds), and a write is only sent while this process's view of the freezes
 was confirmed within ``lease`` (less than ``engage_wait``): a process that
 missed a push, or was paused, confirms again before it sends.
 
-What the processes say to each other on the bus is ``freeze_messages.py``.
+What the processes say to each other on the bus is ``killswitch_messages.py``.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ from gateway.core.killswitch import InFlight, covering, covers
 from gateway.core.model import Freeze, FreezeScope, utcnow
 from gateway.errors import JournalUnavailable, WriteCutOff, WritesFrozen
 from gateway.ports import Bus, FreezeStore
-from gateway.services.freeze_messages import (
+from gateway.services.killswitch_messages import (
     ANSWER_EARLY,
     ANSWER_GRACE,
     Answers,
