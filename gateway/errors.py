@@ -263,6 +263,10 @@ class Ambiguous(ValueError):
     """A request with more than one reading; its message says which part and why."""
 
 
+class AmbiguousIdentity(ValueError):
+    """Two different agent keys, or an identity header sent twice (400)."""
+
+
 class MessageError(ValueError):
     """A body that is not one JSON-RPC message (or batch) the gateway can judge."""
 

@@ -27,6 +27,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, unquote_plus
 
+from gateway.errors import AmbiguousIdentity
+
 HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
     "te", "trailer", "trailers", "transfer-encoding", "upgrade",
@@ -95,10 +97,6 @@ _ORDINARY = frozenset({
 })
 _TOKENS = re.compile(r"[\s,;:=&]+")
 _SHORTEST_KEY = 8  # shorter tokens are not searched (page numbers, flags)
-
-
-class AmbiguousIdentity(ValueError):
-    """Two different agent keys, or an identity header sent twice (400)."""
 
 
 def authorization_keys(value: str) -> tuple[str, ...]:

@@ -19,10 +19,11 @@ from typing import Any
 from urllib.parse import quote
 
 from gateway.core import canonical
-from gateway.core.headers import AmbiguousIdentity, Identity, agent_response_headers, identify
+from gateway.core.headers import Identity, agent_response_headers, identify
 from gateway.core.model import Checkpoint, is_mutating, new_id
 from gateway.errors import (
     Ambiguous,
+    AmbiguousIdentity,
     BadRequest,
     GatewayError,
     MethodRefused,

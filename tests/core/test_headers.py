@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 
 from gateway.core.headers import (
-    AmbiguousIdentity,
     agent_key,
     agent_response_headers,
     identify,
     upstream_request_headers,
 )
+from gateway.errors import AmbiguousIdentity
 
 AMBIGUOUS = "400: AmbiguousIdentity"
 
