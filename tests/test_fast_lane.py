@@ -7,8 +7,9 @@ imported; a test that needs one imports it inside the test or fixture. And
 for real, in a fresh interpreter where asyncpg cannot be imported: every
 ``gateway`` module imports (the store loads asyncpg only when a PostgreSQL
 store is opened, ``gateway.store.engine.driver_errors``), and the pure
-core's tests pass, with two modules that start real gateways on SQLite (writes
-journaled; the admin API while the store is gone).
+core's tests pass, with a module that starts real gateways on SQLite
+(``tests/trust/test_operators.py``: writes journaled, held and approved; the
+admin API while the store is gone).
 """
 
 from __future__ import annotations
@@ -121,7 +122,7 @@ for module in pkgutil.walk_packages(gateway.__path__, "gateway."):
         importlib.import_module(module.name)
 raise SystemExit(status)
 """
-WITHOUT_ASYNCPG = ["tests/core", "tests/proxy/test_writes.py", "tests/trust/test_operators.py"]
+WITHOUT_ASYNCPG = ["tests/core", "tests/trust/test_operators.py"]
 
 
 def test_the_fast_lane_runs_without_asyncpg() -> None:
