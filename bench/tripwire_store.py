@@ -2,6 +2,9 @@
 
     .venv/bin/python bench/tripwire_store.py [--postgres URL] [--calls 300]
 
+``--postgres`` defaults to ``GATEWAY_TEST_POSTGRES`` (as the tests), else
+postgresql://postgres@127.0.0.1:5432/postgres.
+
 ``count_tripwire`` runs once per write that a count or sum tripwire watches (no
 tripwire of those kinds: never); ``take_lease`` once per heartbeat (every
 ``executor_lease / 3`` seconds) and per plan renewal. PostgreSQL gets a fresh
@@ -12,11 +15,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import tempfile
 import time
 import uuid
 
 import asyncpg
+from sqlalchemy.engine import make_url
 
 from gateway.core.model import utcnow
 from gateway.store.sql import SqlStore
@@ -43,7 +48,8 @@ async def measure(url: str, calls: int) -> tuple[float, float]:
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--postgres", default=os.environ.get(
+        "GATEWAY_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"))
     parser.add_argument("--calls", type=int, default=300)
     args = parser.parse_args()
     directory = tempfile.mkdtemp(prefix="gw-bench-")
@@ -52,8 +58,9 @@ async def main() -> None:
     admin = await asyncpg.connect(args.postgres)
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
-        server = args.postgres.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
-        rows.append(("postgresql", await measure(f"{server}/{name}", args.calls)))
+        url = make_url(args.postgres).set(drivername="postgresql+asyncpg", database=name)
+        rows.append(("postgresql", await measure(url.render_as_string(hide_password=False),
+                                                 args.calls)))
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()

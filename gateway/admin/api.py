@@ -29,7 +29,7 @@ from gateway.core.model import Freeze, JournalQuery, iso, parse_iso, utcnow
 from gateway.errors import AdminError
 from gateway.metrics import CONTENT_TYPE
 from gateway.services.rollbacks import Selection
-from gateway.store.diagnose import STORE_ERRORS, unavailable
+from gateway.store.diagnose import store_errors, unavailable
 
 log = logging.getLogger("gateway.admin")
 
@@ -84,7 +84,7 @@ def create_admin_app(gateway: Controls) -> FastAPI:
                             exc.status, headers=headers)
 
     async def _store_down(request: Request, exc: Exception) -> JSONResponse:
-        why = unavailable(exc)
+        why = unavailable(exc, gateway.settings.database_url)
         if why is None:  # not the store being down: a bug, shown as one
             log.error("unexpected error on %s %s", request.method, request.url.path,
                       exc_info=exc)
@@ -94,7 +94,8 @@ def create_admin_app(gateway: Controls) -> FastAPI:
                                        "message": f"the store is unavailable: {why}"}},
                             503, headers={"Retry-After": "1"})
 
-    for kind in (*STORE_ERRORS, DBAPIError):  # while the store is down: 503 with the cause
+    # while the store is down: 503 with the cause
+    for kind in (*store_errors(gateway.settings.database_url), DBAPIError):
         app.add_exception_handler(kind, _store_down)
 
     @app.exception_handler(RequestValidationError)

@@ -39,11 +39,12 @@ import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-
-import asyncpg
+from typing import TYPE_CHECKING, Any
 
 from gateway.store.engine import connect_primary
+
+if TYPE_CHECKING:  # imported when a PostgreSQL store connects: SQLite never loads it
+    import asyncpg
 
 log = logging.getLogger("gateway.bus")
 Deliver = Callable[[dict[str, Any]], None]
@@ -111,6 +112,8 @@ class PgBus:
         # connection is down (``check`` brings it back).
         # Bounded: a wedged connection must not hold an engage (which then goes on
         # without the others' answers, as when a publish fails); ``check`` replaces it.
+        import asyncpg
+
         listener = self._listener
         if listener is not None and not listener.is_closed():
             try:
@@ -134,6 +137,8 @@ class PgBus:
         Messages sent while it was down are lost; the kill switch's generation
         (read at every heartbeat) catches what they carried.
         """
+        import asyncpg
+
         listener = self._listener
         if listener is not None and not listener.is_closed():
             try:

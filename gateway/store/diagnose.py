@@ -19,10 +19,9 @@ import socket
 import sqlite3
 from pathlib import Path
 
-import asyncpg
 from sqlalchemy.engine import URL
 
-from gateway.store.engine import is_postgres, parse_url, read_url, sqlite_path
+from gateway.store.engine import driver_errors, is_postgres, parse_url, read_url, sqlite_path
 
 
 def safe_url(database_url: str | URL) -> str:
@@ -62,6 +61,8 @@ def explain(error: BaseException, database_url: str) -> str | None:
     url = read_url(database_url)
     where = safe_url(url)
     if is_postgres(parse_url(database_url)):
+        import asyncpg
+
         hosts = url.query.get("host")
         server = (",".join(hosts) if isinstance(hosts, tuple)
                   else f"{url.host or 'localhost'}:{url.port or 5432}")
@@ -90,25 +91,24 @@ def explain(error: BaseException, database_url: str) -> str | None:
     return None
 
 
-# What a running store raises when it cannot be reached: the base classes an HTTP edge
-# catches to answer 503 (``unavailable`` then says whether it is that, and why).
-STORE_ERRORS: tuple[type[BaseException], ...] = (
-    OSError, sqlite3.Error, asyncpg.PostgresError, asyncpg.InterfaceError)
+def store_errors(database_url: str) -> tuple[type[BaseException], ...]:
+    """What a running store raises when it cannot be reached: the base classes an HTTP
+    edge catches to answer 503 (``unavailable`` then says whether it is that, and why)."""
+    return (OSError, sqlite3.Error, *driver_errors(parse_url(database_url)).any)
 
 
-def unavailable(exc: BaseException) -> str | None:
+def unavailable(exc: BaseException, database_url: str) -> str | None:
     """Why the store cannot answer now (it is down, restarting, unreachable, locked), in
     one line; None when ``exc`` is not that (a bug: shown with its traceback)."""
     from sqlalchemy.exc import DBAPIError
+    down: tuple[type[BaseException], ...] = (
+        OSError, *driver_errors(parse_url(database_url)).connection, sqlite3.OperationalError)
     cause: BaseException | None = exc
     seen = 0
     while cause is not None and seen < 5:  # SQLAlchemy wraps the driver's error
         if isinstance(cause, DBAPIError) and cause.orig is not None:
             cause = cause.orig
-        if isinstance(cause, (OSError, asyncpg.PostgresConnectionError,
-                              asyncpg.InterfaceError, asyncpg.CannotConnectNowError,
-                              asyncpg.exceptions.OperatorInterventionError,
-                              sqlite3.OperationalError)):
+        if isinstance(cause, down):
             return f"{type(cause).__name__}: {cause}".strip().rstrip(":")
         if isinstance(cause, DBAPIError) and cause.connection_invalidated:
             return str(cause).splitlines()[0]

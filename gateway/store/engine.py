@@ -43,12 +43,14 @@ import socket
 import sqlite3
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-import asyncpg
 from sqlalchemy import event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+if TYPE_CHECKING:
+    import asyncpg
 
 _FS_IOC_GETFLAGS = 0x80086601  # Linux: the inode's flags (lsattr)
 _UNWRITABLE = 0x10 | 0x20  # FS_IMMUTABLE_FL, FS_APPEND_FL
@@ -137,9 +139,41 @@ def asyncpg_dsn(url: URL) -> str:
         else text.replace("://HOSTS/", "://" + ",".join(hosts) + "/", 1)
 
 
+class DriverErrors(NamedTuple):
+    """asyncpg's exception classes the store tells apart, as tuples for ``except`` and
+    ``isinstance``: all empty on SQLite, whose store never imports asyncpg (the fast
+    lane runs where it is not installed, ``tests/test_fast_lane.py``)."""
+
+    any: tuple[type[Exception], ...]  # the server's errors and the driver's own
+    connection: tuple[type[Exception], ...]  # the server cannot be reached, or is going away
+    unique: tuple[type[Exception], ...]  # a unique constraint refused the row
+
+
+NO_DRIVER_ERRORS = DriverErrors((), (), ())
+
+
+def driver_errors(url: URL) -> DriverErrors:
+    """The ``DriverErrors`` of ``url``'s driver; for PostgreSQL this imports asyncpg.
+
+    >>> driver_errors(parse_url("sqlite:///gw.db"))
+    DriverErrors(any=(), connection=(), unique=())
+    """
+    if not is_postgres(url):
+        return NO_DRIVER_ERRORS
+    import asyncpg
+
+    return DriverErrors(
+        any=(asyncpg.PostgresError, asyncpg.InterfaceError),
+        connection=(asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+                    asyncpg.CannotConnectNowError, asyncpg.exceptions.OperatorInterventionError),
+        unique=(asyncpg.UniqueViolationError,))
+
+
 async def connect_primary(dsn: str, **options: Any) -> asyncpg.Connection:
     """``asyncpg.connect`` (same arguments; asyncpg's pools call it so), trying the
     hosts of a multi-host ``dsn`` one at a time, each within ``HOST_TIMEOUT``."""
+    import asyncpg
+
     url = read_url(dsn)
     hosts = url.query.get("host")
     if not isinstance(hosts, tuple) or len(hosts) < 2:

@@ -5,9 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
-
-import asyncpg
+from typing import TYPE_CHECKING, Any
 
 from gateway.core.model import Freeze
 from gateway.ports import FreezeChange
@@ -15,6 +13,9 @@ from gateway.store import killswitch as ks
 from gateway.store.bus import PgBus
 from gateway.store.engine import connect_primary
 from gateway.store.hot import Tx, numbered
+
+if TYPE_CHECKING:  # imported when a PostgreSQL store connects: SQLite never loads it
+    import asyncpg
 
 log = logging.getLogger("gateway.store")
 _PROBE = "UPDATE killswitch SET generation = generation WHERE 1 = 0"  # a write, of nothing
@@ -36,6 +37,8 @@ class PostgresHotPath:
 
     @classmethod
     async def connect(cls, dsn: str, max_size: int = 10) -> PostgresHotPath:
+        import asyncpg
+
         pool = await asyncpg.create_pool(dsn, min_size=1, max_size=max_size, reset=_rollback,
                                          connect=connect_primary)  # one host at a time
         try:

@@ -9,11 +9,9 @@ operators read goes through SQLAlchemy and SQLModel.
 
 from __future__ import annotations
 
-import sqlite3
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-import asyncpg
 from sqlalchemy import and_, case, or_, update
 from sqlalchemy import select as sql_select
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -46,6 +44,7 @@ class JournalLog:
     _intents: GroupCommit[JournalEntry, bool]
     _outcomes: GroupCommit[tuple[Any, ...], bool]
     _unsure: set[str]  # intents of a batch whose commit may have happened
+    _duplicate: tuple[type[Exception], ...]  # an intent already in: the driver's error
 
     if TYPE_CHECKING:  # SqlStore's
         def _hot_path(self) -> HotPath: ...
@@ -66,7 +65,7 @@ class JournalLog:
     async def _commit_intents(self, entries: list[JournalEntry]) -> list[bool]:
         try:
             return await self._insert_intents(entries)
-        except (sqlite3.IntegrityError, asyncpg.UniqueViolationError):
+        except self._duplicate:
             # Retried alone (GroupCommit) after a batch whose commit was reported failed
             # but had committed (a connection lost after COMMIT): its row is there, so it
             # is journaled; failing it would leave an intent nobody sends (issue 16).

@@ -7,14 +7,23 @@ processes starting together must not both migrate: on PostgreSQL the
 transaction first takes an advisory lock (released at commit), on SQLite it
 begins IMMEDIATE, which holds the database's write lock. The second process
 then finds the schema at head and does nothing.
+
+A schema already at head (every start but the first after an upgrade) is
+told by one read of ``alembic_version`` before any of that: Alembic, which
+reads every migration script and runs ``env.py`` on each upgrade, was most
+of an in-process gateway's start. The head is read from the scripts once per
+process.
 """
 
 from __future__ import annotations
 
+from functools import cache
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -40,7 +49,22 @@ def _upgrade(connection: Connection, revision: str) -> None:
     command.upgrade(alembic_config(connection), revision)
 
 
+@cache
+def head() -> str | None:
+    """The newest revision of the package's migrations."""
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def _current(connection: Connection) -> tuple[str, ...]:
+    """The revisions the database is at; () before the first migration."""
+    return tuple(MigrationContext.configure(connection).get_current_heads())
+
+
 async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
+    if revision == "head":
+        async with engine.connect() as connection:
+            if await connection.run_sync(_current) == (head(),):
+                return  # current: nothing to lock, nothing to run
     async with engine.connect() as connection:
         await connection.execution_options(**{IMMEDIATE: True})
         async with connection.begin():

@@ -24,6 +24,7 @@ import asyncio
 import logging
 import os
 import secrets
+import sqlite3
 from typing import Any
 
 from sqlalchemy import text
@@ -36,6 +37,7 @@ from gateway.store.engine import (
     IMMEDIATE,
     asyncpg_dsn,
     create_engine,
+    driver_errors,
     is_postgres,
     parse_url,
     sqlite_path,
@@ -85,6 +87,7 @@ class SqlStore(KillSwitch, JournalLog, AuditChain, HeldCalls, RollbackPlans,
         self.sealer: Sealer | None = sealer
         self.process = process or process_name()  # journaled with every intent
         self._postgres = is_postgres(self.url)
+        self._duplicate = (sqlite3.IntegrityError, *driver_errors(self.url).unique)
         self._engine = create_engine(self.url)
         self._writer = self._engine.execution_options(**{IMMEDIATE: True})
         self._hot: HotPath | None = None
