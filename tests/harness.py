@@ -8,9 +8,12 @@ process (httpx's ASGITransport).
 from __future__ import annotations
 
 import asyncio
+import atexit
 import functools
 import hashlib
+import shutil
 import socket
+import tempfile
 import textwrap
 import threading
 import time
@@ -62,12 +65,34 @@ async def served(server: uvicorn.Server) -> AsyncIterator[int]:
         started.set()
 
     server.startup = startup  # type: ignore[method-assign]
+    exiting = asyncio.Event()
+
+    async def main_loop() -> None:  # uvicorn's polls should_exit every 0.1 s: wait instead
+        await server.on_tick(0)
+        await exiting.wait()
+
+    server.main_loop = main_loop  # type: ignore[method-assign]
+    original_shutdown = server.shutdown
+
+    async def shutdown(sockets: Any = None) -> None:
+        state = server.server_state
+        if state.connections or state.tasks:  # uvicorn's own: ask them to close, then wait
+            await original_shutdown(sockets=sockets)
+            return
+        for listening in server.servers:  # nothing to drain: without uvicorn's 0.1 s pause
+            listening.close()
+        for listening in server.servers:
+            await listening.wait_closed()
+        await server.lifespan.shutdown()
+
+    server.shutdown = shutdown  # type: ignore[method-assign]
     task = asyncio.create_task(server.serve(sockets=[sock]))
     await started.wait()
     try:
         yield sock.getsockname()[1]
     finally:
         server.should_exit = True
+        exiting.set()
         await task
         sock.close()
 
@@ -178,10 +203,40 @@ def settings_for(tmp_path: Path, database_url: str, **overrides: Any) -> Setting
     return Settings(**{**defaults, **overrides})
 
 
+SQLITE = "sqlite+aiosqlite:///"
+_template: Path | None = None  # one migrated SQLite store per test process
+
+
+async def fresh_sqlite(database_url: str) -> None:
+    """A SQLite store that does not exist yet starts as a copy of one migrated once in
+    this process: building the schema is most of an in-process gateway's start. (The
+    migrations themselves are tested in ``tests/store`` and by every real process.)"""
+    global _template
+    if not database_url.startswith(SQLITE):
+        return
+    target = Path(database_url.removeprefix(SQLITE))
+    if target.exists() or not target.parent.is_dir():
+        return
+    if _template is None:
+        from gateway.store.sql import open_store
+        made = Path(tempfile.mkdtemp(prefix="gateway-template-")) / "gateway.db"
+        atexit.register(shutil.rmtree, made.parent, True)
+        store = open_store(SQLITE + str(made))
+        await store.start()
+        await store.close()
+        _template = made
+    shutil.copyfile(_template, target)
+    wal = _template.with_name(_template.name + "-wal")
+    if wal.exists():  # not checkpointed at close: its pages are part of the store
+        shutil.copyfile(wal, target.with_name(target.name + "-wal"))
+
+
 @asynccontextmanager
 async def started_gateway(tmp_path: Path, database_url: str, policies: dict[str, str],
                           store: Any = None, client: Any = None,
                           **overrides: Any) -> AsyncIterator[Harness]:
+    if store is None:
+        await fresh_sqlite(database_url)
     directory = tmp_path / "policies"
     directory.mkdir(exist_ok=True)
     for name, text in policies.items():
