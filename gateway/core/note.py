@@ -23,6 +23,7 @@ import hashlib
 import re
 import struct
 from dataclasses import dataclass
+from typing import Self
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -138,19 +139,28 @@ def _parse_vkey(vkey: str, type_byte: int) -> tuple[str, bytes]:
     return name, raw[1:]
 
 
-class NoteVerifier:
-    """Checks the signature of one Ed25519 key (from its verifier key string) on notes."""
+class _PublicKey:
+    """One named Ed25519 public key of a signature type (``TYPE``), as its verifier key
+    string names it: ``<name>+<hex id>+<base64(type || public key)>``."""
+
+    TYPE: int
 
     def __init__(self, name: str, public_key: bytes) -> None:
         _check_name(name)
         self.name = name
-        self.key_id = key_id(name, ED25519, public_key)
+        self.key_id = key_id(name, self.TYPE, public_key)
         self._key = Ed25519PublicKey.from_public_bytes(public_key)
 
     @classmethod
-    def parse(cls, vkey: str) -> NoteVerifier:
-        name, raw = _parse_vkey(vkey, ED25519)
+    def parse(cls, vkey: str) -> Self:
+        name, raw = _parse_vkey(vkey, cls.TYPE)
         return cls(name, raw)
+
+
+class NoteVerifier(_PublicKey):
+    """Checks the signature of one Ed25519 key (from its verifier key string) on notes."""
+
+    TYPE = ED25519
 
     def signed(self, note: str) -> bool:
         """True if this key signed the note; a line of this key that fails raises."""
@@ -174,22 +184,13 @@ class NoteVerifier:
         return Checkpoint.parse(split_note(note)[0])
 
 
-class CosignatureVerifier:
+class CosignatureVerifier(_PublicKey):
     """Checks a witness's Ed25519 cosignatures (c2sp.org/tlog-cosignature, type 0x04):
     ``key id || 8-byte big-endian time || signature`` over ``cosignature/v1``, the
     ``time`` line and the checkpoint text. Its key is ``<name>+<hex id>+<base64(0x04
     || public key)>``."""
 
-    def __init__(self, name: str, public_key: bytes) -> None:
-        _check_name(name)
-        self.name = name
-        self.key_id = key_id(name, COSIGNATURE, public_key)
-        self._key = Ed25519PublicKey.from_public_bytes(public_key)
-
-    @classmethod
-    def parse(cls, vkey: str) -> CosignatureVerifier:
-        name, raw = _parse_vkey(vkey, COSIGNATURE)
-        return cls(name, raw)
+    TYPE = COSIGNATURE
 
     def cosigned(self, note: str) -> int | None:
         """The time of this witness's valid cosignature on the note; None if it has none;
