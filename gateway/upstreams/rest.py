@@ -96,18 +96,18 @@ class RestSender:
                 view = replace(view, query=fields(call.query, "query", aliases=True))
             except Ambiguous as exc:
                 raise BadRequest(f"{exc}; a rule judges the query") from None
-        if not (writes or upstream.needs_body(candidates)):
+        judged = upstream.needs_body(candidates)
+        if not (writes or judged):
             return view
         call.buffered = await read(call)
         if sum(1 for name, _ in call.headers if name == "content-type") > 1:
             raise BadRequest("Content-Type is given twice: the body would be read two ways")
+        content_type = view.headers.get("content-type")
         try:  # judged or journaled: one reading, or 400
-            parsed = json_body(call.buffered, view.headers.get("content-type"),
-                                         exact=upstream.needs_body(candidates))
+            parsed = json_body(call.buffered, content_type, exact=judged)
         except Ambiguous as exc:
             raise BadRequest(f"request body: {exc}") from None
-        if form_override(parsed) and media_type(
-                view.headers.get("content-type")) == FORM:
+        if form_override(parsed) and media_type(content_type) == FORM:
             raise BadRequest("a _method form field is a method override: the policy "
                              "judges the request method")
         return CallView(view.method, view.path, view.segments, view.query, view.headers,
@@ -120,8 +120,7 @@ class RestSender:
         view = self.view(call)  # read as a live call is: one reading, or it is not sent
         try:
             body = json_body(call.buffered or b"", view.headers.get("content-type"),
-                                       exact=upstream.needs_body(
-                                           upstream.trie.match(view.segments)))
+                             exact=upstream.needs_body(upstream.trie.match(view.segments)))
         except Ambiguous as exc:
             raise BadRequest(f"the held call's body: {exc}") from None
         return replace(view, body=body)
