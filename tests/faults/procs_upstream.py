@@ -160,8 +160,10 @@ class FaultUpstream:
                 self._apply(method, path, body)
             fault.released.wait(120)
             return None, None
-        if self.delay and method != "GET":  # the fault itself (a slow upstream), in the
-            time.sleep(self.delay)           # server's thread: nothing waits on it to sync
+        if self.delay and method != "GET":  # the injected fault itself: a slow upstream
+            # (bench/soak.py's; no test sets it). It runs in this request's own server
+            # thread and answers late: nothing synchronises on it.
+            time.sleep(self.delay)
         return self._apply(method, path, body)
 
     def _apply(self, method: str, path: str, body: Any) -> tuple[int, Any]:
