@@ -91,9 +91,13 @@ class Heard:
         state._heard = counting  # type: ignore[method-assign]  # before start: the bus's
 
     async def until(self, count: int) -> None:
+        """Until the bus has delivered ``count`` messages and the re-reads of the store
+        they asked for are back (a message is heard before its re-read ends)."""
         async with asyncio.timeout(10):
             while len(self.messages) < count:
                 await asyncio.sleep(0.005)
+            while (reading := self.state._reading) is not None and not reading.done():
+                await asyncio.wait([reading])
 
 
 @pytest.fixture
