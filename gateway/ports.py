@@ -37,6 +37,12 @@ class FreezeChange:
     freeze: Freeze | None
     generation: int
     active: list[Freeze]
+    announced: bool = False  # the engage's ``announce`` went out with its commit
+
+
+# A NOTIFY (channel, payload) a PostgreSQL store sends in a transaction of its own, so
+# that it is delivered when that transaction commits (``Bus.at_commit``).
+Notice = tuple[str, str]
 
 
 class Bus(Protocol):
@@ -53,6 +59,10 @@ class Bus(Protocol):
 
     async def members(self) -> set[str]:
         """The other processes listening now."""
+
+    def at_commit(self, message: dict[str, Any]) -> Notice | None:
+        """``message`` as a NOTIFY a store transaction on the same PostgreSQL can send,
+        heard by the others when it commits; None when this bus has no such thing."""
 
     async def check(self) -> None:
         """Reconnect if the bus was lost; raises if it cannot."""
@@ -78,9 +88,11 @@ class FreezeStore(Protocol):
 
     async def killswitch_generation(self) -> int: ...
 
-    async def engage(self, freeze: Freeze) -> FreezeChange:
+    async def engage(self, freeze: Freeze, announce: Notice | None = None) -> FreezeChange:
         """Persist ``freeze`` and append its audit record in one transaction; the
-        generation and the active freezes it left.
+        generation and the active freezes it left. ``announce`` goes out with the
+        commit where the store can send it (``FreezeChange.announced``), and only when
+        this engage inserted the freeze.
 
         Engaging a scope and target that is already frozen changes nothing: the
         change names the existing freeze (idempotent)."""

@@ -10,13 +10,14 @@ Three layers stop a covered write, from the cheapest:
    committed after that freeze (``Store.journal_intent`` returns False), and
    a write without an intent is never sent. So a process that missed a push
    cannot start a covered write; it learns of the freeze on the refusal.
-3. The engage itself. The freeze is committed, then every process on the bus
-   is told; each re-reads the freezes from the store, then
-   waits for its own covered writes already on their way, cuts off those
-   still going at ``engage_wait`` (a little before, so the answer arrives in
-   time), and answers with the ones it cut off. The engage returns when all
-   have answered, or at ``engage_wait`` plus a short grace for the answers: a
-   process that does not answer cannot make it hang. The
+3. The engage itself. The freeze is committed, and every process on the bus
+   is told (on PostgreSQL by that commit: a NOTIFY in its transaction); each
+   re-reads the freezes from the store, then waits for its own covered writes
+   already on their way, cuts off those still going at ``engage_wait`` (a
+   little before, so the answer arrives in time), and answers with the ones
+   it cut off (at once, with none, when none was on its way). The engage
+   returns when all have answered, or at ``engage_wait`` plus a short grace
+   for the answers: a process that does not answer cannot make it hang. The
    intents still open in processes that did not answer are reported too;
    everything reported is ``in_flight`` with state ``unknown``.
 
@@ -256,6 +257,9 @@ class FreezeState(FreezeMessages):
                 "it may or may not have reached the upstream", outcome="unknown",
                 journal=write.id) from None
 
+    def _covered_on_the_way(self, freeze: Freeze) -> bool:
+        return any(covers(freeze, s.upstream, s.agent) for s in self._sending.values())
+
     async def _settle(self, freezes: list[Freeze], deadline: float) -> list[InFlight]:
         """Until no write ``freezes`` cover is on its way from this process; those
         still going at ``deadline`` (loop time) are cut off and returned."""
@@ -275,16 +279,18 @@ class FreezeState(FreezeMessages):
         # Who to ask, read while the freeze commits: a process that starts listening
         # after this read reads the freezes after that, so it sees this one.
         members = asyncio.create_task(self._members())
+        key, announcement = self._expecting(freeze, deadline)
         try:
-            change = await self._store.engage(freeze)
+            change = await self._store.engage(freeze, announcement)
         except BaseException:
             members.cancel()
+            self._answers.pop(key, None)
             raise
         stored = change.freeze
         assert stored is not None
         committed = time.perf_counter()
         self._view_at(change.generation, change.active, asked)
-        answers = await self._announce(stored, deadline, await members)
+        answers = await self._announce(key, stored, deadline, await members, change.announced)
         announced = time.perf_counter()
         # Meanwhile, what the store knows: intents a freeze covers all committed
         # before it did (the arbiter), so this read sees every one there will be.

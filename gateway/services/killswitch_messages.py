@@ -1,8 +1,10 @@
 """What the processes on the bus tell each other about freezes (``freezes.FreezeState``).
 
-An engage is announced (``engage``, with the freeze and how long the others may take);
-each process re-reads the store, settles its covered writes and answers with those it
-cut off (``answer``, in chunks, to the engaging process alone). A release, or anything
+An engage is announced (``engage``, with the freeze and how long the others may take;
+sent by the freeze's commit where the store can, ``Bus.at_commit``); each process
+re-reads the store, settles its covered writes and answers with those it cut off
+(``answer``, in chunks, to the engaging process alone; at once, nothing, when no write
+the freeze would cover is on its way). A release, or anything
 else, only makes the others re-read. Messages are hints, never state: see
 ``gateway.services.killswitch``.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -18,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.core.killswitch import InFlight
 from gateway.core.model import Freeze, FreezeScope, new_id, parse_iso, utcnow
-from gateway.ports import Bus, FreezeStore
+from gateway.ports import Bus, FreezeStore, Notice
 
 log = logging.getLogger("gateway.killswitch")
 ANSWER_EARLY = 0.25  # seconds before engage_wait the other processes answer by
@@ -29,9 +32,12 @@ ANSWER_CHUNK = 25  # in-flight writes per answer (PostgreSQL NOTIFY carries 8000
 
 @dataclass(slots=True)
 class Answers:
-    """The answers to one engage: who was asked, who answered, what they cut off."""
+    """The answers to one engage: who was asked, who answered, what they cut off.
+    Answers may come before the engage knows whom it asked (``expect``): it announces
+    with its commit, while it reads the members."""
 
-    expected: set[str]
+    expected: set[str] = field(default_factory=set)
+    known: bool = False  # expected is set
     answered: set[str] = field(default_factory=set)
     in_flight: list[InFlight] = field(default_factory=list)
     complete: asyncio.Event = field(default_factory=asyncio.Event)
@@ -40,7 +46,14 @@ class Answers:
         self.in_flight.extend(items)
         if final:
             self.answered.add(member)
-        if self.expected <= self.answered:
+        self._check()
+
+    def expect(self, members: set[str]) -> None:
+        self.expected, self.known = members, True
+        self._check()
+
+    def _check(self) -> None:
+        if self.known and self.expected <= self.answered:
             self.complete.set()
 
 
@@ -64,6 +77,8 @@ class FreezeMessages:
 
         async def load(self) -> None: ...
 
+        def _covered_on_the_way(self, freeze: Freeze) -> bool: ...
+
         def _spawn(self, work: Any) -> asyncio.Task[Any]: ...
 
     async def _members(self) -> set[str] | None:
@@ -75,25 +90,41 @@ class FreezeMessages:
             log.exception("kill switch: could not list the processes on the bus")
             return None
 
-    async def _announce(self, freeze: Freeze, deadline: float,
-                        members: set[str] | None) -> Answers | None:
-        """Tell every other process; None when there is no bus to tell them on (they
-        learn it at their next heartbeat, and the store refuses their covered writes)."""
-        if self._bus is None or members is None:
-            return None
+    def _expecting(self, freeze: Freeze, deadline: float) -> tuple[str, Notice | None]:
+        """Before an engage's commit: the key its answers will come under (they are
+        collected from now on) and the announcement its commit can send (None: the
+        bus has no such thing, ``_announce`` publishes)."""
         key = new_id()
-        loop = asyncio.get_running_loop()
-        answers = Answers(members)
-        if not members:
-            answers.complete.set()
-            return answers
-        self._answers[key] = answers
-        loop.call_at(deadline + 2 * ANSWER_GRACE, self._answers.pop, key, None)
+        self._answers[key] = Answers()
+        asyncio.get_running_loop().call_at(deadline + 2 * ANSWER_GRACE, self._answers.pop,
+                                           key, None)
+        if self._bus is None:
+            return key, None
         try:
-            await self._bus.publish({
-                "type": "engage", "id": key, "generation": self._generation,
+            return key, self._bus.at_commit(self._announcement(key, freeze, deadline))
+        except Exception:
+            log.exception("kill switch: could not prepare the freeze's announcement")
+            return key, None
+
+    def _announcement(self, key: str, freeze: Freeze, deadline: float) -> dict[str, Any]:
+        return {"type": "engage", "id": key, "generation": self._generation,
                 "freeze": freeze_json(freeze),
-                "wait": max(0.0, deadline - ANSWER_EARLY - loop.time())})
+                "wait": max(0.0, deadline - ANSWER_EARLY - asyncio.get_running_loop().time())}
+
+    async def _announce(self, key: str, freeze: Freeze, deadline: float,
+                        members: set[str] | None, announced: bool) -> Answers | None:
+        """Tell every other process, unless the commit did (``announced``); None when
+        there is no bus to tell them on (they learn it at their next heartbeat, and the
+        store refuses their covered writes)."""
+        answers = self._answers.get(key)
+        if self._bus is None or members is None or answers is None:
+            self._answers.pop(key, None)
+            return None
+        answers.expect(members)
+        if announced or not members:
+            return answers
+        try:
+            await self._bus.publish(self._announcement(key, freeze, deadline))
         except Exception:
             log.exception("kill switch: could not announce the freeze")
             self._answers.pop(key, None)
@@ -151,21 +182,40 @@ class FreezeMessages:
     async def _answer(self, message: dict[str, Any], hinted: Freeze,
                       reading: asyncio.Task[None]) -> None:
         """Settle the writes of the freeze the store holds under the hint's id: none for
-        a forged or replayed message (if the store cannot be read, the hint's own)."""
+        a forged or replayed message (if the store cannot be read, the hint's own).
+
+        With no write the hint covers on its way, the answer (nothing cut off) goes at
+        once, before the re-read: it is true whatever the store says, since a covered
+        write that comes now waits for that re-read (``_checked``) and is refused if the
+        store holds the freeze. A hint still changes nothing: no write is cut off."""
+        heard = time.perf_counter()
         wait = min(max(0.0, float(message["wait"])), self.engage_wait)
         deadline = asyncio.get_running_loop().time() + wait
+        if not self._covered_on_the_way(hinted):
+            await self._reply(message, [])
+            log.info("kill switch: answered engage %s in %.2f ms, before the re-read (no "
+                     "covered write on its way)", message["id"], (time.perf_counter() - heard) * 1000)
+            return
         try:
             await asyncio.shield(reading)
             freezes = [f for f in self._active if f.id == hinted.id]
         except Exception:
             freezes = [hinted]
+        read = time.perf_counter()
         cut = [i.to_json() for i in await self._settle(freezes, deadline)] if freezes else []
+        settled = time.perf_counter()
+        await self._reply(message, cut)
+        log.info("kill switch: answered engage %s in %.2f ms: re-read %.2f, own writes %.2f, "
+                 "%d cut off", message["id"], (time.perf_counter() - heard) * 1000,
+                 (read - heard) * 1000, (settled - read) * 1000, len(cut))
+        await self.load()
+
+    async def _reply(self, message: dict[str, Any], cut: list[dict[str, Any]]) -> None:
         assert self._bus is not None
         chunks = [cut[i:i + ANSWER_CHUNK] for i in range(0, len(cut), ANSWER_CHUNK)] or [[]]
         for n, chunk in enumerate(chunks, 1):
             await self._bus.publish({"type": "answer", "id": message["id"], "in_flight": chunk,
                                      "final": n == len(chunks)}, to=str(message["from"]))
-        await self.load()
 
 
 def freeze_json(freeze: Freeze) -> dict[str, Any]:

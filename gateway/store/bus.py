@@ -51,6 +51,7 @@ Deliver = Callable[[dict[str, Any]], None]
 CHANNEL = "gateway_bus"
 APP_PREFIX = "gateway-bus "
 MAX_PAYLOAD = 7900  # NOTIFY's limit is 8000 bytes
+AT_COMMIT_MARGIN = 200  # bytes the store may add to a message sent at its commit
 PUBLISH_TIMEOUT = 1.0  # seconds a message may wait on the listening connection
 
 
@@ -123,6 +124,16 @@ class PgBus:
             except (OSError, asyncpg.InterfaceError, asyncpg.ConnectionDoesNotExistError):
                 pass
         await self._pool.execute("SELECT pg_notify($1, $2)", CHANNEL, payload)
+
+    def at_commit(self, message: dict[str, Any]) -> tuple[str, str] | None:
+        """The NOTIFY the store sends with a commit (an engage's announcement): the
+        others hear it when the freeze is committed, with no round trip after it.
+        None when it would be too long (then it is published, and refused, as usual);
+        the store may add a few fields, so a margin is kept."""
+        payload = _encode({**message, "from": self.member, "to": None})
+        if len(payload.encode()) > MAX_PAYLOAD - AT_COMMIT_MARGIN:
+            return None
+        return CHANNEL, payload
 
     async def members(self) -> set[str]:
         rows = await self._pool.fetch(
@@ -257,6 +268,10 @@ class SocketBus:
         data = _encode({**message, "from": self.member, "to": to}).encode()
         for member in [to] if to is not None else self._others():
             self._send(member, data)
+
+    def at_commit(self, message: dict[str, Any]) -> tuple[str, str] | None:
+        """None: no database sends a datagram (the caller publishes)."""
+        return None
 
     async def members(self) -> set[str]:
         return {member for member in self._others() if self._send(member, b"")}

@@ -20,7 +20,7 @@ from functools import lru_cache
 from typing import Any, Protocol
 
 from gateway.core.model import Freeze
-from gateway.ports import Bus, FreezeChange
+from gateway.ports import Bus, FreezeChange, Notice
 
 
 @lru_cache(maxsize=32)
@@ -72,9 +72,10 @@ class HotPath(Protocol):
     async def update_outcomes(self, rows: Sequence[Sequence[Any]]) -> list[bool]:
         """Journal outcomes (``codec.outcome_params`` rows); whether each found its intent."""
 
-    async def engage(self, freeze: Freeze) -> FreezeChange:
+    async def engage(self, freeze: Freeze, announce: Notice | None = None) -> FreezeChange:
         """``freeze`` engaged, with its audit record, in one short transaction (unless
-        one of its scope and target is in force: that one, unchanged)."""
+        one of its scope and target is in force: that one, unchanged); ``announce``
+        sent at its commit where the database can (``ports.Bus.at_commit``)."""
 
     async def probe(self) -> None:
         """One write transaction holding an UPDATE that matches no row; raises when the

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from gateway.core.model import Freeze
-from gateway.ports import FreezeChange
+from gateway.ports import FreezeChange, Notice
 from gateway.store import killswitch as ks
 from gateway.store.bus import PgBus
 from gateway.store.engine import connect_primary
@@ -91,10 +91,14 @@ class PostgresHotPath:
             numbered(ks.PG_UPDATE_OUTCOMES), *ks.columns_of(rows))}
         return [row[-1] in updated for row in rows]
 
-    async def engage(self, freeze: Freeze) -> FreezeChange:
-        """``killswitch.engage_in`` as one round trip (``gateway_engage``, migration 0017);
-        the database links the audit record into the chain."""
-        return ks.engaged(freeze, await self.fetch(ks.PG_ENGAGE, ks.engage_args(freeze)))
+    async def engage(self, freeze: Freeze, announce: Notice | None = None) -> FreezeChange:
+        """``killswitch.engage_in`` as one round trip (``gateway_engage``, migrations 0017
+        and 0018); the database links the audit record into the chain, and sends
+        ``announce`` with the commit."""
+        if announce is None:
+            return ks.engaged(freeze, await self.fetch(ks.PG_ENGAGE, ks.engage_args(freeze)))
+        rows = await self.fetch(ks.PG_ENGAGE_ANNOUNCING, (*ks.engage_args(freeze), *announce))
+        return ks.engaged(freeze, rows, announced=True)
 
     async def probe(self) -> None:
         async with self.transaction() as tx:

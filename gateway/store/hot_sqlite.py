@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from gateway.core.model import Freeze
-from gateway.ports import FreezeChange
+from gateway.ports import FreezeChange, Notice
 from gateway.store import codec
 from gateway.store import killswitch as ks
 from gateway.store.bus import SocketBus
@@ -138,9 +138,10 @@ class SqliteHotPath:
     async def update_outcomes(self, rows: Sequence[Sequence[Any]]) -> list[bool]:
         return [count == 1 for count in await self.each(codec.UPDATE_OUTCOME, rows)]
 
-    async def engage(self, freeze: Freeze) -> FreezeChange:
+    async def engage(self, freeze: Freeze, announce: Notice | None = None) -> FreezeChange:
         """Inline, in one short transaction: an engage must not queue behind the stream
-        of journal writes it is about to stop."""
+        of journal writes it is about to stop. (SQLite has no NOTIFY: ``announce`` is
+        not sent, the caller publishes on the bus.)"""
         async with self.transaction(ks.ENGAGE_LOCKS) as tx:
             return await ks.engage_in(tx, freeze)
 

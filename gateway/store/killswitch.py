@@ -37,7 +37,7 @@ import sqlalchemy as sa
 from gateway.core.audit import canonical_head
 from gateway.core.killswitch import InFlight
 from gateway.core.model import Freeze, FreezeScope, iso
-from gateway.ports import FreezeChange
+from gateway.ports import FreezeChange, Notice
 from gateway.store import codec
 from gateway.store.audit import WRITE_LOCK, append_in
 from gateway.store.codec import JOURNAL_COLUMNS, OUTCOME_COLUMNS, quoted
@@ -139,6 +139,8 @@ def columns_of(rows: Sequence[Sequence[Any]]) -> list[list[Any]]:
 # one of its scope and target is active, the generation, the audit record; then
 # (inserted?, generation, freeze columns...) per active freeze, one row at least.
 PG_ENGAGE = "SELECT * FROM gateway_engage(?, ?, ?, ?, ?, ?, ?, ?)"
+# The same, and the bus's message to the others with the commit (migration 0018).
+PG_ENGAGE_ANNOUNCING = "SELECT * FROM gateway_engage(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 
 
 def freeze_detail(scope: FreezeScope, target: str | None, reason: str) -> dict[str, Any]:
@@ -155,11 +157,13 @@ def engage_args(freeze: Freeze) -> tuple[Any, ...]:
             canonical_head(freeze.at, freeze.by, "killswitch.engage", detail))
 
 
-def engaged(freeze: Freeze, rows: Sequence[Sequence[Any]]) -> FreezeChange:
-    """The change ``PG_ENGAGE`` reports."""
+def engaged(freeze: Freeze, rows: Sequence[Sequence[Any]],
+            announced: bool = False) -> FreezeChange:
+    """The change ``PG_ENGAGE`` reports (``PG_ENGAGE_ANNOUNCING``: ``announced``, when
+    the freeze went in)."""
     active = [codec.freeze_from_values(*row[2:]) for row in rows if row[2] is not None]
     if rows[0][0]:
-        return FreezeChange(freeze, int(rows[0][1]), active)
+        return FreezeChange(freeze, int(rows[0][1]), active, announced)
     same = next(f for f in active if f.scope == freeze.scope
                 and (f.target or "") == (freeze.target or ""))
     return FreezeChange(same, int(rows[0][1]), active)
@@ -219,10 +223,10 @@ class KillSwitch:
         rows = await self._hot_path().fetch(SELECT_PENDING_INTENTS, (iso(since),))
         return [InFlight(*row) for row in rows]
 
-    async def engage(self, freeze: Freeze) -> FreezeChange:
+    async def engage(self, freeze: Freeze, announce: Notice | None = None) -> FreezeChange:
         """Through the driver, in one short transaction: an engage must not queue
         behind the stream of journal writes it is about to stop."""
-        return await self._hot_path().engage(freeze)
+        return await self._hot_path().engage(freeze, announce)
 
     async def release(self, scope: FreezeScope, target: str | None, by: str, reason: str,
                       at: datetime) -> FreezeChange:

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from gateway.core.model import Freeze, FreezeScope, utcnow
 from gateway.store.bus import SocketBus
 from gateway.store.sql import SqlStore
 
@@ -139,3 +140,27 @@ async def test_a_bus_directory_another_user_holds_is_refused(tmp_path: Any, whos
     finally:
         await store.close()
         theirs.rmdir()
+
+
+async def test_an_engage_is_announced_by_its_commit_where_the_store_can(
+        members: list[Member]) -> None:
+    a, b, c = members
+    freeze = Freeze(FreezeScope.GLOBAL, None, "stop", "alice", utcnow(), id="f-1")
+    message = {"type": "engage", "id": "k-1", "generation": -1, "freeze": {"id": "f-1"},
+               "wait": 1.5}
+    notice = a.bus.at_commit(message)
+    change = await a.store.engage(freeze, notice)
+    if notice is None:  # no NOTIFY with the commit (SQLite): the engage publishes it
+        assert not change.announced
+        return
+    assert change.announced
+    for member in (b, c):
+        heard = await member.next()
+        assert {**heard, "wait": None} == {**message, "generation": change.generation,
+                                           "wait": None, "from": a.bus.member, "to": None}
+        assert 0 <= heard["wait"] <= 1.5  # less what the engage waited for its locks
+    again = await a.store.engage(Freeze(FreezeScope.GLOBAL, None, "again", "bob", utcnow(),
+                                        id="f-2"), a.bus.at_commit({**message, "id": "k-2"}))
+    assert (again.freeze, again.announced) == (freeze, False)  # nothing new: not announced
+    await c.bus.publish({"type": "after"})
+    assert (await b.next())["type"] == "after"
