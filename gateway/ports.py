@@ -38,6 +38,7 @@ class FreezeChange:
     generation: int
     active: list[Freeze]
     announced: bool = False  # the engage's ``announce`` went out with its commit
+    audit_pending: bool = False  # its audit record waits for ``chain_pending_audit``
 
 
 # A NOTIFY (channel, payload) a PostgreSQL store sends in a transaction of its own, so
@@ -92,7 +93,9 @@ class FreezeStore(Protocol):
         """Persist ``freeze`` and append its audit record in one transaction; the
         generation and the active freezes it left. ``announce`` goes out with the
         commit where the store can send it (``FreezeChange.announced``), and only when
-        this engage inserted the freeze.
+        this engage inserted the freeze. Where waiting for the audit chain would hold
+        the engage up, the record is kept in the same transaction for
+        ``chain_pending_audit`` instead (``FreezeChange.audit_pending``).
 
         Engaging a scope and target that is already frozen changes nothing: the
         change names the existing freeze (idempotent)."""
@@ -100,7 +103,12 @@ class FreezeStore(Protocol):
     async def release(self, scope: FreezeScope, target: str | None, by: str,
                       reason: str, at: datetime) -> FreezeChange:
         """Lift the active freeze of that scope and target (the change's freeze: None if
-        there was none), with its audit record in the same transaction."""
+        there was none), with its audit record in the same transaction (after those of
+        engages still pending)."""
+
+    async def chain_pending_audit(self) -> int:
+        """Link the audit records engages left pending (``FreezeChange.audit_pending``)
+        into the chain, in order; how many."""
 
     async def pending_intents(self, since: datetime) -> list[InFlight]:
         """Intents journaled since then still without an outcome, oldest first (the

@@ -114,6 +114,7 @@ class FreezeState(FreezeMessages):
         if self._bus is not None:  # first: no freeze engaged from now on goes unheard
             await self._bus.start(self._heard)
         await self.load()
+        self._spawn(self._chain_audit())  # what an engage of a process that died left
         self._heartbeat = asyncio.create_task(self._beat())
 
     async def stop(self) -> None:
@@ -289,6 +290,7 @@ class FreezeState(FreezeMessages):
         stored = change.freeze
         assert stored is not None
         committed = time.perf_counter()
+        chaining = self._spawn(self._chain_audit()) if change.audit_pending else None
         self._view_at(change.generation, change.active, asked)
         answers = await self._announce(key, stored, deadline, await members, change.announced)
         announced = time.perf_counter()
@@ -316,6 +318,8 @@ class FreezeState(FreezeMessages):
         if unanswered:
             await self._closed({p.id for p in unanswered}, deadline + ANSWER_GRACE)
         in_flight += unanswered
+        if chaining is not None:  # in the chain when the engage returns, unless the store fails
+            await asyncio.wait([chaining], timeout=max(0.0, deadline - loop.time()))
         done = time.perf_counter()
         log.info("kill switch engaged (%s): %.2f ms: store commit %.2f, announce %.2f, "
                  "own writes %.2f, answers of %d processes %.2f, open intents %.2f; "
@@ -325,6 +329,21 @@ class FreezeState(FreezeMessages):
                  (answered_at - settled) * 1000, (done - answered_at) * 1000, len(in_flight))
         # (perf_counter, not loop.time(): uvloop's clock ticks in whole milliseconds)
         return Engaged(stored, in_flight)
+
+    async def _chain_audit(self) -> None:
+        """The audit records engages left pending, linked into the chain; retried until
+        the store takes them (what a process leaves when it dies, the next start or
+        release links)."""
+        delay = 0.05
+        while True:
+            try:
+                await self._store.chain_pending_audit()
+                return
+            except Exception as exc:
+                log.warning("kill switch: an engage's audit record could not be chained yet "
+                            "(%s); retrying", exc)
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, 5.0)
 
     async def release(self, scope: FreezeScope, target: str | None, by: str, reason: str,
                       at: datetime) -> Freeze | None:

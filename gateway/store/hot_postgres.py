@@ -92,13 +92,12 @@ class PostgresHotPath:
         return [row[-1] in updated for row in rows]
 
     async def engage(self, freeze: Freeze, announce: Notice | None = None) -> FreezeChange:
-        """``killswitch.engage_in`` as one round trip (``gateway_engage``, migrations 0017
-        and 0018); the database links the audit record into the chain, and sends
-        ``announce`` with the commit."""
-        if announce is None:
-            return ks.engaged(freeze, await self.fetch(ks.PG_ENGAGE, ks.engage_args(freeze)))
-        rows = await self.fetch(ks.PG_ENGAGE_ANNOUNCING, (*ks.engage_args(freeze), *announce))
-        return ks.engaged(freeze, rows, announced=True)
+        """``killswitch.engage_in`` as one round trip (``gateway_engage``, migration 0018):
+        the database links the audit record into the chain (or keeps it pending, not
+        to wait for the chain's lock), and sends ``announce`` with the commit."""
+        notice = announce or (None, None)
+        rows = await self.fetch(ks.PG_ENGAGE, (*ks.engage_args(freeze), *notice))
+        return ks.engaged(freeze, rows, announced=announce is not None)
 
     async def probe(self) -> None:
         async with self.transaction() as tx:

@@ -16,6 +16,14 @@ write. What makes that exact under concurrency:
   sees it (READ COMMITTED, and a VOLATILE function's every statement takes a
   new snapshot). No intent a freeze covers commits after that freeze.
 
+Engages and releases exclude each other with the same lock (a release takes
+it after the audit chain's, ``ENGAGE_LOCKS``). A PostgreSQL engage does not
+wait for the chain's lock, which a batch of decisions holds for its round
+trips: when it is taken, the engage's audit record goes into
+``audit_pending`` in the engage's transaction and is linked right after
+(``chain_pending_audit``: by the engaging process, a start, or a release,
+which links pending records before its own).
+
 Every engage and release also adds one to ``killswitch.generation`` in the
 same transaction, so a process can check with one cheap read that its view
 of the freezes is current.
@@ -36,7 +44,7 @@ import sqlalchemy as sa
 
 from gateway.core.audit import canonical_head
 from gateway.core.killswitch import InFlight
-from gateway.core.model import Freeze, FreezeScope, iso
+from gateway.core.model import Freeze, FreezeScope, iso, parse_iso
 from gateway.ports import FreezeChange, Notice
 from gateway.store import codec
 from gateway.store.audit import WRITE_LOCK, append_in
@@ -135,12 +143,16 @@ def columns_of(rows: Sequence[Sequence[Any]]) -> list[list[Any]]:
     return [list(column) for column in zip(*rows, strict=True)]
 
 
-# PostgreSQL: an engage in one call (migration 0017): the locks, the freeze unless
-# one of its scope and target is active, the generation, the audit record; then
-# (inserted?, generation, freeze columns...) per active freeze, one row at least.
-PG_ENGAGE = "SELECT * FROM gateway_engage(?, ?, ?, ?, ?, ?, ?, ?)"
-# The same, and the bus's message to the others with the commit (migration 0018).
-PG_ENGAGE_ANNOUNCING = "SELECT * FROM gateway_engage(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+# PostgreSQL: an engage in one call (migration 0018): the arbiter's lock, the freeze
+# unless one of its scope and target is active, the generation, the audit record
+# (chained, or pending when the chain's lock is taken), the bus's message to the
+# others with the commit; then (inserted?, generation, pending?, freeze columns...)
+# per active freeze, one row at least.
+PG_ENGAGE = "SELECT * FROM gateway_engage(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+SELECT_PENDING_AUDIT = ("SELECT id, at, actor, action, detail FROM audit_pending "
+                        "ORDER BY at, id")
+DELETE_PENDING_AUDIT = "DELETE FROM audit_pending WHERE id = ?"
+ANY_PENDING_AUDIT = "SELECT 1 FROM audit_pending LIMIT 1"
 
 
 def freeze_detail(scope: FreezeScope, target: str | None, reason: str) -> dict[str, Any]:
@@ -157,19 +169,19 @@ def engage_args(freeze: Freeze) -> tuple[Any, ...]:
             canonical_head(freeze.at, freeze.by, "killswitch.engage", detail))
 
 
-def engaged(freeze: Freeze, rows: Sequence[Sequence[Any]],
-            announced: bool = False) -> FreezeChange:
-    """The change ``PG_ENGAGE`` reports (``PG_ENGAGE_ANNOUNCING``: ``announced``, when
-    the freeze went in)."""
-    active = [codec.freeze_from_values(*row[2:]) for row in rows if row[2] is not None]
+def engaged(freeze: Freeze, rows: Sequence[Sequence[Any]], announced: bool) -> FreezeChange:
+    """The change ``PG_ENGAGE`` reports (``announced``: a message was given to send)."""
+    active = [codec.freeze_from_values(*row[3:]) for row in rows if row[3] is not None]
     if rows[0][0]:
-        return FreezeChange(freeze, int(rows[0][1]), active, announced)
+        return FreezeChange(freeze, int(rows[0][1]), active, announced, bool(rows[0][2]))
     same = next(f for f in active if f.scope == freeze.scope
                 and (f.target or "") == (freeze.target or ""))
     return FreezeChange(same, int(rows[0][1]), active)
 
 
-ENGAGE_LOCKS = (WRITE_LOCK, ARBITER_LOCK)  # the audit chain's lock, then the arbiter's
+# The audit chain's lock, then the arbiter's: SQLite's engage, and every release (which
+# so excludes a PostgreSQL engage, which takes the arbiter's alone, see migration 0018).
+ENGAGE_LOCKS = (WRITE_LOCK, ARBITER_LOCK)
 
 
 async def engage_in(tx: Tx, freeze: Freeze) -> FreezeChange:
@@ -189,6 +201,18 @@ async def engage_in(tx: Tx, freeze: Freeze) -> FreezeChange:
     await append_in(tx, [(freeze.by, "killswitch.engage",
                           freeze_detail(freeze.scope, freeze.target, freeze.reason), freeze.at)])
     return FreezeChange(freeze, before.generation + 1, [*before.active, freeze])
+
+
+async def chain_pending_in(tx: Tx) -> int:
+    """Link the engages' pending audit records into the chain, in ``tx`` (holding
+    ``WRITE_LOCK``): the hash is the one the engage would have sealed (``append_in``)."""
+    rows = await tx.fetch(SELECT_PENDING_AUDIT)
+    if rows:
+        await append_in(tx, [(actor, action, orjson.loads(detail), parse_iso(at))
+                             for _, at, actor, action, detail in rows])
+        for row in rows:
+            await tx.execute(DELETE_PENDING_AUDIT, (row[0],))
+    return len(rows)
 
 
 async def change_in(tx: Tx, freeze: Freeze | None) -> FreezeChange:
@@ -228,9 +252,17 @@ class KillSwitch:
         behind the stream of journal writes it is about to stop."""
         return await self._hot_path().engage(freeze, announce)
 
+    async def chain_pending_audit(self) -> int:
+        """One read when nothing is pending (SQLite never leaves anything pending)."""
+        if not await self._hot_path().fetch(ANY_PENDING_AUDIT, ()):
+            return 0
+        async with self._hot_path().transaction((WRITE_LOCK,)) as tx:
+            return await chain_pending_in(tx)
+
     async def release(self, scope: FreezeScope, target: str | None, by: str, reason: str,
                       at: datetime) -> FreezeChange:
-        async with self._hot_path().transaction((WRITE_LOCK,)) as tx:
+        async with self._hot_path().transaction(ENGAGE_LOCKS) as tx:
+            await chain_pending_in(tx)  # the engages' records first: the chain keeps order
             rows = await tx.fetch(SELECT_ACTIVE_FREEZE, (scope.value, target or ""))
             if not rows:
                 return await change_in(tx, None)

@@ -142,6 +142,20 @@ class AuditRow(SQLModel, table=True):
     hash: str = _text()
 
 
+class AuditPendingRow(SQLModel, table=True):
+    """An engage's audit record not linked into the chain yet: on PostgreSQL an engage
+    does not wait for the chain's lock (``gateway_engage``, migration 0018); the record
+    is chained right after its commit, or by the next start or release (0018)."""
+
+    __tablename__ = "audit_pending"
+
+    id: str = Field(sa_type=Text, primary_key=True)  # the freeze's
+    at: str = _text()
+    actor: str = _text()
+    action: str = _text()
+    detail: str = _text()
+
+
 class ApprovalRow(SQLModel, table=True):
     """One ``HeldCall``: the request exactly as the agent sent it, and its decision.
 

@@ -1,6 +1,7 @@
 """The engage's store transaction (on PostgreSQL one call of ``gateway_engage``,
-migration 0017): its audit record, sealed by the store, links into the chain
-the gateway seals itself, whatever the text, on every backend."""
+migration 0018): its audit record, sealed by the store, links into the chain
+the gateway seals itself, whatever the text, on every backend; on PostgreSQL,
+kept pending rather than waiting for the chain's lock, and linked after."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 from gateway.core.audit import canonical, canonical_head, chain_hash, verify
 from gateway.core.model import Freeze, FreezeScope
+from gateway.store.audit import WRITE_LOCK
 from gateway.store.sql import SqlStore
 
 T0 = datetime(2025, 2, 3, 4, 5, 6, 789012, tzinfo=UTC)
@@ -57,3 +59,44 @@ async def test_the_first_record_of_a_chain_can_be_an_engage(store: SqlStore) -> 
     [record] = await store.list_audit()
     assert (record.seq, record.prev_hash) == (1, "0" * 64)
     assert verify([record]).ok
+
+
+async def test_an_engage_does_not_wait_for_the_chain_and_its_record_is_linked_after(
+        store: SqlStore, store_url: str) -> None:
+    await store.append_audit("ops", "call.allow", {"n": 1}, T0)
+    first = Freeze(FreezeScope.UPSTREAM, "crm", "one", "zoë", T0 + timedelta(seconds=1), id="f-1")
+    second = Freeze(FreezeScope.AGENT, "bot", "two", "bob", T0 + timedelta(seconds=2), id="f-2")
+    if store_url.startswith("sqlite"):  # one write lock: the engage appends in its transaction
+        assert not (await store.engage(first)).audit_pending
+        assert not (await store.engage(second)).audit_pending
+    else:
+        async with store._hot_path().transaction((WRITE_LOCK,)) as chain:  # a batch of decisions
+            assert (await store.engage(first)).audit_pending  # returned while the chain is held
+            await chain.execute("SELECT 1")
+        assert (await store.engage(second)).audit_pending  # behind the first: order is kept
+        assert [r.action for r in await store.list_audit()] == ["call.allow"]
+        assert await store.chain_pending_audit() == 2
+    assert await store.chain_pending_audit() == 0
+    records = await store.list_audit()
+    assert [(r.action, r.actor) for r in records] == [
+        ("call.allow", "ops"), ("killswitch.engage", "zoë"), ("killswitch.engage", "bob")]
+    assert records[1].detail == {"scope": "upstream", "target": "crm", "reason": "one"}
+    assert records[2].at == second.at
+    assert verify(records).ok
+
+
+async def test_a_release_links_the_pending_engage_records_before_its_own(
+        store: SqlStore, store_url: str) -> None:
+    freeze = Freeze(FreezeScope.GLOBAL, None, "stop", "zoë", T0, id="f-1")
+    if store_url.startswith("sqlite"):
+        await store.engage(freeze)
+    else:
+        async with store._hot_path().transaction((WRITE_LOCK,)):
+            assert (await store.engage(freeze)).audit_pending
+    released = await store.release(FreezeScope.GLOBAL, None, "bob", "over",
+                                   T0 + timedelta(seconds=1))
+    assert released.freeze == freeze
+    records = await store.list_audit()
+    assert [r.action for r in records] == ["killswitch.engage", "killswitch.release"]
+    assert verify(records).ok
+    assert await store.chain_pending_audit() == 0
