@@ -290,7 +290,8 @@ class FreezeState(FreezeMessages):
         stored = change.freeze
         assert stored is not None
         committed = time.perf_counter()
-        chaining = self._spawn(self._chain_audit()) if change.audit_pending else None
+        if change.audit_pending:  # durable with the freeze; linked without holding it up
+            self._spawn(self._chain_audit())
         self._view_at(change.generation, change.active, asked)
         answers = await self._announce(key, stored, deadline, await members, change.announced)
         announced = time.perf_counter()
@@ -318,8 +319,6 @@ class FreezeState(FreezeMessages):
         if unanswered:
             await self._closed({p.id for p in unanswered}, deadline + ANSWER_GRACE)
         in_flight += unanswered
-        if chaining is not None:  # in the chain when the engage returns, unless the store fails
-            await asyncio.wait([chaining], timeout=max(0.0, deadline - loop.time()))
         done = time.perf_counter()
         log.info("kill switch engaged (%s): %.2f ms: store commit %.2f, announce %.2f, "
                  "own writes %.2f, answers of %d processes %.2f, open intents %.2f; "

@@ -153,6 +153,7 @@ SELECT_PENDING_AUDIT = ("SELECT id, at, actor, action, detail FROM audit_pending
                         "ORDER BY at, id")
 DELETE_PENDING_AUDIT = "DELETE FROM audit_pending WHERE id = ?"
 ANY_PENDING_AUDIT = "SELECT 1 FROM audit_pending LIMIT 1"
+PG_CHAIN_PENDING = "SELECT gateway_chain_pending()"  # chain_pending_in in one call (0018)
 
 
 def freeze_detail(scope: FreezeScope, target: str | None, reason: str) -> dict[str, Any]:
@@ -253,11 +254,11 @@ class KillSwitch:
         return await self._hot_path().engage(freeze, announce)
 
     async def chain_pending_audit(self) -> int:
-        """One read when nothing is pending (SQLite never leaves anything pending)."""
+        """One read when nothing is pending; else one call: only PostgreSQL leaves
+        records pending, and links them with ``gateway_chain_pending`` (0018)."""
         if not await self._hot_path().fetch(ANY_PENDING_AUDIT, ()):
             return 0
-        async with self._hot_path().transaction((WRITE_LOCK,)) as tx:
-            return await chain_pending_in(tx)
+        return int((await self._hot_path().fetch(PG_CHAIN_PENDING, ()))[0][0])
 
     async def release(self, scope: FreezeScope, target: str | None, by: str, reason: str,
                       at: datetime) -> FreezeChange:

@@ -154,6 +154,7 @@ class AuditPendingRow(SQLModel, table=True):
     actor: str = _text()
     action: str = _text()
     detail: str = _text()
+    head: str = _text()  # the canonical text its hash covers, up to the seq (0017)
 
 
 class ApprovalRow(SQLModel, table=True):

@@ -5,10 +5,12 @@ kept pending rather than waiting for the chain's lock, and linked after."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 from gateway.core.audit import canonical, canonical_head, chain_hash, verify
 from gateway.core.model import Freeze, FreezeScope
+from gateway.services.killswitch import FreezeState
 from gateway.store.audit import WRITE_LOCK
 from gateway.store.sql import SqlStore
 
@@ -100,3 +102,20 @@ async def test_a_release_links_the_pending_engage_records_before_its_own(
     assert [r.action for r in records] == ["killswitch.engage", "killswitch.release"]
     assert verify(records).ok
     assert await store.chain_pending_audit() == 0
+
+
+async def test_a_start_links_what_an_engage_left_pending(store: SqlStore,
+                                                         store_url: str) -> None:
+    """The engaging process died between its commit and the link: the next start links it."""
+    freeze = Freeze(FreezeScope.GLOBAL, None, "stop", "zoë", T0, id="f-1")
+    if store_url.startswith("sqlite"):  # never left pending: the start finds nothing to do
+        assert not (await store.engage(freeze)).audit_pending
+    else:
+        async with store._hot_path().transaction((WRITE_LOCK,)):
+            assert (await store.engage(freeze)).audit_pending
+    state = FreezeState(store)
+    await state.start()
+    await asyncio.wait(list(state._tasks))  # the link it started
+    await state.stop()
+    records = await store.list_audit()
+    assert [r.action for r in records] == ["killswitch.engage"] and verify(records).ok

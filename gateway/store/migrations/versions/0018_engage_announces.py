@@ -16,8 +16,9 @@ engage did, with two differences:
   decisions holds for its round trips. It links its audit record into the
   chain when it gets that lock at once and no earlier record is pending;
   otherwise the record goes into ``audit_pending`` in the same transaction,
-  so it is as durable as the freeze, and is linked right after the commit
-  (``KillSwitch.chain_pending_audit``), or by the next start or release.
+  so it is as durable as the freeze, with the canonical text its hash needs,
+  and is linked right after the commit (``gateway_chain_pending()``, one
+  round trip), or by the next start or release.
   Engages and releases still exclude each other: a release takes the
   arbiter's lock too, after the chain's.
 
@@ -70,8 +71,8 @@ BEGIN
         RETURNING generation INTO new_generation;
         pending := NOT chained OR EXISTS (SELECT 1 FROM audit_pending);
         IF pending THEN
-            INSERT INTO audit_pending (id, at, actor, action, detail)
-            VALUES (p_id, p_at, p_by, 'killswitch.engage', p_detail);
+            INSERT INTO audit_pending (id, at, actor, action, detail, head)
+            VALUES (p_id, p_at, p_by, 'killswitch.engage', p_detail, p_head);
         ELSE
             SELECT a.seq, a.hash INTO last_seq, last_hash
             FROM audit a ORDER BY a.seq DESC LIMIT 1;
@@ -99,6 +100,34 @@ END
 $$
 """
 
+CHAIN_PENDING = f"""
+CREATE FUNCTION gateway_chain_pending() RETURNS integer
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    pending record;
+    last_seq integer;
+    last_hash text;
+    linked integer := 0;
+BEGIN
+    PERFORM pg_advisory_xact_lock({WRITE_LOCK});
+    SELECT a.seq, a.hash INTO last_seq, last_hash FROM audit a ORDER BY a.seq DESC LIMIT 1;
+    last_seq := COALESCE(last_seq, 0);
+    last_hash := COALESCE(last_hash, repeat('0', 64));
+    FOR pending IN SELECT * FROM audit_pending p ORDER BY p.at, p.id LOOP
+        last_seq := last_seq + 1;
+        INSERT INTO audit (seq, at, actor, action, detail, prev_hash, hash)
+        VALUES (last_seq, pending.at, pending.actor, pending.action, pending.detail, last_hash,
+                encode(sha256(convert_to(last_hash || pending.head || last_seq::text || '}}',
+                                         'UTF8')), 'hex'))
+        RETURNING hash INTO last_hash;
+        DELETE FROM audit_pending WHERE id = pending.id;
+        linked := linked + 1;
+    END LOOP;
+    RETURN linked;
+END
+$$
+"""
+
 
 def upgrade() -> None:
     op.create_table(
@@ -108,13 +137,16 @@ def upgrade() -> None:
         sa.Column("actor", sa.Text(), nullable=False),
         sa.Column("action", sa.Text(), nullable=False),
         sa.Column("detail", sa.Text(), nullable=False),
+        sa.Column("head", sa.Text(), nullable=False),
     )
     if op.get_bind().dialect.name == "postgresql":
         op.execute(ENGAGE)
+        op.execute(CHAIN_PENDING)
 
 
 def downgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
         op.execute("DROP FUNCTION gateway_engage(text, text, text, text, text, text, text, text, "
                    "text, text)")
+        op.execute("DROP FUNCTION gateway_chain_pending()")
     op.drop_table("audit_pending")
