@@ -293,11 +293,11 @@ class FreezeState(FreezeMessages):
         if change.audit_pending:  # durable with the freeze; linked without holding it up
             self._spawn(self._chain_audit())
         self._view_at(change.generation, change.active, asked)
-        answers = await self._announce(key, stored, deadline, await members, change.announced)
-        announced = time.perf_counter()
         # Meanwhile, what the store knows: intents a freeze covers all committed
         # before it did (the arbiter), so this read sees every one there will be.
         pending = asyncio.create_task(self._open_intents())
+        answers = await self._announce(key, stored, deadline, await members, change.announced)
+        announced = time.perf_counter()
         in_flight = await self._settle([stored], deadline)
         settled = time.perf_counter()
         if answers is not None:
