@@ -258,8 +258,9 @@ class FreezeState(FreezeMessages):
                 "it may or may not have reached the upstream", outcome="unknown",
                 journal=write.id) from None
 
-    def _covered_on_the_way(self, freeze: Freeze) -> bool:
-        return any(covers(freeze, s.upstream, s.agent) for s in self._sending.values())
+    def _on_the_way(self, freeze: Freeze) -> list[asyncio.Future[None]]:
+        """The writes (and captures) ``freeze`` covers on their way: when each is done."""
+        return [s.done for s in self._sending.values() if covers(freeze, s.upstream, s.agent)]
 
     async def _settle(self, freezes: list[Freeze], deadline: float) -> list[InFlight]:
         """Until no write ``freezes`` cover is on its way from this process; those

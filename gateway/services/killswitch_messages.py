@@ -77,7 +77,7 @@ class FreezeMessages:
 
         async def load(self) -> None: ...
 
-        def _covered_on_the_way(self, freeze: Freeze) -> bool: ...
+        def _on_the_way(self, freeze: Freeze) -> list[asyncio.Future[None]]: ...
 
         def _spawn(self, work: Any) -> asyncio.Task[Any]: ...
 
@@ -184,17 +184,19 @@ class FreezeMessages:
         """Settle the writes of the freeze the store holds under the hint's id: none for
         a forged or replayed message (if the store cannot be read, the hint's own).
 
-        With no write the hint covers on its way, the answer (nothing cut off) goes at
-        once, before the re-read: it is true whatever the store says, since a covered
-        write that comes now waits for that re-read (``_checked``) and is refused if the
-        store holds the freeze. A hint still changes nothing: no write is cut off."""
+        With no write the hint covers on its way (or once those are done, if that is
+        before the re-read is back), the answer (nothing cut off) goes before the
+        re-read: it is true whatever the store says, since a covered write that comes
+        now waits for that re-read (``_checked``) and is refused if the store holds the
+        freeze. A hint still changes nothing: no write is cut off."""
         heard = time.perf_counter()
         wait = min(max(0.0, float(message["wait"])), self.engage_wait)
         deadline = asyncio.get_running_loop().time() + wait
-        if not self._covered_on_the_way(hinted):
+        if not await self._to_settle(hinted, reading):
             await self._reply(message, [])
             log.info("kill switch: answered engage %s in %.2f ms, before the re-read (no "
-                     "covered write on its way)", message["id"], (time.perf_counter() - heard) * 1000)
+                     "covered write on its way)", message["id"],
+                     (time.perf_counter() - heard) * 1000)
             return
         try:
             await asyncio.shield(reading)
@@ -209,6 +211,20 @@ class FreezeMessages:
                  "%d cut off", message["id"], (time.perf_counter() - heard) * 1000,
                  (read - heard) * 1000, (settled - read) * 1000, len(cut))
         await self.load()
+
+    async def _to_settle(self, hinted: Freeze, reading: asyncio.Task[None]) -> bool:
+        """Until no write ``hinted`` covers is on its way (they are waited for, never
+        cut off) or the re-read is back; whether the answer must wait for the re-read
+        and settle (False: nothing is left to settle)."""
+        going = self._on_the_way(hinted)
+        if not going:
+            return False
+        writes = asyncio.ensure_future(asyncio.wait(going))
+        try:
+            await asyncio.wait([reading, writes], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            writes.cancel()
+        return reading.done() or bool(self._on_the_way(hinted))
 
     async def _reply(self, message: dict[str, Any], cut: list[dict[str, Any]]) -> None:
         assert self._bus is not None
