@@ -1,7 +1,7 @@
 """Gateway benchmark: direct upstream vs a bare aiohttp proxy vs the gateway, in one run.
 
     .venv/bin/python bench/run.py [--duration 10] [--warmup 2] [--repeat 1]
-                                  [--postgres URL] [--engage-rounds 50]
+                                  [--postgres URL] [--engage-rounds 50] [--engage-only]
 
 Starts the upstream and the bare proxy on 127.0.0.1 (twice: plain, and making
 the same capture GET before each write as the gateway does), then the
@@ -355,6 +355,29 @@ def check(name: str, value: float | None, op: str, target: float, unit: str) -> 
     return {"check": name, "value": value, "op": op, "target": target, "unit": unit, "met": met}
 
 
+def engage_alone(args: argparse.Namespace) -> int:
+    """``--engage-only``: the kill-switch run and its checks, nothing else (another
+    revision's gateways: ``PYTHONPATH=<its tree>``, which every process inherits)."""
+    pg = Postgres(args.postgres)
+    tmp = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
+    logdir = args.out.parent / "logs"
+    logdir.mkdir(parents=True, exist_ok=True)
+    load_before = os.getloadavg()[0]
+    try:
+        engage = engage_run(args, pg, logdir, tmp)
+    finally:
+        pg.drop_all()
+        shutil.rmtree(tmp, ignore_errors=True)
+    lat, last = engage["latency_ms"], engage["last_write_after_engage_ms"]
+    print(f"engage latency p50 {lat['p50']:.2f} p99 {lat['p99']:.2f} max {lat['max']:.2f} ms; "
+          f"last covered write p50 {last['p50']:.2f} p99 {last['p99']:.2f} ms after engage "
+          f"began; {engage['late_writes']} late writes; {engage['in_flight_reported']} "
+          f"reported in flight, mismatch {engage['in_flight_mismatch']}; "
+          f"{engage['rounds']} rounds; load {load_before:.2f} -> {os.getloadavg()[0]:.2f}")
+    ok = lat["p99"] <= 10.0 and engage["late_writes"] == 0 and not engage["in_flight_mismatch"]
+    return 0 if ok else 1
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--duration", type=int, default=10,
@@ -365,6 +388,8 @@ def main() -> int:
                     help="PostgreSQL server for the write rows and the kill-switch run "
                          "(env GATEWAY_BENCH_POSTGRES)")
     ap.add_argument("--engage-rounds", type=int, default=50)
+    ap.add_argument("--engage-only", action="store_true",
+                    help="only the kill-switch run (two gateways on PostgreSQL)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "latest.json")
     ap.add_argument("--no-tracing", dest="tracing", action="store_false",
                     help="skip the gw+otel target (the same gateway with tracing on, exporting "
@@ -374,6 +399,8 @@ def main() -> int:
         sys.exit("wrk not found: apt-get install -y wrk")
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so `finally` runs on SIGTERM too
+    if args.engage_only:
+        return engage_alone(args)
 
     procs: list[Proc] = []
     tmp = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
