@@ -13,50 +13,121 @@ scraped from the state that is the truth (the store, the freezes in force,
 the loaded policy set). Label values are bounded: upstreams are the
 configured ones (anything else is ``_other``, see the proxy listener),
 decisions are the contract's.
+
+What every call records (its decision, its duration, the upstream's and the
+journal's) is counted in plain lists by ``_Counts`` and ``_Histogram``,
+collected into the registry when scraped: prometheus-client's own take a
+lock per increment (an observation is two), 6-9 us of each proxied GET,
+against about 1 us here. They are recorded only on the event loop's thread
+(every step of a call runs there); the exposition is the same text.
 """
 
 from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Iterator
 
 from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
-    Histogram,
     disable_created_metrics,
     generate_latest,
 )
+from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
 
 SECONDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
            10.0, 30.0)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_LE = [floatToGoString(bound) for bound in SECONDS] + ["+Inf"]  # type: ignore[no-untyped-call]
+
+
+class _Series:
+    """One histogram's counts for one label set: per bucket (the last is +Inf), and sum."""
+
+    __slots__ = ("buckets", "total")
+
+    def __init__(self) -> None:
+        self.buckets = [0] * (len(SECONDS) + 1)
+        self.total = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.buckets[bisect_left(SECONDS, seconds)] += 1  # the first bound >= seconds
+        self.total += seconds
+
+
+class _Histogram:
+    """A histogram family whose series are created on first use, like a labelled
+    prometheus-client ``Histogram`` (one without labels has its series from the start)."""
+
+    def __init__(self, name: str, documentation: str, labels: tuple[str, ...],
+                 registry: CollectorRegistry) -> None:
+        self.name, self.documentation, self.labels = name, documentation, labels
+        self.series: dict[tuple[str, ...], _Series] = {} if labels else {(): _Series()}
+        registry.register(self)
+
+    def of(self, *values: str) -> _Series:
+        found = self.series.get(values)
+        if found is None:
+            found = self.series[values] = _Series()
+        return found
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labels)
+        for values, series in list(self.series.items()):
+            running, cumulative = 0, []
+            for le, count in zip(_LE, series.buckets, strict=True):
+                running += count
+                cumulative.append((le, float(running)))
+            family.add_metric(list(values), cumulative, series.total)
+        yield family
+
+
+class _Counts:
+    """A counter family, its values by label set (``_total`` in the exposition)."""
+
+    def __init__(self, name: str, documentation: str, labels: tuple[str, ...],
+                 registry: CollectorRegistry) -> None:
+        self.name, self.documentation, self.labels = name, documentation, labels
+        self.counts: dict[tuple[str, ...], int] = {} if labels else {(): 0}
+        registry.register(self)
+
+    def inc(self, *values: str) -> None:
+        self.counts[values] = self.counts.get(values, 0) + 1
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labels)
+        for values, count in list(self.counts.items()):
+            family.add_metric(list(values), float(count))
+        yield family
 
 
 class Metrics:
     def __init__(self) -> None:
         disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series
         self.registry = registry = CollectorRegistry(auto_describe=False)
-        self._decisions = Counter("gateway_decisions", "Calls by upstream and decision.",
-                                  ["upstream", "decision"], registry=registry)
-        self._requests = Histogram(
+        self._decisions = _Counts("gateway_decisions", "Calls by upstream and decision.",
+                                  ("upstream", "decision"), registry)
+        self._requests = _Histogram(
             "gateway_request_duration_seconds",
             "Agent calls from the first byte read to the last byte sent, by decision.",
-            ["upstream", "decision"], buckets=SECONDS, registry=registry)
-        self._upstream = Histogram(
+            ("upstream", "decision"), registry)
+        self._upstream = _Histogram(
             "gateway_upstream_duration_seconds",
-            "Forwarded calls: request sent to response headers received.",
-            ["upstream"], buckets=SECONDS, registry=registry)
-        self._capture = Histogram("gateway_capture_duration_seconds",
-                                  "Prior-state reads before writes.", ["upstream"],
-                                  buckets=SECONDS, registry=registry)
-        self._journal = Histogram("gateway_journal_write_duration_seconds",
-                                  "Journal writes (intent and outcome) to the store.",
-                                  buckets=SECONDS, registry=registry)
+            "Forwarded calls: request sent to response headers received.", ("upstream",),
+            registry)
+        self._capture = _Histogram("gateway_capture_duration_seconds",
+                                   "Prior-state reads before writes.", ("upstream",), registry)
+        self._journal = _Histogram("gateway_journal_write_duration_seconds",
+                                   "Journal writes (intent and outcome) to the store.", (),
+                                   registry).of()
         self._would = Counter("gateway_would_decide",
                               "Calls under mode observe or shadow, by what the rules decided "
                               "(and the mode did not enforce).",
                               ["upstream", "mode", "would_decide"], registry=registry)
-        self._entries = Counter("gateway_journal_entries",
-                                "Mutating calls journaled by this process.", registry=registry)
+        self._entries = _Counts("gateway_journal_entries",
+                                "Mutating calls journaled by this process.", (), registry)
         self._reloads = Counter("gateway_policy_reloads", "Policy reloads by result.",
                                 ["result"], registry=registry)
         self._tripped = Counter("gateway_tripwires_tripped", "Tripwire trips by tripwire.",
@@ -72,40 +143,26 @@ class Metrics:
                              registry=registry)
         for result in ("ok", "failed"):
             self._reloads.labels(result)
-        self._calls: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
-        self._steps: dict[tuple[str, str], Histogram] = {}
 
-    # the hot path: label children are looked up once per label set, then cached
+    # the hot path, on the event loop's thread
     def call(self, upstream: str, decision: str, seconds: float) -> None:
         """One agent call answered (any decision), with its whole duration."""
-        children = self._calls.get((upstream, decision))
-        if children is None:
-            children = self._calls[(upstream, decision)] = (
-                self._decisions.labels(upstream, decision),
-                self._requests.labels(upstream, decision))
-        children[0].inc()
-        children[1].observe(seconds)
+        self._decisions.inc(upstream, decision)
+        self._requests.of(upstream, decision).observe(seconds)
 
     def would_decide(self, upstream: str, mode: str, verdict: str) -> None:
         self._would.labels(upstream, mode, verdict).inc()
 
     def upstream(self, upstream: str, seconds: float) -> None:
-        self._child(self._upstream, upstream).observe(seconds)
+        self._upstream.of(upstream).observe(seconds)
 
     def capture(self, upstream: str, seconds: float) -> None:
-        self._child(self._capture, upstream).observe(seconds)
+        self._capture.of(upstream).observe(seconds)
 
     def journal_write(self, seconds: float, new_entry: bool) -> None:
         self._journal.observe(seconds)
         if new_entry:
             self._entries.inc()
-
-    def _child(self, histogram: Histogram, upstream: str) -> Histogram:
-        key = (histogram._name, upstream)
-        child = self._steps.get(key)
-        if child is None:
-            child = self._steps[key] = histogram.labels(upstream)
-        return child
 
     # operator events
     def policy_reloaded(self, ok: bool) -> None:

@@ -41,12 +41,13 @@ ROUTING = frozenset({"x-original-url", "x-original-uri", "x-rewrite-url", "x-for
                      "x-forwarded-prefix"})
 
 
-def _connection_tokens(headers: Iterable[tuple[str, str]]) -> set[str]:
-    tokens: set[str] = set()
-    for name, value in headers:
-        if name == "connection":
-            tokens.update(t.strip().lower() for t in value.split(",") if t.strip())
-    return tokens
+def _connection_tokens(value: str) -> set[str]:
+    """The header names a ``Connection`` value lists (hop-by-hop for this hop only)."""
+    return {t.strip().lower() for t in value.split(",") if t.strip()}
+
+
+_ALWAYS_DROPPED = HOP_BY_HOP | ROUTING | {"host", "content-length"}
+_OURS = ("x-gateway-", "x-agent-")
 
 
 def upstream_request_headers(headers: list[tuple[str, str]], agent_key: str | None,
@@ -55,20 +56,27 @@ def upstream_request_headers(headers: list[tuple[str, str]], agent_key: str | No
                              replaces: frozenset[str] = frozenset()) -> list[tuple[str, str]]:
     """Headers to send upstream. ``headers`` have lower-case names; ``replaces`` are
     agent headers the upstream's credential supersedes (a SigV4 signature's)."""
-    drop = HOP_BY_HOP | ROUTING | _connection_tokens(headers) | {"host", "content-length"} \
-        | replaces
+    drop = _ALWAYS_DROPPED
+    if replaces:
+        drop = drop | replaces
     if credential is not None:
         drop = drop | {credential[0].lower()}
     if drop_encoding:
         drop = drop | {"accept-encoding"}
     out = []
-    for name, value in headers:
-        if name in drop or name.startswith("x-gateway-") or name.startswith("x-agent-"):
+    listed: set[str] = set()  # what a Connection header names is dropped too (below)
+    for header in headers:
+        name, value = header
+        if name in drop or name.startswith(_OURS):
+            if name == "connection":
+                listed |= _connection_tokens(value)
             continue
         if name in IDENTITY_HEADERS and agent_key is not None and (
                 agent_key in _candidates(name, value) or agent_key in value):
             continue
-        out.append((name, value))
+        out.append(header)
+    if listed:
+        out = [(name, value) for name, value in out if name not in listed]
     out.append(("host", host))
     if credential is not None and credential[1]:
         out.append(credential)
@@ -77,11 +85,18 @@ def upstream_request_headers(headers: list[tuple[str, str]], agent_key: str | No
 
 def agent_response_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     """Upstream response headers as the agent may see them."""
-    items = list(headers)
-    lowered = [(k.lower(), v) for k, v in items]
-    drop = HOP_BY_HOP | _connection_tokens(lowered)
-    return [(k, v) for (k, v), (low, _) in zip(items, lowered)
-            if low not in drop and not low.startswith("x-gateway-")]
+    out = []
+    listed: set[str] = set()
+    for header in headers:
+        low = header[0].lower()
+        if low in HOP_BY_HOP or low.startswith("x-gateway-"):
+            if low == "connection":
+                listed |= _connection_tokens(header[1])
+            continue
+        out.append(header)
+    if listed:
+        out = [(name, value) for name, value in out if name.lower() not in listed]
+    return out
 
 
 IDENTITY_HEADERS = ("x-gateway-key", "authorization", "x-api-key")

@@ -38,10 +38,12 @@ class SpanMaker(Protocol):
 
 
 class TimedStep(Step):
-    __slots__ = ("_observer", "_name", "_upstream", "_began")
+    """``record``: what the observer does with a step of this name (looked up once)."""
 
-    def __init__(self, observer: CallObserver, name: str, upstream: str) -> None:
-        self._observer, self._name, self._upstream = observer, name, upstream
+    __slots__ = ("_record", "_upstream", "_began")
+
+    def __init__(self, record: Callable[[str, float, bool], None], upstream: str) -> None:
+        self._record, self._upstream = record, upstream
 
     def __enter__(self) -> TimedStep:
         self._began = perf_counter()
@@ -49,8 +51,7 @@ class TimedStep(Step):
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  trace: TracebackType | None) -> None:
-        self._observer.step_done(self._name, self._upstream, perf_counter() - self._began,
-                                 kind is None)
+        self._record(self._upstream, perf_counter() - self._began, kind is None)
 
 
 class TimedWatch(Watch):
@@ -61,7 +62,7 @@ class TimedWatch(Watch):
         self._began = perf_counter()
 
     def step(self, name: str, upstream: str) -> Step:
-        return TimedStep(self._observer, name, upstream)
+        return TimedStep(self._observer.steps[name], upstream)
 
     def finish(self, record: CallRecord) -> None:
         self._observer.call_done(record, perf_counter() - self._began)
@@ -73,7 +74,7 @@ class CallObserver(Observer):
         self.metrics = metrics
         self.tracing = tracing
         self.access = access
-        self._steps: dict[str, Callable[[str, float, bool], None]] = {
+        self.steps: dict[str, Callable[[str, float, bool], None]] = {
             UPSTREAM: lambda upstream, seconds, ok: metrics.upstream(upstream, seconds),
             CAPTURE: lambda upstream, seconds, ok: metrics.capture(upstream, seconds),
             JOURNAL: lambda upstream, seconds, ok: metrics.journal_write(seconds, ok),
@@ -86,7 +87,7 @@ class CallObserver(Observer):
         return self.tracing.watch(self, headers)
 
     def step_done(self, name: str, upstream: str, seconds: float, ok: bool) -> None:
-        self._steps[name](upstream, seconds, ok)
+        self.steps[name](upstream, seconds, ok)
 
     def call_done(self, record: CallRecord, seconds: float) -> None:
         self.metrics.call(record.upstream, record.decision, seconds)

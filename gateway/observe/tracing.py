@@ -78,12 +78,12 @@ def _incoming(headers: list[tuple[bytes, bytes]]) -> Context | None:
 
 
 class TracedStep(TimedStep):
-    __slots__ = ("_watch", "_span")
+    __slots__ = ("_name", "_watch", "_span")
 
     def __init__(self, observer: CallObserver, name: str, upstream: str,
                  watch: TracedWatch) -> None:
-        super().__init__(observer, name, upstream)
-        self._watch = watch
+        super().__init__(observer.steps[name], upstream)
+        self._name, self._watch = name, watch
 
     def __enter__(self) -> TracedStep:
         name = self._name

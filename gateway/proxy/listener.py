@@ -274,9 +274,13 @@ async def _stream(send: Send, reply: Reply, request_id: str, head: bool,
     """``hold_head`` (the connection's, when it has one): a whole body follows the head at
     once, so both go out in one write (``gateway.proxy.connection``)."""
     response = reply.response
-    headers = [(k.lower().encode("latin-1"), v.encode("latin-1"))
-               for k, v in agent_response_headers(response.headers)]
-    if response.body is not None and not any(k == b"content-length" for k, _ in headers):
+    headers = []
+    length = False
+    for name, value in agent_response_headers(response.headers):
+        low = name.lower()
+        length = length or low == "content-length"
+        headers.append((low.encode("latin-1"), value.encode("latin-1")))
+    if response.body is not None and not length:
         headers.append((b"content-length", str(len(response.body)).encode()))
     whole = response.body is not None or head
     if whole and hold_head is not None:

@@ -119,14 +119,14 @@ class UpstreamClient:
             head = request_head(method, target, headers, authority, framing)
         except ValueError as exc:
             raise UpstreamUnreachable(f"{where}: {exc}") from None
-        deadline = asyncio.get_running_loop().time() + limit
         connection: Connection | None = None
         response: Response | None = None
         data = None
         written = [False]  # set once a byte of the request may have left
+        deadline = [0.0]  # loop time: set by _send when the limit starts
         try:  # streamed: the limit runs until the head, then between reads
             connection, exchange, response = await self._send(method, origin, head, body,
-                                                              deadline, written)
+                                                              limit, deadline, written)
             if response.status == 101:  # a tunnel nothing would judge; the request was sent
                 raise UpstreamLost(f"{where} answered 101 Switching Protocols; the "
                                    "gateway relays no upgraded connection")
@@ -157,25 +157,32 @@ class UpstreamClient:
             return UpstreamResponse(response.status, response.headers, body=data)
         return UpstreamResponse(response.status, response.headers,
                                 stream=self._relay(origin, connection, exchange, limit, where,
-                                                   deadline if total else None))
+                                                   deadline[0] if total else None))
 
     async def _send(self, method: str, origin: Origin, head: bytes,
-                    body: bytes | AsyncIterator[bytes] | None, deadline: float,
-                    written: list[bool]) -> tuple[Connection, Exchange, Response]:
+                    body: bytes | AsyncIterator[bytes] | None, limit: float,
+                    deadline: list[float], written: list[bool],
+                    ) -> tuple[Connection, Exchange, Response]:
+        """``deadline[0]``: set to now + ``limit`` (loop time) on the first try. A pooled
+        connection's loop is the running one, so a reused connection asks no
+        ``get_running_loop`` (in Python 3.11 each is a ``getpid`` system call)."""
         retry = method in _READS and (body is None or isinstance(body, bytes))
-        loop = asyncio.get_running_loop()
         while True:
             connection = self._pool.take(origin, None if method in _READS else _WRITE_IDLE)
             reused = connection is not None
+            loop = asyncio.get_running_loop() if connection is None else connection.loop
+            if not deadline[0]:
+                deadline[0] = loop.time() + limit
             if connection is None:
                 try:
-                    async with asyncio.timeout(min(self._connect_timeout, deadline - loop.time())):
+                    async with asyncio.timeout(min(self._connect_timeout,
+                                                   deadline[0] - loop.time())):
                         connection = await self._pool.connect(origin)
                 except TimeoutError:
-                    if loop.time() >= deadline:
+                    if loop.time() >= deadline[0]:
                         raise
                     raise ConnectionRefusedError("connect timed out") from None
-            exchange = connection.begin(method == "HEAD", deadline)
+            exchange = connection.begin(method == "HEAD", deadline[0])
             written[0] = True
             try:
                 if body is None or isinstance(body, bytes):
@@ -196,7 +203,7 @@ class UpstreamClient:
 
     async def _relay(self, origin: Origin, connection: Connection, exchange: Exchange,
                      limit: float, where: str, end: float | None) -> AsyncIterator[bytes]:
-        loop = asyncio.get_running_loop()
+        loop = connection.loop
         chunks = connection.body(exchange)
         try:
             while True:

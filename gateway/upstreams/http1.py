@@ -56,7 +56,7 @@ class Exchange:
 
 class Connection(asyncio.Protocol):
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+        self._loop = self.loop = loop
         self.transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
         self._exchange: Exchange | None = None
@@ -65,7 +65,9 @@ class Connection(asyncio.Protocol):
         self.closed = False
         self.reusable = False
         self.idle_since = 0.0
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | None = None  # fires at or before the deadline
+        self._timer_at = 0.0
+        self._deadline: float | None = None  # the exchange's, loop time
 
     # asyncio.Protocol ---------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -166,13 +168,29 @@ class Connection(asyncio.Protocol):
         return self._exchange
 
     def extend(self, deadline: float) -> None:
-        """Move the exchange's deadline (a stream: the limit runs between reads)."""
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = self._loop.call_at(deadline, self._expire)
+        """Move the exchange's deadline (a stream: the limit runs between reads).
 
-    def _expire(self) -> None:
+        One timer per connection, as the listener's connections have: it is moved
+        only when the deadline comes sooner than it fires; when it fires before the
+        deadline (an exchange since moved it later), it is set again for the deadline.
+        A pooled GET so costs no timer of its own (a ``call_at`` and a ``cancel`` each).
+        """
+        self._deadline = deadline
+        if self._timer is not None:
+            if self._timer_at <= deadline:
+                return
+            self._timer.cancel()
+        self._timer, self._timer_at = self._loop.call_at(deadline, self._check), deadline
+
+    def _check(self) -> None:
         self._timer = None
+        deadline = self._deadline
+        if deadline is None:
+            return  # no exchange under way
+        if self._loop.time() < deadline:
+            self._timer, self._timer_at = self._loop.call_at(deadline, self._check), deadline
+            return
+        self._deadline = None
         self._fail(TimeoutError())
         self.close()
 
@@ -232,13 +250,15 @@ class Connection(asyncio.Protocol):
         self._wake(exchange)
 
     def done(self) -> None:
-        """The exchange is over (or abandoned): its deadline no longer applies."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        """The exchange is over (or abandoned): its deadline no longer applies (the timer
+        stays, for the next exchange, until it fires or the connection closes)."""
+        self._deadline = None
 
     def close(self) -> None:
         self.done()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self.reusable = False
         if self.transport is not None and not self.closed:
             self.transport.close()

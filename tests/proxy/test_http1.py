@@ -195,3 +195,31 @@ async def test_a_timeout_closes_the_connection(client: UpstreamClient) -> None:
 ])
 def test_urls_split_into_origin_host_and_target(url: str, expected: tuple) -> None:
     assert split_url(url) == expected
+
+
+async def test_a_reused_connection_keeps_each_exchange_to_its_own_deadline(
+        client: UpstreamClient) -> None:
+    """One timer per connection: it is moved sooner for a shorter limit, and when it
+    fires before a later exchange's deadline it is set again, not taken as expired."""
+    gate = asyncio.Event()
+
+    async def answer(request: bytes, writer: asyncio.StreamWriter) -> bool:
+        if b"/gated" in request:
+            await gate.wait()
+        writer.write(OK)
+        return True
+
+    async with raw_server(answer) as raw:
+        quick = await client.request("GET", raw.url + "/a", [], None, timeout=0.05)
+        assert quick.body == b"hello"  # the connection's timer is now set 0.05 s ahead
+        # opened after that timer, so it fires first (the loop orders its timers by time):
+        asyncio.get_running_loop().call_later(0.2, gate.set)
+        later = await client.request("GET", raw.url + "/gated", [], None, timeout=5)
+        assert later.body == b"hello"  # the 5 s limit held, though the old timer fired
+        gate.clear()
+        with pytest.raises(UpstreamTimeout):  # a shorter limit on the same connection: its
+            # own deadline, not the timer left at the 5 s one (that would outlast the gate)
+            asyncio.get_running_loop().call_later(1.0, gate.set)
+            response = await client.request("GET", raw.url + "/gated", [], None, timeout=0.05)
+            raise AssertionError(f"answered {response.status} past a 0.05 s limit")
+    assert raw.connections == 1

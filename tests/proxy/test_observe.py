@@ -111,3 +111,29 @@ async def test_access_log_is_one_json_line_per_call(
          "deny", 401)]
     assert all(isinstance(e["ms"], float) and e["ms"] > 0 for e in logged)
     assert "s3cret" not in "".join(lines)  # the query, where secrets travel, is not logged
+
+
+def test_histogram_buckets_are_prometheus_le_cumulative() -> None:
+    """The counted-in-lists histograms read as prometheus-client's did: a value on a bound
+    is in that bound's bucket, buckets are cumulative, +Inf is the count."""
+    from gateway.metrics import Metrics
+
+    metrics = Metrics()
+    for seconds in (0.001, 0.0011, 31.0):
+        metrics.call("crm", "allow", seconds)
+    metrics.journal_write(0.002, new_entry=True)
+    got = Scrape(metrics.render(0, "r").decode())
+    bucket = "gateway_request_duration_seconds_bucket"
+    assert got.value(bucket, upstream="crm", decision="allow", le="0.0005") == 0
+    assert got.value(bucket, upstream="crm", decision="allow", le="0.001") == 1
+    assert got.value(bucket, upstream="crm", decision="allow", le="0.0025") == 2
+    assert got.value(bucket, upstream="crm", decision="allow", le="30.0") == 2
+    assert got.value(bucket, upstream="crm", decision="allow", le="+Inf") == 3
+    assert got.value("gateway_request_duration_seconds_count", upstream="crm",
+                     decision="allow") == 3
+    assert got.value("gateway_request_duration_seconds_sum", upstream="crm",
+                     decision="allow") == pytest.approx(31.0021)
+    assert got.value("gateway_decisions_total", upstream="crm", decision="allow") == 3
+    assert got.value("gateway_journal_write_duration_seconds_count") == 1
+    assert got.value("gateway_journal_entries_total") == 1
+    assert got.type_of("gateway_request_duration_seconds") == "histogram"
