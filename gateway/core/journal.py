@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 
 from gateway.core import mcp
 from gateway.core.body import FORM, JSON, form_key_path, is_json_type, media_type, parse_body
+from gateway.core.jsontext import compact
 from gateway.core.policy.mcp_schema import TOOLS_CALL, McpRule
 from gateway.core.policy.schema import Rule
 from gateway.core.redact import REDACTED, redact_form, redact_json
@@ -60,7 +61,7 @@ def store_body(body: bytes, content_type: str | None, limit: int,
         if parsed is _UNPARSED:  # the whole body: a secret past ``limit`` is still a secret
             parsed = parse_body(body, JSON)
         if parsed is not None:
-            text = json.dumps(redact_json(parsed), ensure_ascii=False, separators=(",", ":"))
+            text = compact(redact_json(parsed))
         else:
             text = body[:limit].decode("utf-8", "replace")
     elif media_type(content_type) == FORM:
