@@ -23,7 +23,7 @@ from gateway.core import journal as journaling
 from gateway.core.model import JournalEntry, Undo
 from gateway.core.redact import redact_json
 from gateway.core.rollback import Step
-from gateway.core.seal import Sealer
+from gateway.core.seal import Sealer, plain
 from gateway.core.undo import HEADERS, RAW, Inferred
 from gateway.ports import Observed
 
@@ -43,13 +43,17 @@ class Kept:
 
 
 def for_intent(sealer: Sealer, inferred: Inferred) -> Kept:
-    """An intent's undo as journaled, the true one sealed beside it when it differs
-    (kept as plain JSON without a key when it carries nothing secret)."""
+    """An intent's undo as journaled, the true one sealed beside it when it differs.
+
+    One that carries nothing secret (the bytes of a JSON prior without secret-named
+    fields, which the ``prior`` column shows anyway) is kept as plain JSON, key or no
+    key: encrypting what is readable beside it hid nothing, and was an AES-GCM seal
+    and a random nonce on nearly every PATCH."""
     if inferred.true is None:
         return Kept(inferred.shown, inferred.reversible, None, inferred.irreversible_reason)
-    keep = sealer.seal if inferred.secret else sealer.keep
-    return Kept(inferred.shown, inferred.reversible, keep({"undo": inferred.true}, JOURNAL),
-                inferred.irreversible_reason)
+    true = {"undo": inferred.true}
+    kept = sealer.seal(true, JOURNAL) if inferred.secret else plain(true)
+    return Kept(inferred.shown, inferred.reversible, kept, inferred.irreversible_reason)
 
 
 def for_outcome(sealer: Sealer, parsed: Any, after: Any, true_after: Any) -> str | None:
