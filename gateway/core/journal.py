@@ -78,16 +78,23 @@ def store_body(body: bytes, content_type: str | None, limit: int,
 def prior_value(body: bytes, status: int, content_type: str | None = None) -> Any:
     """The captured state as shown: redacted JSON, else text, None when absent; a binary
     state (a content type neither JSON nor text) is summarised (``binary_summary``)."""
+    return read_state(body, status, content_type)[0]
+
+
+def read_state(body: bytes, status: int, content_type: str | None = None) -> tuple[Any, Any]:
+    """``prior_value`` and ``true_value`` of one read, its body parsed once."""
     if status in (404, 410) or not body:
-        return None
+        return None, None
     try:
-        return redact_json(json.loads(body))
+        true = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         pass
+    else:
+        return redact_json(true), true
     kind = media_type(content_type)
     if kind and not kind.startswith("text/") and kind not in (FORM, "application/xml"):
-        return binary_summary(body, content_type)
-    return body.decode("utf-8", "replace")
+        return binary_summary(body, content_type), None
+    return body.decode("utf-8", "replace"), None
 
 
 def true_value(body: bytes, status: int) -> Any:

@@ -21,7 +21,7 @@ from typing import Any
 
 from gateway.core import journal as journaling
 from gateway.core.model import JournalEntry, Undo
-from gateway.core.redact import redact_json
+from gateway.core.redact import hides, redact_json
 from gateway.core.rollback import Step
 from gateway.core.seal import Sealer, plain
 from gateway.core.undo import HEADERS, RAW, Inferred
@@ -60,7 +60,7 @@ def for_outcome(sealer: Sealer, parsed: Any, after: Any, true_after: Any) -> str
     """The true state a write left (its parsed response, or the read after it) when
     redaction changed what the journal shows of it; None when the journaled one is true."""
     sealed: dict[str, Any] = {}
-    if isinstance(parsed, (dict, list)) and redact_json(parsed) != parsed:
+    if isinstance(parsed, (dict, list)) and hides(parsed):
         sealed["response"] = parsed
     if true_after is not None and true_after != after:
         sealed["after"] = true_after
@@ -70,7 +70,8 @@ def for_outcome(sealer: Sealer, parsed: Any, after: Any, true_after: Any) -> str
 def true_state(seen: Observed) -> Any:
     """A read's true value: JSON, else the digest of its text or bytes, else as journaled."""
     if seen.body and 200 <= seen.status < 300:
-        value = journaling.true_value(seen.body, seen.status)
+        value = seen.true if seen.true is not None else journaling.true_value(seen.body,
+                                                                               seen.status)
         if value is not None:
             return value
         if not isinstance(seen.value, (dict, list)):
