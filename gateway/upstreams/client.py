@@ -119,14 +119,15 @@ class UpstreamClient:
             head = request_head(method, target, headers, authority, framing)
         except ValueError as exc:
             raise UpstreamUnreachable(f"{where}: {exc}") from None
-        deadline = asyncio.get_running_loop().time() + limit
+        loop = asyncio.get_running_loop()  # once a request (Python 3.11 asks the kernel's pid)
+        deadline = loop.time() + limit
         connection: Connection | None = None
         response: Response | None = None
         data = None
         written = [False]  # set once a byte of the request may have left
         try:  # streamed: the limit runs until the head, then between reads
             connection, exchange, response = await self._send(method, origin, head, body,
-                                                              deadline, written)
+                                                              deadline, written, loop)
             if response.status == 101:  # a tunnel nothing would judge; the request was sent
                 raise UpstreamLost(f"{where} answered 101 Switching Protocols; the "
                                    "gateway relays no upgraded connection")
@@ -161,9 +162,9 @@ class UpstreamClient:
 
     async def _send(self, method: str, origin: Origin, head: bytes,
                     body: bytes | AsyncIterator[bytes] | None, deadline: float,
-                    written: list[bool]) -> tuple[Connection, Exchange, Response]:
+                    written: list[bool], loop: asyncio.AbstractEventLoop,
+                    ) -> tuple[Connection, Exchange, Response]:
         retry = method in _READS and (body is None or isinstance(body, bytes))
-        loop = asyncio.get_running_loop()
         while True:
             connection = self._pool.take(origin, None if method in _READS else _WRITE_IDLE)
             reused = connection is not None
