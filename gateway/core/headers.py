@@ -49,21 +49,24 @@ def _connection_tokens(headers: Iterable[tuple[str, str]]) -> set[str]:
     return tokens
 
 
+_DROPPED = HOP_BY_HOP | ROUTING | {"host", "content-length"}
+_DROPPED_ENCODING = _DROPPED | {"accept-encoding"}
+_OWN = ("x-gateway-", "x-agent-")
+
+
 def upstream_request_headers(headers: list[tuple[str, str]], agent_key: str | None,
                              credential: tuple[str, str] | None, host: str,
                              drop_encoding: bool = False,
                              replaces: frozenset[str] = frozenset()) -> list[tuple[str, str]]:
     """Headers to send upstream. ``headers`` have lower-case names; ``replaces`` are
     agent headers the upstream's credential supersedes (a SigV4 signature's)."""
-    drop = HOP_BY_HOP | ROUTING | _connection_tokens(headers) | {"host", "content-length"} \
-        | replaces
+    drop = _DROPPED_ENCODING if drop_encoding else _DROPPED  # two writes a PATCH: no set built
+    extra = _connection_tokens(headers) | replaces  # usually empty
     if credential is not None:
-        drop = drop | {credential[0].lower()}
-    if drop_encoding:
-        drop = drop | {"accept-encoding"}
+        extra = extra | {credential[0].lower()}
     out = []
     for name, value in headers:
-        if name in drop or name.startswith("x-gateway-") or name.startswith("x-agent-"):
+        if name in drop or (extra and name in extra) or name.startswith(_OWN):
             continue
         if name in IDENTITY_HEADERS and agent_key is not None and (
                 agent_key in _candidates(name, value) or agent_key in value):
