@@ -60,8 +60,10 @@ class SqliteHotPath:
     outside the write lock. So the loop serves other calls during the flush,
     the intents that arrive meanwhile share the next one (group commit), and
     neither this process's audit and outcome writes nor another process's
-    intents wait behind it. ``fsync=False`` (setting ``journal_fsync``) skips
-    it: for measuring what it costs, not for production.
+    intents wait behind it. Only a batch of one intent (one call writing at a
+    time) is flushed on the loop itself, which then waits for the disk: that
+    costs it less CPU than the hand-off (``flush``). ``fsync=False`` (setting ``journal_fsync``) skips it: for
+    measuring what it costs, not for production.
     """
 
     def __init__(self, connection: sqlite3.Connection, file: SqliteFile,
