@@ -427,6 +427,7 @@ class Observed:
     body: bytes = b""  # the bytes read, for what is sealed (true values, byte-exact priors)
     content_type: str | None = None
     meta: tuple[tuple[str, str], ...] = ()  # an object's own headers (S3 x-amz-meta-*)
+    true: Any = None  # ``body`` as JSON when the reader parsed it already (None: parse it)
 
 
 Headers = list[tuple[str, str]]

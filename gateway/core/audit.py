@@ -9,12 +9,12 @@ follow from its predecessor.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from gateway.core.jsontext import sorted_bytes
 from gateway.core.model import AuditRecord, iso
 
 GENESIS = "0" * 64
@@ -22,7 +22,7 @@ GENESIS = "0" * 64
 
 def canonical(seq: int, at: datetime, actor: str, action: str, detail: dict[str, Any]) -> bytes:
     body = {"seq": seq, "at": iso(at), "actor": actor, "action": action, "detail": detail}
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return sorted_bytes(body)  # json.dumps(sort_keys=True, ...) byte for byte
 
 
 def canonical_head(at: datetime, actor: str, action: str, detail: dict[str, Any]) -> str:

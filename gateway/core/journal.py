@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 
 from gateway.core import mcp
 from gateway.core.body import FORM, JSON, form_key_path, is_json_type, media_type, parse_body
+from gateway.core.jsontext import compact
 from gateway.core.policy.mcp_schema import TOOLS_CALL, McpRule
 from gateway.core.policy.schema import Rule
 from gateway.core.redact import REDACTED, redact_form, redact_json
@@ -60,7 +61,7 @@ def store_body(body: bytes, content_type: str | None, limit: int,
         if parsed is _UNPARSED:  # the whole body: a secret past ``limit`` is still a secret
             parsed = parse_body(body, JSON)
         if parsed is not None:
-            text = json.dumps(redact_json(parsed), ensure_ascii=False, separators=(",", ":"))
+            text = compact(redact_json(parsed))
         else:
             text = body[:limit].decode("utf-8", "replace")
     elif media_type(content_type) == FORM:
@@ -77,16 +78,23 @@ def store_body(body: bytes, content_type: str | None, limit: int,
 def prior_value(body: bytes, status: int, content_type: str | None = None) -> Any:
     """The captured state as shown: redacted JSON, else text, None when absent; a binary
     state (a content type neither JSON nor text) is summarised (``binary_summary``)."""
+    return read_state(body, status, content_type)[0]
+
+
+def read_state(body: bytes, status: int, content_type: str | None = None) -> tuple[Any, Any]:
+    """``prior_value`` and ``true_value`` of one read, its body parsed once."""
     if status in (404, 410) or not body:
-        return None
+        return None, None
     try:
-        return redact_json(json.loads(body))
+        true = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         pass
+    else:
+        return redact_json(true), true
     kind = media_type(content_type)
     if kind and not kind.startswith("text/") and kind not in (FORM, "application/xml"):
-        return binary_summary(body, content_type)
-    return body.decode("utf-8", "replace")
+        return binary_summary(body, content_type), None
+    return body.decode("utf-8", "replace"), None
 
 
 def true_value(body: bytes, status: int) -> Any:

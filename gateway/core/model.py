@@ -85,7 +85,13 @@ def utcnow() -> datetime:
 
 
 def iso(at: datetime) -> str:
-    """Fixed-width UTC text that sorts like the instant it names."""
+    """Fixed-width UTC text that sorts like the instant it names.
+
+    >>> iso(datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC))
+    '2026-01-02T03:04:05.000006Z'
+    """
+    if at.tzinfo is UTC and at.year >= 1000:  # every write formats several: no strftime
+        return at.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
     return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 

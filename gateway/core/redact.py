@@ -54,13 +54,34 @@ def redact_headers(headers: Mapping[str, str] | Iterable[tuple[str, str]]) -> di
     return out
 
 
+_NESTED = (dict, list)
+
+
 def redact_json(value: Any) -> Any:
+    # Leaves are not recursed into (most of a body is leaves): every write redacts
+    # several bodies.
     if isinstance(value, dict):
-        return {k: (REDACTED if isinstance(k, str) and is_secret_name(k) else redact_json(v))
+        return {k: (REDACTED if isinstance(k, str) and is_secret_name(k)
+                    else redact_json(v) if isinstance(v, _NESTED) else v)
                 for k, v in value.items()}
     if isinstance(value, list):
-        return [redact_json(v) for v in value]
+        return [redact_json(v) if isinstance(v, _NESTED) else v for v in value]
     return value
+
+
+def hides(value: Any) -> bool:
+    """Whether ``redact_json(value) != value``, without building the redacted copy."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if isinstance(k, str) and is_secret_name(k):
+                if v != REDACTED:
+                    return True
+            elif isinstance(v, _NESTED) and hides(v):
+                return True
+        return False
+    if isinstance(value, list):
+        return any(hides(v) for v in value if isinstance(v, _NESTED))
+    return False
 
 
 _PAIR = re.compile(r"""([A-Za-z0-9_.\[\]-]+)(["']?\s*[:=]\s*["']?)([^\s"'&,;]+)""")

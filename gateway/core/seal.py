@@ -27,6 +27,7 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from gateway.core.jsontext import compact
 from gateway.errors import SealError
 
 PREFIX = "gw1:"
@@ -65,7 +66,7 @@ class Sealer:
         if self._aead is None:
             return UNSEALED
         nonce = os.urandom(12)
-        data = json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+        data = compact(value).encode()
         sealed = self._aead.encrypt(nonce, data, purpose.encode())
         return PREFIX + base64.urlsafe_b64encode(nonce + sealed).decode()
 
@@ -73,7 +74,7 @@ class Sealer:
         """``seal``, but without a key the value is kept as plain JSON (``plain:``): for
         what the gateway must still do exactly (execute an approved call). Warned at start."""
         if self._aead is None:
-            return PLAIN + json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+            return plain(value)
         return self.seal(value, purpose)
 
     def open(self, text: str, purpose: str) -> Any:
@@ -97,6 +98,12 @@ class Sealer:
 
 
 NO_SEALER = Sealer(None, "none configured")
+
+
+def plain(value: Any) -> str:
+    """A value kept as plain JSON (``plain:``), key or no key: for what carries nothing
+    a view would hide; ``Sealer.open`` reads it back like a sealed one."""
+    return PLAIN + compact(value)
 
 
 def b64(data: bytes) -> str:

@@ -40,6 +40,8 @@ class Read(Protocol):
     def content_type(self) -> str | None: ...
     @property
     def meta(self) -> tuple[tuple[str, str], ...]: ...
+    @property
+    def true(self) -> Any: ...  # ``body`` as JSON, when already parsed (None: not parsed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +67,8 @@ def infer(rule: Rule | McpRule | None, method: str, path: str, params: dict[str,
                                              sent, content_type)
     if seen is None or not seen.body or not 200 <= seen.status < 300:
         return Inferred(undo, reversible)
-    true_prior = journaling.true_value(seen.body, seen.status)
+    true_prior = seen.true if seen.true is not None else journaling.true_value(seen.body,
+                                                                             seen.status)
     if isinstance(rule, McpRule):  # a capture tool's state: JSON, never bytes to put back
         if true_prior is None or true_prior == seen.value:
             return Inferred(undo, reversible)

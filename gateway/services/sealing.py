@@ -21,9 +21,9 @@ from typing import Any
 
 from gateway.core import journal as journaling
 from gateway.core.model import JournalEntry, Undo
-from gateway.core.redact import redact_json
+from gateway.core.redact import hides, redact_json
 from gateway.core.rollback import Step
-from gateway.core.seal import Sealer
+from gateway.core.seal import Sealer, plain
 from gateway.core.undo import HEADERS, RAW, Inferred
 from gateway.ports import Observed
 
@@ -43,20 +43,24 @@ class Kept:
 
 
 def for_intent(sealer: Sealer, inferred: Inferred) -> Kept:
-    """An intent's undo as journaled, the true one sealed beside it when it differs
-    (kept as plain JSON without a key when it carries nothing secret)."""
+    """An intent's undo as journaled, the true one sealed beside it when it differs.
+
+    One that carries nothing secret (the bytes of a JSON prior without secret-named
+    fields, which the ``prior`` column shows anyway) is kept as plain JSON, key or no
+    key: encrypting what is readable beside it hid nothing, and was an AES-GCM seal
+    and a random nonce on nearly every PATCH."""
     if inferred.true is None:
         return Kept(inferred.shown, inferred.reversible, None, inferred.irreversible_reason)
-    keep = sealer.seal if inferred.secret else sealer.keep
-    return Kept(inferred.shown, inferred.reversible, keep({"undo": inferred.true}, JOURNAL),
-                inferred.irreversible_reason)
+    true = {"undo": inferred.true}
+    kept = sealer.seal(true, JOURNAL) if inferred.secret else plain(true)
+    return Kept(inferred.shown, inferred.reversible, kept, inferred.irreversible_reason)
 
 
 def for_outcome(sealer: Sealer, parsed: Any, after: Any, true_after: Any) -> str | None:
     """The true state a write left (its parsed response, or the read after it) when
     redaction changed what the journal shows of it; None when the journaled one is true."""
     sealed: dict[str, Any] = {}
-    if isinstance(parsed, (dict, list)) and redact_json(parsed) != parsed:
+    if isinstance(parsed, (dict, list)) and hides(parsed):
         sealed["response"] = parsed
     if true_after is not None and true_after != after:
         sealed["after"] = true_after
@@ -66,7 +70,8 @@ def for_outcome(sealer: Sealer, parsed: Any, after: Any, true_after: Any) -> str
 def true_state(seen: Observed) -> Any:
     """A read's true value: JSON, else the digest of its text or bytes, else as journaled."""
     if seen.body and 200 <= seen.status < 300:
-        value = journaling.true_value(seen.body, seen.status)
+        value = seen.true if seen.true is not None else journaling.true_value(seen.body,
+                                                                               seen.status)
         if value is not None:
             return value
         if not isinstance(seen.value, (dict, list)):

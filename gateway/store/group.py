@@ -31,12 +31,16 @@ class GroupCommit(Generic[T, R]):
         self.items = 0
 
     async def __call__(self, item: T) -> R:
-        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        # While a batch drains, the loop is the drain's: not looked up again (on
+        # Python 3.11 every lookup is a getpid system call; two a write).
+        draining = self._draining
+        loop = draining.get_loop() if draining is not None else asyncio.get_running_loop()
+        future: asyncio.Future[R] = loop.create_future()
         self._waiting.append((item, future))
-        if self._draining is None:
+        if draining is None:
             # A task, not a direct call: callers that become ready in the same
             # turn of the loop join this first batch.
-            self._draining = asyncio.create_task(self._drain())
+            self._draining = loop.create_task(self._drain())
         return await future
 
     async def _drain(self) -> None:

@@ -70,6 +70,7 @@ class SqliteHotPath:
         self._file = file  # every write first checks the path still names it
         self._lock = asyncio.Lock()
         self.fsync = fsync
+        self._wal: int | None = None  # the WAL's descriptor (``_log``)
 
     @classmethod
     async def connect(cls, path: Path, fsync: bool = True) -> SqliteHotPath:
@@ -87,8 +88,26 @@ class SqliteHotPath:
         return cls(connection, file, fsync)
 
     async def flush(self) -> None:
-        if self.fsync:
-            await asyncio.to_thread(_sync_log, self._file.path)
+        """On a worker thread, even for one intent alone: flushing on the loop saved it
+        ~50 us of CPU a PATCH at one connection but doubled the p50 there (paired A/B,
+        8 rounds: 1.95 -> 3.64 ms). The WAL's descriptor is opened once (``_log``),
+        so the thread makes one system call that lets go of the GIL instead of three
+        (open, fdatasync, close), each a GIL hand-off back to a busy loop."""
+        if not self.fsync:
+            return
+        await asyncio.to_thread(_sync, self._log(), self._file.path)
+
+    def _log(self) -> int | None:
+        """A descriptor on the WAL, opened at the first flush that finds one. SQLite
+        removes the WAL only when the last connection to the database closes, and
+        this one is open until ``close``, so the descriptor names the WAL SQLite
+        writes for as long as it lives (even should the path be unlinked)."""
+        if self._wal is None:
+            try:
+                self._wal = os.open(f"{self._file.path}-wal", os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                return None
+        return self._wal
 
     async def execute(self, sql: str, args: Sequence[Any]) -> int:
         self._file.check()
@@ -191,6 +210,16 @@ class SqliteHotPath:
     async def close(self) -> None:
         async with self._lock:
             self._connection.close()
+            if self._wal is not None:
+                os.close(self._wal)
+                self._wal = None
+
+
+def _sync(fd: int | None, path: Path) -> None:
+    if fd is None:
+        _sync_log(path)
+    else:
+        os.fdatasync(fd)
 
 
 def _sync_log(path: Path) -> None:

@@ -223,5 +223,5 @@ def _observed(response: UpstreamResponse, etag: str | None) -> Observed:
     body = response.body or b""
     content_type = next((v for k, v in response.headers if k.lower() == "content-type"), None)
     meta = tuple((k.lower(), v) for k, v in response.headers if journaling.object_header(k))
-    return Observed(response.status, journaling.prior_value(body, response.status, content_type),
-                    etag, body, content_type, meta)
+    shown, true = journaling.read_state(body, response.status, content_type)
+    return Observed(response.status, shown, etag, body, content_type, meta, true)

@@ -29,6 +29,7 @@ class Seen:
     body: bytes
     content_type: str | None = JSON
     meta: tuple[tuple[str, str], ...] = ()
+    true: Any = None  # not parsed by the reader: infer parses ``body``
 
 
 def read(value: Any, status: int = 200, raw: bytes | None = None) -> Seen:
