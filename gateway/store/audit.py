@@ -2,7 +2,8 @@
 
 Every record names the hash of the one before it (``core.audit.seal``), so an
 append reads the last record and writes after it in one transaction that no
-other chain writer can interleave with: ``WRITE_LOCK`` on PostgreSQL (an
+other chain writer can interleave with (on PostgreSQL one call of
+``gateway_audit_append``, migration 0019, for the appends of this module): ``WRITE_LOCK`` on PostgreSQL (an
 advisory lock, taken by every writer of audit and freezes, and by the
 ``gateway_engage`` function of migration 0017), the database's write lock on
 SQLite. An operator's record, a batch of the proxy's decisions and the record
@@ -22,13 +23,10 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from gateway.core.audit import link
 from gateway.core.model import AuditRecord
 from gateway.store import codec
-from gateway.store.hot import HotPath, Tx
+from gateway.store.hot import AuditItem, HotPath, Tx
 from gateway.store.tables import AuditRow
 
 WRITE_LOCK = 0x67775F7772697465  # "gw_write": the advisory lock over audit and freezes
-
-AuditItem = tuple[str, str, dict[str, Any], datetime]  # actor, action, detail, at
-
 
 async def append_in(tx: Tx, items: list[AuditItem]) -> list[AuditRecord]:
     """The next links of the chain, (actor, action, detail, at) in order, in ``tx``
@@ -53,8 +51,7 @@ class AuditChain:
 
     async def append_audit(self, actor: str, action: str, detail: dict[str, Any],
                            at: datetime) -> AuditRecord:
-        async with self._hot_path().transaction((WRITE_LOCK,)) as tx:
-            return (await append_in(tx, [(actor, action, detail, at)]))[0]
+        return (await self._hot_path().append_audit([(actor, action, detail, at)]))[0]
 
     async def append_audit_many(self, items: list[AuditItem]) -> list[AuditRecord]:
         """Several (actor, action, detail, at) records, chained in one transaction.
@@ -62,10 +59,10 @@ class AuditChain:
         This is the proxy's path (every decision on a write), through the driver
         like the journal: on SQLite through the same connection, so it never waits
         on a lock held by the journal's own writes; on PostgreSQL a commit that
-        does not wait for the disk (``PostgresHotPath.transaction``).
+        does not wait for the disk (``PostgresHotPath.transaction``), in one round
+        trip (``gateway_audit_append``, migration 0019).
         """
-        async with self._hot_path().transaction((WRITE_LOCK,), durable=False) as tx:
-            return await append_in(tx, items)
+        return await self._hot_path().append_audit(items, durable=False)
 
     async def find_audit(self, terms: list[str], limit: int = 200) -> list[AuditRecord]:
         """Records whose detail names any of ``terms`` (ids), oldest first: an entry's

@@ -7,17 +7,20 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
-from gateway.core.model import Freeze
+from gateway.core.audit import canonical_head
+from gateway.core.model import AuditRecord, Freeze, iso
 from gateway.ports import FreezeChange
+from gateway.store import codec
 from gateway.store import killswitch as ks
 from gateway.store.bus import PgBus
 from gateway.store.engine import connect_primary
-from gateway.store.hot import Tx, numbered
+from gateway.store.hot import AuditItem, Tx, numbered
 
 if TYPE_CHECKING:  # imported when a PostgreSQL store connects: SQLite never loads it
     import asyncpg
 
 log = logging.getLogger("gateway.store")
+_APPEND_AUDIT = "SELECT * FROM gateway_audit_append($1, $2, $3, $4, $5)"  # migration 0019
 _PROBE = "UPDATE killswitch SET generation = generation WHERE 1 = 0"  # a write, of nothing
 
 
@@ -90,6 +93,22 @@ class PostgresHotPath:
         updated = {row[0] for row in await self._unsynced.fetch(
             numbered(ks.PG_UPDATE_OUTCOMES), *ks.columns_of(rows))}
         return [row[-1] in updated for row in rows]
+
+    async def append_audit(self, items: Sequence[AuditItem], durable: bool = True,
+                           ) -> list[AuditRecord]:
+        """``audit.append_in`` as one round trip (``gateway_audit_append``, migration
+        0019): the database takes the chain's lock, reads the last link and hashes each
+        record after it from the canonical text given here (``canonical_head``)."""
+        columns: tuple[list[str], ...] = ([], [], [], [], [])
+        for actor, action, detail, at in items:
+            for column, value in zip(columns, (iso(at), actor, action, codec.dumps(detail),
+                                               canonical_head(at, actor, action, detail)),
+                                     strict=True):
+                column.append(value)
+        rows = await (self._pool if durable else self._unsynced).fetch(_APPEND_AUDIT, *columns)
+        return [AuditRecord(seq, at, actor, action, detail, prev_hash, hash_)
+                for (actor, action, detail, at), (seq, prev_hash, hash_)
+                in zip(items, rows, strict=True)]
 
     async def engage(self, freeze: Freeze) -> FreezeChange:
         """``killswitch.engage_in`` as one round trip (``gateway_engage``, migration 0017);
