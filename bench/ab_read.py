@@ -4,6 +4,8 @@ in the same session.
     git archive REV | tar -x -C /tmp/before
     .venv/bin/python bench/ab_read.py --before /tmp/before --rounds 8
     .venv/bin/python bench/ab_read.py --before /tmp/a --after /tmp/b --method PATCH
+    .venv/bin/python bench/ab_read.py --before /tmp/before --method PATCH --postgres \
+        postgresql://postgres@127.0.0.1:5432/postgres
 
 Starts ``bench/upstream.py`` and two ``gateway serve`` side by side (the other
 revision through ``PYTHONPATH``), then alternates 5 s wrk GET runs (32 and 1
@@ -38,7 +40,11 @@ def main() -> None:
     ap.add_argument("--after", type=Path, help="source tree of the revision measured against "
                     "--before (default: the installed one)")
     ap.add_argument("--method", choices=("GET", "PATCH"), default="GET")
+    ap.add_argument("--postgres", metavar="SERVER_URL", help="journal on fresh databases of "
+                    "this PostgreSQL server (dropped at the end), not on SQLite files; e.g. "
+                    + bench.POSTGRES)
     args = ap.parse_args()
+    pg = bench.Postgres(args.postgres) if args.postgres else None
     tmp = Path(tempfile.mkdtemp(prefix="ab-read-"))
     logdir = tmp / "logs"
     logdir.mkdir()
@@ -52,8 +58,8 @@ def main() -> None:
         after = {} if args.after is None else {"PYTHONPATH": str(args.after.resolve())}
         for name, env in (("before", {"PYTHONPATH": str(args.before.resolve())}),
                           ("after", after)):
-            proc, proxy, _ = bench.start_gateway(name, config, policies,
-                                                 f"sqlite+aiosqlite:///{tmp / name}.db", logdir,
+            db = pg.create() if pg else f"sqlite+aiosqlite:///{tmp / name}.db"
+            proc, proxy, _ = bench.start_gateway(name, config, policies, db, logdir,
                                                  env={"OTEL_SDK_DISABLED": "true", **env})
             procs.append(proc)
             gateways[name] = (proxy + "/bench" + bench.ITEM_PATH, proc.proc.pid)
@@ -75,7 +81,8 @@ def main() -> None:
                     p50.setdefault((name, conns), []).append(result["p50_us"] / 1000)
                     cpu.setdefault((name, conns), []).append(
                         used / (result["rps"] * args.seconds) * 1e6)
-        print(f"{args.method}, medians of {args.rounds} rounds")
+        print(f"{args.method}, medians of {args.rounds} rounds, "
+              f"{'PostgreSQL' if pg else 'SQLite'}")
         print(f"{'target':<8}{'conns':>6}{'req/s':>9}{'p50 ms':>9}{'CPU us/req':>12}")
         for conns in (32, 1):
             for name in gateways:
@@ -92,6 +99,8 @@ def main() -> None:
     finally:
         for proc in reversed(procs):
             proc.stop()
+        if pg:
+            pg.drop_all()
 
 
 if __name__ == "__main__":
