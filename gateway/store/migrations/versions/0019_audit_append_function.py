@@ -32,25 +32,31 @@ CREATE FUNCTION gateway_audit_append(p_at text[], p_actor text[], p_action text[
 RETURNS TABLE (out_seq integer, out_prev_hash text, out_hash text)
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
+    n integer := COALESCE(array_length(p_at, 1), 0);
     last_seq integer;
     last_hash text;
+    seqs integer[] := '{{}}';
+    prevs text[] := '{{}}';
+    hashes text[] := '{{}}';
 BEGIN
+    IF n = 0 THEN
+        RETURN;  -- nothing to chain: no lock for an engage to wait behind
+    END IF;
     PERFORM pg_advisory_xact_lock({WRITE_LOCK});
     SELECT a.seq, a.hash INTO last_seq, last_hash FROM audit a ORDER BY a.seq DESC LIMIT 1;
     last_seq := COALESCE(last_seq, 0);
     last_hash := COALESCE(last_hash, repeat('0', 64));
-    FOR i IN 1 .. COALESCE(array_length(p_at, 1), 0) LOOP
+    FOR i IN 1 .. n LOOP  -- the hashes one after the other, then one INSERT for all
         last_seq := last_seq + 1;
-        out_seq := last_seq;
-        out_prev_hash := last_hash;
+        seqs := seqs || last_seq;
+        prevs := prevs || last_hash;
         last_hash := encode(sha256(convert_to(last_hash || p_head[i] || last_seq::text || '}}',
                                               'UTF8')), 'hex');
-        out_hash := last_hash;
-        INSERT INTO audit (seq, at, actor, action, detail, prev_hash, hash)
-        VALUES (last_seq, p_at[i], p_actor[i], p_action[i], p_detail[i], out_prev_hash,
-                last_hash);
-        RETURN NEXT;
+        hashes := hashes || last_hash;
     END LOOP;
+    INSERT INTO audit (seq, at, actor, action, detail, prev_hash, hash)
+    SELECT * FROM unnest(seqs, p_at, p_actor, p_action, p_detail, prevs, hashes);
+    RETURN QUERY SELECT u.s, u.p, u.h FROM unnest(seqs, prevs, hashes) AS u(s, p, h) ORDER BY u.s;
 END
 $$
 """
