@@ -30,7 +30,8 @@ class PostgresHotPath:
     small one whose commits do not wait for the disk (journal outcomes: one lost
     in a crash leaves its entry an intent, outcome unknown, as a crash before the
     outcome always did; the batched decisions of the audit trail, see
-    ``transaction``). Neither resets a connection it takes back unless it
+    ``transaction``), with room for the two connections its writers keep
+    (``Pinned``) and more. Neither resets a connection it takes back unless it
     is still in a transaction: the hot path leaves no other session state, and
     the reset was one more round trip per statement."""
 
@@ -70,12 +71,13 @@ class PostgresHotPath:
     async def transaction(self, locks: Sequence[int] = (), durable: bool = True,
                           ) -> AsyncIterator[Tx]:
         """``durable=False``: on the unsynced pool. The audit trail's batches of
-        decisions commit so: the chain's lock is held for round trips, not for a
-        disk flush, so an engage (which takes the same lock) does not queue behind
-        the flush of a batch of decisions. Those decisions were already only in
-        memory until now (``AuditTrail``'s queue), so a crash loses at most the
-        last fraction of a second of them, as before; WAL is replayed in order,
-        so what survives is a prefix and the chain stays whole. Any synchronous
+        decisions commit so (``append_audit``: one call, its own transaction): the
+        chain's lock is not held for a disk flush, so an engage (which takes the
+        same lock) does not queue behind the flush of a batch of decisions. Those
+        decisions were already only in memory until now (``AuditTrail``'s queue),
+        so a crash loses at most the last fraction of a second of them, as before;
+        WAL is replayed in order, so what survives is a prefix and the chain stays
+        whole. Any synchronous
         commit after it (an engage's, an intent's) flushes it too."""
         async with (self._pool if durable else self._unsynced).acquire() as connection:
             taken = ", ".join(f"pg_advisory_xact_lock({key:d})" for key in locks)
