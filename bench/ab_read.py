@@ -35,12 +35,13 @@ def cpu_seconds(pid: int) -> float:
 
 def backends_cpu(pg: bench.Postgres | None, db: str) -> dict[int, float]:
     """CPU seconds of each PostgreSQL backend serving ``db`` (the server runs on this
-    machine): the database's share of a write, which the gateway's own CPU does not show."""
+    machine): the database's share of a write, which the gateway's own CPU does not show.
+    Client backends only: an autovacuum worker on the database comes when it likes."""
     if pg is None:
         return {}
     name = db.rsplit("/", 1)[1]
     rows = asyncio.run(pg.fetch(pg.server, "SELECT pid FROM pg_stat_activity "
-                                f"WHERE datname = '{name}'"))
+                                f"WHERE datname = '{name}' AND backend_type = 'client backend'"))
     used = {}
     for (pid,) in rows:
         try:
