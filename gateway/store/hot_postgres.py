@@ -156,6 +156,9 @@ class Pinned:
 
     async def fetch(self, sql: str, *args: Any) -> list[Any]:
         async with self._lock:
+            if self._connection is not None and self._connection._con is None:  # noqa: SLF001
+                # closed while kept (the server dropped it): the pool took it back
+                self._connection = None
             if self._connection is None:
                 self._connection = await self._pool.acquire()
             try:
