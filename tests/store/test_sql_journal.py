@@ -19,7 +19,6 @@ from gateway.core.model import (
     JournalState,
     Undo,
 )
-from gateway.store.engine import driver_errors, parse_url
 from gateway.store.sql import SqlStore
 
 EntryFactory = Callable[..., JournalEntry]
@@ -223,12 +222,10 @@ async def test_the_hot_path_takes_new_connections_after_the_server_dropped_its_o
         pytest.skip("connections kept between calls are PostgreSQL's")
     import asyncpg
 
-    lost = driver_errors(parse_url(store_url)).connection
-
     async def at_most_one_failure(call: Callable[[], Any]) -> Any:
         try:
             return await call()
-        except lost:
+        except Exception:  # noqa: BLE001 - asyncpg's errors for a lost connection vary
             return await call()
 
     first, second = make_entry(1), make_entry(2)
