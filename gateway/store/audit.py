@@ -2,11 +2,16 @@
 
 Every record names the hash of the one before it (``core.audit.seal``), so an
 append reads the last record and writes after it in one transaction that no
-other chain writer can interleave with: ``WRITE_LOCK`` on PostgreSQL (an
-advisory lock, taken by every writer of audit and freezes, and by the
-``gateway_engage`` function of migration 0017), the database's write lock on
-SQLite. An operator's record, a batch of the proxy's decisions and the record
-of a freeze change all go through ``append_in``.
+other chain writer can interleave with: on SQLite the database's write lock;
+on PostgreSQL ``WRITE_LOCK``, an advisory lock every chain writer takes (a
+batch of this module's appends is one call of ``gateway_audit_append``,
+migration 0019; a release; ``gateway_chain_pending``, migration 0018). An
+engage on PostgreSQL only tries that lock: when it is busy, the engage's
+record waits in ``audit_pending`` (committed with the freeze) and is linked
+right after (``store.killswitch``); a read of the chain links such records
+first, so it never misses one. An operator's record, a batch of the proxy's
+decisions and the record of a freeze change are all linked by ``append_in``
+(SQLite) or the same hash in SQL (PostgreSQL).
 """
 
 from __future__ import annotations
@@ -22,12 +27,10 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from gateway.core.audit import link
 from gateway.core.model import AuditRecord
 from gateway.store import codec
-from gateway.store.hot import HotPath, Tx
+from gateway.store.hot import AuditItem, HotPath, Tx
 from gateway.store.tables import AuditRow
 
 WRITE_LOCK = 0x67775F7772697465  # "gw_write": the advisory lock over audit and freezes
-
-AuditItem = tuple[str, str, dict[str, Any], datetime]  # actor, action, detail, at
 
 
 async def append_in(tx: Tx, items: list[AuditItem]) -> list[AuditRecord]:
@@ -51,10 +54,11 @@ class AuditChain:
     if TYPE_CHECKING:  # SqlStore's
         def _hot_path(self) -> HotPath: ...
 
+        async def chain_pending_audit(self) -> int: ...
+
     async def append_audit(self, actor: str, action: str, detail: dict[str, Any],
                            at: datetime) -> AuditRecord:
-        async with self._hot_path().transaction((WRITE_LOCK,)) as tx:
-            return (await append_in(tx, [(actor, action, detail, at)]))[0]
+        return (await self._hot_path().append_audit([(actor, action, detail, at)]))[0]
 
     async def append_audit_many(self, items: list[AuditItem]) -> list[AuditRecord]:
         """Several (actor, action, detail, at) records, chained in one transaction.
@@ -62,16 +66,17 @@ class AuditChain:
         This is the proxy's path (every decision on a write), through the driver
         like the journal: on SQLite through the same connection, so it never waits
         on a lock held by the journal's own writes; on PostgreSQL a commit that
-        does not wait for the disk (``PostgresHotPath.transaction``).
+        does not wait for the disk (``PostgresHotPath.transaction``), in one round
+        trip (``gateway_audit_append``, migration 0019).
         """
-        async with self._hot_path().transaction((WRITE_LOCK,), durable=False) as tx:
-            return await append_in(tx, items)
+        return await self._hot_path().append_audit(items, durable=False)
 
     async def find_audit(self, terms: list[str], limit: int = 200) -> list[AuditRecord]:
         """Records whose detail names any of ``terms`` (ids), oldest first: an entry's
         decision, the approval that held it, the plans that undid it."""
         if not terms:
             return []
+        await self.chain_pending_audit()  # an engage's record is read like any other
         detail = col(AuditRow.detail)
         statement = (select(AuditRow).where(or_(*[detail.contains(f'"{t}"', autoescape=True)
                                                   for t in terms]))
@@ -81,6 +86,7 @@ class AuditChain:
         return [codec.audit_from_row(row) for row in rows]
 
     async def list_audit(self, after: int = 0, limit: int = 1000) -> list[AuditRecord]:
+        await self.chain_pending_audit()  # an engage's record is read like any other
         statement = (select(AuditRow).where(col(AuditRow.seq) > after)
                      .order_by(col(AuditRow.seq)).limit(limit))
         async with AsyncSession(self._engine) as session:

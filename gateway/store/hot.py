@@ -16,11 +16,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
+from datetime import datetime
 from functools import lru_cache
 from typing import Any, Protocol
 
-from gateway.core.model import Freeze
+from gateway.core.model import AuditRecord, Freeze
 from gateway.ports import Bus, FreezeChange, Notice
+
+AuditItem = tuple[str, str, dict[str, Any], datetime]  # actor, action, detail, at
 
 
 @lru_cache(maxsize=32)
@@ -71,6 +74,12 @@ class HotPath(Protocol):
 
     async def update_outcomes(self, rows: Sequence[Sequence[Any]]) -> list[bool]:
         """Journal outcomes (``codec.outcome_params`` rows); whether each found its intent."""
+
+    async def append_audit(self, items: Sequence[AuditItem], durable: bool = True,
+                           ) -> list[AuditRecord]:
+        """The next links of the audit chain, (actor, action, detail, at) in order, in
+        one transaction holding the chain's lock (``audit.append_in``); ``durable`` as
+        for ``transaction``."""
 
     async def engage(self, freeze: Freeze, announce: Notice | None = None) -> FreezeChange:
         """``freeze`` engaged, with its audit record, in one short transaction (unless

@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
-from gateway.core.model import Freeze
+from gateway.core.audit import canonical_head
+from gateway.core.model import AuditRecord, Freeze, iso
 from gateway.ports import FreezeChange, Notice
+from gateway.store import codec
 from gateway.store import killswitch as ks
 from gateway.store.bus import PgBus
 from gateway.store.engine import connect_primary
-from gateway.store.hot import Tx, numbered
+from gateway.store.hot import AuditItem, Tx, numbered
 
 if TYPE_CHECKING:  # imported when a PostgreSQL store connects: SQLite never loads it
     import asyncpg
 
 log = logging.getLogger("gateway.store")
+_APPEND_AUDIT = "SELECT * FROM gateway_audit_append($1, $2, $3, $4, $5)"  # migration 0019
 _PROBE = "UPDATE killswitch SET generation = generation WHERE 1 = 0"  # a write, of nothing
 
 
@@ -26,7 +30,13 @@ class PostgresHotPath:
     small one whose commits do not wait for the disk (journal outcomes: one lost
     in a crash leaves its entry an intent, outcome unknown, as a crash before the
     outcome always did; the batched decisions of the audit trail, see
-    ``transaction``). Neither resets a connection it takes back unless it
+    ``transaction``), with room for the two connections its writers keep
+    (``Pinned``) and more; its statements are planned for their parameters each
+    time (``force_custom_plan``): the generic plan PostgreSQL caches after five
+    runs of the outcomes' UPDATE, chosen while the journal is small, scans the
+    whole journal (a hash join), so each outcome cost more as the journal grew
+    (PG CPU per PATCH 650 -> 1,800 us over 13,000 writes, until an ANALYZE).
+    Neither resets a connection it takes back unless it
     is still in a transaction: the hot path leaves no other session state, and
     the reset was one more round trip per statement."""
 
@@ -34,6 +44,11 @@ class PostgresHotPath:
         self._pool = pool
         self._unsynced = unsynced
         self._dsn = dsn  # the bus listens on a connection of its own
+        # the three writers of every proxied write, each one call at a time (group
+        # commit, the audit trail's batches), keep a connection each (``Pinned``)
+        self._intents = Pinned(pool)
+        self._outcomes = Pinned(unsynced)
+        self._decisions = Pinned(unsynced)
 
     @classmethod
     async def connect(cls, dsn: str, max_size: int = 10) -> PostgresHotPath:
@@ -43,8 +58,9 @@ class PostgresHotPath:
                                          connect=connect_primary)  # one host at a time
         try:
             unsynced = await asyncpg.create_pool(
-                dsn, min_size=1, max_size=2, reset=_rollback, connect=connect_primary,
-                server_settings={"synchronous_commit": "off"})
+                dsn, min_size=1, max_size=4, reset=_rollback, connect=connect_primary,
+                server_settings={"synchronous_commit": "off",
+                                 "plan_cache_mode": "force_custom_plan"})
         except BaseException:
             await pool.close()
             raise
@@ -61,12 +77,13 @@ class PostgresHotPath:
     async def transaction(self, locks: Sequence[int] = (), durable: bool = True,
                           ) -> AsyncIterator[Tx]:
         """``durable=False``: on the unsynced pool. The audit trail's batches of
-        decisions commit so: the chain's lock is held for round trips, not for a
-        disk flush, so an engage (which takes the same lock) does not queue behind
-        the flush of a batch of decisions. Those decisions were already only in
-        memory until now (``AuditTrail``'s queue), so a crash loses at most the
-        last fraction of a second of them, as before; WAL is replayed in order,
-        so what survives is a prefix and the chain stays whole. Any synchronous
+        decisions commit so (``append_audit``: one call, its own transaction): the
+        chain's lock is not held for a disk flush, so an engage (which takes the
+        same lock) does not queue behind the flush of a batch of decisions. Those
+        decisions were already only in memory until now (``AuditTrail``'s queue),
+        so a crash loses at most the last fraction of a second of them, as before;
+        WAL is replayed in order, so what survives is a prefix and the chain stays
+        whole. Any synchronous
         commit after it (an engage's, an intent's) flushes it too."""
         async with (self._pool if durable else self._unsynced).acquire() as connection:
             taken = ", ".join(f"pg_advisory_xact_lock({key:d})" for key in locks)
@@ -80,16 +97,33 @@ class PostgresHotPath:
 
     async def insert_intents(self, rows: Sequence[Sequence[Any]]) -> list[bool]:
         """The whole batch in one call of ``gateway_journal_intents`` (migration 0005)."""
-        inserted = {row[0] for row in await self.fetch(ks.PG_INSERT_INTENTS_UNLESS_FROZEN,
-                                                       (ks.intents_json(rows),))}
+        inserted = {row[0] for row in await self._intents.fetch(
+            numbered(ks.PG_INSERT_INTENTS_UNLESS_FROZEN), ks.intents_json(rows))}
         return [row[0] in inserted for row in rows]
 
     async def update_outcomes(self, rows: Sequence[Sequence[Any]]) -> list[bool]:
         """One statement on the unsynced pool: an outcome lost in a crash leaves its
         entry an intent, outcome unknown."""
-        updated = {row[0] for row in await self._unsynced.fetch(
+        updated = {row[0] for row in await self._outcomes.fetch(
             numbered(ks.PG_UPDATE_OUTCOMES), *ks.columns_of(rows))}
         return [row[-1] in updated for row in rows]
+
+    async def append_audit(self, items: Sequence[AuditItem], durable: bool = True,
+                           ) -> list[AuditRecord]:
+        """``audit.append_in`` as one round trip (``gateway_audit_append``, migration
+        0019): the database takes the chain's lock, reads the last link and hashes each
+        record after it from the canonical text given here (``canonical_head``)."""
+        columns: tuple[list[str], ...] = ([], [], [], [], [])
+        for actor, action, detail, at in items:
+            for column, value in zip(columns, (iso(at), actor, action, codec.dumps(detail),
+                                               canonical_head(at, actor, action, detail)),
+                                     strict=True):
+                column.append(value)
+        rows = await (self._pool.fetch(_APPEND_AUDIT, *columns) if durable
+                      else self._decisions.fetch(_APPEND_AUDIT, *columns))
+        return [AuditRecord(seq, at, actor, action, detail, prev_hash, hash_)
+                for (actor, action, detail, at), (seq, prev_hash, hash_)
+                in zip(items, rows, strict=True)]
 
     async def engage(self, freeze: Freeze, announce: Notice | None = None) -> FreezeChange:
         """``killswitch.engage_in`` as one round trip (``gateway_engage``, migration 0018):
@@ -110,8 +144,50 @@ class PostgresHotPath:
         """Nothing to do: ``pool`` commits wait for the disk (and a synchronous standby)."""
 
     async def close(self) -> None:
+        for pinned in (self._intents, self._outcomes, self._decisions):
+            await pinned.release()
         await self._unsynced.close()
         await self._pool.close()
+
+
+class Pinned:
+    """One connection of ``pool``, kept between calls by a caller that makes one call at
+    a time: taking a connection from an asyncpg pool and giving it back cost ~80 us of
+    the loop's CPU per call (a task for ``asyncio.shield``, the idle timer), more than
+    sending the statement. After an error the connection goes back to the pool, which
+    rolls it back or drops it as after any call (a broken one, one to a server that is
+    no longer the primary), and the next call takes another."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+        self._connection: Any = None  # a pool's connection proxy while kept
+        self._lock = asyncio.Lock()  # one call at a time, should a caller not be serial
+
+    async def fetch(self, sql: str, *args: Any) -> list[Any]:
+        async with self._lock:
+            if self._connection is not None and self._connection._con is None:  # noqa: SLF001
+                # closed while kept (the server dropped it): the pool took it back
+                self._connection = None
+            if self._connection is None:
+                self._connection = await self._pool.acquire()
+            try:
+                return list(await self._connection.fetch(sql, *args))
+            except BaseException:
+                try:
+                    await self._give_back()
+                except Exception as exc:  # noqa: BLE001 - the error being handled is the real one
+                    log.warning("giving back a connection failed (%s); the pool dropped it", exc)
+                raise
+
+    async def release(self) -> None:
+        """Give the connection back (before the pool closes: it waits for every one)."""
+        async with self._lock:
+            await self._give_back()
+
+    async def _give_back(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            await self._pool.release(connection)
 
 
 async def _abandon(connection: asyncpg.Connection) -> None:

@@ -10,13 +10,14 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from gateway.core.model import Freeze
+from gateway.core.model import AuditRecord, Freeze
 from gateway.ports import FreezeChange, Notice
 from gateway.store import codec
 from gateway.store import killswitch as ks
+from gateway.store.audit import WRITE_LOCK, append_in
 from gateway.store.bus import SocketBus
 from gateway.store.engine import SQLITE_PRAGMAS, SqliteFile
-from gateway.store.hot import Tx
+from gateway.store.hot import AuditItem, Tx
 
 _T = TypeVar("_T")
 _PROBE = "UPDATE alembic_version SET version_num = version_num"
@@ -156,6 +157,11 @@ class SqliteHotPath:
 
     async def update_outcomes(self, rows: Sequence[Sequence[Any]]) -> list[bool]:
         return [count == 1 for count in await self.each(codec.UPDATE_OUTCOME, rows)]
+
+    async def append_audit(self, items: Sequence[AuditItem], durable: bool = True,
+                           ) -> list[AuditRecord]:
+        async with self.transaction((WRITE_LOCK,), durable) as tx:
+            return await append_in(tx, list(items))
 
     async def engage(self, freeze: Freeze, announce: Notice | None = None) -> FreezeChange:
         """Inline, in one short transaction: an engage must not queue behind the stream

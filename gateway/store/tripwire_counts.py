@@ -14,29 +14,35 @@ from __future__ import annotations
 
 import random
 from datetime import datetime
+from typing import TYPE_CHECKING
 
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from gateway.store.hot import HotPath
 
 # One statement: the write's bucket +1, and the window's sum (the earlier buckets read by
 # a subquery of RETURNING, which SQLite and PostgreSQL both allow, plus this bucket as
-# it now is).
-_ADD = text(
-    "INSERT INTO tripwire_counts (name, bucket, events, total) VALUES (:name, :bucket, 1, :v) "
+# it now is). Parameters: name, bucket, value, then (name, first, bucket) twice.
+_EARLIER = ("coalesce((SELECT sum(o.{0}) FROM tripwire_counts o "
+            "WHERE o.name = ? AND o.bucket >= ? AND o.bucket < ?), 0)")
+_ADD = (
+    "INSERT INTO tripwire_counts (name, bucket, events, total) VALUES (?, ?, 1, ?) "
     "ON CONFLICT (name, bucket) DO UPDATE SET events = tripwire_counts.events + 1, "
     "total = tripwire_counts.total + excluded.total "
-    "RETURNING events + coalesce((SELECT sum(o.events) FROM tripwire_counts o "
-    "WHERE o.name = :name AND o.bucket >= :first AND o.bucket < :bucket), 0), "
-    "total + coalesce((SELECT sum(o.total) FROM tripwire_counts o "
-    "WHERE o.name = :name AND o.bucket >= :first AND o.bucket < :bucket), 0)")
-_DROP = text("DELETE FROM tripwire_counts WHERE name = :name AND bucket < :first")
+    f"RETURNING events + {_EARLIER.format('events')}, total + {_EARLIER.format('total')}")
+_DROP = "DELETE FROM tripwire_counts WHERE name = ? AND bucket < ?"
 BUCKETS = 20
 
 
 class TripwireCounts:
-    """``count_tripwire`` of ``ports.Store``."""
+    """``count_tripwire`` of ``ports.Store``, through the driver (``hot.py``): it runs
+    before every write a tripwire with a window watches, on the reply path. On
+    PostgreSQL the statement is its own transaction, one round trip (through
+    SQLAlchemy it was five: the pool's ping, BEGIN, the statement, COMMIT and the
+    reset); on SQLite a write transaction on the hot path's connection."""
 
-    _writer: AsyncEngine  # writes: BEGIN IMMEDIATE on SQLite
+    _postgres: bool  # SqlStore's
+
+    if TYPE_CHECKING:  # SqlStore's
+        def _hot_path(self) -> HotPath: ...
 
     async def count_tripwire(self, name: str, value: float, window: float,
                              now: datetime) -> tuple[int, float]:
@@ -44,9 +50,13 @@ class TripwireCounts:
         key = f"{name}@{window:g}"
         bucket = int(now.timestamp() // (window / BUCKETS))
         first = bucket - BUCKETS
-        async with self._writer.begin() as connection:
-            events, total = (await connection.execute(_ADD, {
-                "name": key, "bucket": bucket, "v": value, "first": first})).one()
-            if random.random() < 0.02:  # noqa: S311 - housekeeping, not security
-                await connection.execute(_DROP, {"name": key, "first": first})
+        args = (key, bucket, value, key, first, bucket, key, first, bucket)
+        hot = self._hot_path()
+        if self._postgres:
+            events, total = (await hot.fetch(_ADD, args))[0]
+        else:  # a transaction checks the file is still the store's (``SqliteFile``)
+            async with hot.transaction() as tx:
+                events, total = (await tx.fetch(_ADD, args))[0]
+        if random.random() < 0.02:  # noqa: S311 - housekeeping, not security
+            await hot.execute(_DROP, (key, first))
         return int(events) - 1, float(total) - value

@@ -90,6 +90,20 @@ async def test_a_batch_is_chained_in_order_after_single_appends(store: SqlStore)
     assert verify(records).ok
 
 
+async def test_a_batch_hashed_by_the_store_verifies_whatever_its_details_hold(
+        store: SqlStore) -> None:
+    """On PostgreSQL the database hashes a batch (migration 0019) from the canonical text
+    the store sends: text that JSON escapes, non-ASCII, big and float numbers, nesting."""
+    details = [{"q": 'say "hi"\\n', "tab": "\t", "emoji": "é 👍 中"},
+               {"big": 2**70, "f": 0.1, "neg": -1.5e-7, "list": [True, None, {"z": 1, "a": 2}]},
+               {}]
+    assert await store.append_audit_many([]) == []
+    batch = await store.append_audit_many([("bot", "call", d, T0) for d in details])
+    listed = await store.list_audit()
+    assert listed == batch and [r.detail for r in listed] == details
+    assert verify(listed).ok
+
+
 async def test_every_kind_of_append_from_two_stores_makes_one_chain(store: SqlStore,
                                                                     store_url: str) -> None:
     """Operators' records, batches of decisions and freeze changes, from two stores (two

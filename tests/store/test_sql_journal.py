@@ -210,3 +210,38 @@ async def test_json_values_read_back_exactly_whatever_the_encoder(
     assert await store.journal_intent(entry)
     got = await store.get_journal(entry.id)
     assert got is not None and got.prior == prior and got.request_headers == {"x-plain": "ascii only"}
+
+
+async def test_the_hot_path_takes_new_connections_after_the_server_dropped_its_own(
+        store: SqlStore, store_url: str, make_entry: EntryFactory,
+        outcome: JournalOutcome) -> None:
+    """The intent, outcome and decision writers each keep a connection on PostgreSQL
+    (``hot_postgres.Pinned``); one the server dropped is given up for another, as the
+    pool would (a drop not yet noticed may fail one call, as it may through a pool)."""
+    if not store_url.startswith("postgresql"):
+        pytest.skip("connections kept between calls are PostgreSQL's")
+    import asyncpg
+
+    async def at_most_one_failure(call: Callable[[], Any]) -> Any:
+        try:
+            return await call()
+        except Exception:  # noqa: BLE001 - asyncpg's errors for a lost connection vary
+            return await call()
+
+    first, second = make_entry(1), make_entry(2)
+    assert await store.journal_intent(first)
+    await store.journal_outcome(first.id, outcome)
+    await store.append_audit_many([("bot", "call.allow", {"n": 1}, first.at)])
+    admin = await asyncpg.connect(store_url.replace("+asyncpg", ""))
+    try:
+        await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                            "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+    finally:
+        await admin.close()
+    assert await at_most_one_failure(lambda: store.journal_intent(second))
+    await at_most_one_failure(lambda: store.journal_outcome(second.id, outcome))
+    await at_most_one_failure(
+        lambda: store.append_audit_many([("bot", "call.allow", {"n": 2}, first.at)]))
+    assert [r.seq for r in await store.list_audit()] == [1, 2]
+    got = await store.get_journal(second.id)
+    assert got is not None and got.state is JournalState.COMPLETED
