@@ -233,14 +233,20 @@ async def test_policy_reload_keeps_the_last_good_set(gw: Harness, crm) -> None:
 
 async def test_tampering_with_the_audit_log_is_detected(gw: Harness, tmp_path: Path) -> None:
     import sqlite3
+
+    def edit(statement: str) -> None:  # someone edits the database directly
+        with sqlite3.connect(tmp_path / "gw.db") as db:
+            db.execute(statement)
+
     await gw.engage(upstream="crm")
     await gw.release(upstream="crm")
     await gw.engage(agent="other")
-    with sqlite3.connect(tmp_path / "gw.db") as db:  # someone edits the database directly
-        db.execute("UPDATE audit SET detail = '{\"reason\": \"nothing happened\"}' WHERE seq = 2")
+    # on a thread: the gateway's loop may be in the middle of a write transaction, which it
+    # must be free to finish (on the loop's thread, this waited for it and was locked out)
+    await asyncio.to_thread(
+        edit, "UPDATE audit SET detail = '{\"reason\": \"nothing happened\"}' WHERE seq = 2")
     verified = (await gw.admin.get("/v1/audit/verify", headers=gw.as_role("viewer"))).json()
     assert verified["ok"] is False and verified["first_bad_seq"] == 2
-    with sqlite3.connect(tmp_path / "gw.db") as db:
-        db.execute("DELETE FROM audit WHERE seq = 2")
+    await asyncio.to_thread(edit, "DELETE FROM audit WHERE seq = 2")
     verified = (await gw.admin.get("/v1/audit/verify", headers=gw.as_role("viewer"))).json()
     assert verified["ok"] is False and verified["first_bad_seq"] == 3
