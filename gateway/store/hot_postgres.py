@@ -8,6 +8,8 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from gateway.core.audit import canonical_head
 from gateway.core.model import AuditRecord, Freeze, iso
 from gateway.ports import FreezeChange, Notice
@@ -28,8 +30,9 @@ RIDE = 0.002  # how long outcomes wait for an intents' call to ride on before go
 
 
 class PostgresHotPath:
-    """Two asyncpg pools: one for what must be durable when it returns, and a
-    small one whose commits do not wait for the disk (journal outcomes: one lost
+    """Two asyncpg pools: one for what must be durable when it returns (intents, and
+    the outcomes that ride on their calls, ``update_outcomes``), and a
+    small one whose commits do not wait for the disk (journal outcomes alone: one lost
     in a crash leaves its entry an intent, outcome unknown, as a crash before the
     outcome always did; the batched decisions of the audit trail, see
     ``transaction``), with room for the two connections its writers keep
@@ -112,7 +115,7 @@ class PostgresHotPath:
         try:
             answer = await self._intents.fetch(
                 _INTENTS_OUTCOMES, ks.intents_json(rows),
-                ks.outcomes_json([row for batch, _ in riding for row in batch]))
+                _outcomes_json([row for batch, _ in riding for row in batch]))
         except Exception as exc:
             for _, future in riding:  # their callers retry them (``save_outcome``)
                 _settle(future, exc=exc)
@@ -254,6 +257,12 @@ class Pinned:
         connection, self._connection = self._connection, None
         if connection is not None:
             await self._pool.release(connection)
+
+
+def _outcomes_json(rows: Sequence[Sequence[Any]]) -> str:
+    """Outcome rows (``OUTCOME_COLUMNS``, then the id) as the JSON batch 0020 takes."""
+    return orjson.dumps([dict(zip((*codec.OUTCOME_COLUMNS, "id"), row, strict=True))
+                         for row in rows]).decode()
 
 
 def _settle(future: asyncio.Future[list[bool]], result: list[bool] | None = None,

@@ -131,12 +131,6 @@ def intents_json(rows: Sequence[Sequence[Any]]) -> str:
     return orjson.dumps([dict(zip(INTENT_COLUMNS, row, strict=True)) for row in rows]).decode()
 
 
-def outcomes_json(rows: Sequence[Sequence[Any]]) -> str:
-    """Outcome rows (``OUTCOME_COLUMNS``, then the id) as the JSON batch 0020 takes."""
-    return orjson.dumps([dict(zip((*OUTCOME_COLUMNS, "id"), row, strict=True))
-                         for row in rows]).decode()
-
-
 # PostgreSQL: a batch of outcomes in one statement; the ids it updated.
 PG_UPDATE_OUTCOMES = (
     "UPDATE journal AS j SET " + ", ".join(f'"{c}" = v."{c}"' for c in OUTCOME_COLUMNS)
