@@ -8,6 +8,8 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from gateway.core.audit import canonical_head
 from gateway.core.model import AuditRecord, Freeze, iso
 from gateway.ports import FreezeChange, Notice
@@ -23,11 +25,14 @@ if TYPE_CHECKING:  # imported when a PostgreSQL store connects: SQLite never loa
 log = logging.getLogger("gateway.store")
 _APPEND_AUDIT = "SELECT * FROM gateway_audit_append($1, $2, $3, $4, $5)"  # migration 0019
 _PROBE = "UPDATE killswitch SET generation = generation WHERE 1 = 0"  # a write, of nothing
+_INTENTS_OUTCOMES = "SELECT * FROM gateway_journal_intents_outcomes($1::jsonb, $2::jsonb)"  # 0020
+RIDE = 0.002  # how long outcomes wait for an intents' call to ride on before going alone
 
 
 class PostgresHotPath:
-    """Two asyncpg pools: one for what must be durable when it returns, and a
-    small one whose commits do not wait for the disk (journal outcomes: one lost
+    """Two asyncpg pools: one for what must be durable when it returns (intents, and
+    the outcomes that ride on their calls, ``update_outcomes``), and a
+    small one whose commits do not wait for the disk (journal outcomes alone: one lost
     in a crash leaves its entry an intent, outcome unknown, as a crash before the
     outcome always did; the batched decisions of the audit trail, see
     ``transaction``), with room for the two connections its writers keep
@@ -49,6 +54,10 @@ class PostgresHotPath:
         self._intents = Pinned(pool)
         self._outcomes = Pinned(unsynced)
         self._decisions = Pinned(unsynced)
+        # outcomes waiting for the next intents' call (``update_outcomes``)
+        self._riding: list[tuple[Sequence[Sequence[Any]], asyncio.Future[list[bool]]]] = []
+        self._alone: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
     @classmethod
     async def connect(cls, dsn: str, max_size: int = 10) -> PostgresHotPath:
@@ -96,17 +105,73 @@ class PostgresHotPath:
             await connection.execute("COMMIT")
 
     async def insert_intents(self, rows: Sequence[Sequence[Any]]) -> list[bool]:
-        """The whole batch in one call of ``gateway_journal_intents`` (migration 0005)."""
-        inserted = {row[0] for row in await self._intents.fetch(
-            numbered(ks.PG_INSERT_INTENTS_UNLESS_FROZEN), ks.intents_json(rows))}
+        """The whole batch in one call of ``gateway_journal_intents`` (migration 0005),
+        with the outcomes waiting for it (``update_outcomes``; migration 0020)."""
+        riding = self._take_riding()
+        if not riding:
+            inserted = {row[0] for row in await self._intents.fetch(
+                numbered(ks.PG_INSERT_INTENTS_UNLESS_FROZEN), ks.intents_json(rows))}
+            return [row[0] in inserted for row in rows]
+        try:
+            answer = await self._intents.fetch(
+                _INTENTS_OUTCOMES, ks.intents_json(rows),
+                _outcomes_json([row for batch, _ in riding for row in batch]))
+        except Exception as exc:
+            for _, future in riding:  # their callers retry them (``save_outcome``)
+                _settle(future, exc=exc)
+            raise
+        except BaseException:  # the intents' caller cancelled: the outcomes go alone
+            self._ride(riding)
+            raise
+        updated = {entry for outcome, entry in answer if outcome}
+        for batch, future in riding:
+            _settle(future, [row[-1] in updated for row in batch])
+        inserted = {entry for outcome, entry in answer if not outcome}
         return [row[0] in inserted for row in rows]
 
     async def update_outcomes(self, rows: Sequence[Sequence[Any]]) -> list[bool]:
-        """One statement on the unsynced pool: an outcome lost in a crash leaves its
-        entry an intent, outcome unknown."""
-        updated = {row[0] for row in await self._outcomes.fetch(
-            numbered(ks.PG_UPDATE_OUTCOMES), *ks.columns_of(rows))}
-        return [row[-1] in updated for row in rows]
+        """On the next intents' call if one comes within ``RIDE`` seconds (it commits
+        synchronously), else one statement on the unsynced pool: an outcome lost in a
+        crash leaves its entry an intent, outcome unknown."""
+        future: asyncio.Future[list[bool]] = asyncio.get_running_loop().create_future()
+        self._ride([(rows, future)])
+        return await future
+
+    def _ride(self, riding: list[tuple[Sequence[Sequence[Any]],
+                                       asyncio.Future[list[bool]]]]) -> None:
+        self._riding.extend(riding)
+        if self._alone is None:
+            self._alone = asyncio.get_running_loop().call_later(RIDE, self._go_alone)
+
+    def _take_riding(self) -> list[tuple[Sequence[Sequence[Any]], asyncio.Future[list[bool]]]]:
+        riding, self._riding = self._riding, []
+        if self._alone is not None:
+            self._alone.cancel()
+            self._alone = None
+        return [(rows, future) for rows, future in riding if not future.done()]
+
+    def _go_alone(self) -> None:
+        self._alone = None
+        riding = self._take_riding()
+        if riding:
+            task = asyncio.get_running_loop().create_task(self._outcomes_alone(riding))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _outcomes_alone(self, riding: list[tuple[Sequence[Sequence[Any]],
+                                                       asyncio.Future[list[bool]]]]) -> None:
+        try:
+            updated = {row[0] for row in await self._outcomes.fetch(
+                numbered(ks.PG_UPDATE_OUTCOMES),
+                *ks.columns_of([row for rows, _ in riding for row in rows]))}
+        except BaseException as exc:
+            for _, future in riding:
+                _settle(future, exc=exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for rows, future in riding:
+            _settle(future, [row[-1] in updated for row in rows])
 
     async def append_audit(self, items: Sequence[AuditItem], durable: bool = True,
                            ) -> list[AuditRecord]:
@@ -144,6 +209,10 @@ class PostgresHotPath:
         """Nothing to do: ``pool`` commits wait for the disk (and a synchronous standby)."""
 
     async def close(self) -> None:
+        riding = self._take_riding()
+        if riding:
+            await self._outcomes_alone(riding)
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         for pinned in (self._intents, self._outcomes, self._decisions):
             await pinned.release()
         await self._unsynced.close()
@@ -188,6 +257,22 @@ class Pinned:
         connection, self._connection = self._connection, None
         if connection is not None:
             await self._pool.release(connection)
+
+
+def _outcomes_json(rows: Sequence[Sequence[Any]]) -> str:
+    """Outcome rows (``OUTCOME_COLUMNS``, then the id) as the JSON batch 0020 takes."""
+    return orjson.dumps([dict(zip((*codec.OUTCOME_COLUMNS, "id"), row, strict=True))
+                         for row in rows]).decode()
+
+
+def _settle(future: asyncio.Future[list[bool]], result: list[bool] | None = None,
+            exc: BaseException | None = None) -> None:
+    if future.done():  # its caller was cancelled
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(result or [])
 
 
 async def _abandon(connection: asyncpg.Connection) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import sqlite3
 from collections.abc import Callable
@@ -245,3 +246,37 @@ async def test_the_hot_path_takes_new_connections_after_the_server_dropped_its_o
     assert [r.seq for r in await store.list_audit()] == [1, 2]
     got = await store.get_journal(second.id)
     assert got is not None and got.state is JournalState.COMPLETED
+
+
+async def test_an_outcome_rides_on_the_next_intents_call(
+        store: SqlStore, store_url: str, make_entry: EntryFactory,
+        outcome: JournalOutcome, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On PostgreSQL an outcome waits (``hot_postgres.RIDE``) for the next intents' call
+    and is written by it (migration 0020); the outcome of a write whose intents' call
+    failed is reported failed to its caller, which retries it (``save_outcome``)."""
+    if not store_url.startswith("postgresql"):
+        pytest.skip("the ride is PostgreSQL's")
+    from gateway.store import hot_postgres
+    monkeypatch.setattr(hot_postgres, "RIDE", 3600.0)  # only an intents' call writes it
+    first, second, third = make_entry(1), make_entry(2), make_entry(3)
+    assert await store.journal_intent(first)
+    saving = asyncio.create_task(store.journal_outcome(first.id, outcome))
+    await asyncio.sleep(0)  # the outcome is queued, waiting (a yield, not a wait for time)
+    while not store._hot_path()._riding:  # noqa: SLF001 - through the store's group commit
+        await asyncio.sleep(0)
+    assert await store.journal_intent(second)
+    await saving
+    got = await store.get_journal(first.id)
+    assert got is not None and got.state is JournalState.COMPLETED
+    assert await store.get_journal(second.id) == second
+
+    assert await store.journal_intent(third)
+    failing = asyncio.create_task(store.journal_outcome(third.id, outcome))
+    while not store._hot_path()._riding:  # noqa: SLF001
+        await asyncio.sleep(0)
+    with pytest.raises(Exception):  # noqa: B017, PT011 - the duplicate intent's error
+        await store.journal_intent(second)  # already journaled: the call fails
+    with pytest.raises(Exception):  # noqa: B017, PT011 - the same error, its caller's
+        await failing
+    got = await store.get_journal(third.id)
+    assert got is not None and got.state is JournalState.INTENT
