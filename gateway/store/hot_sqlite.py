@@ -147,13 +147,35 @@ class SqliteHotPath:
             self._connection.execute("COMMIT")
 
     async def insert_intents(self, rows: Sequence[Sequence[Any]]) -> list[bool]:
-        """Each intent its own ``INSERT ... WHERE NOT EXISTS``, the batch in one
-        transaction (``each``); then one flush for those that went in."""
-        counts = await self.each(ks.INSERT_INTENT_UNLESS_FROZEN,
-                                 [ks.unless_frozen_args(row) for row in rows])
+        """Each intent an ``INSERT ... WHERE NOT EXISTS`` (a freeze covers it), the
+        batch in one transaction; then one flush for those that went in. A batch
+        asks for an active freeze once, under the write lock an engage needs too:
+        with none, its rows go in by one ``executemany`` of plain inserts."""
+        if len(rows) == 1:
+            counts = [await self.execute(ks.INSERT_INTENT_UNLESS_FROZEN,
+                                         ks.unless_frozen_args(rows[0]))]
+        else:
+            self._file.check()
+            counts = await self._run(lambda: self._intents(rows))
         if any(counts):
             await self.flush()  # on disk before any of these writes is sent
         return [count == 1 for count in counts]
+
+    def _intents(self, rows: Sequence[Sequence[Any]]) -> list[int]:
+        execute = self._connection.execute
+        execute("BEGIN IMMEDIATE")
+        try:
+            if execute(ks.ANY_ACTIVE_FREEZE).fetchone() is None:
+                self._connection.executemany(ks.INSERT_INTENT, rows)
+                counts = [1] * len(rows)
+            else:
+                counts = [execute(ks.INSERT_INTENT_UNLESS_FROZEN,
+                                  ks.unless_frozen_args(row)).rowcount for row in rows]
+        except BaseException:
+            execute("ROLLBACK")
+            raise
+        execute("COMMIT")
+        return counts
 
     async def update_outcomes(self, rows: Sequence[Sequence[Any]]) -> list[bool]:
         return [count == 1 for count in await self.each(codec.UPDATE_OUTCOME, rows)]

@@ -75,6 +75,11 @@ def unless_frozen_args(row: Sequence[Any]) -> tuple[Any, ...]:
     return (*row, row[_UPSTREAM], row[_AGENT])
 
 
+# A batch of intents (SQLite), asked once under the write lock an engage also takes:
+# with no freeze active, the batch goes in as plain inserts (none can appear before
+# the commit); with one, each row is checked as above.
+ANY_ACTIVE_FREEZE = "SELECT 1 FROM freezes f WHERE f.released_at IS NULL LIMIT 1"
+
 # An operator's write (a rollback step): freezes stop agents, not recovery.
 INSERT_INTENT = (f"INSERT INTO journal ({quoted(INTENT_COLUMNS)}) "
                  f"VALUES ({', '.join('?' for _ in INTENT_COLUMNS)})")

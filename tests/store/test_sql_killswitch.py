@@ -159,6 +159,25 @@ async def test_an_intent_waiting_on_an_engage_under_way_is_refused_once_it_commi
     assert [f.id for f in await store.active_freezes()] == ["under-way"]
 
 
+async def test_a_batch_waiting_on_an_engage_under_way_is_refused_once_it_commits(
+        store: SqlStore, store_url: str, make_entry: EntryFactory) -> None:
+    """As above for a group-committed batch (SQLite asks for a freeze once per batch,
+    under the write lock the engage holds)."""
+    async def both() -> list[bool]:
+        return list(await asyncio.gather(*(store.journal_intent(make_entry(i))
+                                           for i in (1, 2))))
+
+    holder = await _EngageUnderWay.begin(store_url)
+    try:
+        intents = asyncio.create_task(both())
+        await holder.wait_until_blocked(store, intents)  # type: ignore[arg-type]
+        await holder.commit()
+        assert await intents == [False, False]
+    finally:
+        await holder.close()
+    assert await store.list_journal(JournalQuery()) == []
+
+
 class _EngageUnderWay:
     """A freeze inserted in a transaction that has taken what an engage takes."""
 
