@@ -100,7 +100,7 @@ class _Sending:
         state._sending[token] = self
 
     async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> bool:
+                        tb: TracebackType | None) -> None:  # never swallows
         del self.state._sending[self.token]
         self.done.set_result(None)
         scope = self.scope
@@ -112,7 +112,6 @@ class _Sending:
             self._cut_off()
         if kind is not None and issubclass(kind, TimeoutError) and scope.expired():
             self._cut_off()
-        return False
 
     def _cut_off(self) -> NoReturn:
         if self.write is None:
