@@ -49,6 +49,10 @@ class PostgresHotPath:
         self._intents = Pinned(pool)
         self._outcomes = Pinned(unsynced)
         self._decisions = Pinned(unsynced)
+        # and the engages: one warm session, its plan of gateway_engage made once, so an
+        # engage does not land on a pool connection that has not run it yet (the round
+        # trip to prepare it, the function's first plans in that backend)
+        self._engages = Pinned(pool)
 
     @classmethod
     async def connect(cls, dsn: str, max_size: int = 10) -> PostgresHotPath:
@@ -130,7 +134,8 @@ class PostgresHotPath:
         the database links the audit record into the chain (or keeps it pending, not
         to wait for the chain's lock), and sends ``announce`` with the commit."""
         notice = announce or (None, None)
-        rows = await self.fetch(ks.PG_ENGAGE, (*ks.engage_args(freeze), *notice))
+        rows = await self._engages.fetch(numbered(ks.PG_ENGAGE), *ks.engage_args(freeze),
+                                         *notice)
         return ks.engaged(freeze, rows, announced=announce is not None)
 
     async def probe(self) -> None:
@@ -144,7 +149,7 @@ class PostgresHotPath:
         """Nothing to do: ``pool`` commits wait for the disk (and a synchronous standby)."""
 
     async def close(self) -> None:
-        for pinned in (self._intents, self._outcomes, self._decisions):
+        for pinned in (self._intents, self._outcomes, self._decisions, self._engages):
             await pinned.release()
         await self._unsynced.close()
         await self._pool.close()
