@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from gateway.core.audit import canonical_head
-from gateway.core.model import AuditRecord, Freeze, iso
+from gateway.core.model import AuditRecord, Freeze, FreezeScope, iso, new_id, utcnow
 from gateway.ports import FreezeChange, Notice
 from gateway.store import codec
 from gateway.store import killswitch as ks
@@ -138,6 +138,16 @@ class PostgresHotPath:
                                          *notice)
         return ks.engaged(freeze, rows, announced=announce is not None)
 
+    async def warm_engage(self) -> None:
+        """Open the engages' connection and run ``gateway_engage`` once in a transaction
+        rolled back (no freeze, no message, nothing chained): the first engage otherwise
+        paid the connection, the statement's prepare and the function's first plans in
+        that backend (measured 8-28 ms against 1.5-8 for the next, under load). It holds
+        the arbiter's lock for that one call, as an engage would."""
+        freeze = Freeze(FreezeScope.GLOBAL, None, "warm-up", "gateway", utcnow(), new_id())
+        await self._engages.rolled_back(numbered(ks.PG_ENGAGE), *ks.engage_args(freeze),
+                                        None, None)
+
     async def probe(self) -> None:
         async with self.transaction() as tx:
             await tx.execute(_PROBE)
@@ -169,6 +179,14 @@ class Pinned:
         self._lock = asyncio.Lock()  # one call at a time, should a caller not be serial
 
     async def fetch(self, sql: str, *args: Any) -> list[Any]:
+        return await self._call(sql, args, rolled_back=False)
+
+    async def rolled_back(self, sql: str, *args: Any) -> None:
+        """``sql`` in a transaction that is rolled back, the lock held throughout (no
+        other call can land in it): to make this session's plans of ``sql``."""
+        await self._call(sql, args, rolled_back=True)
+
+    async def _call(self, sql: str, args: tuple[Any, ...], rolled_back: bool) -> list[Any]:
         async with self._lock:
             if self._connection is not None and self._connection._con is None:  # noqa: SLF001
                 # closed while kept (the server dropped it): the pool took it back
@@ -176,7 +194,14 @@ class Pinned:
             if self._connection is None:
                 self._connection = await self._pool.acquire()
             try:
-                return list(await self._connection.fetch(sql, *args))
+                if not rolled_back:
+                    return list(await self._connection.fetch(sql, *args))
+                await self._connection.execute("BEGIN")
+                try:
+                    await self._connection.fetch(sql, *args)
+                finally:
+                    await self._connection.execute("ROLLBACK")
+                return []
             except BaseException:
                 try:
                     await self._give_back()
