@@ -183,7 +183,8 @@ class Pinned:
 
     async def rolled_back(self, sql: str, *args: Any) -> None:
         """``sql`` in a transaction that is rolled back, the lock held throughout (no
-        other call can land in it): to make this session's plans of ``sql``."""
+        other call can land in it): to make this session's plans of ``sql``. It waits
+        for no lock more than 100 ms (then fails): a caller behind it would wait too."""
         await self._call(sql, args, rolled_back=True)
 
     async def _call(self, sql: str, args: tuple[Any, ...], rolled_back: bool) -> list[Any]:
@@ -196,7 +197,7 @@ class Pinned:
             try:
                 if not rolled_back:
                     return list(await self._connection.fetch(sql, *args))
-                await self._connection.execute("BEGIN")
+                await self._connection.execute("BEGIN; SET LOCAL lock_timeout = 100")
                 try:
                     await self._connection.fetch(sql, *args)
                 finally:
