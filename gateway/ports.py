@@ -110,6 +110,10 @@ class FreezeStore(Protocol):
         """Link the audit records engages left pending (``FreezeChange.audit_pending``)
         into the chain, in order; how many."""
 
+    async def warm_engage(self) -> None:
+        """Make the first engage as quick as the next (at start; nothing is engaged,
+        recorded or announced; where there is nothing to warm, nothing)."""
+
     async def pending_intents(self, since: datetime) -> list[InFlight]:
         """Intents journaled since then still without an outcome, oldest first (the
         writes in flight an engage waits for)."""

@@ -160,6 +160,7 @@ class FreezeState(FreezeMessages):
             await self._bus.start(self._heard)
         await self.load()
         self._spawn(self._chain_audit())  # what an engage of a process that died left
+        self._spawn(self._warm())
         self._heartbeat = asyncio.create_task(self._beat())
 
     async def stop(self) -> None:
@@ -344,6 +345,15 @@ class FreezeState(FreezeMessages):
                  (answered_at - settled) * 1000, (done - answered_at) * 1000, len(in_flight))
         # (perf_counter, not loop.time(): uvloop's clock ticks in whole milliseconds)
         return Engaged(stored, in_flight)
+
+    async def _warm(self) -> None:
+        """The store's engage made ready before it is needed (its first one was the
+        slowest of a run); an engage does not depend on it."""
+        try:
+            async with asyncio.timeout(self.engage_wait):
+                await self._store.warm_engage()
+        except Exception as exc:
+            log.info("kill switch: the engage could not be warmed up (%s)", exc)
 
     async def _chain_audit(self) -> None:
         """The audit records engages left pending, linked into the chain; retried until

@@ -86,6 +86,10 @@ class HotPath(Protocol):
         one of its scope and target is in force: that one, unchanged); ``announce``
         sent at its commit where the database can (``ports.Bus.at_commit``)."""
 
+    async def warm_engage(self) -> None:
+        """Make the first ``engage`` as quick as the next: nothing engaged, recorded or
+        announced (PostgreSQL: its session and plans; SQLite: nothing to do)."""
+
     async def probe(self) -> None:
         """One write transaction holding an UPDATE that matches no row; raises when the
         database cannot take a write now."""

@@ -192,6 +192,9 @@ class SqliteHotPath:
         async with self.transaction(ks.ENGAGE_LOCKS) as tx:
             return await ks.engage_in(tx, freeze)
 
+    async def warm_engage(self) -> None:
+        """Nothing to warm: the engage runs inline on the one connection."""
+
     async def probe(self) -> None:
         """SQLite commits a write of nothing without touching the file: its probe
         rewrites a row nobody watches, so a database or WAL that cannot be written

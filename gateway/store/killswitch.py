@@ -258,6 +258,11 @@ class KillSwitch:
         behind the stream of journal writes it is about to stop."""
         return await self._hot_path().engage(freeze, announce)
 
+    async def warm_engage(self) -> None:
+        """Make the first engage as quick as the next (PostgreSQL: ``warm_engage`` of its
+        hot path; nothing to do on SQLite)."""
+        await self._hot_path().warm_engage()
+
     async def chain_pending_audit(self) -> int:
         """One read when nothing is pending; else one call: only PostgreSQL leaves
         records pending, and links them with ``gateway_chain_pending`` (0018)."""

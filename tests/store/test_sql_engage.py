@@ -12,6 +12,7 @@ from gateway.core.audit import canonical, canonical_head, chain_hash, verify
 from gateway.core.model import Freeze, FreezeScope
 from gateway.services.killswitch import FreezeState
 from gateway.store.audit import WRITE_LOCK
+from gateway.store.killswitch import ARBITER_LOCK
 from gateway.store.sql import SqlStore
 
 T0 = datetime(2025, 2, 3, 4, 5, 6, 789012, tzinfo=UTC)
@@ -134,3 +135,37 @@ async def test_a_read_of_the_chain_right_after_an_engage_shows_its_record(
         assert [r.action for r in records][-1:] == ["killswitch.engage"]
         await store.release(FreezeScope.GLOBAL, None, "bob", "over", T0)
     assert verify(await store.list_audit()).ok
+
+
+async def test_warming_the_engage_up_leaves_no_trace(store: SqlStore) -> None:
+    """A start warms the engage (PostgreSQL: one call rolled back): no freeze, no
+    generation, no audit record, pending or chained; the engages after it are whole."""
+    generation = await store.killswitch_generation()
+    await store.warm_engage()
+    await store.warm_engage()
+    assert (await store.killswitch_generation(), await store.active_freezes()) == (generation, [])
+    assert await store.list_audit() == [] and await store.chain_pending_audit() == 0
+    freeze = Freeze(FreezeScope.GLOBAL, None, "stop", "zoë", T0, id="f-1")
+    change = await store.engage(freeze)
+    assert (change.freeze, change.generation) == (freeze, generation + 1)
+    await store.chain_pending_audit()
+    assert [r.action for r in await store.list_audit()] == ["killswitch.engage"]
+
+
+async def test_warming_up_does_not_wait_behind_the_arbiter(store: SqlStore,
+                                                          store_url: str) -> None:
+    """An intent batch (or another engage) holds the arbiter's lock: the warm-up gives up
+    at once rather than hold the engage that comes after it."""
+    if store_url.startswith("sqlite"):
+        return  # nothing to warm up
+    import asyncpg
+
+    async with store._hot_path().transaction((ARBITER_LOCK,)):
+        try:
+            await store.warm_engage()
+        except asyncpg.LockNotAvailableError:
+            pass
+        else:
+            raise AssertionError("the warm-up waited for the arbiter's lock")
+    freeze = Freeze(FreezeScope.GLOBAL, None, "stop", "zoë", T0, id="f-1")
+    assert (await store.engage(freeze)).freeze == freeze
