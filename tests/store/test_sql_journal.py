@@ -213,14 +213,13 @@ async def test_json_values_read_back_exactly_whatever_the_encoder(
     assert got is not None and got.prior == prior and got.request_headers == {"x-plain": "ascii only"}
 
 
+@pytest.mark.parametrize("store_url", ["postgresql"], indirect=True)  # kept connections: PostgreSQL's
 async def test_the_hot_path_takes_new_connections_after_the_server_dropped_its_own(
         store: SqlStore, store_url: str, make_entry: EntryFactory,
         outcome: JournalOutcome) -> None:
     """The intent, outcome and decision writers each keep a connection on PostgreSQL
     (``hot_postgres.Pinned``); one the server dropped is given up for another, as the
     pool would (a drop not yet noticed may fail one call, as it may through a pool)."""
-    if not store_url.startswith("postgresql"):
-        pytest.skip("connections kept between calls are PostgreSQL's")
     import asyncpg
 
     async def at_most_one_failure(call: Callable[[], Any]) -> Any:
@@ -248,14 +247,13 @@ async def test_the_hot_path_takes_new_connections_after_the_server_dropped_its_o
     assert got is not None and got.state is JournalState.COMPLETED
 
 
+@pytest.mark.parametrize("store_url", ["postgresql"], indirect=True)  # the ride is PostgreSQL's
 async def test_an_outcome_rides_on_the_next_intents_call(
         store: SqlStore, store_url: str, make_entry: EntryFactory,
         outcome: JournalOutcome, monkeypatch: pytest.MonkeyPatch) -> None:
     """On PostgreSQL an outcome waits (``hot_postgres.RIDE``) for the next intents' call
     and is written by it (migration 0020); the outcome of a write whose intents' call
     failed is reported failed to its caller, which retries it (``save_outcome``)."""
-    if not store_url.startswith("postgresql"):
-        pytest.skip("the ride is PostgreSQL's")
     from gateway.store import hot_postgres
     monkeypatch.setattr(hot_postgres, "RIDE", 3600.0)  # only an intents' call writes it
     first, second, third = make_entry(1), make_entry(2), make_entry(3)
