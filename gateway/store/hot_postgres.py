@@ -120,9 +120,8 @@ class PostgresHotPath:
             answer = await self._intents.fetch(
                 _INTENTS_OUTCOMES, ks.intents_json(rows),
                 _outcomes_json([row for batch, _ in riding for row in batch]))
-        except Exception as exc:
-            for _, future in riding:  # their callers retry them (``save_outcome``)
-                _settle(future, exc=exc)
+        except Exception:  # the intents' failure is not the outcomes': they go alone now
+            self._alone_now(riding)  # (one the store cannot take fails there, on its own)
             raise
         except BaseException:  # the intents' caller cancelled: the outcomes go alone
             self._ride(riding)
@@ -158,9 +157,13 @@ class PostgresHotPath:
         self._alone = None
         riding = self._take_riding()
         if riding:
-            task = asyncio.get_running_loop().create_task(self._outcomes_alone(riding))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._alone_now(riding)
+
+    def _alone_now(self, riding: list[tuple[Sequence[Sequence[Any]],
+                                            asyncio.Future[list[bool]]]]) -> None:
+        task = asyncio.get_running_loop().create_task(self._outcomes_alone(riding))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _outcomes_alone(self, riding: list[tuple[Sequence[Sequence[Any]],
                                                        asyncio.Future[list[bool]]]]) -> None:
