@@ -30,6 +30,7 @@ from decimal import Decimal
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
+from gateway.core import jsontext
 from gateway.core.canonical import caseless
 from gateway.errors import Ambiguous
 
@@ -56,7 +57,7 @@ def parse_body(body: bytes, content_type: str | None) -> Any:
     if media_type(content_type) == FORM:
         return dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
     try:
-        return json.loads(body)
+        return jsontext.loads(body)
     except (ValueError, UnicodeDecodeError):
         return None
 

@@ -23,14 +23,13 @@ size always cover the whole body.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 from gateway.core import mcp
 from gateway.core.body import FORM, JSON, form_key_path, is_json_type, media_type, parse_body
-from gateway.core.jsontext import compact
+from gateway.core.jsontext import compact, loads
 from gateway.core.policy.mcp_schema import TOOLS_CALL, McpRule
 from gateway.core.policy.schema import Rule
 from gateway.core.redact import REDACTED, redact_form, redact_json
@@ -86,7 +85,7 @@ def read_state(body: bytes, status: int, content_type: str | None = None) -> tup
     if status in (404, 410) or not body:
         return None, None
     try:
-        true = json.loads(body)
+        true = loads(body)
     except (ValueError, UnicodeDecodeError):
         pass
     else:
@@ -102,7 +101,7 @@ def true_value(body: bytes, status: int) -> Any:
     if status in (404, 410) or not body:
         return None
     try:
-        return json.loads(body)
+        return loads(body)
     except (ValueError, UnicodeDecodeError):
         return None
 

@@ -1,4 +1,4 @@
-"""JSON text exactly as the standard library writes it, made by orjson where that is the same.
+"""JSON text exactly as the standard library writes and reads it, by orjson where that is the same.
 
 The audit chain hashes ``json.dumps(..., sort_keys=True, separators=(",", ":"),
 ensure_ascii=False)`` and the journal keeps bodies as compact text; every write
@@ -12,19 +12,30 @@ is first checked to hold only the types on which they agree; anything else goes
 to the standard library, whose text (or error) stays the reference. Old audit
 records therefore still verify: the bytes hashed are the bytes they always were.
 
+Reading (``loads``) is the same idea the other way: orjson reads what
+``json.loads`` reads to the same value, except integers past 64 bits (it makes
+them floats, silently) and what it refuses (NaN, numbers past the float range,
+lone surrogates, a BOM, UTF-16, nesting past 1024), where the standard library
+reads again. An integer past 64 bits has at least 19 digits in a row, so a body
+holding such a run (anywhere, even in a string) is read by the standard library.
+
 >>> compact({"b": 1, "a": "é"}), sorted_bytes({"b": 1, "a": [True, None]})
 ('{"b":1,"a":"é"}', b'{"a":[true,null],"b":1}')
+>>> loads(b'{"n": 18446744073709551616, "x": 0.1}')
+{'n': 18446744073709551616, 'x': 0.1}
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import orjson
 
 _SCALARS = frozenset({str, int, bool, type(None)})
 _DEPTH = 64  # deeper values go to the standard library (its recursion, its errors)
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")  # every 64-bit integer has fewer, or is 19-20 digits
 
 
 def _plain(value: Any, depth: int = 0) -> bool:
@@ -66,3 +77,13 @@ def sorted_bytes(value: Any) -> bytes:
         except orjson.JSONEncodeError:
             pass
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def loads(data: bytes) -> Any:
+    """``json.loads(data)``: the same value, or the same error."""
+    if not _LONG_DIGITS.search(data):
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:
+            pass  # the standard library's reading (or its error) is the reference
+    return json.loads(data)

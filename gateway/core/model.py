@@ -15,6 +15,8 @@ from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
 
+import orjson
+
 MUTATING_EXEMPT = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
@@ -91,6 +93,8 @@ def iso(at: datetime) -> str:
     '2026-01-02T03:04:05.000006Z'
     """
     if at.tzinfo is UTC and at.year >= 1000:  # every write formats several: no strftime
+        if at.microsecond:  # orjson writes no fraction for a whole second
+            return orjson.dumps(at, option=orjson.OPT_UTC_Z)[1:-1].decode()
         return at.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
     return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
