@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from gateway.core.jsontext import compact, sorted_bytes
+from gateway.core.jsontext import compact, loads, sorted_bytes
 from gateway.core.redact import REDACTED, hides, redact_json
 
 VALUES: list[Any] = [
@@ -58,3 +58,32 @@ def test_what_the_standard_library_refuses_is_still_refused() -> None:
 ])
 def test_hides_is_whether_redaction_changes_a_value(value: Any) -> None:
     assert hides(value) == (redact_json(value) != value)
+
+
+TEXTS: list[bytes] = [
+    b'{"a":1,"b":[true,null,"\\u00e9"],"a":2}', b"-0", b"-0.0", b"0.1", b"1e-400", b"1e400",
+    b"NaN", b"-Infinity", b"18446744073709551615", b"18446744073709551616",
+    b"-9223372036854775809", b"123456789012345678901234567890", b'{"id": "1234567890123456789"}',
+    b"1.00000000000000011102230246251565404236316680908203125", b'"\\ud800"', b'"\xed\xa0\x80"',
+    b"\xef\xbb\xbf{}", '{"é": 1}'.encode("utf-16"), b'"a\x01b"', b"[" * 1100 + b"]" * 1100,
+    b"{} x", b"", b"\xff", b' {"a" : [1 , 2.5e3]} ',
+]
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_read_as_the_standard_library_reads(text: bytes) -> None:
+    """Big integers stay integers (orjson would make them floats), and what json.loads
+    reads that orjson refuses (NaN, a BOM, UTF-16, a lone surrogate) is still read."""
+    expected = _outcome(json.loads, text)
+    got = _outcome(loads, text)
+    assert repr(got) == repr(expected)
+    assert type(got) is type(expected)
+
+
+def test_random_numbers_read_as_the_standard_library_reads() -> None:
+    rng = random.Random(2)
+    for _ in range(5000):
+        number = rng.choice([rng.random() * 10 ** rng.randint(-300, 300),
+                             rng.getrandbits(rng.randint(1, 90)) * rng.choice([1, -1])])
+        text = f'{{"n": [{number!r}, "{number}"]}}'.encode()
+        assert repr(loads(text)) == repr(json.loads(text))

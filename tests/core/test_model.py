@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -34,6 +35,14 @@ AT = datetime(2024, 5, 1, 12, 0, 0, 5, tzinfo=UTC)
 ])
 def test_iso(at: datetime, text: str) -> None:
     assert iso(at) == text
+
+
+def test_iso_is_fixed_width_whole_seconds_included() -> None:
+    assert iso(datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)) == "2024-05-01T12:00:00.000000Z"
+    rng = random.Random(3)
+    for _ in range(2000):
+        at = datetime(2026, 1, 1, tzinfo=UTC) + timedelta(microseconds=rng.getrandbits(45))
+        assert iso(at) == at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 @pytest.mark.parametrize(("text", "expected"), [
