@@ -25,6 +25,7 @@ import binascii
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 from urllib.parse import parse_qsl, unquote_plus
 
 from gateway.errors import AmbiguousIdentity
@@ -56,13 +57,8 @@ def upstream_request_headers(headers: list[tuple[str, str]], agent_key: str | No
                              replaces: frozenset[str] = frozenset()) -> list[tuple[str, str]]:
     """Headers to send upstream. ``headers`` have lower-case names; ``replaces`` are
     agent headers the upstream's credential supersedes (a SigV4 signature's)."""
-    drop = _ALWAYS_DROPPED
-    if replaces:
-        drop = drop | replaces
-    if credential is not None:
-        drop = drop | {credential[0].lower()}
-    if drop_encoding:
-        drop = drop | {"accept-encoding"}
+    drop = _dropped(replaces, None if credential is None else credential[0].lower(),
+                    drop_encoding)
     out = []
     listed: set[str] = set()  # what a Connection header names is dropped too (below)
     for header in headers:
@@ -81,6 +77,17 @@ def upstream_request_headers(headers: list[tuple[str, str]], agent_key: str | No
     if credential is not None and credential[1]:
         out.append(credential)
     return out
+
+
+@lru_cache(maxsize=64)  # two requests a write (capture, forward): one set, not six unions
+def _dropped(replaces: frozenset[str], credential: str | None,
+             drop_encoding: bool) -> frozenset[str]:
+    drop = _ALWAYS_DROPPED | replaces
+    if credential is not None:
+        drop = drop | {credential}
+    if drop_encoding:
+        drop = drop | {"accept-encoding"}
+    return drop
 
 
 def agent_response_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:

@@ -31,7 +31,11 @@ class AuditTrail:
         self.appended = 0
 
     async def record(self, actor: str, action: str, detail: dict[str, Any]) -> None:
-        await self._queue.put((actor, action, detail, utcnow()))
+        item = (actor, action, detail, utcnow())
+        try:  # room (the usual case): no Queue.put coroutine
+            self._queue.put_nowait(item)
+        except asyncio.QueueFull:
+            await self._queue.put(item)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())

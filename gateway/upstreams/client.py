@@ -72,16 +72,26 @@ def split_url(url: str) -> tuple[Origin, str, str]:
     return origin, authority, target
 
 
+@lru_cache(maxsize=1024)
+def _name(name: str) -> bool | None:
+    """Whether a header name is ``host``; None for one that would break the head
+    (looked at once per name: the same few come on every request)."""
+    if "\n" in name or "\r" in name or ":" in name:
+        return None
+    return name.lower() == "host"
+
+
 def request_head(method: str, target: str, headers: Headers, authority: str,
                  framing: str | None) -> bytes:
     items = headers.items() if isinstance(headers, Mapping) else headers
     lines = [f"{method} {target} HTTP/1.1\r\n"]
-    host = False
+    host = broken = False
     for name, value in items:
-        if "\n" in value or "\r" in value or "\n" in name or "\r" in name or ":" in name:
-            raise ValueError(f"header {name!r} holds a line break")
-        if name.lower() == "host":
+        kind = _name(name)
+        if kind:
             host = True
+        elif kind is None:
+            broken = True
         lines.append(f"{name}: {value}\r\n")
     if not host:
         lines.append(f"host: {authority}\r\n")
@@ -89,6 +99,11 @@ def request_head(method: str, target: str, headers: Headers, authority: str,
         lines.append(framing)
     lines.append("\r\n")
     text = "".join(lines)
+    # one line break a line: else a name or value holds one (the first such is named)
+    if broken or text.count("\n") != len(lines) or text.count("\r") != len(lines):
+        for name, value in items:
+            if "\n" in value or "\r" in value or _name(name) is None:
+                raise ValueError(f"header {name!r} holds a line break")
     try:
         return text.encode("latin-1")
     except UnicodeEncodeError:
@@ -108,7 +123,6 @@ class UpstreamClient:
         (unless its rule streams: server-sent events). An upstream's ``101`` is refused
         (502): the gateway relays no tunnel."""
         limit = timeout or self._timeout
-        where = f"{method} {url.partition('?')[0]}"
         try:
             origin, authority, target = split_url(url)
             if body is None or isinstance(body, bytes):
@@ -118,7 +132,7 @@ class UpstreamClient:
                 framing = "transfer-encoding: chunked\r\n"
             head = request_head(method, target, headers, authority, framing)
         except ValueError as exc:
-            raise UpstreamUnreachable(f"{where}: {exc}") from None
+            raise UpstreamUnreachable(f"{_where(method, url)}: {exc}") from None
         connection: Connection | None = None
         response: Response | None = None
         data = None
@@ -128,7 +142,7 @@ class UpstreamClient:
             connection, exchange, response = await self._send(method, origin, head, body,
                                                               limit, deadline, written)
             if response.status == 101:  # a tunnel nothing would judge; the request was sent
-                raise UpstreamLost(f"{where} answered 101 Switching Protocols; the "
+                raise UpstreamLost(f"{_where(method, url)} answered 101 Switching Protocols; the "
                                    "gateway relays no upgraded connection")
             if not stream or method == "HEAD" or (response.length is not None
                                                   and response.length <= _SMALL):
@@ -136,6 +150,7 @@ class UpstreamClient:
         except BaseException as exc:
             if connection is not None:
                 connection.close()
+            where = _where(method, url)
             answered = None if response is None else (response.status, response.headers)
             if isinstance(exc, TimeoutError):
                 if not written[0]:
@@ -156,7 +171,8 @@ class UpstreamClient:
             self._pool.give_back(origin, connection)
             return UpstreamResponse(response.status, response.headers, body=data)
         return UpstreamResponse(response.status, response.headers,
-                                stream=self._relay(origin, connection, exchange, limit, where,
+                                stream=self._relay(origin, connection, exchange, limit,
+                                                   _where(method, url),
                                                    deadline[0] if total else None))
 
     async def _send(self, method: str, origin: Origin, head: bytes,
@@ -227,6 +243,11 @@ class UpstreamClient:
 
     async def close(self) -> None:
         self._pool.close()
+
+
+def _where(method: str, url: str) -> str:
+    """A request as its errors name it (without the query: it may carry a credential)."""
+    return f"{method} {url.partition('?')[0]}"
 
 
 async def _send_chunked(connection: Connection, head: bytes, body: AsyncIterator[bytes]) -> None:

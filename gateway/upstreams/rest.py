@@ -221,7 +221,13 @@ class RestSender:
 def _observed(response: UpstreamResponse, etag: str | None) -> Observed:
     """What was read: the journal's (redacted) value, and the bytes for what is sealed."""
     body = response.body or b""
-    content_type = next((v for k, v in response.headers if k.lower() == "content-type"), None)
-    meta = tuple((k.lower(), v) for k, v in response.headers if journaling.object_header(k))
+    content_type, meta = None, []
+    for name, value in response.headers:  # one pass: each name lowered once
+        low = name.lower()
+        if low == "content-type":
+            if content_type is None:
+                content_type = value
+        elif low.startswith("x-amz-meta-") or low in journaling.OBJECT_HEADERS:
+            meta.append((low, value))
     shown, true = journaling.read_state(body, response.status, content_type)
-    return Observed(response.status, shown, etag, body, content_type, meta, true)
+    return Observed(response.status, shown, etag, body, content_type, tuple(meta), true)
