@@ -168,13 +168,14 @@ class Pipeline:
                                 policies.revision, upstream.name)
             action = autonomy.refused(decision, mutating)
         call.facts = action.facts()
-        return await self._presented(upstream, await self.carry_out(upstream, call, view, action))
+        reply = await self.carry_out(upstream, call, view, action)
+        if not getattr(upstream.spec, "rewrite_urls", False):
+            return reply
+        return await self._presented(upstream, reply)
 
     async def _presented(self, upstream: Upstream, reply: Reply) -> Reply:
         """``rewrite_urls``: the upstream's own URLs in the answer point at the gateway."""
         public = self.settings.public_url
-        if not getattr(upstream.spec, "rewrite_urls", False):
-            return reply
         if public is None:
             reply.response.headers = [*reply.response.headers, ("warning", (
                 '199 gateway "rewrite_urls is set but the gateway has no public_url: URLs '

@@ -85,8 +85,8 @@ class RestSender:
         # The listener's reading; a call rebuilt from the store (approval) is read again.
         target = call.target if call.target is not None else canonical_target(call.raw_path)
         return CallView(call.method, target.decoded, list(target.segments),
-                        dict(parse_qsl(call.query, keep_blank_values=True)),
-                        dict(call.headers), call.agent)
+                        dict(parse_qsl(call.query, keep_blank_values=True)) if call.query
+                        else {}, dict(call.headers), call.agent)
 
     async def judged(self, upstream: Upstream, call: Call, view: CallView,
                      candidates: list[tuple[int, dict[str, str]]], read: BodyReader,
@@ -100,7 +100,7 @@ class RestSender:
         if not (writes or judged):
             return view
         call.buffered = await read(call)
-        if sum(1 for name, _ in call.headers if name == "content-type") > 1:
+        if [name for name, _ in call.headers].count("content-type") > 1:
             raise BadRequest("Content-Type is given twice: the body would be read two ways")
         content_type = view.headers.get("content-type")
         try:  # judged or journaled: one reading, or 400
