@@ -185,6 +185,13 @@ def _check(value: Any, depth: int) -> None:
             _check(item, depth + 1)
 
 
+# Built once: ``json.loads`` with hooks builds a decoder (and its scanner) on every call.
+_READERS = {exact: json.JSONDecoder(object_pairs_hook=_object, parse_constant=_constant,
+                                    parse_float=_exact_float if exact else _float,
+                                    parse_int=_exact_int if exact else _int)
+            for exact in (False, True)}
+
+
 def json_body(body: bytes, content_type: str | None, exact: bool = False) -> Any:
     """The body parsed with one reading: JSON (any content type it parses under), a form
     as a flat dict (``fields``), else None; ``Ambiguous`` when it has two readings or
@@ -202,9 +209,9 @@ def json_body(body: bytes, content_type: str | None, exact: bool = False) -> Any
             raise Ambiguous("the body is not JSON: not valid UTF-8") from None
         return None
     try:
-        value = json.loads(text, object_pairs_hook=_object, parse_constant=_constant,
-                           parse_float=_exact_float if exact else _float,
-                           parse_int=_exact_int if exact else _int)
+        if text.startswith("\ufeff"):  # as json.loads says of text (not bytes) with a BOM
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+        value = _READERS[exact].decode(text)
     except RecursionError:
         raise Ambiguous(f"JSON nesting deeper than {MAX_DEPTH}") from None
     except Ambiguous:

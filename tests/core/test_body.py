@@ -120,3 +120,14 @@ def test_media_type(content_type: str | None, media: str, is_json: bool) -> None
 ])
 def test_parse_body(body: bytes, content_type: str | None, expected: Any) -> None:
     assert parse_body(body, content_type) == expected
+
+
+def test_a_bom_led_body_reads_as_json_loads_reads_text_with_one() -> None:
+    """The decoders are built once; json.loads's own check of a BOM in text is kept."""
+    with pytest.raises(Ambiguous, match="BOM"):
+        json_body(b'\xef\xbb\xbf{"a": 1}', "application/json")
+    assert json_body(b'\xef\xbb\xbf{"a": 1}', None) is None
+    for exact in (False, True):  # the same reader again: nothing kept from the last read
+        assert json_body(b'{"a": {"b": 1}}', None, exact) == {"a": {"b": 1}}
+        with pytest.raises(Ambiguous, match="duplicate"):
+            json_body(b'{"a": 1, "a": 1}', None, exact)
