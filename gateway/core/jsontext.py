@@ -82,9 +82,10 @@ def sorted_bytes(value: Any) -> bytes:
 
 def loads(data: bytes) -> Any:
     """``json.loads(data)``: the same value, or the same error."""
-    if _LONG not in data.translate(_DIGITS):
-        try:
-            return orjson.loads(data)
-        except orjson.JSONDecodeError:
-            pass  # the standard library's reading (or its error) is the reference
-    return json.loads(data)
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError:  # the standard library's reading (or error) is the reference
+        return json.loads(data)
+    if _LONG in data.translate(_DIGITS):  # looked at only once read: a binary body fails fast
+        return json.loads(data)  # perhaps an integer past 64 bits, which orjson made a float
+    return value
