@@ -23,6 +23,9 @@ from gateway.core.killswitch import InFlight
 from gateway.core.model import Freeze, FreezeScope, new_id, parse_iso, utcnow
 from gateway.ports import Bus, FreezeStore, Notice
 
+if TYPE_CHECKING:
+    from gateway.services.killswitch import _Sending
+
 log = logging.getLogger("gateway.killswitch")
 ANSWER_EARLY = 0.25  # seconds before engage_wait the other processes answer by
 ANSWER_GRACE = 0.25  # seconds after engage_wait an engage still waits for answers
@@ -40,7 +43,9 @@ class Answers:
     known: bool = False  # expected is set
     answered: set[str] = field(default_factory=set)
     in_flight: list[InFlight] = field(default_factory=list)
-    complete: asyncio.Event = field(default_factory=asyncio.Event)
+    # a future, not an Event: the engage resumes one loop iteration after the last answer
+    complete: asyncio.Future[None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future())
 
     def add(self, member: str, items: list[InFlight], final: bool) -> None:
         self.in_flight.extend(items)
@@ -53,8 +58,8 @@ class Answers:
         self._check()
 
     def _check(self) -> None:
-        if self.known and self.expected <= self.answered:
-            self.complete.set()
+        if self.known and self.expected <= self.answered and not self.complete.done():
+            self.complete.set_result(None)
 
 
 class FreezeMessages:
@@ -77,7 +82,10 @@ class FreezeMessages:
 
         async def load(self) -> None: ...
 
-        def _on_the_way(self, freeze: Freeze) -> list[asyncio.Future[None]]: ...
+        def _on_the_way(self, freeze: Freeze) -> list[_Sending]: ...
+
+        def _ended(self, blocks: list[_Sending],
+                   done: asyncio.Future[None] | None = None) -> asyncio.Future[None]: ...
 
         def _spawn(self, work: Any) -> asyncio.Task[Any]: ...
 
@@ -215,15 +223,22 @@ class FreezeMessages:
     async def _to_settle(self, hinted: Freeze, reading: asyncio.Task[None]) -> bool:
         """Until no write ``hinted`` covers is on its way (they are waited for, never
         cut off) or the re-read is back; whether the answer must wait for the re-read
-        and settle (False: nothing is left to settle)."""
+        and settle (False: nothing is left to settle). The last write's end wakes this
+        in its own step (``_ended``): one loop iteration, not four, before the answer
+        goes out, and the loop is the busiest when an engage comes."""
         going = self._on_the_way(hinted)
         if not going:
             return False
-        writes = asyncio.ensure_future(asyncio.wait(going))
+        ready = self._ended(going)
+
+        def wake(_: object) -> None:
+            if not ready.done():
+                ready.set_result(None)
+        reading.add_done_callback(wake)
         try:
-            await asyncio.wait([reading, writes], return_when=asyncio.FIRST_COMPLETED)
+            await ready
         finally:
-            writes.cancel()
+            reading.remove_done_callback(wake)
         return reading.done() or bool(self._on_the_way(hinted))
 
     async def _reply(self, message: dict[str, Any], cut: list[dict[str, Any]]) -> None:
