@@ -43,7 +43,8 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import Callable
+import types
+from collections.abc import Callable, Coroutine, Generator
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
@@ -422,10 +423,65 @@ class FreezeState(FreezeMessages):
         task.add_done_callback(self._finished)
         return task
 
+    def _spawn_now(self, work: Coroutine[Any, Any, Any]) -> None:
+        """``_spawn``, but ``work``'s first step runs now, in the caller's step, as the
+        task (what Python 3.12's eager tasks do): an answer with nothing to wait for is
+        sent from the callback that heard the engage, not one loop iteration later, a
+        whole iteration of a loop busy with writes (0.5-2.6 ms at 8 PATCH connections)."""
+        if asyncio.current_task() is not None:  # called from a task: no step to share
+            self._spawn(work)
+            return
+        loop = asyncio.get_running_loop()
+        first: list[tuple[str, Any]] = []
+        task = self._spawn(_rest(work, first))  # its own first step comes next iteration
+        asyncio.tasks._enter_task(loop, task)  # noqa: SLF001 (current_task() is it)
+        try:
+            first.append(("yielded", work.send(None)))
+        except StopIteration as stop:
+            first.append(("returned", stop.value))
+        except BaseException as exc:  # raised in the task, where _finished logs it
+            first.append(("raised", exc))
+        finally:
+            asyncio.tasks._leave_task(loop, task)  # noqa: SLF001
+
     def _finished(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("kill switch: %s", task.exception())
+
+
+async def _rest(work: Coroutine[Any, Any, Any], first: list[tuple[str, Any]]) -> Any:
+    """The rest of ``work``, whose first step ``_spawn_now`` ran: how it ended, else
+    on from where it yielded."""
+    how, value = first[0]
+    if how == "returned":
+        return value
+    if how == "raised":
+        raise value
+    return await _resumed(work, value)
+
+
+@types.coroutine
+def _resumed(work: Coroutine[Any, Any, Any], yielded: Any) -> Generator[Any, Any, Any]:
+    """What ``await work`` does from where ``work`` first yielded ``yielded`` (its first
+    step ran outside any task): each value the task sends, each exception it throws
+    (a cancel), goes on into ``work``."""
+    while True:
+        try:
+            sent = yield yielded
+        except GeneratorExit:
+            work.close()
+            raise
+        except BaseException as exc:  # thrown in by the task (a cancel): passed on
+            try:
+                yielded = work.throw(exc)
+            except StopIteration as stop:
+                return stop.value
+        else:
+            try:
+                yielded = work.send(sent)
+            except StopIteration as stop:
+                return stop.value
 
 
 def _raise_if_frozen(freeze: Freeze | None) -> None:

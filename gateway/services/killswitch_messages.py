@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -88,6 +88,8 @@ class FreezeMessages:
                    done: asyncio.Future[None] | None = None) -> asyncio.Future[None]: ...
 
         def _spawn(self, work: Any) -> asyncio.Task[Any]: ...
+
+        def _spawn_now(self, work: Coroutine[Any, Any, Any]) -> None: ...
 
     async def _members(self) -> set[str] | None:
         if self._bus is None:
@@ -175,7 +177,7 @@ class FreezeMessages:
                     freeze = None
                 reading = self._hint(freeze)  # before anything else
                 if freeze is not None:
-                    self._spawn(self._answer(message, freeze, reading))
+                    self._spawn_now(self._answer(message, freeze, reading))
             elif kind != "answer":
                 self._hint(None)
             else:

@@ -67,6 +67,34 @@ def _decode(data: str | bytes) -> dict[str, Any] | None:
     return message if isinstance(message, dict) else None
 
 
+_LISTENING: type[Any] | None = None
+
+
+def _listening() -> type[Any]:
+    """The listening connection's class: a message on the bus is delivered in the step
+    that reads it, where asyncpg schedules each listener one loop iteration later (with
+    ``call_soon``): under load that iteration is the CPU of every request the loop
+    serves, and an engage waits for the other processes to hear it and answer. Only
+    ``CHANNEL`` is delivered so (by ``heard``, set once the connection is made); the
+    rest, as asyncpg does. Notifications are parsed in any state of the connection, and
+    what ``heard`` sends on it waits for ``PgBus._using`` like any statement."""
+    global _LISTENING
+    if _LISTENING is None:
+        import asyncpg
+
+        class Listening(asyncpg.Connection):  # type: ignore[misc]
+            heard: Callable[[str], None] | None = None
+
+            def _process_notification(self, pid: int, channel: str, payload: str) -> None:
+                heard = self.heard
+                if heard is not None and channel == CHANNEL:
+                    heard(payload)
+                else:
+                    super()._process_notification(pid, channel, payload)
+        _LISTENING = Listening
+    return _LISTENING
+
+
 class PgBus:
     def __init__(self, dsn: str, pool: asyncpg.Pool, member: str) -> None:
         self.member = member
@@ -83,15 +111,25 @@ class PgBus:
     async def _connect(self) -> None:
         # Keepalives: a member whose host vanished leaves pg_stat_activity within
         # ~25 s instead of hours, so engages stop waiting engage_wait for it.
-        connection = await connect_primary(self._dsn, server_settings={
+        connection = await connect_primary(self._dsn, connection_class=_listening(),
+                                           server_settings={
             "application_name": APP_PREFIX + self.member, "tcp_keepalives_idle": "10",
             "tcp_keepalives_interval": "5", "tcp_keepalives_count": "3"})
         try:
+            connection.heard = self._heard
             await connection.add_listener(CHANNEL, self._notified)
         except BaseException:
             await connection.close()
             raise
         self._listener = connection
+
+    def _heard(self, payload: str) -> None:
+        """A message, delivered as it is read (``_listening``); never raises into the
+        driver's read of the connection."""
+        try:
+            self._notified(None, 0, CHANNEL, payload)
+        except Exception:
+            log.exception("bus: delivering a message failed")
 
     def _notified(self, _connection: Any, _pid: int, _channel: str, payload: str) -> None:
         message = _decode(payload)
