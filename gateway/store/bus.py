@@ -49,6 +49,8 @@ if TYPE_CHECKING:  # imported when a PostgreSQL store connects: SQLite never loa
 log = logging.getLogger("gateway.bus")
 Deliver = Callable[[dict[str, Any]], None]
 CHANNEL = "gateway_bus"
+WARM_CHANNEL = "gateway_warm_up"  # no one listens on it
+_NOTIFY = "SELECT pg_notify($1, $2)"
 APP_PREFIX = "gateway-bus "
 MAX_PAYLOAD = 7900  # NOTIFY's limit is 8000 bytes
 AT_COMMIT_MARGIN = 200  # bytes the store may add to a message sent at its commit
@@ -118,6 +120,10 @@ class PgBus:
         try:
             connection.heard = self._heard
             await connection.add_listener(CHANNEL, self._notified)
+            # The statement ``publish`` sends, prepared now: the first answer to an
+            # engage otherwise paid its Parse round trip (a NOTIFY on a channel nobody
+            # listens to; the bus's own could wake the others).
+            await connection.execute(_NOTIFY, WARM_CHANNEL, "")
         except BaseException:
             await connection.close()
             raise
@@ -157,11 +163,11 @@ class PgBus:
         if listener is not None and not listener.is_closed():
             try:
                 async with asyncio.timeout(PUBLISH_TIMEOUT), self._using:
-                    await listener.execute("SELECT pg_notify($1, $2)", CHANNEL, payload)
+                    await listener.execute(_NOTIFY, CHANNEL, payload)
                 return
             except (OSError, asyncpg.InterfaceError, asyncpg.ConnectionDoesNotExistError):
                 pass
-        await self._pool.execute("SELECT pg_notify($1, $2)", CHANNEL, payload)
+        await self._pool.execute(_NOTIFY, CHANNEL, payload)
 
     def at_commit(self, message: dict[str, Any]) -> tuple[str, str] | None:
         """The NOTIFY the store sends with a commit (an engage's announcement): the
