@@ -43,8 +43,7 @@ import itertools
 import logging
 import math
 import time
-import types
-from collections.abc import Callable, Coroutine, Generator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
@@ -59,6 +58,7 @@ from gateway.services.killswitch_messages import (
     ANSWER_GRACE,
     Answers,
     FreezeMessages,
+    Watch,
 )
 
 log = logging.getLogger("gateway.killswitch")
@@ -82,7 +82,7 @@ class _Sending:
         self.upstream = upstream
         self.agent = agent
         self.write = write  # None: a capture GET
-        self.watches: list[_Watch] | None = None  # engages waiting for this block to end
+        self.watches: list[Watch] | None = None  # engages waiting for this block to end
 
     async def __aenter__(self) -> None:
         state, upstream, agent = self.state, self.upstream, self.agent
@@ -128,30 +128,6 @@ class _Sending:
         when = self.scope.when()
         if not self.scope.expired() and (when is None or when > deadline):
             self.scope.reschedule(deadline)
-
-
-class _Watch:
-    """Until every one of some blocks on their way has ended: ``done`` is resolved by the
-    last one's exit, in that step. An engage's answer waits on it; ``asyncio.wait`` on
-    a future per block took three loop iterations more after the last one ended, and
-    under load each iteration of the loop is the CPU of every request it serves."""
-
-    __slots__ = ("left", "done")
-
-    def __init__(self, blocks: list[_Sending], done: asyncio.Future[None]) -> None:
-        self.left, self.done = len(blocks), done
-        for block in blocks:
-            if block.watches is None:
-                block.watches = [self]
-            else:
-                block.watches.append(self)
-        if not blocks and not done.done():
-            done.set_result(None)
-
-    def finished(self) -> None:
-        self.left -= 1
-        if self.left <= 0 and not self.done.done():
-            self.done.set_result(None)
 
 
 class FreezeState(FreezeMessages):
@@ -304,14 +280,6 @@ class FreezeState(FreezeMessages):
         """The writes (and captures) ``freeze`` covers on their way."""
         return [s for s in self._sending.values() if covers(freeze, s.upstream, s.agent)]
 
-    def _ended(self, blocks: list[_Sending],
-               done: asyncio.Future[None] | None = None) -> asyncio.Future[None]:
-        """A future resolved when every one of ``blocks`` has ended (``done``, if given)."""
-        if done is None:
-            done = asyncio.get_running_loop().create_future()
-        _Watch(blocks, done)
-        return done
-
     async def _settle(self, freezes: list[Freeze], deadline: float) -> list[InFlight]:
         """Until no write ``freezes`` cover is on its way from this process; those
         still going at ``deadline`` (loop time) are cut off and returned."""
@@ -427,65 +395,10 @@ class FreezeState(FreezeMessages):
         task.add_done_callback(self._finished)
         return task
 
-    def _spawn_now(self, work: Coroutine[Any, Any, Any]) -> None:
-        """``_spawn``, but ``work``'s first step runs now, in the caller's step, as the
-        task (what Python 3.12's eager tasks do): an answer with nothing to wait for is
-        sent from the callback that heard the engage, not one loop iteration later, a
-        whole iteration of a loop busy with writes (0.5-2.6 ms at 8 PATCH connections)."""
-        if asyncio.current_task() is not None:  # called from a task: no step to share
-            self._spawn(work)
-            return
-        loop = asyncio.get_running_loop()
-        first: list[tuple[str, Any]] = []
-        task = self._spawn(_rest(work, first))  # its own first step comes next iteration
-        asyncio.tasks._enter_task(loop, task)  # noqa: SLF001 (current_task() is it)
-        try:
-            first.append(("yielded", work.send(None)))
-        except StopIteration as stop:
-            first.append(("returned", stop.value))
-        except BaseException as exc:  # raised in the task, where _finished logs it
-            first.append(("raised", exc))
-        finally:
-            asyncio.tasks._leave_task(loop, task)  # noqa: SLF001
-
     def _finished(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("kill switch: %s", task.exception())
-
-
-async def _rest(work: Coroutine[Any, Any, Any], first: list[tuple[str, Any]]) -> Any:
-    """The rest of ``work``, whose first step ``_spawn_now`` ran: how it ended, else
-    on from where it yielded."""
-    how, value = first[0]
-    if how == "returned":
-        return value
-    if how == "raised":
-        raise value
-    return await _resumed(work, value)
-
-
-@types.coroutine
-def _resumed(work: Coroutine[Any, Any, Any], yielded: Any) -> Generator[Any, Any, Any]:
-    """What ``await work`` does from where ``work`` first yielded ``yielded`` (its first
-    step ran outside any task): each value the task sends, each exception it throws
-    (a cancel), goes on into ``work``."""
-    while True:
-        try:
-            sent = yield yielded
-        except GeneratorExit:
-            work.close()
-            raise
-        except BaseException as exc:  # thrown in by the task (a cancel): passed on
-            try:
-                yielded = work.throw(exc)
-            except StopIteration as stop:
-                return stop.value
-        else:
-            try:
-                yielded = work.send(sent)
-            except StopIteration as stop:
-                return stop.value
 
 
 def _raise_if_frozen(freeze: Freeze | None) -> None:
