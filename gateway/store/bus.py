@@ -113,10 +113,10 @@ class PgBus:
     async def _connect(self) -> None:
         # Keepalives: a member whose host vanished leaves pg_stat_activity within
         # ~25 s instead of hours, so engages stop waiting engage_wait for it.
+        settings = {"application_name": APP_PREFIX + self.member, "tcp_keepalives_idle": "10",
+                    "tcp_keepalives_interval": "5", "tcp_keepalives_count": "3"}
         connection = await connect_primary(self._dsn, connection_class=_listening(),
-                                           server_settings={
-            "application_name": APP_PREFIX + self.member, "tcp_keepalives_idle": "10",
-            "tcp_keepalives_interval": "5", "tcp_keepalives_count": "3"})
+                                           server_settings=settings)
         try:
             connection.heard = self._heard
             await connection.add_listener(CHANNEL, self._notified)
