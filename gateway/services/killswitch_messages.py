@@ -14,10 +14,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+import types
+from collections.abc import Callable, Coroutine, Generator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.core.killswitch import InFlight
 from gateway.core.model import Freeze, FreezeScope, new_id, parse_iso, utcnow
@@ -40,7 +41,9 @@ class Answers:
     known: bool = False  # expected is set
     answered: set[str] = field(default_factory=set)
     in_flight: list[InFlight] = field(default_factory=list)
-    complete: asyncio.Event = field(default_factory=asyncio.Event)
+    # a future, not an Event: the engage resumes one loop iteration after the last answer
+    complete: asyncio.Future[None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future())
 
     def add(self, member: str, items: list[InFlight], final: bool) -> None:
         self.in_flight.extend(items)
@@ -53,8 +56,38 @@ class Answers:
         self._check()
 
     def _check(self) -> None:
-        if self.known and self.expected <= self.answered:
-            self.complete.set()
+        if self.known and self.expected <= self.answered and not self.complete.done():
+            self.complete.set_result(None)
+
+
+class Watched(Protocol):
+    """A block on its way (``FreezeState.sending``'s): the watches its end resolves."""
+
+    watches: list[Watch] | None
+
+
+class Watch:
+    """Until every one of some blocks on their way has ended: ``done`` is resolved by the
+    last one's exit, in that step. An engage's answer waits on it; ``asyncio.wait`` on
+    a future per block took three loop iterations more after the last one ended, and
+    under load each iteration of the loop is the CPU of every request it serves."""
+
+    __slots__ = ("left", "done")
+
+    def __init__(self, blocks: Sequence[Watched], done: asyncio.Future[None]) -> None:
+        self.left, self.done = len(blocks), done
+        for block in blocks:
+            if block.watches is None:
+                block.watches = [self]
+            else:
+                block.watches.append(self)
+        if not blocks and not done.done():
+            done.set_result(None)
+
+    def finished(self) -> None:
+        self.left -= 1
+        if self.left <= 0 and not self.done.done():
+            self.done.set_result(None)
 
 
 class FreezeMessages:
@@ -77,9 +110,38 @@ class FreezeMessages:
 
         async def load(self) -> None: ...
 
-        def _on_the_way(self, freeze: Freeze) -> list[asyncio.Future[None]]: ...
+        def _on_the_way(self, freeze: Freeze) -> Sequence[Watched]: ...
 
         def _spawn(self, work: Any) -> asyncio.Task[Any]: ...
+
+    def _ended(self, blocks: Sequence[Watched],
+               done: asyncio.Future[None] | None = None) -> asyncio.Future[None]:
+        """A future resolved when every one of ``blocks`` has ended (``done``, if given)."""
+        if done is None:
+            done = asyncio.get_running_loop().create_future()
+        Watch(blocks, done)
+        return done
+
+    def _spawn_now(self, work: Coroutine[Any, Any, Any]) -> None:
+        """``_spawn``, but ``work``'s first step runs now, in the caller's step, as the
+        task (what Python 3.12's eager tasks do): an answer with nothing to wait for is
+        sent from the callback that heard the engage, not one loop iteration later, a
+        whole iteration of a loop busy with writes (0.5-2.6 ms at 8 PATCH connections)."""
+        if asyncio.current_task() is not None:  # called from a task: no step to share
+            self._spawn(work)
+            return
+        loop = asyncio.get_running_loop()
+        first: list[tuple[str, Any]] = []
+        task = self._spawn(_rest(work, first))  # its own first step comes next iteration
+        asyncio.tasks._enter_task(loop, task)  # noqa: SLF001 (current_task() is it)
+        try:
+            first.append(("yielded", work.send(None)))
+        except StopIteration as stop:
+            first.append(("returned", stop.value))
+        except BaseException as exc:  # raised in the task, where _finished logs it
+            first.append(("raised", exc))
+        finally:
+            asyncio.tasks._leave_task(loop, task)  # noqa: SLF001
 
     async def _members(self) -> set[str] | None:
         if self._bus is None:
@@ -167,7 +229,7 @@ class FreezeMessages:
                     freeze = None
                 reading = self._hint(freeze)  # before anything else
                 if freeze is not None:
-                    self._spawn(self._answer(message, freeze, reading))
+                    self._spawn_now(self._answer(message, freeze, reading))
             elif kind != "answer":
                 self._hint(None)
             else:
@@ -215,15 +277,22 @@ class FreezeMessages:
     async def _to_settle(self, hinted: Freeze, reading: asyncio.Task[None]) -> bool:
         """Until no write ``hinted`` covers is on its way (they are waited for, never
         cut off) or the re-read is back; whether the answer must wait for the re-read
-        and settle (False: nothing is left to settle)."""
+        and settle (False: nothing is left to settle). The last write's end wakes this
+        in its own step (``_ended``): one loop iteration, not four, before the answer
+        goes out, and the loop is the busiest when an engage comes."""
         going = self._on_the_way(hinted)
         if not going:
             return False
-        writes = asyncio.ensure_future(asyncio.wait(going))
+        ready = self._ended(going)
+
+        def wake(_: object) -> None:
+            if not ready.done():
+                ready.set_result(None)
+        reading.add_done_callback(wake)
         try:
-            await asyncio.wait([reading, writes], return_when=asyncio.FIRST_COMPLETED)
+            await ready
         finally:
-            writes.cancel()
+            reading.remove_done_callback(wake)
         return reading.done() or bool(self._on_the_way(hinted))
 
     async def _reply(self, message: dict[str, Any], cut: list[dict[str, Any]]) -> None:
@@ -232,6 +301,40 @@ class FreezeMessages:
         for n, chunk in enumerate(chunks, 1):
             await self._bus.publish({"type": "answer", "id": message["id"], "in_flight": chunk,
                                      "final": n == len(chunks)}, to=str(message["from"]))
+
+
+async def _rest(work: Coroutine[Any, Any, Any], first: list[tuple[str, Any]]) -> Any:
+    """The rest of ``work``, whose first step ``_spawn_now`` ran: how it ended, else
+    on from where it yielded."""
+    how, value = first[0]
+    if how == "returned":
+        return value
+    if how == "raised":
+        raise value
+    return await _resumed(work, value)
+
+
+@types.coroutine
+def _resumed(work: Coroutine[Any, Any, Any], yielded: Any) -> Generator[Any, Any, Any]:
+    """What ``await work`` does from where ``work`` first yielded ``yielded`` (its first
+    step ran outside any task): each value the task sends, each exception it throws
+    (a cancel), goes on into ``work``."""
+    while True:
+        try:
+            sent = yield yielded
+        except GeneratorExit:
+            work.close()
+            raise
+        except BaseException as exc:  # thrown in by the task (a cancel): passed on
+            try:
+                yielded = work.throw(exc)
+            except StopIteration as stop:
+                return stop.value
+        else:
+            try:
+                yielded = work.send(sent)
+            except StopIteration as stop:
+                return stop.value
 
 
 def freeze_json(freeze: Freeze) -> dict[str, Any]:

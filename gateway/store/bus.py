@@ -49,6 +49,8 @@ if TYPE_CHECKING:  # imported when a PostgreSQL store connects: SQLite never loa
 log = logging.getLogger("gateway.bus")
 Deliver = Callable[[dict[str, Any]], None]
 CHANNEL = "gateway_bus"
+WARM_CHANNEL = "gateway_warm_up"  # no one listens on it
+_NOTIFY = "SELECT pg_notify($1, $2)"
 APP_PREFIX = "gateway-bus "
 MAX_PAYLOAD = 7900  # NOTIFY's limit is 8000 bytes
 AT_COMMIT_MARGIN = 200  # bytes the store may add to a message sent at its commit
@@ -67,6 +69,34 @@ def _decode(data: str | bytes) -> dict[str, Any] | None:
     return message if isinstance(message, dict) else None
 
 
+_LISTENING: type[Any] | None = None
+
+
+def _listening() -> type[Any]:
+    """The listening connection's class: a message on the bus is delivered in the step
+    that reads it, where asyncpg schedules each listener one loop iteration later (with
+    ``call_soon``): under load that iteration is the CPU of every request the loop
+    serves, and an engage waits for the other processes to hear it and answer. Only
+    ``CHANNEL`` is delivered so (by ``heard``, set once the connection is made); the
+    rest, as asyncpg does. Notifications are parsed in any state of the connection, and
+    what ``heard`` sends on it waits for ``PgBus._using`` like any statement."""
+    global _LISTENING
+    if _LISTENING is None:
+        import asyncpg
+
+        class Listening(asyncpg.Connection):  # type: ignore[misc]
+            heard: Callable[[str], None] | None = None
+
+            def _process_notification(self, pid: int, channel: str, payload: str) -> None:
+                heard = self.heard
+                if heard is not None and channel == CHANNEL:
+                    heard(payload)
+                else:
+                    super()._process_notification(pid, channel, payload)
+        _LISTENING = Listening
+    return _LISTENING
+
+
 class PgBus:
     def __init__(self, dsn: str, pool: asyncpg.Pool, member: str) -> None:
         self.member = member
@@ -83,15 +113,29 @@ class PgBus:
     async def _connect(self) -> None:
         # Keepalives: a member whose host vanished leaves pg_stat_activity within
         # ~25 s instead of hours, so engages stop waiting engage_wait for it.
-        connection = await connect_primary(self._dsn, server_settings={
-            "application_name": APP_PREFIX + self.member, "tcp_keepalives_idle": "10",
-            "tcp_keepalives_interval": "5", "tcp_keepalives_count": "3"})
+        settings = {"application_name": APP_PREFIX + self.member, "tcp_keepalives_idle": "10",
+                    "tcp_keepalives_interval": "5", "tcp_keepalives_count": "3"}
+        connection = await connect_primary(self._dsn, connection_class=_listening(),
+                                           server_settings=settings)
         try:
+            connection.heard = self._heard
             await connection.add_listener(CHANNEL, self._notified)
+            # The statement ``publish`` sends, prepared now: the first answer to an
+            # engage otherwise paid its Parse round trip (a NOTIFY on a channel nobody
+            # listens to; the bus's own could wake the others).
+            await connection.execute(_NOTIFY, WARM_CHANNEL, "")
         except BaseException:
             await connection.close()
             raise
         self._listener = connection
+
+    def _heard(self, payload: str) -> None:
+        """A message, delivered as it is read (``_listening``); never raises into the
+        driver's read of the connection."""
+        try:
+            self._notified(None, 0, CHANNEL, payload)
+        except Exception:
+            log.exception("bus: delivering a message failed")
 
     def _notified(self, _connection: Any, _pid: int, _channel: str, payload: str) -> None:
         message = _decode(payload)
@@ -119,11 +163,11 @@ class PgBus:
         if listener is not None and not listener.is_closed():
             try:
                 async with asyncio.timeout(PUBLISH_TIMEOUT), self._using:
-                    await listener.execute("SELECT pg_notify($1, $2)", CHANNEL, payload)
+                    await listener.execute(_NOTIFY, CHANNEL, payload)
                 return
             except (OSError, asyncpg.InterfaceError, asyncpg.ConnectionDoesNotExistError):
                 pass
-        await self._pool.execute("SELECT pg_notify($1, $2)", CHANNEL, payload)
+        await self._pool.execute(_NOTIFY, CHANNEL, payload)
 
     def at_commit(self, message: dict[str, Any]) -> tuple[str, str] | None:
         """The NOTIFY the store sends with a commit (an engage's announcement): the
