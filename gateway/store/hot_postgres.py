@@ -62,6 +62,7 @@ class PostgresHotPath:
         self._riding: list[tuple[Sequence[Sequence[Any]], asyncio.Future[list[bool]]]] = []
         self._riding_audit: list[tuple[_Columns, asyncio.Future[list[Any]]]] = []
         self._alone: asyncio.TimerHandle | None = None
+        self._in_flight = 0  # intents' calls under way: the riders wait for the next one
         self._tasks: set[asyncio.Task[None]] = set()
         # and the engages: one warm session, its plan of gateway_engage made once, so an
         # engage does not land on a pool connection that has not run it yet (the round
@@ -115,7 +116,15 @@ class PostgresHotPath:
 
     async def insert_intents(self, rows: Sequence[Sequence[Any]]) -> list[bool]:
         """The whole batch in one call of ``gateway_journal_intents`` (migration 0005),
-        with the outcomes waiting for it (``update_outcomes``; migration 0020)."""
+        with the outcomes and audit batches waiting for it (``update_outcomes``,
+        ``append_audit``; migrations 0020, 0023)."""
+        self._in_flight += 1
+        try:
+            return await self._insert_intents(rows)
+        finally:
+            self._in_flight -= 1
+
+    async def _insert_intents(self, rows: Sequence[Sequence[Any]]) -> list[bool]:
         riding, audits = self._take_riding(), self._take_audits()
         if not riding and not audits:
             inserted = {row[0] for row in await self._intents.fetch(
@@ -175,6 +184,13 @@ class PostgresHotPath:
         return audits
 
     def _go_alone(self) -> None:
+        """``RIDE`` seconds without an intents' call: the riders go alone, unless a call
+        is under way (the intents that came meanwhile go in the next, right after it): a
+        loop busy for longer than ``RIDE`` at 32 connections (each turn of it handles
+        many requests) sent a third of the outcomes alone though intents went in all along."""
+        if self._in_flight:
+            self._alone = asyncio.get_running_loop().call_later(RIDE, self._go_alone)
+            return
         self._alone = None
         riding, audits = self._take_riding(), self._take_audits()
         if riding or audits:
