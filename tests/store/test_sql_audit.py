@@ -133,11 +133,12 @@ async def test_every_kind_of_append_from_two_stores_makes_one_chain(store: SqlSt
 async def test_a_batch_of_decisions_rides_on_the_next_intents_call(
         store: SqlStore, store_url: str, make_entry: EntryFactory,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """On PostgreSQL a batch of decisions waits (``hot_postgres.RIDE``) for the next
-    intents' call and is chained by it (migration 0023). That call only tries the chain's
-    lock: when another writer holds it the intents go in at once and the batch is chained
-    alone once the lock is free; when the call fails (for its intents), the batch is
-    chained alone, not failed with it."""
+    """On PostgreSQL, while intents' calls are under way, a batch of decisions waits
+    (``hot_postgres.RIDE``) for the next one and is chained by it (migration 0023). That
+    call only tries the chain's lock: when another writer holds it the intents go in at
+    once and the batch is chained alone once the lock is free; when the call fails (for
+    its intents), the batch is chained alone, not failed with it. With no intents' call
+    under way a batch is chained alone at once (the next call would be a reply's)."""
     import asyncpg  # the PostgreSQL rows alone need the driver
 
     from gateway.store import hot_postgres
@@ -154,9 +155,11 @@ async def test_a_batch_of_decisions_rides_on_the_next_intents_call(
 
     first, second = make_entry(1), make_entry(2)
     await store.append_audit("alice", "note", {}, T0)
+    assert [r.seq for r in await store.append_audit_many([("bot", "alone", {}, T0)])] == [2]
+    monkeypatch.setattr(hot, "_in_flight", 1)  # as if an intents' call were under way
     appending = await riding(1)
     assert await store.journal_intent(first)
-    assert [r.seq for r in await appending] == [2, 3]
+    assert [r.seq for r in await appending] == [3, 4]
 
     dsn = make_url(store_url).set(drivername="postgresql").render_as_string(hide_password=False)
     holder = await asyncpg.connect(dsn)
@@ -168,13 +171,13 @@ async def test_a_batch_of_decisions_rides_on_the_next_intents_call(
         await holder.execute("COMMIT")
     finally:
         await holder.close()
-    assert [r.seq for r in await appending] == [4, 5]
+    assert [r.seq for r in await appending] == [5, 6]
 
     appending = await riding(3)
     with pytest.raises(Exception):  # noqa: B017, PT011 - the duplicate intent's error
         await store.journal_intent(second)  # already journaled: the call fails
-    assert [r.seq for r in await appending] == [6, 7]
+    assert [r.seq for r in await appending] == [7, 8]
     records = await store.list_audit()
-    assert [r.detail.get("n") for r in records] == [None, 1, 1, 2, 2, 3, 3]
+    assert [r.detail.get("n") for r in records] == [None, None, 1, 1, 2, 2, 3, 3]
     assert verify(records).ok
     assert await store.get_journal(first.id) == first
