@@ -9,8 +9,9 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from gateway.core.audit import GENESIS, verify
-from gateway.core.model import Freeze, FreezeScope
+from gateway.core.model import AuditRecord, Freeze, FreezeScope
 from gateway.store.sql import SqlStore
+from tests.store.conftest import EntryFactory
 
 T0 = datetime(2024, 5, 2, 8, 0, 0, 1, tzinfo=UTC)
 
@@ -126,3 +127,57 @@ async def test_every_kind_of_append_from_two_stores_makes_one_chain(store: SqlSt
     assert len(records) == 10 * 6 and verify(records).ok
     assert [r.seq for r in records] == list(range(1, 61))
     assert sum(r.action == "killswitch.engage" for r in records) == 10
+
+
+@pytest.mark.parametrize("store_url", ["postgresql"], indirect=True)  # the ride is PostgreSQL's
+async def test_a_batch_of_decisions_rides_on_the_next_intents_call(
+        store: SqlStore, store_url: str, make_entry: EntryFactory,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """On PostgreSQL, while intents' calls are under way, a batch of decisions waits
+    (``hot_postgres.RIDE``) for the next one and is chained by it (migration 0023). That
+    call only tries the chain's lock: when another writer holds it the intents go in at
+    once and the batch is chained alone once the lock is free; when the call fails (for
+    its intents), the batch is chained alone, not failed with it. With no intents' call
+    under way a batch is chained alone at once (the next call would be a reply's)."""
+    import asyncpg  # the PostgreSQL rows alone need the driver
+
+    from gateway.store import hot_postgres
+    from gateway.store.audit import WRITE_LOCK
+    monkeypatch.setattr(hot_postgres, "RIDE", 3600.0)  # only an intents' call writes it
+    hot = store._hot_path()  # noqa: SLF001
+
+    async def riding(n: int) -> asyncio.Task[list[AuditRecord]]:
+        task = asyncio.create_task(store.append_audit_many(
+            [("bot", "call.allow", {"n": n, "i": i}, T0) for i in range(2)]))
+        while not hot._riding_audit:  # noqa: SLF001 - queued, waiting (a yield, not a wait)
+            await asyncio.sleep(0)
+        return task
+
+    first, second = make_entry(1), make_entry(2)
+    await store.append_audit("alice", "note", {}, T0)
+    assert [r.seq for r in await store.append_audit_many([("bot", "alone", {}, T0)])] == [2]
+    monkeypatch.setattr(hot, "_in_flight", 1)  # as if an intents' call were under way
+    appending = await riding(1)
+    assert await store.journal_intent(first)
+    assert [r.seq for r in await appending] == [3, 4]
+
+    dsn = make_url(store_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    holder = await asyncpg.connect(dsn)
+    try:
+        await holder.execute(f"BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK:d})")
+        appending = await riding(2)
+        assert await store.journal_intent(second)  # not waiting for the chain's lock
+        assert not appending.done()  # alone, behind the lock
+        await holder.execute("COMMIT")
+    finally:
+        await holder.close()
+    assert [r.seq for r in await appending] == [5, 6]
+
+    appending = await riding(3)
+    with pytest.raises(Exception):  # noqa: B017, PT011 - the duplicate intent's error
+        await store.journal_intent(second)  # already journaled: the call fails
+    assert [r.seq for r in await appending] == [7, 8]
+    records = await store.list_audit()
+    assert [r.detail.get("n") for r in records] == [None, None, 1, 1, 2, 2, 3, 3]
+    assert verify(records).ok
+    assert await store.get_journal(first.id) == first

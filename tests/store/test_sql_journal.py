@@ -278,3 +278,45 @@ async def test_an_outcome_rides_on_the_next_intents_call(
     await failing  # not the outcome's failure: it went alone, and was written
     got = await store.get_journal(third.id)
     assert got is not None and got.state is JournalState.COMPLETED
+
+
+@pytest.mark.parametrize("store_url", ["postgresql"], indirect=True)  # the ride is PostgreSQL's
+async def test_an_outcome_waits_for_the_next_intents_call_while_one_is_under_way(
+        store: SqlStore, store_url: str, make_entry: EntryFactory,
+        outcome: JournalOutcome, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``RIDE`` counts only while no intents' call is under way: one under way (here held
+    by the arbiter's lock, as an engage would) is followed by the next, which takes the
+    outcome; with none under way the outcome goes alone."""
+    import asyncpg  # the PostgreSQL rows alone need the driver
+    from sqlalchemy.engine import make_url
+
+    from gateway.store import hot_postgres
+    from gateway.store.killswitch import ARBITER_LOCK
+    monkeypatch.setattr(hot_postgres, "RIDE", 0.0)  # would go alone at the next turn
+    hot = store._hot_path()  # noqa: SLF001
+    first, second = make_entry(1), make_entry(2)
+    assert await store.journal_intent(first)
+    dsn = make_url(store_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    holder = await asyncpg.connect(dsn)
+    try:
+        await holder.execute(f"BEGIN; SELECT pg_advisory_xact_lock({ARBITER_LOCK:d})")
+        journaling = asyncio.create_task(store.journal_intent(second))
+        while not await holder.fetchval(  # this test's database: others run alongside
+                "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
+                "WHERE NOT l.granted AND l.locktype = 'advisory' "
+                "AND d.datname = current_database()"):
+            await asyncio.sleep(0)  # until the intents' call waits for the lock
+        saving = asyncio.create_task(store.journal_outcome(first.id, outcome))
+        while not hot._riding:  # noqa: SLF001
+            await asyncio.sleep(0)
+        timer = hot._alone  # noqa: SLF001
+        while hot._alone is timer:  # noqa: SLF001 - RIDE is over: the timer fired
+            await asyncio.sleep(0)
+        assert hot._riding and not saving.done()  # noqa: SLF001 - still riding: not alone
+        await holder.execute("COMMIT")
+    finally:
+        await holder.close()
+    assert await journaling
+    await saving  # alone now: no intents' call under way
+    got = await store.get_journal(first.id)
+    assert got is not None and got.state is JournalState.COMPLETED
