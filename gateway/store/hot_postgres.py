@@ -26,7 +26,7 @@ log = logging.getLogger("gateway.store")
 _APPEND_AUDIT = "SELECT * FROM gateway_audit_append($1, $2, $3, $4, $5)"  # migration 0019
 _PROBE = "UPDATE killswitch SET generation = generation WHERE 1 = 0"  # a write, of nothing
 _INTENTS_OUTCOMES = "SELECT * FROM gateway_journal_intents_outcomes($1::jsonb, $2::jsonb)"  # 0020
-_INTENTS_AUDIT = ("SELECT * FROM gateway_journal_intents_audit($1::jsonb, $2::jsonb, "  # 0023
+_INTENTS_AUDIT = ("SELECT * FROM gateway_journal_intents_audit($1::jsonb, $2::jsonb, "  # 0021
                   "$3, $4, $5, $6, $7)")
 RIDE = 0.002  # how long outcomes wait for an intents' call to ride on before going alone
 _Columns = tuple[list[str], ...]  # an audit batch: at, actor, action, detail, head columns
@@ -117,7 +117,7 @@ class PostgresHotPath:
     async def insert_intents(self, rows: Sequence[Sequence[Any]]) -> list[bool]:
         """The whole batch in one call of ``gateway_journal_intents`` (migration 0005),
         with the outcomes and audit batches waiting for it (``update_outcomes``,
-        ``append_audit``; migrations 0020, 0023)."""
+        ``append_audit``; migrations 0020, 0021)."""
         self._in_flight += 1
         try:
             return await self._insert_intents(rows)
@@ -144,10 +144,10 @@ class PostgresHotPath:
         except BaseException:  # the intents' caller cancelled: the riders wait again
             self._ride(riding, audits)
             raise
-        links = [row[2:] for row in answer if row[0] is None]  # 0023: the audit records
+        links = [row[2:] for row in answer if row[0] is None]  # 0021: the audit records
         if audits and links:
             _settle_audits(audits, links)
-        elif audits:  # the chain's lock was busy (0023): the records go alone
+        elif audits:  # the chain's lock was busy (0021): the records go alone
             self._alone_now([], audits)
         updated = {row[1] for row in answer if row[0]}
         for batch, future in riding:
@@ -239,7 +239,7 @@ class PostgresHotPath:
         record after it from the canonical text given here (``canonical_head``).
         ``durable=False`` (the audit trail's batches of decisions): when an intents'
         call is under way (under load: calls follow each other), on the next one, unless
-        none comes within ``RIDE`` seconds (0023; one call and one commit less, and its
+        none comes within ``RIDE`` seconds (0021; one call and one commit less, and its
         commit is synchronous); else at once alone on the unsynced pool
         (``transaction``): at rest the next intents' call is a reply's, which would wait
         for the chaining (one connection: 0.1-0.2 ms of the database's time)."""

@@ -134,7 +134,7 @@ async def test_a_batch_of_decisions_rides_on_the_next_intents_call(
         store: SqlStore, store_url: str, make_entry: EntryFactory,
         monkeypatch: pytest.MonkeyPatch) -> None:
     """On PostgreSQL, while intents' calls are under way, a batch of decisions waits
-    (``hot_postgres.RIDE``) for the next one and is chained by it (migration 0023). That
+    (``hot_postgres.RIDE``) for the next one and is chained by it (migration 0021). That
     call only tries the chain's lock: when another writer holds it the intents go in at
     once and the batch is chained alone once the lock is free; when the call fails (for
     its intents), the batch is chained alone, not failed with it. With no intents' call

@@ -19,7 +19,7 @@ It returns (outcome?, id) per journal row updated or inserted as 0020 does,
 with NULL seq, then (NULL, NULL, seq, prev_hash, hash) per audit record, in
 order.
 
-Revision ID: 0023
+Revision ID: 0021
 Revises: 0020
 Create Date: 2026-12-06
 """
@@ -28,7 +28,7 @@ from collections.abc import Sequence
 
 from alembic import op
 
-revision: str = "0023"
+revision: str = "0021"
 down_revision: str | Sequence[str] | None = "0020"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
