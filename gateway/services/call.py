@@ -51,6 +51,9 @@ class Call:
     watch: Watch = NO_WATCH  # the steps of this call are timed (and traced) here
     mcp: Message | None = None  # one JSON-RPC message to an MCP upstream (method: its method)
     target: Target | None = None  # raw_path's canonical reading, when the listener made it
+    # the policy's idempotency header and the value this write is sent with (the agent's,
+    # else its journal entry id), for senders that make the request themselves (MCP)
+    idempotency: tuple[str, str] | None = None
     # what was decided, for the call's audit record (upstream, rule, mode, would_decide):
     # set by the pipeline once the policy has spoken, kept when the call is refused after
     facts: dict[str, Any] = field(default_factory=dict)

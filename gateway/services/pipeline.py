@@ -269,9 +269,12 @@ class Pipeline:
         if shadowed:
             return await self._shadow(upstream, call, view, entry, started)
         keyed = upstream.idempotency_header(decision.rule)
-        if keyed is not None and not any(name.lower() == keyed for name, _ in call.headers):
-            call.headers.append((keyed, entry.id))  # the upstream dedupes anything sent twice
-            entry.request_headers[keyed] = entry.id
+        if keyed is not None:
+            own = next((value for name, value in call.headers if name.lower() == keyed), None)
+            if own is None:
+                call.headers.append((keyed, entry.id))  # the upstream dedupes anything sent twice
+                entry.request_headers[keyed] = entry.id
+            call.idempotency = (keyed, own if own is not None else entry.id)
         await self.journal.intent(upstream, call, entry, "the call was not sent")
         sent = time.perf_counter()
         try:

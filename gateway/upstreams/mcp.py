@@ -143,7 +143,7 @@ class McpSender:
         message = call.mcp
         assert message is not None and message.tool is not None
         answer = await self.call_tool(upstream, message.tool, message.arguments or {},
-                                      self._timeout(upstream))
+                                      self._timeout(upstream), keyed=call.idempotency)
         return UpstreamResponse(200, list(_JSON), body=json.dumps({**answer, "id": message.id})
                                 .encode())
 
@@ -180,21 +180,28 @@ class McpSender:
     async def compensate(self, upstream: Upstream, step: Step, headers: list[tuple[str, str]],
                          body: bytes | None) -> UpstreamResponse:
         arguments = step.body if isinstance(step.body, dict) else {}
+        keyed = upstream.idempotency_header(None)  # a compensation is a write too
+        key = next((value for name, value in headers if name.lower() == keyed), None)
         answer = await self.call_tool(upstream, step.path, arguments,
-                                      self.settings.upstream_timeout)
+                                      self.settings.upstream_timeout,
+                                      keyed=(keyed, key) if keyed and key else None)
         return UpstreamResponse(200, list(_JSON), body=json.dumps(answer).encode())
 
     async def call_tool(self, upstream: Upstream, tool: str, arguments: dict[str, Any],
-                        timeout: float, fresh: bool = True) -> dict[str, Any]:
+                        timeout: float, fresh: bool = True,
+                        keyed: tuple[str, str] | None = None) -> dict[str, Any]:
         """One ``tools/call`` by the gateway: the JSON-RPC response as a dict (``result``
         or ``error``). ``fresh``: on a connection of its own, sent at most once (approved
         calls, compensations); else on the upstream's kept connection, retried once on a
         new one if that failed (reads: the capture tool, drift checks). A failure once the
         call may have been sent is ``UpstreamLost`` or ``UpstreamTimeout`` (outcome
-        unknown); only one while connecting is ``UpstreamUnreachable`` (not sent)."""
+        unknown); only one while connecting is ``UpstreamUnreachable`` (not sent).
+        ``keyed``: the policy's idempotency header and its value, set on the ``tools/call``
+        request of a fresh connection (its session's own requests go without it)."""
         attempts = 1 if fresh else 2
         for attempt in range(attempts):
-            connection = (_Connection(upstream, *self._eras.get(upstream.name, ("auto", None)))
+            connection = (_Connection(upstream, *self._eras.get(upstream.name, ("auto", None)),
+                                      keyed=keyed)
                           if fresh else await self._kept(upstream))
             sending = not fresh
             try:
@@ -263,8 +270,10 @@ class _Connection:
     the SDK's task groups must be left by the task that entered them."""
 
     def __init__(self, upstream: Upstream, mode: str,
-                 prior: mcp_types.DiscoverResult | None) -> None:
+                 prior: mcp_types.DiscoverResult | None,
+                 keyed: tuple[str, str] | None = None) -> None:
         self.url, self.headers = upstream.base_url, _credential(upstream)
+        self.keyed = keyed  # set on its tools/call requests only (``_key``)
         self.key = (self.url, tuple(self.headers.items()))
         self.mode, self.prior = mode, prior
         self.era: tuple[str, mcp_types.DiscoverResult | None] | None = None
@@ -286,7 +295,8 @@ class _Connection:
 
     async def _run(self, ready: asyncio.Future[None], timeout: float) -> None:
         try:
-            async with httpx2.AsyncClient(headers=self.headers,
+            hooks = {"request": [self._key]} if self.keyed is not None else {}
+            async with httpx2.AsyncClient(headers=self.headers, event_hooks=hooks,
                                           timeout=httpx2.Timeout(timeout)) as http:
                 async with Client(streamable_http_client(self.url, http_client=http),
                                   mode=self.mode, prior_discover=self.prior, cache=None) as client:
@@ -302,6 +312,18 @@ class _Connection:
                                     ConnectionError(repr(exc)))
             if not isinstance(exc, Exception):
                 raise
+
+    async def _key(self, request: httpx2.Request) -> None:
+        """The idempotency header on the write itself, not on the session's set-up (an
+        upstream that dedupes by key would answer a ``tools/call`` with the answer to an
+        ``initialize`` sent under the same key)."""
+        assert self.keyed is not None
+        try:
+            message = json.loads(request.content) if request.method == "POST" else None
+        except ValueError:
+            return
+        if isinstance(message, dict) and message.get("method") == TOOLS_CALL:
+            request.headers[self.keyed[0]] = self.keyed[1]
 
     async def close(self) -> None:
         self._stop.set()

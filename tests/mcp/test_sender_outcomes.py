@@ -30,7 +30,7 @@ class _Session:
 
 def _patch(monkeypatch: pytest.MonkeyPatch, session: _Session) -> None:
     class Connection:
-        def __init__(self, *args: Any) -> None:
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
             self.era = None
             self.client = session
 
