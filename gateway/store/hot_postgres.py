@@ -210,10 +210,7 @@ class PostgresHotPath:
         try:
             links = await self._decisions.fetch(_APPEND_AUDIT, *_joined(audits))
         except BaseException as exc:
-            for _, future in audits:
-                _settle_any(future, exc=exc)
-            if not isinstance(exc, Exception):
-                raise
+            _fail(audits, exc)
             return
         _settle_audits(audits, links)
 
@@ -224,10 +221,7 @@ class PostgresHotPath:
                 numbered(ks.PG_UPDATE_OUTCOMES),
                 *ks.columns_of([row for rows, _ in riding for row in rows]))}
         except BaseException as exc:
-            for _, future in riding:
-                _settle(future, exc=exc)
-            if not isinstance(exc, Exception):
-                raise
+            _fail(riding, exc)
             return
         for rows, future in riding:
             _settle(future, [row[-1] in updated for row in rows])
@@ -378,6 +372,14 @@ def _settle_audits(audits: Sequence[tuple[_Columns, asyncio.Future[list[Any]]]],
     for columns, future in audits:
         _settle_any(future, list(links[start:start + len(columns[0])]))
         start += len(columns[0])
+
+
+def _fail(waiting: Sequence[tuple[Any, asyncio.Future[Any]]], exc: BaseException) -> None:
+    """Each rider's caller gets ``exc``; a cancel (no ``Exception``) goes on up."""
+    for _, future in waiting:
+        _settle_any(future, exc=exc)
+    if not isinstance(exc, Exception):
+        raise exc
 
 
 def _settle(future: asyncio.Future[list[bool]], result: list[bool] | None = None,

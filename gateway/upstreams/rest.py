@@ -227,7 +227,7 @@ def _observed(response: UpstreamResponse, etag: str | None) -> Observed:
         if low == "content-type":
             if content_type is None:
                 content_type = value
-        elif low.startswith("x-amz-meta-") or low in journaling.OBJECT_HEADERS:
+        elif journaling.object_header(low):
             meta.append((low, value))
     shown, true = journaling.read_state(body, response.status, content_type)
     return Observed(response.status, shown, etag, body, content_type, tuple(meta), true)
