@@ -162,20 +162,26 @@ class SqliteHotPath:
         return [count == 1 for count in counts]
 
     def _intents(self, rows: Sequence[Sequence[Any]]) -> list[int]:
-        execute = self._connection.execute
-        execute("BEGIN IMMEDIATE")
-        try:
+        def work() -> list[int]:
+            execute = self._connection.execute
             if execute(ks.ANY_ACTIVE_FREEZE).fetchone() is None:
                 self._connection.executemany(ks.INSERT_INTENT, rows)
-                counts = [1] * len(rows)
-            else:
-                counts = [execute(ks.INSERT_INTENT_UNLESS_FROZEN,
-                                  ks.unless_frozen_args(row)).rowcount for row in rows]
+                return [1] * len(rows)
+            return [execute(ks.INSERT_INTENT_UNLESS_FROZEN, ks.unless_frozen_args(row)).rowcount
+                    for row in rows]
+        return self._immediate(work)
+
+    def _immediate(self, work: Callable[[], _T]) -> _T:
+        """``work`` in one ``BEGIN IMMEDIATE`` transaction on this thread: committed,
+        or rolled back if it raises."""
+        self._connection.execute("BEGIN IMMEDIATE")
+        try:
+            done = work()
         except BaseException:
-            execute("ROLLBACK")
+            self._connection.execute("ROLLBACK")
             raise
-        execute("COMMIT")
-        return counts
+        self._connection.execute("COMMIT")
+        return done
 
     async def update_outcomes(self, rows: Sequence[Sequence[Any]]) -> list[bool]:
         return [count == 1 for count in await self.each(codec.UPDATE_OUTCOME, rows)]
@@ -218,18 +224,8 @@ class SqliteHotPath:
         if len(rows) == 1:
             return [await self.execute(sql, rows[0])]
         self._file.check()
-
-        def transaction() -> list[int]:
-            self._connection.execute("BEGIN IMMEDIATE")
-            try:
-                counts = [self._connection.execute(sql, row).rowcount for row in rows]
-            except BaseException:
-                self._connection.execute("ROLLBACK")
-                raise
-            self._connection.execute("COMMIT")
-            return counts
-
-        return await self._run(transaction)
+        return await self._run(lambda: self._immediate(
+            lambda: [self._connection.execute(sql, row).rowcount for row in rows]))
 
     def _waiting(self, statement: Callable[[], _T]) -> _T:
         self._connection.execute(SQLITE_PRAGMAS[0])  # the normal busy timeout
