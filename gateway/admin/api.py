@@ -22,10 +22,11 @@ from gateway.admin.auth import Operator, OperatorDirectory, requires
 from gateway.admin.autonomy import add_autonomy_routes
 from gateway.admin.controls import Controls
 from gateway.admin.docs import mount_docs
+from gateway.admin.fast_engage import FastEngage
 from gateway.admin.render import journal_item
 from gateway.core.approvals import public_view
 from gateway.core.killswitch import scope_of
-from gateway.core.model import Freeze, JournalQuery, iso, parse_iso, utcnow
+from gateway.core.model import Freeze, FreezeScope, JournalQuery, iso, parse_iso, utcnow
 from gateway.errors import AdminError
 from gateway.metrics import CONTENT_TYPE
 from gateway.services.rollbacks import Selection
@@ -139,15 +140,28 @@ def create_admin_app(gateway: Controls) -> FastAPI:
                              f"no {kind} named {target!r} is configured"
                              + (f" (configured: {', '.join(sorted(known))})" if known else ""))
 
-    @app.post("/v1/killswitch/engage")
-    async def engage(body: FreezeRequest, operator: Approver) -> dict[str, Any]:
-        kind, target = scope(body)
+    def checked(upstream: str | None, agent: str | None) -> tuple[FreezeScope, str | None]:
+        kind, target = scope_of(upstream, agent)  # ValueError: the route says 400
         configured(kind, target)
-        engaged = await gateway.freezes.engage(
-            Freeze(kind, target, body.reason, operator.name, utcnow()))
+        return kind, target
+
+    async def engaged(kind: FreezeScope, target: str | None, reason: str,
+                      operator: Operator) -> dict[str, Any]:
+        engaged = await gateway.freezes.engage(Freeze(kind, target, reason, operator.name,
+                                                      utcnow()))
         gateway.metrics.freeze_engaged()
         return {**killswitch_state(), "freeze": engaged.freeze.to_json(),
                 "in_flight": [w.to_json() for w in engaged.in_flight]}
+
+    @app.post("/v1/killswitch/engage")  # what FastEngage (below) does not take itself
+    async def engage(body: FreezeRequest, operator: Approver) -> dict[str, Any]:
+        kind, target = scope(body)
+        configured(kind, target)
+        return await engaged(kind, target, body.reason, operator)
+
+    app.add_middleware(FastEngage, check=checked, engage=engaged,
+                       operators=lambda: app.state.operators,
+                       handlers=lambda: app.exception_handlers)
 
     @app.post("/v1/killswitch/release")
     async def release(body: FreezeRequest, operator: Admin) -> dict[str, Any]:
