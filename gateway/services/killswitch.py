@@ -72,9 +72,17 @@ class Engaged:
 
 class _Sending:
     """``FreezeState.sending``'s block: a class, not an ``@asynccontextmanager``
-    generator (its frames and throw/close machinery were 3-4% of a write's CPU)."""
+    generator (its frames and throw/close machinery were 3-4% of a write's CPU).
 
-    __slots__ = ("state", "upstream", "agent", "write", "scope", "token", "watches")
+    An engage cuts it off by cancelling its task at a deadline (``cut_at``), as
+    ``asyncio.timeout`` does, with its accounting: the cancel is this block's when the
+    task's ``uncancel`` leaves no other request, and the block then raises WriteCutOff
+    (or WritesFrozen) instead. The timer is made only when an engage asks: an
+    ``asyncio.timeout`` entered on every block (two per write) cost its object and, on
+    Python 3.11, a ``getpid`` system call for each look-up of the running loop."""
+
+    __slots__ = ("state", "upstream", "agent", "write", "token", "watches", "task",
+                 "cancelling", "cut", "when", "expired")
 
     def __init__(self, state: FreezeState, upstream: str, agent: str,
                  write: InFlight | None) -> None:
@@ -83,19 +91,26 @@ class _Sending:
         self.agent = agent
         self.write = write  # None: a capture GET
         self.watches: list[Watch] | None = None  # engages waiting for this block to end
+        self.cut: asyncio.Handle | None = None  # the cut-off, once an engage asks for it
+        self.when: float | None = None
+        self.expired = False  # cut off: its task was cancelled at the deadline
 
     async def __aenter__(self) -> None:
         state, upstream, agent = self.state, self.upstream, self.agent
-        if asyncio.get_running_loop().time() - state._confirmed > state.lease:
+        loop = state._loop or asyncio.get_running_loop()
+        if loop.time() - state._confirmed > state.lease:
             try:
                 await state.confirm()
             except Exception as exc:
                 raise JournalUnavailable("the kill switch's state could not be confirmed; "
                                          "the call was not sent") from exc
-        await state._checked(upstream, agent)
+        if state._hints:
+            await state._checked(upstream, agent)
         _raise_if_frozen(covering(state._active, upstream, agent))
-        self.scope = scope = asyncio.timeout(None)
-        await scope.__aenter__()
+        task = asyncio.current_task(loop)
+        if task is None:
+            raise RuntimeError("a write is sent from a task")
+        self.task, self.cancelling = task, task.cancelling()
         self.token = token = next(state._ids)
         state._sending[token] = self
 
@@ -105,14 +120,16 @@ class _Sending:
         if self.watches is not None:
             for watch in self.watches:
                 watch.finished()
-        scope = self.scope
-        try:
-            await scope.__aexit__(kind, exc, tb)
-        except TimeoutError:
-            if not scope.expired():
-                raise
-            self._cut_off()
-        if kind is not None and issubclass(kind, TimeoutError) and scope.expired():
+        if self.cut is not None:
+            self.cut.cancel()
+            self.cut = None
+        self.when = -math.inf  # ended: cut_at does nothing from now on
+        if not self.expired:
+            return
+        # as asyncio.timeout's exit: the cut-off's cancel is taken back whatever happened
+        if self.task.uncancel() <= self.cancelling and kind is asyncio.CancelledError:
+            self._cut_off()  # and it was the only one
+        if kind is not None and issubclass(kind, TimeoutError):
             self._cut_off()
 
     def _cut_off(self) -> NoReturn:
@@ -125,9 +142,20 @@ class _Sending:
             journal=self.write.id) from None
 
     def cut_at(self, deadline: float) -> None:
-        when = self.scope.when()
-        if not self.scope.expired() and (when is None or when > deadline):
-            self.scope.reschedule(deadline)
+        """Cut the block off at ``deadline`` (loop time), unless it is cut off sooner."""
+        if self.expired or (self.when is not None and self.when <= deadline):
+            return
+        if self.cut is not None:
+            self.cut.cancel()
+        loop = self.task.get_loop()
+        self.when = deadline
+        self.cut = loop.call_soon(self._expire) if deadline <= loop.time() \
+            else loop.call_at(deadline, self._expire)
+
+    def _expire(self) -> None:
+        self.cut = None
+        self.expired = True
+        self.task.cancel()
 
 
 class FreezeState(FreezeMessages):
@@ -151,6 +179,7 @@ class FreezeState(FreezeMessages):
         self._answers: dict[str, Answers] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._heartbeat: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # start's (looked up once)
 
     @property
     def active(self) -> list[Freeze]:
@@ -158,6 +187,7 @@ class FreezeState(FreezeMessages):
 
     # Lifecycle -------------------------------------------------------------
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         if self._bus is not None:  # first: no freeze engaged from now on goes unheard
             await self._bus.start(self._heard)
         await self.load()
@@ -170,7 +200,7 @@ class FreezeState(FreezeMessages):
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        self._heartbeat = None
+        self._heartbeat = self._loop = None
         if self._bus is not None:
             await self._bus.close()
 
@@ -289,7 +319,7 @@ class FreezeState(FreezeMessages):
             sending.cut_at(deadline)
         if covered:
             await self._ended(covered)
-        return [s.write for s in covered if s.write is not None and s.scope.expired()]
+        return [s.write for s in covered if s.write is not None and s.expired]
 
     # Engage and release --------------------------------------------------------
     async def engage(self, freeze: Freeze) -> Engaged:
