@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -19,6 +20,7 @@ from gateway.store.bus import SocketBus
 from gateway.store.engine import SQLITE_PRAGMAS, SqliteFile
 from gateway.store.hot import AuditItem, Tx
 
+log = logging.getLogger("gateway.store")
 _T = TypeVar("_T")
 _PROBE = "UPDATE alembic_version SET version_num = version_num"
 
@@ -72,6 +74,7 @@ class SqliteHotPath:
         self._lock = asyncio.Lock()
         self.fsync = fsync
         self._wal: int | None = None  # the WAL's descriptor (``_log``)
+        self._failed: OSError | None = None  # a flush failed: none is trusted again
 
     @classmethod
     async def connect(cls, path: Path, fsync: bool = True) -> SqliteHotPath:
@@ -96,7 +99,25 @@ class SqliteHotPath:
         (open, fdatasync, close), each a GIL hand-off back to a busy loop."""
         if not self.fsync:
             return
-        await asyncio.to_thread(_sync, self._log(), self._file.path)
+        self._raise_if_failed()
+        try:
+            await asyncio.to_thread(_sync, self._log(), self._file.path)
+        except OSError as exc:
+            # Not retried, ever: after a failed writeback Linux may drop the dirty pages
+            # and report the error once, so a later fdatasync can succeed with the rows
+            # it was for lost (PostgreSQL's "fsyncgate", 2018). Every intent from now on
+            # fails (503 journal_unavailable) until the gateway is restarted and reads
+            # back what the file really holds.
+            if self._failed is None:
+                self._failed = exc
+                log.critical("the SQLite journal's flush failed (%s): no write is sent "
+                             "until the gateway is restarted", exc)
+            raise
+
+    def _raise_if_failed(self) -> None:
+        if self._failed is not None:
+            raise OSError(self._failed.errno, "an earlier flush of the journal failed "
+                          f"({self._failed.strerror}); restart the gateway") from self._failed
 
     def _log(self) -> int | None:
         """A descriptor on the WAL, opened at the first flush that finds one. SQLite
@@ -150,10 +171,21 @@ class SqliteHotPath:
         """Each intent an ``INSERT ... WHERE NOT EXISTS`` (a freeze covers it), the
         batch in one transaction; then one flush for those that went in. A batch
         asks for an active freeze once, under the write lock an engage needs too:
-        with none, its rows go in by one ``executemany`` of plain inserts."""
+        with none, its rows go in by one ``executemany`` of plain inserts.
+
+        A lone row that is in already is flushed before its duplicate error is raised:
+        after a batch committed and its flush failed, ``GroupCommit`` tries each row
+        alone, and the journal takes a duplicate of a batch it was unsure of as
+        journaled (``journal.JournalLog._commit_intents``); journaled must mean on disk,
+        and after a failed flush no later one proves it (``flush``): the caller gets
+        the error."""
         if len(rows) == 1:
-            counts = [await self.execute(ks.INSERT_INTENT_UNLESS_FROZEN,
-                                         ks.unless_frozen_args(rows[0]))]
+            try:
+                counts = [await self.execute(ks.INSERT_INTENT_UNLESS_FROZEN,
+                                             ks.unless_frozen_args(rows[0]))]
+            except sqlite3.IntegrityError:
+                await self.flush()
+                raise
         else:
             self._file.check()
             counts = await self._run(lambda: self._intents(rows))
@@ -205,6 +237,7 @@ class SqliteHotPath:
         """SQLite commits a write of nothing without touching the file: its probe
         rewrites a row nobody watches, so a database or WAL that cannot be written
         fails it (and so does a path that no longer names the file, ``SqliteFile``)."""
+        self._raise_if_failed()
         async with self.transaction() as tx:
             await tx.execute(_PROBE)
 

@@ -77,3 +77,55 @@ async def test_fsync_off_never_flushes(tmp_path: Path, make_entry: EntryFactory,
         assert await store.journal_intent(make_entry(1))
         assert await store.get_journal(make_entry(1).id) is not None
     assert synced == []
+
+
+async def test_a_flush_that_fails_fails_its_intents(
+        store: SqlStore, make_entry: EntryFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernel's error reaches every caller whose intent the flush was for (a pipe
+    has no fsync: EINVAL)."""
+    read_end, write_end = os.pipe()
+    monkeypatch.setattr(hot_module.os, "fdatasync", lambda fd: os.fsync(read_end))
+    try:
+        results = await asyncio.gather(*(store.journal_intent(make_entry(n)) for n in range(3)),
+                                       return_exceptions=True)
+        assert [type(r) for r in results] == [OSError] * 3, results
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
+async def test_after_a_failed_flush_no_intent_is_journaled_until_a_restart(
+        tmp_path: Path, make_entry: EntryFactory, synced: list[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch committed and its flush failed; the disk answers again. A later flush
+    that succeeds does not prove those rows are on disk (Linux may have dropped the
+    pages whose writeback failed, and reports that once), so every intent fails, the
+    batch's as they are retried alone and new ones, and the store's probe fails too,
+    until the store is opened again and reads what the file holds."""
+    read_end, write_end = os.pipe()
+    real, failed = hot_module.os.fdatasync, []  # the synced fixture's watcher
+
+    def fails_once(fd: int) -> None:
+        if not failed:
+            failed.append(fd)
+            os.fsync(read_end)  # EINVAL: a pipe has no fsync
+        real(fd)
+
+    monkeypatch.setattr(hot_module.os, "fdatasync", fails_once)
+    try:
+        async for store in started(tmp_path):
+            results = await asyncio.gather(*(store.journal_intent(make_entry(n))
+                                             for n in range(3)), return_exceptions=True)
+            assert [type(r) for r in results] == [OSError] * 3, results
+            with pytest.raises(OSError, match="earlier flush"):
+                await store.journal_intent(make_entry(7))
+            with pytest.raises(OSError, match="earlier flush"):
+                await store._hot_path().probe()
+            assert synced == []  # no flush was trusted, none was asked for
+        async for store in started(tmp_path):  # restarted: flushes are trusted again
+            assert await store.journal_intent(make_entry(8))
+            assert synced == [str(tmp_path / "gateway.db-wal")]
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    assert failed
