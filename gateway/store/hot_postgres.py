@@ -24,6 +24,9 @@ log = logging.getLogger("gateway.store")
 _APPEND_AUDIT = "SELECT * FROM gateway_audit_append($1, $2, $3, $4, $5)"  # migration 0019
 _PROBE = "UPDATE killswitch SET generation = generation WHERE 1 = 0"  # a write, of nothing
 _WRITE = "SELECT * FROM gateway_journal_write($1, $2, $3, $4, $5, $6, $7)"  # migration 0023
+_OUTCOMES = ("UPDATE journal AS j SET "  # a batch of outcomes alone, as 0023's rows
+             + ", ".join(f'"{c}" = v."{c}"' for c in codec.OUTCOME_COLUMNS)
+             + " FROM unnest($1::journal_outcome[]) AS v WHERE j.id = v.id RETURNING j.id")
 RIDE = 0.002  # how long outcomes wait for an intents' call to ride on before going alone
 _Columns = tuple[list[str], ...]  # an audit batch: at, actor, action, detail, head columns
 
@@ -207,8 +210,7 @@ class PostgresHotPath:
                                                        asyncio.Future[list[bool]]]]) -> None:
         try:
             updated = {row[0] for row in await self._outcomes.fetch(
-                numbered(ks.PG_UPDATE_OUTCOMES),
-                *ks.columns_of([row for rows, _ in riding for row in rows]))}
+                _OUTCOMES, [row for rows, _ in riding for row in rows])}
         except BaseException as exc:
             _fail(riding, exc)
             return
