@@ -129,3 +129,29 @@ async def test_upgrade_from_0021_and_downgrade_to_it(store_url: str,
         assert head() == "0023"
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize("store_url", ["postgresql"], indirect=True)
+async def test_the_warm_up_reads_the_row_types_before_the_first_write(
+        store: SqlStore, store_url: str, make_entry: EntryFactory,
+        outcome: JournalOutcome, monkeypatch: pytest.MonkeyPatch) -> None:
+    """asyncpg reads a row type's layout once per connection, with a query of its own
+    (up to 80 ms); the start's warm-up (``warm_engage``) does it for both writers."""
+    from gateway.store import hot_postgres
+    monkeypatch.setattr(hot_postgres, "RIDE", 0.0)  # the outcome alone, on its connection
+    hot = store._hot_path()  # noqa: SLF001
+    await hot.warm_engage()
+    from asyncpg.connection import Connection
+    watched = {id(pinned._connection._con)  # noqa: SLF001 - the driver's connections
+               for pinned in (hot._intents, hot._outcomes)}  # noqa: SLF001
+    read = Connection._introspect_types
+
+    async def checked(self: Connection, *args: object, **options: object) -> object:
+        assert id(self) not in watched, "a writer read the types at its first write"
+        return await read(self, *args, **options)
+    monkeypatch.setattr(Connection, "_introspect_types", checked)
+    entry = make_entry(4)
+    assert await store.journal_intent(entry)
+    await store.journal_outcome(entry.id, outcome)
+    got = await store.get_journal(entry.id)
+    assert got is not None and got.state is JournalState.COMPLETED
