@@ -8,8 +8,6 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
 from gateway.core.audit import canonical_head
 from gateway.core.model import AuditRecord, Freeze, FreezeScope, iso, new_id, utcnow
 from gateway.ports import FreezeChange, Notice
@@ -25,9 +23,10 @@ if TYPE_CHECKING:  # imported when a PostgreSQL store connects: SQLite never loa
 log = logging.getLogger("gateway.store")
 _APPEND_AUDIT = "SELECT * FROM gateway_audit_append($1, $2, $3, $4, $5)"  # migration 0019
 _PROBE = "UPDATE killswitch SET generation = generation WHERE 1 = 0"  # a write, of nothing
-_INTENTS_OUTCOMES = "SELECT * FROM gateway_journal_intents_outcomes($1::jsonb, $2::jsonb)"  # 0020
-_INTENTS_AUDIT = ("SELECT * FROM gateway_journal_intents_audit($1::jsonb, $2::jsonb, "  # 0021
-                  "$3, $4, $5, $6, $7)")
+_WRITE = "SELECT * FROM gateway_journal_write($1, $2, $3, $4, $5, $6, $7)"  # migration 0023
+_OUTCOMES = ("UPDATE journal AS j SET "  # a batch of outcomes alone, as 0023's rows
+             + ", ".join(f'"{c}" = v."{c}"' for c in codec.OUTCOME_COLUMNS)
+             + " FROM unnest($1::journal_outcome[]) AS v WHERE j.id = v.id RETURNING j.id")
 RIDE = 0.002  # how long outcomes wait for an intents' call to ride on before going alone
 _Columns = tuple[list[str], ...]  # an audit batch: at, actor, action, detail, head columns
 
@@ -115,9 +114,9 @@ class PostgresHotPath:
             await connection.execute("COMMIT")
 
     async def insert_intents(self, rows: Sequence[Sequence[Any]]) -> list[bool]:
-        """The whole batch in one call of ``gateway_journal_intents`` (migration 0005),
+        """The whole batch in one call of ``gateway_journal_write`` (migration 0023),
         with the outcomes and audit batches waiting for it (``update_outcomes``,
-        ``append_audit``; migrations 0020, 0021)."""
+        ``append_audit``)."""
         self._in_flight += 1
         try:
             return await self._insert_intents(rows)
@@ -126,28 +125,21 @@ class PostgresHotPath:
 
     async def _insert_intents(self, rows: Sequence[Sequence[Any]]) -> list[bool]:
         riding, audits = self._take_riding(), self._take_audits()
-        if not riding and not audits:
-            inserted = {row[0] for row in await self._intents.fetch(
-                numbered(ks.PG_INSERT_INTENTS_UNLESS_FROZEN), ks.intents_json(rows))}
-            return [row[0] in inserted for row in rows]
-        outcomes = _outcomes_json([row for batch, _ in riding for row in batch])
-        try:
-            if audits:
-                answer = await self._intents.fetch(_INTENTS_AUDIT, ks.intents_json(rows),
-                                                   outcomes, *_joined(audits))
-            else:
-                answer = await self._intents.fetch(_INTENTS_OUTCOMES, ks.intents_json(rows),
-                                                   outcomes)
+        try:  # the rows as they are: asyncpg sends them as rows, in the binary format
+            answer = await self._intents.fetch(
+                _WRITE, rows, [row for batch, _ in riding for row in batch], *_joined(audits))
         except Exception:  # the intents' failure is not the riders': they go alone now
-            self._alone_now(riding, audits)  # (one the store cannot take fails there)
+            if riding or audits:  # (one the store cannot take fails there)
+                self._alone_now(riding, audits)
             raise
         except BaseException:  # the intents' caller cancelled: the riders wait again
-            self._ride(riding, audits)
+            if riding or audits:
+                self._ride(riding, audits)
             raise
-        links = [row[2:] for row in answer if row[0] is None]  # 0021: the audit records
+        links = [row[2:] for row in answer if row[0] is None]  # the audit records
         if audits and links:
             _settle_audits(audits, links)
-        elif audits:  # the chain's lock was busy (0021): the records go alone
+        elif audits:  # the chain's lock was busy: the records go alone
             self._alone_now([], audits)
         updated = {row[1] for row in answer if row[0]}
         for batch, future in riding:
@@ -218,8 +210,7 @@ class PostgresHotPath:
                                                        asyncio.Future[list[bool]]]]) -> None:
         try:
             updated = {row[0] for row in await self._outcomes.fetch(
-                numbered(ks.PG_UPDATE_OUTCOMES),
-                *ks.columns_of([row for rows, _ in riding for row in rows]))}
+                _OUTCOMES, [row for rows, _ in riding for row in rows])}
         except BaseException as exc:
             _fail(riding, exc)
             return
@@ -269,11 +260,15 @@ class PostgresHotPath:
         rolled back (no freeze, no message, nothing chained): the first engage otherwise
         paid the connection, the statement's prepare and the function's first plans in
         that backend (measured 8-28 ms against 1.5-8 for the next, under load). It holds
-        the arbiter's lock for that one call, as an engage would."""
+        the arbiter's lock for that one call, as an engage would. Then the journal's two
+        writers' connections, their statements prepared (``Pinned.prepare``: the first
+        write otherwise read 0023's row types, up to 80 ms)."""
         freeze = Freeze(FreezeScope.GLOBAL, None, "warm-up", "gateway", utcnow(), new_id())
         # a message too (its plans): a NOTIFY of a transaction rolled back is never sent
         await self._engages.rolled_back(numbered(ks.PG_ENGAGE), *ks.engage_args(freeze),
                                         "gateway_warm_up", '{"wait": 0}')
+        await self._intents.prepare(_WRITE)
+        await self._outcomes.prepare(_OUTCOMES)
 
     async def probe(self) -> None:
         async with self.transaction() as tx:
@@ -320,7 +315,14 @@ class Pinned:
         for no lock more than 100 ms (then fails): a caller behind it would wait too."""
         await self._call(sql, args, rolled_back=True)
 
-    async def _call(self, sql: str, args: tuple[Any, ...], rolled_back: bool) -> list[Any]:
+    async def prepare(self, sql: str) -> None:
+        """``sql`` prepared on the kept connection, not run: asyncpg reads the types of
+        its parameters then, once per connection (a row type of 0023's took up to 80 ms
+        in a first call)."""
+        await self._call(sql, (), rolled_back=None)
+
+    async def _call(self, sql: str, args: tuple[Any, ...], rolled_back: bool | None,
+                    ) -> list[Any]:
         async with self._lock:
             if self._connection is not None and self._connection._con is None:  # noqa: SLF001
                 # closed while kept (the server dropped it): the pool took it back
@@ -328,6 +330,9 @@ class Pinned:
             if self._connection is None:
                 self._connection = await self._pool.acquire()
             try:
+                if rolled_back is None:
+                    await self._connection.prepare(sql)
+                    return []
                 if not rolled_back:
                     return list(await self._connection.fetch(sql, *args))
                 await self._connection.execute("BEGIN; SET LOCAL lock_timeout = 100")
@@ -352,12 +357,6 @@ class Pinned:
         connection, self._connection = self._connection, None
         if connection is not None:
             await self._pool.release(connection)
-
-
-def _outcomes_json(rows: Sequence[Sequence[Any]]) -> str:
-    """Outcome rows (``OUTCOME_COLUMNS``, then the id) as the JSON batch 0020 takes."""
-    return orjson.dumps([dict(zip((*codec.OUTCOME_COLUMNS, "id"), row, strict=True))
-                         for row in rows]).decode()
 
 
 def _joined(audits: Sequence[tuple[_Columns, Any]]) -> list[list[str]]:
