@@ -86,6 +86,11 @@ class HotPath(Protocol):
         one of its scope and target is in force: that one, unchanged); ``announce``
         sent at its commit where the database can (``ports.Bus.at_commit``)."""
 
+    async def warm(self) -> None:
+        """Make the first journal write as quick as the next, once the schema is
+        current (PostgreSQL: the writers' statements prepared; SQLite: nothing to do).
+        A failure only logs: the first write then pays for it."""
+
     async def warm_engage(self) -> None:
         """Make the first ``engage`` as quick as the next: nothing engaged, recorded or
         announced (PostgreSQL: its session and plans; SQLite: nothing to do)."""

@@ -23,8 +23,8 @@ if TYPE_CHECKING:  # imported when a PostgreSQL store connects: SQLite never loa
 log = logging.getLogger("gateway.store")
 _APPEND_AUDIT = "SELECT * FROM gateway_audit_append($1, $2, $3, $4, $5)"  # migration 0019
 _PROBE = "UPDATE killswitch SET generation = generation WHERE 1 = 0"  # a write, of nothing
-_WRITE = "SELECT * FROM gateway_journal_write($1, $2, $3, $4, $5, $6, $7)"  # migration 0023
-_OUTCOMES = ("UPDATE journal AS j SET "  # a batch of outcomes alone, as 0023's rows
+_WRITE = "SELECT * FROM gateway_journal_write($1, $2, $3, $4, $5, $6, $7)"  # migration 0022
+_OUTCOMES = ("UPDATE journal AS j SET "  # a batch of outcomes alone, as 0022's rows
              + ", ".join(f'"{c}" = v."{c}"' for c in codec.OUTCOME_COLUMNS)
              + " FROM unnest($1::journal_outcome[]) AS v WHERE j.id = v.id RETURNING j.id")
 RIDE = 0.002  # how long outcomes wait for an intents' call to ride on before going alone
@@ -114,7 +114,7 @@ class PostgresHotPath:
             await connection.execute("COMMIT")
 
     async def insert_intents(self, rows: Sequence[Sequence[Any]]) -> list[bool]:
-        """The whole batch in one call of ``gateway_journal_write`` (migration 0023),
+        """The whole batch in one call of ``gateway_journal_write`` (migration 0022),
         with the outcomes and audit batches waiting for it (``update_outcomes``,
         ``append_audit``)."""
         self._in_flight += 1
@@ -260,15 +260,22 @@ class PostgresHotPath:
         rolled back (no freeze, no message, nothing chained): the first engage otherwise
         paid the connection, the statement's prepare and the function's first plans in
         that backend (measured 8-28 ms against 1.5-8 for the next, under load). It holds
-        the arbiter's lock for that one call, as an engage would. Then the journal's two
-        writers' connections, their statements prepared (``Pinned.prepare``: the first
-        write otherwise read 0023's row types, up to 80 ms)."""
+        the arbiter's lock for that one call, as an engage would."""
         freeze = Freeze(FreezeScope.GLOBAL, None, "warm-up", "gateway", utcnow(), new_id())
         # a message too (its plans): a NOTIFY of a transaction rolled back is never sent
         await self._engages.rolled_back(numbered(ks.PG_ENGAGE), *ks.engage_args(freeze),
                                         "gateway_warm_up", '{"wait": 0}')
-        await self._intents.prepare(_WRITE)
-        await self._outcomes.prepare(_OUTCOMES)
+
+    async def warm(self) -> None:
+        """The journal's two writers' connections, their statements prepared
+        (``Pinned.prepare``): the first write otherwise read 0022's row types, up to
+        80 ms."""
+        try:
+            await self._intents.prepare(_WRITE)
+            await self._outcomes.prepare(_OUTCOMES)
+        except Exception as exc:
+            log.warning("the journal's writers could not be warmed (%s): the first write "
+                        "prepares them", exc)
 
     async def probe(self) -> None:
         async with self.transaction() as tx:
@@ -317,7 +324,7 @@ class Pinned:
 
     async def prepare(self, sql: str) -> None:
         """``sql`` prepared on the kept connection, not run: asyncpg reads the types of
-        its parameters then, once per connection (a row type of 0023's took up to 80 ms
+        its parameters then, once per connection (a row type of 0022's took up to 80 ms
         in a first call)."""
         await self._call(sql, (), rolled_back=None)
 

@@ -230,6 +230,9 @@ class SqliteHotPath:
         async with self.transaction(ks.ENGAGE_LOCKS) as tx:
             return await ks.engage_in(tx, freeze)
 
+    async def warm(self) -> None:
+        """Nothing to warm: statements run inline on the one connection."""
+
     async def warm_engage(self) -> None:
         """Nothing to warm: the engage runs inline on the one connection."""
 

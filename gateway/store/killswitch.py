@@ -8,8 +8,8 @@ write. What makes that exact under concurrency:
 
 - SQLite: the batch runs in ``BEGIN IMMEDIATE``, holding the database's one
   write lock, and an engage holds the same lock; the two cannot interleave.
-- PostgreSQL: the batch is one call of ``gateway_journal_intents`` (migration
-  0005), which first takes the advisory lock ``ARBITER_LOCK`` in shared
+- PostgreSQL: the batch is one call of ``gateway_journal_write`` (migration
+  0022; 0005 began it), which first takes the advisory lock ``ARBITER_LOCK`` in shared
   mode, in a statement of its own; an engage takes it exclusively before it
   inserts the freeze. So a batch either committed before the freeze did (the
   engage waited for it) or its insert began after the freeze committed and
@@ -40,7 +40,6 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
-import sqlalchemy as sa
 
 from gateway.core.audit import canonical_head
 from gateway.core.killswitch import InFlight
@@ -48,9 +47,8 @@ from gateway.core.model import Freeze, FreezeScope, iso, parse_iso
 from gateway.ports import FreezeChange, Notice
 from gateway.store import codec
 from gateway.store.audit import WRITE_LOCK, append_in
-from gateway.store.codec import JOURNAL_COLUMNS, OUTCOME_COLUMNS, quoted
+from gateway.store.codec import JOURNAL_COLUMNS, quoted
 from gateway.store.hot import HotPath, Tx
-from gateway.store.tables import JournalRow
 
 ARBITER_LOCK = 0x67775F6172626974  # "gw_arbit"
 INTENT_COLUMNS = (*JOURNAL_COLUMNS, "process")
@@ -104,48 +102,6 @@ SELECT_PENDING_INTENTS = (  # served by the partial index ix_journal_intents
     "SELECT id, agent, upstream, method, path, process FROM journal "
     "WHERE state = 'intent' AND at >= ? ORDER BY at, id"
 )
-
-
-def _pg_type(column: sa.Column[Any]) -> str:
-    kind = column.type
-    if isinstance(kind, sa.Boolean):
-        return "boolean"
-    if isinstance(kind, sa.BigInteger):
-        return "bigint"
-    if isinstance(kind, sa.Integer):
-        return "integer"
-    if isinstance(kind, sa.LargeBinary):
-        return "bytea"
-    return "text"
-
-
-def _unnest(columns: tuple[str, ...]) -> str:
-    """``unnest(?::text[], ?::integer[], ...) AS v("a", "b", ...)``: a batch as one
-    parameter per column, so one prepared statement serves every batch size."""
-    table = JournalRow.__table__  # type: ignore[attr-defined]
-    arrays = ", ".join(f"?::{_pg_type(table.c[name])}[]" for name in columns)
-    return f"unnest({arrays}) AS v({quoted(columns)})"
-
-
-# PostgreSQL: a whole batch of intents, as JSON objects keyed by column, in one call.
-PG_INSERT_INTENTS_UNLESS_FROZEN = "SELECT gateway_journal_intents(?::jsonb)"
-
-
-def intents_json(rows: Sequence[Sequence[Any]]) -> str:
-    """Rows in ``INTENT_COLUMNS`` order as the JSON batch the function takes."""
-    return orjson.dumps([dict(zip(INTENT_COLUMNS, row, strict=True)) for row in rows]).decode()
-
-
-# PostgreSQL: a batch of outcomes in one statement; the ids it updated.
-PG_UPDATE_OUTCOMES = (
-    "UPDATE journal AS j SET " + ", ".join(f'"{c}" = v."{c}"' for c in OUTCOME_COLUMNS)
-    + f" FROM {_unnest((*OUTCOME_COLUMNS, 'id'))} WHERE j.id = v.id RETURNING j.id"
-)
-
-
-def columns_of(rows: Sequence[Sequence[Any]]) -> list[list[Any]]:
-    """Rows to one list per column, the shape ``unnest`` takes."""
-    return [list(column) for column in zip(*rows, strict=True)]
 
 
 # PostgreSQL: an engage in one call (migration 0018): the arbiter's lock, the freeze

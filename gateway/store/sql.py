@@ -116,6 +116,7 @@ class SqlStore(KillSwitch, JournalLog, AuditChain, HeldCalls, RollbackPlans,
         except BaseException:
             await hot.close()
             raise
+        await hot.warm()  # after the schema: the writers' statements name its types
         self._hot = hot
 
     def bus(self) -> Bus:

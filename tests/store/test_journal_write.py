@@ -1,4 +1,4 @@
-"""Migration 0023's ``gateway_journal_write`` on PostgreSQL: the rows it takes are the
+"""Migration 0022's ``gateway_journal_write`` on PostgreSQL: the rows it takes are the
 hot path's columns, every field goes through them exactly (intents, and the outcomes
 that ride on their call), and it upgrades from 0021 and downgrades to it."""
 
@@ -26,13 +26,13 @@ from gateway.store.tables import JournalRow
 
 EntryFactory = Callable[..., JournalEntry]
 MIGRATION = (Path(__file__).resolve().parents[2] / "gateway" / "store" / "migrations"
-             / "versions" / "0023_journal_write_rows.py")
+             / "versions" / "0022_journal_write_rows.py")
 # what JSON batches made hard: escapes, JSON inside JSON, characters beyond the BMP
 TRICKY = 'a "quoted" \\ back\\slash\nnew line\ttab {"json": "in \\"json\\""} 🚀 ñ'
 
 
 def _migration() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("migration_0023", MIGRATION)
+    spec = importlib.util.spec_from_file_location("migration_0022", MIGRATION)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -116,7 +116,7 @@ async def test_upgrade_from_0021_and_downgrade_to_it(store_url: str,
         async with engine.connect() as connection, connection.begin():
             await connection.run_sync(
                 lambda sync: command.downgrade(alembic_config(sync), "0021"))
-        assert await _functions(store_url) == before  # 0021's calls, without 0023's
+        assert await _functions(store_url) == before  # 0021's calls, without 0022's
     finally:
         await engine.dispose()
     store = SqlStore(store_url)  # and up again at start
@@ -126,7 +126,7 @@ async def test_upgrade_from_0021_and_downgrade_to_it(store_url: str,
         assert await store.journal_intent(entry)
         assert await store.get_journal(entry.id) == entry
         assert "gateway_journal_write" in await _functions(store_url)
-        assert head() == "0023"
+        assert head() == "0022"
     finally:
         await store.close()
 
@@ -136,11 +136,10 @@ async def test_the_warm_up_reads_the_row_types_before_the_first_write(
         store: SqlStore, store_url: str, make_entry: EntryFactory,
         outcome: JournalOutcome, monkeypatch: pytest.MonkeyPatch) -> None:
     """asyncpg reads a row type's layout once per connection, with a query of its own
-    (up to 80 ms); the start's warm-up (``warm_engage``) does it for both writers."""
+    (up to 80 ms); the store's start (``HotPath.warm``) does it for both writers."""
     from gateway.store import hot_postgres
     monkeypatch.setattr(hot_postgres, "RIDE", 0.0)  # the outcome alone, on its connection
-    hot = store._hot_path()  # noqa: SLF001
-    await hot.warm_engage()
+    hot = store._hot_path()  # noqa: SLF001 - started, so warmed
     from asyncpg.connection import Connection
     watched = {id(pinned._connection._con)  # noqa: SLF001 - the driver's connections
                for pinned in (hot._intents, hot._outcomes)}  # noqa: SLF001

@@ -18,7 +18,7 @@ It returns (outcome?, id, NULL, NULL, NULL) per journal row updated (true)
 or inserted (false), then (NULL, NULL, seq, prev_hash, hash) per audit
 record, in order; no audit rows when the chain's lock was busy.
 
-Revision ID: 0023
+Revision ID: 0022
 Revises: 0021
 Create Date: 2026-12-07
 """
@@ -27,7 +27,7 @@ from collections.abc import Sequence
 
 from alembic import op
 
-revision: str = "0023"
+revision: str = "0022"
 down_revision: str | Sequence[str] | None = "0021"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
@@ -36,7 +36,7 @@ ARBITER_LOCK = 0x67775F6172626974  # gateway.store.killswitch.ARBITER_LOCK ("gw_
 WRITE_LOCK = 0x67775F7772697465  # gateway.store.audit.WRITE_LOCK ("gw_write")
 _INTEGER = {"request_body_size", "prior_status", "status", "response_body_size"}
 _BOOLEAN = {"reversible"}
-INTENT_COLUMNS = (  # gateway.store.killswitch.INTENT_COLUMNS, as they were at 0023
+INTENT_COLUMNS = (  # gateway.store.killswitch.INTENT_COLUMNS, as they were at 0022
     "id", "at", "request_id", "agent", "run", "model", "prompt_version", "tool_version",
     "upstream", "method", "path", "query", "rule", "decision", "policy_revision",
     "request_headers", "request_body", "request_body_sha256", "request_body_size",
@@ -45,7 +45,7 @@ INTENT_COLUMNS = (  # gateway.store.killswitch.INTENT_COLUMNS, as they were at 0
     "response_body_size", "error", "timings", "completed_at", "approval", "after",
     "mode", "would_decide", "sealed", "irreversible_reason", "process",
 )
-OUTCOME_COLUMNS = (  # gateway.store.codec.OUTCOME_COLUMNS, as they were at 0023, then the id
+OUTCOME_COLUMNS = (  # gateway.store.codec.OUTCOME_COLUMNS, as they were at 0022, then the id
     "state", "status", "response_headers", "response_body", "response_body_sha256",
     "response_body_size", "undo", "reversible", "error", "timings", "completed_at", "after",
     "sealed_outcome", "id",
