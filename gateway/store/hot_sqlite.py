@@ -171,21 +171,10 @@ class SqliteHotPath:
         """Each intent an ``INSERT ... WHERE NOT EXISTS`` (a freeze covers it), the
         batch in one transaction; then one flush for those that went in. A batch
         asks for an active freeze once, under the write lock an engage needs too:
-        with none, its rows go in by one ``executemany`` of plain inserts.
-
-        A lone row that is in already is flushed before its duplicate error is raised:
-        after a batch committed and its flush failed, ``GroupCommit`` tries each row
-        alone, and the journal takes a duplicate of a batch it was unsure of as
-        journaled (``journal.JournalLog._commit_intents``); journaled must mean on disk,
-        and after a failed flush no later one proves it (``flush``): the caller gets
-        the error."""
+        with none, its rows go in by one ``executemany`` of plain inserts."""
         if len(rows) == 1:
-            try:
-                counts = [await self.execute(ks.INSERT_INTENT_UNLESS_FROZEN,
-                                             ks.unless_frozen_args(rows[0]))]
-            except sqlite3.IntegrityError:
-                await self.flush()
-                raise
+            counts = [await self.execute(ks.INSERT_INTENT_UNLESS_FROZEN,
+                                         ks.unless_frozen_args(rows[0]))]
         else:
             self._file.check()
             counts = await self._run(lambda: self._intents(rows))
