@@ -52,7 +52,7 @@ class GroupCommit(Generic[T, R]):
         except BaseException as exc:
             waiting, self._waiting = self._waiting, []
             for _, future in waiting:
-                _settle(future, exc=exc)
+                settle(future, exc=exc)
             raise
         finally:
             self._draining = None
@@ -69,20 +69,20 @@ class GroupCommit(Generic[T, R]):
             results = await self._commit([item for item, _ in batch])
         except Exception as exc:
             if len(batch) == 1:
-                _settle(batch[0][1], exc=exc)
+                settle(batch[0][1], exc=exc)
                 return
             for one in batch:  # find the culprit: each alone
                 await self._run([one])
             return
         except BaseException as exc:  # cancelled: nobody is left to commit for them
             for _, future in batch:
-                _settle(future, exc=exc)
+                settle(future, exc=exc)
             raise
         for (_, future), result in zip(batch, results, strict=True):
-            _settle(future, result)
+            settle(future, result)
 
 
-def _settle(future: asyncio.Future[R], result: R | None = None,
+def settle(future: asyncio.Future[R], result: R | None = None,
             exc: BaseException | None = None) -> None:
     if future.done():  # its caller was cancelled; the write stands regardless
         return

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +15,7 @@ from gateway.store import codec
 from gateway.store import killswitch as ks
 from gateway.store.bus import PgBus
 from gateway.store.engine import connect_primary
+from gateway.store.group import settle
 from gateway.store.hot import AuditItem, Tx, numbered
 
 if TYPE_CHECKING:  # imported when a PostgreSQL store connects: SQLite never loads it
@@ -143,7 +144,7 @@ class PostgresHotPath:
             self._alone_now([], audits)
         updated = {row[1] for row in answer if row[0]}
         for batch, future in riding:
-            _settle(future, [row[-1] in updated for row in batch])
+            settle(future, [row[-1] in updated for row in batch])
         inserted = {row[1] for row in answer if row[0] is False}
         return [row[0] in inserted for row in rows]
 
@@ -191,11 +192,15 @@ class PostgresHotPath:
     def _alone_now(self, riding: list[tuple[Sequence[Sequence[Any]],
                                             asyncio.Future[list[bool]]]],
                    audits: list[tuple[_Columns, asyncio.Future[list[Any]]]]) -> None:
-        for work in ((self._outcomes_alone(riding),) if riding else ()) + (
-                (self._audits_alone(audits),) if audits else ()):
-            task = asyncio.get_running_loop().create_task(work)
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        if riding:
+            self._spawn(self._outcomes_alone(riding))
+        if audits:
+            self._spawn(self._audits_alone(audits))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _audits_alone(self, audits: list[tuple[_Columns,
                                                      asyncio.Future[list[Any]]]]) -> None:
@@ -215,7 +220,7 @@ class PostgresHotPath:
             _fail(riding, exc)
             return
         for rows, future in riding:
-            _settle(future, [row[-1] in updated for row in rows])
+            settle(future, [row[-1] in updated for row in rows])
 
     async def append_audit(self, items: Sequence[AuditItem], durable: bool = True,
                            ) -> list[AuditRecord]:
@@ -314,22 +319,31 @@ class Pinned:
         self._lock = asyncio.Lock()  # one call at a time, should a caller not be serial
 
     async def fetch(self, sql: str, *args: Any) -> list[Any]:
-        return await self._call(sql, args, rolled_back=False)
+        return await self._call(lambda connection: connection.fetch(sql, *args))
 
     async def rolled_back(self, sql: str, *args: Any) -> None:
         """``sql`` in a transaction that is rolled back, the lock held throughout (no
         other call can land in it): to make this session's plans of ``sql``. It waits
         for no lock more than 100 ms (then fails): a caller behind it would wait too."""
-        await self._call(sql, args, rolled_back=True)
+        async def rolled_back(connection: Any) -> list[Any]:
+            await connection.execute("BEGIN; SET LOCAL lock_timeout = 100")
+            try:
+                await connection.fetch(sql, *args)
+            finally:
+                await connection.execute("ROLLBACK")
+            return []
+        await self._call(rolled_back)
 
     async def prepare(self, sql: str) -> None:
         """``sql`` prepared on the kept connection, not run: asyncpg reads the types of
         its parameters then, once per connection (a row type of 0022's took up to 80 ms
         in a first call)."""
-        await self._call(sql, (), rolled_back=None)
+        async def prepared(connection: Any) -> list[Any]:
+            await connection.prepare(sql)
+            return []
+        await self._call(prepared)
 
-    async def _call(self, sql: str, args: tuple[Any, ...], rolled_back: bool | None,
-                    ) -> list[Any]:
+    async def _call(self, work: Callable[[Any], Awaitable[Any]]) -> list[Any]:
         async with self._lock:
             if self._connection is not None and self._connection._con is None:  # noqa: SLF001
                 # closed while kept (the server dropped it): the pool took it back
@@ -337,17 +351,7 @@ class Pinned:
             if self._connection is None:
                 self._connection = await self._pool.acquire()
             try:
-                if rolled_back is None:
-                    await self._connection.prepare(sql)
-                    return []
-                if not rolled_back:
-                    return list(await self._connection.fetch(sql, *args))
-                await self._connection.execute("BEGIN; SET LOCAL lock_timeout = 100")
-                try:
-                    await self._connection.fetch(sql, *args)
-                finally:
-                    await self._connection.execute("ROLLBACK")
-                return []
+                return list(await work(self._connection))
             except BaseException:
                 try:
                     await self._give_back()
@@ -376,31 +380,16 @@ def _settle_audits(audits: Sequence[tuple[_Columns, asyncio.Future[list[Any]]]],
     """Each batch its own (seq, prev_hash, hash) rows, in order."""
     start = 0
     for columns, future in audits:
-        _settle_any(future, list(links[start:start + len(columns[0])]))
+        settle(future, list(links[start:start + len(columns[0])]))
         start += len(columns[0])
 
 
 def _fail(waiting: Sequence[tuple[Any, asyncio.Future[Any]]], exc: BaseException) -> None:
     """Each rider's caller gets ``exc``; a cancel (no ``Exception``) goes on up."""
     for _, future in waiting:
-        _settle_any(future, exc=exc)
+        settle(future, exc=exc)
     if not isinstance(exc, Exception):
         raise exc
-
-
-def _settle(future: asyncio.Future[list[bool]], result: list[bool] | None = None,
-            exc: BaseException | None = None) -> None:
-    _settle_any(future, result or [], exc)
-
-
-def _settle_any(future: asyncio.Future[list[Any]], result: list[Any] | None = None,
-                exc: BaseException | None = None) -> None:
-    if future.done():  # its caller was cancelled
-        return
-    if exc is not None:
-        future.set_exception(exc)
-    else:
-        future.set_result(result or [])
 
 
 async def _abandon(connection: asyncpg.Connection) -> None:
