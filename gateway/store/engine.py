@@ -276,6 +276,8 @@ def create_engine(url: URL) -> AsyncEngine:
     event.listen(engine.sync_engine, "connect",
                  lambda connection, record: _sqlite_connect(connection, record, path))
     event.listen(engine.sync_engine, "begin", _sqlite_begin)
+    event.listen(engine.sync_engine, "before_cursor_execute", _sqlite_statement)
+    event.listen(engine.sync_engine, "commit", _sqlite_statement)  # COMMIT writes it too
     return engine
 
 
@@ -290,9 +292,17 @@ def _sqlite_connect(dbapi_connection: Any, record: Any, path: Path) -> None:
 def _sqlite_begin(connection: Any) -> None:
     immediate = connection.get_execution_options().get(IMMEDIATE, False)
     file = connection.connection.info.get("file")
-    if file is not None:
-        if immediate:  # a write: into the file that is still the store
-            file.check()
-        else:  # a read touches the ``-shm`` mapping too
-            file.check_shm()
+    if file is not None and immediate:  # a write: into the file that is still the store
+        file.check()
     connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def _sqlite_statement(connection: Any, *_: Any) -> None:
+    """Every statement, reads included, and the COMMIT may touch the ``-shm``
+    mapping, and a transaction's statements are spread over awaits and a thread
+    hop: the file is looked at right before each one, not once at ``BEGIN``, so
+    that one turned unwritable mid-transaction fails the next statement instead
+    of killing the process."""
+    file = connection.connection.info.get("file")
+    if file is not None:
+        file.check_shm()

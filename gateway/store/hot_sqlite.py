@@ -132,15 +132,20 @@ class SqliteHotPath:
         return self._wal
 
     async def execute(self, sql: str, args: Sequence[Any]) -> int:
-        self._file.check()
         return await self._run(lambda: self._connection.execute(sql, args).rowcount)
 
     async def fetch(self, sql: str, args: Sequence[Any]) -> list[Sequence[Any]]:
-        self._file.check_shm()
-        return await self._run(lambda: self._connection.execute(sql, args).fetchall())
+        return await self._run(lambda: self._connection.execute(sql, args).fetchall(),
+                               self._file.check_shm)
 
-    async def _run(self, statement: Callable[[], _T]) -> _T:
+    async def _run(self, statement: Callable[[], _T],
+                   check: Callable[[], None] | None = None) -> _T:
+        """``statement`` under the lock, after ``check`` (by default: the path still
+        names the file and its ``-shm`` can be written). The check is made once the
+        lock is held, right before SQLite touches the file: made before waiting for
+        the lock, it would leave the wait for the file to turn unwritable in."""
         async with self._lock:
+            (check or self._file.check)()
             try:
                 return statement()
             except sqlite3.OperationalError as exc:
@@ -151,8 +156,8 @@ class SqliteHotPath:
     @asynccontextmanager
     async def transaction(self, locks: Sequence[int] = (), durable: bool = True,
                           ) -> AsyncIterator[Tx]:
-        self._file.check()
         async with self._lock:
+            self._file.check()
             begin = self._connection.execute
             try:
                 begin("BEGIN IMMEDIATE")
@@ -162,6 +167,7 @@ class SqliteHotPath:
                 await asyncio.to_thread(self._waiting, lambda: begin("BEGIN IMMEDIATE"))
             try:
                 yield _SqliteTx(self._connection)
+                self._file.check_shm()  # COMMIT writes the mapping: looked at again
             except BaseException:
                 self._connection.execute("ROLLBACK")
                 raise
@@ -176,7 +182,6 @@ class SqliteHotPath:
             counts = [await self.execute(ks.INSERT_INTENT_UNLESS_FROZEN,
                                          ks.unless_frozen_args(rows[0]))]
         else:
-            self._file.check()
             counts = await self._run(lambda: self._intents(rows))
         if any(counts):
             await self.flush()  # on disk before any of these writes is sent
@@ -198,6 +203,7 @@ class SqliteHotPath:
         self._connection.execute("BEGIN IMMEDIATE")
         try:
             done = work()
+            self._file.check_shm()  # COMMIT writes the mapping: looked at again
         except BaseException:
             self._connection.execute("ROLLBACK")
             raise
@@ -248,7 +254,6 @@ class SqliteHotPath:
         """
         if len(rows) == 1:
             return [await self.execute(sql, rows[0])]
-        self._file.check()
         return await self._run(lambda: self._immediate(
             lambda: [self._connection.execute(sql, row).rowcount for row in rows]))
 

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from tests.e2e.procs import Proc, start_crm, start_gateway, write_settings
-from tests.harness import AGENT_KEY, CRM_RULES, policy_text, until
+from tests.harness import AGENT_KEY, CRM_RULES, TOKENS, policy_text, until
 
 
 @pytest.fixture
@@ -40,6 +40,25 @@ ROWS = [
 ]
 
 
+async def settled(client: httpx.AsyncClient, admin: str) -> None:
+    """Until the gateway has written what follows the write's reply: its outcome in
+    the journal and its decision in the audit chain. A file turned unwritable at any
+    moment is refused by the check before each statement, except in the microseconds
+    between that check and SQLite touching the mapping (the kernel gives no way to
+    close them, README "Store health"). Right after the reply the gateway spends much
+    of its time in exactly such moments, writing the outcome and the audit record:
+    freezing the files then measured that window (one run in a few hundred), not
+    the check."""
+    viewer = {"Authorization": f"Bearer {TOKENS['viewer']}"}
+
+    async def written() -> bool:
+        journal = (await client.get(f"{admin}/v1/journal", headers=viewer)).json()["items"]
+        audit = (await client.get(f"{admin}/v1/audit", headers=viewer)).json()["items"]
+        return [e["state"] for e in journal] == ["completed"] \
+            and any(a["action"].startswith("call.") for a in audit)
+    await until(written, "the first write's outcome and audit record to be stored")
+
+
 @pytest.mark.parametrize("names", [r[1] for r in ROWS], ids=[r[0] for r in ROWS])
 async def test_unwritable_sqlite_files_fail_closed_without_killing_the_process(
         tmp_path: Path, crm: Proc, names: list[str]) -> None:
@@ -55,6 +74,7 @@ async def test_unwritable_sqlite_files_fail_closed_without_killing_the_process(
             first = await client.patch(f"{proxy}/crm/customers/cus_1", json={"plan": "pro"})
             assert first.status_code == 200, first.text
             assert all(p.exists() for p in frozen)
+            await settled(client, admin)
             immutable(frozen, True)
             try:
                 health = await client.get(f"{admin}/v1/health")
