@@ -103,6 +103,7 @@ class HotPath(Protocol):
         """The bus of the processes sharing this database (not started)."""
 
     async def flush(self) -> None:
-        """Until every commit so far is on disk (what an intent needs before its send)."""
+        """Until every commit so far is on disk, and on PostgreSQL on the synchronous
+        standby (what an intent needs before its send)."""
 
     async def close(self) -> None: ...

@@ -68,9 +68,11 @@ class JournalLog:
         except self._duplicate:
             # Retried alone (GroupCommit) after a batch whose commit was reported failed
             # but had committed (a connection lost after COMMIT): its row is there, so it
-            # is journaled once it is on disk (``flush``: on SQLite a batch whose flush
-            # failed is not, and no later flush proves it); failing it would leave an
-            # intent nobody sends (issue 16).
+            # is journaled once it is durable (``flush``: on SQLite on disk, and a batch
+            # whose flush failed is not, nor does a later flush prove it; on PostgreSQL
+            # on the synchronous standby too, which the row may not be: the primary shows
+            # a commit before the standby has it); failing it would leave an intent
+            # nobody sends (issue 16).
             if len(entries) == 1 and entries[0].id in self._unsure \
                     and await self._journaled(entries[0].id):
                 await self._hot_path().flush()

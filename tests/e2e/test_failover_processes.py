@@ -186,3 +186,58 @@ def test_freezes_and_writes_across_a_failover_on_two_processes(
                               timeout=30)
         assert released.status_code == 200 and released.json()["released"] is not None
     assert writes_go(proxy_a, "released-a") and writes_go(proxy_b, "released-b")
+
+
+def waiting_for_standby(pair: Pair, like: str) -> list[int]:
+    """The primary's backends whose commit waits for the standby, by what they ran."""
+    return [row["pid"] for row in run(
+        pair, pair.primary_port, "postgres",
+        "SELECT pid FROM pg_stat_activity WHERE wait_event = 'SyncRep' "
+        f"AND query ILIKE '{like}'")]
+
+
+def test_an_intent_the_primary_holds_for_its_standby_is_not_sent(
+        pair: Pair, gateways: list[Proc], upstream: Recorder) -> None:
+    """The standby is down, so the primary commits each intent locally and holds its
+    answer until the standby has it. Cut that connection (a network cut, a
+    ``pg_terminate_backend``): the batch's rows are in, visible on the primary, on
+    no standby. Each intent of the batch is tried again alone and finds its row;
+    it counts as journaled only once the row is on the standby too, for the primary
+    may die next and the standby take over without it. So nothing is sent while
+    the standby is down, and what is sent once it is back is journaled on it."""
+    proxy = gateways[0].urls[0]
+    assert writes_go(proxy, "warm")
+    pair.stop(pair.standby)
+    answers: dict[str, httpx.Response] = {}
+
+    def write(path: str) -> None:
+        answers[path] = patch(proxy, path, BOT)
+
+    paths = [f"/items/held-{n}" for n in range(3)]
+    threads = [threading.Thread(target=write, args=(path,), daemon=True) for path in paths]
+    for thread in threads:
+        thread.start()
+
+    def sent() -> set[str]:
+        return {a.path for a in upstream.log if a.method == "PATCH"} & set(paths)
+
+    def found_in() -> bool:
+        """Each intents' commit held for the standby is cut off, until an intent tried
+        again finds its row in: it is sent, or its retry waits for the standby."""
+        for pid in waiting_for_standby(pair, "%journal%"):
+            run(pair, pair.primary_port, "postgres", f"SELECT pg_terminate_backend({pid})")
+        return bool(sent()) or bool(waiting_for_standby(pair, "%pg_logical_emit_message%"))
+    poll(found_in, "an intent of a cut-off batch found in by its retry", interval=0.05)
+    assert sent() == set(), "sent while its intent was on no standby"
+
+    pair.start(pair.standby)
+    for thread in threads:
+        thread.join(timeout=60)
+    assert set(answers) == set(paths)
+    assert {r.status_code for r in answers.values()} <= {200, 503}
+    received = sent()
+    assert received == {p for p, r in answers.items() if r.status_code == 200}
+    assert received, "no write of a cut-off batch was sent once the standby was back"
+    journaled = {row["path"] for row in run(pair, pair.standby_port, "gateway",
+                                            "SELECT path FROM journal WHERE method = 'PATCH'")}
+    assert received <= journaled
