@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -21,6 +22,8 @@ from gateway.store.engine import SQLITE_PRAGMAS, SqliteFile
 from gateway.store.hot import AuditItem, Tx
 
 log = logging.getLogger("gateway.store")
+# a flush that takes less than this (moving average) runs on the loop's thread (``flush``)
+INLINE_FLUSH = 0.001
 _T = TypeVar("_T")
 _PROBE = "UPDATE alembic_version SET version_num = version_num"
 
@@ -75,6 +78,7 @@ class SqliteHotPath:
         self.fsync = fsync
         self._wal: int | None = None  # the WAL's descriptor (``_log``)
         self._failed: OSError | None = None  # a flush failed: none is trusted again
+        self._flush_time = 0.0  # seconds, a moving average of the flushes (``flush``)
 
     @classmethod
     async def connect(cls, path: Path, fsync: bool = True) -> SqliteHotPath:
@@ -92,16 +96,27 @@ class SqliteHotPath:
         return cls(connection, file, fsync)
 
     async def flush(self) -> None:
-        """On a worker thread, even for one intent alone: flushing on the loop saved it
-        ~50 us of CPU a PATCH at one connection but doubled the p50 there (paired A/B,
-        8 rounds: 1.95 -> 3.64 ms). The WAL's descriptor is opened once (``_log``),
-        so the thread makes one system call that lets go of the GIL instead of three
-        (open, fdatasync, close), each a GIL hand-off back to a busy loop."""
+        """On the loop's own thread while flushes are fast, else on a worker thread.
+
+        Handing the ``fdatasync`` to a thread and back costs the loop more than
+        a fast disk takes to flush: on the 2-core bench machine a bare
+        ``fdatasync`` took 0.23 ms at p50 and the hand-off made it 0.63 ms of a
+        PATCH's p50; run inline, the PATCH's p50 fell 0.29 ms at one
+        connection and its CPU 14% at 32 (paired A/B, ``bench/README.md``).
+        But the loop serves every other call, the engage included, and does
+        nothing while it flushes: once the flushes' moving average exceeds
+        ``INLINE_FLUSH`` (a slow or network disk), they go to a thread, and
+        come back when the disk is fast again. The WAL's descriptor is opened
+        once (``_log``): one system call per flush, not three."""
         if not self.fsync:
             return
         self._raise_if_failed()
         try:
-            await asyncio.to_thread(_sync, self._log(), self._file.path)
+            if self._flush_time < INLINE_FLUSH:
+                took = _sync(self._log(), self._file.path)
+            else:
+                took = await asyncio.to_thread(_sync, self._log(), self._file.path)
+            self._flush_time += (took - self._flush_time) / 8
         except OSError as exc:
             # Not retried, ever: after a failed writeback Linux may drop the dirty pages
             # and report the error once, so a later fdatasync can succeed with the rows
@@ -272,11 +287,14 @@ class SqliteHotPath:
                 self._wal = None
 
 
-def _sync(fd: int | None, path: Path) -> None:
+def _sync(fd: int | None, path: Path) -> float:
+    """Flush the WAL; the seconds it took."""
+    started = time.perf_counter()
     if fd is None:
         _sync_log(path)
     else:
         os.fdatasync(fd)
+    return time.perf_counter() - started
 
 
 def _sync_log(path: Path) -> None:

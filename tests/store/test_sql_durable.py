@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -129,3 +131,36 @@ async def test_after_a_failed_flush_no_intent_is_journaled_until_a_restart(
         os.close(read_end)
         os.close(write_end)
     assert failed
+
+
+async def test_fast_flushes_run_on_the_loop_slow_ones_on_a_thread(
+        store: SqlStore, make_entry: EntryFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A flush faster than ``INLINE_FLUSH`` (moving average) runs on the loop's thread:
+    the hand-off cost more than the disk. A slow disk moves the flushes to a worker
+    thread, so the loop is not held for them, and a fast one brings them back."""
+    loop_thread = threading.get_ident()
+    threads: list[int] = []
+    slow = [False]
+    real = os.fdatasync
+
+    def timed(fd: int) -> None:
+        threads.append(threading.get_ident())
+        real(fd)
+        if slow[0]:  # a slow disk: the flush takes three times the limit
+            time.sleep(3 * hot_module.INLINE_FLUSH)
+
+    monkeypatch.setattr(hot_module.os, "fdatasync", timed)
+    await store.journal_intent(make_entry(0))
+    assert threads == [loop_thread]
+
+    slow[0] = True
+    for n in range(1, 13):
+        await store.journal_intent(make_entry(n))
+    moved = [t != loop_thread for t in threads]
+    assert not moved[1]  # the first slow flush: not known to be slow yet
+    assert all(moved[7:]), moved  # once the average is past the limit, on a thread
+
+    slow[0] = False
+    for n in range(13, 40):
+        await store.journal_intent(make_entry(n))
+    assert threads[-1] == loop_thread  # the disk is fast again
