@@ -62,12 +62,13 @@ class SqliteHotPath:
     crash of the process loses nothing, a crash of the machine may lose the
     last commits). What must survive the machine, an intent before its write
     is sent, asks for ``flush``: one ``fdatasync`` of the WAL, which is what
-    ``synchronous=FULL`` does inside every commit, but on a worker thread and
-    outside the write lock. So the loop serves other calls during the flush,
-    the intents that arrive meanwhile share the next one (group commit), and
-    neither this process's audit and outcome writes nor another process's
-    intents wait behind it. ``fsync=False`` (setting ``journal_fsync``) skips
-    it: for measuring what it costs, not for production.
+    ``synchronous=FULL`` does inside every commit, but outside the write lock,
+    so neither this process's audit and outcome writes nor another process's
+    intents wait behind it, and once per batch of intents (group commit). A
+    fast flush runs on the loop's thread, a slow disk's on a worker thread,
+    where the loop serves other calls meanwhile (``flush``). ``fsync=False``
+    (setting ``journal_fsync``) skips it: for measuring what it costs, not for
+    production.
     """
 
     def __init__(self, connection: sqlite3.Connection, file: SqliteFile,
