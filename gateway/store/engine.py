@@ -235,10 +235,13 @@ class SqliteFile:
         return stat.st_dev, stat.st_ino
 
     def check(self) -> None:
+        self.check_path()
+        self.check_shm()
+
+    def check_path(self) -> None:
         if self._identity() != self.identity:
             raise sqlite3.OperationalError(f"the database file {self.path} was replaced "
                                            "since it was opened")
-        self.check_shm()
 
     def check_shm(self) -> None:
         """SQLite maps the ``-shm`` file into memory; once that file cannot be written
@@ -293,7 +296,7 @@ def _sqlite_begin(connection: Any) -> None:
     immediate = connection.get_execution_options().get(IMMEDIATE, False)
     file = connection.connection.info.get("file")
     if file is not None and immediate:  # a write: into the file that is still the store
-        file.check()
+        file.check_path()  # (the BEGIN, a statement, has its -shm checked: _sqlite_statement)
     connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 

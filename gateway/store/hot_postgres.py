@@ -128,7 +128,7 @@ class PostgresHotPath:
         riding, audits = self._take_riding(), self._take_audits()
         try:  # the rows as they are: asyncpg sends them as rows, in the binary format
             answer = await self._intents.fetch(
-                _WRITE, rows, [row for batch, _ in riding for row in batch], *_joined(audits))
+                _WRITE, rows, _rows(riding), *_joined(audits))
         except Exception:  # the intents' failure is not the riders': they go alone now
             if riding or audits:  # (one the store cannot take fails there)
                 self._alone_now(riding, audits)
@@ -215,7 +215,7 @@ class PostgresHotPath:
                                                        asyncio.Future[list[bool]]]]) -> None:
         try:
             updated = {row[0] for row in await self._outcomes.fetch(
-                _OUTCOMES, [row for rows, _ in riding for row in rows])}
+                _OUTCOMES, _rows(riding))}
         except BaseException as exc:
             _fail(riding, exc)
             return
@@ -379,6 +379,11 @@ class Pinned:
         connection, self._connection = self._connection, None
         if connection is not None:
             await self._pool.release(connection)
+
+
+def _rows(riding: Sequence[tuple[Sequence[Sequence[Any]], Any]]) -> list[Sequence[Any]]:
+    """The riding outcome batches' rows as one list, in the order handed in."""
+    return [row for rows, _ in riding for row in rows]
 
 
 def _joined(audits: Sequence[tuple[_Columns, Any]]) -> list[list[str]]:

@@ -102,8 +102,8 @@ class SqliteHotPath:
         Handing the ``fdatasync`` to a thread and back costs the loop more than
         a fast disk takes to flush: on the 2-core bench machine a bare
         ``fdatasync`` took 0.23 ms at p50 and the hand-off made it 0.63 ms of a
-        PATCH's p50; run inline, the PATCH's p50 fell 0.29 ms at one
-        connection and its CPU 14% at 32 (paired A/B, ``bench/README.md``).
+        PATCH's p50; as here, the PATCH's p50 fell 0.40 ms at one connection
+        and its CPU 13% at 32 (paired A/B, ``bench/README.md``).
         But the loop serves every other call, the engage included, and does
         nothing while it flushes: once the flushes' moving average exceeds
         ``INLINE_FLUSH`` (a slow or network disk), they go to a thread, and
