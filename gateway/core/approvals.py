@@ -33,8 +33,18 @@ from datetime import datetime, timedelta
 from enum import Enum
 from typing import Any
 
+from gateway.core import mcp
+from gateway.core.body import parse_body
 from gateway.core.model import Checkpoint, iso
-from gateway.core.redact import redact_headers, redact_query, redacted_body
+from gateway.core.policy.mcp_schema import TOOLS_CALL
+from gateway.core.redact import (
+    REDACTED,
+    is_secret_name,
+    redact_headers,
+    redact_json,
+    redact_query,
+    redacted_body,
+)
 from gateway.errors import ApprovalRefused
 
 
@@ -198,6 +208,27 @@ def field_changes(method: str, current: Any, body: Any) -> list[dict[str, Any]]:
         after = {**before, **body} if method == "PATCH" else body
     return [{"field": k, "before": before.get(k), "after": after.get(k)}
             for k in keys if before.get(k) != after.get(k) or k not in before]
+
+
+def proposed_changes(call: HeldCall, current: Any) -> list[dict[str, Any]]:
+    """``field_changes`` of a held call over ``current``, as operators see it: what it
+    sends (a REST body; a tool call's arguments, laid over the state as a PATCH is)
+    with secret-named fields redacted, as the current state is. A secret-named field it
+    sends is listed though its two redacted sides are equal: whether the value differs
+    cannot be shown, that the call sets it must be."""
+    if call.method == TOOLS_CALL:
+        method, sent = "PATCH", mcp.message(mcp.decode(call.body)).arguments
+    else:
+        method, sent = call.method, parse_body(call.body, dict(call.headers).get("content-type"))
+    shown = redact_json(sent)
+    changes = field_changes(method, current, shown)
+    if method == "DELETE" or not isinstance(shown, dict):
+        return changes
+    listed = {change["field"] for change in changes}
+    before = current if isinstance(current, dict) else {}
+    changes += [{"field": k, "before": before.get(k), "after": v} for k, v in shown.items()
+                if v == REDACTED and k not in listed and is_secret_name(k)]
+    return sorted(changes, key=lambda change: change["field"])
 
 
 def public_view(call: HeldCall) -> dict[str, Any]:

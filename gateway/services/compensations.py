@@ -18,7 +18,6 @@ from typing import Any
 from gateway.core.body import encode
 from gateway.core.model import Checkpoint, JournalEntry, new_id, utcnow
 from gateway.core.policy.compiled import Upstream
-from gateway.core.policy.mcp_schema import TOOLS_CALL
 from gateway.core.rollback import (
     Plan,
     Step,
@@ -147,7 +146,7 @@ class Compensations:
             body = encode(step.body, step.content_type)
         headers = sender.own_headers(upstream, step.content_type if body else None)
         headers += sealing.body_headers(step.body)  # an S3 object's metadata, put back with it
-        if seen.etag and step.method not in ("POST", TOOLS_CALL):
+        if seen.etag and step.method != "POST":  # (a tool's read has no ETag)
             headers.append(("if-match", seen.etag))
         entry_id = new_id()
         keyed = upstream.idempotency_header(None)  # a compensation is a write too

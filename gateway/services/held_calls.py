@@ -20,21 +20,17 @@ from datetime import timedelta
 from typing import Any
 
 from gateway.core import journal as journaling
-from gateway.core import mcp
 from gateway.core.approvals import (
     ApprovalStatus,
     HeldCall,
     agent_status,
-    field_changes,
+    proposed_changes,
     request_digest,
 )
-from gateway.core.body import parse_body
 from gateway.core.headers import HOP_BY_HOP
 from gateway.core.model import Decision, iso, new_id, utcnow
 from gateway.core.policy.compiled import Upstream
-from gateway.core.policy.mcp_schema import TOOLS_CALL
 from gateway.core.policy.schema import Approval
-from gateway.core.redact import redact_json
 from gateway.errors import ApprovalPending, ApprovalRejected, GatewayError
 from gateway.ports import AuditStore, UpstreamResponse
 from gateway.services.audit_trail import AuditTrail
@@ -143,11 +139,7 @@ async def proposed(held: HeldCall, upstream: Upstream | None,
                 current = (await sender.capture(upstream, call, target)).value
             except GatewayError as exc:
                 problem = exc.message
-    if held.method == TOOLS_CALL:  # the tool's arguments over the state the capture read
-        arguments = mcp.message(mcp.decode(held.body)).arguments
-        return Proposed(current, field_changes("PATCH", current, arguments), problem)
-    body = parse_body(held.body, dict(held.headers).get("content-type"))
-    return Proposed(current, field_changes(held.method, current, redact_json(body)), problem)
+    return Proposed(current, proposed_changes(held, current), problem)
 
 
 class HeldAudit:

@@ -90,3 +90,44 @@ async def test_rolling_back_a_tool_call_restores_the_secret_it_overwrote(
             assert [s["status"] for s in steps] == ["applied"], steps
             assert TRUE_KEY not in plan.text  # the plan shows it redacted too
     assert accounts["a1"] == {"id": "a1", "plan": "pro", "api_key": TRUE_KEY}
+
+
+HOLD_RULES = """\
+version: 1
+kind: mcp
+upstream: tools
+base_url: {url}/mcp
+default: deny
+rules:
+  - id: rotate
+    match: {{tools: [rotate_key]}}
+    action: hold
+    capture: {{tool: get_account, arguments: {{id: "{{arguments.id}}"}}}}
+"""
+
+
+async def test_a_held_tool_calls_proposed_change_shows_its_secret_arguments_redacted(
+        tmp_path: Path) -> None:
+    """What operators see of a held call: a REST body's secret-named fields are redacted
+    in the proposed change, and so are a tool call's arguments (the exact call stays
+    sealed; approving sends it as the agent did)."""
+    accounts = {"a1": {"id": "a1", "plan": "pro", "api_key": TRUE_KEY}}
+    app = accounts_server(accounts).streamable_http_app(stateless_http=True, json_response=True)
+    async with serve_app(app, lifespan="on") as url:
+        async with started_gateway(tmp_path, f"sqlite+aiosqlite:///{tmp_path}/gw.db",
+                                   {"tools.yaml": HOLD_RULES.format(url=url)}) as gw:
+            rig = Rig(gw, crm=None)  # type: ignore[arg-type]
+            held = await rig.call("rotate_key", {"id": "a1", "api_key": "sk-agent-set"})
+            assert "held for approval" in held.text, held.text
+            listed = await gw.admin.get("/v1/approvals", headers=gw.as_role("admin"))
+            [item] = listed.json()["items"]
+            shown = await gw.admin.get(f"/v1/approvals/{item['id']}",
+                                       headers=gw.as_role("admin"))
+            assert shown.status_code == 200, shown.text
+            assert shown.json()["changes"] == [
+                {"field": "api_key", "before": "[REDACTED]", "after": "[REDACTED]"}]
+            assert "sk-agent-set" not in shown.text and TRUE_KEY not in shown.text
+            approved = await gw.admin.post(f"/v1/approvals/{item['id']}/approve", json={},
+                                           headers=gw.as_role("admin"))
+            assert approved.status_code == 200, approved.text
+    assert accounts["a1"]["api_key"] == "sk-agent-set"  # sent as the agent sent it

@@ -346,3 +346,15 @@ async def test_webhook_is_signed_and_never_blocks(tmp_path: Path, crm) -> None:
                         hashlib.sha256).hexdigest()
     assert headers["x-gateway-signature"] == f"sha256={expected}"
     assert httpx.Response(200, content=body).json()["approval"]["id"] == call_id
+
+
+async def test_a_held_calls_secret_field_is_listed_redacted(gw: Harness, crm) -> None:
+    """Operators see that a held call sets a secret-named field, never its value."""
+    response = await gw.agent.patch("/crm/customers/cus_1",
+                                    json={"plan": "free", "api_token": "tok-agent-set"})
+    assert response.status_code == 202, response.text
+    call_id = response.json()["approval"]["id"]
+    shown = await gw.admin.get(f"/v1/approvals/{call_id}", headers=gw.as_role("viewer"))
+    changes = {c["field"]: (c["before"], c["after"]) for c in shown.json()["changes"]}
+    assert changes["api_token"][1] == "[REDACTED]" and changes["plan"][1] == "free"
+    assert "tok-agent-set" not in shown.text
