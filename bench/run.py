@@ -350,6 +350,43 @@ def _summary(values: list[float]) -> dict[str, float]:
     return {"p50": statistics.median(ordered), "p99": p99, "max": ordered[-1]}
 
 
+def floors(tmp: Path, pg: Postgres, samples: int = 400) -> dict[str, float]:
+    """What durability costs at the least on this machine, measured in the same run: an
+    ``fdatasync`` after a 4 KiB write in the directory the SQLite journal lives in, and a
+    one-row INSERT committed on the bench's PostgreSQL over one asyncpg connection (a
+    round trip and the server's WAL flush). No journal can commit an intent for less."""
+    fd = os.open(tmp / "floor.bin", os.O_RDWR | os.O_CREAT, 0o600)
+    synced = []
+    try:
+        for i in range(samples):
+            os.pwrite(fd, b"x" * 4096, (i % 64) * 4096)
+            started = time.perf_counter()
+            os.fdatasync(fd)
+            synced.append(time.perf_counter() - started)
+    finally:
+        os.close(fd)
+
+    database = pg.create().replace("+asyncpg", "")
+
+    async def committed() -> list[float]:
+        import asyncpg
+        connection = await asyncpg.connect(database, timeout=5)
+        try:
+            await connection.execute("CREATE TABLE floor (id serial PRIMARY KEY, at float8)")
+            insert = await connection.prepare("INSERT INTO floor (at) VALUES ($1)")
+            times = []
+            for _ in range(samples):
+                started = time.perf_counter()
+                await insert.fetch(started)
+                times.append(time.perf_counter() - started)
+            return times
+        finally:
+            await connection.close()
+
+    return {"fdatasync_ms": statistics.median(synced) * 1000,
+            "postgres_commit_ms": statistics.median(asyncio.run(committed())) * 1000}
+
+
 def check(name: str, value: float | None, op: str, target: float, unit: str) -> dict[str, Any]:
     met = value is not None and (value <= target if op == "<=" else value >= target)
     return {"check": name, "value": value, "op": op, "target": target, "unit": unit, "met": met}
@@ -467,6 +504,7 @@ def main() -> int:
             finally:
                 for gw in gateways:
                     gw.stop()
+        floor = floors(tmp, pg)
         print("kill switch: 2 processes on PostgreSQL, PATCHes into one, the other engages",
               flush=True)
         engage = engage_run(args, pg, logdir, tmp)
@@ -540,6 +578,10 @@ def main() -> int:
           f"with fsync vs {durability['patch_p50_c1_ms']['fsync off']:.3f} ms without; PATCH "
           f"req/s c=32 {durability['patch_rps_c32']['fsync on']:.0f} vs "
           f"{durability['patch_rps_c32']['fsync off']:.0f}")
+    print(f"floors in this run: fdatasync of a 4 KiB write p50 {floor['fdatasync_ms']:.3f} ms "
+          f"(SQLite's intent pays one); a one-row INSERT committed on PostgreSQL p50 "
+          f"{floor['postgres_commit_ms']:.3f} ms (the PostgreSQL intent's round trip and WAL "
+          f"flush). The c=1 PATCH rows' targets include these.")
     if args.tracing:
         for method in ("GET", "PATCH"):
             on, off = get("gw+otel", method, 1, "p50_us"), get("gateway", method, 1, "p50_us")
@@ -572,6 +614,7 @@ def main() -> int:
                  "platform": platform.platform(), "loadavg_before": load_before,
                  "loadavg_after": load_after},
         "runs": runner.runs, "engage": engage, "checks": checks, "durability": durability,
+        "floors": floor,
         "failures": runner.failures,
         "valid": not runner.failures}, indent=2) + "\n")
     print(f"\nwrote {args.out}")
