@@ -18,11 +18,12 @@ from tests.harness import poll
 RUN = {"X-Agent-Run": "r1"}
 
 
-def _interrupted_rollback(tmp_path: Path, store_url: str) -> tuple[FaultUpstream, Path, str]:
+def _interrupted_rollback(tmp_path: Path, store_url: str, **settings: Any,
+                          ) -> tuple[FaultUpstream, Path, str]:
     """An agent's PATCH, then a rollback whose compensating PUT the upstream receives but
     never answers, and the gateway applying it SIGKILLed meanwhile."""
     upstream = FaultUpstream({"/items/a": {"name": "a", "v": 1}})
-    config = configure(tmp_path, store_url, upstream.url, executor_lease=1.5)
+    config = configure(tmp_path, store_url, upstream.url, executor_lease=1.5, **settings)
     gateway = Gateway(config)
     try:
         assert gateway.call("PATCH", "/items/a", json={"v": 2}, headers=RUN).status_code == 200
@@ -71,7 +72,11 @@ def test_a_plan_left_by_a_killed_process_is_resumed_by_one_of_two_workers(
 
 def test_resuming_a_plan_another_process_is_applying_is_409(tmp_path: Path,
                                                             store_url: str) -> None:
-    upstream, config, plan_id = _interrupted_rollback(tmp_path, store_url)
+    # The resumed PUT is held while the second process starts and both are asked to
+    # resume: at load 7 on two cores that outlasted the default upstream_timeout (30 s),
+    # the step timed out and the plan had ended before the test asked.
+    upstream, config, plan_id = _interrupted_rollback(tmp_path, store_url,
+                                                      upstream_timeout=120)
     try:
         held = upstream.gate("PUT", "/items/a")
         first, second = Gateway(config), Gateway(config)
