@@ -25,10 +25,11 @@ import threading
 
 class Cutter:
     def __init__(self, host: str, port: int, marker: bytes, times: int = 1,
-                 hold: bool = False) -> None:
+                 hold: bool = False, skip: int = 0) -> None:
         self.target = (host, port)
         self.marker = marker
-        self.times = times  # exchanges to cut off; later ones pass
+        self.skip = skip  # exchanges carrying the marker passed untouched first
+        self.times = times  # exchanges to cut off after those; later ones pass
         self.hold = hold  # swallow the answer without closing the connections
         self.passed = 0  # requests carrying the marker that reached the server
         self.cut = threading.Event()
@@ -74,7 +75,7 @@ class Cutter:
                 if self.marker in seen and not cutting.is_set():
                     self.passed += 1
                     seen = b""
-                    if self.passed <= self.times:
+                    if self.skip < self.passed <= self.skip + self.times:
                         cutting.set()
                 server_writer.write(data)
                 await server_writer.drain()

@@ -10,7 +10,8 @@ processes on SQLite and PostgreSQL, the SDK's own client as the agent.
   the rest are 409, the server sees one call, and the agent waiting on the first
   process gets the result whichever process ran it.
 - An approved tool call cut off once the server ran it (its answer lost) is
-  ``unknown``, the held call and its entry alike, and is not sent again.
+  ``unknown``, the held call and its entry alike, and is not sent again; so is a
+  rollback's compensating tool call (its step failed, "the outcome is unknown").
 """
 
 from __future__ import annotations
@@ -140,3 +141,35 @@ async def test_an_approved_tool_call_cut_off_once_it_ran_is_unknown_and_not_sent
             gateway.stop()
     assert requests_seen(server).count(("POST", "/deals")) == 1
     assert cutter.passed == 1
+
+
+async def test_a_compensating_tool_call_cut_off_once_it_ran_is_unknown(
+        tmp_path: Path, store_url: str, server: str) -> None:
+    """The agent's update passes; the rollback's compensating update lands and its answer
+    is lost. Before: the step failed with the SDK's "Connection closed" taken for the
+    server's answer, and the compensation's journal entry said ``failed`` of a call that
+    had landed."""
+    where = urlsplit(server)
+    with Cutter(where.hostname or "127.0.0.1", where.port or 80, b'"update_customer"',
+                skip=1) as cutter:
+        policies(tmp_path, cutter.url)
+        gateway = Gateway(write_settings(tmp_path, store_url))
+        try:
+            result = await call_tool(gateway.proxy, "update_customer",
+                                     {"id": "cus_1", "plan": "enterprise"})
+            assert not isinstance(result, Exception) and not result.is_error, result
+            [entry] = gateway.journal()
+            assert entry["state"] == "completed", entry
+            planned = gateway.api("POST", "/v1/rollback",
+                                  json={"entries": [entry["id"]], "dry_run": False})
+            assert cutter.cut.is_set(), planned.text  # the compensation ran, its answer lost
+            assert planned.status_code == 200, planned.text
+            [compensation] = gateway.journal(run=f"rollback:{planned.json()['plan']['id']}")
+            assert compensation["state"] == "unknown", compensation
+            [step] = planned.json()["plan"]["steps"]
+            assert step["status"] == "failed" and "unknown" in step["detail"], step
+        finally:
+            gateway.stop()
+    assert httpx.get(f"{server}/customers/cus_1").json()["plan"] == "pro"  # it landed
+    assert requests_seen(server).count(("PATCH", "/customers/cus_1")) == 2
+    assert cutter.passed == 2
