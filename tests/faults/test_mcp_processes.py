@@ -6,6 +6,9 @@ processes on SQLite and PostgreSQL, the SDK's own client as the agent.
   its answer held back by a ``Cutter``): after a restart the entry is ``unknown``
   (never ``failed``, never left ``intent``), its prior kept, one audit record names
   it (recovery's), the chain verifies, and the call was sent once.
+- Killed while an approved tool call is out (the server ran it, its answer held back):
+  once the claim's lease lapses, the held call and its entry are ``unknown``, and the
+  call was sent once (the sweeper never runs it again).
 - A held tool call approved on two processes at once runs once: one approval wins,
   the rest are 409, the server sees one call, and the agent waiting on the first
   process gets the result whichever process ran it.
@@ -29,7 +32,7 @@ from tests.e2e.procs import Proc, start_gateway, write_settings
 from tests.e2e.test_approvals_process import approve_all
 from tests.e2e.test_mcp_process import MCP_POLICY, start_mcp_crm, wait_for_pending
 from tests.faults.cutter import Cutter
-from tests.faults.procs_support import Gateway
+from tests.faults.procs_support import Gateway, in_thread
 from tests.faults.test_mcp_cut_off import call_tool, requests_seen
 from tests.harness import poll
 
@@ -173,3 +176,39 @@ async def test_a_compensating_tool_call_cut_off_once_it_ran_is_unknown(
     assert httpx.get(f"{server}/customers/cus_1").json()["plan"] == "pro"  # it landed
     assert requests_seen(server).count(("PATCH", "/customers/cus_1")) == 2
     assert cutter.passed == 2
+
+
+async def test_an_approved_tool_call_out_when_the_gateway_was_killed_is_unknown_not_resent(
+        tmp_path: Path, store_url: str, server: str) -> None:
+    where = urlsplit(server)
+    with Cutter(where.hostname or "127.0.0.1", where.port or 80, b'"create_deal"',
+                hold=True) as cutter:
+        policies(tmp_path, cutter.url)
+        # the claim's lease: upstream_timeout + 2 * capture_timeout + 30 s (37 s)
+        config = write_settings(tmp_path, store_url, executor_lease=1, upstream_timeout=5,
+                                capture_timeout=1)
+        gateway = Gateway(config)
+        waiting = asyncio.create_task(call_tool(
+            gateway.proxy, "create_deal",
+            {"customer_id": "cus_1", "title": "Big", "amount": 50000}))
+        try:
+            pending = await asyncio.to_thread(wait_for_pending, gateway.admin)
+            in_thread(gateway.api, "POST", f"/v1/approvals/{pending['id']}/approve", json={})
+            assert await asyncio.to_thread(cutter.cut.wait, 60), "the call never landed"
+            gateway.kill()  # the server ran it; its answer never reached the gateway
+        finally:
+            gateway.stop()
+        result = await waiting
+        assert isinstance(result, Exception) or result.is_error, result
+        restarted = Gateway(config)
+        try:
+            status = poll(lambda: (s := restarted.api(
+                "GET", f"/v1/approvals/{pending['id']}", "viewer").json())["status"]
+                != "approved" and s, "the dead process's claim to lapse", 120)
+            assert status["status"] == "unknown", status
+            [entry] = restarted.journal()
+            assert (entry["path"], entry["state"]) == ("create_deal", "unknown"), entry
+        finally:
+            restarted.stop()
+    assert requests_seen(server).count(("POST", "/deals")) == 1
+    assert cutter.passed == 1
