@@ -84,3 +84,29 @@ async def test_a_server_error_answer_is_an_answer(monkeypatch: pytest.MonkeyPatc
     answer = await sender.call_tool(_upstream(), "refund", {"amount": 5}, 5.0)
     assert answer["error"] == {"code": -32602, "message": "Unknown tool: refund"}
     assert session.sent == 1
+
+
+async def test_a_read_whose_kept_connection_closed_is_tried_on_a_new_one(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read (the capture tool, a drift check) on the kept connection that the server
+    closed meanwhile: the SDK says so with its own MCPError, and the read is tried once
+    more on a new connection, as for any other failure of a kept one (it was taken for
+    the server's answer: a capture that failed, "the write was not sent")."""
+
+    class Result:
+        def model_dump(self, **_: Any) -> dict[str, Any]:
+            return {"content": [], "structuredContent": {"id": "c1"}}
+
+    class Closing(_Session):
+        async def call_tool(self, tool: str, arguments: dict[str, Any]) -> Any:
+            self.sent += 1
+            if self.sent == 1:
+                raise MCPError(CONNECTION_CLOSED, "Connection closed")
+            return Result()
+
+    session = Closing("call", AssertionError())
+    _patch(monkeypatch, session)
+    sender = mcp_sender.McpSender(Settings(), None)  # type: ignore[arg-type]
+    answer = await sender.call_tool(_upstream(), "get_customer", {"id": "c1"}, 5.0, fresh=False)
+    assert answer["result"]["structuredContent"] == {"id": "c1"}
+    assert session.sent == 2
