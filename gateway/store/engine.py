@@ -54,7 +54,8 @@ if TYPE_CHECKING:
 
 _FS_IOC_GETFLAGS = 0x80086601  # Linux: the inode's flags (lsattr)
 _UNWRITABLE = 0x10 | 0x20  # FS_IMMUTABLE_FL, FS_APPEND_FL
-SQLITE_PRAGMAS = ("PRAGMA busy_timeout=5000", "PRAGMA synchronous=NORMAL")
+BUSY_TIMEOUT = 5.0  # seconds a statement waits for another connection's lock on SQLite
+SQLITE_PRAGMAS = (f"PRAGMA busy_timeout={int(BUSY_TIMEOUT * 1000)}", "PRAGMA synchronous=NORMAL")
 IMMEDIATE = "gateway_sqlite_immediate"
 HOST_TIMEOUT = 5.0  # seconds one host of several has to connect and say it is primary
 PEER_SILENCE = 10  # seconds without an answer from the server before a connection is dead

@@ -9,6 +9,7 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from itertools import chain, repeat
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -18,7 +19,7 @@ from gateway.store import codec
 from gateway.store import killswitch as ks
 from gateway.store.audit import WRITE_LOCK, append_in
 from gateway.store.bus import SocketBus
-from gateway.store.engine import SQLITE_PRAGMAS, SqliteFile
+from gateway.store.engine import BUSY_TIMEOUT, SQLITE_PRAGMAS, SqliteFile
 from gateway.store.hot import AuditItem, Tx
 
 log = logging.getLogger("gateway.store")
@@ -26,6 +27,9 @@ log = logging.getLogger("gateway.store")
 INLINE_FLUSH = 0.001
 _T = TypeVar("_T")
 _PROBE = "UPDATE alembic_version SET version_num = version_num"
+# seconds between the tries of a statement that found the database locked: SQLite's own
+# busy handler's pauses (sqliteDefaultBusyCallback), taken here so a check runs between
+_PAUSES = (0.001, 0.002, 0.005, 0.01, 0.015, 0.02, 0.025, 0.025, 0.025, 0.05, 0.05, 0.1)
 
 
 class _SqliteTx:
@@ -56,7 +60,8 @@ class SqliteHotPath:
     connection holds the write lock (an operator's transaction, another
     process), blocking the loop to wait would also stall the holder when it
     lives on this loop, so only then does the statement move to a worker
-    thread that waits out the normal busy timeout.
+    thread that tries it again until the normal busy timeout has passed
+    (``_waiting``), checking the file before every try.
 
     Commits do not wait for the disk (``synchronous=NORMAL``: in WAL mode a
     crash of the process loses nothing, a crash of the machine may lose the
@@ -167,7 +172,8 @@ class SqliteHotPath:
             except sqlite3.OperationalError as exc:
                 if not _busy(exc):
                     raise
-            return await asyncio.to_thread(self._waiting, statement)
+            return await asyncio.to_thread(self._waiting, statement,
+                                           check or self._file.check)
 
     @asynccontextmanager
     async def transaction(self, locks: Sequence[int] = (), durable: bool = True,
@@ -180,7 +186,8 @@ class SqliteHotPath:
             except sqlite3.OperationalError as exc:
                 if not _busy(exc):
                     raise
-                await asyncio.to_thread(self._waiting, lambda: begin("BEGIN IMMEDIATE"))
+                await asyncio.to_thread(self._waiting, lambda: begin("BEGIN IMMEDIATE"),
+                                        self._file.check)
             try:
                 yield _SqliteTx(self._connection)
                 self._file.check_shm()  # COMMIT writes the mapping: looked at again
@@ -273,12 +280,25 @@ class SqliteHotPath:
         return await self._run(lambda: self._immediate(
             lambda: [self._connection.execute(sql, row).rowcount for row in rows]))
 
-    def _waiting(self, statement: Callable[[], _T]) -> _T:
-        self._connection.execute(SQLITE_PRAGMAS[0])  # the normal busy timeout
-        try:
-            return statement()
-        finally:
-            self._connection.execute("PRAGMA busy_timeout=0")
+    @staticmethod
+    def _waiting(statement: Callable[[], _T], check: Callable[[], None]) -> _T:
+        """``statement`` tried again while it finds the database locked, up to
+        ``BUSY_TIMEOUT``, with ``check`` before every try.
+
+        Not SQLite's busy timeout: it retries inside ``sqlite3_step``, where no check
+        runs, so a ``-shm`` made unwritable while this waited for another process's
+        lock was touched by the retry that got it, and the process died of SIGBUS.
+        Each try keeps the zero busy timeout; the pauses between are SQLite's own."""
+        deadline = time.monotonic() + BUSY_TIMEOUT
+        for pause in chain(_PAUSES, repeat(_PAUSES[-1])):
+            time.sleep(max(0.0, min(pause, deadline - time.monotonic())))
+            check()
+            try:
+                return statement()
+            except sqlite3.OperationalError as exc:
+                if not _busy(exc) or time.monotonic() >= deadline:
+                    raise
+        raise AssertionError("unreachable: the pauses never end")
 
     async def close(self) -> None:
         async with self._lock:

@@ -212,10 +212,12 @@ class McpSender:
                     result = await connection.client.call_tool(tool, arguments)
                 return {"jsonrpc": "2.0", "id": None,
                         "result": result.model_dump(by_alias=True, mode="json", exclude_none=True)}
-            except MCPError as exc:
-                return {"jsonrpc": "2.0", "id": None,
-                        "error": {"code": exc.code, "message": exc.message}}
             except Exception as exc:  # timeouts, httpx2 and anyio errors, a server gone odd
+                if isinstance(exc, MCPError) and exc.code != mcp_types.CONNECTION_CLOSED:
+                    return {"jsonrpc": "2.0", "id": None,  # the server's own answer
+                            "error": {"code": exc.code, "message": exc.message}}
+                # ... else the SDK's word that the connection closed under the request
+                # (an MCPError, as if answered): no answer came, as with a reset
                 await self._drop(upstream.name, connection)
                 if attempt + 1 < attempts:
                     continue

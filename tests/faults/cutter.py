@@ -13,6 +13,8 @@ the head", against a server the test does not script (a real MCP server)::
 
 It runs its own asyncio loop in a thread, as ``FaultyUpstream`` does; ``cut`` is set
 once the exchange was cut off, ``passed`` counts the requests carrying the marker.
+``hold=True`` swallows the answer but keeps both connections open: the client waits
+for an answer that never comes (the call landed), until it gives up or is killed.
 """
 
 from __future__ import annotations
@@ -22,10 +24,13 @@ import threading
 
 
 class Cutter:
-    def __init__(self, host: str, port: int, marker: bytes, times: int = 1) -> None:
+    def __init__(self, host: str, port: int, marker: bytes, times: int = 1,
+                 hold: bool = False, skip: int = 0) -> None:
         self.target = (host, port)
         self.marker = marker
-        self.times = times  # exchanges to cut off; later ones pass
+        self.skip = skip  # exchanges carrying the marker passed untouched first
+        self.times = times  # exchanges to cut off after those; later ones pass
+        self.hold = hold  # swallow the answer without closing the connections
         self.passed = 0  # requests carrying the marker that reached the server
         self.cut = threading.Event()
         self._loop = asyncio.new_event_loop()
@@ -70,7 +75,7 @@ class Cutter:
                 if self.marker in seen and not cutting.is_set():
                     self.passed += 1
                     seen = b""
-                    if self.passed <= self.times:
+                    if self.skip < self.passed <= self.skip + self.times:
                         cutting.set()
                 server_writer.write(data)
                 await server_writer.drain()
@@ -79,6 +84,8 @@ class Cutter:
             while data := await server_reader.read(65536):
                 if cutting.is_set():  # the server has handled it: swallow, close both
                     self.cut.set()
+                    if self.hold:
+                        continue  # ... or only swallow, until a side closes
                     return
                 client_writer.write(data)
                 await client_writer.drain()

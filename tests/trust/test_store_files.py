@@ -10,7 +10,9 @@ store.
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -95,4 +97,98 @@ async def test_unwritable_sqlite_files_fail_closed_without_killing_the_process(
             await until(healthy, "the store is healthy once its files are writable again")
     finally:
         immutable(frozen, False)
+        gateway.stop()
+
+
+HOLD_LOCK = """
+import sqlite3, sys
+holder = sqlite3.connect(sys.argv[1], isolation_level=None)
+holder.execute("BEGIN IMMEDIATE")
+print("held", flush=True)
+sys.stdin.read()
+"""
+
+
+def sleeping_threads(pid: int) -> list[str]:
+    """The threads of ``pid`` asleep in a timed sleep (``nanosleep``): none of the
+    gateway's own, which wait in epoll or on futexes, except one waiting out another
+    connection's lock between tries (SQLite's busy handler, or the gateway's)."""
+    tasks = Path(f"/proc/{pid}/task")
+    return [t.name for t in tasks.iterdir()
+            if (t / "wchan").read_text().strip() == "hrtimer_nanosleep"]
+
+
+WAITERS = [
+    # (row id, the write that waits: the agent's journal write on the hot path, or an
+    #  operator's rollback plan through the admin side's engine; the refusal's code)
+    ("agent-write", "journal_unavailable"),
+    ("operator-rollback-plan", "store_unavailable"),
+]
+
+
+@pytest.mark.parametrize("code", [r[1] for r in WAITERS], ids=[r[0] for r in WAITERS])
+async def test_a_write_waiting_for_another_process_lock_is_refused_when_the_shm_freezes(
+        tmp_path: Path, crm: Proc, code: str) -> None:
+    """A write that finds another process holding the write lock waits for it. The
+    ``-shm`` file turns unwritable meanwhile; once the other process lets go, the
+    write is refused (503), not retried into the frozen mapping: that retry, inside
+    SQLite's busy timeout where no check ran, killed the process (SIGBUS)."""
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "crm.yaml").write_text(policy_text(crm.urls[0], CRM_RULES))
+    (tmp_path / "db").mkdir()
+    database = tmp_path / "db" / "gw.db"
+    # the heartbeat renews its lease every executor_lease / 3: none while the lock is held
+    config = write_settings(tmp_path, f"sqlite+aiosqlite:///{database}", executor_lease=3600)
+    gateway = start_gateway(config)
+    proxy, admin = gateway.urls
+    shm = [tmp_path / "db" / "gw.db-shm"]
+    operator = {"Authorization": f"Bearer {TOKENS['admin']}"}
+    holder: subprocess.Popen[str] | None = None
+    try:
+        async with httpx.AsyncClient(headers={"X-Gateway-Key": AGENT_KEY}) as client:
+            first = await client.patch(f"{proxy}/crm/customers/cus_1", json={"plan": "pro"})
+            assert first.status_code == 200, first.text
+            await settled(client, admin)
+            entry = (await client.get(f"{admin}/v1/journal", headers=operator)
+                     ).json()["items"][0]["id"]
+            assert sleeping_threads(gateway.proc.pid) == []
+            holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(database)],
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+            write = asyncio.create_task(
+                client.patch(f"{proxy}/crm/customers/cus_1", json={"plan": "free"})
+                if code == "journal_unavailable" else
+                client.post(f"{admin}/v1/rollback", headers=operator,
+                            json={"entries": [entry], "dry_run": True}))
+            await until(lambda: write.done() or sleeping_threads(gateway.proc.pid),
+                        "the gateway's write to wait for the other process's lock")
+            assert not write.done(), write.result().text
+            immutable(shm, True)
+            try:
+                holder.kill()  # its locks go with it; it never touches the frozen mapping
+                holder.communicate()
+                try:
+                    answer = await write
+                except httpx.TransportError as exc:
+                    status = gateway.proc.wait(timeout=30)
+                    raise AssertionError(f"the gateway dropped the write ({exc!r}) and "
+                                         f"exited with {status} (-7: SIGBUS)") from exc
+                assert gateway.proc.poll() is None
+            finally:
+                immutable(shm, False)
+            assert answer.status_code == 503, answer.text
+            assert answer.json()["error"]["code"] == code
+            customer = await client.get(f"{proxy}/crm/customers/cus_1")
+            assert customer.json()["plan"] == "pro"  # the refused write never landed
+            plans = await client.get(f"{admin}/v1/rollback", headers=operator)
+            assert plans.json()["items"] == []  # nor did the refused plan
+
+            async def healthy() -> bool:
+                return (await client.get(f"{admin}/v1/health")).status_code == 200
+            await until(healthy, "the store is healthy once its -shm is writable again")
+    finally:
+        if holder is not None:
+            holder.kill()
+            holder.communicate()
+        immutable(shm, False)
         gateway.stop()
