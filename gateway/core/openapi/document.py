@@ -40,7 +40,8 @@ class Operation:
     template: str  # the gateway path template it matches
     operation_id: str = ""
     summary: str = ""
-    discriminators: tuple[tuple[str, str], ...] = ()  # ("query" | "header", name)
+    # ("query" | "header", name, the value it must have or None: any value)
+    discriminators: tuple[tuple[str, str, str | None], ...] = ()
     media: tuple[str, ...] = ()  # request body media types
     fields: tuple[str, ...] = ()  # request body top-level field names
     read_only: tuple[str, ...] = ()  # fields the description marks readOnly
@@ -185,19 +186,22 @@ def _swagger_base(doc: dict[str, Any]) -> str | None:
     return url if re.match(r"^https?://[^/?#\s]+(/[^?#\s]*)?$", url) else None
 
 
-def gateway_template(path: str) -> tuple[str, tuple[str, ...]]:
-    """The gateway template of a description path, and the names after ``#``/``?``.
+def gateway_template(path: str) -> tuple[str, tuple[tuple[str, str | None], ...]]:
+    """The gateway template of a description path, and the names after ``#``/``?`` with
+    the value each must have (None: any; a ``{placeholder}`` is any value too).
 
     >>> gateway_template("/{Bucket}/{Key+}#uploads")
-    ('/{Bucket}/{Key+}', ('uploads',))
+    ('/{Bucket}/{Key+}', (('uploads', None),))
+    >>> gateway_template("/#Action=TerminateInstances")
+    ('/', (('Action', 'TerminateInstances'),))
     >>> gateway_template("/v1/{name}:cancel/{file-id}")
     ('/v1/*/{file_id}', ())
     """
     cut = min((i for i in (path.find("#"), path.find("?")) if i >= 0), default=-1)
-    extra: tuple[str, ...] = ()
+    extra: tuple[tuple[str, str | None], ...] = ()
     if cut >= 0:
-        extra = tuple(part.split("=", 1)[0].rstrip("!") for part in
-                      re.split(r"[&#?]", path[cut + 1:]) if part.split("=", 1)[0].rstrip("!"))
+        extra = tuple(_discriminator(part) for part in re.split(r"[&#?]", path[cut + 1:])
+                      if part.split("=", 1)[0].rstrip("!"))
         path = path[:cut]
     raw = [s for s in path.split("/") if s not in ("", ".", "..")]
     out: list[str] = []
@@ -221,6 +225,14 @@ def gateway_template(path: str) -> tuple[str, tuple[str, ...]]:
     return "/" + "/".join(out), extra
 
 
+def _discriminator(part: str) -> tuple[str, str | None]:
+    """``Action=TerminateInstances`` -> its name and value; ``uploads``, ``lat={lat}`` and
+    ``x=`` -> the name and None (present, with any value)."""
+    name, _, value = part.partition("=")
+    value = value.strip()
+    return name.rstrip("!"), value if value and "{" not in value and "}" not in value else None
+
+
 def _operation(refs: _Refs, path: str, method: str, op: dict[str, Any], shared: list[Any],
                swagger: bool, consumes: tuple[str, ...]) -> Operation:
     template, extra = gateway_template(path)
@@ -228,9 +240,10 @@ def _operation(refs: _Refs, path: str, method: str, op: dict[str, Any], shared: 
     params = [p for p in (refs.get(p) for p in shared + own) if isinstance(p, dict)]
     query = tuple(str(p.get("name")) for p in params if p.get("in") == "query")
     headers = {str(p.get("name")).lower() for p in params if p.get("in") == "header"}
-    discriminators = tuple(("header", name.lower()) if name.lower() in headers
+    discriminators = tuple(("header", name.lower(), value) if name.lower() in headers
                            or (name.lower().startswith("x-amz-") and name not in query)
-                           else ("query", name) for name in extra if name != "x-id")
+                           else ("query", name, value) for name, value in extra
+                           if name != "x-id")
     media: tuple[str, ...] = ()
     fields: dict[str, Any] = {}
     if swagger:

@@ -1,0 +1,113 @@
+"""Policies ``policy init`` generates, through the listener against a recording upstream.
+
+AWS's JSON and query APIs put every operation on ``/`` and tell them apart by a
+header (``X-Amz-Target: DynamoDB_20120810.DeleteTable``) or a query parameter
+(``?Action=TerminateInstances``), as their descriptions in the APIs.guru
+directory write them (``/#X-Amz-Target=...``, ``/#Action=...``; the shapes
+below are those of ``dynamodb.json`` and ``ec2.json``). A generated policy
+must judge such a call by the operation it names: a write is journaled and
+frozen like any other, and one that destroys waits for a person.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.operator.policy_init import policy_from_description
+from tests.harness import Harness, serve_app, started_gateway
+from tests.trust.recording import Recording
+
+TARGET = "DynamoDB_20120810."
+AMZ_JSON = {"content-type": "application/x-amz-json-1.0"}
+
+
+def _targeted(name: str) -> dict[str, Any]:
+    return {"post": {"operationId": name, "parameters": [
+        {"name": "X-Amz-Target", "in": "header", "required": True,
+         "schema": {"type": "string", "enum": [TARGET + name]}}],
+        "requestBody": {"content": {"application/json": {"schema": {
+            "type": "object", "properties": {"TableName": {"type": "string"}}}}}},
+        "responses": {"200": {"description": "Success"}}}}
+
+
+def _action(name: str) -> dict[str, Any]:
+    return {method: {"operationId": f"{method.upper()}_{name}",
+                     "responses": {"200": {"description": "Success"}}}
+            for method in ("get", "post")}
+
+
+DYNAMODB = {"openapi": "3.0.0", "info": {"title": "Amazon DynamoDB"},
+            "paths": {f"/#X-Amz-Target={TARGET}{name}": _targeted(name)
+                      for name in ("DescribeTable", "DeleteTable", "PutItem")}}
+EC2 = {"openapi": "3.0.0", "info": {"title": "Amazon Elastic Compute Cloud"},
+       "paths": {f"/#Action={name}": _action(name)
+                 for name in ("DescribeInstances", "TerminateInstances", "StartInstances")}}
+
+
+@pytest.fixture
+async def aws(tmp_path: Path) -> AsyncIterator[tuple[Harness, Recording]]:
+    upstream = Recording()
+    async with serve_app(upstream) as url:
+        policies = {f"{name}.yaml": policy_from_description(doc, name, url, f"{name}.json")[0]
+                    for name, doc in (("ddb", DYNAMODB), ("ec2", EC2))}
+        async with started_gateway(tmp_path, f"sqlite+aiosqlite:///{tmp_path}/gw.db",
+                                   policies) as harness:
+            yield harness, upstream
+
+
+async def test_an_aws_json_call_is_judged_by_the_target_it_names(
+        aws: tuple[Harness, Recording]) -> None:
+    gw, upstream = aws
+    assert (await gw.engage()).status_code == 200
+
+    def call(name: str, **headers: str) -> Any:
+        return gw.agent.post("/ddb/", json={"TableName": "orders"},
+                             headers={**AMZ_JSON, "X-Amz-Target": TARGET + name, **headers})
+
+    frozen = await call("PutItem")
+    assert frozen.status_code == 423, frozen.text  # a write: the kill switch stops it
+    held = await call("DeleteTable", Prefer="wait=0")  # it destroys: a person decides
+    assert held.status_code == 409 and held.json()["error"]["code"] == "approval_pending"
+    assert upstream.reached() == []
+    read = await call("DescribeTable")  # reads go on under a freeze
+    assert read.status_code == 200 and read.headers["x-gateway-decision"] == "allow"
+    assert [a.headers["x-amz-target"] for a in upstream.reached()] == [TARGET + "DescribeTable"]
+    assert await gw.journal() == []  # a read is not journaled
+
+    assert (await gw.release()).status_code == 200
+    put = await call("PutItem")
+    assert put.status_code == 200 and put.headers["x-gateway-decision"] == "allow"
+    assert [a.headers["x-amz-target"] for a in upstream.reached()][1:] == [TARGET + "PutItem"]
+    assert [(e["method"], e["path"]) for e in await gw.journal()] == [("POST", "/")]
+
+
+async def test_an_aws_query_call_is_judged_by_its_action(
+        aws: tuple[Harness, Recording]) -> None:
+    gw, upstream = aws
+    assert (await gw.engage()).status_code == 200
+    terminate = {"Action": "TerminateInstances", "InstanceId.1": "i-1"}
+    start = {"Action": "StartInstances", "InstanceId.1": "i-1"}
+    frozen = await gw.agent.get("/ec2/", params=start)  # the query API takes a GET too
+    assert frozen.status_code == 423, frozen.text
+    posted = await gw.agent.post("/ec2/", params=start)
+    assert posted.status_code == 423, posted.text
+    for method in ("GET", "POST"):  # it destroys: a person decides
+        held = await gw.agent.request(method, "/ec2/", params=terminate,
+                                      headers={"Prefer": "wait=0"})
+        assert held.status_code == 409 and held.json()["error"]["code"] == "approval_pending"
+    assert upstream.reached() == []
+    read = await gw.agent.get("/ec2/", params={"Action": "DescribeInstances"})
+    assert read.status_code == 200 and read.headers["x-gateway-decision"] == "allow"
+    assert [a.target for a in upstream.reached()] == ["/?Action=DescribeInstances"]
+
+    assert (await gw.release()).status_code == 200
+    started = await gw.agent.get("/ec2/", params=start)
+    assert started.status_code == 200 and started.headers["x-gateway-decision"] == "allow"
+    assert [a.target for a in upstream.reached()][1:] == [
+        "/?Action=StartInstances&InstanceId.1=i-1"]
+    assert [(e["method"], e["path"]) for e in await gw.journal()] == [("GET", "/")]
+
