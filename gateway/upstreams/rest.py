@@ -96,6 +96,11 @@ class RestSender:
                 view = replace(view, query=fields(call.query, "query", aliases=True))
             except Ambiguous as exc:
                 raise BadRequest(f"{exc}; a rule judges the query") from None
+        if upstream.judges_headers(candidates):
+            repeated = canonical.repeated_header(call.headers)
+            if repeated is not None:  # the rule would read one, the upstream maybe the other
+                raise BadRequest(f"header {repeated!r} is sent more than once; a rule judges "
+                                 "the headers")
         judged = upstream.needs_body(candidates)
         if not (writes or judged):
             return view
