@@ -123,3 +123,25 @@ async def test_a_judged_header_sent_twice_is_refused(aws: tuple[Harness, Recordi
         assert "x-amz-target" in response.json()["error"]["message"]
     assert upstream.reached() == []
     assert await gw.journal() == []
+
+
+@pytest.mark.parametrize("judged", ["DescribeInstances", "StartInstances"])
+async def test_a_form_body_cannot_name_another_action_than_the_query(
+        aws: tuple[Harness, Recording], judged: str) -> None:
+    """The query protocol reads parameters from the query and the form body alike (the
+    body's winning, as moto does): the rule judges ``?Action=`` in the query, so a body
+    that names the parameter again is refused (400), and nothing reaches the upstream."""
+    gw, upstream = aws
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    for body in (b"Action=TerminateInstances&InstanceId.1=i-1",
+                 b"action=TerminateInstances&InstanceId.1=i-1"):
+        response = await gw.agent.post("/ec2/", params={"Action": judged}, content=body,
+                                       headers=form)
+        assert response.status_code == 400, response.text
+        assert "action" in response.json()["error"]["message"].lower()
+    assert upstream.reached() == []
+    assert await gw.journal() == []
+    fine = await gw.agent.post("/ec2/", params={"Action": judged}, content=b"InstanceId.1=i-1",
+                               headers=form)
+    assert fine.status_code == 200, fine.text
+    assert [a.body for a in upstream.reached()] == [b"InstanceId.1=i-1"]
