@@ -40,6 +40,12 @@ def _action(name: str) -> dict[str, Any]:
             for method in ("get", "post")}
 
 
+SLACK = {"openapi": "3.0.0", "info": {"title": "Slack Web API"}, "paths": {
+    # as slack.com.json describes them: some methods that change things are GETs
+    "/apps.uninstall": {"get": {"operationId": "apps_uninstall"}},
+    "/auth.revoke": {"get": {"operationId": "auth_revoke"}},
+    "/conversations.history": {"get": {"operationId": "conversations_history"}},
+    "/chat.postMessage": {"post": {"operationId": "chat_postMessage"}}}}
 DYNAMODB = {"openapi": "3.0.0", "info": {"title": "Amazon DynamoDB"},
             "paths": {f"/#X-Amz-Target={TARGET}{name}": _targeted(name)
                       for name in ("DescribeTable", "DeleteTable", "PutItem")}}
@@ -53,7 +59,7 @@ async def aws(tmp_path: Path) -> AsyncIterator[tuple[Harness, Recording]]:
     upstream = Recording()
     async with serve_app(upstream) as url:
         policies = {f"{name}.yaml": policy_from_description(doc, name, url, f"{name}.json")[0]
-                    for name, doc in (("ddb", DYNAMODB), ("ec2", EC2))}
+                    for name, doc in (("ddb", DYNAMODB), ("ec2", EC2), ("slack", SLACK))}
         async with started_gateway(tmp_path, f"sqlite+aiosqlite:///{tmp_path}/gw.db",
                                    policies) as harness:
             yield harness, upstream
@@ -145,3 +151,25 @@ async def test_a_form_body_cannot_name_another_action_than_the_query(
                                headers=form)
     assert fine.status_code == 200, fine.text
     assert [a.body for a in upstream.reached()] == [b"InstanceId.1=i-1"]
+
+
+async def test_an_rpc_method_described_as_a_get_is_judged_by_its_name(
+        aws: tuple[Harness, Recording]) -> None:
+    """slack_sdk POSTs every method; ``apps.uninstall`` is described as a GET, yet it
+    uninstalls: a write, frozen and journaled, by either method."""
+    gw, upstream = aws
+    assert (await gw.engage()).status_code == 200
+    for method in ("POST", "GET"):
+        for name in ("apps.uninstall", "auth.revoke"):
+            frozen = await gw.agent.request(method, f"/slack/{name}", data={"client_id": "c"})
+            assert frozen.status_code == 423, (method, name, frozen.text)
+    assert upstream.reached() == []
+    read = await gw.agent.post("/slack/conversations.history", data={"channel": "C1"})
+    assert read.status_code == 200 and read.headers["x-gateway-decision"] == "allow"
+    assert [a.target for a in upstream.reached()] == ["/conversations.history"]
+
+    assert (await gw.release()).status_code == 200
+    done = await gw.agent.post("/slack/apps.uninstall", data={"client_id": "c"})
+    assert done.status_code == 200 and done.headers["x-gateway-decision"] == "allow"
+    assert [(e["method"], e["path"]) for e in await gw.journal()] == [
+        ("POST", "/apps.uninstall")]

