@@ -125,6 +125,19 @@ def test_operations_told_apart_by_the_query_get_a_when_and_no_undo() -> None:
     assert list(rules).index("putcors") < list(rules).index("createbucket")
 
 
+def test_custom_methods_that_share_a_template_get_rules_of_their_own() -> None:
+    """``/v1/{name}:pause`` and ``/v1/{p}:predict`` are both ``/v1/*``: each rule checks
+    the whole path, so the read (predict) says nothing of the write (pause)."""
+    rules = _rules({"openapi": "3.0.0", "servers": [{"url": "https://x.test"}], "paths": {
+        "/v1/{p}:predict": {"post": {"operationId": "predict"}},
+        "/v1/{name}:pause": {"post": {"operationId": "pause"}}}})
+    assert rules["predict"]["effect"] == "read"
+    assert rules["predict"]["match"] == {"methods": ["POST"], "path": "/v1/*", "when":
+                                         "request.path.matches('^/v1/[^/]+:predict/?$')"}
+    assert "effect" not in rules["pause"] and rules["pause"]["undo"] == "none"
+    assert rules["pause"]["match"]["when"] == "request.path.matches('^/v1/[^/]+:pause/?$')"
+
+
 def test_operations_named_by_a_header_or_the_query_are_judged_by_that_name() -> None:
     """AWS's JSON and query APIs: every operation on ``/``, named by ``X-Amz-Target`` or
     ``Action`` (a GET included); each gets a rule of its own that checks the name."""

@@ -46,6 +46,12 @@ SLACK = {"openapi": "3.0.0", "info": {"title": "Slack Web API"}, "paths": {
     "/auth.revoke": {"get": {"operationId": "auth_revoke"}},
     "/conversations.history": {"get": {"operationId": "conversations_history"}},
     "/chat.postMessage": {"post": {"operationId": "chat_postMessage"}}}}
+CUSTOM = {"openapi": "3.0.0", "info": {"title": "Custom methods (AIP-136)"}, "paths": {
+    # as googleapis.com/retail.json writes them: one segment mixes an id and a method
+    "/v1/{placement}:predict": {"post": {"operationId": "placements.predict"}},
+    "/v1/{name}:pause": {"post": {"operationId": "models.pause"}},
+    "/v1/{name}:purge": {"post": {"operationId": "products.purge"}},
+    "/v1/{catalog}:getDefaultBranch": {"get": {"operationId": "catalogs.getDefaultBranch"}}}}
 DYNAMODB = {"openapi": "3.0.0", "info": {"title": "Amazon DynamoDB"},
             "paths": {f"/#X-Amz-Target={TARGET}{name}": _targeted(name)
                       for name in ("DescribeTable", "DeleteTable", "PutItem")}}
@@ -59,7 +65,8 @@ async def aws(tmp_path: Path) -> AsyncIterator[tuple[Harness, Recording]]:
     upstream = Recording()
     async with serve_app(upstream) as url:
         policies = {f"{name}.yaml": policy_from_description(doc, name, url, f"{name}.json")[0]
-                    for name, doc in (("ddb", DYNAMODB), ("ec2", EC2), ("slack", SLACK))}
+                    for name, doc in (("ddb", DYNAMODB), ("ec2", EC2), ("slack", SLACK),
+                                                   ("aip", CUSTOM))}
         async with started_gateway(tmp_path, f"sqlite+aiosqlite:///{tmp_path}/gw.db",
                                    policies) as harness:
             yield harness, upstream
@@ -173,3 +180,29 @@ async def test_an_rpc_method_described_as_a_get_is_judged_by_its_name(
     assert done.status_code == 200 and done.headers["x-gateway-decision"] == "allow"
     assert [(e["method"], e["path"]) for e in await gw.journal()] == [
         ("POST", "/apps.uninstall")]
+
+
+async def test_custom_methods_in_one_segment_are_told_apart(
+        aws: tuple[Harness, Recording]) -> None:
+    """``/v1/{name}:pause`` and ``/v1/{placement}:predict`` are both ``/v1/*`` to a path
+    template: each rule also checks the path, so the read's rule does not let the
+    writes through as reads."""
+    gw, upstream = aws
+    assert (await gw.engage()).status_code == 200
+    for method in ("pause", "purge"):
+        frozen = await gw.agent.post(f"/aip/v1/m1:{method}", json={})
+        assert frozen.status_code in (409, 423), (method, frozen.text)
+    assert (await gw.agent.post("/aip/v1/m1:other", json={})).status_code == 403
+    assert upstream.reached() == []
+    read = await gw.agent.post("/aip/v1/p1:predict", json={"userEvent": {}})
+    assert read.status_code == 200 and read.headers["x-gateway-decision"] == "allow"
+    branch = await gw.agent.get("/aip/v1/c1:getDefaultBranch")
+    assert branch.status_code == 200
+    assert [a.target for a in upstream.reached()] == ["/v1/p1:predict",
+                                                      "/v1/c1:getDefaultBranch"]
+    assert await gw.journal() == []
+
+    assert (await gw.release()).status_code == 200
+    paused = await gw.agent.post("/aip/v1/m1:pause", json={})
+    assert paused.status_code == 200 and paused.headers["x-gateway-decision"] == "allow"
+    assert [(e["method"], e["path"]) for e in await gw.journal()] == [("POST", "/v1/m1:pause")]

@@ -52,6 +52,9 @@ class Operation:
     answer: tuple[str, ...] | None = None
     empty: bool = False
     location: bool = False  # a 2xx answer names a Location header
+    # the whole path as a regular expression, when a segment mixes text and a parameter
+    # (``/v1/{name}:pause`` is ``/v1/*`` as a template: a ``when`` checks the rest)
+    pattern: str | None = None
 
     @property
     def form(self) -> bool:
@@ -225,6 +228,33 @@ def gateway_template(path: str) -> tuple[str, tuple[tuple[str, str | None], ...]
     return "/" + "/".join(out), extra
 
 
+def path_pattern(path: str) -> str | None:
+    """The description path as a regular expression over the call's path, when one of
+    its segments mixes text and a parameter (a template says only ``*`` there), else
+    None.
+
+    >>> path_pattern("/v1/{name}:pause#x")
+    '^/v1/[^/]+:pause/?$'
+    >>> path_pattern("/v1/{name}") is None
+    True
+    """
+    cut = min((i for i in (path.find("#"), path.find("?")) if i >= 0), default=-1)
+    raw = [s for s in (path[:cut] if cut >= 0 else path).split("/")
+           if s not in ("", ".", "..")]
+    out, mixed = [], False
+    for i, seg in enumerate(raw):
+        m = _NAME.match(seg)
+        if m:
+            greedy = (m.group(2) == "+" or m.group(1) == "Key") and i == len(raw) - 1 and i > 0
+            out.append(".+" if greedy else "[^/]+")
+        elif "{" in seg or "}" in seg or "*" in seg:
+            mixed = True
+            out.append("[^/]+".join(re.escape(part) for part in re.split(r"\{[^{}]*\}", seg)))
+        else:
+            out.append(re.escape(seg))
+    return "^/" + "/".join(out) + "/?$" if mixed else None
+
+
 def _discriminator(part: str) -> tuple[str, str | None]:
     """``Action=TerminateInstances`` -> its name and value; ``uploads``, ``lat={lat}`` and
     ``x=`` -> the name and None (present, with any value)."""
@@ -279,7 +309,7 @@ def _operation(refs: _Refs, path: str, method: str, op: dict[str, Any], shared: 
                      discriminators, media, tuple(fields), tuple(dict.fromkeys(read_only)),
                      query, op.get("deprecated") is True,
                      tuple(dict.fromkeys(answer)) if answer is not None else None,
-                     described and not schemas, location)
+                     described and not schemas, location, path_pattern(path))
 
 
 def _ok_responses(refs: _Refs, op: dict[str, Any], swagger: bool,

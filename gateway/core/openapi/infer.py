@@ -212,6 +212,8 @@ def _when(op: Operation) -> str | None:
         parts.append(f"{json_str(name)} in {field}")
         if value is not None:
             parts.append(f"{field}[{json_str(name)}] == {json_str(value)}")
+    if op.pattern is not None:  # ``/v1/*`` is ``/v1/{name}:pause`` only with this
+        parts.append(f"request.path.matches({json_str(op.pattern)})")
     return " && ".join(parts) or None
 
 
@@ -222,16 +224,16 @@ def json_str(text: str) -> str:
 def infer(api: Api) -> list[Draft]:
     """Rule drafts for every operation of ``api``, most specific template first."""
     index = _Index(api.operations)
-    groups: dict[tuple[str, tuple[tuple[str, str, str | None], ...]], list[Operation]] = \
-        defaultdict(list)
+    groups: dict[tuple[str, tuple[tuple[str, str, str | None], ...], str | None],
+                 list[Operation]] = defaultdict(list)
     shapes: dict[str, str] = {}
     for op in api.operations:
         if op.method == "OPTIONS":
             continue
         template = shapes.setdefault(_shape(op.template), op.template)
-        groups[(template, op.discriminators)].append(op)
+        groups[(template, op.discriminators, op.pattern)].append(op)
     drafts: list[Draft] = []
-    for (template, _), ops in groups.items():
+    for (template, _, _), ops in groups.items():
         reads = [op for op in ops if reads_only(op)]
         if reads:
             methods = {op.method for op in reads}
