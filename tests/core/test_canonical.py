@@ -87,6 +87,7 @@ def test_method_override_in_query(query: str, found: str | None) -> None:
 @pytest.mark.parametrize(("headers", "repeated"), [
     ([("x-amz-target", "A.Delete"), ("X-Amz-Target", "A.Describe")], "x-amz-target"),
     ([("accept", "*/*"), ("x-a", "1"), ("accept", "*/*")], "accept"),
+    ([("x-amz-target", "A.Describe"), ("X_Amz_Target", "A.Delete")], "x-amz-target"),
     ([("x-a", "1"), ("x-b", "1")], None),
     ([], None),
 ])
