@@ -125,6 +125,17 @@ def test_operations_told_apart_by_the_query_get_a_when_and_no_undo() -> None:
     assert list(rules).index("putcors") < list(rules).index("createbucket")
 
 
+def test_an_rpc_method_that_deletes_is_held() -> None:
+    rules = _rules({"openapi": "3.0.0", "servers": [{"url": "https://x.test"}], "paths": {
+        "/chat.delete": {"post": {"operationId": "chat_delete"}},
+        "/files.remove": {"get": {"operationId": "files_remove"}},
+        "/chat.postMessage": {"post": {"operationId": "chat_postMessage"}}}})
+    assert rules["chat-delete"]["action"] == "hold"
+    assert rules["files-remove"]["action"] == "hold"
+    assert rules["files-remove"]["match"]["methods"] == ["GET", "POST"]
+    assert rules["chat-postmessage"]["action"] == "allow"
+
+
 def test_custom_methods_that_share_a_template_get_rules_of_their_own() -> None:
     """``/v1/{name}:pause`` and ``/v1/{p}:predict`` are both ``/v1/*``: each rule checks
     the whole path, so the read (predict) says nothing of the write (pause)."""

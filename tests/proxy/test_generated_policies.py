@@ -45,7 +45,8 @@ SLACK = {"openapi": "3.0.0", "info": {"title": "Slack Web API"}, "paths": {
     "/apps.uninstall": {"get": {"operationId": "apps_uninstall"}},
     "/auth.revoke": {"get": {"operationId": "auth_revoke"}},
     "/conversations.history": {"get": {"operationId": "conversations_history"}},
-    "/chat.postMessage": {"post": {"operationId": "chat_postMessage"}}}}
+    "/chat.postMessage": {"post": {"operationId": "chat_postMessage"}},
+    "/chat.delete": {"post": {"operationId": "chat_delete"}}}}
 CUSTOM = {"openapi": "3.0.0", "info": {"title": "Custom methods (AIP-136)"}, "paths": {
     # as googleapis.com/retail.json writes them: one segment mixes an id and a method
     "/v1/{placement}:predict": {"post": {"operationId": "placements.predict"}},
@@ -179,6 +180,10 @@ async def test_an_rpc_method_described_as_a_get_is_judged_by_its_name(
     assert [a.target for a in upstream.reached()] == ["/conversations.history"]
 
     assert (await gw.release()).status_code == 200
+    held = await gw.agent.post("/slack/chat.delete", data={"channel": "C1", "ts": "1.2"},
+                               headers={"Prefer": "wait=0"})  # it deletes: a person decides
+    assert held.status_code == 409 and held.json()["error"]["code"] == "approval_pending"
+    assert len(upstream.reached()) == 1
     done = await gw.agent.post("/slack/apps.uninstall", data={"client_id": "c"})
     assert done.status_code == 200 and done.headers["x-gateway-decision"] == "allow"
     assert [(e["method"], e["path"]) for e in await gw.journal()] == [

@@ -113,10 +113,13 @@ DESTROY_VERBS = frozenset({"delete", "terminate", "remove", "destroy", "purge", 
 def action_name(op: Operation) -> str | None:
     """The operation a call names in its query or headers (``TerminateInstances`` of
     ``?Action=TerminateInstances``, ``DeleteTable`` of ``X-Amz-Target:
-    DynamoDB_20120810.DeleteTable``), else None."""
+    DynamoDB_20120810.DeleteTable``) or in an RPC-style path (``delete`` of
+    ``/chat.delete``), else None."""
     for _, name, value in op.discriminators:
         if value is not None and name.lower() in ACTION_KEYS:
             return value.rsplit(".", 1)[-1]
+    if rpc_style(op.template):
+        return op.template.rstrip("/").rsplit("/", 1)[-1].rsplit(".", 1)[-1]
     return None
 
 
@@ -136,8 +139,6 @@ def reads_only(op: Operation) -> bool:
     if action is not None:
         return _names_a_read(action)
     last = op.template.rstrip("/").rsplit("/", 1)[-1]
-    if rpc_style(op.template):
-        return _names_a_read(last.rsplit(".", 1)[-1])
     if op.method in ("GET", "HEAD", "OPTIONS"):
         return True
     if op.method != "POST":
