@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
@@ -99,6 +100,21 @@ def field_key(name: str, nested: bool = False) -> str:
     if name.endswith("]"):
         name = name.partition("[")[0] if nested else name.removesuffix("[]")
     return caseless(name)
+
+
+def named_twice(query: Mapping[str, str], form: Mapping[str, Any]) -> str | None:
+    """A parameter the query and a form body both give (as ``field_key`` reads names),
+    else None: many servers read the two as one set of parameters (AWS's query APIs,
+    PHP, Rails), some letting the body win, so a rule that judged the query's would
+    judge the other one.
+
+    >>> named_twice({"Action": "DescribeInstances"}, {"action": "TerminateInstances"})
+    'action'
+    >>> named_twice({"Action": "DescribeInstances"}, {"InstanceId.1": "i-1"}) is None
+    True
+    """
+    asked = {field_key(name, nested=True) for name in query}
+    return next((name for name in form if field_key(name, nested=True) in asked), None)
 
 
 def form_override(fields: Any) -> bool:

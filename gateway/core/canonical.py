@@ -142,3 +142,21 @@ def method_override(query: str) -> str | None:
         if name.strip().lower() == "_method":
             return name
     return None
+
+
+def repeated_header(headers: list[tuple[str, str]]) -> str | None:
+    """A header name sent more than once, if any: a ``when`` reads one of its values and
+    the upstream may read another (the first, or both joined), so a judged call has one.
+    ``_`` counts as ``-``: WSGI and CGI servers read both as one ``HTTP_X_...`` variable.
+
+    >>> repeated_header([("x-amz-target", "A.Delete"), ("accept", "*/*"),
+    ...                  ("X_Amz_Target", "A.Describe")])
+    'x-amz-target'
+    """
+    seen: set[str] = set()
+    for name, _ in headers:
+        low = name.lower().replace("_", "-")
+        if low in seen:
+            return low
+        seen.add(low)
+    return None

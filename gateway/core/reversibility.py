@@ -1,8 +1,8 @@
 """What each rule lets an agent change, and whether the gateway can undo it.
 
 The operator's map (``gateway policy explain DIR``): per rule its tier
-(``read``: only GET/HEAD/OPTIONS or ``effect: read``; ``destructive``: may DELETE; ``write``
-otherwise), what is captured first, the undo, and the reversibility:
+(``read``: only GET/HEAD/OPTIONS without ``effect: write``, or ``effect: read``;
+``destructive``: may DELETE; ``write`` otherwise), what is captured first, the undo, and the reversibility:
 
 - ``reversible``: the undo is known before the call is sent (PUT/PATCH/DELETE
   with a captured prior state, a POST with a capture path, a rule's ``undo``);
@@ -90,7 +90,9 @@ _RANK = {REVERSIBLE: 0, RECONCILED: 1, IRREVERSIBLE: 2}
 
 
 def explain_rule(upstream: str, rule: Rule) -> RuleMap:
-    methods = [m for m in rule.match.methods if m not in _READS and rule.effect != "read"]
+    # the methods that write: ``effect`` says, else the method (GET, HEAD, OPTIONS read)
+    methods = [m for m in rule.match.methods if rule.effect == "write"
+               or (m not in _READS and rule.effect != "read")]
     if not methods or rule.action == "deny":
         tier = "read" if not methods else ("destructive" if "DELETE" in methods else "write")
         return RuleMap(upstream, rule.id, rule.action, tier, "-", "-",

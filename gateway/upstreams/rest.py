@@ -22,7 +22,7 @@ from urllib.parse import parse_qsl, urlsplit
 from gateway.core import canonical, shadow
 from gateway.core import journal as journaling
 from gateway.core.approvals import HeldCall
-from gateway.core.body import FORM, fields, form_override, json_body, media_type
+from gateway.core.body import FORM, fields, form_override, json_body, media_type, named_twice
 from gateway.core.headers import upstream_request_headers
 from gateway.core.model import JournalEntry, is_mutating
 from gateway.core.policy.compiled import CallView, Upstream
@@ -96,6 +96,11 @@ class RestSender:
                 view = replace(view, query=fields(call.query, "query", aliases=True))
             except Ambiguous as exc:
                 raise BadRequest(f"{exc}; a rule judges the query") from None
+        if upstream.judges_headers(candidates):
+            repeated = canonical.repeated_header(call.headers)
+            if repeated is not None:  # the rule would read one, the upstream maybe the other
+                raise BadRequest(f"header {repeated!r} is sent more than once; a rule judges "
+                                 "the headers")
         judged = upstream.needs_body(candidates)
         if not (writes or judged):
             return view
@@ -110,6 +115,12 @@ class RestSender:
         if form_override(parsed) and media_type(content_type) == FORM:
             raise BadRequest("a _method form field is a method override: the policy "
                              "judges the request method")
+        if view.query and isinstance(parsed, dict) and media_type(content_type) == FORM \
+                and upstream.judges_query(candidates):
+            twice = named_twice(view.query, parsed)
+            if twice is not None:  # the rule judged the query's, the upstream may read this
+                raise BadRequest(f"form field {twice!r} names a query parameter again; a rule "
+                                 "judges the query")
         return CallView(view.method, view.path, view.segments, view.query, view.headers,
                         view.agent, parsed)
 

@@ -22,6 +22,10 @@ rules:
   - {id: create, match: {methods: [POST], path: "/v1/customers"}, action: allow}
   - {id: edit, match: {methods: [PATCH], path: "/v1/customers/{id}"}, action: allow}
   - {id: wipe, match: {methods: [DELETE], path: "/v1/customers/{id}"}, action: hold, undo: none}
+  - {id: get-that-writes, match: {methods: [GET], path: "/v1/uninstall"}, action: allow,
+     effect: write, undo: none}
+  - {id: post-that-reads, match: {methods: [POST], path: "/v1/search"}, action: allow,
+     effect: read}
 """
 
 
@@ -37,6 +41,8 @@ def billing(tmp_path: Path) -> Path:
     ("create", "write", "reversible with reconciliation"),
     ("edit", "write", "reversible"),
     ("wipe", "destructive", "irreversible"),
+    ("get-that-writes", "write", "irreversible"),  # effect: write, as policy init writes
+    ("post-that-reads", "read", "-"),
 ])
 def test_explain_prints_tier_and_reversibility_per_rule(
         billing: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],

@@ -15,6 +15,7 @@ from gateway.core.body import (
     is_json_type,
     json_body,
     media_type,
+    named_twice,
     parse_body,
 )
 from gateway.errors import Ambiguous
@@ -131,3 +132,15 @@ def test_a_bom_led_body_reads_as_json_loads_reads_text_with_one() -> None:
         assert json_body(b'{"a": {"b": 1}}', None, exact) == {"a": {"b": 1}}
         with pytest.raises(Ambiguous, match="duplicate"):
             json_body(b'{"a": 1, "a": 1}', None, exact)
+
+
+@pytest.mark.parametrize(("query", "form", "twice"), [
+    ({"Action": "DescribeInstances"}, {"Action": "TerminateInstances"}, "Action"),
+    ({"Action": "DescribeInstances"}, {"action": "TerminateInstances"}, "action"),
+    ({"force": "0"}, {"force[]": "1"}, "force[]"),
+    ({"force": "0"}, {"Force[x]": "1"}, "Force[x]"),
+    ({"Action": "DescribeInstances"}, {"InstanceId.1": "i-1"}, None),
+    ({}, {"Action": "TerminateInstances"}, None),
+])
+def test_named_twice(query: dict[str, str], form: dict[str, str], twice: str | None) -> None:
+    assert named_twice(query, form) == twice

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.core.canonical import fold, method_override, target
+from gateway.core.canonical import fold, method_override, repeated_header, target
 from gateway.core.template import PathTrie, Template
 from gateway.errors import Ambiguous
 
@@ -82,3 +82,14 @@ def test_trie_binds_variants_where_no_literal_is_at_stake(path: str, first: int)
                                               ("payment_method=card", None)])
 def test_method_override_in_query(query: str, found: str | None) -> None:
     assert method_override(query) == found
+
+
+@pytest.mark.parametrize(("headers", "repeated"), [
+    ([("x-amz-target", "A.Delete"), ("X-Amz-Target", "A.Describe")], "x-amz-target"),
+    ([("accept", "*/*"), ("x-a", "1"), ("accept", "*/*")], "accept"),
+    ([("x-amz-target", "A.Describe"), ("X_Amz_Target", "A.Delete")], "x-amz-target"),
+    ([("x-a", "1"), ("x-b", "1")], None),
+    ([], None),
+])
+def test_repeated_header(headers: list[tuple[str, str]], repeated: str | None) -> None:
+    assert repeated_header(headers) == repeated

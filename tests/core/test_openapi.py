@@ -102,14 +102,16 @@ def test_swagger_2_with_a_form_api() -> None:
 
 @pytest.mark.parametrize(("path", "template", "extra"), [
     ("/{Bucket}/{Key}", "/{Bucket}/{Key+}", ()),
-    ("/{Bucket}/{Key}#uploadId", "/{Bucket}/{Key+}", ("uploadId",)),
-    ("/{Bucket}?cors&x-id=GetCors", "/{Bucket}", ("cors", "x-id")),
+    ("/{Bucket}/{Key}#uploadId", "/{Bucket}/{Key+}", (("uploadId", None),)),
+    ("/{Bucket}?cors&x-id=GetCors", "/{Bucket}", (("cors", None), ("x-id", "GetCors"))),
+    ("/#Action=TerminateInstances", "/", (("Action", "TerminateInstances"),)),
+    ("/alerts?lat={lat}&lon=", "/alerts", (("lat", None), ("lon", None))),
     ("/files/{file-id}/{file-id}", "/files/{file_id}/{file_id_}", ()),
     ("/v1/{name}:cancel", "/v1/*", ()),
     ("/a//b/", "/a/b", ()),
 ])
-def test_description_paths_become_templates(path: str, template: str, extra: tuple[str, ...]) \
-        -> None:
+def test_description_paths_become_templates(
+        path: str, template: str, extra: tuple[tuple[str, str | None], ...]) -> None:
     assert gateway_template(path) == (template, extra)
 
 
@@ -121,6 +123,55 @@ def test_operations_told_apart_by_the_query_get_a_when_and_no_undo() -> None:
     assert rules["putcors"]["match"]["when"] == "'cors' in request.query"
     assert rules["putcors"]["undo"] == "none"
     assert list(rules).index("putcors") < list(rules).index("createbucket")
+
+
+def test_an_rpc_method_that_deletes_is_held() -> None:
+    rules = _rules({"openapi": "3.0.0", "servers": [{"url": "https://x.test"}], "paths": {
+        "/chat.delete": {"post": {"operationId": "chat_delete"}},
+        "/files.remove": {"get": {"operationId": "files_remove"}},
+        "/chat.postMessage": {"post": {"operationId": "chat_postMessage"}}}})
+    assert rules["chat-delete"]["action"] == "hold"
+    assert rules["files-remove"]["action"] == "hold"
+    assert rules["files-remove"]["match"]["methods"] == ["GET", "POST"]
+    assert rules["chat-postmessage"]["action"] == "allow"
+
+
+def test_custom_methods_that_share_a_template_get_rules_of_their_own() -> None:
+    """``/v1/{name}:pause`` and ``/v1/{p}:predict`` are both ``/v1/*``: each rule checks
+    the whole path, so the read (predict) says nothing of the write (pause)."""
+    rules = _rules({"openapi": "3.0.0", "servers": [{"url": "https://x.test"}], "paths": {
+        "/v1/{p}:predict": {"post": {"operationId": "predict"}},
+        "/v1/{name}:pause": {"post": {"operationId": "pause"}}}})
+    assert rules["predict"]["effect"] == "read"
+    assert rules["predict"]["match"] == {"methods": ["POST"], "path": "/v1/*", "when":
+                                         "request.path.matches('^/v1/[^/]+:predict/?$')"}
+    assert "effect" not in rules["pause"] and rules["pause"]["undo"] == "none"
+    assert rules["pause"]["match"]["when"] == "request.path.matches('^/v1/[^/]+:pause/?$')"
+
+
+def test_operations_named_by_a_header_or_the_query_are_judged_by_that_name() -> None:
+    """AWS's JSON and query APIs: every operation on ``/``, named by ``X-Amz-Target`` or
+    ``Action`` (a GET included); each gets a rule of its own that checks the name."""
+    target = {"name": "X-Amz-Target", "in": "header"}
+    rules = _rules({"openapi": "3.0.0", "servers": [{"url": "https://aws.test"}], "paths": {
+        "/#X-Amz-Target=DynamoDB_20120810.DescribeTable": {"post": {
+            "operationId": "DescribeTable", "parameters": [target]}},
+        "/#X-Amz-Target=DynamoDB_20120810.DeleteTable": {"post": {
+            "operationId": "DeleteTable", "parameters": [target]}},
+        "/#Action=DescribeInstances": {"get": {"operationId": "GET_DescribeInstances"},
+                                       "post": {"operationId": "POST_DescribeInstances"}},
+        "/#Action=RunInstances": {"get": {"operationId": "GET_RunInstances"}}}})
+    assert rules["describetable"]["effect"] == "read"
+    assert rules["describetable"]["match"]["when"] == (
+        "'x-amz-target' in request.headers && "
+        "request.headers['x-amz-target'] == 'DynamoDB_20120810.DescribeTable'")
+    assert rules["deletetable"]["action"] == "hold" and "effect" not in rules["deletetable"]
+    read = next(r for r in rules.values() if "DescribeInstances" in r["match"].get("when", ""))
+    assert read["match"]["methods"] == ["GET", "HEAD", "POST"] and read["effect"] == "read"
+    run = rules["get-runinstances"]
+    assert run["effect"] == "write" and run["action"] == "allow" and run["undo"] == "none"
+    assert run["match"]["when"] == ("'Action' in request.query && "
+                                    "request.query['Action'] == 'RunInstances'")
 
 
 @pytest.mark.parametrize(("method", "path", "op_id", "read"), [

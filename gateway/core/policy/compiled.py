@@ -103,6 +103,12 @@ class Upstream:
         """True when some candidate rule's ``when`` may look at the body."""
         return bool(self.conditions) and any(index in self.conditions for index, _ in candidates)
 
+    def judges_headers(self, candidates: list[tuple[int, dict[str, str]]]) -> bool:
+        """True when some candidate rule's ``when`` reads ``request.headers``."""
+        return bool(self.conditions) and any(
+            "headers" in self.conditions[index].source for index, _ in candidates
+            if index in self.conditions)
+
     def judges_query(self, candidates: list[tuple[int, dict[str, str]]]) -> bool:
         """True when some candidate rule's ``when`` reads ``request.query``."""
         return bool(self.conditions) and any(
