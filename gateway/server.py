@@ -159,10 +159,17 @@ def _url(sock: socket.socket) -> str:
 
 
 def configure_logging(settings: Settings) -> None:
-    """Logs on stderr; the access log (when on) as bare JSON lines, whatever ``log_level``."""
-    logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
+    """Logs on stderr; the access log (when on) as bare JSON lines, whatever ``log_level``.
+
+    ``log_level`` is the gateway's own loggers' (``gateway.*``); the libraries under it
+    say only their warnings and errors. At INFO and DEBUG they write what they carry:
+    httpx every URL it posts to (a webhook's or a witness's token in it), the CEL
+    evaluator and the MCP client the values of the requests they handle, secret-named
+    fields included, and the database drivers their statements' parameters.
+    """
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s")
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    logging.getLogger("gateway").setLevel(settings.log_level.upper())
     access = logging.getLogger(ACCESS_LOG)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))

@@ -256,6 +256,11 @@ def _source(loc: tuple[int | str, ...], config: Path | None, file_data: dict[str
     return "settings"
 
 
+# URLs that may carry credentials (a user's password, a token in the query): a problem
+# with one is named without its value
+_URLS = frozenset({"database_url", "url", "endpoint", "public_url"})
+
+
 def _problems(error: ValidationError, config: Path | None, file_data: dict[str, Any],
               overrides: dict[str, Any], flag_names: dict[str, str]) -> list[str]:
     """One ``WHERE: KEY: what is wrong`` line per error."""
@@ -268,7 +273,8 @@ def _problems(error: ValidationError, config: Path | None, file_data: dict[str, 
             message = "unknown setting" + (f" (did you mean {known[0]!r}?)" if known else "")
         elif item["type"] == "missing":
             message = "required"
-        elif not is_secret_name(str(loc[-1])) and isinstance(item.get("input"), str | int | float) \
+        elif not is_secret_name(str(loc[-1])) and str(loc[-1]) not in _URLS \
+                and isinstance(item.get("input"), str | int | float) \
                 and len(repr(item["input"])) <= 80 and "must be" not in message:
             message += f" (got {item['input']!r})"
         lines.append(f"{_source(loc, config, file_data, overrides, flag_names)}: "

@@ -266,7 +266,8 @@ def public_view(call: HeldCall) -> dict[str, Any]:
 
 
 def redacted_response(response: dict[str, Any] | None) -> dict[str, Any] | None:
-    """An executed call's stored response, its headers and JSON body redacted for views."""
+    """An executed call's stored response, its headers and body redacted for views; a
+    tool call's JSON-RPC answer also in its text contents, as the journal has it."""
     if not isinstance(response, dict):
         return response
     out = dict(response)
@@ -275,6 +276,18 @@ def redacted_response(response: dict[str, Any] | None) -> dict[str, Any] | None:
     if isinstance(out.get("body"), str) and out.get("body_encoding") is None:
         headers = out.get("headers")
         content_type = headers.get("content-type") if isinstance(headers, dict) else None
-        out["body"] = redacted_body(out["body"].encode(), content_type or "application/json"
-                                    ).decode("utf-8", "replace")
+        out["body"] = _answer_redacted(redacted_body(
+            out["body"].encode(), content_type or "application/json").decode("utf-8", "replace"))
     return out
+
+
+def _answer_redacted(body: str) -> str:
+    """``body`` with the text contents of a JSON-RPC tool answer in it redacted (the SDK
+    sends a result's JSON as text beside its structured content)."""
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return body
+    shown = mcp.redact_answer(parsed) if isinstance(parsed, dict) else parsed
+    return body if shown == parsed else json.dumps(shown, ensure_ascii=False,
+                                                   separators=(",", ":"))

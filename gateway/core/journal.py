@@ -32,7 +32,7 @@ from gateway.core.body import FORM, JSON, form_key_path, is_json_type, media_typ
 from gateway.core.jsontext import compact, loads
 from gateway.core.policy.mcp_schema import TOOLS_CALL, McpRule
 from gateway.core.policy.schema import Rule
-from gateway.core.redact import REDACTED, redact_form, redact_json
+from gateway.core.redact import REDACTED, redact_form, redact_json, redact_text
 from gateway.core.template import Template
 
 
@@ -48,7 +48,8 @@ _UNPARSED: Any = object()
 
 def store_body(body: bytes, content_type: str | None, limit: int,
                parsed: Any = _UNPARSED) -> StoredBody:
-    """Redact, then keep at most ``limit`` bytes of text; hash and size the original.
+    """Redact (JSON and form fields by name, other text's ``name=value`` pairs by name),
+    then keep at most ``limit`` bytes of text; hash and size the original.
 
     ``parsed`` is ``parse_body(body, content_type)`` when the caller has it already.
     """
@@ -62,11 +63,11 @@ def store_body(body: bytes, content_type: str | None, limit: int,
         if parsed is not None:
             text = compact(redact_json(parsed))
         else:
-            text = body[:limit].decode("utf-8", "replace")
+            text = redact_text(body[:limit].decode("utf-8", "replace"))
     elif media_type(content_type) == FORM:
         text = redact_form(body.decode("utf-8", "replace"))
     elif media_type(content_type).startswith("text/"):
-        text = body[:limit].decode("utf-8", "replace")
+        text = redact_text(body[:limit].decode("utf-8", "replace"))
     else:
         text = None  # binary: hash and size only
     if text is not None and len(text.encode()) > limit:

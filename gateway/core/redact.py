@@ -115,8 +115,13 @@ def redact_query(query: str) -> str:
 
 
 def redacted_body(body: bytes, content_type: str | None) -> bytes:
-    """A request body as views may show it: JSON and form fields redacted by name; any
-    other body is kept only when it is text without a secret-named word, else dropped."""
+    """A request body as views may show it: JSON and form fields redacted by name, other
+    text as the journal redacts it (``redact_text``: each secret-named ``name=value``);
+    a body declared binary is dropped, one not declared and not UTF-8 kept as it is.
+
+    >>> redacted_body(b"user=ada password=hunter2", "text/plain")
+    b'user=ada password=[REDACTED]'
+    """
     if not body:
         return body
     kind = media_type(content_type)
@@ -125,7 +130,14 @@ def redacted_body(body: bytes, content_type: str | None) -> bytes:
     try:
         parsed = json.loads(body)
     except (ValueError, UnicodeDecodeError):
-        return b"" if kind and not kind.startswith("text/") else body
+        if kind and not kind.startswith("text/"):
+            return b""
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError:
+            return body
+        shown = redact_text(text)
+        return body if shown == text else shown.encode()
     return json.dumps(redact_json(parsed), ensure_ascii=False, separators=(",", ":")).encode()
 
 

@@ -135,8 +135,8 @@ def _iso(epoch: float | None) -> str | None:
 def _redact(url: str | None) -> str:
     if url is None:
         return "temporary SQLite"
-    from sqlalchemy.engine import make_url
-    return make_url(url).render_as_string(hide_password=True)
+    from gateway.store.diagnose import safe_url  # several hosts, a password in the query
+    return safe_url(url)
 
 
 def save(report: dict[str, Any], out: Path) -> tuple[Path, Path]:

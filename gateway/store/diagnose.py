@@ -21,12 +21,24 @@ from pathlib import Path
 
 from sqlalchemy.engine import URL
 
+from gateway.core.redact import is_secret_name
 from gateway.store.engine import driver_errors, is_postgres, parse_url, read_url, sqlite_path
 
 
 def safe_url(database_url: str | URL) -> str:
+    """The URL to show: its password hidden, in the user part or in the query (asyncpg
+    takes ``?password=``, libpq ``sslpassword``: any secret-named parameter).
+
+    >>> safe_url("postgresql://gw@h1,h2/gw?password=s3cret")
+    'postgresql://gw@/gw?host=h1%3A5432&host=h2%3A5432&password=***'
+    """
     url = read_url(database_url) if isinstance(database_url, str) else database_url
-    return url.render_as_string(hide_password=True)
+    hidden = {name: _HIDDEN for name in url.query if is_secret_name(name)}
+    shown = url.update_query_dict(hidden).render_as_string(hide_password=True)
+    return shown.replace(_HIDDEN, "***")  # as the user part's (a query would encode it)
+
+
+_HIDDEN = "gateway-hidden-value"
 
 
 def sqlite_location(database_url: str) -> tuple[Path, bool] | None:

@@ -152,3 +152,24 @@ def test_writes_must_be_at_least_two(capsys: pytest.CaptureFixture[str]) -> None
         cli_main(["drill", "--writes", "1"])
     assert exit_.value.code == 2
     assert "at least 2" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("store_url", ["postgresql"], indirect=True)
+async def test_the_report_names_a_multi_host_store_without_its_password(
+        tmp_path: Path, store_url: str) -> None:
+    """A primary and its standby (issue 21's multi-host URL), the password in the user
+    part and in the query: the report names the store, hosts and all, and neither."""
+    from sqlalchemy.engine import make_url
+    url = make_url(store_url)
+    host = f"{url.host}:{url.port or 5432}"
+    given = (f"postgresql+asyncpg://{url.username}:s3cret-pw@{host},{host}/{url.database}"
+             "?sslpassword=s3cret-ssl")
+    code = await amain(DrillOptions(out=tmp_path, writes=10, database_url=given),
+                       echo=lambda line: None)
+    report, markdown = report_of(tmp_path)
+    assert code == 0, report
+    shown = report["options"]["database"]
+    at = host.replace(":", "%3A")
+    assert shown == (f"postgresql+asyncpg://{url.username}:***@/{url.database}"
+                     f"?host={at}&host={at}&sslpassword=***")
+    assert "s3cret" not in json.dumps(report) + markdown

@@ -68,6 +68,30 @@ def test_connection_refused_names_the_database_without_its_password(config: Path
                     f"127.0.0.1:{port}?)")
 
 
+def test_a_password_in_the_urls_query_stays_hidden(config: Path) -> None:
+    """asyncpg takes the password from the query too (``?password=``), and with several
+    hosts the URL is shown with its hosts in the query: that password is hidden as well."""
+    port, other = free_port(), free_port()
+    for url, shown in [
+        (f"postgresql+asyncpg://gw@127.0.0.1:{port}/gateway?password=s3cret-pw",
+         f"postgresql+asyncpg://gw@127.0.0.1:{port}/gateway?password=***"),
+        (f"postgresql+asyncpg://gw@127.0.0.1:{port},127.0.0.1:{other}/gateway"
+         "?sslpassword=s3cret-pw",
+         f"postgresql+asyncpg://gw@/gateway?host=127.0.0.1%3A{port}&host=127.0.0.1%3A{other}"
+         "&sslpassword=***"),
+    ]:
+        line = one_line(run_gateway("serve", "--config", str(config), "--database-url", url))
+        assert "s3cret-pw" not in line
+        assert f"cannot connect to the database {shown}: connection refused" in line, line
+
+
+def test_a_database_url_that_is_not_one_is_named_without_its_password(config: Path) -> None:
+    line = one_line(run_gateway("serve", "--config", str(config), "--database-url",
+                                "mysql://gw:s3cret-pw@db/gateway"))
+    assert line.startswith("flag --database-url: database_url: not a database URL"), line
+    assert "s3cret-pw" not in line
+
+
 async def test_a_missing_postgresql_database_is_one_line(config: Path) -> None:
     try:
         connection = await asyncpg.connect(POSTGRES_SERVER, timeout=5)

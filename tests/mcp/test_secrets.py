@@ -14,8 +14,10 @@ from typing import Any
 import pytest
 from mcp.server.mcpserver import MCPServer
 
-from tests.harness import serve_app, started_gateway
+from gateway.settings import WebhookSettings
+from tests.harness import serve_app, started_gateway, until
 from tests.mcp.conftest import Rig
+from tests.trust.test_secrets import KEY, Hooks, _store_text
 
 RULES = """\
 version: 1
@@ -131,3 +133,47 @@ async def test_a_held_tool_calls_proposed_change_shows_its_secret_arguments_reda
                                            headers=gw.as_role("admin"))
             assert approved.status_code == 200, approved.text
     assert accounts["a1"]["api_key"] == "sk-agent-set"  # sent as the agent sent it
+
+
+async def test_an_approved_tool_calls_answer_is_shown_and_stored_redacted(
+        tmp_path: Path, store_url: str) -> None:
+    """What the executed call answered, as operators, webhook receivers and the store see
+    it: the tool's text content (the SDK's JSON of its result, or ``token=...`` text) is
+    redacted as the journal redacts it, not only its structured content. The agent's
+    status URL still gets the answer exactly (sealed)."""
+    accounts = {"a1": {"id": "a1", "plan": "pro", "api_key": TRUE_KEY}}
+    app = accounts_server(accounts).streamable_http_app(stateless_http=True, json_response=True)
+    hooks = Hooks()
+    key = {"journal_key": KEY} if store_url.startswith("postgresql") else {}
+    async with serve_app(hooks) as hook_url, serve_app(app, lifespan="on") as url:
+        async with started_gateway(tmp_path, store_url, {"tools.yaml": HOLD_RULES.format(url=url)},
+                                   approval_webhook=WebhookSettings(url=hook_url + "/hook"),
+                                   **key) as gw:
+            rig = Rig(gw, crm=None)  # type: ignore[arg-type]
+            held = await rig.call("rotate_key", {"id": "a1", "api_key": "sk-agent-set"})
+            assert "held for approval" in held.text, held.text
+            admin = gw.as_role("admin")
+            [item] = (await gw.admin.get("/v1/approvals", headers=admin)).json()["items"]
+            approved = await gw.admin.post(f"/v1/approvals/{item['id']}/approve", json={},
+                                           headers=admin)
+            assert approved.status_code == 200, approved.text
+            assert approved.json()["response"]["status"] == 200
+            assert "[REDACTED]" in approved.json()["response"]["body"]
+            status = await gw.agent.get(f"/_gateway/approvals/{item['id']}")
+            assert "sk-agent-set" in status.json()["response"]["body"]  # the agent's own answer
+            await until(lambda: len(hooks.bodies) >= 2, "the held and executed webhooks")
+            views = {
+                "approve answer": approved.text,
+                "approvals list": (await gw.admin.get("/v1/approvals", headers=admin)).text,
+                "approval detail": (await gw.admin.get(f"/v1/approvals/{item['id']}",
+                                                       headers=admin)).text,
+                "webhooks": "".join(hooks.bodies),
+            }
+            for entry in await gw.journal():
+                views["trail"] = (await gw.admin.get(f"/v1/journal/{entry['id']}/trail",
+                                                     headers=admin)).text
+            stored = await _store_text(store_url, Path(store_url.split("///", 1)[-1]).parent)
+    assert accounts["a1"]["api_key"] == "sk-agent-set"
+    leaked = sorted(name for name, text in {**views, "store": stored}.items()
+                    if "sk-agent-set" in text)
+    assert leaked == []

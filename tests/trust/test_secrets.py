@@ -367,3 +367,45 @@ async def test_without_a_key_a_held_call_without_secrets_is_kept_and_runs_exactl
     [patch] = [c for c in app.log[sent:] if c["method"] == "PATCH"]
     assert "note=plain" in patch["query"]
     assert app.data["deals"]["deal_1"]["stage"] == "won"
+
+
+async def test_a_held_text_body_shows_its_secret_named_values_redacted(
+        tmp_path: Path, store_url: str, hooks: tuple[Hooks, str]) -> None:
+    """A text body (a config file, ``key=value`` lines) is redacted as a tool's text
+    result is: each secret-named ``name=value`` hidden, in the held call and in the
+    journal. The call is sealed (it carries a secret); approving it sends the exact bytes."""
+    from tests.trust.test_priors import Files
+    canary = f"cnry{uuid.uuid4().hex}"
+    sent = f"user=ada\npassword={canary}\n".encode()
+    rules = """
+- id: held-files
+  match: {methods: [PUT], path: "/files/{name}"}
+  action: hold
+  approval: {wait: 0, expires: 3600}
+  capture: false
+"""
+    files = Files()
+    async with serve_app(files) as url:
+        async with started_gateway(tmp_path, store_url,
+                                   {"files.yaml": policy_text(url, rules, upstream="files")},
+                                   approval_webhook=WebhookSettings(url=hooks[1] + "/hook"),
+                                   **_key_settings(store_url)) as gw:
+            held = await gw.agent.put("/files/files/app.conf", content=sent,
+                                      headers={"content-type": "text/plain"})
+            assert held.status_code == 202, held.text
+            call_id = held.json()["approval"]["id"]
+            viewer = gw.as_role("viewer")
+            detail = await gw.admin.get(f"/v1/approvals/{call_id}", headers=viewer)
+            assert detail.json()["body"] == "user=ada\npassword=[REDACTED]\n", detail.text
+            approved = await gw.admin.post(f"/v1/approvals/{call_id}/approve", json={},
+                                           headers=gw.as_role("approver"))
+            assert approved.status_code == 200, approved.text
+            await until(lambda: len(hooks[0].bodies) >= 2, "the held and executed webhooks")
+            views = {"approval detail": detail.text, "approve answer": approved.text,
+                     "approvals list": (await gw.admin.get("/v1/approvals", headers=viewer)).text,
+                     "webhooks": "".join(hooks[0].bodies),
+                     "journal": (await gw.admin.get("/v1/journal", headers=viewer)).text}
+            stored = await _store_text(store_url, Path(store_url.split("///", 1)[-1]).parent)
+    assert files.files["app.conf"] == ("text/plain", sent)  # sent exactly
+    leaked = sorted(name for name, text in {**views, "store": stored}.items() if canary in text)
+    assert leaked == []
