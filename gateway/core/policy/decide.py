@@ -39,15 +39,17 @@ class PolicySet:
         if tools and view.method != TOOLS_CALL:
             return Decision(Verdict.ALLOW, None, f"{view.method or 'HTTP'} is not a tool call",
                             self.revision, upstream.name, write=False)
+        seen: tuple[dict[str, str], dict[str, Any]] | None = None  # (params, activation)
         for index, rule, params in _candidates(upstream, view, candidates):
             if rule.match.agents is not None and view.agent not in rule.match.agents:
                 continue
             write = None if rule.effect is None else rule.effect == "write"
             condition = upstream.conditions.get(index)
             if condition is not None:
+                if seen is None or seen[0] != params:  # one per path binding, not per rule
+                    seen = params, tool_activation(view) if tools else activation(view, params)
                 try:
-                    if not condition.evaluate(tool_activation(view) if tools
-                                              else activation(view, params)):
+                    if not condition.evaluate(seen[1]):
                         continue
                 except ConditionError as exc:  # REST: the method says, as for any refusal
                     return Decision(Verdict.DENY, rule.id, str(exc), self.revision,
