@@ -211,7 +211,7 @@ class Echoes:
     ('/items?api_key=[REDACTED]&page=2', b'{"k": "[REDACTED]"}')
     """
 
-    __slots__ = ("_bytes", "_text", "_forms", "longest")
+    __slots__ = ("_bytes", "_text", "_forms", "_firsts", "longest")
 
     def __init__(self, secrets: Iterable[str]) -> None:
         texts: set[str] = set()
@@ -226,6 +226,7 @@ class Echoes:
             raise ValueError("Echoes needs at least one non-empty secret")
         by_length = sorted(raw, key=lambda f: (-len(f), f))  # the longest spelling first
         self._forms = tuple(by_length)
+        self._firsts = frozenset(form[0] for form in by_length)
         self._bytes = re.compile(b"|".join(re.escape(f) for f in by_length))
         self._text = re.compile("|".join(re.escape(f) for f in sorted(
             texts, key=lambda f: (-len(f), f))))
@@ -256,10 +257,11 @@ class Echoes:
 
     def held_back(self, data: bytes) -> int:
         """How many of ``data``'s last bytes could begin a spelling (at most longest-1)."""
-        for size in range(min(self.longest - 1, len(data)), 0, -1):
-            tail = data[-size:]
-            if any(form.startswith(tail) for form in self._forms if len(form) > size):
-                return size
+        for at in range(max(len(data) - self.longest + 1, 0), len(data)):
+            if data[at] in self._firsts:  # the longest such tail first
+                tail = data[at:]
+                if any(form.startswith(tail) for form in self._forms if len(form) > len(tail)):
+                    return len(tail)
         return 0
 
     def split(self, data: bytes) -> tuple[bytes, bytes]:

@@ -265,10 +265,15 @@ def unechoed(response: UpstreamResponse, hidden: Echoes, method: str) -> Upstrea
 
 async def _unechoed(chunks: AsyncIterator[bytes], hidden: Echoes) -> AsyncIterator[bytes]:
     stream = hidden.stream()
-    async for chunk in chunks:
-        out = stream.feed(chunk)
-        if out:
-            yield out
+    try:
+        async for chunk in chunks:
+            out = stream.feed(chunk)
+            if out:
+                yield out
+    finally:  # closed early (the agent went away): the upstream's connection with it
+        close = getattr(chunks, "aclose", None)
+        if close is not None:
+            await close()
     rest = stream.end()
     if rest:
         yield rest

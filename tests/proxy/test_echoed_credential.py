@@ -19,10 +19,13 @@ SECRET = "q/cred+canary 12"  # percent-encoded in a URL: every spelling must go
 SPELLINGS = (SECRET, quote(SECRET, safe=""), quote_plus(SECRET, safe=""))
 HEADER_SECRET = "hdrcredcanary34"
 RULES = """
+- id: events
+  match: {methods: [GET], path: "/events"}
+  action: allow
+  stream: true
 - id: reads
   match: {methods: [GET], path: "/**"}
   action: allow
-  stream: true
 - id: edit
   match: {methods: [PATCH], path: "/items/{id}"}
   action: allow
@@ -65,6 +68,7 @@ class Echoing:
         await send({"type": "http.response.start",
                     "status": 201 if scope["method"] == "POST" else 200,
                     "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode()),
                                 (b"location", f"/items/x1?{q}".encode()),
                                 (b"link", f'</items?{q}&page=2>; rel="next"'.encode())]})
         await send({"type": "http.response.body", "body": body.encode()})
@@ -102,6 +106,7 @@ async def test_an_echoed_query_credential_reaches_neither_agent_nor_journal(
         assert "api_key=[REDACTED]" in response.headers["location"]
         assert "api_key=[REDACTED]&page=2" in response.json()["next"]
         assert "[REDACTED]" in response.headers["link"]
+        assert int(response.headers["content-length"]) == len(response.content)  # told again
     assert held.status_code == 202, held.text
     for view in (approved, status):
         assert view.status_code == 200 and "api_key=[REDACTED]" in view.text, view.text
