@@ -7,13 +7,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, quote_plus
 
 import httpx
+import pytest
 
-from tests.harness import policy_text, serve_app, started_gateway
+from gateway.core.model import Checkpoint
+from gateway.core.policy.loader import load_policy_set
+from gateway.ports import UpstreamResponse
+from gateway.services.call import Call
+from gateway.upstreams.rest import RestSender
+from tests.harness import policy_text, serve_app, settings_for, started_gateway
 
 SECRET = "q/cred+canary 12"  # percent-encoded in a URL: every spelling must go
 SPELLINGS = (SECRET, quote(SECRET, safe=""), quote_plus(SECRET, safe=""))
@@ -145,3 +152,42 @@ async def test_an_echo_split_across_two_chunks_of_a_stream_is_hidden(tmp_path: P
         rest = b"".join([chunk async for chunk in chunks])
     assert first.startswith(b"data: next=/events?api_key=")
     assert first + rest == b"data: next=/events?api_key=[REDACTED]\n\n", first + rest
+
+
+class Answering:
+    """An upstream client that answers every request with one streamed response."""
+
+    def __init__(self) -> None:
+        self.response: UpstreamResponse | None = None
+
+    async def request(self, method: str, url: str, headers: Any, body: Any,
+                      **options: Any) -> UpstreamResponse:
+        async def chunks() -> AsyncIterator[bytes]:
+            yield b"data: " + SECRET.encode() + b"\n\n"
+        self.response = UpstreamResponse(200, [("content-length", "24")], stream=chunks())
+        return self.response
+
+
+@pytest.mark.parametrize(("credential", "hidden"), [
+    ("", False),
+    ('credentials: {header: X-Api-Token, value: ""}\n', False),
+    ("credentials: {aws_sigv4: {access_key_id: a, secret_access_key: s, region: r, "
+     "service: s3}}\n", False),  # the secret key never goes on the wire
+    (QUERY, True),
+])
+async def test_only_an_upstream_with_a_credential_has_its_answers_read(
+        tmp_path: Path, credential: str, hidden: bool) -> None:
+    """Without a credential on the wire, the client's response (its stream) is the one
+    relayed: no per-chunk work on the read path."""
+    policies, problems = load_policy_set(
+        {"api.yaml": policy_text("http://127.0.0.1:9", RULES, upstream="api",
+                                 extra=credential)}, {})
+    assert policies is not None, problems
+    client = Answering()
+    sender = RestSender(settings_for(tmp_path, "sqlite+aiosqlite:///unused"), client)
+    call = Call(request_id="r", agent="bot", agent_key=None, upstream="api", method="GET",
+                raw_path="/events", query="", headers=[], checkpoint=Checkpoint())
+    response = await sender.relay(policies.upstreams["api"], call)
+    assert (response is not client.response) is hidden
+    body = await response.read()
+    assert (SECRET.encode() in body) is not hidden
