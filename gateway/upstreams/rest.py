@@ -9,7 +9,9 @@ key, plus the upstream's credential) and read whole; the prior state is a GET
 of the capture path; the gateway's own reads and compensations carry only
 its own headers and the credential. Every request leaves through ``_send``,
 where the credential's query parameter is added and SigV4 upstreams are
-signed (``gateway.upstreams.credentials``).
+signed (``gateway.upstreams.credentials``), and every answer comes back with
+the credential's values replaced wherever the upstream echoed them
+(``unechoed``, ``gateway.core.redact.Echoes``).
 """
 
 from __future__ import annotations
