@@ -106,9 +106,10 @@ class Gateway:
         signer = self._audit_signer()  # a bad key stops the start before any I/O
         await self._start_store()
         if not sealer.enabled:  # once the store answered: a start that fails says only why
-            log.warning("no journal_key (GATEWAY_JOURNAL_KEY): secret-named prior values are "
-                        "not kept (rolling them back is refused) and held calls are stored "
-                        "unencrypted; set one")
+            log.warning("no journal_key (GATEWAY_JOURNAL_KEY): secret-named values are not "
+                        "kept: prior values (rolling them back is refused), held calls that "
+                        "carry them (approving one is refused: sealed_unavailable) and "
+                        "executed calls' exact answers (agents see them redacted); set one")
         if created is not None:  # loud: a mistyped path would otherwise go unnoticed
             log.warning("created a new, empty store at %s", created.resolve())
         if self._client is None:

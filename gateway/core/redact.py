@@ -17,7 +17,7 @@ import re
 from collections.abc import Iterable, Mapping
 from functools import lru_cache
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, quote, quote_plus, urlencode
 
 from gateway.core.body import FORM, media_type
 
@@ -170,3 +170,138 @@ def carries_secrets(query: str, headers: Iterable[tuple[str, str]], body: bytes,
 
 def _secret_field(form: str) -> bool:
     return any(is_secret_name(name) for name, _ in parse_qsl(form, keep_blank_values=True))
+
+
+# -- an injected credential echoed back ---------------------------------------------------
+#
+# The gateway injects the upstream's credential (a header, a query parameter), so the
+# agent never holds it. An upstream that echoes the request (a ``Location`` or ``Link``
+# with the query, a ``"next"`` pagination URL, a reflected header) would hand it back:
+# there a name does not say it is a secret, the value does. ``Echoes`` replaces every
+# occurrence of the values, as sent and as commonly re-encoded, in what the upstream
+# answers, before anything else (agent, journal, held calls, errors) reads it.
+
+
+def echo_forms(secret: str) -> list[str]:
+    """The spellings an upstream may echo ``secret`` in: as sent, percent-encoded (either
+    case of hex digits, ``+`` for spaces) and JSON-escaped.
+
+    >>> echo_forms("a/b c")
+    ['a/b c', 'a%2Fb%20c', 'a%2fb%20c', 'a%2Fb+c', 'a%2fb+c', 'a/b%20c', 'a\\\\/b c']
+    """
+    forms: list[str] = []
+    for form in (secret, quote(secret, safe=""), quote_plus(secret, safe=""),
+                 quote(secret, safe="/"), json.dumps(secret, ensure_ascii=False)[1:-1],
+                 json.dumps(secret)[1:-1], secret.replace("/", "\\/")):
+        for spelt in (form, _lower_hex(form)):
+            if spelt and spelt not in forms:
+                forms.append(spelt)
+    return forms
+
+
+def _lower_hex(text: str) -> str:
+    return re.sub(r"%[0-9A-F]{2}", lambda m: m.group(0).lower(), text)
+
+
+class Echoes:
+    """The credential's values wherever an upstream puts them, replaced by ``[REDACTED]``.
+
+    >>> echoes = Echoes(["s3cr/t"])
+    >>> echoes.text("/items?api_key=s3cr%2Ft&page=2"), echoes.body(b'{"k": "s3cr\\\\/t"}')
+    ('/items?api_key=[REDACTED]&page=2', b'{"k": "[REDACTED]"}')
+    """
+
+    __slots__ = ("_bytes", "_text", "_forms", "_firsts", "longest")
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        texts: set[str] = set()
+        raw: set[bytes] = set()
+        for secret in secrets:
+            for form in echo_forms(secret):
+                texts.add(form)
+                encoded = form.encode("utf-8")
+                raw.add(encoded)
+                texts.add(encoded.decode("latin-1"))  # a header value read as latin-1
+        if not raw:
+            raise ValueError("Echoes needs at least one non-empty secret")
+        by_length = sorted(raw, key=lambda f: (-len(f), f))  # the longest spelling first
+        self._forms = tuple(by_length)
+        self._firsts = frozenset(form[0] for form in by_length)
+        self._bytes = re.compile(b"|".join(re.escape(f) for f in by_length))
+        self._text = re.compile("|".join(re.escape(f) for f in sorted(
+            texts, key=lambda f: (-len(f), f))))
+        self.longest = len(by_length[0])
+
+    def text(self, text: str) -> str:
+        return self._text.sub(REDACTED, text)
+
+    def body(self, data: bytes) -> bytes:
+        return self._bytes.sub(_REDACTED_BYTES, data)
+
+    def headers(self, headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+        return [(name, self.text(value)) for name, value in headers]
+
+    def value(self, value: Any) -> Any:
+        """A parsed JSON value (an MCP tool's answer) with every string, key or not,
+        replaced in."""
+        if isinstance(value, str):
+            return self.text(value)
+        if isinstance(value, dict):
+            return {self.value(k): self.value(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.value(v) for v in value]
+        return value
+
+    def stream(self) -> EchoStream:
+        return EchoStream(self)
+
+    def held_back(self, data: bytes) -> int:
+        """How many of ``data``'s last bytes could begin a spelling (at most longest-1)."""
+        for at in range(max(len(data) - self.longest + 1, 0), len(data)):
+            if data[at] in self._firsts:  # the longest such tail first
+                tail = data[at:]
+                if any(form.startswith(tail) for form in self._forms if len(form) > len(tail)):
+                    return len(tail)
+        return 0
+
+    def split(self, data: bytes) -> tuple[bytes, bytes]:
+        """``data`` replaced up to where a spelling may still be arriving, and that rest."""
+        cut = len(data) - self.held_back(data)
+        out, pos = [], 0
+        for match in self._bytes.finditer(data):
+            if match.start() >= cut:
+                break
+            out.append(data[pos:match.start()])
+            out.append(_REDACTED_BYTES)
+            pos = match.end()
+        end = max(cut, pos)
+        out.append(data[pos:end])
+        return b"".join(out), data[end:]
+
+
+_REDACTED_BYTES = REDACTED.encode()
+
+
+class EchoStream:
+    """A body read chunk by chunk: a spelling split across chunks is replaced too. Only
+    bytes that could begin one (fewer than the longest spelling) wait for the next chunk,
+    so a stream (SSE) is not held back otherwise.
+
+    >>> stream = Echoes(["secret"]).stream()
+    >>> stream.feed(b"data: key=sec"), stream.feed(b"ret\\n\\n"), stream.end()
+    (b'data: key=', b'[REDACTED]\\n\\n', b'')
+    """
+
+    __slots__ = ("_echoes", "_carry")
+
+    def __init__(self, echoes: Echoes) -> None:
+        self._echoes = echoes
+        self._carry = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        out, self._carry = self._echoes.split(self._carry + chunk)
+        return out
+
+    def end(self) -> bytes:
+        rest, self._carry = self._carry, b""
+        return self._echoes.body(rest)

@@ -50,7 +50,8 @@ from gateway.ports import Headers, Observed, UpstreamResponse, untraced
 from gateway.ports import Upstream as UpstreamClient
 from gateway.services.call import Answer, BodyReader, Call, plain_answer
 from gateway.settings import Settings
-from gateway.upstreams.rest import rebuilt, request_headers
+from gateway.upstreams.credentials import echoes
+from gateway.upstreams.rest import rebuilt, request_headers, unechoed
 
 log = logging.getLogger("gateway.mcp")
 _JSON = [("content-type", "application/json")]
@@ -127,17 +128,24 @@ class McpSender:
     async def relay(self, upstream: Upstream, call: Call,
                     trace: Callable[[Headers], Headers] = untraced) -> UpstreamResponse:
         http = call.mcp.http if call.mcp is not None else call.method
-        return await self.client.request(
-            http, upstream.base_url, trace(request_headers(upstream, call, drop_encoding=False)),
+        hidden = echoes(upstream)
+        headers = request_headers(upstream, call, drop_encoding=hidden is not None)
+        if hidden is not None:  # an echo in a compressed body would not be seen
+            headers.append(("accept-encoding", "identity"))
+        response = await self.client.request(
+            http, upstream.base_url, trace(headers),
             call.buffered if http == "POST" else None, stream=True,
             timeout=self._timeout(upstream))
+        return response if hidden is None else unechoed(response, hidden, http)
 
     async def forward(self, upstream: Upstream, call: Call, approved: bool,
                       trace: Callable[[Headers], Headers] = untraced) -> UpstreamResponse:
         if not approved:
-            return await self.client.request(
+            response = await self.client.request(
                 "POST", upstream.base_url, trace(request_headers(upstream, call, drop_encoding=True)),
                 call.buffered, timeout=self._timeout(upstream))
+            hidden = echoes(upstream)
+            return response if hidden is None else unechoed(response, hidden, "POST")
         # An approved call: the agent's session may be long gone, so the gateway makes
         # the call itself; the answer carries the agent's request id.
         message = call.mcp
@@ -198,6 +206,13 @@ class McpSender:
         unknown); only one while connecting is ``UpstreamUnreachable`` (not sent).
         ``keyed``: the policy's idempotency header and its value, set on the ``tools/call``
         request of a fresh connection (its session's own requests go without it)."""
+        answer = await self._call_tool(upstream, tool, arguments, timeout, fresh, keyed)
+        hidden = echoes(upstream)  # the server may echo the credential it was sent
+        return answer if hidden is None else dict(hidden.value(answer))
+
+    async def _call_tool(self, upstream: Upstream, tool: str, arguments: dict[str, Any],
+                         timeout: float, fresh: bool,
+                         keyed: tuple[str, str] | None) -> dict[str, Any]:
         attempts = 1 if fresh else 2
         for attempt in range(attempts):
             connection = (_Connection(upstream, *self._eras.get(upstream.name, ("auto", None)),

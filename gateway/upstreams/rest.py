@@ -9,12 +9,14 @@ key, plus the upstream's credential) and read whole; the prior state is a GET
 of the capture path; the gateway's own reads and compensations carry only
 its own headers and the credential. Every request leaves through ``_send``,
 where the credential's query parameter is added and SigV4 upstreams are
-signed (``gateway.upstreams.credentials``).
+signed (``gateway.upstreams.credentials``), and every answer comes back with
+the credential's values replaced wherever the upstream echoed them
+(``unechoed``, ``gateway.core.redact.Echoes``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -27,13 +29,14 @@ from gateway.core.headers import upstream_request_headers
 from gateway.core.model import JournalEntry, is_mutating
 from gateway.core.policy.compiled import CallView, Upstream
 from gateway.core.policy.schema import Capture
+from gateway.core.redact import Echoes
 from gateway.core.rollback import Step
 from gateway.errors import Ambiguous, BadRequest, CaptureFailed, GatewayError
 from gateway.ports import Headers, Observed, UpstreamResponse, untraced
 from gateway.ports import Upstream as UpstreamClient
 from gateway.services.call import Answer, BodyReader, Call, plain_answer
 from gateway.settings import Settings
-from gateway.upstreams.credentials import signed, with_query
+from gateway.upstreams.credentials import echoes, signed, with_query
 
 
 def canonical_target(raw_path: str) -> canonical.Target:
@@ -171,7 +174,17 @@ class RestSender:
                 and body is not None and payload is None:
             payload = body = b"".join([chunk async for chunk in body])  # signed whole
         headers = signed(upstream, method, url, list(headers), payload)
-        return await self.client.request(method, url, headers, body, **options)
+        hidden = echoes(upstream)
+        if hidden is None:
+            return await self.client.request(method, url, headers, body, **options)
+        try:
+            response = await self.client.request(method, url, headers, body, **options)
+        except GatewayError as exc:  # a timeout's or a lost call's head (a Location)
+            head = getattr(exc, "head", None)
+            if head is not None:
+                exc.head = (head[0], hidden.headers(head[1]))  # type: ignore[attr-defined]
+            raise
+        return unechoed(response, hidden, method)
 
     def _timeout(self, upstream: Upstream) -> float:
         return upstream.spec.timeout or self.settings.upstream_timeout
@@ -179,10 +192,14 @@ class RestSender:
     async def relay(self, upstream: Upstream, call: Call,
                     trace: Callable[[Headers], Headers] = untraced) -> UpstreamResponse:
         body = call.buffered if call.buffered is not None else call.body
+        hidden = echoes(upstream) is not None  # an echo in a compressed body is not seen
+        headers = request_headers(upstream, call, drop_encoding=hidden or bool(
+            getattr(upstream.spec, "rewrite_urls", False)))
+        if hidden:
+            headers.append(("accept-encoding", "identity"))
         return await self._send(
             upstream, call.method, self._url(upstream, call.raw_path, call.query),
-            trace(request_headers(upstream, call, drop_encoding=bool(
-                getattr(upstream.spec, "rewrite_urls", False)))), body, stream=True,
+            trace(headers), body, stream=True,
             timeout=self._timeout(upstream), total=call.facts.get("rule") not in upstream.streams)
 
     async def forward(self, upstream: Upstream, call: Call, approved: bool,
@@ -227,6 +244,41 @@ class RestSender:
 
     async def close(self) -> None:
         return None  # the client is the gateway's, closed by it
+
+
+def unechoed(response: UpstreamResponse, hidden: Echoes, method: str) -> UpstreamResponse:
+    """``response`` without the credential wherever the upstream echoed it: headers, a
+    body read whole (its length told again), a stream (chunk by chunk, its length no
+    longer known). Everything after the sender (the agent, the journal, held calls'
+    answers, errors) reads only this."""
+    headers = hidden.headers(response.headers)
+    if response.body is not None:
+        body = hidden.body(response.body)
+        if len(body) != len(response.body):
+            headers = [(k, str(len(body)) if k.lower() == "content-length" else v)
+                       for k, v in headers]
+        return UpstreamResponse(response.status, headers, body=body)
+    if response.stream is None:
+        return UpstreamResponse(response.status, headers)
+    if method != "HEAD":
+        headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
+    return UpstreamResponse(response.status, headers, stream=_unechoed(response.stream, hidden))
+
+
+async def _unechoed(chunks: AsyncIterator[bytes], hidden: Echoes) -> AsyncIterator[bytes]:
+    stream = hidden.stream()
+    try:
+        async for chunk in chunks:
+            out = stream.feed(chunk)
+            if out:
+                yield out
+    finally:  # closed early (the agent went away): the upstream's connection with it
+        close = getattr(chunks, "aclose", None)
+        if close is not None:
+            await close()
+    rest = stream.end()
+    if rest:
+        yield rest
 
 
 def _observed(response: UpstreamResponse, etag: str | None) -> Observed:

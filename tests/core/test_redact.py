@@ -7,8 +7,10 @@ from typing import Any
 import pytest
 
 from gateway.core.mcp import redact_answer
+from gateway.core.policy.compiled import Credential
 from gateway.core.redact import (
     REDACTED,
+    Echoes,
     is_secret_name,
     redact_form,
     redact_headers,
@@ -163,3 +165,55 @@ def test_a_tool_answer_is_journaled_with_its_texts_redacted() -> None:
                                           {"type": "image", "data": "x"}]
     assert answer["result"]["content"][0]["text"] == '{"api_key": "sk-1"}'  # not modified
     assert redact_answer(None) is None and redact_answer({"error": {}}) == {"error": {}}
+
+
+SECRET = "s3cr/t k"
+ECHOED = [
+    # (row id, what the upstream answered, what is shown)
+    ("as-sent", "key=s3cr/t k;", "key=[REDACTED];"),
+    ("percent-encoded", "/x?api_key=s3cr%2Ft%20k&p=2", "/x?api_key=[REDACTED]&p=2"),
+    ("lower-hex", "/x?api_key=s3cr%2ft%20k", "/x?api_key=[REDACTED]"),
+    ("plus-for-space", "/x?api_key=s3cr%2Ft+k", "/x?api_key=[REDACTED]"),
+    ("slash-kept", "/x?api_key=s3cr/t%20k", "/x?api_key=[REDACTED]"),
+    ("json-escaped", '{"next": "s3cr\\/t k"}', '{"next": "[REDACTED]"}'),
+    ("twice", "s3cr/t ks3cr/t k", "[REDACTED][REDACTED]"),
+    ("a prefix only", "s3cr/t", "s3cr/t"),
+    ("nothing", "plain", "plain"),
+]
+
+
+@pytest.mark.parametrize(("text", "shown"), [r[1:] for r in ECHOED], ids=[r[0] for r in ECHOED])
+def test_an_echoed_credential_is_replaced_in_text_and_bytes(text: str, shown: str) -> None:
+    echoes = Echoes([SECRET])
+    assert echoes.text(text) == shown
+    assert echoes.body(text.encode()) == shown.encode()
+    assert echoes.headers([("location", text)]) == [("location", shown)]
+    assert echoes.value({text: [text, 1, None]}) == {shown: [shown, 1, None]}
+
+
+@pytest.mark.parametrize(("text", "shown"), [r[1:] for r in ECHOED], ids=[r[0] for r in ECHOED])
+def test_an_echo_split_anywhere_in_a_stream_is_replaced(text: str, shown: str) -> None:
+    data = ("data: " + text + "\n\n").encode()
+    for cut in range(len(data) + 1):
+        for second in range(cut, len(data) + 1):  # three chunks, split at every two places
+            stream = Echoes([SECRET]).stream()
+            out = [stream.feed(data[:cut]), stream.feed(data[cut:second]),
+                   stream.feed(data[second:]), stream.end()]
+            assert b"".join(out) == ("data: " + shown + "\n\n").encode(), (cut, second)
+
+
+def test_a_stream_holds_back_only_what_may_begin_a_secret() -> None:
+    stream = Echoes(["secret"]).stream()
+    assert stream.feed(b"event one\n\n") == b"event one\n\n"  # nothing waits: SSE flows
+    assert stream.feed(b"x=se") == b"x="  # "se" may begin it
+    assert stream.feed(b"ap\n") == b"seap\n"  # it did not
+    assert stream.feed(b"secre") == b""
+    assert stream.end() == b"secre"  # the stream ended: not the secret
+
+
+def test_the_credential_values_that_go_on_the_wire() -> None:
+    assert Credential(headers=(("authorization", "Bearer tok"),)).sent == ("Bearer tok", "tok")
+    assert Credential(query=("api_key", "k")).sent == ("k",)
+    assert Credential(headers=(("x-key", ""),)).sent == ()
+    with pytest.raises(ValueError):
+        Echoes([""])

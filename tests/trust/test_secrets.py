@@ -322,11 +322,17 @@ async def test_a_wrong_key_leaves_the_held_call_pending_for_the_right_one(
 
 
 async def test_without_a_key_sqlite_uses_its_key_file_and_postgresql_refuses(
-        tmp_path: Path, crm: tuple[CRM, str], store_url: str) -> None:
-    plan, approve, sent = await _secret_write_then_restart(tmp_path, store_url, crm, {}, {})
+        tmp_path: Path, crm: tuple[CRM, str], store_url: str,
+        caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="gateway"):
+        plan, approve, sent = await _secret_write_then_restart(tmp_path, store_url, crm, {}, {})
     [step] = plan["steps"]
     customer = crm[0].data["customers"]["cus_1"]
+    warned = [r.getMessage() for r in caplog.records if "no journal_key" in r.getMessage()]
     if store_url.startswith("postgresql"):  # no key: the secrets were not kept, anywhere
+        # ... as the start warning says (it once said held calls were stored unencrypted)
+        assert len(warned) == 2 and "unencrypted" not in warned[0], warned
+        assert "held calls that carry them (approving one is refused" in warned[0]
         assert step["status"] == "failed" and "no journal key was configured" in step["detail"]
         assert (customer["plan"], customer["api_key"]) == ("free", "true-prior-value")
         # The held call carried ?token=: never stored in plaintext, so not sent redacted either.
@@ -334,6 +340,7 @@ async def test_without_a_key_sqlite_uses_its_key_file_and_postgresql_refuses(
         assert approve.json()["error"]["code"] == "sealed_unavailable"
         assert sent == []
     else:
+        assert warned == []  # its key file
         assert approve.status_code == 200, approve.text  # the held call runs exactly
         assert "token=held-secret" in sent[-1]["query"]
         assert step["status"] == "applied", step

@@ -33,6 +33,23 @@ class Credential:
                       "x-amz-content-sha256"}
         return frozenset(names)
 
+    @property
+    def sent(self) -> tuple[str, ...]:
+        """The secret values that go on the wire, which an upstream may echo back: the
+        header's value and its token (``Bearer t``'s ``t``), the query value, a SigV4
+        session token (the secret key itself is never sent)."""
+        values: list[str] = []
+        for _, value in self.headers:
+            values.append(value)
+            scheme, _, token = value.partition(" ")
+            if scheme and token.strip():
+                values.append(token.strip())
+        if self.query is not None:
+            values.append(self.query[1])
+        if self.sigv4 is not None and self.sigv4.session_token:
+            values.append(self.sigv4.session_token)
+        return tuple(v for v in values if v)
+
 
 AnyRule = Rule | McpRule
 
