@@ -1,0 +1,137 @@
+"""The audit log across a failover, with real processes: two gateways signing
+checkpoints on a multi-host ``database_url`` (a primary and its synchronous
+standby, ``tests.replicated``), and the primary crashing with audit records
+that only it had.
+
+The proxy's decisions are appended without waiting for the standby
+(``PostgresHotPath.transaction``, ``durable=False``): a crash may lose the
+last of them, and the promoted standby's chain is then a prefix of the old
+one. What must hold: no checkpoint is signed, stored, served or anchored over
+records the new primary lacks, and the checkpoints signed after the promotion
+are over the records it has, so ``gateway audit verify`` passes the export
+with every note seen, before and after.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.e2e.procs import Proc, run_gateway, start_gateways, write_settings
+from tests.e2e.recorder import Recorder
+from tests.e2e.test_failover_processes import ADMIN, BOT, pair, run, upstream, writes_go
+from tests.harness import policy_text
+from tests.harness import poll as _poll
+from tests.replicated import Pair
+
+__all__ = ["pair", "upstream"]  # fixtures shared with test_failover_processes
+
+SEED = hashlib.sha256(b"the failover test's audit key").digest()
+RULES = """
+- id: items
+  match: {methods: [GET, PATCH], path: "/items/{id}"}
+  action: allow
+- id: no-deletes
+  match: {methods: [DELETE], path: "/items/{id}"}
+  action: deny
+"""
+
+poll = functools.partial(_poll, timeout=60)
+
+
+@pytest.fixture
+def gateways(tmp_path: Path, pair: Pair, upstream: Recorder) -> Iterator[list[Proc]]:
+    import base64
+
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "crm.yaml").write_text(policy_text(upstream.url, RULES))
+    config = write_settings(tmp_path, pair.url(), engage_wait=1.0, upstream_timeout=30,
+                            audit_checkpoint_interval=0.2,
+                            audit_anchors=[{"kind": "file", "name": "file",
+                                            "path": str(tmp_path / "anchor.notes")}])
+    started = start_gateways(config, 2, env={"GATEWAY_AUDIT_SIGNING_KEY":
+                                             base64.b64encode(SEED).decode()})
+    yield started
+    for proc in started:
+        proc.stop()
+
+
+def last_seq(pair: Pair, port: int) -> int:
+    return int(run(pair, port, "gateway", "SELECT coalesce(max(seq), 0) AS n FROM audit")[0]["n"])
+
+
+def signed_size(pair: Pair, port: int) -> int:
+    return int(run(pair, port, "gateway",
+                   "SELECT coalesce(max(size), 0) AS n FROM audit_checkpoints")[0]["n"])
+
+
+def health(admin: str) -> dict:  # type: ignore[type-arg]
+    return httpx.get(f"{admin}/v1/health", headers=ADMIN, timeout=30).json()
+
+
+def test_checkpoints_across_a_failover_cover_only_what_the_new_primary_has(
+        pair: Pair, gateways: list[Proc], tmp_path: Path) -> None:
+    (proxy_a, admin_a), (proxy_b, admin_b) = (g.urls for g in gateways)
+    assert writes_go(proxy_a, "a") and writes_go(proxy_b, "b")
+    poll(lambda: signed_size(pair, pair.primary_port) == last_seq(pair, pair.primary_port),
+         "a checkpoint over every record")
+
+    # the standby goes away: the decisions below are committed on the primary alone
+    pair.stop(pair.standby)
+    for n, proxy in enumerate((proxy_a, proxy_b, proxy_a, proxy_b)):
+        denied = httpx.delete(f"{proxy}/crm/items/d{n}", headers=BOT, timeout=30)
+        assert denied.status_code == 403, denied.text
+    held = last_seq(pair, pair.primary_port)
+    # both checkpoint services have read them (their trees hold them)
+    poll(lambda: all(health(a)["audit"]["records"] == held for a in (admin_a, admin_b)),
+         "both processes' trees holding the primary's records")
+    served_before = [httpx.get(f"{a}/v1/audit/checkpoint", headers=ADMIN, timeout=30).text
+                     for a in (admin_a, admin_b)]
+
+    # the primary crashes; the standby, which never had those records, takes over
+    pair.crash_primary()
+    pair.start(pair.standby)
+    pair.promote()
+    for n, proxy in enumerate((proxy_a, proxy_b)):
+        poll(lambda p=proxy, n=n: writes_go(p, f"after-{n}"), f"writes through {proxy}",
+             interval=0.1)
+    kept = last_seq(pair, pair.standby_port)
+    assert kept < held, "the crash lost no audit record: the test saw nothing"
+
+    # the new primary's chain grows past what the old one held, and is signed
+    n = 0
+    while last_seq(pair, pair.standby_port) <= held + 2:
+        assert writes_go((proxy_a, proxy_b)[n % 2], f"more-{n}")
+        n += 1
+    for action in ("engage", "release"):  # each signs at once
+        done = httpx.post(f"{admin_a}/v1/killswitch/{action}", headers=ADMIN,
+                          json={"reason": "failover audit"}, timeout=30)
+        assert done.status_code == 200, done.text
+    final = last_seq(pair, pair.standby_port)
+    poll(lambda: signed_size(pair, pair.standby_port) >= final, "a checkpoint after it")
+
+    # the chain verifies, and every note ever served or anchored is over these records
+    verified = httpx.get(f"{admin_b}/v1/audit/verify", headers=ADMIN, timeout=30).json()
+    assert verified["ok"] is True, verified
+    export = tmp_path / "export.jsonl"
+    response = httpx.get(f"{admin_b}/v1/audit/export", params={"format": "jsonl"},
+                         headers=ADMIN, timeout=30)
+    assert response.status_code == 200
+    export.write_bytes(response.content)
+    key = tmp_path / "key"
+    key.write_text(httpx.get(f"{admin_a}/v1/audit/key", headers=ADMIN, timeout=30).text)
+    notes = []
+    for i, note in enumerate(served_before):
+        (tmp_path / f"served-{i}.note").write_text(note)
+        notes += ["--checkpoint", str(tmp_path / f"served-{i}.note")]
+    done = run_gateway("audit", "verify", "--export", str(export), "--key", str(key),
+                       "--checkpoint", str(tmp_path / "anchor.notes"), *notes)
+    assert done.returncode == 0, done.stdout + done.stderr
+    for admin in (admin_a, admin_b):
+        audit = health(admin)["audit"]
+        assert audit["problem"] is None, audit
