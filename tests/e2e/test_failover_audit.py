@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,7 +25,7 @@ import pytest
 
 from tests.e2e.procs import Proc, run_gateway, start_gateways, write_settings
 from tests.e2e.recorder import Recorder
-from tests.e2e.test_failover_processes import ADMIN, BOT, pair, run, upstream, writes_go
+from tests.e2e.test_failover_processes import ADMIN, BOT, pair, patch, run, upstream, writes_go
 from tests.harness import policy_text
 from tests.harness import poll as _poll
 from tests.replicated import Pair
@@ -35,6 +36,9 @@ SEED = hashlib.sha256(b"the failover test's audit key").digest()
 RULES = """
 - id: items
   match: {methods: [GET, PATCH], path: "/items/{id}"}
+  action: allow
+- id: gated
+  match: {methods: [PATCH], path: "/gate/{id}"}
   action: allow
 - id: no-deletes
   match: {methods: [DELETE], path: "/items/{id}"}
@@ -50,7 +54,8 @@ def gateways(tmp_path: Path, pair: Pair, upstream: Recorder) -> Iterator[list[Pr
 
     (tmp_path / "policies").mkdir()
     (tmp_path / "policies" / "crm.yaml").write_text(policy_text(upstream.url, RULES))
-    config = write_settings(tmp_path, pair.url(), engage_wait=1.0, upstream_timeout=30,
+    config = write_settings(tmp_path, pair.url(), engage_wait=1.0, upstream_timeout=3,
+                            executor_lease=3,
                             audit_checkpoint_interval=0.2,
                             audit_anchors=[{"kind": "file", "name": "file",
                                             "path": str(tmp_path / "anchor.notes")}])
@@ -135,3 +140,47 @@ def test_checkpoints_across_a_failover_cover_only_what_the_new_primary_has(
     for admin in (admin_a, admin_b):
         audit = health(admin)["audit"]
         assert audit["problem"] is None, audit
+
+
+def naming(pair: Pair, port: int, entry: str) -> int:
+    """How many audit records name journal entry ``entry``."""
+    return int(run(pair, port, "gateway", "SELECT count(*) AS n FROM audit WHERE detail "
+                   f"LIKE '%\"{entry}\"%'")[0]["n"])
+
+
+def test_the_audit_record_of_a_sent_write_lost_in_a_failover_is_appended_again(
+        pair: Pair, gateways: list[Proc], upstream: Recorder) -> None:
+    """The write's intent is on the standby (it was sent), then the standby goes away:
+    its outcome and its decision's audit record commit on the primary alone, which
+    crashes. The new primary has the entry; the process that sent it, alive, appends
+    its audit record again from the journal, as recovery does for a dead process's."""
+    proxy_a, proxy_b = gateways[0].urls[0], gateways[1].urls[0]
+    assert writes_go(proxy_a, "warm")
+    answers: list[httpx.Response] = []
+    sending = threading.Thread(target=lambda: answers.append(patch(proxy_a, "/gate/w", BOT)))
+    sending.start()
+    try:
+        poll(upstream.gated.is_set, "the write at the upstream")
+        pair.stop(pair.standby)
+    finally:
+        upstream.gate.set()
+        sending.join(timeout=60)
+    assert [a.status_code for a in answers] == [200], answers
+    entry = str(run(pair, pair.primary_port, "gateway",
+                    "SELECT id FROM journal WHERE path = '/gate/w'")[0]["id"])
+    poll(lambda: naming(pair, pair.primary_port, entry) == 1, "its record on the primary")
+
+    pair.crash_primary()
+    pair.start(pair.standby)
+    pair.promote()
+    for n, proxy in enumerate((proxy_a, proxy_b)):
+        poll(lambda p=proxy, n=n: writes_go(p, f"after-{n}"), f"writes through {proxy}",
+             interval=0.1)
+    assert run(pair, pair.standby_port, "gateway",
+               f"SELECT 1 FROM journal WHERE id = '{entry}'"), "the sent write's entry was lost"
+    poll(lambda: naming(pair, pair.standby_port, entry) >= 1,
+         "the sent write's audit record on the new primary")
+    verified = httpx.get(f"{gateways[1].urls[1]}/v1/audit/verify", headers=ADMIN,
+                         timeout=30).json()
+    assert verified["ok"] is True, verified
+    assert naming(pair, pair.standby_port, entry) == 1
