@@ -328,6 +328,11 @@ class LeaseStore(Protocol):
         """A dead process's intents become ``unknown`` (their ids); and its journal
         entries that no audit record names."""
 
+    async def unaudited(self, process: str, since: datetime | None = None,
+                        before: datetime | None = None) -> list[JournalEntry]:
+        """``process``'s journal entries journaled in [``since``, ``before``) that no
+        audit record names (a live process's: their records the store lost)."""
+
 
 class CheckpointStore(Protocol):
     """Signed checkpoints of the audit chain's Merkle tree (``gateway.store.checkpoints``;

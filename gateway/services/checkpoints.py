@@ -128,8 +128,17 @@ class Checkpoints:
     async def sync(self) -> int:
         """Read the records appended since the last read into the tree; its new size."""
         async with self._sync_lock:
+            overlap = self.tree.size > 0  # the first read starts at the tree's last leaf
             while True:
-                rows = await self._store.audit_leaves(self.tree.size, PAGE)
+                rows = await self._store.audit_leaves(self.tree.size - overlap, PAGE + overlap)
+                if overlap:
+                    if not self._holds_last(rows):
+                        await self._lost_tail()
+                        if self.problem:
+                            return self.tree.size
+                        overlap = self.tree.size > 0
+                        continue
+                    rows, overlap = rows[1:], False
                 for seq, action, chain_hash in rows:
                     if seq != self.tree.size + 1:
                         self.problem = (f"the audit log skips from seq {self.tree.size} to "
@@ -142,6 +151,37 @@ class Checkpoints:
                     self._grew_at = time.monotonic()
                 if len(rows) < PAGE:
                     return self.tree.size
+
+    def _holds_last(self, rows: list[tuple[int, str, str]]) -> bool:
+        """The store's first row (read from the tree's last leaf on) is that leaf's record."""
+        size = self.tree.size
+        return bool(rows) and rows[0][0] == size \
+            and record_leaf(rows[0][2]) == self.tree.leaf(size - 1)
+
+    async def _lost_tail(self) -> None:
+        """The store no longer holds the tree's last leaf as it was read: it lost its
+        tail (on PostgreSQL the proxy's decisions are committed without waiting for the
+        standby; a crash and the standby's promotion drop the last of them, and the new
+        primary appends other records at those seqs). The tree forgets every leaf
+        after the last one the store still holds unchanged, and follows the store from
+        there. What was signed was durable (a checkpoint's commit waits for the
+        standby, and for the records before it), so a loss reaching into a signed
+        checkpoint is the log contradicting it: nothing more is signed."""
+        size, base = self.tree.size, max(self.signed - 1, 0)
+        keep = base
+        for seq, _, chain_hash in await self._store.audit_leaves(base, size - base):
+            if seq != keep + 1 or record_leaf(chain_hash) != self.tree.leaf(keep):
+                break
+            keep += 1
+        if keep < self.signed:
+            self.problem = (f"the audit records up to seq {self.signed} no longer match the "
+                            "signed checkpoint: records were removed or changed")
+            log.error("audit log: %s; no further checkpoint is signed", self.problem)
+            return
+        log.warning("audit log: the store holds %d of the %d records read before (its "
+                    "primary changed); following it from there", keep, size)
+        self.tree.truncate(keep)
+        self._grew_at = None
 
     # Signing ---------------------------------------------------------------
     async def _run(self) -> None:

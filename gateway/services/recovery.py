@@ -10,6 +10,14 @@ third of ``executor_lease``). Then, again and again:
   the committed intent (the listener's record was still in memory when it
   died). A crash therefore costs no write its journal entry nor its audit
   record, without a synchronous audit commit per reply;
+- each of this process's own journal entries, once older than a write may
+  take (plus a lease), is looked for in the audit: the store may have lost
+  its record while this process lived (on PostgreSQL the decisions commit
+  without waiting for the standby, and a failover to a standby that lacks the
+  last of them drops them; the intent itself waited for it). A record found
+  missing is appended again from the journal, durably. Each entry is looked
+  at in one round after the round's heartbeat, a durable commit, which makes
+  every record appended before it durable too;
 - rollback plans whose executor's lease lapsed are resumed, each by one
   process (``Rollbacks.resume_unfinished``).
 
@@ -42,6 +50,7 @@ class Recovery:
         self.lease_seconds = lease_seconds
         self.horizon = horizon  # seconds a write may take: older intents of no process are dead
         self._task: asyncio.Task[None] | None = None
+        self._audited_to = utcnow()  # this process's entries before it have their records
 
     @property
     def _heartbeat(self) -> str:
@@ -50,6 +59,7 @@ class Recovery:
     async def start(self) -> None:
         """Heartbeat first (this process is alive before it journals anything), then the
         first round of recovery, then the loop."""
+        self._audited_to = utcnow()
         await self.store.take_lease(self._heartbeat, self.process, utcnow(), self.lease_seconds)
         await self._round()
         self._task = asyncio.create_task(self._forever())
@@ -74,6 +84,7 @@ class Recovery:
         try:
             await self.store.take_lease(self._heartbeat, self.process, utcnow(),
                                         self.lease_seconds)
+            await self._lost_records()
             for process in await self._dead():
                 await self.recover(process)
             await self.journal.lost_outcomes(  # saved, then lost by the store
@@ -93,6 +104,22 @@ class Recovery:
                 lapsed.append(process)
         return [p for p in lapsed if p != self.process]
 
+    async def _lost_records(self) -> None:
+        """This process's entries journaled since the last look, and older than a write
+        and its record may take, that no audit record names: appended again, durably
+        (the store lost them in a crash or a failover)."""
+        before = utcnow() - timedelta(seconds=self.horizon + self.lease_seconds)
+        if before <= self._audited_to:
+            return
+        lost = await self.store.unaudited(self.process, self._audited_to, before)
+        for entry in lost:
+            await self.store.append_audit(*_record(entry, LOST_HERE))
+        if lost:
+            log.error("the store lost the audit records of %d writes of this process (a "
+                      "database crash or failover?); appended again from the journal: %s",
+                      len(lost), ", ".join(e.id for e in lost[:20]))
+        self._audited_to = before
+
     async def recover(self, process: str) -> None:
         """Settle dead ``process``'s writes, if this process is the one to take it over."""
         name = f"process:{process}"
@@ -103,18 +130,22 @@ class Recovery:
             log.error("process %s stopped with %d writes in flight; journaled unknown: %s",
                       process, len(unknown), ", ".join(unknown[:20]))
         if unaudited:
-            await self.store.append_audit_many([_record(e, process) for e in unaudited])
+            await self.store.append_audit_many([
+                _record(e, f"appended from the journal: the record was lost with process "
+                           f"{process}") for e in unaudited])
             log.warning("appended %d audit records lost with process %s", len(unaudited),
                         process)
         await self.store.release_lease(name, self.process)
 
 
-def _record(entry: JournalEntry, process: str) -> tuple[str, str, dict[str, Any], Any]:
+LOST_HERE = "appended from the journal: the store lost the record (a crash or a failover)"
+
+
+def _record(entry: JournalEntry, why: str) -> tuple[str, str, dict[str, Any], Any]:
     detail = {"request_id": entry.request_id, "method": entry.method,
               "path": f"/{entry.upstream}{entry.path}", "status": entry.status,
               "journal": entry.id, "state": entry.state.value, "at": iso(entry.at),
-              "recovered": f"appended from the journal: the record was lost with process "
-                           f"{process}"}
+              "recovered": why}
     if entry.approval:
         detail["approval"] = entry.approval.get("id")
     return entry.agent, f"call.{entry.decision}", detail, utcnow()

@@ -180,17 +180,24 @@ async def connect_primary(dsn: str, **options: Any) -> asyncpg.Connection:
     if not isinstance(hosts, tuple) or len(hosts) < 2:
         return watch_peer(await asyncpg.connect(dsn, **options))
     options["timeout"] = min(float(options.get("timeout", 60)), HOST_TIMEOUT)
-    last: BaseException | None = None
+    why: list[str] = []
     for host in hosts:
         name, _, port = host.rpartition(":")
         single = url.difference_update_query(["host"]).set(host=name, port=int(port))
         try:
             return watch_peer(await asyncpg.connect(asyncpg_dsn(single), **options))
-        except (OSError, TimeoutError, asyncpg.TargetServerAttributeNotMatched,
-                asyncpg.CannotConnectNowError) as exc:
-            last = exc  # down, not answering, not primary, or starting: the next one
-    assert last is not None
-    raise last
+        except asyncpg.TargetServerAttributeNotMatched:
+            why.append(f"{host}: not the primary (a standby)")  # the next one
+        except (OSError, TimeoutError, asyncpg.CannotConnectNowError) as exc:
+            # down, not answering, or starting: the next one
+            why.append(f"{host}: {type(exc).__name__}: {exc}".strip().rstrip(":"))
+    raise NoPrimary("no primary among the store's hosts (" + "; ".join(why) + ")")
+
+
+class NoPrimary(ConnectionError):
+    """None of a multi-host store's hosts is a primary that answers (a failover under
+    way): the store is unavailable, as when one server is down (an ``OSError``, so
+    every edge answers 503 with this message, ``diagnose.unavailable``)."""
 
 
 def watch_peer(connection: asyncpg.Connection) -> asyncpg.Connection:

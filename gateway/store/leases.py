@@ -110,21 +110,28 @@ class Leases:
                 await connection.execute(_TO_UNKNOWN, {
                     "unknown": JournalState.UNKNOWN.value, "why": DEAD, "now": iso(now),
                     "id": entry_id})
-        return ids, await self._unaudited(process)
+        return ids, await self.unaudited(process)
 
-    async def _unaudited(self, process: str) -> list[JournalEntry]:
+    async def unaudited(self, process: str, since: datetime | None = None,
+                        before: datetime | None = None) -> list[JournalEntry]:
+        """``process``'s journal entries (journaled in [``since``, ``before``) when given)
+        that no audit record names, oldest first."""
         statement = (select(JournalRow).where(col(JournalRow.process) == process,
                                               col(JournalRow.decision) != "rollback",
                                               col(JournalRow.state) != JournalState.SHADOW.value)
                      .order_by(col(JournalRow.at), col(JournalRow.id)))
+        if since is not None:
+            statement = statement.where(col(JournalRow.at) >= iso(since))
+        if before is not None:
+            statement = statement.where(col(JournalRow.at) < iso(before))
         async with AsyncSession(self._engine) as session:
             entries = [codec.entry_from_row(row) for row in (await session.exec(statement)).all()]
         if not entries:
             return []
         named: set[str] = set()
         async with self._engine.connect() as connection:
-            since = iso(entries[0].at - timedelta(minutes=1))
-            for (detail,) in (await connection.execute(_AUDIT_SINCE, {"since": since})).all():
+            first = iso(entries[0].at - timedelta(minutes=1))
+            for (detail,) in (await connection.execute(_AUDIT_SINCE, {"since": first})).all():
                 try:
                     value = json.loads(detail)
                 except ValueError:

@@ -4,7 +4,8 @@ Every request is logged, in arrival order, before it is answered; the test
 adds its own markers to the same log (``mark``), so "did anything arrive
 after engage returned?" is a question about order, not about clocks.
 ``PATCH /hang/...`` never answers: it waits until the client goes away (the
-gateway cut it off) or the recorder stops.
+gateway cut it off) or the recorder stops. ``PATCH /gate/...`` is answered once
+the test opens ``gate`` (``gated`` says one arrived).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ class Recorder:
         self._lock = threading.Lock()
         self.hanging = threading.Event()  # a /hang write has arrived and waits
         self.cut_off = threading.Event()  # ... and its client went away
+        self.gated = threading.Event()  # a /gate write has arrived and waits for ``gate``
+        self.gate = threading.Event()
         self.url = ""
 
     def mark(self, name: str) -> None:
@@ -65,6 +68,9 @@ class Recorder:
                 pass
             self.cut_off.set()
             return
+        if scope["path"].startswith("/gate/") and scope["method"] == "PATCH":
+            self.gated.set()
+            await asyncio.to_thread(self.gate.wait)
         body = json.dumps({"id": scope["path"].rsplit("/", 1)[-1], "ok": True}).encode()
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"application/json"),
@@ -88,6 +94,7 @@ class Recorder:
         try:
             yield recorder
         finally:
+            recorder.gate.set()
             server.should_exit = True
             thread.join(timeout=15)
             sock.close()

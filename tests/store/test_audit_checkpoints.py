@@ -216,3 +216,33 @@ async def test_which_records_are_signed_at_once(action: str, at_once: bool) -> N
     finally:
         await service.stop()  # signs what is left: the last records get their checkpoint
     assert [p.size for p in tail.stored] == [2]
+
+
+async def test_a_store_that_lost_its_unsigned_tail_is_followed_from_what_it_holds() -> None:
+    """A failover: the new primary lacks the last records read (never on its standby)
+    and appends others at their seqs. The tree follows the store, not its memory; a
+    loss reaching into a signed checkpoint is a problem, and nothing more is signed."""
+    from gateway.core.note import NoteSigner
+    from gateway.services.checkpoints import Checkpoints
+    tail = _Tail()
+    service = Checkpoints(tail, NoteSigner("t/audit", bytes(32)), [], 3600, "t/audit")
+    for _ in range(3):
+        tail.add("call.allow")
+    await service.sync()
+    await service.sign()
+    for _ in range(3):
+        tail.add("call.allow")
+    assert await service.sync() == 6
+    del tail.rows[4:]  # seqs 5 and 6 lost; then 5..7 are other records
+    for n in range(3):
+        tail.rows.append((5 + n, "call.allow", f"{0xfff0 + n:064x}"))
+    assert await service.sync() == 7 and service.problem is None
+    assert service.tree.root() == Tree([record_leaf(h) for _, _, h in tail.rows]).root()
+    assert await service.sync() == 7  # and nothing more to read
+
+    del tail.rows[2:]  # the records of the signed checkpoint (size 3) are lost
+    tail.add("call.allow")
+    tail.rows[-1] = (3, "call.allow", f"{0xeeee:064x}")
+    await service.sync()
+    assert service.problem is not None and "seq 3" in service.problem
+    assert not service._due()

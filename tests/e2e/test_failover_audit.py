@@ -1,0 +1,193 @@
+"""The audit log across a failover, with real processes: two gateways signing
+checkpoints on a multi-host ``database_url`` (a primary and its synchronous
+standby, ``tests.replicated``), and the primary crashing with audit records
+that only it had.
+
+The proxy's decisions are appended without waiting for the standby
+(``PostgresHotPath.transaction``, ``durable=False``): a crash may lose the
+last of them, and the promoted standby's chain is then a prefix of the old
+one. What must hold: no checkpoint is signed, stored, served or anchored over
+records the new primary lacks, and the checkpoints signed after the promotion
+are over the records it has, so ``gateway audit verify`` passes the export
+with every note seen, before and after.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.e2e.procs import Proc, run_gateway, start_gateways, write_settings
+from tests.e2e.recorder import Recorder
+from tests.e2e.test_failover_processes import ADMIN, BOT, pair, patch, run, upstream, writes_go
+from tests.harness import policy_text
+from tests.harness import poll as _poll
+from tests.replicated import Pair
+
+__all__ = ["pair", "upstream"]  # fixtures shared with test_failover_processes
+
+SEED = hashlib.sha256(b"the failover test's audit key").digest()
+RULES = """
+- id: items
+  match: {methods: [GET, PATCH], path: "/items/{id}"}
+  action: allow
+- id: gated
+  match: {methods: [PATCH], path: "/gate/{id}"}
+  action: allow
+- id: no-deletes
+  match: {methods: [DELETE], path: "/items/{id}"}
+  action: deny
+"""
+
+poll = functools.partial(_poll, timeout=60)
+
+
+@pytest.fixture
+def gateways(tmp_path: Path, pair: Pair, upstream: Recorder) -> Iterator[list[Proc]]:
+    import base64
+
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "crm.yaml").write_text(policy_text(upstream.url, RULES))
+    config = write_settings(tmp_path, pair.url(), engage_wait=1.0, upstream_timeout=3,
+                            executor_lease=3,
+                            audit_checkpoint_interval=3600,  # signed at once after an engage
+                            audit_anchors=[{"kind": "file", "name": "file",
+                                            "path": str(tmp_path / "anchor.notes")}])
+    started = start_gateways(config, 2, env={"GATEWAY_AUDIT_SIGNING_KEY":
+                                             base64.b64encode(SEED).decode()})
+    yield started
+    for proc in started:
+        proc.stop()
+
+
+def last_seq(pair: Pair, port: int) -> int:
+    return int(run(pair, port, "gateway", "SELECT coalesce(max(seq), 0) AS n FROM audit")[0]["n"])
+
+
+def signed_size(pair: Pair, port: int) -> int:
+    return int(run(pair, port, "gateway",
+                   "SELECT coalesce(max(size), 0) AS n FROM audit_checkpoints")[0]["n"])
+
+
+def health(admin: str) -> dict:  # type: ignore[type-arg]
+    return httpx.get(f"{admin}/v1/health", headers=ADMIN, timeout=30).json()
+
+
+def engage_and_release(admin: str) -> None:
+    """Records after which a checkpoint is signed at once."""
+    for action in ("engage", "release"):
+        done = httpx.post(f"{admin}/v1/killswitch/{action}", headers=ADMIN,
+                          json={"reason": "failover audit"}, timeout=30)
+        assert done.status_code == 200, done.text
+
+
+def test_checkpoints_across_a_failover_cover_only_what_the_new_primary_has(
+        pair: Pair, gateways: list[Proc], tmp_path: Path) -> None:
+    (proxy_a, admin_a), (proxy_b, admin_b) = (g.urls for g in gateways)
+    assert writes_go(proxy_a, "a") and writes_go(proxy_b, "b")
+    engage_and_release(admin_a)
+    poll(lambda: signed_size(pair, pair.primary_port) == last_seq(pair, pair.primary_port),
+         "a checkpoint over every record")
+
+    # the standby goes away: the decisions below are committed on the primary alone
+    pair.stop(pair.standby)
+    for n, proxy in enumerate((proxy_a, proxy_b, proxy_a, proxy_b)):
+        denied = httpx.delete(f"{proxy}/crm/items/d{n}", headers=BOT, timeout=30)
+        assert denied.status_code == 403, denied.text
+    held = last_seq(pair, pair.primary_port)
+    # both checkpoint services have read them (their trees hold them); none is due to
+    # sign (decisions wait for the interval), so none waits for the standby meanwhile
+    poll(lambda: all(health(a)["audit"]["records"] == held for a in (admin_a, admin_b)),
+         "both processes' trees holding the primary's records")
+    served_before = [httpx.get(f"{a}/v1/audit/checkpoint", headers=ADMIN, timeout=30).text
+                     for a in (admin_a, admin_b)]
+
+    # the primary crashes; the standby, which never had those records, takes over
+    pair.crash_primary()
+    pair.start(pair.standby)
+    pair.promote()
+    for n, proxy in enumerate((proxy_a, proxy_b)):
+        poll(lambda p=proxy, n=n: writes_go(p, f"after-{n}"), f"writes through {proxy}",
+             interval=0.1)
+    kept = last_seq(pair, pair.standby_port)
+    assert kept < held, "the crash lost no audit record: the test saw nothing"
+
+    # the new primary's chain grows past what the old one held, and is signed
+    n = 0
+    while last_seq(pair, pair.standby_port) <= held + 2:
+        assert writes_go((proxy_a, proxy_b)[n % 2], f"more-{n}")
+        n += 1
+    engage_and_release(admin_a)
+    final = last_seq(pair, pair.standby_port)
+    poll(lambda: signed_size(pair, pair.standby_port) >= final, "a checkpoint after it")
+
+    # the chain verifies, and every note ever served or anchored is over these records
+    verified = httpx.get(f"{admin_b}/v1/audit/verify", headers=ADMIN, timeout=30).json()
+    assert verified["ok"] is True, verified
+    export = tmp_path / "export.jsonl"
+    response = httpx.get(f"{admin_b}/v1/audit/export", params={"format": "jsonl"},
+                         headers=ADMIN, timeout=30)
+    assert response.status_code == 200
+    export.write_bytes(response.content)
+    key = tmp_path / "key"
+    key.write_text(httpx.get(f"{admin_a}/v1/audit/key", headers=ADMIN, timeout=30).text)
+    notes = []
+    for i, note in enumerate(served_before):
+        (tmp_path / f"served-{i}.note").write_text(note)
+        notes += ["--checkpoint", str(tmp_path / f"served-{i}.note")]
+    done = run_gateway("audit", "verify", "--export", str(export), "--key", str(key),
+                       "--checkpoint", str(tmp_path / "anchor.notes"), *notes)
+    assert done.returncode == 0, done.stdout + done.stderr
+    for admin in (admin_a, admin_b):
+        audit = health(admin)["audit"]
+        assert audit["problem"] is None, audit
+
+
+def naming(pair: Pair, port: int, entry: str) -> int:
+    """How many audit records name journal entry ``entry``."""
+    return int(run(pair, port, "gateway", "SELECT count(*) AS n FROM audit WHERE detail "
+                   f"LIKE '%\"{entry}\"%'")[0]["n"])
+
+
+def test_the_audit_record_of_a_sent_write_lost_in_a_failover_is_appended_again(
+        pair: Pair, gateways: list[Proc], upstream: Recorder) -> None:
+    """The write's intent is on the standby (it was sent), then the standby goes away:
+    its outcome and its decision's audit record commit on the primary alone, which
+    crashes. The new primary has the entry; the process that sent it, alive, appends
+    its audit record again from the journal, as recovery does for a dead process's."""
+    proxy_a, proxy_b = gateways[0].urls[0], gateways[1].urls[0]
+    assert writes_go(proxy_a, "warm")
+    answers: list[httpx.Response] = []
+    sending = threading.Thread(target=lambda: answers.append(patch(proxy_a, "/gate/w", BOT)))
+    sending.start()
+    try:
+        poll(upstream.gated.is_set, "the write at the upstream")
+        pair.stop(pair.standby)
+    finally:
+        upstream.gate.set()
+        sending.join(timeout=60)
+    assert [a.status_code for a in answers] == [200], answers
+    entry = str(run(pair, pair.primary_port, "gateway",
+                    "SELECT id FROM journal WHERE path = '/gate/w'")[0]["id"])
+    poll(lambda: naming(pair, pair.primary_port, entry) == 1, "its record on the primary")
+
+    pair.crash_primary()
+    pair.start(pair.standby)
+    pair.promote()
+    for n, proxy in enumerate((proxy_a, proxy_b)):
+        poll(lambda p=proxy, n=n: writes_go(p, f"after-{n}"), f"writes through {proxy}",
+             interval=0.1)
+    assert run(pair, pair.standby_port, "gateway",
+               f"SELECT 1 FROM journal WHERE id = '{entry}'"), "the sent write's entry was lost"
+    poll(lambda: naming(pair, pair.standby_port, entry) >= 1,
+         "the sent write's audit record on the new primary")
+    verified = httpx.get(f"{gateways[1].urls[1]}/v1/audit/verify", headers=ADMIN,
+                         timeout=30).json()
+    assert verified["ok"] is True, verified
+    assert naming(pair, pair.standby_port, entry) == 1
