@@ -333,6 +333,11 @@ class LeaseStore(Protocol):
         """``process``'s journal entries journaled in [``since``, ``before``) that no
         audit record names (a live process's: their records the store lost)."""
 
+    async def incarnation(self) -> str:
+        """Which run of the database server answers: it changes when the server restarts
+        or another one is promoted (only then can commits that did not wait for the disk
+        or the standby be lost); SQLite's never changes while a process has it open."""
+
 
 class CheckpointStore(Protocol):
     """Signed checkpoints of the audit chain's Merkle tree (``gateway.store.checkpoints``;

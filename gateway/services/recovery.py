@@ -51,6 +51,8 @@ class Recovery:
         self.horizon = horizon  # seconds a write may take: older intents of no process are dead
         self._task: asyncio.Task[None] | None = None
         self._audited_to = utcnow()  # this process's entries before it have their records
+        self._incarnation: str | None = None  # the store's server, as last seen
+        self._suspect_to = self._audited_to  # entries journaled before it are looked at
 
     @property
     def _heartbeat(self) -> str:
@@ -59,7 +61,8 @@ class Recovery:
     async def start(self) -> None:
         """Heartbeat first (this process is alive before it journals anything), then the
         first round of recovery, then the loop."""
-        self._audited_to = utcnow()
+        self._audited_to = self._suspect_to = utcnow()
+        self._incarnation = await self.store.incarnation()
         await self.store.take_lease(self._heartbeat, self.process, utcnow(), self.lease_seconds)
         await self._round()
         self._task = asyncio.create_task(self._forever())
@@ -107,10 +110,24 @@ class Recovery:
     async def _lost_records(self) -> None:
         """This process's entries journaled since the last look, and older than a write
         and its record may take, that no audit record names: appended again, durably
-        (the store lost them in a crash or a failover)."""
-        before = utcnow() - timedelta(seconds=self.horizon + self.lease_seconds)
+        (the store lost them in a crash or a failover).
+
+        Looked for only after the store's server changed (``incarnation``): a record
+        can be lost only with the server that took it, and the look reads every entry
+        of the window and every audit record of a minute and more, which every round
+        (a third of ``executor_lease``) would cost a busy gateway dearly. A change seen
+        now may have lost the records of any entry journaled up to now."""
+        now = utcnow()
+        incarnation = await self.store.incarnation()
+        if incarnation != self._incarnation:
+            self._incarnation, self._suspect_to = incarnation, now
+        before = now - timedelta(seconds=self.horizon + self.lease_seconds)
         if before <= self._audited_to:
             return
+        if self._audited_to >= self._suspect_to:  # no change since: nothing was lost
+            self._audited_to = before
+            return
+        before = min(before, self._suspect_to)
         lost = await self.store.unaudited(self.process, self._audited_to, before)
         for entry in lost:
             await self.store.append_audit(*_record(entry, LOST_HERE))

@@ -45,6 +45,10 @@ _OWN_INTENTS = text("SELECT id FROM journal WHERE state = 'intent' AND process =
 _INTENT_PROCESSES = text("SELECT DISTINCT process FROM journal WHERE state = 'intent' "
                          "AND at < :before AND process IS NOT NULL")
 _AUDIT_SINCE = text("SELECT detail FROM audit WHERE at >= :since")
+# the server's start (a restart, or another server promoted, changes it) and its address
+_INCARNATION = text("SELECT pg_postmaster_start_time()::text || ' ' || "
+                    "coalesce(inet_server_addr()::text, '') || ':' || "
+                    "coalesce(inet_server_port()::text, '')")
 DEAD = ("the gateway process that sent it stopped before its outcome was journaled; "
         "it may or may not have reached the upstream")
 
@@ -111,6 +115,12 @@ class Leases:
                     "unknown": JournalState.UNKNOWN.value, "why": DEAD, "now": iso(now),
                     "id": entry_id})
         return ids, await self.unaudited(process)
+
+    async def incarnation(self) -> str:
+        if self._engine.dialect.name != "postgresql":
+            return "sqlite"  # a machine's crash that loses its unflushed commits kills us too
+        async with self._engine.connect() as connection:
+            return str((await connection.execute(_INCARNATION)).scalar_one())
 
     async def unaudited(self, process: str, since: datetime | None = None,
                         before: datetime | None = None) -> list[JournalEntry]:

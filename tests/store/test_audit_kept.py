@@ -54,7 +54,8 @@ async def _forget(store_url: str, seq: int) -> None:
 
 
 async def test_a_live_process_appends_again_only_the_records_the_store_lost(
-        tmp_path: Path, store_url: str, crm: tuple[CRM, str]) -> None:
+        tmp_path: Path, store_url: str, crm: tuple[CRM, str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
     policy = policy_text(crm[1], RULES, extra='credentials: {header: Authorization, '
                          'value: "Bearer t"}\n')
     async with started_gateway(tmp_path, store_url, {"crm.yaml": policy}, upstream_timeout=1,
@@ -82,6 +83,14 @@ async def test_a_live_process_appends_again_only_the_records_the_store_lost(
         last = records[-1]
         assert last["action"] == "call.allow" and last["detail"]["path"].endswith("cus_2")
         await _forget(store_url, last["seq"])  # lost by the store: the chain a prefix still
+        # ... as a server that restarted or was replaced loses it: recovery looks for lost
+        # records once it sees another server answer (here, as if one had)
+        store = gw.gateway.recovery.store
+        seen = await store.incarnation()
+
+        async def restarted() -> str:
+            return f"{seen} (restarted)"
+        monkeypatch.setattr(store, "incarnation", restarted)
 
         entries = (await gw.admin.get("/v1/journal", headers=approver)).json()["items"]
         assert len(entries) == 4, entries
