@@ -330,13 +330,11 @@ class LeaseStore(Protocol):
 
     async def unaudited(self, process: str, since: datetime | None = None,
                         before: datetime | None = None) -> list[JournalEntry]:
-        """``process``'s journal entries journaled in [``since``, ``before``) that no
-        audit record names (a live process's: their records the store lost)."""
+        """``process``'s entries journaled in [``since``, ``before``) no record names."""
 
     async def incarnation(self) -> str:
-        """Which run of the database server answers: it changes when the server restarts
-        or another one is promoted (only then can commits that did not wait for the disk
-        or the standby be lost); SQLite's never changes while a process has it open."""
+        """Which run of the database server answers: another after a restart or a
+        promotion, when unflushed commits may be lost (SQLite's never changes)."""
 
 
 class CheckpointStore(Protocol):

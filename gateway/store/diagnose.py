@@ -22,7 +22,14 @@ from pathlib import Path
 from sqlalchemy.engine import URL
 
 from gateway.core.redact import is_secret_name
-from gateway.store.engine import driver_errors, is_postgres, parse_url, read_url, sqlite_path
+from gateway.store.engine import (
+    NoPrimary,
+    driver_errors,
+    is_postgres,
+    parse_url,
+    read_url,
+    sqlite_path,
+)
 
 
 def safe_url(database_url: str | URL) -> str:
@@ -69,6 +76,11 @@ def _causes(error: BaseException) -> list[BaseException]:
     return seen
 
 
+def _refused(cause: BaseException) -> bool:
+    return isinstance(cause, ConnectionRefusedError) or isinstance(cause, OSError) and (
+        cause.errno == errno.ECONNREFUSED or "Connect call failed" in str(cause))
+
+
 def explain(error: BaseException, database_url: str) -> str | None:
     url = read_url(database_url)
     where = safe_url(url)
@@ -79,6 +91,11 @@ def explain(error: BaseException, database_url: str) -> str | None:
         server = (",".join(hosts) if isinstance(hosts, tuple)
                   else f"{url.host or 'localhost'}:{url.port or 5432}")
         for cause in _causes(error):
+            if isinstance(cause, NoPrimary):  # several hosts: refused by all, or say each
+                if cause.errors and all(_refused(e) for e in cause.errors):
+                    return (f"cannot connect to the database {where}: connection refused "
+                            f"(is PostgreSQL running on {server}?)")
+                return f"cannot connect to the database {where}: {cause}"
             if isinstance(cause, asyncpg.InvalidCatalogNameError):
                 return (f"the database {url.database!r} does not exist on the PostgreSQL server "
                         f"{server} ({where}): create it (createdb {url.database}) or correct "
@@ -88,8 +105,7 @@ def explain(error: BaseException, database_url: str) -> str | None:
                 return f"the PostgreSQL server {server} refused the login ({where}): {cause}"
             if isinstance(cause, socket.gaierror):
                 return f"cannot resolve the database host {url.host!r} ({where})"
-            if isinstance(cause, ConnectionRefusedError) or isinstance(cause, OSError) and (
-                    cause.errno == errno.ECONNREFUSED or "Connect call failed" in str(cause)):
+            if _refused(cause):
                 return (f"cannot connect to the database {where}: connection refused (is "
                         f"PostgreSQL running on {server}?)")
             if isinstance(cause, TimeoutError):

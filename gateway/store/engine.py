@@ -181,23 +181,31 @@ async def connect_primary(dsn: str, **options: Any) -> asyncpg.Connection:
         return watch_peer(await asyncpg.connect(dsn, **options))
     options["timeout"] = min(float(options.get("timeout", 60)), HOST_TIMEOUT)
     why: list[str] = []
+    errors: list[BaseException] = []
     for host in hosts:
         name, _, port = host.rpartition(":")
         single = url.difference_update_query(["host"]).set(host=name, port=int(port))
         try:
             return watch_peer(await asyncpg.connect(asyncpg_dsn(single), **options))
-        except asyncpg.TargetServerAttributeNotMatched:
+        except asyncpg.TargetServerAttributeNotMatched as exc:
             why.append(f"{host}: not the primary (a standby)")  # the next one
+            errors.append(exc)
         except (OSError, TimeoutError, asyncpg.CannotConnectNowError) as exc:
             # down, not answering, or starting: the next one
             why.append(f"{host}: {type(exc).__name__}: {exc}".strip().rstrip(":"))
-    raise NoPrimary("no primary among the store's hosts (" + "; ".join(why) + ")")
+            errors.append(exc)
+    raise NoPrimary("no primary among the store's hosts (" + "; ".join(why) + ")", errors)
 
 
 class NoPrimary(ConnectionError):
     """None of a multi-host store's hosts is a primary that answers (a failover under
     way): the store is unavailable, as when one server is down (an ``OSError``, so
-    every edge answers 503 with this message, ``diagnose.unavailable``)."""
+    every edge answers 503 with this message, ``diagnose.unavailable``). ``errors``:
+    each host's, in order."""
+
+    def __init__(self, message: str, errors: list[BaseException]) -> None:
+        super().__init__(message)
+        self.errors = errors
 
 
 def watch_peer(connection: asyncpg.Connection) -> asyncpg.Connection:
