@@ -12,13 +12,11 @@ so it lives here and not in the pure core.
 
 from __future__ import annotations
 
-from functools import lru_cache
 from urllib.parse import quote, unquote_plus
 
 from gateway.core.body import field_key
 from gateway.core.policy.compiled import Credential, Upstream
 from gateway.core.policy.schema import SigV4Credential
-from gateway.core.redact import Echoes
 
 Headers = list[tuple[str, str]]
 _SIGNED_BY_US = ("authorization", "x-amz-date", "x-amz-security-token", "x-amz-content-sha256")
@@ -37,20 +35,6 @@ def with_query(upstream: Upstream, url: str) -> str:
         field_key(unquote_plus(part.split("=", 1)[0]).strip(), nested=True) == key
         for part in p.split(";"))]
     return f"{base}?{'&'.join([*kept, pair])}"
-
-
-def echoes(upstream: Upstream) -> Echoes | None:
-    """What replaces the credential where the upstream echoes it (None: nothing to hide,
-    and nothing is done per response or chunk)."""
-    credential = upstream.credential
-    if credential is None:
-        return None
-    return _echoes(credential.sent)
-
-
-@lru_cache(maxsize=64)  # one per credential, not one per response
-def _echoes(sent: tuple[str, ...]) -> Echoes | None:
-    return Echoes(sent) if sent else None
 
 
 def signed(upstream: Upstream, method: str, url: str, headers: Headers,

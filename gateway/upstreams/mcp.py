@@ -50,7 +50,6 @@ from gateway.ports import Headers, Observed, UpstreamResponse, untraced
 from gateway.ports import Upstream as UpstreamClient
 from gateway.services.call import Answer, BodyReader, Call, plain_answer
 from gateway.settings import Settings
-from gateway.upstreams.credentials import echoes
 from gateway.upstreams.rest import rebuilt, request_headers, unechoed
 
 log = logging.getLogger("gateway.mcp")
@@ -128,7 +127,7 @@ class McpSender:
     async def relay(self, upstream: Upstream, call: Call,
                     trace: Callable[[Headers], Headers] = untraced) -> UpstreamResponse:
         http = call.mcp.http if call.mcp is not None else call.method
-        hidden = echoes(upstream)
+        hidden = upstream.echoes
         headers = request_headers(upstream, call, drop_encoding=hidden is not None)
         if hidden is not None:  # an echo in a compressed body would not be seen
             headers.append(("accept-encoding", "identity"))
@@ -144,7 +143,7 @@ class McpSender:
             response = await self.client.request(
                 "POST", upstream.base_url, trace(request_headers(upstream, call, drop_encoding=True)),
                 call.buffered, timeout=self._timeout(upstream))
-            hidden = echoes(upstream)
+            hidden = upstream.echoes
             return response if hidden is None else unechoed(response, hidden, "POST")
         # An approved call: the agent's session may be long gone, so the gateway makes
         # the call itself; the answer carries the agent's request id.
@@ -207,7 +206,7 @@ class McpSender:
         ``keyed``: the policy's idempotency header and its value, set on the ``tools/call``
         request of a fresh connection (its session's own requests go without it)."""
         answer = await self._call_tool(upstream, tool, arguments, timeout, fresh, keyed)
-        hidden = echoes(upstream)  # the server may echo the credential it was sent
+        hidden = upstream.echoes  # the server may echo the credential it was sent
         return answer if hidden is None else dict(hidden.value(answer))
 
     async def _call_tool(self, upstream: Upstream, tool: str, arguments: dict[str, Any],

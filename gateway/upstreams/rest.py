@@ -36,7 +36,7 @@ from gateway.ports import Headers, Observed, UpstreamResponse, untraced
 from gateway.ports import Upstream as UpstreamClient
 from gateway.services.call import Answer, BodyReader, Call, plain_answer
 from gateway.settings import Settings
-from gateway.upstreams.credentials import echoes, signed, with_query
+from gateway.upstreams.credentials import signed, with_query
 
 
 def canonical_target(raw_path: str) -> canonical.Target:
@@ -174,7 +174,7 @@ class RestSender:
                 and body is not None and payload is None:
             payload = body = b"".join([chunk async for chunk in body])  # signed whole
         headers = signed(upstream, method, url, list(headers), payload)
-        hidden = echoes(upstream)
+        hidden = upstream.echoes
         if hidden is None:
             return await self.client.request(method, url, headers, body, **options)
         try:
@@ -192,7 +192,7 @@ class RestSender:
     async def relay(self, upstream: Upstream, call: Call,
                     trace: Callable[[Headers], Headers] = untraced) -> UpstreamResponse:
         body = call.buffered if call.buffered is not None else call.body
-        hidden = echoes(upstream) is not None  # an echo in a compressed body is not seen
+        hidden = upstream.echoes is not None  # an echo in a compressed body is not seen
         headers = request_headers(upstream, call, drop_encoding=hidden or bool(
             getattr(upstream.spec, "rewrite_urls", False)))
         if hidden:

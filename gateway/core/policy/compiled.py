@@ -6,12 +6,13 @@ these; ``gateway.core.policy.decide`` judges a call against them.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.core.cel import Condition
 from gateway.core.policy.mcp_schema import McpPolicyFile, McpRule
 from gateway.core.policy.schema import Mode, PolicyFile, Rule, SigV4Credential
+from gateway.core.redact import Echoes
 from gateway.core.template import PathTrie, Template
 
 
@@ -79,6 +80,12 @@ class Upstream:
     conditions: dict[int, Condition]
     templates: dict[int, Template]
     streams: frozenset[str | None] = frozenset()  # ids of the rules with ``stream: true``
+    # the credential's values replaced where the upstream echoes them (None: none is sent)
+    echoes: Echoes | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        sent = self.credential.sent if self.credential is not None else ()
+        self.echoes = Echoes(sent) if sent else None
 
     @property
     def credential_value(self) -> str | None:
