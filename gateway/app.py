@@ -129,7 +129,8 @@ class Gateway:
         self.audit = AuditTrail(self._store)  # started below; records queue until then
         self.notifier = Notifier(self.settings.approval_webhook)
         self.notifier.start()
-        lease_seconds = self.settings.capture_timeout + self.settings.upstream_timeout + 30
+        lease_seconds = (self.settings.capture_timeout + self.settings.upstream_timeout
+                         + 2 * self.settings.executor_lease)
         execution = Execution()  # the pipeline's, which holds calls in this queue
         self.approvals = ApprovalQueue(self.settings, self._policies, self.senders, freezes,
                                        self._store, self.notifier, execution, self.audit,

@@ -283,14 +283,16 @@ class ApprovalQueue:
     def lease_for(self, held: HeldCall) -> float:
         """Seconds an execution may take before the sweeper calls it unknown: never less
         than its upstream's (or rule's) ``timeout``, plus the capture before it and the
-        read after it, with a margin."""
+        read after it, with a margin of twice ``executor_lease``: as long as a dead
+        process's heartbeat takes to lapse, twice (30 s by default)."""
         settings = self.settings
         upstream = self.policies.upstream(held.upstream)
         timeouts = [settings.upstream_timeout]
         if upstream is not None:
             rule = upstream.rule(held.rule)
             timeouts += [upstream.spec.timeout or 0, getattr(rule, "timeout", None) or 0]
-        return max(self.lease_seconds, max(timeouts) + 2 * settings.capture_timeout + 30)
+        return max(self.lease_seconds, max(timeouts) + 2 * settings.capture_timeout
+                   + 2 * settings.executor_lease)
 
     async def _finish(self, held: HeldCall, status: ApprovalStatus,
                       response: dict[str, Any] | None, journal_id: str | None,

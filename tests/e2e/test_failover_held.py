@@ -44,7 +44,7 @@ def gateways(tmp_path: Path, pair: Pair, upstream: Recorder) -> Iterator[list[Pr
     (tmp_path / "policies").mkdir()
     (tmp_path / "policies" / "crm.yaml").write_text(policy_text(upstream.url, RULES))
     config = write_settings(tmp_path, pair.url(), engage_wait=1.0, upstream_timeout=5,
-                            capture_timeout=1, executor_lease=3)  # a claim's lease: 37 s
+                            capture_timeout=1, executor_lease=3)  # a claim's lease: 13 s
     started = start_gateways(config, 2)
     yield started
     for proc in started:

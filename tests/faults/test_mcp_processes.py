@@ -184,7 +184,7 @@ async def test_an_approved_tool_call_out_when_the_gateway_was_killed_is_unknown_
     with Cutter(where.hostname or "127.0.0.1", where.port or 80, b'"create_deal"',
                 hold=True) as cutter:
         policies(tmp_path, cutter.url)
-        # the claim's lease: upstream_timeout + 2 * capture_timeout + 30 s (37 s)
+        # the claim's lease: upstream_timeout + 2 * capture_timeout + 2 * executor_lease (9 s)
         config = write_settings(tmp_path, store_url, executor_lease=1, upstream_timeout=5,
                                 capture_timeout=1)
         gateway = Gateway(config)

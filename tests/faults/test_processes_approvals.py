@@ -55,7 +55,7 @@ def test_a_vote_whose_execution_sent_nothing_is_withdrawn(tmp_path: Path, store_
 
 def test_the_execution_lease_covers_the_upstream_timeout(tmp_path: Path, store_url: str,
                                                          upstream: FaultUpstream) -> None:
-    # capture + upstream timeout + 30 s was 32 s here: shorter than the policy's 120 s
+    # capture + upstream timeout + 2 * executor_lease was 32 s here: shorter than the policy's 120 s
     config = configure(tmp_path, store_url, upstream.url, RULES, "timeout: 120\n",
                        upstream_timeout=1, capture_timeout=1)
     gateway = Gateway(config)
