@@ -39,7 +39,10 @@ def described(tmp_path_factory: pytest.TempPathFactory, localstripe: str,
         '# credentials: {header: Authorization, value: "Bearer ${API_TOKEN}"}',
         'credentials: {header: Authorization, value: "Bearer ${STRIPE_API_KEY}"}')
     policy.write_text(text)
-    config = write_settings(directory, f"sqlite+aiosqlite:///{directory / 'gateway.db'}")
+    # the generated holds wait 30 s for a decision before answering 409; nobody decides
+    # while the SDK call waits here, so the cap answers at once
+    config = write_settings(directory, f"sqlite+aiosqlite:///{directory / 'gateway.db'}",
+                            approval_max_wait=0)
     proc = start_gateway(config, env={"STRIPE_API_KEY": SECRET})
     yield Gateway(proc.urls[0], proc.urls[1], proc)
     assert proc.stop() == 0, "".join(proc.output)
