@@ -98,9 +98,13 @@ SELECT_FREEZE_VIEW = (  # one statement, one snapshot: the generation and its fr
     "FROM killswitch k LEFT JOIN freezes f ON f.released_at IS NULL "
     "WHERE k.id = 1 ORDER BY f.at, f.id"
 )
-SELECT_PENDING_INTENTS = (  # served by the partial index ix_journal_intents
+SELECT_PENDING_INTENTS = (  # SQLite: served by the partial index ix_journal_intents
     "SELECT id, agent, upstream, method, path, process FROM journal "
     "WHERE state = 'intent' AND at >= ? ORDER BY at, id"
+)
+PG_PENDING_INTENTS = (  # PostgreSQL: the open intents' own table (0023)
+    "SELECT id, agent, upstream, method, path, process FROM journal_open "
+    "WHERE at >= ? ORDER BY at, id"
 )
 
 
@@ -189,6 +193,8 @@ class KillSwitch:
     ``SqlStore``): through the driver, like the journal's writes they stop."""
 
     if TYPE_CHECKING:  # SqlStore's
+        _postgres: bool
+
         def _hot_path(self) -> HotPath: ...
 
     async def active_freezes(self) -> list[Freeze]:
@@ -206,7 +212,8 @@ class KillSwitch:
 
     async def pending_intents(self, since: datetime) -> list[InFlight]:
         """Intents journaled at or after ``since`` that have no outcome yet."""
-        rows = await self._hot_path().fetch(SELECT_PENDING_INTENTS, (iso(since),))
+        rows = await self._hot_path().fetch(
+            PG_PENDING_INTENTS if self._postgres else SELECT_PENDING_INTENTS, (iso(since),))
         return [InFlight(*row) for row in rows]
 
     async def engage(self, freeze: Freeze, announce: Notice | None = None) -> FreezeChange:

@@ -37,13 +37,16 @@ _RELEASE = text("DELETE FROM leases WHERE name = :name AND owner = :owner")
 _LAPSED = text("SELECT name, owner FROM leases WHERE name LIKE :prefix AND expires_at < :now "
                "ORDER BY name")
 _HOLDER = text("SELECT owner, expires_at FROM leases WHERE name = :name")
-_INTENTS_OF = text("SELECT id FROM journal WHERE process = :process AND state = 'intent'")
+# the open intents: on PostgreSQL from their own table (0023; the journal's partial index
+# keeps an entry per write of the last minutes there, until a vacuum), on SQLite the index
+_OPEN = {False: "journal WHERE state = 'intent' AND", True: "journal_open WHERE"}
+_INTENTS_OF = {pg: text(f"SELECT id FROM {_OPEN[pg]} process = :process") for pg in _OPEN}
 _TO_UNKNOWN = text("UPDATE journal SET state = :unknown, error = :why, completed_at = :now "
                    "WHERE id = :id AND state = 'intent'")
-_OWN_INTENTS = text("SELECT id FROM journal WHERE state = 'intent' AND process = :process "
-                    "AND at < :before")
-_INTENT_PROCESSES = text("SELECT DISTINCT process FROM journal WHERE state = 'intent' "
-                         "AND at < :before AND process IS NOT NULL")
+_OWN_INTENTS = {pg: text(f"SELECT id FROM {_OPEN[pg]} process = :process AND at < :before")
+                for pg in _OPEN}
+_INTENT_PROCESSES = {pg: text(f"SELECT DISTINCT process FROM {_OPEN[pg]} at < :before "
+                              "AND process IS NOT NULL") for pg in _OPEN}
 _AUDIT_SINCE = text("SELECT detail FROM audit WHERE at >= :since")
 # the server's start (a restart, or another server promoted, changes it) and its address
 _INCARNATION = text("SELECT pg_postmaster_start_time()::text || ' ' || "
@@ -58,6 +61,7 @@ class Leases:
 
     _engine: AsyncEngine  # reads
     _writer: AsyncEngine  # writes: BEGIN IMMEDIATE on SQLite
+    _postgres: bool
 
     async def take_lease(self, name: str, owner: str, now: datetime, seconds: float) -> bool:
         """Take (or renew) lease ``name`` for ``seconds``: True for its one holder."""
@@ -86,14 +90,15 @@ class Leases:
     async def intent_processes(self, before: datetime) -> list[str]:
         """The processes that journaled an intent before ``before`` still without outcome."""
         async with self._engine.connect() as connection:
-            rows = (await connection.execute(_INTENT_PROCESSES, {"before": iso(before)})).all()
+            rows = (await connection.execute(_INTENT_PROCESSES[self._postgres],
+                                             {"before": iso(before)})).all()
         return sorted(row[0] for row in rows)
 
     async def stale_intents(self, process: str, before: datetime) -> list[str]:
         """``process``'s intents journaled before ``before`` still without outcome."""
         async with self._engine.connect() as connection:
-            rows = (await connection.execute(_OWN_INTENTS, {"process": process,
-                                                            "before": iso(before)})).all()
+            rows = (await connection.execute(_OWN_INTENTS[self._postgres], {
+                "process": process, "before": iso(before)})).all()
         return sorted(row[0] for row in rows)
 
     async def abandon_intents(self, ids: list[str], why: str, now: datetime) -> None:
@@ -109,7 +114,8 @@ class Leases:
         """What dead ``process`` left: the ids of its intents, now ``unknown``, and its
         entries no audit record names (oldest first)."""
         async with self._writer.begin() as connection:
-            ids = sorted((await connection.execute(_INTENTS_OF, {"process": process})).scalars())
+            ids = sorted((await connection.execute(_INTENTS_OF[self._postgres],
+                                                   {"process": process})).scalars())
             for entry_id in ids:
                 await connection.execute(_TO_UNKNOWN, {
                     "unknown": JournalState.UNKNOWN.value, "why": DEAD, "now": iso(now),

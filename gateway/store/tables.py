@@ -88,6 +88,22 @@ Index("ix_journal_intents", _journal.c.at, sqlite_where=sql_text("state = 'inten
       postgresql_where=sql_text("state = 'intent'"))
 
 
+class OpenIntentRow(SQLModel, table=True):
+    """An intent still without outcome, on PostgreSQL: kept by triggers on ``journal``
+    (0023), read by the kill switch and recovery instead of the partial index above,
+    whose entries outlive their rows there until a vacuum. Empty on SQLite."""
+
+    __tablename__ = "journal_open"
+
+    id: str = Field(sa_type=Text, primary_key=True)
+    at: str = _text()
+    agent: str = _text()
+    upstream: str = _text()
+    method: str = _text()
+    path: str = _text()
+    process: str | None = _text_or_null()
+
+
 class FreezeRow(SQLModel, table=True):
     """A kill-switch freeze; released ones stay as history (``released_at`` set)."""
 
