@@ -105,6 +105,43 @@ def redact_text(text: str) -> str:
     return text if redacted == parsed else json.dumps(redacted, ensure_ascii=False)
 
 
+def secret_values(value: Any) -> frozenset[str]:
+    """The values of ``value``'s secret-named fields, at any depth (strings and numbers):
+    what a text quoting them (a tool's error repeating its arguments) must not show.
+
+    >>> sorted(secret_values({"id": 7, "auth": {"token": "t0k", "pin": 1234}}))
+    ['1234', 't0k']
+    """
+    found: set[str] = set()
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(key, str) and is_secret_name(key) \
+                    and isinstance(item, (str, int, float)) and not isinstance(item, bool):
+                found.add(str(item))
+            elif isinstance(item, _NESTED):
+                found |= secret_values(item)
+    elif isinstance(value, list):
+        for item in value:
+            found |= secret_values(item)
+    found.discard("")
+    found.discard(REDACTED)
+    return frozenset(found)
+
+
+def redact_quoted(text: str, secrets: Iterable[str] = ()) -> str:
+    """Text an upstream wrote, quoted into an error or the journal: redacted by name
+    (``redact_text``), and each of ``secrets`` (``secret_values`` of what it was sent)
+    replaced wherever it appears, named or not.
+
+    >>> redact_quoted("no user for hunter2; api_key=k", ["hunter2"])
+    'no user for [REDACTED]; api_key=[REDACTED]'
+    """
+    text = redact_text(text)
+    for secret in sorted(secrets, key=len, reverse=True):  # the longest first
+        text = text.replace(secret, REDACTED)
+    return text
+
+
 def redact_form(text: str) -> str:
     pairs = parse_qsl(text, keep_blank_values=True)
     return urlencode([(k, REDACTED if is_secret_name(k) else v) for k, v in pairs])

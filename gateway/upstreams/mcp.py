@@ -110,16 +110,18 @@ class McpSender:
         entry.after = result.get("structuredContent")  # the state the tool would leave
         return projected
 
-    def answer(self, method: str, body: bytes, content_type: str | None) -> Answer:
+    def answer(self, method: str, body: bytes, content_type: str | None,
+               sent: Any = None) -> Answer:
         if method != TOOLS_CALL:
             return plain_answer(body, content_type)
         response = mcp.response_in(body, content_type, mcp.ANY_ID)  # JSON, or out of SSE
-        redacted = mcp.redact_answer(response)  # a secret in a tool's text is one too
-        failed = mcp.failure(redacted)  # a tool reports failure in a 200
+        # a secret in a tool's text is one too, and so is a secret argument it repeats
+        redacted = mcp.redact_answer(response, sent)
+        failed = mcp.failure(response, sent)  # a tool reports failure in a 200
         if response is not None:
             body, content_type = json.dumps(response).encode(), mcp.JSON
         parsed = parse_body(body, content_type)
-        shown = redacted if failed is not None else mcp.redact_answer(parsed)
+        shown = redacted if failed is not None else mcp.redact_answer(parsed, sent)
         return Answer(body, content_type, parsed, shown, failed, False, True)
 
     # -- the agent's own messages ---------------------------------------------------
@@ -165,7 +167,7 @@ class McpSender:
         except GatewayError as exc:
             raise CaptureFailed(f"capture tool {tool} failed ({exc.message}); "
                                 "the write was not sent") from exc
-        failed = mcp.failure(answer)
+        failed = mcp.failure(answer, arguments)
         if failed is not None:
             raise CaptureFailed(f"capture tool {tool}: {failed}; the write was not sent")
         return _observed(answer.get("result"))
@@ -176,7 +178,7 @@ class McpSender:
         tool, arguments = mcp.decode_target(target)
         answer = await self.call_tool(upstream, tool, arguments, self.settings.capture_timeout,
                                       fresh=False)
-        failed = mcp.failure(answer)
+        failed = mcp.failure(answer, arguments)
         if failed is not None:
             return Observed(502, failed, None)
         return _observed(answer.get("result"))

@@ -157,7 +157,8 @@ class RestSender:
             f"/{upstream.name}{call.raw_path}", entry.id,
             captured_path=isinstance(getattr(rule, "capture", None), Capture))
 
-    def answer(self, method: str, body: bytes, content_type: str | None) -> Answer:
+    def answer(self, method: str, body: bytes, content_type: str | None,
+               sent: Any = None) -> Answer:
         return plain_answer(body, content_type)  # failed: the status says
 
     # -- sending -----------------------------------------------------------------------

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from gateway.core.mcp import redact_answer
+from gateway.core.mcp import failure, redact_answer
 from gateway.core.policy.compiled import Credential
 from gateway.core.redact import (
     REDACTED,
@@ -165,6 +165,22 @@ def test_a_tool_answer_is_journaled_with_its_texts_redacted() -> None:
                                           {"type": "image", "data": "x"}]
     assert answer["result"]["content"][0]["text"] == '{"api_key": "sk-1"}'  # not modified
     assert redact_answer(None) is None and redact_answer({"error": {}}) == {"error": {}}
+
+
+def test_a_tool_error_is_quoted_without_the_secrets_it_repeats() -> None:
+    """The server's words name no secret: by name, nor the call's secret arguments."""
+    sent = {"id": "a1", "auth": {"password": "hunter2", "pin": 4321}, "note": "hunter"}
+    said = "hunter2 (pin 4321) refused for a1; api_key=sk-9"
+    error = {"jsonrpc": "2.0", "id": 1, "error": {"code": -32000, "message": said}}
+    tool = {"jsonrpc": "2.0", "id": 1,
+            "result": {"content": [{"type": "text", "text": said}], "isError": True}}
+    quoted = "[REDACTED] (pin [REDACTED]) refused for a1; api_key=[REDACTED]"
+    assert failure(error, sent) == f"JSON-RPC error -32000: {quoted}"
+    assert failure(tool, sent) == f"the tool reported an error: {quoted}"
+    assert redact_answer(error, sent) == {**error, "error": {"code": -32000, "message": quoted}}
+    assert redact_answer(tool, sent)["result"]["content"][0]["text"] == quoted  # type: ignore[index]
+    assert failure(tool) == "the tool reported an error: hunter2 (pin 4321) refused for a1; " \
+        "api_key=[REDACTED]"  # nothing sent: by name only
 
 
 SECRET = "s3cr/t k"
