@@ -137,7 +137,7 @@ class McpSender:
             http, upstream.base_url, trace(headers),
             call.buffered if http == "POST" else None, stream=True,
             timeout=self._timeout(upstream))
-        return response if hidden is None else unechoed(response, hidden, http)
+        return response if hidden is None else await unechoed(response, hidden, http)
 
     async def forward(self, upstream: Upstream, call: Call, approved: bool,
                       trace: Callable[[Headers], Headers] = untraced) -> UpstreamResponse:
@@ -146,7 +146,7 @@ class McpSender:
                 "POST", upstream.base_url, trace(request_headers(upstream, call, drop_encoding=True)),
                 call.buffered, timeout=self._timeout(upstream))
             hidden = upstream.echoes
-            return response if hidden is None else unechoed(response, hidden, "POST")
+            return response if hidden is None else await unechoed(response, hidden, "POST")
         # An approved call: the agent's session may be long gone, so the gateway makes
         # the call itself; the answer carries the agent's request id.
         message = call.mcp
