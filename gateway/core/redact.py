@@ -219,6 +219,12 @@ def _secret_field(form: str) -> bool:
 # answers, before anything else (agent, journal, held calls, errors) reads it.
 
 
+# A value shorter than this is not replaced: one or a few characters occur everywhere by
+# chance ("ab" in "table"), so replacing them would garble every answer and the priors
+# rollback writes back. No real credential is this short; ``policy check`` warns of one.
+MIN_ECHO = 4
+
+
 def echo_forms(secret: str) -> list[str]:
     """The spellings an upstream may echo ``secret`` in: as sent, percent-encoded (either
     case of hex digits, ``+`` for spaces) and JSON-escaped.
@@ -254,13 +260,15 @@ class Echoes:
         texts: set[str] = set()
         raw: set[bytes] = set()
         for secret in secrets:
+            if len(secret) < MIN_ECHO:
+                continue  # (see MIN_ECHO)
             for form in echo_forms(secret):
                 texts.add(form)
                 encoded = form.encode("utf-8")
                 raw.add(encoded)
                 texts.add(encoded.decode("latin-1"))  # a header value read as latin-1
         if not raw:
-            raise ValueError("Echoes needs at least one non-empty secret")
+            raise ValueError(f"Echoes needs a secret of at least {MIN_ECHO} characters")
         by_length = sorted(raw, key=lambda f: (-len(f), f))  # the longest spelling first
         self._forms = tuple(by_length)
         self._firsts = frozenset(form[0] for form in by_length)

@@ -233,3 +233,14 @@ def test_the_credential_values_that_go_on_the_wire() -> None:
     assert Credential(headers=(("x-key", ""),)).sent == ()
     with pytest.raises(ValueError):
         Echoes([""])
+
+
+def test_a_value_too_short_to_replace_is_left_and_named() -> None:
+    """A few characters occur by chance everywhere: only longer values are replaced."""
+    echoes = Echoes(["ab", "Token ab"])
+    assert echoes.text("a table; Token ab") == "a table; [REDACTED]"
+    with pytest.raises(ValueError, match="at least 4"):
+        Echoes(["abc"])
+    assert Credential(headers=(("x-key", "Token ab"),)).unhidden is not None
+    assert "ab" not in (Credential(query=("k", "ab")).unhidden or "").split()
+    assert Credential(headers=(("x-key", "Token abcd"),)).unhidden is None

@@ -12,7 +12,7 @@ from typing import Any
 from gateway.core.cel import Condition
 from gateway.core.policy.mcp_schema import McpPolicyFile, McpRule
 from gateway.core.policy.schema import Mode, PolicyFile, Rule, SigV4Credential
-from gateway.core.redact import Echoes
+from gateway.core.redact import MIN_ECHO, Echoes
 from gateway.core.template import PathTrie, Template
 
 
@@ -51,6 +51,17 @@ class Credential:
             values.append(self.sigv4.session_token)
         return tuple(v for v in values if v)
 
+    @property
+    def unhidden(self) -> str | None:
+        """Why an echo of this credential is not hidden, if one of its values is too short
+        to replace (``MIN_ECHO``); the warning names no value."""
+        if not any(len(v) < MIN_ECHO for v in self.sent):
+            return None
+        return (f"credentials: a value it sends (or the token after its scheme) is shorter "
+                f"than {MIN_ECHO} characters, so it is not replaced where the upstream's "
+                "answers echo it (it would be replaced wherever those characters occur); "
+                "use the real credential")
+
 
 AnyRule = Rule | McpRule
 
@@ -85,7 +96,8 @@ class Upstream:
 
     def __post_init__(self) -> None:
         sent = self.credential.sent if self.credential is not None else ()
-        self.echoes = Echoes(sent) if sent else None
+        replaced = [value for value in sent if len(value) >= MIN_ECHO]
+        self.echoes = Echoes(replaced) if replaced else None
 
     @property
     def credential_value(self) -> str | None:
