@@ -12,6 +12,7 @@ written. Matching is by name, so it errs on the side of hiding.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from collections.abc import Iterable, Mapping
@@ -242,6 +243,35 @@ def echo_forms(secret: str) -> list[str]:
     return forms
 
 
+# Base64 spellings only for values this long: their shortest stretch (9 characters) does
+# not occur by chance in encoded data (images, blobs) the way a 4-character one would.
+MIN_BASE64 = 8
+_URL_SAFE = str.maketrans("+/", "-_")
+
+
+def base64_forms(secret: str) -> list[str]:
+    """The base64 (standard and URL-safe) that ``secret`` becomes inside encoded data
+    (a reflected ``Authorization: Basic``, a request echoed base64-encoded): encoded
+    alone, and at each of the three byte offsets the characters only its own bytes
+    decide, wherever it sits.
+
+    >>> base64_forms("hunter22")
+    ['aHVudGVyMjI=', 'aHVudGVyMj', 'h1bnRlcjIy', 'odW50ZXIyM']
+    """
+    raw = secret.encode("utf-8")
+    forms = [base64.b64encode(raw).decode()]
+    for lead in range(3):  # the bytes before it in the encoded value, modulo 3
+        encoded = base64.b64encode(b"\0" * lead + raw).decode()
+        # character i holds bits [6i, 6i+6) of the encoded bytes
+        forms.append(encoded[-(-8 * lead // 6):8 * (lead + len(raw)) // 6])
+    out: list[str] = []
+    for form in forms:
+        for spelt in (form, form.translate(_URL_SAFE)):
+            if spelt not in out:
+                out.append(spelt)
+    return out
+
+
 def _lower_hex(text: str) -> str:
     return re.sub(r"%[0-9A-F]{2}", lambda m: m.group(0).lower(), text)
 
@@ -262,7 +292,10 @@ class Echoes:
         for secret in secrets:
             if len(secret) < MIN_ECHO:
                 continue  # (see MIN_ECHO)
-            for form in echo_forms(secret):
+            forms = echo_forms(secret)
+            if len(secret) >= MIN_BASE64:
+                forms += base64_forms(secret)
+            for form in forms:
                 texts.add(form)
                 encoded = form.encode("utf-8")
                 raw.add(encoded)

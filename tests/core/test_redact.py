@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import pytest
@@ -244,3 +245,22 @@ def test_a_value_too_short_to_replace_is_left_and_named() -> None:
     assert Credential(headers=(("x-key", "Token ab"),)).unhidden is not None
     assert "ab" not in (Credential(query=("k", "ab")).unhidden or "").split()
     assert Credential(headers=(("x-key", "Token abcd"),)).unhidden is None
+
+
+@pytest.mark.parametrize("lead", [b"", b"x", b"xy", b"Basic:", b"\xff\x00\x10"])
+@pytest.mark.parametrize("encode", [base64.b64encode, base64.urlsafe_b64encode])
+def test_a_secret_inside_base64_is_hidden_at_any_offset(lead: bytes, encode: Any) -> None:
+    """Wherever it sits in an encoded value, no decoding of what is left shows it."""
+    secret = "s3cr/t?>~~k"  # bytes that encode to + and / (- and _ URL-safe)
+    for tail in (b"", b"!", b"?>", b"..."):
+        encoded = encode(lead + secret.encode() + tail).decode()
+        shown = Echoes([secret]).text(f'{{"blob": "{encoded}"}}')
+        assert "[REDACTED]" in shown, (lead, tail)
+        left = shown.split('"')[3].split("[REDACTED]")
+        assert all(secret.encode() not in _decoded(part) for part in left)
+    assert Echoes(["shortpw"]).text(base64.b64encode(b"shortpw").decode()) == "c2hvcnRwdw=="
+
+
+def _decoded(part: str) -> bytes:
+    raw = part.replace("-", "+").replace("_", "/").rstrip("=")
+    return base64.b64decode(raw[:len(raw) - len(raw) % 4] or b"")

@@ -24,6 +24,9 @@ class Credential:
     headers: tuple[tuple[str, str], ...] = ()  # lower-case names
     query: tuple[str, str] | None = None
     sigv4: SigV4Credential | None = None
+    # secrets sent only encoded, which an upstream may answer decoded: a Basic
+    # credential's password and its ``user:password`` pair
+    decoded: tuple[str, ...] = ()
 
     @property
     def replaces(self) -> frozenset[str]:
@@ -52,10 +55,15 @@ class Credential:
         return tuple(v for v in values if v)
 
     @property
+    def echoed(self) -> tuple[str, ...]:
+        """What an answer must not show: the values ``sent``, and those sent ``decoded``."""
+        return self.sent + tuple(v for v in self.decoded if v)
+
+    @property
     def unhidden(self) -> str | None:
         """Why an echo of this credential is not hidden, if one of its values is too short
         to replace (``MIN_ECHO``); the warning names no value."""
-        if not any(len(v) < MIN_ECHO for v in self.sent):
+        if not any(len(v) < MIN_ECHO for v in self.echoed):
             return None
         return (f"credentials: a value it sends (or the token after its scheme) is shorter "
                 f"than {MIN_ECHO} characters, so it is not replaced where the upstream's "
@@ -95,7 +103,7 @@ class Upstream:
     echoes: Echoes | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
-        sent = self.credential.sent if self.credential is not None else ()
+        sent = self.credential.echoed if self.credential is not None else ()
         replaced = [value for value in sent if len(value) >= MIN_ECHO]
         self.echoes = Echoes(replaced) if replaced else None
 
