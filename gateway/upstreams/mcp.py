@@ -37,6 +37,7 @@ from gateway.core.body import parse_body
 from gateway.core.model import JournalEntry
 from gateway.core.policy.compiled import CallView, Upstream
 from gateway.core.policy.mcp_schema import TOOLS_CALL
+from gateway.core.redact import redact_text
 from gateway.core.rollback import Step
 from gateway.errors import (
     CaptureFailed,
@@ -242,7 +243,8 @@ class McpSender:
                     if not sending:
                         raise ConnectTimeout(f"{where}: no session in time; not sent") from exc
                     raise UpstreamTimeout(f"{where} timed out; the outcome is unknown") from exc
-                log.warning("tools/call %s on %s failed: %r", tool, upstream.name, exc)
+                log.warning("tools/call %s on %s failed: %s", tool, upstream.name,
+                            _quoted(upstream, repr(exc)))  # it may quote the server
                 if sending:
                     raise UpstreamLost(f"{where} failed after it was sent "
                                        f"({type(exc).__name__}); the outcome is unknown") from exc
@@ -347,6 +349,13 @@ class _Connection:
         self._stop.set()
         if self._task is not None:
             await asyncio.gather(self._task, return_exceptions=True)
+
+
+def _quoted(upstream: Upstream, text: str) -> str:
+    """What the server said (in an SDK error: a result that did not validate quotes it),
+    as a log may show it: redacted by name, without the credential's echoes."""
+    text = redact_text(text)
+    return text if upstream.echoes is None else upstream.echoes.text(text)
 
 
 def _credential(upstream: Upstream) -> dict[str, str]:

@@ -5,13 +5,21 @@ gateway's own credential."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
+import pytest
+import yaml
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.shared.exceptions import MCPError
 
+from gateway.core.policy.loader import compile_upstream
+from gateway.core.policy.mcp_schema import McpPolicyFile
+from gateway.errors import UpstreamLost
+from gateway.settings import Settings
+from gateway.upstreams.mcp import McpSender
 from tests.harness import serve_app, started_gateway
 from tests.mcp.conftest import Rig
 
@@ -99,3 +107,22 @@ async def test_a_tool_error_quoted_into_errors_hides_its_secrets(tmp_path: Path)
     views = [v.text for v in (journal, *entries)]
     stored = "".join(p.read_bytes().decode("latin-1") for p in tmp_path.glob("gateway.db*"))
     assert [text for text in [*views, stored] if leaked(text)] == []
+
+
+async def test_an_sdk_error_quoting_the_server_is_logged_without_secrets(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """An answer the SDK could not read (its validation error quotes the input) is logged
+    redacted: neither the credential the server echoed nor a secret-named field."""
+    from tests.mcp.test_sender_outcomes import _patch, _Session
+
+    said = f"1 validation error: input_value='Bearer {TOKEN}', api_key={API_KEY}"
+    _patch(monkeypatch, _Session("call", ValueError(said)))
+    spec = McpPolicyFile.model_validate(yaml.safe_load(RULES.format(url="http://127.0.0.1:9",
+                                                                    token=TOKEN)))
+    upstream = compile_upstream(spec, "tools.yaml", {})
+    sender = McpSender(Settings(), None)  # type: ignore[arg-type]
+    with caplog.at_level(logging.WARNING, "gateway.mcp"), pytest.raises(UpstreamLost):
+        await sender.call_tool(upstream, "touch", {"id": "a1"}, 5.0)
+    [record] = [r for r in caplog.records if r.name == "gateway.mcp"]
+    assert "input_value='[REDACTED]'" in record.getMessage(), record.getMessage()
+    assert leaked(record.getMessage()) == []
