@@ -19,7 +19,7 @@ from gateway.errors import PolicyError, SettingsError, StartupError
 from gateway.metrics import Metrics
 from gateway.observe import NO_OBSERVER, Observer
 from gateway.observe.observer import observer_for
-from gateway.policies import load_policies
+from gateway.policies import credential_warnings, load_policies
 from gateway.ports import Store
 from gateway.ports import Upstream as UpstreamClient
 from gateway.proxy.listener import AgentDirectory, ProxyApp
@@ -86,6 +86,8 @@ class Gateway:
 
     async def start(self) -> None:
         policies = load_policies(self.settings.policies_dir)  # PolicyError before any I/O
+        for warning in credential_warnings(policies):
+            log.warning("%s", warning)
         try:
             self.observer = observer_for(self.settings, self.metrics)
         except ValueError as exc:
@@ -242,6 +244,8 @@ class Gateway:
             await self._audit(actor, "policy.reload_failed",
                               {"kept": previous, "problems": exc.problems})
             return ReloadResult(False, previous, exc.problems)
+        for warning in credential_warnings(policies):
+            log.warning("%s", warning)
         assert self._policies is not None
         self._policies.swap(policies)
         self.tripwires.configure(self.settings.tripwires, policies)

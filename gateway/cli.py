@@ -223,7 +223,7 @@ def _demo(args: argparse.Namespace, scratch: Path | None) -> int:
 
 
 def cmd_policy_check(args: argparse.Namespace) -> int:
-    from gateway.policies import load_policies
+    from gateway.policies import credential_warnings, load_policies
     try:
         policy_set = load_policies(args.dir)
     except PolicyError as exc:
@@ -248,6 +248,8 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
         upstream = policy_set.upstreams[name]
         for warning in warnings(upstream):
             print(f"{upstream.source}: warning: {warning}")
+    for warning in credential_warnings(policy_set):
+        print(warning)
     rules = sum(len(u.spec.rules) for u in policy_set.upstreams.values())
     print(f"ok: {len(policy_set.files)} file(s), {len(policy_set.upstreams)} upstream(s) "
           f"({', '.join(sorted(policy_set.upstreams))}), {rules} rule(s), "

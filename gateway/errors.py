@@ -14,6 +14,7 @@
     │   ├── WritesFrozen                423 writes_frozen
     │   │   └── WriteCutOff             423 writes_frozen, outcome unknown (cut off in flight)
     │   ├── CaptureFailed               502 capture_failed
+    │   ├── UpstreamEncoding            502 upstream_encoding (an answer it cannot decode)
     │   ├── JournalUnavailable          503 journal_unavailable
     │   ├── UpstreamBusy                503 upstream_busy (max_in_flight; Retry-After)
     │   ├── UpstreamUnreachable         502 upstream_unreachable (nothing reached the upstream)
@@ -147,6 +148,15 @@ class WriteCutOff(WritesFrozen):
 
 class CaptureFailed(GatewayError):
     status, code, decision = 502, "capture_failed", "error"
+
+
+class UpstreamEncoding(GatewayError):
+    """An answer compressed in a coding the gateway cannot decode (or that does not
+    decode) from an upstream it injects a credential into: an echo of the credential
+    could hide in it. The request was sent (the upstream answered)."""
+
+    status, code, decision = 502, "upstream_encoding", "error"
+    maybe_sent = True
 
 
 class JournalUnavailable(GatewayError):

@@ -29,3 +29,11 @@ def load_policies(directory: Path) -> PolicySet:
     if policy_set is None:
         raise PolicyError(problems)
     return policy_set
+
+
+def credential_warnings(policy_set: PolicySet) -> list[str]:
+    """``FILE: warning: ...`` for each upstream whose credential's echoes are not hidden
+    (a value too short to replace): ``policy check`` prints them, ``serve`` logs them."""
+    return [f"{upstream.source}: warning: {upstream.credential.unhidden}"
+            for _, upstream in sorted(policy_set.upstreams.items())
+            if upstream.credential is not None and upstream.credential.unhidden]

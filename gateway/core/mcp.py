@@ -24,7 +24,7 @@ from typing import Any
 
 from gateway.core.body import json_body, media_type
 from gateway.core.policy.mcp_schema import TOOLS_CALL, McpRule, ToolCapture, ToolUndo
-from gateway.core.redact import REDACTED, redact_json, redact_text
+from gateway.core.redact import REDACTED, redact_json, redact_quoted, secret_values
 from gateway.errors import Ambiguous, MessageError
 
 JSON = "application/json"
@@ -256,27 +256,39 @@ def response_in(body: bytes, content_type: str | None, request_id: Any) -> dict[
     return None
 
 
-def failure(response: dict[str, Any] | None) -> str | None:
-    """Why a tool call did not do its work (a JSON-RPC error, ``isError``), else None."""
+def failure(response: dict[str, Any] | None, sent: Any = None) -> str | None:
+    """Why a tool call did not do its work (a JSON-RPC error, ``isError``), else None.
+    The server's words are quoted redacted (``redact_quoted``): a secret-named field, or
+    a secret argument of ``sent`` (the call's arguments) it repeats, is ``[REDACTED]``.
+    """
     if response is None:
         return "no JSON-RPC response to the call"
     if "error" in response:
         error = response["error"] if isinstance(response["error"], dict) else {}
-        return f"JSON-RPC error {error.get('code')}: {error.get('message')}"
+        return redact_quoted(f"JSON-RPC error {error.get('code')}: {error.get('message')}",
+                             secret_values(sent))
     result = response.get("result")
     if isinstance(result, dict) and result.get("isError") is True:
-        return "the tool reported an error: " + (result_text(result) or "(no text)")[:500]
+        text = redact_quoted(result_text(result) or "(no text)", secret_values(sent))
+        return "the tool reported an error: " + text[:500]
     return None
 
 
-def redact_answer(answer: dict[str, Any] | None) -> dict[str, Any] | None:
-    """A JSON-RPC response as journaled: its text contents redacted as a prior's state
-    is (``redact_text``); the rest is redacted by name with the whole body."""
-    result = answer.get("result") if isinstance(answer, dict) else None
-    if answer is None or not isinstance(result, dict) \
-            or not isinstance(result.get("content"), list):
+def redact_answer(answer: dict[str, Any] | None, sent: Any = None) -> dict[str, Any] | None:
+    """A JSON-RPC response as journaled: its text contents and error message redacted as
+    a prior's state is (``redact_text``), with the secret arguments of ``sent`` it
+    repeats (``redact_quoted``); the rest is redacted by name with the whole body."""
+    if not isinstance(answer, dict):
         return answer
-    content = [{**c, "text": redact_text(c["text"])}
+    secrets = secret_values(sent)
+    error = answer.get("error")
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        return {**answer, "error": {**error, "message": redact_quoted(error["message"],
+                                                                      secrets)}}
+    result = answer.get("result")
+    if not isinstance(result, dict) or not isinstance(result.get("content"), list):
+        return answer
+    content = [{**c, "text": redact_quoted(c["text"], secrets)}
                if isinstance(c, dict) and isinstance(c.get("text"), str) else c
                for c in result["content"]]
     return {**answer, "result": {**result, "content": content}}

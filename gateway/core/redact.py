@@ -12,6 +12,7 @@ written. Matching is by name, so it errs on the side of hiding.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from collections.abc import Iterable, Mapping
@@ -105,6 +106,43 @@ def redact_text(text: str) -> str:
     return text if redacted == parsed else json.dumps(redacted, ensure_ascii=False)
 
 
+def secret_values(value: Any) -> frozenset[str]:
+    """The values of ``value``'s secret-named fields, at any depth (strings and numbers):
+    what a text quoting them (a tool's error repeating its arguments) must not show.
+
+    >>> sorted(secret_values({"id": 7, "auth": {"token": "t0k", "pin": 1234}}))
+    ['1234', 't0k']
+    """
+    found: set[str] = set()
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(key, str) and is_secret_name(key) \
+                    and isinstance(item, (str, int, float)) and not isinstance(item, bool):
+                found.add(str(item))
+            elif isinstance(item, _NESTED):
+                found |= secret_values(item)
+    elif isinstance(value, list):
+        for item in value:
+            found |= secret_values(item)
+    found.discard("")
+    found.discard(REDACTED)
+    return frozenset(found)
+
+
+def redact_quoted(text: str, secrets: Iterable[str] = ()) -> str:
+    """Text an upstream wrote, quoted into an error or the journal: redacted by name
+    (``redact_text``), and each of ``secrets`` (``secret_values`` of what it was sent)
+    replaced wherever it appears, named or not.
+
+    >>> redact_quoted("no user for hunter2; api_key=k", ["hunter2"])
+    'no user for [REDACTED]; api_key=[REDACTED]'
+    """
+    text = redact_text(text)
+    for secret in sorted(secrets, key=len, reverse=True):  # the longest first
+        text = text.replace(secret, REDACTED)
+    return text
+
+
 def redact_form(text: str) -> str:
     pairs = parse_qsl(text, keep_blank_values=True)
     return urlencode([(k, REDACTED if is_secret_name(k) else v) for k, v in pairs])
@@ -182,6 +220,12 @@ def _secret_field(form: str) -> bool:
 # answers, before anything else (agent, journal, held calls, errors) reads it.
 
 
+# A value shorter than this is not replaced: one or a few characters occur everywhere by
+# chance ("ab" in "table"), so replacing them would garble every answer and the priors
+# rollback writes back. No real credential is this short; ``policy check`` warns of one.
+MIN_ECHO = 4
+
+
 def echo_forms(secret: str) -> list[str]:
     """The spellings an upstream may echo ``secret`` in: as sent, percent-encoded (either
     case of hex digits, ``+`` for spaces) and JSON-escaped.
@@ -197,6 +241,35 @@ def echo_forms(secret: str) -> list[str]:
             if spelt and spelt not in forms:
                 forms.append(spelt)
     return forms
+
+
+# Base64 spellings only for values this long: their shortest stretch (9 characters) does
+# not occur by chance in encoded data (images, blobs) the way a 4-character one would.
+MIN_BASE64 = 8
+_URL_SAFE = str.maketrans("+/", "-_")
+
+
+def base64_forms(secret: str) -> list[str]:
+    """The base64 (standard and URL-safe) that ``secret`` becomes inside encoded data
+    (a reflected ``Authorization: Basic``, a request echoed base64-encoded): encoded
+    alone, and at each of the three byte offsets the characters only its own bytes
+    decide, wherever it sits.
+
+    >>> base64_forms("hunter22")
+    ['aHVudGVyMjI=', 'aHVudGVyMj', 'h1bnRlcjIy', 'odW50ZXIyM']
+    """
+    raw = secret.encode("utf-8")
+    forms = [base64.b64encode(raw).decode()]
+    for lead in range(3):  # the bytes before it in the encoded value, modulo 3
+        encoded = base64.b64encode(b"\0" * lead + raw).decode()
+        # character i holds bits [6i, 6i+6) of the encoded bytes
+        forms.append(encoded[-(-8 * lead // 6):8 * (lead + len(raw)) // 6])
+    out: list[str] = []
+    for form in forms:
+        for spelt in (form, form.translate(_URL_SAFE)):
+            if spelt not in out:
+                out.append(spelt)
+    return out
 
 
 def _lower_hex(text: str) -> str:
@@ -217,13 +290,18 @@ class Echoes:
         texts: set[str] = set()
         raw: set[bytes] = set()
         for secret in secrets:
-            for form in echo_forms(secret):
+            if len(secret) < MIN_ECHO:
+                continue  # (see MIN_ECHO)
+            forms = echo_forms(secret)
+            if len(secret) >= MIN_BASE64:
+                forms += base64_forms(secret)
+            for form in forms:
                 texts.add(form)
                 encoded = form.encode("utf-8")
                 raw.add(encoded)
                 texts.add(encoded.decode("latin-1"))  # a header value read as latin-1
         if not raw:
-            raise ValueError("Echoes needs at least one non-empty secret")
+            raise ValueError(f"Echoes needs a secret of at least {MIN_ECHO} characters")
         by_length = sorted(raw, key=lambda f: (-len(f), f))  # the longest spelling first
         self._forms = tuple(by_length)
         self._firsts = frozenset(form[0] for form in by_length)

@@ -149,8 +149,11 @@ class Sender(Protocol):
         """What a shadowed write answers (``gateway.core.shadow``); may set
         ``entry.after``, the state the write would leave."""
 
-    def answer(self, method: str, body: bytes, content_type: str | None) -> Answer:
-        """A write's answer (the agent's, or a compensation's) as the journal reads it."""
+    def answer(self, method: str, body: bytes, content_type: str | None,
+               sent: Any = None) -> Answer:
+        """A write's answer (the agent's, or a compensation's) as the journal reads it;
+        ``sent``: the parsed body (a tool call's arguments) whose secret-named values the
+        journal must not show where the answer repeats them."""
 
     # -- sending ---------------------------------------------------------------------
 

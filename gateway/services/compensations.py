@@ -96,7 +96,8 @@ class Compensations:
             return await self._save(plan, step, StepStatus.FAILED, exc.message)
         status = response.status
         failed = self.senders(upstream).answer(  # a tool's, in a 200
-            step.method, response.body or b"", dict(response.headers).get("content-type")).failed
+            step.method, response.body or b"", dict(response.headers).get("content-type"),
+            step.body).failed
         if failed is not None:
             return await self._save(plan, step, StepStatus.FAILED, failed, journal_id)
         if status == 412:
@@ -168,7 +169,7 @@ class Compensations:
         except GatewayError as exc:
             await self.journal.record_outcome(entry, sender, None, exc, started)
             raise
-        await self.journal.record_outcome(entry, sender, response, None, started)
+        await self.journal.record_outcome(entry, sender, response, None, started, step.body)
         return response, entry.id
 
 

@@ -143,19 +143,20 @@ class Journal:
 
     async def record_outcome(self, entry: JournalEntry, sender: Sender,
                              response: UpstreamResponse | None, error: GatewayError | None,
-                             started: float) -> None:
+                             started: float, sent: Any = None) -> None:
         """Build and journal an outcome now (rollback's compensations: no read after)."""
         outcome = await self.outcome_of(entry, response, error, started, started, 0.0, None,
-                                        sender)
+                                        sender, sent)
         await self.save_outcome(entry, outcome, NO_WATCH)
 
     async def outcome_of(self, entry: JournalEntry, response: UpstreamResponse | None,
                          error: GatewayError | None, started: float, sent: float,
                          capture_ms: float, upstream: Upstream | None,
-                         sender: Sender) -> JournalOutcome:
+                         sender: Sender, body: Any = None) -> JournalOutcome:
         """What the journal records once the upstream answered (or did not).
         ``sender`` reads the answer, and the resource after the write when the answer does
-        not say what the write left (with ``upstream``)."""
+        not say what the write left (with ``upstream``); ``body``: what was sent, parsed
+        (the answer may repeat its secrets)."""
         now = time.perf_counter()
         timings = {"capture_ms": round(capture_ms, 3), "upstream_ms": round((now - sent) * 1000, 3),
                    "total_ms": round((now - started) * 1000, 3)}
@@ -178,7 +179,7 @@ class Journal:
         else:
             headers = redact_headers(response.headers)
             answer = sender.answer(entry.method, response.body or b"",
-                                   headers.get("content-type"))
+                                   headers.get("content-type"), body)
             if answer.failed is not None:
                 stored = journaling.store_body(answer.body, answer.content_type,
                                                self.settings.journal_body_limit, answer.shown)

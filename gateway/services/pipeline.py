@@ -287,14 +287,15 @@ class Pipeline:
         except GatewayError as exc:
             exc.extra.setdefault("journal", entry.id)  # the audit record names the entry
             self.journal.later(entry, await self.journal.outcome_of(
-                entry, None, exc, started, sent, capture_ms, upstream, sender), call.watch)
+                entry, None, exc, started, sent, capture_ms, upstream, sender, view.body), call.watch)
             if approval is None:
                 await self.tripwires.after_write(upstream, call, exc)
             raise
         # Built now, read-after included: the state the write left is read before the
         # agent (or anyone) can change it again; only the store write waits.
         self.journal.later(entry, await self.journal.outcome_of(
-            entry, response, None, started, sent, capture_ms, upstream, sender), call.watch)
+            entry, response, None, started, sent, capture_ms, upstream, sender, view.body),
+            call.watch)
         if approval is None:
             await self.tripwires.after_write(upstream, call, response.status)
         return Reply(response, "allow", journal_id=entry.id)

@@ -37,6 +37,7 @@ from gateway.core.body import parse_body
 from gateway.core.model import JournalEntry
 from gateway.core.policy.compiled import CallView, Upstream
 from gateway.core.policy.mcp_schema import TOOLS_CALL
+from gateway.core.redact import redact_text
 from gateway.core.rollback import Step
 from gateway.errors import (
     CaptureFailed,
@@ -110,16 +111,18 @@ class McpSender:
         entry.after = result.get("structuredContent")  # the state the tool would leave
         return projected
 
-    def answer(self, method: str, body: bytes, content_type: str | None) -> Answer:
+    def answer(self, method: str, body: bytes, content_type: str | None,
+               sent: Any = None) -> Answer:
         if method != TOOLS_CALL:
             return plain_answer(body, content_type)
         response = mcp.response_in(body, content_type, mcp.ANY_ID)  # JSON, or out of SSE
-        redacted = mcp.redact_answer(response)  # a secret in a tool's text is one too
-        failed = mcp.failure(redacted)  # a tool reports failure in a 200
+        # a secret in a tool's text is one too, and so is a secret argument it repeats
+        redacted = mcp.redact_answer(response, sent)
+        failed = mcp.failure(response, sent)  # a tool reports failure in a 200
         if response is not None:
             body, content_type = json.dumps(response).encode(), mcp.JSON
         parsed = parse_body(body, content_type)
-        shown = redacted if failed is not None else mcp.redact_answer(parsed)
+        shown = redacted if failed is not None else mcp.redact_answer(parsed, sent)
         return Answer(body, content_type, parsed, shown, failed, False, True)
 
     # -- the agent's own messages ---------------------------------------------------
@@ -135,7 +138,7 @@ class McpSender:
             http, upstream.base_url, trace(headers),
             call.buffered if http == "POST" else None, stream=True,
             timeout=self._timeout(upstream))
-        return response if hidden is None else unechoed(response, hidden, http)
+        return response if hidden is None else await unechoed(response, hidden, http)
 
     async def forward(self, upstream: Upstream, call: Call, approved: bool,
                       trace: Callable[[Headers], Headers] = untraced) -> UpstreamResponse:
@@ -144,7 +147,7 @@ class McpSender:
                 "POST", upstream.base_url, trace(request_headers(upstream, call, drop_encoding=True)),
                 call.buffered, timeout=self._timeout(upstream))
             hidden = upstream.echoes
-            return response if hidden is None else unechoed(response, hidden, "POST")
+            return response if hidden is None else await unechoed(response, hidden, "POST")
         # An approved call: the agent's session may be long gone, so the gateway makes
         # the call itself; the answer carries the agent's request id.
         message = call.mcp
@@ -165,7 +168,7 @@ class McpSender:
         except GatewayError as exc:
             raise CaptureFailed(f"capture tool {tool} failed ({exc.message}); "
                                 "the write was not sent") from exc
-        failed = mcp.failure(answer)
+        failed = mcp.failure(answer, arguments)
         if failed is not None:
             raise CaptureFailed(f"capture tool {tool}: {failed}; the write was not sent")
         return _observed(answer.get("result"))
@@ -176,7 +179,7 @@ class McpSender:
         tool, arguments = mcp.decode_target(target)
         answer = await self.call_tool(upstream, tool, arguments, self.settings.capture_timeout,
                                       fresh=False)
-        failed = mcp.failure(answer)
+        failed = mcp.failure(answer, arguments)
         if failed is not None:
             return Observed(502, failed, None)
         return _observed(answer.get("result"))
@@ -240,7 +243,8 @@ class McpSender:
                     if not sending:
                         raise ConnectTimeout(f"{where}: no session in time; not sent") from exc
                     raise UpstreamTimeout(f"{where} timed out; the outcome is unknown") from exc
-                log.warning("tools/call %s on %s failed: %r", tool, upstream.name, exc)
+                log.warning("tools/call %s on %s failed: %s", tool, upstream.name,
+                            _quoted(upstream, repr(exc)))  # it may quote the server
                 if sending:
                     raise UpstreamLost(f"{where} failed after it was sent "
                                        f"({type(exc).__name__}); the outcome is unknown") from exc
@@ -345,6 +349,13 @@ class _Connection:
         self._stop.set()
         if self._task is not None:
             await asyncio.gather(self._task, return_exceptions=True)
+
+
+def _quoted(upstream: Upstream, text: str) -> str:
+    """What the server said (in an SDK error: a result that did not validate quotes it),
+    as a log may show it: redacted by name, without the credential's echoes."""
+    text = redact_text(text)
+    return text if upstream.echoes is None else upstream.echoes.text(text)
 
 
 def _credential(upstream: Upstream) -> dict[str, str]:

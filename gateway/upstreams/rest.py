@@ -25,13 +25,14 @@ from gateway.core import canonical, shadow
 from gateway.core import journal as journaling
 from gateway.core.approvals import HeldCall
 from gateway.core.body import FORM, fields, form_override, json_body, media_type, named_twice
+from gateway.core.encoding import Decoder, codings
 from gateway.core.headers import upstream_request_headers
 from gateway.core.model import JournalEntry, is_mutating
 from gateway.core.policy.compiled import CallView, Upstream
 from gateway.core.policy.schema import Capture
 from gateway.core.redact import Echoes
 from gateway.core.rollback import Step
-from gateway.errors import Ambiguous, BadRequest, CaptureFailed, GatewayError
+from gateway.errors import Ambiguous, BadRequest, CaptureFailed, GatewayError, UpstreamEncoding
 from gateway.ports import Headers, Observed, UpstreamResponse, untraced
 from gateway.ports import Upstream as UpstreamClient
 from gateway.services.call import Answer, BodyReader, Call, plain_answer
@@ -157,7 +158,8 @@ class RestSender:
             f"/{upstream.name}{call.raw_path}", entry.id,
             captured_path=isinstance(getattr(rule, "capture", None), Capture))
 
-    def answer(self, method: str, body: bytes, content_type: str | None) -> Answer:
+    def answer(self, method: str, body: bytes, content_type: str | None,
+               sent: Any = None) -> Answer:
         return plain_answer(body, content_type)  # failed: the status says
 
     # -- sending -----------------------------------------------------------------------
@@ -184,7 +186,7 @@ class RestSender:
             if head is not None:
                 exc.head = (head[0], hidden.headers(head[1]))  # type: ignore[attr-defined]
             raise
-        return unechoed(response, hidden, method)
+        return await unechoed(response, hidden, method)
 
     def _timeout(self, upstream: Upstream) -> float:
         return upstream.spec.timeout or self.settings.upstream_timeout
@@ -246,14 +248,28 @@ class RestSender:
         return None  # the client is the gateway's, closed by it
 
 
-def unechoed(response: UpstreamResponse, hidden: Echoes, method: str) -> UpstreamResponse:
+async def unechoed(response: UpstreamResponse, hidden: Echoes,
+                   method: str) -> UpstreamResponse:
     """``response`` without the credential wherever the upstream echoed it: headers, a
     body read whole (its length told again), a stream (chunk by chunk, its length no
-    longer known). Everything after the sender (the agent, the journal, held calls'
-    answers, errors) reads only this."""
+    longer known). A body compressed although identity was asked for is decoded first
+    and passed on as identity (gzip, deflate), or refused (``UpstreamEncoding``, any
+    other coding: an echo could hide in it). Everything after the sender (the agent,
+    the journal, held calls' answers, errors) reads only this."""
     headers = hidden.headers(response.headers)
+    decoder = None
+    if method != "HEAD" and response.status not in (204, 304):
+        applied = codings(headers)
+        if applied:
+            try:
+                decoder = Decoder(applied)
+            except UpstreamEncoding:
+                await _close(response.stream)
+                raise
+            headers = [(k, v) for k, v in headers if k.lower() != "content-encoding"]
     if response.body is not None:
-        body = hidden.body(response.body)
+        raw = decoder.whole(response.body) if decoder is not None else response.body
+        body = hidden.body(raw)
         if len(body) != len(response.body):
             headers = [(k, str(len(body)) if k.lower() == "content-length" else v)
                        for k, v in headers]
@@ -262,23 +278,39 @@ def unechoed(response: UpstreamResponse, hidden: Echoes, method: str) -> Upstrea
         return UpstreamResponse(response.status, headers)
     if method != "HEAD":
         headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
-    return UpstreamResponse(response.status, headers, stream=_unechoed(response.stream, hidden))
+    return UpstreamResponse(response.status, headers,
+                            stream=_unechoed(response.stream, hidden, decoder))
 
 
-async def _unechoed(chunks: AsyncIterator[bytes], hidden: Echoes) -> AsyncIterator[bytes]:
+async def _unechoed(chunks: AsyncIterator[bytes], hidden: Echoes,
+                    decoder: Decoder | None) -> AsyncIterator[bytes]:
     stream = hidden.stream()
     try:
-        async for chunk in chunks:
-            out = stream.feed(chunk)
+        if decoder is None:
+            async for chunk in chunks:
+                out = stream.feed(chunk)
+                if out:
+                    yield out
+        else:  # (the upstream compressed although asked not to)
+            async for chunk in chunks:
+                for piece in decoder.feed(chunk):
+                    out = stream.feed(piece)
+                    if out:
+                        yield out
+            out = stream.feed(decoder.end())
             if out:
                 yield out
     finally:  # closed early (the agent went away): the upstream's connection with it
-        close = getattr(chunks, "aclose", None)
-        if close is not None:
-            await close()
+        await _close(chunks)
     rest = stream.end()
     if rest:
         yield rest
+
+
+async def _close(chunks: AsyncIterator[bytes] | None) -> None:
+    close = getattr(chunks, "aclose", None)
+    if close is not None:
+        await close()
 
 
 def _observed(response: UpstreamResponse, etag: str | None) -> Observed:

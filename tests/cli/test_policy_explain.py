@@ -63,7 +63,7 @@ def test_check_warns_where_an_undo_cannot_be_inferred(
         billing: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("BILLING_USER", "u")
-    monkeypatch.setenv("BILLING_PASSWORD", "p")
+    monkeypatch.setenv("BILLING_PASSWORD", "billing-password")  # not too short to hide
     assert main(["policy", "check", str(billing)]) == 0
     out = capsys.readouterr().out
     warnings = [line for line in out.splitlines() if ": warning: " in line]

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import pytest
 
-from gateway.core.mcp import redact_answer
+from gateway.core.mcp import failure, redact_answer
 from gateway.core.policy.compiled import Credential
 from gateway.core.redact import (
     REDACTED,
@@ -167,6 +168,22 @@ def test_a_tool_answer_is_journaled_with_its_texts_redacted() -> None:
     assert redact_answer(None) is None and redact_answer({"error": {}}) == {"error": {}}
 
 
+def test_a_tool_error_is_quoted_without_the_secrets_it_repeats() -> None:
+    """The server's words name no secret: by name, nor the call's secret arguments."""
+    sent = {"id": "a1", "auth": {"password": "hunter2", "pin": 4321}, "note": "hunter"}
+    said = "hunter2 (pin 4321) refused for a1; api_key=sk-9"
+    error = {"jsonrpc": "2.0", "id": 1, "error": {"code": -32000, "message": said}}
+    tool = {"jsonrpc": "2.0", "id": 1,
+            "result": {"content": [{"type": "text", "text": said}], "isError": True}}
+    quoted = "[REDACTED] (pin [REDACTED]) refused for a1; api_key=[REDACTED]"
+    assert failure(error, sent) == f"JSON-RPC error -32000: {quoted}"
+    assert failure(tool, sent) == f"the tool reported an error: {quoted}"
+    assert redact_answer(error, sent) == {**error, "error": {"code": -32000, "message": quoted}}
+    assert redact_answer(tool, sent)["result"]["content"][0]["text"] == quoted  # type: ignore[index]
+    assert failure(tool) == "the tool reported an error: hunter2 (pin 4321) refused for a1; " \
+        "api_key=[REDACTED]"  # nothing sent: by name only
+
+
 SECRET = "s3cr/t k"
 ECHOED = [
     # (row id, what the upstream answered, what is shown)
@@ -217,3 +234,33 @@ def test_the_credential_values_that_go_on_the_wire() -> None:
     assert Credential(headers=(("x-key", ""),)).sent == ()
     with pytest.raises(ValueError):
         Echoes([""])
+
+
+def test_a_value_too_short_to_replace_is_left_and_named() -> None:
+    """A few characters occur by chance everywhere: only longer values are replaced."""
+    echoes = Echoes(["ab", "Token ab"])
+    assert echoes.text("a table; Token ab") == "a table; [REDACTED]"
+    with pytest.raises(ValueError, match="at least 4"):
+        Echoes(["abc"])
+    assert Credential(headers=(("x-key", "Token ab"),)).unhidden is not None
+    assert "ab" not in (Credential(query=("k", "ab")).unhidden or "").split()
+    assert Credential(headers=(("x-key", "Token abcd"),)).unhidden is None
+
+
+@pytest.mark.parametrize("lead", [b"", b"x", b"xy", b"Basic:", b"\xff\x00\x10"])
+@pytest.mark.parametrize("encode", [base64.b64encode, base64.urlsafe_b64encode])
+def test_a_secret_inside_base64_is_hidden_at_any_offset(lead: bytes, encode: Any) -> None:
+    """Wherever it sits in an encoded value, no decoding of what is left shows it."""
+    secret = "s3cr/t?>~~k"  # bytes that encode to + and / (- and _ URL-safe)
+    for tail in (b"", b"!", b"?>", b"..."):
+        encoded = encode(lead + secret.encode() + tail).decode()
+        shown = Echoes([secret]).text(f'{{"blob": "{encoded}"}}')
+        assert "[REDACTED]" in shown, (lead, tail)
+        left = shown.split('"')[3].split("[REDACTED]")
+        assert all(secret.encode() not in _decoded(part) for part in left)
+    assert Echoes(["shortpw"]).text(base64.b64encode(b"shortpw").decode()) == "c2hvcnRwdw=="
+
+
+def _decoded(part: str) -> bytes:
+    raw = part.replace("-", "+").replace("_", "/").rstrip("=")
+    return base64.b64decode(raw[:len(raw) - len(raw) % 4] or b"")

@@ -191,3 +191,34 @@ async def test_only_an_upstream_with_a_credential_has_its_answers_read(
     assert (response is not client.response) is hidden
     body = await response.read()
     assert (SECRET.encode() in body) is not hidden
+
+
+class Worded:
+    """An upstream whose answer holds ordinary words, and the request's headers."""
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        body = json.dumps({"label": "a table about abacus",
+                           "headers": {k.decode(): v.decode() for k, v in scope["headers"]}})
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": body.encode()})
+
+
+async def test_a_credential_too_short_to_replace_leaves_answers_whole(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A two-letter token would be replaced wherever those letters occur: it is not, and
+    ``policy check`` says its echoes are not hidden; the header's whole value still is."""
+    short = 'credentials: {header: X-Api-Token, value: "Token ab"}\n'
+    async with serve_app(Worded()) as url, started_gateway(
+            tmp_path, f"sqlite+aiosqlite:///{tmp_path}/gw.db",
+            {"api.yaml": policy_text(url, RULES, upstream="api", extra=short)}) as gw:
+        read = await gw.agent.get("/api/items")
+    assert read.status_code == 200, read.text
+    assert read.json()["label"] == "a table about abacus"  # not t[REDACTED]le
+    assert read.json()["headers"]["x-api-token"] == "[REDACTED]"  # "Token ab", as sent
+    from gateway.cli import main
+    assert main(["policy", "check", str(tmp_path / "policies")]) == 0
+    [warning] = [line for line in capsys.readouterr().out.splitlines() if "warning" in line]
+    assert "shorter than 4 characters" in warning and "'ab'" not in warning, warning

@@ -12,7 +12,7 @@ from typing import Any
 from gateway.core.cel import Condition
 from gateway.core.policy.mcp_schema import McpPolicyFile, McpRule
 from gateway.core.policy.schema import Mode, PolicyFile, Rule, SigV4Credential
-from gateway.core.redact import Echoes
+from gateway.core.redact import MIN_ECHO, Echoes
 from gateway.core.template import PathTrie, Template
 
 
@@ -24,6 +24,9 @@ class Credential:
     headers: tuple[tuple[str, str], ...] = ()  # lower-case names
     query: tuple[str, str] | None = None
     sigv4: SigV4Credential | None = None
+    # secrets sent only encoded, which an upstream may answer decoded: a Basic
+    # credential's password and its ``user:password`` pair
+    decoded: tuple[str, ...] = ()
 
     @property
     def replaces(self) -> frozenset[str]:
@@ -50,6 +53,22 @@ class Credential:
         if self.sigv4 is not None and self.sigv4.session_token:
             values.append(self.sigv4.session_token)
         return tuple(v for v in values if v)
+
+    @property
+    def echoed(self) -> tuple[str, ...]:
+        """What an answer must not show: the values ``sent``, and those sent ``decoded``."""
+        return self.sent + tuple(v for v in self.decoded if v)
+
+    @property
+    def unhidden(self) -> str | None:
+        """Why an echo of this credential is not hidden, if one of its values is too short
+        to replace (``MIN_ECHO``); the warning names no value."""
+        if not any(len(v) < MIN_ECHO for v in self.echoed):
+            return None
+        return (f"credentials: a value it sends (or the token after its scheme) is shorter "
+                f"than {MIN_ECHO} characters, so it is not replaced where the upstream's "
+                "answers echo it (it would be replaced wherever those characters occur); "
+                "use the real credential")
 
 
 AnyRule = Rule | McpRule
@@ -84,8 +103,9 @@ class Upstream:
     echoes: Echoes | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
-        sent = self.credential.sent if self.credential is not None else ()
-        self.echoes = Echoes(sent) if sent else None
+        sent = self.credential.echoed if self.credential is not None else ()
+        replaced = [value for value in sent if len(value) >= MIN_ECHO]
+        self.echoes = Echoes(replaced) if replaced else None
 
     @property
     def credential_value(self) -> str | None:

@@ -275,9 +275,11 @@ def resolve_credential(spec: Credentials, env: Mapping[str, str]) -> Credential:
     if spec.header is not None and spec.value is not None:
         return Credential(headers=((spec.header.lower(), expand(spec.value)),))
     if spec.basic is not None:
-        pair = f"{expand(spec.basic.username)}:{expand(spec.basic.password)}"
+        password = expand(spec.basic.password)
+        pair = f"{expand(spec.basic.username)}:{password}"
         return Credential(headers=(("authorization",
-                                    "Basic " + base64.b64encode(pair.encode()).decode()),))
+                                    "Basic " + base64.b64encode(pair.encode()).decode()),),
+                          decoded=(pair, password))
     if spec.query is not None:
         return Credential(query=(spec.query.name, expand(spec.query.value)))
     assert spec.aws_sigv4 is not None
