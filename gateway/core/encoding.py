@@ -27,6 +27,7 @@ from gateway.errors import UpstreamEncoding
 
 _DECODED = {"gzip": 31, "x-gzip": 31, "deflate": 15}  # zlib's wbits for each
 _PIECE = 1 << 20  # a stream is decoded in pieces of at most this many bytes
+WHOLE_LIMIT = 64 << 20  # a body read whole is refused if it decodes to more than this
 
 
 def codings(headers: Iterable[tuple[str, str]]) -> list[str]:
@@ -56,8 +57,19 @@ class Decoder:
                 "gateway cannot decode to look for its credential; it asked for identity")
         self._stages = [_Stage(coding) for coding in reversed(applied)]
 
-    def whole(self, data: bytes) -> bytes:
-        return b"".join(self.feed(data)) + self.end()
+    def whole(self, data: bytes, limit: int = WHOLE_LIMIT) -> bytes:
+        """``data`` decoded; refused past ``limit`` bytes (a small body that inflates
+        without end must not take the process's memory with it)."""
+        pieces, size = [], 0
+        for piece in self.feed(data):
+            size += len(piece)
+            if size > limit:
+                raise UpstreamEncoding(
+                    f"the upstream's {'+'.join(s.coding for s in reversed(self._stages))} "
+                    f"answer decodes to more than {limit} bytes; the gateway reads answers "
+                    "this large only as identity")
+            pieces.append(piece)
+        return b"".join(pieces) + self.end()
 
     def feed(self, chunk: bytes) -> Iterator[bytes]:
         """What ``chunk`` decodes to so far, in pieces of bounded size."""

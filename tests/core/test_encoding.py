@@ -62,3 +62,10 @@ def test_codings_are_read_in_the_order_applied() -> None:
     assert codings([("content-encoding", "identity")]) == []
     assert codings([("Content-Encoding", "deflate"), ("content-encoding", " GZip ")]) == \
         ["deflate", "gzip"]
+
+
+def test_a_body_read_whole_that_inflates_past_the_limit_is_refused() -> None:
+    bomb = zlib.compress(b"\0" * (1 << 22), wbits=31)  # 4 MiB of zeros in ~4 KiB
+    assert Decoder(["gzip"]).whole(bomb, limit=1 << 22) == b"\0" * (1 << 22)
+    with pytest.raises(UpstreamEncoding, match="more than 1048576 bytes"):
+        Decoder(["gzip"]).whole(bomb, limit=1 << 20)
