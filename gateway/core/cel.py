@@ -91,13 +91,36 @@ def lookups(source: str) -> tuple[tuple[str, str, str | None], ...] | None:
     return tuple(terms)
 
 
+_HEADER_READ = re.compile(
+    rf"""request\.headers\[\s*{_LITERAL}\s*\]|{_LITERAL}\s+in\s+request\.headers\b"""
+    r"""|request\.headers\.([A-Za-z_][A-Za-z0-9_]*)\b(?!\s*\()""")
+
+
+def header_names(source: str) -> frozenset[str] | None:
+    """The lower-case header names a ``when`` reads, or None when it reads the headers
+    in a way that does not name them (``request.headers.exists(...)``, ``size()``).
+
+    >>> sorted(header_names("'x-force' in request.headers && request.headers.api_key == 'k'"))
+    ['api_key', 'x-force']
+    >>> header_names("request.headers.exists(h, h.startsWith('x-'))") is None
+    True
+    """
+    names: set[str] = set()
+
+    def named(m: re.Match[str]) -> str:
+        names.add(next(g for g in m.groups() if g is not None).lower())
+        return ""
+    rest = _HEADER_READ.sub(named, source)
+    return None if "request.headers" in rest else frozenset(names)
+
+
 def _text(m: re.Match[str], group: int) -> str:
     single = m.group(group)
     return single if single is not None else m.group(group + 1)
 
 
 class Condition:
-    __slots__ = ("_program", "_lookups", "source")
+    __slots__ = ("_program", "_lookups", "source", "headers")
 
     def __init__(self, source: str) -> None:
         self.source = source
@@ -111,6 +134,8 @@ class Condition:
                     from None
             raise ValueError(f"invalid CEL in when {source!r}: {_message(exc)}") from None
         self._lookups = lookups(source)
+        # the headers it reads (None: it reads them without naming them)
+        self.headers = header_names(source) if "headers" in source else frozenset()
 
     def evaluate(self, activation: dict[str, Any]) -> bool:
         if self._lookups is not None:

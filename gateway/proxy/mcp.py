@@ -76,6 +76,10 @@ class McpReader:
     async def handle(self, call: Call) -> Reply:
         if call.raw_path not in ("", "/") or call.query and call.method != "GET":
             raise UnknownUpstream(f"an MCP upstream has one endpoint: /{call.upstream}")
+        for name, _ in call.headers:  # ``Mcp_Method``: WSGI and CGI read it as Mcp-Method
+            if "_" in name and name.replace("_", "-").startswith("mcp-"):
+                raise BadRequest(f"header {name!r} spells an MCP header with '_': send it "
+                                 "with '-' (an upstream may read both as one)")
         _unseal_session(call)
         reply = await self._handle(call)
         response = reply.response

@@ -105,6 +105,11 @@ class RestSender:
             if repeated is not None:  # the rule would read one, the upstream maybe the other
                 raise BadRequest(f"header {repeated!r} is sent more than once; a rule judges "
                                  "the headers")
+            respelt = canonical.respelt_header(call.headers, upstream.judged_headers(candidates))
+            if respelt is not None:  # ``X_Force``: the rule sees no ``x-force``, WSGI does
+                raise BadRequest(f"header {respelt!r} may be read as another spelling of a "
+                                 "header a rule judges ('_' and '-' are one to WSGI and CGI "
+                                 "servers); send it as the rule names it")
         judged = upstream.needs_body(candidates)
         if not (writes or judged):
             return view

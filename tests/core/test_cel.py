@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from gateway.core.cel import Condition, lookups
+from gateway.core.cel import Condition, header_names, lookups
 from gateway.core.policy.compiled import CallView
 from gateway.core.policy.decide import PolicySet, activation
 from gateway.core.policy.loader import load_policy_set
@@ -114,3 +114,19 @@ def test_hundreds_of_operations_on_one_path_are_told_apart() -> None:
         decision = PolicySet.decide(policies, upstream, view)
         assert decision.verdict.value == verdict, action
         assert decision.rule == (f"r-{action.lower()}" if verdict != "deny" else None)
+
+
+@pytest.mark.parametrize(("source", "names"), [
+    ("'x-force' in request.headers && request.headers['x-force'] == 'true'", {"x-force"}),
+    ("request.headers[\"X-Amz-Target\"] == 'A.B'", {"x-amz-target"}),
+    ("has(request.headers.debug_mode)", {"debug_mode"}),
+    ("request.body.amount > 10", set()),
+    ("request.headers.exists(h, h.startsWith('x-'))", None),
+    ("size(request.headers) > 3", None),
+    ("request.headers[request.query.name] == 'x'", None),
+])
+def test_header_names_a_when_reads(source: str, names: set[str] | None) -> None:
+    """Named headers are judged by name; a ``when`` that reads them otherwise: all."""
+    assert Condition(source).headers == (None if names is None else frozenset(names))
+    if "headers" in source:
+        assert header_names(source) == Condition(source).headers

@@ -161,6 +161,21 @@ async def test_a_denied_tool_call_sent_as_a_notification_is_not_an_error(
         assert [s[2]["params"]["name"] for s in upstream.seen] == ["get_key"]
 
 
+@pytest.mark.parametrize("header", ["Mcp_Method", "mcp_name", "Mcp_Session_Id",
+                                    "Mcp-Param_Region"])
+async def test_an_mcp_header_spelt_with_underscores_is_refused(tmp_path: Path,
+                                                              header: str) -> None:
+    """WSGI and CGI read ``Mcp_Method`` as ``Mcp-Method``, which must agree with the
+    body; spelt with ``_`` the gateway would not compare it (a session id so spelt
+    would skip its owner's check). 400, for a message, the stream and its end."""
+    async with mcp_gateway(tmp_path) as (gw, upstream):
+        for method, body in (("POST", call("rotate_key")), ("GET", b""), ("DELETE", b"")):
+            reply = await gw.agent.request(method, "/tools", content=body,
+                                           headers={**HEADERS, header: "get_key"})
+            assert reply.status_code == 400, (method, reply.text)
+        assert upstream.seen == []
+
+
 async def test_a_number_a_when_compares_must_survive_a_double(tmp_path: Path) -> None:
     """Item 13 for tool arguments: 1000.0000000000000001 is read as 1000.0."""
     async with mcp_gateway(tmp_path) as (gw, upstream):

@@ -153,6 +153,19 @@ class Upstream:
             "headers" in self.conditions[index].source for index, _ in candidates
             if index in self.conditions)
 
+    def judged_headers(self, candidates: list[tuple[int, dict[str, str]]],
+                       ) -> frozenset[str] | None:
+        """The lower-case header names candidate rules' ``when``s read (None: some reads
+        them without naming them, ``request.headers.exists(...)``)."""
+        names: frozenset[str] = frozenset()
+        for index, _ in candidates:
+            condition = self.conditions.get(index)
+            if condition is not None:
+                if condition.headers is None:
+                    return None
+                names |= condition.headers
+        return names
+
     def judges_query(self, candidates: list[tuple[int, dict[str, str]]]) -> bool:
         """True when some candidate rule's ``when`` reads ``request.query``."""
         return bool(self.conditions) and any(
