@@ -176,6 +176,11 @@ class Condition:
         # the headers it reads (None: it reads them without naming them)
         self.headers = header_names(source) if "headers" in source else frozenset()
 
+    @property
+    def alternatives(self) -> tuple[tuple[Term, ...], ...] | None:
+        """The ``lookups`` this ``when`` is, if it is one (else None: CEL decides)."""
+        return self._lookups
+
     def evaluate(self, activation: dict[str, Any]) -> bool:
         if self._lookups is not None:
             found = self._looked_up(activation)
