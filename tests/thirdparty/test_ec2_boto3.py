@@ -4,9 +4,10 @@ wrote, on moto's server.
 botocore speaks AWS's query protocol as ``POST /`` with ``Action=RunInstances&...``
 in a form body (never in the query). The generated rules judge ``Action`` there:
 a write is journaled and frozen by the kill switch, a terminate waits for a
-person (``approval: {answer: error}``: boto3 raises it), a describe reads. The
-gateway holds the AWS keys (``aws_sigv4`` credentials) and signs what it sends;
-the agent signs with its gateway key as the access key id.
+person (``approval: {answer: error}``: boto3 raises it, with the gateway's code
+and message, which it reads from the query APIs' ``ErrorResponse``), a describe
+reads. The gateway holds the AWS keys (``aws_sigv4`` credentials) and signs what
+it sends; the agent signs with its gateway key as the access key id.
 """
 
 from __future__ import annotations
@@ -74,6 +75,9 @@ def test_boto3_ec2_calls_are_judged_by_the_action_in_their_body(
     with pytest.raises(ClientError) as held:  # it destroys: a person decides
         agent.terminate_instances(InstanceIds=[instance])
     assert held.value.response["ResponseMetadata"]["HTTPStatusCode"] == 409
+    error = held.value.response["Error"]  # what the model reads: pending, and where
+    assert error["Code"] == "OperationAborted", held.value.response
+    assert "approval_pending" in error["Message"] and "/_gateway/approvals/" in error["Message"]
     state = direct.describe_instances(InstanceIds=[instance])
     assert state["Reservations"][0]["Instances"][0]["State"]["Name"] == "running"
 
@@ -84,5 +88,6 @@ def test_boto3_ec2_calls_are_judged_by_the_action_in_their_body(
     with pytest.raises(ClientError) as frozen:
         agent.run_instances(ImageId=image, MinCount=1, MaxCount=1)
     assert frozen.value.response["ResponseMetadata"]["HTTPStatusCode"] == 423
+    assert "writes_frozen" in frozen.value.response["Error"]["Message"]
     assert agent.describe_instances(InstanceIds=[instance])["Reservations"]  # reads go on
     assert direct.describe_instances()["Reservations"] == before  # nothing was run
