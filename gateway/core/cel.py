@@ -149,8 +149,8 @@ def header_names(source: str) -> frozenset[str] | None:
     def named(m: re.Match[str]) -> str:
         names.add(next(g for g in m.groups() if g is not None).lower())
         return ""
-    rest = _HEADER_READ.sub(named, source)
-    return None if "request.headers" in rest else frozenset(names)
+    rest = _HEADER_READ.sub(named, source)  # any other mention: ``request['headers']``
+    return None if "headers" in rest else frozenset(names)
 
 
 def _text(m: re.Match[str], group: int) -> str:

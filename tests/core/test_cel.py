@@ -141,6 +141,7 @@ def test_hundreds_of_operations_on_one_path_are_told_apart() -> None:
     ("request.headers.exists(h, h.startsWith('x-'))", None),
     ("size(request.headers) > 3", None),
     ("request.headers[request.query.name] == 'x'", None),
+    ("request['headers']['x-force'] == 'true'", None),
 ])
 def test_header_names_a_when_reads(source: str, names: set[str] | None) -> None:
     """Named headers are judged by name; a ``when`` that reads them otherwise: all."""
