@@ -201,6 +201,30 @@ async def test_an_aws_query_call_from_botocore_is_judged_by_the_action_in_its_bo
     assert (entry["method"], entry["path"]) == ("POST", "/") and "start" in entry["rule"]
 
 
+@pytest.mark.parametrize("target", ["X-Amz-Target", "x_amz_target"])
+async def test_a_call_cannot_name_its_operation_in_action_and_x_amz_target(
+        aws: tuple[Harness, Recording], target: str) -> None:
+    """SQS speaks the query protocol (``Action``) and AWS's JSON one (``X-Amz-Target``)
+    on one endpoint: a call naming a read in ``Action`` (judged) and a delete in
+    ``X-Amz-Target`` (what such a service may run) is 400, wherever ``Action`` is."""
+    gw, upstream = aws
+    header = {target: "AmazonSQS.DeleteQueue"}
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    for request in ({"params": {"Action": "DescribeInstances"}},
+                    {"content": b"Action=DescribeInstances", "headers": form},
+                    {"json": {"Action": "DescribeInstances"}}):
+        headers = {**request.pop("headers", {}), **header}  # type: ignore[dict-item]
+        response = await gw.agent.post("/ec2/", headers=headers, **request)  # type: ignore[arg-type]
+        assert response.status_code == 400, (request, response.text)
+        assert "x-amz-target" in response.json()["error"]["message"].lower()
+    assert upstream.reached() == []
+    # a JSON-protocol call whose input has an ``Action`` member (EventBridge's
+    # PutPermission), under rules that judge X-Amz-Target alone: fine
+    member = await gw.agent.post("/ddb/", json={"TableName": "t", "Action": "events:Put"},
+                                 headers={**AMZ_JSON, "X-Amz-Target": TARGET + "DescribeTable"})
+    assert member.status_code == 200, member.text
+
+
 @pytest.mark.parametrize("judged", ["DescribeInstances", "StartInstances"])
 async def test_a_form_body_cannot_name_another_action_than_the_query(
         aws: tuple[Harness, Recording], judged: str) -> None:

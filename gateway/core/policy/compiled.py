@@ -107,6 +107,7 @@ class Upstream:
     # the rules whose ``when`` reads the headers, the query (asked of every call)
     _reads_headers: frozenset[int] = field(init=False, default=frozenset())
     _reads_query: frozenset[int] = field(init=False, default=frozenset())
+    _reads_action: frozenset[int] = field(init=False, default=frozenset())
 
     def __post_init__(self) -> None:
         sent = self.credential.echoed if self.credential is not None else ()
@@ -116,6 +117,9 @@ class Upstream:
             i for i, condition in self.conditions.items() if "headers" in condition.source)
         self._reads_query = frozenset(
             i for i, condition in self.conditions.items() if "query" in condition.source)
+        self._reads_action = frozenset(  # an ``Action`` parameter: AWS's query protocol
+            i for i, condition in self.conditions.items() if "action" in condition.source.lower()
+            and ("query" in condition.source or "body" in condition.source))
         if self.conditions and not isinstance(self.spec, McpPolicyFile):
             dispatch = Dispatch(self.conditions, len(self.spec.rules))
             self.dispatch = dispatch if dispatch.narrows else None
@@ -178,6 +182,12 @@ class Upstream:
                     return None
                 names |= read
         return names
+
+    def judges_action(self, candidates: list[tuple[int, dict[str, str]]]) -> bool:
+        """True when some candidate rule's ``when`` may read an ``Action`` parameter (in the
+        query or the body): AWS's query protocol names the operation there."""
+        reads = self._reads_action
+        return bool(reads) and any(index in reads for index, _ in candidates)
 
     def judges_query(self, candidates: list[tuple[int, dict[str, str]]]) -> bool:
         """True when some candidate rule's ``when`` reads ``request.query``."""
