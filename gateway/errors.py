@@ -50,8 +50,9 @@ life of a write under faults").
 
 The proxy turns any GatewayError into ``{"error": {"code", "message", ...}}``
 in one place (``gateway.proxy.responses``), the admin API any AdminError the same
-way; nothing raises HTTP exceptions. An upstream signed with ``aws_sigv4`` (S3)
-gets it as S3's XML error (``s3_xml``).
+way; nothing raises HTTP exceptions. An upstream signed with ``aws_sigv4`` gets it
+as S3's XML error (``s3_xml``) or, for another AWS service, as the query APIs' one
+(``query_xml``).
 """
 
 from __future__ import annotations
@@ -76,16 +77,29 @@ class GatewayError(Exception):
         return {"error": {"code": self.code, "message": self.message, **self.extra}}
 
     def s3_xml(self, request_id: str) -> bytes:
-        """The error as S3 answers one (``aws_sigv4`` upstreams): S3 SDKs read ``Code``
-        and ``Message`` from this and show a bare status for anything else."""
+        """The error as S3 answers one (``aws_sigv4`` upstreams of service ``s3``): S3
+        SDKs read ``Code`` and ``Message`` from this and show a bare status for anything
+        else."""
+        return (f'<?xml version="1.0" encoding="UTF-8"?>\n<Error>{self._xml_fields()}'
+                f"<RequestId>{escape(request_id)}</RequestId></Error>").encode()
+
+    def query_xml(self, request_id: str) -> bytes:
+        """The error as AWS's query APIs answer one (EC2, IAM, STS, SNS: ``aws_sigv4``
+        upstreams of other services), whose SDKs (botocore) read ``Code`` and ``Message``
+        under ``ErrorResponse`` and call S3's ``<Error>`` root Unknown."""
+        kind = "Receiver" if self.status >= 500 else "Sender"
+        return (f'<?xml version="1.0" encoding="UTF-8"?>\n<ErrorResponse><Error>'
+                f"<Type>{kind}</Type>{self._xml_fields()}</Error>"
+                f"<RequestId>{escape(request_id)}</RequestId></ErrorResponse>").encode()
+
+    def _xml_fields(self) -> str:
         code = _S3_CODES.get(self.status, "InternalError" if self.status >= 500
                              else "InvalidRequest")
         message = f"gateway {self.code}: {self.message}"
         extra = "".join(f"<{_xml_name(k)}>{escape(str(v))}</{_xml_name(k)}>"
                         for k, v in self.extra.items() if v is not None)
-        return (f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code>'
-                f"<Message>{escape(message)}</Message><GatewayCode>{self.code}</GatewayCode>"
-                f"{extra}<RequestId>{escape(request_id)}</RequestId></Error>").encode()
+        return (f"<Code>{code}</Code><Message>{escape(message)}</Message>"
+                f"<GatewayCode>{self.code}</GatewayCode>{extra}")
 
 
 _S3_CODES = {401: "InvalidAccessKeyId", 403: "AccessDenied", 404: "NoSuchUpstream",

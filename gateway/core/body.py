@@ -117,6 +117,23 @@ def named_twice(query: Mapping[str, str], form: Mapping[str, Any]) -> str | None
     return next((name for name in form if field_key(name, nested=True) in asked), None)
 
 
+def named_twice_aws(headers: list[tuple[str, str]], query: Mapping[str, str],
+                    body: Any) -> bool:
+    """Whether a call names an AWS operation in ``X-Amz-Target`` (the JSON protocol, also
+    spelt ``X_Amz_Target``) and in an ``Action`` parameter (the query protocol: the query
+    or the body): services that speak both (SQS) may run the one a rule did not judge.
+
+    >>> named_twice_aws([("x-amz-target", "AmazonSQS.DeleteQueue")], {"Action": "X"}, None)
+    True
+    >>> named_twice_aws([("x-amz-target", "DynamoDB_20120810.PutItem")], {}, {"Item": {}})
+    False
+    """
+    if not any(name.replace("_", "-").lower() == "x-amz-target" for name, _ in headers):
+        return False
+    named = [*query, *(body if isinstance(body, dict) else ())]
+    return any(field_key(name, nested=True) == "action" for name in named)
+
+
 def form_override(fields: Any) -> bool:
     """True when a parsed form body carries ``_method`` (Rails, Laravel, Symfony)."""
     return isinstance(fields, dict) and any(k.strip().lower() == "_method" for k in fields)

@@ -160,3 +160,30 @@ def repeated_header(headers: list[tuple[str, str]]) -> str | None:
             return low
         seen.add(low)
     return None
+
+
+def respelt_header(headers: list[tuple[str, str]],
+                   judged: frozenset[str] | None) -> str | None:
+    """A header spelt so that an upstream may read it as a header a ``when`` judges under
+    another name, if any. WSGI and CGI servers (and Puma, Rack's) read ``X_Force`` as
+    ``X-Force`` (both are ``HTTP_X_FORCE``), while the rule sees ``x_force``, so an
+    ``X_Force`` the rule never saw would do what ``X-Force`` is held for. ``judged``:
+    the names the rules read (None: not known, so every name with ``_`` is suspect).
+
+    >>> respelt_header([("x_force", "true")], frozenset({"x-force"}))
+    'x_force'
+    >>> respelt_header([("api-key", "k")], frozenset({"api_key"}))
+    'api-key'
+    >>> respelt_header([("x_trace", "1"), ("x-force", "no")], frozenset({"x-force"})) is None
+    True
+    """
+    for name, _ in headers:
+        low = name.lower()
+        if judged is None:
+            if "_" in low:
+                return low
+            continue
+        key = low.replace("_", "-")
+        if any(other != low and other.replace("_", "-") == key for other in judged):
+            return low
+    return None

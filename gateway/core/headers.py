@@ -63,7 +63,8 @@ def upstream_request_headers(headers: list[tuple[str, str]], agent_key: str | No
     listed: set[str] = set()  # what a Connection header names is dropped too (below)
     for header in headers:
         name, value = header
-        if name in drop or name.startswith(_OURS):
+        if name in drop or name.startswith(_OURS) or "_" in name and _dropped_spelling(
+                name, drop):
             if name == "connection":
                 listed |= _connection_tokens(value)
             continue
@@ -77,6 +78,20 @@ def upstream_request_headers(headers: list[tuple[str, str]], agent_key: str | No
     if credential is not None and credential[1]:
         out.append(credential)
     return out
+
+
+def _dropped_spelling(name: str, drop: frozenset[str]) -> bool:
+    """``X_Original_URL``, ``X_Gateway_Key``: what WSGI and CGI servers (and Puma) read
+    as the ``-`` spelling, which is dropped, so this one is too."""
+    folded = name.replace("_", "-")
+    return folded in drop or folded.startswith(_OURS)
+
+
+def method_override(name: str) -> bool:
+    """Whether header ``name`` (lower case) overrides the method, however spelt:
+    Rack's ``MethodOverride`` reads ``X_HTTP_Method_Override`` under Puma as it reads
+    ``X-HTTP-Method-Override`` (both are ``HTTP_X_HTTP_METHOD_OVERRIDE``)."""
+    return name in METHOD_OVERRIDES or "_" in name and name.replace("_", "-") in METHOD_OVERRIDES
 
 
 @lru_cache(maxsize=64)  # two requests a write (capture, forward): one set, not six unions

@@ -78,16 +78,30 @@ class Template:
         return "/" + "/".join(out)
 
 
+class _Entries(list[tuple[int, tuple[str | None, ...]]]):
+    """A node's (rule index, names of the single segments on the way, None for ``*``)
+    in file order, and the same by rule index (``names``)."""
+
+    __slots__ = ("names",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: dict[int, tuple[str | None, ...]] = {}
+
+    def add(self, index: int, names: tuple[str | None, ...]) -> None:
+        self.append((index, names))
+        self.names.setdefault(index, names)
+
+
 @dataclass(slots=True)
 class _Node:
     literal: dict[str, _Node] = field(default_factory=dict)
     folds: dict[str, str] = field(default_factory=dict)  # fold(literal) -> literal
     single: _Node | None = None
-    # (rule index, names of the single segments on the way, None for "*")
-    ends: list[tuple[int, tuple[str | None, ...]]] = field(default_factory=list)
-    rest: list[tuple[int, tuple[str | None, ...]]] = field(default_factory=list)
+    ends: _Entries = field(default_factory=_Entries)
+    rest: _Entries = field(default_factory=_Entries)
     # a final {name+}: the rest (at least one segment) bound to the last name
-    greedy: list[tuple[int, tuple[str | None, ...]]] = field(default_factory=list)
+    greedy: _Entries = field(default_factory=_Entries)
 
 
 class PathTrie:
@@ -100,10 +114,10 @@ class PathTrie:
         node, names = self._root, list[str | None]()
         for seg in template.segments:
             if seg == "**":
-                node.rest.append((index, tuple(names)))
+                node.rest.add(index, tuple(names))
                 return
             if seg.endswith("+}"):
-                node.greedy.append((index, (*names, seg[1:-2])))
+                node.greedy.add(index, (*names, seg[1:-2]))
                 return
             if seg == "*" or seg.startswith("{"):
                 if node.single is None:
@@ -113,28 +127,32 @@ class PathTrie:
             else:
                 node.folds.setdefault(fold(seg), seg)
                 node = node.literal.setdefault(seg, _Node())
-        node.ends.append((index, tuple(names)))
+        node.ends.add(index, tuple(names))
 
-    def match(self, segments: list[str]) -> list[tuple[int, dict[str, str]]]:
+    def match(self, segments: list[str], only: frozenset[int] | None = None,
+              ) -> list[tuple[int, dict[str, str]]]:
+        """The rules whose template matches, with their bound names; ``only``: of these
+        rules alone (``gateway.core.policy.dispatch``), the walk and its ``Ambiguous``
+        unchanged."""
         found: list[tuple[int, dict[str, str]]] = []
-        self._walk(self._root, segments, 0, [], found)
+        self._walk(self._root, segments, 0, [], found, only)
         found.sort(key=lambda item: item[0])
         return found
 
     def _walk(self, node: _Node, segs: list[str], i: int, values: list[str],
-              found: list[tuple[int, dict[str, str]]]) -> None:
-        for index, names in node.rest:
+              found: list[tuple[int, dict[str, str]]], only: frozenset[int] | None) -> None:
+        for index, names in _among(node.rest, only):
             found.append((index, _bind(names, values)))
         if node.greedy and i < len(segs):
-            for index, names in node.greedy:
+            for index, names in _among(node.greedy, only):
                 found.append((index, _bind(names, [*values, "/".join(segs[i:])])))
         if i == len(segs):
-            for index, names in node.ends:
+            for index, names in _among(node.ends, only):
                 found.append((index, _bind(names, values)))
             return
         child = node.literal.get(segs[i])
         if child is not None:
-            self._walk(child, segs, i + 1, values, found)
+            self._walk(child, segs, i + 1, values, found, only)
         elif node.folds:
             alias = node.folds.get(fold(segs[i]))
             if alias is not None:
@@ -143,9 +161,22 @@ class PathTrie:
                                 f"parameters; send {alias!r}")
         if node.single is not None:
             values.append(segs[i])
-            self._walk(node.single, segs, i + 1, values, found)
+            self._walk(node.single, segs, i + 1, values, found, only)
             values.pop()
 
 
+def _among(entries: _Entries, only: frozenset[int] | None,
+           ) -> list[tuple[int, tuple[str | None, ...]]] | _Entries:
+    """``entries`` (rule index, names), or those of the rules in ``only``: looked up one
+    by one when they are few beside the entries (hundreds of rules on ``/``)."""
+    if only is None or not entries:
+        return entries
+    if len(only) * 8 < len(entries):
+        return [(index, entries.names[index]) for index in only if index in entries.names]
+    return [entry for entry in entries if entry[0] in only]
+
+
 def _bind(names: tuple[str | None, ...], values: list[str]) -> dict[str, str]:
+    if not names:
+        return {}
     return {name: value for name, value in zip(names, values) if name is not None}

@@ -125,7 +125,7 @@ class ProxyApp:
             record.decision, record.status = exc.decision, exc.status
             await self._audit(scope, request_id, exc.decision, exc.status,
                               {"code": exc.code, **exc.extra})
-            await _error(send, exc, request_id, self._s3(scope))
+            await _error(send, exc, request_id, self._aws(scope))
             return
         except Exception:
             log.exception("unexpected error handling %s %s", scope.get("method"), scope.get("path"))
@@ -138,11 +138,12 @@ class ProxyApp:
         await _stream(send, reply, request_id, scope["method"] == "HEAD",
                       scope.get("gateway.hold_head"))
 
-    def _s3(self, scope: Scope) -> bool:
-        """Whether the call's upstream signs with ``aws_sigv4``: its errors are S3's XML."""
+    def _aws(self, scope: Scope) -> str | None:
+        """The AWS service the call's upstream signs for (``aws_sigv4``), if any: its
+        errors are answered in that service's XML."""
         upstream = self.policies.current.upstreams.get(scope["path"][1:].partition("/")[0])
-        return upstream is not None and upstream.credential is not None \
-            and upstream.credential.sigv4 is not None
+        sigv4 = upstream.credential.sigv4 if upstream and upstream.credential else None
+        return sigv4.service if sigv4 is not None else None
 
     async def _audit(self, scope: Scope, request_id: str, decision: str, status: int,
                      detail: dict[str, Any],
@@ -256,9 +257,13 @@ def _gateway_headers(decision: str, request_id: str) -> list[tuple[bytes, bytes]
             (b"x-gateway-request-id", request_id.encode())]
 
 
-async def _error(send: Send, exc: GatewayError, request_id: str, s3: bool = False) -> None:
-    data = exc.s3_xml(request_id) if s3 else json.dumps(exc.body()).encode()
-    kind = [(b"content-type", b"application/xml")] if s3 else _JSON
+async def _error(send: Send, exc: GatewayError, request_id: str,
+                 aws: str | None = None) -> None:
+    if aws is None:
+        data, kind = json.dumps(exc.body()).encode(), _JSON
+    else:  # S3's own XML, else the query APIs' (botocore reads no other shape)
+        data = exc.s3_xml(request_id) if aws.startswith("s3") else exc.query_xml(request_id)
+        kind = [(b"content-type", b"application/xml")]
     headers = kind + [(b"content-length", str(len(data)).encode())]
     if exc.status in _CLOSE_AFTER:
         headers.append((b"connection", b"close"))

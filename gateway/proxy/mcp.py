@@ -15,7 +15,9 @@ sender. What only MCP needs happens here, on the way back:
 - ``GET`` (the server's stream) and ``DELETE`` (end of a session) are relayed.
 
 Routing headers of 2026-07-28 (``Mcp-Method``, ``Mcp-Name``) must agree with
-the body, as the SDK's server requires, so what is judged is what is routed.
+the body, as the SDK's server requires, so what is judged is what is routed;
+a batch's messages are each sent under the batch's headers, so each must agree,
+and a batch carries no ``Mcp-Param-*`` (one tool call's arguments).
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ import mcp_types
 from mcp.shared.inbound import (
     MCP_METHOD_HEADER,
     MCP_NAME_HEADER,
+    MCP_PARAM_HEADER_PREFIX,
+    NAME_BEARING_METHODS,
     decode_header_value,
     find_duplicated_routing_header,
 )
@@ -51,6 +55,7 @@ from gateway.services.call import Call, Policies, Reply, body_reader
 from gateway.services.pipeline import Pipeline
 
 SESSION = "mcp-session-id"
+MCP_PARAM = MCP_PARAM_HEADER_PREFIX.lower()
 # a batch's header: its gravest decision
 _SEVERITY = ["allow", "shadow", "hold", "error", "deny", "frozen"]
 
@@ -76,6 +81,10 @@ class McpReader:
     async def handle(self, call: Call) -> Reply:
         if call.raw_path not in ("", "/") or call.query and call.method != "GET":
             raise UnknownUpstream(f"an MCP upstream has one endpoint: /{call.upstream}")
+        for name, _ in call.headers:  # ``Mcp_Method``: WSGI and CGI read it as Mcp-Method
+            if "_" in name and name.replace("_", "-").startswith("mcp-"):
+                raise BadRequest(f"header {name!r} spells an MCP header with '_': send it "
+                                 "with '-' (an upstream may read both as one)")
         _unseal_session(call)
         reply = await self._handle(call)
         response = reply.response
@@ -101,22 +110,16 @@ class McpReader:
                 body, bool(self.policies.current.upstreams[call.upstream].conditions))
         except MessageError as exc:
             raise BadRequest(f"not a JSON-RPC message the gateway can judge: {exc}") from None
-        if not batch:
-            self._check_routing(call, items[0])
+        routing = _routing(call)
+        if batch and any(name.startswith(MCP_PARAM) for name in routing):
+            raise BadRequest("Mcp-Param-* headers belong to one tools/call: a batch cannot "
+                             "carry them")
+        for item in items:  # each message of a batch is sent on under the batch's headers
+            _check_routing(routing, item)
         answered = [await self._one(call, item, batch) for item in items]
         if not batch:
             return answered[0].reply
         return await self._batch_reply(answered)
-
-    def _check_routing(self, call: Call, message: mcp.Message) -> None:
-        headers = dict(call.headers)
-        method = headers.get(MCP_METHOD_HEADER)
-        if method is not None and method != message.method:
-            raise BadRequest(f"{MCP_METHOD_HEADER} {method!r} differs from the body's method")
-        name = headers.get(MCP_NAME_HEADER)
-        if name is not None and message.tool is not None and \
-                decode_header_value(name) != message.tool:
-            raise BadRequest(f"{MCP_NAME_HEADER} differs from the tool the body calls")
 
     async def _one(self, call: Call, message: mcp.Message, batch: bool) -> _Answered:
         one = Call(request_id=new_id() if batch else call.request_id, agent=call.agent,
@@ -205,6 +208,31 @@ class McpReader:
             return Reply(UpstreamResponse(202, headers[1:], body=b""), decision, audits=audits)
         return Reply(UpstreamResponse(200, headers, body=json.dumps(answers).encode()), decision,
                      audits=audits)
+
+
+def _routing(call: Call) -> dict[str, str]:
+    """The call's routing headers (``Mcp-Method``, ``Mcp-Name``, ``Mcp-Param-*``)."""
+    return {name: value for name, value in call.headers
+            if name in (MCP_METHOD_HEADER, MCP_NAME_HEADER) or name.startswith(MCP_PARAM)}
+
+
+def _check_routing(routing: dict[str, str], message: mcp.Message) -> None:
+    """Routing headers must say what the message says, as the SDK's server requires: an
+    intermediary or server that routes by them then does what was judged. ``Mcp-Name``
+    names what a name-bearing method names (the tool, the prompt, the resource)."""
+    method = routing.get(MCP_METHOD_HEADER)
+    if method is not None and method != message.method:
+        raise BadRequest(f"{MCP_METHOD_HEADER} {method!r} differs from the body's method "
+                         f"{message.method!r}")
+    name = routing.get(MCP_NAME_HEADER)
+    if name is None:
+        return
+    key = NAME_BEARING_METHODS.get(message.method or "")
+    params = message.value.get("params")
+    named = params.get(key) if key is not None and isinstance(params, dict) else None
+    if named is None or decode_header_value(name) != named:
+        raise BadRequest(f"{MCP_NAME_HEADER} differs from what the body's "
+                         f"{message.method or 'message'} names")
 
 
 def _seal(call: Call, session: str) -> str:

@@ -33,7 +33,7 @@ from gateway.core import autonomy, urls
 from gateway.core import journal as journaling
 from gateway.core.approvals import HeldCall
 from gateway.core.autonomy import Act
-from gateway.core.headers import METHOD_OVERRIDES
+from gateway.core.headers import method_override
 from gateway.core.killswitch import InFlight
 from gateway.core.model import (
     Decision,
@@ -147,7 +147,7 @@ class Pipeline:
         if upstream is None:
             raise UnknownUpstream(f"no upstream named {call.upstream!r}")
         for name, _ in call.headers:
-            if name in METHOD_OVERRIDES:
+            if method_override(name):
                 raise BadRequest(f"method-override header {name!r} is not allowed: the policy "
                                  "judges the request method")
         sender = self.senders(upstream)

@@ -24,7 +24,15 @@ from urllib.parse import parse_qsl, urlsplit
 from gateway.core import canonical, shadow
 from gateway.core import journal as journaling
 from gateway.core.approvals import HeldCall
-from gateway.core.body import FORM, fields, form_override, json_body, media_type, named_twice
+from gateway.core.body import (
+    FORM,
+    fields,
+    form_override,
+    json_body,
+    media_type,
+    named_twice,
+    named_twice_aws,
+)
 from gateway.core.encoding import Decoder, codings
 from gateway.core.headers import upstream_request_headers
 from gateway.core.model import JournalEntry, is_mutating
@@ -105,6 +113,11 @@ class RestSender:
             if repeated is not None:  # the rule would read one, the upstream maybe the other
                 raise BadRequest(f"header {repeated!r} is sent more than once; a rule judges "
                                  "the headers")
+            respelt = canonical.respelt_header(call.headers, upstream.judged_headers(candidates))
+            if respelt is not None:  # ``X_Force``: the rule sees no ``x-force``, WSGI does
+                raise BadRequest(f"header {respelt!r} may be read as another spelling of a "
+                                 "header a rule judges ('_' and '-' are one to WSGI and CGI "
+                                 "servers); send it as the rule names it")
         judged = upstream.needs_body(candidates)
         if not (writes or judged):
             return view
@@ -125,6 +138,10 @@ class RestSender:
             if twice is not None:  # the rule judged the query's, the upstream may read this
                 raise BadRequest(f"form field {twice!r} names a query parameter again; a rule "
                                  "judges the query")
+        if upstream.judges_action(candidates) and named_twice_aws(call.headers, view.query,
+                                                                  parsed):
+            raise BadRequest("the call names its operation in X-Amz-Target and in Action: "
+                             "AWS services that speak both protocols (SQS) may run either")
         return CallView(view.method, view.path, view.segments, view.query, view.headers,
                         view.agent, parsed)
 

@@ -16,6 +16,7 @@ from gateway.core.body import (
     json_body,
     media_type,
     named_twice,
+    named_twice_aws,
     parse_body,
 )
 from gateway.errors import Ambiguous
@@ -144,3 +145,20 @@ def test_a_bom_led_body_reads_as_json_loads_reads_text_with_one() -> None:
 ])
 def test_named_twice(query: dict[str, str], form: dict[str, str], twice: str | None) -> None:
     assert named_twice(query, form) == twice
+
+
+TARGET = [("x-amz-target", "AmazonSQS.DeleteQueue")]
+
+
+@pytest.mark.parametrize(("headers", "query", "body", "twice"), [
+    (TARGET, {"Action": "ListQueues"}, None, True),
+    (TARGET, {}, {"Action": "ListQueues"}, True),
+    (TARGET, {}, {"action[]": "ListQueues"}, True),
+    ([("X_Amz_Target", "AmazonSQS.DeleteQueue")], {"Action": "ListQueues"}, None, True),
+    (TARGET, {}, {"QueueUrl": "q"}, False),
+    ([], {"Action": "ListQueues"}, {"Action": "ListQueues"}, False),  # (named_twice's)
+    (TARGET, {}, ["Action"], False),
+])
+def test_named_twice_aws(headers: list[tuple[str, str]], query: dict[str, str], body: object,
+                         twice: bool) -> None:
+    assert named_twice_aws(headers, query, body) is twice

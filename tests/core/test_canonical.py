@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.core.canonical import fold, method_override, repeated_header, target
+from gateway.core.canonical import fold, method_override, repeated_header, respelt_header, target
 from gateway.core.template import PathTrie, Template
 from gateway.errors import Ambiguous
 
@@ -93,3 +93,17 @@ def test_method_override_in_query(query: str, found: str | None) -> None:
 ])
 def test_repeated_header(headers: list[tuple[str, str]], repeated: str | None) -> None:
     assert repeated_header(headers) == repeated
+
+
+@pytest.mark.parametrize(("headers", "judged", "respelt"), [
+    ([("x_force", "true")], frozenset({"x-force"}), "x_force"),
+    ([("x-force", "true")], frozenset({"x-force"}), None),
+    ([("debug-mode", "1")], frozenset({"debug_mode"}), "debug-mode"),
+    ([("x_trace", "1")], frozenset({"x-force"}), None),  # no rule reads it
+    ([("x_trace", "1")], None, "x_trace"),  # read without names: any '_' is suspect
+    ([("x-trace", "1")], None, None),
+    ([("x_a", "1")], frozenset(), None),
+])
+def test_respelt_header(headers: list[tuple[str, str]], judged: frozenset[str] | None,
+                        respelt: str | None) -> None:
+    assert respelt_header(headers, judged) == respelt

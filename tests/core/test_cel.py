@@ -9,30 +9,42 @@ from typing import Any
 
 import pytest
 
-from gateway.core.cel import Condition, lookups
+from gateway.core.cel import Condition, header_names, lookups
 from gateway.core.policy.compiled import CallView
 from gateway.core.policy.decide import PolicySet, activation
 from gateway.core.policy.loader import load_policy_set
 from gateway.errors import ConditionError
 
+FORMED = ("('Action' in request.query && request.query['Action'] == 'Run') || "
+          "(type(request.body) == map && 'Action' in request.body && "
+          "request.body['Action'] == 'Run')")  # as ``policy init`` writes it for AWS
+GUARD = ("type", "body", "map")
 LOOKUPS = [
     ("'Action' in request.query && request.query['Action'] == 'Run'",
-     (("query", "Action", None), ("query", "Action", "Run"))),
+     ((("query", "Action", None), ("query", "Action", "Run")),)),
     ('request.headers["x-amz-target"] == "S.Delete" && "x-amz-target" in request.headers',
-     (("headers", "x-amz-target", "S.Delete"), ("headers", "x-amz-target", None))),
-    ("'uploads' in request.query", (("query", "uploads", None),)),
-    ("'a && b' in request.headers", (("headers", "a && b", None),)),
-    ("'' in request.query", (("query", "", None),)),
+     ((("headers", "x-amz-target", "S.Delete"), ("headers", "x-amz-target", None)),)),
+    ("'uploads' in request.query", ((("query", "uploads", None),),)),
+    ("'a && b' in request.headers", ((("headers", "a && b", None),),)),
+    ("'' in request.query", ((("query", "", None),),)),
+    ("'Action' in request.query || 'Other' in request.query",
+     ((("query", "Action", None),), (("query", "Other", None),))),
+    (FORMED, ((("query", "Action", None), ("query", "Action", "Run")),
+              (GUARD, ("body", "Action", None), ("body", "Action", "Run")))),
+    ("'a' in request.headers || type(request.body) == map && 'a' in request.body",
+     ((("headers", "a", None),), (GUARD, ("body", "a", None)))),
 ]
 NOT_LOOKUPS = [
     "request.query['Action'] == 'Run'",  # no such key is an error, not false
     "'Action' in request.query && request.query['Other'] == 'Run'",
-    "'Action' in request.query || 'Other' in request.query",
     "'Action' in request.query && request.path.matches('^/v1/[^/]+:pause/?$')",
     "'a\\'b' in request.query",  # escapes: CEL reads them
     "'''x''' in request.query",
     "r'x' in request.query",
-    "'x' in request.body",
+    "'x' in request.body",  # a body that is not a map: an error
+    "type(request.body) == map || 'x' in request.body",  # the guard is in another branch
+    "('a' in request.query || 'b' in request.query) && 'c' in request.query",
+    "(('a' in request.query))",
     "!('x' in request.query)",
     "'Action' in request.query && request.query['Action'] != 'Run'",
 ]
@@ -69,12 +81,17 @@ HEADERS: list[dict[str, Any]] = [
 ]
 
 
+BODIES: list[Any] = [None, {"Action": "Run"}, {"Action": "Stop"}, {}, {"a": "1"},
+                     {"Action": 1}, ["Action"], "Action"]
+
+
 @pytest.mark.parametrize("source", [s for s, _ in LOOKUPS])
 def test_the_lookups_answer_what_cel_answers(source: str) -> None:
-    for query, headers in itertools.product(QUERIES, HEADERS):
-        view = CallView("POST", "/", [], query, headers, "bot", {"Action": "Run"})
+    for query, headers, body in itertools.product(QUERIES, HEADERS, BODIES):
+        view = CallView("POST", "/", [], query, headers, "bot", body)
         values = activation(view, {})
-        assert _cel(source, values, interpreter=False) == _cel(source, values), (query, headers)
+        assert _cel(source, values, interpreter=False) == _cel(source, values), (
+            query, headers, body)
 
 
 def test_a_value_that_is_not_a_string_is_left_to_cel() -> None:
@@ -114,3 +131,26 @@ def test_hundreds_of_operations_on_one_path_are_told_apart() -> None:
         decision = PolicySet.decide(policies, upstream, view)
         assert decision.verdict.value == verdict, action
         assert decision.rule == (f"r-{action.lower()}" if verdict != "deny" else None)
+
+
+@pytest.mark.parametrize(("source", "names"), [
+    ("'x-force' in request.headers && request.headers['x-force'] == 'true'", {"x-force"}),
+    ("request.headers[\"X-Amz-Target\"] == 'A.B'", {"x-amz-target"}),
+    ("has(request.headers.debug_mode)", {"debug_mode"}),
+    ("request.body.amount > 10", set()),
+    ("request.headers.exists(h, h.startsWith('x-'))", None),
+    ("size(request.headers) > 3", None),
+    ("request.headers[request.query.name] == 'x'", None),
+    ("request['headers']['x-force'] == 'true'", None),
+])
+def test_header_names_a_when_reads(source: str, names: set[str] | None) -> None:
+    """Named headers are judged by name; a ``when`` that reads them otherwise: all."""
+    assert Condition(source).headers == (None if names is None else frozenset(names))
+    if "headers" in source:
+        assert header_names(source) == Condition(source).headers
+
+
+@pytest.mark.parametrize("source", ["('a' in request.query", "'a' in request.query)",
+                                    "('a' in request.query))", "'a' in request.query ||"])
+def test_text_that_is_not_cel_is_not_lookups(source: str) -> None:
+    assert lookups(source) is None

@@ -170,8 +170,10 @@ def test_operations_named_by_a_header_or_the_query_are_judged_by_that_name() -> 
     assert read["match"]["methods"] == ["GET", "HEAD", "POST"] and read["effect"] == "read"
     run = rules["get-runinstances"]
     assert run["effect"] == "write" and run["action"] == "allow" and run["undo"] == "none"
-    assert run["match"]["when"] == ("'Action' in request.query && "
-                                    "request.query['Action'] == 'RunInstances'")
+    assert run["match"]["when"] == (  # in the query, or a form body (botocore sends that)
+        "('Action' in request.query && request.query['Action'] == 'RunInstances') || "
+        "(type(request.body) == map && 'Action' in request.body && "
+        "request.body['Action'] == 'RunInstances')")
 
 
 @pytest.mark.parametrize(("method", "path", "op_id", "read"), [

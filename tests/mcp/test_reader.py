@@ -130,6 +130,8 @@ async def test_routing_headers_must_agree_with_the_body(stateless_json: Rig) -> 
     assert lying.status_code == 400 and lying.json()["error"]["code"] == "bad_request"
     method = await rig.post(body, {"mcp-method": "tools/list"})
     assert method.status_code == 400
+    unnamed = await rig.post(rig.envelope("tools/list"), {"mcp-name": "update_customer"})
+    assert unnamed.status_code == 400, unnamed.text  # tools/list names nothing
     assert rig.writes() == [] and rig.crm.log == []
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from gateway.operator.policy_init import policy_from_description
-from tests.harness import Harness, serve_app, started_gateway
+from tests.harness import AGENT_KEY, Harness, serve_app, started_gateway
 from tests.trust.recording import Recording
 
 TARGET = "DynamoDB_20120810."
@@ -140,6 +140,89 @@ async def test_a_judged_header_sent_twice_is_refused(aws: tuple[Harness, Recordi
         assert "x-amz-target" in response.json()["error"]["message"]
     assert upstream.reached() == []
     assert await gw.journal() == []
+
+
+def botocore_request(operation: str, **params: Any) -> tuple[dict[str, str], bytes]:
+    """The headers and body botocore sends for an EC2 ``operation`` (a form-encoded
+    ``POST /`` naming its ``Action`` in the body), caught before it leaves."""
+    import botocore.session
+
+    client = botocore.session.get_session().create_client(
+        "ec2", region_name="us-east-1", endpoint_url="http://gateway/ec2/",
+        aws_access_key_id=AGENT_KEY, aws_secret_access_key="unused")
+    caught: list[Any] = []
+
+    def catch(request: Any, **_: Any) -> None:
+        caught.append(request)
+        raise _Caught
+
+    client.meta.events.register("before-send", catch)
+    with pytest.raises(_Caught):
+        getattr(client, operation)(**params)
+    [request] = caught
+    assert request.method == "POST" and request.url == "http://gateway/ec2/"
+    headers = {k: v.decode() if isinstance(v, bytes) else v for k, v in request.headers.items()}
+    return headers, request.body.encode() if isinstance(request.body, str) else request.body
+
+
+class _Caught(Exception):
+    pass
+
+
+async def test_an_aws_query_call_from_botocore_is_judged_by_the_action_in_its_body(
+        aws: tuple[Harness, Recording]) -> None:
+    """boto3 sends the query protocol as ``POST /`` with ``Action=...`` in a form body:
+    the generated rules judge it there as they do in the query."""
+    gw, upstream = aws
+    terminate = botocore_request("terminate_instances", InstanceIds=["i-1"])
+    start = botocore_request("start_instances", InstanceIds=["i-1"])
+    describe = botocore_request("describe_instances")
+    assert terminate[1].startswith(b"Action=TerminateInstances&Version=")
+
+    def send(request: tuple[dict[str, str], bytes], **extra: str) -> Any:
+        return gw.agent.post("/ec2/", content=request[1], headers={**request[0], **extra})
+
+    assert (await gw.engage()).status_code == 200
+    frozen = await send(start)  # a write: the kill switch stops it
+    assert frozen.status_code == 423, frozen.text
+    held = await send(terminate, Prefer="wait=0")  # it destroys: a person decides
+    assert held.status_code == 409 and held.json()["error"]["code"] == "approval_pending"
+    assert upstream.reached() == []
+    read = await send(describe)  # reads go on under a freeze
+    assert read.status_code == 200 and read.headers["x-gateway-decision"] == "allow"
+    assert [a.body for a in upstream.reached()] == [describe[1]]
+    assert await gw.journal() == []
+
+    assert (await gw.release()).status_code == 200
+    started = await send(start)
+    assert started.status_code == 200 and started.headers["x-gateway-decision"] == "allow"
+    assert [a.body for a in upstream.reached()][1:] == [start[1]]
+    [entry] = await gw.journal()  # journaled as the write it is, under StartInstances' rule
+    assert (entry["method"], entry["path"]) == ("POST", "/") and "start" in entry["rule"]
+
+
+@pytest.mark.parametrize("target", ["X-Amz-Target", "x_amz_target"])
+async def test_a_call_cannot_name_its_operation_in_action_and_x_amz_target(
+        aws: tuple[Harness, Recording], target: str) -> None:
+    """SQS speaks the query protocol (``Action``) and AWS's JSON one (``X-Amz-Target``)
+    on one endpoint: a call naming a read in ``Action`` (judged) and a delete in
+    ``X-Amz-Target`` (what such a service may run) is 400, wherever ``Action`` is."""
+    gw, upstream = aws
+    header = {target: "AmazonSQS.DeleteQueue"}
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    for request in ({"params": {"Action": "DescribeInstances"}},
+                    {"content": b"Action=DescribeInstances", "headers": form},
+                    {"json": {"Action": "DescribeInstances"}}):
+        headers = {**request.pop("headers", {}), **header}  # type: ignore[dict-item]
+        response = await gw.agent.post("/ec2/", headers=headers, **request)  # type: ignore[arg-type]
+        assert response.status_code == 400, (request, response.text)
+        assert "x-amz-target" in response.json()["error"]["message"].lower()
+    assert upstream.reached() == []
+    # a JSON-protocol call whose input has an ``Action`` member (EventBridge's
+    # PutPermission), under rules that judge X-Amz-Target alone: fine
+    member = await gw.agent.post("/ddb/", json={"TableName": "t", "Action": "events:Put"},
+                                 headers={**AMZ_JSON, "X-Amz-Target": TARGET + "DescribeTable"})
+    assert member.status_code == 200, member.text
 
 
 @pytest.mark.parametrize("judged", ["DescribeInstances", "StartInstances"])

