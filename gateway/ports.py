@@ -350,6 +350,10 @@ class CheckpointStore(Protocol):
 
     async def checkpoints(self, limit: int = 1000, upto: int | None = None) -> Any: ...
 
+    async def flush(self) -> None:
+        """Until every commit so far is durable (on PostgreSQL on the synchronous
+        standby too): a checkpoint read before this is one a failover keeps."""
+
 
 class TripwireStore(AuditStore, Protocol):
     """The tripwires' windows, shared by every process, and the audit of a trip."""
