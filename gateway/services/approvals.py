@@ -371,6 +371,8 @@ class ApprovalQueue:
             try:
                 await self._execute(claimed, DELAY_ACTOR, None)
             except AdminError as exc:  # retryable ones went back to pending: next sweep
+                if exc.code == "store_unavailable":  # it ran; its answer is saved later
+                    continue
                 log.warning("delayed call %s not run: %s: %s", held.id, exc.code, exc.message)
                 await self._count_due_failure(held, exc, now)
             else:
