@@ -46,7 +46,9 @@ def gateways(tmp_path: Path, pair: Pair, upstream: Recorder) -> Iterator[list[Pr
     (tmp_path / "policies").mkdir()
     (tmp_path / "policies" / "crm.yaml").write_text(policy_text(upstream.url, RULES))
     config = write_settings(tmp_path, pair.url(), engage_wait=1.0, upstream_timeout=5,
-                            capture_timeout=1, executor_lease=3)  # a claim's lease: 13 s
+                            # a claim's lease: 27 s, room for the approve's 5 s wait for
+                            # its save, the promotion and the reconnect before it lapses
+                            capture_timeout=1, executor_lease=10)
     started = start_gateways(config, 2)
     yield started
     for proc in started:
