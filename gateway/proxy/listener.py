@@ -148,7 +148,8 @@ class ProxyApp:
     async def _audit(self, scope: Scope, request_id: str, decision: str, status: int,
                      detail: dict[str, Any],
                      records: list[tuple[str, dict[str, Any]]] | None = None) -> None:
-        """Every decision on a mutating call goes to the audit chain (batched); a reader
+        """Every decision on a write (a mutating method, or a call the policy calls a
+        write) goes to the audit chain (batched), naming its journal entry; a reader
         that judged several calls in one request (MCP) names them in ``records``."""
         if self.audit is None:
             return
@@ -158,8 +159,9 @@ class ProxyApp:
                 await self.audit.record(agent, f"call.{verdict}", {"request_id": request_id,
                                                                    **what})
             return
-        if not is_mutating(scope["method"]):
-            return
+        call = scope.get("gateway.call")
+        if not is_mutating(scope["method"]) and not (call is not None and call.writes):
+            return  # a read (a GET the policy calls a write is audited: it is journaled)
         await self.audit.record(agent, f"call.{decision}", {
             "request_id": request_id, "method": scope["method"], "path": scope["path"],
             **_facts(scope), "status": status, **detail})

@@ -50,6 +50,7 @@ from gateway.errors import (
 from gateway.ports import ApprovalStore
 from gateway.services.audit_trail import AuditTrail
 from gateway.services.call import Call, Policies, Reply, Senders
+from gateway.services.finishes import Finishes
 from gateway.services.held_calls import (
     HeldAudit,
     agent_reply,
@@ -128,6 +129,7 @@ class ApprovalQueue:
         self._due_failures: dict[str, int] = {}  # delayed call id -> failed runs, unsent
         self._swept_at: datetime | None = None  # when the last run of due calls looked
         self.audit = HeldAudit(store, trail)  # shadow promotions record theirs here too
+        self.finishes = Finishes(store, self.audit, notifier, self._wake)
 
     # -- agent side ------------------------------------------------------------
 
@@ -230,14 +232,15 @@ class ApprovalQueue:
                 raise AdminError(409, "conflict", "the approval changed meanwhile; retry")
             await self.audit(operator, "approval.vote", held, {"comment": comment})
             return {**public_view(outcome.call), "response": None}
+        until = lease(now, self.lease_for(held))
         claimed = await self.store.claim_held(held.id, held.votes, outcome.call.votes, operator,
-                                              now, lease(now, self.lease_for(held)))
+                                              now, until)
         if not claimed:
             latest = await self.get(call_id)
             raise AdminError(409, "already_decided",
                                 f"approval {call_id} is {latest.status.value}")
         await self.audit(operator, "approval.approve", held, {"comment": comment})
-        return await self._execute(outcome.call, operator, comment)
+        return await self._execute(replace(outcome.call, lease_until=until), operator, comment)
 
     async def _execute(self, held: HeldCall, operator: str, comment: str | None) -> dict[str, Any]:
         info = {"id": held.id, "approved_by": [v.to_json() for v in held.votes],
@@ -253,14 +256,14 @@ class ApprovalQueue:
             self._wake(held.id)
             raise AdminError(409, "sealed_unavailable", why + "; not sent, still pending")
         if digest_of(held) != held.digest:  # the stored call was altered after it was held
-            await self._finish(held, ApprovalStatus.FAILED, None, None,
-                               "the stored call no longer matches its digest; not sent")
+            await self.finishes(held, ApprovalStatus.FAILED, None, None,
+                                "the stored call no longer matches its digest; not sent")
             raise AdminError(409, "digest_mismatch", "the held call was altered; not sent")
         try:
             reply = await self.execute(held, info)
         except _MAYBE_SENT as exc:  # it may have landed: never sent again, never "failed"
-            await self._finish(held, ApprovalStatus.UNKNOWN, None, exc.extra.get("journal"),
-                               f"{exc.code}: {exc.message}; the outcome is unknown")
+            await self.finishes(held, ApprovalStatus.UNKNOWN, None, exc.extra.get("journal"),
+                                f"{exc.code}: {exc.message}; the outcome is unknown")
             raise AdminError(exc.status, exc.code, exc.message) from None
         except _RETRYABLE as exc:  # nothing reached the upstream: back in the queue, and the
             # vote that set it off is withdrawn, so its approver can approve it again
@@ -272,12 +275,18 @@ class ApprovalQueue:
             self._wake(held.id)
             raise AdminError(exc.status, exc.code, exc.message) from None
         except GatewayError as exc:
-            await self._finish(held, ApprovalStatus.FAILED, None, exc.extra.get("journal"),
-                               f"{exc.code}: {exc.message}")
+            await self.finishes(held, ApprovalStatus.FAILED, None, exc.extra.get("journal"),
+                                f"{exc.code}: {exc.message}")
             raise AdminError(exc.status, exc.code, exc.message) from None
         response = stored_response(reply.response)
-        final = await self._finish(held, ApprovalStatus.EXECUTED, response, reply.journal_id,
-                                   None)
+        final = await self.finishes(held, ApprovalStatus.EXECUTED, response, reply.journal_id,
+                                    None)
+        if final is None:  # the answer is kept, its save retried while the claim is ours
+            raise AdminError(503, "store_unavailable", (
+                f"the call was sent and answered {response['status']}, but the store is "
+                "unavailable: the answer is kept and saved once it is back (until "
+                f"{iso(held.lease_until) if held.lease_until else 'now'}, then the call is "
+                "unknown); read the approval again"), id=held.id)
         return {**public_view(final), "response": redacted_response(response)}
 
     def lease_for(self, held: HeldCall) -> float:
@@ -293,18 +302,6 @@ class ApprovalQueue:
             timeouts += [upstream.spec.timeout or 0, getattr(rule, "timeout", None) or 0]
         return max(self.lease_seconds, max(timeouts) + 2 * settings.capture_timeout
                    + 2 * settings.executor_lease)
-
-    async def _finish(self, held: HeldCall, status: ApprovalStatus,
-                      response: dict[str, Any] | None, journal_id: str | None,
-                      error: str | None) -> HeldCall:
-        await self.store.finish_held(held.id, status, response, journal_id, error)
-        final = await self.store.get_held(held.id) or held
-        await self.audit(held.decided_by or "gateway", f"approval.{status.value}", held,
-                          {"status": response["status"] if response else None, "error": error,
-                           "journal_id": journal_id})
-        self._wake(held.id)
-        self.notifier.publish(f"approval.{status.value}", public_view(final))
-        return final
 
     async def reject(self, call_id: str, operator: str, reason: str | None) -> dict[str, Any]:
         held = await self.get(call_id)
@@ -332,6 +329,7 @@ class ApprovalQueue:
         if self._sweeper is not None:
             self._sweeper.cancel()
             await asyncio.gather(self._sweeper, return_exceptions=True)
+        await self.finishes.settled(timeout=10)  # answers in hand, saves under way
 
     async def sweep(self) -> None:
         """Expire due calls; mark claims whose process died mid-way as unknown."""
@@ -363,16 +361,18 @@ class ApprovalQueue:
                                 "run; it waits for an operator", held.id, freeze.reason)
                     await self._after_sweep(held.id, "approval.delay_frozen")
                 continue
-            if not await self.store.claim_due(held.id, DELAY_ACTOR, now,
-                                              lease(now, self.lease_for(held))):
+            until = lease(now, self.lease_for(held))
+            if not await self.store.claim_due(held.id, DELAY_ACTOR, now, until):
                 continue  # rejected meanwhile, or another process claimed it
             await self.audit(DELAY_ACTOR, "approval.due", held,
                               {"delay": held.extra.get("delay")})
             claimed = replace(held, status=ApprovalStatus.APPROVED, decided_by=DELAY_ACTOR,
-                              decided_at=now)
+                              decided_at=now, lease_until=until)
             try:
                 await self._execute(claimed, DELAY_ACTOR, None)
             except AdminError as exc:  # retryable ones went back to pending: next sweep
+                if exc.code == "store_unavailable":  # it ran; its answer is saved later
+                    continue
                 log.warning("delayed call %s not run: %s: %s", held.id, exc.code, exc.message)
                 await self._count_due_failure(held, exc, now)
             else:

@@ -57,6 +57,9 @@ class Call:
     # what was decided, for the call's audit record (upstream, rule, mode, would_decide):
     # set by the pipeline once the policy has spoken, kept when the call is refused after
     facts: dict[str, Any] = field(default_factory=dict)
+    # the policy judged it a write (``effect: write`` makes a GET one): it is audited, as
+    # every write is, whatever its method; set by the pipeline with ``facts``
+    writes: bool = False
 
 
 @dataclass(slots=True)

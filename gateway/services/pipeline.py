@@ -167,7 +167,7 @@ class Pipeline:
             decision = Decision(Verdict.DENY, None, "internal error while deciding",
                                 policies.revision, upstream.name)
             action = autonomy.refused(decision, mutating)
-        call.facts = action.facts()
+        call.facts, call.writes = action.facts(), action.write
         reply = await self.carry_out(upstream, call, view, action)
         if not getattr(upstream.spec, "rewrite_urls", False):
             return reply

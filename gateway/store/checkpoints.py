@@ -50,7 +50,8 @@ _AUDIT_LEAVES = "SELECT seq, action, hash FROM audit WHERE seq > ? ORDER BY seq 
 class CheckpointLog:
     """``audit_leaves``, ``add_checkpoint``, ``anchor_checkpoint``, ``checkpoints``."""
 
-    _engine: AsyncEngine
+    _engine: AsyncEngine  # reads
+    _writer: AsyncEngine  # writes: BEGIN IMMEDIATE on SQLite
     if TYPE_CHECKING:
         def _hot_path(self) -> HotPath: ...  # SqlStore's
 
@@ -66,7 +67,7 @@ class CheckpointLog:
     async def add_checkpoint(self, size: int, root: str, note: str, at: datetime) -> bool:
         """False if a checkpoint of this size was already stored."""
         try:
-            async with AsyncSession(self._engine) as session:
+            async with AsyncSession(self._writer) as session:
                 session.add(CheckpointRow(size=size, root=root, note=note, at=iso(at),
                                           anchors="{}"))
                 await session.commit()
@@ -79,10 +80,17 @@ class CheckpointLog:
         values: dict[str, Any] = {"anchors": json.dumps(anchors, sort_keys=True)}
         if note is not None:
             values["note"] = note
-        async with AsyncSession(self._engine) as session:
+        async with AsyncSession(self._writer) as session:
             await session.exec(update(CheckpointRow)
                                .where(col(CheckpointRow.size) == size).values(**values))
             await session.commit()
+
+    async def flush(self) -> None:
+        """Until every commit so far is durable: on SQLite on disk, on PostgreSQL on the
+        synchronous standby too (``HotPath.flush``). A checkpoint can be read before it
+        is: its commit, cut while the primary waited for the standby, stays visible on
+        the primary alone. Call it after the read, so its commit follows the row's."""
+        await self._hot_path().flush()
 
     async def checkpoints(self, limit: int = 1000, upto: int | None = None,
                           ) -> list[StoredCheckpoint]:

@@ -31,23 +31,37 @@ itself, so DDL is transactional and a connection carrying the
 ``IMMEDIATE`` execution option starts with ``BEGIN IMMEDIATE``: it takes the
 write lock up front, which is what makes read-then-write (the audit chain,
 one active freeze per scope) safe across processes.
+
+Writes go through an engine of their own (``create_engine(url, writer=True)``),
+whose connections have a zero busy timeout: a ``BEGIN IMMEDIATE`` that finds
+another connection's lock is tried again here, the file checked before every
+try (``_begin_immediate``), as the hot path does (``SqliteHotPath._waiting``).
+SQLite's own busy handler retries inside ``sqlite3_step``, where no check runs:
+a retry that had to record a new read mark (the WAL grew since anyone last
+read it) wrote a ``-shm`` made immutable meanwhile, and the process died of
+SIGBUS. Once the lock is taken, nothing in the transaction waits again.
 """
 
 from __future__ import annotations
 
 import array
+import asyncio
 import fcntl
 import os
 import re
 import socket
 import sqlite3
 import sys
+import time
+from itertools import chain, repeat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sqlalchemy import event
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.util import await_only
 
 if TYPE_CHECKING:
     import asyncpg
@@ -56,6 +70,10 @@ _FS_IOC_GETFLAGS = 0x80086601  # Linux: the inode's flags (lsattr)
 _UNWRITABLE = 0x10 | 0x20  # FS_IMMUTABLE_FL, FS_APPEND_FL
 BUSY_TIMEOUT = 5.0  # seconds a statement waits for another connection's lock on SQLite
 SQLITE_PRAGMAS = (f"PRAGMA busy_timeout={int(BUSY_TIMEOUT * 1000)}", "PRAGMA synchronous=NORMAL")
+WRITER_PRAGMAS = ("PRAGMA busy_timeout=0", "PRAGMA synchronous=NORMAL")  # waits: ours
+# seconds between the tries of a statement that found the database locked: SQLite's own
+# busy handler's pauses (sqliteDefaultBusyCallback), taken here so a check runs between
+PAUSES = (0.001, 0.002, 0.005, 0.01, 0.015, 0.02, 0.025, 0.025, 0.025, 0.05, 0.05, 0.1)
 IMMEDIATE = "gateway_sqlite_immediate"
 HOST_TIMEOUT = 5.0  # seconds one host of several has to connect and say it is primary
 PEER_SILENCE = 10  # seconds without an answer from the server before a connection is dead
@@ -285,24 +303,29 @@ class SqliteFile:
             os.close(self._shm)  # type: ignore[arg-type]
 
 
-def create_engine(url: URL) -> AsyncEngine:
+def create_engine(url: URL, writer: bool = False) -> AsyncEngine:
+    """The admin side's engine; ``writer``: SQLite's for writes (zero busy timeout, its
+    ``BEGIN IMMEDIATE`` waited for here), which the caller gives the ``IMMEDIATE``
+    option (on PostgreSQL the caller shares one engine)."""
     if is_postgres(url):
         dsn = asyncpg_dsn(url)
         return create_async_engine(url, pool_pre_ping=True,
                                    async_creator=lambda: connect_primary(dsn))
     engine = create_async_engine(url, connect_args={"isolation_level": None})
     path = sqlite_path(url)
+    pragmas = WRITER_PRAGMAS if writer else SQLITE_PRAGMAS
     event.listen(engine.sync_engine, "connect",
-                 lambda connection, record: _sqlite_connect(connection, record, path))
+                 lambda connection, record: _sqlite_connect(connection, record, path, pragmas))
     event.listen(engine.sync_engine, "begin", _sqlite_begin)
     event.listen(engine.sync_engine, "before_cursor_execute", _sqlite_statement)
     event.listen(engine.sync_engine, "commit", _sqlite_statement)  # COMMIT writes it too
     return engine
 
 
-def _sqlite_connect(dbapi_connection: Any, record: Any, path: Path) -> None:
+def _sqlite_connect(dbapi_connection: Any, record: Any, path: Path,
+                    pragmas: tuple[str, ...]) -> None:
     cursor = dbapi_connection.cursor()
-    for pragma in SQLITE_PRAGMAS:
+    for pragma in pragmas:
         cursor.execute(pragma)
     cursor.close()
     record.info["file"] = SqliteFile(path)
@@ -311,9 +334,36 @@ def _sqlite_connect(dbapi_connection: Any, record: Any, path: Path) -> None:
 def _sqlite_begin(connection: Any) -> None:
     immediate = connection.get_execution_options().get(IMMEDIATE, False)
     file = connection.connection.info.get("file")
-    if file is not None and immediate:  # a write: into the file that is still the store
-        file.check_path()  # (the BEGIN, a statement, has its -shm checked: _sqlite_statement)
-    connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+    if immediate:
+        _begin_immediate(connection, file)
+    else:
+        connection.exec_driver_sql("BEGIN")
+
+
+def _begin_immediate(connection: Any, file: SqliteFile | None) -> None:
+    """``BEGIN IMMEDIATE`` tried until it takes the write lock, up to ``BUSY_TIMEOUT``:
+    the path checked before every try (a write goes into the file that is still the
+    store; the ``-shm`` is checked with every statement, ``_sqlite_statement``), and
+    SQLite's pauses between, slept on a worker thread (the loop serves on)."""
+    deadline = time.monotonic() + BUSY_TIMEOUT
+    for pause in chain((0.0,), PAUSES, repeat(PAUSES[-1])):
+        if pause:
+            await_only(asyncio.to_thread(time.sleep, max(0.0, min(
+                pause, deadline - time.monotonic()))))
+        if file is not None:
+            file.check_path()
+        try:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+            return
+        except OperationalError as exc:
+            if not _locked(exc.orig) or time.monotonic() >= deadline:
+                raise
+    raise AssertionError("unreachable: the pauses never end")
+
+
+def _locked(exc: BaseException | None) -> bool:
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
 
 
 def _sqlite_statement(connection: Any, *_: Any) -> None:

@@ -19,7 +19,7 @@ from gateway.store import codec
 from gateway.store import killswitch as ks
 from gateway.store.audit import WRITE_LOCK, append_in
 from gateway.store.bus import SocketBus
-from gateway.store.engine import BUSY_TIMEOUT, SQLITE_PRAGMAS, SqliteFile
+from gateway.store.engine import BUSY_TIMEOUT, PAUSES, SQLITE_PRAGMAS, SqliteFile
 from gateway.store.hot import AuditItem, Tx
 
 log = logging.getLogger("gateway.store")
@@ -27,9 +27,6 @@ log = logging.getLogger("gateway.store")
 INLINE_FLUSH = 0.001
 _T = TypeVar("_T")
 _PROBE = "UPDATE alembic_version SET version_num = version_num"
-# seconds between the tries of a statement that found the database locked: SQLite's own
-# busy handler's pauses (sqliteDefaultBusyCallback), taken here so a check runs between
-_PAUSES = (0.001, 0.002, 0.005, 0.01, 0.015, 0.02, 0.025, 0.025, 0.025, 0.05, 0.05, 0.1)
 
 
 class _SqliteTx:
@@ -290,7 +287,7 @@ class SqliteHotPath:
         lock was touched by the retry that got it, and the process died of SIGBUS.
         Each try keeps the zero busy timeout; the pauses between are SQLite's own."""
         deadline = time.monotonic() + BUSY_TIMEOUT
-        for pause in chain(_PAUSES, repeat(_PAUSES[-1])):
+        for pause in chain(PAUSES, repeat(PAUSES[-1])):
             time.sleep(max(0.0, min(pause, deadline - time.monotonic())))
             check()
             try:

@@ -88,8 +88,10 @@ class SqlStore(KillSwitch, JournalLog, AuditChain, HeldCalls, RollbackPlans,
         self.process = process or process_name()  # journaled with every intent
         self._postgres = is_postgres(self.url)
         self._duplicate = (sqlite3.IntegrityError, *driver_errors(self.url).unique)
-        self._engine = create_engine(self.url)
-        self._writer = self._engine.execution_options(**{IMMEDIATE: True})
+        self._engine = create_engine(self.url)  # reads (and the schema's migrations)
+        # writes: on SQLite their own connections, whose lock waits are the gateway's
+        self._writes = self._engine if self._postgres else create_engine(self.url, writer=True)
+        self._writer = self._writes.execution_options(**{IMMEDIATE: True})
         self._hot: HotPath | None = None
         self._fsync = fsync  # SQLite: intents on disk before their write is sent
         self._intents = GroupCommit(self._commit_intents)
@@ -132,6 +134,8 @@ class SqlStore(KillSwitch, JournalLog, AuditChain, HeldCalls, RollbackPlans,
                 await hot.close()
         finally:
             await self._engine.dispose()
+            if self._writes is not self._engine:
+                await self._writes.dispose()
 
     async def ping(self) -> bool:
         """Whether the store can take a write now: a write probe, not a flag.

@@ -126,13 +126,33 @@ async def test_a_sandbox_given_by_base_url_is_restored(tmp_path: Path) -> None:
     assert len(writes) == 2 * report["counts"]["writes_through"]  # the agent's, then the undos
 
 
-async def test_the_drill_runs_on_a_given_store(tmp_path: Path, store_url: str) -> None:
-    code = await amain(DrillOptions(out=tmp_path, writes=10, database_url=store_url),
-                       echo=lambda line: None)
+@pytest.mark.parametrize("stop", ["tripwire", "operator"])
+async def test_the_drill_runs_on_a_given_store(tmp_path: Path, store_url: str,
+                                               stop: str) -> None:
+    """On a store other processes share, what the drill journals is audited as any
+    process's writes: recovery (``unaudited``: a record lost in a failover, or with a
+    dead process) finds no entry of the drill's without a record naming it, so it
+    appends no spurious "recovered" record (its compensations are the rollback's)."""
+    from sqlalchemy import text
+
+    from gateway.store.sql import open_store
+    code = await amain(DrillOptions(out=tmp_path, writes=10, database_url=store_url,
+                                    stop=stop), echo=lambda line: None)  # type: ignore[arg-type]
     assert code == 0
     report, _ = report_of(tmp_path)
     assert report["verdict"] == "PASS"
     assert report["options"]["database"] != "temporary SQLite"
+    store = open_store(store_url)
+    await store.start()
+    try:
+        async with store._engine.connect() as connection:
+            processes = (await connection.execute(text(
+                "SELECT DISTINCT process FROM journal WHERE run = :run"),
+                {"run": report["setup"]["run"]})).scalars().all()
+        assert len(processes) == 1, processes  # the drill's: its writes and compensations
+        assert await store.unaudited(processes[0]) == []
+    finally:
+        await store.close()
 
 
 async def test_an_unreachable_sandbox_cannot_run(tmp_path: Path) -> None:

@@ -1,8 +1,10 @@
 """A held call approved while the primary dies, with real processes: two gateways on
 a primary and its synchronous standby (``tests.replicated``), the approved call at
 the upstream when the primary crashes and the standby is promoted. It is sent
-once, whatever is approved after, and is left executed or unknown (or still
-decidable), never ``failed`` after it was sent."""
+once, whatever is approved after, and ends ``executed`` with the upstream's answer
+and its journal entry's outcome: the gateway had the answer in hand, so it keeps it
+and saves it once a primary is back (while the claim is still its own), rather than
+leaving the call to become ``unknown`` when its claim's lease lapses."""
 
 from __future__ import annotations
 
@@ -44,7 +46,9 @@ def gateways(tmp_path: Path, pair: Pair, upstream: Recorder) -> Iterator[list[Pr
     (tmp_path / "policies").mkdir()
     (tmp_path / "policies" / "crm.yaml").write_text(policy_text(upstream.url, RULES))
     config = write_settings(tmp_path, pair.url(), engage_wait=1.0, upstream_timeout=5,
-                            capture_timeout=1, executor_lease=3)  # a claim's lease: 13 s
+                            # a claim's lease: 27 s, room for the approve's 5 s wait for
+                            # its save, the promotion and the reconnect before it lapses
+                            capture_timeout=1, executor_lease=10)
     started = start_gateways(config, 2)
     yield started
     for proc in started:
@@ -62,7 +66,8 @@ def held_call(admin: str, call_id: str) -> dict:  # type: ignore[type-arg]
 def test_an_approved_call_at_the_upstream_when_the_primary_dies_is_sent_once(
         pair: Pair, gateways: list[Proc], upstream: Recorder, promoted: bool) -> None:
     """The upstream answers once the standby is promoted, or while there is none (then
-    what the executor saves after the send fails until it is)."""
+    the approve request answers 503, and what the executor saves after the send is
+    saved once the standby is promoted, well within the claim's lease)."""
     (proxy_a, admin_a), (proxy_b, admin_b) = (g.urls for g in gateways)
     held = patch(proxy_a, "/gate/h", BOT)
     assert held.status_code == 202, held.text
@@ -81,7 +86,14 @@ def test_an_approved_call_at_the_upstream_when_the_primary_dies_is_sent_once(
         approving.join(timeout=60)
     if not promoted:
         pair.promote()
-    assert len(answers) == 1 and answers[0].status_code != 500, answers
+    assert len(answers) == 1, answers
+    answer = answers[0]
+    if promoted and answer.status_code == 200:
+        assert answer.json()["status"] == "executed", answer.text
+    else:  # no primary all the while the approve request waits for its save
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["error"]["code"] == "store_unavailable", answer.text
+        assert "answered 200" in answer.json()["error"]["message"], answer.text
 
     for n, proxy in enumerate((proxy_a, proxy_b)):
         poll(lambda p=proxy, n=n: writes_go(p, f"after-{n}"), f"writes through {proxy}",
@@ -94,4 +106,15 @@ def test_an_approved_call_at_the_upstream_when_the_primary_dies_is_sent_once(
     settled = poll(lambda: (c := held_call(admin_b, call_id))["status"] in
                    ("executed", "unknown", "failed") and c, "the call settled")
     assert upstream.count("PATCH", "/gate/") == 1
-    assert settled["status"] in ("executed", "unknown"), settled
+    assert settled["status"] == "executed", settled
+    assert settled["response"]["status"] == 200, settled
+    entries = poll(lambda: [e for e in journal(admin_b) if e["path"] == "/gate/h"
+                            and e["status"] is not None] or None, "the outcome journaled")
+    assert [(e["id"], e["status"]) for e in entries] == [(settled["journal_id"], 200)], entries
+
+
+def journal(admin: str) -> list[dict]:  # type: ignore[type-arg]
+    response = httpx.get(f"{admin}/v1/journal", headers=APPROVER, timeout=30)
+    if response.status_code != 200:
+        return []
+    return response.json()["items"]  # type: ignore[no-any-return]

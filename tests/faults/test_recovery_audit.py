@@ -57,3 +57,37 @@ async def test_an_audit_record_refused_by_the_store_is_appended_later(
         await until(recorded, "the refused approval.held record")
         verified = (await gw.admin.get("/v1/audit/verify", headers=gw.as_role("viewer"))).json()
         assert verified["ok"], verified
+
+
+WRITING_GET = """
+- id: terminate
+  match: {methods: [GET], path: "/act/{id}"}
+  action: allow
+  effect: write
+  undo: none
+"""
+
+
+async def test_a_get_the_policy_calls_a_write_is_audited_so_recovery_adds_no_record(
+        tmp_path: Path, store_url: str) -> None:
+    """``effect: write`` on a GET (``GET /?Action=TerminateInstances``): journaled like
+    any write, but the listener audited only mutating methods, so no record named the
+    entry and recovery (``unaudited``, after a failover or for a dead process) took it
+    for a record the store lost and appended a "recovered" one. Its record is the
+    listener's, naming the entry, and recovery finds nothing to add."""
+    up = FaultUpstream({"/act/x": {"name": "x"}})
+    try:
+        policies = {"up.yaml": policy_text(up.url, WRITING_GET, upstream="up")}
+        async with started_gateway(tmp_path, store_url, policies) as gw:
+            sent = await gw.agent.get("/up/act/x")
+            assert sent.status_code == 200, sent.text
+            entries = await gw.journal()
+            assert [e["method"] for e in entries] == ["GET"], entries
+            await gw.gateway.audit.flush()
+            items = (await gw.admin.get("/v1/audit", headers=gw.as_role("viewer"))).json()
+            assert [r["action"] for r in items["items"]
+                    if r["detail"].get("journal") == entries[0]["id"]] == ["call.allow"]
+            store = gw.gateway.store
+            assert await store.unaudited(store.process) == []
+    finally:
+        up.close()

@@ -101,10 +101,25 @@ async def test_unwritable_sqlite_files_fail_closed_without_killing_the_process(
 
 
 HOLD_LOCK = """
-import sqlite3, sys
+import array, fcntl, os, sqlite3, struct, sys
 holder = sqlite3.connect(sys.argv[1], isolation_level=None)
+holder.execute("UPDATE alembic_version SET version_num = version_num")  # the WAL grows
 holder.execute("BEGIN IMMEDIATE")
 print("held", flush=True)
+assert sys.stdin.readline() == "freeze\\n"
+# As right after another writer's commit: the WAL holds frames no reader has marked yet
+# (aReadMark[1..4] of the -shm's checkpoint info, below its end), so whoever takes the
+# lock next records a read mark, a write into the -shm's first page; that page written
+# back to disk (as the kernel does every few seconds), a write to it faults; then the
+# -shm made immutable (chattr +i) at once, before a waiter's try marks the WAL again.
+shm = os.open(sys.argv[1] + "-shm", os.O_RDWR)
+os.pwrite(shm, struct.pack("<4I", 0, 0, 0, 0), 104)
+os.fsync(shm)
+flags = array.array("i", [0])
+fcntl.ioctl(shm, 0x80086601, flags, True)  # FS_IOC_GETFLAGS
+flags[0] |= 0x10  # FS_IMMUTABLE_FL
+fcntl.ioctl(shm, 0x40086602, flags)  # FS_IOC_SETFLAGS
+print("frozen", flush=True)
 sys.stdin.read()
 """
 
@@ -132,7 +147,10 @@ async def test_a_write_waiting_for_another_process_lock_is_refused_when_the_shm_
     """A write that finds another process holding the write lock waits for it. The
     ``-shm`` file turns unwritable meanwhile; once the other process lets go, the
     write is refused (503), not retried into the frozen mapping: that retry, inside
-    SQLite's busy timeout where no check ran, killed the process (SIGBUS)."""
+    SQLite's busy timeout where no check ran, killed the process (SIGBUS). The
+    operator's write (SQLAlchemy's ``BEGIN IMMEDIATE``) died so when its retry had
+    to record a read mark (the WAL grew since any reader marked it, as right after
+    another writer's commit), which the holder arranges before it lets go."""
     (tmp_path / "policies").mkdir()
     (tmp_path / "policies" / "crm.yaml").write_text(policy_text(crm.urls[0], CRM_RULES))
     (tmp_path / "db").mkdir()
@@ -163,8 +181,11 @@ async def test_a_write_waiting_for_another_process_lock_is_refused_when_the_shm_
             await until(lambda: write.done() or sleeping_threads(gateway.proc.pid),
                         "the gateway's write to wait for the other process's lock")
             assert not write.done(), write.result().text
-            immutable(shm, True)
             try:
+                assert holder.stdin is not None
+                holder.stdin.write("freeze\n")  # the -shm, as chattr +i does
+                holder.stdin.flush()
+                assert holder.stdout.readline() == "frozen\n"
                 holder.kill()  # its locks go with it; it never touches the frozen mapping
                 holder.communicate()
                 try:

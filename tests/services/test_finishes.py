@@ -1,0 +1,98 @@
+"""``Finishes``: the end of a claimed held call, saved while the claim is this
+process's. A narrow unit test over a store that refuses the save until told (the
+real failover is ``tests/e2e/test_failover_held.py``): the caller's wait is
+bounded, the save goes on after it, and it stops at the claim's lease."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+from datetime import timedelta
+from typing import Any
+
+from gateway.core.approvals import ApprovalStatus, HeldCall
+from gateway.core.model import Checkpoint, utcnow
+from gateway.services.finishes import Finishes
+from gateway.services.held_calls import HeldAudit
+from gateway.services.notify import Notifier
+
+RESPONSE = {"status": 200, "headers": {}, "body": "{}", "body_encoding": None}
+
+
+class Store:
+    """One held call; ``finish_held`` fails (no primary) until ``up`` is set."""
+
+    def __init__(self, held: HeldCall) -> None:
+        self.held = held
+        self.up = asyncio.Event()
+        self.tries = 0
+        self.audited: list[str] = []
+
+    async def finish_held(self, call_id: str, status: ApprovalStatus,
+                          response: dict[str, Any] | None, journal_id: str | None,
+                          error: str | None) -> bool:
+        self.tries += 1
+        if not self.up.is_set():
+            raise ConnectionRefusedError("no primary among the store's hosts")
+        if self.held.status is not ApprovalStatus.APPROVED:
+            return False
+        self.held = replace(self.held, status=status, response=response,
+                            journal_id=journal_id, error=error)
+        return True
+
+    async def get_held(self, call_id: str) -> HeldCall:
+        return self.held
+
+    async def append_audit(self, actor: str, action: str, detail: dict[str, Any],
+                           at: Any) -> None:
+        self.audited.append(action)
+
+
+def claimed(lease: float) -> HeldCall:
+    now = utcnow()
+    return HeldCall(id="h-1", at=now, agent="bot", upstream="crm", method="PATCH",
+                    raw_path="/customers/1", query="", headers=(), body=b"{}",
+                    checkpoint=Checkpoint(), rule="held", policy_revision="r", digest="d",
+                    status=ApprovalStatus.APPROVED, decided_by="alice", decided_at=now,
+                    lease_until=now + timedelta(seconds=lease))
+
+
+def finishes(store: Store, woken: list[str], wait: float) -> Finishes:
+    return Finishes(store, HeldAudit(store, None), Notifier(None),  # type: ignore[arg-type]
+                    woken.append, wait=wait)
+
+
+async def test_an_answer_the_store_refuses_is_saved_once_it_is_back() -> None:
+    held = claimed(lease=60)
+    store, woken = Store(held), []
+    saving = finishes(store, woken, wait=0.05)
+    answer = await saving(held, ApprovalStatus.EXECUTED, RESPONSE, "j-1", None)
+    assert answer is None  # not saved within the caller's wait: 503 for the operator
+    assert store.held.status is ApprovalStatus.APPROVED and store.audited == [] and not woken
+    store.up.set()  # a primary again, well within the claim's lease
+    await saving.settled(timeout=30)
+    assert store.held.status is ApprovalStatus.EXECUTED and store.held.journal_id == "j-1"
+    assert store.held.response == RESPONSE
+    assert store.audited == ["approval.executed"] and woken == ["h-1"]
+    assert store.tries >= 2
+
+
+async def test_the_save_stops_when_the_claim_lease_ends() -> None:
+    """Past the lease the sweeper calls the call unknown; an answer saved after that
+    would overwrite what another process may have decided, so it is not tried."""
+    held = claimed(lease=0.2)
+    store, woken = Store(held), []
+    saving = finishes(store, woken, wait=30)
+    assert await saving(held, ApprovalStatus.EXECUTED, RESPONSE, "j-1", None) is None
+    assert store.tries >= 2  # retried while the lease lasted, then left to the sweeper
+    assert store.held.status is ApprovalStatus.APPROVED and store.audited == [] and not woken
+
+
+async def test_a_store_that_answers_saves_at_once() -> None:
+    held = claimed(lease=60)
+    store, woken = Store(held), []
+    store.up.set()
+    final = await finishes(store, woken, wait=5)(held, ApprovalStatus.UNKNOWN, None, "j-1",
+                                                 "upstream_timeout: ...")
+    assert final is not None and final.status is ApprovalStatus.UNKNOWN
+    assert store.tries == 1 and store.audited == ["approval.unknown"] and woken == ["h-1"]
