@@ -232,6 +232,13 @@ def test_an_intent_the_primary_holds_for_its_standby_is_not_sent(
     received = sent()
     assert received == {a.path for a in answers if a.status == 200}
     assert received, "no write of a cut-off batch was sent once the standby was back"
+    # a synchronous commit returns once the standby has flushed it, not replayed it:
+    # read the standby once it has replayed all the primary wrote
+    lsn = run(pair, pair.primary_port, "postgres",
+              "SELECT pg_current_wal_flush_lsn()::text AS lsn")[0]["lsn"]
+    poll(lambda: run(pair, pair.standby_port, "postgres",
+                     f"SELECT pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn AS done")[0]["done"],
+         "the standby to replay what the primary flushed", interval=0.05)
     journaled = {row["path"] for row in run(pair, pair.standby_port, "gateway",
                                             "SELECT path FROM journal WHERE method = 'PATCH'")}
     assert received <= journaled
