@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import os
 import re
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -39,11 +38,6 @@ PHASES = ("store commit", "announce", "own writes", "answers", "open intents")
 _LINE = re.compile(r"engaged \(\w+\): ([\d.]+) ms: store commit ([\d.]+), announce ([\d.]+), "
                    r"own writes ([\d.]+), answers of \d+ processes ([\d.]+), "
                    r"open intents ([\d.]+)")
-
-
-def _p(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
 async def _open_read(url: str, table: str) -> tuple[float, int]:
@@ -117,13 +111,13 @@ def main() -> int:
         phases = [[float(x) for x in m.groups()] for m in map(_LINE.search, log) if m]
         print(f"engage after {args.warm:.0f} s of writes at {args.conns} connections "
               f"({rows} journal rows), {args.rounds} rounds {args.gap:.1f} s apart:")
-        print(f"  engage as the operator sees it  p50 {statistics.median(latencies):7.2f}  "
-              f"p99 {_p(latencies, .99):7.2f}  max {max(latencies):7.2f} ms")
-        for i, name in enumerate(("in the gateway", *PHASES)):
-            values = [p[i] for p in phases]
+        table_rows = [("engage as the operator sees it", latencies)] + [
+            (name, [p[i] for p in phases]) for i, name in enumerate(("in the gateway", *PHASES))]
+        for name, values in table_rows:
             if values:
-                print(f"  {name:31s} p50 {statistics.median(values):7.2f}  "
-                      f"p99 {_p(values, .99):7.2f}  max {max(values):7.2f} ms")
+                summary = bench._summary(values)  # p50, p99, max
+                print(f"  {name:31s} p50 {summary['p50']:7.2f}  p99 {summary['p99']:7.2f}  "
+                      f"max {summary['max']:7.2f} ms")
         print(f"  one read of the open intents ({table}): {read_ms:.2f} ms")
         return 0
     finally:
