@@ -214,11 +214,11 @@ class HeldCallStore(Protocol):
 
     async def finish_held(self, call_id: str, status: ApprovalStatus,
                           response: dict[str, Any] | None, journal_id: str | None,
-                          error: str | None) -> bool:
+                          error: str | None, hidden: frozenset[str] = frozenset()) -> bool:
         """approved -> ``status`` (EXECUTED or FAILED; anything else is a
-        ValueError), recording the upstream response, journal entry and error.
-        False if the call was not approved (e.g. its lease lapsed and it was
-        abandoned as unknown)."""
+        ValueError), recording the upstream response (readable without ``hidden``,
+        the call's secrets it repeats), journal entry and error. False if the call
+        was not approved (e.g. its lease lapsed and it was abandoned as unknown)."""
 
     async def reject_held(self, call_id: str, by: str, reason: str | None,
                           at: datetime) -> bool:

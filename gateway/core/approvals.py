@@ -38,12 +38,14 @@ from gateway.core.body import parse_body
 from gateway.core.model import Checkpoint, iso
 from gateway.core.policy.mcp_schema import TOOLS_CALL
 from gateway.core.redact import (
+    MIN_ECHO,
     REDACTED,
     is_secret_name,
     redact_headers,
     redact_json,
     redact_query,
     redacted_body,
+    secret_values,
 )
 from gateway.errors import ApprovalRefused
 
@@ -255,7 +257,8 @@ def public_view(call: HeldCall) -> dict[str, Any]:
         "expires_at": iso(call.expires_at) if call.expires_at else None,
         "decided_by": call.decided_by,
         "decided_at": iso(call.decided_at) if call.decided_at else None,
-        "reason": call.reason, "response": redacted_response(call.response),
+        "reason": call.reason,
+        "response": redacted_response(call.response, sent_secrets(call)),
         "journal_id": call.journal_id,
         "error": call.error, "kind": call.kind,
         "due_at": iso(call.due_at) if call.due_at else None,
@@ -265,9 +268,20 @@ def public_view(call: HeldCall) -> dict[str, Any]:
     }
 
 
-def redacted_response(response: dict[str, Any] | None) -> dict[str, Any] | None:
+def sent_secrets(call: HeldCall) -> frozenset[str]:
+    """The values of the secret-named fields the held call sends (a tool call's
+    arguments among them), long enough to look for (``MIN_ECHO``): an answer that
+    repeats one must not show it."""
+    content_type = next((v for k, v in call.headers if k.lower() == "content-type"), None)
+    return frozenset(v for v in secret_values(parse_body(call.body, content_type))
+                     if len(v) >= MIN_ECHO)
+
+
+def redacted_response(response: dict[str, Any] | None,
+                      hidden: frozenset[str] = frozenset()) -> dict[str, Any] | None:
     """An executed call's stored response, its headers and body redacted for views; a
-    tool call's JSON-RPC answer also in its text contents, as the journal has it."""
+    tool call's JSON-RPC answer also in its text contents, as the journal has it; and
+    any of ``hidden`` (``sent_secrets`` of its call) it repeats, wherever it is."""
     if not isinstance(response, dict):
         return response
     out = dict(response)
@@ -276,8 +290,11 @@ def redacted_response(response: dict[str, Any] | None) -> dict[str, Any] | None:
     if isinstance(out.get("body"), str) and out.get("body_encoding") is None:
         headers = out.get("headers")
         content_type = headers.get("content-type") if isinstance(headers, dict) else None
-        out["body"] = _answer_redacted(redacted_body(
+        body = _answer_redacted(redacted_body(
             out["body"].encode(), content_type or "application/json").decode("utf-8", "replace"))
+        for secret in sorted(hidden, key=len, reverse=True):  # the longest first
+            body = body.replace(secret, REDACTED)
+        out["body"] = body
     return out
 
 

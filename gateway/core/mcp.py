@@ -286,12 +286,28 @@ def redact_answer(answer: dict[str, Any] | None, sent: Any = None) -> dict[str, 
         return {**answer, "error": {**error, "message": redact_quoted(error["message"],
                                                                       secrets)}}
     result = answer.get("result")
-    if not isinstance(result, dict) or not isinstance(result.get("content"), list):
+    if not isinstance(result, dict):
         return answer
-    content = [{**c, "text": redact_quoted(c["text"], secrets)}
-               if isinstance(c, dict) and isinstance(c.get("text"), str) else c
-               for c in result["content"]]
-    return {**answer, "result": {**result, "content": content}}
+    if isinstance(result.get("content"), list):
+        result = {**result, "content": [
+            {**c, "text": redact_quoted(c["text"], secrets)}
+            if isinstance(c, dict) and isinstance(c.get("text"), str) else c
+            for c in result["content"]]}
+    if secrets and "structuredContent" in result:  # a tool's free text, outside content
+        result = {**result, "structuredContent": _without(result["structuredContent"],
+                                                          secrets)}
+    return {**answer, "result": result} if result is not answer.get("result") else answer
+
+
+def _without(value: Any, secrets: frozenset[str]) -> Any:
+    """``value`` with each of ``secrets`` replaced in every string it holds."""
+    if isinstance(value, str):
+        return redact_quoted(value, secrets) if any(s in value for s in secrets) else value
+    if isinstance(value, dict):
+        return {k: _without(v, secrets) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without(v, secrets) for v in value]
+    return value
 
 
 def result_text(result: dict[str, Any]) -> str | None:

@@ -30,6 +30,7 @@ from gateway.core.approvals import (
     lease,
     public_view,
     redacted_response,
+    sent_secrets,
     vote,
 )
 from gateway.core.killswitch import covering
@@ -287,7 +288,8 @@ class ApprovalQueue:
                 "unavailable: the answer is kept and saved once it is back (until "
                 f"{iso(held.lease_until) if held.lease_until else 'now'}, then the call is "
                 "unknown); read the approval again"), id=held.id)
-        return {**public_view(final), "response": redacted_response(response)}
+        return {**public_view(final), "response": redacted_response(response,
+                                                                     sent_secrets(held))}
 
     def lease_for(self, held: HeldCall) -> float:
         """Seconds an execution may take before the sweeper calls it unknown: never less

@@ -18,7 +18,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from gateway.core.approvals import ApprovalStatus, HeldCall, public_view
+from gateway.core.approvals import ApprovalStatus, HeldCall, public_view, sent_secrets
 from gateway.core.model import iso, utcnow
 from gateway.ports import HeldCallStore
 from gateway.services.held_calls import HeldAudit
@@ -92,7 +92,7 @@ class Finishes:
         while True:
             try:
                 return await self.store.finish_held(held.id, status, response, journal_id,
-                                                    error)
+                                                    error, sent_secrets(held))
             except Exception as exc:
                 left = ((held.lease_until - utcnow()).total_seconds()
                         if held.lease_until is not None else 0.0)

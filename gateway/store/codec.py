@@ -270,16 +270,19 @@ def held_row(call: HeldCall, sealer: Sealer = NO_SEALER) -> ApprovalRow:
     )
 
 
-def held_response_text(response: dict[str, Any] | None) -> str | None:
-    """An executed call's response as its readable column holds it: redacted."""
-    return dumps_or_null(redacted_response(response))
+def held_response_text(response: dict[str, Any] | None,
+                       hidden: frozenset[str] = frozenset()) -> str | None:
+    """An executed call's response as its readable column holds it: redacted, and
+    without ``hidden`` (its call's secrets it repeats)."""
+    return dumps_or_null(redacted_response(response, hidden))
 
 
-def held_response_sealed(response: dict[str, Any] | None, sealer: Sealer) -> str | None:
+def held_response_sealed(response: dict[str, Any] | None, sealer: Sealer,
+                         hidden: frozenset[str] = frozenset()) -> str | None:
     """The same response exactly (the agent's status URL returns it), sealed."""
     if response is None:
         return None
-    keep = sealer.keep if redacted_response(response) == response else sealer.seal
+    keep = sealer.keep if redacted_response(response, hidden) == response else sealer.seal
     return keep(response, APPROVAL_RESPONSE)
 
 

@@ -108,14 +108,14 @@ class HeldCalls:
 
     async def finish_held(self, call_id: str, status: ApprovalStatus,
                           response: dict[str, Any] | None, journal_id: str | None,
-                          error: str | None) -> bool:
+                          error: str | None, hidden: frozenset[str] = frozenset()) -> bool:
         if status not in (ApprovalStatus.EXECUTED, ApprovalStatus.FAILED, ApprovalStatus.UNKNOWN):
             raise ValueError(f"a claimed call finishes executed, failed or unknown, "
                              f"not {status.value}")
         return await self._change(call_id, [_status == APPROVED], status=status.value,
-                                  response=codec.held_response_text(response),
-                                  sealed_response=codec.held_response_sealed(response,
-                                                                             self._sealer),
+                                  response=codec.held_response_text(response, hidden),
+                                  sealed_response=codec.held_response_sealed(
+                                      response, self._sealer, hidden),
                                   journal_id=journal_id, error=error)
 
     async def reject_held(self, call_id: str, by: str, reason: str | None,

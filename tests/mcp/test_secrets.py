@@ -177,3 +177,54 @@ async def test_an_approved_tool_calls_answer_is_shown_and_stored_redacted(
     leaked = sorted(name for name, text in {**views, "store": stored}.items()
                     if "sk-agent-set" in text)
     assert leaked == []
+
+
+async def test_an_approved_tool_call_whose_answer_repeats_its_secret_argument_hides_it(
+        tmp_path: Path, store_url: str) -> None:
+    """A tool that answers in free text, repeating the secret argument it was given: no
+    field name says it is a secret, but operators, webhooks and the store's readable
+    columns must not show it; the agent's status URL still gets the answer exactly."""
+    accounts = {"a1": {"id": "a1", "plan": "pro", "api_key": TRUE_KEY}}
+    server = MCPServer("accounts")
+
+    @server.tool()
+    def rotate_key(id: str, api_key: str) -> str:
+        """Set an account's API key."""
+        accounts[id]["api_key"] = api_key
+        return f"rotated: the key of {id} is now {api_key}"
+
+    @server.tool()
+    def get_account(id: str) -> dict[str, Any]:
+        """One account, its API key included."""
+        return dict(accounts[id])
+
+    app = server.streamable_http_app(stateless_http=True, json_response=True)
+    hooks = Hooks()
+    key = {"journal_key": KEY} if store_url.startswith("postgresql") else {}
+    async with serve_app(hooks) as hook_url, serve_app(app, lifespan="on") as url:
+        async with started_gateway(tmp_path, store_url, {"tools.yaml": HOLD_RULES.format(url=url)},
+                                   approval_webhook=WebhookSettings(url=hook_url + "/hook"),
+                                   **key) as gw:
+            rig = Rig(gw, crm=None)  # type: ignore[arg-type]
+            held = await rig.call("rotate_key", {"id": "a1", "api_key": "sk-agent-set"})
+            assert "held for approval" in held.text, held.text
+            admin = gw.as_role("admin")
+            [item] = (await gw.admin.get("/v1/approvals", headers=admin)).json()["items"]
+            approved = await gw.admin.post(f"/v1/approvals/{item['id']}/approve", json={},
+                                           headers=admin)
+            assert approved.status_code == 200, approved.text
+            assert "the key of a1 is now [REDACTED]" in approved.json()["response"]["body"]
+            status = await gw.agent.get(f"/_gateway/approvals/{item['id']}")
+            assert "is now sk-agent-set" in status.json()["response"]["body"]  # exact, sealed
+            await until(lambda: len(hooks.bodies) >= 2, "the held and executed webhooks")
+            views = {
+                "approve answer": approved.text,
+                "approvals list": (await gw.admin.get("/v1/approvals", headers=admin)).text,
+                "approval detail": (await gw.admin.get(f"/v1/approvals/{item['id']}",
+                                                       headers=admin)).text,
+                "webhooks": "".join(hooks.bodies),
+            }
+            stored = await _store_text(store_url, Path(store_url.split("///", 1)[-1]).parent)
+    leaked = sorted(name for name, text in {**views, "store": stored}.items()
+                    if "sk-agent-set" in text)
+    assert leaked == []

@@ -30,7 +30,7 @@ class Store:
 
     async def finish_held(self, call_id: str, status: ApprovalStatus,
                           response: dict[str, Any] | None, journal_id: str | None,
-                          error: str | None) -> bool:
+                          error: str | None, hidden: frozenset[str] = frozenset()) -> bool:
         self.tries += 1
         if not self.up.is_set():
             raise ConnectionRefusedError("no primary among the store's hosts")
