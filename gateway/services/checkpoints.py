@@ -229,6 +229,10 @@ class Checkpoints:
             except TimeoutError:
                 log.warning("audit checkpoint %d is not yet on the store's standby; not used "
                             "until it is", kept[-1].size)
+                # tried again when the next one is due, as if the tree had just grown: at
+                # once, the next try would insert a checkpoint of what came since, and that
+                # commit waits for the standby too (the records themselves do not)
+                self._urgent, self._grew_at = False, time.monotonic()
                 return
         self.latest = kept[-1] if kept else None
         self.signed = size
