@@ -53,6 +53,7 @@ import socket
 import sqlite3
 import sys
 import time
+from collections.abc import Iterator
 from itertools import chain, repeat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -346,22 +347,29 @@ def _begin_immediate(connection: Any, file: SqliteFile | None) -> None:
     store; the ``-shm`` is checked with every statement, ``_sqlite_statement``), and
     SQLite's pauses between, slept on a worker thread (the loop serves on)."""
     deadline = time.monotonic() + BUSY_TIMEOUT
-    for pause in chain((0.0,), PAUSES, repeat(PAUSES[-1])):
+    for pause in chain((0.0,), pauses(deadline)):
         if pause:
-            await_only(asyncio.to_thread(time.sleep, max(0.0, min(
-                pause, deadline - time.monotonic()))))
+            await_only(asyncio.to_thread(time.sleep, pause))
         if file is not None:
             file.check_path()
         try:
             connection.exec_driver_sql("BEGIN IMMEDIATE")
             return
         except OperationalError as exc:
-            if not _locked(exc.orig) or time.monotonic() >= deadline:
+            if not busy(exc.orig) or time.monotonic() >= deadline:
                 raise
     raise AssertionError("unreachable: the pauses never end")
 
 
-def _locked(exc: BaseException | None) -> bool:
+def pauses(deadline: float) -> Iterator[float]:
+    """The seconds to sleep before each next try of a statement that found the database
+    locked (``PAUSES``, then its last for ever), none past ``deadline`` (monotonic)."""
+    for pause in chain(PAUSES, repeat(PAUSES[-1])):
+        yield max(0.0, min(pause, deadline - time.monotonic()))
+
+
+def busy(exc: BaseException | None) -> bool:
+    """Whether SQLite refused for another connection's lock (tried again, not failed)."""
     text = str(exc).lower()
     return "locked" in text or "busy" in text
 

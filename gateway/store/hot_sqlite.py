@@ -9,7 +9,6 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from itertools import chain, repeat
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -19,7 +18,7 @@ from gateway.store import codec
 from gateway.store import killswitch as ks
 from gateway.store.audit import WRITE_LOCK, append_in
 from gateway.store.bus import SocketBus
-from gateway.store.engine import BUSY_TIMEOUT, PAUSES, SQLITE_PRAGMAS, SqliteFile
+from gateway.store.engine import BUSY_TIMEOUT, SQLITE_PRAGMAS, SqliteFile, busy, pauses
 from gateway.store.hot import AuditItem, Tx
 
 log = logging.getLogger("gateway.store")
@@ -167,7 +166,7 @@ class SqliteHotPath:
             try:
                 return statement()
             except sqlite3.OperationalError as exc:
-                if not _busy(exc):
+                if not busy(exc):
                     raise
             return await asyncio.to_thread(self._waiting, statement,
                                            check or self._file.check)
@@ -181,7 +180,7 @@ class SqliteHotPath:
             try:
                 begin("BEGIN IMMEDIATE")
             except sqlite3.OperationalError as exc:
-                if not _busy(exc):
+                if not busy(exc):
                     raise
                 await asyncio.to_thread(self._waiting, lambda: begin("BEGIN IMMEDIATE"),
                                         self._file.check)
@@ -287,13 +286,13 @@ class SqliteHotPath:
         lock was touched by the retry that got it, and the process died of SIGBUS.
         Each try keeps the zero busy timeout; the pauses between are SQLite's own."""
         deadline = time.monotonic() + BUSY_TIMEOUT
-        for pause in chain(PAUSES, repeat(PAUSES[-1])):
-            time.sleep(max(0.0, min(pause, deadline - time.monotonic())))
+        for pause in pauses(deadline):
+            time.sleep(pause)
             check()
             try:
                 return statement()
             except sqlite3.OperationalError as exc:
-                if not _busy(exc) or time.monotonic() >= deadline:
+                if not busy(exc) or time.monotonic() >= deadline:
                     raise
         raise AssertionError("unreachable: the pauses never end")
 
@@ -327,11 +326,6 @@ def _sync_log(path: Path) -> None:
         os.fdatasync(fd)
     finally:
         os.close(fd)
-
-
-def _busy(exc: sqlite3.OperationalError) -> bool:
-    text = str(exc).lower()
-    return "locked" in text or "busy" in text
 
 
 async def _enable_wal(connection: sqlite3.Connection, attempts: int = 20) -> None:

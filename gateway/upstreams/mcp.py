@@ -116,13 +116,12 @@ class McpSender:
         if method != TOOLS_CALL:
             return plain_answer(body, content_type)
         response = mcp.response_in(body, content_type, mcp.ANY_ID)  # JSON, or out of SSE
-        # a secret in a tool's text is one too, and so is a secret argument it repeats
-        redacted = mcp.redact_answer(response, sent)
         failed = mcp.failure(response, sent)  # a tool reports failure in a 200
         if response is not None:
             body, content_type = json.dumps(response).encode(), mcp.JSON
         parsed = parse_body(body, content_type)
-        shown = redacted if failed is not None else mcp.redact_answer(parsed, sent)
+        # a secret in a tool's text is one too, and so is a secret argument it repeats
+        shown = mcp.redact_answer(response if failed is not None else parsed, sent)
         return Answer(body, content_type, parsed, shown, failed, False, True)
 
     # -- the agent's own messages ---------------------------------------------------
