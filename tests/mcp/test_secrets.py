@@ -149,26 +149,11 @@ async def test_an_approved_tool_calls_answer_is_shown_and_stored_redacted(
         async with started_gateway(tmp_path, store_url, {"tools.yaml": HOLD_RULES.format(url=url)},
                                    approval_webhook=WebhookSettings(url=hook_url + "/hook"),
                                    **key) as gw:
-            rig = Rig(gw, crm=None)  # type: ignore[arg-type]
-            held = await rig.call("rotate_key", {"id": "a1", "api_key": "sk-agent-set"})
-            assert "held for approval" in held.text, held.text
+            approved, status, views = await _rotated_and_approved(gw, hooks)
+            assert approved["response"]["status"] == 200
+            assert "[REDACTED]" in approved["response"]["body"]
+            assert "sk-agent-set" in status["response"]["body"]  # the agent's own answer
             admin = gw.as_role("admin")
-            [item] = (await gw.admin.get("/v1/approvals", headers=admin)).json()["items"]
-            approved = await gw.admin.post(f"/v1/approvals/{item['id']}/approve", json={},
-                                           headers=admin)
-            assert approved.status_code == 200, approved.text
-            assert approved.json()["response"]["status"] == 200
-            assert "[REDACTED]" in approved.json()["response"]["body"]
-            status = await gw.agent.get(f"/_gateway/approvals/{item['id']}")
-            assert "sk-agent-set" in status.json()["response"]["body"]  # the agent's own answer
-            await until(lambda: len(hooks.bodies) >= 2, "the held and executed webhooks")
-            views = {
-                "approve answer": approved.text,
-                "approvals list": (await gw.admin.get("/v1/approvals", headers=admin)).text,
-                "approval detail": (await gw.admin.get(f"/v1/approvals/{item['id']}",
-                                                       headers=admin)).text,
-                "webhooks": "".join(hooks.bodies),
-            }
             for entry in await gw.journal():
                 views["trail"] = (await gw.admin.get(f"/v1/journal/{entry['id']}/trail",
                                                      headers=admin)).text
@@ -205,26 +190,34 @@ async def test_an_approved_tool_call_whose_answer_repeats_its_secret_argument_hi
         async with started_gateway(tmp_path, store_url, {"tools.yaml": HOLD_RULES.format(url=url)},
                                    approval_webhook=WebhookSettings(url=hook_url + "/hook"),
                                    **key) as gw:
-            rig = Rig(gw, crm=None)  # type: ignore[arg-type]
-            held = await rig.call("rotate_key", {"id": "a1", "api_key": "sk-agent-set"})
-            assert "held for approval" in held.text, held.text
-            admin = gw.as_role("admin")
-            [item] = (await gw.admin.get("/v1/approvals", headers=admin)).json()["items"]
-            approved = await gw.admin.post(f"/v1/approvals/{item['id']}/approve", json={},
-                                           headers=admin)
-            assert approved.status_code == 200, approved.text
-            assert "the key of a1 is now [REDACTED]" in approved.json()["response"]["body"]
-            status = await gw.agent.get(f"/_gateway/approvals/{item['id']}")
-            assert "is now sk-agent-set" in status.json()["response"]["body"]  # exact, sealed
-            await until(lambda: len(hooks.bodies) >= 2, "the held and executed webhooks")
-            views = {
-                "approve answer": approved.text,
-                "approvals list": (await gw.admin.get("/v1/approvals", headers=admin)).text,
-                "approval detail": (await gw.admin.get(f"/v1/approvals/{item['id']}",
-                                                       headers=admin)).text,
-                "webhooks": "".join(hooks.bodies),
-            }
+            approved, status, views = await _rotated_and_approved(gw, hooks)
+            assert "the key of a1 is now [REDACTED]" in approved["response"]["body"]
+            assert "is now sk-agent-set" in status["response"]["body"]  # exact, sealed
             stored = await _store_text(store_url, Path(store_url.split("///", 1)[-1]).parent)
     leaked = sorted(name for name, text in {**views, "store": stored}.items()
                     if "sk-agent-set" in text)
     assert leaked == []
+
+
+async def _rotated_and_approved(gw: Any, hooks: Hooks,
+                                ) -> tuple[dict[str, Any], dict[str, Any], dict[str, str]]:
+    """``rotate_key`` held, then approved by an admin: the approve answer, the agent's
+    status view of the call, and what operators and webhook receivers see, as text."""
+    rig = Rig(gw, crm=None)
+    held = await rig.call("rotate_key", {"id": "a1", "api_key": "sk-agent-set"})
+    assert "held for approval" in held.text, held.text
+    admin = gw.as_role("admin")
+    [item] = (await gw.admin.get("/v1/approvals", headers=admin)).json()["items"]
+    approved = await gw.admin.post(f"/v1/approvals/{item['id']}/approve", json={},
+                                   headers=admin)
+    assert approved.status_code == 200, approved.text
+    status = await gw.agent.get(f"/_gateway/approvals/{item['id']}")
+    await until(lambda: len(hooks.bodies) >= 2, "the held and executed webhooks")
+    views = {
+        "approve answer": approved.text,
+        "approvals list": (await gw.admin.get("/v1/approvals", headers=admin)).text,
+        "approval detail": (await gw.admin.get(f"/v1/approvals/{item['id']}",
+                                               headers=admin)).text,
+        "webhooks": "".join(hooks.bodies),
+    }
+    return approved.json(), status.json(), views
