@@ -11,13 +11,6 @@ to every anchor by the anchor's own task, which retries with backoff; a
 slow or failing anchor never delays signing, and nothing here ever delays a
 write.
 
-A checkpoint is used (served, anchored, trusted as signed) only once it is
-known durable: this process's own insert, whose commit had the synchronous
-standby's answer, or one read and then confirmed by the store's ``flush``. On
-PostgreSQL a commit cut while waiting for the standby leaves its row visible on
-the primary alone; another process's checkpoint (or this one's, cut and tried
-again) may be such a row, and a failover would lose what was published.
-
 A log must never sign two checkpoints that contradict each other. At start,
 the tree rebuilt from the store is held against the newest stored
 checkpoint; if records it covered are gone or changed, nothing more is
@@ -44,7 +37,6 @@ log = logging.getLogger("gateway.audit.checkpoints")
 POLL = 0.2  # seconds between two reads of the audit table's tail
 PAGE = 10_000
 BACKOFF_MAX = 300.0
-CONFIRM_WAIT = 1.0  # seconds signing waits for a flush (then tries again: the tail is followed)
 URGENT = frozenset({"killswitch.engage", "killswitch.release", "approval.approve",
                     "approval.reject", "approval.expired", "rollback.start", "rollback.resume",
                     "rollback.finish"})
@@ -82,7 +74,6 @@ class Checkpoints:
         await self.sync()
         kept = await self._store.checkpoints(limit=1)
         if kept:
-            await self._store.flush()  # a commit cut before the standby had it: now it has
             self.latest = kept[-1]
             self.signed = kept[-1].size
             self._check_against(kept[-1])
@@ -221,19 +212,8 @@ class Checkpoints:
         point = Checkpoint(self.origin, size, self.tree.root(size))
         note = self.signer.sign(point.text())
         root = base64.b64encode(point.root).decode()
-        inserted = await self._store.add_checkpoint(size, root, note, utcnow())
+        await self._store.add_checkpoint(size, root, note, utcnow())
         kept = await self._store.checkpoints(limit=1)
-        if kept and not (inserted and kept[-1].size == size):  # another's: maybe on the
-            try:  # primary alone (its commit cut), and used only once it is not
-                await asyncio.wait_for(self._store.flush(), CONFIRM_WAIT)
-            except TimeoutError:
-                log.warning("audit checkpoint %d is not yet on the store's standby; not used "
-                            "until it is", kept[-1].size)
-                # tried again when the next one is due, as if the tree had just grown: at
-                # once, the next try would insert a checkpoint of what came since, and that
-                # commit waits for the standby too (the records themselves do not)
-                self._urgent, self._grew_at = False, time.monotonic()
-                return
         self.latest = kept[-1] if kept else None
         self.signed = size
         self._urgent, self._grew_at = False, None
@@ -280,11 +260,6 @@ class Checkpoints:
             await self._store.anchor_checkpoint(point.size, point.anchors, note)
         except Exception:
             log.exception("audit anchor %s: could not record its answer", anchor.state.name)
-
-    def confirmed(self, point: StoredCheckpointLike) -> bool:
-        """``point`` is the newest checkpoint this process knows durable (no flush needed)."""
-        latest = self.latest
-        return latest is not None and latest.size == point.size and latest.root == point.root
 
     def health(self) -> dict[str, Any]:
         """``audit``: the newest checkpoint and the log's state; ``anchors``: each anchor's."""

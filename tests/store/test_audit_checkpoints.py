@@ -197,9 +197,6 @@ class _Tail:
     async def checkpoints(self, limit: int = 1000, upto: int | None = None) -> list[Any]:
         return self.stored[-limit:]
 
-    async def flush(self) -> None:
-        return None
-
 
 @pytest.mark.parametrize("action, at_once", [
     ("killswitch.engage", True), ("killswitch.release", True), ("approval.approve", True),
