@@ -332,6 +332,9 @@ class LeaseStore(Protocol):
                         before: datetime | None = None) -> list[JournalEntry]:
         """``process``'s entries journaled in [``since``, ``before``) no record names."""
 
+    async def tidy(self) -> None:
+        """Upkeep, once a recovery round (PostgreSQL: the open intents' dead rows vacuumed)."""
+
     async def incarnation(self) -> str:
         """Which run of the database server answers: another after a restart or a
         promotion, when unflushed commits may be lost (SQLite's never changes)."""

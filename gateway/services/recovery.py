@@ -93,6 +93,7 @@ class Recovery:
             await self.journal.lost_outcomes(  # saved, then lost by the store
                 self.process, utcnow() - timedelta(seconds=self.horizon))
             await self.rollbacks.resume_unfinished()
+            await self.store.tidy()
         except Exception as exc:  # the store is down: next round
             log.warning("recovery round failed: %s", exc)
 

@@ -52,6 +52,9 @@ _AUDIT_SINCE = text("SELECT detail FROM audit WHERE at >= :since")
 _INCARNATION = text("SELECT pg_postmaster_start_time()::text || ' ' || "
                     "coalesce(inet_server_addr()::text, '') || ':' || "
                     "coalesce(inet_server_port()::text, '')")
+# the open intents' own table loses a row to every outcome: its dead rows are vacuumed by
+# every recovery round (autovacuum wakes once a minute; the engage reads the table whole)
+_TIDY = text("VACUUM (SKIP_LOCKED) journal_open")
 DEAD = ("the gateway process that sent it stopped before its outcome was journaled; "
         "it may or may not have reached the upstream")
 
@@ -121,6 +124,21 @@ class Leases:
                     "unknown": JournalState.UNKNOWN.value, "why": DEAD, "now": iso(now),
                     "id": entry_id})
         return ids, await self.unaudited(process)
+
+    async def tidy(self) -> None:
+        """PostgreSQL: vacuum ``journal_open`` (migration 0023). Each outcome deletes its
+        intent's row there, and autovacuum comes at most once a minute: at thousands of
+        writes a second the kill switch's read of the open intents (a sequential scan)
+        grew to several milliseconds by then. Called every recovery round (a third of
+        ``executor_lease``); ``SKIP_LOCKED``: a process that finds another's vacuum
+        running leaves it that round. A role that does not own the table gets a warning
+        from the server, not an error. SQLite: nothing (an outcome rewrites its index
+        entry in place)."""
+        if not self._postgres:
+            return
+        async with self._engine.connect() as connection:
+            ready = await connection.execution_options(isolation_level="AUTOCOMMIT")
+            await ready.execute(_TIDY)
 
     async def incarnation(self) -> str:
         if self._engine.dialect.name != "postgresql":
