@@ -51,12 +51,14 @@ life of a write under faults").
 The proxy turns any GatewayError into ``{"error": {"code", "message", ...}}``
 in one place (``gateway.proxy.responses``), the admin API any AdminError the same
 way; nothing raises HTTP exceptions. An upstream signed with ``aws_sigv4`` gets it
-as S3's XML error (``s3_xml``) or, for another AWS service, as the query APIs' one
+as S3's XML error (``s3_xml``), as the JSON protocol's (``aws_json``) for a call that
+names its operation in ``X-Amz-Target``, or else as the query APIs' XML one
 (``query_xml``).
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 from xml.sax.saxutils import escape
 
@@ -92,13 +94,29 @@ class GatewayError(Exception):
                 f"<Type>{kind}</Type>{self._xml_fields()}</Error>"
                 f"<RequestId>{escape(request_id)}</RequestId></ErrorResponse>").encode()
 
-    def _xml_fields(self) -> str:
-        code = _S3_CODES.get(self.status, "InternalError" if self.status >= 500
+    def aws_json(self) -> bytes:
+        """The error as AWS's JSON protocol answers one (DynamoDB, KMS, SQS's JSON: a
+        call with ``X-Amz-Target``), whose SDKs (botocore) read the code from ``__type``
+        (after its ``#``) and the message from ``message``, and call an XML body's error
+        a bare status."""
+        fields = {_xml_name(k): v for k, v in self.extra.items() if v is not None}
+        return json.dumps({**fields, "__type": f"gateway#{self.aws_code}",
+                           "message": self._aws_message, "GatewayCode": self.code}).encode()
+
+    @property
+    def aws_code(self) -> str:
+        """The code an AWS SDK shows for this error (S3's names for the same statuses)."""
+        return _S3_CODES.get(self.status, "InternalError" if self.status >= 500
                              else "InvalidRequest")
-        message = f"gateway {self.code}: {self.message}"
+
+    @property
+    def _aws_message(self) -> str:
+        return f"gateway {self.code}: {self.message}"
+
+    def _xml_fields(self) -> str:
         extra = "".join(f"<{_xml_name(k)}>{escape(str(v))}</{_xml_name(k)}>"
                         for k, v in self.extra.items() if v is not None)
-        return (f"<Code>{code}</Code><Message>{escape(message)}</Message>"
+        return (f"<Code>{self.aws_code}</Code><Message>{escape(self._aws_message)}</Message>"
                 f"<GatewayCode>{self.code}</GatewayCode>{extra}")
 
 

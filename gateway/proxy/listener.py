@@ -125,7 +125,7 @@ class ProxyApp:
             record.decision, record.status = exc.decision, exc.status
             await self._audit(scope, request_id, exc.decision, exc.status,
                               {"code": exc.code, **exc.extra})
-            await _error(send, exc, request_id, self._aws(scope))
+            await _error(send, exc, request_id, self._aws_shape(scope))
             return
         except Exception:
             log.exception("unexpected error handling %s %s", scope.get("method"), scope.get("path"))
@@ -138,12 +138,23 @@ class ProxyApp:
         await _stream(send, reply, request_id, scope["method"] == "HEAD",
                       scope.get("gateway.hold_head"))
 
-    def _aws(self, scope: Scope) -> str | None:
-        """The AWS service the call's upstream signs for (``aws_sigv4``), if any: its
-        errors are answered in that service's XML."""
+    def _aws_shape(self, scope: Scope) -> str | None:
+        """How an AWS SDK reads the call's errors, when its upstream signs for an AWS
+        service (``aws_sigv4``): ``s3`` (S3's XML), ``json`` (the JSON protocol: the call
+        names its operation in ``X-Amz-Target`` or is sent as ``x-amz-json``) or
+        ``query`` (the query APIs' XML); None for any other upstream (the contract's
+        JSON)."""
         upstream = self.policies.current.upstreams.get(scope["path"][1:].partition("/")[0])
         sigv4 = upstream.credential.sigv4 if upstream and upstream.credential else None
-        return sigv4.service if sigv4 is not None else None
+        if sigv4 is None:
+            return None
+        if sigv4.service.startswith("s3"):
+            return "s3"
+        for name, value in scope["headers"]:
+            if name.replace(b"_", b"-") == b"x-amz-target" or (
+                    name == b"content-type" and value.startswith(b"application/x-amz-json")):
+                return "json"
+        return "query"
 
     async def _audit(self, scope: Scope, request_id: str, decision: str, status: int,
                      detail: dict[str, Any],
@@ -261,10 +272,16 @@ def _gateway_headers(decision: str, request_id: str) -> list[tuple[bytes, bytes]
 
 async def _error(send: Send, exc: GatewayError, request_id: str,
                  aws: str | None = None) -> None:
+    """``aws`` (``ProxyApp._aws_shape``): the error in the shape the AWS SDK reads."""
     if aws is None:
         data, kind = json.dumps(exc.body()).encode(), _JSON
+    elif aws == "json":
+        data = exc.aws_json()
+        kind = [(b"content-type", b"application/x-amz-json-1.0"),
+                (b"x-amzn-errortype", exc.aws_code.encode()),
+                (b"x-amzn-requestid", request_id.encode())]
     else:  # S3's own XML, else the query APIs' (botocore reads no other shape)
-        data = exc.s3_xml(request_id) if aws.startswith("s3") else exc.query_xml(request_id)
+        data = exc.s3_xml(request_id) if aws == "s3" else exc.query_xml(request_id)
         kind = [(b"content-type", b"application/xml")]
     headers = kind + [(b"content-length", str(len(data)).encode())]
     if exc.status in _CLOSE_AFTER:
