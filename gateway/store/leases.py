@@ -53,8 +53,9 @@ _INCARNATION = text("SELECT pg_postmaster_start_time()::text || ' ' || "
                     "coalesce(inet_server_addr()::text, '') || ':' || "
                     "coalesce(inet_server_port()::text, '')")
 # the open intents' own table loses a row to every outcome: its dead rows are vacuumed by
-# every recovery round (autovacuum wakes once a minute; the engage reads the table whole)
-_TIDY = text("VACUUM (SKIP_LOCKED) journal_open")
+# every recovery round (autovacuum wakes once a minute; the engage reads the table whole);
+# never truncated here: that takes a lock every write's trigger and the engage would wait for
+_TIDY = text("VACUUM (SKIP_LOCKED, TRUNCATE false) journal_open")
 DEAD = ("the gateway process that sent it stopped before its outcome was journaled; "
         "it may or may not have reached the upstream")
 
@@ -131,9 +132,11 @@ class Leases:
         writes a second the kill switch's read of the open intents (a sequential scan)
         grew to several milliseconds by then. Called every recovery round (a third of
         ``executor_lease``); ``SKIP_LOCKED``: a process that finds another's vacuum
-        running leaves it that round. A role that does not own the table gets a warning
-        from the server, not an error. SQLite: nothing (an outcome rewrites its index
-        entry in place)."""
+        running leaves it that round; ``TRUNCATE false``: cutting the file's empty tail
+        would take the table's exclusive lock, which every intent's trigger and the
+        engage's read would wait for (autovacuum still does, rarely). A role that does
+        not own the table gets a warning from the server, not an error. SQLite: nothing
+        (an outcome rewrites its index entry in place)."""
         if not self._postgres:
             return
         async with self._engine.connect() as connection:
