@@ -51,8 +51,11 @@ poll = functools.partial(_poll, timeout=60)  # a promotion, or a claim's lease t
 def gateways(tmp_path: Path, pair: Pair, upstream: Recorder) -> Iterator[list[Proc]]:
     (tmp_path / "policies").mkdir()
     (tmp_path / "policies" / "crm.yaml").write_text(policy_text(upstream.url, RULES))
-    config = write_settings(tmp_path, pair.url(), engage_wait=1.0, upstream_timeout=5,
-                            # a claim's lease: 27 s, room for the approve's 5 s wait for
+    config = write_settings(tmp_path, pair.url(), engage_wait=1.0,
+                            # the upstream answers once the primary crashed and (in one
+                            # case) the standby was promoted: seconds on a loaded machine
+                            upstream_timeout=30,
+                            # a claim's lease: 52 s, room for the approve's 5 s wait for
                             # its save, the promotion and the reconnect before it lapses
                             capture_timeout=1, executor_lease=10)
     started = start_gateways(config, 2)
@@ -128,11 +131,11 @@ def journal(admin: str) -> list[dict]:  # type: ignore[type-arg]
 
 @pytest.fixture
 def short_claims(tmp_path: Path, pair: Pair, upstream: Recorder) -> Iterator[list[Proc]]:
-    """A claim's lease of 9 s (upstream 3 + 2 captures of 1 + 2 heartbeats of 2), so the
+    """A claim's lease of 11 s (upstream 5 + 2 captures of 1 + 2 heartbeats of 2), so the
     store can stay away past it."""
     (tmp_path / "policies").mkdir()
     (tmp_path / "policies" / "crm.yaml").write_text(policy_text(upstream.url, RULES))
-    config = write_settings(tmp_path, pair.url(), engage_wait=1.0, upstream_timeout=3,
+    config = write_settings(tmp_path, pair.url(), engage_wait=1.0, upstream_timeout=5,
                             capture_timeout=1, executor_lease=2)
     started = start_gateways(config, 2)
     yield started
@@ -158,14 +161,14 @@ def test_an_answer_whose_save_outlives_the_claim_is_audited_once(
     approving.start()
     try:
         poll(upstream.gated.is_set, "the approved call at the upstream")
-        row = run(pair, pair.primary_port, "gateway",
-                  f"SELECT lease_until FROM approvals WHERE id = '{call_id}'")
-        lease_until = datetime.fromisoformat(str(row[0]["lease_until"]).replace("Z", "+00:00"))
-        pair.crash_primary()
+        pair.crash_primary()  # quickly: the upstream answers within its timeout
     finally:
         upstream.gate.set()
         approving.join(timeout=60)
     assert [a.status_code for a in answers] == [503], answers
+    row = run(pair, pair.standby_port, "gateway",  # the claim is on the synchronous standby
+              f"SELECT lease_until FROM approvals WHERE id = '{call_id}'")
+    lease_until = datetime.fromisoformat(str(row[0]["lease_until"]).replace("Z", "+00:00"))
     # the executor stops retrying before the lease ends; a try under way then fails too
     poll(lambda: datetime.now(UTC) > lease_until + timedelta(seconds=1), "the lease's end")
     pair.promote()
