@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from gateway.core.seal import Sealer
 
 log = logging.getLogger("gateway")
+SAVES_AT_STOP = 10.0  # seconds a stop waits for the saves the store refused while it was down
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,11 +218,10 @@ class Gateway:
             self.resuming.cancel()
             await asyncio.gather(self.resuming, return_exceptions=True)
             await self.recovery.stop()
-            await self.approvals.stop()
-            try:  # outcomes are retried while the store is down: not forever at shutdown
-                await asyncio.wait_for(self.journal.settled(), timeout=10)
-            except TimeoutError:
-                log.error("outcomes not journaled at shutdown; recovery journals them unknown")
+            # saves the store refused, retried while it is down: held calls' answers and
+            # journal outcomes, side by side under one deadline, not one after the other
+            await asyncio.gather(self.approvals.stop(SAVES_AT_STOP),
+                                 self._outcomes_journaled(SAVES_AT_STOP))
             await self.audit.stop()
             await self.checkpoints.stop()
             await self.notifier.stop()
@@ -232,6 +232,12 @@ class Gateway:
             await self._client.close()
         if self._store is not None:
             await self._store.close()
+
+    async def _outcomes_journaled(self, timeout: float) -> None:
+        try:
+            await asyncio.wait_for(self.journal.settled(), timeout=timeout)
+        except TimeoutError:
+            log.error("outcomes not journaled at shutdown; recovery journals them unknown")
 
     async def reload_policies(self, actor: str) -> ReloadResult:
         """Load the directory again; an invalid set leaves the last good one in force."""

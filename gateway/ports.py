@@ -330,7 +330,8 @@ class LeaseStore(Protocol):
 
     async def unaudited(self, process: str, since: datetime | None = None,
                         before: datetime | None = None) -> list[JournalEntry]:
-        """``process``'s entries journaled in [``since``, ``before``) no record names."""
+        """``process``'s entries journaled in [``since``, ``before``) no record names (a
+        held call's: nor the record of the call's end, nor is the call still claimed)."""
 
     async def tidy(self) -> None:
         """Upkeep, once a recovery round (PostgreSQL: the open intents' dead rows vacuumed)."""

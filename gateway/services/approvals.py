@@ -327,11 +327,13 @@ class ApprovalQueue:
     def start(self) -> None:
         self._sweeper = asyncio.create_task(self._sweep_forever())
 
-    async def stop(self) -> None:
+    async def stop(self, timeout: float = 10.0) -> None:
+        """The sweeper stopped, then up to ``timeout`` seconds for the saves of answers in
+        hand (``Finishes.settled``)."""
         if self._sweeper is not None:
             self._sweeper.cancel()
             await asyncio.gather(self._sweeper, return_exceptions=True)
-        await self.finishes.settled(timeout=10)  # answers in hand, saves under way
+        await self.finishes.settled(timeout=timeout)
 
     async def sweep(self) -> None:
         """Expire due calls; mark claims whose process died mid-way as unknown."""

@@ -6,7 +6,10 @@ upstream answers: a primary that died while the call was in flight, none promote
 yet. The gateway has the answer in hand and the claim is still its own, so it
 keeps the answer and retries the save until it lands or the claim's lease ends
 (then the sweeper calls the call ``unknown``, as for a process that died; never
-later, so no answer overwrites what another process decided). The operator's
+later, so no answer overwrites what another process decided). The journal entry
+keeps the answer all the same (its outcome is retried apart), and the sweeper's
+``approval.unknown`` is the one record of the call's end: recovery appends no
+other for the entry (``Store.unaudited``). The operator's
 request waits for the save up to ``wait`` seconds; past that it is told the
 store is unavailable while the save goes on here.
 """

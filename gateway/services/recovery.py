@@ -22,7 +22,10 @@ third of ``executor_lease``). Then, again and again:
   process (``Rollbacks.resume_unfinished``).
 
 Held and delayed calls have their own one-executor claim (``approvals``: a
-compare-and-set claim with a lease the sweeper enforces).
+compare-and-set claim with a lease the sweeper enforces). The record of a held
+call's end (its executor's, or the sweeper's ``approval.unknown`` when the claim
+lapsed with the answer unsaved) accounts for its entry: recovery appends none
+beside it, nor while the call is still claimed (``Store.unaudited``).
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 from datetime import datetime, timedelta
 
-from sqlalchemy import text
+from sqlalchemy import bindparam, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -47,7 +47,12 @@ _OWN_INTENTS = {pg: text(f"SELECT id FROM {_OPEN[pg]} process = :process AND at 
                 for pg in _OPEN}
 _INTENT_PROCESSES = {pg: text(f"SELECT DISTINCT process FROM {_OPEN[pg]} at < :before "
                               "AND process IS NOT NULL") for pg in _OPEN}
-_AUDIT_SINCE = text("SELECT detail FROM audit WHERE at >= :since")
+_AUDIT_SINCE = text("SELECT action, detail FROM audit WHERE at >= :since")
+_RUNNING = text("SELECT id FROM approvals WHERE status = 'approved' AND id IN :ids"
+                ).bindparams(bindparam("ids", expanding=True))
+# the records that end a claimed held call (``services.finishes``, or the sweeper's
+# ``approval.unknown`` for a claim whose lease lapsed): each names the call
+_APPROVAL_ENDS = frozenset({"approval.executed", "approval.failed", "approval.unknown"})
 # the server's start (a restart, or another server promoted, changes it) and its address
 _INCARNATION = text("SELECT pg_postmaster_start_time()::text || ' ' || "
                     "coalesce(inet_server_addr()::text, '') || ':' || "
@@ -152,7 +157,13 @@ class Leases:
     async def unaudited(self, process: str, since: datetime | None = None,
                         before: datetime | None = None) -> list[JournalEntry]:
         """``process``'s journal entries (journaled in [``since``, ``before``) when given)
-        that no audit record names, oldest first."""
+        that no audit record names, oldest first.
+
+        A held call's entry is accounted for by the record of the call's end, which names
+        the call (and the entry, when the executor saved it): ``approval.executed`` or
+        ``failed``, or the sweeper's ``approval.unknown`` once the claim's lease lapsed
+        with the answer unsaved. While the call is still claimed (``approved``) that
+        record is yet to come, from its executor or the sweeper: not missing either."""
         statement = (select(JournalRow).where(col(JournalRow.process) == process,
                                               col(JournalRow.decision) != "rollback",
                                               col(JournalRow.state) != JournalState.SHADOW.value)
@@ -165,15 +176,28 @@ class Leases:
             entries = [codec.entry_from_row(row) for row in (await session.exec(statement)).all()]
         if not entries:
             return []
-        named: set[str] = set()
+        named: set[str] = set()  # entries, and the held calls whose end is recorded
+        held = sorted({a for a in map(_approval_of, entries) if a is not None})
         async with self._engine.connect() as connection:
+            if held:  # read before the audit: a sweep commits the end, then records it
+                named.update((await connection.execute(_RUNNING, {"ids": held})).scalars())
             first = iso(entries[0].at - timedelta(minutes=1))
-            for (detail,) in (await connection.execute(_AUDIT_SINCE, {"since": first})).all():
+            for action, detail in (await connection.execute(_AUDIT_SINCE,
+                                                            {"since": first})).all():
                 try:
                     value = json.loads(detail)
                 except ValueError:
                     continue
-                for key in ("journal", "journal_id"):
+                keys = ("journal", "journal_id", "approval") if action in _APPROVAL_ENDS \
+                    else ("journal", "journal_id")
+                for key in keys:
                     if isinstance(value.get(key), str):
                         named.add(value[key])
-        return [entry for entry in entries if entry.id not in named]
+        return [entry for entry in entries
+                if entry.id not in named and _approval_of(entry) not in named]
+
+
+def _approval_of(entry: JournalEntry) -> str | None:
+    """The held call that ``entry`` executed, if any."""
+    approval = (entry.approval or {}).get("id")
+    return approval if isinstance(approval, str) else None

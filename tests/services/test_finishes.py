@@ -6,15 +6,23 @@ bounded, the save goes on after it, and it stops at the claim's lease."""
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import replace
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
+import pytest
+
+from gateway import app
 from gateway.core.approvals import ApprovalStatus, HeldCall
-from gateway.core.model import Checkpoint, utcnow
+from gateway.core.model import Checkpoint, JournalOutcome, JournalState, utcnow
+from gateway.observe.seam import NO_WATCH
 from gateway.services.finishes import Finishes
 from gateway.services.held_calls import HeldAudit
 from gateway.services.notify import Notifier
+from tests.harness import policy_text, started_gateway
+from tests.store.conftest import _entry as make_entry
 
 RESPONSE = {"status": 200, "headers": {}, "body": "{}", "body_encoding": None}
 
@@ -96,3 +104,33 @@ async def test_a_store_that_answers_saves_at_once() -> None:
                                                  "upstream_timeout: ...")
     assert final is not None and final.status is ApprovalStatus.UNKNOWN
     assert store.tries == 1 and store.audited == ["approval.unknown"] and woken == ["h-1"]
+
+
+async def test_a_stop_waits_for_answers_and_outcomes_under_one_deadline(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """At shutdown an approved call's answer and a write's outcome may both be waiting
+    for the store: the stop waits for them side by side, up to ``SAVES_AT_STOP`` in all,
+    not that long for each in turn."""
+    monkeypatch.setattr(app, "SAVES_AT_STOP", 1.5)
+    url = f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}"
+    rules = '- id: r\n  match: {methods: [GET], path: "/r"}\n  action: allow\n'
+    async with started_gateway(tmp_path, url, {"crm.yaml": policy_text("http://127.0.0.1:9",
+                                                                       rules)}) as gw:
+        gateway = gw.gateway
+        monkeypatch.setattr(gateway.store, "finish_held", refused)
+        monkeypatch.setattr(gateway.store, "journal_outcome", refused)
+        gateway.approvals.finishes.wait = 0  # the operator's request is answered at once
+        assert await gateway.approvals.finishes(
+            claimed(lease=60), ApprovalStatus.EXECUTED, RESPONSE, "j-1", None) is None
+        gateway.journal.later(make_entry(1), OUTCOME, NO_WATCH)
+        started = time.monotonic()
+    took = time.monotonic() - started
+    assert 1.5 <= took < 2.9, took  # each one's deadline in turn: 3 s and more
+
+
+async def refused(*args: Any, **kwargs: Any) -> None:
+    raise ConnectionRefusedError("no primary among the store's hosts")
+
+
+OUTCOME = JournalOutcome(JournalState.COMPLETED, 200, {}, "{}", None, 2, None, False, None, {},
+                         utcnow())

@@ -6,8 +6,11 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
+from gateway.core.approvals import ApprovalStatus
 from gateway.core.model import utcnow
 from gateway.store.sql import SqlStore
+from tests.store.conftest import EntryFactory
+from tests.store.test_sql_approvals import held
 
 
 async def test_one_of_many_takers_holds_a_lease_until_it_lapses(store: SqlStore) -> None:
@@ -34,3 +37,22 @@ async def test_tripwire_windows_count_and_slide(store: SqlStore) -> None:
     assert counts == [(0, 0.0), (1, 2.5), (2, 5.0)]  # before each event
     assert await store.count_tripwire("up/five/", 1, 60, now + timedelta(seconds=64)) == \
         (0, 0.0)  # a window and a bucket later: gone
+
+
+async def test_a_held_calls_entry_is_accounted_for_by_the_record_of_its_end(
+        store: SqlStore, make_entry: EntryFactory) -> None:
+    """Recovery appends a "recovered" record for each entry ``unaudited`` returns. A held
+    call's entry is named by the record that ends the call (the executor's, or the
+    sweeper's ``approval.unknown`` when the claim lapsed with the answer unsaved), and is
+    not missing one while the call is still claimed (that record is yet to come)."""
+    calls = {n: held(n, status=status) for n, status in (
+        (1, ApprovalStatus.APPROVED), (2, ApprovalStatus.UNKNOWN), (3, ApprovalStatus.UNKNOWN))}
+    for n, call in calls.items():
+        await store.create_held(call)
+        await store.journal_intent(make_entry(n, approval={"id": call.id, "approved_by": []}))
+    await store.journal_intent(make_entry(4))  # not held: named by its call's record only
+    now = utcnow()
+    await store.append_audit("gateway", "approval.unknown", {"approval": calls[2].id}, now)
+    await store.append_audit("ops", "approval.approve", {"approval": calls[3].id}, now)
+    assert [e.id for e in await store.unaudited(store.process)] == [
+        make_entry(3).id, make_entry(4).id]
