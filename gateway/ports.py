@@ -325,13 +325,12 @@ class LeaseStore(Protocol):
 
     async def recover_process(self, process: str, now: datetime
                               ) -> tuple[list[str], list[JournalEntry]]:
-        """A dead process's intents become ``unknown`` (their ids); and its journal
-        entries that no audit record names."""
+        """A dead process's intents become ``unknown`` (their ids); its unaudited entries."""
 
     async def unaudited(self, process: str, since: datetime | None = None,
                         before: datetime | None = None) -> list[JournalEntry]:
-        """``process``'s entries journaled in [``since``, ``before``) no record names (a
-        held call's: nor the record of the call's end, nor is the call still claimed)."""
+        """``process``'s entries journaled in [``since``, ``before``) no record names
+        (a held call's: nor its end's record; nor is it still claimed)."""
 
     async def tidy(self) -> None:
         """Upkeep, once a recovery round (PostgreSQL: the open intents' dead rows vacuumed)."""
