@@ -9,7 +9,9 @@ third of ``executor_lease``). Then, again and again:
   of its journal entries that no audit record names gets one, appended from
   the committed intent (the listener's record was still in memory when it
   died). A crash therefore costs no write its journal entry nor its audit
-  record, without a synchronous audit commit per reply;
+  record, without a synchronous audit commit per reply. After a round that
+  failed (the store down, when no heartbeat can be renewed) nobody is taken
+  over for a lease and a round: the live processes renew theirs first;
 - each of this process's own journal entries, once older than a write may
   take (plus a lease), is looked for in the audit: the store may have lost
   its record while this process lived (on PostgreSQL the decisions commit
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -56,6 +59,8 @@ class Recovery:
         self._audited_to = utcnow()  # this process's entries before it have their records
         self._incarnation: str | None = None  # the store's server, as last seen
         self._suspect_to = self._audited_to  # entries journaled before it are looked at
+        self._store_down = False  # the last round failed (the store down?)
+        self._trust_from = 0.0  # monotonic: no process is taken for dead before (``_dead``)
 
     @property
     def _heartbeat(self) -> str:
@@ -90,17 +95,31 @@ class Recovery:
         try:
             await self.store.take_lease(self._heartbeat, self.process, utcnow(),
                                         self.lease_seconds)
+            if self._store_down:  # back: every heartbeat may have lapsed meanwhile
+                self._store_down = False
+                self._trust_from = time.monotonic() + self.lease_seconds * 4 / 3
             await self._lost_records()
-            for process in await self._dead():
-                await self.recover(process)
+            if time.monotonic() >= self._trust_from:
+                for process in await self._dead():
+                    await self.recover(process)
             await self.journal.lost_outcomes(  # saved, then lost by the store
                 self.process, utcnow() - timedelta(seconds=self.horizon))
             await self.rollbacks.resume_unfinished()
             await self.store.tidy()
         except Exception as exc:  # the store is down: next round
+            self._store_down = True
             log.warning("recovery round failed: %s", exc)
 
     async def _dead(self) -> list[str]:
+        """The processes whose heartbeat lapsed, or that left intents and have none.
+
+        Not asked for a lease and a round after a round of this process failed (the
+        store down): no process could renew its heartbeat meanwhile, so every one has
+        lapsed when the store comes back, the live ones too. Taken over, a live
+        process's writes still on their way would become ``unknown`` and get a second,
+        "recovered" audit record beside the one it has queued. Within a lease every
+        live process has had its rounds (a third of a lease apart; the first may fail on
+        connections the outage broke) to renew its own."""
         now = utcnow()
         lapsed = [name.removeprefix("process:")
                   for name, _ in await self.store.lapsed_leases("process:", now)]
