@@ -342,13 +342,16 @@ class LeaseStore(Protocol):
 
 class CheckpointStore(Protocol):
     """Signed checkpoints of the audit chain's Merkle tree (``gateway.store.checkpoints``;
-    a stored checkpoint has ``size``, ``at``, ``root``, ``note`` and ``anchors``)."""
+    a stored checkpoint has ``size``, ``at``, ``root``, ``note`` and ``anchors``).
+    ``flush``: until every commit so far is durable (PostgreSQL: on the synchronous
+    standby too), so a checkpoint read before it is one a failover keeps."""
 
     async def audit_leaves(self, after: int, limit: int) -> list[tuple[int, str, str]]: ...
     async def add_checkpoint(self, size: int, root: str, note: str, at: Any) -> bool: ...
     async def anchor_checkpoint(self, size: int, anchors: dict[str, Any],
                                 note: str | None = None) -> None: ...
     async def checkpoints(self, limit: int = 1000, upto: int | None = None) -> Any: ...
+    async def flush(self) -> None: ...
 
 
 class TripwireStore(AuditStore, Protocol):

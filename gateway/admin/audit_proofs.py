@@ -6,7 +6,10 @@ check it with, ``/v1/audit/proof/{inclusion,consistency}`` RFC 9162 proofs
 from the tree the checkpoint service keeps, and ``/v1/audit/export`` every
 record with its leaf hash and, after the record that completes it, each
 checkpoint of that size: what ``gateway audit verify --export`` checks
-offline.
+offline. A checkpoint is served only once the store's ``flush`` confirms it
+durable (unless this process already knows it is: ``Checkpoints.confirmed``):
+its commit, cut while the primary waited for its synchronous standby, may be on
+the primary alone, and a failover would drop it.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from gateway.core.merkle import record_leaf
 from gateway.errors import AdminError
 
 EXPORT_PAGE = 5000
-FLUSH_WAIT = 2.0  # seconds a proof waits for records still queued in this process
+FLUSH_WAIT = 2.0  # seconds a proof waits for records queued here, a checkpoint for its flush
 NOTE_TYPE = "text/plain; charset=utf-8"
 
 
@@ -44,6 +47,8 @@ def add_audit_proof_routes(app: FastAPI, gateway: Controls) -> None:
         newest = await gateway.store.checkpoints(limit=1)
         if not newest:
             raise AdminError(404, "not_found", "no checkpoint has been signed yet")
+        if not gateway.checkpoints.confirmed(newest[-1]):
+            await durable(gateway)  # read first, then flush: its answer covers the row
         return PlainTextResponse(newest[-1].note, media_type=NOTE_TYPE)
 
     @app.get("/v1/audit/key", response_class=PlainTextResponse)
@@ -86,7 +91,19 @@ def add_audit_proof_routes(app: FastAPI, gateway: Controls) -> None:
         if format != "jsonl":
             raise AdminError(400, "bad_request", "format must be jsonl")
         points = await gateway.store.checkpoints(limit=1_000_000)
+        if points:  # any of them may be on the primary alone, not only the newest
+            await durable(gateway)
         return StreamingResponse(_lines(gateway, points), media_type="application/jsonl")
+
+
+async def durable(gateway: Controls) -> None:
+    """Until the checkpoints just read are durable (``flush``), for a bounded time."""
+    try:
+        await asyncio.wait_for(gateway.store.flush(), FLUSH_WAIT)
+    except TimeoutError:
+        raise AdminError(503, "store_unavailable", (
+            "the store is unavailable: the newest checkpoints are not yet on its "
+            "synchronous standby (down?); try again")) from None
 
 
 async def _lines(gateway: Controls, points: list[Any]) -> AsyncIterator[bytes]:

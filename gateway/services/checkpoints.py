@@ -11,6 +11,17 @@ to every anchor by the anchor's own task, which retries with backoff; a
 slow or failing anchor never delays signing, and nothing here ever delays a
 write.
 
+A checkpoint is used (``latest``: served without a round trip, anchored,
+counted as signed) only once it is known durable: this process's own insert,
+whose commit had the synchronous standby's answer, or one read and then
+confirmed by the store's ``flush``. On PostgreSQL a commit cut while waiting for
+the standby leaves its row visible on the primary alone; another process's
+checkpoint (or this one's, cut and tried again) may be such a row, and a
+failover would lose what was published. That confirmation is a task of its own
+(``_confirm``): while the standby is down it waits, and the loop keeps
+following the tail meanwhile; it signs nothing new until the confirmation has
+its answer, for that insert's commit would wait for the standby too.
+
 A log must never sign two checkpoints that contradict each other. At start,
 the tree rebuilt from the store is held against the newest stored
 checkpoint; if records it covered are gone or changed, nothing more is
@@ -37,6 +48,7 @@ log = logging.getLogger("gateway.audit.checkpoints")
 POLL = 0.2  # seconds between two reads of the audit table's tail
 PAGE = 10_000
 BACKOFF_MAX = 300.0
+CONFIRM_RETRY = 5.0  # seconds at most between two tries of a confirmation that failed
 URGENT = frozenset({"killswitch.engage", "killswitch.release", "approval.approve",
                     "approval.reject", "approval.expired", "rollback.start", "rollback.resume",
                     "rollback.finish"})
@@ -67,6 +79,9 @@ class Checkpoints:
         self._wake = asyncio.Event()
         self._sync_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
+        self.pending: StoredCheckpointLike | None = None  # read, not yet known durable
+        self._confirming: asyncio.Task[None] | None = None
+        self._stopping = False
         self._handed: dict[str, asyncio.Event] = {a.state.name: asyncio.Event() for a in anchors}
 
     # Life ------------------------------------------------------------------
@@ -74,14 +89,13 @@ class Checkpoints:
         await self.sync()
         kept = await self._store.checkpoints(limit=1)
         if kept:
-            self.latest = kept[-1]
-            self.signed = kept[-1].size
             self._check_against(kept[-1])
             for anchor in self.anchors:
                 took = kept[-1].anchors.get(anchor.state.name)
                 if took is not None:
                     anchor.restore(took)
                     anchor.state.ok, anchor.state.size = True, kept[-1].size
+            self._confirm_later(kept[-1])  # its commit may have been cut: on the primary alone
         if self.signer is None:
             log.warning("no audit_signing_key (GATEWAY_AUDIT_SIGNING_KEY): the audit log's "
                         "checkpoints are not signed; set one")
@@ -95,10 +109,12 @@ class Checkpoints:
     async def stop(self) -> None:
         """The last records get their checkpoint (anchored at the next start)."""
         running = bool(self._tasks)
-        for task in self._tasks:
+        self._stopping = True
+        tasks = self._tasks + ([self._confirming] if self._confirming else [])
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks, self._confirming = [], None
         if running:
             try:
                 await self.sync()
@@ -203,6 +219,8 @@ class Checkpoints:
         if self.problem or self.tree.size <= self.signed:
             self._urgent = False
             return False
+        if self.pending is not None:  # its confirmation first (``_confirm``): then due
+            return False
         waited = time.monotonic() - (self._grew_at or 0.0)
         return self._urgent or waited >= self.interval
 
@@ -212,13 +230,72 @@ class Checkpoints:
         point = Checkpoint(self.origin, size, self.tree.root(size))
         note = self.signer.sign(point.text())
         root = base64.b64encode(point.root).decode()
-        await self._store.add_checkpoint(size, root, note, utcnow())
-        kept = await self._store.checkpoints(limit=1)
-        self.latest = kept[-1] if kept else None
-        self.signed = size
-        self._urgent, self._grew_at = False, None
+        urgent, self._urgent = self._urgent, False  # the records read from now on set it
+        try:
+            inserted = await self._store.add_checkpoint(size, root, note, utcnow())
+            kept = await self._store.checkpoints(limit=1, upto=size)
+            if not kept:
+                raise RuntimeError(f"audit checkpoint {size} is not in the store after "
+                                   "its insert")
+        except BaseException:
+            self._urgent = self._urgent or urgent  # tried again as soon as it was due
+            raise
+        if inserted:  # its commit had the standby's answer
+            self._use(kept[-1])
+        else:  # another's (or this one's, cut and tried again): maybe on the primary alone
+            self._confirm_later(kept[-1])
+
+    def _use(self, point: StoredCheckpointLike) -> None:
+        """``point`` is durable: served, anchored, the base of what is signed next."""
+        if self.latest is None or point.size >= self.latest.size:
+            self.latest = point
+        if point.size >= self.signed:
+            self.signed = point.size
+            # records read since (while its insert or its confirmation waited): their
+            # interval runs from now, or they are signed at once if one was urgent
+            self._grew_at = time.monotonic() if self.tree.size > point.size else None
         for event in self._handed.values():
             event.set()
+
+    def _confirm_later(self, point: StoredCheckpointLike) -> None:
+        """``point`` was read from the store; it is used once ``_confirm`` knows it
+        durable. One confirmation at a time; nothing new is signed meanwhile."""
+        if self._stopping or self._confirming is not None:
+            return
+        self.pending = point
+        self._confirming = asyncio.create_task(self._confirm(point))
+
+    async def _confirm(self, point: StoredCheckpointLike) -> None:
+        """Until the store's ``flush`` (a commit that waits for the synchronous standby,
+        issued after ``point`` was read: its answer covers ``point``'s commit) returns,
+        then whether the store still holds ``point``: after a failover the new primary
+        may not (the flush then ran there). As long as it takes (the standby down): the
+        tail is followed meanwhile, by ``_run``."""
+        delay = POLL
+        try:
+            while True:
+                try:
+                    await self._store.flush()
+                    kept = await self._store.checkpoints(limit=1, upto=point.size)
+                    break
+                except Exception as exc:
+                    log.warning("audit checkpoint %d: its confirmation failed (%s); trying "
+                                "again in %.1f s", point.size, exc, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, CONFIRM_RETRY)
+            if kept and kept[-1].size == point.size and kept[-1].root == point.root:
+                self._use(kept[-1])
+            else:
+                log.warning("audit checkpoint %d was not kept by the store (its commit was "
+                            "cut, and the primary changed); not used", point.size)
+        finally:
+            self.pending, self._confirming = None, None
+            self._wake.set()
+
+    def confirmed(self, point: StoredCheckpointLike) -> bool:
+        """``point`` is one this process knows durable (no flush needed to serve it)."""
+        latest = self.latest
+        return latest is not None and latest.size == point.size and latest.root == point.root
 
     # Anchoring -------------------------------------------------------------
     async def _anchor(self, anchor: Anchor) -> None:

@@ -85,6 +85,13 @@ class CheckpointLog:
                                .where(col(CheckpointRow.size) == size).values(**values))
             await session.commit()
 
+    async def flush(self) -> None:
+        """Until every commit so far is durable: on SQLite on disk, on PostgreSQL on the
+        synchronous standby too (``HotPath.flush``). A checkpoint can be read before it
+        is: its commit, cut while the primary waited for the standby, stays visible on
+        the primary alone. Call it after the read, so its commit follows the row's."""
+        await self._hot_path().flush()
+
     async def checkpoints(self, limit: int = 1000, upto: int | None = None,
                           ) -> list[StoredCheckpoint]:
         """The newest ``limit`` checkpoints (of at most ``upto`` leaves), oldest first."""

@@ -25,7 +25,16 @@ import pytest
 
 from tests.e2e.procs import Proc, run_gateway, start_gateways, write_settings
 from tests.e2e.recorder import Recorder
-from tests.e2e.test_failover_processes import ADMIN, BOT, pair, patch, run, upstream, writes_go
+from tests.e2e.test_failover_processes import (
+    ADMIN,
+    BOT,
+    pair,
+    patch,
+    run,
+    upstream,
+    waiting_for_standby,
+    writes_go,
+)
 from tests.harness import policy_text
 from tests.harness import poll as _poll
 from tests.replicated import Pair
@@ -48,15 +57,14 @@ RULES = """
 poll = functools.partial(_poll, timeout=60)
 
 
-@pytest.fixture
-def gateways(tmp_path: Path, pair: Pair, upstream: Recorder) -> Iterator[list[Proc]]:
+def signing_gateways(tmp_path: Path, pair: Pair, upstream: Recorder,
+                     interval: float) -> Iterator[list[Proc]]:
     import base64
 
     (tmp_path / "policies").mkdir()
     (tmp_path / "policies" / "crm.yaml").write_text(policy_text(upstream.url, RULES))
     config = write_settings(tmp_path, pair.url(), engage_wait=1.0, upstream_timeout=3,
-                            executor_lease=3,
-                            audit_checkpoint_interval=3600,  # signed at once after an engage
+                            executor_lease=3, audit_checkpoint_interval=interval,
                             audit_anchors=[{"kind": "file", "name": "file",
                                             "path": str(tmp_path / "anchor.notes")}])
     started = start_gateways(config, 2, env={"GATEWAY_AUDIT_SIGNING_KEY":
@@ -64,6 +72,16 @@ def gateways(tmp_path: Path, pair: Pair, upstream: Recorder) -> Iterator[list[Pr
     yield started
     for proc in started:
         proc.stop()
+
+
+@pytest.fixture
+def gateways(tmp_path: Path, pair: Pair, upstream: Recorder) -> Iterator[list[Proc]]:
+    yield from signing_gateways(tmp_path, pair, upstream, 3600)  # at once after an engage
+
+
+@pytest.fixture
+def eager(tmp_path: Path, pair: Pair, upstream: Recorder) -> Iterator[list[Proc]]:
+    yield from signing_gateways(tmp_path, pair, upstream, 0.5)  # decisions signed too
 
 
 def last_seq(pair: Pair, port: int) -> int:
@@ -77,6 +95,21 @@ def signed_size(pair: Pair, port: int) -> int:
 
 def health(admin: str) -> dict:  # type: ignore[type-arg]
     return httpx.get(f"{admin}/v1/health", headers=ADMIN, timeout=30).json()
+
+
+def served(*admins: str) -> list[str]:
+    """The newest checkpoint as each process serves it: one it knows durable, or one the
+    store's flush confirms; else (a checkpoint the other process signed, and the standby
+    down) 503: it may be on the primary alone."""
+    notes = []
+    for admin in admins:
+        answer = httpx.get(f"{admin}/v1/audit/checkpoint", headers=ADMIN, timeout=30)
+        if answer.status_code == 200:
+            notes.append(answer.text)
+        else:
+            assert answer.status_code == 503, answer.text
+            assert answer.json()["error"]["code"] == "store_unavailable", answer.text
+    return notes
 
 
 def engage_and_release(admin: str) -> None:
@@ -105,8 +138,7 @@ def test_checkpoints_across_a_failover_cover_only_what_the_new_primary_has(
     # sign (decisions wait for the interval), so none waits for the standby meanwhile
     poll(lambda: all(health(a)["audit"]["records"] == held for a in (admin_a, admin_b)),
          "both processes' trees holding the primary's records")
-    served_before = [httpx.get(f"{a}/v1/audit/checkpoint", headers=ADMIN, timeout=30).text
-                     for a in (admin_a, admin_b)]
+    served_before = served(admin_a, admin_b)
 
     # the primary crashes; the standby, which never had those records, takes over
     pair.crash_primary()
@@ -191,3 +223,73 @@ def test_the_audit_record_of_a_sent_write_lost_in_a_failover_is_appended_again(
                          timeout=30).json()
     assert verified["ok"] is True, verified
     assert naming(pair, pair.standby_port, entry) == 1
+
+
+def note_size(note: str) -> int:
+    return int(note.splitlines()[1])  # a C2SP checkpoint: origin, size, root
+
+
+def verify(admin: str, tmp_path: Path, notes: list[str]) -> None:
+    """``gateway audit verify`` of the export against every note anchored or served."""
+    export = tmp_path / "export.jsonl"
+    response = httpx.get(f"{admin}/v1/audit/export", params={"format": "jsonl"},
+                         headers=ADMIN, timeout=30)
+    assert response.status_code == 200, response.text
+    export.write_bytes(response.content)
+    key = tmp_path / "key"
+    key.write_text(httpx.get(f"{admin}/v1/audit/key", headers=ADMIN, timeout=30).text)
+    seen = []
+    for i, note in enumerate(notes):
+        (tmp_path / f"served-{i}.note").write_text(note)
+        seen += ["--checkpoint", str(tmp_path / f"served-{i}.note")]
+    anchored = tmp_path / "anchor.notes"
+    if anchored.exists():
+        seen += ["--checkpoint", str(anchored)]
+    done = run_gateway("audit", "verify", "--export", str(export), "--key", str(key), *seen)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_a_checkpoint_whose_commit_was_cut_is_not_used_before_the_standby_has_it(
+        pair: Pair, eager: list[Proc], tmp_path: Path) -> None:
+    """The standby is down, so a checkpoint's commit waits for it; cut that connection
+    (``pg_terminate_backend``) and the row is visible on the primary, on no standby.
+    The processes see it (the other's insert of that size fails; the signer's retry
+    too): neither serves nor anchors it before a flush has the standby's answer, for
+    the primary may die next and the standby take over without it."""
+    (proxy_a, admin_a), (proxy_b, admin_b) = (g.urls for g in eager)
+    assert writes_go(proxy_a, "a") and writes_go(proxy_b, "b")
+    poll(lambda: signed_size(pair, pair.primary_port) == last_seq(pair, pair.primary_port),
+         "a checkpoint over every record")
+    durable = signed_size(pair, pair.primary_port)
+
+    pair.stop(pair.standby)
+    for n, proxy in enumerate((proxy_a, proxy_b)):  # decisions: on the primary alone
+        denied = httpx.delete(f"{proxy}/crm/items/d{n}", headers=BOT, timeout=30)
+        assert denied.status_code == 403, denied.text
+    held = last_seq(pair, pair.primary_port)
+
+    def cut() -> bool:  # a checkpoint is committed by the ORM: its wait is in COMMIT
+        for pid in waiting_for_standby(pair, "COMMIT%"):
+            run(pair, pair.primary_port, "postgres", f"SELECT pg_terminate_backend({pid})")
+        return signed_size(pair, pair.primary_port) >= held
+    poll(cut, "a checkpoint's commit cut while it waited for the standby", interval=0.05)
+    notes = served(admin_a, admin_b)  # the newest the standby has, or 503; never the cut one
+    assert [note_size(note) for note in notes if note_size(note) > durable] == [], notes
+
+    pair.crash_primary()
+    pair.start(pair.standby)
+    pair.promote()
+    for n, proxy in enumerate((proxy_a, proxy_b)):
+        poll(lambda p=proxy, n=n: writes_go(p, f"after-{n}"), f"writes through {proxy}",
+             interval=0.1)
+    assert signed_size(pair, pair.standby_port) < held, "the cut checkpoint survived"
+    n = 0
+    while last_seq(pair, pair.standby_port) <= held + 2:
+        assert writes_go((proxy_a, proxy_b)[n % 2], f"more-{n}")
+        n += 1
+    final = last_seq(pair, pair.standby_port)
+    poll(lambda: signed_size(pair, pair.standby_port) >= final, "a checkpoint after it")
+    verify(admin_b, tmp_path, notes)
+    for admin in (admin_a, admin_b):
+        audit = health(admin)["audit"]
+        assert audit["problem"] is None, audit

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import stat
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 
 from gateway.core.merkle import Tree, record_leaf
-from gateway.core.note import NoteVerifier
+from gateway.core.note import Checkpoint, NoteVerifier
 from gateway.errors import AuditKeyError, SettingsError
 from gateway.store.audit_key import key_file_for, signing_seed
 from gateway.store.engine import parse_url
@@ -195,7 +196,10 @@ class _Tail:
         return None
 
     async def checkpoints(self, limit: int = 1000, upto: int | None = None) -> list[Any]:
-        return self.stored[-limit:]
+        return [p for p in self.stored if upto is None or p.size <= upto][-limit:]
+
+    async def flush(self) -> None:
+        return None
 
 
 @pytest.mark.parametrize("action, at_once", [
@@ -246,3 +250,91 @@ async def test_a_store_that_lost_its_unsigned_tail_is_followed_from_what_it_hold
     await service.sync()
     assert service.problem is not None and "seq 3" in service.problem
     assert not service._due()
+
+
+class _Standby(_Tail):
+    """A store whose ``flush`` waits (its synchronous standby down) until ``back`` is set,
+    and whose insert of a size already stored fails, as the table's key makes it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.back = asyncio.Event()
+        self.flushes = 0
+
+    async def flush(self) -> None:
+        self.flushes += 1
+        await self.back.wait()
+
+    async def add_checkpoint(self, size: int, root: str, note: str, at: Any) -> bool:
+        if any(p.size == size for p in self.stored):
+            return False
+        return await super().add_checkpoint(size, root, note, at)
+
+    def signed_elsewhere(self, size: int) -> None:
+        """A checkpoint another process inserted (its commit maybe cut: on the primary
+        alone)."""
+        from gateway.core.note import NoteSigner
+        from gateway.store.checkpoints import StoredCheckpoint
+        root = Tree([record_leaf(h) for _, _, h in self.rows[:size]]).root()
+        note = NoteSigner("t/audit", bytes(32)).sign(
+            Checkpoint("t/audit", size, root).text())
+        self.stored.append(StoredCheckpoint(size, base64.b64encode(root).decode(), note,
+                                            None, {}))
+
+
+async def test_a_read_checkpoint_is_used_once_confirmed_and_the_tail_followed_meanwhile(
+        ) -> None:
+    """The newest checkpoint, read from the store, may be one whose commit was cut while
+    the primary waited for its standby: nothing uses it (``latest``: served, anchored)
+    before the store's flush answers. Meanwhile the loop keeps reading the tail (a
+    confirmation awaited inside it stopped that while the standby was down), and signs
+    nothing new, for that insert's commit would wait for the standby too."""
+    from gateway.core.note import NoteSigner
+    from gateway.services.checkpoints import Checkpoints
+    store = _Standby()
+    for _ in range(3):
+        store.add("call.allow")
+    store.signed_elsewhere(3)
+    service = Checkpoints(store, NoteSigner("t/audit", bytes(32)), [], 3600, "t/audit")
+    await service.start()
+    try:
+        assert service.pending is not None and service.pending.size == 3
+        assert service.latest is None and service.health()["audit"]["checkpoint"] is None
+        store.add("killswitch.engage")  # signed at once, were the standby not down
+        store.add("call.allow")
+        await until(lambda: service.tree.size == 5, "the tail followed while confirming")
+        assert service.latest is None and [p.size for p in store.stored] == [3]
+        assert store.flushes == 1
+
+        store.back.set()
+        await until(lambda: service.latest is not None and service.latest.size == 5,
+                    "the engage signed once the checkpoint before it was confirmed")
+        assert [p.size for p in store.stored] == [3, 5] and service.pending is None
+    finally:
+        await service.stop()
+
+
+async def test_a_read_checkpoint_the_store_no_longer_holds_after_its_flush_is_not_used(
+        ) -> None:
+    """The flush answered from a new primary (a failover) that never had the cut
+    checkpoint: it is not used, and the next one is signed over what the store has."""
+    from gateway.core.note import NoteSigner
+    from gateway.services.checkpoints import Checkpoints
+    store = _Standby()
+    for _ in range(3):
+        store.add("call.allow")
+    store.signed_elsewhere(3)
+    service = Checkpoints(store, NoteSigner("t/audit", bytes(32)), [], 3600, "t/audit")
+    await service.start()
+    try:
+        assert service.pending is not None
+        store.stored.clear()  # the primary died; its standby, promoted, lacks the row
+        store.back.set()
+        await until(lambda: service.pending is None, "the confirmation's end")
+        assert service.latest is None and service.signed == 0
+        store.add("killswitch.engage")
+        await until(lambda: service.latest is not None, "a checkpoint after it")
+        assert service.latest is not None and service.latest.size == 4
+        assert [p.size for p in store.stored] == [4] and service.problem is None
+    finally:
+        await service.stop()
