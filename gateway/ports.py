@@ -329,8 +329,7 @@ class LeaseStore(Protocol):
 
     async def unaudited(self, process: str, since: datetime | None = None,
                         before: datetime | None = None) -> list[JournalEntry]:
-        """``process``'s entries journaled in [``since``, ``before``) no record names
-        (a held call's: nor its end's record; nor is it still claimed)."""
+        """Entries in [``since``, ``before``) unrecorded (a held call's: nor ended nor claimed)."""
 
     async def tidy(self) -> None:
         """Upkeep, once a recovery round (PostgreSQL: the open intents' dead rows vacuumed)."""
@@ -342,16 +341,14 @@ class LeaseStore(Protocol):
 
 class CheckpointStore(Protocol):
     """Signed checkpoints of the audit chain's Merkle tree (``gateway.store.checkpoints``;
-    a stored checkpoint has ``size``, ``at``, ``root``, ``note`` and ``anchors``).
-    ``flush``: until every commit so far is durable (PostgreSQL: on the synchronous
-    standby too), so a checkpoint read before it is one a failover keeps."""
+    a stored checkpoint has ``size``, ``at``, ``root``, ``note`` and ``anchors``)."""
 
     async def audit_leaves(self, after: int, limit: int) -> list[tuple[int, str, str]]: ...
     async def add_checkpoint(self, size: int, root: str, note: str, at: Any) -> bool: ...
     async def anchor_checkpoint(self, size: int, anchors: dict[str, Any],
                                 note: str | None = None) -> None: ...
     async def checkpoints(self, limit: int = 1000, upto: int | None = None) -> Any: ...
-    async def flush(self) -> None: ...
+    async def flush(self) -> None: ...  # every commit so far durable: one read before, kept
 
 
 class TripwireStore(AuditStore, Protocol):
