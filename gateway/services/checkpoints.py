@@ -317,16 +317,16 @@ class Checkpoints:
                 delay = min(delay * 2, BACKOFF_MAX)
                 handed.set()
                 continue
-            delay = 1.0
-            state.ok, state.size, state.last_ok_at = True, point.size, utcnow()
+            delay, took = 1.0, utcnow()
+            await self._keep(anchor, point, result, took)  # kept first: what health says
+            state.ok, state.size, state.last_ok_at = True, point.size, took  # the export has
             state.last_error, state.failures, state.retry_at = None, 0, None
-            await self._keep(anchor, point, result)
 
     async def _keep(self, anchor: Anchor, point: StoredCheckpointLike,
-                    result: dict[str, Any]) -> None:
+                    result: dict[str, Any], took: datetime) -> None:
         """Record what the anchor took with the checkpoint (a witness's cosignature joins
         the note's signature lines)."""
-        record = {**result, "ok_at": anchor.state.to_json()["last_ok_at"]}
+        record = {**result, "ok_at": iso(took)}
         point.anchors[anchor.state.name] = record
         note = None
         cosignatures = [c for c in result.get("cosignatures", []) if c + "\n" not in point.note]
