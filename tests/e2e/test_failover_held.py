@@ -70,6 +70,27 @@ def held_call(admin: str, call_id: str) -> dict:  # type: ignore[type-arg]
     return response.json()  # type: ignore[no-any-return]
 
 
+@contextlib.contextmanager
+def approved_at_the_upstream(proxy: str, admin: str, upstream: Recorder,
+                             ) -> Iterator[tuple[str, list[httpx.Response]]]:
+    """A held call approved through ``admin`` (in a thread: the approve waits for its
+    answer), held at the upstream while the block runs; then answered, and the
+    approve's answer is in the list."""
+    held = patch(proxy, "/gate/h", BOT)
+    assert held.status_code == 202, held.text
+    call_id = held.json()["approval"]["id"]
+    answers: list[httpx.Response] = []
+    approving = threading.Thread(target=lambda: answers.append(httpx.post(
+        f"{admin}/v1/approvals/{call_id}/approve", json={}, headers=APPROVER, timeout=60)))
+    approving.start()
+    try:
+        poll(upstream.gated.is_set, "the approved call at the upstream")
+        yield call_id, answers
+    finally:
+        upstream.gate.set()
+        approving.join(timeout=60)
+
+
 @pytest.mark.parametrize("promoted", [True, False], ids=["answered-promoted",
                                                            "answered-with-no-primary"])
 def test_an_approved_call_at_the_upstream_when_the_primary_dies_is_sent_once(
@@ -78,21 +99,10 @@ def test_an_approved_call_at_the_upstream_when_the_primary_dies_is_sent_once(
     the approve request answers 503, and what the executor saves after the send is
     saved once the standby is promoted, well within the claim's lease)."""
     (proxy_a, admin_a), (proxy_b, admin_b) = (g.urls for g in gateways)
-    held = patch(proxy_a, "/gate/h", BOT)
-    assert held.status_code == 202, held.text
-    call_id = held.json()["approval"]["id"]
-    answers: list[httpx.Response] = []
-    approving = threading.Thread(target=lambda: answers.append(httpx.post(
-        f"{admin_a}/v1/approvals/{call_id}/approve", json={}, headers=APPROVER, timeout=60)))
-    approving.start()
-    try:
-        poll(upstream.gated.is_set, "the approved call at the upstream")
+    with approved_at_the_upstream(proxy_a, admin_a, upstream) as (call_id, answers):
         pair.crash_primary()
         if promoted:
             pair.promote()
-    finally:
-        upstream.gate.set()
-        approving.join(timeout=60)
     if not promoted:
         pair.promote()
     assert len(answers) == 1, answers
@@ -152,19 +162,8 @@ def test_an_answer_whose_save_outlives_the_claim_is_audited_once(
     sweeper's ``approval.unknown``: recovery, in the process itself (the store changed)
     or in the other once the first dies, appends no "recovered" one beside it."""
     (proxy_a, admin_a), (proxy_b, admin_b) = (g.urls for g in short_claims)
-    held = patch(proxy_a, "/gate/h", BOT)
-    assert held.status_code == 202, held.text
-    call_id = held.json()["approval"]["id"]
-    answers: list[httpx.Response] = []
-    approving = threading.Thread(target=lambda: answers.append(httpx.post(
-        f"{admin_a}/v1/approvals/{call_id}/approve", json={}, headers=APPROVER, timeout=60)))
-    approving.start()
-    try:
-        poll(upstream.gated.is_set, "the approved call at the upstream")
+    with approved_at_the_upstream(proxy_a, admin_a, upstream) as (call_id, answers):
         pair.crash_primary()  # quickly: the upstream answers within its timeout
-    finally:
-        upstream.gate.set()
-        approving.join(timeout=60)
     assert [a.status_code for a in answers] == [503], answers
     row = run(pair, pair.standby_port, "gateway",  # the claim is on the synchronous standby
               f"SELECT lease_until FROM approvals WHERE id = '{call_id}'")

@@ -282,13 +282,10 @@ class _Standby(_Tail):
                                             None, {}))
 
 
-async def test_a_read_checkpoint_is_used_once_confirmed_and_the_tail_followed_meanwhile(
-        ) -> None:
-    """The newest checkpoint, read from the store, may be one whose commit was cut while
-    the primary waited for its standby: nothing uses it (``latest``: served, anchored)
-    before the store's flush answers. Meanwhile the loop keeps reading the tail (a
-    confirmation awaited inside it stopped that while the standby was down), and signs
-    nothing new, for that insert's commit would wait for the standby too."""
+async def _started_over_a_cut_checkpoint() -> tuple[_Standby, Any]:
+    """A checkpoint service started over three records and a checkpoint of them it read
+    from the store (another's, its commit cut: on the primary alone) while the standby
+    is down: its confirmation waits for ``store.back``."""
     from gateway.core.note import NoteSigner
     from gateway.services.checkpoints import Checkpoints
     store = _Standby()
@@ -297,6 +294,17 @@ async def test_a_read_checkpoint_is_used_once_confirmed_and_the_tail_followed_me
     store.signed_elsewhere(3)
     service = Checkpoints(store, NoteSigner("t/audit", bytes(32)), [], 3600, "t/audit")
     await service.start()
+    return store, service
+
+
+async def test_a_read_checkpoint_is_used_once_confirmed_and_the_tail_followed_meanwhile(
+        ) -> None:
+    """The newest checkpoint, read from the store, may be one whose commit was cut while
+    the primary waited for its standby: nothing uses it (``latest``: served, anchored)
+    before the store's flush answers. Meanwhile the loop keeps reading the tail (a
+    confirmation awaited inside it stopped that while the standby was down), and signs
+    nothing new, for that insert's commit would wait for the standby too."""
+    store, service = await _started_over_a_cut_checkpoint()
     try:
         assert service.pending is not None and service.pending.size == 3
         assert service.latest is None and service.health()["audit"]["checkpoint"] is None
@@ -318,14 +326,7 @@ async def test_a_read_checkpoint_the_store_no_longer_holds_after_its_flush_is_no
         ) -> None:
     """The flush answered from a new primary (a failover) that never had the cut
     checkpoint: it is not used, and the next one is signed over what the store has."""
-    from gateway.core.note import NoteSigner
-    from gateway.services.checkpoints import Checkpoints
-    store = _Standby()
-    for _ in range(3):
-        store.add("call.allow")
-    store.signed_elsewhere(3)
-    service = Checkpoints(store, NoteSigner("t/audit", bytes(32)), [], 3600, "t/audit")
-    await service.start()
+    store, service = await _started_over_a_cut_checkpoint()
     try:
         assert service.pending is not None
         store.stored.clear()  # the primary died; its standby, promoted, lacks the row
