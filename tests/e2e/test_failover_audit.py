@@ -141,12 +141,7 @@ def test_checkpoints_across_a_failover_cover_only_what_the_new_primary_has(
     served_before = served(admin_a, admin_b)
 
     # the primary crashes; the standby, which never had those records, takes over
-    pair.crash_primary()
-    pair.start(pair.standby)
-    pair.promote()
-    for n, proxy in enumerate((proxy_a, proxy_b)):
-        poll(lambda p=proxy, n=n: writes_go(p, f"after-{n}"), f"writes through {proxy}",
-             interval=0.1)
+    fail_over(pair, proxy_a, proxy_b)
     kept = last_seq(pair, pair.standby_port)
     assert kept < held, "the crash lost no audit record: the test saw nothing"
 
@@ -197,12 +192,7 @@ def test_the_audit_record_of_a_sent_write_lost_in_a_failover_is_appended_again(
                     "SELECT id FROM journal WHERE path = '/gate/w'")[0]["id"])
     poll(lambda: naming(pair, pair.primary_port, entry) == 1, "its record on the primary")
 
-    pair.crash_primary()
-    pair.start(pair.standby)
-    pair.promote()
-    for n, proxy in enumerate((proxy_a, proxy_b)):
-        poll(lambda p=proxy, n=n: writes_go(p, f"after-{n}"), f"writes through {proxy}",
-             interval=0.1)
+    fail_over(pair, proxy_a, proxy_b)
     assert run(pair, pair.standby_port, "gateway",
                f"SELECT 1 FROM journal WHERE id = '{entry}'"), "the sent write's entry was lost"
     poll(lambda: naming(pair, pair.standby_port, entry) >= 1,
@@ -211,6 +201,17 @@ def test_the_audit_record_of_a_sent_write_lost_in_a_failover_is_appended_again(
                          timeout=30).json()
     assert verified["ok"] is True, verified
     assert naming(pair, pair.standby_port, entry) == 1
+
+
+def fail_over(pair: Pair, *proxies: str) -> None:
+    """The primary crashes, its standby is started and promoted; writes go through every
+    proxy again."""
+    pair.crash_primary()
+    pair.start(pair.standby)
+    pair.promote()
+    for n, proxy in enumerate(proxies):
+        poll(lambda p=proxy, n=n: writes_go(p, f"after-{n}"), f"writes through {proxy}",
+             interval=0.1)
 
 
 def note_size(note: str) -> int:
@@ -264,12 +265,7 @@ def test_a_checkpoint_whose_commit_was_cut_is_not_used_before_the_standby_has_it
     notes = served(admin_a, admin_b)  # the newest the standby has, or 503; never the cut one
     assert [note_size(note) for note in notes if note_size(note) > durable] == [], notes
 
-    pair.crash_primary()
-    pair.start(pair.standby)
-    pair.promote()
-    for n, proxy in enumerate((proxy_a, proxy_b)):
-        poll(lambda p=proxy, n=n: writes_go(p, f"after-{n}"), f"writes through {proxy}",
-             interval=0.1)
+    fail_over(pair, proxy_a, proxy_b)
     assert signed_size(pair, pair.standby_port) < held, "the cut checkpoint survived"
     n = 0
     while last_seq(pair, pair.standby_port) <= held + 2:
