@@ -10,8 +10,8 @@ third of ``executor_lease``). Then, again and again:
   the committed intent (the listener's record was still in memory when it
   died). A crash therefore costs no write its journal entry nor its audit
   record, without a synchronous audit commit per reply. After a round that
-  failed (the store down, when no heartbeat can be renewed) nobody is taken
-  over for a lease and a round: the live processes renew theirs first;
+  could not renew this process's heartbeat (the store down: nobody's can be)
+  nobody is taken over for a lease and a round: the live ones renew theirs first;
 - each of this process's own journal entries, once older than a write may
   take (plus a lease), is looked for in the audit: the store may have lost
   its record while this process lived (on PostgreSQL the decisions commit
@@ -95,9 +95,14 @@ class Recovery:
         try:
             await self.store.take_lease(self._heartbeat, self.process, utcnow(),
                                         self.lease_seconds)
-            if self._store_down:  # back: every heartbeat may have lapsed meanwhile
-                self._store_down = False
-                self._trust_from = time.monotonic() + self.lease_seconds * 4 / 3
+        except Exception as exc:  # the store is down (no heartbeat is renewed): next round
+            self._store_down = True
+            log.warning("recovery round failed: %s", exc)
+            return
+        if self._store_down:  # back: every heartbeat may have lapsed meanwhile
+            self._store_down = False
+            self._trust_from = time.monotonic() + self.lease_seconds * 4 / 3
+        try:
             await self._lost_records()
             if time.monotonic() >= self._trust_from:
                 for process in await self._dead():
@@ -106,16 +111,15 @@ class Recovery:
                 self.process, utcnow() - timedelta(seconds=self.horizon))
             await self.rollbacks.resume_unfinished()
             await self.store.tidy()
-        except Exception as exc:  # the store is down: next round
-            self._store_down = True
+        except Exception as exc:  # the store went down meanwhile, say: next round
             log.warning("recovery round failed: %s", exc)
 
     async def _dead(self) -> list[str]:
         """The processes whose heartbeat lapsed, or that left intents and have none.
 
-        Not asked for a lease and a round after a round of this process failed (the
-        store down): no process could renew its heartbeat meanwhile, so every one has
-        lapsed when the store comes back, the live ones too. Taken over, a live
+        Not asked for a lease and a round after this process could not renew its own
+        heartbeat (the store down): no process could renew its own meanwhile, so every
+        one has lapsed when the store comes back, the live ones too. Taken over, a live
         process's writes still on their way would become ``unknown`` and get a second,
         "recovered" audit record beside the one it has queued. Within a lease every
         live process has had its rounds (a third of a lease apart; the first may fail on
