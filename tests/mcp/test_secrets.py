@@ -8,6 +8,8 @@ sealed beside it, and rollback compensates with that.
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -143,25 +145,18 @@ async def test_an_approved_tool_calls_answer_is_shown_and_stored_redacted(
     status URL still gets the answer exactly (sealed)."""
     accounts = {"a1": {"id": "a1", "plan": "pro", "api_key": TRUE_KEY}}
     app = accounts_server(accounts).streamable_http_app(stateless_http=True, json_response=True)
-    hooks = Hooks()
-    key = {"journal_key": KEY} if store_url.startswith("postgresql") else {}
-    async with serve_app(hooks) as hook_url, serve_app(app, lifespan="on") as url:
-        async with started_gateway(tmp_path, store_url, {"tools.yaml": HOLD_RULES.format(url=url)},
-                                   approval_webhook=WebhookSettings(url=hook_url + "/hook"),
-                                   **key) as gw:
-            approved, status, views = await _rotated_and_approved(gw, hooks)
-            assert approved["response"]["status"] == 200
-            assert "[REDACTED]" in approved["response"]["body"]
-            assert "sk-agent-set" in status["response"]["body"]  # the agent's own answer
-            admin = gw.as_role("admin")
-            for entry in await gw.journal():
-                views["trail"] = (await gw.admin.get(f"/v1/journal/{entry['id']}/trail",
-                                                     headers=admin)).text
-            stored = await _store_text(store_url, Path(store_url.split("///", 1)[-1]).parent)
+    async with _holding(tmp_path, store_url, app) as (gw, hooks):
+        approved, status, views = await _rotated_and_approved(gw, hooks)
+        assert approved["response"]["status"] == 200
+        assert "[REDACTED]" in approved["response"]["body"]
+        assert "sk-agent-set" in status["response"]["body"]  # the agent's own answer
+        admin = gw.as_role("admin")
+        for entry in await gw.journal():
+            views["trail"] = (await gw.admin.get(f"/v1/journal/{entry['id']}/trail",
+                                                 headers=admin)).text
+        stored = await _store_text(store_url, Path(store_url.split("///", 1)[-1]).parent)
     assert accounts["a1"]["api_key"] == "sk-agent-set"
-    leaked = sorted(name for name, text in {**views, "store": stored}.items()
-                    if "sk-agent-set" in text)
-    assert leaked == []
+    assert _leaked({**views, "store": stored}) == []
 
 
 async def test_an_approved_tool_call_whose_answer_repeats_its_secret_argument_hides_it(
@@ -184,19 +179,30 @@ async def test_an_approved_tool_call_whose_answer_repeats_its_secret_argument_hi
         return dict(accounts[id])
 
     app = server.streamable_http_app(stateless_http=True, json_response=True)
+    async with _holding(tmp_path, store_url, app) as (gw, hooks):
+        approved, status, views = await _rotated_and_approved(gw, hooks)
+        assert "the key of a1 is now [REDACTED]" in approved["response"]["body"]
+        assert "is now sk-agent-set" in status["response"]["body"]  # exact, sealed
+        stored = await _store_text(store_url, Path(store_url.split("///", 1)[-1]).parent)
+    assert _leaked({**views, "store": stored}) == []
+
+
+@asynccontextmanager
+async def _holding(tmp_path: Path, store_url: str, app: Any) -> AsyncIterator[tuple[Any, Hooks]]:
+    """A gateway holding ``app``'s writing tools (``HOLD_RULES``; on PostgreSQL with a
+    journal key), its approvals' webhooks sent to ``Hooks`` of the test's."""
     hooks = Hooks()
     key = {"journal_key": KEY} if store_url.startswith("postgresql") else {}
     async with serve_app(hooks) as hook_url, serve_app(app, lifespan="on") as url:
         async with started_gateway(tmp_path, store_url, {"tools.yaml": HOLD_RULES.format(url=url)},
                                    approval_webhook=WebhookSettings(url=hook_url + "/hook"),
                                    **key) as gw:
-            approved, status, views = await _rotated_and_approved(gw, hooks)
-            assert "the key of a1 is now [REDACTED]" in approved["response"]["body"]
-            assert "is now sk-agent-set" in status["response"]["body"]  # exact, sealed
-            stored = await _store_text(store_url, Path(store_url.split("///", 1)[-1]).parent)
-    leaked = sorted(name for name, text in {**views, "store": stored}.items()
-                    if "sk-agent-set" in text)
-    assert leaked == []
+            yield gw, hooks
+
+
+def _leaked(texts: dict[str, str]) -> list[str]:
+    """The names of the texts that show the secret the agent set."""
+    return sorted(name for name, text in texts.items() if "sk-agent-set" in text)
 
 
 async def _rotated_and_approved(gw: Any, hooks: Hooks,
