@@ -45,6 +45,7 @@ from gateway.core.redact import (
     redact_json,
     redact_query,
     redacted_body,
+    replace_values,
     secret_values,
 )
 from gateway.errors import ApprovalRefused
@@ -290,11 +291,9 @@ def redacted_response(response: dict[str, Any] | None,
     if isinstance(out.get("body"), str) and out.get("body_encoding") is None:
         headers = out.get("headers")
         content_type = headers.get("content-type") if isinstance(headers, dict) else None
-        body = _answer_redacted(redacted_body(
-            out["body"].encode(), content_type or "application/json").decode("utf-8", "replace"))
-        for secret in sorted(hidden, key=len, reverse=True):  # the longest first
-            body = body.replace(secret, REDACTED)
-        out["body"] = body
+        out["body"] = replace_values(_answer_redacted(redacted_body(
+            out["body"].encode(), content_type or "application/json").decode("utf-8", "replace")),
+            hidden)
     return out
 
 

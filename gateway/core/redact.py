@@ -137,8 +137,13 @@ def redact_quoted(text: str, secrets: Iterable[str] = ()) -> str:
     >>> redact_quoted("no user for hunter2; api_key=k", ["hunter2"])
     'no user for [REDACTED]; api_key=[REDACTED]'
     """
-    text = redact_text(text)
-    for secret in sorted(secrets, key=len, reverse=True):  # the longest first
+    return replace_values(redact_text(text), secrets)
+
+
+def replace_values(text: str, secrets: Iterable[str]) -> str:
+    """Each of ``secrets`` replaced wherever it appears in ``text``, the longest first
+    (one that holds another is not left half shown)."""
+    for secret in sorted(secrets, key=len, reverse=True):
         text = text.replace(secret, REDACTED)
     return text
 
