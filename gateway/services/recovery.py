@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from datetime import timedelta
 from typing import Any
@@ -59,8 +60,9 @@ class Recovery:
         self._audited_to = utcnow()  # this process's entries before it have their records
         self._incarnation: str | None = None  # the store's server, as last seen
         self._suspect_to = self._audited_to  # entries journaled before it are looked at
-        self._store_down = False  # the last round failed (the store down?)
-        self._trust_from = 0.0  # monotonic: no process is taken for dead before (``_dead``)
+        # monotonic: no process is taken for dead before (``_dead``); inf while this
+        # process cannot renew its heartbeat (the store down)
+        self._trust_from = 0.0
 
     @property
     def _heartbeat(self) -> str:
@@ -96,11 +98,10 @@ class Recovery:
             await self.store.take_lease(self._heartbeat, self.process, utcnow(),
                                         self.lease_seconds)
         except Exception as exc:  # the store is down (no heartbeat is renewed): next round
-            self._store_down = True
+            self._trust_from = math.inf
             log.warning("recovery round failed: %s", exc)
             return
-        if self._store_down:  # back: every heartbeat may have lapsed meanwhile
-            self._store_down = False
+        if self._trust_from == math.inf:  # back: every heartbeat may have lapsed meanwhile
             self._trust_from = time.monotonic() + self.lease_seconds * 4 / 3
         try:
             await self._lost_records()
