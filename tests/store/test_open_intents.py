@@ -98,3 +98,26 @@ async def test_tidy_is_safe_on_every_store(store: SqlStore, make_entry: EntryFac
     assert await store.journal_intent(first)
     await store.tidy()
     assert [p.id for p in await store.pending_intents(T0)] == [first.id]
+
+
+@pytest.mark.parametrize("store_url", ["postgresql"], indirect=True)
+async def test_outcomes_rewrite_their_rows_in_place(
+        store: SqlStore, make_entry: EntryFactory, outcome: JournalOutcome) -> None:
+    """An outcome's row version is heap-only (HOT, 0024): on its intent's page, with no
+    index entry of its own. Counted with ``pageinspect`` over every page of the journal:
+    a HOT version has ``HEAP_ONLY_TUPLE`` (0x8000) in ``t_infomask2``."""
+    entries = [make_entry(n) for n in range(200)]
+    assert all(await asyncio.gather(*(store.journal_intent(e) for e in entries)))
+    await asyncio.gather(*(store.journal_outcome(e.id, outcome) for e in entries))
+
+    async with store._engine.begin() as connection:
+        await connection.execute(text("CREATE EXTENSION IF NOT EXISTS pageinspect"))
+        counted = await connection.execute(text(
+            "SELECT count(*) FILTER (WHERE t_infomask2 & 32768 <> 0) "
+            "FROM generate_series(0, pg_relation_size('journal') / "
+            "current_setting('block_size')::int - 1) AS page, "
+            "heap_page_items(get_raw_page('journal', page::int)) WHERE lp_flags = 1"))
+        heap_only = counted.scalar_one()
+        states = await connection.execute(text("SELECT DISTINCT state FROM journal"))
+    assert [s for (s,) in states] == [outcome.state.value]
+    assert heap_only == len(entries)
