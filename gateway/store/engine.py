@@ -32,10 +32,14 @@ itself, so DDL is transactional and a connection carrying the
 write lock up front, which is what makes read-then-write (the audit chain,
 one active freeze per scope) safe across processes.
 
-Writes go through an engine of their own (``create_engine(url, writer=True)``),
-whose connections have a zero busy timeout: a ``BEGIN IMMEDIATE`` that finds
-another connection's lock is tried again here, the file checked before every
-try (``_begin_immediate``), as the hot path does (``SqliteHotPath._waiting``).
+Writes go through an engine of their own (``create_engine(url, writer=True)``)
+with one connection: the process's writers queue for it in the order they came
+(waiting up to ``WRITER_QUEUE`` seconds for their turn). Each trying the lock
+on a timer, twenty at once (approvals of one held call) took turns at random,
+and one could lose every try for ``BUSY_TIMEOUT``. That connection has a zero
+busy timeout: a ``BEGIN IMMEDIATE`` that finds another connection's lock (the
+hot path's, another process's) is tried again here, the file checked before
+every try (``_begin_immediate``), as the hot path does (``SqliteHotPath._waiting``).
 SQLite's own busy handler retries inside ``sqlite3_step``, where no check runs:
 a retry that had to record a new read mark (the WAL grew since anyone last
 read it) wrote a ``-shm`` made immutable meanwhile, and the process died of
@@ -70,6 +74,7 @@ if TYPE_CHECKING:
 _FS_IOC_GETFLAGS = 0x80086601  # Linux: the inode's flags (lsattr)
 _UNWRITABLE = 0x10 | 0x20  # FS_IMMUTABLE_FL, FS_APPEND_FL
 BUSY_TIMEOUT = 5.0  # seconds a statement waits for another connection's lock on SQLite
+WRITER_QUEUE = 30.0  # seconds a SQLite writer waits for the ones of its process ahead of it
 SQLITE_PRAGMAS = (f"PRAGMA busy_timeout={int(BUSY_TIMEOUT * 1000)}", "PRAGMA synchronous=NORMAL")
 WRITER_PRAGMAS = ("PRAGMA busy_timeout=0", "PRAGMA synchronous=NORMAL")  # waits: ours
 # seconds between the tries of a statement that found the database locked: SQLite's own
@@ -312,7 +317,10 @@ def create_engine(url: URL, writer: bool = False) -> AsyncEngine:
         dsn = asyncpg_dsn(url)
         return create_async_engine(url, pool_pre_ping=True,
                                    async_creator=lambda: connect_primary(dsn))
-    engine = create_async_engine(url, connect_args={"isolation_level": None})
+    # the writers' one connection: they queue for it (an asyncio queue, first come first
+    # served), and only it waits for the lock (``_begin_immediate``)
+    queue = {"pool_size": 1, "max_overflow": 0, "pool_timeout": WRITER_QUEUE} if writer else {}
+    engine = create_async_engine(url, connect_args={"isolation_level": None}, **queue)
     path = sqlite_path(url)
     pragmas = WRITER_PRAGMAS if writer else SQLITE_PRAGMAS
     event.listen(engine.sync_engine, "connect",
