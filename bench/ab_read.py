@@ -29,8 +29,16 @@ import run as bench  # noqa: E402
 
 
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU seconds of ``pid`` and its children still running (``--workers``: the workers)."""
+    used = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if stat.parent.name == str(pid) or fields[1] == str(pid):
+            used += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return used
 
 
 def backends_cpu(pg: bench.Postgres | None, db: str) -> dict[int, float]:
@@ -62,6 +70,7 @@ def main() -> None:
     ap.add_argument("--postgres", metavar="SERVER_URL", help="journal on fresh databases of "
                     "this PostgreSQL server (dropped at the end), not on SQLite files; e.g. "
                     + bench.POSTGRES)
+    ap.add_argument("--workers", type=int, default=1, help="each gateway's --workers")
     args = ap.parse_args()
     pg = bench.Postgres(args.postgres) if args.postgres else None
     tmp = Path(tempfile.mkdtemp(prefix="ab-read-"))
@@ -79,7 +88,8 @@ def main() -> None:
         for name, env in (("before", {"PYTHONPATH": str(args.before.resolve())}),
                           ("after", after)):
             db = pg.create() if pg else f"sqlite+aiosqlite:///{tmp / name}.db"
-            proc, proxy, _ = bench.start_gateway(name, config, policies, db, logdir,
+            workers = ("--workers", str(args.workers)) if args.workers > 1 else ()
+            proc, proxy, _ = bench.start_gateway(name, config, policies, db, logdir, *workers,
                                                  env={"OTEL_SDK_DISABLED": "true", **env})
             procs.append(proc)
             gateways[name] = (proxy + "/bench" + bench.ITEM_PATH, proc.proc.pid)
@@ -108,7 +118,7 @@ def main() -> None:
                     pg_cpu.setdefault((name, conns), []).append(
                         pg_used / (result["rps"] * args.seconds) * 1e6)
         print(f"{args.method}, medians of {args.rounds} rounds, "
-              f"{'PostgreSQL' if pg else 'SQLite'}")
+              f"{'PostgreSQL' if pg else 'SQLite'}, {args.workers} worker(s) each")
         print(f"{'target':<8}{'conns':>6}{'req/s':>9}{'p50 ms':>9}{'CPU us/req':>12}"
               + (f"{'PG CPU us/req':>15}" if pg else ""))
         for conns in (32, 1):
