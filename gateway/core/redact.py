@@ -17,6 +17,7 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from functools import lru_cache
+from itertools import product
 from typing import Any
 from urllib.parse import parse_qsl, quote, quote_plus, urlencode
 
@@ -233,18 +234,50 @@ MIN_ECHO = 4
 
 def echo_forms(secret: str) -> list[str]:
     """The spellings an upstream may echo ``secret`` in: as sent, percent-encoded (either
-    case of hex digits, ``+`` for spaces) and JSON-escaped.
+    case of hex digits, ``+`` for spaces), JSON-escaped (also as Go writes ``& < >``),
+    and escaped as markup (``markup_forms``).
 
-    >>> echo_forms("a/b c")
+    >>> echo_forms("a/b c")[:7]
     ['a/b c', 'a%2Fb%20c', 'a%2fb%20c', 'a%2Fb+c', 'a%2fb+c', 'a/b%20c', 'a\\\\/b c']
+    >>> echo_forms("a/b c")[7:]
+    ['a&#x2F;b c', 'a&#x2f;b c', 'a&#47;b c']
     """
     forms: list[str] = []
+    escaped = [json.dumps(secret, ensure_ascii=False)[1:-1], json.dumps(secret)[1:-1]]
     for form in (secret, quote(secret, safe=""), quote_plus(secret, safe=""),
-                 quote(secret, safe="/"), json.dumps(secret, ensure_ascii=False)[1:-1],
-                 json.dumps(secret)[1:-1], secret.replace("/", "\\/")):
+                 quote(secret, safe="/"), *escaped, *(e.translate(_GO_JSON) for e in escaped),
+                 secret.replace("/", "\\/"), *markup_forms(secret)):
         for spelt in (form, _lower_hex(form)):
             if spelt and spelt not in forms:
                 forms.append(spelt)
+    return forms
+
+
+# JSON as Go's encoding/json writes it by default (HTML-safe): & < > as \\u escapes
+_GO_JSON = str.maketrans({"&": "\\u0026", "<": "\\u003c", ">": "\\u003e"})
+# each character markup escapes, and the spellings escapers of common stacks give it
+# (Python's html.escape, MarkupSafe/Jinja, XML, OWASP's encoder; kept as is where some
+# leave it: quotes in text, ``/`` everywhere but OWASP's)
+_MARKUP = {"&": ("&amp;",), "<": ("&lt;",), ">": ("&gt;",),
+           '"': ('"', "&quot;", "&#34;", "&#x22;"), "'": ("'", "&#x27;", "&#39;", "&apos;"),
+           "/": ("/", "&#x2F;", "&#x2f;", "&#47;")}
+
+
+def markup_forms(secret: str) -> list[str]:
+    """``secret`` as an HTML or XML page escapes it, each kind of character spelt one way
+    throughout (as one escaper does); none when it has no such character.
+
+    >>> markup_forms("a<b/c")
+    ['a&lt;b/c', 'a&lt;b&#x2F;c', 'a&lt;b&#x2f;c', 'a&lt;b&#47;c']
+    """
+    present = [c for c in _MARKUP if c in secret]
+    if not present:
+        return []
+    forms = []
+    for choices in product(*(_MARKUP[c] for c in present)):
+        spelt = secret.translate(str.maketrans(dict(zip(present, choices, strict=True))))
+        if spelt != secret:
+            forms.append(spelt)
     return forms
 
 
