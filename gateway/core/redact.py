@@ -275,7 +275,8 @@ def markup_forms(secret: str) -> list[str]:
         return []
     forms = []
     for choices in product(*(_MARKUP[c] for c in present)):
-        spelt = secret.translate(str.maketrans(dict(zip(present, choices, strict=True))))
+        table: dict[str, str | int | None] = dict(zip(present, choices, strict=True))
+        spelt = secret.translate(str.maketrans(table))
         if spelt != secret:
             forms.append(spelt)
     return forms
