@@ -58,8 +58,7 @@ class Bus(Protocol):
 
     async def publish(self, message: dict[str, Any], to: str | None = None) -> None: ...
 
-    async def members(self) -> set[str]:
-        """The other processes listening now."""
+    async def members(self) -> set[str]: ...  # the other processes listening now
 
     def at_commit(self, message: dict[str, Any]) -> Notice | None:
         """``message`` as a NOTIFY a store transaction on the same PostgreSQL can send,
@@ -123,14 +122,15 @@ class JournalStore(Protocol):
     """The change journal: a write's intent before it is sent, its outcome after."""
 
     async def journal_intent(self, entry: JournalEntry, *, unless_frozen: bool = True) -> bool:
-        """Commit the entry before the call is forwarded.
-
-        False, and nothing written, when an active freeze covers the entry's
-        upstream or agent: decided by the store in the statement that inserts,
-        so no intent a freeze covers commits after that freeze (whatever any
-        process believes). ``unless_frozen=False``: operators' writes."""
+        """Commit the entry before the call is forwarded. False, and nothing written,
+        when an active freeze covers the entry's upstream or agent: decided by the store
+        in the statement that inserts, so no intent a freeze covers commits after that
+        freeze (whatever any process believes). ``unless_frozen=False``: operators' writes."""
 
     async def journal_outcome(self, entry_id: str, outcome: JournalOutcome) -> None: ...
+
+    async def journal_outcomes(self, outcomes: list[tuple[str, JournalOutcome]]) -> list[bool]:
+        """Several at once, in one batch; whether each found its intent."""
 
     async def stale_intents(self, process: str, before: datetime) -> list[str]:
         """``process``'s intents journaled before ``before`` and still without outcome."""

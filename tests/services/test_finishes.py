@@ -118,6 +118,7 @@ async def test_a_stop_waits_for_answers_and_outcomes_under_one_deadline(
                                                                        rules)}) as gw:
         gateway = gw.gateway
         monkeypatch.setattr(gateway.store, "finish_held", refused)
+        monkeypatch.setattr(gateway.store, "journal_outcomes", refused)
         monkeypatch.setattr(gateway.store, "journal_outcome", refused)
         gateway.approvals.finishes.wait = 0  # the operator's request is answered at once
         assert await gateway.approvals.finishes(
