@@ -171,6 +171,11 @@ QUEUE = "/123456789012/orders"
     (SQS, "GET", QUEUE, {"Action": "SendMessage"}, "allow", True),
     (SQS, "GET", "/", {"Action": "ListQueues"}, "allow", False),
     (SQS, "POST", "/", {"Action": "ListQueues"}, "allow", False),
+    # boto3 speaks AWS's JSON protocol to SQS, which its description does not say
+    (SQS, "POST", "/", {"x-amz-target": "AmazonSQS.DeleteQueue"}, "hold", True),
+    (SQS, "POST", "/", {"x-amz-target": "AmazonSQS.SendMessage"}, "allow", True),
+    (SQS, "POST", "/", {"x-amz-target": "AmazonSQS.ListQueues"}, "allow", False),
+    (SQS, "POST", "/", {"x-amz-target": "AmazonSQS.Nope"}, "deny", True),
     (STS, "GET", "/", {"Action": "AssumeRole"}, "allow", True),
 ])
 def test_aws_calls_are_judged_by_the_operation_they_name(

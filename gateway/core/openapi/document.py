@@ -65,12 +65,19 @@ class Operation:
         return self.operation_id or f"{self.method} {self.path}"
 
 
+# AWS services described in the query protocol (``?Action=``) whose SDKs now speak the
+# JSON one (``X-Amz-Target: <prefix>.<Action>``), by the directory's ``x-serviceName``:
+# boto3 sends SQS only so since botocore 1.31 (2023)
+AWS_JSON_TARGETS = {"sqs": "AmazonSQS"}
+
+
 @dataclass(slots=True)
 class Api:
     title: str
     version: str  # "2.0", "3.0.3", "3.1.0"
     base_url: str | None
     operations: list[Operation] = field(default_factory=list)
+    json_target: str | None = None  # ``AWS_JSON_TARGETS``: its actions also so named
 
 
 class _Refs:
@@ -136,7 +143,9 @@ def read_api(doc: Any) -> Api:
     refs = _Refs(doc)
     info: dict[str, Any] = doc["info"] if isinstance(doc.get("info"), dict) else {}
     api = Api(str(info.get("title", "")), version,
-              _swagger_base(doc) if swagger else _servers_base(doc.get("servers")))
+              _swagger_base(doc) if swagger else _servers_base(doc.get("servers")),
+              json_target=AWS_JSON_TARGETS.get(str(info.get("x-serviceName")))
+              if info.get("x-providerName") == "amazonaws.com" else None)
     consumes = _strings(doc.get("consumes")) if swagger else ()
     for path, item in paths.items():
         item = refs.get(item)

@@ -204,7 +204,7 @@ def _rename(template: str, like: str) -> str:
     return re.sub(r"\{[^}]*\}", lambda m: next(names, m.group(0)), like)
 
 
-def _when(op: Operation) -> str | None:
+def _when(op: Operation, json_target: str | None = None) -> str | None:
     """What tells the operation apart: each name present and, where the description
     gives one, with its value (``&&`` is false before the lookup when it is absent).
 
@@ -212,17 +212,25 @@ def _when(op: Operation) -> str | None:
     just as well: AWS's query protocol reads both as one set of parameters, and its SDKs
     (botocore) send ``POST /`` with ``Action=...`` in the body. So such a ``when`` holds
     for either place (a body that names it beside a query that does is refused before
-    any rule runs: ``gateway.core.body.named_twice``)."""
+    any rule runs: ``gateway.core.body.named_twice``). A service whose SDKs now speak
+    AWS's JSON protocol (``json_target``: SQS) names the same action in
+    ``X-Amz-Target`` too (``AmazonSQS.SendMessage``), a third place."""
     parts = _terms(op, "query")
     if op.pattern is not None:  # ``/v1/*`` is ``/v1/{name}:pause`` only with this
         parts.append(f"request.path.matches({json_str(op.pattern)})")
-    if not any(where == "query" and value is not None and name.lower() in ACTION_KEYS
-               for where, name, value in op.discriminators):
+    actions = [value for where, name, value in op.discriminators
+               if where == "query" and value is not None and name.lower() in ACTION_KEYS]
+    if not actions:
         return " && ".join(parts) or None
     posted = ["type(request.body) == map", *_terms(op, "body")]  # a form body: a map
     if op.pattern is not None:
         posted.append(parts[-1])
-    return f"({' && '.join(parts)}) || ({' && '.join(posted)})"
+    when = f"({' && '.join(parts)}) || ({' && '.join(posted)})"
+    if json_target is None or len(op.discriminators) != 1:
+        return when
+    target = json_str(f"{json_target}.{actions[0]}")
+    return (f"{when} || ('x-amz-target' in request.headers && "
+            f"request.headers['x-amz-target'] == {target})")
 
 
 def _terms(op: Operation, query: str) -> list[str]:
@@ -266,13 +274,14 @@ def infer(api: Api) -> list[Draft]:
             drafts.append(Draft("", tuple(m for m in ("GET", "HEAD", "POST", "PUT", "PATCH",
                                                       "DELETE") if m in methods),
                                 template, tuple(reads), False,
-                                effect="read" if posted else None, when=_when(reads[0]),
+                                effect="read" if posted else None,
+                                when=_when(reads[0], api.json_target),
                                 why="reads" if not posted else
                                 "only reads (its name says so): not journaled, not frozen"))
         for op in ops:
             if op in reads or (rpc_style(template) and reads):
                 continue
-            draft = _write(op, template, index)
+            draft = _write(op, template, index, api.json_target)
             if rpc_style(template) and op.method == "GET" and \
                     not any(other.method == "POST" for other in ops):
                 draft.methods = ("GET", "POST")  # SDKs POST every method, writes too
@@ -290,8 +299,8 @@ def infer(api: Api) -> list[Draft]:
     return drafts
 
 
-def _write(op: Operation, template: str, index: _Index) -> Draft:
-    draft = _infer_write(op, template, index)
+def _write(op: Operation, template: str, index: _Index, json_target: str | None) -> Draft:
+    draft = _infer_write(op, template, index, json_target)
     if draft.action == "hold" and not draft.why.startswith("held"):
         draft.why = f"held: {action_name(op)} destroys; " + draft.why
     if "*" in template.split("/") and (draft.capture or isinstance(draft.undo, dict)):
@@ -301,8 +310,9 @@ def _write(op: Operation, template: str, index: _Index) -> Draft:
     return draft
 
 
-def _infer_write(op: Operation, template: str, index: _Index) -> Draft:
-    draft = Draft("", (op.method,), template, (op,), True, when=_when(op))
+def _infer_write(op: Operation, template: str, index: _Index,
+                 json_target: str | None = None) -> Draft:
+    draft = Draft("", (op.method,), template, (op,), True, when=_when(op, json_target))
     if op.method in ("GET", "HEAD"):  # a GET that names a write (the query APIs)
         draft.effect = "write"
     action = action_name(op)
