@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.harness import policy_text, serve_app, started_gateway
@@ -75,14 +76,7 @@ def shows(text: str, secret: str) -> bool:
 @pytest.mark.parametrize(("credential", "secret"), [(HEADER, TOKEN), (BASIC, PASSWORD)])
 async def test_base64_and_decoded_echoes_are_hidden(tmp_path: Path, credential: str,
                                                     secret: str) -> None:
-    async with serve_app(Decoding()) as url, started_gateway(
-            tmp_path, f"sqlite+aiosqlite:///{tmp_path}/gw.db",
-            {"api.yaml": policy_text(url, RULES, upstream="api", extra=credential)}) as gw:
-        read = await gw.agent.get("/api/items")
-        written = await gw.agent.patch("/api/items/x1", json={"a": 1})
-        journal = await gw.admin.get("/v1/journal", headers=gw.as_role("admin"))
-        [entry] = journal.json()["items"]
-        shown = await gw.admin.get(f"/v1/journal/{entry['id']}", headers=gw.as_role("admin"))
+    read, written, journal, shown = await read_and_write(Decoding(), tmp_path, credential)
     for response in (read, written):
         assert response.status_code == 200, response.text
         assert not shows(response.text, secret), response.text
@@ -90,3 +84,18 @@ async def test_base64_and_decoded_echoes_are_hidden(tmp_path: Path, credential: 
     assert "[REDACTED]" in shown.text
     everything = journal.text + shown.text + stored(tmp_path)
     assert [s for s in spellings(secret) if s in everything] == []
+
+
+async def read_and_write(upstream: Any, tmp_path: Path, credential: str) -> tuple[
+        httpx.Response, httpx.Response, httpx.Response, httpx.Response]:
+    """Through a gateway whose policy holds ``credential`` for ``upstream``: a read, a
+    write, then the journal's list and the write's entry as an admin reads them."""
+    async with serve_app(upstream) as url, started_gateway(
+            tmp_path, f"sqlite+aiosqlite:///{tmp_path}/gw.db",
+            {"api.yaml": policy_text(url, RULES, upstream="api", extra=credential)}) as gw:
+        read = await gw.agent.get("/api/items")
+        written = await gw.agent.patch("/api/items/x1", json={"a": 1})
+        journal = await gw.admin.get("/v1/journal", headers=gw.as_role("admin"))
+        [entry] = journal.json()["items"]
+        shown = await gw.admin.get(f"/v1/journal/{entry['id']}", headers=gw.as_role("admin"))
+    return read, written, journal, shown

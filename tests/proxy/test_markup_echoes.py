@@ -11,8 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tests.harness import policy_text, serve_app, started_gateway
-from tests.proxy.test_echoed_credential import RULES, stored
+from tests.proxy.test_base64_echoes import read_and_write
+from tests.proxy.test_echoed_credential import stored
 
 TOKEN = """mk&<up>"ca'na/ry42"""
 HEADER = "credentials: {header: Authorization, value: 'Bearer " + TOKEN.replace("'", "''") \
@@ -55,14 +55,7 @@ class Markup:
 
 
 async def test_markup_and_script_safe_json_echoes_are_hidden(tmp_path: Path) -> None:
-    async with serve_app(Markup()) as url, started_gateway(
-            tmp_path, f"sqlite+aiosqlite:///{tmp_path}/gw.db",
-            {"api.yaml": policy_text(url, RULES, upstream="api", extra=HEADER)}) as gw:
-        read = await gw.agent.get("/api/items")
-        written = await gw.agent.patch("/api/items/x1", json={"a": 1})
-        journal = await gw.admin.get("/v1/journal", headers=gw.as_role("admin"))
-        [entry] = journal.json()["items"]
-        shown = await gw.admin.get(f"/v1/journal/{entry['id']}", headers=gw.as_role("admin"))
+    read, written, journal, shown = await read_and_write(Markup(), tmp_path, HEADER)
     spellings = markup_spellings(TOKEN)
     assert len(set(spellings.values())) == len(spellings)  # six different spellings
     for response in (read, written):
