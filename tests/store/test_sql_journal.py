@@ -123,6 +123,20 @@ async def test_outcome_for_an_unknown_entry_raises(store: SqlStore,
         await store.journal_outcome("missing", outcome)
 
 
+async def test_outcomes_in_one_batch_say_which_found_their_intent(
+        store: SqlStore, make_entry: EntryFactory, outcome: JournalOutcome) -> None:
+    first, second = make_entry(1), make_entry(2)
+    assert all(await asyncio.gather(store.journal_intent(first), store.journal_intent(second)))
+    found = await store.journal_outcomes([(first.id, outcome), ("missing", outcome),
+                                          (second.id, outcome)])
+    assert found == [True, False, True]
+    for entry in (first, second):
+        saved = await store.get_journal(entry.id)
+        assert saved is not None and saved.state is outcome.state
+        assert saved.status == outcome.status
+    assert await store.pending_intents(make_entry(0).at) == []
+
+
 def _driver_error(store_url: str, sqlite: type[Exception], asyncpg_name: str) -> type[Exception]:
     """The driver's own error for the backend under test (asyncpg imported for PostgreSQL only)."""
     if store_url.startswith("sqlite"):
