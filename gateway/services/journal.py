@@ -73,6 +73,8 @@ class Journal:
         # outcomes journaled after the reply: queued for the task that saves them
         # (``later``), and those saved apart after their batch failed
         self._queued: list[tuple[JournalEntry, JournalOutcome, Step]] = []
+        self._queued_saved: asyncio.Future[None] | None = None  # done: what is queued now
+        self._batch_saved: asyncio.Future[None] | None = None  # done: the batch being saved
         self._saving: asyncio.Task[None] | None = None
         self._outcomes: set[asyncio.Task[None]] = set()
         self.pending: set[str] = set()  # entries journaled as intents, outcome not yet saved
@@ -147,27 +149,42 @@ class Journal:
         step = watch.step(JOURNAL_OUTCOME, entry.upstream)
         step.__enter__()  # timed from now until saved, as it was
         self._queued.append((entry, outcome, step))
+        if self._queued_saved is None:
+            self._queued_saved = asyncio.get_running_loop().create_future()
         if self._saving is None:
             self._saving = asyncio.get_running_loop().create_task(self._save_queued())
 
     async def _save_queued(self) -> None:
+        saved: asyncio.Future[None] | None = None
         try:
             while self._queued:
-                batch, self._queued = self._queued[:BATCH], self._queued[BATCH:]
-                try:
-                    found = await self.store.journal_outcomes([(e.id, o) for e, o, _ in batch])
-                except Exception as exc:  # the store is down, or one row is refused
-                    for entry, outcome, step in batch:
-                        step.__exit__(type(exc), exc, exc.__traceback__)
-                        self._apart(self.save_outcome(entry, outcome, NO_WATCH))
-                    continue
-                for (entry, _, step), saved in zip(batch, found, strict=True):
-                    step.__exit__(None, None, None)
-                    self.pending.discard(entry.id)
-                    if not saved:
-                        log.error("no intent for the outcome of %s", entry.id)
-        finally:
-            self._saving = None
+                batch, self._queued = self._queued, []
+                saved, self._queued_saved = self._queued_saved, None
+                self._batch_saved = saved
+                for start in range(0, len(batch), BATCH):
+                    await self._save_batch(batch[start:start + BATCH])
+                self._batch_saved = None
+                _resolve(saved)  # after any outcome it failed went to ``_apart``
+        finally:  # cancelled: whoever waits is let go (what is still queued stays queued)
+            self._saving = self._batch_saved = None
+            _resolve(saved)
+            if self._queued_saved is not None and not self._queued:
+                _resolve(self._queued_saved)
+                self._queued_saved = None
+
+    async def _save_batch(self, batch: list[tuple[JournalEntry, JournalOutcome, Step]]) -> None:
+        try:
+            found = await self.store.journal_outcomes([(e.id, o) for e, o, _ in batch])
+        except Exception as exc:  # the store is down, or one row is refused
+            for entry, outcome, step in batch:
+                step.__exit__(type(exc), exc, exc.__traceback__)
+                self._apart(self.save_outcome(entry, outcome, NO_WATCH))
+            return
+        for (entry, _, step), saved in zip(batch, found, strict=True):
+            step.__exit__(None, None, None)
+            self.pending.discard(entry.id)
+            if not saved:
+                log.error("no intent for the outcome of %s", entry.id)
 
     def _apart(self, saving: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(saving)
@@ -175,10 +192,17 @@ class Journal:
         task.add_done_callback(self._outcomes.discard)
 
     async def settled(self) -> None:
-        """Until every outcome of a write answered so far is journaled (read your writes).
-        Waiting is all it does: a caller that gives up (cancelled) cancels no save."""
-        while self._saving is not None or self._outcomes:
-            await asyncio.wait([*self._outcomes, *([self._saving] if self._saving else [])])
+        """Until every outcome of a write answered so far is journaled (read your
+        writes): the batch being saved and the one queued, then those saved apart. Not
+        the outcomes answered while it waits, or a stream of writes would hold it up
+        until the stream stops. Waiting is all it does: a caller that gives up
+        (cancelled) cancels no save."""
+        batches = [f for f in (self._batch_saved, self._queued_saved) if f is not None]
+        if batches:
+            await asyncio.wait(batches)
+        apart = list(self._outcomes)
+        if apart:
+            await asyncio.wait(apart)
 
     async def record_outcome(self, entry: JournalEntry, sender: Sender,
                              response: UpstreamResponse | None, error: GatewayError | None,
@@ -321,3 +345,8 @@ class Journal:
 def rule_says_none(upstream: Upstream, rule_id: str | None) -> bool:
     rule = upstream.rule(rule_id)
     return rule is not None and rule.undo == "none"
+
+
+def _resolve(future: asyncio.Future[None] | None) -> None:
+    if future is not None and not future.done():
+        future.set_result(None)

@@ -24,6 +24,7 @@ class Store:
     def __init__(self, down: int = 0) -> None:
         self.gate = asyncio.Event()
         self.gate.set()
+        self.gates: list[asyncio.Event] = []  # one per batch, first: before ``gate``
         self.arrived = asyncio.Event()  # a batch is under way
         self.down = down
         self.batches: list[list[str]] = []
@@ -32,7 +33,7 @@ class Store:
     async def journal_outcomes(self, outcomes: list[tuple[str, JournalOutcome]]) -> list[bool]:
         self.batches.append([entry_id for entry_id, _ in outcomes])
         self.arrived.set()
-        await self.gate.wait()
+        await (self.gates.pop(0) if self.gates else self.gate).wait()
         if self.down:
             raise ConnectionRefusedError("the store is down")
         self.saved += [entry_id for entry_id, _ in outcomes]
@@ -115,3 +116,29 @@ _real_sleep = asyncio.sleep
 
 async def _no_pause(delay: float, *args: Any) -> Any:
     return await _real_sleep(0, *args)
+
+
+async def test_a_reader_waits_for_the_outcomes_answered_before_it_asked_not_after() -> None:
+    """Read your writes: an admin read waits for the outcomes of the writes answered
+    before it, not for every one that comes while it waits, or a stream of writes (an
+    agent at work) holds the read up until the stream stops (the drill's operator
+    watching the journal saw nothing until the agent was done)."""
+    store = Store()
+    first_batch, second_batch = asyncio.Event(), asyncio.Event()
+    store.gates = [first_batch, second_batch]
+    log = journal(store)
+    before, after = make_entry(1), make_entry(2)
+    answered(log, before)
+    async with asyncio.timeout(10):
+        await store.arrived.wait()
+    reader = asyncio.create_task(log.settled())
+    await asyncio.wait([reader], timeout=0)  # it runs up to its wait for ``before``
+    assert not reader.done()
+    answered(log, after)  # answered while the reader waits
+    first_batch.set()
+    async with asyncio.timeout(10):
+        await reader  # once ``before`` is saved, with ``after``'s batch still under way
+    assert store.saved == [before.id] and store.batches == [[before.id], [after.id]]
+    second_batch.set()
+    await log.settled()
+    assert store.saved == [before.id, after.id]
