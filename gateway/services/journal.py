@@ -165,12 +165,12 @@ class Journal:
                     await self._save_batch(batch[start:start + BATCH])
                 self._batch_saved = None
                 _resolve(saved)  # after any outcome it failed went to ``_apart``
-        finally:  # cancelled: whoever waits is let go (what is still queued stays queued)
+        finally:  # cancelled: whoever waits is let go (what is still queued stays
+            # queued, for the next ``later`` to start saving, under a future of its own)
             self._saving = self._batch_saved = None
             _resolve(saved)
-            if self._queued_saved is not None and not self._queued:
-                _resolve(self._queued_saved)
-                self._queued_saved = None
+            _resolve(self._queued_saved)
+            self._queued_saved = None
 
     async def _save_batch(self, batch: list[tuple[JournalEntry, JournalOutcome, Step]]) -> None:
         try:

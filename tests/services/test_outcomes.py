@@ -142,3 +142,26 @@ async def test_a_reader_waits_for_the_outcomes_answered_before_it_asked_not_afte
     second_batch.set()
     await log.settled()
     assert store.saved == [before.id, after.id]
+
+
+async def test_a_saving_task_cancelled_lets_its_readers_go_and_the_queue_waits() -> None:
+    """At a stop the saving task may be cancelled mid-batch: whoever waits for it is let
+    go, and what was still queued is saved by the next ``later``'s task."""
+    store = Store()
+    held = asyncio.Event()
+    store.gates = [held]
+    log = journal(store)
+    cut, queued, last = make_entry(1), make_entry(2), make_entry(3)
+    answered(log, cut)
+    async with asyncio.timeout(10):
+        await store.arrived.wait()
+    answered(log, queued)
+    reader = asyncio.create_task(log.settled())
+    await asyncio.wait([reader], timeout=0)
+    assert log._saving is not None
+    log._saving.cancel()
+    async with asyncio.timeout(10):
+        await reader  # let go, not left waiting for a task that is gone
+    answered(log, last)
+    await log.settled()
+    assert store.saved == [queued.id, last.id] and log.pending == {cut.id}
