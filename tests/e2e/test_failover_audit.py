@@ -127,12 +127,21 @@ def test_checkpoints_across_a_failover_cover_only_what_the_new_primary_has(
     engage_and_release(admin_a)
     poll(lambda: signed_size(pair, pair.primary_port) == last_seq(pair, pair.primary_port),
          "a checkpoint over every record")
+    # and both processes know it: neither is still signing one of its own over those
+    # records (its insert would wait for the standby stopped below, and its tree with it)
+    size = signed_size(pair, pair.primary_port)
+    poll(lambda: all((health(a)["audit"]["checkpoint"] or {}).get("size") == size
+                     for a in (admin_a, admin_b)), "both processes at that checkpoint")
 
     # the standby goes away: the decisions below are committed on the primary alone
     pair.stop(pair.standby)
+    before = last_seq(pair, pair.primary_port)
     for n, proxy in enumerate((proxy_a, proxy_b, proxy_a, proxy_b)):
         denied = httpx.delete(f"{proxy}/crm/items/d{n}", headers=BOT, timeout=30)
         assert denied.status_code == 403, denied.text
+    # a decision's record is appended just after its answer (the audit trail's batch):
+    # read before the last one was, the count fell one short, and no tree ever matched it
+    poll(lambda: last_seq(pair, pair.primary_port) >= before + 4, "the decisions' records")
     held = last_seq(pair, pair.primary_port)
     # both checkpoint services have read them (their trees hold them); none is due to
     # sign (decisions wait for the interval), so none waits for the standby meanwhile
