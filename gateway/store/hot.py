@@ -1,6 +1,6 @@
 """The calls made on every proxied write, straight through the driver.
 
-Journal intents and outcomes (batched by ``group.GroupCommit``), the kill
+Journal intents and outcomes (batched by ``gateway.group_commit.GroupCommit``), the kill
 switch's generation and the audit chain bypass the ORM: a SQLModel session
 commit measured 0.68 ms where a prepared asyncpg insert took 0.19 ms. On
 PostgreSQL an asyncpg pool prepares and caches each statement per

@@ -27,9 +27,9 @@ from gateway.core.model import (
     iso,
     parse_iso,
 )
+from gateway.group_commit import GroupCommit
 from gateway.store import codec
 from gateway.store import killswitch as ks
-from gateway.store.group import GroupCommit
 from gateway.store.hot import HotPath
 from gateway.store.tables import JournalRow
 

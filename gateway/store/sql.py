@@ -30,6 +30,7 @@ from typing import Any
 from sqlalchemy import text
 
 from gateway.core.seal import Sealer
+from gateway.group_commit import GroupCommit
 from gateway.ports import Bus
 from gateway.store.audit import AuditChain
 from gateway.store.checkpoints import CheckpointLog
@@ -42,7 +43,6 @@ from gateway.store.engine import (
     parse_url,
     sqlite_path,
 )
-from gateway.store.group import GroupCommit
 from gateway.store.held_calls import HeldCalls
 from gateway.store.hot import HotPath
 from gateway.store.hot_postgres import PostgresHotPath
