@@ -5,10 +5,12 @@ result. Items that arrive while a batch is being committed wait together and
 go in the next one, so under load one transaction carries many writes and at
 rest one write pays for one transaction, never for a timer. A batch that
 fails is tried again item by item, so one bad row (a duplicate id) fails its
-own caller and nobody else's.
+own caller and nobody else's. A drain cancelled (the process stopping) fails
+what it holds with the cancellation: nothing is left waiting for it.
 
 >>> commit = GroupCommit(insert_rows)     # doctest: +SKIP
 >>> inserted = await commit(row)          # doctest: +SKIP
+>>> commit.submit(row).add_done_callback(saved)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -30,7 +32,10 @@ class GroupCommit(Generic[T, R]):
         self.batches = 0  # how many transactions carried how many items: the batching at work
         self.items = 0
 
-    async def __call__(self, item: T) -> R:
+    def submit(self, item: T) -> asyncio.Future[R]:
+        """Queue ``item`` for the next batch; its future settles once it is committed (or
+        failed). Futures settle in the order their items came, so whoever waits for the
+        last one submitted waits for all before it."""
         # While a batch drains, the loop is the drain's: not looked up again (on
         # Python 3.11 every lookup is a getpid system call; two a write).
         draining = self._draining
@@ -41,7 +46,10 @@ class GroupCommit(Generic[T, R]):
             # A task, not a direct call: callers that become ready in the same
             # turn of the loop join this first batch.
             self._draining = loop.create_task(self._drain())
-        return await future
+        return future
+
+    async def __call__(self, item: T) -> R:
+        return await self.submit(item)
 
     async def _drain(self) -> None:
         try:

@@ -22,6 +22,7 @@ was lost by the store (``lost_outcomes``).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Coroutine
@@ -46,6 +47,7 @@ from gateway.core.policy.schema import Rule
 from gateway.core.redact import redact_headers, redact_query
 from gateway.core.seal import NO_SEALER, Sealer
 from gateway.errors import GatewayError, JournalUnavailable
+from gateway.group_commit import GroupCommit
 from gateway.observe import JOURNAL, JOURNAL_OUTCOME, NO_WATCH, Step, Watch
 from gateway.ports import JournalStore, Observed, UpstreamResponse
 from gateway.services import sealing
@@ -70,12 +72,10 @@ class Journal:
         self.store = store
         self.freezes = freezes
         self.sealer = sealer  # the store's: seals what the journal must not show
-        # outcomes journaled after the reply: queued for the task that saves them
-        # (``later``), and those saved apart after their batch failed
-        self._queued: list[tuple[JournalEntry, JournalOutcome, Step]] = []
-        self._queued_saved: asyncio.Future[None] | None = None  # done: what is queued now
-        self._batch_saved: asyncio.Future[None] | None = None  # done: the batch being saved
-        self._saving: asyncio.Task[None] | None = None
+        # outcomes journaled after the reply, a batch at a time (``later``); the last one
+        # answered; and those saved apart after their batch failed
+        self._batches = GroupCommit(store.journal_outcomes, BATCH)
+        self._last: asyncio.Future[bool] | None = None
         self._outcomes: set[asyncio.Task[None]] = set()
         self.pending: set[str] = set()  # entries journaled as intents, outcome not yet saved
 
@@ -141,50 +141,30 @@ class Journal:
     def later(self, entry: JournalEntry, outcome: JournalOutcome, watch: Watch) -> None:
         """Journal ``outcome`` once the agent has its answer (the intent is already durable).
 
-        Queued, not a task of its own: one task saves what is queued, a batch at a time
-        (``store.journal_outcomes``), and what comes meanwhile goes in the next batch
-        (a task per outcome was 2.4% of the CPU of a PATCH on PostgreSQL at 32
-        connections). A batch the store fails is saved outcome by outcome, each retried
-        as ``save_outcome`` does."""
+        Submitted to a group commit, not a task of its own: what is answered while a
+        batch is saved goes in the next (``store.journal_outcomes``; a task per outcome
+        was 2.4% of the CPU of a PATCH on PostgreSQL at 32 connections). An outcome
+        whose batch the store fails is then saved on its own, retried as
+        ``save_outcome`` does."""
         step = watch.step(JOURNAL_OUTCOME, entry.upstream)
-        step.__enter__()  # timed from now until saved, as it was
-        self._queued.append((entry, outcome, step))
-        if self._queued_saved is None:
-            self._queued_saved = asyncio.get_running_loop().create_future()
-        if self._saving is None:
-            self._saving = asyncio.get_running_loop().create_task(self._save_queued())
+        step.__enter__()  # timed from now until saved
+        saved = self._batches.submit((entry.id, outcome))
+        saved.add_done_callback(functools.partial(self._saved, entry, outcome, step))
+        self._last = saved
 
-    async def _save_queued(self) -> None:
-        saved: asyncio.Future[None] | None = None
-        try:
-            while self._queued:
-                batch, self._queued = self._queued, []
-                saved, self._queued_saved = self._queued_saved, None
-                self._batch_saved = saved
-                for start in range(0, len(batch), BATCH):
-                    await self._save_batch(batch[start:start + BATCH])
-                self._batch_saved = None
-                _resolve(saved)  # after any outcome it failed went to ``_apart``
-        finally:  # cancelled: whoever waits is let go (what is still queued stays
-            # queued, for the next ``later`` to start saving, under a future of its own)
-            self._saving = self._batch_saved = None
-            _resolve(saved)
-            _resolve(self._queued_saved)
-            self._queued_saved = None
-
-    async def _save_batch(self, batch: list[tuple[JournalEntry, JournalOutcome, Step]]) -> None:
-        try:
-            found = await self.store.journal_outcomes([(e.id, o) for e, o, _ in batch])
-        except Exception as exc:  # the store is down, or one row is refused
-            for entry, outcome, step in batch:
-                step.__exit__(type(exc), exc, exc.__traceback__)
-                self._apart(self.save_outcome(entry, outcome, NO_WATCH))
+    def _saved(self, entry: JournalEntry, outcome: JournalOutcome, step: Step,
+               saved: asyncio.Future[bool]) -> None:
+        exc = saved.exception()
+        if isinstance(exc, asyncio.CancelledError):  # the process is stopping: the intent
+            return  # stays pending, and recovery journals it unknown at the next start
+        if exc is not None:  # the store is down
+            step.__exit__(type(exc), exc, exc.__traceback__)
+            self._apart(self.save_outcome(entry, outcome, NO_WATCH))
             return
-        for (entry, _, step), saved in zip(batch, found, strict=True):
-            step.__exit__(None, None, None)
-            self.pending.discard(entry.id)
-            if not saved:
-                log.error("no intent for the outcome of %s", entry.id)
+        step.__exit__(None, None, None)
+        self.pending.discard(entry.id)
+        if not saved.result():
+            log.error("no intent for the outcome of %s", entry.id)
 
     def _apart(self, saving: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(saving)
@@ -193,13 +173,12 @@ class Journal:
 
     async def settled(self) -> None:
         """Until every outcome of a write answered so far is journaled (read your
-        writes): the batch being saved and the one queued, then those saved apart. Not
-        the outcomes answered while it waits, or a stream of writes would hold it up
-        until the stream stops. Waiting is all it does: a caller that gives up
-        (cancelled) cancels no save."""
-        batches = [f for f in (self._batch_saved, self._queued_saved) if f is not None]
-        if batches:
-            await asyncio.wait(batches)
+        writes): the last one answered (they are saved in order), then those saved
+        apart. Not the outcomes answered while it waits, or a stream of writes would
+        hold it up until the stream stops. Waiting is all it does: a caller that gives
+        up (cancelled) cancels no save."""
+        if self._last is not None:  # even done: its callback may be still to run
+            await asyncio.wait([self._last])  # when this returns, it and those before ran
         apart = list(self._outcomes)
         if apart:
             await asyncio.wait(apart)
@@ -345,8 +324,3 @@ class Journal:
 def rule_says_none(upstream: Upstream, rule_id: str | None) -> bool:
     rule = upstream.rule(rule_id)
     return rule is not None and rule.undo == "none"
-
-
-def _resolve(future: asyncio.Future[None] | None) -> None:
-    if future is not None and not future.done():
-        future.set_result(None)

@@ -20,6 +20,8 @@ import sqlite3
 from pathlib import Path
 
 from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as NoConnection  # a pool's wait for its turn
 
 from gateway.core.redact import is_secret_name
 from gateway.store.engine import (
@@ -122,16 +124,12 @@ def explain(error: BaseException, database_url: str) -> str | None:
 def store_errors(database_url: str) -> tuple[type[BaseException], ...]:
     """What a running store raises when it cannot be reached: the base classes an HTTP
     edge catches to answer 503 (``unavailable`` then says whether it is that, and why)."""
-    from sqlalchemy.exc import TimeoutError as NoConnection  # a pool's wait for its turn
-
     return (OSError, sqlite3.Error, NoConnection, *driver_errors(parse_url(database_url)).any)
 
 
 def unavailable(exc: BaseException, database_url: str) -> str | None:
     """Why the store cannot answer now (it is down, restarting, unreachable, locked), in
     one line; None when ``exc`` is not that (a bug: shown with its traceback)."""
-    from sqlalchemy.exc import DBAPIError
-    from sqlalchemy.exc import TimeoutError as NoConnection
     down: tuple[type[BaseException], ...] = (
         OSError, *driver_errors(parse_url(database_url)).connection, sqlite3.OperationalError,
         NoConnection)

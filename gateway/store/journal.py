@@ -102,7 +102,7 @@ class JournalLog:
     async def journal_outcomes(self, outcomes: list[tuple[str, JournalOutcome]]) -> list[bool]:
         """Several outcomes in one batch (the caller's: no group commit of their own);
         whether each found its intent."""
-        return await self._hot_path().update_outcomes(
+        return await self._commit_outcomes(
             [codec.outcome_params(entry_id, outcome) for entry_id, outcome in outcomes])
 
     async def _commit_outcomes(self, rows: list[tuple[Any, ...]]) -> list[bool]:

@@ -1,6 +1,6 @@
-"""A write's outcome is journaled after its answer (``Journal.later``): queued, and saved
-a batch at a time by one task; a batch the store fails is saved outcome by outcome and
-retried; waiting for them (``settled``) never cancels one."""
+"""A write's outcome is journaled after its answer (``Journal.later``): submitted to a
+group commit and saved a batch at a time; an outcome whose batch the store fails is
+saved on its own and retried; waiting for them (``settled``) never cancels one."""
 
 from __future__ import annotations
 
@@ -74,12 +74,13 @@ async def test_outcomes_that_come_while_a_batch_is_saved_go_in_the_next() -> Non
 async def test_a_batch_the_store_fails_is_saved_outcome_by_outcome_and_retried(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(asyncio, "sleep", _no_pause)  # save_outcome's pauses between tries
-    store = Store(down=3)  # the batch, then one try of each outcome
+    store = Store(down=3)  # the batches, then the first three single saves, fail
     log = journal(store)
     entries = [make_entry(n) for n in (1, 2)]
     answered(log, *entries)
     await log.settled()
-    assert store.batches == [[e.id for e in entries]]
+    assert store.batches == [[e.id for e in entries]] + [[e.id] for e in entries]
+    assert store.down == 0  # each outcome saved on its own was retried
     assert sorted(store.saved) == sorted(e.id for e in entries) and log.pending == set()
 
 
@@ -144,9 +145,10 @@ async def test_a_reader_waits_for_the_outcomes_answered_before_it_asked_not_afte
     assert store.saved == [before.id, after.id]
 
 
-async def test_a_saving_task_cancelled_lets_its_readers_go_and_the_queue_waits() -> None:
+async def test_a_saving_task_cancelled_lets_its_readers_go() -> None:
     """At a stop the saving task may be cancelled mid-batch: whoever waits for it is let
-    go, and what was still queued is saved by the next ``later``'s task."""
+    go; what it had not saved stays pending (an intent in the store: recovery journals
+    it unknown at the next start), and a later outcome is saved by a new task."""
     store = Store()
     held = asyncio.Event()
     store.gates = [held]
@@ -158,10 +160,10 @@ async def test_a_saving_task_cancelled_lets_its_readers_go_and_the_queue_waits()
     answered(log, queued)
     reader = asyncio.create_task(log.settled())
     await asyncio.wait([reader], timeout=0)
-    assert log._saving is not None
-    log._saving.cancel()
+    assert log._batches._draining is not None
+    log._batches._draining.cancel()
     async with asyncio.timeout(10):
         await reader  # let go, not left waiting for a task that is gone
     answered(log, last)
     await log.settled()
-    assert store.saved == [queued.id, last.id] and log.pending == {cut.id}
+    assert store.saved == [last.id] and log.pending == {cut.id, queued.id}
