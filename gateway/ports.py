@@ -225,12 +225,14 @@ class HeldCallStore(Protocol):
         """pending -> rejected, if not expired at ``at`` (whatever its votes)."""
 
     async def expire_held(self, now: datetime) -> list[str]:
-        """pending -> expired for every call whose ``expires_at <= now``;
-        the ids changed, oldest first."""
+        """pending -> expired for every call whose ``expires_at <= now``, each with its
+        ``approval.expired`` record in the same transaction; the ids changed, oldest
+        first."""
 
     async def abandon_lapsed_claims(self, now: datetime) -> list[str]:
-        """approved -> unknown for every claim whose ``lease_until < now``
-        (its process died mid-execution; never re-sent); the ids changed."""
+        """approved -> unknown for every claim whose ``lease_until < now`` (its process
+        died mid-execution; never re-sent), each with its ``approval.unknown`` record in
+        the same transaction; the ids changed."""
 
     async def due_held(self, now: datetime, limit: int = 100) -> list[HeldCall]:
         """Pending delayed calls whose ``due_at <= now``, the earliest due first."""
@@ -240,9 +242,10 @@ class HeldCallStore(Protocol):
         """pending -> approved for a delayed call due at ``at`` (the gateway's own claim,
         exactly once like ``claim_held``), with ``decided_by`` and the lease."""
 
-    async def suspend_due(self, call_id: str, extra: dict[str, Any]) -> bool:
+    async def suspend_due(self, call_id: str, extra: dict[str, Any], action: str) -> bool:
         """A pending delayed call becomes an ordinary held call: ``due_at`` cleared,
-        ``extra`` replaced (the kill switch covered it when it fell due)."""
+        ``extra`` replaced (the kill switch covered it when it fell due), recorded as
+        ``action`` in the same transaction."""
 
     async def promote_shadow(self, call_id: str, at: datetime, expires_at: datetime | None,
                              extra: dict[str, Any]) -> bool:

@@ -124,6 +124,14 @@ class HeldCall:
         return "shadow" if "shadow" in self.extra else "hold"
 
 
+def audit_detail(approval: str, agent: str, upstream: str, method: str, raw_path: str,
+                 rule: str | None, more: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The detail of an audit record naming a held call (its operators' and the
+    sweeper's records alike); ``more`` adds to it, or overrides."""
+    return {"approval": approval, "agent": agent, "upstream": upstream, "method": method,
+            "path": raw_path or "/", "rule": rule, **(more or {})}
+
+
 def request_digest(method: str, upstream: str, raw_path: str, query: str,
                    headers: tuple[tuple[str, str], ...], body: bytes) -> str:
     """sha256 over a canonical encoding of everything that would be sent."""

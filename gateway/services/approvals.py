@@ -360,7 +360,7 @@ class ApprovalQueue:
             if freeze is not None:
                 extra = {**held.extra, "delay_frozen": {"at": iso(now),
                                                         "freeze": freeze.to_json()}}
-                if await self.store.suspend_due(held.id, extra):
+                if await self.store.suspend_due(held.id, extra, "approval.delay_frozen"):
                     log.warning("delayed call %s fell due while writes are frozen (%s): not "
                                 "run; it waits for an operator", held.id, freeze.reason)
                     await self._after_sweep(held.id, "approval.delay_frozen")
@@ -393,16 +393,16 @@ class ApprovalQueue:
             return
         extra = {**held.extra, "delay_failed": {"at": iso(now), "attempts": attempts,
                                                 "error": f"{exc.code}: {exc.message}"}}
-        if await self.store.suspend_due(held.id, extra):
+        if await self.store.suspend_due(held.id, extra, "approval.delay_failed"):
             self._due_failures.pop(held.id, None)
             log.warning("delayed call %s failed %d times unsent: it waits for an operator",
                         held.id, attempts)
             await self._after_sweep(held.id, "approval.delay_failed")
 
     async def _after_sweep(self, call_id: str, action: str) -> None:
+        """Told to those watching; the store recorded the change with it."""
         held = await self.store.get_held(call_id)
         if held is not None:
-            await self.audit("gateway", action, held, {})
             self.notifier.publish(action, public_view(held))
         self._wake(call_id)
 

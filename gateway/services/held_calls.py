@@ -24,6 +24,7 @@ from gateway.core.approvals import (
     ApprovalStatus,
     HeldCall,
     agent_status,
+    audit_detail,
     proposed_changes,
     request_digest,
 )
@@ -151,9 +152,8 @@ class HeldAudit:
 
     async def __call__(self, actor: str, action: str, held: HeldCall,
                        detail: dict[str, Any]) -> None:
-        record = {"approval": held.id, "agent": held.agent, "upstream": held.upstream,
-                  "method": held.method, "path": held.raw_path or "/", "rule": held.rule,
-                  **detail}
+        record = audit_detail(held.id, held.agent, held.upstream, held.method,
+                              held.raw_path, held.rule, detail)
         try:
             await self.store.append_audit(actor, action, record, utcnow())
         except Exception as exc:  # never dropped: the trail retries until the store is back

@@ -15,6 +15,11 @@ A pending call past its ``expires_at`` can no longer be claimed or rejected,
 even before ``expire_held`` has swept it (the same rule as
 ``HeldCall.expired``: expired when ``now >= expires_at``).
 
+The sweeper's changes (a call expired, a lapsed claim made unknown, a delayed
+call suspended) carry their audit record in the same transaction: no crash
+leaves a change the audit does not show (operators' changes are recorded by
+their caller, who is told of a failure).
+
 Delayed calls (``due_at`` set) are claimed by the gateway itself once due, with
 the same compare-and-set as an operator's claim; shadowed writes (status
 ``shadow``) enter the queue only when promoted, once.
@@ -24,17 +29,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import ColumnElement, or_, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from gateway.core.approvals import ApprovalStatus, HeldCall, Vote
-from gateway.core.model import iso
+from gateway.core.approvals import ApprovalStatus, HeldCall, Vote, audit_detail
+from gateway.core.model import iso, utcnow
 from gateway.core.seal import NO_SEALER, Sealer
 from gateway.store import codec
+from gateway.store.audit import WRITE_LOCK, append_in
+from gateway.store.hot import HotPath
 from gateway.store.tables import ApprovalRow
 
 PENDING, APPROVED = ApprovalStatus.PENDING.value, ApprovalStatus.APPROVED.value
@@ -46,6 +53,8 @@ SHADOW = ApprovalStatus.SHADOW.value
 _id, _status, _votes = col(ApprovalRow.id), col(ApprovalRow.status), col(ApprovalRow.votes)
 _expires_at, _lease_until = col(ApprovalRow.expires_at), col(ApprovalRow.lease_until)
 _due_at = col(ApprovalRow.due_at)
+_NAMED = "id, agent, upstream, method, raw_path, rule"  # what a record names (audit_detail)
+SWEEPER = "gateway"  # the actor of the sweeper's records
 
 
 class HeldCalls:
@@ -54,6 +63,9 @@ class HeldCalls:
     _engine: AsyncEngine  # reads
     _writer: AsyncEngine  # writes: BEGIN IMMEDIATE on SQLite
     sealer: Sealer | None  # the exact request of a held call is sealed (gateway.core.seal)
+
+    if TYPE_CHECKING:  # SqlStore's
+        def _hot_path(self) -> HotPath: ...
 
     @property
     def _sealer(self) -> Sealer:
@@ -126,12 +138,13 @@ class HeldCalls:
 
     async def expire_held(self, now: datetime) -> list[str]:
         return await self._sweep(
-            [_status == PENDING, _expires_at.is_not(None), _expires_at <= iso(now)],
-            status=ApprovalStatus.EXPIRED.value)
+            "approval.expired", "status = ? AND expires_at IS NOT NULL AND expires_at <= ?",
+            [PENDING, iso(now)], status=ApprovalStatus.EXPIRED.value)
 
     async def abandon_lapsed_claims(self, now: datetime) -> list[str]:
-        return await self._sweep([_status == APPROVED, _lease_until < iso(now)],
-                                 status=ApprovalStatus.UNKNOWN.value, error=LEASE_LAPSED)
+        return await self._sweep("approval.unknown", "status = ? AND lease_until < ?",
+                                 [APPROVED, iso(now)], status=ApprovalStatus.UNKNOWN.value,
+                                 error=LEASE_LAPSED)
 
     async def due_held(self, now: datetime, limit: int = 100) -> list[HeldCall]:
         statement = (select(ApprovalRow)
@@ -147,9 +160,10 @@ class HeldCalls:
             call_id, [_status == PENDING, _due_at.is_not(None), _due_at <= iso(at)],
             status=APPROVED, decided_by=by, decided_at=iso(at), lease_until=iso(lease_until))
 
-    async def suspend_due(self, call_id: str, extra: dict[str, Any]) -> bool:
-        return await self._change(call_id, [_status == PENDING, _due_at.is_not(None)],
-                                  due_at=None, extra=codec.dumps(extra))
+    async def suspend_due(self, call_id: str, extra: dict[str, Any], action: str) -> bool:
+        return bool(await self._sweep(action, "id = ? AND status = ? AND due_at IS NOT NULL",
+                                      [call_id, PENDING], due_at=None,
+                                      extra=codec.dumps(extra)))
 
     async def promote_shadow(self, call_id: str, at: datetime, expires_at: datetime | None,
                              extra: dict[str, Any]) -> bool:
@@ -165,18 +179,25 @@ class HeldCalls:
             result = await connection.execute(statement)
         return result.rowcount == 1
 
-    async def _sweep(self, expected: Sequence[ColumnElement[bool]], **values: Any) -> list[str]:
-        """Change every row in the expected state; the ids changed, oldest first."""
-        statement = update(ApprovalRow).where(*expected).values(**values)
-        async with self._writer.begin() as connection:
-            if connection.dialect.update_returning:
-                result = await connection.execute(statement.returning(_id))
-                return sorted(row[0] for row in result)
-            # SQLite before 3.35: the IMMEDIATE transaction keeps the two statements exact.
-            ids = sorted((await connection.execute(select(_id).where(*expected))).scalars())
-            if ids:
-                await connection.execute(statement.where(_id.in_(ids)))
-            return ids
+    async def _sweep(self, action: str, where: str, args: list[Any],
+                     **values: Any) -> list[str]:
+        """Change every row ``where`` selects, each with its audit record (``action``, by
+        the sweeper), in one transaction holding the chain's lock; the ids changed,
+        oldest first."""
+        sets = ", ".join(f"{name} = ?" for name in values)
+        async with self._hot_path().transaction((WRITE_LOCK,)) as tx:
+            if self._writer.dialect.update_returning:
+                rows = await tx.fetch(f"UPDATE approvals SET {sets} WHERE {where} "
+                                      f"RETURNING {_NAMED}", [*values.values(), *args])
+            else:  # SQLite before 3.35: the transaction holds the write lock throughout
+                rows = await tx.fetch(f"SELECT {_NAMED} FROM approvals WHERE {where}", args)
+                await tx.executemany(f"UPDATE approvals SET {sets} WHERE id = ?",
+                                     [[*values.values(), row[0]] for row in rows])
+            rows = sorted(rows, key=lambda row: str(row[0]))
+            if rows:
+                await append_in(tx, [(SWEEPER, action, audit_detail(*row), utcnow())
+                                     for row in rows])
+        return [str(row[0]) for row in rows]
 
 
 def _pending(votes: tuple[Vote, ...] | None, at: datetime | None = None) -> list[ColumnElement[bool]]:

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from gateway.core.approvals import ApprovalStatus, HeldCall, Vote, request_digest
+from gateway.core.audit import verify
 from gateway.core.model import Checkpoint, JournalEntry
 from gateway.store.sql import SqlStore
 
@@ -304,6 +305,55 @@ async def test_abandon_touches_only_lapsed_claims(store: SqlStore, sweep_mode: s
     lapsed = await store.get_held(held(0).id)
     assert lapsed is not None and lapsed.error and "never re-sent" in lapsed.error
     assert not await store.finish_held(held(0).id, ApprovalStatus.EXECUTED, None, None, None)
+
+
+async def test_each_swept_call_is_recorded_with_its_change(store: SqlStore,
+                                                            sweep_mode: str) -> None:
+    """The sweeper's changes carry their records: a process that dies after the change
+    cannot leave a call expired or unknown that the audit does not show."""
+    now = T0 + timedelta(hours=1)
+    for call in [held(0, expires_at=now), held(1, status=APPROVED, lease_until=T0),
+                 held(2, expires_at=now), held(3)]:
+        await store.create_held(call)
+    await store.append_audit("alice", "approval.approve", {"approval": held(1).id}, T0)
+    assert await store.expire_held(now) == [held(0).id, held(2).id]
+    assert await store.abandon_lapsed_claims(now) == [held(1).id]
+    records = await store.list_audit()
+    assert [(r.actor, r.action, r.detail["approval"]) for r in records[1:]] == [
+        ("gateway", "approval.expired", held(0).id), ("gateway", "approval.expired", held(2).id),
+        ("gateway", "approval.unknown", held(1).id)]
+    assert records[1].detail == {"approval": held(0).id, "agent": "support-bot",
+                                 "upstream": "billing", "method": "POST",
+                                 "path": "/refunds/%C3%A9", "rule": "big-refund"}
+    assert verify(records).ok  # linked as every other record is, on both stores
+
+
+async def test_a_sweep_whose_record_fails_changes_nothing(store: SqlStore,
+                                                          sweep_mode: str) -> None:
+    now = T0 + timedelta(hours=1)
+    await store.create_held(held(0, expires_at=now))
+    async with store._writer.begin() as connection:  # the audit refuses every insert
+        for statement in REFUSE_AUDIT[connection.dialect.name]:
+            await connection.exec_driver_sql(statement)
+    try:
+        with pytest.raises(Exception, match="refused"):
+            await store.expire_held(now)
+        assert await _statuses(store) == {0: PENDING}
+    finally:
+        async with store._writer.begin() as connection:
+            await connection.exec_driver_sql("DROP TRIGGER refuse_audit" + (
+                " ON audit" if connection.dialect.name == "postgresql" else ""))
+    assert await store.expire_held(now) == [held(0).id]
+
+
+REFUSE_AUDIT = {
+    "sqlite": ["CREATE TRIGGER refuse_audit BEFORE INSERT ON audit "
+               "BEGIN SELECT RAISE(ABORT, 'refused'); END"],
+    "postgresql": ["CREATE OR REPLACE FUNCTION refuse_audit() RETURNS trigger LANGUAGE plpgsql "
+                   "AS $$ BEGIN RAISE EXCEPTION 'refused'; END $$",
+                   "CREATE TRIGGER refuse_audit BEFORE INSERT ON audit "
+                   "FOR EACH ROW EXECUTE FUNCTION refuse_audit()"],
+}
 
 
 async def test_restart_keeps_pending_calls(store_url: str) -> None:

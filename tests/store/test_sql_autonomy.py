@@ -72,8 +72,10 @@ async def test_due_calls_are_found_in_due_order_and_claimed_exactly_once(
 async def test_a_suspended_delayed_call_is_an_ordinary_held_call(store: SqlStore) -> None:
     await store.create_held(delayed(1, 5))
     extra = {"delay": 4, "delay_frozen": {"at": "x"}}
-    assert await store.suspend_due(f"{1:032x}", extra)
-    assert not await store.suspend_due(f"{1:032x}", extra)  # once
+    assert await store.suspend_due(f"{1:032x}", extra, "approval.delay_frozen")
+    assert not await store.suspend_due(f"{1:032x}", extra, "approval.delay_frozen")  # once
+    records = [r for r in await store.list_audit() if r.action == "approval.delay_frozen"]
+    assert [r.detail["approval"] for r in records] == [f"{1:032x}"]  # with it, once
     got = await store.get_held(f"{1:032x}")
     assert got is not None and (got.status, got.due_at, got.extra) == (
         ApprovalStatus.PENDING, None, extra)
