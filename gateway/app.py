@@ -136,7 +136,7 @@ class Gateway:
                          + 2 * self.settings.executor_lease)
         execution = Execution()  # the pipeline's, which holds calls in this queue
         self.approvals = ApprovalQueue(self.settings, self._policies, self.senders, freezes,
-                                       self._store, self.notifier, execution, self.audit,
+                                       self._store, self.notifier, execution,
                                        self.settings.approval_max_wait, lease_seconds)
         self.shadows = ShadowWrites(self._store, self.approvals, self.notifier)
         self._pipeline = Pipeline(self.settings, self._policies, self.senders, freezes,

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from gateway.core.approvals import ApprovalStatus, HeldCall, Vote
 from gateway.core.killswitch import InFlight
 from gateway.core.model import (
+    AuditItem,
     AuditRecord,
     Freeze,
     FreezeScope,
@@ -47,10 +48,8 @@ Notice = tuple[str, str]
 
 
 class Bus(Protocol):
-    """Messages between the processes sharing a store (``gateway.store.bus``).
-
-    Every member hears what another publishes (a message ``to`` one member is
-    dropped by the others); nobody hears its own."""
+    """Messages between the processes sharing a store (``gateway.store.bus``): each
+    member hears what the others publish (a message ``to`` one member: that one only)."""
 
     member: str
 
@@ -94,10 +93,8 @@ class FreezeStore(Protocol):
         commit where the store can send it (``FreezeChange.announced``), and only when
         this engage inserted the freeze. Where waiting for the audit chain would hold
         the engage up, the record is kept in the same transaction for
-        ``chain_pending_audit`` instead (``FreezeChange.audit_pending``).
-
-        Engaging a scope and target that is already frozen changes nothing: the
-        change names the existing freeze (idempotent)."""
+        ``chain_pending_audit`` instead (``FreezeChange.audit_pending``). Engaging a
+        scope and target already frozen changes nothing (the existing freeze's)."""
 
     async def release(self, scope: FreezeScope, target: str | None, by: str,
                       reason: str, at: datetime) -> FreezeChange:
@@ -158,9 +155,8 @@ class AuditStore(Protocol):
     async def append_audit(self, actor: str, action: str, detail: dict[str, Any],
                            at: datetime) -> AuditRecord: ...
 
-    async def append_audit_many(self, items: list[tuple[str, str, dict[str, Any], datetime]],
-                                ) -> list[AuditRecord]:
-        """(actor, action, detail, at) records chained in order, in one transaction."""
+    async def append_audit_many(self, items: list[AuditItem]) -> list[AuditRecord]:
+        """Records chained in order, in one transaction."""
 
     async def list_audit(self, after: int = 0, limit: int = 1000) -> list[AuditRecord]: ...
 
@@ -174,9 +170,11 @@ class HeldCallStore(Protocol):
     Every state change is a compare-and-set: it names the state the caller
     read and returns True iff the call was still in it (and is now changed).
     Of any number of concurrent callers, in any number of processes sharing
-    the database, exactly one gets True; the others should re-read the call."""
+    the database, exactly one gets True; the others should re-read the call.
+    A change's audit record (``record``; the sweeps' own) is appended in its
+    transaction: both or neither."""
 
-    async def create_held(self, call: HeldCall) -> None:
+    async def create_held(self, call: HeldCall, record: AuditItem | None = None) -> None:
         """Persist a new held call (normally pending). A duplicate id raises."""
 
     async def get_held(self, call_id: str) -> HeldCall | None: ...
@@ -190,7 +188,7 @@ class HeldCallStore(Protocol):
         without a status, shadowed writes (status ``shadow``: not in the queue) are left out."""
 
     async def record_votes(self, call_id: str, before: tuple[Vote, ...],
-                           after: tuple[Vote, ...]) -> bool:
+                           after: tuple[Vote, ...], record: AuditItem | None = None) -> bool:
         """Replace the votes ``before`` with ``after`` while the call is pending.
 
         False if the call is not pending or its votes are no longer exactly
@@ -198,7 +196,7 @@ class HeldCallStore(Protocol):
 
     async def claim_held(self, call_id: str, before_votes: tuple[Vote, ...],
                          after_votes: tuple[Vote, ...], by: str, at: datetime,
-                         lease_until: datetime) -> bool:
+                         lease_until: datetime, record: AuditItem | None = None) -> bool:
         """pending -> approved ("claimed for execution"), with the final votes,
         ``decided_by``, ``decided_at`` and the claim's lease.
 
@@ -206,7 +204,8 @@ class HeldCallStore(Protocol):
         ``before_votes`` and it has not expired at ``at``. The winner forwards
         the call once, then calls ``finish_held`` before ``lease_until``."""
 
-    async def release_claim(self, call_id: str, votes: tuple[Vote, ...] | None = None) -> bool:
+    async def release_claim(self, call_id: str, votes: tuple[Vote, ...] | None = None,
+                            record: AuditItem | None = None) -> bool:
         """approved -> pending, clearing ``decided_by``, ``decided_at`` and the
         lease: the claimant did not send the call (a freeze engaged between claim
         and send, the capture or the journal failed). ``votes`` replace the
@@ -214,41 +213,39 @@ class HeldCallStore(Protocol):
 
     async def finish_held(self, call_id: str, status: ApprovalStatus,
                           response: dict[str, Any] | None, journal_id: str | None,
-                          error: str | None, hidden: frozenset[str] = frozenset()) -> bool:
+                          error: str | None, hidden: frozenset[str] = frozenset(),
+                          record: AuditItem | None = None) -> bool:
         """approved -> ``status`` (EXECUTED or FAILED; anything else is a
         ValueError), recording the upstream response (readable without ``hidden``,
         the call's secrets it repeats), journal entry and error. False if the call
         was not approved (e.g. its lease lapsed and it was abandoned as unknown)."""
 
     async def reject_held(self, call_id: str, by: str, reason: str | None,
-                          at: datetime) -> bool:
+                          at: datetime, record: AuditItem | None = None) -> bool:
         """pending -> rejected, if not expired at ``at`` (whatever its votes)."""
 
     async def expire_held(self, now: datetime) -> list[str]:
-        """pending -> expired for every call whose ``expires_at <= now``, each with its
-        ``approval.expired`` record in the same transaction; the ids changed, oldest
-        first."""
+        """pending -> expired (``approval.expired``) for every call whose
+        ``expires_at <= now``; the ids changed, oldest first."""
 
     async def abandon_lapsed_claims(self, now: datetime) -> list[str]:
-        """approved -> unknown for every claim whose ``lease_until < now`` (its process
-        died mid-execution; never re-sent), each with its ``approval.unknown`` record in
-        the same transaction; the ids changed."""
+        """approved -> unknown (``approval.unknown``) for every claim whose
+        ``lease_until < now`` (its process died mid-execution; never re-sent)."""
 
     async def due_held(self, now: datetime, limit: int = 100) -> list[HeldCall]:
         """Pending delayed calls whose ``due_at <= now``, the earliest due first."""
 
     async def claim_due(self, call_id: str, by: str, at: datetime,
-                        lease_until: datetime) -> bool:
+                        lease_until: datetime, record: AuditItem | None = None) -> bool:
         """pending -> approved for a delayed call due at ``at`` (the gateway's own claim,
         exactly once like ``claim_held``), with ``decided_by`` and the lease."""
 
     async def suspend_due(self, call_id: str, extra: dict[str, Any], action: str) -> bool:
         """A pending delayed call becomes an ordinary held call: ``due_at`` cleared,
-        ``extra`` replaced (the kill switch covered it when it fell due), recorded as
-        ``action`` in the same transaction."""
+        ``extra`` replaced (the kill switch covered it when it fell due): ``action``."""
 
     async def promote_shadow(self, call_id: str, at: datetime, expires_at: datetime | None,
-                             extra: dict[str, Any]) -> bool:
+                             extra: dict[str, Any], record: AuditItem | None = None) -> bool:
         """shadow -> pending (held at ``at``), once; False if it is not a kept shadow write."""
 
 

@@ -35,7 +35,7 @@ from typing import Any
 
 from gateway.core import mcp
 from gateway.core.body import parse_body
-from gateway.core.model import Checkpoint, iso
+from gateway.core.model import AuditItem, Checkpoint, iso, utcnow
 from gateway.core.policy.mcp_schema import TOOLS_CALL
 from gateway.core.redact import (
     MIN_ECHO,
@@ -130,6 +130,14 @@ def audit_detail(approval: str, agent: str, upstream: str, method: str, raw_path
     sweeper's records alike); ``more`` adds to it, or overrides."""
     return {"approval": approval, "agent": agent, "upstream": upstream, "method": method,
             "path": raw_path or "/", "rule": rule, **(more or {})}
+
+
+def audit_item(actor: str, action: str, call: HeldCall,
+               more: dict[str, Any] | None = None) -> AuditItem:
+    """A record naming ``call``, appended with the change it records (``HeldCallStore``:
+    the change and its record commit together, or neither does)."""
+    return (actor, action, audit_detail(call.id, call.agent, call.upstream, call.method,
+                                        call.raw_path, call.rule, more), utcnow())
 
 
 def request_digest(method: str, upstream: str, raw_path: str, query: str,

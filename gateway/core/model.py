@@ -317,6 +317,10 @@ class RunSummary:
                 "shadowed": self.shadowed, "upstreams": list(self.upstreams)}
 
 
+AuditItem = tuple[str, str, dict[str, Any], datetime]  # a record to append: actor, action,
+# detail, at
+
+
 @dataclass(frozen=True, slots=True)
 class AuditRecord:
     seq: int

@@ -25,6 +25,7 @@ from gateway.core.approvals import (
     ApprovalStatus,
     HeldCall,
     agent_status,
+    audit_item,
     check_rejectable,
     digest_of,
     lease,
@@ -34,7 +35,7 @@ from gateway.core.approvals import (
     vote,
 )
 from gateway.core.killswitch import covering
-from gateway.core.model import Decision, iso, utcnow
+from gateway.core.model import AuditItem, Decision, iso, utcnow
 from gateway.core.policy.compiled import Upstream
 from gateway.core.policy.schema import Approval
 from gateway.errors import (
@@ -49,11 +50,9 @@ from gateway.errors import (
     WritesFrozen,
 )
 from gateway.ports import ApprovalStore
-from gateway.services.audit_trail import AuditTrail
 from gateway.services.call import Call, Policies, Reply, Senders
 from gateway.services.finishes import Finishes
 from gateway.services.held_calls import (
-    HeldAudit,
     agent_reply,
     held_call,
     proposed,
@@ -108,12 +107,12 @@ class Execution:
 
 
 class ApprovalQueue:
-    """``execute`` sends an approved call (``Pipeline.execute_held``); ``trail`` is where
-    an audit record goes when the store refuses it (None: logged only)."""
+    """``execute`` sends an approved call (``Pipeline.execute_held``). Each change of a
+    held call carries its audit record to the store (``audit_item``): both or neither."""
 
     def __init__(self, settings: Settings, policies: Policies, senders: Senders,
                  freezes: FreezeState, store: ApprovalStore, notifier: Notifier, execute: Execute,
-                 trail: AuditTrail | None, max_wait: float, lease_seconds: float) -> None:
+                 max_wait: float, lease_seconds: float) -> None:
         self.settings = settings
         self.policies = policies
         self.senders = senders
@@ -129,14 +128,13 @@ class ApprovalQueue:
         self._dues: list[datetime] = []  # due times queued here (a heap), not yet swept
         self._due_failures: dict[str, int] = {}  # delayed call id -> failed runs, unsent
         self._swept_at: datetime | None = None  # when the last run of due calls looked
-        self.audit = HeldAudit(store, trail)  # shadow promotions record theirs here too
-        self.finishes = Finishes(store, self.audit, notifier, self._wake)
+        self.finishes = Finishes(store, notifier, self._wake)
 
     # -- agent side ------------------------------------------------------------
 
-    async def create(self, held: HeldCall) -> None:
+    async def create(self, held: HeldCall, record: AuditItem | None = None) -> None:
         try:
-            await self.store.create_held(held)
+            await self.store.create_held(held, record)
         except Exception as exc:
             log.error("could not hold %s: %s", held.id, exc)
             raise JournalUnavailable("the approval queue could not be written; "
@@ -152,13 +150,13 @@ class ApprovalQueue:
         if delay is not None:
             held = replace(held, due_at=held.at + timedelta(seconds=delay),
                            extra={"delay": delay})
-        await self.create(held)
         if delay is None:
-            await self.audit(call.agent, "approval.held", held, {"rule": decision.rule})
+            await self.create(held, audit_item(call.agent, "approval.held", held,
+                                               {"rule": decision.rule}))
             self.notifier.publish("approval.held", public_view(held))
         else:
-            await self.audit(call.agent, "approval.delayed", held, {
-                "rule": decision.rule, "delay": delay, "due_at": iso(held.due_at or held.at)})
+            await self.create(held, audit_item(call.agent, "approval.delayed", held, {
+                "rule": decision.rule, "delay": delay, "due_at": iso(held.due_at or held.at)}))
             self.notifier.publish("approval.delayed", public_view(held))
             heapq.heappush(self._dues, held.due_at or held.at)
             self._due.set()  # the sweeper sleeps until the earliest due call it knows of
@@ -229,18 +227,19 @@ class ApprovalQueue:
             raise AdminError(_REFUSED_STATUS[exc.code], exc.code, exc.message) from None
         self._raise_if_frozen(held, await self.store.active_freezes())
         if not outcome.ready:
-            if not await self.store.record_votes(held.id, held.votes, outcome.call.votes):
+            if not await self.store.record_votes(
+                    held.id, held.votes, outcome.call.votes,
+                    audit_item(operator, "approval.vote", held, {"comment": comment})):
                 raise AdminError(409, "conflict", "the approval changed meanwhile; retry")
-            await self.audit(operator, "approval.vote", held, {"comment": comment})
             return {**public_view(outcome.call), "response": None}
         until = lease(now, self.lease_for(held))
-        claimed = await self.store.claim_held(held.id, held.votes, outcome.call.votes, operator,
-                                              now, until)
+        claimed = await self.store.claim_held(
+            held.id, held.votes, outcome.call.votes, operator, now, until,
+            audit_item(operator, "approval.approve", held, {"comment": comment}))
         if not claimed:
             latest = await self.get(call_id)
             raise AdminError(409, "already_decided",
                                 f"approval {call_id} is {latest.status.value}")
-        await self.audit(operator, "approval.approve", held, {"comment": comment})
         return await self._execute(replace(outcome.call, lease_until=until), operator, comment)
 
     async def _execute(self, held: HeldCall, operator: str, comment: str | None) -> dict[str, Any]:
@@ -269,10 +268,11 @@ class ApprovalQueue:
         except _RETRYABLE as exc:  # nothing reached the upstream: back in the queue, and the
             # vote that set it off is withdrawn, so its approver can approve it again
             kept = tuple(v for v in held.votes if v.by != operator)
-            await self.store.release_claim(held.id, kept)
-            if len(kept) != len(held.votes):
-                await self.audit(operator, "approval.vote_withdrawn", held, {
-                    "error": f"{exc.code}: {exc.message}; nothing was sent"})
+            await self.store.release_claim(held.id, kept, None if len(kept) == len(held.votes)
+                                           else audit_item(operator, "approval.vote_withdrawn",
+                                                           held, {"error": f"{exc.code}: "
+                                                                  f"{exc.message}; nothing "
+                                                                  "was sent"}))
             self._wake(held.id)
             raise AdminError(exc.status, exc.code, exc.message) from None
         except GatewayError as exc:
@@ -312,11 +312,11 @@ class ApprovalQueue:
             check_rejectable(held, now)
         except ApprovalRefused as exc:
             raise AdminError(409, exc.code, exc.message) from None
-        if not await self.store.reject_held(held.id, operator, reason, now):
+        if not await self.store.reject_held(held.id, operator, reason, now, audit_item(
+                operator, "approval.reject", held, {"reason": reason})):
             latest = await self.get(call_id)
             raise AdminError(409, "already_decided",
                                 f"approval {call_id} is {latest.status.value}")
-        await self.audit(operator, "approval.reject", held, {"reason": reason})
         self._wake(held.id)
         final = await self.get(call_id)
         self.notifier.publish("approval.rejected", public_view(final))
@@ -366,10 +366,9 @@ class ApprovalQueue:
                     await self._after_sweep(held.id, "approval.delay_frozen")
                 continue
             until = lease(now, self.lease_for(held))
-            if not await self.store.claim_due(held.id, DELAY_ACTOR, now, until):
+            if not await self.store.claim_due(held.id, DELAY_ACTOR, now, until, audit_item(
+                    DELAY_ACTOR, "approval.due", held, {"delay": held.extra.get("delay")})):
                 continue  # rejected meanwhile, or another process claimed it
-            await self.audit(DELAY_ACTOR, "approval.due", held,
-                              {"delay": held.extra.get("delay")})
             claimed = replace(held, status=ApprovalStatus.APPROVED, decided_by=DELAY_ACTOR,
                               decided_at=now, lease_until=until)
             try:

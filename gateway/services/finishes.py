@@ -1,5 +1,6 @@
 """How a claimed held call's end is saved: ``executed`` with the upstream's answer,
-``failed`` or ``unknown``, then audited, announced and the waiting agent woken.
+``failed`` or ``unknown``, with its audit record, then announced and the waiting
+agent woken.
 
 The save is a store write (``finish_held``), and the store may be down when the
 upstream answers: a primary that died while the call was in flight, none promoted
@@ -21,10 +22,15 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from gateway.core.approvals import ApprovalStatus, HeldCall, public_view, sent_secrets
+from gateway.core.approvals import (
+    ApprovalStatus,
+    HeldCall,
+    audit_item,
+    public_view,
+    sent_secrets,
+)
 from gateway.core.model import iso, utcnow
 from gateway.ports import HeldCallStore
-from gateway.services.held_calls import HeldAudit
 from gateway.services.notify import Notifier
 
 log = logging.getLogger("gateway.approvals")
@@ -35,10 +41,9 @@ _RETRY = (0.05, 1.0)  # first and longest pause between two tries
 class Finishes:
     """``wake`` tells this process's waiting agents that a call changed."""
 
-    def __init__(self, store: HeldCallStore, audit: HeldAudit, notifier: Notifier,
+    def __init__(self, store: HeldCallStore, notifier: Notifier,
                  wake: Callable[[str], None], wait: float = WAIT) -> None:
         self.store = store
-        self.audit = audit
         self.notifier = notifier
         self.wake = wake
         self.wait = wait
@@ -78,9 +83,7 @@ class Finishes:
             log.error("approval %s ended %s, but its claim had lapsed: left %s", held.id,
                       status.value, final.status.value)
             return final
-        await self.audit(held.decided_by or "gateway", f"approval.{status.value}", held,
-                         {"status": response["status"] if response else None, "error": error,
-                          "journal_id": journal_id})
+        # saved, or an earlier try committed it (its answer lost): recorded with it
         self.wake(held.id)
         self.notifier.publish(f"approval.{status.value}", public_view(final))
         return final
@@ -92,10 +95,13 @@ class Finishes:
         call was no longer ``approved`` (its lease lapsed and the sweeper took it, or an
         earlier try committed without its answer reaching us)."""
         pause = _RETRY[0]
+        record = audit_item(held.decided_by or "gateway", f"approval.{status.value}", held,
+                            {"status": response["status"] if response else None,
+                             "error": error, "journal_id": journal_id})
         while True:
             try:
                 return await self.store.finish_held(held.id, status, response, journal_id,
-                                                    error, sent_secrets(held))
+                                                    error, sent_secrets(held), record)
             except Exception as exc:
                 left = ((held.lease_until - utcnow()).total_seconds()
                         if held.lease_until is not None else 0.0)

@@ -5,8 +5,8 @@ gateway's own, bound to its digest (``held_call``); once executed, the
 upstream's answer is kept for the agent to read (``stored_response``) and
 replayed to it (``agent_reply``). Shown: what operators see before they
 decide, the target's current state (read as the capture would) and the
-change field by field (``proposed``). Audited: every transition
-(``HeldAudit``). The queue that moves held calls through their states is
+change field by field (``proposed``). Audited: every transition, with the
+change (``core.approvals.audit_item``). The queue that moves held calls through their states is
 ``gateway.services.approvals``.
 """
 
@@ -24,7 +24,6 @@ from gateway.core.approvals import (
     ApprovalStatus,
     HeldCall,
     agent_status,
-    audit_detail,
     proposed_changes,
     request_digest,
 )
@@ -33,8 +32,7 @@ from gateway.core.model import Decision, iso, new_id, utcnow
 from gateway.core.policy.compiled import Upstream
 from gateway.core.policy.schema import Approval
 from gateway.errors import ApprovalPending, ApprovalRejected, GatewayError
-from gateway.ports import AuditStore, UpstreamResponse
-from gateway.services.audit_trail import AuditTrail
+from gateway.ports import UpstreamResponse
 from gateway.services.call import Call, Reply, Sender
 
 log = logging.getLogger("gateway.approvals")
@@ -141,24 +139,3 @@ async def proposed(held: HeldCall, upstream: Upstream | None,
             except GatewayError as exc:
                 problem = exc.message
     return Proposed(current, proposed_changes(held, current), problem)
-
-
-class HeldAudit:
-    """Audit records naming a held call: appended now, else queued in the ``trail``,
-    which retries until the store is back (without one: logged)."""
-
-    def __init__(self, store: AuditStore, trail: AuditTrail | None) -> None:
-        self.store, self.trail = store, trail
-
-    async def __call__(self, actor: str, action: str, held: HeldCall,
-                       detail: dict[str, Any]) -> None:
-        record = audit_detail(held.id, held.agent, held.upstream, held.method,
-                              held.raw_path, held.rule, detail)
-        try:
-            await self.store.append_audit(actor, action, record, utcnow())
-        except Exception as exc:  # never dropped: the trail retries until the store is back
-            if self.trail is None:
-                log.exception("could not audit %s of %s", action, held.id)
-                return
-            log.warning("could not audit %s of %s now (%s); queued", action, held.id, exc)
-            await self.trail.record(actor, action, record)

@@ -15,7 +15,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from gateway.core.approvals import ApprovalStatus, HeldCall, public_view
+from gateway.core.approvals import ApprovalStatus, HeldCall, audit_item, public_view
 from gateway.core.model import Decision, JournalEntry, Verdict, iso, utcnow
 from gateway.core.policy.compiled import Upstream
 from gateway.core.policy.schema import Approval
@@ -72,11 +72,10 @@ class ShadowWrites:
             expires = proposal.get("expires")
             extra = {**held.extra, "shadow": {**proposal, "promoted_by": operator,
                                               "promoted_at": iso(now)}}
-            if await self.store.promote_shadow(held.id, now, now + timedelta(seconds=expires)
-                                               if expires else None, extra):
-                await self.queue.audit(operator, "shadow.promote", held,
-                                  {"journal_id": held.id, "would_decide":
-                                   proposal.get("would_decide")})
+            if await self.store.promote_shadow(
+                    held.id, now, now + timedelta(seconds=expires) if expires else None, extra,
+                    audit_item(operator, "shadow.promote", held, {
+                        "journal_id": held.id, "would_decide": proposal.get("would_decide")})):
                 final = await self.store.get_held(held.id) or held
                 self.notifier.publish("approval.held", public_view(final))
             else:  # promoted by someone else meanwhile

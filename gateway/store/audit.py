@@ -16,18 +16,19 @@ decisions and the record of a freeze change are all linked by ``append_in``
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import or_
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from gateway.core.audit import link
 from gateway.core.model import AuditRecord
 from gateway.store import codec
-from gateway.store.hot import AuditItem, HotPath, Tx
+from gateway.store.hot import AuditItem, HotPath, Tx, numbered
 from gateway.store.tables import AuditRow
 
 WRITE_LOCK = 0x67775F7772697465  # "gw_write": the advisory lock over audit and freezes
@@ -44,6 +45,41 @@ async def append_in(tx: Tx, items: list[AuditItem]) -> list[AuditRecord]:
         records.append(previous)
     await tx.executemany(codec.INSERT_AUDIT, [codec.audit_params(r) for r in records])
     return records
+
+
+async def lock_chain(connection: AsyncConnection) -> None:
+    """In a transaction of the store's writer engine, before anything else it changes: the
+    chain's lock (PostgreSQL's ``WRITE_LOCK``, taken first by every transaction that
+    appends, so none waits for a row another holds while holding the lock; SQLite's
+    writer already holds the database's write lock)."""
+    if connection.dialect.name == "postgresql":
+        await connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({WRITE_LOCK:d})")
+
+
+async def append_on(connection: AsyncConnection, items: list[AuditItem]) -> list[AuditRecord]:
+    """``append_in`` in a transaction of the store's writer engine (``lock_chain`` first):
+    a state change and its record commit together."""
+    return await append_in(_ConnectionTx(connection), items)
+
+
+class _ConnectionTx:
+    """``Tx`` over a SQLAlchemy connection, in its driver's own SQL."""
+
+    def __init__(self, connection: AsyncConnection) -> None:
+        self._connection = connection
+        self._numbered = connection.dialect.name == "postgresql"
+
+    def _sql(self, sql: str) -> str:
+        return numbered(sql) if self._numbered else sql
+
+    async def execute(self, sql: str, args: Sequence[Any] = ()) -> int:
+        return (await self._connection.exec_driver_sql(self._sql(sql), tuple(args))).rowcount
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        await self._connection.exec_driver_sql(self._sql(sql), [tuple(row) for row in rows])
+
+    async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Sequence[Any]]:
+        return list((await self._connection.exec_driver_sql(self._sql(sql), tuple(args))).all())
 
 
 class AuditChain:

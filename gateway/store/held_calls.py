@@ -15,10 +15,10 @@ A pending call past its ``expires_at`` can no longer be claimed or rejected,
 even before ``expire_held`` has swept it (the same rule as
 ``HeldCall.expired``: expired when ``now >= expires_at``).
 
-The sweeper's changes (a call expired, a lapsed claim made unknown, a delayed
-call suspended) carry their audit record in the same transaction: no crash
-leaves a change the audit does not show (operators' changes are recorded by
-their caller, who is told of a failure).
+Each change carries its audit record (``record``; the sweeper's are built
+here) in the same transaction, which takes the chain's lock before it changes
+the row: no crash leaves a change the audit does not show, and a record that
+cannot be appended leaves the call unchanged.
 
 Delayed calls (``due_at`` set) are claimed by the gateway itself once due, with
 the same compare-and-set as an operator's claim; shadowed writes (status
@@ -29,19 +29,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import ColumnElement, or_, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import select as sql_select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlmodel import col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from gateway.core.approvals import ApprovalStatus, HeldCall, Vote, audit_detail
-from gateway.core.model import iso, utcnow
+from gateway.core.model import AuditItem, iso, utcnow
 from gateway.core.seal import NO_SEALER, Sealer
 from gateway.store import codec
-from gateway.store.audit import WRITE_LOCK, append_in
-from gateway.store.hot import HotPath
+from gateway.store.audit import append_on, lock_chain
 from gateway.store.tables import ApprovalRow
 
 PENDING, APPROVED = ApprovalStatus.PENDING.value, ApprovalStatus.APPROVED.value
@@ -53,7 +53,8 @@ SHADOW = ApprovalStatus.SHADOW.value
 _id, _status, _votes = col(ApprovalRow.id), col(ApprovalRow.status), col(ApprovalRow.votes)
 _expires_at, _lease_until = col(ApprovalRow.expires_at), col(ApprovalRow.lease_until)
 _due_at = col(ApprovalRow.due_at)
-_NAMED = "id, agent, upstream, method, raw_path, rule"  # what a record names (audit_detail)
+_named = (_id, col(ApprovalRow.agent), col(ApprovalRow.upstream), col(ApprovalRow.method),
+          col(ApprovalRow.raw_path), col(ApprovalRow.rule))  # what a record names (audit_detail)
 SWEEPER = "gateway"  # the actor of the sweeper's records
 
 
@@ -64,16 +65,19 @@ class HeldCalls:
     _writer: AsyncEngine  # writes: BEGIN IMMEDIATE on SQLite
     sealer: Sealer | None  # the exact request of a held call is sealed (gateway.core.seal)
 
-    if TYPE_CHECKING:  # SqlStore's
-        def _hot_path(self) -> HotPath: ...
-
     @property
     def _sealer(self) -> Sealer:
         return self.sealer or NO_SEALER
 
-    async def create_held(self, call: HeldCall) -> None:
+    async def create_held(self, call: HeldCall, record: AuditItem | None = None) -> None:
         async with AsyncSession(self._writer) as session, session.begin():
+            connection = await session.connection()
+            if record is not None:
+                await lock_chain(connection)
             session.add(codec.held_row(call, self._sealer))
+            if record is not None:
+                await session.flush()
+                await append_on(connection, [record])
 
     async def get_held(self, call_id: str) -> HeldCall | None:
         async with AsyncSession(self._engine) as session:
@@ -101,50 +105,52 @@ class HeldCalls:
         return [codec.held_from_row(row, self._sealer) for row in rows]
 
     async def record_votes(self, call_id: str, before: tuple[Vote, ...],
-                           after: tuple[Vote, ...]) -> bool:
-        return await self._change(call_id, _pending(before), votes=codec.votes_text(after))
+                           after: tuple[Vote, ...], record: AuditItem | None = None) -> bool:
+        return await self._change(call_id, _pending(before), record,
+                                  votes=codec.votes_text(after))
 
     async def claim_held(self, call_id: str, before_votes: tuple[Vote, ...],
                          after_votes: tuple[Vote, ...], by: str, at: datetime,
-                         lease_until: datetime) -> bool:
+                         lease_until: datetime, record: AuditItem | None = None) -> bool:
         return await self._change(
-            call_id, _pending(before_votes, at), status=APPROVED,
+            call_id, _pending(before_votes, at), record, status=APPROVED,
             votes=codec.votes_text(after_votes), decided_by=by, decided_at=iso(at),
             lease_until=iso(lease_until))
 
-    async def release_claim(self, call_id: str, votes: tuple[Vote, ...] | None = None) -> bool:
+    async def release_claim(self, call_id: str, votes: tuple[Vote, ...] | None = None,
+                            record: AuditItem | None = None) -> bool:
         """Back to pending; with ``votes``, those replace the call's (a withdrawn vote)."""
         values: dict[str, Any] = {} if votes is None else {"votes": codec.votes_text(votes)}
-        return await self._change(call_id, [_status == APPROVED], status=PENDING,
+        return await self._change(call_id, [_status == APPROVED], record, status=PENDING,
                                   decided_by=None, decided_at=None, lease_until=None, **values)
 
     async def finish_held(self, call_id: str, status: ApprovalStatus,
                           response: dict[str, Any] | None, journal_id: str | None,
-                          error: str | None, hidden: frozenset[str] = frozenset()) -> bool:
+                          error: str | None, hidden: frozenset[str] = frozenset(),
+                          record: AuditItem | None = None) -> bool:
         if status not in (ApprovalStatus.EXECUTED, ApprovalStatus.FAILED, ApprovalStatus.UNKNOWN):
             raise ValueError(f"a claimed call finishes executed, failed or unknown, "
                              f"not {status.value}")
-        return await self._change(call_id, [_status == APPROVED], status=status.value,
+        return await self._change(call_id, [_status == APPROVED], record, status=status.value,
                                   response=codec.held_response_text(response, hidden),
                                   sealed_response=codec.held_response_sealed(
                                       response, self._sealer, hidden),
                                   journal_id=journal_id, error=error)
 
     async def reject_held(self, call_id: str, by: str, reason: str | None,
-                          at: datetime) -> bool:
-        return await self._change(call_id, _pending(None, at),
+                          at: datetime, record: AuditItem | None = None) -> bool:
+        return await self._change(call_id, _pending(None, at), record,
                                   status=ApprovalStatus.REJECTED.value, decided_by=by,
                                   decided_at=iso(at), reason=reason)
 
     async def expire_held(self, now: datetime) -> list[str]:
         return await self._sweep(
-            "approval.expired", "status = ? AND expires_at IS NOT NULL AND expires_at <= ?",
-            [PENDING, iso(now)], status=ApprovalStatus.EXPIRED.value)
+            "approval.expired", [_status == PENDING, _expires_at.is_not(None),
+                                 _expires_at <= iso(now)], status=ApprovalStatus.EXPIRED.value)
 
     async def abandon_lapsed_claims(self, now: datetime) -> list[str]:
-        return await self._sweep("approval.unknown", "status = ? AND lease_until < ?",
-                                 [APPROVED, iso(now)], status=ApprovalStatus.UNKNOWN.value,
-                                 error=LEASE_LAPSED)
+        return await self._sweep("approval.unknown", [_status == APPROVED, _lease_until < iso(now)],
+                                 status=ApprovalStatus.UNKNOWN.value, error=LEASE_LAPSED)
 
     async def due_held(self, now: datetime, limit: int = 100) -> list[HeldCall]:
         statement = (select(ApprovalRow)
@@ -155,49 +161,60 @@ class HeldCalls:
         return [codec.held_from_row(row, self._sealer) for row in rows]
 
     async def claim_due(self, call_id: str, by: str, at: datetime,
-                        lease_until: datetime) -> bool:
+                        lease_until: datetime, record: AuditItem | None = None) -> bool:
         return await self._change(
-            call_id, [_status == PENDING, _due_at.is_not(None), _due_at <= iso(at)],
+            call_id, [_status == PENDING, _due_at.is_not(None), _due_at <= iso(at)], record,
             status=APPROVED, decided_by=by, decided_at=iso(at), lease_until=iso(lease_until))
 
     async def suspend_due(self, call_id: str, extra: dict[str, Any], action: str) -> bool:
-        return bool(await self._sweep(action, "id = ? AND status = ? AND due_at IS NOT NULL",
-                                      [call_id, PENDING], due_at=None,
-                                      extra=codec.dumps(extra)))
+        return bool(await self._sweep(action, [_id == call_id, _status == PENDING,
+                                               _due_at.is_not(None)],
+                                      due_at=None, extra=codec.dumps(extra)))
 
     async def promote_shadow(self, call_id: str, at: datetime, expires_at: datetime | None,
-                             extra: dict[str, Any]) -> bool:
-        return await self._change(call_id, [_status == SHADOW], status=PENDING, at=iso(at),
+                             extra: dict[str, Any], record: AuditItem | None = None) -> bool:
+        return await self._change(call_id, [_status == SHADOW], record, status=PENDING,
+                                  at=iso(at),
                                   expires_at=None if expires_at is None else iso(expires_at),
                                   extra=codec.dumps(extra))
 
     async def _change(self, call_id: str, expected: Sequence[ColumnElement[bool]],
-                      **values: Any) -> bool:
-        """One compare-and-set UPDATE: True iff the row was in the expected state."""
+                      record: AuditItem | None, **values: Any) -> bool:
+        """One compare-and-set UPDATE: True iff the row was in the expected state, and
+        then ``record`` is appended in the same transaction."""
         statement = update(ApprovalRow).where(_id == call_id, *expected).values(**values)
         async with self._writer.begin() as connection:
-            result = await connection.execute(statement)
-        return result.rowcount == 1
+            if record is not None:
+                await lock_chain(connection)
+            changed = (await connection.execute(statement)).rowcount == 1
+            if changed and record is not None:
+                await append_on(connection, [record])
+        return changed
 
-    async def _sweep(self, action: str, where: str, args: list[Any],
+    async def _sweep(self, action: str, expected: Sequence[ColumnElement[bool]],
                      **values: Any) -> list[str]:
-        """Change every row ``where`` selects, each with its audit record (``action``, by
-        the sweeper), in one transaction holding the chain's lock; the ids changed,
-        oldest first."""
-        sets = ", ".join(f"{name} = ?" for name in values)
-        async with self._hot_path().transaction((WRITE_LOCK,)) as tx:
-            if self._writer.dialect.update_returning:
-                rows = await tx.fetch(f"UPDATE approvals SET {sets} WHERE {where} "
-                                      f"RETURNING {_NAMED}", [*values.values(), *args])
-            else:  # SQLite before 3.35: the transaction holds the write lock throughout
-                rows = await tx.fetch(f"SELECT {_NAMED} FROM approvals WHERE {where}", args)
-                await tx.executemany(f"UPDATE approvals SET {sets} WHERE id = ?",
-                                     [[*values.values(), row[0]] for row in rows])
-            rows = sorted(rows, key=lambda row: str(row[0]))
+        """Change every row in the expected state, each with its record (``action``, by
+        the sweeper); the ids changed, oldest first."""
+        async with self._writer.begin() as connection:
+            await lock_chain(connection)
+            rows = sorted(await _changed(connection, expected, values))
             if rows:
-                await append_in(tx, [(SWEEPER, action, audit_detail(*row), utcnow())
-                                     for row in rows])
-        return [str(row[0]) for row in rows]
+                await append_on(connection, [(SWEEPER, action, audit_detail(*row), utcnow())
+                                             for row in rows])
+        return [row[0] for row in rows]
+
+
+async def _changed(connection: AsyncConnection, expected: Sequence[ColumnElement[bool]],
+                   values: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """The rows an UPDATE changed, as ``_named`` columns."""
+    statement = update(ApprovalRow).where(*expected).values(**values)
+    if connection.dialect.update_returning:
+        return [tuple(row) for row in await connection.execute(statement.returning(*_named))]
+    # SQLite before 3.35: the IMMEDIATE transaction keeps the two statements exact.
+    rows = [tuple(row) for row in await connection.execute(sql_select(*_named).where(*expected))]
+    if rows:
+        await connection.execute(statement.where(_id.in_([row[0] for row in rows])))
+    return rows
 
 
 def _pending(votes: tuple[Vote, ...] | None, at: datetime | None = None) -> list[ColumnElement[bool]]:

@@ -16,14 +16,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
-from datetime import datetime
 from functools import lru_cache
 from typing import Any, Protocol
 
-from gateway.core.model import AuditRecord, Freeze
+from gateway.core.model import AuditItem, AuditRecord, Freeze
 from gateway.ports import Bus, FreezeChange, Notice
 
-AuditItem = tuple[str, str, dict[str, Any], datetime]  # actor, action, detail, at
+__all__ = ["AuditItem", "HotPath", "Tx", "numbered"]
 
 
 @lru_cache(maxsize=32)

@@ -16,10 +16,9 @@ import pytest
 
 from gateway import app
 from gateway.core.approvals import ApprovalStatus, HeldCall
-from gateway.core.model import Checkpoint, JournalOutcome, JournalState, utcnow
+from gateway.core.model import AuditItem, Checkpoint, JournalOutcome, JournalState, utcnow
 from gateway.observe.seam import NO_WATCH
 from gateway.services.finishes import Finishes
-from gateway.services.held_calls import HeldAudit
 from gateway.services.notify import Notifier
 from tests.harness import policy_text, started_gateway
 from tests.store.conftest import _entry as make_entry
@@ -38,7 +37,8 @@ class Store:
 
     async def finish_held(self, call_id: str, status: ApprovalStatus,
                           response: dict[str, Any] | None, journal_id: str | None,
-                          error: str | None, hidden: frozenset[str] = frozenset()) -> bool:
+                          error: str | None, hidden: frozenset[str] = frozenset(),
+                          record: AuditItem | None = None) -> bool:
         self.tries += 1
         if not self.up.is_set():
             raise ConnectionRefusedError("no primary among the store's hosts")
@@ -46,14 +46,12 @@ class Store:
             return False
         self.held = replace(self.held, status=status, response=response,
                             journal_id=journal_id, error=error)
+        if record is not None:  # in the same transaction
+            self.audited.append(record[1])
         return True
 
     async def get_held(self, call_id: str) -> HeldCall:
         return self.held
-
-    async def append_audit(self, actor: str, action: str, detail: dict[str, Any],
-                           at: Any) -> None:
-        self.audited.append(action)
 
 
 def claimed(lease: float) -> HeldCall:
@@ -66,7 +64,7 @@ def claimed(lease: float) -> HeldCall:
 
 
 def finishes(store: Store, woken: list[str], wait: float) -> Finishes:
-    return Finishes(store, HeldAudit(store, None), Notifier(None),  # type: ignore[arg-type]
+    return Finishes(store, Notifier(None),  # type: ignore[arg-type]
                     woken.append, wait=wait)
 
 

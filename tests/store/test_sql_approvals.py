@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -12,7 +12,7 @@ import pytest
 
 from gateway.core.approvals import ApprovalStatus, HeldCall, Vote, request_digest
 from gateway.core.audit import verify
-from gateway.core.model import Checkpoint, JournalEntry
+from gateway.core.model import AuditItem, Checkpoint, JournalEntry
 from gateway.store.sql import SqlStore
 
 T0 = datetime(2024, 5, 2, 8, 15, 0, 250001, tzinfo=UTC)
@@ -344,6 +344,55 @@ async def test_a_sweep_whose_record_fails_changes_nothing(store: SqlStore,
             await connection.exec_driver_sql("DROP TRIGGER refuse_audit" + (
                 " ON audit" if connection.dialect.name == "postgresql" else ""))
     assert await store.expire_held(now) == [held(0).id]
+
+
+Change = Callable[[SqlStore, AuditItem], Awaitable[Any]]
+CHANGES: dict[str, tuple[int, Change]] = {  # the call each changes (as ``_made`` makes them)
+    "approval.held": (9, lambda s, r: s.create_held(held(9), r)),
+    "approval.vote": (0, lambda s, r: s.record_votes(held(0).id, (), (ALICE,), r)),
+    "approval.approve": (0, lambda s, r: s.claim_held(held(0).id, (), (ALICE, BOB), "bob", T0,
+                                                      T0 + timedelta(hours=1), r)),
+    "approval.reject": (0, lambda s, r: s.reject_held(held(0).id, "bob", "no", T0, r)),
+    "approval.vote_withdrawn": (1, lambda s, r: s.release_claim(held(1).id, (), r)),
+    "approval.executed": (1, lambda s, r: s.finish_held(held(1).id, ApprovalStatus.EXECUTED,
+                                                        None, None, None, record=r)),
+    "approval.due": (2, lambda s, r: s.claim_due(held(2).id, "gateway",
+                                                 T0 + timedelta(seconds=3),
+                                                 T0 + timedelta(hours=1), r)),
+    "shadow.promote": (3, lambda s, r: s.promote_shadow(held(3).id, T0, None, {}, r)),
+}
+MADE = [held(0), held(1, status=APPROVED, lease_until=T0 + timedelta(hours=1)),
+        held(2, due_at=T0 + timedelta(seconds=1)), held(3, status=ApprovalStatus.SHADOW)]
+
+
+async def _calls(store: SqlStore) -> list[HeldCall | None]:
+    return [await store.get_held(held(n).id) for n in (0, 1, 2, 3, 9)]
+
+
+@pytest.mark.parametrize("action", sorted(CHANGES))
+async def test_a_change_and_its_record_commit_together(store: SqlStore, action: str) -> None:
+    """Every change of a held call takes its audit record into its own transaction."""
+    for call in MADE:
+        await store.create_held(call)
+    n, change = CHANGES[action]
+    assert await change(store, ("alice", action, {"approval": held(n).id}, T0)) in (True, None)
+    records = await store.list_audit()
+    assert [(r.action, r.detail) for r in records] == [(action, {"approval": held(n).id})]
+    assert verify(records).ok
+
+
+@pytest.mark.parametrize("action", sorted(CHANGES))
+async def test_a_change_whose_record_fails_is_not_made(store: SqlStore, action: str) -> None:
+    for call in MADE:
+        await store.create_held(call)
+    before = await _calls(store)
+    async with store._writer.begin() as connection:
+        for statement in REFUSE_AUDIT[connection.dialect.name]:
+            await connection.exec_driver_sql(statement)
+    n, change = CHANGES[action]
+    with pytest.raises(Exception, match="refused"):
+        await change(store, ("alice", action, {"approval": held(n).id}, T0))
+    assert await _calls(store) == before and await store.list_audit() == []
 
 
 REFUSE_AUDIT = {
