@@ -179,7 +179,7 @@ class Leases:
         named: set[str] = set()  # entries, and the held calls whose end is recorded
         held = sorted({a for a in map(_approval_of, entries) if a is not None})
         async with self._engine.connect() as connection:
-            if held:  # read before the audit: an executor commits the end, then records it
+            if held:  # a call ended commits with its record (one transaction)
                 named.update((await connection.execute(_RUNNING, {"ids": held})).scalars())
             first = iso(entries[0].at - timedelta(minutes=1))
             for action, detail in (await connection.execute(_AUDIT_SINCE,

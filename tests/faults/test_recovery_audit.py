@@ -1,6 +1,7 @@
 """Issue 16 item 11: an audit record the store refuses (it was restarting) is not
 dropped: "could not audit approval.held" lost the record while the chain still verified.
-Now it is queued in the audit trail, which appends it once the store answers.
+A held call's record now commits with the call (``HeldCallStore``): a store that
+refuses the one refuses the other, and the agent is told nothing was sent.
 
 In process (the refusal is one injected error on a real store, SQLite and
 PostgreSQL); the upstream is real.
@@ -14,23 +15,23 @@ from typing import Any
 
 import pytest
 
+from gateway.core.approvals import HeldCall
 from gateway.store.sql import SqlStore
 from tests.faults.procs_support import RULES
 from tests.faults.procs_upstream import FaultUpstream
-from tests.harness import policy_text, started_gateway, until
+from tests.harness import policy_text, started_gateway
 
 
 class RestartingStore(SqlStore):
-    """Refuses the first audit append of ``action``, as a store mid-restart does."""
+    """Refuses the first held call (and so its record), as a store mid-restart does."""
 
-    refuse = "approval.held"
+    refusing = True
 
-    async def append_audit(self, actor: str, action: str, detail: dict[str, Any],
-                           at: Any) -> Any:
-        if action == self.refuse:
-            self.refuse = ""
+    async def create_held(self, call: HeldCall, record: Any = None) -> None:
+        if self.refusing:
+            self.refusing = False
             raise ConnectionRefusedError("the database system is starting up")
-        return await super().append_audit(actor, action, detail, at)
+        await super().create_held(call, record)
 
 
 @pytest.fixture
@@ -40,23 +41,26 @@ def upstream() -> Iterator[FaultUpstream]:
     up.close()
 
 
-async def test_an_audit_record_refused_by_the_store_is_appended_later(
+async def test_a_hold_the_store_refuses_is_not_made_and_the_next_is_recorded(
         tmp_path: Path, store_url: str, upstream: FaultUpstream) -> None:
     policies = {"up.yaml": policy_text(upstream.url, RULES, upstream="up")}
     async with started_gateway(tmp_path, store_url, policies,
                                store=RestartingStore(store_url)) as gw:
+        refused = await gw.agent.patch("/up/held/x", json={"v": 2})
+        assert refused.status_code == 503, refused.text
+        assert "not sent" in refused.json()["error"]["message"]
+        listed = (await gw.admin.get("/v1/approvals", headers=gw.as_role("viewer"))).json()
+        assert listed["items"] == []  # no call held without its record
+
         held = await gw.agent.patch("/up/held/x", json={"v": 2})
         assert held.status_code == 202, held.text
         call_id = held.json()["approval"]["id"]
-
-        async def recorded() -> bool:
-            items = (await gw.admin.get("/v1/audit", headers=gw.as_role("viewer"))).json()
-            return any(r["action"] == "approval.held" and r["detail"]["approval"] == call_id
-                       for r in items["items"])
-
-        await until(recorded, "the refused approval.held record")
+        items = (await gw.admin.get("/v1/audit", headers=gw.as_role("viewer"))).json()["items"]
+        assert [r["detail"]["approval"] for r in items if r["action"] == "approval.held"] \
+            == [call_id]
         verified = (await gw.admin.get("/v1/audit/verify", headers=gw.as_role("viewer"))).json()
         assert verified["ok"], verified
+    assert upstream.resources["/held/x"]["v"] == 1  # held, never sent
 
 
 WRITING_GET = """
