@@ -29,6 +29,8 @@ from gateway.services.approvals import ApprovalQueue, Execution
 from gateway.services.audit_trail import AuditTrail
 from gateway.services.call import Policies, Senders
 from gateway.services.checkpoints import Checkpoints
+from gateway.services.inflight import InFlightLimits
+from gateway.services.inflight_shared import SharedCounts
 from gateway.services.journal import Journal
 from gateway.services.killswitch import FreezeState
 from gateway.services.notify import Notifier
@@ -60,10 +62,12 @@ class ReloadResult:
 
 class Gateway:
     def __init__(self, settings: Settings, store: Store | None = None,
-                 client: UpstreamClient | None = None) -> None:
+                 client: UpstreamClient | None = None,
+                 in_flight: SharedCounts | None = None) -> None:
         self.settings = settings
         self._store = store
         self._client = client
+        self._in_flight = in_flight  # max_in_flight's counts, shared with sibling workers
         self.metrics = Metrics()
         self.observer: Observer = NO_OBSERVER
         self._pipeline: Pipeline | None = None
@@ -141,7 +145,8 @@ class Gateway:
         self.shadows = ShadowWrites(self._store, self.approvals, self.notifier)
         self._pipeline = Pipeline(self.settings, self._policies, self.senders, freezes,
                                   self.journal, self.tripwires, self.observer,
-                                  holds=self.approvals, proposals=self.shadows)
+                                  holds=self.approvals, proposals=self.shadows,
+                                  inflight=InFlightLimits(self._in_flight))
         execution.bind(self._pipeline.execute_held)
         await self.approvals.sweep()  # claims left by a process that died are marked unknown
         self.approvals.start()

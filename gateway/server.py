@@ -27,6 +27,7 @@ from gateway.app import Gateway
 from gateway.errors import StartupError
 from gateway.observe.access import ACCESS_LOG
 from gateway.proxy.connection import protocol_with
+from gateway.services.inflight_shared import SharedCounts
 from gateway.settings import Settings
 
 log = logging.getLogger("gateway")
@@ -90,14 +91,16 @@ Announce = Callable[[str, str, str], None]  # proxy URL, admin URL, policy revis
 async def serve(settings: Settings, banner: list[str] | None = None,
                 beside: tuple[Any, socket.socket] | None = None,
                 sockets: tuple[socket.socket, socket.socket] | None = None,
-                announce: Announce | None = None) -> None:
+                announce: Announce | None = None, in_flight: SharedCounts | None = None,
+                ) -> None:
     """Run until SIGINT/SIGTERM; ``beside`` is one more (app, socket), e.g. the demo API.
 
     ``sockets`` (proxy, admin) are already bound (a worker's); ``announce``
-    replaces printing the ready line (a worker tells its master instead).
+    replaces printing the ready line (a worker tells its master instead);
+    ``in_flight``: ``max_in_flight``'s counts, shared with the master's other workers.
     """
     proxy_sock, admin_sock = sockets if sockets is not None else bind_listeners(settings)
-    gateway = Gateway(settings)
+    gateway = Gateway(settings, in_flight=in_flight)
     try:
         await gateway.start()
     except BaseException:

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 
 from gateway.policies import load_policies
 from gateway.server import bind, bind_listeners, configure_logging, ready_line, run_loop, serve
+from gateway.services.inflight_shared import SharedCounts
 from gateway.settings import Settings
 
 log = logging.getLogger("gateway.workers")
@@ -67,6 +68,7 @@ class Master:
         self.banner = banner
         self.workers = [_Worker(i, pair) for i, pair in enumerate(
             bind_all(settings, settings.workers))]
+        self.in_flight = SharedCounts(len(self.workers))  # max_in_flight, for all of them
         self.ready_read, self.ready_write = os.pipe()  # workers: "ready URL URL REVISION\n"
         self.life_read, self.life_write = os.pipe()  # EOF in a worker: the master is gone
         self.stopping = False
@@ -98,6 +100,7 @@ class Master:
             signal.signal(sig, signal.SIG_DFL)
         os.close(self.ready_read)
         os.close(self.life_write)
+        self.in_flight.as_worker(worker.index)
         for other in self.workers:
             if other is not worker:
                 for sock in other.sockets:
@@ -115,7 +118,8 @@ class Master:
                 os.kill(os.getpid(), signal.SIGTERM)
 
             loop.add_reader(self.life_read, orphaned)
-            await serve(self.settings, sockets=worker.sockets, announce=announce)
+            await serve(self.settings, sockets=worker.sockets, announce=announce,
+                        in_flight=self.in_flight)
 
         try:
             run_loop(main())
@@ -164,6 +168,7 @@ class Master:
             if worker is None:
                 continue
             worker.pid = 0
+            self.in_flight.forget(worker.index)  # the slots it held, free again
             if self.stopping:
                 continue
             now = time.monotonic()

@@ -91,7 +91,8 @@ class Pipeline:
     def __init__(self, settings: Settings, policies: Policies, senders: Senders,
                  freezes: FreezeState, journal: Journal, tripwires: Tripwires,
                  observer: Observer, holds: Holds | None = None,
-                 proposals: Proposals | None = None) -> None:
+                 proposals: Proposals | None = None,
+                 inflight: InFlightLimits | None = None) -> None:
         self.settings = settings
         self._warned: set[tuple[str, str]] = set()  # (upstream, origin) logged once
         self.policies = policies
@@ -102,7 +103,7 @@ class Pipeline:
         self.observer = observer
         self.holds = holds
         self.proposals = proposals  # shadowed writes, kept for promotion
-        self.inflight = InFlightLimits()
+        self.inflight = inflight or InFlightLimits()  # max_in_flight's counts
         self._read_body = body_reader(settings.max_write_body)
 
     async def settled(self) -> None:
