@@ -268,11 +268,10 @@ class ApprovalQueue:
         except _RETRYABLE as exc:  # nothing reached the upstream: back in the queue, and the
             # vote that set it off is withdrawn, so its approver can approve it again
             kept = tuple(v for v in held.votes if v.by != operator)
-            await self.store.release_claim(held.id, kept, None if len(kept) == len(held.votes)
-                                           else audit_item(operator, "approval.vote_withdrawn",
-                                                           held, {"error": f"{exc.code}: "
-                                                                  f"{exc.message}; nothing "
-                                                                  "was sent"}))
+            withdrawn = None if len(kept) == len(held.votes) else audit_item(
+                operator, "approval.vote_withdrawn", held,
+                {"error": f"{exc.code}: {exc.message}; nothing was sent"})
+            await self.store.release_claim(held.id, kept, withdrawn)
             self._wake(held.id)
             raise AdminError(exc.status, exc.code, exc.message) from None
         except GatewayError as exc:

@@ -11,7 +11,8 @@ record waits in ``audit_pending`` (committed with the freeze) and is linked
 right after (``store.killswitch``); a read of the chain links such records
 first, so it never misses one. An operator's record, a batch of the proxy's
 decisions and the record of a freeze change are all linked by ``append_in``
-(SQLite) or the same hash in SQL (PostgreSQL).
+(SQLite) or the same hash in SQL (PostgreSQL); a held call's change and its
+record by ``append_on``, in the change's own transaction (either store).
 """
 
 from __future__ import annotations
