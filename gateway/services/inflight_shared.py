@@ -1,8 +1,9 @@
 """``max_in_flight`` counted across the workers of one ``gateway serve --workers N``.
 
-The master makes this before it forks: an anonymous shared mapping (inherited by
-every worker) holding, per upstream, one count per worker, and a file whose
-``fcntl`` lock guards it. A worker takes a slot when the counts of all workers
+The master makes this before it forks: a shared mapping of an in-memory file
+(``memfd_create``: nothing on disk, a read-only root is fine), inherited by every
+worker, holding per upstream one count per worker; the file's ``fcntl`` lock
+guards it. A worker takes a slot when the counts of all workers
 add up to less than the limit, and adds one to its own count; it gives the slot
 back by taking one off. The lock is the kernel's record lock, which dies with
 its holder: a worker killed while holding it blocks nobody. A worker that dies
@@ -38,10 +39,10 @@ class SharedCounts:
         self.workers = workers
         self._row = struct.Struct(f"<{workers}i")
         self._width = _KEY.size + self._row.size
-        self._map = mmap.mmap(-1, ENTRIES * self._width)  # MAP_SHARED: the forks see it
-        fd, path = tempfile.mkstemp(prefix="gateway-in-flight-")
-        os.unlink(path)  # the descriptor is all anyone needs
-        self._lock = fd
+        size = ENTRIES * self._width
+        self._lock = _anonymous_file()
+        os.ftruncate(self._lock, size)
+        self._map = mmap.mmap(self._lock, size)  # MAP_SHARED: the forks see it
         self.worker: int | None = None
         self._full_said = False
 
@@ -123,3 +124,13 @@ class SharedCounts:
             log.warning("more than %d upstreams have max_in_flight: %s is counted per "
                         "worker", ENTRIES, name)
         return None
+
+
+def _anonymous_file() -> int:
+    """A file nobody can name: in memory where the system has ``memfd_create`` (Linux),
+    else a temporary file unlinked at once."""
+    if hasattr(os, "memfd_create"):
+        return os.memfd_create("gateway-in-flight", os.MFD_CLOEXEC)
+    fd, path = tempfile.mkstemp(prefix="gateway-in-flight-")
+    os.unlink(path)
+    return fd
