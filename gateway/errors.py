@@ -17,6 +17,8 @@
     │   ├── UpstreamEncoding            502 upstream_encoding (an answer it cannot decode)
     │   ├── JournalUnavailable          503 journal_unavailable
     │   ├── UpstreamBusy                503 upstream_busy (max_in_flight; Retry-After)
+    │   ├── AgentGone                   499 agent_gone (the agent left before its write was
+    │   │                               sent: nothing sent; nobody reads the answer)
     │   ├── UpstreamUnreachable         502 upstream_unreachable (nothing reached the upstream)
     │   │   ├── UpstreamLost            502 upstream_unreachable, outcome unknown (sent, cut off)
     │   │   └── ConnectTimeout          504 upstream_timeout (no connection: nothing sent)
@@ -200,6 +202,14 @@ class UpstreamBusy(GatewayError):
 
     status, code, decision = 503, "upstream_busy", "error"
     retry_after = 1
+
+
+class AgentGone(GatewayError):
+    """The agent closed its connection while its write waited (for the journal, say):
+    the write is not sent, and its entry is ``failed``. A client that gave up retries,
+    and both would otherwise land."""
+
+    status, code, decision = 499, "agent_gone", "error"
 
 
 class UpstreamUnreachable(GatewayError):

@@ -13,6 +13,9 @@ and the clock are:
   ``timeout_keep_alive``. A body the gateway has stopped reading (flow control:
   the upstream is slow) is not the client's delay and does not count.
 
+The scope also carries ``gateway.gone``: whether the connection is closed (the
+agent gave up), which the pipeline asks before it sends a write.
+
 And one thing for speed: uvicorn writes a response's head and its body with
 two ``transport.write`` calls, two ``send`` syscalls (on loopback each also
 delivers the segment, in this process's time). When the listener knows the
@@ -100,6 +103,7 @@ class GuardedProtocol(HttpToolsProtocol):
         if not self.url.startswith(b"/"):
             self.scope["gateway.absolute_form"] = True  # type: ignore[typeddict-unknown-key]
         self.scope["gateway.hold_head"] = self._one_write.hold_head  # type: ignore[typeddict-unknown-key]
+        self.scope["gateway.gone"] = self.transport.is_closing  # type: ignore[typeddict-unknown-key]
         super().on_headers_complete()
         if self.cycle is not None:
             self.cycle.transport = self._one_write  # type: ignore[assignment]

@@ -126,7 +126,8 @@ class McpReader:
                    agent_key=call.agent_key, upstream=call.upstream,
                    method=message.method or "POST", raw_path=message.tool or "", query="",
                    headers=[h for h in call.headers if h[0] != "content-length"],
-                   checkpoint=call.checkpoint, buffered=message.raw, mcp=message)
+                   checkpoint=call.checkpoint, buffered=message.raw, mcp=message,
+                   gone=call.gone)
         if message.method != TOOLS_CALL:
             reply = await self.pipeline.handle(one)
             if message.method == "tools/list":

@@ -60,6 +60,9 @@ class Call:
     # the policy judged it a write (``effect: write`` makes a GET one): it is audited, as
     # every write is, whatever its method; set by the pipeline with ``facts``
     writes: bool = False
+    # True once the agent's connection is closed (the listener's; None: no connection,
+    # an operator's call): a write is not sent to an agent that left
+    gone: Callable[[], bool] | None = None
 
 
 @dataclass(slots=True)

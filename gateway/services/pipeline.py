@@ -47,6 +47,7 @@ from gateway.core.model import (
 )
 from gateway.core.policy.compiled import CallView, Upstream
 from gateway.errors import (
+    AgentGone,
     Ambiguous,
     BadRequest,
     CaptureFailed,
@@ -276,9 +277,11 @@ class Pipeline:
                 call.headers.append((keyed, entry.id))  # the upstream dedupes anything sent twice
                 entry.request_headers[keyed] = entry.id
             call.idempotency = (keyed, own if own is not None else entry.id)
+        _still_there(call)  # an agent that left gets no intent for a write never sent
         await self.journal.intent(upstream, call, entry, "the call was not sent")
         sent = time.perf_counter()
         try:
+            _still_there(call)  # the intent may have waited (a failover): not sent now
             async with self.freezes.sending(upstream.name, call.agent, InFlight(
                     entry.id, call.agent, upstream.name, view.method, view.path,
                     self.freezes.member)):
@@ -332,3 +335,12 @@ class Pipeline:
             seen = await self.senders(upstream).capture(upstream, call, target,
                                                        trace=step.propagate)
         return seen, (time.perf_counter() - began) * 1000
+
+
+def _still_there(call: Call) -> None:
+    """AgentGone once the agent's connection is closed: a client that gave up on a write
+    (its timeout while the journal waited for a store that fails over) retries it, and
+    the write must not land twice."""
+    if call.gone is not None and call.gone():
+        raise AgentGone("the agent closed its connection before its write was sent; "
+                        "nothing was sent")
