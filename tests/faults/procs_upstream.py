@@ -118,6 +118,12 @@ class FaultUpstream:
         self.server.shutdown()
         self.server.server_close()
 
+    def __enter__(self) -> FaultUpstream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     # observing ------------------------------------------------------------------
 
     def received(self, method: str | None = None, path: str | None = None) -> list[Any]:

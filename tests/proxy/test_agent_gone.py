@@ -39,9 +39,8 @@ class FailingOver(SqlStore):
 
 @pytest.fixture
 def upstream() -> Iterator[FaultUpstream]:
-    up = FaultUpstream({"/items/x": {"name": "x", "v": 1}})
-    yield up
-    up.close()
+    with FaultUpstream({"/items/x": {"name": "x", "v": 1}}) as up:
+        yield up
 
 
 async def test_a_write_whose_agent_left_while_it_waited_is_not_sent(
