@@ -15,7 +15,9 @@ as ``?host=h1:5432&host=h2:5432``; ``read_url`` rewrites the libpq form to that.
 Every connection is made by ``connect_primary``: one host at a time, each
 given ``HOST_TIMEOUT`` (asyncpg's own timeout covers the whole list, so one
 host that never answers, a primary whose machine vanished, would use it all
-and the standby behind it would never be asked), and with TCP keepalives and
+and the standby behind it would never be asked), the host that last answered
+as primary first (after a failover every new connection would otherwise wait
+out the vanished old primary first), and with TCP keepalives and
 a TCP user timeout on its socket, so that a connection to a primary that
 vanished without a word fails in seconds (``watch_peer``), not in the
 kernel's quarter of an hour: the writes on it get 503, the pool connects again.
@@ -198,9 +200,13 @@ def driver_errors(url: URL) -> DriverErrors:
         unique=(asyncpg.UniqueViolationError,))
 
 
+_PRIMARY: dict[str, str] = {}  # a multi-host dsn -> the host that last answered as primary
+
+
 async def connect_primary(dsn: str, **options: Any) -> asyncpg.Connection:
     """``asyncpg.connect`` (same arguments; asyncpg's pools call it so), trying the
-    hosts of a multi-host ``dsn`` one at a time, each within ``HOST_TIMEOUT``."""
+    hosts of a multi-host ``dsn`` one at a time, each within ``HOST_TIMEOUT``: the one
+    that last answered as primary first, then the others in the URL's order."""
     import asyncpg
 
     url = read_url(dsn)
@@ -210,11 +216,12 @@ async def connect_primary(dsn: str, **options: Any) -> asyncpg.Connection:
     options["timeout"] = min(float(options.get("timeout", 60)), HOST_TIMEOUT)
     why: list[str] = []
     errors: list[BaseException] = []
-    for host in hosts:
+    last = _PRIMARY.get(dsn)
+    for host in sorted(hosts, key=lambda host: host != last):  # stable: the URL's order
         name, _, port = host.rpartition(":")
         single = url.difference_update_query(["host"]).set(host=name, port=int(port))
         try:
-            return watch_peer(await asyncpg.connect(asyncpg_dsn(single), **options))
+            connection = watch_peer(await asyncpg.connect(asyncpg_dsn(single), **options))
         except asyncpg.TargetServerAttributeNotMatched as exc:
             why.append(f"{host}: not the primary (a standby)")  # the next one
             errors.append(exc)
@@ -222,6 +229,9 @@ async def connect_primary(dsn: str, **options: Any) -> asyncpg.Connection:
             # down, not answering, or starting: the next one
             why.append(f"{host}: {type(exc).__name__}: {exc}".strip().rstrip(":"))
             errors.append(exc)
+        else:
+            _PRIMARY[dsn] = host
+            return connection
     raise NoPrimary("no primary among the store's hosts (" + "; ".join(why) + ")", errors)
 
 

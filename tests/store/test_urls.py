@@ -92,3 +92,37 @@ async def test_connections_give_up_on_a_silent_server_in_seconds(store_url: str)
             engine.PEER_SILENCE * 1000
     finally:
         await connection.close()
+
+
+@pytest.mark.parametrize("store_url", ["postgresql"], indirect=True)
+async def test_the_host_that_answered_as_primary_is_asked_first_next_time(
+        store_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a failover the old primary is first in the list and may never answer (its
+    machine vanished): every new connection of the pools waited ``HOST_TIMEOUT`` on it
+    before it asked the new primary. Now the host that answered last is asked first."""
+    monkeypatch.setattr(engine, "HOST_TIMEOUT", 0.5)
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        real = make_url(store_url)
+        login = real.username + (f":{real.password}" if real.password else "")
+        dsn = asyncpg_dsn(parse_url(
+            f"postgresql+asyncpg://{login}@127.0.0.1:{silent.getsockname()[1]},"
+            f"{real.host}:{real.port or 5432}/{real.database}"))
+        for asked_the_silent_one in (1, 0, 0):
+            connection = await engine.connect_primary(dsn)
+            await connection.close()
+            assert _handshakes(silent) == asked_the_silent_one
+
+
+def _handshakes(listening: socket.socket) -> int:
+    """The connections the kernel completed on ``listening`` since the last call."""
+    listening.setblocking(False)
+    count = 0
+    while True:
+        try:
+            accepted, _ = listening.accept()
+        except BlockingIOError:
+            return count
+        accepted.close()
+        count += 1
