@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from sqlalchemy.engine import make_url
@@ -60,13 +62,7 @@ async def test_a_host_that_never_answers_does_not_hide_the_primary_behind_it(
     # behind a black-holing network looks the same): asyncpg's one timeout for the whole
     # list of hosts would be spent on it, and the primary behind never asked
     monkeypatch.setattr(engine, "HOST_TIMEOUT", 0.5)
-    with socket.socket() as silent:
-        silent.bind(("127.0.0.1", 0))
-        silent.listen(16)
-        real = make_url(store_url)
-        login = real.username + (f":{real.password}" if real.password else "")
-        url = (f"postgresql+asyncpg://{login}@127.0.0.1:{silent.getsockname()[1]},"
-               f"{real.host}:{real.port or 5432}/{real.database}")
+    with silent_first(store_url) as (_, url):
         store = SqlStore(url)
         await store.start()  # the hot path's pools, the migrations over SQLAlchemy
         try:
@@ -101,18 +97,26 @@ async def test_the_host_that_answered_as_primary_is_asked_first_next_time(
     machine vanished): every new connection of the pools waited ``HOST_TIMEOUT`` on it
     before it asked the new primary. Now the host that answered last is asked first."""
     monkeypatch.setattr(engine, "HOST_TIMEOUT", 0.5)
+    with silent_first(store_url) as (silent, url):
+        dsn = asyncpg_dsn(parse_url(url))
+        for asked_the_silent_one in (1, 0, 0):
+            connection = await engine.connect_primary(dsn)
+            await connection.close()
+            assert _handshakes(silent) == asked_the_silent_one
+
+
+@contextmanager
+def silent_first(store_url: str) -> Iterator[tuple[socket.socket, str]]:
+    """A listening socket nobody answers on (the kernel completes its handshakes: a
+    vanished machine behind a black-holing network looks the same), and a URL naming
+    it first, then the real server."""
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen(16)
         real = make_url(store_url)
         login = real.username + (f":{real.password}" if real.password else "")
-        dsn = asyncpg_dsn(parse_url(
-            f"postgresql+asyncpg://{login}@127.0.0.1:{silent.getsockname()[1]},"
-            f"{real.host}:{real.port or 5432}/{real.database}"))
-        for asked_the_silent_one in (1, 0, 0):
-            connection = await engine.connect_primary(dsn)
-            await connection.close()
-            assert _handshakes(silent) == asked_the_silent_one
+        yield silent, (f"postgresql+asyncpg://{login}@127.0.0.1:{silent.getsockname()[1]},"
+                       f"{real.host}:{real.port or 5432}/{real.database}")
 
 
 def _handshakes(listening: socket.socket) -> int:
