@@ -25,7 +25,6 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Coroutine
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -159,15 +158,16 @@ class Journal:
             return  # stays pending, and recovery journals it unknown at the next start
         if exc is not None:  # the store is down
             step.__exit__(type(exc), exc, exc.__traceback__)
-            self._apart(self.save_outcome(entry, outcome, NO_WATCH))
+            self._save_apart(entry, outcome)
             return
         step.__exit__(None, None, None)
         self.pending.discard(entry.id)
         if not saved.result():
             log.error("no intent for the outcome of %s", entry.id)
 
-    def _apart(self, saving: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(saving)
+    def _save_apart(self, entry: JournalEntry, outcome: JournalOutcome) -> None:
+        task = asyncio.get_running_loop().create_task(
+            self.save_outcome(entry, outcome, NO_WATCH))
         self._outcomes.add(task)
         task.add_done_callback(self._outcomes.discard)
 

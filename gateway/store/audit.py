@@ -27,9 +27,9 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from gateway.core.audit import link
-from gateway.core.model import AuditRecord
+from gateway.core.model import AuditItem, AuditRecord
 from gateway.store import codec
-from gateway.store.hot import AuditItem, HotPath, Tx, numbered
+from gateway.store.hot import HotPath, Tx, numbered
 from gateway.store.tables import AuditRow
 
 WRITE_LOCK = 0x67775F7772697465  # "gw_write": the advisory lock over audit and freezes

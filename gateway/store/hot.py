@@ -22,8 +22,6 @@ from typing import Any, Protocol
 from gateway.core.model import AuditItem, AuditRecord, Freeze
 from gateway.ports import Bus, FreezeChange, Notice
 
-__all__ = ["AuditItem", "HotPath", "Tx", "numbered"]
-
 
 @lru_cache(maxsize=32)
 def numbered(sql: str) -> str:

@@ -9,14 +9,14 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from gateway.core.audit import canonical_head
-from gateway.core.model import AuditRecord, Freeze, FreezeScope, iso, new_id, utcnow
+from gateway.core.model import AuditItem, AuditRecord, Freeze, FreezeScope, iso, new_id, utcnow
 from gateway.group_commit import settle
 from gateway.ports import FreezeChange, Notice
 from gateway.store import codec
 from gateway.store import killswitch as ks
 from gateway.store.bus import PgBus
 from gateway.store.engine import connect_primary
-from gateway.store.hot import AuditItem, Tx, numbered
+from gateway.store.hot import Tx, numbered
 
 if TYPE_CHECKING:  # imported when a PostgreSQL store connects: SQLite never loads it
     import asyncpg

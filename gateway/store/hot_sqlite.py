@@ -12,14 +12,14 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from gateway.core.model import AuditRecord, Freeze
+from gateway.core.model import AuditItem, AuditRecord, Freeze
 from gateway.ports import FreezeChange, Notice
 from gateway.store import codec
 from gateway.store import killswitch as ks
 from gateway.store.audit import WRITE_LOCK, append_in
 from gateway.store.bus import SocketBus
 from gateway.store.engine import BUSY_TIMEOUT, SQLITE_PRAGMAS, SqliteFile, busy, pauses
-from gateway.store.hot import AuditItem, Tx
+from gateway.store.hot import Tx
 
 log = logging.getLogger("gateway.store")
 # a flush that takes less than this (moving average) runs on the loop's thread (``flush``)

@@ -10,7 +10,7 @@ operators read goes through SQLAlchemy and SQLModel.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from sqlalchemy import and_, case, or_, update
 from sqlalchemy import select as sql_select
@@ -42,7 +42,6 @@ class JournalLog:
     _engine: AsyncEngine  # reads
     _writer: AsyncEngine  # writes: BEGIN IMMEDIATE on SQLite
     _intents: GroupCommit[JournalEntry, bool]
-    _outcomes: GroupCommit[tuple[Any, ...], bool]
     _unsure: set[str]  # intents of a batch whose commit may have happened
     _duplicate: tuple[type[Exception], ...]  # an intent already in: the driver's error
 
@@ -96,17 +95,14 @@ class JournalLog:
 
     async def journal_outcome(self, entry_id: str, outcome: JournalOutcome) -> None:
         """Record the outcome; LookupError if no intent was journaled under that id."""
-        if not await self._outcomes(codec.outcome_params(entry_id, outcome)):
+        if not (await self.journal_outcomes([(entry_id, outcome)]))[0]:
             raise LookupError(f"no journal entry {entry_id!r}")
 
     async def journal_outcomes(self, outcomes: list[tuple[str, JournalOutcome]]) -> list[bool]:
-        """Several outcomes in one batch (the caller's: no group commit of their own);
-        whether each found its intent."""
-        return await self._commit_outcomes(
+        """Several outcomes in one batch (the caller batches them: ``Journal.later``
+        group-commits what the proxy answers); whether each found its intent."""
+        return await self._hot_path().update_outcomes(
             [codec.outcome_params(entry_id, outcome) for entry_id, outcome in outcomes])
-
-    async def _commit_outcomes(self, rows: list[tuple[Any, ...]]) -> list[bool]:
-        return await self._hot_path().update_outcomes(rows)
 
     async def list_journal(self, query: JournalQuery) -> list[JournalEntry]:
         if query.ids is not None and not query.ids:

@@ -96,7 +96,6 @@ class SqlStore(KillSwitch, JournalLog, AuditChain, HeldCalls, RollbackPlans,
         self._fsync = fsync  # SQLite: intents on disk before their write is sent
         self._intents = GroupCommit(self._commit_intents)
         self._unsure: set[str] = set()  # intents of a batch whose commit may have happened
-        self._outcomes = GroupCommit(self._commit_outcomes)
 
     def __repr__(self) -> str:
         return f"SqlStore({self.url.render_as_string()!r})"
@@ -127,7 +126,6 @@ class SqlStore(KillSwitch, JournalLog, AuditChain, HeldCalls, RollbackPlans,
 
     async def close(self) -> None:
         await self._intents.close()
-        await self._outcomes.close()
         hot, self._hot = self._hot, None
         try:
             if hot is not None:
