@@ -3,10 +3,7 @@
 The state machine lives in ``gateway.core.approvals``, a held call as kept,
 shown and audited in ``gateway.services.held_calls``; this module persists
 each transition (compare-and-set in the store, so one process wins any race)
-and does the waiting: an agent may wait up to ``approval.wait`` seconds (or
-what it asks with ``Prefer: wait=N``, up to ``approval_max_wait``) for the
-decision, woken at once by a decision in this process and by a store poll for
-decisions taken by other processes.
+and holds the agent while it waits (``gateway.services.waiters``).
 """
 
 from __future__ import annotations
@@ -14,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
-import re
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -60,11 +55,10 @@ from gateway.services.held_calls import (
 )
 from gateway.services.killswitch import FreezeState
 from gateway.services.notify import Notifier
+from gateway.services.waiters import Waiters, prefer_wait
 from gateway.settings import Settings
 
 log = logging.getLogger("gateway.approvals")
-_PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+(?:\.\d+)?)", re.IGNORECASE)
-_POLL = 0.25  # seconds between store reads while an agent waits (other processes' decisions)
 _SWEEP = 1.0  # seconds between sweeps: expiries, lapsed claims, due delayed calls
 DELAY_ACTOR = "gateway"  # who claims a delayed call when it falls due
 _RETRYABLE = (WritesFrozen, CaptureFailed, JournalUnavailable)  # nothing was sent
@@ -75,15 +69,6 @@ _MAYBE_SENT = (WriteCutOff, UpstreamTimeout, UpstreamLost)
 
 _REFUSED_STATUS = {"already_decided": 409, "already_voted": 409, "digest_mismatch": 409,
                    "forbidden": 403, "self_approval": 403}
-
-
-def prefer_wait(headers: list[tuple[str, str]]) -> float | None:
-    for name, value in headers:
-        if name == "prefer":
-            match = _PREFER_WAIT.search(value)
-            if match:
-                return float(match.group(1))
-    return None
 
 
 Execute = Callable[[HeldCall, dict[str, Any]], Awaitable[Reply]]
@@ -122,13 +107,13 @@ class ApprovalQueue:
         self.notifier = notifier
         self.max_wait = max_wait
         self.lease_seconds = lease_seconds
-        self._changed: dict[str, asyncio.Event] = {}
+        self.waiters = Waiters(store)
         self._sweeper: asyncio.Task[None] | None = None
         self._due = asyncio.Event()  # a delayed call was queued in this process
         self._dues: list[datetime] = []  # due times queued here (a heap), not yet swept
         self._due_failures: dict[str, int] = {}  # delayed call id -> failed runs, unsent
         self._swept_at: datetime | None = None  # when the last run of due calls looked
-        self.finishes = Finishes(store, notifier, self._wake)
+        self.finishes = Finishes(store, notifier, self.waiters.wake)
 
     # -- agent side ------------------------------------------------------------
 
@@ -162,30 +147,8 @@ class ApprovalQueue:
             self._due.set()  # the sweeper sleeps until the earliest due call it knows of
         asked = prefer_wait(call.headers)
         wait = min(asked if asked is not None else spec.wait, self.max_wait)
-        final = await self.wait(held.id, wait) if wait > 0 else held
+        final = await self.waiters.wait(held.id, wait) if wait > 0 else held
         return agent_reply(final, error=delay is None and spec.answer == "error")
-
-    async def wait(self, call_id: str, seconds: float) -> HeldCall:
-        """Until the call is decided and done, or ``seconds`` pass."""
-        deadline = time.monotonic() + seconds
-        event = self._changed.setdefault(call_id, asyncio.Event())
-        try:
-            while True:
-                held = await self.store.get_held(call_id)
-                assert held is not None
-                if held.status.terminal:
-                    return held
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return held
-                try:
-                    await asyncio.wait_for(event.wait(), min(left, _POLL))
-                except TimeoutError:
-                    pass
-                event.clear()
-        finally:
-            if not event.is_set():
-                self._changed.pop(call_id, None)
 
     async def agent_view(self, method: str, rest: str, agent: str) -> tuple[int, Any]:
         """``GET /_gateway/approvals/{id}``: only the agent that sent the call sees it."""
@@ -253,7 +216,7 @@ class ApprovalQueue:
             why = f"the held call's sealed request cannot be opened: {held.extra['sealed_error']}"
             await self.store.release_claim(held.id, tuple(
                 v for v in held.votes if v.by != operator))
-            self._wake(held.id)
+            self.waiters.wake(held.id)
             raise AdminError(409, "sealed_unavailable", why + "; not sent, still pending")
         if digest_of(held) != held.digest:  # the stored call was altered after it was held
             await self.finishes(held, ApprovalStatus.FAILED, None, None,
@@ -272,7 +235,7 @@ class ApprovalQueue:
                 operator, "approval.vote_withdrawn", held,
                 {"error": f"{exc.code}: {exc.message}; nothing was sent"})
             await self.store.release_claim(held.id, kept, withdrawn)
-            self._wake(held.id)
+            self.waiters.wake(held.id)
             raise AdminError(exc.status, exc.code, exc.message) from None
         except GatewayError as exc:
             await self.finishes(held, ApprovalStatus.FAILED, None, exc.extra.get("journal"),
@@ -316,7 +279,7 @@ class ApprovalQueue:
             latest = await self.get(call_id)
             raise AdminError(409, "already_decided",
                                 f"approval {call_id} is {latest.status.value}")
-        self._wake(held.id)
+        self.waiters.wake(held.id)
         final = await self.get(call_id)
         self.notifier.publish("approval.rejected", public_view(final))
         return {**public_view(final), "response": None}
@@ -402,7 +365,7 @@ class ApprovalQueue:
         held = await self.store.get_held(call_id)
         if held is not None:
             self.notifier.publish(action, public_view(held))
-        self._wake(call_id)
+        self.waiters.wake(call_id)
 
     async def _sweep_forever(self) -> None:
         while True:
@@ -440,8 +403,3 @@ class ApprovalQueue:
             raise AdminError(423, "writes_frozen",
                              f"writes are frozen ({freeze.scope.value}): {freeze.reason}; "
                              "the call stays pending")
-
-    def _wake(self, call_id: str) -> None:
-        event = self._changed.get(call_id)
-        if event is not None:
-            event.set()
