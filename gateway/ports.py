@@ -1,11 +1,7 @@
-"""The interfaces the pipeline and the admin API depend on.
-
-Adapters implement them: ``gateway.store.sql.SqlStore`` the ``Store`` (SQLite or
-PostgreSQL), ``gateway.upstreams.client.UpstreamClient`` the ``Upstream``, through
-which the senders of ``gateway.upstreams`` reach the upstreams (their protocol,
-``Sender``, is typed on the call, so it lives beside it: ``gateway.services.call``).
-Tests substitute fakes where a narrow unit test wants one.
-"""
+"""The interfaces the pipeline and the admin API depend on. ``gateway.store.sql.SqlStore``
+implements the ``Store`` (SQLite or PostgreSQL); the senders of ``gateway.upstreams``
+reach the upstreams (their protocol, ``Sender``, is typed on the call, so it lives beside
+it: ``gateway.services.call``). Narrow unit tests substitute fakes."""
 
 from __future__ import annotations
 
@@ -69,9 +65,8 @@ class Bus(Protocol):
     async def close(self) -> None: ...
 
 
-# The store's roles ----------------------------------------------------------------
-# Each service depends on the role it uses, no more; ``Store`` is their union, what the
-# wiring opens and the admin API reads. A new store implements every role.
+# The store's roles: each service depends on the one it uses, no more; ``Store`` is their
+# union, what the wiring opens and the admin API reads. A new store implements every role.
 
 
 class FreezeStore(Protocol):
@@ -88,13 +83,12 @@ class FreezeStore(Protocol):
     async def killswitch_generation(self) -> int: ...
 
     async def engage(self, freeze: Freeze, announce: Notice | None = None) -> FreezeChange:
-        """Persist ``freeze`` and append its audit record in one transaction; the
-        generation and the active freezes it left. ``announce`` goes out with the
-        commit where the store can send it (``FreezeChange.announced``), and only when
-        this engage inserted the freeze. Where waiting for the audit chain would hold
-        the engage up, the record is kept in the same transaction for
-        ``chain_pending_audit`` instead (``FreezeChange.audit_pending``). Engaging a
-        scope and target already frozen changes nothing (the existing freeze's)."""
+        """Persist ``freeze`` and append its audit record in one transaction; the generation
+        and the active freezes it left. ``announce`` goes out with the commit where the
+        store can send it (``FreezeChange.announced``), only when this engage inserted the
+        freeze. Where waiting for the audit chain would hold the engage up, the record is
+        kept in the transaction for ``chain_pending_audit`` (``FreezeChange.audit_pending``).
+        Engaging a scope and target already frozen changes nothing (the existing freeze's)."""
 
     async def release(self, scope: FreezeScope, target: str | None, by: str,
                       reason: str, at: datetime) -> FreezeChange:
@@ -107,8 +101,7 @@ class FreezeStore(Protocol):
         into the chain, in order; how many."""
 
     async def warm_engage(self) -> None:
-        """Make the first engage as quick as the next (at start; nothing is engaged,
-        recorded or announced; where there is nothing to warm, nothing)."""
+        """Make the first engage as quick as the next (engages, records, announces nothing)."""
 
     async def pending_intents(self, since: datetime) -> list[InFlight]:
         """Intents journaled since then still without an outcome, oldest first (the
@@ -144,9 +137,8 @@ class JournalStore(Protocol):
         run, upstream, since, until and limit apply."""
 
     async def mark_rolled_back(self, entry_id: str, plan_id: str, at: datetime) -> bool:
-        """completed -> rolled_back, naming the plan whose compensation landed.
-
-        False if the entry is not ``completed`` (already rolled back, or no such entry)."""
+        """completed -> rolled_back, naming the plan whose compensation landed; False if
+        the entry is not ``completed`` (already rolled back, or no such entry)."""
 
 
 class AuditStore(Protocol):
@@ -189,20 +181,16 @@ class HeldCallStore(Protocol):
 
     async def record_votes(self, call_id: str, before: tuple[Vote, ...],
                            after: tuple[Vote, ...], record: AuditItem | None = None) -> bool:
-        """Replace the votes ``before`` with ``after`` while the call is pending.
-
-        False if the call is not pending or its votes are no longer exactly
-        ``before`` (someone else voted meanwhile: re-read and vote again)."""
+        """Replace the votes ``before`` with ``after`` while the call is pending; False
+        if it is not, or its votes are no longer exactly ``before`` (re-read, vote again)."""
 
     async def claim_held(self, call_id: str, before_votes: tuple[Vote, ...],
                          after_votes: tuple[Vote, ...], by: str, at: datetime,
                          lease_until: datetime, record: AuditItem | None = None) -> bool:
         """pending -> approved ("claimed for execution"), with the final votes,
-        ``decided_by``, ``decided_at`` and the claim's lease.
-
-        Wins only if the call is pending, its votes are exactly
-        ``before_votes`` and it has not expired at ``at``. The winner forwards
-        the call once, then calls ``finish_held`` before ``lease_until``."""
+        ``decided_by``, ``decided_at`` and the claim's lease. Wins only if the call is
+        pending, its votes are exactly ``before_votes`` and it has not expired at ``at``.
+        The winner forwards the call once, then calls ``finish_held`` before ``lease_until``."""
 
     async def release_claim(self, call_id: str, votes: tuple[Vote, ...] | None = None,
                             record: AuditItem | None = None) -> bool:
@@ -247,6 +235,18 @@ class HeldCallStore(Protocol):
     async def promote_shadow(self, call_id: str, at: datetime, expires_at: datetime | None,
                              extra: dict[str, Any], record: AuditItem | None = None) -> bool:
         """shadow -> pending (held at ``at``), once; False if it is not a kept shadow write."""
+
+
+class ResendStore(Protocol):
+    """Held calls whose waiting agent left unanswered, and the resends that rejoin them."""
+
+    async def leave_held(self, call_id: str, key: str, at: datetime,
+                         record: AuditItem | None = None) -> bool:
+        """Its waiting agent left unanswered at ``at``: a resend with ``key`` may rejoin it."""
+
+    async def rejoin_held(self, key: str, agent: str, since: datetime) -> HeldCall | None:
+        """A call left with ``key`` since ``since`` (``core.approvals.REJOINABLE``), its mark
+        cleared, once, with ``agent``'s ``approval.rejoined`` record; None if none is."""
 
 
 class PlanStore(Protocol):
@@ -361,7 +361,7 @@ class TripwireStore(AuditStore, Protocol):
 
 
 # What the services using more than one role take.
-class ApprovalStore(HeldCallStore, AuditStore, Protocol):
+class ApprovalStore(HeldCallStore, ResendStore, AuditStore, Protocol):
     """The approval queue's: held calls, their audit, and the freezes a vote checks."""
 
     async def active_freezes(self) -> list[Freeze]: ...

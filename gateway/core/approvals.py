@@ -151,6 +151,28 @@ def request_digest(method: str, upstream: str, raw_path: str, query: str,
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+# An agent that left before its held call was answered (its own timeout shorter than
+# ``wait``) resends it. While the call is pending or being executed, or once it is
+# executed or rejected, the resend rejoins it (one call, one answer) instead of
+# queueing a second one that a person could approve twice; an hour after the agent
+# left, a request is a new one.
+REJOINABLE = (ApprovalStatus.PENDING, ApprovalStatus.APPROVED, ApprovalStatus.EXECUTED,
+              ApprovalStatus.REJECTED)
+REJOIN_WINDOW = timedelta(hours=1)
+
+
+def resend_key(call: HeldCall, key: str | None) -> str:
+    """What a resend of ``call`` has in common with it: the same agent, run, upstream,
+    method, target and body, and the same idempotency key (``key``, the agent's own, if
+    it sent one). Other headers are left out: SDKs change them between tries (a retry
+    count, a request id). Two calls meant to run twice carry different idempotency
+    keys, or are sent after the first was answered."""
+    canonical = json.dumps([call.agent, call.checkpoint.run, call.upstream, call.method,
+                            call.raw_path, call.query, base64.b64encode(call.body).decode(),
+                            key], separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
 def digest_of(call: HeldCall) -> str:
     return request_digest(call.method, call.upstream, call.raw_path, call.query, call.headers,
                           call.body)

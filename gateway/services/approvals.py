@@ -35,6 +35,7 @@ from gateway.core.policy.compiled import Upstream
 from gateway.core.policy.schema import Approval
 from gateway.errors import (
     AdminError,
+    AgentGone,
     ApprovalRefused,
     CaptureFailed,
     GatewayError,
@@ -135,7 +136,10 @@ class ApprovalQueue:
         if delay is not None:
             held = replace(held, due_at=held.at + timedelta(seconds=delay),
                            extra={"delay": delay})
-        if delay is None:
+        rejoined, key = await self.waiters.rejoin(upstream, call.headers, held)
+        if rejoined is not None:  # a resend of a call its agent left unanswered
+            held = rejoined
+        elif delay is None:
             await self.create(held, audit_item(call.agent, "approval.held", held,
                                                {"rule": decision.rule}))
             self.notifier.publish("approval.held", public_view(held))
@@ -147,7 +151,11 @@ class ApprovalQueue:
             self._due.set()  # the sweeper sleeps until the earliest due call it knows of
         asked = prefer_wait(call.headers)
         wait = min(asked if asked is not None else spec.wait, self.max_wait)
-        final = await self.waiters.wait(held.id, wait) if wait > 0 else held
+        final = await self.waiters.wait(held.id, wait, call.gone) if wait > 0 else held
+        if final is None:
+            await self.waiters.left(held, key)
+            raise AgentGone("the agent closed its connection while its call was held; the "
+                            "call stays held, and the agent's resend of it rejoins it")
         return agent_reply(final, error=delay is None and spec.answer == "error")
 
     async def agent_view(self, method: str, rest: str, agent: str) -> tuple[int, Any]:

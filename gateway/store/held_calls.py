@@ -20,6 +20,10 @@ here) in the same transaction, which takes the chain's lock before it changes
 the row: no crash leaves a change the audit does not show, and a record that
 cannot be appended leaves the call unchanged.
 
+A held call whose waiting agent left before its answer is marked (``left_key``, the
+key its resend has); the first resend with that key rejoins it (``rejoin_held``, once,
+with its ``approval.rejoined`` record) instead of queueing the call twice.
+
 Delayed calls (``due_at`` set) are claimed by the gateway itself once due, with
 the same compare-and-set as an operator's claim; shadowed writes (status
 ``shadow``) enter the queue only when promoted, once.
@@ -37,7 +41,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlmodel import col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from gateway.core.approvals import ApprovalStatus, HeldCall, Vote, audit_detail
+from gateway.core.approvals import REJOINABLE, ApprovalStatus, HeldCall, Vote, audit_detail
 from gateway.core.model import AuditItem, iso, utcnow
 from gateway.core.seal import NO_SEALER, Sealer
 from gateway.store import codec
@@ -53,6 +57,8 @@ SHADOW = ApprovalStatus.SHADOW.value
 _id, _status, _votes = col(ApprovalRow.id), col(ApprovalRow.status), col(ApprovalRow.votes)
 _expires_at, _lease_until = col(ApprovalRow.expires_at), col(ApprovalRow.lease_until)
 _due_at = col(ApprovalRow.due_at)
+_left_key, _left_at = col(ApprovalRow.left_key), col(ApprovalRow.left_at)
+_REJOINABLE = tuple(status.value for status in REJOINABLE)
 _named = (_id, col(ApprovalRow.agent), col(ApprovalRow.upstream), col(ApprovalRow.method),
           col(ApprovalRow.raw_path), col(ApprovalRow.rule))  # what a record names (audit_detail)
 SWEEPER = "gateway"  # the actor of the sweeper's records
@@ -177,6 +183,29 @@ class HeldCalls:
                                   at=iso(at),
                                   expires_at=None if expires_at is None else iso(expires_at),
                                   extra=codec.dumps(extra))
+
+    async def leave_held(self, call_id: str, key: str, at: datetime,
+                         record: AuditItem | None = None) -> bool:
+        return await self._change(call_id, [_status.in_(_REJOINABLE)], record,
+                                  left_key=key, left_at=iso(at))
+
+    async def rejoin_held(self, key: str, agent: str, since: datetime) -> HeldCall | None:
+        """Read first, without the chain's lock: a resend is rare, every hold asks."""
+        left = [_left_key == key, _status.in_(_REJOINABLE), _left_at >= iso(since)]
+        first = sql_select(_id).where(*left).order_by(col(ApprovalRow.at), _id).limit(1)
+        async with self._engine.connect() as reader:
+            found = (await reader.execute(first)).first()
+        if found is None:
+            return None
+        async with self._writer.begin() as connection:
+            await lock_chain(connection)
+            rows = await _changed(connection, [_id == found[0], *left],
+                                  {"left_key": None, "left_at": None})
+            if not rows:  # another resend rejoined it first
+                return None
+            await append_on(connection, [(agent, "approval.rejoined", audit_detail(*rows[0]),
+                                          utcnow())])
+        return await self.get_held(found[0])
 
     async def _change(self, call_id: str, expected: Sequence[ColumnElement[bool]],
                       record: AuditItem | None, **values: Any) -> bool:

@@ -189,6 +189,7 @@ class ApprovalRow(SQLModel, table=True):
         Index("ix_approvals_agent_at", "agent", "at"),
         Index("ix_approvals_upstream_at", "upstream", "at"),
         Index("ix_approvals_status_due_at", "status", "due_at"),
+        Index("ix_approvals_left_key", "left_key"),
     )
 
     id: str = Field(sa_type=Text, primary_key=True)
@@ -224,6 +225,8 @@ class ApprovalRow(SQLModel, table=True):
     due_at: str | None = _text_or_null()  # action: delay: when the gateway runs it (0009)
     sealed: str | None = _text_or_null()  # the exact query, headers and body, sealed (0010)
     sealed_response: str | None = _text_or_null()  # the response unredacted, sealed (0010)
+    left_key: str | None = _text_or_null()  # the agent left unanswered: its resend's key (0025)
+    left_at: str | None = _text_or_null()  # when it left (0025)
 
 
 class RollbackPlanRow(SQLModel, table=True):

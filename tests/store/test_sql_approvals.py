@@ -360,6 +360,7 @@ CHANGES: dict[str, tuple[int, Change]] = {  # the call each changes (as ``_made`
                                                  T0 + timedelta(seconds=3),
                                                  T0 + timedelta(hours=1), r)),
     "shadow.promote": (3, lambda s, r: s.promote_shadow(held(3).id, T0, None, {}, r)),
+    "approval.agent_left": (0, lambda s, r: s.leave_held(held(0).id, "key", T0, r)),
 }
 MADE = [held(0), held(1, status=APPROVED, lease_until=T0 + timedelta(hours=1)),
         held(2, due_at=T0 + timedelta(seconds=1)), held(3, status=ApprovalStatus.SHADOW)]
