@@ -13,8 +13,10 @@ and the clock are:
   ``timeout_keep_alive``. A body the gateway has stopped reading (flow control:
   the upstream is slow) is not the client's delay and does not count.
 
-The scope also carries ``gateway.gone``: whether the connection is closed (the
-agent gave up), which the pipeline asks before it sends a write.
+The scope also carries ``gateway.link``, the connection as the pipeline sees it
+(``gateway.services.call.AgentLink``): whether it is closed (the agent gave up),
+which the pipeline asks before it sends a write, and a callback when it closes,
+which an agent waiting on a held call needs at once (its resend may follow).
 
 And one thing for speed: uvicorn writes a response's head and its body with
 two ``transport.write`` calls, two ``send`` syscalls (on loopback each also
@@ -26,11 +28,15 @@ the head goes out with the body in one write. The bytes are the same.
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 DEFAULT_CLIENT_TIMEOUT = 20.0
+log = logging.getLogger("gateway.proxy")
 _BODY = b'{"error": {"code": "request_timeout", "message": "the request came too slowly"}}'
 _TIMEOUT = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
             b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(_BODY), _BODY))
@@ -79,6 +85,42 @@ class _OneWrite:
         return getattr(self._transport, name)
 
 
+class _Link:
+    """The agent's connection, for the pipeline (``AgentLink``): one per connection."""
+
+    __slots__ = ("_transport", "_callbacks")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._callbacks: list[Callable[[], None]] = []
+
+    def closed(self) -> bool:
+        return self._transport.is_closing()
+
+    def on_close(self, callback: Callable[[], None]) -> Callable[[], None]:
+        if self._transport.is_closing():
+            callback()
+            return _nothing
+        self._callbacks.append(callback)
+        return partial(self._forget, callback)
+
+    def _forget(self, callback: Callable[[], None]) -> None:
+        if callback in self._callbacks:
+            self._callbacks.remove(callback)
+
+    def lost(self) -> None:
+        callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:
+                log.exception("a callback on the agent's connection closing failed")
+
+
+def _nothing() -> None:
+    pass
+
+
 class GuardedProtocol(HttpToolsProtocol):
     """Callbacks only note when the client last owed the gateway bytes (a clock read);
     one timer per connection checks it, so a request costs no timer of its own."""
@@ -88,11 +130,13 @@ class GuardedProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._one_write = _OneWrite(transport)
+        self._link = _Link(transport)
         self._owed_since: float | None = self.loop.time()  # waiting for the client since
         self._check = self.loop.call_later(self.client_timeout, self._too_slow)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._check.cancel()
+        self._link.lost()
         super().connection_lost(exc)
 
     def on_message_begin(self) -> None:
@@ -103,7 +147,7 @@ class GuardedProtocol(HttpToolsProtocol):
         if not self.url.startswith(b"/"):
             self.scope["gateway.absolute_form"] = True  # type: ignore[typeddict-unknown-key]
         self.scope["gateway.hold_head"] = self._one_write.hold_head  # type: ignore[typeddict-unknown-key]
-        self.scope["gateway.gone"] = self.transport.is_closing  # type: ignore[typeddict-unknown-key]
+        self.scope["gateway.link"] = self._link  # type: ignore[typeddict-unknown-key]
         super().on_headers_complete()
         if self.cycle is not None:
             self.cycle.transport = self._one_write  # type: ignore[assignment]

@@ -215,7 +215,7 @@ class ProxyApp:
             method=method, raw_path=target.encoded, target=target, query=query, headers=headers,
             checkpoint=Checkpoint(get("x-agent-run"), get("x-agent-model"),
                                   get("x-agent-prompt-version"), get("x-agent-tool-version")),
-            body=_body(receive) if _has_body(headers) else None, gone=scope.get("gateway.gone"))
+            body=_body(receive) if _has_body(headers) else None, link=scope.get("gateway.link"))
         call.watch = watch
         scope["gateway.call"] = call  # its facts (what was decided) go to the audit record
         if self.mcp is not None and self.mcp.serves(upstream):

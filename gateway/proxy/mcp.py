@@ -127,7 +127,7 @@ class McpReader:
                    method=message.method or "POST", raw_path=message.tool or "", query="",
                    headers=[h for h in call.headers if h[0] != "content-length"],
                    checkpoint=call.checkpoint, buffered=message.raw, mcp=message,
-                   gone=call.gone)
+                   link=call.link)
         if message.method != TOOLS_CALL:
             reply = await self.pipeline.handle(one)
             if message.method == "tools/list":

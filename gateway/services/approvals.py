@@ -151,9 +151,8 @@ class ApprovalQueue:
             self._due.set()  # the sweeper sleeps until the earliest due call it knows of
         asked = prefer_wait(call.headers)
         wait = min(asked if asked is not None else spec.wait, self.max_wait)
-        final = await self.waiters.wait(held.id, wait, call.gone) if wait > 0 else held
+        final = await self.waiters.wait(held, wait, key, call.link) if wait > 0 else held
         if final is None:
-            await self.waiters.left(held, key)
             raise AgentGone("the agent closed its connection while its call was held; the "
                             "call stays held, and the agent's resend of it rejoins it")
         return agent_reply(final, error=delay is None and spec.answer == "error")

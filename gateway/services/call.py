@@ -1,7 +1,8 @@
 """One agent call as the readers hand it on, the reply, and what sends it.
 
 A ``Call`` is what every reader of calls (the REST listener, the MCP reader,
-approvals that execute a held call) hands to the pipeline; a ``Reply`` is what
+approvals that execute a held call) hands to the pipeline, with the agent's
+connection (``AgentLink``) where there is one; a ``Reply`` is what
 comes back, the upstream's response and the decision to echo to the agent.
 
 A ``Sender`` is everything the pipeline does not know about one kind of
@@ -35,6 +36,17 @@ from gateway.observe import NO_WATCH, Watch
 from gateway.ports import Headers, Observed, UpstreamResponse, untraced
 
 
+class AgentLink(Protocol):
+    """The agent's connection, as the listener shows it (``gateway.proxy.connection``)."""
+
+    def closed(self) -> bool:
+        """True once it is closed: the agent gave up."""
+
+    def on_close(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """``callback`` runs once, when it closes (now, if it is closed); the function
+        returned takes it back."""
+
+
 @dataclass(slots=True)
 class Call:
     request_id: str
@@ -60,9 +72,9 @@ class Call:
     # the policy judged it a write (``effect: write`` makes a GET one): it is audited, as
     # every write is, whatever its method; set by the pipeline with ``facts``
     writes: bool = False
-    # True once the agent's connection is closed (the listener's; None: no connection,
-    # an operator's call): a write is not sent to an agent that left
-    gone: Callable[[], bool] | None = None
+    # the agent's connection (the listener's; None: no connection, an operator's call):
+    # a write is not sent to an agent that left
+    link: AgentLink | None = None
 
 
 @dataclass(slots=True)

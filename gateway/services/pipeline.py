@@ -341,6 +341,6 @@ def _still_there(call: Call) -> None:
     """AgentGone once the agent's connection is closed: a client that gave up on a write
     (its timeout while the journal waited for a store that fails over) retries it, and
     the write must not land twice."""
-    if call.gone is not None and call.gone():
+    if call.link is not None and call.link.closed():
         raise AgentGone("the agent closed its connection before its write was sent; "
                         "nothing was sent")

@@ -7,10 +7,13 @@ every ``POLL`` seconds for changes made by other processes.
 
 An agent whose own timeout is shorter than the wait closes its connection and,
 like most SDKs, sends the call again. The call stays held (an operator may still
-approve it, and then it runs once), and it is marked as left unanswered
-(``left``); the resend rejoins it (``rejoin``) instead of queueing a second call
-that an operator could approve as well: one call, one execution, and the resend
-gets its answer (``gateway.core.approvals.resend_key`` says what makes a resend).
+approve it, and then it runs once), and the moment the connection closes it is
+marked as left unanswered, in the store (``leave_held``, with its audit record);
+the resend rejoins it (``rejoin``) instead of queueing a second call that an
+operator could approve as well: one call, one execution, and the resend gets its
+answer (``gateway.core.approvals.resend_key`` says what makes a resend). A resend
+that reaches this process while the mark is being saved waits for it; one that
+reaches another process in that millisecond queues a call of its own.
 """
 
 from __future__ import annotations
@@ -19,17 +22,17 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Callable
 
 from gateway.core.approvals import REJOIN_WINDOW, HeldCall, audit_item, resend_key
 from gateway.core.model import utcnow
 from gateway.core.policy.compiled import Upstream
 from gateway.errors import JournalUnavailable
 from gateway.ports import ApprovalStore
+from gateway.services.call import AgentLink
 
 log = logging.getLogger("gateway.approvals")
 POLL = 0.25  # seconds between store reads while an agent waits (other processes' decisions)
-GONE = 0.05  # seconds between looks at a waiting agent's connection (no I/O)
+MARK_WAIT = 5.0  # seconds a resend waits for this process to mark the call it resends
 IDEMPOTENCY_KEY = "idempotency-key"  # the agent's own key, where the policy names none
 _PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+(?:\.\d+)?)", re.IGNORECASE)
 
@@ -47,49 +50,71 @@ class Waiters:
     def __init__(self, store: ApprovalStore) -> None:
         self.store = store
         self._changed: dict[str, asyncio.Event] = {}
+        self._leaving: dict[str, asyncio.Future[None]] = {}  # resend key -> its mark, saving
 
-    async def wait(self, call_id: str, seconds: float,
-                   gone: Callable[[], bool] | None = None) -> HeldCall | None:
+    async def wait(self, held: HeldCall, seconds: float, key: str,
+                   link: AgentLink | None = None) -> HeldCall | None:
         """Until the call is decided and done, or ``seconds`` pass; None once the agent's
-        connection is closed (``gone``) before either."""
+        connection closed first: the call is then marked as left with ``key``."""
         deadline = time.monotonic() + seconds
-        event = self._changed.setdefault(call_id, asyncio.Event())
+        event = self._changed.setdefault(held.id, asyncio.Event())
+        left: list[asyncio.Future[None]] = []
+
+        def gone() -> None:  # on the connection's close: a resend now waits for the mark
+            left.append(self._leaving.setdefault(key, asyncio.get_running_loop().create_future()))
+            event.set()
+
+        forget = link.on_close(gone) if link is not None else _nothing
         try:
-            while True:
-                held = await self.store.get_held(call_id)
-                assert held is not None
-                if held.status.terminal:
-                    return held
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return held
-                if await _nap(event, min(left, POLL), gone):
-                    return None
+            while not left:
+                current = await self.store.get_held(held.id)
+                assert current is not None
+                remaining = deadline - time.monotonic()
+                if current.status.terminal or remaining <= 0:
+                    break
+                try:
+                    await asyncio.wait_for(event.wait(), min(remaining, POLL))
+                except TimeoutError:
+                    pass
                 event.clear()
         finally:
+            forget()
             if not event.is_set():
-                self._changed.pop(call_id, None)
+                self._changed.pop(held.id, None)
+        if left:  # even as the answer came: the agent cannot read it, its resend can
+            await self._mark(held, key, left[0])
+            return None
+        return current
 
-    async def rejoin(self, upstream: Upstream, headers: list[tuple[str, str]],
-                     held: HeldCall) -> tuple[HeldCall | None, str]:
-        """The call ``held`` (not yet stored) is a resend of, if its agent left that one
-        unanswered (then rejoined, once); and the key a resend of ``held`` has."""
-        name = upstream.idempotency_header(held.rule) or IDEMPOTENCY_KEY
-        key = resend_key(held, next((v for k, v in headers if k == name.lower()), None))
-        try:
-            return await self.store.rejoin_held(key, held.agent, utcnow() - REJOIN_WINDOW), key
-        except Exception as exc:
-            log.error("could not look for the held call %s resends: %s", held.id, exc)
-            raise JournalUnavailable("the approval queue could not be read; "
-                                     "the call was not sent") from exc
-
-    async def left(self, held: HeldCall, key: str) -> None:
+    async def _mark(self, held: HeldCall, key: str, saving: asyncio.Future[None]) -> None:
         """Its agent left before the answer: the call stays, for the resend to rejoin."""
         try:
             await self.store.leave_held(held.id, key, utcnow(),
                                         audit_item(held.agent, "approval.agent_left", held))
         except Exception as exc:  # the resend queues a second call, as it did before
             log.warning("could not mark held call %s as left by its agent: %s", held.id, exc)
+        finally:
+            if self._leaving.get(key) is saving:
+                del self._leaving[key]
+            if not saving.done():
+                saving.set_result(None)
+
+    async def rejoin(self, upstream: Upstream, headers: list[tuple[str, str]],
+                     held: HeldCall) -> tuple[HeldCall | None, str]:
+        """The call ``held`` (not yet stored) is a resend of, if its agent left that one
+        unanswered (then rejoined, once); and the key a resend of ``held`` has. A mark
+        this process is still saving is waited for."""
+        name = upstream.idempotency_header(held.rule) or IDEMPOTENCY_KEY
+        key = resend_key(held, next((v for k, v in headers if k == name.lower()), None))
+        saving = self._leaving.get(key)
+        if saving is not None:  # bounded: a waiter cancelled before its mark never sets it
+            await asyncio.wait([saving], timeout=MARK_WAIT)
+        try:
+            return await self.store.rejoin_held(key, held.agent, utcnow() - REJOIN_WINDOW), key
+        except Exception as exc:
+            log.error("could not look for the held call %s resends: %s", held.id, exc)
+            raise JournalUnavailable("the approval queue could not be read; "
+                                     "the call was not sent") from exc
 
     def wake(self, call_id: str) -> None:
         """The call changed here: its waiters read it now."""
@@ -98,16 +123,5 @@ class Waiters:
             event.set()
 
 
-async def _nap(event: asyncio.Event, seconds: float, gone: Callable[[], bool] | None) -> bool:
-    """Until ``event`` is set or ``seconds`` pass (False), or the agent is gone (True)."""
-    end = time.monotonic() + seconds
-    while gone is None or not gone():
-        left = end - time.monotonic()
-        if left <= 0:
-            return False
-        try:
-            await asyncio.wait_for(event.wait(), left if gone is None else min(left, GONE))
-            return False
-        except TimeoutError:
-            pass
-    return True
+def _nothing() -> None:
+    pass

@@ -1,11 +1,11 @@
-"""The agent connection's one write per whole answer (gateway.proxy.connection):
-what the transport is asked to send, write by write."""
+"""The agent connection (gateway.proxy.connection): its one write per whole answer,
+what the transport is asked to send, write by write; and its link to the pipeline."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from gateway.proxy.connection import _OneWrite
+from gateway.proxy.connection import _Link, _OneWrite
 
 
 class Recorded:
@@ -62,3 +62,21 @@ def test_a_head_with_no_body_write_is_sent_on_flush_or_close() -> None:
     one.write(b"after close")
     one.flush()  # a closed transport is not written to
     assert transport.calls[3:] == []
+
+
+def test_the_link_calls_back_once_when_the_connection_closes() -> None:
+    transport = Recorded()
+    link = _Link(transport)  # type: ignore[arg-type]
+    heard: list[str] = []
+    link.on_close(lambda: heard.append("kept"))
+    forget = link.on_close(lambda: heard.append("taken back"))
+    link.on_close(lambda: 1 / 0)  # type: ignore[func-returns-value]  # logged, not raised
+    forget()
+    forget()  # twice: nothing
+    assert not link.closed() and heard == []
+    transport.closing = True
+    link.lost()
+    link.lost()  # once
+    assert link.closed() and heard == ["kept"]
+    link.on_close(lambda: heard.append("already closed"))  # at once
+    assert heard == ["kept", "already closed"]

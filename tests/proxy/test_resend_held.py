@@ -1,7 +1,8 @@
 """An agent whose own timeout is shorter than the hold's ``wait`` closes its connection
 and resends the call, as SDKs do. Before, each resend queued a second held call, and an
 operator who approved both sent the write twice. The resend now rejoins the call its
-agent left: one call in the queue, one write upstream, and the resend gets its answer.
+agent left, even sent the moment the agent's connection closed: one call in the queue,
+one write upstream, and the resend gets its answer.
 A real uvicorn on port 0 (the connection's close is what is seen) and a real upstream."""
 
 from __future__ import annotations
@@ -42,13 +43,13 @@ async def gateway_and_agent(tmp_path: Path, store_url: str, upstream: FaultUpstr
 
 
 async def leave_unanswered(gw: Harness, agent: httpx.AsyncClient, server: Any) -> str:
-    """The agent sends the held call, gives up while it waits, and is gone."""
+    """The agent sends the held call, gives up while it waits, and is gone (its
+    connection's close seen by the gateway; the mark may still be on its way)."""
     first = asyncio.create_task(agent.patch("/held/x", json={"v": 2}, headers=WAITS))
     (pending,) = await until(lambda: listed(gw, "pending"), "the call held")
     first.cancel()  # the agent's timeout: its connection is closed
     await asyncio.gather(first, return_exceptions=True)
     await until(lambda: not server.server_state.connections, "the agent gone")
-    await until(lambda: actions(gw, "approval.agent_left"), "the call marked as left")
     return str(pending["id"])
 
 
@@ -56,11 +57,11 @@ async def test_the_resend_of_a_call_left_waiting_rejoins_it(
         tmp_path: Path, store_url: str, upstream: FaultUpstream) -> None:
     async with gateway_and_agent(tmp_path, store_url, upstream) as (gw, agent, server):
         call_id = await leave_unanswered(gw, agent, server)
+        resend = asyncio.create_task(agent.patch("/held/x", json={"v": 2}, headers=WAITS))
+        await until(lambda: actions(gw, "approval.rejoined"), "the resend rejoined the call")
         other = await agent.patch("/held/x", json={"v": 2},  # meant as a call of its own
                                   headers={"Idempotency-Key": "k-2", "Prefer": "wait=0"})
         assert other.status_code == 202 and other.json()["approval"]["id"] != call_id
-        resend = asyncio.create_task(agent.patch("/held/x", json={"v": 2}, headers=WAITS))
-        await until(lambda: actions(gw, "approval.rejoined"), "the resend rejoined the call")
         assert {c["id"] for c in await listed(gw, "pending")} == {
             call_id, other.json()["approval"]["id"]}  # no third call
         approved = await gw.admin.post(f"/v1/approvals/{call_id}/approve", json={},
@@ -80,6 +81,7 @@ async def test_a_resend_after_the_call_ran_gets_its_answer_and_sends_nothing(
         tmp_path: Path, store_url: str, upstream: FaultUpstream) -> None:
     async with gateway_and_agent(tmp_path, store_url, upstream) as (gw, agent, server):
         call_id = await leave_unanswered(gw, agent, server)
+        await until(lambda: actions(gw, "approval.agent_left"), "the call marked as left")
         approved = await gw.admin.post(f"/v1/approvals/{call_id}/approve", json={},
                                        headers=gw.as_role("approver"))
         assert approved.status_code == 200, approved.text
