@@ -104,8 +104,7 @@ class FreezeStore(Protocol):
         """Make the first engage as quick as the next (engages, records, announces nothing)."""
 
     async def pending_intents(self, since: datetime) -> list[InFlight]:
-        """Intents journaled since then still without an outcome, oldest first (the
-        writes in flight an engage waits for)."""
+        """Intents since then still without an outcome, oldest first (what an engage waits for)."""
 
 
 class JournalStore(Protocol):
@@ -238,11 +237,12 @@ class HeldCallStore(Protocol):
 
 
 class ResendStore(Protocol):
-    """Held calls whose waiting agent left unanswered, and the resends that rejoin them."""
+    """Held calls whose agent has not got their outcome, and the resends that rejoin them."""
 
     async def leave_held(self, call_id: str, key: str, at: datetime,
                          record: AuditItem | None = None) -> bool:
-        """Its waiting agent left unanswered at ``at``: a resend with ``key`` may rejoin it."""
+        """Its agent left, or was told to wait (409), at ``at``: a resend with ``key`` may
+        rejoin it."""
 
     async def rejoin_held(self, key: str, agent: str, since: datetime) -> HeldCall | None:
         """A call left with ``key`` since ``since`` (``core.approvals.REJOINABLE``), its mark

@@ -152,10 +152,10 @@ def request_digest(method: str, upstream: str, raw_path: str, query: str,
 
 
 # An agent that left before its held call was answered (its own timeout shorter than
-# ``wait``) resends it. While the call is pending or being executed, or once it is
-# executed or rejected, the resend rejoins it (one call, one answer) instead of
-# queueing a second one that a person could approve twice; an hour after the agent
-# left, a request is a new one.
+# ``wait``) resends it, and so does the SDK of one answered 409 approval_pending. While
+# the call is pending or being executed, or once it is executed or rejected, the resend
+# rejoins it (one call, one answer) instead of queueing a second one that a person could
+# approve twice; an hour after the agent left, a request is a new one.
 REJOINABLE = (ApprovalStatus.PENDING, ApprovalStatus.APPROVED, ApprovalStatus.EXECUTED,
               ApprovalStatus.REJECTED)
 REJOIN_WINDOW = timedelta(hours=1)

@@ -155,7 +155,10 @@ class ApprovalQueue:
         if final is None:
             raise AgentGone("the agent closed its connection while its call was held; the "
                             "call stays held, and the agent's resend of it rejoins it")
-        return agent_reply(final, error=delay is None and spec.answer == "error")
+        error = delay is None and spec.answer == "error"
+        if error and not final.status.terminal:  # 409 approval_pending: SDKs retry it
+            await self.waiters.answered_pending(final, key)
+        return agent_reply(final, error=error)
 
     async def agent_view(self, method: str, rest: str, agent: str) -> tuple[int, Any]:
         """``GET /_gateway/approvals/{id}``: only the agent that sent the call sees it."""

@@ -22,18 +22,25 @@ from tests.faults.procs_upstream import FaultUpstream
 from tests.harness import AGENT_KEY, Harness, policy_text, served, started_gateway, until
 
 WAITS = {"Prefer": "wait=20"}  # longer than the agent's patience
+ASKED = RULES + """
+- id: asked
+  match: {methods: [PATCH], path: "/asked/{id}"}
+  action: hold
+  approval: {answer: error}
+"""
 
 
 @pytest.fixture
 def upstream() -> Iterator[FaultUpstream]:
-    with FaultUpstream({"/held/x": {"name": "x", "v": 1}}) as up:
+    with FaultUpstream({"/held/x": {"name": "x", "v": 1},
+                        "/asked/x": {"name": "x", "v": 1}}) as up:
         yield up
 
 
 @asynccontextmanager
 async def gateway_and_agent(tmp_path: Path, store_url: str, upstream: FaultUpstream
                             ) -> AsyncIterator[tuple[Harness, httpx.AsyncClient, Any]]:
-    policies = {"up.yaml": policy_text(upstream.url, RULES, upstream="up")}
+    policies = {"up.yaml": policy_text(upstream.url, ASKED, upstream="up")}
     async with started_gateway(tmp_path, store_url, policies) as gw:
         server = server_for(gw.gateway.proxy_app(), gw.gateway.settings)
         async with served(server) as port, httpx.AsyncClient(
@@ -91,6 +98,26 @@ async def test_a_resend_after_the_call_ran_gets_its_answer_and_sends_nothing(
         again = await agent.patch("/held/x", json={"v": 2}, headers={"Prefer": "wait=0"})
         assert again.status_code == 202  # answered once: the next is a call of its own
     assert upstream.received("PATCH", "/held/x") == [{"v": 2}]
+
+
+async def test_an_sdk_retrying_approval_pending_rejoins_the_call(
+        tmp_path: Path, store_url: str, upstream: FaultUpstream) -> None:
+    """``answer: error`` answers 409, which SDKs retry (Stripe's; Stainless-made ones as a
+    lock timeout): each retry was another held call. Now each is told of the same one,
+    and once it ran, the next retry gets its answer."""
+    async with gateway_and_agent(tmp_path, store_url, upstream) as (gw, agent, _):
+        tries = [await agent.patch("/asked/x", json={"v": 3}) for _ in range(3)]
+        assert [t.status_code for t in tries] == [409, 409, 409]
+        ids = {t.json()["error"]["approval"] for t in tries}
+        assert len(ids) == 1 and [c["id"] for c in await listed(gw, None)] == list(ids)
+        approved = await gw.admin.post(f"/v1/approvals/{ids.pop()}/approve", json={},
+                                       headers=gw.as_role("approver"))
+        assert approved.status_code == 200, approved.text
+        retried = await agent.patch("/asked/x", json={"v": 3})
+        assert retried.status_code == 200 and retried.json()["v"] == 3, retried.text
+        anew = await agent.patch("/asked/x", json={"v": 3})  # answered: a call of its own
+        assert anew.status_code == 409 and len(await listed(gw, None)) == 2
+    assert upstream.received("PATCH", "/asked/x") == [{"v": 3}]
 
 
 async def listed(gw: Harness, status: str | None) -> list[dict[str, Any]]:

@@ -96,3 +96,22 @@ def test_create_update_and_held_delete_roll_back(localstripe: str, described: Ga
     assert (restored["email"], restored["metadata"]) == ("ada@example.com", {"tier": "silver"})
     back = _customer(localstripe, created.id)
     assert back.status_code == 404 or back.json().get("deleted") is True
+
+
+def test_the_sdks_own_retries_of_a_held_delete_are_one_held_call(
+        localstripe: str, described: Gateway) -> None:
+    """stripe-python retries a 409 (with the same Idempotency-Key) when retries are on.
+    Before, each retry of a held delete queued another held call; now they rejoin it."""
+    doomed = _client(localstripe, SECRET).v1.customers.create({"email": "twice@example.com"})
+    agent = stripe.StripeClient(AGENT_KEY, base_addresses={"api": f"{described.proxy}/stripe"},
+                                max_network_retries=2)
+    with pytest.raises(stripe.StripeError) as held:
+        agent.v1.customers.delete(doomed.id)
+    approval = (held.value.json_body or {})["error"]["approval"]
+    queued = httpx.get(f"{described.admin}/v1/approvals", params={"status": "pending"},
+                       headers=ADMIN).json()["items"]
+    assert [c["id"] for c in queued if c["path"].endswith(doomed.id)] == [approval]
+    audit = httpx.get(f"{described.admin}/v1/audit", headers=ADMIN).json()["items"]
+    assert [r["detail"]["approval"] for r in audit
+            if r["action"] == "approval.rejoined"].count(approval) == 2  # both retries
+    assert _customer(localstripe, doomed.id).status_code == 200  # not sent

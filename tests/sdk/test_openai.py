@@ -76,3 +76,23 @@ def test_chat_completions_are_reads_and_a_held_delete_is_raised(
     assert recorder.state("/openai/v1/files/file-keep") is not None  # not sent
     shown = httpx.get(f"{sdk_gateway.admin}/v1/approvals/{error['approval']}", headers=ADMIN)
     assert shown.json()["status"] == "pending" and shown.json()["rule"] == "delete-file"
+
+
+def test_the_sdks_own_retries_of_a_held_delete_are_one_held_call(
+        recorder: Recorder, sdk_gateway: SdkGateway) -> None:
+    """openai-python retries a 409 (a lock timeout, to it) twice by default. Before, each
+    retry of a held delete queued another held call, and approving them all sent the
+    delete three times; now the retries rejoin the first call."""
+    client = OpenAI(api_key=AGENT_KEY, base_url=f"{sdk_gateway.proxy}/openai/v1")  # retries on
+    recorder.seed({"/openai/v1/files/file-twice": {"id": "file-twice", "object": "file"}})
+    with pytest.raises(openai.ConflictError) as held:
+        client.files.delete("file-twice")
+    approval = held.value.body["approval"]  # type: ignore[index]
+    queued = httpx.get(f"{sdk_gateway.admin}/v1/approvals", params={"status": "pending"},
+                       headers=ADMIN).json()["items"]
+    assert [c["id"] for c in queued if c["path"] == "/v1/files/file-twice"] == [approval]
+    audit = httpx.get(f"{sdk_gateway.admin}/v1/audit", params={"limit": 1000},
+                      headers=ADMIN).json()["items"]
+    rejoined = [r for r in audit if r["action"] == "approval.rejoined"
+                and r["detail"]["approval"] == approval]
+    assert len(rejoined) == 2  # the SDK's two retries, each told of the same call
