@@ -71,6 +71,9 @@ class GatewayError(Exception):
     decision = "error"
     maybe_sent = False  # the request may have reached the upstream: outcome unknown
     retry_after: int | None = None  # seconds, sent as Retry-After
+    # False: a write that may have landed, with no key the upstream dedupes a resend by;
+    # SDKs are told not to resend it (``x-should-retry``, ``stripe-should-retry``)
+    retry: bool | None = None
 
     def __init__(self, message: str, **extra: Any) -> None:
         super().__init__(message)

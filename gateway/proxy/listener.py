@@ -288,6 +288,8 @@ async def _error(send: Send, exc: GatewayError, request_id: str,
         headers.append((b"connection", b"close"))
     if exc.retry_after is not None:
         headers.append((b"retry-after", str(exc.retry_after).encode()))
+    if exc.retry is False:  # the SDKs that read these (Stainless-made, Stripe's) resend not
+        headers += [(b"x-should-retry", b"false"), (b"stripe-should-retry", b"false")]
     await send({"type": "http.response.start", "status": exc.status,
                 "headers": headers + _gateway_headers(exc.decision, request_id)})
     await send({"type": "http.response.body", "body": data})

@@ -290,6 +290,8 @@ class Pipeline:
                         upstream, call, approved=approval is not None, trace=step.propagate)
         except GatewayError as exc:
             exc.extra.setdefault("journal", entry.id)  # the audit record names the entry
+            if exc.maybe_sent and (call.idempotency is None or call.idempotency[1] == entry.id):
+                exc.retry = False  # it may have landed, and no key of the agent's dedupes
             self.journal.later(entry, await self.journal.outcome_of(
                 entry, None, exc, started, sent, capture_ms, upstream, sender, view.body), call.watch)
             if approval is None:
