@@ -128,19 +128,74 @@ async def _admin_connection() -> asyncpg.Connection:
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """An empty store; already migrated when the test also asks for ``store``, which
+    would migrate it before the test anyway (a copy of one migrated once per test
+    process: building the schema was most of the store suite's setup)."""
+    migrated = "store" in request.node.fixturenames
     if request.param == "sqlite":
         (tmp_path / "db").mkdir()  # the gateway creates a database file, never its directory
-        yield f"sqlite+aiosqlite:///{tmp_path / 'db' / 'gateway.db'}"
+        url = f"sqlite+aiosqlite:///{tmp_path / 'db' / 'gateway.db'}"
+        if migrated:
+            from tests.harness import fresh_sqlite
+
+            await fresh_sqlite(url)
+        yield url
         return
     name = f"gw_{uuid.uuid4().hex[:16]}"
     admin = await _admin_connection()
     try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        yield make_url(POSTGRES_SERVER).set(
-            drivername="postgresql+asyncpg", database=name).render_as_string(hide_password=False)
+        if migrated:
+            template = await _postgres_template(admin)
+            await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+        else:
+            await admin.execute(f'CREATE DATABASE "{name}"')
+        yield _database_url(name)
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+def _database_url(name: str) -> str:
+    return make_url(POSTGRES_SERVER).set(
+        drivername="postgresql+asyncpg", database=name).render_as_string(hide_password=False)
+
+
+_template: str | None = None  # this test process's migrated PostgreSQL database
+
+
+async def _postgres_template(admin: asyncpg.Connection) -> str:
+    """A database migrated to head once per test process, copied by CREATE DATABASE
+    ... TEMPLATE (nobody may be connected to it then: its engine is disposed)."""
+    global _template
+    if _template is None:
+        from gateway.store.engine import create_engine, parse_url
+        from gateway.store.migrate import upgrade
+
+        name = f"gw_template_{uuid.uuid4().hex[:12]}"
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        engine = create_engine(parse_url(_database_url(name)))
+        try:
+            await upgrade(engine)
+        finally:
+            await engine.dispose()
+        _template = name
+    return _template
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Drop this process's template database, if it made one."""
+    if _template is None:
+        return
+    import asyncio
+
+    async def drop(name: str) -> None:
+        admin = await _admin_connection()
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+    asyncio.run(drop(_template))
 
 
 @pytest.fixture
