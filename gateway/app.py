@@ -36,6 +36,7 @@ from gateway.services.killswitch import FreezeState
 from gateway.services.notify import Notifier
 from gateway.services.pipeline import Pipeline
 from gateway.services.recovery import Recovery
+from gateway.services.resends import LEFT, WriteResends
 from gateway.services.rollbacks import Rollbacks
 from gateway.services.shadows import ShadowWrites
 from gateway.services.tripwires import Tripwires
@@ -122,8 +123,10 @@ class Gateway:
         if self._client is None:
             from gateway.upstreams.client import UpstreamClient
             self._client = UpstreamClient(timeout=self.settings.upstream_timeout)
-        freezes = FreezeState(self._store, self._store.bus(), self.settings.engage_wait,
-                              horizon=self._longest_write)
+        bus = self._store.bus()
+        resends = WriteResends(self._store, bus, horizon=self._longest_write)
+        freezes = FreezeState(self._store, bus, self.settings.engage_wait,
+                              horizon=self._longest_write, routes={LEFT: resends.heard})
         await freezes.start()
         self.freezes = freezes
         self._policies = Policies(policies)
@@ -146,7 +149,7 @@ class Gateway:
         self._pipeline = Pipeline(self.settings, self._policies, self.senders, freezes,
                                   self.journal, self.tripwires, self.observer,
                                   holds=self.approvals, proposals=self.shadows,
-                                  inflight=InFlightLimits(self._in_flight))
+                                  inflight=InFlightLimits(self._in_flight), resends=resends)
         execution.bind(self._pipeline.execute_held)
         await self.approvals.sweep()  # claims left by a process that died are marked unknown
         self.approvals.start()

@@ -11,6 +11,8 @@
     │   ├── PolicyDenied                403 policy_denied
     │   ├── ApprovalRejected            403 approval_rejected
     │   ├── ApprovalPending             409 approval_pending (approval: {answer: error})
+    │   ├── AlreadySent                 409 already_sent (a resend of a write its agent left,
+    │   │                               whose first try may have landed: not sent again)
     │   ├── WritesFrozen                423 writes_frozen
     │   │   └── WriteCutOff             423 writes_frozen, outcome unknown (cut off in flight)
     │   ├── CaptureFailed               502 capture_failed
@@ -171,6 +173,15 @@ class ApprovalPending(GatewayError):
     the call runs once if approved, so the agent must not resend it."""
 
     status, code, decision = 409, "approval_pending", "hold"
+
+
+class AlreadySent(GatewayError):
+    """A resend of a write its agent left (``gateway.core.resend``) whose first try may
+    have landed, or was answered with an answer too large to keep: it is not sent again,
+    and SDKs are told not to resend it."""
+
+    status, code, decision = 409, "already_sent", "error"
+    retry = False
 
 
 class WritesFrozen(GatewayError):

@@ -48,6 +48,7 @@ from gateway.core.redact import (
     replace_values,
     secret_values,
 )
+from gateway.core.resend import key_of
 from gateway.errors import ApprovalRefused
 
 
@@ -158,19 +159,13 @@ def request_digest(method: str, upstream: str, raw_path: str, query: str,
 # approve twice; an hour after the agent left, a request is a new one.
 REJOINABLE = (ApprovalStatus.PENDING, ApprovalStatus.APPROVED, ApprovalStatus.EXECUTED,
               ApprovalStatus.REJECTED)
-REJOIN_WINDOW = timedelta(hours=1)
 
 
 def resend_key(call: HeldCall, key: str | None) -> str:
-    """What a resend of ``call`` has in common with it: the same agent, run, upstream,
-    method, target and body, and the same idempotency key (``key``, the agent's own, if
-    it sent one). Other headers are left out: SDKs change them between tries (a retry
-    count, a request id). Two calls meant to run twice carry different idempotency
-    keys, or are sent after the first was answered."""
-    canonical = json.dumps([call.agent, call.checkpoint.run, call.upstream, call.method,
-                            call.raw_path, call.query, base64.b64encode(call.body).decode(),
-                            key], separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    """What a resend of ``call`` has in common with it (``gateway.core.resend.key_of``;
+    ``key``: the agent's own idempotency key, if it sent one)."""
+    return key_of(call.agent, call.checkpoint.run, call.upstream, call.method,
+                  call.raw_path, call.query, call.body, key)
 
 
 def digest_of(call: HeldCall) -> str:

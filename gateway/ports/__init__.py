@@ -12,6 +12,7 @@ from gateway.ports.store import (
     HeldCallStore,
     JournalStore,
     LeaseStore,
+    LeftWriteStore,
     Notice,
     PlanStore,
     RecoveryStore,
@@ -25,7 +26,7 @@ from gateway.ports.upstream import Headers, Observed, Upstream, UpstreamResponse
 
 __all__ = [
     "ApprovalStore", "AuditStore", "Bus", "CheckpointStore", "FreezeChange", "FreezeStore",
-    "HeldCallStore", "Headers", "JournalStore", "LeaseStore", "Notice", "Observed",
+    "HeldCallStore", "Headers", "JournalStore", "LeaseStore", "LeftWriteStore", "Notice", "Observed",
     "PlanStore", "RecoveryStore", "ReportStore", "ResendStore", "RollbackStore", "Store",
     "TripwireStore", "Upstream", "UpstreamResponse", "untraced",
 ]

@@ -22,6 +22,7 @@ from gateway.core.model import (
     RunSummary,
 )
 from gateway.core.report import DecisionCount, HeldFact, RolledBack
+from gateway.core.resend import LeftWrite
 from gateway.core.rollback import Plan, PlanStatus, StepStatus
 
 
@@ -248,6 +249,25 @@ class ResendStore(Protocol):
         cleared, once, with ``agent``'s ``approval.rejoined`` record; None if none is."""
 
 
+class LeftWriteStore(Protocol):
+    """Writes whose agent left before their answer (``gateway.core.resend``), kept for the
+    resend to rejoin; an answer is kept redacted, and exactly, sealed."""
+
+    async def leave_write(self, left: LeftWrite) -> None:
+        """Mark its entry's write as left at ``left.left_at``, or again once the resend
+        that rejoined it left in turn (its state and answer are kept)."""
+
+    async def settle_left(self, entry_id: str, state: str,
+                          response: dict[str, Any] | None = None) -> None:
+        """How the write ended (``core.resend.SETTLED``) and, answered, what it got."""
+
+    async def rejoin_write(self, key: str, agent: str, since: datetime) -> LeftWrite | None:
+        """The newest write ``agent`` left with ``key`` since ``since`` that no resend waits
+        on, claimed by this one (until it leaves in turn); None if there is none."""
+
+    async def left_write(self, entry_id: str) -> LeftWrite | None: ...
+
+
 class PlanStore(Protocol):
     """Rollback plans. A plan is written once, whole; then its executor records each
     step's progress and finally the plan's status. Statuses and tuples read back
@@ -375,7 +395,7 @@ class RecoveryStore(AuditStore, LeaseStore, Protocol):
 
 
 class Store(ApprovalStore, RollbackStore, RecoveryStore, TripwireStore, FreezeStore,
-            ReportStore, CheckpointStore, Protocol):
+            ReportStore, CheckpointStore, LeftWriteStore, Protocol):
     """Durable state, every role (the combined ones name the rest: journal, held calls,
     plans, audit, leases): what the wiring opens (``gateway.store.sql.open_store``)."""
 

@@ -43,7 +43,7 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
@@ -160,9 +160,11 @@ class _Sending:
 
 class FreezeState(FreezeMessages):
     def __init__(self, store: FreezeStore, bus: Bus | None = None, engage_wait: float = 2.0,
-                 horizon: Callable[[], float] = lambda: 60.0) -> None:
+                 horizon: Callable[[], float] = lambda: 60.0,
+                 routes: Mapping[str, Callable[[dict[str, Any]], None]] | None = None) -> None:
         self._store = store
         self._bus = bus
+        self._routes = routes or {}  # the bus's other messages, by type, for their readers
         self.member = bus.member if bus is not None else store.process
         self.engage_wait = engage_wait
         self.lease = min(1.0, engage_wait / 2)

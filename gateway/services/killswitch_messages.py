@@ -15,7 +15,7 @@ import asyncio
 import logging
 import time
 import types
-from collections.abc import Callable, Coroutine, Generator, Sequence
+from collections.abc import Callable, Coroutine, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Protocol
@@ -102,6 +102,7 @@ class FreezeMessages:
     _active: list[Freeze]
     _answers: dict[str, Answers]
     _horizon: Callable[[], float]
+    _routes: Mapping[str, Callable[[dict[str, Any]], None]]
 
     if TYPE_CHECKING:  # FreezeState's
         def _hint(self, freeze: Freeze | None) -> asyncio.Task[None]: ...
@@ -222,7 +223,10 @@ class FreezeMessages:
         """A hint: the store is re-read, whatever the message says (``_hint``)."""
         try:
             kind = message.get("type")
-            if kind == "engage":
+            route = self._routes.get(kind) if isinstance(kind, str) else None
+            if route is not None:  # not the kill switch's (a write its agent left)
+                route(message)
+            elif kind == "engage":
                 try:
                     freeze: Freeze | None = freeze_from(message["freeze"])
                 except Exception:

@@ -61,6 +61,7 @@ from gateway.services.call import Call, Policies, Reply, Senders, body_reader
 from gateway.services.inflight import InFlightLimits
 from gateway.services.journal import Journal
 from gateway.services.killswitch import FreezeState
+from gateway.services.resends import Watched, WriteResends, own_key
 from gateway.services.tripwires import Tripwires
 from gateway.settings import Settings
 
@@ -93,7 +94,8 @@ class Pipeline:
                  freezes: FreezeState, journal: Journal, tripwires: Tripwires,
                  observer: Observer, holds: Holds | None = None,
                  proposals: Proposals | None = None,
-                 inflight: InFlightLimits | None = None) -> None:
+                 inflight: InFlightLimits | None = None,
+                 resends: WriteResends | None = None) -> None:
         self.settings = settings
         self._warned: set[tuple[str, str]] = set()  # (upstream, origin) logged once
         self.policies = policies
@@ -105,6 +107,7 @@ class Pipeline:
         self.holds = holds
         self.proposals = proposals  # shadowed writes, kept for promotion
         self.inflight = inflight or InFlightLimits()  # max_in_flight's counts
+        self.resends = resends or WriteResends(None)  # writes whose agent left mid-way
         self._read_body = body_reader(settings.max_write_body)
 
     async def settled(self) -> None:
@@ -233,6 +236,11 @@ class Pipeline:
         started = time.perf_counter()
         sender = self.senders(upstream)
         shadowed = action is not None and action.kind is Act.SHADOW
+        own = own_key(upstream, decision.rule, call.headers)  # before the gateway adds its own
+        if approval is None and not shadowed:  # a resend of a write its agent left: its answer
+            rejoined = await self.resends.rejoin(call, upstream, own)
+            if rejoined is not None:
+                return rejoined
         self.freezes.admit(upstream.name, call.agent)
         if approval is None and not shadowed:  # tripwires count what is sent, not what a
             # person approved nor what a shadow run only proposes
@@ -280,18 +288,21 @@ class Pipeline:
         _still_there(call)  # an agent that left gets no intent for a write never sent
         await self.journal.intent(upstream, call, entry, "the call was not sent")
         sent = time.perf_counter()
+        left: Watched | None = None  # the write as its agent's resends would know it
         try:
             _still_there(call)  # the intent may have waited (a failover): not sent now
             async with self.freezes.sending(upstream.name, call.agent, InFlight(
                     entry.id, call.agent, upstream.name, view.method, view.path,
                     self.freezes.member)):
-                with call.watch.step(UPSTREAM, upstream.name) as step:
+                with (self.resends.watching(call, upstream, own, entry.id) as left,
+                      call.watch.step(UPSTREAM, upstream.name) as step):
                     response = await sender.forward(
                         upstream, call, approved=approval is not None, trace=step.propagate)
         except GatewayError as exc:
             exc.extra.setdefault("journal", entry.id)  # the audit record names the entry
             if exc.maybe_sent and (call.idempotency is None or call.idempotency[1] == entry.id):
                 exc.retry = False  # it may have landed, and no key of the agent's dedupes
+            await self.resends.settle(left, None, exc)
             self.journal.later(entry, await self.journal.outcome_of(
                 entry, None, exc, started, sent, capture_ms, upstream, sender, view.body), call.watch)
             if approval is None:
@@ -304,6 +315,7 @@ class Pipeline:
             call.watch)
         if approval is None:
             await self.tripwires.after_write(upstream, call, response.status)
+        await self.resends.settle(left, response)
         return Reply(response, "allow", journal_id=entry.id)
 
     async def _shadow(self, upstream: Upstream, call: Call, view: CallView,

@@ -24,9 +24,10 @@ import logging
 import re
 import time
 
-from gateway.core.approvals import REJOIN_WINDOW, HeldCall, audit_item, resend_key
+from gateway.core.approvals import HeldCall, audit_item, resend_key
 from gateway.core.model import AuditItem, utcnow
 from gateway.core.policy.compiled import Upstream
+from gateway.core.resend import REJOIN_WINDOW
 from gateway.errors import JournalUnavailable
 from gateway.ports import ApprovalStore
 from gateway.services.call import AgentLink

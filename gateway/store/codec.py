@@ -41,6 +41,7 @@ from gateway.store.tables import (
     ApprovalRow,
     AuditRow,
     JournalRow,
+    LeftWriteRow,
     RollbackPlanRow,
     RollbackStepRow,
 )
@@ -286,7 +287,8 @@ def held_response_sealed(response: dict[str, Any] | None, sealer: Sealer,
     return keep(response, APPROVAL_RESPONSE)
 
 
-def _held_response(row: ApprovalRow, sealer: Sealer) -> dict[str, Any] | None:
+def held_response(row: ApprovalRow | LeftWriteRow, sealer: Sealer) -> dict[str, Any] | None:
+    """A kept answer (a held call's, or a left write's): exactly, else redacted."""
     if row.sealed_response is not None:
         try:
             return sealer.open(row.sealed_response, APPROVAL_RESPONSE)  # type: ignore[no-any-return]
@@ -324,7 +326,7 @@ def held_from_row(row: ApprovalRow, sealer: Sealer = NO_SEALER) -> HeldCall:
         status=ApprovalStatus(row.status), votes=_votes(row.votes),
         decided_by=row.decided_by, decided_at=_parse_or_none(row.decided_at),
         reason=row.reason, lease_until=_parse_or_none(row.lease_until),
-        response=_held_response(row, sealer), journal_id=row.journal_id, error=row.error,
+        response=held_response(row, sealer), journal_id=row.journal_id, error=row.error,
         extra=extra, due_at=_parse_or_none(row.due_at),
     )
 

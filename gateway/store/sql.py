@@ -50,6 +50,7 @@ from gateway.store.hot_sqlite import SqliteHotPath
 from gateway.store.journal import JournalLog
 from gateway.store.killswitch import KillSwitch
 from gateway.store.leases import Leases
+from gateway.store.left_writes import LeftWrites
 from gateway.store.migrate import upgrade
 from gateway.store.reports import ReportQueries
 from gateway.store.rollbacks import RollbackPlans
@@ -72,7 +73,7 @@ def default_sealer(url: Any, journal_key: str | None = None) -> Sealer:
 
 
 class SqlStore(KillSwitch, JournalLog, AuditChain, HeldCalls, RollbackPlans,
-               ReportQueries, CheckpointLog, Leases, TripwireCounts):
+               ReportQueries, CheckpointLog, Leases, TripwireCounts, LeftWrites):
     """The store behind the gateway.
 
     >>> store = SqlStore("sqlite+aiosqlite:///./gateway.db")  # doctest: +SKIP

@@ -305,3 +305,20 @@ class TripwireCountRow(SQLModel, table=True):
                         sa_column_kwargs={"autoincrement": False})
     events: int = Field(sa_type=BigInteger)
     total: float
+
+
+class LeftWriteRow(SQLModel, table=True):
+    """A write its agent left before the answer, for the resend to rejoin (0026,
+    ``gateway.core.resend``): the answer kept redacted, and exactly, sealed."""
+
+    __tablename__ = "left_writes"
+    __table_args__ = (Index("ix_left_writes_key", "key", "left_at"),)
+
+    entry_id: str = Field(sa_type=Text, primary_key=True)  # its journal entry
+    key: str = _text()
+    agent: str = _text()
+    left_at: str = _text()
+    rejoined_at: str | None = _text_or_null()  # a resend waits on it now
+    state: str = _text()  # sending, answered, unknown, not_sent
+    response: str | None = _text_or_null()  # JSON, redacted
+    sealed_response: str | None = _text_or_null()

@@ -1,0 +1,241 @@
+"""Writes whose agent left before their answer, and the resends that rejoin them.
+
+An agent whose own timeout is shorter than the upstream's answer closes its
+connection while its write is on the way, and its SDK sends the write again. Sent
+again, a create or a refund lands twice, and the upstream cannot dedupe it: the
+gateway's idempotency key is the journal entry's id, new for the resend. So the
+moment the agent's connection closes during the send (``watching``), the write is
+marked as left, in the store (``LeftWriteStore``), under the key its resends have
+(``gateway.core.resend.key_of``); the other processes on the bus are told of the
+key. Once the write is settled, how it ended is kept with the mark, and, if the
+upstream answered, its answer (redacted, and exactly, sealed, as a held call's).
+
+A write that may be a resend (``rejoin``) is looked for only when this process knows
+of a mark with its key; otherwise nothing is read. A resend that finds its mark sends
+nothing: it waits for the first try's answer and gets it, or is told the first try's
+outcome is unknown (it may have landed), or, if the first try surely did not leave, is
+sent as a call of its own. A resend that leaves in turn marks the write again for the
+next. A resend that reaches another process before the bus has told it of the mark
+(a few milliseconds after the close) is sent as a new call, as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from datetime import timedelta
+from typing import Any
+
+from gateway.core.model import utcnow
+from gateway.core.policy.compiled import Upstream
+from gateway.core.resend import (
+    ANSWERED,
+    NOT_SENT,
+    REJOIN_WINDOW,
+    UNKNOWN,
+    LeftWrite,
+    key_of,
+)
+from gateway.errors import AgentGone, AlreadySent, GatewayError, JournalUnavailable
+from gateway.ports import Bus, LeftWriteStore, UpstreamResponse
+from gateway.services.call import Call, Reply
+from gateway.services.held_calls import replayed, stored_response
+
+log = logging.getLogger("gateway.resends")
+POLL = 0.25  # seconds between reads of a write another process is sending
+MARK_WAIT = 5.0  # seconds a resend waits for this process to save the mark it resends
+KEEP_LIMIT = 1 << 20  # bytes of an answer kept for the resend (a larger one is not)
+IDEMPOTENCY_KEY = "idempotency-key"  # the agent's own key, where the policy names none
+LEFT = "left"  # the bus message that tells the other processes of a mark
+
+
+def own_key(upstream: Upstream, rule: str | None, headers: list[tuple[str, str]]) -> str | None:
+    """The agent's own idempotency key (the policy's header, else ``Idempotency-Key``)."""
+    name = (upstream.idempotency_header(rule) or IDEMPOTENCY_KEY).lower()
+    return next((value for header, value in headers if header == name), None)
+
+
+@dataclass(slots=True)
+class Watched:
+    """One write on its way while its agent's connection is watched."""
+
+    key: Callable[[], str]
+    entry_id: str
+    agent: str
+    marking: asyncio.Task[None] | None = None  # the mark, once the agent left
+    forget: Callable[[], None] = field(default=lambda: None)
+
+
+class WriteResends:
+    """``store``: where marks are kept (None: no write is marked, no call rejoins one);
+    ``bus``: the processes sharing the store (None: this one alone); ``horizon``: the
+    longest a write may be on its way, after which a mark never settled (its process
+    died) is read as unknown."""
+
+    def __init__(self, store: LeftWriteStore | None, bus: Bus | None = None,
+                 horizon: Callable[[], float] = lambda: 60.0,
+                 window: timedelta = REJOIN_WINDOW) -> None:
+        self.store = store
+        self._bus = bus
+        self._horizon = horizon  # the longest a write may be on its way, in seconds
+        self._window = window
+        self._known: dict[str, float] = {}  # key -> until when (monotonic) a mark may have it
+        self._saving: dict[str, asyncio.Future[None]] = {}  # key -> its mark, being saved here
+        self._settled: dict[str, asyncio.Event] = {}  # entry id -> set once settled here
+
+    def heard(self, message: dict[str, Any]) -> None:
+        """The bus: another process marked a write (a hint: the store is the truth)."""
+        key = message.get("key")
+        if message.get("type") == LEFT and isinstance(key, str) and len(key) == 64:
+            self._know(key)
+
+    def _know(self, key: str) -> None:
+        now = time.monotonic()
+        if len(self._known) > 10_000:  # forget the expired ones, bounded
+            self._known = {k: t for k, t in self._known.items() if t > now}
+        self._known[key] = now + self._window.total_seconds()
+
+    async def rejoin(self, call: Call, upstream: Upstream, own: str | None) -> Reply | None:
+        """The first try's answer if ``call`` resends a write its agent left; None: send
+        it. Reads nothing unless a mark with its key is known here."""
+        if not self._known or self.store is None:
+            return None
+        key = _key(call, upstream, own)
+        until = self._known.get(key)
+        if until is None:
+            return None
+        if until < time.monotonic():
+            del self._known[key]
+            return None
+        saving = self._saving.get(key)
+        if saving is not None:  # bounded: a mark that fails still ends the future
+            await asyncio.wait([saving], timeout=MARK_WAIT)
+        try:
+            left = await self.store.rejoin_write(key, call.agent, utcnow() - self._window)
+        except Exception as exc:  # fail closed: it may be a resend, so it is not sent
+            log.error("could not look for the write %s %s resends: %s", call.method,
+                      call.raw_path, exc)
+            raise JournalUnavailable("the journal could not be read; the write was not "
+                                     "sent") from exc
+        if left is None:
+            return None
+        log.info("a resend of %s %s rejoins journal entry %s", call.method, call.raw_path,
+                 left.entry_id)
+        return await self._answer(call, left)
+
+    async def _answer(self, call: Call, left: LeftWrite) -> Reply | None:
+        store = self.store
+        assert store is not None  # rejoin looks only with one
+        gone = asyncio.Event()
+        forget = call.link.on_close(gone.set) if call.link is not None else _nothing
+        try:
+            while not left.settled:
+                settled = self._settled.setdefault(left.entry_id, asyncio.Event())
+                waits = [asyncio.ensure_future(settled.wait()),
+                         asyncio.ensure_future(gone.wait())]
+                try:
+                    await asyncio.wait(waits, timeout=POLL, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for waiting in waits:
+                        waiting.cancel()
+                if gone.is_set():  # this resend left too: the next one rejoins
+                    await self._leave(LeftWrite(left.entry_id, left.key, left.agent, utcnow()))
+                    raise AgentGone("the agent closed its connection while its resend "
+                                    "waited for the first try; nothing was sent")
+                current = await store.left_write(left.entry_id)
+                left = current if current is not None else left
+                if not left.settled and (utcnow() - left.left_at).total_seconds() \
+                        > self._horizon():  # the process sending it died: never settled
+                    left = replace(left, state=UNKNOWN)
+        finally:
+            forget()
+        if left.state == NOT_SENT:
+            return None  # the first try never left: this one is sent
+        if left.state == ANSWERED and left.response is not None:
+            response = replayed(left.response)
+            return Reply(response, "allow", journal_id=left.entry_id,
+                         audits=[("rejoined", {"method": call.method, "upstream": call.upstream,
+                                               "path": call.raw_path, "journal": left.entry_id,
+                                               "status": response.status})])
+        raise AlreadySent(
+            "this write resends one its agent left (journal entry "
+            f"{left.entry_id}), which "
+            + ("may have landed: its outcome is unknown" if left.state == UNKNOWN
+               else "was answered, but its answer was too large to keep")
+            + "; it was not sent again", journal=left.entry_id)
+
+    @contextmanager
+    def watching(self, call: Call, upstream: Upstream, own: str | None,
+                 entry_id: str) -> Iterator[Watched]:
+        """While the write is sent: its agent's connection closing marks it as left."""
+        watched = Watched(lambda: _key(call, upstream, own), entry_id, call.agent)
+        if call.link is not None and self.store is not None:
+            watched.forget = call.link.on_close(lambda: self._gone(watched))
+        try:
+            yield watched
+        finally:
+            watched.forget()
+
+    def _gone(self, watched: Watched) -> None:
+        key = watched.key()
+        saving = self._saving.setdefault(key, asyncio.get_running_loop().create_future())
+        self._know(key)
+        watched.marking = asyncio.ensure_future(self._mark(watched, key, saving))
+
+    async def _mark(self, watched: Watched, key: str, saving: asyncio.Future[None]) -> None:
+        try:
+            await self._leave(LeftWrite(watched.entry_id, key, watched.agent, utcnow()))
+            if self._bus is not None:
+                await self._bus.publish({"type": LEFT, "key": key})
+        except Exception as exc:  # its resend is sent as a call of its own, as before
+            log.warning("could not mark journal entry %s for its agent's resend: %s",
+                        watched.entry_id, exc)
+        finally:
+            if self._saving.get(key) is saving:
+                del self._saving[key]
+            if not saving.done():
+                saving.set_result(None)
+
+    async def _leave(self, left: LeftWrite) -> None:
+        assert self.store is not None  # only marked with a store
+        try:
+            await self.store.leave_write(left)
+        except Exception as exc:
+            log.warning("could not mark journal entry %s as left: %s", left.entry_id, exc)
+
+    async def settle(self, watched: Watched | None, response: UpstreamResponse | None,
+                     error: GatewayError | None = None) -> None:
+        """How a write its agent left ended, kept for its resend (a no-op if it did not)."""
+        if watched is None or watched.marking is None or self.store is None:
+            return
+        await watched.marking
+        kept: dict[str, Any] | None = None
+        if response is not None:
+            state = ANSWERED
+            body = await response.read()  # the agent is gone: nothing else reads it
+            if len(body) <= KEEP_LIMIT:
+                kept = stored_response(response)
+        else:
+            state = UNKNOWN if error is None or error.maybe_sent else NOT_SENT
+        try:
+            await self.store.settle_left(watched.entry_id, state, kept)
+        except Exception as exc:  # its resend reads the mark as still sending
+            log.warning("could not keep the answer of journal entry %s for its resend: %s",
+                        watched.entry_id, exc)
+        finally:
+            event = self._settled.pop(watched.entry_id, None)
+            if event is not None:
+                event.set()
+
+
+def _key(call: Call, upstream: Upstream, own: str | None) -> str:
+    return key_of(call.agent, call.checkpoint.run, upstream.name, call.method,
+                  call.raw_path, call.query, call.buffered or b"", own)
+
+
+def _nothing() -> None:
+    pass

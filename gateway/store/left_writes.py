@@ -1,0 +1,81 @@
+"""Writes whose agent left before their answer, in the store (``gateway.core.resend``).
+
+``LeftWrites`` is a mixin of ``SqlStore``. A row is the write's journal entry id, the
+key its resends have, and once the write is settled its state and the upstream's
+answer: redacted in ``response``, exactly in ``sealed_response`` (as a held call's
+answer is kept, ``gateway.store.codec``). A resend claims a row by one compare-and-set
+UPDATE (``rejoined_at`` from NULL), so of any number of resends in any number of
+processes one rejoins it at a time; the one that leaves in turn clears the claim
+(``leave_write``) for the next.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select as sql_select
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlmodel import col
+
+from gateway.core.model import iso, parse_iso, utcnow
+from gateway.core.resend import LeftWrite
+from gateway.core.seal import NO_SEALER, Sealer
+from gateway.store import codec
+from gateway.store.tables import LeftWriteRow
+
+_entry, _key, _agent = col(LeftWriteRow.entry_id), col(LeftWriteRow.key), col(LeftWriteRow.agent)
+_left_at, _rejoined_at = col(LeftWriteRow.left_at), col(LeftWriteRow.rejoined_at)
+_columns = tuple(col(c) for c in LeftWriteRow.__table__.columns)  # type: ignore[attr-defined]
+
+
+class LeftWrites:
+    """``leave_write`` ... ``left_write`` of ``ports.Store``."""
+
+    _engine: AsyncEngine  # reads
+    _writer: AsyncEngine  # writes: BEGIN IMMEDIATE on SQLite
+    sealer: Sealer | None
+
+    async def leave_write(self, left: LeftWrite) -> None:
+        async with self._writer.begin() as connection:
+            marked = await connection.execute(
+                update(LeftWriteRow).where(_entry == left.entry_id)
+                .values(left_at=iso(left.left_at), rejoined_at=None))
+            if marked.rowcount == 0:
+                await connection.execute(LeftWriteRow.__table__.insert().values(  # type: ignore[attr-defined]
+                    entry_id=left.entry_id, key=left.key, agent=left.agent,
+                    left_at=iso(left.left_at), rejoined_at=None, state=left.state,
+                    response=None, sealed_response=None))
+
+    async def settle_left(self, entry_id: str, state: str,
+                          response: dict[str, Any] | None = None) -> None:
+        sealer = self.sealer or NO_SEALER
+        async with self._writer.begin() as connection:
+            await connection.execute(update(LeftWriteRow).where(_entry == entry_id).values(
+                state=state, response=codec.held_response_text(response),
+                sealed_response=codec.held_response_sealed(response, sealer)))
+
+    async def rejoin_write(self, key: str, agent: str, since: datetime) -> LeftWrite | None:
+        """Read first, without a write: every write that may be a resend asks."""
+        free = [_key == key, _agent == agent, _left_at >= iso(since), _rejoined_at.is_(None)]
+        newest = sql_select(_entry).where(*free).order_by(_left_at.desc()).limit(1)
+        async with self._engine.connect() as reader:
+            found = (await reader.execute(newest)).first()
+        if found is None:
+            return None
+        async with self._writer.begin() as connection:
+            claimed = await connection.execute(update(LeftWriteRow).where(
+                _entry == found[0], *free).values(rejoined_at=iso(utcnow())))
+            if claimed.rowcount != 1:  # another resend claimed it first
+                return None
+        return await self.left_write(found[0])
+
+    async def left_write(self, entry_id: str) -> LeftWrite | None:
+        async with self._engine.connect() as reader:
+            row = (await reader.execute(sql_select(*_columns).where(_entry == entry_id))).first()
+        if row is None:
+            return None
+        kept = LeftWriteRow(**row._mapping)
+        return LeftWrite(kept.entry_id, kept.key, kept.agent, parse_iso(kept.left_at),
+                         kept.state, codec.held_response(kept, self.sealer or NO_SEALER))
