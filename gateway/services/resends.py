@@ -86,6 +86,7 @@ class WriteResends:
         self._known: dict[str, float] = {}  # key -> until when (monotonic) a mark may have it
         self._saving: dict[str, asyncio.Future[None]] = {}  # key -> its mark, being saved here
         self._settled: dict[str, asyncio.Event] = {}  # entry id -> set once settled here
+        self._marks: set[asyncio.Task[None]] = set()  # marks being saved (kept referenced)
 
     def heard(self, message: dict[str, Any]) -> None:
         """The bus: another process marked a write (a hint: the store is the truth)."""
@@ -153,6 +154,8 @@ class WriteResends:
                     left = replace(left, state=UNKNOWN)
         finally:
             forget()
+            if not self._settled.get(left.entry_id, asyncio.Event()).is_set():
+                self._settled.pop(left.entry_id, None)  # settled elsewhere: not set here
         if left.state == NOT_SENT:
             return None  # the first try never left: this one is sent
         if left.state == ANSWERED and left.response is not None:
@@ -185,6 +188,8 @@ class WriteResends:
         saving = self._saving.setdefault(key, asyncio.get_running_loop().create_future())
         self._know(key)
         watched.marking = asyncio.ensure_future(self._mark(watched, key, saving))
+        self._marks.add(watched.marking)
+        watched.marking.add_done_callback(self._marks.discard)
 
     async def _mark(self, watched: Watched, key: str, saving: asyncio.Future[None]) -> None:
         try:

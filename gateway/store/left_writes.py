@@ -11,11 +11,11 @@ processes one rejoins it at a time; the one that leaves in turn clears the claim
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy import delete, update
 from sqlalchemy import select as sql_select
-from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import col
 
@@ -27,6 +27,7 @@ from gateway.store.tables import LeftWriteRow
 
 _entry, _key, _agent = col(LeftWriteRow.entry_id), col(LeftWriteRow.key), col(LeftWriteRow.agent)
 _left_at, _rejoined_at = col(LeftWriteRow.left_at), col(LeftWriteRow.rejoined_at)
+PRUNE_AFTER = timedelta(days=1)  # far past ``core.resend.REJOIN_WINDOW``
 _columns = tuple(col(c) for c in LeftWriteRow.__table__.columns)  # type: ignore[attr-defined]
 
 
@@ -38,7 +39,10 @@ class LeftWrites:
     sealer: Sealer | None
 
     async def leave_write(self, left: LeftWrite) -> None:
+        """Marks a day older than this one are past rejoining: they go with it."""
         async with self._writer.begin() as connection:
+            await connection.execute(delete(LeftWriteRow).where(
+                _left_at < iso(left.left_at - PRUNE_AFTER)))
             marked = await connection.execute(
                 update(LeftWriteRow).where(_entry == left.entry_id)
                 .values(left_at=iso(left.left_at), rejoined_at=None))

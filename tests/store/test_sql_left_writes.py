@@ -73,3 +73,12 @@ async def test_resends_racing_in_two_processes_rejoin_once(store: SqlStore,
             assert [f.entry_id for f in found if f is not None] == [f"{10 + n:032x}"]
     finally:
         await other.close()
+
+
+async def test_marks_a_day_old_go_with_the_next_one(store: SqlStore) -> None:
+    await store.leave_write(left(1, key="old"))
+    await store.leave_write(left(2, key="recent", at=LEFT + timedelta(hours=23)))
+    await store.leave_write(left(3, key="new", at=LEFT + timedelta(days=1, seconds=1)))
+    assert await store.left_write(f"{1:032x}") is None
+    assert await store.left_write(f"{2:032x}") is not None
+    assert await store.left_write(f"{3:032x}") is not None
