@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,8 @@ import httpx
 import openai
 import pytest
 
-from gateway.core.resend import ANSWERED
+from gateway.core.model import utcnow
+from gateway.core.resend import ANSWERED, LeftWrite, key_of
 from gateway.server import server_for
 from tests.faults.procs_support import RULES
 from tests.faults.procs_upstream import FaultUpstream
@@ -190,3 +192,25 @@ async def test_a_resend_reaching_another_process_gets_the_first_answer(
         assert answered.status_code == 201 and answered.json()["id"] == "1", answered.text
         assert len(await until(lambda: rejoined(second), "the rejoin audited")) == 1
     assert upstream.received("POST", "/items") == [CREATE]
+
+
+async def test_a_resend_of_a_write_whose_process_died_on_its_way_is_not_sent(
+        tmp_path: Path, store_url: str, upstream: FaultUpstream) -> None:
+    """The process sending the first try died before it settled: its mark says
+    ``sending`` for good. Once the longest a write may take has passed, the resend is told
+    the first try may have landed, not left waiting nor sent."""
+    body = b'{"name":"refund-7","amount":70}'
+    key = key_of("bot", None, "up", "POST", "/items", "", body, None)
+    async with gateways(tmp_path, store_url, upstream) as [(gw, _, _)]:
+        await gw.gateway.store.leave_write(LeftWrite(
+            "f" * 32, key, "bot", utcnow() - timedelta(minutes=10)))  # a dead process's
+        gw.gateway.pipeline.resends.heard({"type": "left", "key": key})  # the bus's hint
+        resend = await gw.agent.post("/up/items", content=body,
+                                     headers={"content-type": "application/json"})
+        assert resend.status_code == 409, resend.text
+        assert resend.json()["error"] | {"message": ""} == {
+            "code": "already_sent", "journal": "f" * 32, "message": ""}
+        other = await gw.agent.post("/up/items", content=b'{"name":"refund-8"}',
+                                    headers={"content-type": "application/json"})
+        assert other.status_code == 201  # another write: sent
+    assert upstream.received("POST", "/items") == [{"name": "refund-8"}]
