@@ -122,7 +122,8 @@ class WriteResends:
                       call.raw_path, exc)
             raise JournalUnavailable("the journal could not be read; the write was not "
                                      "sent") from exc
-        if left is None:
+        if left is None:  # none free: not looked for again until a mark is made or heard of
+            self._known.pop(key, None)
             return None
         log.info("a resend of %s %s rejoins journal entry %s", call.method, call.raw_path,
                  left.entry_id)
@@ -144,7 +145,8 @@ class WriteResends:
                     for waiting in waits:
                         waiting.cancel()
                 if gone.is_set():  # this resend left too: the next one rejoins
-                    await self._leave(LeftWrite(left.entry_id, left.key, left.agent, utcnow()))
+                    self._know(left.key)
+                    await self._mark(LeftWrite(left.entry_id, left.key, left.agent, utcnow()))
                     raise AgentGone("the agent closed its connection while its resend "
                                     "waited for the first try; nothing was sent")
                 current = await store.left_write(left.entry_id)
@@ -187,30 +189,30 @@ class WriteResends:
         key = watched.key()
         saving = self._saving.setdefault(key, asyncio.get_running_loop().create_future())
         self._know(key)
-        watched.marking = asyncio.ensure_future(self._mark(watched, key, saving))
+        watched.marking = asyncio.ensure_future(self._saved(watched, key, saving))
         self._marks.add(watched.marking)
         watched.marking.add_done_callback(self._marks.discard)
 
-    async def _mark(self, watched: Watched, key: str, saving: asyncio.Future[None]) -> None:
+    async def _saved(self, watched: Watched, key: str, saving: asyncio.Future[None]) -> None:
         try:
-            await self._leave(LeftWrite(watched.entry_id, key, watched.agent, utcnow()))
-            if self._bus is not None:
-                await self._bus.publish({"type": LEFT, "key": key})
-        except Exception as exc:  # its resend is sent as a call of its own, as before
-            log.warning("could not mark journal entry %s for its agent's resend: %s",
-                        watched.entry_id, exc)
+            await self._mark(LeftWrite(watched.entry_id, key, watched.agent, utcnow()))
         finally:
             if self._saving.get(key) is saving:
                 del self._saving[key]
             if not saving.done():
                 saving.set_result(None)
 
-    async def _leave(self, left: LeftWrite) -> None:
+    async def _mark(self, left: LeftWrite) -> None:
+        """In the store, then told to the other processes (a failure: its resend is sent
+        as a call of its own, as before)."""
         assert self.store is not None  # only marked with a store
         try:
             await self.store.leave_write(left)
+            if self._bus is not None:
+                await self._bus.publish({"type": LEFT, "key": left.key})
         except Exception as exc:
-            log.warning("could not mark journal entry %s as left: %s", left.entry_id, exc)
+            log.warning("could not mark journal entry %s for its agent's resend: %s",
+                        left.entry_id, exc)
 
     async def settle(self, watched: Watched | None, response: UpstreamResponse | None,
                      error: GatewayError | None = None) -> None:
