@@ -125,6 +125,7 @@ class Gateway:
             self._client = UpstreamClient(timeout=self.settings.upstream_timeout)
         bus = self._store.bus()
         resends = WriteResends(self._store, bus, horizon=self._longest_write)
+        await resends.start()
         freezes = FreezeState(self._store, bus, self.settings.engage_wait,
                               horizon=self._longest_write, routes={LEFT: resends.heard})
         await freezes.start()

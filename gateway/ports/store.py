@@ -267,6 +267,10 @@ class LeftWriteStore(Protocol):
 
     async def left_write(self, entry_id: str) -> LeftWrite | None: ...
 
+    async def left_keys(self, since: datetime) -> list[str]:
+        """The keys of the writes left since ``since`` that no resend waits on (what a
+        process that starts should know of)."""
+
 
 class PlanStore(Protocol):
     """Rollback plans. A plan is written once, whole; then its executor records each

@@ -88,6 +88,18 @@ class WriteResends:
         self._settled: dict[str, asyncio.Event] = {}  # entry id -> set once settled here
         self._marks: set[asyncio.Task[None]] = set()  # marks being saved (kept referenced)
 
+    async def start(self) -> None:
+        """The marks made before this process started (a restart, a new replica): their
+        resends may come here. Without them (the store failing now), a resend of one is
+        sent as a call of its own."""
+        if self.store is None:
+            return
+        try:
+            for key in await self.store.left_keys(utcnow() - self._window):
+                self._know(key)
+        except Exception as exc:
+            log.warning("could not read the writes agents left before this start: %s", exc)
+
     def heard(self, message: dict[str, Any]) -> None:
         """The bus: another process marked a write (a hint: the store is the truth)."""
         key = message.get("key")

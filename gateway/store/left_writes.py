@@ -32,7 +32,7 @@ _columns = tuple(col(c) for c in LeftWriteRow.__table__.columns)  # type: ignore
 
 
 class LeftWrites:
-    """``leave_write`` ... ``left_write`` of ``ports.Store``."""
+    """``leave_write`` ... ``left_keys`` of ``ports.Store``."""
 
     _engine: AsyncEngine  # reads
     _writer: AsyncEngine  # writes: BEGIN IMMEDIATE on SQLite
@@ -83,3 +83,8 @@ class LeftWrites:
         kept = LeftWriteRow(**row._mapping)
         return LeftWrite(kept.entry_id, kept.key, kept.agent, parse_iso(kept.left_at),
                          kept.state, codec.held_response(kept, self.sealer or NO_SEALER))
+
+    async def left_keys(self, since: datetime) -> list[str]:
+        free = sql_select(_key).where(_left_at >= iso(since), _rejoined_at.is_(None)).distinct()
+        async with self._engine.connect() as reader:
+            return [row[0] for row in await reader.execute(free)]

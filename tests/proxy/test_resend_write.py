@@ -45,7 +45,7 @@ async def gateways(tmp_path: Path, store_url: str, upstream: FaultUpstream, coun
     async with AsyncExitStack() as stack:
         out = []
         for n in range(count):
-            (tmp_path / f"gw{n}").mkdir()
+            (tmp_path / f"gw{n}").mkdir(parents=True)
             gw = await stack.enter_async_context(
                 started_gateway(tmp_path / f"gw{n}", store_url, policies))
             server = server_for(gw.gateway.proxy_app(), gw.gateway.settings)
@@ -119,13 +119,7 @@ async def test_a_resend_after_the_left_write_was_answered_gets_its_answer(
     async with gateways(tmp_path, store_url, upstream) as [(gw, base, server)]:
         await leave_on_the_way(base, upstream, server)
         upstream.release()
-        (entry,) = await until(gw.journal, "the entry")
-
-        async def settled() -> bool:
-            left = await gw.gateway.store.left_write(entry["id"])
-            return left is not None and left.state == ANSWERED
-
-        await until(settled, "the first try's answer kept")
+        await answer_kept(gw)
         store, looked = gw.gateway.store, []
         real = store.rejoin_write
 
@@ -143,6 +137,32 @@ async def test_a_resend_after_the_left_write_was_answered_gets_its_answer(
         assert len(await gw.journal()) == 4
         assert len(await until(lambda: rejoined(gw), "the rejoin audited")) == 1
     assert upstream.received("POST", "/items") == [CREATE] * 4  # the first, and `again`
+
+
+async def answer_kept(gw: Harness) -> None:
+    (entry,) = await until(gw.journal, "the entry")
+
+    async def settled() -> bool:
+        left = await gw.gateway.store.left_write(entry["id"])
+        return left is not None and left.state == ANSWERED
+
+    await until(settled, "the first try's answer kept")
+
+
+async def test_a_resend_after_a_restart_gets_the_first_answer(
+        tmp_path: Path, store_url: str, upstream: FaultUpstream) -> None:
+    """The gateway restarts (a deploy) between the agent leaving and its resend: the new
+    process reads the marks at its start."""
+    upstream.gate("POST", "/items")
+    async with gateways(tmp_path / "before", store_url, upstream) as [(gw, base, server)]:
+        await leave_on_the_way(base, upstream, server)
+        upstream.release()
+        await answer_kept(gw)
+    async with gateways(tmp_path / "after", store_url, upstream) as [(gw, base, _)]:
+        async with agent(base) as client:
+            resend = await client.post("/items", json=CREATE)
+        assert resend.status_code == 201 and resend.json()["id"] == "1", resend.text
+    assert upstream.received("POST", "/items") == [CREATE]
 
 
 async def test_a_resend_of_a_write_that_may_have_landed_is_not_sent(

@@ -82,3 +82,12 @@ async def test_marks_a_day_old_go_with_the_next_one(store: SqlStore) -> None:
     assert await store.left_write(f"{1:032x}") is None
     assert await store.left_write(f"{2:032x}") is not None
     assert await store.left_write(f"{3:032x}") is not None
+
+
+async def test_a_starting_process_reads_the_keys_no_resend_waits_on(store: SqlStore) -> None:
+    await store.leave_write(left(1, key="claimed"))
+    await store.leave_write(left(2, key="free"))
+    await store.leave_write(left(3, key="free"))
+    await store.leave_write(left(4, key="old", at=T0))
+    assert await store.rejoin_write("claimed", "support-bot", T0) is not None
+    assert await store.left_keys(T0 + timedelta(seconds=1)) == ["free"]
