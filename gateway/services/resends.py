@@ -51,6 +51,7 @@ MARK_WAIT = 5.0  # seconds a resend waits for this process to save the mark it r
 KEEP_LIMIT = 1 << 20  # bytes of an answer kept for the resend (a larger one is not)
 IDEMPOTENCY_KEY = "idempotency-key"  # the agent's own key, where the policy names none
 LEFT = "left"  # the bus message that tells the other processes of a mark
+KNOWN_LIMIT = 10_000  # keys of marks a process keeps in mind
 
 
 def own_key(upstream: Upstream, rule: str | None, headers: list[tuple[str, str]]) -> str | None:
@@ -108,8 +109,12 @@ class WriteResends:
 
     def _know(self, key: str) -> None:
         now = time.monotonic()
-        if len(self._known) > 10_000:  # forget the expired ones, bounded
+        if len(self._known) >= KNOWN_LIMIT:  # the expired ones go, then the oldest: a
+            # flood of forged hints costs a bounded map, and a resend of theirs is sent
             self._known = {k: t for k, t in self._known.items() if t > now}
+            while len(self._known) >= KNOWN_LIMIT:
+                del self._known[next(iter(self._known))]
+        self._known.pop(key, None)  # newest last
         self._known[key] = now + self._window.total_seconds()
 
     async def rejoin(self, call: Call, upstream: Upstream, own: str | None) -> Reply | None:
