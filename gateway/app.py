@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.core.model import utcnow
 from gateway.core.policy.decide import PolicySet
+from gateway.deadline import within
 from gateway.errors import PolicyError, SettingsError, StartupError
 from gateway.metrics import Metrics
 from gateway.observe import NO_OBSERVER, Observer
@@ -244,7 +245,7 @@ class Gateway:
 
     async def _outcomes_journaled(self, timeout: float) -> None:
         try:
-            await asyncio.wait_for(self.journal.settled(), timeout=timeout)
+            await within(self.journal.settled(), timeout)
         except TimeoutError:
             log.error("outcomes not journaled at shutdown; recovery journals them unknown")
 

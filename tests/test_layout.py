@@ -92,6 +92,7 @@ FLOORS = {  # a module may import its own floor and those below
     "gateway.settings": 1, "gateway.ports": 1, "gateway.store": 1, "gateway.metrics": 1,
     "gateway.observe": 1,
     "gateway.group_commit": 1,  # asyncio's batching, shared by the store and the journal
+    "gateway.deadline": 1,  # waiting with a deadline (3.11's wait_for loses cancels)
     "gateway.policies": 1,
     # how calls leave, typed on the one services module they share with the readers
     "gateway.upstreams": 2, "gateway.services.call": 2,

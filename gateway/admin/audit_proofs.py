@@ -14,7 +14,6 @@ the primary alone, and a failover would drop it.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import json
@@ -27,6 +26,7 @@ from fastapi.responses import PlainTextResponse, StreamingResponse
 from gateway.admin.auth import Operator, requires
 from gateway.admin.controls import Controls
 from gateway.core.merkle import record_leaf
+from gateway.deadline import within
 from gateway.errors import AdminError
 
 EXPORT_PAGE = 5000
@@ -62,7 +62,7 @@ def add_audit_proof_routes(app: FastAPI, gateway: Controls) -> None:
         tree = gateway.checkpoints.tree
         if size > tree.size:  # this process's queued records first, for a bounded time
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(gateway.audit.flush(), FLUSH_WAIT)
+                await within(gateway.audit.flush(), FLUSH_WAIT)
             await gateway.checkpoints.sync()
         if size > tree.size:
             raise AdminError(404, "not_found", f"the audit log holds {tree.size} records, "
@@ -99,7 +99,7 @@ def add_audit_proof_routes(app: FastAPI, gateway: Controls) -> None:
 async def durable(gateway: Controls) -> None:
     """Until the checkpoints just read are durable (``flush``), for a bounded time."""
     try:
-        await asyncio.wait_for(gateway.store.flush(), FLUSH_WAIT)
+        await within(gateway.store.flush(), FLUSH_WAIT)
     except TimeoutError:
         raise AdminError(503, "store_unavailable", (
             "the store is unavailable: the newest checkpoints are not yet on its "

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
@@ -22,6 +21,7 @@ from gateway.admin.auth import Operator, requires
 from gateway.admin.controls import Controls
 from gateway.admin.render import journal_item
 from gateway.core.model import JournalQuery, JournalState, parse_iso, utcnow
+from gateway.deadline import within
 from gateway.errors import AdminError
 from gateway.services.reports import autonomy_report, record_drill
 
@@ -89,7 +89,7 @@ def add_autonomy_routes(app: FastAPI, gateway: Controls) -> None:
         if start > end:
             raise AdminError(400, "bad_request", "since must not be after until")
         try:  # this process's decisions still queued for the chain are counted too
-            await asyncio.wait_for(gateway.audit.flush(), FLUSH_WAIT)
+            await within(gateway.audit.flush(), FLUSH_WAIT)
         except TimeoutError:
             pass
         return await autonomy_report(gateway.store, gateway.policies, start, end,

@@ -33,6 +33,7 @@ from gateway.core.killswitch import covering
 from gateway.core.model import AuditItem, Decision, iso, utcnow
 from gateway.core.policy.compiled import Upstream
 from gateway.core.policy.schema import Approval
+from gateway.deadline import cancelled, within
 from gateway.errors import (
     AdminError,
     AgentGone,
@@ -383,6 +384,8 @@ class ApprovalQueue:
                 await self.sweep()
                 await self.run_due()
             except Exception:
+                if cancelled():  # a cancel a driver turned into an error: stop
+                    raise
                 log.exception("approval sweep failed")
             await self._nap()
 
@@ -397,7 +400,7 @@ class ApprovalQueue:
             left = (self._dues[0] - utcnow()).total_seconds()
             timeout = min(timeout, max(left, 0.01))
         try:
-            await asyncio.wait_for(self._due.wait(), timeout)
+            await within(self._due.wait(), timeout)
         except TimeoutError:
             pass
 

@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from gateway.core.model import utcnow
+from gateway.deadline import cancelled, within
 from gateway.ports import AuditStore
 
 log = logging.getLogger("gateway.audit")
@@ -48,7 +49,7 @@ class AuditTrail:
         if self._task is None:
             return
         try:
-            await asyncio.wait_for(self.flush(), timeout=10)
+            await within(self.flush(), 10)
         except TimeoutError:
             log.error("audit trail: %d decisions not appended at shutdown", self._queue.qsize())
         self._task.cancel()
@@ -76,6 +77,8 @@ class AuditTrail:
                 self.appended += len(items)
                 return
             except Exception:
+                if cancelled():  # a cancel a driver turned into an error: stop
+                    raise
                 log.exception("audit trail: appending %d decisions failed; retrying", len(items))
                 await asyncio.sleep(delay)  # back off while the store recovers
                 delay = min(delay * 2, 5.0)

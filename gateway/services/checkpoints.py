@@ -40,6 +40,7 @@ from typing import Any, Protocol
 from gateway.core.merkle import Tree, record_leaf
 from gateway.core.model import iso, utcnow
 from gateway.core.note import Checkpoint, NoteSigner
+from gateway.deadline import cancelled, within
 from gateway.errors import AnchorError
 from gateway.ports import CheckpointStore
 from gateway.services.anchors import Anchor
@@ -203,7 +204,7 @@ class Checkpoints:
     async def _run(self) -> None:
         while True:
             try:
-                await asyncio.wait_for(self._wake.wait(), POLL)
+                await within(self._wake.wait(), POLL)
             except TimeoutError:
                 pass
             self._wake.clear()
@@ -212,6 +213,8 @@ class Checkpoints:
                 if self._due():
                     await self.sign()
             except Exception:
+                if cancelled():  # a cancel a driver turned into an error: stop
+                    raise
                 log.exception("audit checkpoints: signing failed; trying again")
                 await asyncio.sleep(1.0)
 
@@ -279,6 +282,8 @@ class Checkpoints:
                     kept = await self._store.checkpoints(limit=1, upto=point.size)
                     break
                 except Exception as exc:
+                    if cancelled():  # a cancel a driver turned into an error: stop
+                        raise
                     log.warning("audit checkpoint %d: its confirmation failed (%s); trying "
                                 "again in %.1f s", point.size, exc, delay)
                     await asyncio.sleep(delay)

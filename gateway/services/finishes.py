@@ -30,6 +30,7 @@ from gateway.core.approvals import (
     sent_secrets,
 )
 from gateway.core.model import iso, utcnow
+from gateway.deadline import cancelled
 from gateway.ports import HeldCallStore
 from gateway.services.notify import Notifier
 
@@ -103,6 +104,8 @@ class Finishes:
                 return await self.store.finish_held(held.id, status, response, journal_id,
                                                     error, sent_secrets(held), record)
             except Exception as exc:
+                if cancelled():  # a cancel a driver turned into an error: stop
+                    raise
                 left = ((held.lease_until - utcnow()).total_seconds()
                         if held.lease_until is not None else 0.0)
                 if left <= pause:

@@ -45,6 +45,7 @@ from gateway.core.policy.mcp_schema import McpRule
 from gateway.core.policy.schema import Rule
 from gateway.core.redact import redact_headers, redact_query
 from gateway.core.seal import NO_SEALER, Sealer
+from gateway.deadline import cancelled
 from gateway.errors import GatewayError, JournalUnavailable
 from gateway.group_commit import GroupCommit
 from gateway.observe import JOURNAL, JOURNAL_OUTCOME, NO_WATCH, Step, Watch
@@ -264,6 +265,8 @@ class Journal:
                 self.pending.discard(entry.id)
                 return
             except Exception as exc:
+                if cancelled():  # a cancel a driver turned into an error: stop
+                    raise
                 if time.monotonic() + delay > deadline:
                     log.exception("could not journal the outcome of %s; gave up", entry.id)
                     self.pending.discard(entry.id)

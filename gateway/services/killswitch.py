@@ -51,6 +51,7 @@ from typing import Any, NoReturn
 
 from gateway.core.killswitch import InFlight, covering, covers
 from gateway.core.model import Freeze, FreezeScope, utcnow
+from gateway.deadline import cancelled
 from gateway.errors import JournalUnavailable, WriteCutOff, WritesFrozen
 from gateway.ports import Bus, FreezeStore
 from gateway.services.killswitch_messages import (
@@ -283,6 +284,8 @@ class FreezeState(FreezeMessages):
                     await self._bus.check()
                 await self.confirm()
             except Exception as exc:  # writes wait for a confirmed view meanwhile
+                if cancelled():  # a cancel a driver turned into an error: stop
+                    raise
                 log.warning("kill switch: could not confirm the freezes (%s); writes wait", exc)
 
     # The write path ----------------------------------------------------------
@@ -403,6 +406,8 @@ class FreezeState(FreezeMessages):
                 await self._store.chain_pending_audit()
                 return
             except Exception as exc:
+                if cancelled():  # a cancel a driver turned into an error: stop
+                    raise
                 log.warning("kill switch: an engage's audit record could not be chained yet "
                             "(%s); retrying", exc)
                 await asyncio.sleep(delay)

@@ -15,6 +15,7 @@ import logging
 from collections.abc import AsyncIterator
 
 from gateway.core.model import utcnow
+from gateway.deadline import cancelled
 from gateway.ports import LeaseStore
 
 log = logging.getLogger("gateway.rollback")
@@ -57,6 +58,8 @@ class PlanLeases:
                         lost.set()
                         return
                 except Exception:  # the store is down: keep trying while the lease lasts
+                    if cancelled():  # a cancel a driver turned into an error: stop
+                        raise
                     log.warning("could not renew the lease of rollback plan %s", plan_id)
 
         renewer = asyncio.create_task(renew())

@@ -40,6 +40,7 @@ from datetime import timedelta
 from typing import Any
 
 from gateway.core.model import JournalEntry, iso, utcnow
+from gateway.deadline import cancelled
 from gateway.ports import RecoveryStore
 from gateway.services.journal import Journal
 from gateway.services.rollbacks import Rollbacks
@@ -98,6 +99,8 @@ class Recovery:
             await self.store.take_lease(self._heartbeat, self.process, utcnow(),
                                         self.lease_seconds)
         except Exception as exc:  # the store is down (no heartbeat is renewed): next round
+            if cancelled():  # a cancel a driver turned into an error: stop
+                raise
             self._trust_from = math.inf
             log.warning("recovery round failed: %s", exc)
             return

@@ -28,6 +28,7 @@ from gateway.core.approvals import HeldCall, audit_item, resend_key
 from gateway.core.model import AuditItem, utcnow
 from gateway.core.policy.compiled import Upstream
 from gateway.core.resend import REJOIN_WINDOW
+from gateway.deadline import within
 from gateway.errors import JournalUnavailable
 from gateway.ports import ApprovalStore
 from gateway.services.call import AgentLink
@@ -75,7 +76,7 @@ class Waiters:
                 if current.status.terminal or remaining <= 0:
                     break
                 try:
-                    await asyncio.wait_for(event.wait(), min(remaining, POLL))
+                    await within(event.wait(), min(remaining, POLL))
                 except TimeoutError:
                     pass
                 event.clear()

@@ -41,6 +41,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gateway.deadline import within
 from gateway.store.engine import connect_primary
 
 if TYPE_CHECKING:  # imported when a PostgreSQL store connects: SQLite never loads it
@@ -198,7 +199,7 @@ class PgBus:
         if listener is not None and not listener.is_closed():
             try:
                 async with self._using:
-                    await asyncio.wait_for(listener.execute("SELECT 1"), timeout=5)
+                    await within(listener.execute("SELECT 1"), 5)
                 return
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
                 listener.terminate()
