@@ -1,0 +1,122 @@
+"""A worker killed while its write is on its way, and the agent's SDK retrying it.
+
+    .venv/bin/python bench/crash_resend.py [--rounds 3] [--postgres SERVER_URL]
+
+Starts ``gateway serve --workers 2`` (SQLite, or a fresh database on ``--postgres``) in
+front of a fault upstream that holds every POST until released, sends one create with
+openai-python as it comes (two retries on a connection error), and once the upstream
+holds it kills the worker that sent it (SIGKILL: the agent's connection is reset). The
+upstream then answers; the SDK's retry reaches the other worker (or its replacement).
+Prints how many POSTs the upstream received per round: the target is 1. An open item
+(the closing note of 2026-12-08): the live worker cannot tell the retry from a new
+write, so it sends it, and the first try is journaled ``unknown`` once recovery takes
+over the dead worker's intents. Loopback only; about 10 s a round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import asyncpg  # noqa: E402
+import httpx  # noqa: E402
+import openai  # noqa: E402
+
+from tests.faults.procs_support import Gateway, configure  # noqa: E402
+from tests.faults.procs_upstream import FaultUpstream  # noqa: E402
+from tests.harness import AGENT_KEY  # noqa: E402
+
+CREATE = {"name": "refund-7", "amount": 70}
+
+
+def holder(port: int) -> int:
+    """The pid of the process with an open connection to 127.0.0.1:``port``."""
+    out = subprocess.run(["ss", "-tnpH", "state", "established", "dst", f"127.0.0.1:{port}"],
+                         capture_output=True, text=True, check=True).stdout
+    pids = {int(p) for p in re.findall(r"pid=(\d+)", out)}
+    if len(pids) != 1:
+        raise RuntimeError(f"expected one process holding the write, found {pids}: {out}")
+    return pids.pop()
+
+
+def one_round(directory: Path, store_url: str) -> tuple[int, str]:
+    with FaultUpstream() as upstream:
+        gate = upstream.gate("POST", "/items")
+        workers = Gateway(configure(directory, store_url, upstream.url), "--workers", "2")
+        try:
+            client = openai.OpenAI(api_key=AGENT_KEY, base_url=f"{workers.proxy}/up",
+                                   timeout=30)
+            outcome: list[str] = []
+
+            def create() -> None:
+                try:
+                    answer = client.post("/items", body=CREATE, cast_to=httpx.Response)
+                    outcome.append(f"{answer.status_code}")
+                except openai.APIError as exc:
+                    outcome.append(f"{type(exc).__name__}")
+
+            agent = threading.Thread(target=create)
+            agent.start()
+            upstream.wait_for("POST", "/items")
+            os.kill(holder(int(upstream.url.rsplit(":", 1)[1])), signal.SIGKILL)
+            time.sleep(0.2)  # the agent sees its connection reset; its SDK backs off
+            gate.released.set()
+            agent.join(60)
+            return len(upstream.received("POST", "/items")), ",".join(outcome)
+        finally:
+            workers.stop()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--postgres", metavar="SERVER_URL",
+                    help="a fresh database on this server per round (dropped after)")
+    args = ap.parse_args()
+    for n in range(args.rounds):
+        directory = Path(tempfile.mkdtemp(prefix="crash-resend-"))
+        if args.postgres is None:
+            (directory / "db").mkdir()
+            store_url, drop = f"sqlite+aiosqlite:///{directory / 'db' / 'gateway.db'}", None
+        else:
+            name = f"gw_crash_{uuid.uuid4().hex[:8]}"
+            _admin(args.postgres, f'CREATE DATABASE "{name}"')
+            base = args.postgres.rsplit("/", 1)[0].replace("postgresql://",
+                                                           "postgresql+asyncpg://")
+            store_url, drop = f"{base}/{name}", name
+        try:
+            received, outcome = one_round(directory, store_url)
+        finally:
+            if drop is not None:
+                _admin(args.postgres, f'DROP DATABASE IF EXISTS "{drop}" WITH (FORCE)')
+        print(f"round {n + 1}: the upstream received {received} POST(s) for one create "
+              f"(target 1); the SDK got {outcome or 'nothing'}", flush=True)
+
+
+def _admin(server: str, statement: str) -> None:
+    import asyncio
+
+    async def run() -> None:
+        connection = await asyncpg.connect(server)
+        try:
+            await connection.execute(statement)
+        finally:
+            await connection.close()
+
+    asyncio.run(run())
+
+
+if __name__ == "__main__":
+    main()
