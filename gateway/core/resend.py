@@ -27,6 +27,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 REJOIN_WINDOW = timedelta(hours=1)  # after that, a call like a left one is a new call
+IDEMPOTENCY_KEY = "idempotency-key"  # the agent's own key, where the policy names none
 SENDING, ANSWERED, UNKNOWN, NOT_SENT = "sending", "answered", "unknown", "not_sent"
 SETTLED = (ANSWERED, UNKNOWN, NOT_SENT)
 
@@ -37,6 +38,13 @@ def key_of(agent: str, run: str | None, upstream: str, method: str, raw_path: st
     canonical = json.dumps([agent, run, upstream, method, raw_path, query,
                             base64.b64encode(body).decode(), key], separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def own_key(keyed: str | None, headers: list[tuple[str, str]]) -> str | None:
+    """The agent's own idempotency key: its value of the policy's header ``keyed``, else
+    of ``Idempotency-Key`` (``headers``: lower-case names, as a call has them)."""
+    name = keyed or IDEMPOTENCY_KEY
+    return next((value for header, value in headers if header == name), None)
 
 
 @dataclass(frozen=True, slots=True)

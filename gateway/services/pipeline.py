@@ -46,6 +46,7 @@ from gateway.core.model import (
     utcnow,
 )
 from gateway.core.policy.compiled import CallView, Upstream
+from gateway.core.resend import own_key
 from gateway.errors import (
     AgentGone,
     Ambiguous,
@@ -61,7 +62,7 @@ from gateway.services.call import Call, Policies, Reply, Senders, body_reader
 from gateway.services.inflight import InFlightLimits
 from gateway.services.journal import Journal
 from gateway.services.killswitch import FreezeState
-from gateway.services.resends import Watched, WriteResends, own_key
+from gateway.services.resends import Watched, WriteResends
 from gateway.services.tripwires import Tripwires
 from gateway.settings import Settings
 
@@ -236,7 +237,8 @@ class Pipeline:
         started = time.perf_counter()
         sender = self.senders(upstream)
         shadowed = action is not None and action.kind is Act.SHADOW
-        own = own_key(upstream, decision.rule, call.headers)  # before the gateway adds its own
+        keyed = upstream.idempotency_header(decision.rule)
+        own = own_key(keyed, call.headers)  # the agent's, before the gateway adds its own
         if approval is None and not shadowed:  # a resend of a write its agent left: its answer
             rejoined = await self.resends.rejoin(call, upstream, own)
             if rejoined is not None:
@@ -278,9 +280,7 @@ class Pipeline:
             sealed=kept.sealed, irreversible_reason=kept.irreversible_reason)
         if shadowed:
             return await self._shadow(upstream, call, view, entry, started)
-        keyed = upstream.idempotency_header(decision.rule)
         if keyed is not None:
-            own = next((value for name, value in call.headers if name.lower() == keyed), None)
             if own is None:
                 call.headers.append((keyed, entry.id))  # the upstream dedupes anything sent twice
                 entry.request_headers[keyed] = entry.id

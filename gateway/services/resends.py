@@ -49,15 +49,8 @@ log = logging.getLogger("gateway.resends")
 POLL = 0.25  # seconds between reads of a write another process is sending
 MARK_WAIT = 5.0  # seconds a resend waits for this process to save the mark it resends
 KEEP_LIMIT = 1 << 20  # bytes of an answer kept for the resend (a larger one is not)
-IDEMPOTENCY_KEY = "idempotency-key"  # the agent's own key, where the policy names none
 LEFT = "left"  # the bus message that tells the other processes of a mark
 KNOWN_LIMIT = 10_000  # keys of marks a process keeps in mind
-
-
-def own_key(upstream: Upstream, rule: str | None, headers: list[tuple[str, str]]) -> str | None:
-    """The agent's own idempotency key (the policy's header, else ``Idempotency-Key``)."""
-    name = (upstream.idempotency_header(rule) or IDEMPOTENCY_KEY).lower()
-    return next((value for header, value in headers if header == name), None)
 
 
 @dataclass(slots=True)
@@ -173,8 +166,7 @@ class WriteResends:
                     left = replace(left, state=UNKNOWN)
         finally:
             forget()
-            if not self._settled.get(left.entry_id, asyncio.Event()).is_set():
-                self._settled.pop(left.entry_id, None)  # settled elsewhere: not set here
+            self._settled.pop(left.entry_id, None)  # settled elsewhere: never set here
         if left.state == NOT_SENT:
             return None  # the first try never left: this one is sent
         if left.state == ANSWERED and left.response is not None:

@@ -27,7 +27,7 @@ import time
 from gateway.core.approvals import HeldCall, audit_item, resend_key
 from gateway.core.model import AuditItem, utcnow
 from gateway.core.policy.compiled import Upstream
-from gateway.core.resend import REJOIN_WINDOW
+from gateway.core.resend import REJOIN_WINDOW, own_key
 from gateway.deadline import within
 from gateway.errors import JournalUnavailable
 from gateway.ports import ApprovalStore
@@ -36,7 +36,6 @@ from gateway.services.call import AgentLink
 log = logging.getLogger("gateway.approvals")
 POLL = 0.25  # seconds between store reads while an agent waits (other processes' decisions)
 MARK_WAIT = 5.0  # seconds a resend waits for this process to mark the call it resends
-IDEMPOTENCY_KEY = "idempotency-key"  # the agent's own key, where the policy names none
 _PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+(?:\.\d+)?)", re.IGNORECASE)
 
 
@@ -116,8 +115,7 @@ class Waiters:
         """The call ``held`` (not yet stored) is a resend of, if its agent left that one
         unanswered (then rejoined, once); and the key a resend of ``held`` has. A mark
         this process is still saving is waited for."""
-        name = upstream.idempotency_header(held.rule) or IDEMPOTENCY_KEY
-        key = resend_key(held, next((v for k, v in headers if k == name.lower()), None))
+        key = resend_key(held, own_key(upstream.idempotency_header(held.rule), headers))
         saving = self._leaving.get(key)
         if saving is not None:  # bounded: a waiter cancelled before its mark never sets it
             await asyncio.wait([saving], timeout=MARK_WAIT)
