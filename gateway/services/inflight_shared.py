@@ -32,24 +32,43 @@ ENTRIES = 256
 _KEY = struct.Struct("<Q")
 
 
-class SharedCounts:
-    """Each worker calls ``as_worker`` once after the fork; the master calls ``forget``."""
+class SharedMap:
+    """``size`` bytes of memory the master maps before it forks, shared with each of its
+    ``workers`` (``as_worker`` once after the fork), and the file's lock."""
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, name: str, workers: int, size: int) -> None:
         self.workers = workers
-        self._row = struct.Struct(f"<{workers}i")
-        self._width = _KEY.size + self._row.size
-        size = ENTRIES * self._width
-        self._lock = _anonymous_file()
+        self._lock = anonymous_file(name)
         os.ftruncate(self._lock, size)
         self._map = mmap.mmap(self._lock, size)  # MAP_SHARED: the forks see it
         self.worker: int | None = None
-        self._full_said = False
 
     def as_worker(self, index: int) -> None:
         if not 0 <= index < self.workers:
             raise ValueError(f"worker {index} of {self.workers}")
         self.worker = index
+
+    def close(self) -> None:
+        self._map.close()
+        os.close(self._lock)
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        fcntl.lockf(self._lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.lockf(self._lock, fcntl.LOCK_UN)
+
+
+class SharedCounts(SharedMap):
+    """Each worker calls ``as_worker`` once after the fork; the master calls ``forget``."""
+
+    def __init__(self, workers: int) -> None:
+        self._row = struct.Struct(f"<{workers}i")
+        self._width = _KEY.size + self._row.size
+        super().__init__("gateway-in-flight", workers, ENTRIES * self._width)
+        self._full_said = False
 
     def take(self, name: str, limit: int) -> bool | None:
         """One slot of ``name`` for this worker if the workers hold fewer than ``limit``;
@@ -91,18 +110,6 @@ class SharedCounts:
                     counts[worker] = 0
                     self._row.pack_into(self._map, at, *counts)
 
-    def close(self) -> None:
-        self._map.close()
-        os.close(self._lock)
-
-    @contextmanager
-    def _locked(self) -> Iterator[None]:
-        fcntl.lockf(self._lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.lockf(self._lock, fcntl.LOCK_UN)
-
     def _entry(self, name: str, add: bool = True) -> int | None:
         """Where ``name``'s counts are (open addressing on its hash; 0 marks a free
         entry), added if ``add``; None when absent, or the table is full."""
@@ -126,11 +133,11 @@ class SharedCounts:
         return None
 
 
-def _anonymous_file() -> int:
+def anonymous_file(name: str) -> int:
     """A file nobody can name: in memory where the system has ``memfd_create`` (Linux),
     else a temporary file unlinked at once."""
     if hasattr(os, "memfd_create"):
-        return os.memfd_create("gateway-in-flight", os.MFD_CLOEXEC)
-    fd, path = tempfile.mkstemp(prefix="gateway-in-flight-")
+        return os.memfd_create(name, os.MFD_CLOEXEC)
+    fd, path = tempfile.mkstemp(prefix=f"{name}-")
     os.unlink(path)
     return fd
