@@ -7,23 +7,22 @@ front of a fault upstream that holds every POST until released, sends one create
 openai-python as it comes (two retries on a connection error), and once the upstream
 holds it kills the worker that sent it (SIGKILL: the agent's connection is reset). The
 upstream then answers; the SDK's retry reaches the other worker (or its replacement).
-Prints how many POSTs the upstream received per round: the target is 1. An open item
-(the closing note of 2026-12-08): the live worker cannot tell the retry from a new
-write, so it sends it, and the first try is journaled ``unknown`` once recovery takes
-over the dead worker's intents. Loopback only; about 10 s a round.
+Prints how many POSTs the upstream received per round, and what the SDK got: the target
+is 1 POST, and ``409 already_sent`` for the retry (the first try may have landed). Until
+2026-12-08 the live worker could not tell the retry from a new write and sent it (2 POSTs
+per create); now the master tells the live workers which one died, and they mark its
+writes on their way before their next write (``gateway.services.siblings``). The test
+of it is ``tests/faults/test_workers_resend.py``. Loopback only; about 10 s a round.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import re
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
-import time
 import uuid
 from pathlib import Path
 
@@ -34,21 +33,11 @@ import asyncpg  # noqa: E402
 import httpx  # noqa: E402
 import openai  # noqa: E402
 
-from tests.faults.procs_support import Gateway, configure  # noqa: E402
+from tests.faults.procs_support import Gateway, configure, holder  # noqa: E402
 from tests.faults.procs_upstream import FaultUpstream  # noqa: E402
 from tests.harness import AGENT_KEY  # noqa: E402
 
 CREATE = {"name": "refund-7", "amount": 70}
-
-
-def holder(port: int) -> int:
-    """The pid of the process with an open connection to 127.0.0.1:``port``."""
-    out = subprocess.run(["ss", "-tnpH", "state", "established", "dst", f"127.0.0.1:{port}"],
-                         capture_output=True, text=True, check=True).stdout
-    pids = {int(p) for p in re.findall(r"pid=(\d+)", out)}
-    if len(pids) != 1:
-        raise RuntimeError(f"expected one process holding the write, found {pids}: {out}")
-    return pids.pop()
 
 
 def one_round(directory: Path, store_url: str) -> tuple[int, str]:
@@ -64,6 +53,8 @@ def one_round(directory: Path, store_url: str) -> tuple[int, str]:
                 try:
                     answer = client.post("/items", body=CREATE, cast_to=httpx.Response)
                     outcome.append(f"{answer.status_code}")
+                except openai.APIStatusError as exc:
+                    outcome.append(f"{exc.status_code} {exc.response.json()['error']['code']}")
                 except openai.APIError as exc:
                     outcome.append(f"{type(exc).__name__}")
 
@@ -71,7 +62,7 @@ def one_round(directory: Path, store_url: str) -> tuple[int, str]:
             agent.start()
             upstream.wait_for("POST", "/items")
             os.kill(holder(int(upstream.url.rsplit(":", 1)[1])), signal.SIGKILL)
-            time.sleep(0.2)  # the agent sees its connection reset; its SDK backs off
+            workers.wait_for(r"worker \d exited \(signal SIGKILL\)")  # the master saw it
             gate.released.set()
             agent.join(60)
             return len(upstream.received("POST", "/items")), ",".join(outcome)

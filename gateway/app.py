@@ -40,6 +40,7 @@ from gateway.services.recovery import Recovery
 from gateway.services.resends import LEFT, WriteResends
 from gateway.services.rollbacks import Rollbacks
 from gateway.services.shadows import ShadowWrites
+from gateway.services.siblings import Siblings
 from gateway.services.tripwires import Tripwires
 from gateway.settings import Settings
 from gateway.upstreams.mcp import McpSender
@@ -65,11 +66,13 @@ class ReloadResult:
 class Gateway:
     def __init__(self, settings: Settings, store: Store | None = None,
                  client: UpstreamClient | None = None,
-                 in_flight: SharedCounts | None = None) -> None:
+                 in_flight: SharedCounts | None = None, siblings: Siblings | None = None
+                 ) -> None:
         self.settings = settings
         self._store = store
         self._client = client
         self._in_flight = in_flight  # max_in_flight's counts, shared with sibling workers
+        self._siblings = siblings  # the sibling workers, and which of them died
         self.metrics = Metrics()
         self.observer: Observer = NO_OBSERVER
         self._pipeline: Pipeline | None = None
@@ -125,7 +128,11 @@ class Gateway:
             from gateway.upstreams.client import UpstreamClient
             self._client = UpstreamClient(timeout=self.settings.upstream_timeout)
         bus = self._store.bus()
-        resends = WriteResends(self._store, bus, horizon=self._longest_write)
+        process = getattr(self._store, "process", None) or "gateway"
+        if self._siblings is not None:  # for the master to name when this worker dies
+            self._siblings.named(process)
+        resends = WriteResends(self._store, bus, horizon=self._longest_write,
+                               siblings=self._siblings)
         await resends.start()
         freezes = FreezeState(self._store, bus, self.settings.engage_wait,
                               horizon=self._longest_write, routes={LEFT: resends.heard})
@@ -155,7 +162,6 @@ class Gateway:
         execution.bind(self._pipeline.execute_held)
         await self.approvals.sweep()  # claims left by a process that died are marked unknown
         self.approvals.start()
-        process = getattr(self._store, "process", None) or "gateway"
         self.rollbacks = Rollbacks(self._policies, self.senders, self._store, self.journal,
                                    self.audit, owner=process,
                                    lease_seconds=self.settings.executor_lease)
@@ -167,7 +173,8 @@ class Gateway:
         await self.checkpoints.start()
         # a heartbeat, then what dead processes left: their intents, audit records, plans
         self.recovery = Recovery(self._store, self.rollbacks, self.journal, process,
-                                 self.settings.executor_lease, self._longest_write())
+                                 self.settings.executor_lease, self._longest_write(),
+                                 resends=resends)
         await self.recovery.start()
         self.resuming = asyncio.create_task(self.rollbacks.resumed())
         log.info("policy set %s loaded: %s", policies.revision, ", ".join(policies.upstreams))

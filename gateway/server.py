@@ -28,6 +28,7 @@ from gateway.errors import StartupError
 from gateway.observe.access import ACCESS_LOG
 from gateway.proxy.connection import protocol_with
 from gateway.services.inflight_shared import SharedCounts
+from gateway.services.siblings import Siblings
 from gateway.settings import Settings
 
 log = logging.getLogger("gateway")
@@ -92,15 +93,16 @@ async def serve(settings: Settings, banner: list[str] | None = None,
                 beside: tuple[Any, socket.socket] | None = None,
                 sockets: tuple[socket.socket, socket.socket] | None = None,
                 announce: Announce | None = None, in_flight: SharedCounts | None = None,
-                ) -> None:
+                siblings: Siblings | None = None) -> None:
     """Run until SIGINT/SIGTERM; ``beside`` is one more (app, socket), e.g. the demo API.
 
     ``sockets`` (proxy, admin) are already bound (a worker's); ``announce``
     replaces printing the ready line (a worker tells its master instead);
-    ``in_flight``: ``max_in_flight``'s counts, shared with the master's other workers.
+    ``in_flight``: ``max_in_flight``'s counts, shared with the master's other workers;
+    ``siblings``: which of them died (``services.siblings``).
     """
     proxy_sock, admin_sock = sockets if sockets is not None else bind_listeners(settings)
-    gateway = Gateway(settings, in_flight=in_flight)
+    gateway = Gateway(settings, in_flight=in_flight, siblings=siblings)
     try:
         await gateway.start()
     except BaseException:

@@ -15,7 +15,9 @@ any worker may serve an engage, and it is exact for all.
 
 The master does no I/O of its own beyond that: it forwards SIGTERM/SIGINT
 (stop) and SIGHUP (reload policies) to the workers, replaces a worker that
-dies, and exits when they have all stopped. A worker whose master is gone
+dies (and tells the others at once, ``services.siblings``: the agent's resend of
+a write the dead one was sending must not be sent again), and exits when they
+have all stopped. A worker whose master is gone
 stops too (it watches a pipe only the master writes to).
 """
 
@@ -34,6 +36,7 @@ from dataclasses import dataclass, field
 from gateway.policies import load_policies
 from gateway.server import bind, bind_listeners, configure_logging, ready_line, run_loop, serve
 from gateway.services.inflight_shared import SharedCounts
+from gateway.services.siblings import Siblings
 from gateway.settings import Settings
 
 log = logging.getLogger("gateway.workers")
@@ -69,6 +72,7 @@ class Master:
         self.workers = [_Worker(i, pair) for i, pair in enumerate(
             bind_all(settings, settings.workers))]
         self.in_flight = SharedCounts(len(self.workers))  # max_in_flight, for all of them
+        self.siblings = Siblings(len(self.workers))  # which of them died, told to the others
         self.ready_read, self.ready_write = os.pipe()  # workers: "ready URL URL REVISION\n"
         self.life_read, self.life_write = os.pipe()  # EOF in a worker: the master is gone
         self.stopping = False
@@ -101,6 +105,7 @@ class Master:
         os.close(self.ready_read)
         os.close(self.life_write)
         self.in_flight.as_worker(worker.index)
+        self.siblings.as_worker(worker.index)
         for other in self.workers:
             if other is not worker:
                 for sock in other.sockets:
@@ -119,7 +124,7 @@ class Master:
 
             loop.add_reader(self.life_read, orphaned)
             await serve(self.settings, sockets=worker.sockets, announce=announce,
-                        in_flight=self.in_flight)
+                        in_flight=self.in_flight, siblings=self.siblings)
 
         try:
             run_loop(main())
@@ -169,6 +174,7 @@ class Master:
                 continue
             worker.pid = 0
             self.in_flight.forget(worker.index)  # the slots it held, free again
+            self.siblings.died(worker.index)  # its writes on their way: resends stopped
             if self.stopping:
                 continue
             now = time.monotonic()

@@ -255,6 +255,9 @@ class JournalEntry:
     sealed: str | None = None
     sealed_outcome: str | None = None
     irreversible_reason: str | None = None  # why no undo is kept (e.g. a prior over the limit)
+    # the key the agent's resends of this write have (gateway.core.resend.key_of); None for
+    # a write no agent sends (a held call's execution, a rollback step)
+    resend_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

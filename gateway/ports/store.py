@@ -271,6 +271,12 @@ class LeftWriteStore(Protocol):
         """The keys of the writes left since ``since`` that no resend waits on (what a
         process that starts should know of)."""
 
+    async def strand_writes(self, process: str, at: datetime) -> list[str]:
+        """Dead ``process``'s writes still on their way that an agent sent (their intents
+        carry a ``resend_key``), marked as left at ``at`` with an unknown outcome (they may
+        have landed), unless already marked; a mark still ``sending`` becomes unknown. The
+        keys of their resends."""
+
 
 class PlanStore(Protocol):
     """Rollback plans. A plan is written once, whole; then its executor records each

@@ -62,7 +62,7 @@ from gateway.services.call import Call, Policies, Reply, Senders, body_reader
 from gateway.services.inflight import InFlightLimits
 from gateway.services.journal import Journal
 from gateway.services.killswitch import FreezeState
-from gateway.services.resends import Watched, WriteResends
+from gateway.services.resends import Watched, WriteResends, resend_key
 from gateway.services.tripwires import Tripwires
 from gateway.settings import Settings
 
@@ -239,8 +239,10 @@ class Pipeline:
         shadowed = action is not None and action.kind is Act.SHADOW
         keyed = upstream.idempotency_header(decision.rule)
         own = own_key(keyed, call.headers)  # the agent's, before the gateway adds its own
-        if approval is None and not shadowed:  # a resend of a write its agent left: its answer
-            rejoined = await self.resends.rejoin(call, upstream, own)
+        resends = resend_key(call, upstream, own)  # what the agent's resends of it have
+        sent_by_agent = approval is None and not shadowed
+        if sent_by_agent:  # a resend of a write its agent left: its answer
+            rejoined = await self.resends.rejoin(call, resends)
             if rejoined is not None:
                 return rejoined
         self.freezes.admit(upstream.name, call.agent)
@@ -277,7 +279,8 @@ class Pipeline:
             reversible=kept.reversible, approval=approval,
             mode=action.mode if action is not None and action.mode != "enforce" else None,
             would_decide=action.would_decide if action is not None else None,
-            sealed=kept.sealed, irreversible_reason=kept.irreversible_reason)
+            sealed=kept.sealed, irreversible_reason=kept.irreversible_reason,
+            resend_key=resends if sent_by_agent else None)
         if shadowed:
             return await self._shadow(upstream, call, view, entry, started)
         if keyed is not None:
@@ -294,7 +297,7 @@ class Pipeline:
             async with self.freezes.sending(upstream.name, call.agent, InFlight(
                     entry.id, call.agent, upstream.name, view.method, view.path,
                     self.freezes.member)):
-                with (self.resends.watching(call, upstream, own, entry.id) as left,
+                with (self.resends.watching(call, resends, entry.id) as left,
                       call.watch.step(UPSTREAM, upstream.name) as step):
                     response = await sender.forward(
                         upstream, call, approved=approval is not None, trace=step.propagate)

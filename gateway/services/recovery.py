@@ -4,11 +4,12 @@ Every process keeps a heartbeat lease (``process:<name>``, renewed every
 third of ``executor_lease``). Then, again and again:
 
 - a process whose heartbeat lapsed (or that left intents and never had one) is
-  recovered by the one process that takes its lease over: its intents become
-  ``unknown`` (prior and undo kept, so rollback can reconcile them), and each
-  of its journal entries that no audit record names gets one, appended from
-  the committed intent (the listener's record was still in memory when it
-  died). A crash therefore costs no write its journal entry nor its audit
+  recovered by the one process that takes its lease over: the writes its agents
+  sent are marked as left (``WriteResends.strand``: a resend gets ``409
+  already_sent``), its intents become ``unknown`` (prior and undo kept, so
+  rollback can reconcile them), and each of its journal entries that no audit
+  record names gets one, appended from the committed intent (the listener's
+  record was still in memory when it died). A crash therefore costs no write its journal entry nor its audit
   record, without a synchronous audit commit per reply. After a round that
   could not renew this process's heartbeat (the store down: nobody's can be)
   nobody is taken over for a lease and a round: the live ones renew theirs first;
@@ -43,6 +44,7 @@ from gateway.core.model import JournalEntry, iso, utcnow
 from gateway.deadline import cancelled
 from gateway.ports import RecoveryStore
 from gateway.services.journal import Journal
+from gateway.services.resends import WriteResends
 from gateway.services.rollbacks import Rollbacks
 
 log = logging.getLogger("gateway.recovery")
@@ -50,8 +52,10 @@ log = logging.getLogger("gateway.recovery")
 
 class Recovery:
     def __init__(self, store: RecoveryStore, rollbacks: Rollbacks, journal: Journal, process: str,
-                 lease_seconds: float, horizon: float) -> None:
+                 lease_seconds: float, horizon: float,
+                 resends: WriteResends | None = None) -> None:
         self.store = store
+        self.resends = resends  # a dead process's writes: their agents' resends stopped
         self.journal = journal  # this process's intents whose outcome it still holds
         self.rollbacks = rollbacks
         self.process = process
@@ -173,6 +177,8 @@ class Recovery:
         name = f"process:{process}"
         if not await self.store.take_lease(name, self.process, utcnow(), self.lease_seconds):
             return  # alive again, or another process is recovering it
+        if self.resends is not None:  # before its intents become unknown, or they are not
+            await self.resends.strand(process)  # found: marked as left, may have landed
         unknown, unaudited = await self.store.recover_process(process, utcnow())
         if unknown:
             log.error("process %s stopped with %d writes in flight; journaled unknown: %s",

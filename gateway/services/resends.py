@@ -17,6 +17,14 @@ outcome is unknown (it may have landed), or, if the first try surely did not lea
 sent as a call of its own. A resend that leaves in turn marks the write again for the
 next. A resend that reaches another process before the bus has told it of the mark
 (a few milliseconds after the close) is sent as a new call, as before.
+
+A process that dies while writes are on their way leaves them unsettled, and their
+agents see their connections reset and resend them. Each intent carries the key of its
+resends (``JournalEntry.resend_key``), so whoever learns of the death first marks the
+dead process's writes as left with an unknown outcome (``strand``): its sibling workers
+as soon as their master tells them (``services.siblings``), before their next write;
+any process on the store once it takes the dead one's heartbeat over (``Recovery``).
+Their resends get ``409 already_sent``: the first try may have landed.
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ from gateway.errors import AgentGone, AlreadySent, GatewayError, JournalUnavaila
 from gateway.ports import Bus, LeftWriteStore, UpstreamResponse
 from gateway.services.call import Call, Reply
 from gateway.services.held_calls import replayed, stored_response
+from gateway.services.siblings import Siblings
 
 log = logging.getLogger("gateway.resends")
 POLL = 0.25  # seconds between reads of a write another process is sending
@@ -57,7 +66,7 @@ KNOWN_LIMIT = 10_000  # keys of marks a process keeps in mind
 class Watched:
     """One write on its way while its agent's connection is watched."""
 
-    key: Callable[[], str]
+    key: str
     entry_id: str
     agent: str
     marking: asyncio.Task[None] | None = None  # the mark, once the agent left
@@ -68,13 +77,17 @@ class WriteResends:
     """``store``: where marks are kept (None: no write is marked, no call rejoins one);
     ``bus``: the processes sharing the store (None: this one alone); ``horizon``: the
     longest a write may be on its way, after which a mark never settled (its process
-    died) is read as unknown."""
+    died) is read as unknown; ``siblings``: the other workers of this process's master,
+    and which of them died."""
 
     def __init__(self, store: LeftWriteStore | None, bus: Bus | None = None,
                  horizon: Callable[[], float] = lambda: 60.0,
-                 window: timedelta = REJOIN_WINDOW) -> None:
+                 window: timedelta = REJOIN_WINDOW, siblings: Siblings | None = None) -> None:
         self.store = store
         self._bus = bus
+        self._siblings = siblings
+        self._seen = 0  # the deaths of siblings whose writes this process has marked
+        self._stranding = asyncio.Lock()
         self._horizon = horizon  # the longest a write may be on its way, in seconds
         self._window = window
         self._known: dict[str, float] = {}  # key -> until when (monotonic) a mark may have it
@@ -110,12 +123,14 @@ class WriteResends:
         self._known.pop(key, None)  # newest last
         self._known[key] = now + self._window.total_seconds()
 
-    async def rejoin(self, call: Call, upstream: Upstream, own: str | None) -> Reply | None:
-        """The first try's answer if ``call`` resends a write its agent left; None: send
-        it. Reads nothing unless a mark with its key is known here."""
+    async def rejoin(self, call: Call, key: str) -> Reply | None:
+        """The first try's answer if ``call`` (whose resends have ``key``) resends a write
+        its agent left; None: send it. Reads nothing unless a mark with its key is known
+        here, or a sibling died since the last write."""
+        if self._siblings is not None and self._siblings.generation != self._seen:
+            await self._siblings_died()
         if not self._known or self.store is None:
             return None
-        key = _key(call, upstream, own)
         until = self._known.get(key)
         if until is None:
             return None
@@ -182,11 +197,47 @@ class WriteResends:
                else "was answered, but its answer was too large to keep")
             + "; it was not sent again", journal=left.entry_id)
 
+    async def _siblings_died(self) -> None:
+        """The writes of the siblings that died since the last look, marked as left
+        before this write is looked for: it may be the resend of one."""
+        assert self._siblings is not None
+        async with self._stranding:
+            generation, dead = self._siblings.dead_since(self._seen)
+            try:
+                for process in dead:
+                    await self.strand(process)
+            except Exception as exc:  # fail closed: it may be a resend, so it is not sent
+                log.error("could not mark the writes of a worker that died: %s", exc)
+                raise JournalUnavailable(
+                    "the journal could not be read (a worker died, and this write may be "
+                    "the resend of one it was sending); the write was not sent") from exc
+            self._seen = max(self._seen, generation)
+
+    async def strand(self, process: str) -> None:
+        """Dead ``process``'s writes still on their way, marked as left with an unknown
+        outcome (``LeftWriteStore.strand_writes``): a resend of one gets ``409
+        already_sent``. The other processes on the bus are told of the keys."""
+        if self.store is None:
+            return
+        keys = await self.store.strand_writes(process, utcnow())
+        for key in keys:
+            self._know(key)
+        if keys:
+            log.error("process %s died with %d writes of agents on their way; their resends "
+                      "will not be sent", process, len(keys))
+        for key in keys:
+            if self._bus is None:
+                break
+            try:
+                await self._bus.publish({"type": LEFT, "key": key})
+            except Exception as exc:  # the store has the marks: a restart reads them
+                log.warning("could not tell the other processes of a resend key: %s", exc)
+                break
+
     @contextmanager
-    def watching(self, call: Call, upstream: Upstream, own: str | None,
-                 entry_id: str) -> Iterator[Watched]:
+    def watching(self, call: Call, key: str, entry_id: str) -> Iterator[Watched]:
         """While the write is sent: its agent's connection closing marks it as left."""
-        watched = Watched(lambda: _key(call, upstream, own), entry_id, call.agent)
+        watched = Watched(key, entry_id, call.agent)
         if call.link is not None and self.store is not None:
             watched.forget = call.link.on_close(lambda: self._gone(watched))
         try:
@@ -195,7 +246,7 @@ class WriteResends:
             watched.forget()
 
     def _gone(self, watched: Watched) -> None:
-        key = watched.key()
+        key = watched.key
         saving = self._saving.setdefault(key, asyncio.get_running_loop().create_future())
         self._know(key)
         watched.marking = asyncio.ensure_future(self._saved(watched, key, saving))
@@ -248,7 +299,8 @@ class WriteResends:
                 event.set()
 
 
-def _key(call: Call, upstream: Upstream, own: str | None) -> str:
+def resend_key(call: Call, upstream: Upstream, own: str | None) -> str:
+    """The key of ``call``'s resends (``own``: the agent's idempotency key, if any)."""
     return key_of(call.agent, call.checkpoint.run, upstream.name, call.method,
                   call.raw_path, call.query, call.buffered or b"", own)
 

@@ -133,7 +133,7 @@ def journal_params(entry: JournalEntry) -> tuple[Any, ...]:
 
 def intent_params(entry: JournalEntry, process: str | None) -> tuple[Any, ...]:
     """``journal_params`` and the process that journals it (``killswitch.INTENT_COLUMNS``)."""
-    return (*journal_params(entry), process)
+    return (*journal_params(entry), process, entry.resend_key)
 
 
 def outcome_params(entry_id: str, outcome: JournalOutcome) -> tuple[Any, ...]:
@@ -189,6 +189,7 @@ def entry_from_row(row: JournalRow) -> JournalEntry:
         sealed=row.sealed,
         sealed_outcome=row.sealed_outcome,
         irreversible_reason=row.irreversible_reason,
+        resend_key=row.resend_key,
     )
 
 

@@ -51,7 +51,7 @@ from gateway.store.codec import JOURNAL_COLUMNS, quoted
 from gateway.store.hot import HotPath, Tx
 
 ARBITER_LOCK = 0x67775F6172626974  # "gw_arbit"
-INTENT_COLUMNS = (*JOURNAL_COLUMNS, "process")
+INTENT_COLUMNS = (*JOURNAL_COLUMNS, "process", "resend_key")
 
 COVERING = ("f.released_at IS NULL AND (f.scope = 'global' "
             "OR (f.scope = 'upstream' AND f.target = {upstream}) "

@@ -14,13 +14,13 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, update
+from sqlalchemy import delete, text, update
 from sqlalchemy import select as sql_select
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import col
 
 from gateway.core.model import iso, parse_iso, utcnow
-from gateway.core.resend import LeftWrite
+from gateway.core.resend import SENDING, UNKNOWN, LeftWrite
 from gateway.core.seal import NO_SEALER, Sealer
 from gateway.store import codec
 from gateway.store.tables import LeftWriteRow
@@ -29,13 +29,27 @@ _entry, _key, _agent = col(LeftWriteRow.entry_id), col(LeftWriteRow.key), col(Le
 _left_at, _rejoined_at = col(LeftWriteRow.left_at), col(LeftWriteRow.rejoined_at)
 PRUNE_AFTER = timedelta(days=1)  # far past ``core.resend.REJOIN_WINDOW``
 _columns = tuple(col(c) for c in LeftWriteRow.__table__.columns)  # type: ignore[attr-defined]
+# a dead process's writes still on their way (``leases._OPEN``: PostgreSQL keeps them in
+# ``journal_open``, 0023) that an agent sent, so may resend
+_STRANDED = {
+    False: text("SELECT id, resend_key, agent FROM journal WHERE state = 'intent' "
+                "AND process = :process AND resend_key IS NOT NULL"),
+    True: text("SELECT j.id, j.resend_key, j.agent FROM journal_open o JOIN journal j "
+               "ON j.id = o.id WHERE o.process = :process AND j.resend_key IS NOT NULL"),
+}
+# marked unknown: a mark its agent made (still ``sending``, for good) changes; a claim stays
+_STRAND = text("UPDATE left_writes SET state = :unknown WHERE entry_id = :id "
+               "AND state = :sending")
+_STRAND_NEW = text("INSERT INTO left_writes (entry_id, key, agent, left_at, state) "
+                   "VALUES (:id, :key, :agent, :at, :unknown) ON CONFLICT (entry_id) DO NOTHING")
 
 
 class LeftWrites:
-    """``leave_write`` ... ``left_keys`` of ``ports.Store``."""
+    """``leave_write`` ... ``strand_writes`` of ``ports.Store``."""
 
     _engine: AsyncEngine  # reads
     _writer: AsyncEngine  # writes: BEGIN IMMEDIATE on SQLite
+    _postgres: bool
     sealer: Sealer | None
 
     async def leave_write(self, left: LeftWrite) -> None:
@@ -88,3 +102,14 @@ class LeftWrites:
         free = sql_select(_key).where(_left_at >= iso(since), _rejoined_at.is_(None)).distinct()
         async with self._engine.connect() as reader:
             return [row[0] for row in await reader.execute(free)]
+
+    async def strand_writes(self, process: str, at: datetime) -> list[str]:
+        async with self._writer.begin() as connection:
+            rows = (await connection.execute(_STRANDED[self._postgres],
+                                             {"process": process})).all()
+            for entry_id, key, agent in rows:
+                values = {"id": entry_id, "key": key, "agent": agent, "at": iso(at),
+                          "unknown": UNKNOWN, "sending": SENDING}
+                await connection.execute(_STRAND, values)
+                await connection.execute(_STRAND_NEW, values)
+        return sorted({key for _, key, _ in rows})

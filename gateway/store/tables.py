@@ -81,6 +81,7 @@ class JournalRow(SQLModel, table=True):
     sealed: str | None = _text_or_null()  # at the intent: the true undo and prior
     sealed_outcome: str | None = _text_or_null()  # at the outcome: the true state left
     irreversible_reason: str | None = _text_or_null()  # why no undo was kept (0010)
+    resend_key: str | None = _text_or_null()  # gateway.core.resend.key_of (0027)
 
 
 _journal = JournalRow.__table__  # type: ignore[attr-defined]

@@ -152,6 +152,17 @@ def in_thread(target: Any, *args: Any, **kwargs: Any) -> tuple[threading.Thread,
     return thread, result
 
 
+def holder(port: int) -> int:
+    """The pid of the one process with an open connection to 127.0.0.1:``port`` (the
+    worker of ``gateway serve --workers N`` sending a write there)."""
+    out = subprocess.run(["ss", "-tnpH", "state", "established", "dst", f"127.0.0.1:{port}"],
+                         capture_output=True, text=True, check=True).stdout
+    pids = {int(p) for p in re.findall(r"pid=(\d+)", out)}
+    if len(pids) != 1:
+        raise AssertionError(f"expected one process holding the write, found {pids}: {out}")
+    return pids.pop()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -38,6 +38,7 @@ def _entry(n: int = 0, **changes: Any) -> JournalEntry:
         capture_path=f"/customers/{n}",
         undo=Undo("PUT", f"/customers/{n}", {"name": "Zoe"}),
         reversible=True,
+        resend_key=f"{n:064x}",
     )
     values.update(changes)
     return JournalEntry(**values)

@@ -26,13 +26,13 @@ from gateway.store.tables import JournalRow
 
 EntryFactory = Callable[..., JournalEntry]
 MIGRATION = (Path(__file__).resolve().parents[2] / "gateway" / "store" / "migrations"
-             / "versions" / "0022_journal_write_rows.py")
+             / "versions" / "0027_intent_resend_key.py")
 # what JSON batches made hard: escapes, JSON inside JSON, characters beyond the BMP
 TRICKY = 'a "quoted" \\ back\\slash\nnew line\ttab {"json": "in \\"json\\""} 🚀 ñ'
 
 
 def _migration() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("migration_0022", MIGRATION)
+    spec = importlib.util.spec_from_file_location("migration_0027", MIGRATION)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -61,7 +61,7 @@ async def test_the_rows_it_takes_are_the_hot_paths_columns_with_the_tables_types
     assert found["journal_intent"] == [(c, _pg_type(c)) for c in ks.INTENT_COLUMNS]
     assert found["journal_outcome"] == [(c, _pg_type(c))
                                         for c in (*codec.OUTCOME_COLUMNS, "id")]
-    assert _migration().INTENT_COLUMNS == ks.INTENT_COLUMNS  # what a downgrade drops
+    assert _migration().INTENT_COLUMNS == ks.INTENT_COLUMNS  # the newest migration's
 
 
 @pytest.mark.parametrize("store_url", ["postgresql"], indirect=True)  # the ride is PostgreSQL's
@@ -126,9 +126,32 @@ async def test_upgrade_from_0021_and_downgrade_to_it(store_url: str,
         assert await store.journal_intent(entry)
         assert await store.get_journal(entry.id) == entry
         assert "gateway_journal_write" in await _functions(store_url)
-        assert head() == "0026"  # 0023 to 0026 keep these functions as they are
+        assert head() == "0027"  # 0023 to 0026 keep these functions as they are
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize("store_url", ["postgresql"], indirect=True)
+async def test_0027_adds_the_resend_key_to_the_rows_and_takes_it_back(
+        store: SqlStore, store_url: str, make_entry: EntryFactory) -> None:
+    async def attributes() -> list[str]:
+        async with store._engine.connect() as connection:  # noqa: SLF001
+            return list((await connection.execute(text(
+                "SELECT a.attname FROM pg_type t JOIN pg_attribute a "
+                "ON a.attrelid = t.typrelid WHERE t.typname = 'journal_intent' "
+                "AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum"))).scalars())
+
+    assert await attributes() == list(ks.INTENT_COLUMNS)
+    entry = make_entry(4)
+    assert await store.journal_intent(entry)
+    async with store._engine.connect() as connection, connection.begin():  # noqa: SLF001
+        await connection.run_sync(lambda sync: command.downgrade(alembic_config(sync), "0026"))
+    assert await attributes() == list(_migration().BEFORE)
+    async with store._engine.connect() as connection, connection.begin():  # noqa: SLF001
+        await connection.run_sync(lambda sync: command.upgrade(alembic_config(sync), "head"))
+    assert await attributes() == list(ks.INTENT_COLUMNS)
+    read = await store.get_journal(entry.id)
+    assert read is not None and read.resend_key is None  # the column went with 0026
 
 
 @pytest.mark.parametrize("store_url", ["postgresql"], indirect=True)

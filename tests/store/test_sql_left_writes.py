@@ -7,10 +7,11 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
+from gateway.core.model import JournalOutcome
 from gateway.core.resend import ANSWERED, NOT_SENT, SENDING, UNKNOWN, LeftWrite
 from gateway.core.seal import Sealer
 from gateway.store.sql import SqlStore
-from tests.store.conftest import T0
+from tests.store.conftest import T0, EntryFactory
 
 LEFT = T0 + timedelta(seconds=30)
 ANSWER = {"status": 201, "headers": {"content-type": "application/json"},
@@ -91,3 +92,34 @@ async def test_a_starting_process_reads_the_keys_no_resend_waits_on(store: SqlSt
     await store.leave_write(left(4, key="old", at=T0))
     assert await store.rejoin_write("claimed", "support-bot", T0) is not None
     assert await store.left_keys(T0 + timedelta(seconds=1)) == ["free"]
+
+
+async def test_a_dead_process_writes_on_their_way_are_marked_unknown_once(
+        store: SqlStore, make_entry: EntryFactory, outcome: JournalOutcome) -> None:
+    """``strand_writes``: the intents an agent sent (a resend key) of the dead process,
+    through the hot path's insert (on PostgreSQL ``gateway_journal_write``'s row type,
+    0027), become marks with an unknown outcome; a mark its agent made while it was
+    sending changes to unknown, a claimed one stays claimed, a settled write is none."""
+    sent, settled, executed, left_before, claimed = (
+        make_entry(n, resend_key=f"key-{n}") for n in range(5))
+    executed.resend_key = None  # a held call's execution: no agent resends it
+    for entry in (sent, settled, executed, left_before, claimed):
+        assert await store.journal_intent(entry)
+    await store.journal_outcome(settled.id, outcome)
+    await store.leave_write(LeftWrite(left_before.id, "key-3", "support-bot", LEFT))
+    await store.leave_write(LeftWrite(claimed.id, "key-4", "support-bot", LEFT))
+    await store.settle_left(claimed.id, UNKNOWN)
+    assert await store.rejoin_write("key-4", "support-bot", T0) is not None  # waits on it
+
+    assert await store.strand_writes("another-process", LEFT) == []
+    assert await store.strand_writes(store.process, LEFT) == ["key-0", "key-3", "key-4"]
+    first = await store.rejoin_write("key-0", "support-bot", T0)
+    assert first is not None and (first.entry_id, first.state) == (sent.id, UNKNOWN)
+    again = await store.rejoin_write("key-3", "support-bot", T0)
+    assert again is not None and again.state == UNKNOWN  # was sending: its process is gone
+    assert await store.rejoin_write("key-4", "support-bot", T0) is None  # still claimed
+    assert await store.rejoin_write("key-1", "support-bot", T0) is None  # it was settled
+    assert await store.strand_writes(store.process, LEFT) == ["key-0", "key-3", "key-4"]
+    assert await store.rejoin_write("key-0", "support-bot", T0) is None  # the claim stays
+    read = await store.get_journal(sent.id)
+    assert read is not None and read.resend_key == "key-0"
