@@ -1,5 +1,10 @@
 -- wrk script for bench/run.py. Environment: BENCH_METHOD (GET|PATCH), BENCH_KEY
--- (sent as X-Gateway-Key when set). done() prints one parseable line.
+-- (sent as X-Gateway-Key when set), BENCH_NONCE (in every PATCH body of this run).
+-- done() prints one parseable line.
+--
+-- wrk ends a run by closing its connections mid-write; the gateway marks those writes
+-- as left, and the next PATCH with the same body would be taken for their agent's
+-- resend (README, "resend"). A body of its own per run keeps each run a run of writes.
 wrk.method = os.getenv("BENCH_METHOD") or "GET"
 local key = os.getenv("BENCH_KEY")
 if key and key ~= "" then
@@ -7,7 +12,7 @@ if key and key ~= "" then
 end
 if wrk.method == "PATCH" then
   wrk.headers["Content-Type"] = "application/json"
-  wrk.body = '{"qty":8,"name":"Widget renamed"}'
+  wrk.body = '{"qty":8,"name":"Widget renamed","run":"' .. (os.getenv("BENCH_NONCE") or "") .. '"}'
 end
 
 function done(summary, latency, requests)

@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -89,7 +90,8 @@ def main() -> int:
         loader = subprocess.Popen(
             ["wrk", "-t", "2", "-c", str(args.conns), "-d", "3600s", "--timeout", "5s",
              "-s", str(HERE / "bench.lua"), a_proxy + "/bench" + bench.ITEM_PATH],
-            env=dict(os.environ, BENCH_METHOD="PATCH", BENCH_KEY=bench.AGENT_KEY),
+            env=dict(os.environ, BENCH_METHOD="PATCH", BENCH_KEY=bench.AGENT_KEY,
+                     BENCH_NONCE=uuid.uuid4().hex),
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
         print(f"writing for {args.warm:.0f} s ...", flush=True)
         time.sleep(args.warm)  # the load itself: nothing to synchronise with

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -93,7 +94,8 @@ def main() -> int:
             b, _, b_admin = bench.start_gateway("prof-b", config, policies, db, out, env=env)
             procs.append(b)
             pids.append(str(b.proc.pid))
-        envw = dict(os.environ, BENCH_METHOD=args.method, BENCH_KEY=bench.AGENT_KEY)
+        envw = dict(os.environ, BENCH_METHOD=args.method, BENCH_KEY=bench.AGENT_KEY,
+                    BENCH_NONCE=uuid.uuid4().hex)
         seconds = args.seconds if not args.engage else 600
         wrk = subprocess.Popen(
             ["wrk", "-t", "2" if args.conns > 1 else "1", "-c", str(args.conns), "-d",

@@ -205,7 +205,7 @@ def probe(url: str, method: str, key: str | None) -> str:
 
 
 def wrk(url: str, method: str, conns: int, seconds: int, key: str | None) -> dict[str, Any]:
-    env = dict(os.environ, BENCH_METHOD=method, BENCH_KEY=key or "")
+    env = dict(os.environ, BENCH_METHOD=method, BENCH_KEY=key or "", BENCH_NONCE=uuid.uuid4().hex)
     cmd = ["wrk", "-t", str(THREADS.get(conns, 2)), "-c", str(conns),
            "-d", f"{max(1, seconds)}s", "--timeout", "5s", "-s", str(HERE / "bench.lua"), url]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
@@ -281,7 +281,8 @@ def engage_run(args: argparse.Namespace, pg: Postgres, logdir: Path, tmp: Path,
         procs.append(a)
         b, _, b_admin = start_gateway("engage-gateway-b", config, policies, db_url, logdir)
         procs.append(b)
-        env = dict(os.environ, BENCH_METHOD="PATCH", BENCH_KEY=AGENT_KEY)
+        env = dict(os.environ, BENCH_METHOD="PATCH", BENCH_KEY=AGENT_KEY,
+                   BENCH_NONCE=uuid.uuid4().hex)
         loader = subprocess.Popen(
             ["wrk", "-t", "2", "-c", "8", "-d", "600s", "--timeout", "5s", "-s",
              str(HERE / "bench.lua"), a_proxy + "/bench" + ITEM_PATH], env=env,
