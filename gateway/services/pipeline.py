@@ -62,7 +62,7 @@ from gateway.services.call import Call, Policies, Reply, Senders, body_reader
 from gateway.services.inflight import InFlightLimits
 from gateway.services.journal import Journal
 from gateway.services.killswitch import FreezeState
-from gateway.services.resends import Watched, WriteResends, resend_key
+from gateway.services.resends import WriteResends, resend_key
 from gateway.services.tripwires import Tripwires
 from gateway.settings import Settings
 
@@ -291,34 +291,39 @@ class Pipeline:
         _still_there(call)  # an agent that left gets no intent for a write never sent
         await self.journal.intent(upstream, call, entry, "the call was not sent")
         sent = time.perf_counter()
-        left: Watched | None = None  # the write as its agent's resends would know it
-        try:
-            _still_there(call)  # the intent may have waited (a failover): not sent now
-            async with self.freezes.sending(upstream.name, call.agent, InFlight(
-                    entry.id, call.agent, upstream.name, view.method, view.path,
-                    self.freezes.member)):
-                with (self.resends.watching(call, resends, entry.id) as left,
-                      call.watch.step(UPSTREAM, upstream.name) as step):
-                    response = await sender.forward(
-                        upstream, call, approved=approval is not None, trace=step.propagate)
-        except GatewayError as exc:
-            exc.extra.setdefault("journal", entry.id)  # the audit record names the entry
-            if exc.maybe_sent and (call.idempotency is None or call.idempotency[1] == entry.id):
-                exc.retry = False  # it may have landed, and no key of the agent's dedupes
-            await self.resends.settle(left, None, exc)
+        # the write as its agent's resends would know it: watched from the send until its
+        # answer is ready for the agent (a close meanwhile, during the read-after say, is
+        # the agent leaving before it had the answer)
+        with self.resends.watching(call, resends, entry.id) as left:
+            try:
+                _still_there(call)  # the intent may have waited (a failover): not sent now
+                async with self.freezes.sending(upstream.name, call.agent, InFlight(
+                        entry.id, call.agent, upstream.name, view.method, view.path,
+                        self.freezes.member)):
+                    with call.watch.step(UPSTREAM, upstream.name) as step:
+                        response = await sender.forward(
+                            upstream, call, approved=approval is not None,
+                            trace=step.propagate)
+            except GatewayError as exc:
+                exc.extra.setdefault("journal", entry.id)  # the audit record names the entry
+                if exc.maybe_sent and (call.idempotency is None
+                                       or call.idempotency[1] == entry.id):
+                    exc.retry = False  # it may have landed, and no key of the agent's dedupes
+                await self.resends.settle(left, None, exc)
+                self.journal.later(entry, await self.journal.outcome_of(
+                    entry, None, exc, started, sent, capture_ms, upstream, sender, view.body),
+                    call.watch)
+                if approval is None:
+                    await self.tripwires.after_write(upstream, call, exc)
+                raise
+            # Built now, read-after included: the state the write left is read before the
+            # agent (or anyone) can change it again; only the store write waits.
             self.journal.later(entry, await self.journal.outcome_of(
-                entry, None, exc, started, sent, capture_ms, upstream, sender, view.body), call.watch)
+                entry, response, None, started, sent, capture_ms, upstream, sender, view.body),
+                call.watch)
             if approval is None:
-                await self.tripwires.after_write(upstream, call, exc)
-            raise
-        # Built now, read-after included: the state the write left is read before the
-        # agent (or anyone) can change it again; only the store write waits.
-        self.journal.later(entry, await self.journal.outcome_of(
-            entry, response, None, started, sent, capture_ms, upstream, sender, view.body),
-            call.watch)
-        if approval is None:
-            await self.tripwires.after_write(upstream, call, response.status)
-        await self.resends.settle(left, response)
+                await self.tripwires.after_write(upstream, call, response.status)
+            await self.resends.settle(left, response)
         return Reply(response, "allow", journal_id=entry.id)
 
     async def _shadow(self, upstream: Upstream, call: Call, view: CallView,

@@ -236,9 +236,10 @@ class WriteResends:
 
     @contextmanager
     def watching(self, call: Call, key: str, entry_id: str) -> Iterator[Watched]:
-        """While the write is sent: its agent's connection closing marks it as left."""
+        """From the send until ``settle``: its agent's connection closing marks it as left
+        (one that closed before is the pipeline's: the write is not sent)."""
         watched = Watched(key, entry_id, call.agent)
-        if call.link is not None and self.store is not None:
+        if call.link is not None and self.store is not None and not call.link.closed():
             watched.forget = call.link.on_close(lambda: self._gone(watched))
         try:
             yield watched
@@ -274,10 +275,12 @@ class WriteResends:
             log.warning("could not mark journal entry %s for its agent's resend: %s",
                         left.entry_id, exc)
 
-    async def settle(self, watched: Watched | None, response: UpstreamResponse | None,
+    async def settle(self, watched: Watched, response: UpstreamResponse | None,
                      error: GatewayError | None = None) -> None:
-        """How a write its agent left ended, kept for its resend (a no-op if it did not)."""
-        if watched is None or watched.marking is None or self.store is None:
+        """How a write its agent left ended, kept for its resend (a no-op if it did not).
+        Its answer is ready for the agent: a close from now on is not watched."""
+        watched.forget()
+        if watched.marking is None or self.store is None:
             return
         await watched.marking
         kept: dict[str, Any] | None = None

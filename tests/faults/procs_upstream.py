@@ -36,6 +36,7 @@ class Fault:
     count: int  # how many matching requests it takes; -1: all
     status: int = 503
     apply: bool = False  # hang: apply the write before hanging (it landed, no answer)
+    empty: bool = False  # gate: once released, answer 204 with no body (no resource echoed)
     released: threading.Event = field(default_factory=threading.Event)
 
     def matches(self, method: str, path: str) -> bool:
@@ -93,9 +94,11 @@ class FaultUpstream:
             self.faults.append(fault)
         return fault
 
-    def gate(self, method: str, path: str | None = None, count: int = -1) -> Fault:
-        """Hold matching requests until ``release``, then answer them as usual."""
-        fault = Fault(method, path, "gate", count)
+    def gate(self, method: str, path: str | None = None, count: int = -1,
+             empty: bool = False) -> Fault:
+        """Hold matching requests until ``release``, then answer them as usual (``empty``:
+        applied, and answered 204 with no body, as an API that does not echo the resource)."""
+        fault = Fault(method, path, "gate", count, empty=empty)
         with self._lock:
             self.faults.append(fault)
         return fault
@@ -160,7 +163,8 @@ class FaultUpstream:
             return fault.status, {"error": "injected"}
         if fault is not None and fault.kind == "gate":
             fault.released.wait(120)
-            return self._apply(method, path, body)
+            applied = self._apply(method, path, body)
+            return (204, None) if fault.empty and applied[0] < 300 else applied
         if fault is not None:  # hang
             if fault.apply:
                 self._apply(method, path, body)

@@ -97,6 +97,32 @@ async def test_the_resend_of_a_write_left_on_its_way_gets_the_first_answer(
     assert verified["ok"] is True
 
 
+async def test_a_resend_of_a_write_left_while_its_outcome_was_read_gets_the_first_answer(
+        tmp_path: Path, store_url: str, upstream: FaultUpstream) -> None:
+    """The upstream answers the PATCH with no body, so the gateway reads the resource
+    after it for the journal before the agent has its answer; the agent gives up during
+    that read. Before, only the send was watched: the resend was sent again."""
+    patch = upstream.gate("PATCH", "/items/x", empty=True)
+    async with gateways(tmp_path, store_url, upstream) as [(gw, base, server)]:
+        async with agent(base) as client:
+            first = asyncio.create_task(client.patch("/items/x", json={"v": 2}))
+            await asyncio.to_thread(upstream.wait_for, "PATCH", "/items/x")
+            reading = upstream.gate("GET", "/items/x")  # the capture was before the PATCH
+            patch.released.set()  # applied, answered 204: the gateway reads it after
+            await asyncio.to_thread(upstream.wait_for, "GET", "/items/x", 2)
+            first.cancel()  # the agent's timeout: its connection is closed
+            await asyncio.gather(first, return_exceptions=True)
+        await until(lambda: not server.server_state.connections, "the agent gone")
+        async with agent(base) as client:
+            resend = asyncio.create_task(client.patch("/items/x", json={"v": 2}))
+            await until(lambda: _claimed(gw), "the resend waiting on the first try")
+            reading.released.set()
+            answered = await resend
+        assert answered.status_code == 204, answered.text  # the first try's answer
+        assert len(await until(lambda: rejoined(gw), "the rejoin audited")) == 1
+    assert upstream.received("PATCH", "/items/x") == [{"v": 2}]  # once
+
+
 async def _claimed(gw: Harness) -> bool:
     (entry,) = await gw.journal()
     left = await gw.gateway.store.left_write(entry["id"])
