@@ -131,8 +131,8 @@ class Gateway:
         process = getattr(self._store, "process", None) or "gateway"
         if self._siblings is not None:  # for the master to name when this worker dies
             self._siblings.named(process)
-        resends = WriteResends(self._store, bus, horizon=self._longest_write,
-                               siblings=self._siblings)
+        self.resends = resends = WriteResends(self._store, bus, horizon=self._longest_write,
+                                              siblings=self._siblings)
         await resends.start()
         freezes = FreezeState(self._store, bus, self.settings.engage_wait,
                               horizon=self._longest_write, routes={LEFT: resends.heard})
@@ -242,6 +242,7 @@ class Gateway:
             await self.audit.stop()
             await self.checkpoints.stop()
             await self.notifier.stop()
+            await self.resends.stop()  # its look for dead processes uses the bus
             await self.freezes.stop()
             await self.senders.close()  # the MCP sender's kept connections
         await self.observer.close()

@@ -55,6 +55,10 @@ class Bus(Protocol):
 
     async def members(self) -> set[str]: ...  # the other processes listening now
 
+    async def gone(self, members: set[str]) -> set[str]:
+        """Of the processes ``members``, those that died (nothing of theirs is left
+        connected to the store or the bus)."""
+
     def at_commit(self, message: dict[str, Any]) -> Notice | None:
         """``message`` as a NOTIFY a store transaction on the same PostgreSQL can send,
         heard by the others when it commits; None when this bus has no such thing."""
@@ -276,6 +280,10 @@ class LeftWriteStore(Protocol):
         carry a ``resend_key``), marked as left at ``at`` with an unknown outcome (they may
         have landed), unless already marked; a mark still ``sending`` becomes unknown. The
         keys of their resends."""
+
+    async def sending_processes(self) -> list[str]:
+        """The processes with writes on their way (open intents; on SQLite, those an agent
+        sent): the ones whose death ``strand_writes`` is for."""
 
 
 class PlanStore(Protocol):

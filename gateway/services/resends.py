@@ -23,8 +23,10 @@ agents see their connections reset and resend them. Each intent carries the key 
 resends (``JournalEntry.resend_key``), so whoever learns of the death first marks the
 dead process's writes as left with an unknown outcome (``strand``): its sibling workers
 as soon as their master tells them (``services.siblings``), before their next write;
-any process on the store once it takes the dead one's heartbeat over (``Recovery``).
-Their resends get ``409 already_sent``: the first try may have landed.
+every process on the store within ``DEATH_POLL`` of the death, seeing that a process
+with writes on their way has nothing left connected (``Bus.gone``: on PostgreSQL no
+session, on SQLite no socket); and whoever takes the dead one's heartbeat over
+(``Recovery``). Their resends get ``409 already_sent``: the first try may have landed.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from gateway.core.resend import (
     LeftWrite,
     key_of,
 )
+from gateway.deadline import cancelled
 from gateway.errors import AgentGone, AlreadySent, GatewayError, JournalUnavailable
 from gateway.ports import Bus, LeftWriteStore, UpstreamResponse
 from gateway.services.call import Call, Reply
@@ -60,6 +63,7 @@ MARK_WAIT = 5.0  # seconds a resend waits for this process to save the mark it r
 KEEP_LIMIT = 1 << 20  # bytes of an answer kept for the resend (a larger one is not)
 LEFT = "left"  # the bus message that tells the other processes of a mark
 KNOWN_LIMIT = 10_000  # keys of marks a process keeps in mind
+DEATH_POLL = 0.2  # seconds between looks for processes that died with writes on their way
 
 
 @dataclass(slots=True)
@@ -88,6 +92,8 @@ class WriteResends:
         self._siblings = siblings
         self._seen = 0  # the deaths of siblings whose writes this process has marked
         self._stranding = asyncio.Lock()
+        self._dead: dict[str, None] = {}  # processes whose writes were marked (the newest last)
+        self._watch: asyncio.Task[None] | None = None
         self._horizon = horizon  # the longest a write may be on its way, in seconds
         self._window = window
         self._known: dict[str, float] = {}  # key -> until when (monotonic) a mark may have it
@@ -106,6 +112,38 @@ class WriteResends:
                 self._know(key)
         except Exception as exc:
             log.warning("could not read the writes agents left before this start: %s", exc)
+        if self._bus is not None:
+            self._watch = asyncio.create_task(self._deaths())
+
+    async def stop(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            await asyncio.gather(self._watch, return_exceptions=True)
+            self._watch = None
+
+    async def _deaths(self) -> None:
+        while True:
+            await asyncio.sleep(DEATH_POLL)
+            try:
+                await self.look_for_deaths()
+            except Exception as exc:  # the store or the bus down: the next look
+                if cancelled():  # a cancel a driver turned into an error: stop
+                    raise
+                log.warning("could not look for processes that died with writes on their "
+                            "way: %s", exc)
+
+    async def look_for_deaths(self) -> None:
+        """The processes with writes on their way that have nothing left connected: dead;
+        their writes are marked (``strand``), once."""
+        assert self.store is not None and self._bus is not None
+        others = set(await self.store.sending_processes()) - {self._bus.member} - set(self._dead)
+        if not others:
+            return
+        for process in sorted(await self._bus.gone(others)):
+            await self.strand(process)
+            self._dead[process] = None
+            while len(self._dead) > KNOWN_LIMIT:
+                del self._dead[next(iter(self._dead))]
 
     def heard(self, message: dict[str, Any]) -> None:
         """The bus: another process marked a write (a hint: the store is the truth)."""

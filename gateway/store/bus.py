@@ -37,6 +37,7 @@ import os
 import socket
 import stat
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -53,6 +54,8 @@ CHANNEL = "gateway_bus"
 WARM_CHANNEL = "gateway_warm_up"  # no one listens on it
 _NOTIFY = "SELECT pg_notify($1, $2)"
 APP_PREFIX = "gateway-bus "
+SESSION_PREFIX = "gateway "  # the hot path's sessions of a process (``PostgresHotPath``)
+RECONNECT_GRACE = 10.0  # seconds after a server change before a process is taken for gone
 MAX_PAYLOAD = 7900  # NOTIFY's limit is 8000 bytes
 AT_COMMIT_MARGIN = 200  # bytes the store may add to a message sent at its commit
 PUBLISH_TIMEOUT = 1.0  # seconds a message may wait on the listening connection
@@ -106,6 +109,8 @@ class PgBus:
         self._listener: asyncpg.Connection | None = None
         self._deliver: Deliver | None = None
         self._using = asyncio.Lock()  # one statement at a time on the listening connection
+        self._server: str | None = None  # the server ``gone`` last asked, and from when on
+        self._trust_from = 0.0  # (monotonic) its sessions tell who is gone
 
     async def start(self, deliver: Deliver) -> None:
         self._deliver = deliver
@@ -186,6 +191,27 @@ class PgBus:
             "WHERE datname = current_database() AND application_name LIKE $1",
             APP_PREFIX + "%")
         return {row[0][len(APP_PREFIX):] for row in rows} - {self.member}
+
+    async def gone(self, members: set[str]) -> set[str]:
+        """Of ``members``, those with no session left on the database: neither the bus's
+        listening one nor any of the hot path's (a process that dies drops them all).
+        None for ``RECONNECT_GRACE`` seconds after the server changed (a restart, a
+        failover): every process lost its sessions then, and the live ones are still
+        connecting again."""
+        names = [APP_PREFIX + m for m in members] + [SESSION_PREFIX + m for m in members]
+        server, found = await self._pool.fetchrow(
+            "SELECT pg_postmaster_start_time()::text || ' ' || "
+            "coalesce(inet_server_addr()::text, ''), array(SELECT DISTINCT application_name "
+            "FROM pg_stat_activity WHERE datname = current_database() "
+            "AND application_name = ANY($1::text[]))", names)
+        now = time.monotonic()
+        if self._server is not None and server != self._server:
+            self._trust_from = now + RECONNECT_GRACE
+        self._server = server
+        if now < self._trust_from:
+            return set()
+        alive = {name.removeprefix(APP_PREFIX).removeprefix(SESSION_PREFIX) for name in found}
+        return members - alive
 
     async def check(self) -> None:
         """Keep the listening session alive: reconnect (and listen again) when it is lost.
@@ -320,6 +346,10 @@ class SocketBus:
 
     async def members(self) -> set[str]:
         return {member for member in self._others() if self._send(member, b"")}
+
+    async def gone(self, members: set[str]) -> set[str]:
+        """Of ``members``, those whose socket nobody reads: their process died."""
+        return members - await self.members() - {self.member}
 
     async def check(self) -> None:
         """Bind again if our socket file was removed (a tmp cleaner, say)."""

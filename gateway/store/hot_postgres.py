@@ -14,7 +14,7 @@ from gateway.group_commit import settle
 from gateway.ports import FreezeChange, Notice
 from gateway.store import codec
 from gateway.store import killswitch as ks
-from gateway.store.bus import PgBus
+from gateway.store.bus import SESSION_PREFIX, PgBus
 from gateway.store.engine import connect_primary
 from gateway.store.hot import Tx, numbered
 
@@ -70,16 +70,22 @@ class PostgresHotPath:
         self._engages = Pinned(pool)
 
     @classmethod
-    async def connect(cls, dsn: str, max_size: int = 10) -> PostgresHotPath:
+    async def connect(cls, dsn: str, max_size: int = 10,
+                      process: str | None = None) -> PostgresHotPath:
+        """``process``: this process's name, its sessions' ``application_name`` (``gateway
+        <process>``): while it lives it keeps some (each pool keeps one, and the pinned
+        writers theirs), so a process without any is dead (``PgBus.gone``)."""
         import asyncpg
 
+        named = {} if process is None else {"application_name": SESSION_PREFIX + process}
         pool = await asyncpg.create_pool(dsn, min_size=1, max_size=max_size, reset=_rollback,
-                                         connect=connect_primary)  # one host at a time
+                                         connect=connect_primary,  # one host at a time
+                                         server_settings=named)
         try:
             unsynced = await asyncpg.create_pool(
                 dsn, min_size=1, max_size=4, reset=_rollback, connect=connect_primary,
                 server_settings={"synchronous_commit": "off",
-                                 "plan_cache_mode": "force_custom_plan"})
+                                 "plan_cache_mode": "force_custom_plan", **named})
         except BaseException:
             await pool.close()
             raise

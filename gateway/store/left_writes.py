@@ -37,6 +37,11 @@ _STRANDED = {
     True: text("SELECT j.id, j.resend_key, j.agent FROM journal_open o JOIN journal j "
                "ON j.id = o.id WHERE o.process = :process AND j.resend_key IS NOT NULL"),
 }
+_SENDING = {  # the processes with such writes
+    False: text("SELECT DISTINCT process FROM journal WHERE state = 'intent' "
+                "AND process IS NOT NULL AND resend_key IS NOT NULL"),
+    True: text("SELECT DISTINCT process FROM journal_open WHERE process IS NOT NULL"),
+}
 # marked unknown: a mark its agent made (still ``sending``, for good) changes; a claim stays
 _STRAND = text("UPDATE left_writes SET state = :unknown WHERE entry_id = :id "
                "AND state = :sending")
@@ -113,3 +118,7 @@ class LeftWrites:
                 await connection.execute(_STRAND, values)
                 await connection.execute(_STRAND_NEW, values)
         return sorted({key for _, key, _ in rows})
+
+    async def sending_processes(self) -> list[str]:
+        async with self._engine.connect() as reader:
+            return sorted(row[0] for row in await reader.execute(_SENDING[self._postgres]))

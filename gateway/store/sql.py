@@ -109,7 +109,7 @@ class SqlStore(KillSwitch, JournalLog, AuditChain, HeldCalls, RollbackPlans,
             self.sealer = default_sealer(self.url)
         hot: HotPath
         if self._postgres:
-            hot = await PostgresHotPath.connect(asyncpg_dsn(self.url))
+            hot = await PostgresHotPath.connect(asyncpg_dsn(self.url), process=self.process)
         else:
             sqlite_path(self.url).parent.mkdir(parents=True, exist_ok=True)
             hot = await SqliteHotPath.connect(sqlite_path(self.url), self._fsync)

@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import openai
 
-from tests.faults.procs_support import Gateway, configure, holder, in_thread
+from tests.faults.procs_support import Gateway, configure, holder, in_thread, query
 from tests.faults.procs_upstream import FaultUpstream
 from tests.harness import AGENT_KEY, poll
 
@@ -81,5 +81,33 @@ def test_the_resend_of_a_write_whose_process_died_is_not_sent_once_it_is_taken_o
             again = second.call("POST", "/items", json=CREATE)  # after the resend: a new one
             assert again.status_code == 201, again.text
             assert len(upstream.received("POST", "/items")) == 2
+        finally:
+            second.stop()
+
+
+def test_the_resend_of_a_write_whose_replica_was_killed_is_not_sent_by_another(
+        tmp_path: Path, store_url: str) -> None:
+    """Two replicas on one store, no master between them: the one that was sending dies,
+    and the other sees within a fraction of a second that it left nothing connected (on
+    PostgreSQL no session, on SQLite no bus socket), long before its heartbeat lapses
+    (``executor_lease``, 15 s here): the resend reaching it is not sent."""
+    with FaultUpstream() as upstream:
+        gate = upstream.gate("POST", "/items")
+        config = configure(tmp_path, store_url, upstream.url)
+        first, second = Gateway(config), Gateway(config)
+        try:
+            in_thread(first.call, "POST", "/items", json=CREATE)
+            upstream.wait_for("POST", "/items")
+            first.kill()
+            gate.released.set()  # the first try lands, after its process died
+            poll(lambda: query(store_url, "SELECT state FROM left_writes") == [("unknown",)],
+                 "the dead replica's write marked", 10)
+            resend = second.call("POST", "/items", json=CREATE)
+            assert resend.status_code == 409, resend.text
+            assert resend.json()["error"]["code"] == "already_sent"
+            [entry] = second.journal(method="POST")
+            assert resend.json()["error"]["journal"] == entry["id"]
+            assert entry["state"] == "intent"  # its heartbeat has not lapsed: not recovered
+            assert len(upstream.received("POST", "/items")) == 1
         finally:
             second.stop()

@@ -68,6 +68,33 @@ async def test_a_member_that_left_is_no_longer_asked(members: list[Member]) -> N
             await asyncio.sleep(0.01)
 
 
+async def test_a_process_is_gone_only_once_nothing_of_it_is_connected(
+        members: list[Member]) -> None:
+    """``gone``: a process whose bus closed but whose store is still open (on PostgreSQL
+    its hot path's sessions, named after it) is not gone; closed entirely, it is."""
+    a, b, c = members
+    assert await a.bus.gone({b.bus.member, c.bus.member, "never-was"}) == {"never-was"}
+    await c.bus.close()
+    if not isinstance(c.bus, SocketBus):
+        assert await a.bus.gone({c.bus.member}) == set()  # its sessions are still there
+        await c.store.close()
+    async with asyncio.timeout(10):  # PostgreSQL: until its sessions have ended
+        while await a.bus.gone({b.bus.member, c.bus.member}) != {c.bus.member}:
+            await asyncio.sleep(0.01)
+
+
+@pytest.mark.parametrize("store_url", ["postgresql"], indirect=True)
+async def test_nobody_is_gone_just_after_the_server_changed(members: list[Member]) -> None:
+    """A restart or a failover drops every process's sessions; the live ones connect
+    again within moments, and are not taken for dead meanwhile."""
+    a, _, _ = members
+    assert await a.bus.gone({"never-was"}) == {"never-was"}
+    a.bus._server = "another server"  # type: ignore[attr-defined]  # as after a failover
+    assert await a.bus.gone({"never-was"}) == set()
+    a.bus._trust_from = 0.0  # type: ignore[attr-defined]  # the grace over
+    assert await a.bus.gone({"never-was"}) == {"never-was"}
+
+
 async def test_the_socket_of_a_process_that_died_is_removed(tmp_path: Any) -> None:
     store = SqlStore(f"sqlite+aiosqlite:///{tmp_path / 'gw.db'}")
     await store.start()

@@ -111,6 +111,7 @@ async def test_a_dead_process_writes_on_their_way_are_marked_unknown_once(
     await store.settle_left(claimed.id, UNKNOWN)
     assert await store.rejoin_write("key-4", "support-bot", T0) is not None  # waits on it
 
+    assert await store.sending_processes() == [store.process]
     assert await store.strand_writes("another-process", LEFT) == []
     assert await store.strand_writes(store.process, LEFT) == ["key-0", "key-3", "key-4"]
     first = await store.rejoin_write("key-0", "support-bot", T0)
