@@ -9,8 +9,9 @@ third of ``executor_lease``). Then, again and again:
   already_sent``), its intents become ``unknown`` (prior and undo kept, so
   rollback can reconcile them), and each of its journal entries that no audit
   record names gets one, appended from the committed intent (the listener's
-  record was still in memory when it died). A crash therefore costs no write its journal entry nor its audit
-  record, without a synchronous audit commit per reply. After a round that
+  record was still in memory when it died). A crash therefore costs no write
+  its journal entry nor its audit record, without a synchronous audit commit
+  per reply. After a round that
   could not renew this process's heartbeat (the store down: nobody's can be)
   nobody is taken over for a lease and a round: the live ones renew theirs first;
 - each of this process's own journal entries, once older than a write may

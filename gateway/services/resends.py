@@ -64,6 +64,7 @@ KEEP_LIMIT = 1 << 20  # bytes of an answer kept for the resend (a larger one is 
 LEFT = "left"  # the bus message that tells the other processes of a mark
 KNOWN_LIMIT = 10_000  # keys of marks a process keeps in mind
 DEATH_POLL = 0.2  # seconds between looks for processes that died with writes on their way
+DEAD_MEMORY = 60.0  # seconds a process whose writes were marked is not looked at again
 
 
 @dataclass(slots=True)
@@ -92,7 +93,8 @@ class WriteResends:
         self._siblings = siblings
         self._seen = 0  # the deaths of siblings whose writes this process has marked
         self._stranding = asyncio.Lock()
-        self._dead: dict[str, None] = {}  # processes whose writes were marked (the newest last)
+        # processes whose writes were marked -> until when (monotonic) not to look at them
+        self._dead: dict[str, float] = {}
         self._watch: asyncio.Task[None] | None = None
         self._horizon = horizon  # the longest a write may be on its way, in seconds
         self._window = window
@@ -134,16 +136,16 @@ class WriteResends:
 
     async def look_for_deaths(self) -> None:
         """The processes with writes on their way that have nothing left connected: dead;
-        their writes are marked (``strand``), once."""
+        their writes are marked (``strand``), and not looked at again for ``DEAD_MEMORY``
+        seconds (by then whoever took it over has settled its intents)."""
         assert self.store is not None and self._bus is not None
-        others = set(await self.store.sending_processes()) - {self._bus.member} - set(self._dead)
+        now = time.monotonic()
+        marked = {process for process, until in self._dead.items() if until > now}
+        others = set(await self.store.sending_processes()) - {self._bus.member} - marked
         if not others:
             return
         for process in sorted(await self._bus.gone(others)):
             await self.strand(process)
-            self._dead[process] = None
-            while len(self._dead) > KNOWN_LIMIT:
-                del self._dead[next(iter(self._dead))]
 
     def heard(self, message: dict[str, Any]) -> None:
         """The bus: another process marked a write (a hint: the store is the truth)."""
@@ -258,6 +260,10 @@ class WriteResends:
         if self.store is None:
             return
         keys = await self.store.strand_writes(process, utcnow())
+        self._dead.pop(process, None)  # newest last
+        self._dead[process] = time.monotonic() + DEAD_MEMORY
+        while len(self._dead) > KNOWN_LIMIT:
+            del self._dead[next(iter(self._dead))]
         for key in keys:
             self._know(key)
         if keys:
