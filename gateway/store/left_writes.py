@@ -28,6 +28,7 @@ from gateway.store.tables import LeftWriteRow
 _entry, _key, _agent = col(LeftWriteRow.entry_id), col(LeftWriteRow.key), col(LeftWriteRow.agent)
 _left_at, _rejoined_at = col(LeftWriteRow.left_at), col(LeftWriteRow.rejoined_at)
 PRUNE_AFTER = timedelta(days=1)  # far past ``core.resend.REJOIN_WINDOW``
+CLAIM_BATCH = 8  # free marks a resend reads at once, to try in turn
 _columns = tuple(col(c) for c in LeftWriteRow.__table__.columns)  # type: ignore[attr-defined]
 # a dead process's writes still on their way (``leases._OPEN``: PostgreSQL keeps them in
 # ``journal_open``, 0023) that an agent sent, so may resend
@@ -80,19 +81,22 @@ class LeftWrites:
                 sealed_response=codec.held_response_sealed(response, sealer)))
 
     async def rejoin_write(self, key: str, agent: str, since: datetime) -> LeftWrite | None:
-        """Read first, without a write: every write that may be a resend asks."""
+        """Read first, without a write: every write that may be a resend asks. Several
+        resends at once (of as many writes left) each claim their own: one that finds
+        the newest free mark claimed meanwhile tries the next, and reads again."""
         free = [_key == key, _agent == agent, _left_at >= iso(since), _rejoined_at.is_(None)]
-        newest = sql_select(_entry).where(*free).order_by(_left_at.desc()).limit(1)
-        async with self._engine.connect() as reader:
-            found = (await reader.execute(newest)).first()
-        if found is None:
-            return None
-        async with self._writer.begin() as connection:
-            claimed = await connection.execute(update(LeftWriteRow).where(
-                _entry == found[0], *free).values(rejoined_at=iso(utcnow())))
-            if claimed.rowcount != 1:  # another resend claimed it first
+        newest = sql_select(_entry).where(*free).order_by(_left_at.desc()).limit(CLAIM_BATCH)
+        while True:
+            async with self._engine.connect() as reader:
+                found = [row[0] for row in await reader.execute(newest)]
+            if not found:
                 return None
-        return await self.left_write(found[0])
+            for entry_id in found:
+                async with self._writer.begin() as connection:
+                    claimed = await connection.execute(update(LeftWriteRow).where(
+                        _entry == entry_id, *free).values(rejoined_at=iso(utcnow())))
+                if claimed.rowcount == 1:
+                    return await self.left_write(entry_id)
 
     async def left_write(self, entry_id: str) -> LeftWrite | None:
         async with self._engine.connect() as reader:

@@ -85,6 +85,26 @@ async def test_marks_a_day_old_go_with_the_next_one(store: SqlStore) -> None:
     assert await store.left_write(f"{3:032x}") is not None
 
 
+async def test_resends_of_several_left_writes_racing_each_rejoin_one(
+        store: SqlStore, store_url: str) -> None:
+    """Three identical writes left (an agent that sent them in parallel and gave up), then
+    their three resends at once, in two processes: each rejoins a write of its own. Before,
+    they all read the same newest mark, one claimed it, and the two that lost were sent."""
+    other = SqlStore(store_url)
+    await other.start()
+    try:
+        for n in range(3):
+            await store.leave_write(left(20 + n, at=LEFT + timedelta(seconds=n)))
+        found = await asyncio.gather(*(
+            (store if n % 2 else other).rejoin_write("key", "support-bot", T0)
+            for n in range(3)))
+        assert sorted(f.entry_id for f in found if f is not None) == [
+            f"{20 + n:032x}" for n in range(3)]
+        assert await store.rejoin_write("key", "support-bot", T0) is None  # all taken
+    finally:
+        await other.close()
+
+
 async def test_a_starting_process_reads_the_keys_no_resend_waits_on(store: SqlStore) -> None:
     await store.leave_write(left(1, key="claimed"))
     await store.leave_write(left(2, key="free"))
