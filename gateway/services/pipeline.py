@@ -246,7 +246,7 @@ class Pipeline:
             if rejoined is not None:
                 return rejoined
         self.freezes.admit(upstream.name, call.agent)
-        if approval is None and not shadowed:  # tripwires count what is sent, not what a
+        if sent_by_agent:  # tripwires count what is sent, not what a
             # person approved nor what a shadow run only proposes
             tripped = await self.tripwires.before_write(upstream, call, view, decision)
             if tripped is not None:  # action: hold
